@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install protos check-protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole suite on its embedded defaults (NATS JetStream, SQLite) under .trellis/
+run: install
+	$(BIN)/trellis up
+
+## Run every test; starts its own nats-server and PostgreSQL
+test: install
+	scripts/ensure-postgres
+	$(BIN)/pytest -q
+
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+
+bench: install
+	$(BIN)/python -m bench.identity
+
+clean:
+	rm -rf $(VENV) .trellis .pytest_cache

@@ -1,0 +1,178 @@
+"""grpc.aio server bootstrap: health and reflection, actor-token authentication, one
+error-mapping interceptor, tracing, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.kit import errors
+from services.kit.auth import ActorVerifier, bind_actor, reset_actor
+from services.kit.telemetry import server_interceptors
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[errors.TrellisError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+# Methods any caller may reach without an actor token.
+ALWAYS_PUBLIC = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+Around = Callable[[Callable[..., Any], Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def status_code_for(exc: errors.TrellisError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.UNKNOWN
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """The same handler with `around(behaviour, request, context)` in front of its behaviour."""
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await around(inner, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+            async def write_all(req: Any, ctx: grpc.aio.ServicerContext) -> None:
+                async for item in inner_stream(req, ctx):
+                    await ctx.write(item)
+
+            await around(write_all, request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+    # Streaming-request methods (reflection) pass through untouched.
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps TrellisError to its status code; anything else is INTERNAL with no detail leaked."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
+            try:
+                return await behaviour(request, context)
+            except errors.TrellisError as exc:
+                trailing = tuple((f"trellis-{k.replace('_', '-')}", str(v)) for k, v in exc.fields.items())
+                context.set_trailing_metadata(trailing)
+                await context.abort(status_code_for(exc), exc.message)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return _wrap_handler(handler, around)
+
+
+class ActorInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the actor token of every non-public call and binds the actor for the handler."""
+
+    def __init__(self, verifier: ActorVerifier, public_methods: Iterable[str] = ()) -> None:
+        self._verifier = verifier
+        self._public = ALWAYS_PUBLIC | frozenset(public_methods)
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method in self._public:
+            return handler
+        verifier = self._verifier
+
+        async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
+            metadata = dict(context.invocation_metadata() or ())
+            header = metadata.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise errors.Unauthenticated("missing actor token: send authorization: Bearer <token>")
+            bound = bind_actor(verifier.verify(token.strip()))
+            try:
+                return await behaviour(request, context)
+            finally:
+                reset_actor(bound)
+
+        return _wrap_handler(handler, around)
+
+
+def create_server(
+    address: str,
+    *,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    verifier: ActorVerifier,
+    public_methods: Iterable[str] = (),
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A server bound to `address` ("[::]:0" in tests) with health, reflection and interceptors.
+
+    Returns the server, the port it bound, and the health servicer (set SERVING once ready).
+    """
+    server = grpc.aio.server(
+        interceptors=[*server_interceptors(), ErrorInterceptor(), ActorInterceptor(verifier, public_methods)],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str]) -> None:
+    for name in ["", *service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve_until_signalled(server: grpc.aio.Server, *, grace: float, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop taking calls and finish those in flight."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", grace)
+    await server.stop(grace)
+    if on_stop is not None:
+        await on_stop()

@@ -1,0 +1,138 @@
+"""Typed settings shared by every service, read from `TRELLIS_*` environment variables.
+
+One `Settings` object is built at start by each process and passed down from bootstrap.
+In the embedded mode (`trellis up` on a laptop) the launcher generates real secrets into the
+data directory; outside it, placeholder or missing secrets stop the process at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("identity", "registry", "webhooks", "logs")
+DEFAULT_PORTS = {"identity": 50051, "registry": 50052, "webhooks": 50053, "logs": 50054, "edge": 8080}
+PLACEHOLDER = "change-me"
+
+
+class Mode(str, Enum):
+    EMBEDDED = "embedded"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Everything a Trellis process can be told; see docs/architecture.md for each field."""
+
+    model_config = SettingsConfigDict(env_prefix="TRELLIS_", extra="ignore")
+
+    mode: Mode = Mode.EMBEDDED
+    data_dir: Path = Path(".trellis")
+    bind_host: str = "127.0.0.1"
+
+    # Where each service listens, and where its peers find it.
+    identity_addr: str = f"127.0.0.1:{DEFAULT_PORTS['identity']}"
+    registry_addr: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
+    webhooks_addr: str = f"127.0.0.1:{DEFAULT_PORTS['webhooks']}"
+    logs_addr: str = f"127.0.0.1:{DEFAULT_PORTS['logs']}"
+
+    # One database per service; empty means SQLite under the data directory (embedded only).
+    identity_database_url: str = ""
+    registry_database_url: str = ""
+    webhooks_database_url: str = ""
+    logs_database_url: str = ""
+    database_echo: bool = False
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    # JetStream stream replicas: 1 on a laptop, 3 in a production cluster.
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
+
+    # Actor tokens on every gRPC call: a JWT from the platform's user identity provider.
+    actor_issuer: str = "trellis-embedded"
+    actor_audience: str = "trellis"
+    actor_jwks_url: str = ""
+    # PEM public key file, used instead of a JWKS URL (the embedded mode's local key).
+    actor_public_key_file: str = ""
+
+    # Key-encryption key for envelope encryption: base64 of 32 bytes, keyed by version.
+    kek: SecretStr = SecretStr(PLACEHOLDER)
+    kek_version: int = 1
+    # Older KEKs still able to decrypt, as "version:base64" entries.
+    kek_previous: list[str] = Field(default_factory=list)
+
+    # Partner credentials and tokens (identity).
+    api_key_prefix: str = "grq_live_"
+    token_issuer: str = "http://127.0.0.1:8080"
+    token_audience: str = "trellis-api"
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+    token_algorithm: Literal["RS256", "ES256"] = "RS256"
+    token_url: str = "http://127.0.0.1:8080/oauth/token"
+    api_docs_url: str = "http://127.0.0.1:8080/docs"
+
+    # External issuer mode (an Auth0 tenant, say).
+    external_issuer: str = ""
+    external_jwks_url: str = ""
+    external_audience: str = ""
+    external_client_id_claim: str = "azp"
+
+    # Registry rules.
+    max_live_integrations: int = Field(default=20, ge=1)
+
+    otel_service_namespace: str = "trellis"
+    grpc_grace_seconds: float = 5.0
+    outbox_poll_seconds: float = 1.0
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_outside_embedded(self) -> "Settings":
+        if self.mode is Mode.EMBEDDED:
+            return self
+        problems = []
+        if self.kek.get_secret_value() in ("", PLACEHOLDER):
+            problems.append("TRELLIS_KEK must be set to base64 of 32 random bytes")
+        if not (self.actor_jwks_url or self.actor_public_key_file):
+            problems.append("TRELLIS_ACTOR_JWKS_URL (or TRELLIS_ACTOR_PUBLIC_KEY_FILE) must be set")
+        for service in SERVICES:
+            url = getattr(self, f"{service}_database_url")
+            if PLACEHOLDER in url:
+                problems.append(f"TRELLIS_{service.upper()}_DATABASE_URL holds a placeholder")
+        if problems:
+            raise ValueError("production settings refused: " + "; ".join(problems))
+        return self
+
+    def database_url(self, service: str) -> str:
+        """The SQLAlchemy async URL of one service's database."""
+        url = getattr(self, f"{service}_database_url")
+        if url:
+            return url
+        if self.mode is not Mode.EMBEDDED:
+            raise ValueError(f"TRELLIS_{service.upper()}_DATABASE_URL is required outside embedded mode")
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def kek_keys(self) -> dict[int, bytes]:
+        """Every key-encryption key by version; the current one is `kek_version`."""
+        keys = {self.kek_version: _decode_kek(self.kek.get_secret_value(), "TRELLIS_KEK")}
+        for entry in self.kek_previous:
+            version, _, value = entry.partition(":")
+            keys[int(version)] = _decode_kek(value, "TRELLIS_KEK_PREVIOUS")
+        return keys
+
+    def listen_port(self, service: str) -> int:
+        return int(getattr(self, f"{service}_addr").rsplit(":", 1)[1])
+
+
+def _decode_kek(value: str, name: str) -> bytes:
+    if value == PLACEHOLDER:
+        # Embedded mode without a generated key: a fixed development key, never for production.
+        return b"\x00" * 32
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{name} is not valid base64") from exc
+    if len(key) != 32:
+        raise ValueError(f"{name} must decode to 32 bytes, got {len(key)}")
+    return key

@@ -1,0 +1,83 @@
+"""A throwaway PostgreSQL server from Debian's `postgresql` package, run as the `postgres` user
+in a temporary directory on a free port, for the test session."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} not found: install Debian's postgresql package (scripts/ensure-postgres)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="trellis-pg-"))
+        self.port = _free_port()
+        self.user = "postgres"
+        self._as_root = os.geteuid() == 0
+        self._counter = 0
+
+    def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
+        if self._as_root:
+            pw = pwd.getpwnam("postgres")
+
+            def demote() -> None:
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+
+            kw["preexec_fn"] = demote
+        return subprocess.run(args, check=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+    def start(self) -> "PostgresServer":
+        if self._as_root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        data = self.dir / "data"
+        self._run([_bin("initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "--no-sync", "-E", "UTF8"])
+        self._run([
+            _bin("pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-t", "60", "start",
+            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+        ])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("PostgreSQL did not start")
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new empty database; returns its asyncpg SQLAlchemy URL."""
+        self._counter += 1
+        name = f"{prefix}_{os.getpid()}_{self._counter}"
+        self._run([_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name])
+        return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run([_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
