@@ -1,7 +1,0 @@
-from services.kit.ids import new_id
-
-
-def test_ids_are_prefixed_unique_and_time_ordered() -> None:
-    ids = [new_id("int") for _ in range(1000)]
-    assert len(set(ids)) == 1000
-    assert all(i.startswith("int_") and len(i) == 30 for i in ids)
