@@ -1,0 +1,1 @@
+"""`python -m bench.identity`: token issuance and API-key verification through real gRPC."""

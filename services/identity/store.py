@@ -1,0 +1,415 @@
+"""Identity's tables and the repository that maps their rows to domain objects.
+
+Secrets are kept only as SHA-256 hex digests (`key_hash`, `secret_hash`); JWT private keys are
+kept sealed by envelope encryption (`signing_keys.private_key`). At most one live API key and
+one live client exist per integration, and at most one signing key is current: partial unique
+indexes hold those rules even when two replicas race.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Index, LargeBinary, String, Table, Text, and_, exists, select, text, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.identity.domain import (
+    ApiKey,
+    CredentialStatus,
+    NewApiKey,
+    NewClient,
+    OAuthClient,
+    SigningKey,
+    SigningKeyStatus,
+)
+from services.kit.db import UTCDateTime, new_metadata
+from services.kit.outbox import outbox_table
+
+metadata = new_metadata()
+
+_LIVE = text("status = 'active'")
+_CURRENT = text("status = 'current'")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("integration_id", String(64), nullable=False, index=True),
+    # The first 16 characters, shown in the UI and used to find candidates for a presented key.
+    Column("prefix", String(16), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Index("ux_api_keys_live_integration", "integration_id", unique=True, sqlite_where=_LIVE, postgresql_where=_LIVE),
+)
+
+oauth_clients = Table(
+    "oauth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("integration_id", String(64), nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("scopes", Text, nullable=False),  # JSON list
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # When the granted scopes were last set (issuance or a registry `updated` event).
+    Column("scopes_updated_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Index("ux_oauth_clients_live_integration", "integration_id", unique=True, sqlite_where=_LIVE, postgresql_where=_LIVE),
+)
+
+# One row per IssueCredentials request id: what it issued, so a retry can replace exactly that.
+issuances = Table(
+    "issuances",
+    metadata,
+    Column("integration_id", String(64), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("api_key_id", String(40), nullable=False),
+    Column("client_id", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# External issuer mode: an external client id (e.g. an Auth0 `azp`) bound to an integration.
+external_clients = Table(
+    "external_clients",
+    metadata,
+    Column("issuer", String(500), primary_key=True),
+    Column("client_id", String(200), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("integration_id", String(64), nullable=False, index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(10), nullable=False),
+    # PKCS#8 PEM sealed by services.kit.crypto.Envelope, bound to signing_keys.private_key:<kid>.
+    Column("private_key", LargeBinary, nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ux_signing_keys_one_current", "status", unique=True, sqlite_where=_CURRENT, postgresql_where=_CURRENT),
+)
+
+# IntegrationChanged events already applied by the consumer (idempotency by event id).
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("processed_at", UTCDateTime(), nullable=False),
+)
+
+outbox = outbox_table(metadata)
+
+
+@dataclass(frozen=True)
+class Issuance:
+    integration_id: str
+    request_id: str
+    org_id: str
+    api_key_id: str
+    client_id: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ExternalClient:
+    issuer: str
+    client_id: str
+    org_id: str
+    integration_id: str
+    created_at: dt.datetime
+
+
+def _api_key(row: Row) -> ApiKey:  # type: ignore[type-arg]
+    return ApiKey(
+        id=row.id, org_id=row.org_id, integration_id=row.integration_id, prefix=row.prefix, key_hash=row.key_hash,
+        status=CredentialStatus(row.status), created_at=row.created_at, revoked_at=row.revoked_at,
+    )
+
+
+def _client(row: Row) -> OAuthClient:  # type: ignore[type-arg]
+    return OAuthClient(
+        client_id=row.client_id, org_id=row.org_id, integration_id=row.integration_id, secret_hash=row.secret_hash,
+        scopes=tuple(json.loads(row.scopes)), status=CredentialStatus(row.status), created_at=row.created_at,
+        scopes_updated_at=row.scopes_updated_at, revoked_at=row.revoked_at,
+    )
+
+
+def _signing_key(row: Row) -> SigningKey:  # type: ignore[type-arg]
+    return SigningKey(
+        kid=row.kid, alg=row.alg, public_jwk=json.loads(row.public_jwk), status=SigningKeyStatus(row.status),
+        created_at=row.created_at,
+    )
+
+
+class IdentityStore:
+    """Reads and writes identity's rows inside the caller's session (and transaction).
+
+    Queries on org-owned rows filter by org_id, except the lookups a presented credential
+    drives (`live_api_keys_by_prefix`, `client_by_id`, `external_client`): there the credential
+    names the organisation; and `owner_of`, which tells "another organisation's" from "unknown".
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # --- ownership -------------------------------------------------------------------------
+
+    async def owner_of(self, integration_id: str) -> str | None:
+        """The organisation whose credentials this integration holds, or None if it has none."""
+        row = (
+            await self.session.execute(
+                select(oauth_clients.c.org_id).where(oauth_clients.c.integration_id == integration_id).limit(1)
+            )
+        ).first()
+        return row.org_id if row else None
+
+    # --- API keys --------------------------------------------------------------------------
+
+    async def add_api_key(self, org_id: str, integration_id: str, key: NewApiKey, key_id: str, now: dt.datetime) -> ApiKey:
+        values = dict(
+            id=key_id, org_id=org_id, integration_id=integration_id, prefix=key.prefix, key_hash=key.key_hash,
+            status=CredentialStatus.ACTIVE.value, created_at=now, revoked_at=None,
+        )
+        await self.session.execute(api_keys.insert().values(**values))
+        return ApiKey(**{**values, "status": CredentialStatus.ACTIVE})  # type: ignore[arg-type]
+
+    async def latest_api_key(self, org_id: str, integration_id: str) -> ApiKey | None:
+        row = (
+            await self.session.execute(
+                select(api_keys)
+                .where(api_keys.c.org_id == org_id, api_keys.c.integration_id == integration_id)
+                .order_by(api_keys.c.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return _api_key(row) if row else None
+
+    async def live_api_keys_by_prefix(self, prefix: str) -> list[tuple[ApiKey, str | None]]:
+        """Live keys sharing a presented key's 16-character prefix (usually one), each with its
+        integration's live client id: one query, as this is on every partner request's path."""
+        live_client = and_(
+            oauth_clients.c.integration_id == api_keys.c.integration_id,
+            oauth_clients.c.org_id == api_keys.c.org_id,
+            oauth_clients.c.status == CredentialStatus.ACTIVE.value,
+        )
+        rows = await self.session.execute(
+            select(api_keys, oauth_clients.c.client_id)
+            .select_from(api_keys.outerjoin(oauth_clients, live_client))
+            .where(api_keys.c.prefix == prefix, api_keys.c.status == CredentialStatus.ACTIVE.value)
+        )
+        return [(_api_key(r), r.client_id) for r in rows]
+
+    async def revoke_live_api_keys(self, org_id: str, integration_id: str, now: dt.datetime, *, created_before: dt.datetime | None = None) -> list[ApiKey]:
+        """Mark the integration's live keys revoked; returns those that were live."""
+        condition = and_(
+            api_keys.c.org_id == org_id,
+            api_keys.c.integration_id == integration_id,
+            api_keys.c.status == CredentialStatus.ACTIVE.value,
+        )
+        if created_before is not None:
+            condition = and_(condition, api_keys.c.created_at <= created_before)
+        live = [_api_key(r) for r in await self.session.execute(select(api_keys).where(condition))]
+        if live:
+            await self.session.execute(
+                update(api_keys)
+                .where(api_keys.c.id.in_([k.id for k in live]))
+                .values(status=CredentialStatus.REVOKED.value, revoked_at=now)
+            )
+        return live
+
+    # --- OAuth clients ---------------------------------------------------------------------
+
+    async def add_client(self, org_id: str, integration_id: str, client: NewClient, scopes: Iterable[str], now: dt.datetime) -> OAuthClient:
+        scopes = tuple(scopes)
+        await self.session.execute(
+            oauth_clients.insert().values(
+                client_id=client.client_id, org_id=org_id, integration_id=integration_id, secret_hash=client.secret_hash,
+                scopes=json.dumps(list(scopes)), status=CredentialStatus.ACTIVE.value, created_at=now,
+                scopes_updated_at=now, revoked_at=None,
+            )
+        )
+        return OAuthClient(
+            client_id=client.client_id, org_id=org_id, integration_id=integration_id, secret_hash=client.secret_hash,
+            scopes=scopes, status=CredentialStatus.ACTIVE, created_at=now, scopes_updated_at=now,
+        )
+
+    async def client_by_id(self, client_id: str) -> OAuthClient | None:
+        """A client by its id, live or not (the caller checks its status and secret)."""
+        row = (await self.session.execute(select(oauth_clients).where(oauth_clients.c.client_id == client_id))).first()
+        return _client(row) if row else None
+
+    async def live_client(self, org_id: str, integration_id: str) -> OAuthClient | None:
+        row = (
+            await self.session.execute(
+                select(oauth_clients).where(
+                    oauth_clients.c.org_id == org_id,
+                    oauth_clients.c.integration_id == integration_id,
+                    oauth_clients.c.status == CredentialStatus.ACTIVE.value,
+                )
+            )
+        ).first()
+        return _client(row) if row else None
+
+    async def latest_client(self, org_id: str, integration_id: str) -> OAuthClient | None:
+        row = (
+            await self.session.execute(
+                select(oauth_clients)
+                .where(oauth_clients.c.org_id == org_id, oauth_clients.c.integration_id == integration_id)
+                .order_by(oauth_clients.c.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return _client(row) if row else None
+
+    async def revoke_live_clients(self, org_id: str, integration_id: str, now: dt.datetime, *, created_before: dt.datetime | None = None) -> list[OAuthClient]:
+        condition = and_(
+            oauth_clients.c.org_id == org_id,
+            oauth_clients.c.integration_id == integration_id,
+            oauth_clients.c.status == CredentialStatus.ACTIVE.value,
+        )
+        if created_before is not None:
+            condition = and_(condition, oauth_clients.c.created_at <= created_before)
+        live = [_client(r) for r in await self.session.execute(select(oauth_clients).where(condition))]
+        if live:
+            await self.session.execute(
+                update(oauth_clients)
+                .where(oauth_clients.c.client_id.in_([c.client_id for c in live]))
+                .values(status=CredentialStatus.REVOKED.value, revoked_at=now)
+            )
+        return live
+
+    async def set_client_scopes(self, org_id: str, client_id: str, scopes: Iterable[str], at: dt.datetime) -> None:
+        await self.session.execute(
+            update(oauth_clients)
+            .where(oauth_clients.c.org_id == org_id, oauth_clients.c.client_id == client_id)
+            .values(scopes=json.dumps(list(scopes)), scopes_updated_at=at)
+        )
+
+    # --- issuances (IssueCredentials idempotency) -----------------------------------------
+
+    async def issuance(self, org_id: str, integration_id: str, request_id: str) -> Issuance | None:
+        row = (
+            await self.session.execute(
+                select(issuances).where(
+                    issuances.c.org_id == org_id,
+                    issuances.c.integration_id == integration_id,
+                    issuances.c.request_id == request_id,
+                )
+            )
+        ).first()
+        return Issuance(**row._mapping) if row else None
+
+    async def issued_after(self, org_id: str, integration_id: str, when: dt.datetime) -> bool:
+        """Whether a later IssueCredentials call superseded one made at `when`."""
+        query = select(
+            exists().where(
+                issuances.c.org_id == org_id,
+                issuances.c.integration_id == integration_id,
+                issuances.c.created_at > when,
+            )
+        )
+        return bool((await self.session.execute(query)).scalar())
+
+    async def record_issuance(self, issuance: Issuance, *, replace: bool) -> None:
+        values = dict(api_key_id=issuance.api_key_id, client_id=issuance.client_id, created_at=issuance.created_at)
+        if replace:
+            await self.session.execute(
+                update(issuances)
+                .where(
+                    issuances.c.org_id == issuance.org_id,
+                    issuances.c.integration_id == issuance.integration_id,
+                    issuances.c.request_id == issuance.request_id,
+                )
+                .values(**values)
+            )
+        else:
+            await self.session.execute(
+                issuances.insert().values(
+                    integration_id=issuance.integration_id, request_id=issuance.request_id, org_id=issuance.org_id, **values
+                )
+            )
+
+    # --- external clients -----------------------------------------------------------------
+
+    async def external_client(self, issuer: str, client_id: str) -> ExternalClient | None:
+        row = (
+            await self.session.execute(
+                select(external_clients).where(external_clients.c.issuer == issuer, external_clients.c.client_id == client_id)
+            )
+        ).first()
+        return ExternalClient(**row._mapping) if row else None
+
+    async def add_external_client(self, client: ExternalClient) -> None:
+        await self.session.execute(external_clients.insert().values(**client.__dict__))
+
+    async def external_client_ids(self, org_id: str, integration_id: str) -> list[str]:
+        rows = await self.session.execute(
+            select(external_clients.c.client_id)
+            .where(external_clients.c.org_id == org_id, external_clients.c.integration_id == integration_id)
+            .order_by(external_clients.c.created_at, external_clients.c.client_id)
+        )
+        return [r.client_id for r in rows]
+
+    # --- signing keys ---------------------------------------------------------------------
+
+    async def signing_keys(self, statuses: Iterable[SigningKeyStatus]) -> list[SigningKey]:
+        rows = await self.session.execute(
+            select(signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.status, signing_keys.c.created_at)
+            .where(signing_keys.c.status.in_([s.value for s in statuses]))
+            .order_by(signing_keys.c.created_at)
+        )
+        return [_signing_key(r) for r in rows]
+
+    async def signing_key(self, kid: str) -> SigningKey | None:
+        row = (
+            await self.session.execute(
+                select(signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.status, signing_keys.c.created_at)
+                .where(signing_keys.c.kid == kid)
+            )
+        ).first()
+        return _signing_key(row) if row else None
+
+    async def current_kid(self) -> str | None:
+        row = (
+            await self.session.execute(
+                select(signing_keys.c.kid).where(signing_keys.c.status == SigningKeyStatus.CURRENT.value)
+            )
+        ).first()
+        return row.kid if row else None
+
+    async def sealed_private_key(self, kid: str) -> bytes | None:
+        row = (await self.session.execute(select(signing_keys.c.private_key).where(signing_keys.c.kid == kid))).first()
+        return bytes(row.private_key) if row else None
+
+    async def add_signing_key(self, key: SigningKey, sealed_private_key: bytes) -> None:
+        await self.session.execute(
+            signing_keys.insert().values(
+                kid=key.kid, alg=key.alg, private_key=sealed_private_key, public_jwk=json.dumps(dict(key.public_jwk)),
+                status=key.status.value, created_at=key.created_at,
+            )
+        )
+
+    async def set_signing_key_status(self, kid: str, status: SigningKeyStatus) -> None:
+        await self.session.execute(update(signing_keys).where(signing_keys.c.kid == kid).values(status=status.value))
+
+    # --- consumer idempotency ---------------------------------------------------------------
+
+    async def mark_processed(self, event_id: str, now: dt.datetime) -> bool:
+        """Record `event_id` as applied; False when it already was."""
+        seen = (await self.session.execute(select(processed_events.c.event_id).where(processed_events.c.event_id == event_id))).first()
+        if seen is not None:
+            return False
+        await self.session.execute(processed_events.insert().values(event_id=event_id, processed_at=now))
+        return True
