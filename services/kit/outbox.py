@@ -91,6 +91,7 @@ class OutboxRelay:
         self._skip_locked = skip_locked
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def notify(self) -> None:
         self._wake.set()
@@ -113,7 +114,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Loop until cancelled; a failed publish is retried on the next round."""
-        while True:
+        # The flag ends the loop even if a library's wait_for swallowed stop()'s cancel.
+        while not self._stopping:
             try:
                 while await self.drain_once() == self._batch:
                     pass
@@ -121,17 +123,22 @@ class OutboxRelay:
                 raise
             except Exception:  # noqa: BLE001 - the relay must outlive a NATS or database outage
                 log.warning("outbox relay round failed; retrying", exc_info=True)
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancel that
+            # lands as the event is set, and stop() would then wait for this loop forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True
             self._task.cancel()
             try:
                 await self._task
