@@ -1,0 +1,1 @@
+"""The registry service: integrations, their lifecycle, scopes, limits, allowlist and owner."""

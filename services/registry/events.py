@@ -1,0 +1,79 @@
+"""The events one integration change publishes: IntegrationChanged for the services that
+follow integrations (identity, edge) and an AuditEvent for the audit trail (logs).
+
+Both carry only the integration's non-secret fields: the registry never holds a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.contracts.trellis.events.v1 import events_pb2
+from services.kit.ids import new_id
+from services.registry.domain import Integration
+
+SERVICE = "registry"
+KINDS = ("created", "approved", "activated", "updated", "suspended", "reactivated", "revoked", "api_key_regenerated")
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    event_id: str
+    subject: str
+    payload: bytes
+
+
+def snapshot_json(integration: Integration | None) -> str:
+    """The integration's fields as sorted JSON; "" when there is no such state (before creation)."""
+    return json.dumps(integration.snapshot(), sort_keys=True) if integration is not None else ""
+
+
+def integration_changed(kind: str, after: Integration, *, actor_id: str) -> OutgoingEvent:
+    occurred = Timestamp()
+    occurred.FromDatetime(after.updated_at)
+    event = events_pb2.IntegrationChanged(
+        event_id=new_id("evt"),
+        occurred_at=occurred,
+        kind=kind,
+        org_id=after.org_id,
+        integration_id=after.id,
+        status=after.status.value,
+        scopes=after.scopes,
+        rate_limit_per_minute=after.rate_limit_per_minute,
+        daily_quota=after.daily_quota,
+        ip_allowlist=after.ip_allowlist,
+        version=after.version,
+        actor_id=actor_id,
+    )
+    return OutgoingEvent(event.event_id, f"trellis.integration.{kind}", event.SerializeToString())
+
+
+def audit_event(
+    kind: str,
+    before: Integration | None,
+    after: Integration,
+    *,
+    actor_id: str,
+    reason: str = "",
+    request_id: str = "",
+) -> OutgoingEvent:
+    occurred = Timestamp()
+    occurred.FromDatetime(after.updated_at)
+    event = events_pb2.AuditEvent(
+        event_id=new_id("evt"),
+        occurred_at=occurred,
+        service=SERVICE,
+        org_id=after.org_id,
+        actor_id=actor_id,
+        action=f"integration.{kind}",
+        object_type="integration",
+        object_id=after.id,
+        before_json=snapshot_json(before),
+        after_json=snapshot_json(after),
+        reason=reason,
+        request_id=request_id,
+    )
+    return OutgoingEvent(event.event_id, f"trellis.audit.{SERVICE}.integration.{kind}", event.SerializeToString())

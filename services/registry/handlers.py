@@ -1,0 +1,336 @@
+"""The registry's use cases: load through the store, apply the domain rule, write the history
+row and the events in the same transaction, commit, then wake the outbox relay.
+
+Credentials live at identity, reached through `CredentialsPort`. Activation and reactivation
+are a small saga: issue at identity, then commit; a commit that fails after issuing revokes
+what was issued. Suspension and revocation commit first, then revoke at identity before they
+return; identity's consumer of the committed event is the safety net when it is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.kit.auth import ADMIN_PERMISSION, Actor
+from services.kit.db import utcnow
+from services.kit.errors import FailedPrecondition, NotFound, Unavailable
+from services.kit.ids import new_id
+from services.kit.outbox import add_event
+from services.registry import commands, events
+from services.registry.domain import (
+    SCOPE_CATEGORIES,
+    VENDORS,
+    Action,
+    Integration,
+    ScopeCategory,
+    Vendor,
+    ensure_room_for_activation,
+)
+from services.registry.store import HistoryEntry, IntegrationRepository, Page, outbox
+
+log = logging.getLogger(__name__)
+
+
+# --- the identity seam -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedCredentials:
+    """Plain-text credentials from identity: returned to the caller once, never stored here."""
+
+    api_key_prefix: str
+    client_id: str
+    api_key: str = field(repr=False)
+    client_secret: str = field(repr=False)
+    token_url: str = ""
+    issuer: str = ""
+    audience: str = ""
+    scopes: tuple[str, ...] = ()
+    issued_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class RegeneratedApiKey:
+    api_key_prefix: str
+    api_key: str = field(repr=False)
+
+
+class CredentialsPort(Protocol):
+    """What the registry asks of identity, on behalf of the acting administrator."""
+
+    async def issue(self, actor: Actor, integration_id: str, scopes: Sequence[str], request_id: str) -> IssuedCredentials:
+        """A new live credential set; the same request id never issues a second one."""
+        ...
+
+    async def revoke(self, actor: Actor, integration_id: str, reason: str, request_id: str = "") -> None:
+        """Every live credential of the integration stops working at once."""
+        ...
+
+    async def regenerate_api_key(self, actor: Actor, integration_id: str, request_id: str = "") -> RegeneratedApiKey:
+        """A new API key; the old one stops working at once."""
+        ...
+
+
+# --- use cases ---------------------------------------------------------------------------------------
+
+Mutation = Callable[[Integration], None]
+
+
+class RegistryHandlers:
+    """Every registry use case, each one short: domain rule, store, outbox, peer."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        repository: IntegrationRepository,
+        credentials: CredentialsPort,
+        *,
+        max_live_integrations: int,
+        notify: Callable[[], None] = lambda: None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._repo = repository
+        self._credentials = credentials
+        self._max_live = max_live_integrations
+        self._notify = notify
+        self._clock = clock
+        # SQLite has no advisory locks: one process serialises its own limit checks.
+        self._limit_lock = asyncio.Lock()
+
+    # catalogues: any authenticated actor
+
+    def list_vendors(self, actor: Actor) -> tuple[Vendor, ...]:
+        return VENDORS
+
+    def list_scopes(self, actor: Actor) -> tuple[ScopeCategory, ...]:
+        return SCOPE_CATEGORIES
+
+    # reads
+
+    async def get(self, actor: Actor, integration_id: str) -> Integration:
+        actor.require(ADMIN_PERMISSION)
+        async with self._sessions() as session:
+            return await self._repo.get(session, actor.org_id, integration_id)
+
+    async def list_integrations(self, actor: Actor, query: commands.ListIntegrations) -> Page:
+        actor.require(ADMIN_PERMISSION)
+        async with self._sessions() as session:
+            return await self._repo.list_page(
+                session, actor.org_id, statuses=query.statuses, vendor_id=query.vendor_id,
+                page_size=query.page_size, page_token=query.page_token,
+            )
+
+    async def history(self, actor: Actor, integration_id: str) -> list[HistoryEntry]:
+        actor.require(ADMIN_PERMISSION)
+        async with self._sessions() as session:
+            return await self._repo.history(session, actor.org_id, integration_id)
+
+    # lifecycle: administrators only
+
+    async def create(self, actor: Actor, cmd: commands.CreateIntegration) -> Integration:
+        """A new integration in Requested state."""
+        actor.require(ADMIN_PERMISSION)
+        integration = Integration.request(
+            id=new_id("int"), org_id=actor.org_id, vendor_id=cmd.vendor_id, name=cmd.name, owner=cmd.owner,
+            requested_by=actor.user_id, now=self._clock(), description=cmd.description, scopes=cmd.scopes,
+            rate_limit_per_minute=cmd.rate_limit_per_minute, daily_quota=cmd.daily_quota,
+            ip_allowlist=cmd.ip_allowlist,
+        )
+        async with self._sessions() as session, session.begin():
+            await self._repo.add(session, integration)
+            await self._record(session, actor, "created", None, integration, request_id=cmd.request_id)
+        self._notify()
+        return integration
+
+    async def approve(self, actor: Actor, cmd: commands.ApproveIntegration) -> Integration:
+        """Requested -> Approved, by an administrator other than the requester."""
+        actor.require(ADMIN_PERMISSION)
+        now = self._clock()
+        return await self._change(
+            actor, cmd.integration_id, "approved", lambda i: i.approve(actor.user_id, now), request_id=cmd.request_id
+        )
+
+    async def update(self, actor: Actor, cmd: commands.UpdateIntegration) -> Integration:
+        """Changes the named fields; every state but Revoked allows it."""
+        actor.require(ADMIN_PERMISSION)
+        now = self._clock()
+        return await self._change(
+            actor, cmd.integration_id, "updated", lambda i: i.update(cmd.changes, now),
+            request_id=cmd.request_id, expected_version=cmd.expected_version,
+        )
+
+    async def activate(self, actor: Actor, cmd: commands.ActivateIntegration) -> tuple[Integration, IssuedCredentials]:
+        """Approved -> Active with credentials from identity, returned this once."""
+        actor.require(ADMIN_PERMISSION)
+        async with self._sessions() as session:
+            integration = await self._repo.get(session, actor.org_id, cmd.integration_id)
+            integration.check(Action.ACTIVATE)
+            ensure_room_for_activation(await self._repo.count_live(session, actor.org_id), self._max_live)
+
+        def activate(i: Integration, creds: IssuedCredentials, now: dt.datetime) -> None:
+            i.activate(api_key_prefix=creds.api_key_prefix, client_id=creds.client_id, now=now)
+
+        return await self._issue_then_commit(actor, integration, "activated", cmd.request_id, activate, check_limit=True)
+
+    async def reactivate(self, actor: Actor, cmd: commands.ReactivateIntegration) -> tuple[Integration, IssuedCredentials]:
+        """Suspended -> Active with new credentials, by an administrator other than the suspender."""
+        actor.require(ADMIN_PERMISSION)
+        async with self._sessions() as session:
+            integration = await self._repo.get(session, actor.org_id, cmd.integration_id)
+        integration.check_reactivation(actor.user_id)
+
+        def reactivate(i: Integration, creds: IssuedCredentials, now: dt.datetime) -> None:
+            i.reactivate(actor.user_id, api_key_prefix=creds.api_key_prefix, client_id=creds.client_id, now=now)
+
+        # Suspended already counts toward the limit, so reactivating never exceeds it.
+        return await self._issue_then_commit(actor, integration, "reactivated", cmd.request_id, reactivate, check_limit=False)
+
+    async def suspend(self, actor: Actor, cmd: commands.SuspendIntegration) -> Integration:
+        """Active -> Suspended; its credentials are revoked at identity before this returns."""
+        actor.require(ADMIN_PERMISSION)
+        now = self._clock()
+        integration = await self._change(
+            actor, cmd.integration_id, "suspended", lambda i: i.suspend(actor.user_id, cmd.reason, now),
+            reason=cmd.reason, request_id=cmd.request_id,
+        )
+        await self._revoke_credentials(actor, integration, "suspended", cmd.reason, cmd.request_id)
+        return integration
+
+    async def revoke(self, actor: Actor, cmd: commands.RevokeIntegration) -> Integration:
+        """Any state but Revoked -> Revoked, for good; credentials, if any were issued, are revoked."""
+        actor.require(ADMIN_PERMISSION)
+        now = self._clock()
+        integration = await self._change(
+            actor, cmd.integration_id, "revoked", lambda i: i.revoke(now), reason=cmd.reason, request_id=cmd.request_id
+        )
+        if integration.has_credentials:
+            await self._revoke_credentials(actor, integration, "revoked", cmd.reason or "integration revoked", cmd.request_id)
+        return integration
+
+    async def regenerate_api_key(self, actor: Actor, cmd: commands.RegenerateApiKey) -> tuple[Integration, RegeneratedApiKey]:
+        """A new API key for an Active integration; the old key stops working at once."""
+        actor.require(ADMIN_PERMISSION)
+        async with self._sessions() as session:
+            integration = await self._repo.get(session, actor.org_id, cmd.integration_id)
+        integration.check(Action.REGENERATE_API_KEY)
+        key = await self._credentials.regenerate_api_key(actor, integration.id, cmd.request_id)
+        now = self._clock()
+        try:
+            integration = await self._change(
+                actor, integration.id, "api_key_regenerated",
+                lambda i: i.api_key_regenerated(key.api_key_prefix, now), request_id=cmd.request_id,
+            )
+        except FailedPrecondition:
+            # Suspended or revoked meanwhile: the key just made must not outlive that change.
+            await self._compensate(actor, integration.id, "API key regenerated for an integration no longer active")
+            raise
+        return integration, key
+
+    # steps the use cases share
+
+    async def _change(
+        self,
+        actor: Actor,
+        integration_id: str,
+        kind: str,
+        mutate: Mutation,
+        *,
+        reason: str = "",
+        request_id: str = "",
+        expected_version: int = 0,
+    ) -> Integration:
+        """Load, apply `mutate`, save over the version read, and record: one transaction."""
+        async with self._sessions() as session, session.begin():
+            integration = await self._repo.get(session, actor.org_id, integration_id)
+            read_version = expected_version or integration.version
+            before = integration.copy()
+            mutate(integration)
+            await self._repo.save(session, integration, expected_version=read_version)
+            await self._record(session, actor, kind, before, integration, reason=reason, request_id=request_id)
+        self._notify()
+        return integration
+
+    async def _issue_then_commit(
+        self,
+        actor: Actor,
+        integration: Integration,
+        kind: str,
+        request_id: str,
+        apply: Callable[[Integration, IssuedCredentials, dt.datetime], None],
+        *,
+        check_limit: bool,
+    ) -> tuple[Integration, IssuedCredentials]:
+        """Issue credentials at identity, then commit the transition over the version read before
+        issuing; when the commit fails, revoke what was issued and re-raise."""
+        request_id = request_id or new_id("req")
+        credentials = await self._credentials.issue(actor, integration.id, integration.scopes, request_id)
+        try:
+            async with self._limit_lock, self._sessions() as session, session.begin():
+                if check_limit:
+                    await self._repo.lock_org(session, actor.org_id)
+                    ensure_room_for_activation(await self._repo.count_live(session, actor.org_id), self._max_live)
+                current = await self._repo.get(session, actor.org_id, integration.id)
+                before = current.copy()
+                apply(current, credentials, self._clock())
+                await self._repo.save(session, current, expected_version=integration.version)
+                await self._record(session, actor, kind, before, current, request_id=request_id)
+        except (Exception, asyncio.CancelledError):
+            await self._compensate(actor, integration.id, f"{kind} change was not committed")
+            raise
+        self._notify()
+        return current, credentials
+
+    async def _compensate(self, actor: Actor, integration_id: str, reason: str) -> None:
+        try:
+            await self._credentials.revoke(actor, integration_id, reason)
+        except Exception:  # noqa: BLE001 - the original failure is what the caller must see
+            # Left live, they still fail at the edge, which serves Active integrations only.
+            log.warning("could not revoke credentials of %s after a failed commit", integration_id, exc_info=True)
+
+    async def _revoke_credentials(self, actor: Actor, integration: Integration, kind: str, reason: str, request_id: str) -> None:
+        try:
+            await self._credentials.revoke(actor, integration.id, reason, request_id)
+        except NotFound:
+            pass  # identity holds nothing for it: nothing is live
+        except Unavailable as exc:
+            raise Unavailable(
+                f"integration {integration.id} is {integration.status.value}, but identity could not be reached to "
+                f"revoke its credentials now; identity revokes them when it consumes the "
+                f"trellis.integration.{kind} event",
+                integration_id=integration.id,
+                state=integration.status.value,
+            ) from exc
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        actor: Actor,
+        kind: str,
+        before: Integration | None,
+        after: Integration,
+        *,
+        reason: str = "",
+        request_id: str = "",
+    ) -> None:
+        """The history row, the IntegrationChanged event and the audit event of one change."""
+        await self._repo.add_history(
+            session,
+            HistoryEntry(
+                id=new_id("hst"), org_id=after.org_id, integration_id=after.id, action=kind, actor_id=actor.user_id,
+                from_status=before.status if before else None, to_status=after.status, reason=reason,
+                before_json=events.snapshot_json(before), after_json=events.snapshot_json(after), at=after.updated_at,
+            ),
+        )
+        for event in (
+            events.integration_changed(kind, after, actor_id=actor.user_id),
+            events.audit_event(kind, before, after, actor_id=actor.user_id, reason=reason, request_id=request_id),
+        ):
+            await add_event(session, outbox, event.subject, event.payload, event_id=event.event_id)

@@ -1,0 +1,289 @@
+"""The registry's tables and the repository that maps their rows to domain objects.
+
+Every query is filtered by organisation: another organisation's integration is NotFound.
+Changes use optimistic concurrency: an update names the version it read, and a row that moved
+on since then is Aborted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.kit.db import UTCDateTime, new_metadata
+from services.kit.errors import Aborted, InvalidArgument, NotFound
+from services.kit.outbox import outbox_table
+from services.registry.domain import Integration, Status
+
+metadata = new_metadata()
+
+integrations = Table(
+    "integrations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(200), nullable=False, index=True),
+    Column("vendor_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("rate_limit_per_minute", Integer, nullable=False),
+    Column("daily_quota", BigInteger, nullable=False),
+    Column("ip_allowlist", JSON, nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("approved_by", String(200), nullable=False),
+    Column("suspended_by", String(200), nullable=False),
+    Column("suspension_reason", Text, nullable=False),
+    Column("api_key_prefix", String(32), nullable=False),
+    Column("client_id", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("activated_at", UTCDateTime(), nullable=True),
+    Column("credentials_issued_at", UTCDateTime(), nullable=True),
+    Column("version", BigInteger, nullable=False),
+    # Listing: one organisation's integrations by status, newest first.
+    Index("ix_integrations_org_status", "org_id", "status"),
+    Index("ix_integrations_org_created", "org_id", "created_at", "id"),
+)
+
+lifecycle_history = Table(
+    "lifecycle_history",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(200), nullable=False),
+    Column("integration_id", String(40), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("actor_id", String(200), nullable=False),
+    Column("from_status", String(20), nullable=True),
+    Column("to_status", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("before_json", Text, nullable=False),
+    Column("after_json", Text, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_lifecycle_history_org_integration", "org_id", "integration_id", "at"),
+)
+
+outbox = outbox_table(metadata)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change of one integration, as the lifecycle history records it."""
+
+    id: str
+    org_id: str
+    integration_id: str
+    action: str
+    actor_id: str
+    from_status: Status | None
+    to_status: Status
+    reason: str
+    before_json: str
+    after_json: str
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Page:
+    integrations: list[Integration]
+    next_page_token: str
+
+
+_COLUMNS = (
+    "id", "org_id", "vendor_id", "name", "description", "owner", "scopes", "rate_limit_per_minute",
+    "daily_quota", "ip_allowlist", "requested_by", "approved_by", "suspended_by", "suspension_reason",
+    "api_key_prefix", "client_id", "created_at", "updated_at", "activated_at", "credentials_issued_at", "version",
+)
+
+
+def _row(integration: Integration) -> dict[str, object]:
+    values: dict[str, object] = {name: getattr(integration, name) for name in _COLUMNS}
+    values["status"] = integration.status.value
+    values["scopes"] = list(integration.scopes)
+    values["ip_allowlist"] = list(integration.ip_allowlist)
+    return values
+
+
+def _integration(row: RowMapping) -> Integration:
+    values = {name: row[name] for name in _COLUMNS}
+    values["scopes"] = list(values["scopes"] or [])  # type: ignore[arg-type]
+    values["ip_allowlist"] = list(values["ip_allowlist"] or [])  # type: ignore[arg-type]
+    return Integration(status=Status(row["status"]), **values)  # type: ignore[arg-type]
+
+
+def _encode_token(created_at: dt.datetime, integration_id: str) -> str:
+    raw = json.dumps({"c": created_at.isoformat(), "i": integration_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        created_at = dt.datetime.fromisoformat(data["c"])
+        integration_id = data["i"]
+        if created_at.tzinfo is None or not isinstance(integration_id, str):
+            raise ValueError("bad token fields")
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument("page_token is not one this service returned") from exc
+    return created_at, integration_id
+
+
+class IntegrationRepository:
+    """Reads and writes integrations and their history inside the caller's session."""
+
+    def __init__(self, *, postgres: bool) -> None:
+        self._postgres = postgres
+
+    async def add(self, session: AsyncSession, integration: Integration) -> None:
+        await session.execute(integrations.insert().values(**_row(integration)))
+
+    async def get(self, session: AsyncSession, org_id: str, integration_id: str) -> Integration:
+        """The integration, or NotFound when it does not exist in this organisation."""
+        row = (
+            await session.execute(
+                select(integrations).where(integrations.c.org_id == org_id, integrations.c.id == integration_id)
+            )
+        ).mappings().first()
+        if row is None:
+            raise NotFound(f"integration {integration_id} not found", integration_id=integration_id)
+        return _integration(row)
+
+    async def save(self, session: AsyncSession, integration: Integration, *, expected_version: int) -> None:
+        """Write `integration` over the row read at `expected_version`; Aborted if it moved on since."""
+        values = _row(integration)
+        for key in ("id", "org_id", "created_at", "requested_by"):
+            values.pop(key)
+        result = await session.execute(
+            update(integrations)
+            .where(
+                integrations.c.org_id == integration.org_id,
+                integrations.c.id == integration.id,
+                integrations.c.version == expected_version,
+            )
+            .values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Aborted(
+                f"integration {integration.id} was changed by another request; reload it and retry",
+                integration_id=integration.id,
+            )
+
+    async def count_live(self, session: AsyncSession, org_id: str) -> int:
+        """How many of the organisation's integrations are Active or Suspended."""
+        live = [s.value for s in Status if s.is_live]
+        return int(
+            (
+                await session.execute(
+                    select(func.count())
+                    .select_from(integrations)
+                    .where(integrations.c.org_id == org_id, integrations.c.status.in_(live))
+                )
+            ).scalar_one()
+        )
+
+    async def lock_org(self, session: AsyncSession, org_id: str) -> None:
+        """Serialise limit checks of one organisation across replicas (PostgreSQL; SQLite has one writer)."""
+        if self._postgres:
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"trellis.registry.org:{org_id}"}
+            )
+
+    async def list_page(
+        self,
+        session: AsyncSession,
+        org_id: str,
+        *,
+        statuses: Sequence[Status] = (),
+        vendor_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page:
+        """One page of the organisation's integrations, newest first."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", page_size=page_size)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        t = integrations
+        query = select(t).where(t.c.org_id == org_id)
+        if statuses:
+            query = query.where(t.c.status.in_([s.value for s in statuses]))
+        if vendor_id:
+            query = query.where(t.c.vendor_id == vendor_id)
+        if page_token:
+            created_at, last_id = _decode_token(page_token)
+            query = query.where(or_(t.c.created_at < created_at, and_(t.c.created_at == created_at, t.c.id < last_id)))
+        query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(size + 1)
+        rows = (await session.execute(query)).mappings().all()
+        found = [_integration(r) for r in rows[:size]]
+        token = _encode_token(found[-1].created_at, found[-1].id) if len(rows) > size else ""
+        return Page(found, token)
+
+    async def add_history(self, session: AsyncSession, entry: HistoryEntry) -> None:
+        await session.execute(
+            lifecycle_history.insert().values(
+                id=entry.id,
+                org_id=entry.org_id,
+                integration_id=entry.integration_id,
+                action=entry.action,
+                actor_id=entry.actor_id,
+                from_status=entry.from_status.value if entry.from_status else None,
+                to_status=entry.to_status.value,
+                reason=entry.reason,
+                before_json=entry.before_json,
+                after_json=entry.after_json,
+                at=entry.at,
+            )
+        )
+
+    async def history(self, session: AsyncSession, org_id: str, integration_id: str) -> list[HistoryEntry]:
+        """Every change of the integration, oldest first; NotFound outside the organisation."""
+        await self.get(session, org_id, integration_id)
+        h = lifecycle_history
+        rows = (
+            await session.execute(
+                select(h).where(h.c.org_id == org_id, h.c.integration_id == integration_id).order_by(h.c.at, h.c.id)
+            )
+        ).mappings().all()
+        return [
+            HistoryEntry(
+                id=r["id"],
+                org_id=r["org_id"],
+                integration_id=r["integration_id"],
+                action=r["action"],
+                actor_id=r["actor_id"],
+                from_status=Status(r["from_status"]) if r["from_status"] else None,
+                to_status=Status(r["to_status"]),
+                reason=r["reason"],
+                before_json=r["before_json"],
+                after_json=r["after_json"],
+                at=r["at"],
+            )
+            for r in rows
+        ]

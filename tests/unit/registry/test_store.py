@@ -1,0 +1,170 @@
+"""The registry's tables on SQLite and PostgreSQL: migrations, round trip, isolation, listing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
+from services.kit.errors import Aborted, InvalidArgument, NotFound
+from services.kit.ids import new_id
+from services.registry.domain import Integration, Status
+from services.registry.store import HistoryEntry, IntegrationRepository, metadata
+
+T0 = dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    await migrate_async("registry", database_url)
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def repo(database_url: str) -> IntegrationRepository:
+    return IntegrationRepository(postgres=not is_sqlite(database_url))
+
+
+def make(org: str, *, vendor: str = "sap", minutes: int = 0, status: Status = Status.REQUESTED) -> Integration:
+    i = Integration.request(
+        id=new_id("int"), org_id=org, vendor_id=vendor, name=f"{vendor} sync", owner="olivia",
+        requested_by="rita", now=T0 + dt.timedelta(minutes=minutes),
+        scopes=["orders:read", "crm:write"], rate_limit_per_minute=120, daily_quota=5000,
+        ip_allowlist=["10.0.0.0/8", "2001:db8::1"], description="orders into SAP",
+    )
+    i.status = status
+    return i
+
+
+async def test_migrations_match_the_metadata(engine: AsyncEngine) -> None:
+    def diff(connection: object) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})  # type: ignore[arg-type]
+        return compare_metadata(context, metadata)
+
+    async with engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+
+
+async def test_integration_round_trips_every_field(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    i = make("org_round")
+    i.approve("alex", T0)
+    i.activate(api_key_prefix="grq_live_abcdefg", client_id="cli_round", now=T0 + dt.timedelta(seconds=1))
+    async with sessions() as session, session.begin():
+        await repo.add(session, i)
+    async with sessions() as session:
+        loaded = await repo.get(session, "org_round", i.id)
+    assert loaded == i
+    assert loaded.activated_at is not None and loaded.activated_at.tzinfo is not None
+
+
+async def test_another_organisations_integration_is_not_found(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    mine = make("org_mine")
+    async with sessions() as session, session.begin():
+        await repo.add(session, mine)
+    async with sessions() as session:
+        with pytest.raises(NotFound):
+            await repo.get(session, "org_other", mine.id)
+        with pytest.raises(NotFound):
+            await repo.history(session, "org_other", mine.id)
+        assert (await repo.list_page(session, "org_other")).integrations == []
+        assert await repo.count_live(session, "org_other") == 0
+
+
+async def test_save_refuses_a_stale_version(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    i = make("org_cas")
+    async with sessions() as session, session.begin():
+        await repo.add(session, i)
+    first, second = i.copy(), i.copy()
+    first.update({"owner": "first writer"}, T0)
+    second.update({"owner": "second writer"}, T0)
+    async with sessions() as session, session.begin():
+        await repo.save(session, first, expected_version=1)
+    with pytest.raises(Aborted):
+        async with sessions() as session, session.begin():
+            await repo.save(session, second, expected_version=1)
+    async with sessions() as session:
+        assert (await repo.get(session, "org_cas", i.id)).owner == "first writer"
+
+
+async def test_list_filters_by_status_and_vendor_newest_first(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    rows = [
+        make("org_list", vendor="sap", minutes=1, status=Status.ACTIVE),
+        make("org_list", vendor="xero", minutes=2, status=Status.SUSPENDED),
+        make("org_list", vendor="sap", minutes=3, status=Status.REQUESTED),
+        make("org_list", vendor="sap", minutes=4, status=Status.SUSPENDED),
+        make("org_else", vendor="sap", minutes=5, status=Status.ACTIVE),
+    ]
+    async with sessions() as session, session.begin():
+        for r in rows:
+            await repo.add(session, r)
+    async with sessions() as session:
+        everything = await repo.list_page(session, "org_list")
+        live = await repo.list_page(session, "org_list", statuses=[Status.ACTIVE, Status.SUSPENDED])
+        sap_suspended = await repo.list_page(session, "org_list", statuses=[Status.SUSPENDED], vendor_id="sap")
+        xero = await repo.list_page(session, "org_list", vendor_id="xero")
+        assert await repo.count_live(session, "org_list") == 3
+    assert [i.id for i in everything.integrations] == [rows[3].id, rows[2].id, rows[1].id, rows[0].id]
+    assert everything.next_page_token == ""
+    assert [i.id for i in live.integrations] == [rows[3].id, rows[1].id, rows[0].id]
+    assert [i.id for i in sap_suspended.integrations] == [rows[3].id]
+    assert [i.id for i in xero.integrations] == [rows[1].id]
+
+
+async def test_list_pages_with_an_opaque_token(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    # Two share a creation instant: the id breaks the tie, so no page repeats or skips one.
+    rows = [make("org_pages", minutes=m) for m in (0, 1, 1, 2, 3, 4, 5)]
+    async with sessions() as session, session.begin():
+        for r in rows:
+            await repo.add(session, r)
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    async with sessions() as session:
+        while True:
+            page = await repo.list_page(session, "org_pages", page_size=3, page_token=token)
+            seen += [i.id for i in page.integrations]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+    expected = [i.id for i in sorted(rows, key=lambda i: (i.created_at, i.id), reverse=True)]
+    assert seen == expected
+    assert pages == 3
+
+
+async def test_list_page_size_is_bounded_and_tokens_are_checked(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        with pytest.raises(InvalidArgument, match="page_token"):
+            await repo.list_page(session, "org_x", page_token="not-a-token")
+        with pytest.raises(InvalidArgument, match="page_size"):
+            await repo.list_page(session, "org_x", page_size=-1)
+        assert (await repo.list_page(session, "org_x", page_size=100_000)).integrations == []
+
+
+async def test_history_rows_come_back_oldest_first(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    i = make("org_hist")
+    entries = [
+        HistoryEntry(new_id("hst"), "org_hist", i.id, "created", "rita", None, Status.REQUESTED, "", "", "{}", T0),
+        HistoryEntry(new_id("hst"), "org_hist", i.id, "approved", "alex", Status.REQUESTED, Status.APPROVED, "",
+                     "{}", "{}", T0 + dt.timedelta(seconds=5)),
+    ]
+    async with sessions() as session, session.begin():
+        await repo.add(session, i)
+        for e in reversed(entries):
+            await repo.add_history(session, e)
+    async with sessions() as session:
+        assert await repo.history(session, "org_hist", i.id) == entries
