@@ -1,0 +1,1 @@
+"""The `trellis` command line and the embedded launcher (`trellis up`)."""

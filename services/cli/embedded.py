@@ -1,0 +1,116 @@
+"""Local secrets of the embedded mode, kept under `<data dir>/secrets/`.
+
+`trellis up` creates them on first run and reuses them afterwards: the actor signing key pair
+(the CLI signs actor tokens with the private key, the services verify with the public one)
+and the key-encryption key the services encrypt their stored secrets with. The directory is
+0700 and every secret file 0600, created exclusively so an existing file is never replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION, generate_actor_key, mint_actor_token
+from services.kit.settings import Settings
+
+SECRETS_DIR = "secrets"
+PRIVATE_KEY_FILE = "actor_private.pem"
+PUBLIC_KEY_FILE = "actor_public.pem"
+KEK_FILE = "kek"
+
+# What an administrator using the CLI may do; the services still check each call.
+CLI_PERMISSIONS = (ADMIN_PERMISSION, QA_PERMISSION)
+# Short-lived: each CLI invocation mints a fresh token.
+CLI_TOKEN_TTL_SECONDS = 300
+
+
+class EmbeddedSecretsMissing(Exception):
+    """The data directory has no local secrets yet (`trellis up` has never run there)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedSecrets:
+    """Paths of the local actor key pair and the key-encryption key (base64 of 32 bytes)."""
+
+    directory: Path
+    private_key_file: Path
+    public_key_file: Path
+    kek: str
+
+    def private_key_pem(self) -> bytes:
+        return self.private_key_file.read_bytes()
+
+
+def secrets_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / SECRETS_DIR
+
+
+def ensure_secrets(data_dir: Path) -> EmbeddedSecrets:
+    """Create whatever local secret is missing under `data_dir/secrets`, reuse the rest."""
+    directory = secrets_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    private_file, public_file, kek_file = (directory / n for n in (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, KEK_FILE))
+
+    if not private_file.exists():
+        private_pem, public_pem = generate_actor_key()
+        write_new_file(private_file, private_pem, mode=0o600)
+        public_file.unlink(missing_ok=True)  # a stale public key would not match the new private one
+        write_new_file(public_file, public_pem, mode=0o644)
+    elif not public_file.exists():
+        write_new_file(public_file, _public_pem_of(private_file.read_bytes()), mode=0o644)
+
+    if not kek_file.exists():
+        write_new_file(kek_file, base64.b64encode(secrets.token_bytes(32)) + b"\n", mode=0o600)
+    return load_secrets(data_dir)
+
+
+def load_secrets(data_dir: Path) -> EmbeddedSecrets:
+    """The existing local secrets; EmbeddedSecretsMissing when `trellis up` never made them."""
+    directory = secrets_dir(data_dir)
+    private_file, public_file, kek_file = (directory / n for n in (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, KEK_FILE))
+    missing = [p.name for p in (private_file, public_file, kek_file) if not p.exists()]
+    if missing:
+        raise EmbeddedSecretsMissing(
+            f"no local secrets in {directory} (missing {', '.join(missing)}): "
+            f"start Trellis there first with `trellis up --data-dir {data_dir}`"
+        )
+    return EmbeddedSecrets(directory, private_file, public_file, kek_file.read_text().strip())
+
+
+def write_new_file(path: Path, content: bytes, *, mode: int) -> None:
+    """Write `content` to a file that must not exist yet, created with `mode` from the start."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; set it exactly
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
+def mint_cli_token(settings: Settings, *, user_id: str, org_id: str,
+                   permissions: tuple[str, ...] = CLI_PERMISSIONS) -> str:
+    """An actor token for one CLI invocation, signed with the data directory's local key."""
+    local = load_secrets(settings.data_dir)
+    return mint_actor_token(
+        local.private_key_pem(),
+        issuer=settings.actor_issuer,
+        audience=settings.actor_audience,
+        user_id=user_id,
+        org_id=org_id,
+        permissions=list(permissions),
+        ttl_seconds=CLI_TOKEN_TTL_SECONDS,
+    )
+
+
+def _public_pem_of(private_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

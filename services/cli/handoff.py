@@ -1,0 +1,76 @@
+"""The partner hand-off file: what the spec's "What to Share" table lists, in one file that
+only its owner can read.
+
+The file is reserved (created empty, mode 0600, never over an existing file) before the
+credentials are requested, so a bad path cannot cost the one showing of the credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from services.contracts.trellis.identity.v1 import identity_pb2
+from services.contracts.trellis.registry.v1 import registry_pb2
+
+HANDLING = (
+    "Transfer this file through a secrets manager, password vault or other encrypted channel; "
+    "never by email or chat. The API key and client secret cannot be shown again."
+)
+
+
+class HandoffExists(Exception):
+    """The hand-off path already exists; it is never overwritten."""
+
+
+class HandoffFile:
+    """A new file with mode 0600, reserved now and written once the credentials exist."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def reserve(cls, path: str | Path) -> "HandoffFile":
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise HandoffExists(f"{path} already exists; a hand-off file is never overwritten, choose a new path") from None
+        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask; set it exactly
+        return cls(path, fd)
+
+    def write(self, document: dict[str, Any]) -> None:
+        data = (json.dumps(document, indent=2) + "\n").encode()
+        try:
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def abandon(self) -> None:
+        """Remove the reserved file: the call that would have filled it failed."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self.path.unlink(missing_ok=True)
+
+
+def handoff_document(integration: registry_pb2.Integration, credentials: identity_pb2.Credentials,
+                     *, api_docs_url: str) -> dict[str, Any]:
+    """API key, client id and secret, issuer and token URL, API docs URL, granted scopes."""
+    return {
+        "integration_id": integration.id,
+        "integration_name": integration.name,
+        "api_key": credentials.api_key,
+        "client_id": credentials.client_id,
+        "client_secret": credentials.client_secret,
+        "issuer": credentials.issuer,
+        "token_url": credentials.token_url,
+        "audience": credentials.audience,
+        "api_docs_url": api_docs_url,
+        "scopes": list(credentials.scopes or integration.scopes),
+        "handling": HANDLING,
+    }

@@ -1,0 +1,365 @@
+"""`trellis up`: the whole suite on one machine, in the embedded mode.
+
+Starts a nats-server with JetStream (store under `<data dir>/nats`), migrates each service's
+SQLite database under the data directory, then runs every implemented service as its own
+process and waits for each to answer the gRPC health check. SIGINT or SIGTERM stops the
+services (newest first), then nats-server, and exits 0; a service that dies on its own stops
+the rest and exits 1. Everything lives in the data directory, so a restart keeps all data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+
+import services
+from services.cli.embedded import EmbeddedSecrets, ensure_secrets
+from services.cli.output import table
+from services.kit.db import is_sqlite, migrate
+from services.kit.natsproc import NatsServer
+from services.kit.settings import DEFAULT_PORTS, Mode, Settings
+
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+PROBE_INTERVAL_SECONDS = 0.1
+SUPERVISE_INTERVAL_SECONDS = 0.25
+LOG_TAIL_LINES = 20
+REPLICA_PORT_STEP = 100
+READY_LINE = "Trellis is ready."
+RUN_HEADER = "=== trellis up: starting"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service the launcher can run, in start order; `probe` says how readiness is seen."""
+
+    name: str
+    probe: str = "grpc"  # "grpc": grpc.health.v1 answers SERVING; "tcp": the port accepts
+
+
+# Start order: a service's peers start before it. Later issues add theirs here.
+SERVICES = (
+    ServiceSpec("identity"),
+    ServiceSpec("registry"),
+    ServiceSpec("webhooks"),
+    ServiceSpec("logs"),
+    ServiceSpec("edge", probe="tcp"),
+)
+
+_PACKAGE_ROOT = Path(services.__file__).parent
+
+
+def implemented_services() -> list[ServiceSpec]:
+    """The services whose package has a `main.py`."""
+    return [s for s in SERVICES if (_PACKAGE_ROOT / s.name / "main.py").is_file()]
+
+
+def services_with_migrations() -> list[str]:
+    return [s.name for s in SERVICES if (_PACKAGE_ROOT / s.name / "migrations" / "env.py").is_file()]
+
+
+def describe_database(url: str) -> str:
+    """A database for people: the file of a SQLite URL, else the URL without its password."""
+    if is_sqlite(url):
+        return url.split("///", 1)[-1]
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class LaunchError(Exception):
+    """Trellis could not start or kept running; the message says what to look at."""
+
+
+class Stopped(Exception):
+    """A stop signal arrived while starting."""
+
+
+@dataclass
+class Child:
+    name: str
+    replica: int
+    address: str
+    log_file: Path
+    database: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def label(self) -> str:
+        return self.name if self.replica == 0 else f"{self.name}-{self.replica}"
+
+
+class Launcher:
+    """Runs nats-server and the services until a signal; `run()` returns the exit code."""
+
+    def __init__(self, settings: Settings, *, replicas: int = 1, nats_port: int | None = None,
+                 out: TextIO | None = None) -> None:
+        self.data_dir = settings.data_dir.resolve()
+        # The launcher is the embedded mode by definition, whatever TRELLIS_MODE says.
+        self.settings = settings.model_copy(update={"mode": Mode.EMBEDDED, "data_dir": self.data_dir})
+        self.replicas = replicas
+        nats = urlsplit(self.settings.nats_url)
+        self.nats_host = nats.hostname or "127.0.0.1"
+        self.nats_port = nats_port if nats_port is not None else (nats.port or 4222)
+        self.out = out or sys.stdout
+        self.logs_dir = self.data_dir / "logs"
+        self.nats: NatsServer | None = None
+        self.children: list[Child] = []
+        self.secrets: EmbeddedSecrets | None = None
+        self._stop = threading.Event()
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            with self._exclusive_data_dir():
+                try:
+                    self._start_all()
+                    self._print_summary()
+                    return self._supervise()
+                except Stopped:
+                    return 0
+                except LaunchError as exc:
+                    _report(exc)
+                    return 1
+                finally:
+                    # Still holding the data directory: no second launcher starts meanwhile.
+                    self._stop_all()
+        except LaunchError as exc:  # the data directory is taken
+            _report(exc)
+            return 1
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stop.set()
+
+    def _start_all(self) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets = ensure_secrets(self.data_dir)
+        self._start_nats()
+        specs = implemented_services()
+        for spec in specs:
+            self._migrate(spec.name)
+        for spec in specs:
+            for replica in range(self.replicas):
+                child = self._start_service(spec, replica)
+                self._wait_ready(spec, child)
+
+    def _supervise(self) -> int:
+        while not self._stop.wait(SUPERVISE_INTERVAL_SECONDS):
+            for child in self.children:
+                if child.process.poll() is not None:
+                    print(f"error: {child.label} (pid {child.process.pid}) {_exit_status(child.process.returncode)}; "
+                          f"stopping the rest.\n{_tail(child.log_file)}", file=sys.stderr, flush=True)
+                    return 1
+            if self.nats is not None and self.nats.process is not None and self.nats.process.poll() is not None:
+                print(f"error: nats-server {_exit_status(self.nats.process.returncode)}; stopping the rest.\n"
+                      f"{_tail(self.logs_dir / 'nats.log')}", file=sys.stderr, flush=True)
+                return 1
+        self._say("Stopping Trellis…")
+        return 0
+
+    # --- steps ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive_data_dir(self) -> Iterator[None]:
+        if not self.data_dir.exists():
+            # The databases hold key hashes and encrypted signing keys: owner only. An existing
+            # directory (the user's choice) keeps its mode.
+            self.data_dir.mkdir(parents=True)
+            os.chmod(self.data_dir, 0o700)
+        with open(self.data_dir / "trellis.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LaunchError(f"another `trellis up` is already running on {self.data_dir}") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            yield
+
+    def _start_nats(self) -> None:
+        self._say(f"Starting nats-server (JetStream) on {self.nats_host}:{self.nats_port}…")
+        self.nats = NatsServer(self.data_dir / "nats", port=self.nats_port, host=self.nats_host,
+                               log_file=self.logs_dir / "nats.log")
+        try:
+            self.nats.start()
+        except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+            raise LaunchError(f"nats-server did not start: {exc}\n{_tail(self.logs_dir / 'nats.log')}") from None
+
+    def _migrate(self, name: str) -> None:
+        url = self.settings.database_url(name)
+        self._say(f"Migrating {name} ({describe_database(url)})…")
+        try:
+            migrate(name, url)
+        except Exception as exc:  # noqa: BLE001 - one line for the operator, then stop cleanly
+            raise LaunchError(f"migrating {name} failed: {exc}") from None
+
+    def _start_service(self, spec: ServiceSpec, replica: int) -> Child:
+        address = self.address(spec.name, replica)
+        log_file = self.logs_dir / (f"{spec.name}.log" if replica == 0 else f"{spec.name}-{replica}.log")
+        self._say(f"Starting {spec.name}{f' replica {replica}' if replica else ''} on {address}…")
+        with open(log_file, "ab") as log:
+            log.write(f"{RUN_HEADER} {spec.name} at {dt.datetime.now(dt.timezone.utc).isoformat()} ===\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{spec.name}"],
+                env=self.child_environment(spec.name, replica),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                # Its own session: Ctrl-C reaches only the launcher, which stops children in order.
+                start_new_session=True,
+            )
+        database = describe_database(self.settings.database_url(spec.name)) if spec.name in services_with_migrations() else "-"
+        child = Child(spec.name, replica, address, log_file, database, process)
+        self.children.append(child)
+        return child
+
+    def _wait_ready(self, spec: ServiceSpec, child: Child) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                raise Stopped()
+            if child.process.poll() is not None:
+                raise LaunchError(f"{child.label} {_exit_status(child.process.returncode)} while starting\n{_tail(child.log_file)}")
+            if _probe(spec.probe, child.address):
+                return
+            self._stop.wait(PROBE_INTERVAL_SECONDS)
+        raise LaunchError(f"{child.label} did not become ready on {child.address} within {READY_TIMEOUT_SECONDS:.0f}s\n{_tail(child.log_file)}")
+
+    def _stop_all(self) -> None:
+        # Newest first: a service stops before the peers it calls, and NATS goes last.
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    child.process.wait(STOP_TIMEOUT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    print(f"warning: {child.label} did not stop within {STOP_TIMEOUT_SECONDS:.0f}s; killing it", file=sys.stderr)
+                    child.process.kill()
+                    child.process.wait()
+        self.children.clear()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+            self._say("Trellis stopped.")
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def address(self, name: str, replica: int = 0) -> str:
+        """Where one replica of a service listens: replica k uses the service's port + 100*k."""
+        configured = getattr(self.settings, f"{name}_addr", None) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
+        host, _, port = configured.rpartition(":")
+        return f"{host}:{int(port) + REPLICA_PORT_STEP * replica}"
+
+    def child_environment(self, name: str, replica: int) -> dict[str, str]:
+        """The settings of one service process: this data directory, NATS, secrets, addresses."""
+        assert self.secrets is not None and self.nats is not None
+        env = dict(os.environ)
+        env.update({
+            "TRELLIS_MODE": "embedded",
+            "TRELLIS_DATA_DIR": str(self.data_dir),
+            "TRELLIS_NATS_URL": self.nats.url,
+            "TRELLIS_NATS_STREAM_REPLICAS": "1",  # one embedded nats-server
+            "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(self.secrets.public_key_file),
+            "TRELLIS_ACTOR_ISSUER": self.settings.actor_issuer,
+            "TRELLIS_ACTOR_AUDIENCE": self.settings.actor_audience,
+            "TRELLIS_KEK": self.secrets.kek,
+            "PYTHONUNBUFFERED": "1",
+        })
+        for spec in SERVICES:
+            if hasattr(self.settings, f"{spec.name}_addr"):
+                env[f"TRELLIS_{spec.name.upper()}_ADDR"] = self.address(spec.name)
+        for service in services_with_migrations():
+            env[f"TRELLIS_{service.upper()}_DATABASE_URL"] = self.settings.database_url(service)
+        env[f"TRELLIS_{name.upper()}_ADDR"] = self.address(name, replica)
+        return env
+
+    # --- output -----------------------------------------------------------------------------
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _print_summary(self) -> None:
+        assert self.nats is not None and self.nats.process is not None and self.secrets is not None
+        rows = [("nats", f"{self.nats.host}:{self.nats.port}", str(self.nats.process.pid),
+                 str(self.logs_dir / "nats.log"), f"{self.data_dir / 'nats'} (JetStream store)")]
+        rows += [(c.label, c.address, str(c.process.pid), str(c.log_file), c.database) for c in self.children]
+        cli = "trellis" if self.data_dir == (Path.cwd() / ".trellis").resolve() else f"trellis --data-dir {self.data_dir}"
+        self._say("")
+        self._say("Trellis is running in embedded mode.\n")
+        self._say(table(("SERVICE", "ADDRESS", "PID", "LOG", "DATABASE"), rows))
+        self._say(f"\nData directory: {self.data_dir}")
+        self._say(f"Secrets (actor signing key, key-encryption key): {self.secrets.directory} (0700)")
+        self._say("A restart with the same data directory keeps all data.\n")
+        self._say("Use the CLI from another terminal (with the same TRELLIS_* environment):")
+        for example in (
+            "vendors",
+            "scopes",
+            '--actor alice integrations create --vendor sap --name "SAP Procurement Sync" '
+            '--description "Purchase orders into SAP" --owner alice --scope inventory:read,orders:write',
+            "--actor bob integrations approve <id>",
+            "--actor bob integrations activate <id> --handoff partner-handoff.json",
+            "integrations list",
+            "integrations show <id>",
+        ):
+            self._say(f"  {cli} {example}")
+        self._say("\nPress Ctrl-C to stop.")
+        self._say(READY_LINE)
+
+
+def _report(exc: LaunchError) -> None:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+
+
+def _probe(kind: str, address: str) -> bool:
+    if kind == "grpc":
+        with grpc.insecure_channel(address) as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            except grpc.RpcError:
+                return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines this run wrote to a log (earlier runs appended above the run's header)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    starts = [i for i, line in enumerate(text) if line.startswith(RUN_HEADER)]
+    text = text[starts[-1] + 1:] if starts else text
+    if not text:
+        return f"(nothing in {path} from this run)"
+    return f"last lines of {path}:\n" + "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"

@@ -1,0 +1,162 @@
+"""CLI commands against real identity and registry services (in this process, on port 0),
+with the actor tokens the CLI signs from its data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.cli.embedded import ensure_secrets
+from services.cli.main import run
+from services.kit.settings import Settings
+from tests.support.services import start_service
+
+
+@dataclass
+class Cli:
+    """`trellis …` with the data directory and addresses of the services under test."""
+
+    data_dir: Path
+    identity_addr: str
+    registry_addr: str
+    capsys: pytest.CaptureFixture[str]
+
+    async def __call__(self, *argv: str, actor: str = "alice", org: str = "org_cli") -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = await asyncio.to_thread(run, [
+            "--data-dir", str(self.data_dir), "--identity-addr", self.identity_addr,
+            "--registry-addr", self.registry_addr, "--actor", actor, "--org", org, *argv,
+        ])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    async def json(self, *argv: str, **kw: str) -> dict:
+        code, out, err = await self(*argv, "--json", **kw)
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+async def cli(tmp_path: Path, make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Cli]:
+    data_dir = tmp_path / "cli-data"
+    local = ensure_secrets(data_dir)
+    defaults = Settings()
+    trust_cli = {"actor_public_key_file": str(local.public_key_file), "actor_issuer": defaults.actor_issuer,
+                 "actor_audience": defaults.actor_audience, "data_dir": data_dir}
+    identity = await start_service("identity", make_settings(**trust_cli))
+    registry = await start_service("registry", make_settings(**trust_cli, identity_addr=f"127.0.0.1:{identity.port}"))
+    try:
+        yield Cli(data_dir, f"127.0.0.1:{identity.port}", f"127.0.0.1:{registry.port}", capsys)
+    finally:
+        await registry.stop(0)
+        await identity.stop(0)
+
+
+async def _active(cli: Cli, tmp_path: Path) -> str:
+    created = await cli.json("integrations", "create", "--vendor", "netsuite", "--name", "NetSuite orders",
+                             "--description", "orders", "--owner", "alice", "--scope", "orders:read,inventory:read")
+    integration_id = created["integration"]["id"]
+    await cli.json("integrations", "approve", integration_id, actor="bob")
+    activated = await cli.json("integrations", "activate", integration_id, actor="bob")
+    assert activated["integration"]["status"] == "active"
+    assert activated["credentials"]["api_key"].startswith("grq_live_") and activated["credentials"]["client_secret"]
+    return integration_id
+
+
+async def test_update_adds_and_removes_scopes_and_replaces_then_clears_the_allowlist(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    updated = await cli.json("integrations", "update", integration_id, "--add-scope", "crm:read",
+                             "--remove-scope", "orders:read", "--rate-limit", "240", "--allow", "10.0.0.0/8,2001:db8::/32")
+    integration = updated["integration"]
+    assert integration["scopes"] == ["crm:read", "inventory:read"]
+    assert integration["sensitive_scopes"] == ["crm:read"]
+    assert integration["rate_limit_per_minute"] == 240
+    assert integration["ip_allowlist"] == ["10.0.0.0/8", "2001:db8::/32"]
+    cleared = await cli.json("integrations", "update", integration_id, "--clear-allowlist")
+    assert cleared["integration"]["ip_allowlist"] == [] and cleared["integration"]["rate_limit_per_minute"] == 240
+
+
+async def test_refused_scope_is_one_error_line_naming_the_allowed_set(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    code, out, err = await cli("integrations", "update", integration_id, "--add-scope", "finance:write")
+    assert code == 1 and out == ""
+    assert err.startswith("error: INVALID_ARGUMENT: ") and err.count("\n") == 1
+    assert "finance:read" in err
+
+
+async def test_reactivation_needs_a_second_admin_and_writes_a_new_handoff(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    await cli.json("integrations", "suspend", integration_id, "--reason", "security review", actor="carol")
+    code, _, err = await cli("integrations", "reactivate", integration_id, actor="carol")
+    assert code == 1 and err.startswith("error: PERMISSION_DENIED: ")
+
+    handoff = tmp_path / "again.json"
+    code, out, err = await cli("integrations", "reactivate", integration_id, "--handoff", str(handoff), actor="dave")
+    assert code == 0, err
+    data = json.loads(handoff.read_text())
+    assert stat.S_IMODE(handoff.stat().st_mode) == 0o600
+    assert data["api_key"] in out and data["client_secret"] in out
+    assert "Reactivated" in out and "secrets manager" in out
+
+
+async def test_show_lists_the_lifecycle_history_in_order(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    await cli.json("integrations", "suspend", integration_id, "--reason", "paused contract", actor="carol")
+    shown = await cli.json("integrations", "show", integration_id)
+    assert [e["action"] for e in shown["history"]] == ["created", "approved", "activated", "suspended"]
+    assert shown["history"][-1]["reason"] == "paused contract"
+    code, out, _ = await cli("integrations", "show", integration_id)
+    assert code == 0 and "paused contract" in out and "Suspended" in out
+
+
+async def test_list_filters_by_status_and_vendor(cli: Cli, tmp_path: Path) -> None:
+    active_id = await _active(cli, tmp_path)
+    requested = await cli.json("integrations", "create", "--vendor", "shopify", "--name", "Shop", "--description", "d",
+                               "--owner", "o", "--scope", "orders:read")
+    requested_id = requested["integration"]["id"]
+    by_status = await cli.json("integrations", "list", "--status", "active")
+    assert [i["id"] for i in by_status["integrations"]] == [active_id]
+    by_vendor = await cli.json("integrations", "list", "--vendor", "shopify")
+    assert [i["id"] for i in by_vendor["integrations"]] == [requested_id]
+    code, out, _ = await cli("integrations", "list", "--status", "requested,approved")
+    assert code == 0 and requested_id in out and active_id not in out
+
+
+async def test_regenerated_key_is_shown_once_and_replaces_the_prefix(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    before = (await cli.json("integrations", "show", integration_id))["integration"]["api_key_prefix"]
+    regenerated = await cli.json("integrations", "regenerate-key", integration_id)
+    assert regenerated["api_key"].startswith(regenerated["api_key_prefix"])
+    assert regenerated["api_key_prefix"] != before
+    shown = await cli.json("integrations", "show", integration_id)
+    assert regenerated["api_key"] not in json.dumps(shown)
+
+
+async def test_revoke_is_terminal(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    code, out, err = await cli("integrations", "revoke", integration_id, "--reason", "retired", "--yes")
+    assert code == 0 and "Revoked" in out, err
+    code, _, err = await cli("integrations", "reactivate", integration_id, actor="bob")
+    assert code == 1 and err.startswith("error: FAILED_PRECONDITION: ")
+
+
+async def test_another_organisations_integration_is_not_found(cli: Cli, tmp_path: Path) -> None:
+    integration_id = await _active(cli, tmp_path)
+    code, _, err = await cli("integrations", "show", integration_id, org="org_other")
+    assert code == 1 and err.startswith("error: NOT_FOUND: ")
+
+
+async def test_catalogues_and_key_rotation(cli: Cli) -> None:
+    vendors = await cli.json("vendors")
+    assert len(vendors["vendors"]) == 12
+    code, out, _ = await cli("scopes")
+    assert code == 0 and "crm:read crm:write" in out and "PII" in out
+    first = await cli.json("keys", "rotate")
+    second = await cli.json("keys", "rotate")
+    assert second["previous_kid"] == first["kid"] != second["kid"]
