@@ -146,3 +146,18 @@ def test_restart_keeps_the_integration_active(tour: Tour) -> None:
         assert trellis.children_alive() == []
     finally:
         trellis.kill_everything()
+
+
+def test_no_key_or_secret_is_stored_or_logged_in_plain_text(tour: Tour) -> None:
+    """Search every file the suite wrote (SQLite databases and their WAL, service and NATS logs,
+    the JetStream store) for the API key and the client secret the activation showed."""
+    handoff = json.loads((tour.terminal.workdir / HANDOFF).read_text())
+    secrets = {name: handoff[name].encode() for name in ("api_key", "client_secret")}
+    data_dir = tour.terminal.workdir / ".trellis"
+    searched = [p for p in data_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in searched) and any(p.suffix == ".log" for p in searched)
+    for path in searched:
+        content = path.read_bytes()
+        for name, value in secrets.items():
+            assert value not in content, f"{name} found in plain text in {path.relative_to(data_dir)}"
+    assert handoff["api_key"] not in tour.first_run.output()

@@ -235,6 +235,12 @@ class GetIntegrationRequest(_message.Message):
     integration_id: str
     def __init__(self, integration_id: _Optional[str] = ...) -> None: ...
 
+class LookupIntegrationRequest(_message.Message):
+    __slots__ = ("integration_id",)
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    integration_id: str
+    def __init__(self, integration_id: _Optional[str] = ...) -> None: ...
+
 class ListIntegrationsRequest(_message.Message):
     __slots__ = ("statuses", "vendor_id", "page_size", "page_token")
     STATUSES_FIELD_NUMBER: _ClassVar[int]

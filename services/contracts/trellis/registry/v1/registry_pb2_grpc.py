@@ -100,6 +100,11 @@ class RegistryStub:
                 request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.GetIntegrationHistoryRequest.SerializeToString,
                 response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.GetIntegrationHistoryResponse.FromString,
                 _registered_method=True)
+        self.LookupIntegration = channel.unary_unary(
+                '/trellis.registry.v1.Registry/LookupIntegration',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.LookupIntegrationRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.Integration.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -185,6 +190,14 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupIntegration(self, request, context):
+        """The edge's view of one integration in any organisation (status, scopes, limits,
+        allowlist): needs the `trellis_edge` service permission, not an administrator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +265,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.GetIntegrationHistory,
                     request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.GetIntegrationHistoryRequest.FromString,
                     response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.GetIntegrationHistoryResponse.SerializeToString,
+            ),
+            'LookupIntegration': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupIntegration,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.LookupIntegrationRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.Integration.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +623,33 @@ class Registry:
             '/trellis.registry.v1.Registry/GetIntegrationHistory',
             trellis_dot_registry_dot_v1_dot_registry__pb2.GetIntegrationHistoryRequest.SerializeToString,
             trellis_dot_registry_dot_v1_dot_registry__pb2.GetIntegrationHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupIntegration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/LookupIntegration',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.LookupIntegrationRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.Integration.FromString,
             options,
             channel_credentials,
             insecure,
