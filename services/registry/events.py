@@ -47,7 +47,12 @@ def integration_changed(kind: str, after: Integration, *, actor_id: str) -> Outg
         ip_allowlist=after.ip_allowlist,
         version=after.version,
         actor_id=actor_id,
+        name=after.name,
+        owner=after.owner,
+        vendor_id=after.vendor_id,
     )
+    if after.credentials_issued_at is not None:
+        event.credentials_issued_at.FromDatetime(after.credentials_issued_at)
     return OutgoingEvent(event.event_id, f"trellis.integration.{kind}", event.SerializeToString())
 
 

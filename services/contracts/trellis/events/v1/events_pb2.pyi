@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class IntegrationChanged(_message.Message):
-    __slots__ = ("event_id", "occurred_at", "kind", "org_id", "integration_id", "status", "scopes", "rate_limit_per_minute", "daily_quota", "ip_allowlist", "version", "actor_id")
+    __slots__ = ("event_id", "occurred_at", "kind", "org_id", "integration_id", "status", "scopes", "rate_limit_per_minute", "daily_quota", "ip_allowlist", "version", "actor_id", "name", "owner", "vendor_id", "credentials_issued_at")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,10 @@ class IntegrationChanged(_message.Message):
     IP_ALLOWLIST_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     occurred_at: _timestamp_pb2.Timestamp
     kind: str
@@ -36,7 +40,11 @@ class IntegrationChanged(_message.Message):
     ip_allowlist: _containers.RepeatedScalarFieldContainer[str]
     version: int
     actor_id: str
-    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., status: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., rate_limit_per_minute: _Optional[int] = ..., daily_quota: _Optional[int] = ..., ip_allowlist: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., actor_id: _Optional[str] = ...) -> None: ...
+    name: str
+    owner: str
+    vendor_id: str
+    credentials_issued_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., status: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., rate_limit_per_minute: _Optional[int] = ..., daily_quota: _Optional[int] = ..., ip_allowlist: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., actor_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., vendor_id: _Optional[str] = ..., credentials_issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CredentialsChanged(_message.Message):
     __slots__ = ("event_id", "occurred_at", "kind", "org_id", "integration_id", "revoked_api_key_hashes", "revoked_client_ids", "kid")
