@@ -1,0 +1,1 @@
+"""Edge benchmark: `python -m bench.edge` (see __main__.py)."""

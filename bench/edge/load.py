@@ -1,0 +1,150 @@
+"""Processes for the edge benchmark: servers pinned to a core, and the load generators.
+
+Closed-loop maximum throughput comes from wrk (`--latency` for p50/p99; Debian package `wrk`:
+`apt-get install -y wrk`). wrk has no fixed-rate mode (that is wrk2, which Debian does not
+package) and hey's `-q` fires all its workers in the same instant (bursts of `-c` requests), so
+latency at a fixed rate comes from bench/edge/paced.py, run on the load core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_CPU, LOAD_CPU = 0, 1
+APPS = "bench.edge.apps"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One load run: achieved rate, latency percentiles in ms, and how many answers were not 2xx."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def two_cores() -> bool:
+    return len(os.sched_getaffinity(0)) >= 2
+
+
+def pinned(cpu: int):  # noqa: ANN201 - a preexec_fn
+    def pin() -> None:
+        if two_cores():
+            os.sched_setaffinity(0, {cpu})
+    return pin
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in ("wrk",) if shutil.which(tool) is None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _script(name: str) -> str:
+    return str(Path(sysconfig.get_path("scripts")) / name)
+
+
+def server_command(server: str, factory: str, port: int) -> list[str]:
+    """uvicorn (uvloop + httptools) or granian (ASGI interface), one worker, no access log."""
+    target = f"{APPS}:{factory}"
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1", "--port", str(port),
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                "--lifespan", "on", "--backlog", "4096"]
+    if server == "granian":
+        return [_script("granian"), "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port),
+                "--http", "1", "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--no-ws",
+                "--log-level", "warning", "--backlog", "4096", target]
+    raise ValueError(f"unknown server {server!r}")
+
+
+class Process:
+    """A child process on one core, stopped with SIGTERM (then SIGKILL) when done."""
+
+    def __init__(self, args: Sequence[str], *, cpu: int, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(list(args), cwd=REPO, env={**os.environ, **(env or {})},
+                                     preexec_fn=pinned(cpu), stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_http(url: str, proc: Process, *, headers: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+    """Until `url` answers 200 (the app finished its startup)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.proc.args[:4]} exited with {proc.proc.returncode}")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
+                if resp.status == 200:
+                    return
+                last = resp.status
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not answering 200: {last}")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str] | None = None) -> Result:
+    """Closed-loop maximum: one wrk thread on the load core."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run(args + [url], capture_output=True, text=True, preexec_fn=pinned(LOAD_CPU), check=True).stdout
+    lat = {m[1]: float(m[2]) * _UNITS[m[3]] for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if not (rps and total and "50" in lat and "99" in lat):
+        raise RuntimeError(f"could not read wrk output:\n{out}")
+    errors = (int(non2xx[1]) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
+    return Result(float(rps[1]), lat["50"], lat["99"], int(total[1]), errors)
+
+
+def paced(url: str, *, rate: float, seconds: float, connections: int = 64,
+          headers: dict[str, str] | None = None) -> Result:
+    """A fixed rate with latency from each request's due time (bench/edge/paced.py) on the load core."""
+    args = [sys.executable, "-m", "bench.edge.paced", url, "--rate", f"{rate:.1f}", "--seconds", str(seconds),
+            "--connections", str(connections)]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run(args, capture_output=True, text=True, preexec_fn=pinned(LOAD_CPU), check=True, cwd=REPO).stdout
+    r = json.loads(out)
+    return Result(r["rps"], r["p50_ms"], r["p99_ms"], r["requests"], r["errors"])

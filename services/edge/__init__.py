@@ -1,0 +1,1 @@
+"""The HTTP edge for partners: authentication, limits, routes, proxying and request logging."""
