@@ -156,8 +156,8 @@ class Launcher:
         self.secrets = ensure_secrets(self.data_dir)
         self._start_nats()
         specs = implemented_services()
-        for spec in specs:
-            self._migrate(spec.name)
+        for name in services_with_migrations():
+            self._migrate(name)
         for spec in specs:
             for replica in range(self.replicas):
                 child = self._start_service(spec, replica)

@@ -1,8 +1,10 @@
 """Credential use cases: issue, revoke, regenerate, describe and verify an integration's API key
 and OAuth client, bind external clients, and apply the registry's integration events.
 
-Each command runs in one transaction that also writes its outbox events; the relay is woken
-after the commit. Plain-text secrets leave only in the returned values, once.
+Each command runs in one transaction that also writes its outbox events, and returns only
+after the relay has published them (`flush`): edge replicas drop cached keys on these events,
+so a revoked or replaced credential fails on the very next partner request. Plain-text
+secrets leave only in the returned values, once.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from services.kit.errors import (
     Unauthenticated,
 )
 from services.kit.ids import new_id
+from services.kit.outbox import Flush, no_flush, written_event_ids
 
 # Kinds of IntegrationChanged that end an integration's credentials.
 ENDING_KINDS = frozenset({"suspended", "revoked"})
@@ -152,19 +155,19 @@ def _summary(keys: Iterable[ApiKey], clients: Iterable[OAuthClient]) -> dict[str
 
 
 class CredentialHandlers:
-    """The credential use cases, sharing one session factory and the outbox relay's wake-up."""
+    """The credential use cases, sharing one session factory and the outbox relay's flush."""
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         endpoints: PartnerEndpoints,
         *,
-        notify: Callable[[], None] = lambda: None,
+        flush: Flush = no_flush,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._endpoints = endpoints
-        self._notify = notify
+        self._flush = flush
         self._clock = clock
 
     async def _owned(self, store: IdentityStore, actor: Actor, integration_id: str) -> bool:
@@ -223,7 +226,7 @@ class CredentialHandlers:
                 )
         except IntegrityError as exc:
             raise Aborted("credentials for this integration changed concurrently; retry", integration_id=integration_id) from exc
-        self._notify()
+        await self._flush(written_event_ids(session))
         ep = self._endpoints
         return IssuedCredentials(
             api_key=new_key.plaintext, api_key_prefix=key.prefix, client_id=client.client_id,
@@ -244,8 +247,7 @@ class CredentialHandlers:
                 session, store, org_id=actor.org_id, integration_id=integration_id, actor_id=actor.user_id,
                 reason=cmd.reason, request_id=cmd.request_id,
             )
-        if count:
-            self._notify()
+        await self._flush(written_event_ids(session))
         return count
 
     async def _revoke(
@@ -297,7 +299,7 @@ class CredentialHandlers:
                 )
         except IntegrityError as exc:
             raise Aborted("credentials for this integration changed concurrently; retry", integration_id=integration_id) from exc
-        self._notify()
+        await self._flush(written_event_ids(session))
         return RegeneratedKey(api_key=new_key.plaintext, api_key_prefix=key.prefix)
 
     async def credential_info(self, actor: Actor, integration_id: str) -> CredentialInfo:
@@ -373,7 +375,7 @@ class CredentialHandlers:
                 )
         except IntegrityError as exc:
             raise Aborted("external client registered concurrently; retry", client_id=client_id) from exc
-        self._notify()
+        await self._flush(written_event_ids(session))
 
     async def apply_integration_change(self, change: ApplyIntegrationChange) -> None:
         """Safety net and scope sync for the registry's events; idempotent by event id.
@@ -399,7 +401,7 @@ class CredentialHandlers:
             elif change.kind == "updated":
                 changed = await self._sync_scopes(session, store, change, now)
         if changed:
-            self._notify()
+            await self._flush(written_event_ids(session))
 
     async def _sync_scopes(self, session: AsyncSession, store: IdentityStore, change: ApplyIntegrationChange, now: dt.datetime) -> bool:
         client = await store.live_client(change.org_id, change.integration_id)

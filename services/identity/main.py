@@ -55,14 +55,14 @@ async def bootstrap(settings: Settings, *, address: str | None = None, consumer_
                 api_key_prefix=settings.api_key_prefix, token_url=settings.token_url, issuer=settings.token_issuer,
                 audience=settings.token_audience, external_issuer=settings.external_issuer,
             ),
-            notify=relay.notify,
+            flush=relay.flush,
         )
         tokens = TokenHandlers(
             sessions,
             ring,
             TokenSettings(issuer=settings.token_issuer, audience=settings.token_audience, ttl_seconds=settings.token_ttl_seconds),
             external=ExternalIssuer.from_settings(settings),
-            notify=relay.notify,
+            flush=relay.flush,
         )
 
         consumer = IntegrationEventsConsumer(js, credentials, durable=consumer_durable)

@@ -38,6 +38,7 @@ from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.crypto import DecryptionError, Envelope, aad_for
 from services.kit.db import utcnow
 from services.kit.errors import Aborted, Unauthenticated, Unavailable
+from services.kit.outbox import Flush, no_flush, written_event_ids
 
 log = logging.getLogger(__name__)
 
@@ -216,14 +217,14 @@ class TokenHandlers:
         settings: TokenSettings,
         *,
         external: ExternalIssuer | None = None,
-        notify: Callable[[], None] = lambda: None,
+        flush: Flush = no_flush,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._ring = ring
         self._settings = settings
         self._external = external
-        self._notify = notify
+        self._flush = flush
         self._clock = clock
 
     async def issue_token(self, actor: Actor, client_id: str, client_secret: str, scope: str = "") -> IssuedToken:
@@ -322,5 +323,5 @@ class TokenHandlers:
         except IntegrityError as exc:
             raise Aborted("another signing-key rotation ran at the same time; retry") from exc
         self._ring.forget_current()
-        self._notify()
+        await self._flush(written_event_ids(session))
         return key.kid, previous

@@ -170,6 +170,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def GetIntegration(self, request: pb.GetIntegrationRequest, context: grpc.aio.ServicerContext) -> pb.Integration:
         return integration_to_proto(await self._h.get(current_actor(), request.integration_id))
 
+    async def LookupIntegration(self, request: pb.LookupIntegrationRequest, context: grpc.aio.ServicerContext) -> pb.Integration:
+        return integration_to_proto(await self._h.lookup(current_actor(), request.integration_id))
+
     async def ListIntegrations(
         self, request: pb.ListIntegrationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListIntegrationsResponse:

@@ -1,10 +1,17 @@
 """The registry's use cases: load through the store, apply the domain rule, write the history
-row and the events in the same transaction, commit, then wake the outbox relay.
+row and the events in the same transaction, commit, then wait for the relay to publish them.
 
 Credentials live at identity, reached through `CredentialsPort`. Activation and reactivation
-are a small saga: issue at identity, then commit; a commit that fails after issuing revokes
-what was issued. Suspension and revocation commit first, then revoke at identity before they
-return; identity's consumer of the committed event is the safety net when it is unreachable.
+are a small saga: lease the integration, issue at identity, then commit (which ends the lease);
+a commit that fails after issuing revokes what was issued. The lease keeps a second activation
+from reaching identity, whose issue replaces the live set: without it, the loser's
+compensation would revoke the winner's credentials. Suspension and revocation commit first,
+then revoke at identity before they return; identity's consumer of the committed event is the
+safety net when it is unreachable.
+
+Every change is on the bus before its call returns (`flush` after the commit): edge replicas
+drop their cached view of the integration on these events, so "takes effect immediately"
+holds for the very next partner request.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.kit.auth import ADMIN_PERMISSION, Actor
+from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.db import utcnow
-from services.kit.errors import FailedPrecondition, NotFound, Unavailable
+from services.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.kit.ids import new_id
-from services.kit.outbox import add_event
+from services.kit.outbox import Flush, add_event, no_flush, written_event_ids
 from services.registry import commands, events
 from services.registry.domain import (
     SCOPE_CATEGORIES,
@@ -82,6 +89,18 @@ class CredentialsPort(Protocol):
 
 Mutation = Callable[[Integration], None]
 
+# A lease older than this is taken to belong to a crashed replica: identity calls time out in
+# seconds, so no live activation holds one this long.
+DEFAULT_LEASE_SECONDS = 120.0
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def _lease_id(request_id: str) -> str:
+    """The request id names the lease and makes identity's issue idempotent; one is made when absent."""
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgument(f"request_id is at most {MAX_REQUEST_ID_LENGTH} characters")
+    return request_id or new_id("req")
+
 
 class RegistryHandlers:
     """Every registry use case, each one short: domain rule, store, outbox, peer."""
@@ -93,15 +112,17 @@ class RegistryHandlers:
         credentials: CredentialsPort,
         *,
         max_live_integrations: int,
-        notify: Callable[[], None] = lambda: None,
+        flush: Flush = no_flush,
         clock: Callable[[], dt.datetime] = utcnow,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self._sessions = sessions
         self._repo = repository
         self._credentials = credentials
         self._max_live = max_live_integrations
-        self._notify = notify
+        self._flush = flush
         self._clock = clock
+        self._lease_ttl = dt.timedelta(seconds=lease_seconds)
         # SQLite has no advisory locks: one process serialises its own limit checks.
         self._limit_lock = asyncio.Lock()
 
@@ -133,6 +154,14 @@ class RegistryHandlers:
         async with self._sessions() as session:
             return await self._repo.history(session, actor.org_id, integration_id)
 
+    async def lookup(self, actor: Actor, integration_id: str) -> Integration:
+        """Any organisation's integration, for the edge (`trellis_edge`): one primary-key read."""
+        actor.require(EDGE_PERMISSION)
+        if not integration_id:
+            raise InvalidArgument("integration_id is required")
+        async with self._sessions() as session:
+            return await self._repo.lookup(session, integration_id)
+
     # lifecycle: administrators only
 
     async def create(self, actor: Actor, cmd: commands.CreateIntegration) -> Integration:
@@ -147,7 +176,7 @@ class RegistryHandlers:
         async with self._sessions() as session, session.begin():
             await self._repo.add(session, integration)
             await self._record(session, actor, "created", None, integration, request_id=cmd.request_id)
-        self._notify()
+        await self._flush(written_event_ids(session))
         return integration
 
     async def approve(self, actor: Actor, cmd: commands.ApproveIntegration) -> Integration:
@@ -178,7 +207,9 @@ class RegistryHandlers:
         def activate(i: Integration, creds: IssuedCredentials, now: dt.datetime) -> None:
             i.activate(api_key_prefix=creds.api_key_prefix, client_id=creds.client_id, now=now)
 
-        return await self._issue_then_commit(actor, integration, "activated", cmd.request_id, activate, check_limit=True)
+        return await self._issue_then_commit(
+            actor, integration, Action.ACTIVATE, "activated", cmd.request_id, activate, check_limit=True
+        )
 
     async def reactivate(self, actor: Actor, cmd: commands.ReactivateIntegration) -> tuple[Integration, IssuedCredentials]:
         """Suspended -> Active with new credentials, by an administrator other than the suspender."""
@@ -191,7 +222,9 @@ class RegistryHandlers:
             i.reactivate(actor.user_id, api_key_prefix=creds.api_key_prefix, client_id=creds.client_id, now=now)
 
         # Suspended already counts toward the limit, so reactivating never exceeds it.
-        return await self._issue_then_commit(actor, integration, "reactivated", cmd.request_id, reactivate, check_limit=False)
+        return await self._issue_then_commit(
+            actor, integration, Action.REACTIVATE, "reactivated", cmd.request_id, reactivate, check_limit=False
+        )
 
     async def suspend(self, actor: Actor, cmd: commands.SuspendIntegration) -> Integration:
         """Active -> Suspended; its credentials are revoked at identity before this returns."""
@@ -255,23 +288,30 @@ class RegistryHandlers:
             mutate(integration)
             await self._repo.save(session, integration, expected_version=read_version)
             await self._record(session, actor, kind, before, integration, reason=reason, request_id=request_id)
-        self._notify()
+        await self._flush(written_event_ids(session))
         return integration
 
     async def _issue_then_commit(
         self,
         actor: Actor,
         integration: Integration,
+        action: Action,
         kind: str,
         request_id: str,
         apply: Callable[[Integration, IssuedCredentials, dt.datetime], None],
         *,
         check_limit: bool,
     ) -> tuple[Integration, IssuedCredentials]:
-        """Issue credentials at identity, then commit the transition over the version read before
-        issuing; when the commit fails, revoke what was issued and re-raise."""
-        request_id = request_id or new_id("req")
-        credentials = await self._credentials.issue(actor, integration.id, integration.scopes, request_id)
+        """Lease the integration, issue credentials at identity, then commit the transition over
+        the version read before issuing, ending the lease; when the commit fails, revoke what was
+        issued and end the lease."""
+        lease = _lease_id(request_id)
+        await self._claim(actor, integration, action, lease)
+        try:
+            credentials = await self._credentials.issue(actor, integration.id, integration.scopes, lease)
+        except BaseException:
+            await self._release(actor, integration.id, lease)
+            raise
         try:
             async with self._limit_lock, self._sessions() as session, session.begin():
                 if check_limit:
@@ -280,13 +320,52 @@ class RegistryHandlers:
                 current = await self._repo.get(session, actor.org_id, integration.id)
                 before = current.copy()
                 apply(current, credentials, self._clock())
-                await self._repo.save(session, current, expected_version=integration.version)
-                await self._record(session, actor, kind, before, current, request_id=request_id)
+                await self._repo.save(session, current, expected_version=integration.version, lease=lease)
+                await self._record(session, actor, kind, before, current, request_id=lease)
         except (Exception, asyncio.CancelledError):
-            await self._compensate(actor, integration.id, f"{kind} change was not committed")
+            await self._undo_issue(actor, integration.id, lease, f"{kind} change was not committed")
             raise
-        self._notify()
+        await self._flush(written_event_ids(session))
         return current, credentials
+
+    async def _claim(self, actor: Actor, integration: Integration, action: Action, lease: str) -> None:
+        """Take the integration's lease in its own commit; Aborted while another holds it."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            claimed = await self._repo.claim(
+                session, actor.org_id, integration.id, lease=lease, status=integration.status, now=now,
+                stale_before=now - self._lease_ttl,
+            )
+            current = None if claimed else await self._repo.get(session, actor.org_id, integration.id)
+        if current is not None:
+            current.check(action)  # the state moved on meanwhile: FailedPrecondition naming it
+            noun = "activation" if action is Action.ACTIVATE else "reactivation"
+            raise Aborted(f"another {noun} of this integration is in progress; retry", integration_id=integration.id)
+
+    async def _release(self, actor: Actor, integration_id: str, lease: str) -> None:
+        try:
+            async with self._sessions() as session, session.begin():
+                await self._repo.release(session, actor.org_id, integration_id, lease)
+        except Exception:  # noqa: BLE001 - the original failure is what the caller must see
+            log.warning("could not release the lease on %s; it expires on its own", integration_id, exc_info=True)
+
+    async def _undo_issue(self, actor: Actor, integration_id: str, lease: str, reason: str) -> None:
+        """Revoke what this call issued while it still holds the lease, then end the lease.
+
+        Under the lease no other issue for the integration is in flight, so its live credentials
+        are the ones this call issued. A lease taken over as stale belongs to a newer call whose
+        credentials must live: then nothing is revoked.
+        """
+        try:
+            async with self._sessions() as session:
+                held = await self._repo.holds(session, actor.org_id, integration_id, lease)
+        except Exception:  # noqa: BLE001 - cannot tell: revoke, the safe side
+            held = True
+        if held:
+            await self._compensate(actor, integration_id, reason)
+        else:
+            log.warning("lease on %s was taken over; leaving its credentials to the newer call", integration_id)
+        await self._release(actor, integration_id, lease)
 
     async def _compensate(self, actor: Actor, integration_id: str, reason: str) -> None:
         try:

@@ -48,7 +48,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
             IntegrationRepository(postgres=not is_sqlite(url)),
             IdentityCredentials(identity_pb2_grpc.IdentityStub(identity_channel)),
             max_live_integrations=settings.max_live_integrations,
-            notify=relay.notify,
+            flush=relay.flush,
         )
         server, port, health = create_server(
             address or f"{settings.bind_host}:{settings.listen_port(NAME)}",

@@ -1,8 +1,14 @@
 """The registry's tables and the repository that maps their rows to domain objects.
 
-Every query is filtered by organisation: another organisation's integration is NotFound.
+Every query is filtered by organisation (another organisation's integration is NotFound),
+except `lookup`, which serves the edge: a trusted service that serves partners of every org.
 Changes use optimistic concurrency: an update names the version it read, and a row that moved
 on since then is Aborted.
+
+Activation and reactivation also take a lease on the row (`pending_operation`,
+`pending_since`) before they call identity, so only one of them per integration is in flight:
+identity replaces an integration's live credentials on every issue, so two in flight would
+leave the loser's compensation revoking the winner's credentials.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ integrations = Table(
     Column("activated_at", UTCDateTime(), nullable=True),
     Column("credentials_issued_at", UTCDateTime(), nullable=True),
     Column("version", BigInteger, nullable=False),
+    # The lease of an activation or reactivation in flight: its request id and when it began.
+    Column("pending_operation", String(128), nullable=True),
+    Column("pending_since", UTCDateTime(), nullable=True),
     # Listing: one organisation's integrations by status, newest first.
     Index("ix_integrations_org_status", "org_id", "status"),
     Index("ix_integrations_org_created", "org_id", "created_at", "id"),
@@ -176,25 +185,73 @@ class IntegrationRepository:
             raise NotFound(f"integration {integration_id} not found", integration_id=integration_id)
         return _integration(row)
 
-    async def save(self, session: AsyncSession, integration: Integration, *, expected_version: int) -> None:
-        """Write `integration` over the row read at `expected_version`; Aborted if it moved on since."""
+    async def lookup(self, session: AsyncSession, integration_id: str) -> Integration:
+        """The integration in whichever organisation holds it (the edge's read: one primary-key
+        lookup); NotFound when no organisation has it."""
+        row = (await session.execute(select(integrations).where(integrations.c.id == integration_id))).mappings().first()
+        if row is None:
+            raise NotFound(f"integration {integration_id} not found", integration_id=integration_id)
+        return _integration(row)
+
+    async def save(
+        self, session: AsyncSession, integration: Integration, *, expected_version: int, lease: str | None = None
+    ) -> None:
+        """Write `integration` over the row read at `expected_version`; Aborted if it moved on since.
+        With `lease`, the row must still be leased to it, and the write ends the lease."""
         values = _row(integration)
         for key in ("id", "org_id", "created_at", "requested_by"):
             values.pop(key)
-        result = await session.execute(
-            update(integrations)
-            .where(
-                integrations.c.org_id == integration.org_id,
-                integrations.c.id == integration.id,
-                integrations.c.version == expected_version,
-            )
-            .values(**values)
+        query = update(integrations).where(
+            integrations.c.org_id == integration.org_id,
+            integrations.c.id == integration.id,
+            integrations.c.version == expected_version,
         )
+        if lease is not None:
+            query = query.where(integrations.c.pending_operation == lease)
+            values.update(pending_operation=None, pending_since=None)
+        result = await session.execute(query.values(**values))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise Aborted(
                 f"integration {integration.id} was changed by another request; reload it and retry",
                 integration_id=integration.id,
             )
+
+    async def claim(
+        self, session: AsyncSession, org_id: str, integration_id: str, *, lease: str, status: Status,
+        now: dt.datetime, stale_before: dt.datetime,
+    ) -> bool:
+        """Lease the integration to `lease` if it is in `status` and nobody holds a lease that
+        began at or after `stale_before`; False when it is not in that state or leased."""
+        t = integrations
+        result = await session.execute(
+            update(t)
+            .where(
+                t.c.org_id == org_id,
+                t.c.id == integration_id,
+                t.c.status == status.value,
+                or_(t.c.pending_operation.is_(None), t.c.pending_since < stale_before),
+            )
+            .values(pending_operation=lease, pending_since=now)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def holds(self, session: AsyncSession, org_id: str, integration_id: str, lease: str) -> bool:
+        """Whether the integration is still leased to `lease`."""
+        t = integrations
+        held = await session.execute(
+            select(t.c.id).where(t.c.org_id == org_id, t.c.id == integration_id, t.c.pending_operation == lease)
+        )
+        return held.first() is not None
+
+    async def release(self, session: AsyncSession, org_id: str, integration_id: str, lease: str) -> bool:
+        """End the lease if `lease` still holds it; False when it did not (a stale lease was taken over)."""
+        t = integrations
+        result = await session.execute(
+            update(t)
+            .where(t.c.org_id == org_id, t.c.id == integration_id, t.c.pending_operation == lease)
+            .values(pending_operation=None, pending_since=None)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
 
     async def count_live(self, session: AsyncSession, org_id: str) -> int:
         """How many of the organisation's integrations are Active or Suspended."""

@@ -181,3 +181,32 @@ async def test_rotation_publishes_the_new_kid(identity: Identity, nc: NATS, admi
         return any(event.kid == response.kid for event in rotated)
 
     await eventually(arrived, what="the signing_key_rotated event")
+
+
+async def test_issue_regenerate_and_revoke_return_only_after_their_event_is_in_the_stream(
+    identity: Identity, nc: NATS, admin: Metadata
+) -> None:
+    # Read right after each call, with no waiting: the edge drops a cached key on these
+    # events, so the call must not return before JetStream has them.
+    js = nc.jetstream()
+
+    async def last(kind: str) -> events_pb2.CredentialsChanged:
+        msg = await js.get_last_msg("TRELLIS", f"trellis.credentials.{kind}")
+        return events_pb2.CredentialsChanged.FromString(msg.data)
+
+    integration_id = new_integration_id()
+    creds = await issue(identity.stub, admin, integration_id)
+    assert (await last("issued")).integration_id == integration_id
+
+    await identity.stub.RegenerateApiKey(pb.RegenerateApiKeyRequest(integration_id=integration_id), metadata=admin)
+    regenerated = await last("api_key_regenerated")
+    assert (regenerated.integration_id, list(regenerated.revoked_api_key_hashes)) == (
+        integration_id, [hashlib.sha256(creds.api_key.encode()).hexdigest()],
+    )
+
+    await identity.stub.RevokeCredentials(pb.RevokeCredentialsRequest(integration_id=integration_id, reason="gone"), metadata=admin)
+    revoked = await last("revoked")
+    assert (revoked.integration_id, list(revoked.revoked_client_ids)) == (integration_id, [creds.client_id])
+
+    response = await identity.stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=admin)
+    assert (await last("signing_key_rotated")).kid == response.kid

@@ -1,7 +1,11 @@
 """The transactional outbox against a real nats-server, on SQLite and PostgreSQL."""
 
+import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -9,7 +13,8 @@ from sqlalchemy import Column, MetaData, String, Table, func, select
 
 from services.kit.bus import connect, ensure_streams
 from services.kit.db import create_engine, new_metadata, session_factory
-from services.kit.outbox import OutboxRelay, add_event, jetstream_publisher, outbox_table
+from services.kit.natsproc import NatsServer
+from services.kit.outbox import OutboxRelay, add_event, jetstream_publisher, outbox_table, written_event_ids
 from services.kit.telemetry import setup_tracing
 
 metadata: MetaData = new_metadata()
@@ -134,6 +139,129 @@ async def test_the_running_relay_publishes_soon_after_notify(env):
         await eventually(published, timeout=5, what="relay to publish after notify")
     finally:
         await relay.stop()
+
+
+# --- flush: a use case returns only after its events are on the stream ------------------------------
+
+
+def _idle_relay(env, publish=None) -> OutboxRelay:
+    """A running relay that only a notify or a flush wakes in time (its poll is 30 s)."""
+    relay = OutboxRelay(env["sessions"], outbox, publish or jetstream_publisher(env["js"]),
+                        poll_seconds=30.0, skip_locked=env["skip_locked"])
+    relay.start()
+    return relay
+
+
+async def test_flush_returns_only_after_the_event_is_in_the_stream(env):
+    relay = _idle_relay(env)
+    try:
+        event_id = await _commit_change_with_event(env["sessions"], env["subject"])
+        assert await relay.flush([event_id]) is True
+        # No waiting here: flush itself promised the PubAck and the mark.
+        assert await _count_in_stream(env["js"], env["subject"]) == 1
+        assert (await env["js"].get_last_msg("TRELLIS", env["subject"])).headers["Nats-Msg-Id"] == event_id
+        assert await _unsent(env["sessions"]) == 0
+    finally:
+        await relay.stop()
+
+
+async def test_one_drain_answers_every_concurrent_flush(env):
+    published: list[str] = []
+    publish = jetstream_publisher(env["js"])
+
+    async def recording(subject, payload, headers):
+        published.append(headers["Nats-Msg-Id"])
+        return await publish(subject, payload, headers)
+
+    relay = _idle_relay(env, recording)
+    try:
+        ids = [await _commit_change_with_event(env["sessions"], env["subject"]) for _ in range(5)]
+        results = await asyncio.gather(*(relay.flush([event_id]) for event_id in ids), relay.flush(ids))
+        assert results == [True] * 6
+        assert await _count_in_stream(env["js"], env["subject"]) == 5
+        assert sorted(published) == sorted(ids)  # each published once, whoever waited for it
+    finally:
+        await relay.stop()
+
+
+async def test_flush_of_what_session_wrote_names_exactly_its_events(env):
+    async with env["sessions"]() as session, session.begin():
+        first = await add_event(session, outbox, env["subject"], b"one")
+        second = await add_event(session, outbox, env["subject"], b"two")
+    assert written_event_ids(session) == [first, second]
+    relay = _idle_relay(env)
+    try:
+        assert await relay.flush(written_event_ids(session)) is True
+        assert await _count_in_stream(env["js"], env["subject"]) == 2
+    finally:
+        await relay.stop()
+
+
+async def test_flush_with_nats_unreachable_times_out_in_bounded_time_and_the_row_stays_unsent(env, tmp_path: Path):
+    doomed = NatsServer(tmp_path / "nats-doomed").start()
+    nc = await connect(doomed.url, name="outbox-unreachable")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        doomed.stop()  # NATS goes away; the client keeps trying to reconnect
+        relay = _idle_relay(env, jetstream_publisher(js, timeout=5.0))
+        try:
+            event_id = await _commit_change_with_event(env["sessions"], env["subject"])
+            started = time.monotonic()
+            assert await relay.flush([event_id], timeout=0.5) is False
+            assert time.monotonic() - started < 1.5
+            assert await _unsent(env["sessions"]) == 1
+        finally:
+            await relay.stop()
+    finally:
+        with contextlib.suppress(OSError):  # nats-py flushes into the dead socket on close
+            await nc.close()
+        doomed.kill()
+
+
+@pytest.fixture
+async def pg_env(postgres, nats_server) -> AsyncIterator[dict]:
+    url = postgres.create_database()
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    nc = await connect(nats_server.url, name="outbox-pg-test")
+    js = nc.jetstream()
+    yield {"sessions": session_factory(engine), "js": js, "subject": f"trellis.test.{uuid.uuid4().hex}", "skip_locked": True}
+    await nc.close()
+    await engine.dispose()
+
+
+async def test_flush_finishes_when_another_replicas_relay_publishes_the_row(pg_env):
+    env = pg_env
+    event_id = await _commit_change_with_event(env["sessions"], env["subject"])
+    publish = jetstream_publisher(env["js"])
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(subject, payload, headers):
+        holding.set()
+        await release.wait()
+        return await publish(subject, payload, headers)
+
+    # The other replica locks the row (FOR UPDATE SKIP LOCKED) and is slow to publish it.
+    other = OutboxRelay(env["sessions"], outbox, slow, skip_locked=True)
+    other_round = asyncio.create_task(other.drain_once())
+    await asyncio.wait_for(holding.wait(), 5)
+
+    ours = _idle_relay(env)
+    try:
+        flushing = asyncio.create_task(ours.flush([event_id], timeout=5.0))
+        assert await ours.drain_once() == 0  # our relay skips the locked row
+        assert not flushing.done()
+        release.set()
+        started = time.monotonic()
+        assert await flushing is True
+        assert time.monotonic() - started < 2.0
+        assert await other_round == 1
+        assert await _count_in_stream(env["js"], env["subject"]) == 1
+    finally:
+        release.set()
+        await ours.stop()
 
 
 async def test_ensure_streams_is_idempotent(nats_server):

@@ -4,7 +4,7 @@ SQLite: the lifecycle end to end, credentials checked at identity, security, eve
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,65 +14,29 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
+from services.contracts.trellis.identity.v1 import identity_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
-from services.kit.auth import EDGE_PERMISSION, generate_actor_key, mint_actor_token
+from services.kit.auth import generate_actor_key, mint_actor_token
 from services.kit.natsproc import NatsServer
 from services.kit.service import RunningService
 from services.kit.settings import Settings
 from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
+from tests.integration.registry.helpers import (
+    ACTIVE,
+    REVOKED,
+    SUSPENDED,
+    AsActor,
+    Metadata,
+    activated,
+    assert_key_dead,
+    create,
+    key_integration,
+    new_org,
+    refused,
+)
 from tests.support.services import channel_to, start_service
 from tests.support.waiting import eventually
-
-Metadata = tuple[tuple[str, str], ...]
-AsActor = Callable[..., Metadata]
-
-ACTIVE = pb.INTEGRATION_STATUS_ACTIVE
-SUSPENDED = pb.INTEGRATION_STATUS_SUSPENDED
-REVOKED = pb.INTEGRATION_STATUS_REVOKED
-
-
-def new_org() -> str:
-    return f"org_{uuid.uuid4().hex[:12]}"
-
-
-async def refused(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-async def create(stub: registry_pb2_grpc.RegistryStub, md: Metadata, **fields: Any) -> pb.Integration:
-    values: dict[str, Any] = {
-        "vendor_id": "sap", "name": "SAP Procurement Sync", "owner": "olivia",
-        "description": "purchase orders into SAP", "scopes": ["orders:read", "inventory:read"],
-    }
-    values.update(fields)
-    return await stub.CreateIntegration(pb.CreateIntegrationRequest(**values), metadata=md)
-
-
-async def activated(stub: registry_pb2_grpc.RegistryStub, requester: Metadata, approver: Metadata, **fields: Any) -> pb.ActivateIntegrationResponse:
-    integration = await create(stub, requester, **fields)
-    await stub.ApproveIntegration(pb.ApproveIntegrationRequest(integration_id=integration.id), metadata=approver)
-    return await stub.ActivateIntegration(pb.ActivateIntegrationRequest(integration_id=integration.id), metadata=approver)
-
-
-@pytest.fixture
-def edge(as_actor: AsActor) -> Metadata:
-    return as_actor("svc-edge", "org_platform", [EDGE_PERMISSION])
-
-
-async def key_integration(identity: identity_pb2_grpc.IdentityStub, edge: Metadata, api_key: str) -> str:
-    """The integration identity says the key belongs to; raises AioRpcError when it is dead."""
-    verified = await identity.VerifyApiKey(identity_pb2.VerifyApiKeyRequest(api_key=api_key), metadata=edge)
-    return verified.integration_id
-
-
-async def assert_key_dead(identity: identity_pb2_grpc.IdentityStub, edge: Metadata, api_key: str) -> None:
-    error = await refused(key_integration(identity, edge, api_key))
-    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
-
 
 async def test_full_lifecycle_with_credentials_checked_at_identity(
     registry_stub: registry_pb2_grpc.RegistryStub,

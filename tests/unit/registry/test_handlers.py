@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +67,7 @@ class World:
     sessions: object
     db_file: Path
     org: str
-    notified: list[int]
+    flushed: list[list[str]]
 
     def admin(self, user: str) -> Actor:
         return Actor(user_id=user, org_id=self.org, permissions=frozenset({ADMIN_PERMISSION}), token=f"token-of-{user}")
@@ -76,6 +76,10 @@ class World:
         async with self.sessions() as session:  # type: ignore[operator]
             rows = (await session.execute(select(outbox.c.subject, outbox.c.payload).order_by(outbox.c.seq))).all()
         return [(r.subject, r.payload) for r in rows]
+
+    async def outbox_ids(self) -> list[str]:
+        async with self.sessions() as session:  # type: ignore[operator]
+            return list((await session.execute(select(outbox.c.id).order_by(outbox.c.seq))).scalars())
 
     async def history_actions(self, integration_id: str) -> list[str]:
         async with self.sessions() as session:  # type: ignore[operator]
@@ -97,12 +101,16 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     engine = create_engine(url)
     sessions = session_factory(engine)
     identity = FakeIdentity()
-    notified: list[int] = []
+    flushed: list[list[str]] = []
+
+    async def flush(event_ids: Collection[str]) -> bool:
+        flushed.append(list(event_ids))
+        return True
+
     handlers = RegistryHandlers(
-        sessions, IntegrationRepository(postgres=False), identity, max_live_integrations=3,
-        notify=lambda: notified.append(1),
+        sessions, IntegrationRepository(postgres=False), identity, max_live_integrations=3, flush=flush,
     )
-    yield World(handlers, identity, sessions, db_file, f"org_h{next(_n)}", notified)
+    yield World(handlers, identity, sessions, db_file, f"org_h{next(_n)}", flushed)
     await engine.dispose()
 
 
@@ -134,7 +142,9 @@ async def test_lifecycle_writes_history_and_both_events_for_every_change(world: 
     assert await w.history_actions(integration_id) == kinds
     subjects = [s for s, _ in await w.outbox_events()]
     assert subjects == [s for k in kinds for s in (f"trellis.integration.{k}", f"trellis.audit.registry.integration.{k}")]
-    assert len(w.notified) == len(kinds)
+    # Each call waited for exactly its own two events (the change and its audit) to be published.
+    assert await w.outbox_ids() == [event_id for ids in w.flushed for event_id in ids]
+    assert [len(ids) for ids in w.flushed] == [2] * len(kinds)
 
     events = await w.outbox_events()
     suspended = events_pb2.AuditEvent.FromString(events[kinds.index("suspended") * 2 + 1][1])

@@ -168,3 +168,56 @@ async def test_history_rows_come_back_oldest_first(engine: AsyncEngine, repo: In
             await repo.add_history(session, e)
     async with sessions() as session:
         assert await repo.history(session, "org_hist", i.id) == entries
+
+
+async def test_a_lease_is_granted_once_in_the_right_state_until_released_or_stale(
+    engine: AsyncEngine, repo: IntegrationRepository
+) -> None:
+    sessions = session_factory(engine)
+    i = make("org_lease", status=Status.APPROVED)
+    async with sessions() as session, session.begin():
+        await repo.add(session, i)
+    fresh, stale = T0 - dt.timedelta(minutes=2), T0 + dt.timedelta(minutes=3)
+
+    async def claim(lease: str, *, status: Status = Status.APPROVED, at: dt.datetime = T0, stale_before: dt.datetime = fresh) -> bool:
+        async with sessions() as session, session.begin():
+            return await repo.claim(session, "org_lease", i.id, lease=lease, status=status, now=at, stale_before=stale_before)
+
+    assert await claim("req-other-state", status=Status.SUSPENDED) is False
+    assert await claim("req-first") is True
+    assert await claim("req-second") is False  # held, and not stale
+    assert await claim("req-after-crash", at=stale, stale_before=T0 + dt.timedelta(seconds=1)) is True  # taken over
+    async with sessions() as session, session.begin():
+        assert await repo.holds(session, "org_lease", i.id, "req-after-crash")
+        assert not await repo.release(session, "org_lease", i.id, "req-first")  # no longer its lease
+        assert await repo.release(session, "org_lease", i.id, "req-after-crash")
+    assert await claim("req-next") is True
+
+
+async def test_saving_under_a_lease_needs_it_and_ends_it(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    i = make("org_lease_save", status=Status.APPROVED)
+    async with sessions() as session, session.begin():
+        await repo.add(session, i)
+        assert await repo.claim(session, "org_lease_save", i.id, lease="req-1", status=Status.APPROVED, now=T0, stale_before=T0)
+    changed = i.copy()
+    changed.update({"owner": "new owner"}, T0)
+    with pytest.raises(Aborted):
+        async with sessions() as session, session.begin():
+            await repo.save(session, changed, expected_version=1, lease="req-2")
+    async with sessions() as session, session.begin():
+        await repo.save(session, changed, expected_version=1, lease="req-1")
+    async with sessions() as session:
+        assert not await repo.holds(session, "org_lease_save", i.id, "req-1")
+        assert (await repo.get(session, "org_lease_save", i.id)).owner == "new owner"
+
+
+async def test_lookup_finds_an_integration_of_any_organisation(engine: AsyncEngine, repo: IntegrationRepository) -> None:
+    sessions = session_factory(engine)
+    i = make("org_looked_up")
+    async with sessions() as session, session.begin():
+        await repo.add(session, i)
+    async with sessions() as session:
+        assert await repo.lookup(session, i.id) == i
+        with pytest.raises(NotFound):
+            await repo.lookup(session, "int_nobody")

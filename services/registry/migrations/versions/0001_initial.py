@@ -42,6 +42,8 @@ def upgrade() -> None:
         sa.Column("activated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("credentials_issued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("pending_operation", sa.String(128), nullable=True),
+        sa.Column("pending_since", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_integrations"),
     )
     op.create_index("ix_integrations_org_id", "integrations", ["org_id"])
