@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,3 +155,83 @@ def mint_actor_token(
         "jti": uuid.uuid4().hex,
     }
     return jwt.encode(claims, key, algorithm=algorithm)
+
+
+# --- service identity ---------------------------------------------------------------------------
+
+# The embedded launcher keeps the local actor key pair here (services/cli/embedded.py).
+EMBEDDED_PRIVATE_KEY = Path("secrets") / "actor_private.pem"
+
+
+class ServiceTokenSource:
+    """The bearer token a service presents to its peers, always current.
+
+    Either mints short-lived actor tokens with a local private key (the embedded mode), renewing
+    each when a third of its life is left, or reads a token file and re-reads it when the file
+    changes (a Kubernetes projected service-account token is swapped in place).
+    """
+
+    def __init__(self, *, private_key_pem: bytes | None = None, token_file: str | Path | None = None,
+                 issuer: str = "", audience: str = "", user_id: str = "", org_id: str = "",
+                 permissions: tuple[str, ...] = (), ttl_seconds: int = 300, clock: Callable[[], float] = time.time) -> None:
+        if (private_key_pem is None) == (token_file is None):
+            raise ValueError("a service token source needs exactly one of a private key and a token file")
+        self._private_key_pem = private_key_pem
+        self._file = Path(token_file) if token_file is not None else None
+        self._issuer, self._audience = issuer, audience
+        self._user_id, self._org_id, self._permissions = user_id, org_id, tuple(permissions)
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._token = ""
+        self._renew_at = 0.0
+        self._file_stamp: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: "object", *, user_id: str, org_id: str = "trellis",
+                      permissions: tuple[str, ...] = (EDGE_PERMISSION,)) -> "ServiceTokenSource":
+        """Embedded mode: mint with `actor_private_key_file` (default: the launcher's local key);
+        otherwise: read `service_token_file`, which must be set."""
+        token_file = settings.service_token_file  # type: ignore[attr-defined]
+        if token_file:
+            return cls(token_file=token_file)
+        if settings.mode.value != "embedded":  # type: ignore[attr-defined]
+            raise ValueError("TRELLIS_SERVICE_TOKEN_FILE must be set outside embedded mode (the service's own token)")
+        key_file = settings.actor_private_key_file or str(Path(settings.data_dir) / EMBEDDED_PRIVATE_KEY)  # type: ignore[attr-defined]
+        try:
+            pem = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the local actor private key {key_file} (TRELLIS_ACTOR_PRIVATE_KEY_FILE): {exc}") from exc
+        return cls(private_key_pem=pem, issuer=settings.actor_issuer, audience=settings.actor_audience,  # type: ignore[attr-defined]
+                   user_id=user_id, org_id=org_id, permissions=permissions)
+
+    def token(self) -> str:
+        """The current token (minted or re-read when due)."""
+        if self._file is not None:
+            return self._read_file(self._file)
+        now = self._clock()
+        if now >= self._renew_at:
+            assert self._private_key_pem is not None
+            self._token = mint_actor_token(
+                self._private_key_pem, issuer=self._issuer, audience=self._audience, user_id=self._user_id,
+                org_id=self._org_id, permissions=self._permissions, ttl_seconds=self._ttl,
+            )
+            self._renew_at = now + self._ttl * 2 / 3
+        return self._token
+
+    def metadata(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
+        """gRPC call metadata carrying the token (and the request id when given)."""
+        md: list[tuple[str, str]] = [("authorization", f"Bearer {self.token()}")]
+        if request_id:
+            md.append(("x-request-id", request_id))
+        return tuple(md)
+
+    def _read_file(self, path: Path) -> str:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise Unauthenticated(f"the service token file {path} cannot be read: {exc}") from exc
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._file_stamp:
+            self._token = path.read_text().strip()
+            self._file_stamp = stamp
+        return self._token

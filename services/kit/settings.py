@@ -83,9 +83,64 @@ class Settings(BaseSettings):
     # Registry rules.
     max_live_integrations: int = Field(default=20, ge=1)
 
+    # Service identity: how a service authenticates to its peers (services.kit.auth.ServiceTokenSource).
+    # Embedded mode mints short-lived tokens with the local actor private key (empty: the
+    # launcher's `<data dir>/secrets/actor_private.pem`); elsewhere a token file is read, and
+    # re-read when it changes (a Kubernetes projected service-account token, say).
+    actor_private_key_file: str = ""
+    service_token_file: str = ""
+
+    # The HTTP edge for partners (services/edge, docs/partners.md).
+    edge_addr: str = f"127.0.0.1:{DEFAULT_PORTS['edge']}"
+    # The base URL partners reach the edge at (servers in /openapi.json, links in /docs).
+    edge_public_url: str = "http://127.0.0.1:8080"
+    # The route table (TOML); empty means the bundled example table in embedded mode only.
+    edge_routes_file: str = ""
+    # Peers (CIDR) whose X-Forwarded-For is believed; empty: the TCP peer is the client.
+    edge_trusted_proxies: list[str] = Field(default_factory=list)
+    edge_upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    edge_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    edge_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # Safety bound on every cached key, token and integration; events invalidate them sooner.
+    edge_cache_ttl_seconds: float = Field(default=30.0, gt=0)
+    # An unknown `kid` refetches the JWKS at most this often (junk kids cannot hammer identity).
+    edge_jwks_refetch_seconds: float = Field(default=5.0, ge=0)
+    # Deadline of each gRPC call the edge makes to identity and registry.
+    edge_peer_timeout_seconds: float = Field(default=5.0, gt=0)
+    # When the shared rate-limit counters cannot be reached: allow (true) or refuse requests.
+    edge_rate_limit_fail_open: bool = True
+
+    # Webhook deliveries (webhooks). The retry schedule is the spec's: attempt 2 one minute
+    # after attempt 1, then 5 min, 30 min, 2 h, each counted from the attempt before.
+    webhooks_retry_schedule_seconds: list[float] = Field(default_factory=lambda: [60.0, 300.0, 1800.0, 7200.0])
+    webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
+    webhooks_user_agent: str = "GrowerIQ-Webhook/1.0"
+    # PEM bundle of the CAs receivers' certificates must chain to; empty: the system's store.
+    webhooks_ca_bundle: str = ""
+    # CIDRs exempt from the SSRF refusal (say, 127.0.0.0/8 for a receiver on this machine).
+    webhooks_allowed_private_networks: list[str] = Field(default_factory=list)
+    webhooks_concurrency_per_subscription: int = Field(default=8, ge=1, le=1000)
+    webhooks_concurrency_total: int = Field(default=256, ge=1, le=10000)
+    # How long a replica's claim on a delivery lasts without renewal (renewed while it works).
+    webhooks_lease_seconds: float = Field(default=30.0, gt=0)
+    # Fallback look for due deliveries; new ones wake the dispatcher at once.
+    webhooks_poll_seconds: float = Field(default=1.0, gt=0)
+    # Durable JetStream consumer names (activity.> and trellis.integration.>) share this prefix.
+    webhooks_consumer_name: str = "webhooks"
+    # An activity fetched but not acked (the replica died) is redelivered after this long.
+    webhooks_consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+
     otel_service_namespace: str = "trellis"
     grpc_grace_seconds: float = 5.0
     outbox_poll_seconds: float = 1.0
+
+    # Logs service (services/logs, docs/auditors.md). The audit key chains an HMAC over every
+    # audit entry; it is never stored in the database. Base64 of at least 32 random bytes; the
+    # logs service refuses the placeholder outside the embedded mode.
+    audit_hmac_key: SecretStr = SecretStr(PLACEHOLDER)
+    # API request records older than this are deleted, a bounded batch per transaction.
+    logs_retention_days: int = Field(default=365, ge=1)
+    logs_retention_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_placeholders_outside_embedded(self) -> "Settings":

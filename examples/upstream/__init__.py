@@ -1,0 +1,1 @@
+"""EXAMPLE ONLY: a stand-in upstream behind the Trellis edge (see app.py and README.md)."""

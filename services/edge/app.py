@@ -1,0 +1,188 @@
+"""The edge as one ASGI application: the public endpoints (token, discovery, health, metrics,
+API reference) answered here, everything else through the partner pipeline.
+
+For every request: an X-Request-ID (the caller's when sane, else new) on whatever answer goes
+back; request headers over the size bound refused with 431; a server span around the whole
+request; metrics; and, for partner requests, one API log record, queued without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NATS
+from opentelemetry import trace
+
+from services.contracts.trellis.events.v1 import events_pb2
+from services.edge.apilog import ApiLogPublisher
+from services.edge.asgi import Receive, Request, Responder, Scope, Send, send_bytes, send_json
+from services.edge.clientip import ClientIpResolver
+from services.edge.credentials import KeySet
+from services.edge.errors import EdgeError, error_body
+from services.edge.metrics import EdgeMetrics
+from services.edge.oauth import TokenEndpoint, jwks_response, openid_configuration
+from services.edge.openapi import build_spec, render_html, spec_json
+from services.edge.peers import Peers
+from services.edge.pipeline import Pipeline, Trail
+from services.kit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+AUTH_CODES = frozenset({"invalid_client", "missing_credentials", "invalid_api_key", "invalid_token", "token_expired",
+                        "credentials_mismatch", "integration_inactive", "ip_not_allowed"})
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Status logged when the client went away before any answer (nginx's convention).
+CLIENT_CLOSED = 499
+
+Handler = Callable[[Request, Receive, Send], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    handler: Handler
+    methods: frozenset[str]
+
+
+class EdgeApp:
+    """The ASGI callable. Built by services.edge.main.bootstrap with its parts already made."""
+
+    def __init__(self, settings: Settings, *, pipeline: Pipeline, peers: Peers, token_endpoint: TokenEndpoint,
+                 jwks: KeySet, apilog: ApiLogPublisher, metrics: EdgeMetrics, nc: NATS) -> None:
+        self._settings = settings
+        self._pipeline = pipeline
+        self._peers = peers
+        self._jwks = jwks
+        self._apilog = apilog
+        self._metrics = metrics
+        self._nc = nc
+        self._resolver = ClientIpResolver(settings.edge_trusted_proxies)
+        self._max_header_bytes = settings.edge_max_header_bytes
+        self._tracer = trace.get_tracer("services.edge")
+        spec = build_spec(pipeline.routes, server_url=settings.edge_public_url, token_url=settings.token_url)
+        self._spec_json, self._docs_html = spec_json(spec), render_html(spec)
+        self._discovery = openid_configuration(settings)
+        get = frozenset({"GET", "HEAD"})
+        self._endpoints: dict[str, Endpoint] = {
+            "/oauth/token": Endpoint(token_endpoint, frozenset({"POST"})),
+            "/.well-known/jwks.json": Endpoint(self._jwks_document, get),
+            "/.well-known/openid-configuration": Endpoint(self._openid_configuration, get),
+            "/healthz": Endpoint(self._healthz, get),
+            "/readyz": Endpoint(self._readyz, get),
+            "/metrics": Endpoint(self._metrics_text, get),
+            "/openapi.json": Endpoint(self._openapi, get),
+            "/docs": Endpoint(self._docs, get),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":  # run with lifespan off; answer politely if not
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started, wall = time.perf_counter(), time.time()
+        request = Request(scope)
+        given = request.header(b"x-request-id")
+        request.request_id = given.decode() if given and _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request.client_ip, request.hops = self._resolver.resolve(request.peer, request.header_values(b"x-forwarded-for"))
+        responder = Responder(send, [(b"x-request-id", request.request_id.encode())])
+        endpoint = self._endpoints.get(request.path)
+        trail = Trail(route=request.path if endpoint else self._pipeline.label(request.path))
+        with self._tracer.start_as_current_span(f"{request.method} edge", kind=trace.SpanKind.SERVER) as span:
+            try:
+                if request.header_bytes() > self._max_header_bytes:
+                    raise EdgeError("request_headers_too_large", f"the request headers are larger than "
+                                    f"{self._max_header_bytes} bytes; send fewer or shorter headers")
+                if endpoint is not None:
+                    trail.error_code = await self._builtin(endpoint, request, receive, responder)
+                else:
+                    await self._pipeline.handle(request, receive, responder, trail)
+            except EdgeError as exc:
+                trail.error_code = exc.code
+                await self._refuse(exc, request, responder)
+            except Exception:
+                log.exception("request %s failed", request.request_id)
+                trail.error_code = "internal_error"
+                await self._refuse(EdgeError("internal_error", "the edge failed to answer this request; retry later"),
+                                   request, responder)
+            finally:
+                status = responder.status or CLIENT_CLOSED
+                self._finish(span, request, trail, status, started, wall, partner=endpoint is None)
+
+    async def _builtin(self, endpoint: Endpoint, request: Request, receive: Receive, send: Send) -> str:
+        if request.method not in endpoint.methods:
+            allowed = ", ".join(sorted(endpoint.methods))
+            raise EdgeError("method_not_allowed", f"{request.path} accepts {allowed}", headers=((b"allow", allowed.encode()),))
+        return await endpoint.handler(request, receive, send)
+
+    async def _refuse(self, exc: EdgeError, request: Request, send: Responder) -> None:
+        if send.started:
+            raise exc  # too late for an error answer: the connection is cut instead
+        await send_bytes(send, exc.status, error_body(exc.code, exc.message, request.request_id), exc.headers)
+
+    def _finish(self, span: trace.Span, request: Request, trail: Trail, status: int, started: float, wall: float,
+                *, partner: bool) -> None:
+        elapsed = time.perf_counter() - started
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
+        self._metrics.observe(trail.route, method, status, elapsed)
+        if trail.error_code in AUTH_CODES:
+            self._metrics.auth_failures.labels(trail.error_code).inc()
+        elif trail.error_code in ("rate_limit_exceeded", "quota_exceeded"):
+            self._metrics.rate_limited.labels(trail.error_code).inc()
+        elif trail.error_code == "upstream_unavailable":
+            self._metrics.upstream_errors.labels(str(status)).inc()
+        span.update_name(f"{method} {trail.route}")
+        span.set_attributes({"http.request.method": method, "http.route": trail.route, "http.response.status_code": status,
+                             "trellis.request_id": request.request_id, "trellis.integration_id": trail.integration_id})
+        if status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
+        if partner:
+            occurred = Timestamp()
+            occurred.FromNanoseconds(int(wall * 1e9))
+            self._apilog.record(events_pb2.ApiRequestLogged(
+                request_id=request.request_id, occurred_at=occurred, org_id=trail.org_id,
+                integration_id=trail.integration_id, method=method, endpoint=request.path[:1024], status=status,
+                duration_ms=elapsed * 1000, ip=request.client_ip, error_code=trail.error_code,
+                scope_category=trail.scope_category,
+            ))
+
+    # --- public endpoints ---------------------------------------------------------------------
+
+    async def _jwks_document(self, request: Request, receive: Receive, send: Send) -> str:
+        await jwks_response(self._jwks, send)
+        return ""
+
+    async def _openid_configuration(self, request: Request, receive: Receive, send: Send) -> str:
+        await send_json(send, 200, self._discovery, ((b"cache-control", b"public, max-age=300"),))
+        return ""
+
+    async def _healthz(self, request: Request, receive: Receive, send: Send) -> str:
+        await send_json(send, 200, {"status": "alive"})
+        return ""
+
+    async def _readyz(self, request: Request, receive: Receive, send: Send) -> str:
+        checks = {**await self._peers.health(), "nats": self._nc.is_connected}
+        ready = all(checks.values())
+        await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
+        return ""
+
+    async def _metrics_text(self, request: Request, receive: Receive, send: Send) -> str:
+        await send_bytes(send, 200, self._metrics.render(), (), content_type=self._metrics.content_type.encode())
+        return ""
+
+    async def _openapi(self, request: Request, receive: Receive, send: Send) -> str:
+        await send_bytes(send, 200, self._spec_json, ())
+        return ""
+
+    async def _docs(self, request: Request, receive: Receive, send: Send) -> str:
+        await send_bytes(send, 200, self._docs_html, (), content_type=b"text/html; charset=utf-8")
+        return ""

@@ -1,0 +1,112 @@
+"""The little of ASGI the edge needs: a read-only view of a request and response senders.
+
+No framework: the edge is one ASGI callable, and these helpers keep its code about the
+pipeline rather than about message dictionaries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+
+
+class Request:
+    """One HTTP request's scope, with header lookups (ASGI header names are lower case)."""
+
+    __slots__ = ("scope", "method", "path", "headers", "request_id", "client_ip", "hops")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: Headers = scope["headers"]
+        self.request_id = ""
+        self.client_ip = ""
+        # The addresses from the client to us (X-Forwarded-For upstream), set by the app.
+        self.hops: list[str] = []
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key == name]
+
+    @property
+    def raw_path(self) -> bytes:
+        return self.scope.get("raw_path") or self.path.encode()
+
+    @property
+    def query_string(self) -> bytes:
+        return self.scope.get("query_string") or b""
+
+    @property
+    def peer(self) -> str:
+        client = self.scope.get("client")
+        return client[0] if client else ""
+
+    def header_bytes(self) -> int:
+        """Size of the request headers as sent (names, values, and ': ' plus CRLF per line)."""
+        return sum(len(k) + len(v) + 4 for k, v in self.headers)
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]],
+                     content_type: bytes = JSON) -> None:
+    out = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    await send_bytes(send, status, json.dumps(payload, separators=(",", ":")).encode(), headers)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds `limit` bytes (small bodies only)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class Responder:
+    """Wraps `send`: adds `extra` headers (the request id, the rate-limit headers once known)
+    to whatever response starts, and remembers its status."""
+
+    __slots__ = ("_send", "extra", "status")
+
+    def __init__(self, send: Send, extra: Headers) -> None:
+        self._send = send
+        self.extra = extra
+        self.status = 0
+
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
+        await self._send(message)

@@ -1,0 +1,120 @@
+"""A small in-process cache for the edge: entries expire (a short TTL as the safety bound, or
+sooner when the value says so), can be dropped by key or by tag (an integration id, a client
+id), and concurrent misses for one key share a single load.
+
+A load that was in flight while anything was dropped is used by the requests that waited for
+it but is not stored: it may have read the state from before the change that caused the drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class _Entry(Generic[V]):
+    value: V
+    expires_at: float
+    tags: tuple[Hashable, ...]
+
+
+class TtlCache(Generic[K, V]):
+    """Entries by key with expiry and tags; at most `max_entries` (oldest evicted first)."""
+
+    def __init__(self, ttl: float, *, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[K, _Entry[V]] = {}
+        self._by_tag: dict[Hashable, set[K]] = {}
+        self._loading: dict[K, asyncio.Task[V]] = {}
+        self._epoch = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= self._clock():
+            self._remove(key)
+            return None
+        return entry.value
+
+    def put(self, key: K, value: V, *, tags: Iterable[Hashable] = (), expires_at: float | None = None) -> None:
+        """Store `value` until now + ttl, or `expires_at` (monotonic clock) when that is sooner."""
+        self._remove(key)
+        if len(self._entries) >= self.max_entries:
+            self._remove(next(iter(self._entries)))
+        deadline = self._clock() + self.ttl
+        entry = _Entry(value, deadline if expires_at is None else min(deadline, expires_at), tuple(tags))
+        self._entries[key] = entry
+        for tag in entry.tags:
+            self._by_tag.setdefault(tag, set()).add(key)
+
+    def drop(self, key: K) -> None:
+        """Forget `key` (an invalidation: a load in flight is not stored)."""
+        self._epoch += 1
+        self._remove(key)
+
+    def drop_tag(self, tag: Hashable) -> int:
+        """Forget every entry carrying `tag`; returns how many."""
+        self._epoch += 1
+        keys = self._by_tag.pop(tag, set())
+        for key in keys:
+            self._remove(key)
+        return len(keys)
+
+    def clear(self) -> None:
+        self._epoch += 1
+        self._entries.clear()
+        self._by_tag.clear()
+
+    def _remove(self, key: K) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        for tag in entry.tags:
+            keys = self._by_tag.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_tag[tag]
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]]) -> V:
+        """The cached value, or the result of `load()` -> (value, tags, expires_at or None),
+        shared by every caller that misses on `key` meanwhile. `load`'s exceptions propagate
+        to each of them and nothing is stored. The load runs as its own task, so a caller that
+        goes away does not cancel it for the others."""
+        value = self.get(key)
+        if value is not None:
+            self.hits += 1
+            return value
+        self.misses += 1
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(key, load))
+            # Retrieved here so an error nobody waited for any more is not reported as lost.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]]) -> V:
+        epoch = self._epoch
+        try:
+            value, tags, expires_at = await load()
+        finally:
+            del self._loading[key]
+        if epoch == self._epoch:
+            self.put(key, value, tags=tags, expires_at=expires_at)
+        return value

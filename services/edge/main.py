@@ -1,0 +1,192 @@
+"""Wires the edge together: NATS (invalidation events, rate-limit counters, the API log), the
+identity and registry channels with the edge's service identity, the caches, the route table
+and the uvicorn server (uvloop + httptools; docs/benchmarks.md "## Edge" says why).
+Nothing runs at import time.
+
+`python -m services.edge` serves on settings.edge_addr until SIGTERM or SIGINT, then stops
+taking connections, lets requests in flight finish, flushes the API log and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from services.edge.apilog import ApiLogPublisher
+from services.edge.app import EdgeApp
+from services.edge.builtins import BUILTINS
+from services.edge.credentials import ApiKeys, Issuer, KeySet, Tokens
+from services.edge.integrations import Integrations, Invalidator
+from services.edge.metrics import EdgeMetrics
+from services.edge.oauth import TokenEndpoint
+from services.edge.peers import Peers
+from services.edge.pipeline import Pipeline
+from services.edge.proxy import Upstreams
+from services.edge.ratelimit import RateLimiter
+from services.edge.routes import RouteTable
+from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
+from services.kit.bus import connect, ensure_streams
+from services.kit.service import Cleanup, configure_logging
+from services.kit.settings import Mode, Settings
+from services.kit.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+NAME = "edge"
+# The embedded mode's route table, when none is configured (docs/partners.md describes it).
+EXAMPLE_ROUTES = Path(__file__).resolve().parents[2] / "examples" / "routes.toml"
+MAX_EXTERNAL_JWKS_BYTES = 256 * 1024
+
+
+def routes_file(settings: Settings) -> Path:
+    if settings.edge_routes_file:
+        return Path(settings.edge_routes_file)
+    if settings.mode is Mode.EMBEDDED:
+        return EXAMPLE_ROUTES
+    raise ValueError("TRELLIS_EDGE_ROUTES_FILE must be set outside embedded mode (the edge's route table)")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: `RunningEdge` decides when to stop,
+    so the API log is flushed and NATS drained after the last request, before the process exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class RunningEdge:
+    """A bootstrapped edge: start() serves, stop() stops serving, then flushes and closes."""
+
+    app: EdgeApp
+    server: uvicorn.Server
+    sock: socket.socket
+    port: int
+    starts: list[Cleanup]
+    stops: list[Cleanup] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> "RunningEdge":
+        for start in self.starts:
+            await start()
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self.task.done():
+                await self.task
+                raise RuntimeError("the edge server stopped while starting")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            await self.task
+        for stop in reversed(self.stops):
+            try:
+                await stop()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                log.warning("cleanup failed while stopping the edge", exc_info=True)
+
+    async def serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        assert self.task is not None
+        await asyncio.wait([self.task, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        log.info("edge shutting down")
+        await self.stop()
+
+
+def _bind(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def bootstrap(settings: Settings, *, address: str | None = None) -> RunningEdge:
+    """A ready-to-start edge bound to `address` (default settings.edge_addr; port 0 in tests)."""
+    routes = RouteTable.load(routes_file(settings), builtins=BUILTINS)
+    tokens_source = ServiceTokenSource.from_settings(settings, user_id="service:edge", permissions=(EDGE_PERMISSION,))
+    stops: list[Cleanup] = []
+    try:
+        nc = await connect(settings.nats_url, name=f"trellis-{NAME}")
+        stops.append(nc.drain)
+        js = nc.jetstream()
+        await ensure_streams(js, replicas=settings.nats_stream_replicas)
+        peers = Peers(settings.identity_addr, settings.registry_addr, tokens_source, timeout=settings.edge_peer_timeout_seconds)
+        stops.append(peers.close)
+        ttl = settings.edge_cache_ttl_seconds
+        upstreams = Upstreams(timeout=settings.edge_upstream_timeout_seconds, max_body_bytes=settings.edge_max_body_bytes)
+        own_keys = KeySet(peers.jwks_json, ttl=ttl, refetch_interval=settings.edge_jwks_refetch_seconds, name="identity")
+        own = Issuer(settings.token_issuer, settings.token_audience, own_keys)
+        external = None
+        if settings.external_issuer and settings.external_jwks_url:
+            external = Issuer(settings.external_issuer, settings.external_audience or None, KeySet(
+                lambda: upstreams.fetch_text(settings.external_jwks_url, MAX_EXTERNAL_JWKS_BYTES),
+                ttl=ttl, refetch_interval=settings.edge_jwks_refetch_seconds, name="external issuer",
+            ), external=True, client_id_claim=settings.external_client_id_claim)
+        keys, tokens = ApiKeys(peers, ttl=ttl), Tokens(own, external=external, ttl=ttl, token_url=settings.token_url)
+        integrations = Integrations(peers, ttl=ttl)
+        invalidator = Invalidator(nc, integrations, keys, tokens)
+        limiter = RateLimiter(js, replicas=settings.nats_stream_replicas, fail_open=settings.edge_rate_limit_fail_open)
+        apilog = ApiLogPublisher(js)
+        metrics = EdgeMetrics()
+        metrics.watch(apilog_dropped=lambda: apilog.dropped, apilog_queued=lambda: apilog.queued,
+                      jwks_fetches=lambda: own_keys.fetches)
+        pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
+                            limiter=limiter, routes=routes, upstreams=upstreams)
+        app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers), jwks=own_keys,
+                      apilog=apilog, metrics=metrics, nc=nc)
+        sock = _bind(address or settings.edge_addr)
+        stops.append(_closer(sock))
+    except BaseException:
+        for stop in reversed(stops):
+            await stop()
+        raise
+    config = uvicorn.Config(
+        app, http="httptools", ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+        # Never rewrite the client address from X-Forwarded-For: services.edge.clientip decides,
+        # with the configured trusted proxies only.
+        proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,
+    )
+    # Start order: publisher and limiter before requests; stop order (reversed): the server
+    # first (in RunningEdge.stop), then the subscriptions, the log flush, the limiter, the client.
+    starts: list[Cleanup] = [upstreams.start, limiter.start, apilog.start, invalidator.start]
+    stops += [upstreams.close, limiter.close, apilog.close, invalidator.close]
+    return RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
+
+
+def _closer(sock: socket.socket) -> Cleanup:
+    async def close() -> None:
+        sock.close()
+
+    return close
+
+
+def main() -> None:
+    configure_logging()
+    import uvloop
+
+    async def run() -> None:
+        settings = Settings()
+        setup_tracing(NAME, namespace=settings.otel_service_namespace)
+        edge = await (await bootstrap(settings)).start()
+        log.info("edge serving on %s:%d", settings.edge_addr.rpartition(":")[0], edge.port)
+        await edge.serve_until_signalled()
+
+    uvloop.run(run())

@@ -1,0 +1,132 @@
+"""The edge's gRPC calls to identity and registry, made with its own service identity
+(`trellis_edge`), turned into edge values; gRPC errors are translated here, once, into
+services.kit.errors classes carrying the peer's `trellis-*` trailing fields (e.g. `error`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
+from services.contracts.trellis.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.edge.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
+from services.kit import errors
+from services.kit.auth import ServiceTokenSource
+from services.kit.telemetry import peer_channel
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[grpc.StatusCode, type[errors.TrellisError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.ABORTED: errors.Aborted,
+}
+
+_STATUS_NAMES = {
+    registry_pb2.INTEGRATION_STATUS_REQUESTED: "requested",
+    registry_pb2.INTEGRATION_STATUS_APPROVED: "approved",
+    registry_pb2.INTEGRATION_STATUS_ACTIVE: "active",
+    registry_pb2.INTEGRATION_STATUS_SUSPENDED: "suspended",
+    registry_pb2.INTEGRATION_STATUS_REVOKED: "revoked",
+}
+
+
+def translate(exc: grpc.aio.AioRpcError, peer: str) -> errors.TrellisError:
+    """A kit error for a failed call; anything not a refusal is Unavailable."""
+    fields = {
+        str(key)[len("trellis-"):].replace("-", "_"): value
+        for key, value in (exc.trailing_metadata() or ())
+        if str(key).startswith("trellis-")
+    }
+    cls = _ERRORS.get(exc.code(), errors.Unavailable)
+    if cls is errors.Unavailable:
+        log.warning("%s call failed: %s %s", peer, exc.code().name, exc.details())
+    return cls(exc.details() or exc.code().name, peer=peer, **fields)
+
+
+def snapshot_of(integration: registry_pb2.Integration) -> IntegrationSnapshot:
+    networks: list[IPNetwork] = []
+    for entry in integration.ip_allowlist:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            # The registry validates entries; one we cannot read must not widen access, so it
+            # is kept as an address nobody can come from rather than dropped.
+            log.error("integration %s has an unreadable allowlist entry %r", integration.id, entry)
+            networks.append(ipaddress.ip_network("0.0.0.0/32"))
+    return IntegrationSnapshot(
+        id=integration.id, org_id=integration.org_id, status=_STATUS_NAMES.get(integration.status, "unknown"),
+        scopes=frozenset(integration.scopes), rate_limit_per_minute=integration.rate_limit_per_minute,
+        daily_quota=integration.daily_quota, allowlist=tuple(networks),
+    )
+
+
+class Peers:
+    """Channels and stubs to identity and registry, with the edge's service token on each call."""
+
+    def __init__(self, identity_addr: str, registry_addr: str, tokens: ServiceTokenSource, *, timeout: float = 5.0) -> None:
+        self._identity_channel = peer_channel(identity_addr)
+        self._registry_channel = peer_channel(registry_addr)
+        self._identity = identity_pb2_grpc.IdentityStub(self._identity_channel)
+        self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
+        self._tokens = tokens
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        await self._identity_channel.close()
+        await self._registry_channel.close()
+
+    async def verify_api_key(self, api_key: str, key_hash: str, request_id: str = "") -> ApiKeyInfo:
+        try:
+            found = await self._identity.VerifyApiKey(
+                identity_pb2.VerifyApiKeyRequest(api_key=api_key),
+                metadata=self._tokens.metadata(request_id), timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "identity") from exc
+        return ApiKeyInfo(integration_id=found.integration_id, org_id=found.org_id,
+                          client_ids=frozenset(found.client_ids), key_hash=key_hash)
+
+    async def lookup_integration(self, integration_id: str, request_id: str = "") -> IntegrationSnapshot:
+        try:
+            found = await self._registry.LookupIntegration(
+                registry_pb2.LookupIntegrationRequest(integration_id=integration_id),
+                metadata=self._tokens.metadata(request_id), timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "registry") from exc
+        return snapshot_of(found)
+
+    async def issue_token(self, client_id: str, client_secret: str, scope: str, request_id: str = "") -> identity_pb2.IssueTokenResponse:
+        try:
+            return await self._identity.IssueToken(
+                identity_pb2.IssueTokenRequest(client_id=client_id, client_secret=client_secret, scope=scope),
+                metadata=self._tokens.metadata(request_id), timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "identity") from exc
+
+    async def jwks_json(self) -> str:
+        try:
+            found = await self._identity.GetJwks(identity_pb2.GetJwksRequest(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "identity") from exc
+        return found.jwks_json
+
+    async def health(self) -> dict[str, bool]:
+        """Whether identity and registry answer their gRPC health checks with SERVING."""
+        result = {}
+        for name, channel in (("identity", self._identity_channel), ("registry", self._registry_channel)):
+            try:
+                answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                result[name] = answer.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError:
+                result[name] = False
+        return result

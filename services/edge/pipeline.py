@@ -1,0 +1,161 @@
+"""The partner pipeline, in the documented order: credentials (both headers; key, token, the
+pair, the integration Active), IP allowlist, rate limit and quota, route and scope, then a
+built-in answer or the upstream. Each step either passes or raises an EdgeError that app.py
+turns into the JSON error; `Trail` collects what the request log records about it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from opentelemetry import propagate
+
+from services.edge.asgi import Receive, Request, Responder
+from services.edge.builtins import BUILTINS
+from services.edge.credentials import ApiKeys, RevokedKey, Tokens
+from services.edge.errors import EdgeError, unauthorized
+from services.edge.integrations import Integrations, Invalidator
+from services.edge.model import Caller, check_active, check_ip, check_pair, check_scope
+from services.edge.proxy import BodyTooLarge, Upstreams, too_large
+from services.edge.ratelimit import Decision, RateLimiter
+from services.edge.routes import Route, RouteTable, unsafe_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Trail:
+    """What is known about a request as it goes: the request log and metrics read it."""
+
+    route: str = "unmatched"
+    integration_id: str = ""
+    org_id: str = ""
+    scope_category: str = ""
+    error_code: str = ""
+
+
+def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-ratelimit-limit", str(decision.limit).encode()),
+        (b"x-ratelimit-remaining", str(decision.remaining).encode()),
+        (b"x-ratelimit-reset", str(decision.reset_at).encode()),
+    ]
+
+
+def refusal(decision: Decision) -> EdgeError:
+    retry = (b"retry-after", str(max(1, decision.retry_after)).encode())
+    if decision.code == "quota_exceeded":
+        return EdgeError("quota_exceeded", "the integration has used its daily quota; retry after "
+                         f"{decision.retry_after} seconds (Retry-After) or ask for a higher quota", headers=(retry,))
+    return EdgeError("rate_limit_exceeded", f"the rate limit of {decision.limit} requests per minute is used up; "
+                     f"retry after {decision.reset_at} (X-RateLimit-Reset), with backoff", headers=(retry,))
+
+
+def bearer_token(request: Request) -> str:
+    header = request.header(b"authorization") or b""
+    scheme, _, token = header.partition(b" ")
+    return token.strip().decode("latin-1") if scheme.lower() == b"bearer" else ""
+
+
+class Pipeline:
+    """Answers one partner request, or raises the EdgeError that refuses it."""
+
+    def __init__(self, *, keys: ApiKeys, tokens: Tokens, integrations: Integrations, invalidator: Invalidator,
+                 limiter: RateLimiter, routes: RouteTable, upstreams: Upstreams) -> None:
+        self._keys = keys
+        self._tokens = tokens
+        self._integrations = integrations
+        self._invalidator = invalidator
+        self._limiter = limiter
+        self.routes = routes
+        self._upstreams = upstreams
+
+    async def handle(self, request: Request, receive: Receive, send: Responder, trail: Trail) -> None:
+        self._invalidator.check_connection()
+        caller = await self.authenticate(request, trail)
+        check_ip(caller.integration, request.client_ip)
+        integration = caller.integration
+        decision = await self._limiter.check(integration.id, integration.rate_limit_per_minute, integration.daily_quota)
+        send.extra.extend(rate_limit_headers(decision))
+        if not decision.allowed:
+            raise refusal(decision)
+        route = self.route_for(request, trail)
+        check_scope(caller, route.required_scope(request.method))
+        if route.builtin is not None:
+            await BUILTINS[route.builtin](request, caller, send)
+            return
+        try:
+            await self._upstreams.forward(request, route, receive, send, self.identity_headers(request, caller), [])
+        except BodyTooLarge:
+            raise too_large(self._upstreams.max_body_bytes) from None
+
+    def label(self, path: str) -> str:
+        """The route prefix a path falls under ("unmatched" when none), for metrics."""
+        route = self.routes.match(path)
+        return route.prefix if route is not None else "unmatched"
+
+    async def authenticate(self, request: Request, trail: Trail) -> Caller:
+        token, api_key = bearer_token(request), (request.header(b"x-api-key") or b"").strip().decode("latin-1")
+        missing = [name for name, value in (("Authorization: Bearer <token>", token), ("X-API-Key", api_key)) if not value]
+        if missing:
+            raise unauthorized("missing_credentials", f"missing {' and '.join(missing)}: every request needs both "
+                               "Authorization: Bearer <token> and X-API-Key", token_error=False)
+        try:
+            key = await self._keys.verify(api_key, request.request_id)
+        except RevokedKey as revoked:
+            await self._explain_revoked(revoked.integration_id, request, trail)
+            raise self._keys.invalid() from None
+        trail.integration_id, trail.org_id = key.integration_id, key.org_id
+        grant = await self._tokens.verify(token)
+        check_pair(key, grant)
+        integration = await self._integrations.get(key.integration_id, request.request_id)
+        if integration.org_id != key.org_id:
+            log.error("integration %s: registry and identity disagree on its organisation", key.integration_id)
+            raise unauthorized("integration_inactive", "the integration of this API key is not usable; ask your administrator to check it")
+        check_active(integration)
+        return Caller(key, grant, integration)
+
+    async def _explain_revoked(self, integration_id: str, request: Request, trail: Trail) -> None:
+        """A revoked key's holder learns when its integration is no longer Active (suspended,
+        revoked); otherwise the key itself was replaced and the caller gets invalid_api_key."""
+        try:
+            integration = await self._integrations.get(integration_id, request.request_id)
+        except EdgeError as exc:
+            if exc.code == "integration_inactive":
+                raise
+            return  # the registry cannot say; the key is dead either way
+        trail.integration_id, trail.org_id = integration.id, integration.org_id
+        check_active(integration)
+
+    def route_for(self, request: Request, trail: Trail) -> Route:
+        problem = unsafe_path(request.path, request.raw_path)
+        if problem is not None:
+            raise EdgeError("invalid_request", f"{problem}")
+        route = self.routes.match(request.path)
+        if route is None:
+            raise EdgeError("not_found", f"no API route matches {request.path[:200]}; see the API reference")
+        trail.route = route.prefix
+        trail.scope_category = route.category or ""
+        return route
+
+    @staticmethod
+    def identity_headers(request: Request, caller: Caller) -> list[tuple[bytes, bytes]]:
+        """Who is calling, for the upstream: ids, scopes, the client's address, the trace."""
+        hops = request.hops or [request.client_ip]
+        headers = [
+            (b"x-request-id", request.request_id.encode()),
+            (b"x-trellis-integration-id", caller.integration.id.encode()),
+            (b"x-trellis-org-id", caller.integration.org_id.encode()),
+            (b"x-trellis-client-id", caller.token.client_id.encode()),
+            (b"x-trellis-scopes", " ".join(sorted(caller.scopes)).encode()),
+            (b"x-forwarded-for", ", ".join(hops).encode()),
+            (b"x-forwarded-proto", str(request.scope.get("scheme", "http")).encode()),
+        ]
+        host = request.header(b"host")
+        if host:
+            headers.append((b"x-forwarded-host", host))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        headers.extend((k.encode(), v.encode()) for k, v in carrier.items())
+        return headers

@@ -1,0 +1,108 @@
+"""The edge's cache: expiry, drops by key and tag, one load for concurrent misses, and no
+storing of a load that raced an invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.edge.cache import TtlCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_entries_expire_after_the_ttl_or_their_own_deadline() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(30, clock=clock)
+    cache.put("a", 1)
+    cache.put("b", 2, expires_at=clock.now + 5)
+    clock.now += 6
+    assert (cache.get("a"), cache.get("b")) == (1, None)
+    clock.now += 25
+    assert cache.get("a") is None
+
+
+def test_drop_by_tag_leaves_the_rest() -> None:
+    cache: TtlCache[str, int] = TtlCache(30)
+    cache.put("k1", 1, tags=[("integration", "i1"), ("client", "c1")])
+    cache.put("k2", 2, tags=[("integration", "i1")])
+    cache.put("k3", 3, tags=[("integration", "i2")])
+    assert cache.drop_tag(("integration", "i1")) == 2
+    assert (cache.get("k1"), cache.get("k2"), cache.get("k3")) == (None, None, 3)
+    assert cache.drop_tag(("client", "c1")) == 0
+
+
+def test_the_oldest_entry_goes_when_full() -> None:
+    cache: TtlCache[int, int] = TtlCache(30, max_entries=2)
+    for n in range(3):
+        cache.put(n, n)
+    assert (cache.get(0), cache.get(1), cache.get(2), len(cache)) == (None, 1, 2, 2)
+
+
+async def test_concurrent_misses_share_one_load() -> None:
+    cache: TtlCache[str, int] = TtlCache(30)
+    calls = 0
+    release = asyncio.Event()
+
+    async def load() -> tuple[int, tuple[()], None]:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return 7, (), None
+
+    waiting = [asyncio.create_task(cache.get_or_load("k", load)) for _ in range(5)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiting) == [7] * 5
+    assert calls == 1 and cache.get("k") == 7
+
+
+async def test_a_load_that_raced_an_invalidation_is_not_stored() -> None:
+    cache: TtlCache[str, int] = TtlCache(30)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def load() -> tuple[int, tuple[()], None]:
+        started.set()
+        await release.wait()
+        return 1, (), None
+
+    pending = asyncio.create_task(cache.get_or_load("k", load))
+    await started.wait()
+    cache.drop_tag(("integration", "i1"))  # any invalidation while the load was in flight
+    release.set()
+    assert await pending == 1  # the caller that asked still gets an answer
+    assert cache.get("k") is None  # but it may predate the change, so it is not kept
+
+
+async def test_a_failed_load_reaches_every_waiter_and_stores_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(30)
+
+    async def load() -> tuple[int, tuple[()], None]:
+        raise LookupError("down")
+
+    with pytest.raises(LookupError):
+        await cache.get_or_load("k", load)
+    assert cache.get("k") is None
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_load_for_the_others() -> None:
+    cache: TtlCache[str, int] = TtlCache(30)
+    release = asyncio.Event()
+
+    async def load() -> tuple[int, tuple[()], None]:
+        await release.wait()
+        return 3, (), None
+
+    first = asyncio.create_task(cache.get_or_load("k", load))
+    second = asyncio.create_task(cache.get_or_load("k", load))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    assert await second == 3

@@ -1,0 +1,102 @@
+"""The route table: loading and refusing tables, longest-prefix matching, required scopes, and
+paths that must never be routed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.edge.builtins import BUILTINS
+from services.edge.routes import Route, RouteTable, RouteTableError, unsafe_path
+
+REPO = Path(__file__).resolve().parents[3]
+
+TABLE = {"route": [
+    {"prefix": "/v1", "upstream": "http://up:1/", "scope": "inventory"},
+    {"prefix": "/v1/reports", "upstream": "http://up:2/base", "scope": "reports", "methods": {"POST": "reports:execute"}},
+    {"prefix": "/v1/compliance", "upstream": "https://up:3", "scope": "compliance", "methods": {"POST": "compliance:submit"}},
+    {"prefix": "/v1/whoami", "builtin": "whoami"},
+]}
+
+
+def table() -> RouteTable:
+    return RouteTable.from_dict(TABLE, builtins=BUILTINS)
+
+
+def test_longest_prefix_wins_on_whole_segments() -> None:
+    routes = table()
+    assert routes.match("/v1/reports/42").prefix == "/v1/reports"  # type: ignore[union-attr]
+    assert routes.match("/v1/reports").prefix == "/v1/reports"  # type: ignore[union-attr]
+    assert routes.match("/v1/reportsx").prefix == "/v1"  # type: ignore[union-attr]
+    assert routes.match("/v2/anything") is None
+    assert routes.match("/v1x") is None
+
+
+def test_read_write_and_per_method_scopes() -> None:
+    routes = table()
+    reports, compliance, whoami = (routes.match(p) for p in ("/v1/reports", "/v1/compliance", "/v1/whoami"))
+    assert [reports.required_scope(m) for m in ("GET", "HEAD", "POST", "PUT", "DELETE")] == [  # type: ignore[union-attr]
+        "reports:read", "reports:read", "reports:execute", "reports:write", "reports:write"]
+    assert compliance.required_scope("POST") == "compliance:submit"  # type: ignore[union-attr]
+    assert whoami.required_scope("GET") is None  # type: ignore[union-attr]
+    assert routes.match("/v1/reports").upstream == "http://up:2/base"  # type: ignore[union-attr]
+
+
+def test_strip_prefix_rewrites_the_upstream_path() -> None:
+    route = Route(prefix="/partner/erp", category="orders", upstream="http://erp", strip_prefix=True)
+    assert route.upstream_path("/partner/erp/orders/1") == "/orders/1"
+    assert route.upstream_path("/partner/erp") == "/"
+    assert Route(prefix="/v1", category="orders", upstream="http://x").upstream_path("/v1/a") == "/v1/a"
+
+
+@pytest.mark.parametrize(("entry", "complaint"), [
+    ({"prefix": "v1", "upstream": "http://x", "scope": "orders"}, "prefix"),
+    ({"prefix": "/v1/", "upstream": "http://x", "scope": "orders"}, "prefix"),
+    ({"prefix": "/v1/../admin", "upstream": "http://x", "scope": "orders"}, "prefix"),
+    ({"prefix": "/v1", "scope": "orders"}, "exactly one"),
+    ({"prefix": "/v1", "upstream": "http://x", "builtin": "whoami", "scope": "orders"}, "exactly one"),
+    ({"prefix": "/v1", "upstream": "ftp://x", "scope": "orders"}, "http(s)"),
+    ({"prefix": "/v1", "upstream": "http://x"}, "needs a scope"),
+    ({"prefix": "/v1", "upstream": "http://x", "scope": "Orders:read"}, "category"),
+    ({"prefix": "/v1", "upstream": "http://x", "scope": "orders", "methods": {"POST": "execute"}}, "methods"),
+    ({"prefix": "/v1", "builtin": "shell"}, "unknown builtin"),
+    ({"prefix": "/v1", "upstream": "http://x", "scope": "orders", "timeout": 3}, "unknown keys"),
+])
+def test_a_table_with_a_mistake_is_refused_with_the_reason(entry: dict[str, object], complaint: str) -> None:
+    with pytest.raises(RouteTableError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
+        RouteTable.from_dict({"route": [entry]}, builtins=BUILTINS)
+
+
+def test_duplicate_prefixes_and_unknown_sections_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(RouteTableError, match="twice"):
+        RouteTable.from_dict({"route": [TABLE["route"][0], TABLE["route"][0]]}, builtins=BUILTINS)
+    with pytest.raises(RouteTableError, match="top-level"):
+        RouteTable.from_dict({"routes": []}, builtins=BUILTINS)
+    bad = tmp_path / "routes.toml"
+    bad.write_text("[[route]\n")
+    with pytest.raises(RouteTableError, match="cannot read"):
+        RouteTable.load(bad, builtins=BUILTINS)
+
+
+def test_the_embedded_route_table_loads() -> None:
+    routes = RouteTable.load(REPO / "examples" / "routes.toml", builtins=BUILTINS)
+    assert {r.prefix for r in routes.routes} == {"/v1/inventory", "/v1/orders", "/v1/reports", "/v1/compliance", "/v1/whoami"}
+    assert routes.match("/v1/reports/monthly").required_scope("POST") == "reports:execute"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("path", "raw"), [
+    ("/v1/orders/../admin", b"/v1/orders/../admin"),
+    ("/v1/orders/../admin", b"/v1/orders/%2e%2e/admin"),
+    ("/v1/./orders", b"/v1/./orders"),
+    ("/v1/orders/a/b", b"/v1/orders/a%2Fb"),
+    ("/v1/orders\\a", b"/v1/orders\\a"),
+    ("/v1/orders/\x00", b"/v1/orders/%00"),
+])
+def test_paths_that_upstreams_could_read_differently_are_refused(path: str, raw: bytes) -> None:
+    assert unsafe_path(path, raw) is not None
+
+
+def test_ordinary_paths_pass() -> None:
+    assert unsafe_path("/v1/orders/ord 1", b"/v1/orders/ord%201") is None
+    assert unsafe_path("/v1/lots/lot.v2", b"/v1/lots/lot.v2") is None
