@@ -2,9 +2,12 @@
 
 Starts a nats-server with JetStream (store under `<data dir>/nats`), migrates each service's
 SQLite database under the data directory, then runs every implemented service as its own
-process and waits for each to answer the gRPC health check. SIGINT or SIGTERM stops the
-services (newest first), then nats-server, and exits 0; a service that dies on its own stops
-the rest and exits 1. Everything lives in the data directory, so a restart keeps all data.
+process and waits for each to be ready (the gRPC health check; the edge's `/readyz`). From a
+checkout it also runs the example upstream of the five-minute tour (examples/upstream, not part
+of Trellis) where examples/routes.toml, the edge's route table there, sends partners' calls.
+SIGINT or SIGTERM stops the processes (newest first), then nats-server, and exits 0; one that
+dies on its own stops the rest and exits 1. Everything lives in the data directory, so a
+restart keeps all data.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import http.client
 import os
 import signal
 import socket
@@ -19,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +57,8 @@ class ServiceSpec:
     """One service the launcher can run, in start order; `probe` says how readiness is seen."""
 
     name: str
-    probe: str = "grpc"  # "grpc": grpc.health.v1 answers SERVING; "tcp": the port accepts
+    # "grpc": grpc.health.v1 answers SERVING; "http": GET /readyz answers 200; "tcp": the port accepts
+    probe: str = "grpc"
 
 
 # Start order: a service's peers start before it. Later issues add theirs here.
@@ -60,10 +67,16 @@ SERVICES = (
     ServiceSpec("registry"),
     ServiceSpec("webhooks"),
     ServiceSpec("logs"),
-    ServiceSpec("edge", probe="tcp"),
+    ServiceSpec("edge", probe="http"),
 )
 
 _PACKAGE_ROOT = Path(services.__file__).parent
+# A checkout's examples (absent from an installed wheel): the embedded mode's route table and
+# the upstream it sends the tour's routes to, on the address those routes name.
+EXAMPLES_DIR = _PACKAGE_ROOT.parent / "examples"
+EXAMPLE_ROUTES = EXAMPLES_DIR / "routes.toml"
+EXAMPLE_UPSTREAM_ADDRESS = "127.0.0.1:8090"
+EXAMPLE_UPSTREAM_LABEL = "example upstream (examples/, not part of Trellis)"
 
 
 def implemented_services() -> list[ServiceSpec]:
@@ -73,6 +86,11 @@ def implemented_services() -> list[ServiceSpec]:
 
 def services_with_migrations() -> list[str]:
     return [s.name for s in SERVICES if (_PACKAGE_ROOT / s.name / "migrations" / "env.py").is_file()]
+
+
+def example_upstream_available() -> bool:
+    """Whether this is a checkout with the example upstream (`python -m examples.upstream`)."""
+    return (EXAMPLES_DIR / "upstream" / "__main__.py").is_file()
 
 
 def describe_database(url: str) -> str:
@@ -98,9 +116,12 @@ class Child:
     log_file: Path
     database: str
     process: subprocess.Popen[bytes]
+    title: str = ""  # shown instead of the name (the example upstream says what it is)
 
     @property
     def label(self) -> str:
+        if self.title:
+            return self.title
         return self.name if self.replica == 0 else f"{self.name}-{self.replica}"
 
 
@@ -108,11 +129,12 @@ class Launcher:
     """Runs nats-server and the services until a signal; `run()` returns the exit code."""
 
     def __init__(self, settings: Settings, *, replicas: int = 1, nats_port: int | None = None,
-                 out: TextIO | None = None) -> None:
+                 example_upstream: bool = True, out: TextIO | None = None) -> None:
         self.data_dir = settings.data_dir.resolve()
         # The launcher is the embedded mode by definition, whatever TRELLIS_MODE says.
         self.settings = settings.model_copy(update={"mode": Mode.EMBEDDED, "data_dir": self.data_dir})
         self.replicas = replicas
+        self.example_upstream = example_upstream and example_upstream_available()
         nats = urlsplit(self.settings.nats_url)
         self.nats_host = nats.hostname or "127.0.0.1"
         self.nats_port = nats_port if nats_port is not None else (nats.port or 4222)
@@ -154,14 +176,20 @@ class Launcher:
     def _start_all(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.secrets = ensure_secrets(self.data_dir)
+        if self.example_upstream and not _port_free(EXAMPLE_UPSTREAM_ADDRESS):
+            raise LaunchError(f"{EXAMPLE_UPSTREAM_ADDRESS}, where examples/routes.toml sends the tour's calls, is in use: "
+                              "stop what listens there, or run `trellis up --no-example-upstream`")
         self._start_nats()
         specs = implemented_services()
         for name in services_with_migrations():
             self._migrate(name)
+        if self.example_upstream:
+            # Before the edge, which calls it, as each service starts after the peers it calls.
+            self._wait_ready(self._start_example_upstream(), "tcp")
         for spec in specs:
             for replica in range(self.replicas):
                 child = self._start_service(spec, replica)
-                self._wait_ready(spec, child)
+                self._wait_ready(child, spec.probe)
 
     def _supervise(self) -> int:
         while not self._stop.wait(SUPERVISE_INTERVAL_SECONDS):
@@ -216,31 +244,46 @@ class Launcher:
 
     def _start_service(self, spec: ServiceSpec, replica: int) -> Child:
         address = self.address(spec.name, replica)
-        log_file = self.logs_dir / (f"{spec.name}.log" if replica == 0 else f"{spec.name}-{replica}.log")
         self._say(f"Starting {spec.name}{f' replica {replica}' if replica else ''} on {address}…")
+        database = describe_database(self.settings.database_url(spec.name)) if spec.name in services_with_migrations() else "-"
+        return self._spawn(spec.name, replica, address, database, [sys.executable, "-m", f"services.{spec.name}"],
+                           self.child_environment(spec.name, replica))
+
+    def _start_example_upstream(self) -> Child:
+        self._say(f"Starting the {EXAMPLE_UPSTREAM_LABEL} on {EXAMPLE_UPSTREAM_ADDRESS}…")
+        host, _, port = EXAMPLE_UPSTREAM_ADDRESS.rpartition(":")
+        # Not a Trellis service: none of Trellis's settings or secrets. It runs from the
+        # checkout, where `examples` is importable.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")} | {"PYTHONUNBUFFERED": "1"}
+        return self._spawn("example-upstream", 0, EXAMPLE_UPSTREAM_ADDRESS, "- (made-up data, in memory)",
+                           [sys.executable, "-m", "examples.upstream", "--host", host, "--port", port], env,
+                           cwd=EXAMPLES_DIR.parent, title=EXAMPLE_UPSTREAM_LABEL)
+
+    def _spawn(self, name: str, replica: int, address: str, database: str, argv: list[str], env: dict[str, str],
+               *, cwd: Path | None = None, title: str = "") -> Child:
+        """Start one child process writing to its log file; the launcher stops it with the rest."""
+        log_file = self.logs_dir / (f"{name}.log" if replica == 0 else f"{name}-{replica}.log")
         with open(log_file, "ab") as log:
-            log.write(f"{RUN_HEADER} {spec.name} at {dt.datetime.now(dt.timezone.utc).isoformat()} ===\n".encode())
+            log.write(f"{RUN_HEADER} {name} at {dt.datetime.now(dt.timezone.utc).isoformat()} ===\n".encode())
             log.flush()
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{spec.name}"],
-                env=self.child_environment(spec.name, replica),
+                argv, env=env, cwd=cwd,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 # Its own session: Ctrl-C reaches only the launcher, which stops children in order.
                 start_new_session=True,
             )
-        database = describe_database(self.settings.database_url(spec.name)) if spec.name in services_with_migrations() else "-"
-        child = Child(spec.name, replica, address, log_file, database, process)
+        child = Child(name, replica, address, log_file, database, process, title)
         self.children.append(child)
         return child
 
-    def _wait_ready(self, spec: ServiceSpec, child: Child) -> None:
+    def _wait_ready(self, child: Child, probe: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self._stop.is_set():
                 raise Stopped()
             if child.process.poll() is not None:
                 raise LaunchError(f"{child.label} {_exit_status(child.process.returncode)} while starting\n{_tail(child.log_file)}")
-            if _probe(spec.probe, child.address):
+            if _probe(probe, child.address):
                 return
             self._stop.wait(PROBE_INTERVAL_SECONDS)
         raise LaunchError(f"{child.label} did not become ready on {child.address} within {READY_TIMEOUT_SECONDS:.0f}s\n{_tail(child.log_file)}")
@@ -291,6 +334,13 @@ class Launcher:
         for service in services_with_migrations():
             env[f"TRELLIS_{service.upper()}_DATABASE_URL"] = self.settings.database_url(service)
         env[f"TRELLIS_{name.upper()}_ADDR"] = self.address(name, replica)
+        if name == "edge":
+            # Its service identity towards identity and registry is minted with the local key
+            # the services verify with; its route table is the checkout's example unless configured.
+            env["TRELLIS_ACTOR_PRIVATE_KEY_FILE"] = str(self.secrets.private_key_file)
+            routes = self.settings.edge_routes_file or (str(EXAMPLE_ROUTES) if EXAMPLE_ROUTES.is_file() else "")
+            if routes:
+                env["TRELLIS_EDGE_ROUTES_FILE"] = routes
         return env
 
     # --- output -----------------------------------------------------------------------------
@@ -302,7 +352,9 @@ class Launcher:
         assert self.nats is not None and self.nats.process is not None and self.secrets is not None
         rows = [("nats", f"{self.nats.host}:{self.nats.port}", str(self.nats.process.pid),
                  str(self.logs_dir / "nats.log"), f"{self.data_dir / 'nats'} (JetStream store)")]
-        rows += [(c.label, c.address, str(c.process.pid), str(c.log_file), c.database) for c in self.children]
+        # Trellis first; the example upstream, which is not part of it, last.
+        children = sorted(self.children, key=lambda c: bool(c.title))
+        rows += [(c.label, c.address, str(c.process.pid), str(c.log_file), c.database) for c in children]
         cli = "trellis" if self.data_dir == (Path.cwd() / ".trellis").resolve() else f"trellis --data-dir {self.data_dir}"
         self._say("")
         self._say("Trellis is running in embedded mode.\n")
@@ -322,6 +374,9 @@ class Launcher:
             "integrations show <id>",
         ):
             self._say(f"  {cli} {example}")
+        edge = next((c for c in self.children if c.name == "edge"), None)
+        if edge is not None:
+            self._say(f"\nPartners call the edge at http://{edge.address} (token: POST /oauth/token; docs/partners.md).")
         self._say("\nPress Ctrl-C to stop.")
         self._say(READY_LINE)
 
@@ -331,6 +386,14 @@ def _report(exc: LaunchError) -> None:
 
 
 def _probe(kind: str, address: str) -> bool:
+    if kind == "http":
+        # Straight to the address: a configured HTTP proxy must not answer for a local process.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"http://{address}/readyz", timeout=1.0) as response:
+                return response.status == 200
+        except (urllib.error.URLError, http.client.HTTPException, OSError):
+            return False
     if kind == "grpc":
         with grpc.insecure_channel(address) as channel:
             try:
@@ -344,6 +407,18 @@ def _probe(kind: str, address: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def _port_free(address: str) -> bool:
+    """Whether nothing listens on `address` (bound as a server would, reusing TIME_WAIT ports)."""
+    host, _, port = address.rpartition(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -34,6 +34,7 @@ from services.identity.domain import (
     rotation_plan,
 )
 from services.identity.store import IdentityStore
+from services.kit import jwtverify
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.crypto import DecryptionError, Envelope, aad_for
 from services.kit.db import utcnow
@@ -78,7 +79,7 @@ class SigningKeyRing:
         self._clock = clock
         self._private: dict[str, signing.PrivateKey] = {}
         self._current: tuple[str, float] | None = None
-        self._public: dict[str, signing.PublicKey] = {}
+        self._public: dict[str, jwtverify.PublicKey] = {}
 
     async def _new_key(self) -> tuple[SigningKey, bytes]:
         """A fresh key (generated off the event loop) and its sealed private half."""
@@ -151,15 +152,15 @@ class SigningKeyRing:
             self._private[kid] = key
         return kid, key
 
-    async def verification_key(self, store: IdentityStore, kid: str) -> signing.PublicKey | None:
+    async def verification_key(self, store: IdentityStore, kid: str) -> jwtverify.PublicKey | None:
         """The public key for `kid` if it is ours and current or previous; None otherwise."""
         record = await store.signing_key(kid)
         if record is None or record.status not in VERIFYING:
             return None
         key = self._public.get(kid)
         if key is None:
-            key = signing.public_key_from_jwk(record.public_jwk)
-            if signing.algorithm_for(key) != record.alg:
+            key = jwtverify.public_key_from_jwk(record.public_jwk)
+            if jwtverify.algorithm_for(key) != record.alg:
                 raise Unavailable(f"signing key {kid} does not match its algorithm {record.alg}")
             self._public[kid] = key
         return key
@@ -186,17 +187,17 @@ class ExternalIssuer:
             client_id_claim=settings.external_client_id_claim,  # type: ignore[attr-defined]
         )
 
-    async def public_key(self, kid: str) -> signing.PublicKey:
+    async def public_key(self, kid: str) -> jwtverify.PublicKey:
         try:
             jwk = await asyncio.to_thread(self.jwks.get_signing_key, kid)
         except jwt.PyJWKClientConnectionError as exc:
             raise Unavailable("the external issuer's JWKS cannot be fetched") from exc
         except jwt.PyJWKClientError as exc:
-            raise signing.invalid_token("unknown signing key") from exc
+            raise jwtverify.invalid_token("unknown signing key") from exc
         try:
-            signing.algorithm_for(jwk.key)
+            jwtverify.algorithm_for(jwk.key)
         except ValueError as exc:
-            raise signing.invalid_token("unsupported external key type") from exc
+            raise jwtverify.invalid_token("unsupported external key type") from exc
         return jwk.key  # type: ignore[no-any-return]
 
 
@@ -246,22 +247,22 @@ class TokenHandlers:
         """What a token grants, if it is signed by one of our keys (or the external issuer's),
         unexpired, for our audience, and its client is still live."""
         actor.require(EDGE_PERMISSION)
-        kid = signing.read_header(token)["kid"]
+        kid = jwtverify.read_header(token)["kid"]
         async with self._sessions() as session:
             key = await self._ring.verification_key(IdentityStore(session), kid)
         if key is not None:
-            claims = signing.verify(token, key, issuer=self._settings.issuer, audience=self._settings.audience)
+            claims = jwtverify.verify(token, key, issuer=self._settings.issuer, audience=self._settings.audience)
             return await self._own_token_access(claims)
-        if self._external is not None and signing.read_unverified_issuer(token) == self._external.issuer:
+        if self._external is not None and jwtverify.read_unverified_issuer(token) == self._external.issuer:
             external_key = await self._external.public_key(kid)
-            claims = signing.verify(token, external_key, issuer=self._external.issuer, audience=self._external.audience or None)
+            claims = jwtverify.verify(token, external_key, issuer=self._external.issuer, audience=self._external.audience or None)
             return await self._external_token_access(claims)
-        raise signing.invalid_token("unknown signing key")
+        raise jwtverify.invalid_token("unknown signing key")
 
     async def _own_token_access(self, claims: dict[str, object]) -> VerifiedAccess:
         client_id = claims.get("client_id")
         if client_id != claims["sub"] or not isinstance(client_id, str):
-            raise signing.invalid_token("client_id does not match sub")
+            raise jwtverify.invalid_token("client_id does not match sub")
         async with self._sessions() as session:
             client = await IdentityStore(session).client_by_id(client_id)
         if (
@@ -270,7 +271,7 @@ class TokenHandlers:
             or client.integration_id != claims.get("integration_id")
             or client.org_id != claims.get("org_id")
         ):
-            raise signing.invalid_token("the token's client is no longer valid")
+            raise jwtverify.invalid_token("the token's client is no longer valid")
         scope = claims.get("scope", "")
         return VerifiedAccess(
             integration_id=client.integration_id, org_id=client.org_id, client_id=client_id,
@@ -284,15 +285,15 @@ class TokenHandlers:
         assert self._external is not None
         client_id = claims.get(self._external.client_id_claim)
         if not isinstance(client_id, str) or not client_id:
-            raise signing.invalid_token(f"missing claim {self._external.client_id_claim}")
+            raise jwtverify.invalid_token(f"missing claim {self._external.client_id_claim}")
         async with self._sessions() as session:
             store = IdentityStore(session)
             binding = await store.external_client(self._external.issuer, client_id)
             live = await store.live_client(binding.org_id, binding.integration_id) if binding else None
         if binding is None:
-            raise signing.invalid_token("the token's client is not registered to an integration")
+            raise jwtverify.invalid_token("the token's client is not registered to an integration")
         if live is None:
-            raise signing.invalid_token("the integration has no live credentials")
+            raise jwtverify.invalid_token("the integration has no live credentials")
         scope = claims.get("scope")
         scopes = live.scopes if not isinstance(scope, str) else tuple(s for s in parse_scope(scope) if s in live.scopes)
         return VerifiedAccess(

@@ -46,16 +46,17 @@ def free_ports(count: int) -> list[int]:
 
 
 def suite_environment() -> dict[str, str]:
-    """The caller's environment without its TRELLIS_* settings, every port free, `trellis` on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
-    identity, registry, webhooks, logs, edge, nats = free_ports(6)
+    """The caller's environment without its TRELLIS_* settings or HTTP proxies, `trellis` on PATH,
+    and the gRPC services and NATS on free ports. The edge keeps 127.0.0.1:8080 (and the example
+    upstream 127.0.0.1:8090), the addresses the README's commands and examples/routes.toml name."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_") and not k.lower().endswith("_proxy")}
+    identity, registry, webhooks, logs, nats = free_ports(5)
     env.update({
         "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         "TRELLIS_IDENTITY_ADDR": f"127.0.0.1:{identity}",
         "TRELLIS_REGISTRY_ADDR": f"127.0.0.1:{registry}",
         "TRELLIS_WEBHOOKS_ADDR": f"127.0.0.1:{webhooks}",
         "TRELLIS_LOGS_ADDR": f"127.0.0.1:{logs}",
-        "TRELLIS_EDGE_ADDR": f"127.0.0.1:{edge}",
         "TRELLIS_NATS_URL": f"nats://127.0.0.1:{nats}",
     })
     return env
@@ -68,7 +69,12 @@ class RunningTrellis:
     process: subprocess.Popen[bytes]
     stdout: Path
     stderr: Path
-    pids: list[int] = field(default_factory=list)
+    # Every process of the summary table, by its SERVICE label.
+    processes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self.processes.values())
 
     def output(self) -> str:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
@@ -80,9 +86,10 @@ class RunningTrellis:
             return READY_LINE in self.stdout.read_text(errors="replace")
 
         wait_until(ready, timeout=timeout, what="`trellis up` to print its ready line")
-        # The summary table: "<service>  <address>  <pid>  <log>  <database>".
-        self.pids = [int(m.group(1)) for m in re.finditer(r"^\S+\s+\S+:\d+\s+(\d+)\s", self.stdout.read_text(), re.M)]
-        assert len(self.pids) >= 3, f"expected nats, identity and registry in the summary:\n{self.output()}"
+        # The summary table: "<service>  <address>  <pid>  <log>  <database>" (a label may hold spaces).
+        self.processes = {m.group(1): int(m.group(2)) for m in
+                          re.finditer(r"^(\S.*?)\s{2,}\S+:\d+\s+(\d+)\s", self.stdout.read_text(), re.M)}
+        assert {"nats", "identity", "registry"} <= self.processes.keys(), f"unexpected summary:\n{self.output()}"
 
     def interrupt(self, timeout: float = 30.0) -> int:
         """Ctrl-C: SIGINT to the launcher only, as a terminal would with its own process group."""

@@ -1,6 +1,8 @@
 """The README's five-minute tour, run for real through the installed `trellis` command:
-`trellis up`, request as one admin, approve as another, activate with a hand-off file, get a
-token, Ctrl-C; then a restart on the same data directory still has the integration."""
+`trellis up`, request as one admin, approve as another, activate with a hand-off file, then the
+partner's part through the real edge (a token from /oauth/token, a call proxied to the example
+upstream, a call refused for a missing scope), Ctrl-C; then a restart on the same data
+directory still has the integration."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
+import urllib.request
+
 import jwt
 import pytest
 
-from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
+from services.cli.launcher import EXAMPLE_UPSTREAM_LABEL
 from tests.e2e.terminal import RunningTrellis, Terminal, succeeded, suite_environment
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -33,6 +36,11 @@ ACTIVATE = "trellis --actor bob integrations activate $ID --handoff sap-handoff.
 SHOW = "trellis integrations show $ID"
 LIST = "trellis integrations list"
 HANDOFF = "sap-handoff.json"
+EDGE = "http://127.0.0.1:8080"
+TOKEN_REQUEST = f'curl -s -u "$CLIENT_ID:$CLIENT_SECRET" -d grant_type=client_credentials {EDGE}/oauth/token'
+BOTH_HEADERS = 'curl -s -i -H "Authorization: Bearer $ACCESS_TOKEN" -H "X-API-Key: $API_KEY"'
+ALLOWED_CALL = f"{BOTH_HEADERS} {EDGE}/v1/inventory/lots"
+REFUSED_CALL = f"{BOTH_HEADERS} {EDGE}/v1/orders"
 
 
 def readme_text() -> str:
@@ -40,10 +48,32 @@ def readme_text() -> str:
     return re.sub(r"[ \t]+", " ", README.read_text().replace("\\\n", " "))
 
 
-def readme_token_script() -> str:
-    match = re.search(r"python - <<'EOF'\n(.*?)\nEOF\n", README.read_text(), re.S)
-    assert match, "README.md lost its get-a-token step"
-    return match.group(1)
+def readme_partner_script() -> str:
+    """The shell blocks of the partner's part of the tour, as README.md prints them: every
+    block after the activation's and before "Stop Trellis", in order."""
+    text = README.read_text()
+    blocks = list(re.finditer(r"^```sh\n(.*?)^```$", text, re.S | re.M))
+    activation = next(i for i, b in enumerate(blocks) if "--handoff sap-handoff.json" in b.group(1))
+    stop = text.index("Stop Trellis with Ctrl-C")
+    script = "\n".join(b.group(1) for b in blocks[activation + 1:] if b.start() < stop)
+    assert TOKEN_REQUEST in script, "README.md lost its get-a-token step"
+    return script
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: dict[str, object]
+
+
+def parse_curl_i(text: str) -> HttpAnswer:
+    """One `curl -i` answer: status line, headers, a blank line, a JSON body."""
+    # curl ends lines with CRLF; the captured output (text mode) may already have made them LF.
+    head, body = re.split(r"\r?\n\r?\n", text, maxsplit=1)
+    status_line, *header_lines = head.splitlines()
+    headers = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)}
+    return HttpAnswer(int(status_line.split()[1]), headers, json.loads(body))
 
 
 @dataclass
@@ -55,9 +85,16 @@ class Tour:
     self_approval: subprocess.CompletedProcess[str]
     activation: subprocess.CompletedProcess[str]
     show: subprocess.CompletedProcess[str]
-    token_output: str
+    partner: subprocess.CompletedProcess[str]
     jwks_json: str
     exit_code: int
+
+    def partner_answers(self) -> tuple[dict[str, object], HttpAnswer, HttpAnswer]:
+        """What the partner's commands printed: the token response, then the two calls."""
+        token_response, *calls = re.split(r"(?=HTTP/1\.1 \d{3} )", self.partner.stdout)
+        assert len(calls) == 2, self.partner.stdout + self.partner.stderr
+        allowed, refused = (parse_curl_i(call) for call in calls)
+        return json.loads(token_response), allowed, refused
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +111,12 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
         succeeded(terminal.sh(APPROVE, ID=integration_id))
         activation = succeeded(terminal.sh(ACTIVATE, ID=integration_id))
         show = succeeded(terminal.sh(SHOW, ID=integration_id))
-        token = succeeded(terminal.sh(f"python - <<'EOF'\n{readme_token_script()}\nEOF\n"))
-        with grpc.insecure_channel(terminal.env["TRELLIS_IDENTITY_ADDR"]) as channel:
-            jwks = identity_pb2_grpc.IdentityStub(channel).GetJwks(identity_pb2.GetJwksRequest(), timeout=10).jwks_json
+        partner = succeeded(terminal.sh(readme_partner_script(), ID=integration_id))
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"{EDGE}/.well-known/jwks.json", timeout=10) as answer:
+            jwks = answer.read().decode()
         exit_code = trellis.interrupt()
-        yield Tour(terminal, trellis, integration_id, catalogues, self_approval, activation, show, token.stdout, jwks, exit_code)
+        yield Tour(terminal, trellis, integration_id, catalogues, self_approval, activation, show, partner, jwks, exit_code)
     finally:
         trellis.kill_everything()
 
@@ -87,7 +125,11 @@ def test_readme_tour_commands_are_the_ones_this_test_runs() -> None:
     text = readme_text()
     for command in ("make run", "make test", VENDORS, SCOPES, CREATE, SELF_APPROVE, APPROVE, ACTIVATE, SHOW, LIST):
         assert command in text, f"README.md no longer shows: {command}"
-    for doc in ("docs/architecture.md", "docs/benchmarks.md"):
+    # The partner's part runs as README.md prints it (readme_partner_script); these are its calls.
+    script = readme_partner_script()
+    for command in (TOKEN_REQUEST, ALLOWED_CALL, REFUSED_CALL):
+        assert command in script, f"README.md no longer shows: {command}"
+    for doc in ("docs/architecture.md", "docs/partners.md", "docs/operators.md", "docs/benchmarks.md"):
         assert doc in text
 
 
@@ -117,20 +159,43 @@ def test_second_admin_approves_and_activation_hands_off_credentials_once(tour: T
     assert handoff["api_key"] not in detail and handoff["client_secret"] not in detail
 
 
-def test_partner_gets_a_token_signed_by_identity_for_its_client(tour: Tour) -> None:
+def test_partner_gets_a_token_from_the_edge_for_its_client(tour: Tour) -> None:
     handoff = json.loads((tour.terminal.workdir / HANDOFF).read_text())
-    first_line, access_token = tour.token_output.strip().splitlines()[-2:]
-    assert first_line.startswith("Bearer 3600 ")
+    token, _, _ = tour.partner_answers()
+    assert token["token_type"] == "Bearer" and token["expires_in"] == 3600
+    assert token["scope"] == "inventory:read orders:write"
+    access_token = str(token["access_token"])
     kid = jwt.get_unverified_header(access_token)["kid"]
     key = jwt.PyJWKSet.from_json(tour.jwks_json)[kid]
     claims = jwt.decode(access_token, key=key, algorithms=[key.algorithm_name],
                         audience=handoff["audience"], issuer=handoff["issuer"])
     assert claims["sub"] == handoff["client_id"]
-    assert set(claims["scope"].split()) == {"inventory:read", "orders:write"}
+    assert claims["integration_id"] == tour.integration_id
+
+
+def test_a_granted_call_reaches_the_example_upstream_with_rate_limit_headers(tour: Tour) -> None:
+    _, allowed, _ = tour.partner_answers()
+    assert allowed.status == 200, allowed
+    limit, remaining = int(allowed.headers["x-ratelimit-limit"]), int(allowed.headers["x-ratelimit-remaining"])
+    assert 0 <= remaining < limit and int(allowed.headers["x-ratelimit-reset"]) > 1_700_000_000
+    request_id = allowed.headers["x-request-id"]
+    # The example upstream answered, told by the edge who calls: this integration, this request.
+    caller = allowed.body["caller"]
+    assert isinstance(caller, dict) and caller["X-Trellis-Integration-Id"] == tour.integration_id
+    assert caller["X-Request-ID"] == request_id and allowed.body["lots"]
+
+
+def test_a_call_needing_a_scope_not_granted_is_refused_naming_it(tour: Tour) -> None:
+    _, _, refused = tour.partner_answers()
+    assert refused.status == 403, refused
+    assert refused.body["error"] == "insufficient_scope"
+    assert "orders:read" in str(refused.body["message"])
+    assert refused.headers["x-request-id"] == refused.body["request_id"]
 
 
 def test_ctrl_c_stops_every_process_and_exits_zero(tour: Tour) -> None:
     assert tour.exit_code == 0, tour.first_run.output()
+    assert {"nats", "identity", "registry", "edge", EXAMPLE_UPSTREAM_LABEL} <= tour.first_run.processes.keys()
     assert tour.first_run.children_alive() == []
     assert "Trellis stopped." in tour.first_run.output()
 
@@ -155,7 +220,7 @@ def test_no_key_or_secret_is_stored_or_logged_in_plain_text(tour: Tour) -> None:
     secrets = {name: handoff[name].encode() for name in ("api_key", "client_secret")}
     data_dir = tour.terminal.workdir / ".trellis"
     searched = [p for p in data_dir.rglob("*") if p.is_file()]
-    assert any(p.suffix == ".db" for p in searched) and any(p.suffix == ".log" for p in searched)
+    assert any(p.suffix == ".db" for p in searched) and data_dir / "logs" / "edge.log" in searched
     for path in searched:
         content = path.read_bytes()
         for name, value in secrets.items():

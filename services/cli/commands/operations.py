@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="processes per service (replica k listens on the service's port + 100*k)")
     p.add_argument("--nats-port", type=int, default=None, metavar="PORT",
                    help="nats-server port (default: the port of TRELLIS_NATS_URL, 4222)")
+    p.add_argument("--no-example-upstream", dest="example_upstream", action="store_false",
+                   help="do not start the example upstream of the tour (examples/upstream, not part of Trellis)")
     p.set_defaults(handler=up)
 
     p = subparsers.add_parser("migrate", parents=[common], help="apply database migrations")
@@ -35,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def up(args: argparse.Namespace, session: Session) -> int:
     if not 1 <= args.replicas <= 9:
         raise CliError("--replicas must be between 1 and 9")
-    return launcher.Launcher(session.settings, replicas=args.replicas, nats_port=args.nats_port).run()
+    return launcher.Launcher(session.settings, replicas=args.replicas, nats_port=args.nats_port,
+                             example_upstream=args.example_upstream).run()
 
 
 def migrate_databases(args: argparse.Namespace, session: Session) -> int:

@@ -1,7 +1,16 @@
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from services.cli import launcher as launcher_module
 from services.cli.embedded import ensure_secrets
-from services.cli.launcher import SERVICES, Launcher, describe_database, implemented_services, services_with_migrations
+from services.cli.launcher import (EXAMPLE_ROUTES, SERVICES, Launcher, describe_database, example_upstream_available,
+                                   implemented_services, services_with_migrations)
+from services.cli.main import build_parser
 from services.kit.natsproc import NatsServer
 from services.kit.settings import Settings
 
@@ -53,3 +62,74 @@ def test_database_descriptions_never_show_a_password() -> None:
     assert describe_database("sqlite+aiosqlite:////data/registry.db") == "/data/registry.db"
     shown = describe_database("postgresql+asyncpg://trellis:hunter2@db:5432/registry")
     assert "hunter2" not in shown and "db:5432/registry" in shown
+
+
+def _launcher_with_secrets(tmp_path: Path, settings: Settings | None = None) -> Launcher:
+    launcher = Launcher(settings or Settings(data_dir=tmp_path / "d"))
+    launcher.secrets = ensure_secrets(launcher.data_dir)
+    launcher.nats = NatsServer(tmp_path / "nats", port=4555)
+    return launcher
+
+
+def test_the_edge_mints_its_identity_with_the_local_key_and_routes_by_the_checkouts_examples(tmp_path: Path) -> None:
+    launcher = _launcher_with_secrets(tmp_path)
+    assert launcher.secrets is not None
+    env = launcher.child_environment("edge", 0)
+    assert env["TRELLIS_ACTOR_PRIVATE_KEY_FILE"] == str(launcher.secrets.private_key_file)
+    assert env["TRELLIS_EDGE_ROUTES_FILE"] == str(EXAMPLE_ROUTES) and EXAMPLE_ROUTES.is_file()
+
+
+def test_a_configured_route_table_wins_over_the_example(tmp_path: Path) -> None:
+    launcher = _launcher_with_secrets(tmp_path, Settings(data_dir=tmp_path / "d", edge_routes_file="/etc/trellis/routes.toml"))
+    assert launcher.child_environment("edge", 0)["TRELLIS_EDGE_ROUTES_FILE"] == "/etc/trellis/routes.toml"
+
+
+def test_the_example_upstream_runs_from_a_checkout_unless_declined(tmp_path: Path) -> None:
+    assert example_upstream_available()  # this is a checkout
+    assert Launcher(Settings(data_dir=tmp_path)).example_upstream
+    assert not Launcher(Settings(data_dir=tmp_path), example_upstream=False).example_upstream
+    assert build_parser().parse_args(["up"]).example_upstream
+    assert not build_parser().parse_args(["up", "--no-example-upstream"]).example_upstream
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    status = 503
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def readyz() -> Iterator[tuple[str, type[_Readyz]]]:
+    handler = type("Readyz", (_Readyz,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_edge_is_ready_only_when_readyz_answers_200(readyz: tuple[str, type[_Readyz]]) -> None:
+    address, handler = readyz
+    assert not launcher_module._probe("http", address)
+    handler.status = 200
+    assert launcher_module._probe("http", address)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        assert not launcher_module._probe("http", f"127.0.0.1:{closed.getsockname()[1]}")
+
+
+def test_a_port_something_listens_on_is_not_free() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        listening.listen()
+        assert not launcher_module._port_free(address)
+    assert launcher_module._port_free(address)

@@ -19,13 +19,13 @@ from services.identity.domain import (
     SigningKeyStatus,
     TokenSettings,
     access_token_claims,
-    is_safe_kid,
     narrow_scopes,
     published_keys,
     rotation_plan,
     validate_scopes,
 )
 from services.identity.tokens import open_private_key, seal_private_key
+from services.kit import jwtverify
 from services.kit.crypto import DecryptionError, Envelope
 from services.kit.errors import InvalidArgument, Unauthenticated
 
@@ -55,8 +55,8 @@ def test_signed_token_carries_kid_and_verifies_with_the_public_jwk(rsa_key: sign
     token = signing.sign(access_token_claims(CLIENT, CLIENT.scopes, SETTINGS, now=NOW, jti="j"), rsa_key, kid="sk_1")
     header = jwt.get_unverified_header(token)
     assert header["kid"] == "sk_1" and header["alg"] == "RS256"
-    public = signing.public_key_from_jwk(signing.public_jwk(rsa_key, "sk_1"))
-    claims = signing.verify(token, public, issuer=SETTINGS.issuer, audience=SETTINGS.audience)
+    public = jwtverify.public_key_from_jwk(signing.public_jwk(rsa_key, "sk_1"))
+    claims = jwtverify.verify(token, public, issuer=SETTINGS.issuer, audience=SETTINGS.audience)
     assert claims["scope"] == "inventory:read orders:write"
 
 
@@ -64,8 +64,8 @@ def test_es256_keys_sign_and_verify() -> None:
     key = signing.generate_private_key("ES256")
     token = signing.sign(access_token_claims(CLIENT, CLIENT.scopes, SETTINGS, now=NOW, jti="j"), key, kid="sk_ec")
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
-    public = signing.public_key_from_jwk(signing.public_jwk(key, "sk_ec"))
-    assert signing.verify(token, public, issuer=SETTINGS.issuer, audience=SETTINGS.audience)["sub"] == "trc_abc"
+    public = jwtverify.public_key_from_jwk(signing.public_jwk(key, "sk_ec"))
+    assert jwtverify.verify(token, public, issuer=SETTINGS.issuer, audience=SETTINGS.audience)["sub"] == "trc_abc"
 
 
 def test_no_scope_asked_means_every_granted_scope() -> None:
@@ -112,7 +112,7 @@ def test_rotation_demotes_current_to_previous_and_retires_previous() -> None:
 
 @pytest.mark.parametrize("kid", ["../../x", "a/b", "", "x" * 200, "a b", "..", "sk_1\n", 7, None])
 def test_unsafe_kids_are_refused(kid: object) -> None:
-    assert not is_safe_kid(kid)
+    assert not jwtverify.is_safe_kid(kid)
 
 
 def _b64(data: bytes) -> str:
@@ -123,21 +123,21 @@ def test_alg_none_is_refused(rsa_key: signing.PrivateKey) -> None:
     claims = access_token_claims(CLIENT, CLIENT.scopes, SETTINGS, now=NOW, jti="j")
     token = f"{_b64(json.dumps({'alg': 'none', 'kid': 'sk_1'}).encode())}.{_b64(json.dumps(claims).encode())}."
     with pytest.raises(Unauthenticated, match="^invalid_token"):
-        signing.verify(token, rsa_key.public_key(), issuer=SETTINGS.issuer, audience=SETTINGS.audience)
+        jwtverify.verify(token, rsa_key.public_key(), issuer=SETTINGS.issuer, audience=SETTINGS.audience)
 
 
 def test_a_token_signed_by_another_key_is_refused(rsa_key: signing.PrivateKey) -> None:
     other = signing.generate_private_key("RS256")
     token = signing.sign(access_token_claims(CLIENT, CLIENT.scopes, SETTINGS, now=NOW, jti="j"), other, kid="sk_1")
     with pytest.raises(Unauthenticated, match="^invalid_token"):
-        signing.verify(token, rsa_key.public_key(), issuer=SETTINGS.issuer, audience=SETTINGS.audience)
+        jwtverify.verify(token, rsa_key.public_key(), issuer=SETTINGS.issuer, audience=SETTINGS.audience)
 
 
 def test_expired_token_is_token_expired(rsa_key: signing.PrivateKey) -> None:
     claims = access_token_claims(CLIENT, CLIENT.scopes, SETTINGS, now=NOW - dt.timedelta(hours=2), jti="j")
     token = signing.sign(claims, rsa_key, kid="sk_1")
     with pytest.raises(Unauthenticated, match="^token_expired"):
-        signing.verify(token, rsa_key.public_key(), issuer=SETTINGS.issuer, audience=SETTINGS.audience)
+        jwtverify.verify(token, rsa_key.public_key(), issuer=SETTINGS.issuer, audience=SETTINGS.audience)
 
 
 def test_private_key_is_sealed_and_opens_only_in_its_own_row(rsa_key: signing.PrivateKey) -> None:
