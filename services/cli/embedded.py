@@ -23,6 +23,7 @@ SECRETS_DIR = "secrets"
 PRIVATE_KEY_FILE = "actor_private.pem"
 PUBLIC_KEY_FILE = "actor_public.pem"
 KEK_FILE = "kek"
+AUDIT_KEY_FILE = "audit_hmac_key"
 
 # What an administrator using the CLI may do; the services still check each call.
 CLI_PERMISSIONS = (ADMIN_PERMISSION, QA_PERMISSION)
@@ -42,6 +43,9 @@ class EmbeddedSecrets:
     private_key_file: Path
     public_key_file: Path
     kek: str
+    # Keys the logs service's audit chain (base64 of 32 bytes); "" in a data directory made
+    # before the audit trail existed, until `trellis up` runs there again.
+    audit_hmac_key: str = ""
 
     def private_key_pem(self) -> bytes:
         return self.private_key_file.read_bytes()
@@ -68,6 +72,9 @@ def ensure_secrets(data_dir: Path) -> EmbeddedSecrets:
 
     if not kek_file.exists():
         write_new_file(kek_file, base64.b64encode(secrets.token_bytes(32)) + b"\n", mode=0o600)
+    audit_key_file = directory / AUDIT_KEY_FILE
+    if not audit_key_file.exists():
+        write_new_file(audit_key_file, base64.b64encode(secrets.token_bytes(32)) + b"\n", mode=0o600)
     return load_secrets(data_dir)
 
 
@@ -81,7 +88,9 @@ def load_secrets(data_dir: Path) -> EmbeddedSecrets:
             f"no local secrets in {directory} (missing {', '.join(missing)}): "
             f"start Trellis there first with `trellis up --data-dir {data_dir}`"
         )
-    return EmbeddedSecrets(directory, private_file, public_file, kek_file.read_text().strip())
+    audit_key_file = directory / AUDIT_KEY_FILE
+    audit_key = audit_key_file.read_text().strip() if audit_key_file.exists() else ""
+    return EmbeddedSecrets(directory, private_file, public_file, kek_file.read_text().strip(), audit_key)
 
 
 def write_new_file(path: Path, content: bytes, *, mode: int) -> None:

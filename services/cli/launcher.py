@@ -326,6 +326,7 @@ class Launcher:
             "TRELLIS_ACTOR_ISSUER": self.settings.actor_issuer,
             "TRELLIS_ACTOR_AUDIENCE": self.settings.actor_audience,
             "TRELLIS_KEK": self.secrets.kek,
+            "TRELLIS_AUDIT_HMAC_KEY": self.secrets.audit_hmac_key,
             "PYTHONUNBUFFERED": "1",
         })
         for spec in SERVICES:
@@ -360,7 +361,7 @@ class Launcher:
         self._say("Trellis is running in embedded mode.\n")
         self._say(table(("SERVICE", "ADDRESS", "PID", "LOG", "DATABASE"), rows))
         self._say(f"\nData directory: {self.data_dir}")
-        self._say(f"Secrets (actor signing key, key-encryption key): {self.secrets.directory} (0700)")
+        self._say(f"Secrets (actor signing key, key-encryption key, audit key): {self.secrets.directory} (0700)")
         self._say("A restart with the same data directory keeps all data.\n")
         self._say("Use the CLI from another terminal (with the same TRELLIS_* environment):")
         for example in (
@@ -372,6 +373,9 @@ class Launcher:
             "--actor bob integrations activate <id> --handoff partner-handoff.json",
             "integrations list",
             "integrations show <id>",
+            "logs query --status error --since 24h",
+            "audit verify",
+            "review --format markdown",
         ):
             self._say(f"  {cli} {example}")
         edge = next((c for c in self.children if c.name == "edge"), None)

@@ -15,7 +15,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services.cli.client import CliError, CliSettings, Session
-from services.cli.commands import catalog, integrations, operations
+from services.cli.commands import catalog, integrations, operations, webhooks
+from services.cli.commands import audit, logs, review
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     integrations.register(subparsers, common)
     catalog.register(subparsers, common)
     operations.register(subparsers, common)
+    webhooks.register(subparsers, common)
+    logs.register(subparsers, common)
+    audit.register(subparsers, common)
+    review.register(subparsers, common)
     return parser
 
 

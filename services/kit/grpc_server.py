@@ -4,6 +4,7 @@ error-mapping interceptor, tracing, and graceful shutdown on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -66,12 +67,33 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMet
     if handler.unary_stream:
         inner_stream = handler.unary_stream
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
-            async def write_all(req: Any, ctx: grpc.aio.ServicerContext) -> None:
-                async for item in inner_stream(req, ctx):
-                    await ctx.write(item)
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # An async generator, as the tracing interceptor in front of this one iterates the
+            # handler's result. `around` runs the inner stream in a task (so the actor it binds
+            # and the errors it maps apply there) and hands items over one at a time.
+            items: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+            end = object()
 
-            await around(write_all, request, context)
+            async def produce(req: Any, ctx: grpc.aio.ServicerContext) -> None:
+                async for item in inner_stream(req, ctx):
+                    await items.put(item)
+
+            async def run() -> None:
+                try:
+                    await around(produce, request, context)
+                finally:
+                    await items.put(end)
+
+            task = asyncio.create_task(run())
+            try:
+                while (item := await items.get()) is not end:
+                    yield item
+                await task  # raises what `around` raised (an abort with the mapped status)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     webhooks_ca_bundle: str = ""
     # CIDRs exempt from the SSRF refusal (say, 127.0.0.0/8 for a receiver on this machine).
     webhooks_allowed_private_networks: list[str] = Field(default_factory=list)
-    webhooks_concurrency_per_subscription: int = Field(default=8, ge=1, le=1000)
+    webhooks_concurrency_per_subscription: int = Field(default=16, ge=1, le=1000)
     webhooks_concurrency_total: int = Field(default=256, ge=1, le=10000)
     # How long a replica's claim on a delivery lasts without renewal (renewed while it works).
     webhooks_lease_seconds: float = Field(default=30.0, gt=0)

@@ -26,21 +26,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atrellis/logs/v1/logs.proto\x12\x0ftrellis.logs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\rRequestRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eintegration_id\x18\x03 \x01(\t\x12\x18\n\x10integration_name\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x01\x12\n\n\x02ip\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\"\xed\x01\n\x14QueryRequestsRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"a\n\x15QueryRequestsResponse\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.trellis.logs.v1.RequestRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t2\xb8\x01\n\x04Logs\x12^\n\rQueryRequests\x12%.trellis.logs.v1.QueryRequestsRequest\x1a&.trellis.logs.v1.QueryRequestsResponse\x12P\n\nGetRequest\x12\".trellis.logs.v1.GetRequestRequest\x1a\x1e.trellis.logs.v1.RequestRecordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atrellis/logs/v1/logs.proto\x12\x0ftrellis.logs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\rRequestRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eintegration_id\x18\x03 \x01(\t\x12\x18\n\x10integration_name\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x01\x12\n\n\x02ip\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\x12\x0e\n\x06org_id\x18\x0b \x01(\t\x12\x16\n\x0escope_category\x18\x0c \x01(\t\"\xed\x01\n\x14QueryRequestsRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"a\n\x15QueryRequestsResponse\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.trellis.logs.v1.RequestRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xf6\x01\n\x15\x45xportRequestsRequest\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\x12-\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x1d.trellis.logs.v1.ExportFormat\"=\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x12\n\ntotal_rows\x18\x03 \x01(\x03\"\xd2\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x0e\n\x06org_id\x18\x06 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x07 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x08 \x01(\t\x12\x13\n\x0bobject_type\x18\t \x01(\t\x12\x11\n\tobject_id\x18\n \x01(\t\x12\x13\n\x0b\x62\x65\x66ore_json\x18\x0b \x01(\t\x12\x12\n\nafter_json\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x0b\n\x03mac\x18\x0f \x01(\t\"\xda\x01\n\x11QueryAuditRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"[\n\x12QueryAuditResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.trellis.logs.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x97\x01\n\x0f\x41uditCheckpoint\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\x12\x10\n\x08head_mac\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsignature\x18\x06 \x01(\t\"\x1b\n\x19GetAuditCheckpointRequest\"J\n\x12VerifyAuditRequest\x12\x34\n\ncheckpoint\x18\x01 \x01(\x0b\x32 .trellis.logs.v1.AuditCheckpoint\"\xaf\x01\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x03\x12\x0f\n\x07problem\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12.\n\x04head\x18\x07 \x01(\x0b\x32 .trellis.logs.v1.AuditCheckpoint\"-\n\x16QuarterlyReviewRequest\x12\x13\n\x0bwindow_days\x18\x01 \x01(\x05\"\xf0\x03\n\x11IntegrationReview\x12\x16\n\x0eintegration_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x11\n\tvendor_id\x18\x05 \x01(\t\x12\x16\n\x0egranted_scopes\x18\x06 \x03(\t\x12\x18\n\x10\x65xercised_scopes\x18\x07 \x03(\t\x12\x15\n\runused_scopes\x18\x08 \x03(\t\x12\x33\n\x0flast_request_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\n \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x0b \x01(\x03\x12\x12\n\nerror_rate\x18\x0c \x01(\x01\x12 \n\x18peak_requests_per_minute\x18\r \x01(\x03\x12\x1d\n\x15rate_limit_per_minute\x18\x0e \x01(\x05\x12\x39\n\x15\x63redentials_issued_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63redential_age_days\x18\x10 \x01(\x05\x12\x15\n\rallowlist_set\x18\x11 \x01(\x08\x12\x10\n\x08networks\x18\x12 \x03(\t\x12\r\n\x05\x66lags\x18\x13 \x03(\t\"\xdc\x01\n\x17QuarterlyReviewResponse\x12\x30\n\x0cgenerated_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cwindow_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwindow_days\x18\x03 \x01(\x05\x12\x38\n\x0cintegrations\x18\x04 \x03(\x0b\x32\".trellis.logs.v1.IntegrationReview\x12\x0e\n\x06org_id\x18\x05 \x01(\t*]\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x01\x12\x17\n\x13\x45XPORT_FORMAT_JSONL\x10\x02\x32\x8d\x05\n\x04Logs\x12^\n\rQueryRequests\x12%.trellis.logs.v1.QueryRequestsRequest\x1a&.trellis.logs.v1.QueryRequestsResponse\x12P\n\nGetRequest\x12\".trellis.logs.v1.GetRequestRequest\x1a\x1e.trellis.logs.v1.RequestRecord\x12X\n\x0e\x45xportRequests\x12&.trellis.logs.v1.ExportRequestsRequest\x1a\x1c.trellis.logs.v1.ExportChunk0\x01\x12U\n\nQueryAudit\x12\".trellis.logs.v1.QueryAuditRequest\x1a#.trellis.logs.v1.QueryAuditResponse\x12X\n\x0bVerifyAudit\x12#.trellis.logs.v1.VerifyAuditRequest\x1a$.trellis.logs.v1.VerifyAuditResponse\x12\x62\n\x12GetAuditCheckpoint\x12*.trellis.logs.v1.GetAuditCheckpointRequest\x1a .trellis.logs.v1.AuditCheckpoint\x12\x64\n\x0fQuarterlyReview\x12\'.trellis.logs.v1.QuarterlyReviewRequest\x1a(.trellis.logs.v1.QuarterlyReviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trellis.logs.v1.logs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EXPORTFORMAT']._serialized_start=2911
+  _globals['_EXPORTFORMAT']._serialized_end=3004
   _globals['_REQUESTRECORD']._serialized_start=81
-  _globals['_REQUESTRECORD']._serialized_end=316
-  _globals['_QUERYREQUESTSREQUEST']._serialized_start=319
-  _globals['_QUERYREQUESTSREQUEST']._serialized_end=556
-  _globals['_QUERYREQUESTSRESPONSE']._serialized_start=558
-  _globals['_QUERYREQUESTSRESPONSE']._serialized_end=655
-  _globals['_GETREQUESTREQUEST']._serialized_start=657
-  _globals['_GETREQUESTREQUEST']._serialized_end=696
-  _globals['_LOGS']._serialized_start=699
-  _globals['_LOGS']._serialized_end=883
+  _globals['_REQUESTRECORD']._serialized_end=356
+  _globals['_QUERYREQUESTSREQUEST']._serialized_start=359
+  _globals['_QUERYREQUESTSREQUEST']._serialized_end=596
+  _globals['_QUERYREQUESTSRESPONSE']._serialized_start=598
+  _globals['_QUERYREQUESTSRESPONSE']._serialized_end=695
+  _globals['_GETREQUESTREQUEST']._serialized_start=697
+  _globals['_GETREQUESTREQUEST']._serialized_end=736
+  _globals['_EXPORTREQUESTSREQUEST']._serialized_start=739
+  _globals['_EXPORTREQUESTSREQUEST']._serialized_end=985
+  _globals['_EXPORTCHUNK']._serialized_start=987
+  _globals['_EXPORTCHUNK']._serialized_end=1048
+  _globals['_AUDITENTRY']._serialized_start=1051
+  _globals['_AUDITENTRY']._serialized_end=1389
+  _globals['_QUERYAUDITREQUEST']._serialized_start=1392
+  _globals['_QUERYAUDITREQUEST']._serialized_end=1610
+  _globals['_QUERYAUDITRESPONSE']._serialized_start=1612
+  _globals['_QUERYAUDITRESPONSE']._serialized_end=1703
+  _globals['_AUDITCHECKPOINT']._serialized_start=1706
+  _globals['_AUDITCHECKPOINT']._serialized_end=1857
+  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_start=1859
+  _globals['_GETAUDITCHECKPOINTREQUEST']._serialized_end=1886
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=1888
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=1962
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1965
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=2140
+  _globals['_QUARTERLYREVIEWREQUEST']._serialized_start=2142
+  _globals['_QUARTERLYREVIEWREQUEST']._serialized_end=2187
+  _globals['_INTEGRATIONREVIEW']._serialized_start=2190
+  _globals['_INTEGRATIONREVIEW']._serialized_end=2686
+  _globals['_QUARTERLYREVIEWRESPONSE']._serialized_start=2689
+  _globals['_QUARTERLYREVIEWRESPONSE']._serialized_end=2909
+  _globals['_LOGS']._serialized_start=3007
+  _globals['_LOGS']._serialized_end=3660
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -10,8 +11,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_CSV: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_JSONL: _ClassVar[ExportFormat]
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_FORMAT_CSV: ExportFormat
+EXPORT_FORMAT_JSONL: ExportFormat
+
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "timestamp", "integration_id", "integration_name", "method", "endpoint", "status", "duration_ms", "ip", "error_code")
+    __slots__ = ("request_id", "timestamp", "integration_id", "integration_name", "method", "endpoint", "status", "duration_ms", "ip", "error_code", "org_id", "scope_category")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +32,8 @@ class RequestRecord(_message.Message):
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     timestamp: _timestamp_pb2.Timestamp
     integration_id: str
@@ -32,7 +44,9 @@ class RequestRecord(_message.Message):
     duration_ms: float
     ip: str
     error_code: str
-    def __init__(self, request_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., integration_name: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+    org_id: str
+    scope_category: str
+    def __init__(self, request_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., integration_name: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., org_id: _Optional[str] = ..., scope_category: _Optional[str] = ...) -> None: ...
 
 class QueryRequestsRequest(_message.Message):
     __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "page_size", "page_token")
@@ -69,3 +83,201 @@ class GetRequestRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ExportRequestsRequest(_message.Message):
+    __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "format")
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    integration_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    status: str
+    endpoint: str
+    ip: str
+    error_code: str
+    format: ExportFormat
+    def __init__(self, integration_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., endpoint: _Optional[str] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("data", "rows", "total_rows")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    rows: int
+    total_rows: int
+    def __init__(self, data: _Optional[bytes] = ..., rows: _Optional[int] = ..., total_rows: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("seq", "event_id", "occurred_at", "recorded_at", "service", "org_id", "actor_id", "action", "object_type", "object_id", "before_json", "after_json", "reason", "request_id", "mac")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
+    AFTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    event_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    recorded_at: _timestamp_pb2.Timestamp
+    service: str
+    org_id: str
+    actor_id: str
+    action: str
+    object_type: str
+    object_id: str
+    before_json: str
+    after_json: str
+    reason: str
+    request_id: str
+    mac: str
+    def __init__(self, seq: _Optional[int] = ..., event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service: _Optional[str] = ..., org_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., action: _Optional[str] = ..., object_type: _Optional[str] = ..., object_id: _Optional[str] = ..., before_json: _Optional[str] = ..., after_json: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., mac: _Optional[str] = ...) -> None: ...
+
+class QueryAuditRequest(_message.Message):
+    __slots__ = ("object_type", "object_id", "actor_id", "action", "since", "until", "page_size", "page_token")
+    OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    object_type: str
+    object_id: str
+    actor_id: str
+    action: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, object_type: _Optional[str] = ..., object_id: _Optional[str] = ..., actor_id: _Optional[str] = ..., action: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class QueryAuditResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class AuditCheckpoint(_message.Message):
+    __slots__ = ("org_id", "count", "last_seq", "head_mac", "created_at", "signature")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_MAC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    count: int
+    last_seq: int
+    head_mac: str
+    created_at: _timestamp_pb2.Timestamp
+    signature: str
+    def __init__(self, org_id: _Optional[str] = ..., count: _Optional[int] = ..., last_seq: _Optional[int] = ..., head_mac: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class GetAuditCheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyAuditRequest(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: AuditCheckpoint
+    def __init__(self, checkpoint: _Optional[_Union[AuditCheckpoint, _Mapping]] = ...) -> None: ...
+
+class VerifyAuditResponse(_message.Message):
+    __slots__ = ("intact", "entries_checked", "problem", "seq", "event_id", "message", "head")
+    INTACT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    intact: bool
+    entries_checked: int
+    problem: str
+    seq: int
+    event_id: str
+    message: str
+    head: AuditCheckpoint
+    def __init__(self, intact: _Optional[bool] = ..., entries_checked: _Optional[int] = ..., problem: _Optional[str] = ..., seq: _Optional[int] = ..., event_id: _Optional[str] = ..., message: _Optional[str] = ..., head: _Optional[_Union[AuditCheckpoint, _Mapping]] = ...) -> None: ...
+
+class QuarterlyReviewRequest(_message.Message):
+    __slots__ = ("window_days",)
+    WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
+    window_days: int
+    def __init__(self, window_days: _Optional[int] = ...) -> None: ...
+
+class IntegrationReview(_message.Message):
+    __slots__ = ("integration_id", "name", "status", "owner", "vendor_id", "granted_scopes", "exercised_scopes", "unused_scopes", "last_request_at", "requests", "errors", "error_rate", "peak_requests_per_minute", "rate_limit_per_minute", "credentials_issued_at", "credential_age_days", "allowlist_set", "networks", "flags")
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    EXERCISED_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    UNUSED_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    LAST_REQUEST_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    PEAK_REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_AGE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWLIST_SET_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    integration_id: str
+    name: str
+    status: str
+    owner: str
+    vendor_id: str
+    granted_scopes: _containers.RepeatedScalarFieldContainer[str]
+    exercised_scopes: _containers.RepeatedScalarFieldContainer[str]
+    unused_scopes: _containers.RepeatedScalarFieldContainer[str]
+    last_request_at: _timestamp_pb2.Timestamp
+    requests: int
+    errors: int
+    error_rate: float
+    peak_requests_per_minute: int
+    rate_limit_per_minute: int
+    credentials_issued_at: _timestamp_pb2.Timestamp
+    credential_age_days: int
+    allowlist_set: bool
+    networks: _containers.RepeatedScalarFieldContainer[str]
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, integration_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., owner: _Optional[str] = ..., vendor_id: _Optional[str] = ..., granted_scopes: _Optional[_Iterable[str]] = ..., exercised_scopes: _Optional[_Iterable[str]] = ..., unused_scopes: _Optional[_Iterable[str]] = ..., last_request_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., peak_requests_per_minute: _Optional[int] = ..., rate_limit_per_minute: _Optional[int] = ..., credentials_issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credential_age_days: _Optional[int] = ..., allowlist_set: _Optional[bool] = ..., networks: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QuarterlyReviewResponse(_message.Message):
+    __slots__ = ("generated_at", "window_start", "window_days", "integrations", "org_id")
+    GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    generated_at: _timestamp_pb2.Timestamp
+    window_start: _timestamp_pb2.Timestamp
+    window_days: int
+    integrations: _containers.RepeatedCompositeFieldContainer[IntegrationReview]
+    org_id: str
+    def __init__(self, generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_days: _Optional[int] = ..., integrations: _Optional[_Iterable[_Union[IntegrationReview, _Mapping]]] = ..., org_id: _Optional[str] = ...) -> None: ...

@@ -45,19 +45,81 @@ class LogsStub:
                 request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.GetRequestRequest.SerializeToString,
                 response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.RequestRecord.FromString,
                 _registered_method=True)
+        self.ExportRequests = channel.unary_stream(
+                '/trellis.logs.v1.Logs/ExportRequests',
+                request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportRequestsRequest.SerializeToString,
+                response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.QueryAudit = channel.unary_unary(
+                '/trellis.logs.v1.Logs/QueryAudit',
+                request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/trellis.logs.v1.Logs/VerifyAudit',
+                request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
+        self.GetAuditCheckpoint = channel.unary_unary(
+                '/trellis.logs.v1.Logs/GetAuditCheckpoint',
+                request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.GetAuditCheckpointRequest.SerializeToString,
+                response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.AuditCheckpoint.FromString,
+                _registered_method=True)
+        self.QuarterlyReview = channel.unary_unary(
+                '/trellis.logs.v1.Logs/QuarterlyReview',
+                request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QuarterlyReviewRequest.SerializeToString,
+                response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QuarterlyReviewResponse.FromString,
+                _registered_method=True)
 
 
 class LogsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def QueryRequests(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Requests newest first; the filters combine (AND).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRequest(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportRequests(self, request, context):
+        """Every request the filters match, newest first, as CSV or JSON Lines in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Audit entries newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Walks the organisation's audit chain and names the first entry altered, removed or inserted;
+        with a checkpoint, also detects truncation of the tail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditCheckpoint(self, request, context):
+        """The chain's head now, to keep outside the database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuarterlyReview(self, request, context):
+        """The quarterly access review of every integration of the organisation.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -74,6 +136,31 @@ def add_LogsServicer_to_server(servicer, server):
                     servicer.GetRequest,
                     request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.GetRequestRequest.FromString,
                     response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.RequestRecord.SerializeToString,
+            ),
+            'ExportRequests': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportRequests,
+                    request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportRequestsRequest.FromString,
+                    response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportChunk.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditRequest.FromString,
+                    response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'GetAuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditCheckpoint,
+                    request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.GetAuditCheckpointRequest.FromString,
+                    response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.AuditCheckpoint.SerializeToString,
+            ),
+            'QuarterlyReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuarterlyReview,
+                    request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QuarterlyReviewRequest.FromString,
+                    response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QuarterlyReviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +217,141 @@ class Logs:
             '/trellis.logs.v1.Logs/GetRequest',
             trellis_dot_logs_dot_v1_dot_logs__pb2.GetRequestRequest.SerializeToString,
             trellis_dot_logs_dot_v1_dot_logs__pb2.RequestRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trellis.logs.v1.Logs/ExportRequests',
+            trellis_dot_logs_dot_v1_dot_logs__pb2.ExportRequestsRequest.SerializeToString,
+            trellis_dot_logs_dot_v1_dot_logs__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.logs.v1.Logs/QueryAudit',
+            trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditRequest.SerializeToString,
+            trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.logs.v1.Logs/VerifyAudit',
+            trellis_dot_logs_dot_v1_dot_logs__pb2.VerifyAuditRequest.SerializeToString,
+            trellis_dot_logs_dot_v1_dot_logs__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.logs.v1.Logs/GetAuditCheckpoint',
+            trellis_dot_logs_dot_v1_dot_logs__pb2.GetAuditCheckpointRequest.SerializeToString,
+            trellis_dot_logs_dot_v1_dot_logs__pb2.AuditCheckpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuarterlyReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.logs.v1.Logs/QuarterlyReview',
+            trellis_dot_logs_dot_v1_dot_logs__pb2.QuarterlyReviewRequest.SerializeToString,
+            trellis_dot_logs_dot_v1_dot_logs__pb2.QuarterlyReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

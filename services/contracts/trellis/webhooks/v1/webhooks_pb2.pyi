@@ -3,12 +3,80 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubscriptionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBSCRIPTION_STATUS_UNSPECIFIED: _ClassVar[SubscriptionStatus]
+    SUBSCRIPTION_STATUS_ACTIVE: _ClassVar[SubscriptionStatus]
+    SUBSCRIPTION_STATUS_PAUSED: _ClassVar[SubscriptionStatus]
+    SUBSCRIPTION_STATUS_FAILING: _ClassVar[SubscriptionStatus]
+    SUBSCRIPTION_STATUS_DISABLED: _ClassVar[SubscriptionStatus]
+
+class SignatureScheme(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIGNATURE_SCHEME_UNSPECIFIED: _ClassVar[SignatureScheme]
+    SIGNATURE_SCHEME_SPEC: _ClassVar[SignatureScheme]
+    SIGNATURE_SCHEME_STANDARD_WEBHOOKS: _ClassVar[SignatureScheme]
+
+class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATUS_UNSPECIFIED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_PENDING: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_SUCCEEDED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_FAILED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_CANCELLED: _ClassVar[DeliveryStatus]
+
+class AttemptError(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTEMPT_ERROR_NONE: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_HTTP_STATUS: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_REDIRECT: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_TIMEOUT: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_CONNECTION_REFUSED: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_CONNECTION: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_TLS: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_DNS: _ClassVar[AttemptError]
+    ATTEMPT_ERROR_SSRF_REFUSED: _ClassVar[AttemptError]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_SUCCEEDED: _ClassVar[Outcome]
+    OUTCOME_FAILED: _ClassVar[Outcome]
+    OUTCOME_PENDING: _ClassVar[Outcome]
+SUBSCRIPTION_STATUS_UNSPECIFIED: SubscriptionStatus
+SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus
+SUBSCRIPTION_STATUS_PAUSED: SubscriptionStatus
+SUBSCRIPTION_STATUS_FAILING: SubscriptionStatus
+SUBSCRIPTION_STATUS_DISABLED: SubscriptionStatus
+SIGNATURE_SCHEME_UNSPECIFIED: SignatureScheme
+SIGNATURE_SCHEME_SPEC: SignatureScheme
+SIGNATURE_SCHEME_STANDARD_WEBHOOKS: SignatureScheme
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus
+DELIVERY_STATUS_PENDING: DeliveryStatus
+DELIVERY_STATUS_SUCCEEDED: DeliveryStatus
+DELIVERY_STATUS_FAILED: DeliveryStatus
+DELIVERY_STATUS_CANCELLED: DeliveryStatus
+ATTEMPT_ERROR_NONE: AttemptError
+ATTEMPT_ERROR_HTTP_STATUS: AttemptError
+ATTEMPT_ERROR_REDIRECT: AttemptError
+ATTEMPT_ERROR_TIMEOUT: AttemptError
+ATTEMPT_ERROR_CONNECTION_REFUSED: AttemptError
+ATTEMPT_ERROR_CONNECTION: AttemptError
+ATTEMPT_ERROR_TLS: AttemptError
+ATTEMPT_ERROR_DNS: AttemptError
+ATTEMPT_ERROR_SSRF_REFUSED: AttemptError
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_SUCCEEDED: Outcome
+OUTCOME_FAILED: Outcome
+OUTCOME_PENDING: Outcome
 
 class ActivityType(_message.Message):
     __slots__ = ("id", "name", "category")
@@ -30,20 +98,436 @@ class ListActivityTypesResponse(_message.Message):
     types: _containers.RepeatedCompositeFieldContainer[ActivityType]
     def __init__(self, types: _Optional[_Iterable[_Union[ActivityType, _Mapping]]] = ...) -> None: ...
 
+class Subscription(_message.Message):
+    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    org_id: str
+    integration_id: str
+    url: str
+    activity_types: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    status: SubscriptionStatus
+    signature_scheme: SignatureScheme
+    integration_suspended: bool
+    created_by: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    secret_created_at: _timestamp_pb2.Timestamp
+    failing_since: _timestamp_pb2.Timestamp
+    version: int
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class CreateSubscriptionRequest(_message.Message):
+    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    activity_types: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    signature_scheme: SignatureScheme
+    integration_id: str
+    org_id: str
+    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class CreateSubscriptionResponse(_message.Message):
+    __slots__ = ("subscription", "signing_secret")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
+    subscription: Subscription
+    signing_secret: str
+    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., signing_secret: _Optional[str] = ...) -> None: ...
+
+class GetSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsRequest(_message.Message):
+    __slots__ = ("integration_id", "org_id", "statuses", "page_size", "page_token")
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    integration_id: str
+    org_id: str
+    statuses: _containers.RepeatedScalarFieldContainer[SubscriptionStatus]
+    page_size: int
+    page_token: str
+    def __init__(self, integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[SubscriptionStatus, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsResponse(_message.Message):
+    __slots__ = ("subscriptions", "next_page_token")
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[Subscription]
+    next_page_token: str
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    update_mask: _containers.RepeatedScalarFieldContainer[str]
+    url: str
+    activity_types: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    signature_scheme: SignatureScheme
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class PauseSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class ResumeSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSubscriptionResponse(_message.Message):
+    __slots__ = ("subscription_id", "cancelled_deliveries")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    cancelled_deliveries: int
+    def __init__(self, subscription_id: _Optional[str] = ..., cancelled_deliveries: _Optional[int] = ...) -> None: ...
+
+class RegenerateSecretRequest(_message.Message):
+    __slots__ = ("subscription_id", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class RegenerateSecretResponse(_message.Message):
+    __slots__ = ("subscription", "signing_secret")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
+    subscription: Subscription
+    signing_secret: str
+    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., signing_secret: _Optional[str] = ...) -> None: ...
+
+class SendTestDeliveryRequest(_message.Message):
+    __slots__ = ("subscription_id", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class SendTestDeliveryResponse(_message.Message):
+    __slots__ = ("delivery", "attempt", "subscription")
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    delivery: Delivery
+    attempt: Attempt
+    subscription: Subscription
+    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., attempt: _Optional[_Union[Attempt, _Mapping]] = ..., subscription: _Optional[_Union[Subscription, _Mapping]] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("id", "subscription_id", "event_id", "event_type", "status", "attempts", "round", "next_attempt_at", "created_at", "updated_at", "last_status_code", "last_error", "last_error_detail", "test", "org_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    round: int
+    next_attempt_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    last_status_code: int
+    last_error: AttemptError
+    last_error_detail: str
+    test: bool
+    org_id: str
+    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., attempts: _Optional[int] = ..., round: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[_Union[AttemptError, str]] = ..., last_error_detail: _Optional[str] = ..., test: _Optional[bool] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BODY_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    delivery_id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    attempt: int
+    round: int
+    attempted_at: _timestamp_pb2.Timestamp
+    duration_ms: float
+    status_code: int
+    succeeded: bool
+    error: AttemptError
+    error_detail: str
+    response_body: str
+    url: str
+    test: bool
+    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ...) -> None: ...
+
+class ListDeliveriesRequest(_message.Message):
+    __slots__ = ("subscription_id", "outcome", "event_id", "page_size", "page_token", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    outcome: Outcome
+    event_id: str
+    page_size: int
+    page_token: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., event_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class ListDeliveriesResponse(_message.Message):
+    __slots__ = ("deliveries", "next_page_token")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    next_page_token: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetDeliveryRequest(_message.Message):
+    __slots__ = ("delivery_id", "integration_id", "org_id")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, delivery_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class GetDeliveryResponse(_message.Message):
+    __slots__ = ("delivery", "attempts")
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    delivery: Delivery
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+
+class ListAttemptsRequest(_message.Message):
+    __slots__ = ("subscription_id", "outcome", "event_id", "delivery_id", "page_size", "page_token", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    outcome: Outcome
+    event_id: str
+    delivery_id: str
+    page_size: int
+    page_token: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., event_id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class ListAttemptsResponse(_message.Message):
+    __slots__ = ("attempts", "next_page_token")
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    next_page_token: str
+    def __init__(self, attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RedeliverRequest(_message.Message):
+    __slots__ = ("delivery_id", "integration_id", "org_id")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, delivery_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
 class PublishActivityRequest(_message.Message):
-    __slots__ = ("type", "data_json", "event_id")
+    __slots__ = ("type", "data_json", "event_id", "sender_type", "sender_id", "occurred_at", "integration_id", "org_id")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
     type: str
     data_json: str
     event_id: str
-    def __init__(self, type: _Optional[str] = ..., data_json: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
+    sender_type: str
+    sender_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    integration_id: str
+    org_id: str
+    def __init__(self, type: _Optional[str] = ..., data_json: _Optional[str] = ..., event_id: _Optional[str] = ..., sender_type: _Optional[str] = ..., sender_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class PublishActivityResponse(_message.Message):
-    __slots__ = ("event_id", "accepted_at")
+    __slots__ = ("event_id", "accepted_at", "duplicate", "deliveries")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     accepted_at: _timestamp_pb2.Timestamp
-    def __init__(self, event_id: _Optional[str] = ..., accepted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    duplicate: bool
+    deliveries: int
+    def __init__(self, event_id: _Optional[str] = ..., accepted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ..., deliveries: _Optional[int] = ...) -> None: ...
+
+class Activity(_message.Message):
+    __slots__ = ("event_id", "type", "org_id", "occurred_at", "received_at", "sender_type", "sender_id", "data_json")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SENDER_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    org_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    received_at: _timestamp_pb2.Timestamp
+    sender_type: str
+    sender_id: str
+    data_json: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., org_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender_type: _Optional[str] = ..., sender_id: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class ListActivitiesRequest(_message.Message):
+    __slots__ = ("types", "page_size", "page_token", "integration_id", "org_id")
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedScalarFieldContainer[str]
+    page_size: int
+    page_token: str
+    integration_id: str
+    org_id: str
+    def __init__(self, types: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class ListActivitiesResponse(_message.Message):
+    __slots__ = ("activities", "next_page_token")
+    ACTIVITIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    activities: _containers.RepeatedCompositeFieldContainer[Activity]
+    next_page_token: str
+    def __init__(self, activities: _Optional[_Iterable[_Union[Activity, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SubscriptionChanged(_message.Message):
+    __slots__ = ("event_id", "occurred_at", "kind", "org_id", "subscription_id", "integration_id", "status", "version", "actor_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    kind: str
+    org_id: str
+    subscription_id: str
+    integration_id: str
+    status: SubscriptionStatus
+    version: int
+    actor_id: str
+    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., version: _Optional[int] = ..., actor_id: _Optional[str] = ...) -> None: ...

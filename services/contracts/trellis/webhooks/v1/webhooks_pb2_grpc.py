@@ -40,10 +40,80 @@ class WebhooksStub:
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivityTypesRequest.SerializeToString,
                 response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivityTypesResponse.FromString,
                 _registered_method=True)
+        self.CreateSubscription = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/CreateSubscription',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.CreateSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/GetSubscription',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/ListSubscriptions',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateSubscription = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/UpdateSubscription',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.UpdateSubscriptionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.PauseSubscription = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/PauseSubscription',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PauseSubscriptionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.ResumeSubscription = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/ResumeSubscription',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ResumeSubscriptionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/DeleteSubscription',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.DeleteSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.RegenerateSecret = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/RegenerateSecret',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RegenerateSecretRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RegenerateSecretResponse.FromString,
+                _registered_method=True)
+        self.SendTestDelivery = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/SendTestDelivery',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SendTestDeliveryRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SendTestDeliveryResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/ListDeliveries',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.GetDelivery = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/GetDelivery',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetDeliveryRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetDeliveryResponse.FromString,
+                _registered_method=True)
+        self.ListAttempts = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/ListAttempts',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListAttemptsRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListAttemptsResponse.FromString,
+                _registered_method=True)
+        self.Redeliver = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/Redeliver',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RedeliverRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Delivery.FromString,
+                _registered_method=True)
         self.PublishActivity = channel.unary_unary(
                 '/trellis.webhooks.v1.Webhooks/PublishActivity',
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PublishActivityRequest.SerializeToString,
                 response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PublishActivityResponse.FromString,
+                _registered_method=True)
+        self.ListActivities = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/ListActivities',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.FromString,
                 _registered_method=True)
 
 
@@ -51,12 +121,105 @@ class WebhooksServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListActivityTypes(self, request, context):
+        """The catalogue: the spec's 25 activity types (plus "*" for all current and future ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSubscription(self, request, context):
+        """Subscriptions. The signing secret is returned only by create and regenerate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSubscriptions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubscription(self, request, context):
+        """Cancels the subscription's pending deliveries; nothing more is sent. Cannot be undone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateSecret(self, request, context):
+        """A new secret; the old one stops signing at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendTestDelivery(self, request, context):
+        """Sends a `webhook.test` event now and returns its attempt. Success returns a Failing
+        subscription to Active, and its queued deliveries go out, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """The delivery log: one delivery per (subscription, event), one attempt row per POST.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDelivery(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttempts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redeliver(self, request, context):
+        """Schedules a failed delivery again: a new round of the retry schedule, same event id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PublishActivity(self, request, context):
+        """Platform activity, for callers without NATS (the same path as JetStream `activity.<type>`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActivities(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,10 +233,80 @@ def add_WebhooksServicer_to_server(servicer, server):
                     request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivityTypesRequest.FromString,
                     response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivityTypesResponse.SerializeToString,
             ),
+            'CreateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscription,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.CreateSubscriptionResponse.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubscription,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.SerializeToString,
+            ),
+            'PauseSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSubscription,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PauseSubscriptionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.SerializeToString,
+            ),
+            'ResumeSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSubscription,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ResumeSubscriptionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.DeleteSubscriptionResponse.SerializeToString,
+            ),
+            'RegenerateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateSecret,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RegenerateSecretRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RegenerateSecretResponse.SerializeToString,
+            ),
+            'SendTestDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestDelivery,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SendTestDeliveryRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SendTestDeliveryResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'GetDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDelivery,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetDeliveryRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetDeliveryResponse.SerializeToString,
+            ),
+            'ListAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttempts,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListAttemptsRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListAttemptsResponse.SerializeToString,
+            ),
+            'Redeliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redeliver,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RedeliverRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Delivery.SerializeToString,
+            ),
             'PublishActivity': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishActivity,
                     request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PublishActivityRequest.FromString,
                     response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PublishActivityResponse.SerializeToString,
+            ),
+            'ListActivities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivities,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -114,6 +347,357 @@ class Webhooks:
             _registered_method=True)
 
     @staticmethod
+    def CreateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/CreateSubscription',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.CreateSubscriptionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.CreateSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/GetSubscription',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetSubscriptionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/ListSubscriptions',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListSubscriptionsRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/UpdateSubscription',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.UpdateSubscriptionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/PauseSubscription',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PauseSubscriptionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/ResumeSubscription',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ResumeSubscriptionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/DeleteSubscription',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.DeleteSubscriptionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.DeleteSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/RegenerateSecret',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RegenerateSecretRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RegenerateSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/SendTestDelivery',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SendTestDeliveryRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SendTestDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/ListDeliveries',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListDeliveriesRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/GetDelivery',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetDeliveryRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/ListAttempts',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListAttemptsRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListAttemptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redeliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/Redeliver',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.RedeliverRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Delivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def PublishActivity(request,
             target,
             options=(),
@@ -130,6 +714,33 @@ class Webhooks:
             '/trellis.webhooks.v1.Webhooks/PublishActivity',
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PublishActivityRequest.SerializeToString,
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.PublishActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/ListActivities',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,265 @@
+"""Logs benchmark: ingest from JetStream beside a bare batched insert of the same rows, and the
+latency of each request-log filter on a million rows, on SQLite and on PostgreSQL.
+
+    .venv/bin/python -m bench.logs [--rows 1000000] [--ingest 100000] [--queries 100] [--backend sqlite|postgresql]
+
+Ingest: `--ingest` ApiRequestLogged records are published to a fresh nats-server's APILOG
+stream first; then the logs service's own consumer (BatchConsumer + LogsHandlers, batches of
+2,000, one INSERT and one commit per batch, ack after commit) drains them into a migrated,
+empty database. The bare insert writes the same decoded rows with the same repository call
+and batch size into another empty database, with no NATS. Query: `--rows` rows are bulk
+loaded (sqlite3 executemany / asyncpg COPY), then each filter's first page (50 rows, newest
+first) is asked `--queries` times with random values through LogsHandlers.query_requests.
+Every loop is bounded by count; the whole run takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import nats
+from sqlalchemy import text
+
+from services.contracts.trellis.events.v1 import events_pb2
+from services.kit.auth import QA_PERMISSION, Actor
+from services.kit.bus import ensure_streams
+from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
+from services.kit.natsproc import NatsServer
+from services.logs.consumers import BatchConsumer, decode_request
+from services.logs.domain import ApiRequest, RequestFilter, StatusFilter
+from services.logs.handlers import LogsHandlers
+from services.logs.store import LogsRepository
+from tests.support.postgres import PostgresServer
+
+ORG = "org_bench"
+T_END = dt.datetime(2026, 6, 30, tzinfo=dt.timezone.utc)
+SPAN_SECONDS = 30 * 86400
+INTEGRATIONS = 200
+IPS = 2_000
+STATUSES = ((200, "", 880), (201, "", 40), (404, "not_found", 30), (429, "rate_limit_exceeded", 30),
+            (403, "insufficient_scope", 10), (500, "internal_error", 5), (503, "upstream_unavailable", 5))
+CATEGORIES = ("inventory", "orders", "skus", "crm", "sensors", "reports")
+BATCH = 2_000
+
+
+def _status_table() -> list[tuple[int, str]]:
+    return [(code, err) for code, err, weight in STATUSES for _ in range(weight)]
+
+
+def generate(n: int, *, seed: int = 7, org: str = ORG) -> Iterator[tuple]:  # type: ignore[type-arg]
+    """`n` rows, newest last: (org, request_id, ts, integration, method, endpoint, status, ms, ip, error, category)."""
+    rng = random.Random(seed)
+    statuses = _status_table()
+    for i in range(n):
+        code, err = statuses[rng.randrange(len(statuses))]
+        category = CATEGORIES[rng.randrange(len(CATEGORIES))]
+        ts = T_END - dt.timedelta(seconds=SPAN_SECONDS * (n - i) / n)
+        method = "GET" if rng.random() < 0.8 else "POST"
+        yield (org, f"req_{seed}_{i:08d}", ts, f"int_{rng.randrange(INTEGRATIONS):04d}", method,
+               f"/{category}/{rng.randrange(100_000)}", code, rng.uniform(2, 200),
+               f"10.{rng.randrange(8)}.{rng.randrange(16)}.{rng.randrange(IPS // 128)}", err, category)
+
+
+def as_request(row: tuple) -> ApiRequest:  # type: ignore[type-arg]
+    return ApiRequest(*row)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+async def publish(url: str, rows: list[tuple]) -> None:  # type: ignore[type-arg]
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    for start in range(0, len(rows), 2_000):
+        futures = []
+        for row in rows[start:start + 2_000]:
+            r = as_request(row)
+            event = events_pb2.ApiRequestLogged(
+                request_id=r.request_id, org_id=r.org_id, integration_id=r.integration_id, method=r.method,
+                endpoint=r.endpoint, status=r.status, duration_ms=r.duration_ms, ip=r.ip, error_code=r.error_code,
+                scope_category=r.scope_category)
+            event.occurred_at.FromDatetime(r.timestamp)
+            futures.append(await js.publish_async("apilog.request", event.SerializeToString(),
+                                                  headers={"Nats-Msg-Id": r.request_id}))
+        await asyncio.gather(*futures)
+    await nc.close()
+
+
+async def fresh_handlers(url: str) -> tuple[LogsHandlers, Callable[[], object]]:
+    await migrate_async("logs", url)
+    engine = create_engine(url)
+    return LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32), engine.dispose
+
+
+async def ingest_rate(nats_url: str, url: str, n: int, durable: str) -> float:
+    handlers, dispose = await fresh_handlers(url)
+    nc = await nats.connect(nats_url)
+    consumer = BatchConsumer(nc, subject="apilog.>", stream="APILOG", durable=durable,
+                             decode=decode_request, store=handlers.record_requests, batch=BATCH)
+    started = time.perf_counter()
+    await consumer.start()
+    deadline = started + 600
+    while consumer.stored < n and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    await nc.close()
+    await dispose()  # type: ignore[misc]
+    if consumer.stored < n:
+        raise RuntimeError(f"only {consumer.stored} of {n} records arrived")
+    return n / elapsed
+
+
+async def bare_rate(url: str, rows: list[tuple]) -> float:  # type: ignore[type-arg]
+    handlers, dispose = await fresh_handlers(url)
+    records = [as_request(r) for r in rows]
+    started = time.perf_counter()
+    for start in range(0, len(records), BATCH):
+        await handlers.record_requests(records[start:start + BATCH])
+    elapsed = time.perf_counter() - started
+    await dispose()  # type: ignore[misc]
+    return len(rows) / elapsed
+
+
+# --- query latency --------------------------------------------------------------------------
+
+def _sqlite_ts(ts: dt.datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%S.%f")  # what SQLAlchemy's SQLite DateTime stores
+
+
+async def bulk_load(url: str, n: int) -> None:
+    await migrate_async("logs", url)
+    rows = generate(n)
+    if is_sqlite(url):
+        db = sqlite3.connect(url.split("///", 1)[1])
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("PRAGMA cache_size=-262144")
+        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='api_requests' "
+                             "AND sql IS NOT NULL").fetchall()
+        for name, _ in indexes:
+            db.execute(f"DROP INDEX {name}")
+        db.executemany("INSERT INTO api_requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       ((*r[:2], _sqlite_ts(r[2]), *r[3:]) for r in rows))
+        for _, sql in indexes:
+            db.execute(sql)
+        db.execute("ANALYZE")
+        db.commit()
+        db.close()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    await conn.copy_records_to_table(
+        "api_requests", records=list(rows),
+        columns=["org_id", "request_id", "ts", "integration_id", "method", "endpoint", "status", "duration_ms", "ip",
+                 "error_code", "scope_category"])
+    await conn.execute("VACUUM ANALYZE api_requests")
+    await conn.close()
+
+
+def filters(rng: random.Random) -> dict[str, Callable[[], RequestFilter]]:
+    def day() -> RequestFilter:
+        start = T_END - dt.timedelta(seconds=rng.uniform(86400, SPAN_SECONDS))
+        return RequestFilter(since=start, until=start + dt.timedelta(days=1))
+
+    return {
+        "none (newest first)": lambda: RequestFilter(),
+        "integration": lambda: RequestFilter(integration_id=f"int_{rng.randrange(INTEGRATIONS):04d}"),
+        "date range (1 day)": day,
+        "status success": lambda: RequestFilter(status=StatusFilter.parse("success")),
+        "status error": lambda: RequestFilter(status=StatusFilter.parse("error")),
+        "status 4xx": lambda: RequestFilter(status=StatusFilter.parse("4xx")),
+        "status 5xx (1%)": lambda: RequestFilter(status=StatusFilter.parse("5xx")),
+        "status 503 (0.5%)": lambda: RequestFilter(status=StatusFilter.parse("503")),
+        "endpoint substring": lambda: RequestFilter(endpoint=rng.choice(CATEGORIES)),
+        "endpoint exact path": lambda: RequestFilter(endpoint=f"/{rng.choice(CATEGORIES)}/{rng.randrange(100_000)}"),
+        "ip": lambda: RequestFilter(ip=f"10.{rng.randrange(8)}.{rng.randrange(16)}.{rng.randrange(IPS // 128)}"),
+        "error code": lambda: RequestFilter(error_code=rng.choice(["rate_limit_exceeded", "upstream_unavailable"])),
+        "integration + error": lambda: RequestFilter(integration_id=f"int_{rng.randrange(INTEGRATIONS):04d}",
+                                                     status=StatusFilter.parse("error")),
+    }
+
+
+async def query_latencies(url: str, queries: int) -> dict[str, tuple[float, float]]:
+    engine = create_engine(url)
+    handlers = LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32)
+    actor = Actor("bench", ORG, frozenset({QA_PERMISSION}))
+    rng = random.Random(11)
+    results = {}
+    async with engine.connect() as conn:  # warm the pool and the caches
+        await conn.execute(text("SELECT count(*) FROM api_requests"))
+    for name, make in filters(rng).items():
+        times = []
+        for _ in range(queries):
+            f = make()
+            started = time.perf_counter()
+            await handlers.query_requests(actor, f, size=50)
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        results[name] = (statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)])
+    await engine.dispose()
+    return results
+
+
+# --- the run --------------------------------------------------------------------------------
+
+async def run(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="trellis-bench-logs-"))
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    pg = PostgresServer().start() if "postgresql" in backends else None
+    server = NatsServer(workdir / "nats").start()
+    try:
+        def url_for(backend: str, name: str) -> str:
+            if backend == "sqlite":
+                return f"sqlite+aiosqlite:///{workdir / name}.db"
+            assert pg is not None
+            return pg.create_database(name)
+
+        ingest_rows = list(generate(args.ingest, seed=3))
+        print(f"publishing {args.ingest:,} records to JetStream…", file=sys.stderr)
+        await publish(server.url, ingest_rows)
+        print("\n## ingest (records/s)\n\n| backend | from JetStream | bare batched insert | ratio |\n|---|---:|---:|---:|")
+        for backend in backends:
+            rate = await ingest_rate(server.url, url_for(backend, "ingest"), args.ingest, f"bench-{backend}")
+            bare = await bare_rate(url_for(backend, "bare"), ingest_rows)
+            print(f"| {backend} | {rate:,.0f} | {bare:,.0f} | {rate / bare:.2f} |", flush=True)
+
+        for backend in backends:
+            url = url_for(backend, "query")
+            started = time.perf_counter()
+            print(f"loading {args.rows:,} rows into {backend}…", file=sys.stderr)
+            await bulk_load(url, args.rows)
+            print(f"loaded in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            results = await query_latencies(url, args.queries)
+            print(f"\n## {backend}: first page (50 rows) on {args.rows:,} rows, {args.queries} queries each\n")
+            print("| filter | p50 ms | p95 ms |\n|---|---:|---:|")
+            for name, (p50, p95) in results.items():
+                print(f"| {name} | {p50:.1f} | {p95:.1f} |", flush=True)
+    finally:
+        server.stop()
+        if pg is not None:
+            pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.logs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the query latencies (default 1,000,000)")
+    parser.add_argument("--ingest", type=int, default=100_000, help="records for the ingest rates (default 100,000)")
+    parser.add_argument("--queries", type=int, default=100, help="queries per filter (default 100)")
+    parser.add_argument("--backend", choices=("both", "sqlite", "postgresql"), default="both")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""`trellis webhooks …` and `trellis activities …`: webhook subscriptions, their delivery log,
+and platform activities to try them with. One webhooks call per command (update with
+--add-type/--remove-type reads first)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from services.cli.client import CliError, ServiceClient, Session
+from services.cli.commands.args import ExtendList, help_handler, non_negative_int
+from services.cli.output import fields, message_dict, print_json, table, timestamp
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
+
+SECRET_WARNING = (
+    "warning: this signing secret is shown only now and cannot be retrieved again. "
+    "Store it in a secrets manager now; your receiver verifies deliveries with it (see docs/receivers.md)."
+)
+SCHEMES = {"spec": pb.SIGNATURE_SCHEME_SPEC, "standard": pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS}
+STATUSES = ("active", "paused", "failing", "disabled")
+# Enum fields of this contract, printed as short lower-case names in JSON (`active`, `timeout`).
+_ENUM_PREFIXES = {"status": ("SUBSCRIPTION_STATUS_", "DELIVERY_STATUS_"), "signature_scheme": ("SIGNATURE_SCHEME_",),
+                  "last_error": ("ATTEMPT_ERROR_",), "error": ("ATTEMPT_ERROR_",)}
+
+
+class WebhooksClient(ServiceClient):
+    """The webhooks service's stub with the CLI's token, deadline and readable errors."""
+
+    def __init__(self, address: str, channel: grpc.Channel, session: Session) -> None:
+        self.name, self.address = "webhooks", address
+        self._stub = webhooks_pb2_grpc.WebhooksStub(channel)
+        self._metadata = session.metadata
+
+
+@contextlib.contextmanager
+def connect(args: argparse.Namespace, session: Session) -> Iterator[Any]:
+    address = getattr(args, "webhooks_addr", None) or session.settings.webhooks_addr
+    with grpc.insecure_channel(address) as channel:
+        yield WebhooksClient(address, channel, session)
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--webhooks-addr", default=argparse.SUPPRESS, metavar="HOST:PORT", help="default: TRELLIS_WEBHOOKS_ADDR")
+    parents = [common, where]
+
+    group = subparsers.add_parser("webhooks", help="webhook subscriptions, test deliveries and the delivery log")
+    commands = group.add_subparsers(title="commands", metavar="COMMAND")
+    group.set_defaults(handler=help_handler(group))
+
+    p = commands.add_parser("create", parents=parents, help="subscribe an HTTPS endpoint; shows its signing secret once")
+    p.add_argument("--url", required=True, help="the receiver's https:// URL")
+    p.add_argument("--type", dest="types", action=ExtendList, required=True, metavar="TYPE",
+                   help="activity types, repeatable or comma separated, or * for all; see `trellis activities types`")
+    p.add_argument("--description", default="")
+    p.add_argument("--scheme", choices=sorted(SCHEMES), default="spec",
+                   help="spec: X-Webhook-Signature (default); standard: Standard Webhooks headers")
+    p.add_argument("--integration", default="", metavar="ID", help="the integration that owns it (default: none)")
+    p.set_defaults(handler=create)
+
+    p = commands.add_parser("list", parents=parents, help="list subscriptions with their status")
+    p.add_argument("--status", dest="statuses", action=ExtendList, metavar="STATUS", help=f"one or more of {', '.join(STATUSES)}")
+    p.add_argument("--integration", default="", metavar="ID", help="only those this integration owns")
+    p.set_defaults(handler=list_subscriptions)
+
+    p = commands.add_parser("show", parents=parents, help="details and the latest attempts")
+    p.add_argument("id")
+    p.set_defaults(handler=show)
+
+    p = commands.add_parser("update", parents=parents, help="change URL, types, description or scheme (from the next event)")
+    p.add_argument("id")
+    p.add_argument("--url")
+    p.add_argument("--types", dest="types", action=ExtendList, default=None, metavar="TYPE", help="replace the types")
+    p.add_argument("--add-type", dest="add_types", action=ExtendList, metavar="TYPE")
+    p.add_argument("--remove-type", dest="remove_types", action=ExtendList, metavar="TYPE")
+    p.add_argument("--description")
+    p.add_argument("--scheme", choices=sorted(SCHEMES))
+    p.set_defaults(handler=update)
+
+    for name, handler, text in (
+        ("pause", pause, "stop deliveries (events meanwhile are not delivered later)"),
+        ("resume", resume, "deliver again"),
+        ("test", send_test, "send a webhook.test delivery now; success returns a Failing subscription to Active"),
+        ("regenerate-secret", regenerate_secret, "new signing secret; the old one stops working at once"),
+    ):
+        p = commands.add_parser(name, parents=parents, help=text)
+        p.add_argument("id")
+        p.set_defaults(handler=handler)
+
+    p = commands.add_parser("delete", parents=parents, help="delete for good; pending deliveries are cancelled")
+    p.add_argument("id")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
+    p.set_defaults(handler=delete)
+
+    p = commands.add_parser("deliveries", parents=parents, help="the delivery log: one row per attempt, newest first")
+    p.add_argument("id", help="subscription id")
+    outcome = p.add_mutually_exclusive_group()
+    outcome.add_argument("--succeeded", action="store_true")
+    outcome.add_argument("--failed", action="store_true")
+    p.add_argument("--event", default="", metavar="EVENT_ID", help="every attempt of one event")
+    p.add_argument("--limit", type=non_negative_int, default=50, metavar="N")
+    p.set_defaults(handler=deliveries)
+
+    p = commands.add_parser("redeliver", parents=parents, help="send a failed delivery again (same event id)")
+    p.add_argument("delivery_id")
+    p.set_defaults(handler=redeliver)
+
+    group = subparsers.add_parser("activities", help="platform activities that webhooks deliver")
+    commands = group.add_subparsers(title="commands", metavar="COMMAND")
+    group.set_defaults(handler=help_handler(group))
+
+    p = commands.add_parser("publish", parents=parents, help="publish one activity, as the platform would")
+    p.add_argument("--type", required=True, help="e.g. lot.created")
+    p.add_argument("--data", default="{}", metavar="JSON", help="the event's data (default {})")
+    p.add_argument("--event-id", default="", help="a retry with the same id is dropped as a duplicate")
+    p.set_defaults(handler=publish)
+
+    p = commands.add_parser("list", parents=parents, help="activities received, newest first")
+    p.add_argument("--type", dest="types", action=ExtendList, metavar="TYPE")
+    p.add_argument("--limit", type=non_negative_int, default=50, metavar="N")
+    p.set_defaults(handler=list_activities)
+
+    p = commands.add_parser("types", parents=parents, help="the activity types a subscription can choose")
+    p.set_defaults(handler=activity_types)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def as_json(message: Any) -> dict[str, Any]:
+    """message_dict with this contract's enums as short names."""
+    def short(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                if k in _ENUM_PREFIXES and isinstance(v, str):
+                    v = v.lower()  # message_dict may have lower-cased it already
+                    for prefix in _ENUM_PREFIXES[k]:
+                        v = v.removeprefix(prefix.lower())
+                    out[k] = v
+                else:
+                    out[k] = short(v)
+            return out
+        if isinstance(value, list):
+            return [short(v) for v in value]
+        return value
+
+    return short(message_dict(message))
+
+
+def _label(enum: Any, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).replace("_", " ").capitalize()
+
+
+def status_label(s: pb.Subscription) -> str:
+    label = _label(pb.SubscriptionStatus, s.status, "SUBSCRIPTION_STATUS_")
+    return f"{label} (integration suspended)" if s.integration_suspended else label
+
+
+def subscription_details(s: pb.Subscription) -> str:
+    return fields([
+        ("ID", s.id), ("URL", s.url), ("Status", status_label(s)), ("Activity types", ", ".join(s.activity_types)),
+        ("Description", s.description or "-"),
+        ("Signature", "Standard Webhooks" if s.signature_scheme == pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS else "X-Webhook-Signature (sha256)"),
+        ("Integration", s.integration_id or "- (organisation)"), ("Created by", s.created_by),
+        ("Created", timestamp(s.created_at)), ("Updated", timestamp(s.updated_at)),
+        ("Secret created", timestamp(s.secret_created_at)), ("Failing since", timestamp(s.failing_since) or "-"),
+    ])
+
+
+ATTEMPT_HEADERS = ("WHEN", "EVENT", "TYPE", "ATTEMPT", "STATUS", "DURATION", "ERROR", "DELIVERY")
+
+
+def attempt_row(a: pb.Attempt) -> tuple[str, ...]:
+    status = str(a.status_code) if a.status_code else "-"
+    error = "" if a.error == pb.ATTEMPT_ERROR_NONE else a.error_detail or _label(pb.AttemptError, a.error, "ATTEMPT_ERROR_")
+    attempt = f"{a.attempt}" if a.round <= 1 else f"{a.attempt} (round {a.round})"
+    return (timestamp(a.attempted_at), a.event_id, a.event_type, attempt, status, f"{a.duration_ms:.0f} ms", error, a.delivery_id)
+
+
+def _print_subscription(args: argparse.Namespace, s: pb.Subscription, headline: str) -> None:
+    if args.json:
+        print_json({"subscription": as_json(s)})
+    else:
+        print(headline)
+        print(subscription_details(s))
+
+
+def _print_secret(args: argparse.Namespace, s: pb.Subscription, secret: str, headline: str) -> None:
+    if args.json:
+        print(SECRET_WARNING, file=sys.stderr)
+        print_json({"subscription": as_json(s), "signing_secret": secret})
+        return
+    print(headline + "\n")
+    print(subscription_details(s))
+    print(f"\nSigning secret (shown only now):\n  {secret}\n")
+    print(SECRET_WARNING)
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+def create(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        response = hooks.CreateSubscription(pb.CreateSubscriptionRequest(
+            url=args.url, activity_types=args.types, description=args.description, signature_scheme=SCHEMES[args.scheme],
+            integration_id=args.integration,
+        ))
+    _print_secret(args, response.subscription, response.signing_secret, f"Created webhook subscription {response.subscription.id}.")
+    return 0
+
+
+def list_subscriptions(args: argparse.Namespace, session: Session) -> int:
+    unknown = [s for s in args.statuses if s.lower() not in STATUSES]
+    if unknown:
+        raise CliError(f"unknown status {', '.join(unknown)}; choose from {', '.join(STATUSES)}")
+    request = pb.ListSubscriptionsRequest(
+        statuses=[pb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{s.upper()}") for s in args.statuses],
+        integration_id=args.integration, page_size=500,
+    )
+    found: list[pb.Subscription] = []
+    with connect(args, session) as hooks:
+        while True:
+            page = hooks.ListSubscriptions(request)
+            found.extend(page.subscriptions)
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+    if args.json:
+        print_json({"subscriptions": [as_json(s) for s in found]})
+    elif found:
+        print(table(("ID", "URL", "STATUS", "TYPES", "INTEGRATION", "CREATED"), (
+            (s.id, s.url, status_label(s), ", ".join(s.activity_types), s.integration_id or "-", timestamp(s.created_at))
+            for s in found)))
+    else:
+        print("No webhook subscriptions.")
+    return 0
+
+
+def show(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        s = hooks.GetSubscription(pb.GetSubscriptionRequest(subscription_id=args.id))
+        recent = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, page_size=20)).attempts
+    if args.json:
+        print_json({"subscription": as_json(s), "recent_attempts": [as_json(a) for a in recent]})
+        return 0
+    print(subscription_details(s))
+    print("\nLatest attempts")
+    print(table(ATTEMPT_HEADERS, (attempt_row(a) for a in recent)) if recent else "  none yet")
+    return 0
+
+
+def update(args: argparse.Namespace, session: Session) -> int:
+    request = pb.UpdateSubscriptionRequest(subscription_id=args.id)
+    with connect(args, session) as hooks:
+        if args.types is not None or args.add_types or args.remove_types:
+            types = list(args.types) if args.types is not None else None
+            if types is None:
+                types = list(hooks.GetSubscription(pb.GetSubscriptionRequest(subscription_id=args.id)).activity_types)
+            types = [t for t in types if t not in args.remove_types] + [t for t in args.add_types if t not in types]
+            if not types:
+                raise CliError("a subscription needs at least one activity type")
+            request.activity_types.extend(types)
+            request.update_mask.append("activity_types")
+        for option in ("url", "description"):
+            if getattr(args, option) is not None:
+                setattr(request, option, getattr(args, option))
+                request.update_mask.append(option)
+        if args.scheme is not None:
+            request.signature_scheme = SCHEMES[args.scheme]
+            request.update_mask.append("signature_scheme")
+        if not request.update_mask:
+            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description or --scheme")
+        s = hooks.UpdateSubscription(request)
+    _print_subscription(args, s, f"Updated webhook subscription {s.id} ({', '.join(request.update_mask)}); "
+                                 "it applies from the next event.")
+    return 0
+
+
+def pause(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        s = hooks.PauseSubscription(pb.PauseSubscriptionRequest(subscription_id=args.id))
+    _print_subscription(args, s, f"Paused webhook subscription {s.id}: it receives no deliveries.")
+    return 0
+
+
+def resume(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        s = hooks.ResumeSubscription(pb.ResumeSubscriptionRequest(subscription_id=args.id))
+    _print_subscription(args, s, f"Resumed webhook subscription {s.id}.")
+    return 0
+
+
+def delete(args: argparse.Namespace, session: Session) -> int:
+    if not args.yes and not args.json and sys.stdin.isatty():
+        try:
+            answer = input(f"Delete webhook subscription {args.id}? Pending deliveries are cancelled. [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not deleted.")
+            return 1
+    with connect(args, session) as hooks:
+        response = hooks.DeleteSubscription(pb.DeleteSubscriptionRequest(subscription_id=args.id))
+    if args.json:
+        print_json(as_json(response))
+    else:
+        print(f"Deleted webhook subscription {args.id}; {response.cancelled_deliveries} pending deliveries cancelled.")
+    return 0
+
+
+def send_test(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        response = hooks.SendTestDelivery(pb.SendTestDeliveryRequest(subscription_id=args.id))
+    a = response.attempt
+    if args.json:
+        print_json({"delivery": as_json(response.delivery), "attempt": as_json(a), "subscription": as_json(response.subscription)})
+    elif a.succeeded:
+        print(f"Test delivery {a.event_id} succeeded: HTTP {a.status_code} in {a.duration_ms:.0f} ms. "
+              f"Subscription is {status_label(response.subscription)}.")
+    else:
+        answer = f"HTTP {a.status_code}" if a.status_code else a.error_detail
+        print(f"Test delivery {a.event_id} failed: {answer} ({a.duration_ms:.0f} ms).")
+        if a.response_body:
+            print(f"Response: {a.response_body[:500]}")
+    return 0 if a.succeeded else 1
+
+
+def regenerate_secret(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        response = hooks.RegenerateSecret(pb.RegenerateSecretRequest(subscription_id=args.id))
+    _print_secret(args, response.subscription, response.signing_secret,
+                  f"New signing secret for {response.subscription.id}; the previous secret no longer signs anything.")
+    return 0
+
+
+def deliveries(args: argparse.Namespace, session: Session) -> int:
+    outcome = pb.OUTCOME_SUCCEEDED if args.succeeded else pb.OUTCOME_FAILED if args.failed else pb.OUTCOME_UNSPECIFIED
+    with connect(args, session) as hooks:
+        found = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, outcome=outcome, event_id=args.event,
+                                                          page_size=min(args.limit or 50, 500))).attempts
+    if args.json:
+        print_json({"attempts": [as_json(a) for a in found]})
+    elif found:
+        print(table(ATTEMPT_HEADERS, (attempt_row(a) for a in found)))
+    else:
+        print("No delivery attempts.")
+    return 0
+
+
+def redeliver(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        d = hooks.Redeliver(pb.RedeliverRequest(delivery_id=args.delivery_id))
+    if args.json:
+        print_json({"delivery": as_json(d)})
+    else:
+        print(f"Delivery {d.id} of event {d.event_id} is scheduled again (round {d.round}).")
+    return 0
+
+
+def publish(args: argparse.Namespace, session: Session) -> int:
+    try:
+        json.loads(args.data)
+    except ValueError as exc:
+        raise CliError(f"--data is not valid JSON: {exc}") from None
+    with connect(args, session) as hooks:
+        response = hooks.PublishActivity(pb.PublishActivityRequest(type=args.type, data_json=args.data, event_id=args.event_id))
+    if args.json:
+        print_json(as_json(response))
+    elif response.duplicate:
+        print(f"Activity {response.event_id} was already received; nothing more is sent.")
+    else:
+        print(f"Published {args.type} activity {response.event_id}: {response.deliveries} deliveries scheduled.")
+    return 0
+
+
+def list_activities(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        found = hooks.ListActivities(pb.ListActivitiesRequest(types=args.types, page_size=min(args.limit or 50, 500))).activities
+    if args.json:
+        print_json({"activities": [as_json(a) for a in found]})
+    elif found:
+        print(table(("WHEN", "EVENT", "TYPE", "SENDER", "DATA"), (
+            (timestamp(a.occurred_at), a.event_id, a.type, f"{a.sender_type}:{a.sender_id}", a.data_json[:60]) for a in found)))
+    else:
+        print("No activities.")
+    return 0
+
+
+def activity_types(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        found = hooks.ListActivityTypes(pb.ListActivityTypesRequest()).types
+    if args.json:
+        print_json({"types": [as_json(t) for t in found]})
+    else:
+        print(table(("TYPE", "NAME", "CATEGORY"), ((t.id, t.name, t.category) for t in found)))
+        print("\n*  all current and future types")
+    return 0

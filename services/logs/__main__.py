@@ -1,0 +1,3 @@
+from services.logs.main import main
+
+main()

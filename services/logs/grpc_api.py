@@ -1,0 +1,182 @@
+"""The `trellis.logs.v1.Logs` servicer: request message -> filter -> handler -> response.
+
+Permissions and organisation scoping are the handlers'; errors are services.kit.errors
+classes that the server's error interceptor maps to status codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.contracts.trellis.logs.v1 import logs_pb2 as pb
+from services.contracts.trellis.logs.v1 import logs_pb2_grpc
+from services.kit.auth import current_actor
+from services.logs.domain import (
+    ApiRequest,
+    AuditEntry,
+    Checkpoint,
+    RequestFilter,
+    StatusFilter,
+)
+from services.logs.handlers import LogsHandlers
+from services.logs.review import Review
+from services.logs.store import AuditQuery
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Logs"].full_name
+
+EXPORT_COLUMNS = ("timestamp", "integration_id", "integration_name", "method", "endpoint", "status", "duration_ms",
+                  "ip", "request_id", "error_code", "scope_category")
+# Spreadsheet programs run a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _ts(when: dt.datetime | None) -> Timestamp | None:
+    if when is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def _when(request: object, name: str) -> dt.datetime | None:
+    if not request.HasField(name):  # type: ignore[attr-defined]
+        return None
+    return getattr(request, name).ToDatetime(tzinfo=dt.timezone.utc)
+
+
+def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest) -> RequestFilter:
+    return RequestFilter(
+        integration_id=request.integration_id.strip(), since=_when(request, "since"), until=_when(request, "until"),
+        status=StatusFilter.parse(request.status), endpoint=request.endpoint, ip=request.ip.strip(),
+        error_code=request.error_code.strip(),
+    )
+
+
+def record_message(r: ApiRequest) -> pb.RequestRecord:
+    return pb.RequestRecord(
+        request_id=r.request_id, timestamp=_ts(r.timestamp), integration_id=r.integration_id,
+        integration_name=r.integration_name, method=r.method, endpoint=r.endpoint, status=r.status,
+        duration_ms=r.duration_ms, ip=r.ip, error_code=r.error_code, org_id=r.org_id, scope_category=r.scope_category,
+    )
+
+
+def export_values(r: ApiRequest) -> dict[str, object]:
+    return {
+        "timestamp": r.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "integration_id": r.integration_id, "integration_name": r.integration_name, "method": r.method,
+        "endpoint": r.endpoint, "status": r.status, "duration_ms": round(r.duration_ms, 3), "ip": r.ip,
+        "request_id": r.request_id, "error_code": r.error_code, "scope_category": r.scope_category,
+    }
+
+
+def _csv_safe(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def render_csv(records: list[ApiRequest], *, header: bool) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(EXPORT_COLUMNS)
+    for r in records:
+        values = export_values(r)
+        writer.writerow([_csv_safe(values[c]) for c in EXPORT_COLUMNS])
+    return out.getvalue().encode()
+
+
+def render_jsonl(records: list[ApiRequest]) -> bytes:
+    return "".join(json.dumps(export_values(r), ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def audit_message(e: AuditEntry) -> pb.AuditEntry:
+    return pb.AuditEntry(
+        seq=e.seq, event_id=e.event_id, occurred_at=_ts(e.occurred_at), recorded_at=_ts(e.recorded_at),
+        service=e.service, org_id=e.org_id, actor_id=e.actor_id, action=e.action, object_type=e.object_type,
+        object_id=e.object_id, before_json=e.before_json, after_json=e.after_json, reason=e.reason,
+        request_id=e.request_id, mac=e.mac,
+    )
+
+
+def checkpoint_message(c: Checkpoint) -> pb.AuditCheckpoint:
+    return pb.AuditCheckpoint(org_id=c.org_id, count=c.count, last_seq=c.last_seq, head_mac=c.head_mac,
+                              created_at=_ts(c.created_at), signature=c.signature)
+
+
+def checkpoint_from(message: pb.AuditCheckpoint) -> Checkpoint:
+    return Checkpoint(org_id=message.org_id, count=message.count, last_seq=message.last_seq, head_mac=message.head_mac,
+                      created_at=message.created_at.ToDatetime(tzinfo=dt.timezone.utc), signature=message.signature)
+
+
+def review_message(r: Review) -> pb.IntegrationReview:
+    f = r.facts
+    return pb.IntegrationReview(
+        integration_id=f.integration_id, name=f.name, status=f.status, owner=f.owner, vendor_id=f.vendor_id,
+        granted_scopes=sorted(f.scopes), exercised_scopes=list(r.exercised_scopes), unused_scopes=list(r.unused_scopes),
+        last_request_at=_ts(r.usage.last_request_at), requests=r.usage.requests, errors=r.usage.errors,
+        error_rate=r.error_rate, peak_requests_per_minute=r.usage.peak_per_minute,
+        rate_limit_per_minute=f.rate_limit_per_minute, credentials_issued_at=_ts(f.credentials_issued_at),
+        credential_age_days=-1 if r.credential_age_days is None else r.credential_age_days,
+        allowlist_set=bool(f.ip_allowlist), networks=list(r.networks), flags=list(r.flags),
+    )
+
+
+class LogsServicer(logs_pb2_grpc.LogsServicer):
+    def __init__(self, handlers: LogsHandlers) -> None:
+        self._handlers = handlers
+
+    async def QueryRequests(self, request: pb.QueryRequestsRequest, context: grpc.aio.ServicerContext) -> pb.QueryRequestsResponse:
+        page = await self._handlers.query_requests(current_actor(), request_filter(request), size=request.page_size,
+                                                   token=request.page_token)
+        return pb.QueryRequestsResponse(records=[record_message(r) for r in page.records],
+                                        next_page_token=page.next_cursor.encode() if page.next_cursor else "")
+
+    async def GetRequest(self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext) -> pb.RequestRecord:
+        return record_message(await self._handlers.get_request(current_actor(), request.request_id.strip()))
+
+    async def ExportRequests(self, request: pb.ExportRequestsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
+        jsonl = request.format == pb.EXPORT_FORMAT_JSONL
+        total, pages = await self._handlers.export_requests(current_actor(), request_filter(request))
+        first = True
+        async for records in pages:
+            data = render_jsonl(records) if jsonl else render_csv(records, header=first)
+            yield pb.ExportChunk(data=data, rows=len(records), total_rows=total)
+            first = False
+        if first:  # nothing matched: still a well-formed (empty) file
+            yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True), rows=0, total_rows=total)
+
+    async def QueryAudit(self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext) -> pb.QueryAuditResponse:
+        query = AuditQuery(object_type=request.object_type.strip(), object_id=request.object_id.strip(),
+                           actor_id=request.actor_id.strip(), action=request.action.strip(),
+                           since=_when(request, "since"), until=_when(request, "until"))
+        entries, token = await self._handlers.query_audit(current_actor(), query, size=request.page_size,
+                                                          token=request.page_token)
+        return pb.QueryAuditResponse(entries=[audit_message(e) for e in entries], next_page_token=token)
+
+    async def VerifyAudit(self, request: pb.VerifyAuditRequest, context: grpc.aio.ServicerContext) -> pb.VerifyAuditResponse:
+        checkpoint = checkpoint_from(request.checkpoint) if request.HasField("checkpoint") else None
+        result = await self._handlers.verify_audit(current_actor(), checkpoint)
+        response = pb.VerifyAuditResponse(intact=result.finding is None, entries_checked=result.verified,
+                                          head=checkpoint_message(result.head))
+        if result.finding is not None:
+            f = result.finding
+            response.problem, response.seq, response.event_id, response.message = f.problem.value, f.seq, f.event_id, f.message
+        return response
+
+    async def GetAuditCheckpoint(self, request: pb.GetAuditCheckpointRequest, context: grpc.aio.ServicerContext) -> pb.AuditCheckpoint:
+        return checkpoint_message(await self._handlers.checkpoint(current_actor()))
+
+    async def QuarterlyReview(self, request: pb.QuarterlyReviewRequest, context: grpc.aio.ServicerContext) -> pb.QuarterlyReviewResponse:
+        report = await self._handlers.quarterly_review(current_actor(), request.window_days)
+        return pb.QuarterlyReviewResponse(
+            generated_at=_ts(report.generated_at), window_start=_ts(report.window_start), window_days=report.window_days,
+            integrations=[review_message(r) for r in report.reviews], org_id=report.org_id,
+        )
