@@ -1,0 +1,295 @@
+"""Webhook deliveries per second and event-to-delivery latency, beside a bare aiohttp POST loop
+to the same HTTPS receiver measured in the same run.
+
+Webhooks runs as its own process (`python -m services.webhooks`, SQLite, its own nats-server)
+pinned to CPU 0; the receiver (aiohttp over TLS with a `trustme` CA, verifying every signature),
+the publisher and nats-server share CPU 1. The bare loop (`bench.webhooks.bare`) runs as its own
+process on CPU 0 too, so both clients get the same core.
+
+1. bare: N POSTs of a small JSON body with 16 concurrent requests;
+2. throughput: N activity events published to JetStream at once; deliveries/s counts until the
+   last is received and its attempt is in the delivery log;
+3. latency: events published at a steady rate (default 500/s); latency is receive time minus
+   publish time of each event.
+
+Every loop is bounded by count and time; the run stops by itself (about a minute).
+
+    .venv/bin/python -m bench.webhooks [--events 10000] [--rate 500] [--latency-events 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import sqlite3
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import nats
+import trustme
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.contracts.trellis.events.v1 import events_pb2
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
+from services.kit.auth import ADMIN_PERMISSION, generate_actor_key, mint_actor_token
+from services.kit.db import migrate_async
+from services.kit.natsproc import NatsServer
+
+ISSUER, AUDIENCE = "bench-actors", "trellis"
+ORG = "org_bench"
+MAX_PHASE_SECONDS = 120.0
+SERVICE_CPU, BENCH_CPU = 0, 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(pid: int, cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+        os.sched_setaffinity(pid, {cpu})
+
+
+@dataclass
+class Receiver:
+    """The HTTPS endpoint: verifies each delivery's signature, records arrival and latency."""
+
+    secret: str = ""
+    delivered: int = 0
+    bad_signatures: int = 0
+    bare: int = 0
+    latencies: list[float] = field(default_factory=list)
+    event_ids: set[str] = field(default_factory=set)
+    last_arrival: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path == "/bare":
+            self.bare += 1
+            return web.Response(text="ok")
+        now = time.time()
+        ts = request.headers.get("X-Webhook-Timestamp", "")
+        expected = "sha256=" + hmac.new(self.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("X-Webhook-Signature", "")):
+            self.bad_signatures += 1
+        event = json.loads(body)
+        self.event_ids.add(event["id"])
+        self.delivered += 1
+        self.last_arrival = time.perf_counter()
+        sent = event["data"].get("t")
+        if sent is not None:
+            self.latencies.append(now - sent)
+        return web.Response(text="ok")
+
+
+async def start_receiver(receiver: Receiver, context: ssl.SSLContext) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context, backlog=1024)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def wait_serving(address: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        while time.monotonic() < deadline:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError("webhooks did not start")
+
+
+def logged_attempts(database: Path) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+        return db.execute("select count(*) from attempts where succeeded").fetchone()[0]
+
+
+def stage_latencies(database: Path, since: str) -> dict[str, float]:
+    """p50/p99 of the two halves of the latency run, from the service's own rows: stream ->
+    stored (JetStream's timestamp to the commit of the activity) and stored -> attempt start."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute(
+            "select a.occurred_at, a.received_at, t.attempted_at from activities a join attempts t "
+            "on t.org_id = a.org_id and t.event_id = a.event_id where a.received_at >= ? and t.attempt = 1", (since,)
+        ).fetchall()
+
+    def seconds(text: str) -> float:
+        return dt.datetime.fromisoformat(text).timestamp()
+
+    ingest = sorted(seconds(r[1]) - seconds(r[0]) for r in rows)
+    dispatch = sorted(seconds(r[2]) - seconds(r[1]) for r in rows)
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(len(values) * q))] * 1000 if values else float("nan")
+
+    return {"ingest_p50": pct(ingest, 0.5), "ingest_p99": pct(ingest, 0.99),
+            "dispatch_p50": pct(dispatch, 0.5), "dispatch_p99": pct(dispatch, 0.99)}
+
+
+def activity(n: int, stamp: bool) -> bytes:
+    data = {"lot_id": f"L-{n}", "weight_kg": 12.5, "room": "Flower 3"}
+    if stamp:
+        data["t"] = time.time()
+    return events_pb2.ActivityEvent(event_id=f"evt_{uuid.uuid4().hex}", type="lot.created", org_id=ORG,
+                                    sender_type="integration", sender_id="int_bench", data_json=json.dumps(data)).SerializeToString()
+
+
+async def until(condition, timeout: float = MAX_PHASE_SECONDS, interval: float = 0.01) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark phase did not finish in time")
+        await asyncio.sleep(interval)
+
+
+async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    pin(os.getpid(), BENCH_CPU)
+    nats_server = NatsServer(root / "nats").start()
+    pin(nats_server.process.pid, BENCH_CPU)  # type: ignore[union-attr]
+    ca = trustme.CA()
+    ca_file = root / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    receiver = Receiver()
+    runner, receiver_port = await start_receiver(receiver, server_context)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        # 1. The bare loop.
+        bare = subprocess.Popen([sys.executable, "-m", "bench.webhooks.bare", "--url", f"https://127.0.0.1:{receiver_port}/bare",
+                                 "--ca", str(ca_file), "--count", str(args.events)], stdout=subprocess.PIPE)
+        children.append(bare)
+        pin(bare.pid, SERVICE_CPU)
+        out, _ = await asyncio.to_thread(bare.communicate, timeout=MAX_PHASE_SECONDS)
+        bare_rate = json.loads(out)["rate"]
+
+        # 2. Webhooks as its own process.
+        actor_private, actor_public = generate_actor_key()
+        (root / "actor.pem").write_bytes(actor_public)
+        database = root / "data" / "webhooks.db"
+        await migrate_async("webhooks", f"sqlite+aiosqlite:///{database}")
+        port = free_port()
+        env = {
+            **os.environ, "TRELLIS_DATA_DIR": str(root / "data"), "TRELLIS_NATS_URL": nats_server.url,
+            "TRELLIS_WEBHOOKS_ADDR": f"127.0.0.1:{port}", "TRELLIS_ACTOR_ISSUER": ISSUER, "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
+            "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor.pem"), "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
+            "TRELLIS_WEBHOOKS_CA_BUNDLE": str(ca_file), "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS": '["127.0.0.0/8"]',
+            "TRELLIS_LOG_LEVEL": "WARNING",
+        }
+        service = subprocess.Popen([sys.executable, "-m", "services.webhooks"], env=env)
+        children.append(service)
+        pin(service.pid, SERVICE_CPU)
+        await wait_serving(f"127.0.0.1:{port}")
+        token = mint_actor_token(actor_private, issuer=ISSUER, audience=AUDIENCE, user_id="usr_bench", org_id=ORG,
+                                 permissions=[ADMIN_PERMISSION], ttl_seconds=600)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            created = await webhooks_pb2_grpc.WebhooksStub(channel).CreateSubscription(pb.CreateSubscriptionRequest(
+                url=f"https://127.0.0.1:{receiver_port}/hook", activity_types=["lot.created"]),
+                metadata=(("authorization", f"Bearer {token}"),))
+        receiver.secret = created.signing_secret
+
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        try:
+            # 3. Throughput: everything at once.
+            payloads = [activity(n, stamp=False) for n in range(args.events)]
+            start = time.perf_counter()
+            for chunk in range(0, len(payloads), 1000):
+                await asyncio.gather(*(js.publish("activity.lot.created", p) for p in payloads[chunk:chunk + 1000]))
+            published = time.perf_counter()
+            await until(lambda: receiver.delivered >= args.events)
+            received = receiver.last_arrival
+            await until(lambda: logged_attempts(database) >= args.events, interval=0.05)
+            logged = time.perf_counter()
+            throughput = args.events / (max(received, logged) - start)
+            receive_rate = args.events / (received - start)
+
+            # 4. Latency at a steady offered rate.
+            since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+            receiver.latencies.clear()
+            before = receiver.delivered
+            begin = time.perf_counter()
+            for n in range(args.latency_events):
+                delay = begin + n / args.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await js.publish("activity.lot.created", activity(n, stamp=True))
+            offered_for = time.perf_counter() - begin
+            await until(lambda: receiver.delivered >= before + args.latency_events)
+            await until(lambda: logged_attempts(database) >= args.events + args.latency_events, interval=0.05)
+            stages = stage_latencies(database, since)
+        finally:
+            await nc.close()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(child.wait, 15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        await runner.cleanup()
+        nats_server.stop()
+    latencies = sorted(receiver.latencies)
+    return {
+        "bare": bare_rate, "throughput": throughput, "receive_rate": receive_rate, "publish_seconds": published - start,
+        "logged_lag_ms": max(0.0, logged - received) * 1000, "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "max": latencies[-1] * 1000,
+        "offered": args.latency_events / offered_for, "bad_signatures": receiver.bad_signatures,
+        "distinct": len(receiver.event_ids), "delivered": receiver.delivered, **stages,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.webhooks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000, help="events for the bare loop and the throughput run (max 50000)")
+    parser.add_argument("--rate", type=float, default=500.0, help="offered events per second in the latency run")
+    parser.add_argument("--latency-events", type=int, default=5_000, help="events in the latency run (max 50000)")
+    args = parser.parse_args()
+    args.events = min(max(args.events, 100), 50_000)
+    args.latency_events = min(max(args.latency_events, 100), 50_000)
+    with tempfile.TemporaryDirectory(prefix="trellis-bench-webhooks-") as tmp:
+        r = asyncio.run(run(args, Path(tmp)))
+    print(f"webhooks: {args.events:,} events to one HTTPS subscription on loopback, SQLite, {os.cpu_count()} CPUs "
+          f"(service and bare loop on CPU {SERVICE_CPU}; receiver, publisher, nats-server on CPU {BENCH_CPU})")
+    print(f"{'bare aiohttp POST loop':<44}{r['bare']:>10,.0f} /s")
+    print(f"{'signed, logged deliveries (JetStream -> log)':<44}{r['throughput']:>10,.0f} /s   ratio {r['throughput'] / r['bare']:.2f}")
+    print(f"{'  received by the receiver':<44}{r['receive_rate']:>10,.0f} /s   (publishing took {r['publish_seconds']:.2f} s; "
+          f"log {r['logged_lag_ms']:.0f} ms behind)")
+    print(f"latency at {r['offered']:,.0f} events/s offered ({args.latency_events:,} events): "
+          f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms")
+    print(f"  of which: stream -> stored p50 {r['ingest_p50']:.1f} ms, p99 {r['ingest_p99']:.1f} ms; "
+          f"stored -> POST p50 {r['dispatch_p50']:.1f} ms, p99 {r['dispatch_p99']:.1f} ms")
+    print(f"signatures verified: {r['delivered'] - r['bad_signatures']:,} of {r['delivered']:,}; "
+          f"distinct events {r['distinct']:,}")
+
+
+if __name__ == "__main__":
+    main()

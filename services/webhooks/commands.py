@@ -1,0 +1,111 @@
+"""What callers ask webhooks to do, one command per use case.
+
+Every command names the caller's view: `org_id` (only the edge sets it) and `integration_id`
+(the partner's integration on edge calls; an optional owner filter for administrators).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from services.webhooks.domain import DeliveryStatus, SignatureScheme, SubscriptionStatus
+
+
+@dataclass(frozen=True)
+class View:
+    """On whose behalf: see services.webhooks.handlers.caller_for."""
+
+    org_id: str = ""
+    integration_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class CreateSubscription:
+    url: str
+    activity_types: Sequence[str]
+    description: str = ""
+    scheme: SignatureScheme = SignatureScheme.SPEC
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class UpdateSubscription:
+    subscription_id: str
+    changes: Mapping[str, object]
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class SubscriptionRef:
+    """Get, pause, resume, delete, regenerate the secret, send a test."""
+
+    subscription_id: str
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class ListSubscriptions:
+    statuses: Sequence[SubscriptionStatus] = ()
+    page_size: int = 0
+    page_token: str = ""
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class ListDeliveries:
+    subscription_id: str = ""
+    statuses: Sequence[DeliveryStatus] = ()
+    event_id: str = ""
+    page_size: int = 0
+    page_token: str = ""
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class ListAttempts:
+    subscription_id: str = ""
+    succeeded: bool | None = None
+    event_id: str = ""
+    delivery_id: str = ""
+    page_size: int = 0
+    page_token: str = ""
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    delivery_id: str
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class PublishActivity:
+    type: str
+    data_json: str = ""
+    event_id: str = ""
+    sender_type: str = ""
+    sender_id: str = ""
+    occurred_at: dt.datetime | None = None
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class ListActivities:
+    types: Sequence[str] = ()
+    page_size: int = 0
+    page_token: str = ""
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class ApplyIntegrationChange:
+    """An IntegrationChanged event from the registry."""
+
+    event_id: str
+    org_id: str
+    integration_id: str
+    status: str
+    version: int

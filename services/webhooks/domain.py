@@ -1,0 +1,483 @@
+"""Webhooks' rules in plain Python: the activity catalogue, subscriptions and their states,
+signing secrets and signatures, the delivery body, and the retry schedule.
+
+Nothing here does I/O. The wire formats follow the spec exactly: the body is serialised once
+and those bytes are signed; `X-Webhook-Signature: sha256=<hex HMAC-SHA256 of "<ts>.<body>">`
+keyed by the secret string as shown to the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from services.kit.errors import FailedPrecondition, InvalidArgument
+
+# --- the catalogue -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivityType:
+    id: str
+    name: str
+    category: str
+
+
+# The spec's table ("Choosing Activity Types"), in its order, with stable ids.
+ACTIVITY_TYPES: tuple[ActivityType, ...] = tuple(
+    ActivityType(id_, name, category)
+    for category, entries in (
+        ("Cultivation", (("batch.created", "Batch created"), ("harvest.recorded", "Harvest recorded"),
+                         ("drying.completed", "Drying complete"), ("curing.completed", "Curing complete"))),
+        ("Inventory", (("lot.created", "Lot created"), ("lot.transferred", "Lot transferred"),
+                       ("weight.adjusted", "Weight adjusted"), ("destruction.queued", "Destruction queued"),
+                       ("destruction.completed", "Destruction completed"))),
+        ("Orders & Shipments", (("order.created", "Order created"), ("order.status_changed", "Order status changed"),
+                                ("shipment.shipped", "Shipment shipped"), ("shipment.delivered", "Shipment delivered"))),
+        ("Quality & Compliance", (("sample.created", "Sample created"), ("lab_results.received", "Lab results received"),
+                                  ("capa.opened", "CAPA opened"), ("deviation.recorded", "Deviation recorded"),
+                                  ("recall.initiated", "Recall initiated"))),
+        ("Plant Care", (("pesticide.applied", "Pesticide applied"), ("fertiliser.applied", "Fertiliser applied"),
+                        ("cuttings.propagated", "Cuttings propagated"), ("seeds.germinated", "Seeds germinated"))),
+        ("Production", (("crude_extraction.recorded", "Crude extraction recorded"),
+                        ("distillation.recorded", "Distillation recorded"),
+                        ("final_product_weights.recorded", "Final product weights recorded"))),
+    )
+    for id_, name in entries
+)
+KNOWN_TYPES = frozenset(t.id for t in ACTIVITY_TYPES)
+ALL_TYPES = "*"
+TEST_TYPE = "webhook.test"
+
+# What the platform may publish: the catalogue and future types of the same shape.
+_TYPE_SHAPE = re.compile(r"^[a-z][a-z0-9_]{0,40}(\.[a-z][a-z0-9_]{0,40}){1,3}$")
+
+
+def check_activity_types(types: Iterable[str]) -> tuple[str, ...]:
+    """A subscription's types, sorted and unique; `*` alone stands for every type."""
+    chosen = {t.strip() for t in types if t.strip()}
+    if not chosen:
+        raise InvalidArgument(f"choose at least one activity type, or {ALL_TYPES} for all; known types: {', '.join(sorted(KNOWN_TYPES))}")
+    unknown = sorted(chosen - KNOWN_TYPES - {ALL_TYPES})
+    if unknown:
+        raise InvalidArgument(
+            f"unknown activity type(s) {', '.join(unknown)}; known types: {', '.join(sorted(KNOWN_TYPES))}, "
+            f"or {ALL_TYPES} for all current and future types",
+            activity_types=",".join(unknown),
+        )
+    if ALL_TYPES in chosen:
+        return (ALL_TYPES,)
+    return tuple(sorted(chosen))
+
+
+def check_published_type(activity_type: str) -> str:
+    """A type an activity may carry: the catalogue's, or a future one of the same shape."""
+    activity_type = activity_type.strip()
+    if activity_type in (ALL_TYPES, TEST_TYPE):
+        raise InvalidArgument(f"{activity_type!r} cannot be published as an activity type")
+    if not _TYPE_SHAPE.match(activity_type):
+        raise InvalidArgument(
+            f"activity type {activity_type!r} is malformed: lower-case words joined by dots, like lot.created",
+            type=activity_type,
+        )
+    return activity_type
+
+
+# --- subscriptions -------------------------------------------------------------------------------
+
+MAX_URL_LENGTH = 2048
+MAX_DESCRIPTION_LENGTH = 500
+
+
+class SubscriptionStatus(enum.Enum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    FAILING = "failing"
+    DISABLED = "disabled"
+
+
+class SignatureScheme(enum.Enum):
+    SPEC = "spec"
+    STANDARD_WEBHOOKS = "standard_webhooks"
+
+
+def check_url(url: str) -> str:
+    """An endpoint URL: absolute HTTPS with a host, no credentials, no fragment."""
+    url = url.strip()
+    if not url:
+        raise InvalidArgument("an endpoint URL is required")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidArgument(f"the endpoint URL is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidArgument(f"the endpoint URL is malformed: {exc}", url=url) from exc
+    if parts.scheme.lower() != "https":
+        raise InvalidArgument(f"the endpoint URL must use HTTPS (https://…), got {parts.scheme or 'no'} scheme", url=url)
+    if not parts.hostname:
+        raise InvalidArgument("the endpoint URL has no host", url=url)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidArgument("the endpoint URL must not carry credentials: deliveries send no authorisation; "
+                              "verify the signature instead", url=url)
+    if parts.fragment:
+        raise InvalidArgument("the endpoint URL must not have a #fragment", url=url)
+    if port == 0:
+        raise InvalidArgument("the endpoint URL has port 0", url=url)
+    return url
+
+
+def check_description(description: str) -> str:
+    description = description.strip()
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidArgument(f"the description is longer than {MAX_DESCRIPTION_LENGTH} characters")
+    return description
+
+
+@dataclass
+class Subscription:
+    """An organisation-wide webhook subscription; its secret lives sealed in the store."""
+
+    id: str
+    org_id: str
+    url: str
+    activity_types: tuple[str, ...]
+    created_by: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    secret_created_at: dt.datetime
+    integration_id: str = ""
+    description: str = ""
+    status: SubscriptionStatus = SubscriptionStatus.ACTIVE
+    scheme: SignatureScheme = SignatureScheme.SPEC
+    integration_suspended: bool = False
+    failing_since: dt.datetime | None = None
+    version: int = 1
+
+    def matches(self, activity_type: str) -> bool:
+        return ALL_TYPES in self.activity_types or activity_type in self.activity_types
+
+    @property
+    def receives_new_events(self) -> bool:
+        """Active and Failing subscriptions get a delivery per matching event (Failing queues it)."""
+        return self.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.FAILING)
+
+    def _changed(self, now: dt.datetime) -> None:
+        self.updated_at = now
+        self.version += 1
+
+    def _require_not_disabled(self) -> None:
+        if self.status is SubscriptionStatus.DISABLED:
+            raise FailedPrecondition("this subscription was disabled when its integration was revoked",
+                                     subscription_id=self.id, status=self.status.value)
+
+    def update(self, changes: Mapping[str, object], now: dt.datetime) -> None:
+        """Changes url, activity_types, description or signature_scheme (already checked)."""
+        self._require_not_disabled()
+        for name, value in changes.items():
+            if name == "url":
+                self.url = check_url(str(value))
+            elif name == "activity_types":
+                self.activity_types = check_activity_types(value)  # type: ignore[arg-type]
+            elif name == "description":
+                self.description = check_description(str(value))
+            elif name == "signature_scheme":
+                assert isinstance(value, SignatureScheme)
+                self.scheme = value
+            else:  # pragma: no cover - the transport checks the mask
+                raise InvalidArgument(f"{name} cannot be updated")
+        self._changed(now)
+
+    def pause(self, now: dt.datetime) -> None:
+        self._require_not_disabled()
+        if self.status is SubscriptionStatus.PAUSED:
+            return
+        if self.status is SubscriptionStatus.FAILING:
+            # Pausing forgets the health state: resume sends the queue (a test would too).
+            self.failing_since = None
+        self.status = SubscriptionStatus.PAUSED
+        self._changed(now)
+
+    def resume(self, now: dt.datetime) -> None:
+        self._require_not_disabled()
+        if self.status is not SubscriptionStatus.PAUSED:
+            return
+        self.status = SubscriptionStatus.ACTIVE
+        self._changed(now)
+
+    def secret_regenerated(self, now: dt.datetime) -> None:
+        self._require_not_disabled()
+        self.secret_created_at = now
+        self._changed(now)
+
+    def mark_failing(self, now: dt.datetime) -> bool:
+        """All attempts of an event failed: Active -> Failing. False when it was not Active."""
+        if self.status is not SubscriptionStatus.ACTIVE:
+            return False
+        self.status = SubscriptionStatus.FAILING
+        self.failing_since = now
+        self._changed(now)
+        return True
+
+    def recover(self, now: dt.datetime) -> bool:
+        """A test delivery succeeded: Failing -> Active. False when it was not Failing."""
+        if self.status is not SubscriptionStatus.FAILING:
+            return False
+        self.status = SubscriptionStatus.ACTIVE
+        self.failing_since = None
+        self._changed(now)
+        return True
+
+    def integration_status_changed(self, integration_status: str, now: dt.datetime) -> str | None:
+        """Follows the owning integration; returns the event kind it caused, if any."""
+        if self.status is SubscriptionStatus.DISABLED:
+            return None
+        if integration_status == "revoked":
+            self.status = SubscriptionStatus.DISABLED
+            self.integration_suspended = False
+            self._changed(now)
+            return "disabled"
+        suspended = integration_status == "suspended"
+        if suspended != self.integration_suspended:
+            self.integration_suspended = suspended
+            self._changed(now)
+            return "integration_suspended" if suspended else "integration_reactivated"
+        return None
+
+    def audit_view(self) -> dict[str, object]:
+        """What the audit trail keeps: never the secret."""
+        return {
+            "url": self.url, "activity_types": list(self.activity_types), "description": self.description,
+            "status": self.status.value, "signature_scheme": self.scheme.value, "integration_id": self.integration_id,
+        }
+
+
+# --- secrets and signatures -------------------------------------------------------------------------
+
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+
+
+def new_signing_secret() -> str:
+    """`whsec_` + base64 of 32 random bytes.
+
+    The spec's scheme keys HMAC with this whole string's UTF-8 bytes; Standard Webhooks keys it
+    with the base64-decoded part after `whsec_`. One string serves both.
+    """
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def spec_signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256 over `<timestamp>.<raw body>`, keyed by the secret's UTF-8 bytes."""
+    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def standard_webhooks_signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64>` of HMAC-SHA256 over `<id>.<timestamp>.<body>`, keyed by the decoded secret."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = message_id.encode() + b"." + str(timestamp).encode() + b"." + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def delivery_headers(
+    scheme: SignatureScheme, secret: str, *, event_id: str, event_type: str, timestamp: int, body: bytes, user_agent: str,
+) -> dict[str, str]:
+    """Every header of one attempt; signed at `timestamp` (Unix seconds of this attempt)."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": user_agent,
+        "X-Webhook-Event": event_type,
+    }
+    if scheme is SignatureScheme.STANDARD_WEBHOOKS:
+        headers["webhook-id"] = event_id
+        headers["webhook-timestamp"] = str(timestamp)
+        headers["webhook-signature"] = standard_webhooks_signature(secret, event_id, timestamp, body)
+    else:
+        headers["X-Webhook-Id"] = event_id
+        headers["X-Webhook-Timestamp"] = str(timestamp)
+        headers["X-Webhook-Signature"] = spec_signature(secret, timestamp, body)
+    return headers
+
+
+# --- activities and the delivery body -----------------------------------------------------------------
+
+SENDER_TYPES = ("integration", "user", "system")
+
+
+@dataclass(frozen=True)
+class IncomingActivity:
+    """One platform activity as received (JetStream or PublishActivity), before storing."""
+
+    event_id: str
+    type: str
+    org_id: str
+    occurred_at: dt.datetime
+    sender_type: str
+    sender_id: str
+    data: object
+    trace_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_data(data_json: str) -> object:
+    """An event's `data`: any JSON value; empty means {}."""
+    if not data_json.strip():
+        return {}
+    try:
+        return json.loads(data_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"data_json is not valid JSON: {exc}") from exc
+
+
+def check_sender(sender_type: str, sender_id: str) -> tuple[str, str]:
+    sender_type = sender_type.strip().lower() or "system"
+    if sender_type not in SENDER_TYPES:
+        raise InvalidArgument(f"sender_type must be one of {', '.join(SENDER_TYPES)}", sender_type=sender_type)
+    return sender_type, sender_id.strip()[:128]
+
+
+def iso_utc(when: dt.datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a Z."""
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def delivery_body(activity: IncomingActivity) -> bytes:
+    """The body every delivery of this event sends: serialised once, signed as these bytes."""
+    document = {
+        "id": activity.event_id,
+        "type": activity.type,
+        "created_at": iso_utc(activity.occurred_at),
+        "organisation_id": activity.org_id,
+        "sender": {"type": activity.sender_type, "id": activity.sender_id},
+        "data": activity.data,
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sample_data(subscription: Subscription) -> dict[str, object]:
+    return {
+        "message": "This is a test webhook from GrowerIQ.",
+        "subscription_id": subscription.id,
+        "url": subscription.url,
+    }
+
+
+# --- attempts and the retry schedule --------------------------------------------------------------------
+
+
+class AttemptError(enum.Enum):
+    NONE = "none"
+    HTTP_STATUS = "http_status"
+    REDIRECT = "redirect"
+    TIMEOUT = "timeout"
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECTION = "connection"
+    TLS = "tls"
+    DNS = "dns"
+    SSRF_REFUSED = "ssrf_refused"
+
+
+# Transport failures worth another try; a refused address is not (it would be refused again).
+RETRYABLE_ERRORS = frozenset({AttemptError.TIMEOUT, AttemptError.CONNECTION_REFUSED, AttemptError.CONNECTION,
+                              AttemptError.TLS, AttemptError.DNS})
+RESPONSE_BODY_LIMIT = 2048
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """What one POST came to: an HTTP status, or a transport error."""
+
+    status_code: int = 0
+    error: AttemptError = AttemptError.NONE
+    error_detail: str = ""
+    response_body: str = ""
+    duration_ms: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return 200 <= self.status_code < 300 and self.error is AttemptError.NONE
+
+    @property
+    def retryable(self) -> bool:
+        """5xx, timeouts and connection, TLS and DNS errors are retried; 4xx and 3xx never."""
+        if self.error is AttemptError.HTTP_STATUS:
+            return self.status_code >= 500
+        return self.error in RETRYABLE_ERRORS
+
+
+def classify_status(status_code: int, body: str, duration_ms: float) -> HttpResult:
+    """An HTTP answer as an attempt result: 2xx success, 3xx a redirect not followed, else failure."""
+    if 200 <= status_code < 300:
+        return HttpResult(status_code, AttemptError.NONE, "", body, duration_ms)
+    if 300 <= status_code < 400:
+        return HttpResult(status_code, AttemptError.REDIRECT, f"HTTP {status_code}: redirects are not followed", body, duration_ms)
+    return HttpResult(status_code, AttemptError.HTTP_STATUS, f"HTTP {status_code}", body, duration_ms)
+
+
+class DeliveryStatus(enum.Enum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The spec's schedule: attempt 1 at once, then each delay after the attempt before."""
+
+    delays_seconds: tuple[float, ...] = (60.0, 300.0, 1800.0, 7200.0)
+
+    def __post_init__(self) -> None:
+        if any(d < 0 for d in self.delays_seconds):
+            raise ValueError("retry delays must not be negative")
+
+    @classmethod
+    def of(cls, delays: Sequence[float]) -> "RetryPolicy":
+        return cls(tuple(float(d) for d in delays))
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.delays_seconds) + 1
+
+    def next_attempt_at(self, attempt: int, started_at: dt.datetime) -> dt.datetime | None:
+        """When attempt `attempt + 1` is due after attempt `attempt` failed; None after the last."""
+        if attempt >= self.max_attempts:
+            return None
+        return started_at + dt.timedelta(seconds=self.delays_seconds[attempt - 1])
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one attempt does to its delivery and subscription."""
+
+    status: DeliveryStatus
+    next_attempt_at: dt.datetime | None
+    exhausted: bool  # the last attempt of the schedule failed: the subscription becomes Failing
+
+
+def outcome_of(result: HttpResult, attempt: int, started_at: dt.datetime, policy: RetryPolicy, *, test: bool = False) -> AttemptOutcome:
+    """Success ends the delivery; a retryable failure schedules the next attempt until the last;
+    anything else fails it at once. A test delivery is tried once."""
+    if result.succeeded:
+        return AttemptOutcome(DeliveryStatus.SUCCEEDED, None, False)
+    if test or not result.retryable:
+        return AttemptOutcome(DeliveryStatus.FAILED, None, False)
+    next_at = policy.next_attempt_at(attempt, started_at)
+    if next_at is None:
+        return AttemptOutcome(DeliveryStatus.FAILED, None, True)
+    return AttemptOutcome(DeliveryStatus.PENDING, next_at, False)
+
+
+def truncate_body(raw: bytes) -> str:
+    """The first 2 KB of a response, as text."""
+    return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="replace")
+

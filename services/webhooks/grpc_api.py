@@ -1,0 +1,216 @@
+"""`trellis.webhooks.v1.Webhooks` over gRPC: request message -> command, handler call,
+result -> response message. No rule lives here; errors are services.kit.errors classes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
+from services.kit.auth import current_actor
+from services.kit.errors import InvalidArgument
+from services.webhooks import commands
+from services.webhooks.domain import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
+from services.webhooks.events import STATUS_TO_PROTO
+from services.webhooks.handlers import WebhookHandlers
+from services.webhooks.store import ActivityRecord, AttemptRecord, DeliveryRecord
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
+UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme")
+
+_STATUS_FROM_PROTO = {value: status for status, value in STATUS_TO_PROTO.items()}
+_SCHEME_TO_PROTO = {SignatureScheme.SPEC: pb.SIGNATURE_SCHEME_SPEC,
+                    SignatureScheme.STANDARD_WEBHOOKS: pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS}
+_SCHEME_FROM_PROTO = {pb.SIGNATURE_SCHEME_UNSPECIFIED: SignatureScheme.SPEC,
+                      **{value: scheme for scheme, value in _SCHEME_TO_PROTO.items()}}
+_DELIVERY_STATUS = {status: pb.DeliveryStatus.Value(f"DELIVERY_STATUS_{status.name}") for status in DeliveryStatus}
+_ERRORS = {error: pb.AttemptError.Value(f"ATTEMPT_ERROR_{error.name}") for error in AttemptError}
+
+
+def _timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def subscription_to_proto(s: Subscription) -> pb.Subscription:
+    return pb.Subscription(
+        id=s.id, org_id=s.org_id, integration_id=s.integration_id, url=s.url, activity_types=list(s.activity_types),
+        description=s.description, status=STATUS_TO_PROTO[s.status], signature_scheme=_SCHEME_TO_PROTO[s.scheme],
+        integration_suspended=s.integration_suspended, created_by=s.created_by, created_at=_timestamp(s.created_at),
+        updated_at=_timestamp(s.updated_at), secret_created_at=_timestamp(s.secret_created_at),
+        failing_since=_timestamp(s.failing_since), version=s.version,
+    )
+
+
+def delivery_to_proto(d: DeliveryRecord) -> pb.Delivery:
+    return pb.Delivery(
+        id=d.id, org_id=d.org_id, subscription_id=d.subscription_id, event_id=d.event_id, event_type=d.event_type,
+        status=_DELIVERY_STATUS[d.status], attempts=d.attempts, round=d.round,
+        next_attempt_at=_timestamp(d.next_attempt_at if d.status is DeliveryStatus.PENDING else None),
+        created_at=_timestamp(d.created_at), updated_at=_timestamp(d.updated_at), last_status_code=d.last_status_code,
+        last_error=_ERRORS[d.last_error], last_error_detail=d.last_error_detail, test=d.test,
+    )
+
+
+def attempt_to_proto(a: AttemptRecord) -> pb.Attempt:
+    return pb.Attempt(
+        id=a.id, delivery_id=a.delivery_id, subscription_id=a.subscription_id, event_id=a.event_id,
+        event_type=a.event_type, attempt=a.attempt, round=a.round, attempted_at=_timestamp(a.attempted_at),
+        duration_ms=a.duration_ms, status_code=a.status_code, succeeded=a.succeeded, error=_ERRORS[a.error],
+        error_detail=a.error_detail, response_body=a.response_body, url=a.url, test=a.test,
+    )
+
+
+def activity_to_proto(a: ActivityRecord) -> pb.Activity:
+    return pb.Activity(
+        event_id=a.event_id, type=a.type, org_id=a.org_id, occurred_at=_timestamp(a.occurred_at),
+        received_at=_timestamp(a.received_at), sender_type=a.sender_type, sender_id=a.sender_id, data_json=a.data_json,
+    )
+
+
+def _view(request: object, context: grpc.aio.ServicerContext) -> commands.View:
+    request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    return commands.View(org_id=request.org_id, integration_id=request.integration_id, request_id=request_id)  # type: ignore[attr-defined]
+
+
+def _scheme(value: int) -> SignatureScheme:
+    if value not in _SCHEME_FROM_PROTO:
+        raise InvalidArgument(f"unknown signature scheme {value}")
+    return _SCHEME_FROM_PROTO[value]
+
+
+def _statuses(values: list[int]) -> list[SubscriptionStatus]:
+    unknown = [v for v in values if v not in _STATUS_FROM_PROTO]
+    if unknown:
+        raise InvalidArgument(f"unknown status filter values {unknown}")
+    return [_STATUS_FROM_PROTO[v] for v in values]
+
+
+def _delivery_statuses(outcome: int) -> list[DeliveryStatus]:
+    return {
+        pb.OUTCOME_UNSPECIFIED: [], pb.OUTCOME_SUCCEEDED: [DeliveryStatus.SUCCEEDED],
+        pb.OUTCOME_FAILED: [DeliveryStatus.FAILED], pb.OUTCOME_PENDING: [DeliveryStatus.PENDING],
+    }[outcome]
+
+
+def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
+    unknown = sorted(set(request.update_mask) - set(UPDATABLE_FIELDS))
+    if unknown:
+        raise InvalidArgument(f"update_mask names unknown fields {', '.join(unknown)}; updatable fields are: "
+                              f"{', '.join(UPDATABLE_FIELDS)}", fields=",".join(unknown))
+    changes: dict[str, object] = {}
+    for name in request.update_mask:
+        if name == "activity_types":
+            changes[name] = list(request.activity_types)
+        elif name == "signature_scheme":
+            changes[name] = _scheme(request.signature_scheme)
+        else:
+            changes[name] = getattr(request, name)
+    return changes
+
+
+class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
+    """Thin translation between the Webhooks contract and `WebhookHandlers`."""
+
+    def __init__(self, handlers: WebhookHandlers) -> None:
+        self._h = handlers
+
+    async def ListActivityTypes(self, request: pb.ListActivityTypesRequest, context: grpc.aio.ServicerContext) -> pb.ListActivityTypesResponse:
+        types = self._h.activity_types(current_actor())
+        return pb.ListActivityTypesResponse(types=[pb.ActivityType(id=t.id, name=t.name, category=t.category) for t in types])
+
+    async def CreateSubscription(self, request: pb.CreateSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.CreateSubscriptionResponse:
+        subscription, secret = await self._h.create(current_actor(), commands.CreateSubscription(
+            url=request.url, activity_types=list(request.activity_types), description=request.description,
+            scheme=_scheme(request.signature_scheme), view=_view(request, context),
+        ))
+        return pb.CreateSubscriptionResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
+
+    async def GetSubscription(self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.Subscription:
+        ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
+        return subscription_to_proto(await self._h.get(current_actor(), ref))
+
+    async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext) -> pb.ListSubscriptionsResponse:
+        found, token = await self._h.list(current_actor(), commands.ListSubscriptions(
+            statuses=_statuses(list(request.statuses)), page_size=request.page_size, page_token=request.page_token,
+            view=_view(request, context),
+        ))
+        return pb.ListSubscriptionsResponse(subscriptions=[subscription_to_proto(s) for s in found], next_page_token=token)
+
+    async def UpdateSubscription(self, request: pb.UpdateSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.Subscription:
+        cmd = commands.UpdateSubscription(request.subscription_id, _changes(request), _view(request, context))
+        return subscription_to_proto(await self._h.update(current_actor(), cmd))
+
+    async def PauseSubscription(self, request: pb.PauseSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.Subscription:
+        ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
+        return subscription_to_proto(await self._h.pause(current_actor(), ref))
+
+    async def ResumeSubscription(self, request: pb.ResumeSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.Subscription:
+        ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
+        return subscription_to_proto(await self._h.resume(current_actor(), ref))
+
+    async def DeleteSubscription(self, request: pb.DeleteSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.DeleteSubscriptionResponse:
+        ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
+        cancelled = await self._h.delete(current_actor(), ref)
+        return pb.DeleteSubscriptionResponse(subscription_id=request.subscription_id, cancelled_deliveries=cancelled)
+
+    async def RegenerateSecret(self, request: pb.RegenerateSecretRequest, context: grpc.aio.ServicerContext) -> pb.RegenerateSecretResponse:
+        ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
+        subscription, secret = await self._h.regenerate_secret(current_actor(), ref)
+        return pb.RegenerateSecretResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
+
+    async def SendTestDelivery(self, request: pb.SendTestDeliveryRequest, context: grpc.aio.ServicerContext) -> pb.SendTestDeliveryResponse:
+        ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
+        result = await self._h.send_test(current_actor(), ref)
+        return pb.SendTestDeliveryResponse(delivery=delivery_to_proto(result.delivery), attempt=attempt_to_proto(result.attempt),
+                                           subscription=subscription_to_proto(result.subscription))
+
+    async def ListDeliveries(self, request: pb.ListDeliveriesRequest, context: grpc.aio.ServicerContext) -> pb.ListDeliveriesResponse:
+        found, token = await self._h.list_deliveries(current_actor(), commands.ListDeliveries(
+            subscription_id=request.subscription_id, statuses=_delivery_statuses(request.outcome), event_id=request.event_id,
+            page_size=request.page_size, page_token=request.page_token, view=_view(request, context),
+        ))
+        return pb.ListDeliveriesResponse(deliveries=[delivery_to_proto(d) for d in found], next_page_token=token)
+
+    async def GetDelivery(self, request: pb.GetDeliveryRequest, context: grpc.aio.ServicerContext) -> pb.GetDeliveryResponse:
+        delivery, attempts = await self._h.get_delivery(current_actor(), commands.DeliveryRef(request.delivery_id, _view(request, context)))
+        return pb.GetDeliveryResponse(delivery=delivery_to_proto(delivery), attempts=[attempt_to_proto(a) for a in attempts])
+
+    async def ListAttempts(self, request: pb.ListAttemptsRequest, context: grpc.aio.ServicerContext) -> pb.ListAttemptsResponse:
+        if request.outcome == pb.OUTCOME_PENDING:
+            raise InvalidArgument("attempts are succeeded or failed; pending applies to deliveries")
+        succeeded = {pb.OUTCOME_UNSPECIFIED: None, pb.OUTCOME_SUCCEEDED: True, pb.OUTCOME_FAILED: False}[request.outcome]
+        found, token = await self._h.list_attempts(current_actor(), commands.ListAttempts(
+            subscription_id=request.subscription_id, succeeded=succeeded, event_id=request.event_id,
+            delivery_id=request.delivery_id, page_size=request.page_size, page_token=request.page_token,
+            view=_view(request, context),
+        ))
+        return pb.ListAttemptsResponse(attempts=[attempt_to_proto(a) for a in found], next_page_token=token)
+
+    async def Redeliver(self, request: pb.RedeliverRequest, context: grpc.aio.ServicerContext) -> pb.Delivery:
+        delivery = await self._h.redeliver(current_actor(), commands.DeliveryRef(request.delivery_id, _view(request, context)))
+        return delivery_to_proto(delivery)
+
+    async def PublishActivity(self, request: pb.PublishActivityRequest, context: grpc.aio.ServicerContext) -> pb.PublishActivityResponse:
+        occurred = request.occurred_at.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("occurred_at") else None
+        accepted = await self._h.publish(current_actor(), commands.PublishActivity(
+            type=request.type, data_json=request.data_json, event_id=request.event_id, sender_type=request.sender_type,
+            sender_id=request.sender_id, occurred_at=occurred, view=_view(request, context),
+        ))
+        now = Timestamp()
+        now.GetCurrentTime()
+        return pb.PublishActivityResponse(event_id=accepted.event_id, accepted_at=now, duplicate=accepted.duplicate,
+                                          deliveries=accepted.deliveries)
+
+    async def ListActivities(self, request: pb.ListActivitiesRequest, context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:
+        found, token = await self._h.list_activities(current_actor(), commands.ListActivities(
+            types=list(request.types), page_size=request.page_size, page_token=request.page_token,
+            view=_view(request, context),
+        ))
+        return pb.ListActivitiesResponse(activities=[activity_to_proto(a) for a in found], next_page_token=token)

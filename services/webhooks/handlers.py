@@ -1,0 +1,380 @@
+"""Webhooks' use cases: load through the store, apply the domain rule, write the events in the
+same transaction, commit, then wake the outbox relay and the dispatcher.
+
+Who sees what (`caller_for`): administrators act in their token's organisation and see every
+subscription; the edge acts for one partner integration and sees only what it owns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
+from services.kit.bus import trace_headers
+from services.kit.crypto import Envelope
+from services.kit.db import utcnow
+from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.kit.ids import new_id
+from services.webhooks import commands, events
+from services.webhooks.dispatcher import SecretCache, send_attempt
+from services.webhooks.domain import (
+    ACTIVITY_TYPES, TEST_TYPE, ActivityType, DeliveryStatus, IncomingActivity, RetryPolicy, Subscription,
+    SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
+    delivery_body, new_signing_secret, outcome_of, parse_data, sample_data,
+)
+from services.webhooks.sender import DeliveryClient
+from services.webhooks.store import (
+    Accepted, ActivityLog, Database, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SubscriptionRepository, attempt_row,
+    page_size, row_id, secret_aad,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_ID_LENGTH = 128
+
+
+class DispatcherPort(Protocol):
+    def wake(self) -> None: ...
+    def subscription_changed(self, subscription_id: str, version: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who acts, in which organisation, and which integration's subscriptions they see (None: all)."""
+
+    actor_id: str
+    org_id: str
+    integration_id: str | None
+    partner: bool
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(self.org_id, self.integration_id)
+
+
+def caller_for(actor: Actor, view: commands.View) -> Caller:
+    """An administrator in their own organisation, or the edge on behalf of one integration."""
+    if ADMIN_PERMISSION in actor.permissions:
+        if view.org_id and view.org_id != actor.org_id:
+            raise PermissionDenied("org_id may name only the caller's own organisation", org_id=view.org_id)
+        return Caller(actor.user_id, actor.org_id, view.integration_id or None, partner=False)
+    if EDGE_PERMISSION in actor.permissions:
+        if not view.org_id or not view.integration_id:
+            raise InvalidArgument("the edge acts for one integration: set org_id and integration_id")
+        return Caller(f"integration:{view.integration_id}", view.org_id, view.integration_id, partner=True)
+    actor.require(ADMIN_PERMISSION)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class TestResult:
+    delivery: DeliveryRecord
+    attempt: AttemptRecord
+    subscription: Subscription
+
+
+class ActivityIngest:
+    """Stores activities and their deliveries in one transaction, then wakes the dispatcher."""
+
+    def __init__(self, db: Database, log_: ActivityLog, dispatcher: DispatcherPort,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self._db = db
+        self._log = log_
+        self._dispatcher = dispatcher
+        self._clock = clock
+
+    async def accept(self, batch: Sequence[IncomingActivity]) -> list[Accepted]:
+        bodies = [delivery_body(a) for a in batch]
+        async with self._db.write() as session:
+            accepted = await self._log.ingest(session, batch, bodies, self._clock(), lambda: row_id("dlv"))
+        if any(a.deliveries for a in accepted):
+            self._dispatcher.wake()
+        return accepted
+
+
+class WebhookHandlers:
+    """Every webhooks use case, each short: domain rule, store, events, dispatcher."""
+
+    def __init__(
+        self,
+        db: Database,
+        envelope: Envelope,
+        client: DeliveryClient,
+        dispatcher: DispatcherPort,
+        ingest: ActivityIngest,
+        policy: RetryPolicy,
+        *,
+        user_agent: str,
+        owner: str = "",
+        notify: Callable[[], None] = lambda: None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._owner = owner
+        self._envelope = envelope
+        self._client = client
+        self._dispatcher = dispatcher
+        self._ingest = ingest
+        self._policy = policy
+        self._user_agent = user_agent
+        self._notify = notify
+        self._clock = clock
+        self._repo = SubscriptionRepository()
+        self._log = ActivityLog()
+        self._secrets = SecretCache(envelope)
+
+    def activity_types(self, actor: Actor) -> tuple[ActivityType, ...]:
+        return ACTIVITY_TYPES
+
+    def _seal(self, subscription_id: str, secret: str) -> bytes:
+        return self._envelope.seal(secret.encode(), secret_aad(subscription_id))
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    async def create(self, actor: Actor, cmd: commands.CreateSubscription) -> tuple[Subscription, str]:
+        """A new Active subscription and its signing secret, returned this once."""
+        caller = caller_for(actor, cmd.view)
+        now = self._clock()
+        subscription = Subscription(
+            id=new_id("whk"), org_id=caller.org_id, integration_id=caller.integration_id or "",
+            url=check_url(cmd.url), activity_types=check_activity_types(cmd.activity_types),
+            description=check_description(cmd.description), scheme=cmd.scheme, created_by=caller.actor_id,
+            created_at=now, updated_at=now, secret_created_at=now,
+        )
+        secret = new_signing_secret()
+        async with self._db.write() as session:
+            if subscription.integration_id:
+                status = await self._repo.integration_status(session, caller.org_id, subscription.integration_id)
+                if status == "revoked":
+                    raise FailedPrecondition("the integration is revoked", integration_id=subscription.integration_id)
+                subscription.integration_suspended = status == "suspended"
+            await self._repo.add(session, subscription, self._seal(subscription.id, secret))
+            await events.changed_and_audited(session, "created", before=None, after=subscription, actor_id=caller.actor_id,
+                                             now=now, request_id=cmd.view.request_id)
+        self._notify()
+        return subscription, secret
+
+    async def get(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
+        caller = caller_for(actor, ref.view)
+        async with self._db.read() as session:
+            return await self._repo.get(session, caller.scope, ref.subscription_id)
+
+    async def list(self, actor: Actor, query: commands.ListSubscriptions) -> tuple[list[Subscription], str]:
+        caller = caller_for(actor, query.view)
+        async with self._db.read() as session:
+            return await self._repo.list_page(session, caller.scope, statuses=query.statuses,
+                                              size=page_size(query.page_size), token=query.page_token)
+
+    async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
+                      mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None) -> Subscription:
+        caller = caller_for(actor, view)
+        now = self._clock()
+        async with self._db.write() as session:
+            subscription = await self._repo.get(session, caller.scope, subscription_id, for_update=True)
+            before = replace(subscription)
+            mutate(subscription, now)
+            if subscription.version == before.version:
+                return subscription  # nothing changed (pause of a paused one, say)
+            sealed = self._seal(subscription.id, new_secret) if new_secret is not None else None
+            await self._repo.save(session, subscription, sealed_secret=sealed)
+            await events.changed_and_audited(session, kind, before=before, after=subscription, actor_id=caller.actor_id,
+                                             now=now, request_id=view.request_id)
+        self._notify()
+        self._dispatcher.subscription_changed(subscription.id, subscription.version)
+        return subscription
+
+    async def update(self, actor: Actor, cmd: commands.UpdateSubscription) -> Subscription:
+        """New URL, types, description or scheme: they apply from the next attempt on."""
+        if not cmd.changes:
+            raise InvalidArgument("update_mask names nothing to change")
+        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now))
+
+    async def pause(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
+        return await self._change(actor, ref.view, ref.subscription_id, "paused", lambda s, now: s.pause(now))
+
+    async def resume(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
+        """Paused -> Active; deliveries it held go out again."""
+        subscription = await self._change(actor, ref.view, ref.subscription_id, "resumed", lambda s, now: s.resume(now))
+        self._dispatcher.wake()
+        return subscription
+
+    async def regenerate_secret(self, actor: Actor, ref: commands.SubscriptionRef) -> tuple[Subscription, str]:
+        """A new secret, sealed in place of the old one: nothing is signed with the old one after."""
+        secret = new_signing_secret()
+        subscription = await self._change(actor, ref.view, ref.subscription_id, "secret_regenerated",
+                                          lambda s, now: s.secret_regenerated(now), new_secret=secret)
+        return subscription, secret
+
+    async def delete(self, actor: Actor, ref: commands.SubscriptionRef) -> int:
+        """Deletes it for good and cancels its pending deliveries; returns how many."""
+        caller = caller_for(actor, ref.view)
+        now = self._clock()
+        async with self._db.write() as session:
+            subscription = await self._repo.get(session, caller.scope, ref.subscription_id, for_update=True)
+            cancelled = await self._repo.delete(session, subscription, now)
+            before = replace(subscription)
+            subscription.version += 1
+            subscription.updated_at = now
+            await events.changed_and_audited(session, "deleted", before=before, after=subscription,
+                                             actor_id=caller.actor_id, now=now, request_id=ref.view.request_id)
+        self._notify()
+        self._dispatcher.subscription_changed(subscription.id, subscription.version)
+        return cancelled
+
+    async def send_test(self, actor: Actor, ref: commands.SubscriptionRef) -> TestResult:
+        """Sends a `webhook.test` event now and logs it; success returns a Failing subscription to
+        Active and lets its queue go out, oldest first."""
+        caller = caller_for(actor, ref.view)
+        now = self._clock()
+        async with self._db.read() as session:
+            subscription = await self._repo.get(session, caller.scope, ref.subscription_id)
+            sealed = await self._repo.sealed_secret(session, subscription.id)
+        if subscription.status is SubscriptionStatus.DISABLED:
+            raise FailedPrecondition("this subscription is disabled", subscription_id=subscription.id)
+        sender = ("integration", caller.integration_id) if caller.partner else ("user", actor.user_id)
+        activity = IncomingActivity(event_id=new_id("evt"), type=TEST_TYPE, org_id=subscription.org_id, occurred_at=now,
+                                    sender_type=sender[0], sender_id=sender[1] or "", data=sample_data(subscription),
+                                    trace_headers=trace_headers())
+        body = delivery_body(activity)
+        delivery_id = new_id("dlv")
+        async with self._db.write() as session:
+            await self._log.add_test(session, activity, body, subscription.id, delivery_id, now)
+        secret = self._secrets.secret(subscription.id, sealed)
+        result, started = await send_attempt(self._client, url=subscription.url, scheme=subscription.scheme, secret=secret,
+                                             event_id=activity.event_id, event_type=TEST_TYPE, body=body,
+                                             user_agent=self._user_agent)
+        outcome = outcome_of(result, 1, started, self._policy, test=True)
+        row = attempt_row(new_id("att"), org_id=subscription.org_id, delivery_id=delivery_id, subscription_id=subscription.id,
+                          event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,
+                          url=subscription.url, test=True, status_code=result.status_code, succeeded=result.succeeded,
+                          error=result.error, error_detail=result.error_detail, response_body=result.response_body,
+                          duration_ms=result.duration_ms, sent_by=self._owner)
+        recovered = False
+        async with self._db.write() as session:
+            await self._log.finish_test(session, delivery_id, row, outcome.status, self._clock())
+            if result.succeeded:
+                current = await self._repo.get(session, caller.scope, subscription.id, for_update=True)
+                if current.recover(self._clock()):
+                    recovered = True
+                    await self._repo.save(session, current)
+                    await self._log_recovery(session, current)
+                subscription = current
+            delivery = await self._log.get_delivery(session, caller.scope, delivery_id)
+            attempt = (await self._log.attempts_of(session, caller.scope, delivery_id))[-1]
+        if recovered:
+            self._notify()
+            self._dispatcher.subscription_changed(subscription.id, subscription.version)
+            self._dispatcher.wake()
+        return TestResult(delivery, attempt, subscription)
+
+    async def _log_recovery(self, session: AsyncSession, subscription: Subscription) -> None:
+        released = await self._repo.release_queue(session, subscription.id, subscription.updated_at)
+        log.info("webhook subscription %s is Active again; %d queued deliveries go out", subscription.id, released)
+        await events.changed(session, "recovered", subscription, actor_id=events.SYSTEM_ACTOR, now=subscription.updated_at)
+
+    # --- the delivery log --------------------------------------------------------------------
+
+    async def list_deliveries(self, actor: Actor, query: commands.ListDeliveries) -> tuple[list[DeliveryRecord], str]:
+        caller = caller_for(actor, query.view)
+        async with self._db.read() as session:
+            if query.subscription_id:
+                await self._repo.get(session, caller.scope, query.subscription_id)  # NotFound if not theirs
+            return await self._log.list_deliveries(
+                session, caller.scope, subscription_id=query.subscription_id, statuses=query.statuses,
+                event_id=query.event_id, size=page_size(query.page_size), token=query.page_token,
+            )
+
+    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> tuple[DeliveryRecord, list[AttemptRecord]]:
+        caller = caller_for(actor, ref.view)
+        async with self._db.read() as session:
+            delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
+            return delivery, await self._log.attempts_of(session, caller.scope, ref.delivery_id)
+
+    async def list_attempts(self, actor: Actor, query: commands.ListAttempts) -> tuple[list[AttemptRecord], str]:
+        caller = caller_for(actor, query.view)
+        async with self._db.read() as session:
+            if query.subscription_id:
+                await self._repo.get(session, caller.scope, query.subscription_id)
+            return await self._log.list_attempts(
+                session, caller.scope, subscription_id=query.subscription_id, succeeded=query.succeeded,
+                event_id=query.event_id, delivery_id=query.delivery_id, size=page_size(query.page_size),
+                token=query.page_token,
+            )
+
+    async def redeliver(self, actor: Actor, ref: commands.DeliveryRef) -> DeliveryRecord:
+        """A failed delivery gets a new round of the schedule, starting now, same event id."""
+        caller = caller_for(actor, ref.view)
+        now = self._clock()
+        async with self._db.write() as session:
+            delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
+            if delivery.status is not DeliveryStatus.FAILED:
+                raise FailedPrecondition(f"only a failed delivery can be redelivered; this one is {delivery.status.value}",
+                                         delivery_id=delivery.id, status=delivery.status.value)
+            subscription = await self._repo.get(session, Scope(caller.org_id), delivery.subscription_id)
+            if subscription.status is SubscriptionStatus.DISABLED:
+                raise FailedPrecondition("its subscription is disabled", subscription_id=subscription.id)
+            await self._log.redeliver(session, delivery, now)
+            delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
+        self._dispatcher.wake()
+        return delivery
+
+    # --- activities ----------------------------------------------------------------------------
+
+    async def publish(self, actor: Actor, cmd: commands.PublishActivity) -> Accepted:
+        """Takes one activity as if it came on `activity.<type>`; a known event id is a duplicate."""
+        caller = caller_for(actor, cmd.view)
+        event_id = cmd.event_id.strip() or new_id("evt")
+        if len(event_id) > MAX_EVENT_ID_LENGTH:
+            raise InvalidArgument(f"event_id is longer than {MAX_EVENT_ID_LENGTH} characters")
+        if caller.partner:
+            sender = ("integration", caller.integration_id or "")
+        elif cmd.sender_type or cmd.sender_id:
+            sender = check_sender(cmd.sender_type, cmd.sender_id)
+        else:
+            sender = ("user", actor.user_id)
+        activity = IncomingActivity(
+            event_id=event_id, type=check_published_type(cmd.type), org_id=caller.org_id,
+            occurred_at=cmd.occurred_at or self._clock(), sender_type=sender[0], sender_id=sender[1],
+            data=parse_data(cmd.data_json), trace_headers=trace_headers(),
+        )
+        return (await self._ingest.accept([activity]))[0]
+
+    async def list_activities(self, actor: Actor, query: commands.ListActivities) -> tuple[list[ActivityRecord], str]:
+        caller = caller_for(actor, query.view)
+        async with self._db.read() as session:
+            return await self._log.list_activities(session, caller.org_id, types=[t.strip() for t in query.types if t.strip()],
+                                                   size=page_size(query.page_size), token=query.page_token)
+
+    # --- the owning integration's lifecycle ------------------------------------------------------
+
+    async def apply_integration_change(self, change: commands.ApplyIntegrationChange) -> None:
+        """Suspended holds its subscriptions' deliveries, reactivation releases them, Revoked
+        disables them for good (pending ones cancelled). Idempotent by event id."""
+        now = self._clock()
+        changed: list[Subscription] = []
+        async with self._db.write() as session:
+            if not await self._repo.mark_processed(session, change.event_id, now):
+                return
+            if not await self._repo.record_integration(session, change.org_id, change.integration_id, change.status,
+                                                       change.version, now):
+                return
+            for subscription in await self._repo.of_integration(session, change.org_id, change.integration_id):
+                kind = subscription.integration_status_changed(change.status, now)
+                if kind is None:
+                    continue
+                await self._repo.save(session, subscription)
+                if kind == "disabled":
+                    await self._repo.cancel_pending(session, [subscription.id], now)
+                await events.changed(session, kind, subscription, actor_id=events.SYSTEM_ACTOR, now=now)
+                changed.append(subscription)
+        if changed:
+            self._notify()
+            for subscription in changed:
+                self._dispatcher.subscription_changed(subscription.id, subscription.version)
+            self._dispatcher.wake()

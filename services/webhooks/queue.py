@@ -1,0 +1,199 @@
+"""The work queue in the `deliveries` table: claims of due deliveries by one replica (with a
+lease, `FOR UPDATE SKIP LOCKED` on PostgreSQL), the recording of attempts, and the renewal and
+release of claims."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.kit.db import UTCDateTime
+from services.webhooks.domain import DeliveryStatus, SignatureScheme, SubscriptionStatus
+from services.webhooks.store import activities, attempts, deliveries, subscriptions
+
+# Subscriptions one claim serves; with more due, the dispatcher claims again at once.
+MAX_SUBSCRIPTIONS_PER_CLAIM = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed delivery with what its attempt needs."""
+
+    delivery_id: str
+    org_id: str
+    subscription_id: str
+    subscription_version: int
+    integration_id: str
+    event_id: str
+    event_type: str
+    round: int
+    attempt: int            # the number this attempt will have (1–5)
+    url: str
+    scheme: SignatureScheme
+    sealed_secret: bytes
+    body: bytes
+    trace_headers: str
+    test: bool = False
+
+
+@dataclass(frozen=True)
+class Completed:
+    """An attempt's result to record: the attempt row and what it does to its delivery."""
+
+    job: Job
+    attempt_row: dict[str, object]
+    status: DeliveryStatus
+    next_attempt_at: dt.datetime | None
+    exhausted: bool
+
+
+@dataclass(frozen=True)
+class FailingSubscription:
+    id: str
+    org_id: str
+    integration_id: str
+    version: int
+
+
+class WorkQueue:
+    """Claims due deliveries for one replica, records attempts, renews and releases leases."""
+
+    def __init__(self, *, owner: str, skip_locked: bool) -> None:
+        self.owner = owner
+        self._skip_locked = skip_locked
+
+    async def claim(self, session: AsyncSession, now: dt.datetime, *, limit: int, lease_until: dt.datetime,
+                    exclude: Iterable[str], room: dict[str, int], default_room: int) -> tuple[list[Job], bool, bool]:
+        """Up to `limit` due deliveries, at most `room` (else `default_room`) per subscription,
+        each subscription's oldest due first, subscriptions with the oldest work first.
+
+        Per subscription (an index seek each), so that a subscription with a long backlog, or
+        one this replica chose to `exclude`, costs nothing to skip. Returns the jobs, whether a
+        subscription had more due work than its room, and whether more subscriptions had due
+        work than one claim takes (claim again at once)."""
+        d, s, a = deliveries, subscriptions, activities
+        due = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.next_attempt_at <= now,
+                   or_(d.c.lease_until.is_(None), d.c.lease_until < now))
+        oldest = (select(func.min(d.c.next_attempt_at))
+                  .where(d.c.subscription_id == s.c.id, d.c.status == DeliveryStatus.PENDING.value).scalar_subquery())
+        candidates = (
+            select(s.c.id, s.c.version, s.c.integration_id, s.c.url, s.c.scheme, s.c.secret)
+            .where(s.c.status == SubscriptionStatus.ACTIVE.value, s.c.integration_suspended.is_(False),
+                   s.c.deleted_at.is_(None), select(d.c.id).where(d.c.subscription_id == s.c.id, due).exists())
+            .order_by(oldest)
+            .limit(MAX_SUBSCRIPTIONS_PER_CLAIM + 1)
+        )
+        excluded = sorted(set(exclude))
+        if excluded:
+            candidates = candidates.where(s.c.id.not_in(excluded))
+        subs = (await session.execute(candidates)).all()
+        capped = len(subs) > MAX_SUBSCRIPTIONS_PER_CLAIM
+        taken: list[Job] = []
+        left = False
+        for sub in subs[:MAX_SUBSCRIPTIONS_PER_CLAIM]:
+            n = min(room.get(sub.id, default_room), limit - len(taken))
+            if n <= 0:
+                capped = True
+                break
+            query = (
+                select(d.c.id, d.c.org_id, d.c.event_id, d.c.event_type, d.c.round, d.c.attempts, d.c.test, a.c.body,
+                       a.c.trace_headers)
+                .select_from(d.join(a, and_(a.c.org_id == d.c.org_id, a.c.event_id == d.c.event_id)))
+                .where(d.c.subscription_id == sub.id, due)
+                .order_by(d.c.next_attempt_at, d.c.seq)
+                .limit(n + 1)
+            )
+            if self._skip_locked:
+                query = query.with_for_update(skip_locked=True, of=d)
+            rows = (await session.execute(query)).all()
+            if len(rows) > n:
+                left, rows = True, rows[:n]
+            scheme = SignatureScheme(sub.scheme)
+            taken += [
+                Job(delivery_id=r.id, org_id=r.org_id, subscription_id=sub.id, subscription_version=sub.version,
+                    integration_id=sub.integration_id, event_id=r.event_id, event_type=r.event_type, round=r.round,
+                    attempt=r.attempts + 1, url=sub.url, scheme=scheme, sealed_secret=sub.secret, body=r.body,
+                    trace_headers=r.trace_headers, test=r.test)
+                for r in rows
+            ]
+        if taken:
+            # Conditional, so that a writer racing this claim (another replica without SKIP
+            # LOCKED, on SQLite) cannot make two claims of one row: SQLite serialises writes.
+            result = await session.execute(
+                update(d).where(d.c.id.in_([j.delivery_id for j in taken]), d.c.status == DeliveryStatus.PENDING.value,
+                                or_(d.c.lease_until.is_(None), d.c.lease_until < now))
+                .values(lease_until=lease_until, claimed_by=self.owner).returning(d.c.id)
+            )
+            won = set(result.scalars())
+            taken = [j for j in taken if j.delivery_id in won]
+        return taken, left, capped
+
+    async def next_due(self, session: AsyncSession, *, exclude: Iterable[str] = ()) -> dt.datetime | None:
+        """When the earliest unleased pending delivery of an Active subscription (not excluded) is due."""
+        d, s = deliveries, subscriptions
+        query = (
+            select(func.min(d.c.next_attempt_at))
+            .select_from(d.join(s, s.c.id == d.c.subscription_id))
+            .where(d.c.status == DeliveryStatus.PENDING.value, d.c.next_attempt_at.is_not(None),
+                   d.c.lease_until.is_(None), s.c.status == SubscriptionStatus.ACTIVE.value,
+                   s.c.integration_suspended.is_(False), s.c.deleted_at.is_(None))
+        )
+        excluded = sorted(set(exclude))
+        if excluded:
+            query = query.where(d.c.subscription_id.not_in(excluded))
+        return (await session.execute(query)).scalar_one_or_none()
+
+    async def record(self, session: AsyncSession, completed: Sequence[Completed], now: dt.datetime) -> list[FailingSubscription]:
+        """Writes the attempt rows and updates their deliveries (where this replica still holds
+        them); subscriptions whose delivery exhausted the schedule become Failing."""
+        conn = await session.connection()
+        await conn.execute(attempts.insert(), [c.attempt_row for c in completed])
+        d = deliveries
+        stmt = (
+            update(d)
+            .where(d.c.id == bindparam("b_id"), d.c.claimed_by == self.owner, d.c.status == DeliveryStatus.PENDING.value)
+            .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
+                    next_attempt_at=bindparam("b_next", type_=UTCDateTime()), lease_until=None, claimed_by=None,
+                    updated_at=now, last_status_code=bindparam("b_code"), last_error=bindparam("b_error"),
+                    last_error_detail=bindparam("b_detail"))
+        )
+        await conn.execute(stmt, [
+            {"b_id": c.job.delivery_id, "b_status": c.status.value, "b_attempts": c.job.attempt, "b_next": c.next_attempt_at,
+             "b_code": c.attempt_row["status_code"], "b_error": c.attempt_row["error"], "b_detail": c.attempt_row["error_detail"]}
+            for c in completed
+        ])
+        exhausted = sorted({c.job.subscription_id for c in completed if c.exhausted})
+        if not exhausted:
+            return []
+        s = subscriptions
+        result = await session.execute(
+            update(s).where(s.c.id.in_(exhausted), s.c.status == SubscriptionStatus.ACTIVE.value)
+            .values(status=SubscriptionStatus.FAILING.value, failing_since=now, updated_at=now, version=s.c.version + 1)
+            .returning(s.c.id, s.c.org_id, s.c.integration_id, s.c.version)
+        )
+        return [FailingSubscription(r.id, r.org_id, r.integration_id, r.version) for r in result.all()]
+
+    async def release(self, session: AsyncSession, delivery_ids: Sequence[str]) -> None:
+        """Gives back claims not attempted (stale subscription data, or shutting down)."""
+        if delivery_ids:
+            await session.execute(update(deliveries)
+                                  .where(deliveries.c.id.in_(list(delivery_ids)), deliveries.c.claimed_by == self.owner)
+                                  .values(lease_until=None, claimed_by=None))
+
+    async def renew(self, session: AsyncSession, lease_until: dt.datetime) -> int:
+        result = await session.execute(update(deliveries)
+                                       .where(deliveries.c.claimed_by == self.owner,
+                                              deliveries.c.status == DeliveryStatus.PENDING.value)
+                                       .values(lease_until=lease_until))
+        return int(result.rowcount or 0)
+
+    async def release_all(self, session: AsyncSession) -> int:
+        """Every claim of this replica: at stop, and at start (the claims of its previous run,
+        which had the same owner name: the host and port it listens on)."""
+        result = await session.execute(update(deliveries).where(deliveries.c.claimed_by == self.owner)
+                                       .values(lease_until=None, claimed_by=None))
+        return int(result.rowcount or 0)

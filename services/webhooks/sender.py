@@ -1,0 +1,189 @@
+"""The HTTP side of a delivery: one signed POST, its answer or its failure, never followed.
+
+The host name is resolved once, by `CheckedResolver`: every address is checked against the
+`AddressPolicy` and only the allowed ones are handed to aiohttp, which connects to exactly
+those while keeping the URL's host name for TLS (SNI, certificate check) and `Host`. No second
+lookup happens between the check and the connection, so DNS rebinding cannot slip a private
+address in. IP literals never reach a resolver, so they are checked before the request.
+
+Sessions send no cookies, read no proxy settings from the environment, and carry no
+authorisation: the signature is the receiver's proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from services.webhooks.domain import AttemptError, HttpResult, classify_status, truncate_body
+from services.webhooks.ssrf import AddressPolicy
+
+# (host, port) -> the addresses it resolves to; the default asks the system resolver.
+Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
+
+# Read at most this much of an answer; a longer one is cut and its connection dropped.
+MAX_READ = 64 * 1024
+
+
+class RefusedAddress(OSError):
+    """The host resolved only to addresses deliveries must not go to."""
+
+    def __init__(self, host: str, reasons: list[str]) -> None:
+        super().__init__(f"{host} resolves only to refused addresses: {'; '.join(reasons)}")
+        self.host = host
+        self.reasons = reasons
+
+
+async def system_lookup(host: str, port: int) -> list[tuple[int, str]]:
+    """(family, address) pairs from getaddrinfo, in its order, without duplicates."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[tuple[int, str]] = []
+    for family, _, _, _, sockaddr in infos:
+        entry = (int(family), str(sockaddr[0]))
+        if entry not in seen:
+            seen.append(entry)
+    return seen
+
+
+class CheckedResolver(AbstractResolver):
+    """Resolves once and returns only the addresses the policy allows."""
+
+    def __init__(self, policy: AddressPolicy, lookup: Lookup = system_lookup) -> None:
+        self._policy = policy
+        self._lookup = lookup
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers = await self._lookup(host, port)
+        allowed: list[ResolveResult] = []
+        reasons: list[str] = []
+        for fam, address in answers:
+            reason = self._policy.refusal(address)
+            if reason is not None:
+                reasons.append(f"{address} ({reason})")
+                continue
+            allowed.append(ResolveResult(hostname=host, host=address, port=port, family=fam, proto=0,
+                                         flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+        if not allowed:
+            if not answers:
+                raise OSError(f"{host} has no addresses")
+            raise RefusedAddress(host, reasons)
+        return allowed
+
+    async def close(self) -> None:
+        return None
+
+
+def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
+    """Certificate and host name checks always on; `ca_bundle` replaces the system's CAs."""
+    return ssl.create_default_context(cafile=ca_bundle or None)
+
+
+class DeliveryClient:
+    """Sends one signed body to one URL and reports what happened, within `timeout` seconds."""
+
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        *,
+        timeout_seconds: float,
+        ca_bundle: str = "",
+        max_connections: int = 256,
+        lookup: Lookup = system_lookup,
+    ) -> None:
+        self._policy = policy
+        self._timeout = timeout_seconds
+        self._ssl = tls_context(ca_bundle)
+        self._max_connections = max_connections
+        self._lookup = lookup
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=CheckedResolver(self._policy, self._lookup),
+            ssl=self._ssl,
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=10,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            auto_decompress=True,
+            skip_auto_headers=("Accept-Encoding",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _refused_literal(self, url: str) -> str | None:
+        host = urlsplit(url).hostname or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        reason = self._policy.refusal(address)
+        return f"{host} is refused ({reason})" if reason else None
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResult:
+        """POST `body` with `headers`; redirects are answers (3xx), never followed."""
+        assert self._session is not None, "DeliveryClient.start() first"
+        started = time.perf_counter()
+
+        def took() -> float:
+            return (time.perf_counter() - started) * 1000.0
+
+        refused = self._refused_literal(url)
+        if refused:
+            return HttpResult(error=AttemptError.SSRF_REFUSED, error_detail=refused, duration_ms=took())
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.post(url, data=body, headers=dict(headers), allow_redirects=False) as response:
+                    raw = await _read_limited(response)
+                    return classify_status(response.status, truncate_body(raw), took())
+        except TimeoutError:
+            return HttpResult(error=AttemptError.TIMEOUT, error_detail=f"timed out after {self._timeout:g}s", duration_ms=took())
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                return HttpResult(error=AttemptError.SSRF_REFUSED, error_detail=str(exc.os_error), duration_ms=took())
+            return HttpResult(error=AttemptError.DNS, error_detail=f"DNS: {exc.os_error}", duration_ms=took())
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            return HttpResult(error=AttemptError.TLS, error_detail=f"TLS: {_reason(exc)}", duration_ms=took())
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                return HttpResult(error=AttemptError.CONNECTION_REFUSED, error_detail="connection refused", duration_ms=took())
+            return HttpResult(error=AttemptError.CONNECTION, error_detail=f"connection failed: {exc.os_error}", duration_ms=took())
+        except (aiohttp.ClientError, OSError) as exc:
+            return HttpResult(error=AttemptError.CONNECTION, error_detail=f"connection failed: {_reason(exc)}", duration_ms=took())
+
+
+async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's first MAX_READ bytes; a longer answer's connection is closed, not reused."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_READ:
+        chunk = await response.content.read(MAX_READ - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    if not response.content.at_eof():
+        response.close()
+    return b"".join(chunks)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:300]

@@ -1,0 +1,656 @@
+"""Webhooks' tables and the repositories that map rows to domain objects.
+
+- `subscriptions`: one per endpoint; the signing secret is sealed by envelope encryption,
+  bound to `subscriptions.secret:<id>`. Deleted ones stay (soft delete) for the log.
+- `activities`: every platform activity received, keyed by (organisation, event id), with the
+  delivery body serialised once (`body`, the exact bytes every attempt signs).
+- `deliveries`: one per (subscription, event), the work queue: `next_attempt_at` says when it
+  is due, `lease_until`/`claimed_by` which replica holds it (claims: services.webhooks.queue).
+- `attempts`: the delivery log, one row per POST.
+- `integrations`: the last status seen of each owning integration (from its events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
+    and_, or_, select, text, update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.kit.db import UTCDateTime, new_metadata
+from services.kit.errors import InvalidArgument, NotFound
+from services.kit.outbox import outbox_table
+from services.webhooks.domain import (
+    AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
+)
+
+metadata = new_metadata()
+
+
+class Database:
+    """Sessions for reads, and write transactions that take turns within this process on
+    SQLite: it has one writer, and waiting here is cheaper than its busy-retry sleeps."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, serialize_writes: bool) -> None:
+        self.sessions = sessions
+        self._lock = asyncio.Lock() if serialize_writes else None
+
+    def read(self) -> AsyncSession:
+        return self.sessions()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed when the block ends without an error."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._lock is not None:
+                await stack.enter_async_context(self._lock)
+            session = await stack.enter_async_context(self.sessions())
+            await stack.enter_async_context(session.begin())
+            yield session
+
+_PENDING = text("status = 'pending'")
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    # The owning integration ("" when an administrator created it).
+    Column("integration_id", String(64), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    Column("activity_types", Text, nullable=False),  # JSON list
+    Column("description", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scheme", String(32), nullable=False),
+    # `whsec_…` sealed by services.kit.crypto.Envelope, bound to subscriptions.secret:<id>.
+    Column("secret", LargeBinary, nullable=False),
+    Column("secret_created_at", UTCDateTime(), nullable=False),
+    Column("integration_suspended", Boolean, nullable=False),
+    Column("failing_since", UTCDateTime(), nullable=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=True),
+)
+
+activities = Table(
+    "activities",
+    metadata,
+    Column("org_id", String(64), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False, autoincrement=False),
+    Column("type", String(128), nullable=False),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("sender_type", String(16), nullable=False),
+    Column("sender_id", String(128), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("trace_headers", Text, nullable=False),  # JSON: the trace context it arrived with
+    Index("ix_activities_org_seq", "org_id", "seq"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("subscription_id", String(40), nullable=False, index=True),
+    Column("event_id", String(128), nullable=False, index=True),
+    Column("event_type", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False, autoincrement=False),
+    Column("status", String(16), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_status_code", Integer, nullable=False),
+    Column("last_error", String(32), nullable=False),
+    Column("last_error_detail", Text, nullable=False),
+    Column("test", Boolean, nullable=False),
+    UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_subscription_id_event_id"),
+    # A claim reads one subscription's due work in order (due time, then arrival) from this
+    # index and stops at its LIMIT; `ix_deliveries_next` finds when the next work falls due.
+    Index("ix_deliveries_due", "subscription_id", "next_attempt_at", "seq", sqlite_where=_PENDING, postgresql_where=_PENDING),
+    Index("ix_deliveries_next", "next_attempt_at", sqlite_where=_PENDING, postgresql_where=_PENDING),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("delivery_id", String(40), nullable=False, index=True),
+    Column("subscription_id", String(40), nullable=False, index=True),
+    Column("event_id", String(128), nullable=False, index=True),
+    Column("event_type", String(128), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", UTCDateTime(), nullable=False, index=True),
+    Column("duration_ms", Float, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("succeeded", Boolean, nullable=False),
+    Column("error", String(32), nullable=False),
+    Column("error_detail", Text, nullable=False),
+    Column("response_body", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("test", Boolean, nullable=False),
+    Column("sent_by", String(64), nullable=False),  # the replica that made the attempt
+)
+
+integrations = Table(
+    "integrations",
+    metadata,
+    Column("integration_id", String(64), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# IntegrationChanged events already applied (idempotency by event id).
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("processed_at", UTCDateTime(), nullable=False),
+)
+
+outbox = outbox_table(metadata)
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+_last_seq = 0
+
+
+def next_seq() -> int:
+    """Nanoseconds, strictly increasing within the process: the order activities arrived in."""
+    global _last_seq
+    _last_seq = max(time.time_ns(), _last_seq + 1)
+    return _last_seq
+
+
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # as services.kit.ids
+_row_random = random.Random()
+
+
+def row_id(prefix: str) -> str:
+    """An id shaped like services.kit.ids.new_id (time-ordered), for the rows written once per
+    delivery and attempt: their random part only avoids collisions, it guards nothing, so it
+    comes from a seeded PRNG instead of a system call per id."""
+    value = (int(time.time() * 1000) << 80) | _row_random.getrandbits(80)
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_ID_ALPHABET[rem])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def secret_aad(subscription_id: str) -> bytes:
+    return f"subscriptions.secret:{subscription_id}".encode()
+
+
+def insert_for(session: AsyncSession, table: Table):  # type: ignore[no-untyped-def]
+    """INSERT … ON CONFLICT DO NOTHING for the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
+
+
+# --- reading rows ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which subscriptions a caller sees: an organisation, and maybe one owning integration."""
+
+    org_id: str
+    integration_id: str | None = None
+
+
+def _subscription(row: Row) -> Subscription:  # type: ignore[type-arg]
+    return Subscription(
+        id=row.id, org_id=row.org_id, integration_id=row.integration_id, url=row.url,
+        activity_types=tuple(json.loads(row.activity_types)), description=row.description,
+        status=SubscriptionStatus(row.status), scheme=SignatureScheme(row.scheme),
+        integration_suspended=row.integration_suspended, failing_since=row.failing_since,
+        created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
+        secret_created_at=row.secret_created_at, version=row.version,
+    )
+
+
+def _subscription_values(s: Subscription) -> dict[str, object]:
+    return {
+        "org_id": s.org_id, "integration_id": s.integration_id, "url": s.url,
+        "activity_types": json.dumps(list(s.activity_types)), "description": s.description,
+        "status": s.status.value, "scheme": s.scheme.value, "integration_suspended": s.integration_suspended,
+        "failing_since": s.failing_since, "created_by": s.created_by, "created_at": s.created_at,
+        "updated_at": s.updated_at, "secret_created_at": s.secret_created_at, "version": s.version,
+    }
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    org_id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    round: int
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_status_code: int
+    last_error: AttemptError
+    last_error_detail: str
+    test: bool
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: str
+    org_id: str
+    delivery_id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    round: int
+    attempt: int
+    attempted_at: dt.datetime
+    duration_ms: float
+    status_code: int
+    succeeded: bool
+    error: AttemptError
+    error_detail: str
+    response_body: str
+    url: str
+    test: bool
+
+
+@dataclass(frozen=True)
+class ActivityRecord:
+    event_id: str
+    org_id: str
+    type: str
+    occurred_at: dt.datetime
+    received_at: dt.datetime
+    sender_type: str
+    sender_id: str
+    data_json: str
+
+
+def _delivery(row: Row) -> DeliveryRecord:  # type: ignore[type-arg]
+    return DeliveryRecord(
+        id=row.id, org_id=row.org_id, subscription_id=row.subscription_id, event_id=row.event_id,
+        event_type=row.event_type, status=DeliveryStatus(row.status), round=row.round, attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at, created_at=row.created_at, updated_at=row.updated_at,
+        last_status_code=row.last_status_code, last_error=AttemptError(row.last_error),
+        last_error_detail=row.last_error_detail, test=row.test,
+    )
+
+
+def _attempt(row: Row) -> AttemptRecord:  # type: ignore[type-arg]
+    return AttemptRecord(
+        id=row.id, org_id=row.org_id, delivery_id=row.delivery_id, subscription_id=row.subscription_id,
+        event_id=row.event_id, event_type=row.event_type, round=row.round, attempt=row.attempt,
+        attempted_at=row.attempted_at, duration_ms=row.duration_ms, status_code=row.status_code,
+        succeeded=row.succeeded, error=AttemptError(row.error), error_detail=row.error_detail,
+        response_body=row.response_body, url=row.url, test=row.test,
+    )
+
+
+def _activity(row: Row) -> ActivityRecord:  # type: ignore[type-arg]
+    data = json.loads(row.body).get("data", {})
+    return ActivityRecord(
+        event_id=row.event_id, org_id=row.org_id, type=row.type, occurred_at=row.occurred_at,
+        received_at=row.received_at, sender_type=row.sender_type, sender_id=row.sender_id,
+        data_json=json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+    )
+
+
+# --- page tokens -----------------------------------------------------------------------------------------
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(key: object, id_: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key, id_]).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[object, str]:
+    try:
+        key, id_ = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(id_, str):
+            raise ValueError
+        return key, id_
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc
+
+
+def _time_key(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat()
+
+
+def _parse_time_key(value: object) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc
+
+
+# --- subscriptions ---------------------------------------------------------------------------------------
+
+
+class SubscriptionRepository:
+    """Subscriptions and what changes with them, always within one organisation."""
+
+    def _scoped(self, scope: Scope):  # type: ignore[no-untyped-def]
+        t = subscriptions
+        condition = and_(t.c.org_id == scope.org_id, t.c.deleted_at.is_(None))
+        if scope.integration_id is not None:
+            condition = and_(condition, t.c.integration_id == scope.integration_id)
+        return condition
+
+    async def add(self, session: AsyncSession, subscription: Subscription, sealed_secret: bytes) -> None:
+        await session.execute(subscriptions.insert().values(id=subscription.id, secret=sealed_secret,
+                                                            **_subscription_values(subscription)))
+
+    async def get(self, session: AsyncSession, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
+        query = select(subscriptions).where(self._scoped(scope), subscriptions.c.id == subscription_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await session.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no webhook subscription {subscription_id}", subscription_id=subscription_id)
+        return _subscription(row)
+
+    async def sealed_secret(self, session: AsyncSession, subscription_id: str) -> bytes:
+        return (await session.execute(select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+
+    async def save(self, session: AsyncSession, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
+        values = _subscription_values(subscription)
+        if sealed_secret is not None:
+            values["secret"] = sealed_secret
+        await session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id).values(**values))
+
+    async def delete(self, session: AsyncSession, subscription: Subscription, now: dt.datetime) -> int:
+        """Soft-deletes it and cancels its pending deliveries; returns how many were cancelled."""
+        await session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id)
+                              .values(deleted_at=now, updated_at=now, version=subscription.version + 1))
+        return await self.cancel_pending(session, [subscription.id], now)
+
+    async def cancel_pending(self, session: AsyncSession, subscription_ids: Sequence[str], now: dt.datetime) -> int:
+        if not subscription_ids:
+            return 0
+        result = await session.execute(
+            update(deliveries)
+            .where(deliveries.c.subscription_id.in_(list(subscription_ids)), deliveries.c.status == DeliveryStatus.PENDING.value)
+            .values(status=DeliveryStatus.CANCELLED.value, next_attempt_at=None, lease_until=None, claimed_by=None,
+                    updated_at=now)
+        )
+        return int(result.rowcount or 0)
+
+    async def release_queue(self, session: AsyncSession, subscription_id: str, now: dt.datetime) -> int:
+        """Makes every pending delivery due now (after recovery): they go out oldest first."""
+        result = await session.execute(
+            update(deliveries)
+            .where(deliveries.c.subscription_id == subscription_id, deliveries.c.status == DeliveryStatus.PENDING.value,
+                   deliveries.c.next_attempt_at.is_not(None))
+            .values(next_attempt_at=now, updated_at=now)
+        )
+        return int(result.rowcount or 0)
+
+    async def list_page(self, session: AsyncSession, scope: Scope, *, statuses: Sequence[SubscriptionStatus],
+                        size: int, token: str) -> tuple[list[Subscription], str]:
+        t = subscriptions
+        query = select(t).where(self._scoped(scope))
+        if statuses:
+            query = query.where(t.c.status.in_([s.value for s in statuses]))
+        if token:
+            key, last_id = decode_token(token)
+            when = _parse_time_key(key)
+            query = query.where(or_(t.c.created_at > when, and_(t.c.created_at == when, t.c.id > last_id)))
+        rows = (await session.execute(query.order_by(t.c.created_at, t.c.id).limit(size + 1))).all()
+        found = [_subscription(r) for r in rows[:size]]
+        next_token = encode_token(_time_key(found[-1].created_at), found[-1].id) if len(rows) > size else ""
+        return found, next_token
+
+    async def of_integration(self, session: AsyncSession, org_id: str, integration_id: str) -> list[Subscription]:
+        t = subscriptions
+        query = select(t).where(t.c.org_id == org_id, t.c.integration_id == integration_id, t.c.deleted_at.is_(None))
+        return [_subscription(r) for r in (await session.execute(query.with_for_update())).all()]
+
+    # integrations seen on the bus
+
+    async def integration_status(self, session: AsyncSession, org_id: str, integration_id: str) -> str | None:
+        query = select(integrations.c.status).where(integrations.c.integration_id == integration_id,
+                                                    integrations.c.org_id == org_id)
+        return (await session.execute(query)).scalar_one_or_none()
+
+    async def record_integration(self, session: AsyncSession, org_id: str, integration_id: str, status: str,
+                                 version: int, now: dt.datetime) -> bool:
+        """Stores the integration's status unless a newer version is already known or it was
+        revoked (terminal); True if stored."""
+        t = integrations
+        row = (await session.execute(select(t.c.version, t.c.status).where(t.c.integration_id == integration_id))).first()
+        if row is None:
+            await session.execute(insert_for(session, t).values(integration_id=integration_id, org_id=org_id,
+                                                                status=status, version=version, updated_at=now))
+            return True
+        if row.status == "revoked" or (version and row.version > version):
+            return False
+        await session.execute(update(t).where(t.c.integration_id == integration_id)
+                              .values(status=status, version=version, updated_at=now))
+        return True
+
+    async def mark_processed(self, session: AsyncSession, event_id: str, now: dt.datetime) -> bool:
+        """False when this event was already applied."""
+        result = await session.execute(insert_for(session, processed_events).values(event_id=event_id, processed_at=now))
+        return bool(result.rowcount)
+
+
+# --- activities and the delivery log -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One activity as ingested: a duplicate event id schedules nothing."""
+
+    event_id: str
+    org_id: str
+    duplicate: bool
+    deliveries: int
+
+
+class ActivityLog:
+    """Stores activities with their deliveries, and reads the delivery log."""
+
+    async def ingest(self, session: AsyncSession, batch: Sequence[IncomingActivity], bodies: Sequence[bytes],
+                     now: dt.datetime, new_delivery_id: Callable[[], str]) -> list[Accepted]:
+        """Stores each new activity and one pending delivery per matching subscription, due now."""
+        unique: dict[tuple[str, str], tuple[IncomingActivity, bytes, int]] = {}
+        for activity, body in zip(batch, bodies, strict=True):
+            unique.setdefault((activity.org_id, activity.event_id), (activity, body, next_seq()))
+        rows = [
+            {"org_id": a.org_id, "event_id": a.event_id, "seq": seq, "type": a.type, "occurred_at": a.occurred_at,
+             "received_at": now, "sender_type": a.sender_type, "sender_id": a.sender_id, "body": body,
+             "trace_headers": json.dumps(dict(a.trace_headers))}
+            for a, body, seq in unique.values()
+        ]
+        inserted = set()
+        if rows:
+            stmt = insert_for(session, activities).returning(activities.c.org_id, activities.c.event_id)
+            inserted = {(r.org_id, r.event_id) for r in (await session.execute(stmt, rows)).all()}
+        matches = await self._matching(session, {org for org, _ in inserted})
+        counts: dict[tuple[str, str], int] = {}
+        delivery_rows = []
+        for key in inserted:
+            activity, _, seq = unique[key]
+            for sub_id, sub_org, types in matches:
+                if sub_org == activity.org_id and ("*" in types or activity.type in types):
+                    delivery_rows.append(_new_delivery(new_delivery_id(), activity.org_id, sub_id, activity.event_id,
+                                                       activity.type, seq, now, next_attempt_at=now))
+                    counts[key] = counts.get(key, 0) + 1
+        if delivery_rows:
+            await session.execute(insert_for(session, deliveries), delivery_rows)
+        return [
+            Accepted(a.event_id, a.org_id, duplicate=(a.org_id, a.event_id) not in inserted,
+                     deliveries=counts.get((a.org_id, a.event_id), 0))
+            for a in batch
+        ]
+
+    async def _matching(self, session: AsyncSession, orgs: set[str]) -> list[tuple[str, str, frozenset[str]]]:
+        if not orgs:
+            return []
+        t = subscriptions
+        query = select(t.c.id, t.c.org_id, t.c.activity_types).where(
+            t.c.org_id.in_(sorted(orgs)), t.c.deleted_at.is_(None),
+            t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
+        )
+        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types))) for r in (await session.execute(query)).all()]
+
+    async def add_test(self, session: AsyncSession, activity: IncomingActivity, body: bytes, subscription_id: str,
+                       delivery_id: str, now: dt.datetime) -> None:
+        """A test event and its delivery, which only the caller attempts (never due)."""
+        seq = next_seq()
+        await session.execute(activities.insert().values(
+            org_id=activity.org_id, event_id=activity.event_id, seq=seq, type=activity.type,
+            occurred_at=activity.occurred_at, received_at=now, sender_type=activity.sender_type,
+            sender_id=activity.sender_id, body=body, trace_headers=json.dumps(dict(activity.trace_headers)),
+        ))
+        await session.execute(deliveries.insert().values(
+            _new_delivery(delivery_id, activity.org_id, subscription_id, activity.event_id, activity.type, seq, now,
+                          next_attempt_at=None, test=True)
+        ))
+
+    async def finish_test(self, session: AsyncSession, delivery_id: str, row: dict[str, object], status: DeliveryStatus,
+                          now: dt.datetime) -> None:
+        await session.execute(attempts.insert().values(**row))
+        await session.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+            status=status.value, attempts=1, updated_at=now, last_status_code=row["status_code"],
+            last_error=row["error"], last_error_detail=row["error_detail"],
+        ))
+
+    def _visible(self, table: Table, scope: Scope):  # type: ignore[no-untyped-def]
+        condition = table.c.org_id == scope.org_id
+        if scope.integration_id is not None:
+            owned = select(subscriptions.c.id).where(subscriptions.c.org_id == scope.org_id,
+                                                     subscriptions.c.integration_id == scope.integration_id)
+            condition = and_(condition, table.c.subscription_id.in_(owned))
+        return condition
+
+    async def get_delivery(self, session: AsyncSession, scope: Scope, delivery_id: str) -> DeliveryRecord:
+        query = select(deliveries).where(self._visible(deliveries, scope), deliveries.c.id == delivery_id)
+        row = (await session.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no delivery {delivery_id}", delivery_id=delivery_id)
+        return _delivery(row)
+
+    async def list_deliveries(self, session: AsyncSession, scope: Scope, *, subscription_id: str, statuses: Sequence[DeliveryStatus],
+                              event_id: str, size: int, token: str) -> tuple[list[DeliveryRecord], str]:
+        t = deliveries
+        query = select(t).where(self._visible(t, scope))
+        if subscription_id:
+            query = query.where(t.c.subscription_id == subscription_id)
+        if statuses:
+            query = query.where(t.c.status.in_([s.value for s in statuses]))
+        if event_id:
+            query = query.where(t.c.event_id == event_id)
+        if token:
+            key, last_id = decode_token(token)
+            query = query.where(or_(t.c.seq < int(key), and_(t.c.seq == int(key), t.c.id < last_id)))  # type: ignore[call-overload]
+        rows = (await session.execute(query.order_by(t.c.seq.desc(), t.c.id.desc()).limit(size + 1))).all()
+        found = [_delivery(r) for r in rows[:size]]
+        next_token = encode_token(rows[size - 1].seq, found[-1].id) if len(rows) > size else ""
+        return found, next_token
+
+    async def attempts_of(self, session: AsyncSession, scope: Scope, delivery_id: str) -> list[AttemptRecord]:
+        t = attempts
+        query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
+        return [_attempt(r) for r in (await session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
+
+    async def list_attempts(self, session: AsyncSession, scope: Scope, *, subscription_id: str, succeeded: bool | None,
+                            event_id: str, delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]:
+        t = attempts
+        query = select(t).where(self._visible(t, scope))
+        for column, value in ((t.c.subscription_id, subscription_id), (t.c.event_id, event_id), (t.c.delivery_id, delivery_id)):
+            if value:
+                query = query.where(column == value)
+        if succeeded is not None:
+            query = query.where(t.c.succeeded.is_(succeeded))
+        if token:
+            key, last_id = decode_token(token)
+            when = _parse_time_key(key)
+            query = query.where(or_(t.c.attempted_at < when, and_(t.c.attempted_at == when, t.c.id < last_id)))
+        rows = (await session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
+        found = [_attempt(r) for r in rows[:size]]
+        next_token = encode_token(_time_key(found[-1].attempted_at), found[-1].id) if len(rows) > size else ""
+        return found, next_token
+
+    async def redeliver(self, session: AsyncSession, delivery: DeliveryRecord, now: dt.datetime) -> None:
+        await session.execute(
+            update(deliveries).where(deliveries.c.id == delivery.id, deliveries.c.status == delivery.status.value)
+            .values(status=DeliveryStatus.PENDING.value, round=delivery.round + 1, attempts=0, next_attempt_at=now,
+                    lease_until=None, claimed_by=None, updated_at=now)
+        )
+
+    async def list_activities(self, session: AsyncSession, org_id: str, *, types: Sequence[str], size: int,
+                              token: str) -> tuple[list[ActivityRecord], str]:
+        t = activities
+        query = select(t).where(t.c.org_id == org_id, t.c.type != "webhook.test")
+        if types:
+            query = query.where(t.c.type.in_(list(types)))
+        if token:
+            key, last_id = decode_token(token)
+            query = query.where(or_(t.c.seq < int(key), and_(t.c.seq == int(key), t.c.event_id < last_id)))  # type: ignore[call-overload]
+        rows = (await session.execute(query.order_by(t.c.seq.desc(), t.c.event_id.desc()).limit(size + 1))).all()
+        found = [_activity(r) for r in rows[:size]]
+        next_token = encode_token(rows[size - 1].seq, found[-1].event_id) if len(rows) > size else ""
+        return found, next_token
+
+
+def _new_delivery(id_: str, org_id: str, subscription_id: str, event_id: str, event_type: str, seq: int,
+                  now: dt.datetime, *, next_attempt_at: dt.datetime | None, test: bool = False) -> dict[str, object]:
+    return {
+        "id": id_, "org_id": org_id, "subscription_id": subscription_id, "event_id": event_id,
+        "event_type": event_type, "seq": seq, "status": DeliveryStatus.PENDING.value, "round": 1, "attempts": 0,
+        "next_attempt_at": next_attempt_at, "lease_until": None, "claimed_by": None, "created_at": now,
+        "updated_at": now, "last_status_code": 0, "last_error": AttemptError.NONE.value, "last_error_detail": "",
+        "test": test,
+    }
+
+
+def attempt_row(id_: str, *, org_id: str, delivery_id: str, subscription_id: str, event_id: str, event_type: str,
+                round_: int, attempt: int, attempted_at: dt.datetime, url: str, test: bool, status_code: int,
+                succeeded: bool, error: AttemptError, error_detail: str, response_body: str,
+                duration_ms: float, sent_by: str) -> dict[str, object]:
+    return {
+        "id": id_, "org_id": org_id, "delivery_id": delivery_id, "subscription_id": subscription_id,
+        "event_id": event_id, "event_type": event_type, "round": round_, "attempt": attempt,
+        "attempted_at": attempted_at, "duration_ms": duration_ms, "status_code": status_code, "succeeded": succeeded,
+        "error": error.value, "error_detail": error_detail, "response_body": response_body, "url": url, "test": test,
+        "sent_by": sent_by,
+    }
