@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SUBJECT = "trellis.integration.>"
 STREAM = "TRELLIS"
 RETRY_DELAY_SECONDS = 2.0
+STOP_GRACE_SECONDS = 5.0
 
 
 def change_from_message(msg: Msg) -> ApplyIntegrationChange:
@@ -58,6 +59,7 @@ class IntegrationEventsConsumer:
         self._ack_wait = ack_wait_seconds
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         config = ConsumerConfig(
@@ -72,11 +74,15 @@ class IntegrationEventsConsumer:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # The flag ends the loop even when nats-py's fetch (asyncio.wait_for on Python 3.11)
+            # swallows the cancel; the bounded wait keeps a stuck fetch from hanging shutdown.
+            self._stopping = True
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE_SECONDS)
+            if not done:
+                log.warning("integration events consumer did not stop within %.0fs", STOP_GRACE_SECONDS)
+            elif not self._task.cancelled() and self._task.exception() is not None:
+                log.warning("integration events consumer ended with an error", exc_info=self._task.exception())
             self._task = None
         if self._sub is not None:
             try:
@@ -87,7 +93,7 @@ class IntegrationEventsConsumer:
 
     async def _run(self) -> None:
         assert self._sub is not None
-        while True:
+        while not self._stopping:
             try:
                 messages = await self._sub.fetch(self._batch, timeout=1.0)
             except TimeoutError:  # nothing to fetch (nats.errors.TimeoutError is a TimeoutError too)
