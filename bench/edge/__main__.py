@@ -1,16 +1,25 @@
-"""Edge benchmark: a GET through the edge to an upstream on loopback, beside the same GET sent
-straight to that upstream and a bare ASGI hello-world, with one load generator in one run.
+"""Edge benchmark: an authenticated (API key + JWT), scope-checked, rate-limited, logged GET through
+the real edge to an upstream on loopback, beside the same GET sent straight to that upstream, a
+bare ASGI hello-world on the edge's server (uvicorn) and a plain proxy, with one load generator
+(wrk) in one run.
 
-The server under test runs alone on CPU 0; the load generators, the upstream behind the edge and
-the nats-server share CPU 1 (this machine has two). Each target gets a 1 s warm-up, then
-`--seconds` of wrk (closed loop, `--connections` connections) for requests per second, p50 and
-p99; then bench.edge.paced holds a fixed rate of half the edge's maximum against the edge and against the
-upstream for the p99 the edge adds. Last, RateLimiter.check calls per second in-process.
+Setup (bench/edge/stack.py): a nats-server, identity and registry as processes, 60 Active
+integrations (10,000 requests/minute each, the registry's cap) with a token each from the edge's
+/oauth/token, and `python -m services.edge` with a route table sending GET /lots to the upstream.
+The edge (and each server under test) runs alone on CPU 0; wrk, bench.edge.paced, the upstream
+behind the edge, identity, registry and nats-server share CPU 1 (this machine has two). Every
+request carries the next integration's (Authorization, X-API-Key) pair (a wrk Lua script), the
+same bytes to every target. Each target gets a 1 s warm-up, then `--seconds` of wrk (closed
+loop, `--connections` connections) in `--rounds` interleaved rounds, medians printed, with the
+non-2xx count of every run (a run with non-2xx answers from the edge is marked INVALID). Then
+bench.edge.paced holds half the edge's maximum against the edge and against the upstream for the
+p99 the edge adds. Last, the rate limiter's cost per call, and (`--profile`) a py-spy profile of
+the edge under load. The run stops by itself (about 3 minutes with the defaults).
 
     apt-get install -y wrk              # the load generator (Debian package)
-    .venv/bin/pip install uvicorn uvloop httptools granian aiohttp httpx   # candidates
-    .venv/bin/python -m bench.edge [--seconds 5] [--connections 64] [--server granian] [--client aiohttp]
-    .venv/bin/python -m bench.edge --choose    # the server and client comparison
+    .venv/bin/pip install py-spy        # only for --profile (not a project dependency)
+    .venv/bin/python -m bench.edge [--seconds 5] [--rounds 3] [--connections 64] [--profile 10]
+    .venv/bin/python -m bench.edge --choose    # the server and client comparison (needs granian, httpx)
 """
 
 from __future__ import annotations
@@ -18,22 +27,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.edge.load import (LOAD_CPU, SERVER_CPU, Process, Result, free_port, missing_tools, paced, server_command,
-                             two_cores, wait_http, wrk)
+from bench.edge.limiter import in_process_on, lease_cpu, limiter_rates
+from bench.edge.load import (LOAD_CPU, SERVER_CPU, Process, Result, Watch, free_port, missing_tools, paced,
+                             server_command, two_cores, wait_http, wrk)
+from bench.edge.profile import profile
+from bench.edge.stack import PATH, check_all, edge_process, edge_stack, wrk_script
 from services.kit.natsproc import NatsServer
 
 SERVER, CLIENT = "uvicorn", "aiohttp"  # chosen with `--choose`; see docs/benchmarks.md "## Edge"
-MAX_CALLS = 2_000_000
+INVALID_SHARE = 0.001  # more non-2xx answers than this share of the requests invalidates a run
 
 
 @dataclass(frozen=True)
@@ -41,24 +53,32 @@ class Target:
     name: str
     url: str
     headers: dict[str, str] = field(default_factory=dict)
+    pid: int = 0  # the server process, for its CPU time per request
+
+
+@dataclass(frozen=True)
+class Measured:
+    result: Result
+    cpu_us: float  # CPU time of the server process per request (0: not measured)
+    waited: float = 0.0  # share of the run the server waited for its core while other processes held it
 
 
 @contextlib.contextmanager
-def upstream(cpu: int) -> Iterator[str]:
+def upstream(cpu: int) -> Iterator[tuple[str, int]]:
     port = free_port()
     with Process([sys.executable, "-m", "bench.edge.upstream", "--port", str(port)], cpu=cpu) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/", proc)
-        yield url
+        yield url, proc.proc.pid
 
 
 @contextlib.contextmanager
-def asgi(server: str, factory: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def asgi(server: str, factory: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
     port = free_port()
     with Process(server_command(server, factory, port), cpu=SERVER_CPU, env=env) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/lots", proc)
-        yield url + "/lots"
+        yield url + "/lots", proc.proc.pid
 
 
 @contextlib.contextmanager
@@ -72,138 +92,265 @@ def nats_server(workdir: Path) -> Iterator[str]:
         server.stop()
 
 
-# ══ HOOK: the real edge ═══════════════════════════════════════════════════════════════════════
-# When services.edge.app exists, fill in `edge_target`: start the edge pinned to SERVER_CPU
-# (server_command(server, <its factory>, port) or its own main) in front of `upstream_url`,
-# with identity and registry running (see bench/identity for starting a service), an Active
-# integration whose route table sends GET /lots to `upstream_url`, its rate limit high enough
-# never to refuse, and yield Target("edge (full pipeline)", url, {"Authorization": "Bearer …",
-# "X-API-Key": "…"}) for an authenticated, scope-checked, rate-limited, logged GET.
-# Until then it yields None and the run measures `edge_sketch` (bench/edge/apps.py) instead,
-# printed as a sketch: proxy + request id + NATS rate limit + API log record, no auth.
 @contextlib.contextmanager
-def edge_target(upstream_url: str, nats_url: str, workdir: Path, server: str) -> Iterator[Target | None]:
-    if importlib.util.find_spec("services.edge.app") is not None:
-        print("note: services.edge.app exists but bench/edge/__main__.py edge_target is not filled in yet;"
-              " measuring the sketch", file=sys.stderr)
-    yield None
-# ══ end of HOOK ═══════════════════════════════════════════════════════════════════════════════
+def edge_target(upstream_url: str, nats_url: str, workdir: Path,
+                second: dict[str, str]) -> Iterator[tuple[list[Target], list[dict[str, str]], Path]]:
+    """The real edge (bench/edge/stack.py) in front of `upstream_url`, and a second one beside
+    it with `second` added to its environment (by default OTEL_SDK_DISABLED=true: no spans, no
+    trace headers, to price the tracing): yields both targets, the credential pairs the load
+    rotates over, and the first edge's log file."""
+    with edge_stack(upstream_url, nats_url, workdir / "edge") as stack, \
+            edge_process(stack.env, workdir / "edge" / "edge-second.log", **second) as (base, pid):
+        label = " ".join(f"{k}={v}" for k, v in second.items())
+        targets = [Target("edge: key+JWT, scope, limit, log, proxy", stack.url, pid=stack.pid),
+                   Target(f"edge, {label}"[:41], base + PATH, pid=pid)]
+        yield targets, stack.credentials, stack.log
 
 
-def measure(target: Target, *, seconds: float, connections: int) -> Result:
-    wrk(target.url, seconds=1, connections=connections, headers=target.headers)  # warm-up
-    return wrk(target.url, seconds=seconds, connections=connections, headers=target.headers)
+def measure(target: Target, *, seconds: float, connections: int, script: Path | None = None) -> Measured:
+    wrk(target.url, seconds=1, connections=connections, headers=target.headers, script=script)  # warm-up
+    with Watch(target.pid) as watch:
+        result = wrk(target.url, seconds=seconds, connections=connections, headers=target.headers, script=script)
+    return Measured(result, watch.own / result.requests * 1e6 if result.requests and target.pid else 0.0, watch.waited)
 
 
-def row(name: str, r: Result) -> str:
-    return f"{name:<46}{r.rps:>10,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
+def measure_paced(target: Target, *, rate: float, seconds: float, rotate: Path) -> Measured:
+    with Watch(target.pid) as watch:
+        result = paced(target.url, rate=rate, seconds=seconds, rotate=rotate)
+    return Measured(result, watch.own / result.requests * 1e6 if result.requests else 0.0, watch.waited)
 
 
-HEADER = f"{'target':<46}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+def row(name: str, r: Result, cpu_us: float = 0.0, waited: float | None = None) -> str:
+    return (f"{name:<42}{r.rps:>9,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non2xx:>9}{r.errors - r.non2xx:>9}"
+            + (f"{cpu_us:>11.0f}" if cpu_us else f"{'':>11}") + (f"{100 * waited:>8.1f}%" if waited is not None else ""))
 
 
-async def call_rate(call: Callable[[], Awaitable[object]], seconds: float) -> float:
-    for _ in range(1000):
-        await call()
-    done, start = 0, time.perf_counter()
-    deadline = start + seconds
-    while done < MAX_CALLS and time.perf_counter() < deadline:
-        for _ in range(100):
-            await call()
-        done += 100
-    return done / (time.perf_counter() - start)
-
-
-async def limiter_rates(nats_url: str, seconds: float) -> dict[str, float]:
-    """RateLimiter.check calls per second on one hot integration, beside a no-op coroutine."""
-    from services.edge.ratelimit import RateLimiter
-    from services.kit.bus import connect
-
-    nc = await connect(nats_url, name="bench-limiter")
-    try:
-        leased = RateLimiter(nc.jetstream())
-        every_call = RateLimiter(nc.jetstream(), max_lease=1)
-        await leased.start()
-
-        async def noop(integration_id: str, limit: int, quota: int) -> None:
-            return None
-
-        rates = {
-            "no-op coroutine": await call_rate(lambda: noop("int_hot", 10**9, 0), seconds),
-            "check, leased (max_lease 100)": await call_rate(lambda: leased.check("int_hot", 10**9, 0), seconds),
-            "check + daily quota, leased": await call_rate(lambda: leased.check("int_hotq", 10**9, 10**9), seconds),
-            "check, a NATS round trip each (max_lease 1)": await call_rate(
-                lambda: every_call.check("int_hot1", 10**9, 0), seconds),
-        }
-        await leased.close()
-        await every_call.close()
-        return rates
-    finally:
-        await nc.close()
-
-
-def in_process_on(cpu: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
-    before = os.sched_getaffinity(0)
-    if two_cores():
-        os.sched_setaffinity(0, {cpu})
-    try:
-        return run()
-    finally:
-        os.sched_setaffinity(0, before)
+HEADER = (f"{'target':<42}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'sock err':>9}{'CPU µs/req':>11}"
+          f"{'waited':>9}")
 
 
 def median(results: list[Result]) -> Result:
     return Result(statistics.median(r.rps for r in results), statistics.median(r.p50_ms for r in results),
                   statistics.median(r.p99_ms for r in results), sum(r.requests for r in results),
-                  sum(r.errors for r in results))
+                  sum(r.errors for r in results), sum(r.non2xx for r in results))
+
+
+async def _stream_seqs(nats_url: str) -> dict[str, int]:
+    from services.kit.bus import connect
+
+    nc = await connect(nats_url, name="bench-streams")
+    try:
+        js = nc.jetstream()
+        return {name: (await js.stream_info(name)).state.last_seq for name in ("RATELIMIT", "APILOG")}
+    finally:
+        await nc.close()
+
+
+def stream_seqs(nats_url: str) -> dict[str, int]:
+    """Messages ever published to the rate-limit counters and the API log (their last sequence)."""
+    return asyncio.run(_stream_seqs(nats_url))
+
+
+def drained(nats_url: str, timeout: float = 30.0) -> tuple[dict[str, int], float]:
+    """Once the API log stream stops growing (the edge published what it had queued): the
+    streams' sequences and how long that took."""
+    start = time.monotonic()
+    seqs, still = stream_seqs(nats_url), 0
+    while still < 3 and time.monotonic() - start < timeout:
+        time.sleep(0.1)
+        now = stream_seqs(nats_url)
+        still = still + 1 if now["APILOG"] == seqs["APILOG"] else 0
+        seqs = now
+    return seqs, max(0.0, time.monotonic() - start - 0.3)
+
+
+@dataclass(frozen=True)
+class EdgeRun:
+    measured: Measured
+    published: dict[str, int]  # messages the edge published per stream for the run's requests
+    backlog: int  # API log records still queued in the edge when the load stopped
+    drain_s: float
+
+
+def measure_edge(target: Target, nats_url: str, *, seconds: float, connections: int, script: Path) -> EdgeRun:
+    """As `measure`, but the edge's CPU time and NATS publishes run until its API log is drained:
+    the log is published off the response path, so under saturation it lags behind the load."""
+    wrk(target.url, seconds=1, connections=connections, script=script)  # warm-up
+    before, _ = drained(nats_url)
+    with Watch(target.pid) as whole:
+        with Watch(target.pid) as loaded:
+            result = wrk(target.url, seconds=seconds, connections=connections, script=script)
+        at_stop = stream_seqs(nats_url)
+        after, drain_s = drained(nats_url)
+    return EdgeRun(Measured(result, whole.own / result.requests * 1e6 if result.requests else 0.0, loaded.waited),
+                   {k: after[k] - before[k] for k in after}, after["APILOG"] - at_stop["APILOG"], drain_s)
+
+
+@dataclass
+class Findings:
+    """Everything one standard run measured, for the report."""
+
+    edge: Target
+    second: Target
+    baselines: list[Target]  # upstream direct, hello world, proxy only
+    integrations: int
+    runs: dict[str, list[Measured]]
+    edge_runs: list[EdgeRun]
+    rate: float = 0.0
+    half_edge: list[Measured] = field(default_factory=list)
+    half_direct: list[Measured] = field(default_factory=list)
+    limiter: dict[str, float] = field(default_factory=dict)
+    per_lease_us: float = 0.0
+    profile: list[str] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[Target]:
+        return [self.edge, self.second, *self.baselines]
+
+    def result(self, target: Target) -> Result:
+        return median([m.result for m in self.runs[target.name]])
+
+    def cpu_us(self, target: Target) -> float:
+        return statistics.median(m.cpu_us for m in self.runs[target.name])
+
+    def noise(self, target: Target) -> float:
+        """Median share of the server core that other processes used while `target` was measured."""
+        return statistics.median(m.waited for m in self.runs[target.name])
+
+    def edge_requests(self) -> int:
+        return sum(r.measured.result.requests for r in self.edge_runs)
+
+    def published(self, stream: str) -> float:
+        """Messages the edge published to `stream` per request."""
+        return sum(r.published[stream] for r in self.edge_runs) / self.edge_requests()
 
 
 def run_standard(args: argparse.Namespace) -> None:
-    """The three targets (and the proxy alone) interleaved for `--rounds` rounds, medians printed."""
+    """The edge, a second edge (by default without tracing), the upstream direct, the hello world
+    and the proxy alone, interleaved for `--rounds` rounds; then the p99 added at half load, the limiter's
+    cost and, with `--profile`, where the edge's time goes."""
     seconds, conns = args.seconds, args.connections
     with tempfile.TemporaryDirectory(prefix="trellis-bench-edge-") as tmp, contextlib.ExitStack() as stack:
-        nats_url = stack.enter_context(nats_server(Path(tmp)))
-        behind = stack.enter_context(upstream(LOAD_CPU))
-        direct = Target("upstream direct (raw asyncio + uvloop)", stack.enter_context(upstream(SERVER_CPU)) + "/lots")
+        root = Path(tmp)
+        nats_url = stack.enter_context(nats_server(root))
+        behind, _ = stack.enter_context(upstream(LOAD_CPU))
+        direct_url, direct_pid = stack.enter_context(upstream(SERVER_CPU))
+        direct = Target("upstream direct (raw asyncio + uvloop)", direct_url + "/lots", pid=direct_pid)
         env = {"BENCH_UPSTREAM": behind, "BENCH_NATS_URL": nats_url, "BENCH_CLIENT": args.client}
         # Idle servers cost nothing measurable, so all of them stay up and the rounds interleave.
-        hello = Target(f"ASGI hello world ({args.server})", stack.enter_context(asgi(args.server, "hello")))
-        proxy = Target(f"proxy only ({args.server} + {args.client})",
-                       stack.enter_context(asgi(args.server, f"proxy_{args.client}", env)))
-        edge = stack.enter_context(edge_target(behind, nats_url, Path(tmp), args.server)) or Target(
-            "edge SKETCH: proxy+limit+log, no auth",
-            stack.enter_context(asgi(args.server, "edge_sketch", env)))
-        targets = [direct, hello, proxy, edge]
-        runs: dict[str, list[Result]] = {t.name: [] for t in targets}
-        for _ in range(args.rounds):
-            for target in targets:
-                runs[target.name].append(measure(target, seconds=seconds, connections=conns))
-        results = {name: median(r) for name, r in runs.items()}
-        rate = results[edge.name].rps / 2
-        half_edge = paced(edge.url, rate=rate, seconds=seconds, headers=edge.headers)
-        half_direct = paced(direct.url, rate=rate, seconds=seconds)
-        limiter = in_process_on(SERVER_CPU, lambda: asyncio.run(limiter_rates(nats_url, min(seconds, 3))))
+        hello_url, hello_pid = stack.enter_context(asgi(SERVER, "hello"))
+        proxy_url, proxy_pid = stack.enter_context(asgi(SERVER, f"proxy_{args.client}", env))
+        baselines = [direct, Target(f"ASGI hello world ({SERVER}, as the edge)", hello_url, pid=hello_pid),
+                     Target(f"proxy only ({SERVER} + {args.client})", proxy_url, pid=proxy_pid)]
+        (edge, second), credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, args.second_edge))
+        script = wrk_script(root / "rotate.lua", credentials)
+        rotate = root / "rotate.json"
+        rotate.write_text(json.dumps(credentials))
+        for target in (edge, second):
+            statuses = check_all(target.url, credentials)
+            print(f"before measuring, one GET per integration through {target.name}: {dict(sorted(statuses.items()))}",
+                  flush=True)
+            if set(statuses) != {200}:
+                sys.exit(f"the edge does not answer 200 to every integration; edge log:\n{edge_log.read_text()[-3000:]}")
 
-    print(f"\nedge benchmark, {args.server} + {args.client}: server under test alone on CPU {SERVER_CPU}; wrk and bench.edge.paced, the upstream "
-          f"behind the edge and nats-server on CPU {LOAD_CPU}; wrk -t1 -c{conns} {seconds:g}s after a 1 s warm-up, "
-          f"median of {args.rounds} interleaved rounds (req/s of each round in brackets)")
+        found = Findings(edge, second, baselines, len(credentials), {t.name: [] for t in [edge, second, *baselines]}, [])
+        for n in range(args.rounds):
+            for target in found.targets:
+                if target in (edge, second):
+                    run = measure_edge(target, nats_url, seconds=seconds, connections=conns, script=script)
+                    found.runs[target.name].append(run.measured)
+                    if target is edge:
+                        found.edge_runs.append(run)
+                else:
+                    found.runs[target.name].append(measure(target, seconds=seconds, connections=conns, script=script))
+            print(f"round {n + 1}/{args.rounds}: " + ", ".join(
+                f"{t.name.split(':')[0].split(' (')[0]} {found.runs[t.name][-1].result.rps:,.0f}" for t in found.targets),
+                flush=True)
+        found.rate = found.result(edge).rps / 2
+        paced(edge.url, rate=found.rate, seconds=1, rotate=rotate)  # warm-up
+        for _ in range(args.rounds):
+            found.half_edge.append(measure_paced(edge, rate=found.rate, seconds=seconds, rotate=rotate))
+            found.half_direct.append(measure_paced(direct, rate=found.rate, seconds=seconds, rotate=rotate))
+        found.limiter = in_process_on(SERVER_CPU, lambda: asyncio.run(limiter_rates(nats_url, min(seconds, 3))))
+        found.per_lease_us = in_process_on(SERVER_CPU, lambda: {"us": asyncio.run(lease_cpu(nats_url, min(seconds, 3)))})["us"]
+        if args.profile:
+            found.profile = profile(edge.url, edge.pid, script, seconds=args.profile, connections=conns,
+                                    out=args.profile_out or root / "edge.spy.txt")
+    report_load(found, args)
+    report_half_load(found, args)
+    report_limiter(found)
+    if found.profile:
+        print(f"\npy-spy profile of the edge under wrk load ({args.profile:g} s)"
+              + (f", raw stacks in {args.profile_out}:" if args.profile_out else ":"))
+        print("\n".join(found.profile))
+
+
+def report_load(found: Findings, args: argparse.Namespace) -> None:
+    print(f"\nedge benchmark: each server under test alone on CPU {SERVER_CPU}; wrk, bench.edge.paced, the upstream behind "
+          f"the edge, identity, registry and nats-server on CPU {LOAD_CPU}; every request with the next of "
+          f"{found.integrations} integrations' (Authorization, X-API-Key) pairs; wrk -t1 -c{args.connections} "
+          f"{args.seconds:g}s after a 1 s warm-up, median of {args.rounds} interleaved rounds (req/s of each round in "
+          f"brackets); CPU µs/req: the server process's user+system time over the run / requests; waited: the share of "
+          f"the run the server was runnable but other processes held CPU {SERVER_CPU} (schedstat run_delay: the noise)")
     print(HEADER)
-    for target in targets:
-        print(row(target.name, results[target.name]) + "   [" + ", ".join(f"{r.rps:,.0f}" for r in runs[target.name]) + "]")
-    e, d, h, p = (results[t.name].rps for t in (edge, direct, hello, proxy))
-    print(f"ratios (req/s): edge/upstream direct {e / d:.3f}   edge/hello world {e / h:.3f}   edge/proxy only {e / p:.3f}")
-    print(f"\nfixed rate {rate:,.0f} req/s (half the edge maximum), bench.edge.paced over 64 connections, {seconds:g}s:")
+    for target in found.targets:
+        print(row(target.name, found.result(target), found.cpu_us(target), found.noise(target))
+              + "   [" + ", ".join(f"{m.result.rps:,.0f}" for m in found.runs[target.name]) + "]")
+    for target in (found.edge, found.second):
+        r = found.result(target)
+        if r.errors > INVALID_SHARE * r.requests:
+            print(f"INVALID: {target.name} answered {r.non2xx} non-2xx and had {r.errors - r.non2xx} socket errors in "
+                  f"{r.requests} requests")
+    e = found.result(found.edge).rps
+    direct, hello, proxy = (found.result(t).rps for t in found.baselines)
+    print(f"ratios (req/s): edge/upstream direct {e / direct:.3f}   edge/hello world {e / hello:.3f}   "
+          f"edge/proxy only {e / proxy:.3f}   edge/second edge {e / found.result(found.second).rps:.3f}")
+    cpu = found.cpu_us(found.edge)
+    print(f"edge per request: 1/throughput {1e6 / e:.0f} µs; CPU time {cpu:.0f} µs (until its API log was drained), "
+          f"i.e. {1e6 / cpu:,.0f} req/s if it had the core to itself; NATS publishes per request: rate-limit leases "
+          f"{found.published('RATELIMIT'):.3f}, API log {found.published('APILOG'):.3f} "
+          f"(over {found.edge_requests():,} measured requests)")
+    print("API log records still queued in the edge when wrk stopped: " + ", ".join(
+        f"{r.backlog:,} of {r.measured.result.requests:,} (drained in {r.drain_s:.1f} s)" for r in found.edge_runs))
+
+
+def report_half_load(found: Findings, args: argparse.Namespace) -> None:
+    print(f"\nfixed rate {found.rate:,.0f} req/s (half the edge's maximum), bench.edge.paced over 64 connections, "
+          f"{args.seconds:g}s, same rotation, {args.rounds} interleaved rounds, medians (each round's p99 in brackets):")
     print(HEADER)
-    print(row(edge.name, half_edge))
-    print(row(direct.name, half_direct))
-    print(f"p99 added by the edge at half load: {half_edge.p99_ms - half_direct.p99_ms:.2f} ms "
-          f"(p50 added {half_edge.p50_ms - half_direct.p50_ms:.2f} ms)")
+    for name, half in ((found.edge.name, found.half_edge), (found.baselines[0].name, found.half_direct)):
+        print(row(name, median([m.result for m in half]), statistics.median(m.cpu_us for m in half),
+                  statistics.median(m.waited for m in half))
+              + "   [p99 " + ", ".join(f"{m.result.p99_ms:.2f}" for m in half)
+              + "; waited " + ", ".join(f"{100 * m.waited:.1f}%" for m in half) + "]")
+    edge = median([m.result for m in found.half_edge])
+    if edge.errors > INVALID_SHARE * edge.requests:
+        print(f"INVALID: the edge answered {edge.non2xx} non-2xx at the fixed rate")
+    pairs = [(a.result, b.result) for a, b in zip(found.half_edge, found.half_direct)]
+    added = [a.p99_ms - b.p99_ms for a, b in pairs]
+    print(f"p99 added by the edge at half load: {statistics.median(added):.2f} ms, median of {len(added)} rounds "
+          f"[{', '.join(f'{x:.2f}' for x in added)}] (p50 added "
+          f"{statistics.median(a.p50_ms - b.p50_ms for a, b in pairs):.2f} ms)")
+
+
+def report_limiter(found: Findings) -> None:
     print(f"\nRateLimiter.check in-process on CPU {SERVER_CPU}, nats-server on CPU {LOAD_CPU}:")
-    noop = limiter["no-op coroutine"]
-    for name, value in limiter.items():
+    noop = found.limiter["no-op coroutine"]
+    for name, value in found.limiter.items():
         if value:
             print(f"  {name:<46}{value:>12,.0f} calls/s {1e6 / value:>8.2f} µs/call"
                   + ("" if name == "no-op coroutine" else f"  (+{1e6 / value - 1e6 / noop:.2f} µs over no-op)"))
+    hot = 1e6 / found.limiter["check, leased (max_lease 100)"] - 1e6 / noop
+    leases = found.published("RATELIMIT")
+    in_edge = hot + leases * (found.per_lease_us - hot)
+    rps, cpu = found.result(found.edge).rps, found.cpu_us(found.edge)
+    per_request = 1e6 / rps
+    print(f"  check with a lease every call, 32 concurrent callers: {found.per_lease_us:.1f} µs of CPU per call")
+    print(f"  per request through the edge (1/throughput {per_request:.0f} µs): the leased check {hot:.1f} µs = "
+          f"{100 * hot / per_request:.1f} %; with the edge's {leases:.3f} leases per request (its leases stay small at "
+          f"{rps / found.integrations:.0f} req/s per integration), {hot:.1f} + {leases:.3f} x "
+          f"{found.per_lease_us - hot:.1f} = {in_edge:.1f} µs = {100 * in_edge / per_request:.1f} % "
+          f"({100 * in_edge / cpu:.1f} % of its CPU time per request, {cpu:.0f} µs)")
 
 
 def run_choose(args: argparse.Namespace) -> None:
@@ -215,20 +362,20 @@ def run_choose(args: argparse.Namespace) -> None:
     runs: dict[str, list[Result]] = {}
     fixed: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="trellis-bench-edge-") as tmp, nats_server(Path(tmp)) as nats_url, \
-            upstream(LOAD_CPU) as behind, upstream(SERVER_CPU) as direct_url:
+            upstream(LOAD_CPU) as (behind, _), upstream(SERVER_CPU) as (direct_url, _):
         env = {"BENCH_UPSTREAM": behind, "BENCH_NATS_URL": nats_url, "BENCH_CLIENT": "aiohttp"}
         for _ in range(args.rounds):
             runs.setdefault("upstream direct (raw asyncio + uvloop)", []).append(
-                measure(Target("d", direct_url + "/lots"), seconds=seconds, connections=conns))
+                measure(Target("d", direct_url + "/lots"), seconds=seconds, connections=conns).result)
             for server, factory in configs:
-                with asgi(server, factory, env) as url:
+                with asgi(server, factory, env) as (url, _):
                     runs.setdefault(f"{server} {factory}", []).append(
-                        measure(Target(factory, url), seconds=seconds, connections=conns))
+                        measure(Target(factory, url), seconds=seconds, connections=conns).result)
         rate = min(median(runs[f"{server} edge_sketch"]).rps for server in ("uvicorn", "granian")) / 2
         fixed["upstream direct (raw asyncio + uvloop)"] = paced(direct_url + "/lots", rate=rate, seconds=seconds)
         for server, factory in configs:
             if factory != "proxy_httpx":  # far below this rate
-                with asgi(server, factory, env) as url:
+                with asgi(server, factory, env) as (url, _):
                     paced(url, rate=rate, seconds=1)  # warm-up
                     fixed[f"{server} {factory}"] = paced(url, rate=rate, seconds=seconds)
     print(f"\nserver and client choice: app alone on CPU {SERVER_CPU}; wrk, the upstream behind proxies and "
@@ -248,15 +395,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.edge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run (1-30)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
-    parser.add_argument("--server", choices=("granian", "uvicorn"), default=SERVER)
-    parser.add_argument("--client", choices=("aiohttp", "httpx"), default=CLIENT)
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default=SERVER, help="--choose only")
+    parser.add_argument("--client", choices=("aiohttp", "httpx"), default=CLIENT, help="the proxy-only row's client")
     parser.add_argument("--choose", action="store_true", help="compare servers and clients instead")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
+    parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the edge under load (0: none)")
+    parser.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks in this file")
+    parser.add_argument("--second-edge", metavar="NAME=VALUE", action="append", default=[],
+                        help="environment of the second edge measured (default OTEL_SDK_DISABLED=true)")
     args = parser.parse_args()
     args.seconds = min(max(args.seconds, 1.0), 30.0)
+    args.rounds = min(max(args.rounds, 1), 7)
+    args.profile = min(max(args.profile, 0.0), 30.0)
+    args.second_edge = dict(v.split("=", 1) for v in args.second_edge) or {"OTEL_SDK_DISABLED": "true"}
     if missing := missing_tools():
         sys.exit(f"missing load generator(s): {', '.join(missing)}; install with: apt-get install -y wrk")
-    if not two_cores():
+    if two_cores():
+        os.sched_setaffinity(0, {LOAD_CPU})  # this driver too stays off the server's core
+    else:
         print("warning: fewer than 2 CPUs; server and load generator share a core", file=sys.stderr)
     (run_choose if args.choose else run_standard)(args)
 

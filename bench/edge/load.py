@@ -35,11 +35,48 @@ class Result:
     p50_ms: float
     p99_ms: float
     requests: int
-    errors: int
+    errors: int  # non-2xx answers plus socket errors
+    non2xx: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waited_seconds(pid: int) -> float:
+    """Time the process's main thread (the event loop's) has spent runnable but waiting for a CPU
+    (schedstat run_delay): on a pinned process, the time other tasks held its core."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
+class Watch:
+    """Around a run: the CPU time of the process under test, and the share of the run it spent
+    waiting for its core while other processes held it (other helpers' tests are not pinned and
+    land there too): the noise in that run."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.own = 0.0  # seconds of CPU the process used
+        self.waited = 0.0  # share of the run's wall time the process waited for its core
+
+    def __enter__(self) -> "Watch":
+        self._start = (time.monotonic(), cpu_seconds(self.pid), waited_seconds(self.pid)) if self.pid else (0.0, 0.0, 0.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.pid:
+            return
+        wall, own, waited = self._start
+        self.own = cpu_seconds(self.pid) - own
+        self.waited = (waited_seconds(self.pid) - waited) / max(time.monotonic() - wall, 1e-9)
 
 
 def two_cores() -> bool:
-    return len(os.sched_getaffinity(0)) >= 2
+    """Whether the server core and the load core both exist. Not this process's affinity: the
+    driver pins itself to the load core, and its children must still reach the server core."""
+    return (os.cpu_count() or 1) > max(SERVER_CPU, LOAD_CPU)
 
 
 def pinned(cpu: int):  # noqa: ANN201 - a preexec_fn
@@ -80,9 +117,19 @@ def server_command(server: str, factory: str, port: int) -> list[str]:
 class Process:
     """A child process on one core, stopped with SIGTERM (then SIGKILL) when done."""
 
-    def __init__(self, args: Sequence[str], *, cpu: int, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(list(args), cwd=REPO, env={**os.environ, **(env or {})},
-                                     preexec_fn=pinned(cpu), stdout=subprocess.DEVNULL)
+    def __init__(self, args: Sequence[str], *, cpu: int, env: dict[str, str] | None = None, inherit_env: bool = True,
+                 log: Path | None = None) -> None:
+        out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
+        try:
+            self.proc = subprocess.Popen(list(args), cwd=REPO, env={**(os.environ if inherit_env else {}), **(env or {})},
+                                         preexec_fn=pinned(cpu), stdout=out, stderr=subprocess.STDOUT if log else None,
+                                         stdin=subprocess.DEVNULL)
+        finally:
+            if log is not None:
+                out.close()  # type: ignore[union-attr]
+        if two_cores() and os.sched_getaffinity(self.proc.pid) != {cpu}:
+            self.stop()
+            raise RuntimeError(f"{args[:3]} is not pinned to CPU {cpu}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -121,12 +168,16 @@ def wait_http(url: str, proc: Process, *, headers: dict[str, str] | None = None,
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str] | None = None) -> Result:
-    """Closed-loop maximum: one wrk thread on the load core."""
+def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str] | None = None,
+        script: Path | None = None) -> Result:
+    """Closed-loop maximum: one wrk thread on the load core (`script`: a wrk Lua script)."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
-    out = subprocess.run(args + [url], capture_output=True, text=True, preexec_fn=pinned(LOAD_CPU), check=True).stdout
+    if script is not None:
+        args += ["-s", str(script)]
+    out = subprocess.run(args + [url], capture_output=True, text=True, preexec_fn=pinned(LOAD_CPU), check=True,
+                         timeout=seconds + 30).stdout
     lat = {m[1]: float(m[2]) * _UNITS[m[3]] for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
@@ -134,17 +185,22 @@ def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str] |
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if not (rps and total and "50" in lat and "99" in lat):
         raise RuntimeError(f"could not read wrk output:\n{out}")
-    errors = (int(non2xx[1]) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
-    return Result(float(rps[1]), lat["50"], lat["99"], int(total[1]), errors)
+    bad = int(non2xx[1]) if non2xx else 0
+    errors = bad + (sum(int(g) for g in sock.groups()) if sock else 0)
+    return Result(float(rps[1]), lat["50"], lat["99"], int(total[1]), errors, bad)
 
 
 def paced(url: str, *, rate: float, seconds: float, connections: int = 64,
-          headers: dict[str, str] | None = None) -> Result:
-    """A fixed rate with latency from each request's due time (bench/edge/paced.py) on the load core."""
+          headers: dict[str, str] | None = None, rotate: Path | None = None) -> Result:
+    """A fixed rate with latency from each request's due time (bench/edge/paced.py) on the load core
+    (`rotate`: a JSON list of header sets, one per request in turn)."""
     args = [sys.executable, "-m", "bench.edge.paced", url, "--rate", f"{rate:.1f}", "--seconds", str(seconds),
             "--connections", str(connections)]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
-    out = subprocess.run(args, capture_output=True, text=True, preexec_fn=pinned(LOAD_CPU), check=True, cwd=REPO).stdout
+    if rotate is not None:
+        args += ["--rotate", str(rotate)]
+    out = subprocess.run(args, capture_output=True, text=True, preexec_fn=pinned(LOAD_CPU), check=True, cwd=REPO,
+                         timeout=seconds + 60).stdout
     r = json.loads(out)
-    return Result(r["rps"], r["p50_ms"], r["p99_ms"], r["requests"], r["errors"])
+    return Result(r["rps"], r["p50_ms"], r["p99_ms"], r["requests"], r["errors"], r["errors"])

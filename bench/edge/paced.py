@@ -7,6 +7,8 @@ a due request waits for a free one. wrk has no such mode, and hey's per-worker p
 all its workers in the same instant, which measures bursts rather than a rate.
 
     python -m bench.edge.paced URL --rate 2000 --seconds 5 [--connections 64] [-H "Name: value"]
+                               [--rotate FILE]   # a JSON list of header sets, one per request in turn
+                               [--dump FILE]     # each request's due time and latency, one a line
 
 Prints one JSON object: rps, p50_ms, p99_ms, requests, errors.
 """
@@ -18,6 +20,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httptools
@@ -46,11 +49,14 @@ class Connection(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-async def run(url: str, rate: float, seconds: float, connections: int, headers: dict[str, str]) -> dict[str, float]:
+async def run(url: str, rate: float, seconds: float, connections: int, headers: dict[str, str],
+              rotate: list[dict[str, str]] | None = None, dump: Path | None = None) -> dict[str, float]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     head = f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-    request = (head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    requests = [(head + "".join(f"{k}: {v}\r\n" for k, v in {**headers, **extra}.items()) + "\r\n").encode()
+                for extra in (rotate or [{}])]
+    sent = 0
 
     loop = asyncio.get_running_loop()
     done: asyncio.Queue[tuple[Connection, int]] = asyncio.Queue()
@@ -63,20 +69,25 @@ async def run(url: str, rate: float, seconds: float, connections: int, headers: 
     due_of: dict[Connection, float] = {}
     waiting: deque[float] = deque()
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (due, latency) of each request, for --dump
     errors = 0
 
     def send(due: float) -> None:
+        nonlocal sent
         conn = idle.popleft()
         due_of[conn] = due
         assert conn.transport is not None
-        conn.transport.write(request)
+        conn.transport.write(requests[sent % len(requests)])
+        sent += 1
 
     async def collect() -> None:
         nonlocal errors
         while len(latencies) < total:
             conn, status = await done.get()
             finished = time.perf_counter()
-            latencies.append(finished - due_of.pop(conn))
+            due = due_of.pop(conn)
+            latencies.append(finished - due)
+            timeline.append((due, finished - due))
             if not 200 <= status < 300:
                 errors += 1
             idle.append(conn)
@@ -99,6 +110,8 @@ async def run(url: str, rate: float, seconds: float, connections: int, headers: 
     for conn in list(idle):
         if conn.transport is not None:
             conn.transport.close()
+    if dump is not None:
+        dump.write_text("".join(f"{due - start:.6f} {latency * 1000:.3f}\n" for due, latency in sorted(timeline)))
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
@@ -116,9 +129,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("-H", dest="headers", action="append", default=[], help='"Name: value"')
+    parser.add_argument("--rotate", type=Path, help="JSON list of header sets, used one per request in turn")
+    parser.add_argument("--dump", type=Path, help="write each request's due time (s) and latency (ms) to this file")
     args = parser.parse_args()
     headers = dict(h.split(": ", 1) for h in args.headers)
-    print(json.dumps(asyncio.run(run(args.url, args.rate, args.seconds, args.connections, headers))))
+    rotate = json.loads(args.rotate.read_text()) if args.rotate else None
+    print(json.dumps(asyncio.run(run(args.url, args.rate, args.seconds, args.connections, headers, rotate, args.dump))))
 
 
 if __name__ == "__main__":
