@@ -122,7 +122,8 @@ def measure_paced(target: Target, *, rate: float, seconds: float, rotate: Path) 
 
 def row(name: str, r: Result, cpu_us: float = 0.0, waited: float | None = None) -> str:
     return (f"{name:<42}{r.rps:>9,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non2xx:>9}{r.errors - r.non2xx:>9}"
-            + (f"{cpu_us:>11.0f}" if cpu_us else f"{'':>11}") + (f"{100 * waited:>8.1f}%" if waited is not None else ""))
+            + (f"{cpu_us:>11.0f}" if cpu_us else f"{'':>11}")
+            + (f"{100 * waited:>8.1f}%" if waited is not None else ""))
 
 
 HEADER = (f"{'target':<42}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'sock err':>9}{'CPU µs/req':>11}"
@@ -242,7 +243,8 @@ def run_standard(args: argparse.Namespace) -> None:
         proxy_url, proxy_pid = stack.enter_context(asgi(SERVER, f"proxy_{args.client}", env))
         baselines = [direct, Target(f"ASGI hello world ({SERVER}, as the edge)", hello_url, pid=hello_pid),
                      Target(f"proxy only ({SERVER} + {args.client})", proxy_url, pid=proxy_pid)]
-        (edge, second), credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, args.second_edge))
+        edges, credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, args.second_edge))
+        edge, second = edges
         script = wrk_script(root / "rotate.lua", credentials)
         rotate = root / "rotate.json"
         rotate.write_text(json.dumps(credentials))
@@ -251,9 +253,11 @@ def run_standard(args: argparse.Namespace) -> None:
             print(f"before measuring, one GET per integration through {target.name}: {dict(sorted(statuses.items()))}",
                   flush=True)
             if set(statuses) != {200}:
-                sys.exit(f"the edge does not answer 200 to every integration; edge log:\n{edge_log.read_text()[-3000:]}")
+                sys.exit(f"{target.name} does not answer 200 to every integration; "
+                         f"edge log:\n{edge_log.read_text()[-3000:]}")
 
-        found = Findings(edge, second, baselines, len(credentials), {t.name: [] for t in [edge, second, *baselines]}, [])
+        found = Findings(edge, second, baselines, len(credentials),
+                         {t.name: [] for t in [edge, second, *baselines]}, [])
         for n in range(args.rounds):
             for target in found.targets:
                 if target in (edge, second):
@@ -263,16 +267,17 @@ def run_standard(args: argparse.Namespace) -> None:
                         found.edge_runs.append(run)
                 else:
                     found.runs[target.name].append(measure(target, seconds=seconds, connections=conns, script=script))
-            print(f"round {n + 1}/{args.rounds}: " + ", ".join(
-                f"{t.name.split(':')[0].split(' (')[0]} {found.runs[t.name][-1].result.rps:,.0f}" for t in found.targets),
-                flush=True)
+            done = (f"{t.name.split(':')[0].split(' (')[0]} {found.runs[t.name][-1].result.rps:,.0f}"
+                    for t in found.targets)
+            print(f"round {n + 1}/{args.rounds}: " + ", ".join(done), flush=True)
         found.rate = found.result(edge).rps / 2
         paced(edge.url, rate=found.rate, seconds=1, rotate=rotate)  # warm-up
         for _ in range(args.rounds):
             found.half_edge.append(measure_paced(edge, rate=found.rate, seconds=seconds, rotate=rotate))
             found.half_direct.append(measure_paced(direct, rate=found.rate, seconds=seconds, rotate=rotate))
         found.limiter = in_process_on(SERVER_CPU, lambda: asyncio.run(limiter_rates(nats_url, min(seconds, 3))))
-        found.per_lease_us = in_process_on(SERVER_CPU, lambda: {"us": asyncio.run(lease_cpu(nats_url, min(seconds, 3)))})["us"]
+        found.per_lease_us = in_process_on(
+            SERVER_CPU, lambda: {"us": asyncio.run(lease_cpu(nats_url, min(seconds, 3)))})["us"]
         if args.profile:
             found.profile = profile(edge.url, edge.pid, script, seconds=args.profile, connections=conns,
                                     out=args.profile_out or root / "edge.spy.txt")
@@ -286,12 +291,13 @@ def run_standard(args: argparse.Namespace) -> None:
 
 
 def report_load(found: Findings, args: argparse.Namespace) -> None:
-    print(f"\nedge benchmark: each server under test alone on CPU {SERVER_CPU}; wrk, bench.edge.paced, the upstream behind "
-          f"the edge, identity, registry and nats-server on CPU {LOAD_CPU}; every request with the next of "
+    print(f"\nedge benchmark: each server under test alone on CPU {SERVER_CPU}; wrk, bench.edge.paced, the upstream "
+          f"behind the edge, identity, registry and nats-server on CPU {LOAD_CPU}; every request with the next of "
           f"{found.integrations} integrations' (Authorization, X-API-Key) pairs; wrk -t1 -c{args.connections} "
           f"{args.seconds:g}s after a 1 s warm-up, median of {args.rounds} interleaved rounds (req/s of each round in "
-          f"brackets); CPU µs/req: the server process's user+system time over the run / requests; waited: the share of "
-          f"the run the server was runnable but other processes held CPU {SERVER_CPU} (schedstat run_delay: the noise)")
+          f"brackets); CPU µs/req: the server process's user+system time over the run / requests; waited: the "
+          f"share of the run the server was runnable but other processes held CPU {SERVER_CPU} "
+          f"(schedstat run_delay: the noise)")
     print(HEADER)
     for target in found.targets:
         print(row(target.name, found.result(target), found.cpu_us(target), found.noise(target))
@@ -316,7 +322,8 @@ def report_load(found: Findings, args: argparse.Namespace) -> None:
 
 def report_half_load(found: Findings, args: argparse.Namespace) -> None:
     print(f"\nfixed rate {found.rate:,.0f} req/s (half the edge's maximum), bench.edge.paced over 64 connections, "
-          f"{args.seconds:g}s, same rotation, {args.rounds} interleaved rounds, medians (each round's p99 in brackets):")
+          f"{args.seconds:g}s, same rotation, {args.rounds} interleaved rounds, medians "
+          f"(each round's p99 in brackets):")
     print(HEADER)
     for name, half in ((found.edge.name, found.half_edge), (found.baselines[0].name, found.half_direct)):
         print(row(name, median([m.result for m in half]), statistics.median(m.cpu_us for m in half),

@@ -1,4 +1,5 @@
-"""Processes for the edge benchmark: servers pinned to a core, and the load generators.
+"""Processes for the edge benchmark: servers pinned to a core, what they cost (CPU time, time spent
+waiting for their core), and the load generators.
 
 Closed-loop maximum throughput comes from wrk (`--latency` for p50/p99; Debian package `wrk`:
 `apt-get install -y wrk`). wrk has no fixed-rate mode (that is wrk2, which Debian does not
@@ -62,7 +63,9 @@ class Watch:
         self.waited = 0.0  # share of the run's wall time the process waited for its core
 
     def __enter__(self) -> "Watch":
-        self._start = (time.monotonic(), cpu_seconds(self.pid), waited_seconds(self.pid)) if self.pid else (0.0, 0.0, 0.0)
+        self._start = (time.monotonic(), 0.0, 0.0)
+        if self.pid:
+            self._start = (time.monotonic(), cpu_seconds(self.pid), waited_seconds(self.pid))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,9 +124,9 @@ class Process:
                  log: Path | None = None) -> None:
         out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
         try:
-            self.proc = subprocess.Popen(list(args), cwd=REPO, env={**(os.environ if inherit_env else {}), **(env or {})},
-                                         preexec_fn=pinned(cpu), stdout=out, stderr=subprocess.STDOUT if log else None,
-                                         stdin=subprocess.DEVNULL)
+            environment = {**(os.environ if inherit_env else {}), **(env or {})}
+            self.proc = subprocess.Popen(list(args), cwd=REPO, env=environment, preexec_fn=pinned(cpu), stdout=out,
+                                         stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT if log else None)
         finally:
             if log is not None:
                 out.close()  # type: ignore[union-attr]

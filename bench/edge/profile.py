@@ -95,11 +95,13 @@ def profile(url: str, pid: int, script: Path, *, seconds: float, connections: in
             inclusive[frame] += n
     if not total:
         return ["py-spy recorded no samples"]
-    lines = [f"{total} samples at {rate}/s over {seconds:g} s ({total / (rate * round(seconds)):.0%} of the time in Python "
+    busy = total / (rate * round(seconds))
+    lines = [f"{total} samples at {rate}/s over {seconds:g} s ({busy:.0%} of the time in Python "
              f"frames; the rest in the kernel or idle)", "  by cost centre (first match from the top of each stack):"]
     lines += [f"    {100 * c / total:5.1f}%  {name}" for name, c in centres.most_common()]
     lines += ["  self (top of the stack; C code counts for its Python caller):"]
     lines += [f"    {100 * c / total:5.1f}%  {name}" for name, c in own.most_common(25)]
     lines += ["  inclusive, edge functions:"]
-    lines += [f"    {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common() if "services/edge/" in name][:20]
+    edge_functions = [(name, c) for name, c in inclusive.most_common() if "services/edge/" in name]
+    lines += [f"    {100 * c / total:5.1f}%  {name}" for name, c in edge_functions[:20]]
     return lines

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -70,7 +71,8 @@ def _environment(root: Path, nats_url: str, ports: dict[str, int], routes: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRELLIS_", "OTEL_"))}
     env.update({
         "TRELLIS_MODE": "embedded", "TRELLIS_DATA_DIR": str(root / "data"), "TRELLIS_NATS_URL": nats_url,
-        "TRELLIS_IDENTITY_ADDR": f"127.0.0.1:{ports['identity']}", "TRELLIS_REGISTRY_ADDR": f"127.0.0.1:{ports['registry']}",
+        "TRELLIS_IDENTITY_ADDR": f"127.0.0.1:{ports['identity']}",
+        "TRELLIS_REGISTRY_ADDR": f"127.0.0.1:{ports['registry']}",
         "TRELLIS_EDGE_ROUTES_FILE": str(routes),
         "TRELLIS_ACTOR_ISSUER": ISSUER, "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
         "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor_public.pem"),
@@ -160,7 +162,8 @@ def edge_stack(upstream_url: str, nats_url: str, root: Path) -> Iterator[EdgeSta
             services[service] = stack.enter_context(Process(
                 [sys.executable, "-m", f"services.{service}"], cpu=LOAD_CPU, env=env, inherit_env=False,
                 log=root / f"{service}.log"))
-        for service, full_name in (("identity", "trellis.identity.v1.Identity"), ("registry", "trellis.registry.v1.Registry")):
+        for service in ("identity", "registry"):
+            full_name = f"trellis.{service}.v1.{service.capitalize()}"
             asyncio.run(_wait_serving(f"127.0.0.1:{ports[service]}", full_name, services[service]))
         issued = asyncio.run(_provision(f"127.0.0.1:{ports['registry']}", (root / "actor_private.pem").read_bytes()))
         base, pid = stack.enter_context(edge_process(env, root / "edge.log"))
@@ -175,7 +178,8 @@ def edge_stack(upstream_url: str, nats_url: str, root: Path) -> Iterator[EdgeSta
 def wrk_script(path: Path, credentials: list[dict[str, str]]) -> Path:
     """A wrk Lua script sending the GET with each credential pair in turn, one pair per request
     (requests built once in init(), so wrk's per-request cost is a table lookup)."""
-    pairs = ",\n".join("  {" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}" for headers in credentials)
+    pairs = ",\n".join("  {" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}"
+                        for headers in credentials)
     path.write_text(f"""-- written by bench.edge: rotate (Authorization, X-API-Key) over {len(credentials)} integrations
 local pairs_ = {{
 {pairs}
