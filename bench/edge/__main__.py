@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,23 @@ def asgi(server: str, factory: str, env: dict[str, str] | None = None) -> Iterat
 
 
 @contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """An OTLP/gRPC collector that discards spans (bench/edge/otlp_sink.py), on the load core."""
+    port = free_port()
+    with Process([sys.executable, "-m", "bench.edge.otlp_sink", "--port", str(port)], cpu=LOAD_CPU):
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the OTLP sink did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
 def nats_server(workdir: Path) -> Iterator[str]:
     server = NatsServer(workdir / "nats", log_file=workdir / "nats.log").start()
     try:
@@ -96,12 +114,14 @@ def nats_server(workdir: Path) -> Iterator[str]:
 def edge_target(upstream_url: str, nats_url: str, workdir: Path,
                 second: dict[str, str]) -> Iterator[tuple[list[Target], list[dict[str, str]], Path]]:
     """The real edge (bench/edge/stack.py) in front of `upstream_url`, and a second one beside
-    it with `second` added to its environment (by default OTEL_SDK_DISABLED=true: no spans, no
-    trace headers, to price the tracing): yields both targets, the credential pairs the load
+    it with `second` added to its environment (by default its traces exported over OTLP to a
+    sink, to price tracing; the first edge has no exporter, so no tracer, as deployed without
+    one): yields both targets, the credential pairs the load
     rotates over, and the first edge's log file."""
     with edge_stack(upstream_url, nats_url, workdir / "edge") as stack, \
             edge_process(stack.env, workdir / "edge" / "edge-second.log", **second) as (base, pid):
-        label = " ".join(f"{k}={v}" for k, v in second.items())
+        label = ("traces exported (OTLP)" if "OTEL_EXPORTER_OTLP_ENDPOINT" in second
+                 else " ".join(f"{k}={v}" for k, v in second.items()))
         targets = [Target("edge: key+JWT, scope, limit, log, proxy", stack.url, pid=stack.pid),
                    Target(f"edge, {label}"[:41], base + PATH, pid=pid)]
         yield targets, stack.credentials, stack.log
@@ -227,7 +247,7 @@ class Findings:
 
 
 def run_standard(args: argparse.Namespace) -> None:
-    """The edge, a second edge (by default without tracing), the upstream direct, the hello world
+    """The edge, a second edge (by default with its traces exported), the upstream direct, the hello world
     and the proxy alone, interleaved for `--rounds` rounds; then the p99 added at half load, the limiter's
     cost and, with `--profile`, where the edge's time goes."""
     seconds, conns = args.seconds, args.connections
@@ -243,7 +263,11 @@ def run_standard(args: argparse.Namespace) -> None:
         proxy_url, proxy_pid = stack.enter_context(asgi(SERVER, f"proxy_{args.client}", env))
         baselines = [direct, Target(f"ASGI hello world ({SERVER}, as the edge)", hello_url, pid=hello_pid),
                      Target(f"proxy only ({SERVER} + {args.client})", proxy_url, pid=proxy_pid)]
-        edges, credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, args.second_edge))
+        second_env = args.second_edge
+        if not second_env:  # the default: the same edge with its traces exported over OTLP
+            second_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": stack.enter_context(otlp_sink()),
+                          "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+        edges, credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, second_env))
         edge, second = edges
         script = wrk_script(root / "rotate.lua", credentials)
         rotate = root / "rotate.json"
@@ -409,12 +433,12 @@ def main() -> None:
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the edge under load (0: none)")
     parser.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks in this file")
     parser.add_argument("--second-edge", metavar="NAME=VALUE", action="append", default=[],
-                        help="environment of the second edge measured (default OTEL_SDK_DISABLED=true)")
+                        help="environment of the second edge measured (default: traces exported over OTLP to a sink)")
     args = parser.parse_args()
     args.seconds = min(max(args.seconds, 1.0), 30.0)
     args.rounds = min(max(args.rounds, 1), 7)
     args.profile = min(max(args.profile, 0.0), 30.0)
-    args.second_edge = dict(v.split("=", 1) for v in args.second_edge) or {"OTEL_SDK_DISABLED": "true"}
+    args.second_edge = dict(v.split("=", 1) for v in args.second_edge)
     if missing := missing_tools():
         sys.exit(f"missing load generator(s): {', '.join(missing)}; install with: apt-get install -y wrk")
     if two_cores():

@@ -2,12 +2,17 @@
 latency of each request-log filter on a million rows, on SQLite and on PostgreSQL.
 
     .venv/bin/python -m bench.logs [--rows 1000000] [--ingest 100000] [--queries 100] [--backend sqlite|postgresql]
+                                   [--per-record]
 
 Ingest: `--ingest` ApiRequestLogged records are published to a fresh nats-server's APILOG
-stream first; then the logs service's own consumer (BatchConsumer + LogsHandlers, batches of
-2,000, one INSERT and one commit per batch, ack after commit) drains them into a migrated,
-empty database. The bare insert writes the same decoded rows with the same repository call
-and batch size into another empty database, with no NATS. Query: `--rows` rows are bulk
+stream first, as the edge publishes them: through the edge's own ApiLogPublisher (batches of
+up to 500 records, one `apilog.batch` message each); with `--per-record`, one message per
+record on `apilog.request` (the path the edge used before batching). Then the logs service's
+own consumer (BatchConsumer + LogsHandlers as wired in services.logs.main: fetches of up to
+2,000 messages and APILOG_FETCH_BYTES, one INSERT and one commit per fetch, ack after commit)
+drains them into a migrated, empty database. The bare insert writes the same decoded rows with
+the same repository call, in batches of the size the consumer committed on average, into
+another empty database, with no NATS. Query: `--rows` rows are bulk
 loaded (sqlite3 executemany / asyncpg COPY), then each filter's first page (50 rows, newest
 first) is asked `--queries` times with random values through LogsHandlers.query_requests.
 Every loop is bounded by count; the whole run takes a few minutes.
@@ -24,18 +29,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import nats
 from sqlalchemy import text
 
 from services.contracts.trellis.events.v1 import events_pb2
+from services.edge.apilog import ApiLogPublisher
 from services.kit.auth import QA_PERMISSION, Actor
 from services.kit.bus import ensure_streams
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.natsproc import NatsServer
-from services.logs.consumers import BatchConsumer, decode_request
+from services.logs.consumers import APILOG_FETCH_BYTES, BatchConsumer, decode_requests
 from services.logs.domain import ApiRequest, RequestFilter, StatusFilter
 from services.logs.handlers import LogsHandlers
 from services.logs.store import LogsRepository
@@ -76,23 +82,41 @@ def as_request(row: tuple) -> ApiRequest:  # type: ignore[type-arg]
 
 # --- ingest ---------------------------------------------------------------------------------
 
-async def publish(url: str, rows: list[tuple]) -> None:  # type: ignore[type-arg]
+def as_event(row: tuple) -> events_pb2.ApiRequestLogged:  # type: ignore[type-arg]
+    r = as_request(row)
+    event = events_pb2.ApiRequestLogged(
+        request_id=r.request_id, org_id=r.org_id, integration_id=r.integration_id, method=r.method,
+        endpoint=r.endpoint, status=r.status, duration_ms=r.duration_ms, ip=r.ip, error_code=r.error_code,
+        scope_category=r.scope_category)
+    event.occurred_at.FromDatetime(r.timestamp)
+    return event
+
+
+async def publish(url: str, rows: list[tuple], *, per_record: bool) -> int:  # type: ignore[type-arg]
+    """Publish `rows` as the edge does (or one message per record); returns the messages sent."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     await ensure_streams(js)
-    for start in range(0, len(rows), 2_000):
-        futures = []
-        for row in rows[start:start + 2_000]:
-            r = as_request(row)
-            event = events_pb2.ApiRequestLogged(
-                request_id=r.request_id, org_id=r.org_id, integration_id=r.integration_id, method=r.method,
-                endpoint=r.endpoint, status=r.status, duration_ms=r.duration_ms, ip=r.ip, error_code=r.error_code,
-                scope_category=r.scope_category)
-            event.occurred_at.FromDatetime(r.timestamp)
-            futures.append(await js.publish_async("apilog.request", event.SerializeToString(),
-                                                  headers={"Nats-Msg-Id": r.request_id}))
-        await asyncio.gather(*futures)
+    before = (await js.stream_info("APILOG")).state.messages
+    if per_record:
+        for start in range(0, len(rows), 2_000):
+            futures = []
+            for row in rows[start:start + 2_000]:
+                event = as_event(row)
+                futures.append(await js.publish_async("apilog.request", event.SerializeToString(),
+                                                      headers={"Nats-Msg-Id": event.request_id}))
+            await asyncio.gather(*futures)
+    else:
+        publisher = ApiLogPublisher(js, max_queue=len(rows))
+        await publisher.start()
+        for row in rows:
+            publisher.record(as_event(row))
+        await publisher.close(timeout=600)
+        if publisher.published != len(rows):
+            raise RuntimeError(f"the publisher sent {publisher.published} of {len(rows)} ({publisher.dropped} dropped)")
+    sent = (await js.stream_info("APILOG")).state.messages - before
     await nc.close()
+    return sent
 
 
 async def fresh_handlers(url: str) -> tuple[LogsHandlers, Callable[[], object]]:
@@ -101,11 +125,19 @@ async def fresh_handlers(url: str) -> tuple[LogsHandlers, Callable[[], object]]:
     return LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32), engine.dispose
 
 
-async def ingest_rate(nats_url: str, url: str, n: int, durable: str) -> float:
+async def ingest_rate(nats_url: str, url: str, n: int, durable: str) -> tuple[float, int]:
+    """Records per second through the logs consumer, and the records one commit held on average."""
     handlers, dispose = await fresh_handlers(url)
+    commits = 0
+
+    async def store(records: Sequence[ApiRequest]) -> None:
+        nonlocal commits
+        await handlers.record_requests(records)
+        commits += 1
+
     nc = await nats.connect(nats_url)
     consumer = BatchConsumer(nc, subject="apilog.>", stream="APILOG", durable=durable,
-                             decode=decode_request, store=handlers.record_requests, batch=BATCH)
+                             decode=decode_requests, store=store, batch=BATCH, max_bytes=APILOG_FETCH_BYTES)
     started = time.perf_counter()
     await consumer.start()
     deadline = started + 600
@@ -117,15 +149,15 @@ async def ingest_rate(nats_url: str, url: str, n: int, durable: str) -> float:
     await dispose()  # type: ignore[misc]
     if consumer.stored < n:
         raise RuntimeError(f"only {consumer.stored} of {n} records arrived")
-    return n / elapsed
+    return n / elapsed, round(n / max(commits, 1))
 
 
-async def bare_rate(url: str, rows: list[tuple]) -> float:  # type: ignore[type-arg]
+async def bare_rate(url: str, rows: list[tuple], batch: int) -> float:  # type: ignore[type-arg]
     handlers, dispose = await fresh_handlers(url)
     records = [as_request(r) for r in rows]
     started = time.perf_counter()
-    for start in range(0, len(records), BATCH):
-        await handlers.record_requests(records[start:start + BATCH])
+    for start in range(0, len(records), batch):
+        await handlers.record_requests(records[start:start + batch])
     elapsed = time.perf_counter() - started
     await dispose()  # type: ignore[misc]
     return len(rows) / elapsed
@@ -227,15 +259,18 @@ async def run(args: argparse.Namespace) -> None:
             return pg.create_database(name)
 
         ingest_rows = list(generate(args.ingest, seed=3))
-        print(f"publishing {args.ingest:,} records to JetStream…", file=sys.stderr)
-        await publish(server.url, ingest_rows)
-        print("\n## ingest (records/s)\n\n| backend | from JetStream | bare batched insert | ratio |\n|---|---:|---:|---:|")
+        how = "one message per record" if args.per_record else "batched by ApiLogPublisher"
+        print(f"publishing {args.ingest:,} records to JetStream, {how}…", file=sys.stderr)
+        messages = await publish(server.url, ingest_rows, per_record=args.per_record)
+        print(f"\n## ingest (records/s): {args.ingest:,} records in {messages:,} messages ({how})\n\n"
+              "| backend | from JetStream | bare batched insert | ratio | records per commit |\n|---|---:|---:|---:|---:|")
         for backend in backends:
-            rate = await ingest_rate(server.url, url_for(backend, "ingest"), args.ingest, f"bench-{backend}")
-            bare = await bare_rate(url_for(backend, "bare"), ingest_rows)
-            print(f"| {backend} | {rate:,.0f} | {bare:,.0f} | {rate / bare:.2f} |", flush=True)
+            rate, per_commit = await ingest_rate(server.url, url_for(backend, "ingest"), args.ingest,
+                                                 f"bench-{backend}")
+            bare = await bare_rate(url_for(backend, "bare"), ingest_rows, per_commit)
+            print(f"| {backend} | {rate:,.0f} | {bare:,.0f} | {rate / bare:.2f} | {per_commit:,} |", flush=True)
 
-        for backend in backends:
+        for backend in backends if args.rows else []:
             url = url_for(backend, "query")
             started = time.perf_counter()
             print(f"loading {args.rows:,} rows into {backend}…", file=sys.stderr)
@@ -254,10 +289,12 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.logs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the query latencies (default 1,000,000)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the query latencies (default 1,000,000; 0 skips them)")
     parser.add_argument("--ingest", type=int, default=100_000, help="records for the ingest rates (default 100,000)")
     parser.add_argument("--queries", type=int, default=100, help="queries per filter (default 100)")
     parser.add_argument("--backend", choices=("both", "sqlite", "postgresql"), default="both")
+    parser.add_argument("--per-record", action="store_true",
+                        help="publish one message per record on apilog.request (the unbatched path, for comparison)")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -1,19 +1,25 @@
-"""One `ApiRequestLogged` record per partner request, published to JetStream off the response path.
+"""Partner request records, published to JetStream off the response path, many per message.
 
 `record()` only appends to a bounded in-memory queue; a background task drains it in batches of
-up to `max_batch` (or whatever arrived within `flush_interval`), publishes the batch with many
-publishes in flight at once (nats-py's `publish_async`) and awaits the PubAcks. Each message
-carries `Nats-Msg-Id = request_id`, so a record sent again after a lost ack is stored once
-(within the APILOG stream's duplicate window, see services.kit.bus).
+up to `max_batch` records and `max_bytes` bytes (or whatever arrived within `flush_interval`)
+and publishes each batch as ONE `ApiRequestBatch` message on `subject` (`apilog.batch`). A NATS
+message costs the edge (publish and PubAck) and the logs consumer (parse, decode, ack) far more
+than a record does, so records travel together. Each batch carries `Nats-Msg-Id` = its own id,
+drawn once and kept through every retry of that batch, so a batch sent again after a lost ack
+is stored once (within the APILOG stream's duplicate window, see services.kit.bus); the logs
+service stores each request id once whichever batch brings it.
 
 What can be lost, and how it shows:
 - the queue is full (`max_queue` records waiting): the new record is dropped and counted;
-- the server refused a record `max_attempts` times (for example no stream is bound to the
-  subject): dropped, counted and logged;
+- one record is larger than `max_bytes` by itself: dropped, counted and logged;
+- the server refused a batch `max_attempts` times (for example no stream is bound to the
+  subject): its records are dropped, counted and logged;
 - `close()` ran out of time: what was left is dropped and counted.
 A record that was taken off the queue is never dropped because NATS was unreachable or an ack
-was late: those failures are retried, first one record at a time as a probe (so an outage
-does not fill the client's reconnect buffer with copies), then the rest once the probe lands.
+was late: those failures are retried. After a failure that looked like an outage, each retry
+first probes with a small JetStream API request (it stores nothing) and sends the batch again
+only once the probe is answered, so an outage does not fill the client's reconnect buffer with
+copies of the batch.
 """
 
 from __future__ import annotations
@@ -22,34 +28,66 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from dataclasses import dataclass
+from enum import Enum
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from services.contracts.trellis.events.v1 import events_pb2
+from services.kit.ids import new_id
 
 log = logging.getLogger(__name__)
 
-_Record = tuple[str, bytes]  # (request id, serialized ApiRequestLogged)
+SUBJECT = "apilog.batch"
+# Well under NATS's default max_payload (1 MiB), so a batch is never refused for its size.
+MAX_BATCH_BYTES = 256 * 1024
+# `ApiRequestBatch.records` is field 1, length-delimited: each record goes on the wire as this
+# tag, its length as a varint, then its own bytes. Framing records as they are queued lets a
+# batch be joined from bytes instead of re-parsed into a message and serialized again.
+_RECORDS_TAG = b"\x0a"
+
+
+def _framed(record: bytes) -> bytes:
+    size, prefix = len(record), bytearray(_RECORDS_TAG)
+    while size > 0x7F:
+        prefix.append((size & 0x7F) | 0x80)
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + record
+
+
+@dataclass(frozen=True)
+class _Batch:
+    msg_id: str
+    payload: bytes  # a serialized ApiRequestBatch
+    count: int
+
+
+class _Outcome(Enum):
+    ACKED = "acked"
+    REFUSED = "refused"          # the server answered no: counts towards max_attempts
+    UNREACHABLE = "unreachable"  # no answer in time or no connection: retried without limit
 
 
 class ApiLogPublisher:
-    """Queues request-log records and publishes them to `subject` in the background."""
+    """Queues request-log records and publishes them in batches to `subject` in the background."""
 
-    def __init__(self, js: JetStreamContext, *, subject: str = "apilog.request", max_queue: int = 50_000,
-                 max_batch: int = 500, flush_interval: float = 0.05, ack_timeout: float = 2.0,
-                 max_attempts: int = 5, max_backoff: float = 2.0) -> None:
+    def __init__(self, js: JetStreamContext, *, subject: str = SUBJECT, max_queue: int = 50_000,
+                 max_batch: int = 500, max_bytes: int = MAX_BATCH_BYTES, flush_interval: float = 0.05,
+                 ack_timeout: float = 2.0, max_attempts: int = 5, max_backoff: float = 2.0) -> None:
         self._js = js
         self._subject = subject
         self._max_queue = max_queue
         self._max_batch = max(1, max_batch)
+        self._max_bytes = max_bytes
         self._flush_interval = flush_interval
         self._ack_timeout = ack_timeout
         self._max_attempts = max_attempts
         self._max_backoff = max_backoff
-        self._queue: deque[_Record] = deque()
+        self._queue: deque[bytes] = deque()  # framed records
+        self._queued_bytes = 0
         self._inflight = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -59,12 +97,12 @@ class ApiLogPublisher:
 
     @property
     def dropped(self) -> int:
-        """Records lost: queue full, refused by the server, or left over at close."""
+        """Records lost: queue full, too large, refused by the server, or left over at close."""
         return self._dropped
 
     @property
     def published(self) -> int:
-        """Records the stream acknowledged (it stores one per request id)."""
+        """Records in batches the stream acknowledged (it stores each batch id once)."""
         return self._published
 
     @property
@@ -78,8 +116,15 @@ class ApiLogPublisher:
             if self._closing or len(self._queue) >= self._max_queue:
                 self._dropped += 1
                 return
-            self._queue.append((entry.request_id, entry.SerializeToString()))
-            if len(self._queue) == 1 or len(self._queue) >= self._max_batch:
+            frame = _framed(entry.SerializeToString())
+            if len(frame) > self._max_bytes:
+                self._dropped += 1
+                log.error("API log record %s is %d bytes, over the %d-byte batch limit; dropped",
+                          entry.request_id, len(frame), self._max_bytes)
+                return
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+            if len(self._queue) == 1 or self._full():
                 self._wake.set()
         except Exception:  # a log record must never fail the request it describes
             self._dropped += 1
@@ -109,7 +154,21 @@ class ApiLogPublisher:
             log.warning("dropping %d API log records left at close", left)
             self._dropped += left
             self._queue.clear()
+            self._queued_bytes = 0
             self._inflight = 0
+
+    def _full(self) -> bool:
+        return len(self._queue) >= self._max_batch or self._queued_bytes >= self._max_bytes
+
+    def _take_batch(self) -> _Batch:
+        """The oldest records that fit in one message (always at least one)."""
+        frames = [self._queue.popleft()]
+        size = len(frames[0])
+        while self._queue and len(frames) < self._max_batch and size + len(self._queue[0]) <= self._max_bytes:
+            frames.append(self._queue.popleft())
+            size += len(frames[-1])
+        self._queued_bytes -= size
+        return _Batch(new_id("alb"), b"".join(frames), len(frames))
 
     async def _run(self) -> None:
         while True:
@@ -119,81 +178,84 @@ class ApiLogPublisher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if len(self._queue) < self._max_batch and not self._closing:
+            if not self._full() and not self._closing:
                 # Give a batch a moment to fill; record() wakes us early once it is full.
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._flush_interval)
-            batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-            self._inflight = len(batch)
+            batch = self._take_batch()
+            self._inflight = batch.count
             try:
                 await self._deliver(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # A bug here must not stop the publisher; the batch is lost and counted.
-                log.exception("API log batch failed; %d records lost", self._inflight)
-                self._dropped += self._inflight
+                log.exception("API log batch %s failed; %d records lost", batch.msg_id, batch.count)
+                self._dropped += batch.count
             finally:
                 self._inflight = 0
 
-    async def _deliver(self, batch: list[_Record]) -> None:
-        """Publish `batch` until every record is acked or refused `max_attempts` times."""
-        pending = batch
-        refusals: dict[str, int] = {}
+    async def _deliver(self, batch: _Batch) -> None:
+        """Publish `batch` until it is acked or refused `max_attempts` times."""
+        refusals = 0
         backoff = 0.05
         probing = False
-        while pending:
-            sending, waiting = (pending[:1], pending[1:]) if probing else (pending, [])
-            retry, unreachable = await self._send(sending)
-            kept = []
-            for rec, refused in retry:
-                if refused:
-                    refusals[rec[0]] = refusals.get(rec[0], 0) + 1
-                    if refusals[rec[0]] >= self._max_attempts:
-                        self._dropped += 1
-                        log.error("API log record %s refused %d times; dropped", rec[0], self._max_attempts)
-                        continue
-                kept.append(rec)
-            pending = kept + waiting
-            self._inflight = len(pending)
-            probing = unreachable
-            if kept:
-                await asyncio.sleep(backoff)
-                backoff = min(self._max_backoff, backoff * 2)
+        while True:
+            if probing and not await self._reachable():
+                outcome = _Outcome.UNREACHABLE
             else:
-                backoff = 0.05
+                outcome = await self._send(batch)
+            if outcome is _Outcome.ACKED:
+                self._published += batch.count
+                return
+            if outcome is _Outcome.REFUSED:
+                refusals += 1
+                if refusals >= self._max_attempts:
+                    self._dropped += batch.count
+                    log.error("API log batch %s (%d records) refused %d times; dropped", batch.msg_id, batch.count,
+                              refusals)
+                    return
+            probing = outcome is _Outcome.UNREACHABLE
+            await asyncio.sleep(backoff)
+            backoff = min(self._max_backoff, backoff * 2)
 
-    async def _send(self, records: list[_Record]) -> tuple[list[tuple[_Record, bool]], bool]:
-        """Publish `records` concurrently; returns (failed record, server refused it) pairs and
-        whether NATS looked unreachable."""
-        futures: list[tuple[_Record, asyncio.Future[PubAck]]] = []
-        failed: list[tuple[_Record, bool]] = []
-        unreachable = False
-        for i, rec in enumerate(records):
-            try:
-                # No wait_stall: with one, nats-py waits through a task and flushes every message
-                # alone; a batch is far below its 4,000 in-flight bound anyway.
-                fut = await self._js.publish_async(self._subject, rec[1], headers={"Nats-Msg-Id": rec[0]})
-            except nats.errors.Error:
-                # Disconnected with a full reconnect buffer, or the connection is closed.
-                failed.extend((r, False) for r in records[i:])
-                unreachable = True
-                break
-            futures.append((rec, fut))
-        if futures:
-            await asyncio.wait([f for _, f in futures], timeout=self._ack_timeout)
-        for rec, fut in futures:
-            if not fut.done():
-                fut.cancel()
-                failed.append((rec, False))
-                unreachable = True
-            elif fut.cancelled():
-                failed.append((rec, False))
-            elif (exc := fut.exception()) is not None:
-                refused = isinstance(exc, (APIError, NoStreamResponseError))
-                unreachable = unreachable or not refused
-                failed.append((rec, refused))
-            else:
-                self._published += 1
-        return failed, unreachable
+    async def _send(self, batch: _Batch) -> _Outcome:
+        try:
+            await self._js.publish(self._subject, batch.payload, timeout=self._ack_timeout,
+                                   headers={"Nats-Msg-Id": batch.msg_id})
+        except NoStreamResponseError as exc:
+            # No stream answered. A replicated stream electing a new leader (a nats-server of
+            # the cluster died) answers so for seconds; only a subject no stream takes is refused.
+            if await self._stream_exists():
+                return _Outcome.UNREACHABLE
+            log.warning("API log batch %s refused: %r", batch.msg_id, exc)
+            return _Outcome.REFUSED
+        except (APIError, nats.errors.MaxPayloadError) as exc:
+            log.warning("API log batch %s refused: %r", batch.msg_id, exc)
+            return _Outcome.REFUSED
+        except nats.errors.Error:
+            # No ack in time, disconnected with a full reconnect buffer, or the connection closed.
+            return _Outcome.UNREACHABLE
+        return _Outcome.ACKED
+
+    async def _stream_exists(self) -> bool:
+        """Whether a stream takes `subject` (the cluster's metadata leader answers this even
+        while that stream has no leader); no answer counts as yes: an outage, not a refusal."""
+        try:
+            await asyncio.wait_for(self._js.find_stream_name_by_subject(self._subject), self._ack_timeout)
+        except NotFoundError:
+            return False
+        except (nats.errors.Error, asyncio.TimeoutError):
+            pass
+        return True
+
+    async def _reachable(self) -> bool:
+        """Whether the server answers a small JetStream request that stores nothing."""
+        try:
+            await asyncio.wait_for(self._js.account_info(), self._ack_timeout)
+        except APIError:
+            return True  # an answer, even a refusal: the next send will tell what it is
+        except (nats.errors.Error, asyncio.TimeoutError):
+            return False
+        return True

@@ -9,15 +9,16 @@ request; metrics; and, for partner requests, one API log record, queued without 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.edge.apilog import ApiLogPublisher
@@ -30,6 +31,7 @@ from services.edge.oauth import TokenEndpoint, jwks_response, openid_configurati
 from services.edge.openapi import build_spec, render_html, spec_json
 from services.edge.peers import Peers
 from services.edge.pipeline import Pipeline, Trail
+from services.kit.logcontext import request_id_var
 from services.kit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,10 +77,11 @@ class EdgeApp:
             "/.well-known/openid-configuration": Endpoint(self._openid_configuration, get),
             "/healthz": Endpoint(self._healthz, get),
             "/readyz": Endpoint(self._readyz, get),
-            "/metrics": Endpoint(self._metrics_text, get),
             "/openapi.json": Endpoint(self._openapi, get),
             "/docs": Endpoint(self._docs, get),
         }
+        if not settings.edge_metrics_addr:  # otherwise served on that address only (services.edge.main)
+            self._endpoints["/metrics"] = Endpoint(self._metrics_text, get)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -92,12 +95,14 @@ class EdgeApp:
         started, wall = time.perf_counter(), time.time()
         request = Request(scope)
         given = request.header(b"x-request-id")
-        request.request_id = given.decode() if given and _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request.request_id = given.decode() if given and _SANE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
         request.client_ip, request.hops = self._resolver.resolve(request.peer, request.header_values(b"x-forwarded-for"))
         responder = Responder(send, [(b"x-request-id", request.request_id.encode())])
         endpoint = self._endpoints.get(request.path)
         trail = Trail(route=request.path if endpoint else self._pipeline.label(request.path))
-        with self._tracer.start_as_current_span(f"{request.method} edge", kind=trace.SpanKind.SERVER) as span:
+        request_id_var.set(request.request_id)  # each request runs in its own task: no reset needed
+        with self._tracer.start_as_current_span(f"{request.method} edge", context=self._incoming_trace(request),
+                                                kind=trace.SpanKind.SERVER) as span:
             try:
                 if request.header_bytes() > self._max_header_bytes:
                     raise EdgeError("request_headers_too_large", f"the request headers are larger than "
@@ -117,6 +122,19 @@ class EdgeApp:
             finally:
                 status = responder.status or CLIENT_CLOSED
                 self._finish(span, request, trail, status, started, wall, partner=endpoint is None)
+
+    @staticmethod
+    def _incoming_trace(request: Request) -> Context | None:
+        """The caller's W3C trace context, so a partner's trace continues through the edge to the
+        upstream (with or without a tracer of our own installed)."""
+        parent = request.header(b"traceparent")
+        if parent is None:
+            return None
+        carrier = {"traceparent": parent.decode("latin-1")}
+        state = request.header(b"tracestate")
+        if state is not None:
+            carrier["tracestate"] = state.decode("latin-1")
+        return propagate.extract(carrier)
 
     async def _builtin(self, endpoint: Endpoint, request: Request, receive: Receive, send: Send) -> str:
         if request.method not in endpoint.methods:
@@ -146,8 +164,8 @@ class EdgeApp:
         if status >= 500:
             span.set_status(trace.StatusCode.ERROR)
         if partner:
-            occurred = Timestamp()
-            occurred.FromNanoseconds(int(wall * 1e9))
+            seconds = int(wall)
+            occurred = Timestamp(seconds=seconds, nanos=int((wall - seconds) * 1e9))
             self._apilog.record(events_pb2.ApiRequestLogged(
                 request_id=request.request_id, occurred_at=occurred, org_id=trail.org_id,
                 integration_id=trail.integration_id, method=method, endpoint=request.path[:1024], status=status,

@@ -4,15 +4,28 @@ id), and concurrent misses for one key share a single load.
 
 A load that was in flight while anything was dropped is used by the requests that waited for
 it but is not stored: it may have read the state from before the change that caused the drop.
+
+Refresh ahead: an entry whose lifetime is the TTL is loaded again in the background once it is
+between 70 % and 90 % through it (a random point per entry, so entries loaded together do not
+expire together), while requests keep getting the cached value. Without it every cached key
+and integration expired on the request path every TTL, and the requests that found it expired
+waited for identity or registry (docs/benchmarks.md, "## Edge": 30 s stalls in the p99). It only
+ever makes a value fresher: invalidation events still drop entries at once, and the TTL still
+bounds how old a served value can be. Entries that end earlier by their own expiry (a token's
+`exp`) are not refreshed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+# Where in its TTL an entry is loaded again in the background (uniformly between the two).
+REFRESH_FROM, REFRESH_TO = 0.7, 0.9
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -23,6 +36,7 @@ class _Entry(Generic[V]):
     value: V
     expires_at: float
     tags: tuple[Hashable, ...]
+    refresh_at: float  # inf: never refreshed ahead
 
 
 class TtlCache(Generic[K, V]):
@@ -38,6 +52,7 @@ class TtlCache(Generic[K, V]):
         self._epoch = 0
         self.hits = 0
         self.misses = 0
+        self.refreshes = 0  # loads started ahead of expiry
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,8 +71,12 @@ class TtlCache(Generic[K, V]):
         self._remove(key)
         if len(self._entries) >= self.max_entries:
             self._remove(next(iter(self._entries)))
-        deadline = self._clock() + self.ttl
-        entry = _Entry(value, deadline if expires_at is None else min(deadline, expires_at), tuple(tags))
+        now = self._clock()
+        deadline = now + self.ttl
+        if expires_at is not None and expires_at < deadline:
+            entry = _Entry(value, expires_at, tuple(tags), float("inf"))
+        else:
+            entry = _Entry(value, deadline, tuple(tags), now + self.ttl * random.uniform(REFRESH_FROM, REFRESH_TO))
         self._entries[key] = entry
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(key)
@@ -96,18 +115,27 @@ class TtlCache(Generic[K, V]):
         shared by every caller that misses on `key` meanwhile. `load`'s exceptions propagate
         to each of them and nothing is stored. The load runs as its own task, so a caller that
         goes away does not cancel it for the others."""
-        value = self.get(key)
-        if value is not None:
-            self.hits += 1
-            return value
+        entry = self._entries.get(key)
+        if entry is not None:
+            now = self._clock()
+            if entry.expires_at > now:
+                self.hits += 1
+                if entry.refresh_at <= now and key not in self._loading:
+                    self.refreshes += 1
+                    self._start_load(key, load)
+                return entry.value
+            self._remove(key)
         self.misses += 1
-        task = self._loading.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(key, load))
-            # Retrieved here so an error nobody waited for any more is not reported as lost.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._loading[key] = task
+        task = self._loading.get(key) or self._start_load(key, load)
         return await asyncio.shield(task)
+
+    def _start_load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]]) -> asyncio.Task[V]:
+        task = asyncio.get_running_loop().create_task(self._load(key, load))
+        # Retrieved here so an error nobody waited for any more (a failed refresh ahead, whose
+        # entry is still served until it expires) is not reported as lost.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._loading[key] = task
+        return task
 
     async def _load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]]) -> V:
         epoch = self._epoch

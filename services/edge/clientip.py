@@ -27,19 +27,31 @@ def _strip_port(entry: str) -> str:
 class ClientIpResolver:
     """Resolves the client address of a request from its peer and X-Forwarded-For."""
 
+    # Peers whose answer does not depend on X-Forwarded-For, remembered (parsing an address
+    # twice per request was 1 % of the edge's CPU). Bounded: emptied when full.
+    MEMO_SIZE = 4096
+
     def __init__(self, trusted_proxies: Iterable[str] = ()) -> None:
         self._trusted: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(c.strip(), strict=False) for c in trusted_proxies)
+        self._direct: dict[str, tuple[str, list[str]]] = {}
 
     def _is_trusted(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self._trusted)
 
     def resolve(self, peer: str, forwarded_for: Iterable[bytes]) -> tuple[str, list[str]]:
-        """(client address, the hops from the client to us) for X-Forwarded-For upstream."""
+        """(client address, the hops from the client to us) for X-Forwarded-For upstream.
+        The hops list may be shared between requests: read it, never change it."""
+        known = self._direct.get(peer)
+        if known is not None:
+            return known
         peer_ip = parse_ip(peer)
         if peer_ip is None:
             return peer, [peer] if peer else []
         if not self._trusted or not self._is_trusted(peer_ip):
-            return str(peer_ip), [str(peer_ip)]
+            if len(self._direct) >= self.MEMO_SIZE:
+                self._direct.clear()
+            answer = self._direct[peer] = (str(peer_ip), [str(peer_ip)])
+            return answer
         entries = [e for value in forwarded_for for e in value.decode("latin-1").split(",") if e.strip()]
         hops = [str(peer_ip)]
         client = peer_ip

@@ -41,10 +41,16 @@ CODES: dict[str, Code] = {
     "insufficient_scope": Code(403, "The integration (or this token) lacks the scope this endpoint needs; "
                                     "the message names it.",
                                "Ask the administrator to grant the scope, then request a new token."),
-    "not_found": Code(404, "No API route matches this path.", "Check the path against the API reference."),
+    "not_found": Code(404, "No API route matches this path, or the object it names (a webhook subscription, a "
+                           "delivery) does not exist or belongs to another integration.",
+                      "Check the path against the API reference, and the id."),
     "method_not_allowed": Code(405, "This endpoint does not accept the HTTP method used.",
                                "Use a method listed in the Allow header."),
-    "invalid_request": Code(400, "The request is malformed (for example its path or Content-Length).",
+    "conflict": Code(409, "The object is not in a state that allows this (for example redelivering a delivery that "
+                          "has not failed, or changing a subscription disabled with its integration).",
+                     "Read the object again; the message says which state it is in."),
+    "invalid_request": Code(400, "The request is malformed (for example its path, its Content-Length, its JSON body "
+                                 "or a field's value).",
                             "Fix the request; the message says what is wrong."),
     "payload_too_large": Code(413, "The request body is larger than the edge accepts.",
                               "Send a smaller body (split the batch)."),

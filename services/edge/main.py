@@ -1,7 +1,7 @@
 """Wires the edge together: NATS (invalidation events, rate-limit counters, the API log), the
-identity and registry channels with the edge's service identity, the caches, the route table
-and the uvicorn server (uvloop + httptools; docs/benchmarks.md "## Edge" says why).
-Nothing runs at import time.
+identity and registry channels (and webhooks, when a built-in route of the table needs it) with
+the edge's service identity, the caches, the route table, the built-ins and the uvicorn server
+(uvloop + httptools; docs/benchmarks.md "## Edge" says why). Nothing runs at import time.
 
 `python -m services.edge` serves on settings.edge_addr until SIGTERM or SIGINT, then stops
 taking connections, lets requests in flight finish, flushes the API log and closes.
@@ -22,11 +22,12 @@ import uvicorn
 
 from services.edge.apilog import ApiLogPublisher
 from services.edge.app import EdgeApp
-from services.edge.builtins import BUILTINS
+from services.edge.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
 from services.edge.credentials import ApiKeys, Issuer, KeySet, Tokens
 from services.edge.integrations import Integrations, Invalidator
 from services.edge.metrics import EdgeMetrics
 from services.edge.oauth import TokenEndpoint
+from services.edge.partner_webhooks import PartnerWebhooks
 from services.edge.peers import Peers
 from services.edge.pipeline import Pipeline
 from services.edge.proxy import Upstreams
@@ -34,6 +35,7 @@ from services.edge.ratelimit import RateLimiter
 from services.edge.routes import RouteTable
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
 from services.kit.bus import connect, ensure_streams
+from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
 from services.kit.settings import Mode, Settings
 from services.kit.telemetry import setup_tracing
@@ -74,6 +76,8 @@ class RunningEdge:
     starts: list[Cleanup]
     stops: list[Cleanup] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    # GET /metrics on settings.edge_metrics_addr, when set (else on the partner port).
+    metrics_server: MetricsServer | None = None
 
     async def start(self) -> "RunningEdge":
         for start in self.starts:
@@ -128,7 +132,10 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         stops.append(nc.drain)
         js = nc.jetstream()
         await ensure_streams(js, replicas=settings.nats_stream_replicas)
-        peers = Peers(settings.identity_addr, settings.registry_addr, tokens_source, timeout=settings.edge_peer_timeout_seconds)
+        # Only a table that routes to webhooks makes webhooks a peer (and part of /readyz).
+        uses_webhooks = any(route.builtin in WEBHOOKS_BUILTINS for route in routes.routes)
+        peers = Peers(settings.identity_addr, settings.registry_addr, tokens_source, timeout=settings.edge_peer_timeout_seconds,
+                      webhooks_addr=settings.webhooks_addr if uses_webhooks else None)
         stops.append(peers.close)
         ttl = settings.edge_cache_ttl_seconds
         upstreams = Upstreams(timeout=settings.edge_upstream_timeout_seconds, max_body_bytes=settings.edge_max_body_bytes)
@@ -148,8 +155,13 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         metrics = EdgeMetrics()
         metrics.watch(apilog_dropped=lambda: apilog.dropped, apilog_queued=lambda: apilog.queued,
                       jwks_fetches=lambda: own_keys.fetches)
+        builtins: dict[str, Builtin] = {"whoami": whoami}
+        if uses_webhooks:
+            # A test delivery waits for the receiver: allow webhooks' delivery timeout and a margin.
+            builtins.update(PartnerWebhooks(peers, max_body_bytes=settings.edge_max_body_bytes, test_timeout=max(
+                settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
-                            limiter=limiter, routes=routes, upstreams=upstreams)
+                            limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers), jwks=own_keys,
                       apilog=apilog, metrics=metrics, nc=nc)
         sock = _bind(address or settings.edge_addr)
@@ -168,7 +180,12 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
     # first (in RunningEdge.stop), then the subscriptions, the log flush, the limiter, the client.
     starts: list[Cleanup] = [upstreams.start, limiter.start, apilog.start, invalidator.start]
     stops += [upstreams.close, limiter.close, apilog.close, invalidator.close]
-    return RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
+    edge = RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
+    if settings.edge_metrics_addr:
+        edge.metrics_server = MetricsServer(metrics.scrape, settings.edge_metrics_addr)
+        starts.insert(0, edge.metrics_server.start)  # type: ignore[arg-type] - returns the port
+        stops.append(edge.metrics_server.stop)
+    return edge
 
 
 def _closer(sock: socket.socket) -> Cleanup:
@@ -179,11 +196,11 @@ def _closer(sock: socket.socket) -> Cleanup:
 
 
 def main() -> None:
-    configure_logging()
+    settings = Settings()
+    configure_logging(settings, NAME)
     import uvloop
 
     async def run() -> None:
-        settings = Settings()
         setup_tracing(NAME, namespace=settings.otel_service_namespace)
         edge = await (await bootstrap(settings)).start()
         log.info("edge serving on %s:%d", settings.edge_addr.rpartition(":")[0], edge.port)

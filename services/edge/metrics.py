@@ -18,6 +18,7 @@ class EdgeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter("trellis_edge_requests", "HTTP requests answered, by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("trellis_edge_request_duration_seconds", "Time to answer a request, by route",
@@ -36,9 +37,14 @@ class EdgeMetrics:
                                    registry=self.registry)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One answered request."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        """One answered request. The labelled children are looked up once per label set
+        (`labels()` costs more than the increment), bounded as the labels are."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, *, apilog_dropped: Callable[[], float], apilog_queued: Callable[[], float],
               jwks_fetches: Callable[[], float]) -> None:
@@ -49,3 +55,7 @@ class EdgeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """render() for services.kit.metrics.MetricsServer (its own port: TRELLIS_EDGE_METRICS_ADDR)."""
+        return self.render()

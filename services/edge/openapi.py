@@ -1,6 +1,7 @@
-"""The partner API described as OpenAPI 3.1 (GET /openapi.json), built from the route table
-and the error codes, and the same description rendered as a self-contained HTML reference
-(GET /docs): no CDN, no script, everything escaped."""
+"""The partner API described as OpenAPI 3.1 (GET /openapi.json), built from the route table,
+the built-ins' operations (services.edge.partner_webhooks.OPERATIONS) and the error codes, and
+the same description rendered as a self-contained HTML reference (GET /docs): no CDN, no
+script, everything escaped."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 from typing import Any
 
 from services.edge.errors import CODES
+from services.edge.partner_webhooks import OPERATIONS, QUERY, SCHEMAS, Operation
 from services.edge.routes import Route, RouteTable
 
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -20,7 +22,7 @@ RATE_HEADERS = {
     "X-RateLimit-Remaining": "Requests left in the current window.",
     "X-RateLimit-Reset": "Unix timestamp (seconds) when the current window resets.",
 }
-PARTNER_ERRORS = ("400", "401", "403", "404", "413", "429", "431", "502", "503", "504")
+PARTNER_ERRORS = ("400", "401", "403", "404", "405", "409", "413", "429", "431", "502", "503", "504")
 
 
 def _header(description: str, type_: str = "integer") -> dict[str, Any]:
@@ -57,7 +59,37 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     }
 
 
+def _builtin_operation(route: Route, op: Operation) -> dict[str, Any]:
+    """A built-in's documented operation: its parameters, body and answer."""
+    operation = _operation(route, op.method)
+    operation["summary"] = op.summary + (f" (needs {operation['x-required-scope']})" if operation["x-required-scope"] else "")
+    operation["x-operation"] = op.summary
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in re.findall(r"\{(\w+)\}", op.path)]
+    parameters += [{"name": name, "in": "query", "required": False, "schema": QUERY[name][0],
+                    "description": QUERY[name][1]} for name in op.query]
+    if parameters:
+        operation["parameters"] = parameters
+    if op.body:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(op.body)}}}
+    success = operation["responses"].pop("200")
+    success["description"] = "Answered by the edge from the webhooks service" + (
+        "; `Cache-Control: no-store` (it shows a secret)" if op.secret else "")
+    success["content"] = {"application/json": {"schema": _schema(op.response)}}
+    operation["responses"] = {str(op.status): success, **operation["responses"]}
+    return operation
+
+
+def _schema(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def _route_paths(route: Route) -> dict[str, Any]:
+    if route.builtin in OPERATIONS:
+        paths: dict[str, Any] = {}
+        for op in OPERATIONS[route.builtin]:
+            paths.setdefault(route.prefix + op.path, {})[op.method.lower()] = _builtin_operation(route, op)
+        return paths
     methods = ("GET", "HEAD") if route.builtin else ("GET", "HEAD", *WRITE_METHODS)
     item = {m.lower(): _operation(route, m) for m in methods}
     paths = {route.prefix: item}
@@ -100,6 +132,7 @@ def build_spec(routes: RouteTable, *, server_url: str, token_url: str, version: 
                 "Token": {"type": "object", "required": ["access_token", "token_type", "expires_in"], "properties": {
                     "access_token": {"type": "string"}, "token_type": {"type": "string", "const": "Bearer"},
                     "expires_in": {"type": "integer", "example": 3600}, "scope": {"type": "string"}}},
+                **SCHEMAS,
             },
             "headers": {
                 **{name: _header(text) for name, text in RATE_HEADERS.items()},
@@ -166,7 +199,10 @@ def render_html(spec: dict[str, Any]) -> bytes:
         scopes = "<br>".join(f"{e(', '.join(methods))}: " + (f"<code>{e(scope)}</code>" if scope else "no scope")
                              for scope, methods in by_scope.items())
         what = _text(next(iter(item.values())).get("x-route-description", ""))
-        rows.append(f"<tr><td><code>{e(path)}</code> and below</td><td>{scopes}</td><td>{what}</td></tr>")
+        if any("x-operation" in op for op in item.values()):  # a built-in's own operations, each described
+            what = "<br>".join(f"{e(method.upper())}: {_text(op['x-operation'])}" for method, op in item.items())
+        below = " and below" if f"{path}/{{path}}" in spec["paths"] else ""
+        rows.append(f"<tr><td><code>{e(path)}</code>{below}</td><td>{scopes}</td><td>{what}</td></tr>")
     errors = "".join(
         f"<tr><td><code>{e(code)}</code></td><td>{detail['status']}{' / 504' if code == 'upstream_unavailable' else ''}</td>"
         f"<td>{_text(detail['meaning'])}</td><td>{_text(detail['action'])}</td></tr>"

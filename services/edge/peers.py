@@ -1,17 +1,21 @@
-"""The edge's gRPC calls to identity and registry, made with its own service identity
-(`trellis_edge`), turned into edge values; gRPC errors are translated here, once, into
-services.kit.errors classes carrying the peer's `trellis-*` trailing fields (e.g. `error`)."""
+"""The edge's gRPC calls to identity, registry and (when a built-in route needs it) webhooks,
+made with its own service identity (`trellis_edge`), turned into edge values; gRPC errors are
+translated here, once, into services.kit.errors classes carrying the peer's `trellis-*`
+trailing fields (e.g. `error`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.edge.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
 from services.kit import errors
 from services.kit.auth import ServiceTokenSource
@@ -48,6 +52,7 @@ def translate(exc: grpc.aio.AioRpcError, peer: str) -> errors.TrellisError:
     cls = _ERRORS.get(exc.code(), errors.Unavailable)
     if cls is errors.Unavailable:
         log.warning("%s call failed: %s %s", peer, exc.code().name, exc.details())
+        fields["grpc_status"] = exc.code().name  # DEADLINE_EXCEEDED and UNAVAILABLE answer differently
     return cls(exc.details() or exc.code().name, peer=peer, **fields)
 
 
@@ -69,19 +74,39 @@ def snapshot_of(integration: registry_pb2.Integration) -> IntegrationSnapshot:
 
 
 class Peers:
-    """Channels and stubs to identity and registry, with the edge's service token on each call."""
+    """Channels and stubs to identity and registry, with the edge's service token on each call.
 
-    def __init__(self, identity_addr: str, registry_addr: str, tokens: ServiceTokenSource, *, timeout: float = 5.0) -> None:
+    The webhooks channel exists only when `webhooks_addr` is given (a built-in route of the
+    table calls webhooks); only then is webhooks part of the readiness check.
+    """
+
+    def __init__(self, identity_addr: str, registry_addr: str, tokens: ServiceTokenSource, *, timeout: float = 5.0,
+                 webhooks_addr: str | None = None) -> None:
         self._identity_channel = peer_channel(identity_addr)
         self._registry_channel = peer_channel(registry_addr)
         self._identity = identity_pb2_grpc.IdentityStub(self._identity_channel)
         self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
+        self._webhooks_channel = peer_channel(webhooks_addr) if webhooks_addr else None
+        self._webhooks = webhooks_pb2_grpc.WebhooksStub(self._webhooks_channel) if self._webhooks_channel else None
         self._tokens = tokens
         self._timeout = timeout
 
     async def close(self) -> None:
         await self._identity_channel.close()
         await self._registry_channel.close()
+        if self._webhooks_channel is not None:
+            await self._webhooks_channel.close()
+
+    async def call_webhooks(self, method: str, request: Message, request_id: str = "", *,
+                            timeout: float | None = None) -> Any:
+        """`Webhooks.<method>(request)` as the edge; a failure is a services.kit.errors class."""
+        if self._webhooks is None:
+            raise errors.Unavailable("the edge was started without a webhooks address", peer="webhooks")
+        try:
+            return await getattr(self._webhooks, method)(
+                request, metadata=self._tokens.metadata(request_id), timeout=timeout or self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "webhooks") from exc
 
     async def verify_api_key(self, api_key: str, key_hash: str, request_id: str = "") -> ApiKeyInfo:
         try:
@@ -121,9 +146,12 @@ class Peers:
         return found.jwks_json
 
     async def health(self) -> dict[str, bool]:
-        """Whether identity and registry answer their gRPC health checks with SERVING."""
+        """Whether identity, registry (and webhooks, when used) answer their gRPC health checks with SERVING."""
         result = {}
-        for name, channel in (("identity", self._identity_channel), ("registry", self._registry_channel)):
+        channels = [("identity", self._identity_channel), ("registry", self._registry_channel)]
+        if self._webhooks_channel is not None:
+            channels.append(("webhooks", self._webhooks_channel))
+        for name, channel in channels:
             try:
                 answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 result[name] = answer.status == health_pb2.HealthCheckResponse.SERVING

@@ -6,13 +6,15 @@ turns into the JSON error; `Trail` collects what the request log records about i
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opentelemetry import propagate
 
 from services.edge.asgi import Receive, Request, Responder
-from services.edge.builtins import BUILTINS
+from services.edge.builtins import Builtin, BuiltinCall
 from services.edge.credentials import ApiKeys, RevokedKey, Tokens
 from services.edge.errors import EdgeError, unauthorized
 from services.edge.integrations import Integrations, Invalidator
@@ -52,6 +54,12 @@ def refusal(decision: Decision) -> EdgeError:
                      f"retry after {decision.reset_at} (X-RateLimit-Reset), with backoff", headers=(retry,))
 
 
+@functools.lru_cache(maxsize=4096)
+def scopes_header(scopes: frozenset[str]) -> bytes:
+    """`X-Trellis-Scopes`: the scopes, sorted, space-separated (few distinct sets: remembered)."""
+    return " ".join(sorted(scopes)).encode()
+
+
 def bearer_token(request: Request) -> str:
     header = request.header(b"authorization") or b""
     scheme, _, token = header.partition(b" ")
@@ -62,7 +70,7 @@ class Pipeline:
     """Answers one partner request, or raises the EdgeError that refuses it."""
 
     def __init__(self, *, keys: ApiKeys, tokens: Tokens, integrations: Integrations, invalidator: Invalidator,
-                 limiter: RateLimiter, routes: RouteTable, upstreams: Upstreams) -> None:
+                 limiter: RateLimiter, routes: RouteTable, upstreams: Upstreams, builtins: Mapping[str, Builtin]) -> None:
         self._keys = keys
         self._tokens = tokens
         self._integrations = integrations
@@ -70,6 +78,7 @@ class Pipeline:
         self._limiter = limiter
         self.routes = routes
         self._upstreams = upstreams
+        self._builtins = builtins
 
     async def handle(self, request: Request, receive: Receive, send: Responder, trail: Trail) -> None:
         self._invalidator.check_connection()
@@ -83,7 +92,7 @@ class Pipeline:
         route = self.route_for(request, trail)
         check_scope(caller, route.required_scope(request.method))
         if route.builtin is not None:
-            await BUILTINS[route.builtin](request, caller, send)
+            await self._builtins[route.builtin](BuiltinCall(request, caller, route.subpath(request.path), receive, send))
             return
         try:
             await self._upstreams.forward(request, route, receive, send, self.identity_headers(request, caller), [])
@@ -148,7 +157,7 @@ class Pipeline:
             (b"x-trellis-integration-id", caller.integration.id.encode()),
             (b"x-trellis-org-id", caller.integration.org_id.encode()),
             (b"x-trellis-client-id", caller.token.client_id.encode()),
-            (b"x-trellis-scopes", " ".join(sorted(caller.scopes)).encode()),
+            (b"x-trellis-scopes", scopes_header(caller.scopes)),
             (b"x-forwarded-for", ", ".join(hops).encode()),
             (b"x-forwarded-proto", str(request.scope.get("scheme", "http")).encode()),
         ]

@@ -28,6 +28,9 @@ REQUEST_STRIPPED = frozenset({
     b"host", b"authorization", b"x-api-key", b"x-request-id", b"x-forwarded-for", b"x-forwarded-host",
     b"x-forwarded-proto", b"forwarded", b"traceparent", b"tracestate", b"expect",
 })
+# Responses with a Content-Length up to this are read whole and sent in one body message (one
+# write to the partner instead of a chunk plus an empty end); larger or unsized ones stream.
+SMALL_RESPONSE_BYTES = 64 * 1024
 # Set by the edge on every response.
 RESPONSE_STRIPPED = frozenset({b"x-request-id", b"date", b"server"})
 
@@ -143,6 +146,12 @@ class Upstreams:
                 data=body.chunks() if body is not None else None,
             ) as response:
                 out = response_headers(response.raw_headers) + add_response
+                if response.content_length is not None and response.content_length <= SMALL_RESPONSE_BYTES:
+                    whole = await response.read()
+                    await send({"type": "http.response.start", "status": response.status, "headers": out})
+                    started = True
+                    await send({"type": "http.response.body", "body": whole})
+                    return response.status
                 await send({"type": "http.response.start", "status": response.status, "headers": out})
                 started = True
                 async for chunk in response.content.iter_any():

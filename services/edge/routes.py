@@ -5,12 +5,18 @@ scope it needs. Loaded from a TOML file (settings.edge_routes_file):
     prefix = "/v1/reports"              # matches /v1/reports and /v1/reports/...; longest prefix wins
     upstream = "http://127.0.0.1:8090"  # base URL; the full request path is appended
     scope = "reports"                   # GET/HEAD need reports:read, other methods reports:write
-    methods = { POST = "reports:execute" }   # per-method overrides
+    methods = { POST = "reports:execute" }   # per-method overrides; "*" = every other method
     description = "Generate and download reports"
 
     [[route]]
     prefix = "/v1/whoami"
     builtin = "whoami"                  # answered by the edge itself; `scope` optional
+
+    [[route]]
+    prefix = "/v1/webhooks"
+    builtin = "webhooks"
+    scope = "webhooks"                  # the category the request log records
+    methods = { "*" = "webhooks:manage" }    # one scope for every method
 
 A table with a mistake is refused at start, with the entry and the reason.
 """
@@ -27,7 +33,8 @@ from urllib.parse import urlsplit
 READ_METHODS = frozenset({"GET", "HEAD"})
 _CATEGORY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _SCOPE = re.compile(r"[a-z][a-z0-9_]{0,63}:[a-z][a-z0-9_]{0,63}")
-_METHOD = re.compile(r"[A-Z]{1,16}")
+_METHOD = re.compile(r"[A-Z]{1,16}|\*")
+ANY_METHOD = "*"
 _PREFIX = re.compile(r"/|(/[A-Za-z0-9._~-]+)+")
 _KNOWN_KEYS = frozenset({"prefix", "upstream", "builtin", "scope", "methods", "description", "strip_prefix"})
 
@@ -48,7 +55,7 @@ class Route:
 
     def required_scope(self, method: str) -> str | None:
         """The scope a request with `method` needs here; None for a built-in without a category."""
-        override = self.overrides.get(method)
+        override = self.overrides.get(method, self.overrides.get(ANY_METHOD))
         if override is not None:
             return override
         if self.category is None:
@@ -57,6 +64,10 @@ class Route:
 
     def matches(self, path: str) -> bool:
         return self.prefix == "/" or path == self.prefix or path.startswith(self.prefix + "/")
+
+    def subpath(self, path: str) -> str:
+        """What follows the prefix in a matching path: "" or "/..."."""
+        return path if self.prefix == "/" else path[len(self.prefix):]
 
     def upstream_path(self, raw_path: str) -> str:
         """The path sent upstream: the request's, less the prefix when `strip_prefix`."""
@@ -131,7 +142,8 @@ def _route(entry: object, builtins: set[str], where: str) -> Route:
     if not isinstance(methods, dict) or not all(
         isinstance(m, str) and _METHOD.fullmatch(m) and isinstance(s, str) and _SCOPE.fullmatch(s) for m, s in methods.items()
     ):
-        raise RouteTableError(f"{where} ({prefix}): methods must map methods to scopes, like {{ POST = \"reports:execute\" }}")
+        raise RouteTableError(f"{where} ({prefix}): methods must map methods (or \"*\" for every other method) to "
+                              "scopes, like { POST = \"reports:execute\" }")
     description = entry.get("description", "")
     strip = entry.get("strip_prefix", False)
     if not isinstance(description, str) or not isinstance(strip, bool):

@@ -15,6 +15,7 @@ from services.kit.bus import connect, ensure_streams
 from services.kit.crypto import Envelope
 from services.kit.db import create_engine, is_sqlite, session_factory
 from services.kit.grpc_server import create_server
+from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import Cleanup, RunningService, run_main
 from services.kit.settings import Settings
@@ -29,6 +30,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, consumer_
     the JetStream durable consumer of integration events (tests give each instance its own).
     """
     cleanups: list[Cleanup] = []
+    metrics = ServiceMetrics(NAME)
     try:
         url = settings.database_url(NAME)
         engine = create_engine(url, echo=settings.database_echo)
@@ -45,6 +47,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, consumer_
         )
         relay.start()
         cleanups.append(relay.stop)
+        metrics.watch_outbox(relay)
 
         ring = SigningKeyRing(sessions, Envelope(settings.kek_keys(), settings.kek_version), settings.token_algorithm)
         await ring.ensure_current()
@@ -68,20 +71,24 @@ async def bootstrap(settings: Settings, *, address: str | None = None, consumer_
         consumer = IntegrationEventsConsumer(js, credentials, durable=consumer_durable)
         await consumer.start()
         cleanups.append(consumer.stop)
+        metrics.watch_consumer(js, "TRELLIS", consumer_durable)
 
         servicer = IdentityServicer(credentials, tokens)
+        address = address or f"{settings.bind_host}:{settings.listen_port(NAME)}"
         server, port, health = create_server(
-            address or f"{settings.bind_host}:{settings.listen_port(NAME)}",
+            address,
             register=lambda s: identity_pb2_grpc.add_IdentityServicer_to_server(servicer, s),
             service_names=[SERVICE_NAME],
             verifier=ActorVerifier.from_settings(settings),
             public_methods=PUBLIC_METHODS,
+            metrics=metrics,
         )
     except BaseException:
         for cleanup in reversed(cleanups):
             await cleanup()
         raise
-    return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME], cleanups=cleanups)
+    return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME], cleanups=cleanups,
+                          metrics=metrics, metrics_address=settings.metrics_address(NAME, address))
 
 
 def main() -> None:

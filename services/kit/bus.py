@@ -3,6 +3,7 @@ and W3C trace context carried in message headers (it does not cross the bus by i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
@@ -31,14 +32,20 @@ class StreamSpec:
 STREAMS = (
     StreamSpec("TRELLIS", ("trellis.>",), "Domain and audit events from Trellis services"),
     StreamSpec("ACTIVITY", ("activity.>",), "Platform activity delivered by webhooks"),
-    StreamSpec("APILOG", ("apilog.>",), "One record per partner request through the edge"),
+    StreamSpec("APILOG", ("apilog.>",), "Partner request records from the edge (batches on apilog.batch)"),
 )
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of `TRELLIS_NATS_URL`: one URL, or several separated by commas (a cluster)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, *, name: str) -> NATS:
-    """A connection that reconnects forever; callers publish through JetStream."""
+    """A connection that reconnects forever, to any server of a comma-separated list (the
+    client also learns the rest of a cluster from the servers); callers publish through JetStream."""
     return await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -61,14 +68,40 @@ def _config(spec: StreamSpec, replicas: int) -> StreamConfig:
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
     """Create each stream, or bring an existing one to this configuration; safe to repeat."""
     for spec in specs:
-        config = _config(spec, replicas)
+        await ensure_stream(js, _config(spec, replicas))
+
+
+# A replicated stream answers nothing while it elects a leader (a fresh cluster, a server that
+# just died): about 2-7 s on loopback. Processes starting meanwhile wait this long for it.
+STREAM_READY_SECONDS = 30.0
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, within: float = STREAM_READY_SECONDS) -> None:
+    """Create the stream, or bring an existing one to `config`; safe to repeat and to race
+    (another process creating it first is fine). Timeouts and "no responders" while the stream
+    or the cluster has no leader are retried for `within` seconds, then raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.25
+    while True:
         try:
-            await js.stream_info(spec.name)
-        except NotFoundError:
-            await js.add_stream(config)
-            log.info("created stream %s", spec.name)
-            continue
-        await js.update_stream(config)
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:
+                try:
+                    await js.add_stream(config)
+                    log.info("created stream %s", config.name)
+                    return
+                except BadRequestError:
+                    pass  # another process created it first: update below
+            await js.update_stream(config)
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError) as exc:
+            if loop.time() + delay >= deadline:
+                raise
+            log.warning("stream %s not answering yet (%s); retrying", config.name, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """grpc.aio server bootstrap: health and reflection, actor-token authentication, one
-error-mapping interceptor, tracing, and graceful shutdown on SIGTERM."""
+error-mapping interceptor, tracing, call metrics and the caller's request id, and graceful
+shutdown on SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
+import jwt
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.kit import errors
 from services.kit.auth import ActorVerifier, bind_actor, reset_actor
+from services.kit.logcontext import request_id_var
+from services.kit.metrics import ServiceMetrics
 from services.kit.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
@@ -127,26 +132,88 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, around)
 
 
-class ActorInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies the actor token of every non-public call and binds the actor for the handler."""
+class ObserveInterceptor(grpc.aio.ServerInterceptor):
+    """Outermost of the kit's own interceptors: counts and times each call by method and final
+    status code, and binds the caller's `x-request-id` for the handler's log lines."""
 
-    def __init__(self, verifier: ActorVerifier, public_methods: Iterable[str] = ()) -> None:
+    def __init__(self, metrics: ServiceMetrics | None) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metrics = self._metrics
+
+        async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
+            request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+            bound = request_id_var.set(request_id[:128]) if request_id else None
+            started = time.perf_counter()
+            failed = ""
+            try:
+                return await behaviour(request, context)
+            except asyncio.CancelledError:
+                failed = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                failed = "UNKNOWN"
+                raise
+            finally:
+                if metrics is not None:
+                    metrics.observe_call(method, failed or _code_name(context.code()), time.perf_counter() - started)
+                if bound is not None:
+                    request_id_var.reset(bound)
+
+        return _wrap_handler(handler, around)
+
+
+def _code_name(code: object) -> str:
+    """The status name a handler left on its context (None, the default, is OK)."""
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+class ActorInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the actor token of every non-public call and binds the actor for the handler.
+
+    `refused(code)` hears each refusal: `missing_token`, `token_expired` or `invalid_token`.
+    """
+
+    def __init__(self, verifier: ActorVerifier, public_methods: Iterable[str] = (),
+                 refused: Callable[[str], None] | None = None) -> None:
         self._verifier = verifier
         self._public = ALWAYS_PUBLIC | frozenset(public_methods)
+        self._refused = refused or (lambda code: None)
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in self._public:
             return handler
         verifier = self._verifier
+        refused = self._refused
 
         async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
             metadata = dict(context.invocation_metadata() or ())
             header = metadata.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
+                refused("missing_token")
                 raise errors.Unauthenticated("missing actor token: send authorization: Bearer <token>")
-            bound = bind_actor(verifier.verify(token.strip()))
+            try:
+                actor = verifier.verify(token.strip())
+            except errors.Unauthenticated as exc:
+                refused("token_expired" if isinstance(exc.__cause__, jwt.ExpiredSignatureError) else "invalid_token")
+                raise
+            bound = bind_actor(actor)
             try:
                 return await behaviour(request, context)
             finally:
@@ -162,13 +229,17 @@ def create_server(
     service_names: Iterable[str],
     verifier: ActorVerifier,
     public_methods: Iterable[str] = (),
+    metrics: ServiceMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A server bound to `address` ("[::]:0" in tests) with health, reflection and interceptors.
+    """A server bound to `address` ("[::]:0" in tests) with health, reflection and interceptors;
+    `metrics` (when given) counts its calls and refused actor tokens.
 
     Returns the server, the port it bound, and the health servicer (set SERVING once ready).
     """
+    refused = metrics.auth_refused if metrics is not None else None
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(), ErrorInterceptor(), ActorInterceptor(verifier, public_methods)],
+        interceptors=[*server_interceptors(), ObserveInterceptor(metrics), ErrorInterceptor(),
+                      ActorInterceptor(verifier, public_methods, refused)],
         options=[("grpc.so_reuseport", 0)],
     )
     register(server)

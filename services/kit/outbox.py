@@ -13,13 +13,14 @@ found by a short, backed-off check of `sent_at`.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text, select, update
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.kit.bus import trace_headers
@@ -210,6 +211,14 @@ class OutboxRelay:
                 waiter.sent(event_id)
         while len(self._recent) > self._remember:
             del self._recent[next(iter(self._recent))]
+
+    async def backlog(self) -> tuple[int, dt.datetime | None]:
+        """How many events wait unsent, and when the oldest of them was written (the outbox lag
+        the service's metrics report)."""
+        t = self._table
+        async with self._sessions() as session:
+            row = (await session.execute(select(func.count(), func.min(t.c.created_at)).where(t.c.sent_at.is_(None)))).one()
+        return int(row[0]), row[1]
 
     async def drain_once(self) -> int:
         """Publish one batch of unsent events; returns how many were published."""

@@ -1,5 +1,6 @@
-"""What every service's `main.py` shares: a running-service handle, peer calls on the actor's
-behalf, logging, and the `python -m services.<name>` entry point."""
+"""What every service's `main.py` shares: a running-service handle (with its /metrics
+endpoint), peer calls on the actor's behalf, logging, and the `python -m services.<name>` entry
+point."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from grpc_health.v1 import health
 
 from services.kit.auth import Actor
 from services.kit.grpc_server import mark_serving, serve_until_signalled
+from services.kit.logcontext import JsonFormatter, RedactSecrets, TextFormatter
+from services.kit.metrics import MetricsServer, ServiceMetrics
 from services.kit.settings import Settings
 from services.kit.telemetry import setup_tracing
 
@@ -32,8 +35,17 @@ class RunningService:
     health: health.aio.HealthServicer
     service_names: list[str]
     cleanups: list[Cleanup] = field(default_factory=list)
+    # Served at GET /metrics on `metrics_address` (Settings.metrics_address) from start();
+    # `metrics_port` is the port bound (0 until started, or with no address).
+    metrics: ServiceMetrics | None = None
+    metrics_address: str | None = None
+    metrics_port: int = 0
+    _metrics_server: MetricsServer | None = field(default=None, repr=False)
 
     async def start(self) -> "RunningService":
+        if self.metrics is not None and self.metrics_address:
+            self._metrics_server = MetricsServer(self.metrics.render, self.metrics_address)
+            self.metrics_port = await self._metrics_server.start()
         await self.server.start()
         await mark_serving(self.health, self.service_names)
         return self
@@ -41,6 +53,9 @@ class RunningService:
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+            self._metrics_server = None
         for cleanup in reversed(self.cleanups):
             try:
                 await cleanup()
@@ -56,17 +71,23 @@ def actor_metadata(actor: Actor, request_id: str = "") -> tuple[tuple[str, str],
     return tuple(metadata)
 
 
-def configure_logging() -> None:
+def configure_logging(settings: Settings | None = None, service: str = "") -> None:
+    """Root logging for a service process: level from TRELLIS_LOG_LEVEL, one JSON object per line
+    or text (`Settings.effective_log_format()`; text without settings), secrets masked."""
     level = os.environ.get("TRELLIS_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    json_lines = settings is not None and settings.effective_log_format() == "json"
+    handler.setFormatter(JsonFormatter(service) if json_lines else TextFormatter())
+    handler.addFilter(RedactSecrets())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def run_main(name: str, bootstrap: Callable[[Settings], Awaitable[RunningService]]) -> None:
-    """Entry point of `python -m services.<name>`: settings, tracing, serve until SIGTERM."""
-    configure_logging()
+    """Entry point of `python -m services.<name>`: settings, logging, tracing, serve until SIGTERM."""
+    settings = Settings()
+    configure_logging(settings, name)
 
     async def main() -> None:
-        settings = Settings()
         setup_tracing(name, namespace=settings.otel_service_namespace)
         service = await (await bootstrap(settings)).start()
         log.info("%s serving on port %d", name, service.port)

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SERVICES = ("identity", "registry", "webhooks", "logs")
 DEFAULT_PORTS = {"identity": 50051, "registry": 50052, "webhooks": 50053, "logs": 50054, "edge": 8080}
 PLACEHOLDER = "change-me"
+# A gRPC service's /metrics port is its gRPC port plus this, unless configured.
+METRICS_PORT_OFFSET = 1000
 
 
 class Mode(str, Enum):
@@ -92,6 +94,10 @@ class Settings(BaseSettings):
 
     # The HTTP edge for partners (services/edge, docs/partners.md).
     edge_addr: str = f"127.0.0.1:{DEFAULT_PORTS['edge']}"
+    # Where the edge serves Prometheus `GET /metrics`, as host:port. Empty: on the partner port
+    # with the other public endpoints (the embedded mode); set it in production so the metrics
+    # are not reachable through the Ingress (the partner port then has no /metrics).
+    edge_metrics_addr: str = ""
     # The base URL partners reach the edge at (servers in /openapi.json, links in /docs).
     edge_public_url: str = "http://127.0.0.1:8080"
     # The route table (TOML); empty means the bundled example table in embedded mode only.
@@ -131,6 +137,17 @@ class Settings(BaseSettings):
     webhooks_consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
 
     otel_service_namespace: str = "trellis"
+    # Log lines: `json` (one object per line, services.kit.logcontext) or `text`; empty: text in
+    # the embedded mode (a terminal), json otherwise.
+    log_format: Literal["", "json", "text"] = ""
+    # Where each gRPC service serves Prometheus `GET /metrics` (services.kit.metrics), as
+    # host:port. Unset: the host of the service's gRPC address and its port + 1000 (identity
+    # 51051, registry 51052, webhooks 51053, logs 51054; a gRPC port of 0 gives 0, any free
+    # port). An empty host means `bind_host`; an empty value turns the endpoint off.
+    identity_metrics_addr: str | None = None
+    registry_metrics_addr: str | None = None
+    webhooks_metrics_addr: str | None = None
+    logs_metrics_addr: str | None = None
     grpc_grace_seconds: float = 5.0
     outbox_poll_seconds: float = 1.0
 
@@ -178,6 +195,20 @@ class Settings(BaseSettings):
 
     def listen_port(self, service: str) -> int:
         return int(getattr(self, f"{service}_addr").rsplit(":", 1)[1])
+
+    def effective_log_format(self) -> str:
+        return self.log_format or ("text" if self.mode is Mode.EMBEDDED else "json")
+
+    def metrics_address(self, service: str, grpc_address: str) -> str | None:
+        """host:port of the service's /metrics listener (see `<service>_metrics_addr`), or None."""
+        configured = getattr(self, f"{service}_metrics_addr", None)
+        if configured is None:
+            host, _, port = grpc_address.rpartition(":")
+            return f"{host}:{int(port) + METRICS_PORT_OFFSET if int(port) else 0}"
+        if not configured.strip():
+            return None
+        host, _, port = configured.strip().rpartition(":")
+        return f"{host or self.bind_host}:{int(port)}"
 
 
 def _decode_kek(value: str, name: str) -> bytes:

@@ -1,9 +1,13 @@
 """Durable JetStream pull consumers: API request records (`apilog.>`), audit events
 (`trellis.audit.>`) and integration facts (`trellis.integration.>`).
 
-Each fetches a batch, decodes it, stores it in one transaction, and acks only after the
-commit. While the logs service is down the records wait in their stream under the durable
-name and arrive when it is back. A batch that fails is retried one message at a time, so
+A message may carry several items: the edge sends its request records many to a message on
+`apilog.batch` (an `ApiRequestBatch`); `apilog.request` (and any other `apilog.` subject)
+carries one `ApiRequestLogged`. Each consumer fetches a batch of messages, bounded in count
+and, for request records, in bytes (so a fetch of batches stays a reasonable commit), decodes
+it, stores every item in one transaction, and acks the messages only after the commit. While
+the logs service is down the records wait in their stream under the durable name and arrive
+when it is back. A batch that fails is retried one message at a time, so
 one undecodable or unstorable message cannot hold the rest back: when none of a batch
 can be stored the database is taken to be down and everything is redelivered later; when
 only some fail, those are redelivered a few times and then dropped with an error logged.
@@ -40,6 +44,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
+BATCH_SUBJECT = "apilog.batch"
+# What one API-log fetch (and so one commit) takes at most: some 8,000 records of a typical size.
+# A message larger than this by itself is still delivered, alone (see Puller).
+APILOG_FETCH_BYTES = 1024 * 1024
+
 RETRY_DELAY_SECONDS = 2.0
 FETCH_TIMEOUT_SECONDS = 0.5
 STOP_GRACE_SECONDS = 3.0
@@ -71,17 +80,35 @@ def _msg_id(msg: Msg, stream: str) -> str:
     return (msg.headers or {}).get("Nats-Msg-Id") or f"{stream}-{msg.metadata.sequence.stream}"
 
 
-def decode_request(msg: Msg) -> ApiRequest:
-    """The record a message carries, each text cut to its column (the hot path: no generic loop)."""
-    e = events_pb2.ApiRequestLogged.FromString(msg.data)
+def _fallback_id(msg: Msg, index: int | None) -> str:
+    msg_id = _msg_id(msg, "APILOG")
+    return msg_id if index is None else f"{msg_id}-{index}"
+
+
+def decode_requests(msg: Msg) -> list[ApiRequest]:
+    """The records a message carries: many on `apilog.batch`, one on any other subject."""
+    if msg.subject == BATCH_SUBJECT:
+        records = events_pb2.ApiRequestBatch.FromString(msg.data).records
+        return [_request(msg, e, i) for i, e in enumerate(records)]
+    return [_request(msg, events_pb2.ApiRequestLogged.FromString(msg.data))]
+
+
+def _request(msg: Msg, e: events_pb2.ApiRequestLogged, index: int | None = None) -> ApiRequest:
+    """One record, each text cut to its column (the hot path: no generic loop). A record without
+    a request id is named after its message (and its place in the batch)."""
     return ApiRequest(
         org_id=clean(e.org_id, LIMITS["org_id"]),
-        request_id=clean(e.request_id or _msg_id(msg, "APILOG"), LIMITS["request_id"]),
+        request_id=clean(e.request_id or _fallback_id(msg, index), LIMITS["request_id"]),
         timestamp=_when(msg, e.occurred_at), integration_id=clean(e.integration_id, LIMITS["integration_id"]),
         method=clean(e.method, LIMITS["method"]).upper(), endpoint=clean(e.endpoint, LIMITS["endpoint"]),
         status=e.status, duration_ms=e.duration_ms, ip=clean(e.ip, LIMITS["ip"]),
         error_code=clean(e.error_code, LIMITS["error_code"]), scope_category=clean(e.scope_category, LIMITS["scope_category"]),
     )
+
+
+def single(decode: Callable[[Msg], T]) -> Callable[[Msg], list[T]]:
+    """A BatchConsumer decoder for messages that carry one item each."""
+    return lambda msg: [decode(msg)]
 
 
 def decode_audit(msg: Msg) -> AuditRecord:
@@ -115,10 +142,16 @@ class Puller:
     nats-py's `fetch` spends a task and a timer on every message, which caps a consumer at a
     few thousand messages a second; here a batch costs one request. After a batch is taken the
     next request goes out at once, so the next batch streams in while this one is stored.
+    With `max_bytes` each request also asks the server for at most that many bytes; should a
+    single message be larger, the server refuses the request (409) rather than send it, so the
+    next request asks for that one message with no byte bound.
     """
 
-    def __init__(self, nc: NATS, *, stream: str, durable: str) -> None:
+    def __init__(self, nc: NATS, *, stream: str, durable: str, max_bytes: int | None = None) -> None:
         self._nc = nc
+        self._max_bytes = max_bytes
+        self._oversized = False      # the last request was refused for a message over max_bytes
+        self._received = 0           # messages the open request has brought
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
@@ -140,8 +173,11 @@ class Puller:
         if status is None:
             self._buffer.append(msg)
             self._remaining -= 1
+            self._received += 1
         elif status != "100":  # 404 no messages, 408 expired, 409 limits: the request is over
             self._remaining = 0
+            self._oversized = (status == "409" and self._received == 0 and self._max_bytes is not None
+                               and (msg.headers or {}).get("Description") == "Message Size Exceeds MaxBytes")
         self._wake.set()
 
     def _open(self) -> bool:
@@ -149,6 +185,12 @@ class Puller:
 
     async def _request(self, batch: int, expires: float | None) -> None:
         body: dict[str, object] = {"batch": batch}
+        if self._oversized:
+            body["batch"] = batch = 1  # the message too large for max_bytes, alone
+        elif self._max_bytes is not None:
+            body["max_bytes"] = self._max_bytes
+        self._oversized = False
+        self._received = 0
         if expires is None:
             body["no_wait"] = True
         else:
@@ -181,16 +223,21 @@ class Puller:
 
 
 class BatchConsumer(Generic[T]):
-    """Pulls `subject` under a durable name; `store(items)` must commit before it returns."""
+    """Pulls `subject` under a durable name; `decode(msg)` gives the items a message carries and
+    `store(items)` must commit them before it returns. `stored` counts items, not messages.
+
+    A fetch takes at most `batch` messages and, when `max_bytes` is set, about that many bytes.
+    """
 
     def __init__(self, nc: NATS, *, subject: str, stream: str, durable: str,
-                 decode: Callable[[Msg], T], store: Callable[[Sequence[T]], Awaitable[object]],
-                 batch: int = 1000, ack_wait_seconds: float = 60.0) -> None:
+                 decode: Callable[[Msg], Sequence[T]], store: Callable[[Sequence[T]], Awaitable[object]],
+                 batch: int = 1000, max_bytes: int | None = None, ack_wait_seconds: float = 60.0) -> None:
         self._nc = nc
         self.subject, self.stream, self.durable = subject, stream, durable
         self._decode = decode
         self._store = store
         self._batch = batch
+        self._max_bytes = max_bytes
         self._ack_wait = ack_wait_seconds
         self._puller: Puller | None = None
         self._task: asyncio.Task[None] | None = None
@@ -213,7 +260,7 @@ class BatchConsumer(Generic[T]):
                 # The batch being stored, the one prefetched, and room for redeliveries.
                 max_ack_pending=self._batch * 4,
             ))
-        self._puller = Puller(self._nc, stream=self.stream, durable=self.durable)
+        self._puller = Puller(self._nc, stream=self.stream, durable=self.durable, max_bytes=self._max_bytes)
         await self._puller.start()
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")
 
@@ -258,7 +305,7 @@ class BatchConsumer(Generic[T]):
 
     async def handle(self, messages: Sequence[Msg]) -> None:
         """Store one fetched batch and ack it; see the module doc for failures."""
-        decoded: list[tuple[Msg, T]] = []
+        decoded: list[tuple[Msg, Sequence[T]]] = []
         for msg in messages:
             try:
                 decoded.append((msg, self._decode(msg)))
@@ -267,26 +314,27 @@ class BatchConsumer(Generic[T]):
                 await msg.term()
         if not decoded:
             return
+        items = [item for _, carried in decoded for item in carried]
         try:
-            await self._store([item for _, item in decoded])
+            await self._store(items)
         except Exception:  # noqa: BLE001 - find out whether one message or the database is at fault
-            log.warning("storing a batch of %d from %s failed; retrying one by one", len(decoded), self.subject,
-                        exc_info=True)
+            log.warning("storing %d items of %d messages from %s failed; retrying one message at a time", len(items),
+                        len(decoded), self.subject, exc_info=True)
             await self._one_by_one(decoded)
             return
-        self.stored += len(decoded)
+        self.stored += len(items)
         for msg, _ in decoded:
             await msg.ack()
 
-    async def _one_by_one(self, decoded: list[tuple[Msg, T]]) -> None:
+    async def _one_by_one(self, decoded: list[tuple[Msg, Sequence[T]]]) -> None:
         failed: list[Msg] = []
-        for msg, item in decoded:
+        for msg, carried in decoded:
             try:
-                await self._store([item])
+                await self._store(carried)
             except Exception:  # noqa: BLE001 - a failure of this one message
                 failed.append(msg)
                 continue
-            self.stored += 1
+            self.stored += len(carried)
             await msg.ack()
         if len(failed) == len(decoded):
             # Nothing could be stored: the database is down, not the messages. Redeliver all.

@@ -15,14 +15,17 @@ from services.kit.auth import ActorVerifier
 from services.kit.bus import connect, ensure_streams
 from services.kit.db import create_engine, is_sqlite, session_factory
 from services.kit.grpc_server import create_server
+from services.kit.metrics import ServiceMetrics
 from services.kit.service import Cleanup, RunningService, run_main
 from services.kit.settings import Mode, Settings
 from services.logs.consumers import (
+    APILOG_FETCH_BYTES,
     BatchConsumer,
     Durables,
     decode_audit,
     decode_integration,
-    decode_request,
+    decode_requests,
+    single,
 )
 from services.logs.domain import decode_audit_key
 from services.logs.grpc_api import SERVICE_NAME, LogsServicer
@@ -79,11 +82,13 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
     """A ready-to-start logs service; the database must already be migrated.
 
     `durables` names the JetStream durable consumers (tests give each instance its own);
-    `batch` is how many records one fetch and one transaction take at most.
+    `batch` is how many messages one fetch and one transaction take at most; an API-log fetch
+    also stops at `APILOG_FETCH_BYTES`, since one edge message carries many records.
     """
     audit_key = decode_audit_key(settings.audit_hmac_key.get_secret_value(), embedded=settings.mode is Mode.EMBEDDED)
     durables = durables or Durables()
     cleanups: list[Cleanup] = []
+    metrics = ServiceMetrics(NAME)
     try:
         url = settings.database_url(NAME)
         engine = create_engine(url, echo=settings.database_echo)
@@ -99,11 +104,12 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
 
         consumers = [
             BatchConsumer(nc, subject="trellis.integration.>", stream="TRELLIS", durable=durables.integrations,
-                          decode=decode_integration, store=handlers.apply_integrations, batch=min(batch, 200)),
+                          decode=single(decode_integration), store=handlers.apply_integrations, batch=min(batch, 200)),
             BatchConsumer(nc, subject="trellis.audit.>", stream="TRELLIS", durable=durables.audit,
-                          decode=decode_audit, store=handlers.record_audit, batch=min(batch, 200)),
+                          decode=single(decode_audit), store=handlers.record_audit, batch=min(batch, 200)),
             BatchConsumer(nc, subject="apilog.>", stream="APILOG", durable=durables.apilog,
-                          decode=decode_request, store=handlers.record_requests, batch=batch),
+                          decode=decode_requests, store=handlers.record_requests, batch=batch,
+                          max_bytes=APILOG_FETCH_BYTES),
         ]
         async def stop_consumers() -> None:
             await asyncio.gather(*(c.stop() for c in consumers))
@@ -111,6 +117,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
         cleanups.append(stop_consumers)
         for consumer in consumers:
             await consumer.start()
+            metrics.watch_consumer(js, consumer.stream, consumer.durable)
 
         retention = RetentionTask(handlers, days=settings.logs_retention_days,
                                   interval=settings.logs_retention_interval_seconds)
@@ -118,18 +125,20 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
         cleanups.append(retention.stop)
 
         servicer = LogsServicer(handlers)
+        address = address or f"{settings.bind_host}:{settings.listen_port(NAME)}"
         server, port, health = create_server(
-            address or f"{settings.bind_host}:{settings.listen_port(NAME)}",
+            address,
             register=lambda s: logs_pb2_grpc.add_LogsServicer_to_server(servicer, s),
             service_names=[SERVICE_NAME],
             verifier=ActorVerifier.from_settings(settings),
+            metrics=metrics,
         )
     except BaseException:
         for cleanup in reversed(cleanups):
             await cleanup()
         raise
     return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME],
-                          cleanups=cleanups)
+                          cleanups=cleanups, metrics=metrics, metrics_address=settings.metrics_address(NAME, address))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from services.kit.auth import ActorVerifier
 from services.kit.bus import connect, ensure_streams
 from services.kit.db import create_engine, is_sqlite, session_factory
 from services.kit.grpc_server import create_server
+from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import RunningService, run_main
 from services.kit.settings import Settings
@@ -27,6 +28,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
     engine = create_engine(url, echo=settings.database_echo)
     sessions = session_factory(engine)
     cleanups = [engine.dispose]
+    metrics = ServiceMetrics(NAME)
     try:
         nc = await connect(settings.nats_url, name=NAME)
         cleanups.append(nc.drain)
@@ -50,19 +52,23 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
             max_live_integrations=settings.max_live_integrations,
             flush=relay.flush,
         )
+        address = address or f"{settings.bind_host}:{settings.listen_port(NAME)}"
         server, port, health = create_server(
-            address or f"{settings.bind_host}:{settings.listen_port(NAME)}",
+            address,
             register=lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(handlers), s),
             service_names=[SERVICE_NAME],
             verifier=ActorVerifier.from_settings(settings),
+            metrics=metrics,
         )
         relay.start()
         cleanups.append(relay.stop)
+        metrics.watch_outbox(relay)
     except BaseException:
         for cleanup in reversed(cleanups):
             await cleanup()
         raise
-    return RunningService(NAME, server, port, health, [SERVICE_NAME], cleanups)
+    return RunningService(NAME, server, port, health, [SERVICE_NAME], cleanups, metrics=metrics,
+                          metrics_address=settings.metrics_address(NAME, address))
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from services.kit.bus import context_from_headers
 from services.kit.crypto import Envelope
@@ -39,6 +39,7 @@ from services.webhooks import events
 from services.webhooks.domain import (
     HttpResult, RetryPolicy, SignatureScheme, SubscriptionStatus, delivery_headers, outcome_of,
 )
+from services.webhooks.metrics import WebhookMetrics
 from services.webhooks.sender import DeliveryClient
 from services.webhooks.queue import Completed, Job, WorkQueue
 from services.webhooks.store import Database, attempt_row, row_id, secret_aad
@@ -81,6 +82,12 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
     with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
         span.set_attribute("webhook.event_id", event_id)
         span.set_attribute("webhook.event_type", event_type)
+        # The receiver gets `traceparent` (this span as its parent) so its tracing can join the
+        # trace; not `tracestate`, which may carry vendors' internal data.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if "traceparent" in carrier:
+            headers = {**headers, "traceparent": carrier["traceparent"]}
         result = await client.post(url, body, headers)
         span.set_attribute("http.response.status_code", result.status_code)
         if not result.succeeded:
@@ -121,8 +128,10 @@ class Dispatcher:
         *,
         user_agent: str,
         notify: Callable[[], None] = lambda: None,
+        metrics: WebhookMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics
         self._queue = queue
         self._client = client
         self._secrets = secrets
@@ -343,6 +352,8 @@ class Dispatcher:
                 spans=self._spans,
             )
             outcome = outcome_of(result, job.attempt, started, self._policy, test=job.test)
+            if self._metrics is not None:
+                self._metrics.attempted(outcome.status, occurred_at=job.occurred_at, answered_at=utcnow(), test=job.test)
             self._results.put_nowait(Completed(
                 job=job,
                 attempt_row=attempt_row(

@@ -15,6 +15,7 @@ from services.kit.bus import connect, ensure_streams
 from services.kit.crypto import Envelope
 from services.kit.db import create_engine, is_sqlite, session_factory
 from services.kit.grpc_server import create_server
+from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import Cleanup, RunningService, run_main
 from services.kit.settings import Settings
@@ -23,6 +24,7 @@ from services.webhooks.dispatcher import Dispatcher, Limits, SecretCache
 from services.webhooks.domain import RetryPolicy
 from services.webhooks.grpc_api import SERVICE_NAME, WebhooksServicer
 from services.webhooks.handlers import ActivityIngest, WebhookHandlers
+from services.webhooks.metrics import WebhookMetrics
 from services.webhooks.sender import DeliveryClient, Lookup, system_lookup
 from services.webhooks.ssrf import AddressPolicy
 from services.webhooks.queue import WorkQueue
@@ -41,6 +43,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
     (tests point test names at loopback); every answer still passes the SSRF check.
     """
     cleanups: list[Cleanup] = []
+    metrics = ServiceMetrics(NAME)
+    delivery_metrics = WebhookMetrics(metrics)
     try:
         url = settings.database_url(NAME)
         engine = create_engine(url, echo=settings.database_echo)
@@ -58,6 +62,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
                             skip_locked=not sqlite)
         relay.start()
         cleanups.append(relay.stop)
+        metrics.watch_outbox(relay)
 
         client = DeliveryClient(
             AddressPolicy.allowing(settings.webhooks_allowed_private_networks),
@@ -79,8 +84,14 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
             Limits(per_subscription=settings.webhooks_concurrency_per_subscription,
                    total=settings.webhooks_concurrency_total, lease_seconds=settings.webhooks_lease_seconds,
                    poll_seconds=settings.webhooks_poll_seconds),
-            user_agent=settings.webhooks_user_agent, notify=relay.notify,
+            user_agent=settings.webhooks_user_agent, notify=relay.notify, metrics=delivery_metrics,
         )
+
+        async def queue_depth() -> int:
+            async with db.read() as session:
+                return await queue.depth(session)
+
+        delivery_metrics.watch_queue(queue_depth)
         dispatcher.start()
         cleanups.append(dispatcher.stop)
 
@@ -100,6 +111,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
         for consumer in consumers:
             await consumer.start()
             cleanups.append(consumer.stop)
+        metrics.watch_consumer(js, "ACTIVITY", f"{settings.webhooks_consumer_name}-activity")
+        metrics.watch_consumer(js, "TRELLIS", f"{settings.webhooks_consumer_name}-integrations")
 
         servicer = WebhooksServicer(handlers)
         server, port, health = create_server(
@@ -107,12 +120,14 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
             register=lambda s: webhooks_pb2_grpc.add_WebhooksServicer_to_server(servicer, s),
             service_names=[SERVICE_NAME],
             verifier=ActorVerifier.from_settings(settings),
+            metrics=metrics,
         )
     except BaseException:
         for cleanup in reversed(cleanups):
             await cleanup()
         raise
-    return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME], cleanups=cleanups)
+    return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME], cleanups=cleanups,
+                          metrics=metrics, metrics_address=settings.metrics_address(NAME, address))
 
 
 def replica_name(address: str) -> str:

@@ -38,6 +38,7 @@ class Job:
     body: bytes
     trace_headers: str
     test: bool = False
+    occurred_at: dt.datetime | None = None  # the activity's time: delivery latency counts from it
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class WorkQueue:
                 break
             query = (
                 select(d.c.id, d.c.org_id, d.c.event_id, d.c.event_type, d.c.round, d.c.attempts, d.c.test, a.c.body,
-                       a.c.trace_headers)
+                       a.c.trace_headers, a.c.occurred_at)
                 .select_from(d.join(a, and_(a.c.org_id == d.c.org_id, a.c.event_id == d.c.event_id)))
                 .where(d.c.subscription_id == sub.id, due)
                 .order_by(d.c.next_attempt_at, d.c.seq)
@@ -117,7 +118,7 @@ class WorkQueue:
                 Job(delivery_id=r.id, org_id=r.org_id, subscription_id=sub.id, subscription_version=sub.version,
                     integration_id=sub.integration_id, event_id=r.event_id, event_type=r.event_type, round=r.round,
                     attempt=r.attempts + 1, url=sub.url, scheme=scheme, sealed_secret=sub.secret, body=r.body,
-                    trace_headers=r.trace_headers, test=r.test)
+                    trace_headers=r.trace_headers, test=r.test, occurred_at=r.occurred_at)
                 for r in rows
             ]
         if taken:
@@ -146,6 +147,11 @@ class WorkQueue:
         if excluded:
             query = query.where(d.c.subscription_id.not_in(excluded))
         return (await session.execute(query)).scalar_one_or_none()
+
+    async def depth(self, session: AsyncSession) -> int:
+        """Pending deliveries of every replica: due, leased or waiting for a retry."""
+        query = select(func.count()).select_from(deliveries).where(deliveries.c.status == DeliveryStatus.PENDING.value)
+        return int((await session.execute(query)).scalar_one())
 
     async def record(self, session: AsyncSession, completed: Sequence[Completed], now: dt.datetime) -> list[FailingSubscription]:
         """Writes the attempt rows and updates their deliveries (where this replica still holds

@@ -92,7 +92,8 @@ def test_grpc_services_have_native_grpc_probes_on_their_port(overlay: str) -> No
         deployment = named(render(overlay), "Deployment", name)
         (container,) = pod_spec(deployment)["containers"]
         assert container["args"] == [name]
-        assert [p["containerPort"] for p in container["ports"]] == [DEFAULT_PORTS[name]]
+        # The gRPC port, and /metrics on its own (tests/deploy/test_metrics_scrape.py).
+        assert {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"] == DEFAULT_PORTS[name]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == DEFAULT_PORTS[name], f"{name}: {probe}"
 
@@ -101,7 +102,7 @@ def test_grpc_services_have_native_grpc_probes_on_their_port(overlay: str) -> No
 def test_edge_has_http_readiness_and_liveness_probes(overlay: str) -> None:
     (container,) = pod_spec(named(render(overlay), "Deployment", "edge"))["containers"]
     assert container["args"] == ["edge"]
-    assert [p["containerPort"] for p in container["ports"]] == [DEFAULT_PORTS["edge"]]
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "http"] == [DEFAULT_PORTS["edge"]]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
 
 from examples.upstream.app import make_app as make_example_upstream
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
@@ -179,7 +180,8 @@ def edge_settings(make_settings: Callable[..., Settings], identity_service: Runn
 @pytest.fixture
 async def start_edge(edge_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[RunningEdge]]]:
     """start_edge(**settings) -> a running edge on 127.0.0.1:<port>."""
-    setup_tracing("edge-tests")  # a real tracer provider, so traceparent is propagated
+    # The SDK provider (spans recorded, sent nowhere), so the edge starts traces of its own.
+    setup_tracing("edge-tests", processor=SpanProcessor())
     running: list[RunningEdge] = []
 
     async def _start(**overrides: Any) -> RunningEdge:

@@ -180,7 +180,7 @@ async def apilog_subscription(make_settings: Callable[..., Settings]) -> AsyncIt
     async def collect(msg: nats.aio.msg.Msg) -> None:
         received.append(msg.data)
 
-    sub = await nc.jetstream().subscribe("apilog.request", cb=collect, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+    sub = await nc.jetstream().subscribe("apilog.batch", cb=collect, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
     yield received
     await sub.unsubscribe()
     await nc.close()
@@ -205,7 +205,8 @@ async def test_sigterm_finishes_cleanly_and_flushes_the_api_log(
     assert edge.process.returncode == 0, edge.tail()
 
     async def all_logged() -> bool:
-        seen = {events_pb2.ApiRequestLogged.FromString(data).request_id for data in apilog_subscription}
+        seen = {record.request_id for data in apilog_subscription
+                for record in events_pb2.ApiRequestBatch.FromString(data).records}
         return set(request_ids) <= seen
 
     await eventually(all_logged, timeout=10, what="every request's log record")

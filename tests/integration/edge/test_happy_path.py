@@ -22,16 +22,16 @@ TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class ApiLog:
-    """Records published on `apilog.request` from now on."""
+    """Record batches published on `apilog.batch` from now on."""
 
     def __init__(self) -> None:
         self.raw: list[bytes] = []
 
     def find(self, request_id: str) -> events_pb2.ApiRequestLogged | None:
         for data in self.raw:
-            record = events_pb2.ApiRequestLogged.FromString(data)
-            if record.request_id == request_id:
-                return record
+            for record in events_pb2.ApiRequestBatch.FromString(data).records:
+                if record.request_id == request_id:
+                    return record
         return None
 
 
@@ -43,7 +43,7 @@ async def apilog(nats_server: NatsServer) -> AsyncIterator[ApiLog]:
     async def collect(msg: nats.aio.msg.Msg) -> None:
         log.raw.append(msg.data)
 
-    subscription = await nc.jetstream().subscribe("apilog.request", cb=collect, ordered_consumer=True,
+    subscription = await nc.jetstream().subscribe("apilog.batch", cb=collect, ordered_consumer=True,
                                                   deliver_policy=DeliverPolicy.NEW)
     yield log
     await subscription.unsubscribe()

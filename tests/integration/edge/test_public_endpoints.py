@@ -45,6 +45,20 @@ async def test_metrics_count_requests_refusals_and_the_api_log(edge: str, http: 
     assert re.search(r"^trellis_edge_apilog_dropped 0.0$", text, re.M)
 
 
+async def test_metrics_move_off_the_partner_port_when_given_an_address_of_their_own(
+        start_edge: StartEdge, http: aiohttp.ClientSession) -> None:
+    edge = await start_edge(edge_metrics_addr="127.0.0.1:0")
+    base = f"http://127.0.0.1:{edge.port}"
+    assert (await call(http, "GET", f"{base}/healthz"))[0] == 200
+    assert edge.metrics_server is not None and edge.metrics_server.port
+    async with http.get(f"http://127.0.0.1:{edge.metrics_server.port}/metrics") as response:
+        assert response.status == 200
+        assert re.search(r'^trellis_edge_requests_total\{method="GET",route="/healthz",status="200"\} 1.0$',
+                         await response.text(), re.M)
+    status, _, body = await call(http, "GET", f"{base}/metrics")  # now a partner path like any other
+    assert status == 401 and body["error"] == "missing_credentials"
+
+
 async def test_openapi_describes_auth_errors_limits_and_routes(edge: str, http: aiohttp.ClientSession) -> None:
     status, _, spec = await call(http, "GET", f"{edge}/openapi.json")
     assert status == 200 and spec["openapi"] == "3.1.0"

@@ -92,15 +92,25 @@ def ts(when: dt.datetime):  # type: ignore[no-untyped-def]
 Publish = Callable[..., Awaitable[None]]
 
 
-async def publish_request(js: JetStreamContext, *, org: str, request_id: str, when: dt.datetime,
-                          integration: str = "int_x", method: str = "GET", endpoint: str = "/lots", status: int = 200,
-                          ip: str = "203.0.113.9", error: str = "", category: str = "inventory",
-                          msg_id: str | None = None) -> None:
-    record = events_pb2.ApiRequestLogged(
+def request_record(*, org: str, request_id: str, when: dt.datetime, integration: str = "int_x", method: str = "GET",
+                   endpoint: str = "/lots", status: int = 200, ip: str = "203.0.113.9", error: str = "",
+                   category: str = "inventory") -> events_pb2.ApiRequestLogged:
+    return events_pb2.ApiRequestLogged(
         request_id=request_id, occurred_at=ts(when), org_id=org, integration_id=integration, method=method,
         endpoint=endpoint, status=status, duration_ms=3.25, ip=ip, error_code=error, scope_category=category,
     )
-    await js.publish("apilog.request", record.SerializeToString(), headers={"Nats-Msg-Id": msg_id or request_id})
+
+
+async def publish_request(js: JetStreamContext, *, msg_id: str | None = None, **fields: object) -> None:
+    """One record alone on `apilog.request`, as publishers other than the edge send it."""
+    record = request_record(**fields)  # type: ignore[arg-type]
+    await js.publish("apilog.request", record.SerializeToString(), headers={"Nats-Msg-Id": msg_id or record.request_id})
+
+
+async def publish_batch(js: JetStreamContext, records: list[events_pb2.ApiRequestLogged], *, batch_id: str) -> None:
+    """Many records in one `ApiRequestBatch` on `apilog.batch`, as the edge sends them."""
+    batch = events_pb2.ApiRequestBatch(records=records)
+    await js.publish("apilog.batch", batch.SerializeToString(), headers={"Nats-Msg-Id": batch_id})
 
 
 async def publish_audit(js: JetStreamContext, *, org: str, event_id: str, action: str = "integration.updated",

@@ -28,9 +28,6 @@ from tests.integration.logs.conftest import (
 )
 from tests.support.waiting import eventually
 
-NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
 @dataclass
 class Cli:
     data_dir: Path
@@ -59,10 +56,12 @@ async def cli(tmp_path: Path, make_settings: Callable[..., Settings], logs_runne
     assert runner.service is not None
     org = unique("org")
     integration = unique("int")
+    # Taken now, not at import: `--since 20m` counts back from when the test runs.
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     await publish_integration(js, org=org, integration=integration, version=1, name="NetSuite orders",
-                              scopes=("orders:read", "crm:read"), credentials_issued_at=NOW - dt.timedelta(days=100))
+                              scopes=("orders:read", "crm:read"), credentials_issued_at=now - dt.timedelta(days=100))
     for i in range(30):
-        await publish_request(js, org=org, request_id=f"{org}-{i:02d}", when=NOW - dt.timedelta(minutes=i),
+        await publish_request(js, org=org, request_id=f"{org}-{i:02d}", when=now - dt.timedelta(minutes=i),
                               integration=integration, endpoint=f"/orders/{i}", category="orders",
                               status=429 if i % 3 == 0 else 200, error="rate_limit_exceeded" if i % 3 == 0 else "")
     for i in range(4):

@@ -73,6 +73,13 @@ async def test_a_request_id_stored_twice_is_one_row(engine: AsyncEngine, repo: L
     assert await count(engine) == 21
 
 
+async def test_a_request_id_twice_in_one_batch_is_one_row(engine: AsyncEngine, repo: LogsRepository) -> None:
+    # One edge message may carry a request id a caller reused; the batch still lands whole.
+    handlers = handlers_for(engine, repo)
+    await handlers.record_requests([request(1), request(2), request(1)])
+    assert await count(engine) == 2
+
+
 async def test_the_same_request_id_in_two_organisations_is_two_rows(engine: AsyncEngine, repo: LogsRepository) -> None:
     handlers = handlers_for(engine, repo)
     mine, theirs = request(1, org="org_a"), request(1, org="org_b")

@@ -40,4 +40,6 @@ async def test_the_delivery_span_continues_the_publishers_trace(webhooks: Webhoo
     [span] = await eventually(delivered_span)
     assert span.context.trace_id == trace_id
     assert span.attributes["http.response.status_code"] == 200
-    assert "traceparent" not in receiver.received[0].headers  # internal trace ids stay inside
+    # The receiver can join the trace: the POST names the delivery span as its parent.
+    traceparent = receiver.received[0].headers["traceparent"]
+    assert traceparent.split("-")[1:3] == [format(trace_id, "032x"), format(span.context.span_id, "016x")]

@@ -106,3 +106,103 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_load_for_the_others()
     first.cancel()
     release.set()
     assert await second == 3
+
+
+class Loader:
+    """A load function whose answers the test controls: each call takes the next value."""
+
+    def __init__(self, *values: int | Exception) -> None:
+        self.values = list(values)
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self) -> tuple[int, tuple[str, ...], float | None]:
+        self.calls += 1
+        await self.gate.wait()
+        value = self.values.pop(0)
+        if isinstance(value, Exception):
+            raise value
+        return value, (), None
+
+
+async def _settle(cache: TtlCache[str, int]) -> None:
+    while cache._loading:  # noqa: SLF001 - the background refresh, awaited by the test
+        await asyncio.gather(*cache._loading.values(), return_exceptions=True)  # noqa: SLF001
+
+
+async def test_an_entry_is_refreshed_in_the_background_before_it_expires() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(30, clock=clock)
+    load = Loader(1, 2)
+    assert await cache.get_or_load("k", load) == 1
+    clock.now += 30 * 0.69  # before the earliest refresh point: a plain hit
+    assert await cache.get_or_load("k", load) == 1
+    assert load.calls == 1
+    clock.now = 1000.0 + 30 * 0.91  # past the latest refresh point, not yet expired
+    load.gate.clear()
+    assert await cache.get_or_load("k", load) == 1  # served from the cache, not waiting for the load
+    await asyncio.sleep(0)  # let the refresh task begin
+    assert load.calls == 2 and cache.refreshes == 1
+    assert await cache.get_or_load("k", load) == 1  # one refresh in flight, not one per request
+    assert load.calls == 2
+    load.gate.set()
+    await _settle(cache)
+    clock.now = 1000.0 + 31  # past the first entry's expiry: the refreshed one is served
+    assert await cache.get_or_load("k", load) == 2
+    assert load.calls == 2
+
+
+async def test_a_failed_refresh_keeps_serving_the_entry_until_it_expires() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(30, clock=clock)
+    load = Loader(1, RuntimeError("registry down"), 3)
+    assert await cache.get_or_load("k", load) == 1
+    clock.now += 30 * 0.95
+    assert await cache.get_or_load("k", load) == 1
+    await _settle(cache)
+    assert cache.get("k") == 1
+    clock.now += 30 * 0.06  # expired: the next request waits for a load again
+    assert await cache.get_or_load("k", load) == 3
+
+
+async def test_a_refresh_that_raced_an_invalidation_is_not_stored() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(30, clock=clock)
+    load = Loader(1, 2, 3)
+    await cache.get_or_load("k", load)
+    clock.now += 30 * 0.95
+    load.gate.clear()
+    assert await cache.get_or_load("k", load) == 1
+    await asyncio.sleep(0)  # the refresh has begun reading
+    cache.drop("k")  # the change event arrives while the refresh reads the old state
+    load.gate.set()
+    await _settle(cache)
+    assert cache.get("k") is None
+    assert await cache.get_or_load("k", load) == 3
+
+
+async def test_entries_with_their_own_earlier_expiry_are_not_refreshed() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(30, clock=clock)
+    calls = 0
+
+    async def load() -> tuple[int, tuple[str, ...], float | None]:
+        nonlocal calls
+        calls += 1
+        return calls, (), clock.now + 10  # a token that expires before the TTL
+
+    assert await cache.get_or_load("t", load) == 1
+    clock.now += 9.5
+    assert await cache.get_or_load("t", load) == 1
+    assert calls == 1 and cache.refreshes == 0
+
+
+async def test_entries_loaded_together_are_refreshed_at_spread_out_times() -> None:
+    clock = Clock()
+    cache: TtlCache[int, int] = TtlCache(30, clock=clock)
+    for key in range(200):
+        cache.put(key, key)
+    points = sorted(cache._entries[key].refresh_at - clock.now for key in range(200))  # noqa: SLF001
+    assert 30 * 0.7 <= points[0] and points[-1] <= 30 * 0.9
+    assert points[-1] - points[0] > 30 * 0.1  # spread over most of the window, not one instant

@@ -81,7 +81,10 @@ def test_duplicate_prefixes_and_unknown_sections_are_refused(tmp_path: Path) -> 
 
 def test_the_embedded_route_table_loads() -> None:
     routes = RouteTable.load(REPO / "examples" / "routes.toml", builtins=BUILTINS)
-    assert {r.prefix for r in routes.routes} == {"/v1/inventory", "/v1/orders", "/v1/reports", "/v1/compliance", "/v1/whoami"}
+    assert {r.prefix for r in routes.routes} == {"/v1/inventory", "/v1/orders", "/v1/reports", "/v1/compliance", "/v1/whoami",
+                                                "/v1/webhooks", "/v1/activities"}
+    assert {routes.match("/v1/webhooks/x").required_scope(m) for m in ("GET", "POST", "PATCH", "DELETE")} == {  # type: ignore[union-attr]
+        "webhooks:manage"}
     assert routes.match("/v1/reports/monthly").required_scope("POST") == "reports:execute"  # type: ignore[union-attr]
 
 

@@ -137,3 +137,9 @@ class ApiRequestLogged(_message.Message):
     error_code: str
     scope_category: str
     def __init__(self, request_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., scope_category: _Optional[str] = ...) -> None: ...
+
+class ApiRequestBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ApiRequestLogged]
+    def __init__(self, records: _Optional[_Iterable[_Union[ApiRequestLogged, _Mapping]]] = ...) -> None: ...

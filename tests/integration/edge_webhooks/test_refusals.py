@@ -1,0 +1,104 @@
+"""What the partner webhook routes refuse, and how: scopes, bad values with the service's own
+explanation, oversize bodies, unknown paths and methods, and a webhooks service that is down."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from tests.integration.edge.conftest import closed_port, write_routes
+from tests.integration.edge_webhooks.conftest import (
+    MAX_BODY_BYTES,
+    WEBHOOK_SCOPES,
+    Stack,
+    StartStack,
+)
+
+HOOK = "https://hooks.example.test/in"
+
+
+async def test_every_method_needs_webhooks_manage(stack: Stack) -> None:
+    client = await stack.partner(scopes=tuple(s for s in WEBHOOK_SCOPES if s != "webhooks:manage"))
+    for method, path in (("GET", "/v1/webhooks"), ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks/whk_1"),
+                         ("PATCH", "/v1/webhooks/whk_1"), ("DELETE", "/v1/webhooks/whk_1"),
+                         ("POST", "/v1/webhooks/whk_1/regenerate-secret")):
+        status, headers, body = await client(method, path, json={"endpoint_url": HOOK, "activity_types": ["*"]})
+        assert (status, body["error"]) == (403, "insufficient_scope"), (method, path, body)
+        assert "webhooks:manage" in body["message"] and 'scope="webhooks:manage"' in headers["www-authenticate"]
+
+
+async def test_values_the_service_refuses_are_400_with_its_explanation(stack: Stack) -> None:
+    client = await stack.partner()
+    status, _, body = await client("POST", "/v1/webhooks", json={"endpoint_url": "http://hooks.example.test/in",
+                                                                 "activity_types": ["lot.created"]})
+    assert (status, body["error"]) == (400, "invalid_request") and "HTTPS" in body["message"]
+
+    status, _, body = await client("POST", "/v1/webhooks", json={"endpoint_url": HOOK,
+                                                                 "activity_types": ["lot.created", "lot.vanished"]})
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert "lot.vanished" in body["message"] and "harvest.recorded" in body["message"] and "capa.opened" in body["message"]
+
+    for payload, complaint in (({"activity_types": ["*"]}, "endpoint_url is required"),
+                               ({"endpoint_url": HOOK, "activity_types": "lot.created"}, "list of strings"),
+                               ({"endpoint_url": HOOK, "activity_types": ["*"], "secret": "mine"}, "unknown field(s) secret"),
+                               ({"endpoint_url": HOOK, "activity_types": ["*"], "signature_scheme": "md5"}, "standard_webhooks"),
+                               ([HOOK], "JSON object")):
+        status, _, body = await client("POST", "/v1/webhooks", json=payload)
+        assert (status, body["error"]) == (400, "invalid_request") and complaint in body["message"], body
+    status, _, body = await client("POST", "/v1/webhooks", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert (status, body["error"]) == (400, "invalid_request") and "not valid JSON" in body["message"]
+
+    status, _, created = await client("POST", "/v1/webhooks", json={"endpoint_url": HOOK, "activity_types": ["*"],
+                                                                    "signature_scheme": "standard_webhooks"})
+    assert status == 201 and created["signature_scheme"] == "standard_webhooks"
+    status, _, body = await client("PATCH", f"/v1/webhooks/{created['id']}", json={})
+    assert (status, body["error"]) == (400, "invalid_request") and "at least one field" in body["message"]
+    status, _, body = await client("GET", "/v1/webhooks?status=sleeping")
+    assert (status, body["error"]) == (400, "invalid_request") and "active" in body["message"]
+    status, _, body = await client("GET", "/v1/webhooks?page=2")
+    assert (status, body["error"]) == (400, "invalid_request") and "unknown query parameter(s) page" in body["message"]
+
+
+async def test_a_body_over_the_limit_is_413_announced_or_streamed(stack: Stack) -> None:
+    client = await stack.partner()
+    oversize = b'{"description": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    status, _, body = await client("POST", "/v1/webhooks", data=oversize, headers={"Content-Type": "application/json"})
+    assert (status, body["error"]) == (413, "payload_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the edge counts as it reads
+        for _ in range(8):
+            yield b" " * (MAX_BODY_BYTES // 4)
+
+    status, _, body = await client("PATCH", "/v1/webhooks/whk_any", data=chunks(), headers={"Content-Type": "application/json"})
+    assert (status, body["error"]) == (413, "payload_too_large")
+
+
+async def test_unknown_paths_are_404_and_wrong_methods_405(stack: Stack) -> None:
+    client = await stack.partner()
+    for path in ("/v1/webhooks/whk_1/deliveries/dlv_1/attempts", "/v1/webhooks/whk_1/explode", "/v1/activities/whatever"):
+        status, _, body = await client("GET", path)
+        assert (status, body["error"]) == (404, "not_found"), path
+    status, headers, body = await client("PUT", "/v1/webhooks")
+    assert (status, body["error"], headers["allow"]) == (405, "method_not_allowed", "GET, HEAD, POST")
+    status, headers, _ = await client("GET", "/v1/webhooks/whk_1/pause")
+    assert (status, headers["allow"]) == (405, "POST")
+    status, _, body = await client("GET", "/v1/webhooks/whk_nobody")
+    assert (status, body["error"]) == (404, "not_found") and "whk_nobody" in body["message"]
+
+
+async def test_webhooks_down_is_502_and_not_ready_only_where_it_is_routed(start_stack: StartStack, tmp_path: Path) -> None:
+    stack = await start_stack(webhooks_addr=f"127.0.0.1:{closed_port()}")
+    client = await stack.partner()
+    status, _, body = await client("GET", "/v1/webhooks")
+    assert (status, body["error"]) == (502, "upstream_unavailable")
+    status, _, ready = await client("GET", "/readyz")
+    assert status == 503 and ready["checks"]["webhooks"] is False and ready["checks"]["identity"] is True
+
+    # A table without the webhooks built-ins does not depend on webhooks, reachable or not.
+    plain = write_routes(tmp_path / "plain.toml", "http://127.0.0.1:9", "http://127.0.0.1:9")
+    other = await start_stack(routes=plain, webhooks_addr=f"127.0.0.1:{closed_port()}")
+    status, _, ready = await (await other.partner())("GET", "/readyz")
+    assert status == 200 and "webhooks" not in ready["checks"]
+
+    status, _, ready = await (await (await start_stack()).partner())("GET", "/readyz")
+    assert status == 200 and ready["checks"]["webhooks"] is True
