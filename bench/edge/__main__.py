@@ -28,12 +28,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
+import re
 import socket
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +143,28 @@ def measure_paced(target: Target, *, rate: float, seconds: float, rotate: Path) 
     return Measured(result, watch.own / result.requests * 1e6 if result.requests else 0.0, watch.waited)
 
 
+_BUCKET = re.compile(r'^trellis_edge_request_duration_seconds_bucket\{le="([^"]+)",route="/lots"\} (\S+)$', re.M)
+
+
+def own_latency(edge: Target) -> dict[float, float]:
+    """The edge's own request-duration histogram for the measured route (cumulative counts by
+    upper bound, seconds), from its /metrics: the time from the app's first line to its last,
+    without the load generator, the kernel or uvicorn's parsing."""
+    base = edge.url[: -len(PATH)]
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return {float(le): float(count) for le, count in _BUCKET.findall(text)}
+
+
+def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
+    """The smallest histogram bound (ms) under which 99 % of the requests between two scrapes fell."""
+    total = after[math.inf] - before[math.inf]
+    for le in sorted(after):
+        if total and (after[le] - before[le]) / total >= 0.99:
+            return le * 1000
+    return math.inf
+
+
 def row(name: str, r: Result, cpu_us: float = 0.0, waited: float | None = None) -> str:
     return (f"{name:<42}{r.rps:>9,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non2xx:>9}{r.errors - r.non2xx:>9}"
             + (f"{cpu_us:>11.0f}" if cpu_us else f"{'':>11}")
@@ -220,6 +245,7 @@ class Findings:
     rate: float = 0.0
     half_edge: list[Measured] = field(default_factory=list)
     half_direct: list[Measured] = field(default_factory=list)
+    half_edge_own_p99: list[float] = field(default_factory=list)  # ms, the edge's own histogram bound
     limiter: dict[str, float] = field(default_factory=dict)
     per_lease_us: float = 0.0
     profile: list[str] = field(default_factory=list)
@@ -297,7 +323,9 @@ def run_standard(args: argparse.Namespace) -> None:
         found.rate = found.result(edge).rps / 2
         paced(edge.url, rate=found.rate, seconds=1, rotate=rotate)  # warm-up
         for _ in range(args.rounds):
+            before = own_latency(edge)
             found.half_edge.append(measure_paced(edge, rate=found.rate, seconds=seconds, rotate=rotate))
+            found.half_edge_own_p99.append(p99_bound(before, own_latency(edge)))
             found.half_direct.append(measure_paced(direct, rate=found.rate, seconds=seconds, rotate=rotate))
         found.limiter = in_process_on(SERVER_CPU, lambda: asyncio.run(limiter_rates(nats_url, min(seconds, 3))))
         found.per_lease_us = in_process_on(
@@ -362,6 +390,8 @@ def report_half_load(found: Findings, args: argparse.Namespace) -> None:
     print(f"p99 added by the edge at half load: {statistics.median(added):.2f} ms, median of {len(added)} rounds "
           f"[{', '.join(f'{x:.2f}' for x in added)}] (p50 added "
           f"{statistics.median(a.p50_ms - b.p50_ms for a, b in pairs):.2f} ms)")
+    print("the edge's own handling time at half load (its /metrics histogram, route /lots): p99 under "
+          + ", ".join(f"{x:g} ms" for x in found.half_edge_own_p99) + " by round")
 
 
 def report_limiter(found: Findings) -> None:

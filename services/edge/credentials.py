@@ -102,10 +102,14 @@ class ApiKeys:
         self._unknown.clear()
 
 
+# A JWKS document older than this share of its TTL is fetched again in the background.
+REFRESH_AHEAD = 0.8
+
+
 class KeySet:
-    """Signing keys by kid from one JWKS document, refreshed when older than `ttl` and on an
-    unknown kid, but fetched at most once per `refetch_interval` (junk kids cannot hammer the
-    source). A failed refresh keeps the keys it had."""
+    """Signing keys by kid from one JWKS document, refreshed when older than `ttl` (in the
+    background from `REFRESH_AHEAD` of it) and on an unknown kid, but fetched at most once per
+    `refetch_interval` (junk kids cannot hammer the source). A failed refresh keeps the keys it had."""
 
     def __init__(self, fetch: Callable[[], Awaitable[str]], *, ttl: float, refetch_interval: float,
                  name: str, clock: Callable[[], float] = time.monotonic) -> None:
@@ -129,6 +133,9 @@ class KeySet:
         now = self._clock()
         if now - self._fetched_at > self._ttl or (kid not in self._keys and now - self._attempted_at >= self._interval):
             await self._refreshed()
+        elif now - self._fetched_at > self._ttl * REFRESH_AHEAD and self._refresh is None:
+            # Fetched again in the background before the TTL runs out, so no request waits for it.
+            self._refresh = asyncio.get_running_loop().create_task(self._load())
         return self._keys.get(kid)
 
     async def document(self) -> str:
@@ -193,19 +200,18 @@ class Tokens:
         self._token_url = token_url
 
     async def verify(self, token: str) -> TokenGrant:
-        token_hash = digest(token)
-        grant = self.cache.get(token_hash)
-        if grant is not None:
-            return grant
         try:
-            grant = await self._verify(token)
+            return await self.cache.get_or_load(digest(token), lambda: self._load(token))
         except errors.Unauthenticated as exc:
             code = "token_expired" if exc.fields.get("error") == "token_expired" else "invalid_token"
             raise unauthorized(code, self._message(code, str(exc.fields.get("reason", "")))) from exc
+
+    async def _load(self, token: str) -> tuple[TokenGrant, tuple[object, ...], float]:
+        """A verified grant, cached until the token expires (or the TTL, re-verified ahead of it)."""
+        grant = await self._verify(token)
         remaining = grant.expires_at - time.time()
         tags = (("client", grant.client_id), ("integration", grant.integration_id))
-        self.cache.put(token_hash, grant, tags=tags, expires_at=time.monotonic() + remaining)
-        return grant
+        return grant, tags, time.monotonic() + remaining
 
     def _message(self, code: str, reason: str) -> str:
         where = f" from {self._token_url}" if self._token_url else ""

@@ -3,6 +3,7 @@ local token verification with services.kit.jwtverify."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -85,6 +86,33 @@ async def test_a_failed_refresh_keeps_the_keys_it_had() -> None:
     assert await keys.key("k1") is not None
     clock.now += 11
     assert await keys.key("k1") is not None
+
+
+async def test_keys_are_fetched_again_in_the_background_before_the_ttl_runs_out() -> None:
+    clock = Clock()
+    gate = asyncio.Event()
+    documents = [json.dumps({"keys": [jwk(RSA_KEY, "k1")]}), json.dumps({"keys": [jwk(RSA_KEY, "k1"), jwk(EC_KEY, "k2")]})]
+
+    async def fetch() -> str:
+        if len(documents) == 1:
+            await gate.wait()  # the refresh hangs: requests must not wait for it
+        return documents.pop(0)
+
+    keys = KeySet(fetch, ttl=100, refetch_interval=5, name="test", clock=clock)
+    assert await keys.key("k1") is not None and keys.fetches == 1
+    clock.now += 79
+    assert await keys.key("k1") is not None
+    await asyncio.sleep(0)
+    assert keys.fetches == 1  # young enough: no refresh
+    clock.now += 2  # past 80 % of the TTL
+    assert await keys.key("k1") is not None  # answered from the keys it has, at once
+    await asyncio.sleep(0)
+    assert keys.fetches == 2
+    assert await keys.key("k1") is not None and keys.fetches == 2  # one refresh at a time
+    gate.set()
+    while keys._refresh is not None:  # noqa: SLF001 - the background refresh, awaited by the test
+        await asyncio.sleep(0)
+    assert await keys.key("k2") is not None and keys.fetches == 2  # the refreshed document is in use
 
 
 def sign(claims: dict[str, object], key: object = RSA_KEY, kid: str = "k1") -> str:
