@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from services.cli.launcher import READY_LINE
+from tests.support.processes import free_ports
 
 VENV_BIN = Path(sys.executable).parent
 TRELLIS = VENV_BIN / "trellis"
@@ -32,17 +32,6 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def suite_environment() -> dict[str, str]:

@@ -6,10 +6,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.kit.auth import ActorVerifier
-from services.kit.grpc_server import create_server
-from services.kit.service import RunningService
 from services.kit.telemetry import peer_channel, setup_tracing
+from tests.support.probe_service import probe_service
 
 SERVICE = "trellis.test.Traced"
 
@@ -19,30 +17,19 @@ async def _ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 async def test_a_peer_call_continues_the_callers_trace(actor_keys, as_actor):
-    from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
-
     exporter = InMemorySpanExporter()
     provider = setup_tracing("tracing-test", processor=SimpleSpanProcessor(exporter))
     assert isinstance(provider, TracerProvider)
 
-    def register(server):
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            SERVICE, {"Ping": grpc.unary_unary_rpc_method_handler(_ping)}),))
-
-    verifier = ActorVerifier(issuer=ACTOR_ISSUER, audience=ACTOR_AUDIENCE, public_key_pem=actor_keys[1].read_bytes())
-    server, port, health = create_server("127.0.0.1:0", register=register, service_names=[SERVICE], verifier=verifier)
-    service = await RunningService("traced", server, port, health, [SERVICE]).start()
-    try:
+    async with probe_service(SERVICE, "Ping", _ping, actor_public_key_pem=actor_keys[1].read_bytes()) as port:
         with trace.get_tracer("test").start_as_current_span("caller") as caller:
             async with peer_channel(f"127.0.0.1:{port}") as channel:
                 seen = await channel.unary_unary(f"/{SERVICE}/Ping")(b"", metadata=as_actor("alice", "org_a"))
-        trace_id = format(caller.get_span_context().trace_id, "032x")
-        assert seen.decode() == trace_id  # the handler ran inside the caller's trace
-        spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == caller.get_span_context().trace_id]
-        server_spans = [s for s in spans if s.kind == trace.SpanKind.SERVER]
-        client_spans = [s for s in spans if s.kind == trace.SpanKind.CLIENT]
-        assert server_spans and client_spans
-        assert server_spans[0].parent.span_id == client_spans[0].context.span_id
-        assert client_spans[0].parent.span_id == caller.get_span_context().span_id
-    finally:
-        await service.stop(0)
+    trace_id = format(caller.get_span_context().trace_id, "032x")
+    assert seen.decode() == trace_id  # the handler ran inside the caller's trace
+    spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == caller.get_span_context().trace_id]
+    server_spans = [s for s in spans if s.kind == trace.SpanKind.SERVER]
+    client_spans = [s for s in spans if s.kind == trace.SpanKind.CLIENT]
+    assert server_spans and client_spans
+    assert server_spans[0].parent.span_id == client_spans[0].context.span_id
+    assert client_spans[0].parent.span_id == caller.get_span_context().span_id

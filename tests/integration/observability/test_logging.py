@@ -16,11 +16,10 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.kit.auth import ActorVerifier
-from services.kit.grpc_server import create_server
 from services.kit.logcontext import request_id_var
-from services.kit.service import RunningService, configure_logging
+from services.kit.service import configure_logging
 from services.kit.settings import Settings
+from tests.support.probe_service import probe_service
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -107,25 +106,14 @@ def test_no_secret_reaches_the_log_in_a_message_its_arguments_or_an_exception(
 async def test_the_callers_request_id_is_bound_while_a_grpc_call_is_served(
     actor_keys: tuple[bytes, Path], as_actor: Callable[..., Metadata],
 ) -> None:
-    from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
-
     service_name = "trellis.test.RequestIds"
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request_id_var.get().encode()
 
-    def register(server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            service_name, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
-
-    verifier = ActorVerifier(issuer=ACTOR_ISSUER, audience=ACTOR_AUDIENCE, public_key_pem=actor_keys[1].read_bytes())
-    server, port, health = create_server("127.0.0.1:0", register=register, service_names=[service_name], verifier=verifier)
-    service = await RunningService("request-ids", server, port, health, [service_name]).start()
-    try:
+    async with probe_service(service_name, "Echo", echo, actor_public_key_pem=actor_keys[1].read_bytes()) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             echo_call = channel.unary_unary(f"/{service_name}/Echo")
             tagged = await echo_call(b"", metadata=(*as_actor("alice", "org_a"), ("x-request-id", "req-from-edge-7")))
             untagged = await echo_call(b"", metadata=as_actor("alice", "org_a"))
-        assert (tagged, untagged) == (b"req-from-edge-7", b"")
-    finally:
-        await service.stop(0)
+    assert (tagged, untagged) == (b"req-from-edge-7", b"")
