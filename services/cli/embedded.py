@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION, generate_actor_key, mint_actor_token
+from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.settings import Settings
 
 SECRETS_DIR = "secrets"
@@ -26,7 +26,8 @@ KEK_FILE = "kek"
 AUDIT_KEY_FILE = "audit_hmac_key"
 
 # What an administrator using the CLI may do; the services still check each call.
-CLI_PERMISSIONS = (ADMIN_PERMISSION, QA_PERMISSION)
+# The embedded mode's one user is also its platform operator (`trellis keys rotate`).
+CLI_PERMISSIONS = (ADMIN_PERMISSION, QA_PERMISSION, PLATFORM_PERMISSION)
 # Short-lived: each CLI invocation mints a fresh token.
 CLI_TOKEN_TTL_SECONDS = 300
 

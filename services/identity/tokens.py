@@ -35,7 +35,7 @@ from services.identity.domain import (
 )
 from services.identity.store import IdentityStore
 from services.kit import jwtverify
-from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
+from services.kit.auth import EDGE_PERMISSION, PLATFORM_PERMISSION, Actor
 from services.kit.crypto import DecryptionError, Envelope, aad_for
 from services.kit.db import utcnow
 from services.kit.errors import Aborted, Unauthenticated, Unavailable
@@ -308,8 +308,9 @@ class TokenHandlers:
         return signing.jwks_json(published_keys(keys))
 
     async def rotate_signing_key(self, actor: Actor, request_id: str = "") -> tuple[str, str]:
-        """A new current key; the old current verifies as previous, older previous retires."""
-        actor.require(ADMIN_PERMISSION)
+        """A new current key; the old current verifies as previous, older previous retires.
+        The keys sign every organisation's tokens, so only a platform operator rotates them."""
+        actor.require(PLATFORM_PERMISSION)
         try:
             async with self._sessions() as session, session.begin():
                 key, previous = await self._ring.rotate(session)

@@ -24,6 +24,9 @@ from services.kit.errors import PermissionDenied, Unauthenticated
 ADMIN_PERMISSION = "administration_integrations_access"
 QA_PERMISSION = "qa_access"
 EDGE_PERMISSION = "trellis_edge"
+# Operations on what every organisation shares (the partner-token signing keys): the platform's
+# operators, not an organisation's administrators.
+PLATFORM_PERMISSION = "trellis_platform_operations"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_gr
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.identity import signing
+from services.kit.auth import PLATFORM_PERMISSION
 from services.kit.settings import Settings
 from tests.integration.edge.conftest import ProvisionPartner, call, fetch_token, partner_headers
 from tests.support.waiting import eventually
@@ -222,7 +223,8 @@ async def test_a_rotated_signing_key_is_trusted_at_once_even_right_after_junk_ki
     junk = jwt.encode({"sub": "x"}, signing.generate_private_key("RS256"), algorithm="RS256", headers={"kid": "sk_junk"})
     assert (await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(junk, partner)))[0] == 401  # JWKS refetched now
 
-    rotated = await identity_stub.RotateSigningKey(identity_pb2.RotateSigningKeyRequest(), metadata=partner.admin)
+    operator = as_actor("usr_operator", partner.org_id, [PLATFORM_PERMISSION])
+    rotated = await identity_stub.RotateSigningKey(identity_pb2.RotateSigningKeyRequest(), metadata=operator)
     new = await fetch_token(http, edge, partner)
     assert jwt.get_unverified_header(new)["kid"] == rotated.kid
     # Within the refetch interval the junk kid started, yet the rotation event let the new key in.

@@ -15,7 +15,7 @@ from services.identity.main import bootstrap
 from services.identity.store import IdentityStore
 from services.identity.tokens import open_private_key
 from services.identity import signing
-from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION
+from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, PLATFORM_PERMISSION
 from services.kit.crypto import Envelope
 from services.kit.db import create_engine, migrate_async, session_factory
 from services.kit.service import RunningService
@@ -64,6 +64,12 @@ def org() -> str:
 @pytest.fixture
 def admin(as_actor: Callable[..., Metadata], org: str) -> Metadata:
     return as_actor(f"usr_{uuid.uuid4().hex[:8]}", org, [ADMIN_PERMISSION])
+
+
+@pytest.fixture
+def operator(as_actor: Callable[..., Metadata], org: str) -> Metadata:
+    """A platform operator: rotates the signing keys every organisation's tokens share."""
+    return as_actor(f"usr_{uuid.uuid4().hex[:8]}", org, [PLATFORM_PERMISSION])
 
 
 @pytest.fixture

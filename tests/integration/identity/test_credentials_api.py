@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
-from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, generate_actor_key, mint_actor_token
+from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, PLATFORM_PERMISSION, generate_actor_key, mint_actor_token
 from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
 from tests.integration.identity.conftest import Identity, Metadata, issue, new_integration_id
 
@@ -189,7 +189,6 @@ async def test_each_method_needs_its_permission(identity: Identity, admin: Metad
         lambda md: stub.RevokeCredentials(pb.RevokeCredentialsRequest(integration_id=integration_id), metadata=md),
         lambda md: stub.RegenerateApiKey(pb.RegenerateApiKeyRequest(integration_id=integration_id), metadata=md),
         lambda md: stub.GetCredentialInfo(pb.GetCredentialInfoRequest(integration_id=integration_id), metadata=md),
-        lambda md: stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=md),
         lambda md: stub.RegisterExternalClient(pb.RegisterExternalClientRequest(integration_id=integration_id, client_id="x"), metadata=md),
     ]
     edge_calls = [
@@ -205,6 +204,21 @@ async def test_each_method_needs_its_permission(identity: Identity, admin: Metad
         await refused(call(admin), grpc.StatusCode.PERMISSION_DENIED)
     # Nothing above changed the credentials.
     await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=creds.api_key), metadata=edge)
+
+
+async def test_only_a_platform_operator_rotates_the_signing_keys_every_organisation_shares(
+        identity: Identity, admin: Metadata, operator: Metadata, edge: Metadata) -> None:
+    stub = identity.stub
+    creds = await issue(stub, admin)
+    grant = pb.IssueTokenRequest(client_id=creds.client_id, client_secret=creds.client_secret)
+    kid = jwt.get_unverified_header((await stub.IssueToken(grant, metadata=edge)).access_token)["kid"]
+    for caller in (admin, edge):  # an organisation's administrator, the edge
+        assert PLATFORM_PERMISSION in await refused(stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=caller),
+                                                    grpc.StatusCode.PERMISSION_DENIED)
+    assert jwt.get_unverified_header((await stub.IssueToken(grant, metadata=edge)).access_token)["kid"] == kid
+    rotated = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=operator)
+    assert (rotated.previous_kid, jwt.get_unverified_header((await stub.IssueToken(grant, metadata=edge)).access_token)["kid"]) \
+        == (kid, rotated.kid)
 
 
 async def test_actor_tokens_with_a_bad_signature_or_wrong_issuer_are_refused(identity: Identity, org: str, mint: Callable[..., str],
@@ -247,7 +261,8 @@ async def test_the_shared_identity_fixture_serves_identity(identity_stub, as_act
     assert json.loads((await identity_stub.GetJwks(pb.GetJwksRequest())).jwks_json)["keys"]
 
 
-async def test_the_whole_cycle_on_each_database(start_identity, database_url: str, admin: Metadata, edge: Metadata, org: str) -> None:
+async def test_the_whole_cycle_on_each_database(start_identity, database_url: str, admin: Metadata, operator: Metadata,
+                                                edge: Metadata, org: str) -> None:
     identity = await start_identity(identity_database_url=database_url)
     stub, integration_id = identity.stub, new_integration_id()
     creds = await issue(stub, admin, integration_id)
@@ -255,7 +270,7 @@ async def test_the_whole_cycle_on_each_database(start_identity, database_url: st
     grant = pb.IssueTokenRequest(client_id=creds.client_id, client_secret=creds.client_secret)
     token = (await stub.IssueToken(grant, metadata=edge)).access_token
     assert (await stub.VerifyAccessToken(pb.VerifyAccessTokenRequest(token=token), metadata=edge)).integration_id == integration_id
-    rotated = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=admin)
+    rotated = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=operator)
     assert jwt.get_unverified_header((await stub.IssueToken(grant, metadata=edge)).access_token)["kid"] == rotated.kid
     new_key = await stub.RegenerateApiKey(pb.RegenerateApiKeyRequest(integration_id=integration_id), metadata=admin)
     await refused(stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=creds.api_key), metadata=edge), grpc.StatusCode.UNAUTHENTICATED)

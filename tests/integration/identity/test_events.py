@@ -167,7 +167,7 @@ async def test_changes_publish_credentials_and_audit_events_without_secrets(
             assert secret.encode() not in data, subject
 
 
-async def test_rotation_publishes_the_new_kid(identity: Identity, nc: NATS, admin: Metadata) -> None:
+async def test_rotation_publishes_the_new_kid(identity: Identity, nc: NATS, operator: Metadata) -> None:
     rotated: list[events_pb2.CredentialsChanged] = []
 
     async def collect(msg) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +175,7 @@ async def test_rotation_publishes_the_new_kid(identity: Identity, nc: NATS, admi
 
     await nc.subscribe("trellis.credentials.signing_key_rotated", cb=collect)
     await nc.flush()
-    response = await identity.stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=admin)
+    response = await identity.stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=operator)
 
     async def arrived() -> bool:
         return any(event.kid == response.kid for event in rotated)
@@ -184,7 +184,7 @@ async def test_rotation_publishes_the_new_kid(identity: Identity, nc: NATS, admi
 
 
 async def test_issue_regenerate_and_revoke_return_only_after_their_event_is_in_the_stream(
-    identity: Identity, nc: NATS, admin: Metadata
+    identity: Identity, nc: NATS, admin: Metadata, operator: Metadata
 ) -> None:
     # Read right after each call, with no waiting: the edge drops a cached key on these
     # events, so the call must not return before JetStream has them.
@@ -208,5 +208,5 @@ async def test_issue_regenerate_and_revoke_return_only_after_their_event_is_in_t
     revoked = await last("revoked")
     assert (revoked.integration_id, list(revoked.revoked_client_ids)) == (integration_id, [creds.client_id])
 
-    response = await identity.stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=admin)
+    response = await identity.stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=operator)
     assert (await last("signing_key_rotated")).kid == response.kid

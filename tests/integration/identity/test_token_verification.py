@@ -113,7 +113,7 @@ async def test_garbage_is_refused(identity: Identity, edge: Metadata) -> None:
 
 
 async def test_rotation_keeps_earlier_tokens_valid_and_signs_new_ones_with_the_new_key(
-    identity: Identity, admin: Metadata, edge: Metadata
+    identity: Identity, admin: Metadata, operator: Metadata, edge: Metadata
 ) -> None:
     stub = identity.stub
     creds = await issue(stub, admin)
@@ -121,7 +121,7 @@ async def test_rotation_keeps_earlier_tokens_valid_and_signs_new_ones_with_the_n
     before = (await stub.IssueToken(grant, metadata=edge)).access_token
     old_kid = jwt.get_unverified_header(before)["kid"]
 
-    rotated = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=admin)
+    rotated = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=operator)
     assert rotated.previous_kid == old_kid and rotated.kid != old_kid
 
     jwks = json.loads((await stub.GetJwks(pb.GetJwksRequest())).jwks_json)
@@ -137,7 +137,7 @@ async def test_rotation_keeps_earlier_tokens_valid_and_signs_new_ones_with_the_n
         jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience=identity.settings.token_audience)
 
     # A second rotation retires the first key: its tokens stop verifying.
-    second = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=admin)
+    second = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=operator)
     jwks = json.loads((await stub.GetJwks(pb.GetJwksRequest())).jwks_json)
     assert [k["kid"] for k in jwks["keys"]] == [second.kid, rotated.kid]
     assert (await refused_token(identity, edge, before)).startswith("invalid_token: unknown signing key")

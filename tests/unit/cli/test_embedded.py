@@ -7,7 +7,7 @@ from services.cli.client import CliError, actor_token
 from services.cli.embedded import (
     CLI_TOKEN_TTL_SECONDS, EmbeddedSecretsMissing, ensure_secrets, load_secrets, mint_cli_token,
 )
-from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION, ActorVerifier
+from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, ActorVerifier
 from services.kit.errors import Unauthenticated
 from services.kit.settings import Settings
 
@@ -48,7 +48,7 @@ def test_cli_token_verifies_with_the_local_public_key(tmp_path: Path) -> None:
     verifier = ActorVerifier(issuer="iss-x", audience="aud-x", public_key_pem=local.public_key_file.read_bytes())
     actor = verifier.verify(token)
     assert (actor.user_id, actor.org_id) == ("alice", "org_cli")
-    assert actor.permissions == {ADMIN_PERMISSION, QA_PERMISSION}
+    assert actor.permissions == {ADMIN_PERMISSION, QA_PERMISSION, PLATFORM_PERMISSION}
     assert CLI_TOKEN_TTL_SECONDS <= 900
 
 

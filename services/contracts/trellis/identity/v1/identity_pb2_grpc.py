@@ -143,7 +143,7 @@ class IdentityServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateSigningKey(self, request, context):
-        """Key management: `administration_integrations_access`.
+        """Key management: `trellis_platform_operations` (the keys sign every organisation's tokens).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
