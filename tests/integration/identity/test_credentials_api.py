@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -277,3 +278,24 @@ async def test_the_whole_cycle_on_each_database(start_identity, database_url: st
     assert (await stub.RevokeCredentials(pb.RevokeCredentialsRequest(integration_id=integration_id), metadata=admin)).revoked == 2
     await refused(stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=new_key.api_key), metadata=edge), grpc.StatusCode.UNAUTHENTICATED)
     await refused(stub.VerifyAccessToken(pb.VerifyAccessTokenRequest(token=token), metadata=edge), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_concurrent_regenerations_leave_exactly_one_live_key(start_identity, database_url: str, admin: Metadata,
+                                                                   edge: Metadata) -> None:
+    identity = await start_identity(identity_database_url=database_url)
+    stub, integration_id = identity.stub, new_integration_id()
+    first = await issue(stub, admin, integration_id)
+    request = pb.RegenerateApiKeyRequest(integration_id=integration_id)
+    outcomes = await asyncio.gather(*(stub.RegenerateApiKey(request, metadata=admin) for _ in range(4)),
+                                    return_exceptions=True)
+    keys = [o.api_key for o in outcomes if isinstance(o, pb.RegenerateApiKeyResponse)]
+    losers = [o for o in outcomes if not isinstance(o, pb.RegenerateApiKeyResponse)]
+    assert keys and all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.ABORTED for o in losers)
+    live = []
+    for key in [first.api_key, *keys]:
+        try:
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=key), metadata=edge)
+            live.append(key)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert len(live) == 1 and live[0] in keys  # one of the new keys, never two, never the old one
