@@ -164,8 +164,6 @@ class Settings(BaseSettings):
         if self.mode is Mode.EMBEDDED:
             return self
         problems = []
-        if self.kek.get_secret_value() in ("", PLACEHOLDER):
-            problems.append("TRELLIS_KEK must be set to base64 of 32 random bytes")
         if not (self.actor_jwks_url or self.actor_public_key_file):
             problems.append("TRELLIS_ACTOR_JWKS_URL (or TRELLIS_ACTOR_PUBLIC_KEY_FILE) must be set")
         for service in SERVICES:
@@ -186,7 +184,12 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
 
     def kek_keys(self) -> dict[int, bytes]:
-        """Every key-encryption key by version; the current one is `kek_version`."""
+        """Every key-encryption key by version; the current one is `kek_version`. Only the services
+        that seal values (identity, webhooks) ask for it, so only they need TRELLIS_KEK: the
+        others, the internet-facing edge first, never hold it."""
+        if self.mode is not Mode.EMBEDDED and self.kek.get_secret_value() in ("", PLACEHOLDER):
+            raise ValueError("TRELLIS_KEK must be set to base64 of 32 random bytes (identity and webhooks seal "
+                             "values with it)")
         keys = {self.kek_version: _decode_kek(self.kek.get_secret_value(), "TRELLIS_KEK")}
         for entry in self.kek_previous:
             version, _, value = entry.partition(":")
