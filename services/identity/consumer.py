@@ -7,18 +7,17 @@ registry's `updated` events. A message is acked only after identity's own commit
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.identity.handlers import ApplyIntegrationChange, CredentialHandlers
 from services.kit.bus import context_from_headers
+from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
 from services.kit.telemetry import tracer
 
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 SUBJECT = "trellis.integration.>"
 STREAM = "TRELLIS"
 RETRY_DELAY_SECONDS = 2.0
-STOP_GRACE_SECONDS = 5.0
 
 
 def change_from_message(msg: Msg) -> ApplyIntegrationChange:
@@ -52,60 +50,19 @@ class IntegrationEventsConsumer:
 
     def __init__(self, js: JetStreamContext, handlers: CredentialHandlers, *, durable: str = "identity",
                  batch: int = 20, ack_wait_seconds: float = 30.0) -> None:
-        self._js = js
         self._handlers = handlers
-        self._durable = durable
-        self._batch = batch
-        self._ack_wait = ack_wait_seconds
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = PullLoop(js, subject=SUBJECT, stream=STREAM, durable=durable, batch=batch,
+                              ack_wait_seconds=ack_wait_seconds)
 
     async def start(self) -> None:
-        config = ConsumerConfig(
-            durable_name=self._durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self._ack_wait,
-            max_deliver=-1,
-        )
-        self._sub = await self._js.pull_subscribe(SUBJECT, durable=self._durable, stream=STREAM, config=config)
-        self._task = asyncio.create_task(self._run(), name=f"consumer-{self._durable}")
+        await self._loop.start(self._handle_batch)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            # The flag ends the loop even when nats-py's fetch (asyncio.wait_for on Python 3.11)
-            # swallows the cancel; the bounded wait keeps a stuck fetch from hanging shutdown.
-            self._stopping = True
-            self._task.cancel()
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE_SECONDS)
-            if not done:
-                log.warning("integration events consumer did not stop within %.0fs", STOP_GRACE_SECONDS)
-            elif not self._task.cancelled() and self._task.exception() is not None:
-                log.warning("integration events consumer ended with an error", exc_info=self._task.exception())
-            self._task = None
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may already be closing
-                log.debug("unsubscribe failed while stopping", exc_info=True)
-            self._sub = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        assert self._sub is not None
-        while not self._stopping:
-            try:
-                messages = await self._sub.fetch(self._batch, timeout=1.0)
-            except TimeoutError:  # nothing to fetch (nats.errors.TimeoutError is a TimeoutError too)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - keep consuming through a NATS outage
-                log.warning("fetching integration events failed; retrying", exc_info=True)
-                await asyncio.sleep(RETRY_DELAY_SECONDS)
-                continue
-            for msg in messages:
-                await self.handle(msg)
+    async def _handle_batch(self, messages: list[Msg]) -> None:
+        for msg in messages:
+            await self.handle(msg)
 
     async def handle(self, msg: Msg) -> None:
         """Apply one message and ack it; a transient failure is redelivered later."""

@@ -11,22 +11,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2
 from services.kit.bus import context_from_headers
+from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
 from services.kit.telemetry import tracer
 from services.webhooks.commands import ApplyIntegrationChange
@@ -43,7 +42,6 @@ TRELLIS_STREAM = "TRELLIS"
 RETRY_DELAY_SECONDS = 1.0
 # Activities: a batch closes this soon after its first message (latency), or when full.
 BATCH_WAIT_SECONDS = 0.02
-STOP_GRACE_SECONDS = 5.0
 _TRACE_KEYS = ("traceparent", "tracestate")
 
 
@@ -85,68 +83,6 @@ def activity_from_message(msg: Msg) -> IncomingActivity:
     )
 
 
-class _PullLoop:
-    """A durable pull consumer that hands each fetched batch to `handle`."""
-
-    def __init__(self, js: JetStreamContext, *, subject: str, stream: str, durable: str, replay_history: bool,
-                 batch: int, ack_wait_seconds: float = 30.0, wait_seconds: float = 1.0) -> None:
-        self._js = js
-        self._subject, self._stream, self._durable = subject, stream, durable
-        self._replay = replay_history
-        self._batch = batch
-        self._ack_wait = ack_wait_seconds
-        # A fetch that found nothing waiting collects what arrives for this long, then returns
-        # it: the bound on how long an activity waits for its batch.
-        self._wait = wait_seconds
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    async def start(self, handle: Callable[[list[Msg]], Awaitable[None]]) -> None:
-        config = ConsumerConfig(
-            durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL if self._replay else DeliverPolicy.NEW,
-            ack_wait=self._ack_wait, max_deliver=-1, max_ack_pending=20_000,
-        )
-        self._sub = await self._js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream, config=config)
-        self._task = asyncio.create_task(self._run(handle), name=f"consumer-{self._durable}")
-
-    async def stop(self) -> None:
-        # The flag ends the loop even if nats-py's wait_for swallowed the cancel (Python 3.11
-        # drops a cancel that lands as the awaited message arrives); the loop then exits after
-        # its current fetch, within `wait_seconds`.
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            done, _ = await asyncio.wait({self._task}, timeout=self._wait + STOP_GRACE_SECONDS)
-            if not done:
-                log.warning("consumer %s did not stop in time", self._durable)
-            self._task = None
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be closing
-                log.debug("unsubscribe failed while stopping", exc_info=True)
-            self._sub = None
-
-    async def _run(self, handle: Callable[[list[Msg]], Awaitable[None]]) -> None:
-        assert self._sub is not None
-        while not self._stopping:
-            try:
-                messages = await self._sub.fetch(self._batch, timeout=self._wait)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - keep consuming through a NATS outage
-                log.warning("fetching from %s failed; retrying", self._subject, exc_info=True)
-                await asyncio.sleep(RETRY_DELAY_SECONDS)
-                continue
-            if self._stopping:
-                return  # not handled, not acked: redelivered to whoever consumes next
-            await handle(messages)
-
-
 class ActivityConsumer:
     """`activity.>` into activities and deliveries; acks after the commit."""
 
@@ -154,7 +90,7 @@ class ActivityConsumer:
                  batch: int = 256, ack_wait_seconds: float = 30.0) -> None:
         self._ingest = ingest
         self._spans = tracer(__name__)
-        self._loop = _PullLoop(js, subject=ACTIVITY_SUBJECT, stream=ACTIVITY_STREAM, durable=durable,
+        self._loop = PullLoop(js, subject=ACTIVITY_SUBJECT, stream=ACTIVITY_STREAM, durable=durable,
                                replay_history=replay_history, batch=batch, ack_wait_seconds=ack_wait_seconds,
                                wait_seconds=BATCH_WAIT_SECONDS)
 
@@ -194,7 +130,7 @@ class IntegrationEventsConsumer:
     def __init__(self, js: JetStreamContext, handlers: WebhookHandlers, *, durable: str, replay_history: bool = True,
                  ack_wait_seconds: float = 30.0) -> None:
         self._handlers = handlers
-        self._loop = _PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
+        self._loop = PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
                                replay_history=replay_history, batch=50, ack_wait_seconds=ack_wait_seconds)
 
     async def start(self) -> None:
