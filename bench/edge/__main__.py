@@ -245,6 +245,7 @@ class Findings:
     rate: float = 0.0
     half_edge: list[Measured] = field(default_factory=list)
     half_direct: list[Measured] = field(default_factory=list)
+    half_behind: list[Measured] = field(default_factory=list)  # the edge's own upstream (CPU 1), direct
     half_edge_own_p99: list[float] = field(default_factory=list)  # ms, the edge's own histogram bound
     limiter: dict[str, float] = field(default_factory=dict)
     per_lease_us: float = 0.0
@@ -280,7 +281,7 @@ def run_standard(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="trellis-bench-edge-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         nats_url = stack.enter_context(nats_server(root))
-        behind, _ = stack.enter_context(upstream(LOAD_CPU))
+        behind, behind_pid = stack.enter_context(upstream(LOAD_CPU))
         direct_url, direct_pid = stack.enter_context(upstream(SERVER_CPU))
         direct = Target("upstream direct (raw asyncio + uvloop)", direct_url + "/lots", pid=direct_pid)
         env = {"BENCH_UPSTREAM": behind, "BENCH_NATS_URL": nats_url, "BENCH_CLIENT": args.client}
@@ -327,6 +328,8 @@ def run_standard(args: argparse.Namespace) -> None:
             found.half_edge.append(measure_paced(edge, rate=found.rate, seconds=seconds, rotate=rotate))
             found.half_edge_own_p99.append(p99_bound(before, own_latency(edge)))
             found.half_direct.append(measure_paced(direct, rate=found.rate, seconds=seconds, rotate=rotate))
+            found.half_behind.append(measure_paced(Target("the edge's upstream, direct", behind + "/lots", pid=behind_pid),
+                                                   rate=found.rate, seconds=seconds, rotate=rotate))
         found.limiter = in_process_on(SERVER_CPU, lambda: asyncio.run(limiter_rates(nats_url, min(seconds, 3))))
         found.per_lease_us = in_process_on(
             SERVER_CPU, lambda: {"us": asyncio.run(lease_cpu(nats_url, min(seconds, 3)))})["us"]
@@ -377,7 +380,8 @@ def report_half_load(found: Findings, args: argparse.Namespace) -> None:
           f"{args.seconds:g}s, same rotation, {args.rounds} interleaved rounds, medians "
           f"(each round's p99 in brackets):")
     print(HEADER)
-    for name, half in ((found.edge.name, found.half_edge), (found.baselines[0].name, found.half_direct)):
+    for name, half in ((found.edge.name, found.half_edge), (found.baselines[0].name, found.half_direct),
+                       ("the edge's upstream (CPU 1), direct", found.half_behind)):
         print(row(name, median([m.result for m in half]), statistics.median(m.cpu_us for m in half),
                   statistics.median(m.waited for m in half))
               + "   [p99 " + ", ".join(f"{m.result.p99_ms:.2f}" for m in half)
@@ -390,6 +394,10 @@ def report_half_load(found: Findings, args: argparse.Namespace) -> None:
     print(f"p99 added by the edge at half load: {statistics.median(added):.2f} ms, median of {len(added)} rounds "
           f"[{', '.join(f'{x:.2f}' for x in added)}] (p50 added "
           f"{statistics.median(a.p50_ms - b.p50_ms for a, b in pairs):.2f} ms)")
+    behind = [a.result.p99_ms - b.result.p99_ms for a, b in zip(found.half_edge, found.half_behind)]
+    print(f"p99 added against the same GET sent straight to the upstream behind the edge (CPU 1, shared with the "
+          f"load generator, as the edge's upstream is): {statistics.median(behind):.2f} ms "
+          f"[{', '.join(f'{x:.2f}' for x in behind)}]")
     print("the edge's own handling time at half load (its /metrics histogram, route /lots): p99 under "
           + ", ".join(f"{x:g} ms" for x in found.half_edge_own_p99) + " by round")
 
