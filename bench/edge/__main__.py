@@ -322,8 +322,11 @@ def run_standard(args: argparse.Namespace) -> None:
                     for t in found.targets)
             print(f"round {n + 1}/{args.rounds}: " + ", ".join(done), flush=True)
         found.rate = found.result(edge).rps / 2
-        paced(edge.url, rate=found.rate, seconds=1, rotate=rotate)  # warm-up
         for _ in range(args.rounds):
+            # A 1 s warm-up before each round, as wrk's: the other targets' rounds leave the edge idle
+            # for ~12 s, long enough for cached keys and integrations (30 s TTL, refreshed on use)
+            # to expire, and a round would otherwise start by loading all of them at once.
+            paced(edge.url, rate=found.rate, seconds=1, rotate=rotate)
             before = own_latency(edge)
             found.half_edge.append(measure_paced(edge, rate=found.rate, seconds=seconds, rotate=rotate))
             found.half_edge_own_p99.append(p99_bound(before, own_latency(edge)))

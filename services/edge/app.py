@@ -2,7 +2,8 @@
 API reference) answered here, everything else through the partner pipeline.
 
 For every request: an X-Request-ID (the caller's when sane, else new) on whatever answer goes
-back; request headers over the size bound refused with 431; a server span around the whole
+back; request headers over the size bound refused with 431; a server span (when a tracer is
+installed; otherwise only the caller's trace context is passed on) around the whole
 request; metrics; and, for partner requests, one API log record, queued without waiting.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
@@ -33,6 +35,7 @@ from services.edge.peers import Peers
 from services.edge.pipeline import Pipeline, Trail
 from services.kit.logcontext import request_id_var
 from services.kit.settings import Settings
+from services.kit.telemetry import tracing_installed
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +104,43 @@ class EdgeApp:
         endpoint = self._endpoints.get(request.path)
         trail = Trail(route=request.path if endpoint else self._pipeline.label(request.path))
         request_id_var.set(request.request_id)  # each request runs in its own task: no reset needed
-        with self._tracer.start_as_current_span(f"{request.method} edge", context=self._incoming_trace(request),
-                                                kind=trace.SpanKind.SERVER) as span:
+        incoming = self._incoming_trace(request)
+        if tracing_installed():
+            with self._tracer.start_as_current_span(f"{request.method} edge", context=incoming,
+                                                    kind=trace.SpanKind.SERVER) as span:
+                await self._serve(request, receive, responder, endpoint, trail, started, wall, span)
+        elif incoming is not None:
+            # No tracer of our own (no exporter configured): no span, but the partner's trace
+            # context is current, so it reaches identity, registry and the upstream unchanged.
+            token = otel_context.attach(incoming)
             try:
-                if request.header_bytes() > self._max_header_bytes:
-                    raise EdgeError("request_headers_too_large", f"the request headers are larger than "
-                                    f"{self._max_header_bytes} bytes; send fewer or shorter headers")
-                if endpoint is not None:
-                    trail.error_code = await self._builtin(endpoint, request, receive, responder)
-                else:
-                    await self._pipeline.handle(request, receive, responder, trail)
-            except EdgeError as exc:
-                trail.error_code = exc.code
-                await self._refuse(exc, request, responder)
-            except Exception:
-                log.exception("request %s failed", request.request_id)
-                trail.error_code = "internal_error"
-                await self._refuse(EdgeError("internal_error", "the edge failed to answer this request; retry later"),
-                                   request, responder)
+                await self._serve(request, receive, responder, endpoint, trail, started, wall, None)
             finally:
-                status = responder.status or CLIENT_CLOSED
-                self._finish(span, request, trail, status, started, wall, partner=endpoint is None)
+                otel_context.detach(token)
+        else:
+            await self._serve(request, receive, responder, endpoint, trail, started, wall, None)
+
+    async def _serve(self, request: Request, receive: Receive, responder: Responder, endpoint: Endpoint | None,
+                     trail: Trail, started: float, wall: float, span: trace.Span | None) -> None:
+        try:
+            if request.header_bytes() > self._max_header_bytes:
+                raise EdgeError("request_headers_too_large", f"the request headers are larger than "
+                                f"{self._max_header_bytes} bytes; send fewer or shorter headers")
+            if endpoint is not None:
+                trail.error_code = await self._builtin(endpoint, request, receive, responder)
+            else:
+                await self._pipeline.handle(request, receive, responder, trail)
+        except EdgeError as exc:
+            trail.error_code = exc.code
+            await self._refuse(exc, request, responder)
+        except Exception:
+            log.exception("request %s failed", request.request_id)
+            trail.error_code = "internal_error"
+            await self._refuse(EdgeError("internal_error", "the edge failed to answer this request; retry later"),
+                               request, responder)
+        finally:
+            status = responder.status or CLIENT_CLOSED
+            self._finish(span, request, trail, status, started, wall, partner=endpoint is None)
 
     @staticmethod
     def _incoming_trace(request: Request) -> Context | None:
@@ -147,7 +166,7 @@ class EdgeApp:
             raise exc  # too late for an error answer: the connection is cut instead
         await send_bytes(send, exc.status, error_body(exc.code, exc.message, request.request_id), exc.headers)
 
-    def _finish(self, span: trace.Span, request: Request, trail: Trail, status: int, started: float, wall: float,
+    def _finish(self, span: trace.Span | None, request: Request, trail: Trail, status: int, started: float, wall: float,
                 *, partner: bool) -> None:
         elapsed = time.perf_counter() - started
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
@@ -158,11 +177,13 @@ class EdgeApp:
             self._metrics.rate_limited.labels(trail.error_code).inc()
         elif trail.error_code == "upstream_unavailable":
             self._metrics.upstream_errors.labels(str(status)).inc()
-        span.update_name(f"{method} {trail.route}")
-        span.set_attributes({"http.request.method": method, "http.route": trail.route, "http.response.status_code": status,
-                             "trellis.request_id": request.request_id, "trellis.integration_id": trail.integration_id})
-        if status >= 500:
-            span.set_status(trace.StatusCode.ERROR)
+        if span is not None:
+            span.update_name(f"{method} {trail.route}")
+            span.set_attributes({"http.request.method": method, "http.route": trail.route,
+                                 "http.response.status_code": status, "trellis.request_id": request.request_id,
+                                 "trellis.integration_id": trail.integration_id})
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
         if partner:
             seconds = int(wall)
             occurred = Timestamp(seconds=seconds, nanos=int((wall - seconds) * 1e9))

@@ -62,6 +62,12 @@ def setup_tracing(service: str, *, namespace: str = "trellis", processor: SpanPr
     return provider
 
 
+def tracing_installed() -> bool:
+    """Whether this process records spans (an SDK tracer provider is installed): without one,
+    hot paths skip making no-op spans and only pass trace context on."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     return [aio_server_interceptor()]
 

@@ -104,6 +104,26 @@ async def test_a_traceparent_the_partner_sends_reaches_the_upstream_in_the_same_
     assert root.parent.span_id == incoming_parent
 
 
+async def test_without_a_tracer_the_edge_passes_the_partners_trace_context_on_unchanged(
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As deployed with no exporter: no SDK, so the edge makes no span of its own (this test
+    # process has one installed for the others; the edge is told it has none).
+    monkeypatch.setattr("services.edge.app.tracing_installed", lambda: False)
+    partner = await provision()
+    token = await fetch_token(http, edge, partner)
+    incoming_trace, incoming_parent = secrets.randbits(128) | 1, secrets.randbits(64) | 1
+    traceparent = f"00-{incoming_trace:032x}-{incoming_parent:016x}-01"
+
+    status, _, _ = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner, traceparent=traceparent))
+    assert status == 200
+    assert _traceparent(upstream.last().headers) == (incoming_trace, incoming_parent)  # the partner's, as sent
+
+    status, _, _ = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner))
+    assert status == 200 and "traceparent" not in {k.lower() for k, _ in upstream.last().headers}  # none made up
+
+
 # --- activity to webhook ----------------------------------------------------------------------
 
 
