@@ -33,7 +33,7 @@ from enum import Enum
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.ids import new_id
@@ -231,6 +231,9 @@ class ApiLogPublisher:
                 return _Outcome.UNREACHABLE
             log.warning("API log batch %s refused: %r", batch.msg_id, exc)
             return _Outcome.REFUSED
+        except ServiceUnavailableError:
+            # JetStream said "temporarily unavailable" (503): an outage, not a refusal.
+            return _Outcome.UNREACHABLE
         except (APIError, nats.errors.MaxPayloadError) as exc:
             log.warning("API log batch %s refused: %r", batch.msg_id, exc)
             return _Outcome.REFUSED

@@ -48,7 +48,7 @@ class TtlCache(Generic[K, V]):
         self._clock = clock
         self._entries: dict[K, _Entry[V]] = {}
         self._by_tag: dict[Hashable, set[K]] = {}
-        self._loading: dict[K, asyncio.Task[V]] = {}
+        self._loading: dict[K, tuple[asyncio.Task[V], int]] = {}  # the load in flight, and the epoch it began in
         self._epoch = 0
         self.hits = 0
         self.misses = 0
@@ -126,23 +126,29 @@ class TtlCache(Generic[K, V]):
                 return entry.value
             self._remove(key)
         self.misses += 1
-        task = self._loading.get(key) or self._start_load(key, load)
+        loading = self._loading.get(key)
+        # A load that began before the latest drop may have read the state the drop was about:
+        # a miss after a drop never joins it, it starts a load of its own.
+        task = loading[0] if loading is not None and loading[1] == self._epoch else self._start_load(key, load)
         return await asyncio.shield(task)
 
     def _start_load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]]) -> asyncio.Task[V]:
-        task = asyncio.get_running_loop().create_task(self._load(key, load))
+        epoch = self._epoch
+        task = asyncio.get_running_loop().create_task(self._load(key, load, epoch))
         # Retrieved here so an error nobody waited for any more (a failed refresh ahead, whose
         # entry is still served until it expires) is not reported as lost.
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._loading[key] = task
+        self._loading[key] = (task, epoch)
         return task
 
-    async def _load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]]) -> V:
-        epoch = self._epoch
+    async def _load(self, key: K, load: Callable[[], Awaitable[tuple[V, Iterable[Hashable], float | None]]],
+                    epoch: int) -> V:
         try:
             value, tags, expires_at = await load()
         finally:
-            del self._loading[key]
+            loading = self._loading.get(key)
+            if loading is not None and loading[1] == epoch and loading[0] is asyncio.current_task():
+                del self._loading[key]
         if epoch == self._epoch:
             self.put(key, value, tags=tags, expires_at=expires_at)
         return value

@@ -133,7 +133,8 @@ class KeySet:
         now = self._clock()
         if now - self._fetched_at > self._ttl or (kid not in self._keys and now - self._attempted_at >= self._interval):
             await self._refreshed()
-        elif now - self._fetched_at > self._ttl * REFRESH_AHEAD and self._refresh is None:
+        elif (now - self._fetched_at > self._ttl * REFRESH_AHEAD and self._refresh is None
+              and now - self._attempted_at >= self._interval):  # a failed refresh is retried once per interval
             # Fetched again in the background before the TTL runs out, so no request waits for it.
             self._refresh = asyncio.get_running_loop().create_task(self._load())
         return self._keys.get(kid)

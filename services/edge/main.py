@@ -47,6 +47,9 @@ NAME = "edge"
 # The embedded mode's route table, when none is configured (docs/partners.md describes it).
 EXAMPLE_ROUTES = Path(__file__).resolve().parents[2] / "examples" / "routes.toml"
 MAX_EXTERNAL_JWKS_BYTES = 256 * 1024
+# A subscription's JSON is a URL, some types and a description: bodies of the webhook routes are
+# refused above this (a 10 MB body would be parsed on the event loop every partner shares).
+WEBHOOK_BODY_BYTES = 64 * 1024
 
 
 def routes_file(settings: Settings) -> Path:
@@ -159,7 +162,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         builtins: dict[str, Builtin] = {"whoami": whoami}
         if uses_webhooks:
             # A test delivery waits for the receiver: allow webhooks' delivery timeout and a margin.
-            builtins.update(PartnerWebhooks(peers, max_body_bytes=settings.edge_max_body_bytes, test_timeout=max(
+            builtins.update(PartnerWebhooks(peers, max_body_bytes=min(settings.edge_max_body_bytes, WEBHOOK_BODY_BYTES), test_timeout=max(
                 settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
                             limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins)

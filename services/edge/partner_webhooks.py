@@ -60,6 +60,16 @@ OUTCOMES = _names(pb.Outcome, "OUTCOME_")
 ATTEMPT_ERRORS = _names(pb.AttemptError, "ATTEMPT_ERROR_")
 
 
+# What a partner reads when its endpoint's address was refused: never the addresses a name
+# resolved to (an internal name would map the platform's network for an outsider).
+SSRF_REFUSED_DETAIL = ("the endpoint's host name resolves to an address Trellis does not deliver to (private, "
+                       "loopback, link-local or reserved networks); use a public HTTPS endpoint")
+
+
+def _partner_detail(error: int, detail: str) -> str:
+    return SSRF_REFUSED_DETAIL if error == pb.ATTEMPT_ERROR_SSRF_REFUSED else detail
+
+
 def _label(table: dict[str, int], value: int) -> str | None:
     return next((name for name, v in table.items() if v == value), None)
 
@@ -108,7 +118,7 @@ def delivery_json(d: pb.Delivery) -> dict[str, Any]:
         "status": _label(DELIVERY_STATUSES, d.status), "attempts": d.attempts, "round": d.round,
         "next_attempt_at": _time(d.next_attempt_at), "created_at": _time(d.created_at), "updated_at": _time(d.updated_at),
         "last_status_code": d.last_status_code or None, "last_error": _label(ATTEMPT_ERRORS, d.last_error),
-        "last_error_detail": d.last_error_detail, "test": d.test,
+        "last_error_detail": _partner_detail(d.last_error, d.last_error_detail), "test": d.test,
     }
 
 
@@ -117,7 +127,8 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
         "id": a.id, "delivery_id": a.delivery_id, "subscription_id": a.subscription_id, "event_id": a.event_id,
         "event_type": a.event_type, "attempt": a.attempt, "round": a.round, "attempted_at": _time(a.attempted_at),
         "duration_ms": round(a.duration_ms, 1), "status_code": a.status_code or None, "succeeded": a.succeeded,
-        "error": _label(ATTEMPT_ERRORS, a.error), "error_detail": a.error_detail, "response_body": a.response_body,
+        "error": _label(ATTEMPT_ERRORS, a.error), "error_detail": _partner_detail(a.error, a.error_detail),
+        "response_body": a.response_body,
         "endpoint_url": a.url, "test": a.test,
     }
 
@@ -168,7 +179,7 @@ class Ask:
     def page(self) -> dict[str, Any]:
         """page_size and page_token from `limit` (capped at MAX_LIMIT) and `cursor`."""
         limit = self.one("limit")
-        if limit and not (limit.isdigit() and int(limit) > 0):
+        if limit and not (limit.isascii() and limit.isdigit() and len(limit) <= 9 and int(limit) > 0):
             raise EdgeError("invalid_request", f"limit must be a positive whole number (at most {MAX_LIMIT} are returned)")
         cursor = self.one("cursor")
         if len(cursor) > MAX_CURSOR_LENGTH:
@@ -190,6 +201,8 @@ class Ask:
             document = json.loads(raw) if raw.strip() else None
         except ValueError as exc:
             raise EdgeError("invalid_request", f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise EdgeError("invalid_request", "the body is nested too deeply to be a subscription") from None
         if not isinstance(document, dict):
             raise EdgeError("invalid_request", "send a JSON object (Content-Type: application/json) with the fields: "
                             + ", ".join(WRITABLE_FIELDS))
@@ -208,7 +221,7 @@ def _fields(document: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise EdgeError("invalid_request", 'activity_types must be a list of strings, like ["lot.created"] or ["*"]')
     scheme = document.get("signature_scheme", "spec")
-    if scheme not in SCHEMES:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise EdgeError("invalid_request", f"signature_scheme must be one of {', '.join(SCHEMES)}")
     fields = dict(document)
     if "signature_scheme" in fields:

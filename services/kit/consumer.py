@@ -87,4 +87,11 @@ class PullLoop:
                 continue
             if self._stopping:
                 return
-            await handle(messages)
+            try:
+                await handle(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failed ack or a bug must not end the consumer
+                # What was not acked is redelivered after ack_wait; keep consuming.
+                log.exception("handling a batch from %s failed; continuing", self.subject)
+                await asyncio.sleep(RETRY_DELAY_SECONDS)

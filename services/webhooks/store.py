@@ -350,15 +350,26 @@ def decode_token(token: str) -> tuple[object, str]:
         raise InvalidArgument("page_token is not one this service gave out") from exc
 
 
+def decode_seq_token(token: str) -> tuple[int, str]:
+    """A page token whose key is a sequence number (deliveries, activities)."""
+    key, id_ = decode_token(token)
+    if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < 2**63:
+        raise InvalidArgument("page_token is not one this service gave out")
+    return key, id_
+
+
 def _time_key(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat()
 
 
 def _parse_time_key(value: object) -> dt.datetime:
     try:
-        return dt.datetime.fromisoformat(str(value))
+        when = dt.datetime.fromisoformat(str(value))
     except ValueError as exc:
         raise InvalidArgument("page_token is not one this service gave out") from exc
+    if when.tzinfo is None:  # every token this service gives out is in UTC
+        raise InvalidArgument("page_token is not one this service gave out")
+    return when
 
 
 # --- subscriptions ---------------------------------------------------------------------------------------
@@ -580,8 +591,8 @@ class ActivityLog:
         if event_id:
             query = query.where(t.c.event_id == event_id)
         if token:
-            key, last_id = decode_token(token)
-            query = query.where(or_(t.c.seq < int(key), and_(t.c.seq == int(key), t.c.id < last_id)))  # type: ignore[call-overload]
+            key, last_id = decode_seq_token(token)
+            query = query.where(or_(t.c.seq < key, and_(t.c.seq == key, t.c.id < last_id)))
         rows = (await session.execute(query.order_by(t.c.seq.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_delivery(r) for r in rows[:size]]
         next_token = encode_token(rows[size - 1].seq, found[-1].id) if len(rows) > size else ""
@@ -624,8 +635,8 @@ class ActivityLog:
         if types:
             query = query.where(t.c.type.in_(list(types)))
         if token:
-            key, last_id = decode_token(token)
-            query = query.where(or_(t.c.seq < int(key), and_(t.c.seq == int(key), t.c.event_id < last_id)))  # type: ignore[call-overload]
+            key, last_id = decode_seq_token(token)
+            query = query.where(or_(t.c.seq < key, and_(t.c.seq == key, t.c.event_id < last_id)))
         rows = (await session.execute(query.order_by(t.c.seq.desc(), t.c.event_id.desc()).limit(size + 1))).all()
         found = [_activity(r) for r in rows[:size]]
         next_token = encode_token(rows[size - 1].seq, found[-1].event_id) if len(rows) > size else ""

@@ -3,9 +3,11 @@ explanation, oversize bodies, unknown paths and methods, and a webhooks service 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from services.edge.partner_webhooks import SSRF_REFUSED_DETAIL
 from tests.integration.edge.conftest import closed_port, write_routes
 from tests.integration.edge_webhooks.conftest import (
     MAX_BODY_BYTES,
@@ -102,3 +104,35 @@ async def test_webhooks_down_is_502_and_not_ready_only_where_it_is_routed(start_
 
     status, _, ready = await (await (await start_stack()).partner())("GET", "/readyz")
     assert status == 200 and ready["checks"]["webhooks"] is True
+
+
+async def test_a_refused_endpoint_address_is_not_revealed_to_the_partner(stack: Stack) -> None:
+    # The cloud metadata address: refused by the SSRF guard even where loopback receivers are allowed.
+    client = await stack.partner()
+    status, _, created = await client("POST", "/v1/webhooks", json={"endpoint_url": "https://169.254.169.254/latest",
+                                                                    "activity_types": ["*"]})
+    assert status == 201, created
+    status, _, tested = await client("POST", f"/v1/webhooks/{created['id']}/test")
+    assert status == 200, tested
+    attempt = tested["attempt"]
+    assert (attempt["succeeded"], attempt["error"]) == (False, "ssrf_refused")
+    assert attempt["error_detail"] == SSRF_REFUSED_DETAIL and "169.254" not in json.dumps(tested["delivery"])
+    status, _, attempts = await client("GET", f"/v1/webhooks/{created['id']}/attempts")
+    assert status == 200 and "169.254.169.254 " not in json.dumps(attempts)  # only in the URL the partner gave
+    assert all(a["error_detail"] == SSRF_REFUSED_DETAIL for a in attempts["attempts"])
+
+
+async def test_malformed_values_are_400_never_500(stack: Stack) -> None:
+    client = await stack.partner()
+    for payload in ({"endpoint_url": HOOK, "activity_types": ["*"], "signature_scheme": []},
+                    {"endpoint_url": HOOK, "activity_types": ["*"], "signature_scheme": {}}):
+        status, _, body = await client("POST", "/v1/webhooks", json=payload)
+        assert (status, body["error"]) == (400, "invalid_request"), body
+    status, _, body = await client("POST", "/v1/webhooks", data=b"[" * 50_000, headers={"Content-Type": "application/json"})
+    assert status in (400, 413) and body["error"] in ("invalid_request", "payload_too_large"), body
+    for limit in ("²", "9" * 5000, "0", "-1"):
+        status, _, body = await client("GET", f"/v1/activities?limit={limit}")
+        assert (status, body["error"]) == (400, "invalid_request"), (limit, body)
+    for cursor in ("garbage", "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgIngiXQ", "W1sxXSwgIngiXQ"):
+        status, _, body = await client("GET", f"/v1/activities?cursor={cursor}")
+        assert (status, body["error"]) == (400, "invalid_request"), (cursor, body)

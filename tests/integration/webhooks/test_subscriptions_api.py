@@ -223,6 +223,10 @@ async def test_every_change_is_audited_and_announced_without_the_secret(webhooks
         assert secret.encode() not in everything and secret[6:].encode() not in everything
 
 
+def _token(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
 async def test_malformed_requests_are_invalid_arguments(webhooks: Webhooks) -> None:
     created = await webhooks.subscribe(URL)
     stub, md = webhooks.stub, webhooks.admin
@@ -231,6 +235,14 @@ async def test_malformed_requests_are_invalid_arguments(webhooks: Webhooks) -> N
         stub.UpdateSubscription(pb.UpdateSubscriptionRequest(subscription_id=created.subscription.id, update_mask=["url"],
                                                              url="http://plain.example.com"), metadata=md),
         stub.ListSubscriptions(pb.ListSubscriptionsRequest(page_token="garbage!"), metadata=md),
+        # Well-formed tokens of the wrong kind: another list's, or crafted.
+        stub.ListActivities(pb.ListActivitiesRequest(page_token=_token(["2026-01-01T00:00:00+00:00", "x"])), metadata=md),
+        stub.ListActivities(pb.ListActivitiesRequest(page_token=_token([[1], "x"])), metadata=md),
+        stub.ListActivities(pb.ListActivitiesRequest(page_token=_token([10**30, "x"])), metadata=md),
+        stub.ListDeliveries(pb.ListDeliveriesRequest(subscription_id=created.subscription.id,
+                                                     page_token=_token(["abc", "x"])), metadata=md),
+        stub.ListSubscriptions(pb.ListSubscriptionsRequest(page_token=_token([7, "x"])), metadata=md),
+        stub.ListSubscriptions(pb.ListSubscriptionsRequest(page_token=_token(["2026-01-01T00:00:00", "x"])), metadata=md),
         webhooks.publish("Not A Type"),
         webhooks.publish("lot.created", data_json="{not json"),
     ):

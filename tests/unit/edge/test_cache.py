@@ -128,7 +128,7 @@ class Loader:
 
 async def _settle(cache: TtlCache[str, int]) -> None:
     while cache._loading:  # noqa: SLF001 - the background refresh, awaited by the test
-        await asyncio.gather(*cache._loading.values(), return_exceptions=True)  # noqa: SLF001
+        await asyncio.gather(*(task for task, _ in cache._loading.values()), return_exceptions=True)  # noqa: SLF001
 
 
 async def test_an_entry_is_refreshed_in_the_background_before_it_expires() -> None:
@@ -206,3 +206,30 @@ async def test_entries_loaded_together_are_refreshed_at_spread_out_times() -> No
     points = sorted(cache._entries[key].refresh_at - clock.now for key in range(200))  # noqa: SLF001
     assert 30 * 0.7 <= points[0] and points[-1] <= 30 * 0.9
     assert points[-1] - points[0] > 30 * 0.1  # spread over most of the window, not one instant
+
+
+async def test_a_request_after_an_invalidation_never_joins_a_load_that_began_before_it() -> None:
+    clock = Clock()
+    cache: TtlCache[str, str] = TtlCache(30, clock=clock)
+    old_state_read = asyncio.Event()
+    release_old = asyncio.Event()
+    calls = 0
+
+    async def load() -> tuple[str, tuple[str, ...], float | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the refresh ahead: reads "active", then answers slowly
+            old_state_read.set()
+            await release_old.wait()
+            return "active", (), None
+        return ("active" if calls == 1 else "suspended"), (), None
+
+    assert await cache.get_or_load("int_1", load) == "active"
+    clock.now += 30 * 0.95
+    assert await cache.get_or_load("int_1", load) == "active"  # starts the refresh ahead
+    await old_state_read.wait()
+    cache.drop("int_1")  # the suspension event arrives while the refresh is in flight
+    assert await cache.get_or_load("int_1", load) == "suspended"  # a load of its own, not the stale one
+    release_old.set()
+    await _settle(cache)
+    assert cache.get("int_1") == "suspended"  # and the stale refresh did not overwrite it
