@@ -68,7 +68,9 @@ api_requests = Table(
     metadata,
     Column("org_id", String(200), primary_key=True),
     Column("request_id", String(128), primary_key=True),
-    Column("ts", UTCDateTime(), nullable=False),
+    # Part of the key: a partner chooses its X-Request-ID and may send one twice; a record sent
+    # again carries the same time (migration 0002).
+    Column("ts", UTCDateTime(), primary_key=True),
     Column("integration_id", String(64), nullable=False),
     Column("method", String(16), nullable=False),
     Column("endpoint", String(2048), nullable=False),
@@ -169,13 +171,13 @@ _PG_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "int4", "flo
 _PG_BATCH_INSERT = text(
     f"INSERT INTO api_requests ({', '.join(_REQUEST_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:c{i} AS {t}[])' for i, t in enumerate(_PG_TYPES))}) "
-    f"ON CONFLICT (org_id, request_id) DO NOTHING"
+    f"ON CONFLICT (org_id, request_id, ts) DO NOTHING"
 )
 
 
 _SQLITE_BATCH_INSERT = (
     f"INSERT INTO api_requests ({', '.join(_REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(_REQUEST_COLUMNS))}) "
-    f"ON CONFLICT (org_id, request_id) DO NOTHING"
+    f"ON CONFLICT (org_id, request_id, ts) DO NOTHING"
 )
 
 
@@ -353,6 +355,7 @@ class LogsRepository:
         t = api_requests
         row = (await session.execute(
             select(*(t.c[c] for c in _REQUEST_COLUMNS)).where(t.c.org_id == org_id, t.c.request_id == request_id)
+            .order_by(t.c.ts.desc()).limit(1)  # a partner may have sent the same X-Request-ID twice: the latest
         )).mappings().first()
         if row is None:
             return None
@@ -382,8 +385,8 @@ class LogsRepository:
     async def delete_requests_before(self, session: AsyncSession, org_id: str, cutoff: dt.datetime, *, limit: int) -> int:
         """Delete at most `limit` of the organisation's requests older than `cutoff`; returns how many went."""
         t = api_requests
-        oldest = select(t.c.org_id, t.c.request_id).where(t.c.org_id == org_id, t.c.ts < cutoff).limit(limit)
-        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id).in_(oldest)))
+        oldest = select(t.c.org_id, t.c.request_id, t.c.ts).where(t.c.org_id == org_id, t.c.ts < cutoff).limit(limit)
+        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     # --- the audit trail ------------------------------------------------------------------

@@ -45,7 +45,8 @@ async def test_batches_from_the_edge_publisher_and_single_records_each_arrive_on
 
     await publish_request(js, org=org, request_id=f"{org}-single", when=NOW)
     # Another publisher's batch repeating some of those requests, and one request twice over.
-    again = [request_record(org=org, request_id=f"{org}-e{i}", when=NOW) for i in range(0, 1200, 100)]
+    again = [request_record(org=org, request_id=f"{org}-e{i}", when=NOW - dt.timedelta(seconds=i))
+             for i in range(0, 1200, 100)]  # the same records: same id, same time
     twice = [request_record(org=org, request_id=f"{org}-twice", when=NOW)] * 2
     await publish_batch(js, again + twice, batch_id=unique("bat"))
 

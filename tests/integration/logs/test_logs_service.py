@@ -67,7 +67,7 @@ async def test_records_published_while_logs_is_down_arrive_once_when_it_is_back(
     for i in range(300):
         await publish_request(js, org=org, request_id=f"{org}-b{i}", when=NOW - dt.timedelta(minutes=1, seconds=i))
     # The same request again after JetStream's duplicate window: the database keeps one row.
-    await publish_request(js, org=org, request_id=f"{org}-a3", when=NOW, msg_id=unique("late-copy"))
+    await publish_request(js, org=org, request_id=f"{org}-a3", when=NOW - dt.timedelta(seconds=3), msg_id=unique("late-copy"))
 
     stub = await runner.start()
     records = await arrived(stub, md, 310)
@@ -98,6 +98,24 @@ async def test_a_request_is_shown_with_its_integration_name_and_every_column(
         "POST", "/orders/123", 403, "198.51.100.4", "insufficient_scope", "orders")
     assert record.timestamp.ToDatetime(tzinfo=dt.timezone.utc) == NOW
     assert record.duration_ms == pytest.approx(3.25) and record.integration_id == integration
+
+
+async def test_a_partner_reusing_its_request_id_cannot_keep_later_requests_out_of_the_log(
+    logs_stub: logs_pb2_grpc.LogsStub, js: JetStreamContext, as_actor: Metadata
+) -> None:
+    org = unique("org")
+    # The partner sends X-Request-ID: same-id on every request; the edge logs each under it.
+    for i in range(3):
+        await publish_request(js, org=org, request_id="same-id", when=NOW - dt.timedelta(seconds=10 - i),
+                              endpoint=f"/orders/{i}", msg_id=unique("rec"))
+    # One of them published again (a lost ack): the same record, stored once.
+    await publish_request(js, org=org, request_id="same-id", when=NOW - dt.timedelta(seconds=8), endpoint="/orders/2",
+                          msg_id=unique("again"))
+    md = as_actor("quinn", org, QA)
+    records = await arrived(logs_stub, md, 3)
+    assert sorted(r.endpoint for r in records) == ["/orders/0", "/orders/1", "/orders/2"]
+    latest = await logs_stub.GetRequest(pb.GetRequestRequest(request_id="same-id"), metadata=md)
+    assert latest.endpoint == "/orders/2"  # lookup by id shows the latest of them
 
 
 async def test_another_organisations_request_is_not_found_and_never_listed(
