@@ -309,7 +309,7 @@ class BatchConsumer(Generic[T]):
         for msg in messages:
             try:
                 decoded.append((msg, self._decode(msg)))
-            except (DecodeError, ValueError, IndexError) as exc:
+            except (DecodeError, ValueError, IndexError, OverflowError) as exc:  # Overflow: a time out of range
                 log.warning("dropping an undecodable message on %s: %s", msg.subject, exc)
                 await msg.term()
         if not decoded:

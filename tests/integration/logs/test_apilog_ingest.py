@@ -116,3 +116,15 @@ async def test_a_fetch_of_batches_is_bounded_in_bytes_and_an_oversized_batch_sti
             await consumer.stop()
         await nc.close()
         server.stop()
+
+
+async def test_a_record_with_a_time_out_of_range_is_dropped_and_the_rest_stored(
+    logs_stub, js: JetStreamContext, as_actor: Metadata  # type: ignore[no-untyped-def]
+) -> None:
+    org = unique("org")
+    broken = request_record(org=org, request_id=f"{org}-broken", when=NOW)
+    broken.occurred_at.seconds = 10**15  # year ~31 million: no datetime holds it
+    await js.publish("apilog.request", broken.SerializeToString(), headers={"Nats-Msg-Id": unique("broken")})
+    await publish_request(js, org=org, request_id=f"{org}-fine", when=NOW)
+    records = await arrived(logs_stub, as_actor("quinn", org, [QA_PERMISSION]), 1)
+    assert [r.request_id for r in records] == [f"{org}-fine"]
