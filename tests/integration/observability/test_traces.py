@@ -34,6 +34,7 @@ from services.kit.bus import trace_headers
 from services.kit.db import migrate_async
 from services.kit.settings import Settings
 from tests.integration.edge.conftest import (
+    Partner,
     ProvisionPartner,
     Upstream,
     call,
@@ -87,17 +88,23 @@ async def test_a_partner_request_is_one_trace_from_the_edge_through_identity_and
         assert server.parent.span_id == client.context.span_id, method
 
 
-async def test_a_traceparent_the_partner_sends_reaches_the_upstream_in_the_same_trace(
-    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream, spans: InMemorySpanExporter,
-) -> None:
+async def _call_with_a_trace(edge: str, http: aiohttp.ClientSession,
+                             provision: ProvisionPartner) -> tuple[Partner, str, tuple[int, int]]:
+    """A new partner's GET through the edge carrying a traceparent of its own; (partner, token,
+    (trace id, parent span id) it sent)."""
     partner = await provision()
     token = await fetch_token(http, edge, partner)
     incoming_trace, incoming_parent = secrets.randbits(128) | 1, secrets.randbits(64) | 1
     traceparent = f"00-{incoming_trace:032x}-{incoming_parent:016x}-01"
-
     status, _, _ = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner, traceparent=traceparent))
-
     assert status == 200
+    return partner, token, (incoming_trace, incoming_parent)
+
+
+async def test_a_traceparent_the_partner_sends_reaches_the_upstream_in_the_same_trace(
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream, spans: InMemorySpanExporter,
+) -> None:
+    _, _, (incoming_trace, incoming_parent) = await _call_with_a_trace(edge, http, provision)
     trace_id, _ = _traceparent(upstream.last().headers)
     assert trace_id == incoming_trace
     root = _only(in_trace(spans, incoming_trace), name="GET /api", kind=trace.SpanKind.SERVER)  # the edge's
@@ -111,13 +118,7 @@ async def test_without_a_tracer_the_edge_passes_the_partners_trace_context_on_un
     # As deployed with no exporter: no SDK, so the edge makes no span of its own (this test
     # process has one installed for the others; the edge is told it has none).
     monkeypatch.setattr("services.edge.app.tracing_installed", lambda: False)
-    partner = await provision()
-    token = await fetch_token(http, edge, partner)
-    incoming_trace, incoming_parent = secrets.randbits(128) | 1, secrets.randbits(64) | 1
-    traceparent = f"00-{incoming_trace:032x}-{incoming_parent:016x}-01"
-
-    status, _, _ = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner, traceparent=traceparent))
-    assert status == 200
+    partner, token, (incoming_trace, incoming_parent) = await _call_with_a_trace(edge, http, provision)
     assert _traceparent(upstream.last().headers) == (incoming_trace, incoming_parent)  # the partner's, as sent
 
     status, _, _ = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner))
