@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -74,34 +75,45 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1, specs: tupl
 # A replicated stream answers nothing while it elects a leader (a fresh cluster, a server that
 # just died): about 2-7 s on loopback. Processes starting meanwhile wait this long for it.
 STREAM_READY_SECONDS = 30.0
+_LEADERLESS = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError)
+
+T = TypeVar("T")
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, within: float = STREAM_READY_SECONDS) -> None:
-    """Create the stream, or bring an existing one to `config`; safe to repeat and to race
-    (another process creating it first is fine). Timeouts and "no responders" while the stream
-    or the cluster has no leader are retried for `within` seconds, then raised."""
+async def while_electing(operation: Callable[[], Awaitable[T]], *, what: str, within: float = STREAM_READY_SECONDS) -> T:
+    """`operation()`, retried while JetStream does not answer (timeouts, "no responders", 503:
+    a stream or the cluster without a leader) for `within` seconds, then the error raised."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     delay = 0.25
     while True:
         try:
-            try:
-                await js.stream_info(config.name)
-            except NotFoundError:
-                try:
-                    await js.add_stream(config)
-                    log.info("created stream %s", config.name)
-                    return
-                except BadRequestError:
-                    pass  # another process created it first: update below
-            await js.update_stream(config)
-            return
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError) as exc:
+            return await operation()
+        except _LEADERLESS as exc:
             if loop.time() + delay >= deadline:
                 raise
-            log.warning("stream %s not answering yet (%s); retrying", config.name, type(exc).__name__)
+            log.warning("%s: JetStream not answering yet (%s); retrying", what, type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, within: float = STREAM_READY_SECONDS) -> None:
+    """Create the stream, or bring an existing one to `config`; safe to repeat and to race
+    (another process creating it first is fine), and patient with a stream electing a leader."""
+
+    async def ensure() -> None:
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                log.info("created stream %s", config.name)
+                return
+            except BadRequestError:
+                pass  # another process created it first: update below
+        await js.update_stream(config)
+
+    await while_electing(ensure, what=f"stream {config.name}", within=within)
 
 
 def trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -19,6 +19,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.kit.bus import while_electing
+
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_SECONDS = 1.0
@@ -52,7 +54,9 @@ class PullLoop:
             deliver_policy=DeliverPolicy.ALL if self._replay else DeliverPolicy.NEW,
             ack_wait=self._ack_wait, max_deliver=-1, max_ack_pending=self._max_ack_pending,
         )
-        self._sub = await self._js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
+        self._sub = await while_electing(
+            lambda: self._js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config),
+            what=f"consumer {self.durable}")
         self._task = asyncio.create_task(self._run(handle), name=f"consumer-{self.durable}")
 
     async def stop(self) -> None:

@@ -36,6 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from services.contracts.trellis.events.v1 import events_pb2
+from services.kit.bus import while_electing
 from services.logs.domain import LIMITS, ApiRequest, AuditRecord, clean
 from services.logs.review import IntegrationFacts
 
@@ -246,20 +247,24 @@ class BatchConsumer(Generic[T]):
 
     async def start(self) -> None:
         js = self._nc.jetstream()
-        try:
-            await js.consumer_info(self.stream, self.durable)
-        except NotFoundError:
-            await js.add_consumer(self.stream, ConsumerConfig(
-                name=self.durable,
-                durable_name=self.durable,
-                filter_subject=self.subject,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self._ack_wait,
-                max_deliver=-1,
-                # The batch being stored, the one prefetched, and room for redeliveries.
-                max_ack_pending=self._batch * 4,
-            ))
+
+        async def ensure_consumer() -> None:
+            try:
+                await js.consumer_info(self.stream, self.durable)
+            except NotFoundError:
+                await js.add_consumer(self.stream, ConsumerConfig(
+                    name=self.durable,
+                    durable_name=self.durable,
+                    filter_subject=self.subject,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self._ack_wait,
+                    max_deliver=-1,
+                    # The batch being stored, the one prefetched, and room for redeliveries.
+                    max_ack_pending=self._batch * 4,
+                ))
+
+        await while_electing(ensure_consumer, what=f"consumer {self.durable}")
         self._puller = Puller(self._nc, stream=self.stream, durable=self.durable, max_bytes=self._max_bytes)
         await self._puller.start()
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")

@@ -128,19 +128,12 @@ class Stack:
         for n, address in enumerate(edge_addresses, 1):
             self._add(ChildProcess.service("edge", f"edge-{n}", edge_env | {"TRELLIS_EDGE_ADDR": address}, address,
                                            self.logs_dir, probe="http"))
-        # In waves, so that no process asks about a stream or consumer another one is creating
-        # this instant: in a fresh cluster a new replicated stream answers nothing until its
-        # replicas elect a leader (about 2 s here), the 5 s JetStream API timeout can run out,
-        # and a process whose start fails exits (Kubernetes would restart it). Identity creates
-        # the Trellis streams; the first edge the rate-limit streams, the first webhooks process
-        # its durable consumers; their second replicas then find everything in place.
-        waves = [["identity", "upstream"], ["registry", "logs", "webhooks-1", "edge-1"],
-                 [label for label in self.children if label not in ("identity", "upstream", "registry", "logs",
-                                                                     "webhooks-1", "edge-1")]]
-        for wave in waves:
-            for label in wave:
-                self.children[label].start()
-            await asyncio.gather(*(self.children[label].wait_ready() for label in wave))
+        # All at once, as a Kubernetes rollout of a fresh cluster does: while the new replicated
+        # streams and consumers elect their leaders (about 2 s here) JetStream answers nothing,
+        # and every process waits for that (services.kit.bus.while_electing) instead of failing.
+        for child in self.children.values():
+            child.start()
+        await asyncio.gather(*(child.wait_ready() for child in self.children.values()))
         return self
 
     def _add(self, child: ChildProcess) -> None:
