@@ -263,24 +263,3 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) ->
         except ValueError:
             body = None
         return response.status, {k.lower(): v for k, v in response.headers.items()}, body
-
-
-async def identity_signing_key(settings: Settings) -> tuple[str, Any]:
-    """identity's current signing key (kid, private key), opened as identity opens it: to forge
-    tokens that are validly signed but wrong in some other way."""
-    from services.identity.store import IdentityStore
-    from services.identity.tokens import open_private_key
-    from services.kit.crypto import Envelope
-    from services.kit.db import create_engine, session_factory
-
-    engine = create_engine(settings.database_url("identity"))
-    try:
-        async with session_factory(engine)() as session:
-            store = IdentityStore(session)
-            kid = await store.current_kid()
-            assert kid is not None
-            sealed = await store.sealed_private_key(kid)
-    finally:
-        await engine.dispose()
-    assert sealed is not None
-    return kid, open_private_key(Envelope(settings.kek_keys(), settings.kek_version), kid, sealed)

@@ -23,8 +23,8 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.main import RunningEdge
 from services.identity import signing
 from services.kit.settings import Settings
-from tests.integration.edge.conftest import (Partner, ProvisionPartner, Upstream, call, fetch_token, identity_signing_key,
-                                             partner_headers)
+from tests.integration.edge.conftest import Partner, ProvisionPartner, Upstream, call, fetch_token, partner_headers
+from tests.support.signing_keys import current_private_key
 
 StartEdge = Callable[..., Awaitable[RunningEdge]]
 
@@ -48,7 +48,7 @@ def claims_for(partner: Partner, settings: Settings, **changes: Any) -> dict[str
 async def forge(make_settings: Callable[..., Settings]) -> Callable[..., Awaitable[str]]:
     """forge(partner, **claim changes) -> a token signed with identity's real current key."""
     settings = make_settings()
-    kid, key = await identity_signing_key(settings)
+    kid, key = await current_private_key(settings)
 
     async def _forge(partner: Partner, **changes: Any) -> str:
         return signing.sign(claims_for(partner, settings, **changes), key, kid=kid)
@@ -73,7 +73,7 @@ async def test_a_token_forged_with_identitys_key_passes_so_the_forgeries_below_t
 async def test_alg_none_is_refused(edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner,
                                    make_settings: Callable[..., Settings]) -> None:
     partner = await provision()
-    kid, _ = await identity_signing_key(make_settings())
+    kid, _ = await current_private_key(make_settings())
     header = b64(json.dumps({"alg": "none", "typ": "JWT", "kid": kid}).encode())
     token = f"{header}.{b64(json.dumps(claims_for(partner, make_settings())).encode())}."
     assert (await refused_with(http, edge, token, partner))[0] == "invalid_token"
@@ -82,7 +82,7 @@ async def test_alg_none_is_refused(edge: str, http: aiohttp.ClientSession, provi
 async def test_hs256_signed_with_the_public_key_is_refused(edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner,
                                                          make_settings: Callable[..., Settings]) -> None:
     partner = await provision()
-    kid, key = await identity_signing_key(make_settings())
+    kid, key = await current_private_key(make_settings())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     signing_input = (b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "."
                      + b64(json.dumps(claims_for(partner, make_settings())).encode()))
@@ -129,7 +129,7 @@ async def test_unknown_kids_are_refused_without_hammering_identity(
 async def test_a_kid_carrying_a_path_is_refused(edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner,
                                                 make_settings: Callable[..., Settings]) -> None:
     partner = await provision()
-    _, key = await identity_signing_key(make_settings())
+    _, key = await current_private_key(make_settings())
     for kid in ("../../etc/passwd", "/etc/passwd", "a b", "x" * 200):
         token = jwt.encode(claims_for(partner, make_settings()), key, algorithm="RS256", headers={"kid": kid})
         code, message = await refused_with(http, edge, token, partner)

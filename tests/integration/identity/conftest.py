@@ -12,12 +12,8 @@ import pytest
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
 from services.identity.main import bootstrap
-from services.identity.store import IdentityStore
-from services.identity.tokens import open_private_key
-from services.identity import signing
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, PLATFORM_PERMISSION
-from services.kit.crypto import Envelope
-from services.kit.db import create_engine, migrate_async, session_factory
+from services.kit.db import migrate_async
 from services.kit.service import RunningService
 from services.kit.settings import Settings
 from tests.support.services import channel_to
@@ -90,18 +86,3 @@ async def issue(stub: identity_pb2_grpc.IdentityStub, admin: Metadata, integrati
         metadata=admin,
     )
     return response.credentials
-
-
-async def current_private_key(settings: Settings) -> tuple[str, signing.PrivateKey]:
-    """The current signing key, opened the way identity opens it (to forge tokens in tests)."""
-    engine = create_engine(settings.database_url("identity"))
-    try:
-        async with session_factory(engine)() as session:
-            store = IdentityStore(session)
-            kid = await store.current_kid()
-            assert kid is not None
-            sealed = await store.sealed_private_key(kid)
-    finally:
-        await engine.dispose()
-    assert sealed is not None
-    return kid, open_private_key(Envelope(settings.kek_keys(), settings.kek_version), kid, sealed)
