@@ -109,16 +109,15 @@ class EdgeApp:
             with self._tracer.start_as_current_span(f"{request.method} edge", context=incoming,
                                                     kind=trace.SpanKind.SERVER) as span:
                 await self._serve(request, receive, responder, endpoint, trail, started, wall, span)
-        elif incoming is not None:
+        else:
             # No tracer of our own (no exporter configured): no span, but the partner's trace
-            # context is current, so it reaches identity, registry and the upstream unchanged.
-            token = otel_context.attach(incoming)
+            # context, if any, is current, so it reaches identity, registry and the upstream unchanged.
+            token = otel_context.attach(incoming) if incoming is not None else None
             try:
                 await self._serve(request, receive, responder, endpoint, trail, started, wall, None)
             finally:
-                otel_context.detach(token)
-        else:
-            await self._serve(request, receive, responder, endpoint, trail, started, wall, None)
+                if token is not None:
+                    otel_context.detach(token)
 
     async def _serve(self, request: Request, receive: Receive, responder: Responder, endpoint: Endpoint | None,
                      trail: Trail, started: float, wall: float, span: trace.Span | None) -> None:

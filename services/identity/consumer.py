@@ -51,14 +51,15 @@ class IntegrationEventsConsumer:
     def __init__(self, js: JetStreamContext, handlers: CredentialHandlers, *, durable: str = "identity",
                  batch: int = 20, ack_wait_seconds: float = 30.0) -> None:
         self._handlers = handlers
-        self._loop = PullLoop(js, subject=SUBJECT, stream=STREAM, durable=durable, batch=batch,
+        # Public: its stream and durable name are what the service's metrics watch.
+        self.loop = PullLoop(js, subject=SUBJECT, stream=STREAM, durable=durable, batch=batch,
                               ack_wait_seconds=ack_wait_seconds)
 
     async def start(self) -> None:
-        await self._loop.start(self._handle_batch)
+        await self.loop.start(self._handle_batch)
 
     async def stop(self) -> None:
-        await self._loop.stop()
+        await self.loop.stop()
 
     async def _handle_batch(self, messages: list[Msg]) -> None:
         for msg in messages:

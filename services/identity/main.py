@@ -71,7 +71,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, consumer_
         consumer = IntegrationEventsConsumer(js, credentials, durable=consumer_durable)
         await consumer.start()
         cleanups.append(consumer.stop)
-        metrics.watch_consumer(js, "TRELLIS", consumer_durable)
+        metrics.watch_consumer(js, consumer.loop.stream, consumer.loop.durable)
 
         servicer = IdentityServicer(credentials, tokens)
         address = address or f"{settings.bind_host}:{settings.listen_port(NAME)}"

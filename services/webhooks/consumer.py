@@ -90,15 +90,16 @@ class ActivityConsumer:
                  batch: int = 256, ack_wait_seconds: float = 30.0) -> None:
         self._ingest = ingest
         self._spans = tracer(__name__)
-        self._loop = PullLoop(js, subject=ACTIVITY_SUBJECT, stream=ACTIVITY_STREAM, durable=durable,
+        # Public: its stream and durable name are what the service's metrics watch.
+        self.loop = PullLoop(js, subject=ACTIVITY_SUBJECT, stream=ACTIVITY_STREAM, durable=durable,
                                replay_history=replay_history, batch=batch, ack_wait_seconds=ack_wait_seconds,
                                wait_seconds=BATCH_WAIT_SECONDS)
 
     async def start(self) -> None:
-        await self._loop.start(self.handle)
+        await self.loop.start(self.handle)
 
     async def stop(self) -> None:
-        await self._loop.stop()
+        await self.loop.stop()
 
     async def handle(self, messages: list[Msg]) -> None:
         good: list[tuple[Msg, IncomingActivity]] = []
@@ -130,14 +131,15 @@ class IntegrationEventsConsumer:
     def __init__(self, js: JetStreamContext, handlers: WebhookHandlers, *, durable: str, replay_history: bool = True,
                  ack_wait_seconds: float = 30.0) -> None:
         self._handlers = handlers
-        self._loop = PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
+        # Public: its stream and durable name are what the service's metrics watch.
+        self.loop = PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
                                replay_history=replay_history, batch=50, ack_wait_seconds=ack_wait_seconds)
 
     async def start(self) -> None:
-        await self._loop.start(self.handle)
+        await self.loop.start(self.handle)
 
     async def stop(self) -> None:
-        await self._loop.stop()
+        await self.loop.stop()
 
     async def handle(self, messages: list[Msg]) -> None:
         for msg in messages:

@@ -111,8 +111,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
         for consumer in consumers:
             await consumer.start()
             cleanups.append(consumer.stop)
-        metrics.watch_consumer(js, "ACTIVITY", f"{settings.webhooks_consumer_name}-activity")
-        metrics.watch_consumer(js, "TRELLIS", f"{settings.webhooks_consumer_name}-integrations")
+            metrics.watch_consumer(js, consumer.loop.stream, consumer.loop.durable)
 
         servicer = WebhooksServicer(handlers)
         server, port, health = create_server(
