@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -91,12 +90,6 @@ def pinned(cpu: int):  # noqa: ANN201 - a preexec_fn
 
 def missing_tools() -> list[str]:
     return [tool for tool in ("wrk",) if shutil.which(tool) is None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _script(name: str) -> str:

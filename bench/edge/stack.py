@@ -29,11 +29,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.edge.load import LOAD_CPU, SERVER_CPU, Process, free_port, wait_http
+from bench.edge.load import LOAD_CPU, SERVER_CPU, Process, wait_http
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import ADMIN_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.db import migrate
+from tests.support.ports import free_port
 
 INTEGRATIONS, ORGS = 60, 6  # 10 per organisation: under the default cap of 20 live integrations per org
 RATE_LIMIT = 10_000  # requests per minute, the registry's maximum

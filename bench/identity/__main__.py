@@ -35,18 +35,11 @@ from services.identity import signing
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.db import migrate
 from services.kit.natsproc import NatsServer
+from tests.support.ports import free_port
 
 MAX_CALLS_PER_CALLER = 50_000
 INTEGRATIONS = 20
 ISSUER, AUDIENCE = "bench-actors", "trellis"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bare_rate(operation: Callable[[], object], seconds: float, max_ops: int = 1_000_000) -> float:

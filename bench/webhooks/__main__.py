@@ -28,7 +28,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import sqlite3
 import ssl
 import statistics
@@ -52,17 +51,12 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.auth import ADMIN_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.db import migrate_async
 from services.kit.natsproc import NatsServer
+from tests.support.ports import free_port
 
 ISSUER, AUDIENCE = "bench-actors", "trellis"
 ORG = "org_bench"
 MAX_PHASE_SECONDS = 120.0
 SERVICE_CPU, BENCH_CPU = 0, 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pin(pid: int, cpu: int) -> None:

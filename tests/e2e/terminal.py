@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from services.cli.launcher import READY_LINE
-from tests.support.processes import free_ports
+from tests.support.ports import free_ports
 
 VENV_BIN = Path(sys.executable).parent
 TRELLIS = VENV_BIN / "trellis"

@@ -18,7 +18,8 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError
 
 from services.kit.natsproc import NatsServer
-from tests.support.processes import free_ports, tail
+from tests.support.ports import free_ports
+from tests.support.processes import tail
 
 
 class NatsCluster:

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 
 def _bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
@@ -24,16 +26,10 @@ def _bin(name: str) -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="trellis-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres"
         self._as_root = os.geteuid() == 0
         self._counter = 0

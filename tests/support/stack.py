@@ -30,10 +30,10 @@ from services.kit.db import migrate_async
 from services.kit.settings import SERVICES
 from tests.support.natscluster import NatsCluster
 from tests.support.postgres import PostgresServer
+from tests.support.ports import free_ports
 from tests.support.processes import (
     ChildProcess,
     base_environment,
-    free_ports,
     stop_all,
     tail,
 )

@@ -43,8 +43,9 @@ from tests.integration.edge.conftest import (
 )
 from tests.integration.observability.conftest import in_trace
 from tests.integration.webhooks.conftest import Webhooks, webhook_settings
-from tests.integration.webhooks.processes import ROOT, WebhooksProcess, free_port
+from tests.integration.webhooks.processes import ROOT, WebhooksProcess
 from tests.integration.webhooks.receiver import Receiver, Tls
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 Metadata = tuple[tuple[str, str], ...]

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,12 +26,6 @@ _PASSED = (
     "webhooks_timeout_seconds", "webhooks_poll_seconds", "webhooks_consumer_name", "webhooks_lease_seconds",
     "webhooks_concurrency_per_subscription", "webhooks_concurrency_total", "webhooks_consumer_ack_wait_seconds",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment(settings: Settings, port: int) -> dict[str, str]:

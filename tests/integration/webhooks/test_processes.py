@@ -22,8 +22,9 @@ from services.kit.db import create_engine, migrate_async
 from services.kit.settings import Settings
 from services.webhooks.store import attempts, deliveries
 from tests.integration.webhooks.conftest import webhook_settings
-from tests.integration.webhooks.processes import WebhooksProcess, free_port
+from tests.integration.webhooks.processes import WebhooksProcess
 from tests.integration.webhooks.receiver import Receiver, Received, Tls
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 

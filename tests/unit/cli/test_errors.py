@@ -1,21 +1,15 @@
-import socket
 from pathlib import Path
 
 import pytest
 
 from services.cli.embedded import ensure_secrets
 from services.cli.main import run
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port
 
 
 def test_unreachable_service_is_one_line_naming_the_address_and_trellis_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ensure_secrets(tmp_path)
-    address = f"127.0.0.1:{_unused_port()}"
+    address = f"127.0.0.1:{free_port()}"
     code = run(["--data-dir", str(tmp_path), "--registry-addr", address, "vendors"])
     err = capsys.readouterr().err
     assert code == 1
@@ -26,7 +20,7 @@ def test_unreachable_service_is_one_line_naming_the_address_and_trellis_up(tmp_p
 
 def test_update_with_nothing_to_change_is_refused_before_any_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # No service listens on this address: the refusal must come before any call is made.
-    code = run(["--data-dir", str(tmp_path), "--registry-addr", f"127.0.0.1:{_unused_port()}", "integrations", "update", "int_1"])
+    code = run(["--data-dir", str(tmp_path), "--registry-addr", f"127.0.0.1:{free_port()}", "integrations", "update", "int_1"])
     assert code == 1
     assert "nothing to update" in capsys.readouterr().err
 
@@ -44,7 +38,7 @@ def test_unknown_status_filter_is_one_error_line(tmp_path: Path, capsys: pytest.
 def test_existing_handoff_file_is_refused_before_activation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     handoff = tmp_path / "handoff.json"
     handoff.write_text("earlier hand-off")
-    code = run(["--data-dir", str(tmp_path), "--registry-addr", f"127.0.0.1:{_unused_port()}",
+    code = run(["--data-dir", str(tmp_path), "--registry-addr", f"127.0.0.1:{free_port()}",
                 "integrations", "activate", "int_1", "--handoff", str(handoff)])
     err = capsys.readouterr().err
     assert code == 1 and "already exists" in err and "cannot reach" not in err
@@ -54,7 +48,7 @@ def test_existing_handoff_file_is_refused_before_activation(tmp_path: Path, caps
 def test_failed_activation_leaves_no_empty_handoff_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ensure_secrets(tmp_path)
     handoff = tmp_path / "handoff.json"
-    code = run(["--data-dir", str(tmp_path), "--registry-addr", f"127.0.0.1:{_unused_port()}",
+    code = run(["--data-dir", str(tmp_path), "--registry-addr", f"127.0.0.1:{free_port()}",
                 "integrations", "activate", "int_1", "--handoff", str(handoff)])
     assert code == 1 and "cannot reach" in capsys.readouterr().err
     assert not handoff.exists()
