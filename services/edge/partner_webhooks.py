@@ -34,7 +34,7 @@ from services.edge.asgi import read_body, send_json
 from services.edge.builtins import Builtin, BuiltinCall
 from services.edge.errors import EdgeError
 from services.edge.peers import Peers
-from services.edge.proxy import too_large
+from services.edge.proxy import check_content_length, too_large
 from services.kit import errors
 
 log = logging.getLogger(__name__)
@@ -188,12 +188,7 @@ class Ask:
 
     async def body(self) -> dict[str, Any]:
         """The request's JSON object, at most `max_body_bytes` long."""
-        request = self.call.request
-        length = request.header(b"content-length")
-        if length is not None and not length.strip().isdigit():
-            raise EdgeError("invalid_request", "the Content-Length header is not a number")
-        if length is not None and int(length) > self.max_body_bytes:
-            raise too_large(self.max_body_bytes)
+        check_content_length(self.call.request, self.max_body_bytes)
         raw = await read_body(self.call.receive, self.max_body_bytes)
         if raw is None:
             raise too_large(self.max_body_bytes)

@@ -104,6 +104,16 @@ def too_large(limit: int) -> EdgeError:
     return EdgeError("payload_too_large", f"the request body is larger than {limit} bytes; send a smaller body")
 
 
+def check_content_length(request: Request, limit: int) -> None:
+    """Refuse, before reading anything, a Content-Length that is not a number or is over `limit`
+    (a body without one is bounded while it is read)."""
+    length = request.header(b"content-length")
+    if length is not None and not length.strip().isdigit():
+        raise EdgeError("invalid_request", "the Content-Length header is not a number")
+    if length is not None and int(length) > limit:
+        raise too_large(limit)
+
+
 class Upstreams:
     """One pooled HTTP client for every upstream."""
 
@@ -129,11 +139,7 @@ class Upstreams:
                       add_request: Headers, add_response: Headers) -> int:
         """Send `request` to `route`'s upstream and stream the answer back; returns its status."""
         assert self._session is not None and route.upstream is not None
-        length = request.header(b"content-length")
-        if length is not None and (not length.strip().isdigit()):
-            raise EdgeError("invalid_request", "the Content-Length header is not a number")
-        if length is not None and int(length) > self.max_body_bytes:
-            raise too_large(self.max_body_bytes)
+        check_content_length(request, self.max_body_bytes)
         body = RequestBody(receive, self.max_body_bytes) if has_body(request) else None
         target = route.upstream + route.upstream_path(request.raw_path.decode("latin-1"))
         if request.query_string:
