@@ -49,7 +49,7 @@ from bench.edge.stack import PATH, check_all, edge_process, edge_stack, wrk_scri
 from services.kit.natsproc import NatsServer
 from tests.support.ports import free_port
 
-SERVER, CLIENT = "uvicorn", "aiohttp"  # chosen with `--choose`; see docs/benchmarks.md "## Edge"
+SERVER, CLIENT = "uvicorn", "trellis"  # chosen with `--choose`; see docs/benchmarks.md "## Edge"
 INVALID_SHARE = 0.001  # more non-2xx answers than this share of the requests invalidates a run
 
 
@@ -431,7 +431,7 @@ def run_choose(args: argparse.Namespace) -> None:
     then each server at one fixed rate, where tail latency tells the servers apart."""
     seconds, conns = args.seconds, args.connections
     configs = [(server, factory) for server in ("uvicorn", "granian")
-               for factory in ("hello", "proxy_aiohttp", "proxy_httpx", "edge_sketch")]
+               for factory in ("hello", "proxy_aiohttp", "proxy_httpx", "proxy_trellis", "edge_sketch")]
     runs: dict[str, list[Result]] = {}
     fixed: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="trellis-bench-edge-") as tmp, nats_server(Path(tmp)) as nats_url, \
@@ -469,7 +469,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run (1-30)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--server", choices=("granian", "uvicorn"), default=SERVER, help="--choose only")
-    parser.add_argument("--client", choices=("aiohttp", "httpx"), default=CLIENT, help="the proxy-only row's client")
+    parser.add_argument("--client", choices=("aiohttp", "httpx", "trellis"), default=CLIENT, help="the proxy-only row's client")
     parser.add_argument("--choose", action="store_true", help="compare servers and clients instead")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the edge under load (0: none)")

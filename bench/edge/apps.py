@@ -2,8 +2,9 @@
 granian) configured from the environment, with its clients made at lifespan startup:
 
 - `hello`: the bare ASGI hello-world, the ceiling for any ASGI app on a server;
-- `proxy_aiohttp`, `proxy_httpx`: forward every request to BENCH_UPSTREAM, streaming both
-  bodies, with aiohttp or httpx as the upstream client (the client choice);
+- `proxy_aiohttp`, `proxy_httpx`, `proxy_trellis`: forward every request to BENCH_UPSTREAM,
+  streaming both bodies, with aiohttp, httpx or the edge's own client
+  (services/edge/upstream_client.py) as the upstream client (the client choice);
 - `edge_sketch`: the proxy plus the parts of the partner pipeline that exist before the edge
   app does: request id, `RateLimiter.check` against NATS (BENCH_NATS_URL) with its headers,
   and an `ApiLogPublisher` record per request (BENCH_SKETCH="limit", "log" or "" runs a part). No authentication or scope check: it is a
@@ -143,7 +144,38 @@ class HttpxForwarder:
             await resp.aclose()
 
 
-FORWARDERS = {"aiohttp": AiohttpForwarder, "httpx": HttpxForwarder}
+class TrellisForwarder:
+    """Forwards with the edge's own upstream client (services/edge/upstream_client.py)."""
+
+    def __init__(self, upstream: str) -> None:
+        from services.edge.upstream_client import UpstreamPool, split_url
+
+        self.origin, _ = split_url(upstream)
+        self.pool = UpstreamPool(timeout=10)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, add_request: list[tuple[bytes, bytes]],
+                      add_response: list[tuple[bytes, bytes]]) -> int:
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP] + add_request
+        resp = await self.pool.request(scope["method"], self.origin, _target(scope).encode("latin-1"), headers,
+                                       _request_body(receive) if _has_body(scope) else None)
+        try:
+            out = [(k, v) for k, v in resp.headers if k not in HOP_BY_HOP]
+            await send({"type": "http.response.start", "status": resp.status, "headers": out + add_response})
+            async for chunk in resp.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return resp.status
+        finally:
+            resp.release()
+
+
+FORWARDERS = {"aiohttp": AiohttpForwarder, "httpx": HttpxForwarder, "trellis": TrellisForwarder}
 
 
 def _proxy(client: str) -> ASGIApp:
@@ -164,6 +196,10 @@ def proxy_aiohttp() -> ASGIApp:
 
 def proxy_httpx() -> ASGIApp:
     return _proxy("httpx")
+
+
+def proxy_trellis() -> ASGIApp:
+    return _proxy("trellis")
 
 
 def edge_sketch() -> ASGIApp:

@@ -102,9 +102,10 @@ class EdgeApp:
         request.client_ip, request.hops = self._resolver.resolve(request.peer, request.header_values(b"x-forwarded-for"))
         responder = Responder(send, [(b"x-request-id", request.request_id.encode())])
         endpoint = self._endpoints.get(request.path)
-        trail = Trail(route=request.path if endpoint else self._pipeline.label(request.path))
+        trail = Trail(route=request.path) if endpoint else self._pipeline.trail(request.path)
         request_id_var.set(request.request_id)  # each request runs in its own task: no reset needed
         incoming = self._incoming_trace(request)
+        request.traced = incoming is not None
         if tracing_installed():
             with self._tracer.start_as_current_span(f"{request.method} edge", context=incoming,
                                                     kind=trace.SpanKind.SERVER) as span:

@@ -22,7 +22,7 @@ JSON = b"application/json"
 class Request:
     """One HTTP request's scope, with header lookups (ASGI header names are lower case)."""
 
-    __slots__ = ("scope", "method", "path", "headers", "request_id", "client_ip", "hops")
+    __slots__ = ("scope", "method", "path", "headers", "request_id", "client_ip", "hops", "traced")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
@@ -33,6 +33,7 @@ class Request:
         self.client_ip = ""
         # The addresses from the client to us (X-Forwarded-For upstream), set by the app.
         self.hops: list[str] = []
+        self.traced = False  # the caller sent a trace context (traceparent)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""
@@ -59,7 +60,7 @@ class Request:
 
     def header_bytes(self) -> int:
         """Size of the request headers as sent (names, values, and ': ' plus CRLF per line)."""
-        return sum(len(k) + len(v) + 4 for k, v in self.headers)
+        return sum([len(k) + len(v) for k, v in self.headers]) + 4 * len(self.headers)
 
 
 async def send_bytes(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]],
@@ -108,5 +109,5 @@ class Responder:
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
+            message["headers"] = [*message.get("headers", ()), *self.extra]
         await self._send(message)

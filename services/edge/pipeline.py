@@ -22,6 +22,7 @@ from services.edge.model import Caller, check_active, check_ip, check_pair, chec
 from services.edge.proxy import BodyTooLarge, Upstreams, too_large
 from services.edge.ratelimit import Decision, RateLimiter
 from services.edge.routes import Route, RouteTable, unsafe_path
+from services.kit.telemetry import tracing_installed
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Trail:
     """What is known about a request as it goes: the request log and metrics read it."""
 
     route: str = "unmatched"
+    matched: Route | None = None  # the route the path falls under (matched once, when the request starts)
     integration_id: str = ""
     org_id: str = ""
     scope_category: str = ""
@@ -99,10 +101,11 @@ class Pipeline:
         except BodyTooLarge:
             raise too_large(self._upstreams.max_body_bytes) from None
 
-    def label(self, path: str) -> str:
-        """The route prefix a path falls under ("unmatched" when none), for metrics."""
+    def trail(self, path: str) -> Trail:
+        """A partner request's trail, with the route its path falls under (its prefix labels the
+        metrics, "unmatched" when none)."""
         route = self.routes.match(path)
-        return route.prefix if route is not None else "unmatched"
+        return Trail(route.prefix, route) if route is not None else Trail()
 
     async def authenticate(self, request: Request, trail: Trail) -> Caller:
         token, api_key = bearer_token(request), (request.header(b"x-api-key") or b"").strip().decode("latin-1")
@@ -141,10 +144,9 @@ class Pipeline:
         problem = unsafe_path(request.path, request.raw_path)
         if problem is not None:
             raise EdgeError("invalid_request", f"{problem}")
-        route = self.routes.match(request.path)
+        route = trail.matched
         if route is None:
             raise EdgeError("not_found", f"no API route matches {request.path[:200]}; see the API reference")
-        trail.route = route.prefix
         trail.scope_category = route.category or ""
         return route
 
@@ -164,7 +166,8 @@ class Pipeline:
         host = request.header(b"host")
         if host:
             headers.append((b"x-forwarded-host", host))
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        headers.extend((k.encode(), v.encode()) for k, v in carrier.items())
+        if request.traced or tracing_installed():
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            headers.extend((k.encode(), v.encode()) for k, v in carrier.items())
         return headers

@@ -1,5 +1,5 @@
-"""Forwarding a partner request to its upstream, streaming both bodies (aiohttp client; see
-docs/benchmarks.md "## Edge" for why aiohttp).
+"""Forwarding a partner request to its upstream, streaming both bodies (through the edge's own
+upstream client, services/edge/upstream_client.py; docs/benchmarks.md "## Edge" says why).
 
 Request headers lose the hop-by-hop ones (and those `Connection` names), the partner's
 credentials, any `X-Trellis-*` a client made up, and what the edge sets itself; the edge then
@@ -9,16 +9,14 @@ adds the caller's identity headers. Failures before the response starts become e
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
-
-import aiohttp
-from yarl import URL
 
 from services.edge.asgi import Headers, Receive, Request, Send
 from services.edge.errors import EdgeError
 from services.edge.routes import Route
+from services.edge.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +47,11 @@ def request_headers(headers: Headers) -> Headers:
     ]
 
 
-def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> Headers:
-    """The upstream's response headers that may go back to the partner."""
-    lowered = [(k.lower(), v) for k, v in raw]
-    named = _connection_named(lowered)
+def response_headers(headers: Headers) -> Headers:
+    """The upstream's response headers (names in lower case) that may go back to the partner."""
+    named = _connection_named(headers)
     return [
-        (k, v) for k, v in lowered
+        (k, v) for k, v in headers
         if k not in HOP_BY_HOP and k not in RESPONSE_STRIPPED and k not in named
         and not k.startswith(b"proxy-") and not k.startswith(b"x-ratelimit-")
     ]
@@ -115,43 +112,45 @@ def check_content_length(request: Request, limit: int) -> None:
 
 
 class Upstreams:
-    """One pooled HTTP client for every upstream."""
+    """Every upstream, through one pool of keep-alive connections (services/edge/upstream_client.py)."""
 
-    def __init__(self, *, timeout: float, max_body_bytes: int) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    def __init__(self, *, timeout: float, max_body_bytes: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self._seconds = timeout
         self.max_body_bytes = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = UpstreamPool(timeout=timeout, ssl_context=ssl_context)
+        self._bases: dict[str, tuple[Origin, str]] = {}
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60),
-            auto_decompress=False, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
-            # Send what the partner sent, not what aiohttp would add.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
+        pass
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._pool.close()
+
+    def _base(self, upstream: str) -> tuple[Origin, str]:
+        """A route's upstream base URL as its origin and path prefix (split once)."""
+        base = self._bases.get(upstream)
+        if base is None:
+            origin, path = split_url(upstream)
+            base = self._bases[upstream] = (origin, path.decode("latin-1").rstrip("/"))
+        return base
 
     async def forward(self, request: Request, route: Route, receive: Receive, send: Send,
                       add_request: Headers, add_response: Headers) -> int:
         """Send `request` to `route`'s upstream and stream the answer back; returns its status."""
-        assert self._session is not None and route.upstream is not None
+        assert route.upstream is not None
         check_content_length(request, self.max_body_bytes)
         body = RequestBody(receive, self.max_body_bytes) if has_body(request) else None
-        target = route.upstream + route.upstream_path(request.raw_path.decode("latin-1"))
+        origin, prefix = self._base(route.upstream)
+        target = prefix + route.upstream_path(request.raw_path.decode("latin-1"))
         if request.query_string:
             target += "?" + request.query_string.decode("latin-1")
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers(request.headers) + add_request]
         started = False
         try:
-            async with self._session.request(
-                request.method, URL(target, encoded=True), headers=headers, allow_redirects=False,
-                data=body.chunks() if body is not None else None,
-            ) as response:
-                out = response_headers(response.raw_headers) + add_response
+            response = await self._pool.request(request.method, origin, target.encode("latin-1"),
+                                                 request_headers(request.headers) + add_request,
+                                                 body.chunks() if body is not None else None)
+            try:
+                out = response_headers(response.headers) + add_response
                 if response.content_length is not None and response.content_length <= SMALL_RESPONSE_BYTES:
                     whole = await response.read()
                     await send({"type": "http.response.start", "status": response.status, "headers": out})
@@ -160,10 +159,12 @@ class Upstreams:
                     return response.status
                 await send({"type": "http.response.start", "status": response.status, "headers": out})
                 started = True
-                async for chunk in response.content.iter_any():
+                async for chunk in response.chunks():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
                 return response.status
+            finally:
+                response.release()
         except (BodyTooLarge, ClientGone):
             raise
         except Exception as exc:
@@ -176,22 +177,31 @@ class Upstreams:
             raise self._failure(exc, route) from exc
 
     def _failure(self, exc: Exception, route: Route) -> EdgeError:
-        if isinstance(exc, asyncio.TimeoutError):
+        if isinstance(exc, UpstreamTimeout):
             log.warning("upstream of %s did not answer within %.1fs", route.prefix, self._seconds)
             return EdgeError("upstream_unavailable", f"the service behind {route.prefix} did not answer in time; "
                              "retry later with backoff", status=504)
-        if isinstance(exc, aiohttp.ClientError):
-            log.warning("upstream of %s failed: %s", route.prefix, type(exc).__name__)
+        if isinstance(exc, UpstreamError):
+            log.warning("upstream of %s failed: %s", route.prefix, exc)
             return EdgeError("upstream_unavailable", f"the service behind {route.prefix} cannot be reached; "
                              "retry later with backoff", status=502)
         raise exc
 
     async def fetch_text(self, url: str, limit: int) -> str:
         """A small document over HTTP (an external issuer's JWKS), refused above `limit` bytes."""
-        assert self._session is not None
-        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=5), headers={"Accept": "application/json"}) as response:
-            response.raise_for_status()
-            body = await response.content.read(limit + 1)
-        if len(body) > limit:
-            raise ValueError(f"{url} answered more than {limit} bytes")
-        return body.decode()
+        origin, target = split_url(url)
+        response = await self._pool.request("GET", origin, target, [(b"accept", b"application/json")])
+        try:
+            if response.status != 200:
+                raise ValueError(f"{url} answered {response.status}")
+            if response.content_length is not None and response.content_length > limit:
+                raise ValueError(f"{url} answered more than {limit} bytes")
+            parts, size = [], 0
+            async for chunk in response.chunks():
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"{url} answered more than {limit} bytes")
+                parts.append(chunk)
+        finally:
+            response.release()
+        return b"".join(parts).decode()

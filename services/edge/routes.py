@@ -152,6 +152,9 @@ def _route(entry: object, builtins: set[str], where: str) -> Route:
                  description=description, strip_prefix=strip)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def unsafe_path(path: str, raw_path: bytes) -> str | None:
     """Why a path must not be routed (dot segments, encoded slashes, control characters), or None.
 
@@ -160,11 +163,10 @@ def unsafe_path(path: str, raw_path: bytes) -> str | None:
     """
     if not path.startswith("/"):
         return "the path must start with /"
-    if any(segment in (".", "..") for segment in path.split("/")):
+    if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
         return "the path must not contain . or .. segments"
-    lowered = raw_path.lower()
-    if b"%2f" in lowered or b"%5c" in lowered or b"\\" in raw_path:
+    if b"\\" in raw_path or (b"%" in raw_path and (b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower())):
         return "the path must not contain encoded slashes or backslashes"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if _CONTROL.search(path):
         return "the path must not contain control characters"
     return None
