@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -105,8 +104,9 @@ class EdgeApp:
         trail = Trail(route=request.path) if endpoint else self._pipeline.trail(request.path)
         request_id_var.set(request.request_id)  # each request runs in its own task: no reset needed
         incoming = self._incoming_trace(request)
-        request.traced = incoming is not None
-        if tracing_installed():
+        installed = tracing_installed()
+        request.traced = installed or incoming is not None
+        if installed:
             with self._tracer.start_as_current_span(f"{request.method} edge", context=incoming,
                                                     kind=trace.SpanKind.SERVER) as span:
                 await self._serve(request, receive, responder, endpoint, trail, started, wall, span)
@@ -185,14 +185,15 @@ class EdgeApp:
             if status >= 500:
                 span.set_status(trace.StatusCode.ERROR)
         if partner:
-            seconds = int(wall)
-            occurred = Timestamp(seconds=seconds, nanos=int((wall - seconds) * 1e9))
-            self._apilog.record(events_pb2.ApiRequestLogged(
-                request_id=request.request_id, occurred_at=occurred, org_id=trail.org_id,
+            entry = events_pb2.ApiRequestLogged(
+                request_id=request.request_id, org_id=trail.org_id,
                 integration_id=trail.integration_id, method=method, endpoint=request.path[:1024], status=status,
                 duration_ms=elapsed * 1000, ip=request.client_ip, error_code=trail.error_code,
                 scope_category=trail.scope_category,
-            ))
+            )
+            seconds = int(wall)
+            entry.occurred_at.seconds, entry.occurred_at.nanos = seconds, int((wall - seconds) * 1e9)
+            self._apilog.record(entry)
 
     # --- public endpoints ---------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ class Request:
         self.client_ip = ""
         # The addresses from the client to us (X-Forwarded-For upstream), set by the app.
         self.hops: list[str] = []
-        self.traced = False  # the caller sent a trace context (traceparent)
+        self.traced = False  # there is a trace to pass on: the caller's (traceparent) or our own span
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""

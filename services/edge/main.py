@@ -32,6 +32,7 @@ from services.edge.partner_webhooks import PartnerWebhooks
 from services.edge.peers import Peers
 from services.edge.pipeline import Pipeline
 from services.edge.proxy import Upstreams
+from services.edge.server import EdgeHttpProtocol
 from services.edge.ratelimit import RateLimiter
 from services.edge.routes import RouteTable
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
@@ -175,7 +176,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
             await stop()
         raise
     config = uvicorn.Config(
-        app, http="httptools", ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+        app, http=EdgeHttpProtocol, ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
         # Never rewrite the client address from X-Forwarded-For: services.edge.clientip decides,
         # with the configured trusted proxies only.
         proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,

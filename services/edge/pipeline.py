@@ -22,7 +22,6 @@ from services.edge.model import Caller, check_active, check_ip, check_pair, chec
 from services.edge.proxy import BodyTooLarge, Upstreams, too_large
 from services.edge.ratelimit import Decision, RateLimiter
 from services.edge.routes import Route, RouteTable, unsafe_path
-from services.kit.telemetry import tracing_installed
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,11 @@ def refusal(decision: Decision) -> EdgeError:
 
 
 @functools.lru_cache(maxsize=4096)
-def scopes_header(scopes: frozenset[str]) -> bytes:
-    """`X-Trellis-Scopes`: the scopes, sorted, space-separated (few distinct sets: remembered)."""
-    return " ".join(sorted(scopes)).encode()
+def caller_headers(integration_id: str, org_id: str, client_id: str, scopes: frozenset[str]) -> tuple[tuple[bytes, bytes], ...]:
+    """Who is calling, for the upstream: integration, organisation, client and `X-Trellis-Scopes`
+    (the scopes, sorted, space-separated). Few distinct callers: remembered."""
+    return ((b"x-trellis-integration-id", integration_id.encode()), (b"x-trellis-org-id", org_id.encode()),
+            (b"x-trellis-client-id", client_id.encode()), (b"x-trellis-scopes", " ".join(sorted(scopes)).encode()))
 
 
 def bearer_token(request: Request) -> str:
@@ -109,8 +110,8 @@ class Pipeline:
 
     async def authenticate(self, request: Request, trail: Trail) -> Caller:
         token, api_key = bearer_token(request), (request.header(b"x-api-key") or b"").strip().decode("latin-1")
-        missing = [name for name, value in (("Authorization: Bearer <token>", token), ("X-API-Key", api_key)) if not value]
-        if missing:
+        if not token or not api_key:
+            missing = [name for name, value in (("Authorization: Bearer <token>", token), ("X-API-Key", api_key)) if not value]
             raise unauthorized("missing_credentials", f"missing {' and '.join(missing)}: every request needs both "
                                "Authorization: Bearer <token> and X-API-Key", token_error=False)
         try:
@@ -156,17 +157,14 @@ class Pipeline:
         hops = request.hops or [request.client_ip]
         headers = [
             (b"x-request-id", request.request_id.encode()),
-            (b"x-trellis-integration-id", caller.integration.id.encode()),
-            (b"x-trellis-org-id", caller.integration.org_id.encode()),
-            (b"x-trellis-client-id", caller.token.client_id.encode()),
-            (b"x-trellis-scopes", scopes_header(caller.scopes)),
+            *caller_headers(caller.integration.id, caller.integration.org_id, caller.token.client_id, caller.scopes),
             (b"x-forwarded-for", ", ".join(hops).encode()),
-            (b"x-forwarded-proto", str(request.scope.get("scheme", "http")).encode()),
+            (b"x-forwarded-proto", b"https" if request.scope.get("scheme") == "https" else b"http"),
         ]
         host = request.header(b"host")
         if host:
             headers.append((b"x-forwarded-host", host))
-        if request.traced or tracing_installed():
+        if request.traced:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             headers.extend((k.encode(), v.encode()) for k, v in carrier.items())

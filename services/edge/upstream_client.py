@@ -79,10 +79,9 @@ class Response:
     __slots__ = ("status", "headers", "content_length", "_conn", "_chunks", "_buffered", "_waiter", "_done",
                  "_error", "_released")
 
-    def __init__(self, conn: _Connection, status: int, headers: Headers) -> None:
+    def __init__(self, conn: _Connection, status: int, headers: Headers, length: bytes | None) -> None:
         self.status = status
         self.headers = headers
-        length = next((v for k, v in headers if k == b"content-length"), None)
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -157,6 +156,7 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
         self._headers: Headers = []
+        self._length: bytes | None = None
         self._head_request = False
         self._reading_paused = False
         self._can_write: asyncio.Future[None] | None = None
@@ -206,16 +206,19 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"content-length":
+            self._length = value
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        headers, self._headers = self._headers, []
+        headers, self._headers, length, self._length = self._headers, [], self._length, None
         if 100 <= status < 200:
             if status == 101:
                 raise UpstreamError("the upstream switched protocols, which the edge does not proxy")
             return  # an interim answer (103 Early Hints, a stray 100 Continue): the real one follows
-        response = self._response = Response(self, status, headers)
+        response = self._response = Response(self, status, headers, length)
         head, self._head = self._head, None
         if self._head_request:
             response._finish()  # a HEAD answer has no body, whatever its Content-Length says
