@@ -1,11 +1,12 @@
-"""The edge's HTTP/1.1 server protocol: uvicorn's httptools protocol, with the writes one request
-makes in one step of the event loop sent to the socket as one.
+"""The edge's HTTP/1.1 server protocol: uvicorn's httptools protocol, with a response's status
+line and headers sent in one write with its first body bytes.
 
 uvicorn writes a response's status line and headers when the app sends `http.response.start`,
 and its body when the app sends `http.response.body`: two `send` system calls for every answer,
 each a trip through the loopback or network stack. The edge sends both messages in the same
-step, so holding the bytes until the end of that step (`call_soon`) makes one write of them.
-Order is kept (every write goes through the same buffer) and `close()` sends what is held first.
+step of the event loop, so the transport holds the head until the next write and sends both at
+once; a head with no body in that step is sent at its end (`call_soon`), so nothing waits for
+a slow body. Order is kept and `close()` sends what is held first.
 Measured in docs/benchmarks.md "## Edge".
 """
 
@@ -18,26 +19,30 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """A transport whose writes within one loop step reach the socket as one write."""
+    """A transport that sends a response's head together with the write that follows it."""
 
     __slots__ = ("_transport", "_loop", "_held")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes] | None = None
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if self._held is None:
-            self._held = [data]
-            self._loop.call_soon(self.flush)
+        held = self._held
+        if held is not None:  # a held status line and headers go with the first body bytes
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 "):  # a response starts: hold it until its body comes
+            self._held = data
+            self._loop.call_soon(self.flush)  # or until the end of this step, if no body does
         else:
-            self._held.append(data)
+            self._transport.write(data)
 
     def flush(self) -> None:
         held, self._held = self._held, None
-        if held and not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
