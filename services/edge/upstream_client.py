@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from services.edge.transport import CoalescingTransport
+
 Headers = list[tuple[bytes, bytes]]
 
 # Response bytes buffered before the connection stops reading from the upstream.
@@ -168,7 +170,8 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
+        # A request's head and body chunks leave at the end of the loop step (one write).
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment, arg-type]
 
     def data_received(self, data: bytes) -> None:
         if not self._busy:

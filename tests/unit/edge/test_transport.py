@@ -1,12 +1,12 @@
-"""The edge's server protocol: a response's head goes out in one write with its body, a head
-without a body in the same step still goes out at the end of it, and closing sends what is held.
-Through uvicorn itself, every integration test of the edge runs over this protocol."""
+"""Flush consolidation (services/edge/transport.py): the writes of one loop step leave as one
+write at its end, in order; closing sends what is held first. Through uvicorn and the upstream
+client, every integration test of the edge runs over it as well."""
 
 from __future__ import annotations
 
 import asyncio
 
-from services.edge.server import CoalescingTransport
+from services.edge.transport import CoalescingTransport
 
 
 class Recorded:
@@ -33,26 +33,17 @@ class Recorded:
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
 
 
-async def test_a_head_and_its_body_are_one_write() -> None:
+async def test_the_writes_of_one_step_are_one_write_at_its_end() -> None:
     real = Recorded()
     transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(HEAD)
-    assert real.writes == []
     transport.write(b"hello")
-    assert real.writes == [HEAD + b"hello"]
-    await asyncio.sleep(0)  # the step ends: nothing more is sent
-    assert real.writes == [HEAD + b"hello"]
-
-
-async def test_a_head_alone_is_sent_when_the_step_ends_and_later_writes_follow_in_order() -> None:
-    real = Recorded()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    transport.write(HEAD)
+    assert real.writes == []
     await asyncio.sleep(0)
-    assert real.writes == [HEAD]
-    transport.write(b"5\r\nhello\r\n")
-    transport.write(b"0\r\n\r\n")
-    assert real.writes == [HEAD, b"5\r\nhello\r\n", b"0\r\n\r\n"]
+    assert real.writes == [HEAD + b"hello"]
+    transport.write(b"next")  # a later step: a write of its own
+    await asyncio.sleep(0)
+    assert real.writes == [HEAD + b"hello", b"next"]
 
 
 async def test_close_sends_what_is_held_first_and_other_calls_reach_the_transport() -> None:
@@ -64,3 +55,12 @@ async def test_close_sends_what_is_held_first_and_other_calls_reach_the_transpor
     await asyncio.sleep(0)
     assert real.writes == [HEAD]  # the end-of-step flush finds nothing left and the transport closed
     assert transport.get_extra_info("peername") == "info:peername"
+
+
+async def test_nothing_is_written_to_a_transport_that_closed_meanwhile() -> None:
+    real = Recorded()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"late")
+    real.closed = True  # the peer went away before the step ended
+    await asyncio.sleep(0)
+    assert real.writes == []
