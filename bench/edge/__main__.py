@@ -251,6 +251,7 @@ class Findings:
     limiter: dict[str, float] = field(default_factory=dict)
     per_lease_us: float = 0.0
     profile: list[str] = field(default_factory=list)
+    profile_half: list[str] = field(default_factory=list)  # at the half-load fixed rate
 
     @property
     def targets(self) -> list[Target]:
@@ -322,7 +323,7 @@ def run_standard(args: argparse.Namespace) -> None:
             done = (f"{t.name.split(':')[0].split(' (')[0]} {found.runs[t.name][-1].result.rps:,.0f}"
                     for t in found.targets)
             print(f"round {n + 1}/{args.rounds}: " + ", ".join(done), flush=True)
-        found.rate = found.result(edge).rps / 2
+        found.rate = args.rate or found.result(edge).rps / 2
         for _ in range(args.rounds):
             # A 1 s warm-up before each round, as wrk's: the other targets' rounds leave the edge idle
             # for ~12 s, long enough for cached keys and integrations (30 s TTL, refreshed on use)
@@ -340,6 +341,8 @@ def run_standard(args: argparse.Namespace) -> None:
         if args.profile:
             found.profile = profile(edge.url, edge.pid, script, seconds=args.profile, connections=conns,
                                     out=args.profile_out or root / "edge.spy.txt")
+            found.profile_half = profile(edge.url, edge.pid, script, seconds=args.profile, connections=conns,
+                                         out=root / "edge-half.spy.txt", rate=found.rate, rotate=rotate)
     report_load(found, args)
     report_half_load(found, args)
     report_limiter(found)
@@ -347,6 +350,8 @@ def run_standard(args: argparse.Namespace) -> None:
         print(f"\npy-spy profile of the edge under wrk load ({args.profile:g} s)"
               + (f", raw stacks in {args.profile_out}:" if args.profile_out else ":"))
         print("\n".join(found.profile))
+        print(f"\npy-spy profile of the edge at the half-load fixed rate ({found.rate:,.0f} req/s, {args.profile:g} s):")
+        print("\n".join(found.profile_half))
 
 
 def report_load(found: Findings, args: argparse.Namespace) -> None:
@@ -380,7 +385,8 @@ def report_load(found: Findings, args: argparse.Namespace) -> None:
 
 
 def report_half_load(found: Findings, args: argparse.Namespace) -> None:
-    print(f"\nfixed rate {found.rate:,.0f} req/s (half the edge's maximum), bench.edge.paced over 64 connections, "
+    how = "given with --rate" if args.rate else "half the edge's maximum"
+    print(f"\nfixed rate {found.rate:,.0f} req/s ({how}), bench.edge.paced over 64 connections, "
           f"{args.seconds:g}s, same rotation, {args.rounds} interleaved rounds, medians "
           f"(each round's p99 in brackets):")
     print(HEADER)
@@ -471,6 +477,8 @@ def main() -> None:
     parser.add_argument("--server", choices=("granian", "uvicorn"), default=SERVER, help="--choose only")
     parser.add_argument("--client", choices=("aiohttp", "httpx", "trellis"), default=CLIENT, help="the proxy-only row's client")
     parser.add_argument("--choose", action="store_true", help="compare servers and clients instead")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="the fixed rate for the added-latency rounds (default: half the edge's measured maximum)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the edge under load (0: none)")
     parser.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks in this file")

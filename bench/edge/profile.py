@@ -15,15 +15,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.edge.load import LOAD_CPU, _script, pinned, wrk
+from bench.edge.load import LOAD_CPU, _script, paced, pinned, wrk
 
 
 _CATEGORIES = (  # (path fragment, cost centre); a sample counts for the first match from the top of its stack
     ("/opentelemetry/", "tracing: OpenTelemetry span per request"),
     ("/prometheus_client/", "metrics: Prometheus histogram and counters"),
-    ("/aiohttp/", "upstream client: aiohttp request and response"),
-    ("/yarl/", "upstream client: aiohttp request and response"),
-    ("/multidict/", "upstream client: aiohttp request and response"),
+    ("services/edge/upstream_client.py", "upstream client and write consolidation (ours)"),
+    ("services/edge/transport.py", "upstream client and write consolidation (ours)"),
     ("/uvicorn/", "HTTP server: uvicorn (httptools) request and response"),
     ("services/edge/ratelimit.py", "rate limiter (incl. its NATS leases)"),
     ("services/edge/apilog.py", "API log record publishing (incl. NATS)"),
@@ -61,14 +60,19 @@ def _category(frames: list[str]) -> str:
     return "NATS client: reading acks and messages" if nats else "event loop and other (asyncio, stdlib)"
 
 
-def profile(url: str, pid: int, script: Path, *, seconds: float, connections: int, out: Path) -> list[str]:
-    """py-spy on the edge while wrk loads it: samples by cost centre, then the functions with the
-    most samples on top of the stack (self) and anywhere on it (inclusive, a lower bound: a
-    coroutine resumed by the event loop shows only its own chain of awaits)."""
+def profile(url: str, pid: int, script: Path, *, seconds: float, connections: int, out: Path,
+            rate: float = 0.0, rotate: Path | None = None) -> list[str]:
+    """py-spy on the edge while wrk loads it (or, with `rate`, bench.edge.paced at that fixed rate
+    rotating over `rotate`): samples by cost centre, then the functions with the most samples on
+    top of the stack (self) and anywhere on it (inclusive, a lower bound: a coroutine resumed by
+    the event loop shows only its own chain of awaits)."""
     spy = _script("py-spy")
     if not Path(spy).exists():
         return [f"py-spy not installed ({spy}); .venv/bin/pip install py-spy"]
-    load = threading.Thread(target=lambda: wrk(url, seconds=seconds + 3, connections=connections, script=script))
+    if rate:
+        load = threading.Thread(target=lambda: paced(url, rate=rate, seconds=seconds + 3, rotate=rotate))
+    else:
+        load = threading.Thread(target=lambda: wrk(url, seconds=seconds + 3, connections=connections, script=script))
     load.start()
     time.sleep(1.5)
     rate = 200
