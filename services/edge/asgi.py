@@ -22,7 +22,7 @@ JSON = b"application/json"
 class Request:
     """One HTTP request's scope, with header lookups (ASGI header names are lower case)."""
 
-    __slots__ = ("scope", "method", "path", "headers", "request_id", "client_ip", "hops", "traced")
+    __slots__ = ("scope", "method", "path", "headers", "request_id", "client_ip", "hops", "traced", "_first")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
@@ -34,13 +34,14 @@ class Request:
         # The addresses from the client to us (X-Forwarded-For upstream), set by the app.
         self.hops: list[str] = []
         self.traced = False  # there is a trace to pass on: the caller's (traceparent) or our own span
+        self._first: dict[bytes, bytes] | None = None  # each header's first value, made on the first lookup
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        first = self._first
+        if first is None:
+            first = self._first = dict(reversed(self.headers))  # the first of repeated names is put last: it wins
+        return first.get(name)
 
     def header_values(self, name: bytes) -> list[bytes]:
         return [value for key, value in self.headers if key == name]

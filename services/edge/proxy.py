@@ -9,6 +9,7 @@ adds the caller's identity headers. Failures before the response starts become e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -190,6 +191,10 @@ class Upstreams:
     async def fetch_text(self, url: str, limit: int) -> str:
         """A small document over HTTP (an external issuer's JWKS), refused above `limit` bytes."""
         origin, target = split_url(url)
+        async with asyncio.timeout(self._seconds):  # the whole fetch: a slow drip cannot hold it longer
+            return await self._fetch(url, origin, target, limit)
+
+    async def _fetch(self, url: str, origin: Origin, target: bytes, limit: int) -> str:
         response = await self._pool.request("GET", origin, target, [(b"accept", b"application/json")])
         try:
             if response.status != 200:

@@ -14,6 +14,7 @@ which is the time the loop needs for the work it already has; measured in docs/b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -34,6 +35,10 @@ class CoalescingTransport:
         else:
             self._held.append(data)
 
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
     def flush(self) -> None:
         held, self._held = self._held, None
         if held and not self._transport.is_closing():
@@ -46,5 +51,10 @@ class CoalescingTransport:
         self.flush()
         self._transport.close()
 
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    # abort() drops what is held with the transport's own buffer (the flush finds it closing).
     def __getattr__(self, name: str) -> Any:  # pause_reading, get_extra_info, set_protocol, ...
         return getattr(self._transport, name)

@@ -9,19 +9,29 @@ decompression or content negotiation; what it needs is here, with the parsing le
 What it does: HTTP and HTTPS origins (certificates verified); request bodies streamed as given
 (with the caller's Content-Length, else chunked); responses framed by Content-Length, chunked
 or the end of the connection, streamed with back-pressure (reading pauses while more than
-`BUFFER_BYTES` wait); interim 1xx answers skipped; HEAD answers end at their headers. A
+`BUFFER_BYTES` wait); interim 1xx answers skipped; trailers dropped; HEAD answers end at their
+headers (and close their connection: httptools cannot tell llhttp to expect no body). A
 connection goes back to the pool only once its response was read to the end and both sides
 keep it alive; idle connections older than `idle_seconds` are closed rather than reused (an
 upstream that closes idle connections first, uvicorn after 5 s, would race us), and a request
 without a body that finds its pooled connection closed under it is sent once more on a new one.
-Timeouts: connecting, and each wait for the upstream (its headers, the next body bytes, room to
-write) are bounded by `timeout`.
+Timeouts: connecting, waiting for room in a full pool, and each wait for the upstream (its
+headers, the next body bytes, room to write) are bounded by `timeout`.
+
+Framing is never guessed, so that an answer cannot reach the wrong request: llhttp refuses
+contradictory lengths; bytes after an answer's end (a body longer than its Content-Length, an
+answer nobody asked for) retire the connection; a request body must match the Content-Length the
+caller gives (else it goes chunked, and an empty chunk is never sent: it would end the body); a
+line break in the method, target or a header is refused before anything is sent. The caller's
+headers carry no hop-by-hop or framing headers other than a body's Content-Length (the proxy
+strips them; checking every header here would cost the common path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +46,9 @@ Headers = list[tuple[bytes, bytes]]
 
 # Response bytes buffered before the connection stops reading from the upstream.
 BUFFER_BYTES = 256 * 1024
+# Bytes an upstream may send before its answer's head is complete (interim answers included);
+# llhttp itself sets no bound.
+MAX_HEAD_BYTES = 64 * 1024
 # Sent again on a new connection when a pooled one turns out closed (RFC 9110 §9.2.2).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -95,7 +108,12 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body (callers check `content_length` first: this does not bound it)."""
-        parts = [chunk async for chunk in self.chunks()]
+        if self._done and self._error is None:  # all arrived with the head: the common small answer
+            parts = list(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+        else:
+            parts = [chunk async for chunk in self.chunks()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -163,6 +181,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._can_write: asyncio.Future[None] | None = None
         self._received_any = False
+        self._head_bytes = 0  # received while no answer's head is complete
         self._keep_alive = False
         self._busy = False  # an exchange is under way
         self.waiting: asyncio.Future[object] | None = None  # what the exchange waits for, until `deadline`
@@ -181,8 +200,15 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"the upstream's answer is not valid HTTP/1.1: {exc}"))
+            cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else exc
+            self._fail(UpstreamError(f"the upstream's answer is not valid HTTP/1.1: {cause}"))
             self.close()
+            return
+        if self._response is None:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(UpstreamError(f"the upstream's answer has a head over {MAX_HEAD_BYTES} bytes"))
+                self.close()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -208,6 +234,12 @@ class _Connection(asyncio.Protocol):
         self._wake_writer()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._response is not None:
+            # A second answer to one request: the first ran past its framing, or the upstream
+            # answers ahead. Where this one ends can no longer be trusted: never reused.
+            raise UpstreamError("the upstream sent more than one answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == b"content-length":
@@ -234,6 +266,8 @@ class _Connection(asyncio.Protocol):
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._headers:  # a chunked body's trailers: dropped, never the next answer's headers
+            self._headers, self._length = [], None
         response = self._response
         if response is None:
             return  # the end of an interim answer
@@ -242,34 +276,47 @@ class _Connection(asyncio.Protocol):
         response._finish()
 
     # Used by the pool and the response.
-    async def exchange(self, method: bytes, target: bytes, headers: Headers,
-                       body: AsyncIterator[bytes] | None) -> Response:
+    async def exchange(self, head: bytes, head_request: bool, body: AsyncIterator[bytes] | None,
+                       length: int | None) -> Response:
+        """Send a request (`head` as built by the pool; `length` None sends `body` chunked)."""
         assert self.transport is not None
         self._response, self._received_any, self._keep_alive, self._busy = None, False, False, True
-        self._head_request = method == b"HEAD"
-        self._head = head = self.loop.create_future()
-        lines = [method, b" ", target, b" HTTP/1.1\r\nhost: ", self.origin.host_header, b"\r\n"]
-        chunked = body is not None and not any(k == b"content-length" for k, _ in headers)
-        for key, value in headers:
-            lines += (key, b": ", value, b"\r\n")
-        if chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        self.transport.write(b"".join(lines))
+        self._head_bytes = 0
+        self._head_request = head_request
+        self._head = answer = self.loop.create_future()
+        self.transport.write(head)
         if body is not None:
-            await self._send_body(body, chunked)
-        return await self.wait(head)
+            try:
+                await self._send_body(body, length)
+            except BaseException:
+                self._head = None  # nobody waits for the answer any more (nor for its error)
+                answer.cancel()
+                raise
+        return await self.wait(answer)
 
-    async def _send_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async def _send_body(self, body: AsyncIterator[bytes], length: int | None) -> None:
         assert self.transport is not None
+        sent = 0
         async for chunk in body:
             if self.closed:
+                if self._response is not None:
+                    return  # answered before the whole body (a 413, a 401) and hung up: that answer stands
                 raise UpstreamError("the upstream closed the connection while the request body was sent")
-            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if not chunk:
+                continue  # as a chunk, it would end the body
+            sent += len(chunk)
+            if length is None:
+                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            elif sent > length:
+                raise ValueError(f"the request body is longer than its Content-Length ({length})")
+            else:
+                self.transport.write(chunk)
             if self._can_write is not None:
                 await self.wait(self._can_write)
-        if chunked:
+        if length is None:
             self.transport.write(b"0\r\n\r\n")
+        elif sent != length:
+            raise ValueError(f"the request body is shorter than its Content-Length ({length})")
 
     async def wait(self, future: asyncio.Future):  # type: ignore[no-untyped-def]
         """`future`'s result, or UpstreamTimeout once the pool's timeout passes (the connection is
@@ -328,6 +375,20 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _body_length(headers: Headers) -> int | None:
+    """A request body's Content-Length as the caller gives it (None: none, the body goes chunked)."""
+    length = None
+    for key, value in headers:
+        key = key.lower()
+        if key == b"transfer-encoding":
+            raise ValueError("the client frames a request body itself: no Transfer-Encoding from the caller")
+        if key == b"content-length":
+            if length is not None or not value.strip().isdigit():
+                raise ValueError("a request body needs one Content-Length that is a number")
+            length = int(value)
+    return length
+
+
 class UpstreamPool:
     """Keep-alive connections per origin, at most `max_connections` to each."""
 
@@ -336,7 +397,7 @@ class UpstreamPool:
         self.timeout = timeout
         self.max_connections = max_connections
         self.idle_seconds = idle_seconds
-        self._ssl = ssl_context
+        self._ssl = ssl_context  # for https origins; the system's trust store when None (made once)
         self._idle: dict[Origin, list[_Connection]] = {}
         self._open: dict[Origin, int] = {}
         self._waiters: dict[Origin, collections.deque[asyncio.Future[None]]] = {}
@@ -368,14 +429,28 @@ class UpstreamPool:
                       body: AsyncIterator[bytes] | None = None) -> Response:
         """Send one request; the caller reads the response and then calls `release()` on it.
 
-        Raises UpstreamTimeout or UpstreamError when no answer starts."""
-        if b" " in target or b"\r" in target or b"\n" in target:
-            raise ValueError("the request target holds a space or a line break")
-        verb = method.encode("ascii")
+        Raises UpstreamTimeout or UpstreamError when no answer starts; ValueError when the request
+        cannot be framed (a line break in the head, a body that does not match its length)."""
+        if b" " in target:
+            raise ValueError("the request target holds a space")
+        lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
+        for key, value in headers:
+            lines += (key, b": ", value, b"\r\n")
+        length = None if body is None else _body_length(headers)
+        chunked = body is not None and length is None
+        if chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # One line per header: a line break inside one would start a header (or a request) of
+        # the caller's making. A bare CR is left to the upstream (RFC 9112 §2.2: never a line end).
+        if head.count(b"\n") != len(headers) + 3 + chunked:
+            raise ValueError("the method, the target or a header holds a line break")
+        head_request = method == "HEAD"
         while True:
             conn = await self._acquire(origin)
             try:
-                return await conn.exchange(verb, target, headers, body)
+                return await conn.exchange(head, head_request, body, length)
             except _Stale:
                 if body is not None or method not in _IDEMPOTENT:
                     raise UpstreamError("the upstream closed the connection before answering") from None
@@ -386,20 +461,21 @@ class UpstreamPool:
                 raise
 
     async def _acquire(self, origin: Origin) -> _Connection:
-        idle = self._idle.get(origin)
-        now = time.monotonic()
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_seconds:
-                return conn
-            conn.close()
-            self.forget(conn)
-        while self._open.get(origin, 0) >= self.max_connections:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(origin, collections.deque()).append(waiter)
-            await waiter
-            if idle := self._idle.get(origin):
-                return idle.pop()
+        deadline = None
+        while True:
+            idle = self._idle.get(origin)
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self.idle_seconds:
+                    return conn
+                conn.close()
+                self.forget(conn)
+            if self._open.get(origin, 0) < self.max_connections:
+                break
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            await self._wait_for_room(origin, deadline)
         self._open[origin] = self._open.get(origin, 0) + 1
         try:
             return await self._connect(origin)
@@ -408,11 +484,32 @@ class UpstreamPool:
             self._wake(origin)
             raise
 
+    async def _wait_for_room(self, origin: Origin, deadline: float) -> None:
+        """Until a connection to `origin` is handed back or closed (a timer only when the pool is full)."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(origin, collections.deque())
+        waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._wake(origin)  # woken, then cancelled or timed out: the room goes to the next in line
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"no connection to the upstream free within {self.timeout:g}s") from None
+            raise
+
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
         context = None
         if origin.scheme == "https":
-            context = self._ssl or ssl.create_default_context()
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()  # loads the trust store: once, not per connection
+            context = self._ssl
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self, origin), origin.host, origin.port, ssl=context),
@@ -421,6 +518,8 @@ class UpstreamPool:
             raise UpstreamTimeout(f"could not connect to the upstream within {self.timeout:g}s") from None
         except OSError as exc:
             raise UpstreamError(f"could not connect to the upstream: {exc.strerror or exc}") from exc
+        if conn.closed:  # lost before it was counted: `forget` could not take it off
+            raise UpstreamError("the upstream closed the connection as it opened")
         self._all.add(conn)
         return conn
 

@@ -26,6 +26,12 @@ class Recorded:
     def close(self) -> None:
         self.closed = True
 
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
+    def writelines(self, lines: list[bytes]) -> None:
+        self.writes.extend(lines)
+
     def get_extra_info(self, name: str) -> str:
         return f"info:{name}"
 
@@ -64,3 +70,15 @@ async def test_nothing_is_written_to_a_transport_that_closed_meanwhile() -> None
     real.closed = True  # the peer went away before the step ended
     await asyncio.sleep(0)
     assert real.writes == []
+
+
+async def test_writes_held_in_a_step_go_before_an_end_of_file_and_lines_written_later() -> None:
+    real = Recorded()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(HEAD)
+    transport.writelines([b"hel", b"lo"])
+    assert real.writes == []  # lines are writes of the step too
+    transport.write_eof()
+    assert real.writes == [HEAD + b"hello", b"<eof>"]
+    await asyncio.sleep(0)
+    assert real.writes == [HEAD + b"hello", b"<eof>"]
