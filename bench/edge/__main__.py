@@ -66,6 +66,7 @@ class Measured:
     result: Result
     cpu_us: float  # CPU time of the server process per request (0: not measured)
     waited: float = 0.0  # share of the run the server waited for its core while other processes held it
+    stolen_ms: float = 0.0  # hypervisor steal time on the server core during the run
 
 
 @contextlib.contextmanager
@@ -141,7 +142,8 @@ def measure(target: Target, *, seconds: float, connections: int, script: Path | 
 def measure_paced(target: Target, *, rate: float, seconds: float, rotate: Path) -> Measured:
     with Watch(target.pid) as watch:
         result = paced(target.url, rate=rate, seconds=seconds, rotate=rotate)
-    return Measured(result, watch.own / result.requests * 1e6 if result.requests else 0.0, watch.waited)
+    return Measured(result, watch.own / result.requests * 1e6 if result.requests else 0.0, watch.waited,
+                    watch.stolen_ms)
 
 
 _BUCKET = re.compile(r'^trellis_edge_request_duration_seconds_bucket\{le="([^"]+)",route="/lots"\} (\S+)$', re.M)
@@ -395,7 +397,8 @@ def report_half_load(found: Findings, args: argparse.Namespace) -> None:
         print(row(name, median([m.result for m in half]), statistics.median(m.cpu_us for m in half),
                   statistics.median(m.waited for m in half))
               + "   [p99 " + ", ".join(f"{m.result.p99_ms:.2f}" for m in half)
-              + "; waited " + ", ".join(f"{100 * m.waited:.1f}%" for m in half) + "]")
+              + "; waited " + ", ".join(f"{100 * m.waited:.1f}%" for m in half)
+              + "; stolen " + ", ".join(f"{m.stolen_ms:.0f} ms" for m in half) + "]")
     edge = median([m.result for m in found.half_edge])
     if edge.errors > INVALID_SHARE * edge.requests:
         print(f"INVALID: the edge answered {edge.non2xx} non-2xx at the fixed rate")

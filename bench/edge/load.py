@@ -51,6 +51,16 @@ def waited_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
+def stolen_seconds(cpu: int) -> float:
+    """Steal time of `cpu` since boot (/proc/stat, in clock ticks): while the virtual CPU was
+    runnable, the hypervisor ran something else. Neither our scheduler nor `waited` sees it."""
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{cpu} "):
+                return int(line.split()[8]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 class Watch:
     """Around a run: the CPU time of the process under test, and the share of the run it spent
     waiting for its core while other processes held it (other helpers' tests are not pinned and
@@ -60,14 +70,17 @@ class Watch:
         self.pid = pid
         self.own = 0.0  # seconds of CPU the process used
         self.waited = 0.0  # share of the run's wall time the process waited for its core
+        self.stolen_ms = 0.0  # time the hypervisor ran something else on the server core's vCPU
 
     def __enter__(self) -> "Watch":
         self._start = (time.monotonic(), 0.0, 0.0)
+        self._steal = stolen_seconds(SERVER_CPU)
         if self.pid:
             self._start = (time.monotonic(), cpu_seconds(self.pid), waited_seconds(self.pid))
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stolen_ms = (stolen_seconds(SERVER_CPU) - self._steal) * 1000
         if not self.pid:
             return
         wall, own, waited = self._start

@@ -48,6 +48,23 @@ CLIENT_CLOSED = 499
 Handler = Callable[[Request, Receive, Send], Awaitable[str]]
 
 
+class RequestIds:
+    """New request ids: 32 hex digits of the OS's randomness (as os.urandom(16).hex()), read 4 KiB
+    at a time: one system call per 256 requests instead of one each."""
+
+    __slots__ = ("_pool", "_at")
+
+    def __init__(self) -> None:
+        self._pool, self._at = "", 0
+
+    def __call__(self) -> str:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(4096).hex(), 0
+        start = self._at
+        self._at = start + 32
+        return self._pool[start:start + 32]
+
+
 @dataclass(frozen=True)
 class Endpoint:
     handler: Handler
@@ -69,6 +86,7 @@ class EdgeApp:
         self._resolver = ClientIpResolver(settings.edge_trusted_proxies)
         self._max_header_bytes = settings.edge_max_header_bytes
         self._tracer = trace.get_tracer("services.edge")
+        self._new_id = RequestIds()
         spec = build_spec(pipeline.routes, server_url=settings.edge_public_url, token_url=settings.token_url)
         self._spec_json, self._docs_html = spec_json(spec), render_html(spec)
         self._discovery = openid_configuration(settings)
@@ -97,7 +115,7 @@ class EdgeApp:
         started, wall = time.perf_counter(), time.time()
         request = Request(scope)
         given = request.header(b"x-request-id")
-        request.request_id = given.decode() if given and _SANE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+        request.request_id = given.decode() if given and _SANE_REQUEST_ID.fullmatch(given) else self._new_id()
         request.client_ip, request.hops = self._resolver.resolve(request.peer, request.header_values(b"x-forwarded-for"))
         responder = Responder(send, [(b"x-request-id", request.request_id.encode())])
         endpoint = self._endpoints.get(request.path)
