@@ -59,15 +59,25 @@ DELIVERY_STATUSES = _names(pb.DeliveryStatus, "DELIVERY_STATUS_")
 OUTCOMES = _names(pb.Outcome, "OUTCOME_")
 ATTEMPT_ERRORS = _names(pb.AttemptError, "ATTEMPT_ERROR_")
 
+# What a partner reads when its endpoint's host name gave no address Trellis delivers to: one
+# code and one text whether the name does not resolve (`dns`) or resolves only to refused
+# networks (`ssrf_refused`), and never the addresses. Told apart, or with the addresses, they
+# would let an outsider map which internal names exist and where. Administrators see both.
+UNUSABLE_HOST = "unusable_host"
+UNUSABLE_HOST_DETAIL = ("the endpoint's host name gives no address Trellis delivers to: it does not resolve, or it "
+                        "resolves only to private, loopback, link-local or reserved networks; use a public HTTPS "
+                        "endpoint")
+_UNUSABLE_HOST_ERRORS = frozenset({pb.ATTEMPT_ERROR_DNS, pb.ATTEMPT_ERROR_SSRF_REFUSED})
+PARTNER_ATTEMPT_ERRORS = [name for name, value in ATTEMPT_ERRORS.items() if value not in _UNUSABLE_HOST_ERRORS]
+PARTNER_ATTEMPT_ERRORS.append(UNUSABLE_HOST)
 
-# What a partner reads when its endpoint's address was refused: never the addresses a name
-# resolved to (an internal name would map the platform's network for an outsider).
-SSRF_REFUSED_DETAIL = ("the endpoint's host name resolves to an address Trellis does not deliver to (private, "
-                       "loopback, link-local or reserved networks); use a public HTTPS endpoint")
+
+def _partner_error(error: int) -> str | None:
+    return UNUSABLE_HOST if error in _UNUSABLE_HOST_ERRORS else _label(ATTEMPT_ERRORS, error)
 
 
 def _partner_detail(error: int, detail: str) -> str:
-    return SSRF_REFUSED_DETAIL if error == pb.ATTEMPT_ERROR_SSRF_REFUSED else detail
+    return UNUSABLE_HOST_DETAIL if error in _UNUSABLE_HOST_ERRORS else detail
 
 
 def _label(table: dict[str, int], value: int) -> str | None:
@@ -117,7 +127,7 @@ def delivery_json(d: pb.Delivery) -> dict[str, Any]:
         "id": d.id, "subscription_id": d.subscription_id, "event_id": d.event_id, "event_type": d.event_type,
         "status": _label(DELIVERY_STATUSES, d.status), "attempts": d.attempts, "round": d.round,
         "next_attempt_at": _time(d.next_attempt_at), "created_at": _time(d.created_at), "updated_at": _time(d.updated_at),
-        "last_status_code": d.last_status_code or None, "last_error": _label(ATTEMPT_ERRORS, d.last_error),
+        "last_status_code": d.last_status_code or None, "last_error": _partner_error(d.last_error),
         "last_error_detail": _partner_detail(d.last_error, d.last_error_detail), "test": d.test,
     }
 
@@ -127,7 +137,7 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
         "id": a.id, "delivery_id": a.delivery_id, "subscription_id": a.subscription_id, "event_id": a.event_id,
         "event_type": a.event_type, "attempt": a.attempt, "round": a.round, "attempted_at": _time(a.attempted_at),
         "duration_ms": round(a.duration_ms, 1), "status_code": a.status_code or None, "succeeded": a.succeeded,
-        "error": _label(ATTEMPT_ERRORS, a.error), "error_detail": _partner_detail(a.error, a.error_detail),
+        "error": _partner_error(a.error), "error_detail": _partner_detail(a.error, a.error_detail),
         "response_body": a.response_body,
         "endpoint_url": a.url, "test": a.test,
     }
@@ -477,13 +487,13 @@ _WRITABLE = {"endpoint_url": {"type": "string", "format": "uri", "description": 
 _DELIVERY = {
     "id": _STR, "subscription_id": _STR, "event_id": _STR, "event_type": _STR, "status": {"enum": list(DELIVERY_STATUSES)},
     "attempts": _INT, "round": _INT, "next_attempt_at": _TIME, "created_at": _TIME, "updated_at": _TIME,
-    "last_status_code": {"type": ["integer", "null"]}, "last_error": {"enum": [*ATTEMPT_ERRORS, None]},
+    "last_status_code": {"type": ["integer", "null"]}, "last_error": {"enum": [*PARTNER_ATTEMPT_ERRORS, None]},
     "last_error_detail": _STR, "test": _BOOL,
 }
 _ATTEMPT = {
     "id": _STR, "delivery_id": _STR, "subscription_id": _STR, "event_id": _STR, "event_type": _STR, "attempt": _INT,
     "round": _INT, "attempted_at": _TIME, "duration_ms": {"type": "number"}, "status_code": {"type": ["integer", "null"]},
-    "succeeded": _BOOL, "error": {"enum": [*ATTEMPT_ERRORS, None]}, "error_detail": _STR,
+    "succeeded": _BOOL, "error": {"enum": [*PARTNER_ATTEMPT_ERRORS, None]}, "error_detail": _STR,
     "response_body": {"type": "string", "description": "The first 2 KB the receiver answered."},
     "endpoint_url": _STR, "test": _BOOL,
 }

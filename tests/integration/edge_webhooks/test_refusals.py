@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from services.edge.partner_webhooks import SSRF_REFUSED_DETAIL
+from services.edge.partner_webhooks import UNUSABLE_HOST_DETAIL
 from tests.integration.edge.conftest import closed_port, write_routes
 from tests.integration.edge_webhooks.conftest import (
     MAX_BODY_BYTES,
@@ -107,19 +107,31 @@ async def test_webhooks_down_is_502_and_not_ready_only_where_it_is_routed(start_
 
 
 async def test_a_refused_endpoint_address_is_not_revealed_to_the_partner(stack: Stack) -> None:
-    # The cloud metadata address: refused by the SSRF guard even where loopback receivers are allowed.
+    """A name that does not resolve and an address the SSRF guard refuses read the same to a
+    partner: otherwise the difference would tell an outsider which internal names exist."""
     client = await stack.partner()
-    status, _, created = await client("POST", "/v1/webhooks", json={"endpoint_url": "https://169.254.169.254/latest",
-                                                                    "activity_types": ["*"]})
-    assert status == 201, created
-    status, _, tested = await client("POST", f"/v1/webhooks/{created['id']}/test")
-    assert status == 200, tested
-    attempt = tested["attempt"]
-    assert (attempt["succeeded"], attempt["error"]) == (False, "ssrf_refused")
-    assert attempt["error_detail"] == SSRF_REFUSED_DETAIL and "169.254" not in json.dumps(tested["delivery"])
-    status, _, attempts = await client("GET", f"/v1/webhooks/{created['id']}/attempts")
-    assert status == 200 and "169.254.169.254 " not in json.dumps(attempts)  # only in the URL the partner gave
-    assert all(a["error_detail"] == SSRF_REFUSED_DETAIL for a in attempts["attempts"])
+    seen = {}
+    # The cloud metadata address (refused even where loopback receivers are allowed), and a name
+    # that cannot resolve (RFC 6761 .invalid).
+    for url in ("https://169.254.169.254/latest", "https://no-such-host.invalid/hook"):
+        status, _, created = await client("POST", "/v1/webhooks", json={"endpoint_url": url, "activity_types": ["*"]})
+        assert status == 201, created
+        status, _, tested = await client("POST", f"/v1/webhooks/{created['id']}/test")
+        assert status == 200, tested
+        attempt = tested["attempt"]
+        assert (attempt["succeeded"], attempt["error"], attempt["error_detail"]) == (False, "unusable_host",
+                                                                                    UNUSABLE_HOST_DETAIL)
+        delivery = tested["delivery"]
+        assert (delivery["last_error"], delivery["last_error_detail"]) == ("unusable_host", UNUSABLE_HOST_DETAIL)
+        assert "169.254" not in json.dumps(delivery)
+        status, _, attempts = await client("GET", f"/v1/webhooks/{created['id']}/attempts")
+        assert status == 200 and "169.254.169.254 " not in json.dumps(attempts)  # only in the URL the partner gave
+        assert all((a["error"], a["error_detail"]) == ("unusable_host", UNUSABLE_HOST_DETAIL)
+                   for a in attempts["attempts"])
+        seen[url] = {k: v for k, v in attempt.items() if k in ("succeeded", "status_code", "error", "error_detail",
+                                                                  "response_body")}
+    first, second = seen.values()
+    assert first == second
 
 
 async def test_malformed_values_are_400_never_500(stack: Stack) -> None:
