@@ -5,6 +5,7 @@ timeouts, broken answers, back-pressure, body streaming both ways."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -116,6 +117,18 @@ async def served(answer: Callable[[Seen], Answer | None], **pool_options: float)
     return upstream, origin, UpstreamPool(timeout=pool_options.pop("timeout", 5.0), **pool_options)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def serving(answer: Callable[[Seen], Answer | None],
+                  **pool_options: float) -> AsyncIterator[tuple[Upstream, Origin, UpstreamPool]]:
+    """`served`, closed (pool, then server) when the block ends."""
+    upstream, origin, pool = await served(answer, **pool_options)
+    try:
+        yield upstream, origin, pool
+    finally:
+        await pool.close()
+        await upstream.stop()
+
+
 async def get(pool: UpstreamPool, origin: Origin, target: bytes = b"/x", method: str = "GET",
               headers: list[tuple[bytes, bytes]] | None = None, body: AsyncIterator[bytes] | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     response = await pool.request(method, origin, target, headers or [], body)
@@ -131,8 +144,7 @@ async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 async def test_keep_alive_connections_are_reused_and_the_request_is_sent_as_given() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(seen.target), False))
-    try:
+    async with serving(lambda seen: (ok(seen.target), False)) as (upstream, origin, pool):
         for n in range(3):
             status, headers, body = await get(pool, origin, b"/lots/%d?a=1" % n, headers=[(b"x-one", b"1")])
             assert (status, body) == (200, b"/lots/%d?a=1" % n)
@@ -141,9 +153,6 @@ async def test_keep_alive_connections_are_reused_and_the_request_is_sent_as_give
         assert [s.connection for s in upstream.seen] == [1, 1, 1]
         assert (b"host", b"127.0.0.1:%d" % origin.port) in upstream.seen[0].headers
         assert (b"x-one", b"1") in upstream.seen[0].headers
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
@@ -152,8 +161,7 @@ async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
         (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", True),
         (ok(b"again"), False),
     ])
-    upstream, origin, pool = await served(lambda seen: next(answers))
-    try:
+    async with serving(lambda seen: next(answers)) as (upstream, origin, pool):
         assert (await get(pool, origin))[2] == b"hello world"
         response = await pool.request("GET", origin, b"/", [])
         assert response.content_length is None
@@ -161,9 +169,6 @@ async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
         response.release()
         assert (await get(pool, origin))[2] == b"again"
         assert upstream.connections == 2  # the close-delimited answer ended its connection
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_interim_answers_are_skipped_and_head_answers_end_at_their_headers() -> None:
@@ -172,22 +177,17 @@ async def test_interim_answers_are_skipped_and_head_answers_end_at_their_headers
             return b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", False
         return b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n" + ok(b"final"), False
 
-    upstream, origin, pool = await served(answer)
-    try:
+    async with serving(answer) as (upstream, origin, pool):
         status, headers, body = await asyncio.wait_for(get(pool, origin, method="HEAD"), 5)
         assert (status, body, dict(headers)[b"content-length"]) == (200, b"", b"1000")
         status, headers, body = await get(pool, origin)
         assert (status, body) == (200, b"final")
         assert b"link" not in dict(headers)
         assert upstream.connections == 2  # a HEAD answer's connection is not reused
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_request_bodies_go_with_their_length_or_chunked() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(seen.body), False))
-    try:
+    async with serving(lambda seen: (ok(seen.body), False)) as (upstream, origin, pool):
         _, _, body = await get(pool, origin, method="POST", headers=[(b"content-length", b"10")],
                                body=chunks_of(b"01234", b"56789"))
         assert body == b"0123456789"
@@ -197,9 +197,6 @@ async def test_request_bodies_go_with_their_length_or_chunked() -> None:
         assert body == b"a" * 70_000 + b"b"
         assert (b"transfer-encoding", b"chunked") in upstream.seen[1].headers
         assert upstream.connections == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_a_stale_pooled_connection_is_retried_only_for_a_repeatable_request() -> None:
@@ -213,8 +210,7 @@ async def test_a_stale_pooled_connection_is_retried_only_for_a_repeatable_reques
         answered.add(seen.connection)
         return ok(b"fresh"), False
 
-    upstream, origin, pool = await served(answer)
-    try:
+    async with serving(answer) as (upstream, origin, pool):
         assert (await get(pool, origin))[2] == b"fresh"
         assert (await get(pool, origin))[2] == b"fresh"  # sent on connection 1, closed; sent again on 2
         assert [s.connection for s in upstream.seen] == [1, 1, 2]
@@ -222,31 +218,20 @@ async def test_a_stale_pooled_connection_is_retried_only_for_a_repeatable_reques
         with pytest.raises(UpstreamError):
             await get(pool, origin, method="POST", body=chunks_of(b"x"))
         assert [s.connection for s in upstream.seen] == [1, 1, 2, 2]
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_idle_connections_older_than_the_limit_are_not_reused() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(), False), idle_seconds=0.0)
-    try:
+    async with serving(lambda seen: (ok(), False), idle_seconds=0.0) as (upstream, origin, pool):
         await get(pool, origin)
         await get(pool, origin)
         assert upstream.connections == 2
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_a_silent_upstream_times_out_and_a_closed_port_is_refused() -> None:
-    upstream, origin, pool = await served(lambda seen: None, timeout=0.3)
-    try:
+    async with serving(lambda seen: None, timeout=0.3) as (upstream, origin, pool):
         with pytest.raises(UpstreamTimeout):
             await asyncio.wait_for(get(pool, origin), 5)
         assert upstream.open == 0 or await _until(lambda: upstream.open == 0)  # the edge closed it
-    finally:
-        await pool.close()
-        await upstream.stop()
     with pytest.raises(UpstreamError) as refused:
         await get(UpstreamPool(timeout=2), origin)
     assert not isinstance(refused.value, UpstreamTimeout)
@@ -259,8 +244,7 @@ async def test_broken_answers_are_errors_and_the_connection_is_dropped() -> None
         (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n", False),
         (ok(b"fine"), False),
     ])
-    upstream, origin, pool = await served(lambda seen: next(answers))
-    try:
+    async with serving(lambda seen: next(answers)) as (upstream, origin, pool):
         with pytest.raises(UpstreamError, match="not valid HTTP"):
             await get(pool, origin)
         response = await pool.request("GET", origin, b"/", [])
@@ -271,15 +255,11 @@ async def test_broken_answers_are_errors_and_the_connection_is_dropped() -> None
             await get(pool, origin)
         assert (await get(pool, origin))[2] == b"fine"
         assert upstream.connections == 4
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_a_large_body_streams_with_bounded_buffering() -> None:
     big = bytes(range(256)) * 16_384  # 4 MiB
-    upstream, origin, pool = await served(lambda seen: (ok(big), False))
-    try:
+    async with serving(lambda seen: (ok(big), False)) as (upstream, origin, pool):
         response = await pool.request("GET", origin, b"/", [])
         received, most = bytearray(), 0
         async for chunk in response.chunks():
@@ -291,20 +271,13 @@ async def test_a_large_body_streams_with_bounded_buffering() -> None:
         assert most < BUFFER_BYTES + 256 * 1024  # reading paused near the bound, not the whole body held
         assert (await get(pool, origin))[2] == big  # and the connection went back in order
         assert upstream.connections == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_no_more_connections_than_the_limit() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(b"done"), False), max_connections=2)
-    try:
+    async with serving(lambda seen: (ok(b"done"), False), max_connections=2) as (upstream, origin, pool):
         bodies = await asyncio.gather(*(get(pool, origin) for _ in range(8)))
         assert [b for _, _, b in bodies] == [b"done"] * 8
         assert upstream.most_open <= 2
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_https_origins_verify_the_certificate(tmp_path: object) -> None:

@@ -15,7 +15,7 @@ import trustme
 
 from services.edge.upstream_client import MAX_HEAD_BYTES, Origin, UpstreamError, UpstreamPool, UpstreamTimeout
 from tests.support.waiting import eventually
-from tests.unit.edge.test_upstream_client import Answer, Seen, Upstream, chunks_of, get, ok, served
+from tests.unit.edge.test_upstream_client import Answer, Seen, Upstream, chunks_of, get, ok, served, serving
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -41,15 +41,11 @@ async def test_bytes_after_a_complete_answer_retire_the_connection() -> None:
     real_head = real[: len(real) - len(real_body)]
     first = ok(b"hi") + b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(real_head)
     answers = iter([(first, False), (real, False), (real, False)])
-    upstream, origin, pool = await served(lambda seen: next(answers))
-    try:
+    async with serving(lambda seen: next(answers)) as (upstream, origin, pool):
         assert (await get(pool, origin))[2] == b"hi"
         status, _, body = await asyncio.wait_for(get(pool, origin), 5)
         assert (status, body) == (200, real_body)
         assert [s.connection for s in upstream.seen] == [1, 2]
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_no_body_for_204_and_304_and_contradictory_lengths_are_refused() -> None:
@@ -61,8 +57,7 @@ async def test_no_body_for_204_and_304_and_contradictory_lengths_are_refused() -
         (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", False),
         (b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello", False),
     ])
-    upstream, origin, pool = await served(lambda seen: next(answers))
-    try:
+    async with serving(lambda seen: next(answers)) as (upstream, origin, pool):
         assert (await get(pool, origin))[::2] == (204, b"")
         assert (await get(pool, origin))[::2] == (304, b"")
         assert (await get(pool, origin))[2] == b"after"
@@ -72,9 +67,6 @@ async def test_no_body_for_204_and_304_and_contradictory_lengths_are_refused() -
                 await get(pool, origin)
         assert (await get(pool, origin))[::2] == (204, b"")  # its stray body retires the connection
         await until(lambda: open_count(pool, origin) == 0, "the 204's connection closed")
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_the_trailers_of_an_answer_never_become_headers_of_the_next() -> None:
@@ -85,8 +77,7 @@ async def test_the_trailers_of_an_answer_never_become_headers_of_the_next() -> N
           b"x-request-id: first\r\nset-cookie: session=first-callers\r\n\r\n"), False),
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False),
     ])
-    upstream, origin, pool = await served(lambda seen: next(answers))
-    try:
+    async with serving(lambda seen: next(answers)) as (upstream, origin, pool):
         assert (await get(pool, origin))[2] == b"hi"
         response = await pool.request("GET", origin, b"/", [])
         try:
@@ -95,81 +86,57 @@ async def test_the_trailers_of_an_answer_never_become_headers_of_the_next() -> N
         finally:
             response.release()
         assert upstream.connections == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_an_endless_answer_head_is_refused() -> None:
     huge = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * (4 * MAX_HEAD_BYTES) + b"\r\ncontent-length: 2\r\n\r\nhi"
-    upstream, origin, pool = await served(lambda seen: (huge, False))
-    try:
+    async with serving(lambda seen: (huge, False)) as (upstream, origin, pool):
         with pytest.raises(UpstreamError, match="head"):
             await get(pool, origin)
         await until(lambda: open_count(pool, origin) == 0, "the connection closed")
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_bytes_sent_to_an_idle_connection_never_reach_the_next_request() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(b"real"), False))
-    try:
+    async with serving(lambda seen: (ok(b"real"), False)) as (upstream, origin, pool):
         await get(pool, origin)
         upstream.writers[0].write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
         await until(lambda: open_count(pool, origin) == 0, "the idle connection dropped")
         assert (await get(pool, origin))[::2] == (200, b"real")
         assert upstream.connections == 2
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 # Framing towards the upstream
 
 
 async def test_an_empty_body_chunk_does_not_end_a_chunked_request() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(seen.body), False))
-    try:
+    async with serving(lambda seen: (ok(seen.body), False)) as (upstream, origin, pool):
         _, _, body = await get(pool, origin, method="POST", body=chunks_of(b"abc", b"", b"def"))
         assert body == b"abcdef"
         assert len(upstream.seen) == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_a_body_longer_than_its_content_length_is_not_sent() -> None:
     smuggled = b"GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
-    upstream, origin, pool = await served(lambda seen: (ok(seen.target), False))
-    try:
+    async with serving(lambda seen: (ok(seen.target), False)) as (upstream, origin, pool):
         with pytest.raises(ValueError, match="longer"):
             await get(pool, origin, method="POST", headers=[(b"content-length", b"3")],
                       body=chunks_of(b"abc" + smuggled))
         await until(lambda: upstream.open == 0, "the upstream saw the connection close")
         assert all(s.target != b"/smuggled" for s in upstream.seen)
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_a_body_shorter_than_its_content_length_fails_at_once() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(), False))
-    try:
+    async with serving(lambda seen: (ok(), False)) as (upstream, origin, pool):
         with pytest.raises(ValueError, match="shorter"):
             await asyncio.wait_for(get(pool, origin, method="PUT", headers=[(b"content-length", b"10")],
                                        body=chunks_of(b"abc")), 3)
         with pytest.raises(ValueError):  # the client frames a body itself
             await get(pool, origin, method="PUT", headers=[(b"transfer-encoding", b"chunked")], body=chunks_of(b"a"))
         assert (await get(pool, origin))[2] == b"hello"
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_line_breaks_in_a_header_are_refused_before_anything_is_sent() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(), False))
-    try:
+    async with serving(lambda seen: (ok(), False)) as (upstream, origin, pool):
         for headers in ([(b"x-a", b"1\r\nx-injected: yes")], [(b"x-a", b"1\nx-injected: yes")],
                         [(b"x-a\r\nx-injected", b"yes")]):
             with pytest.raises(ValueError):
@@ -177,9 +144,6 @@ async def test_line_breaks_in_a_header_are_refused_before_anything_is_sent() -> 
         assert (await get(pool, origin, headers=[(b"x-a", b"1")]))[2] == b"hello"
         assert [s.headers for s in upstream.seen if (b"x-injected", b"yes") in s.headers] == []
         assert len(upstream.seen) == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_an_answer_before_the_body_is_sent_is_delivered() -> None:
@@ -219,8 +183,7 @@ async def test_an_answer_before_the_body_is_sent_is_delivered() -> None:
 
 
 async def test_a_woken_waiter_that_is_cancelled_passes_the_room_on() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(), False), max_connections=1)
-    try:
+    async with serving(lambda seen: (ok(), False), max_connections=1) as (upstream, origin, pool):
         holding = await pool.request("GET", origin, b"/", [])
         await holding.read()
         second = asyncio.ensure_future(get(pool, origin))
@@ -231,14 +194,10 @@ async def test_a_woken_waiter_that_is_cancelled_passes_the_room_on() -> None:
         assert (await asyncio.wait_for(third, 3))[2] == b"hello"
         assert second.cancelled()
         assert upstream.connections == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_a_waiter_given_an_expired_idle_connection_opens_a_new_one() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(), False), max_connections=1, idle_seconds=0.0)
-    try:
+    async with serving(lambda seen: (ok(), False), max_connections=1, idle_seconds=0.0) as (upstream, origin, pool):
         holding = await pool.request("GET", origin, b"/", [])
         await holding.read()
         waiting = asyncio.ensure_future(get(pool, origin))
@@ -246,14 +205,10 @@ async def test_a_waiter_given_an_expired_idle_connection_opens_a_new_one() -> No
         holding.release()
         assert (await asyncio.wait_for(waiting, 3))[2] == b"hello"
         assert upstream.connections == 2
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 async def test_waiting_for_room_in_a_full_pool_times_out() -> None:
-    upstream, origin, pool = await served(lambda seen: (ok(), False), max_connections=1, timeout=0.3)
-    try:
+    async with serving(lambda seen: (ok(), False), max_connections=1, timeout=0.3) as (upstream, origin, pool):
         holding = await pool.request("GET", origin, b"/", [])
         await holding.read()
         with pytest.raises(UpstreamTimeout):
@@ -262,9 +217,6 @@ async def test_waiting_for_room_in_a_full_pool_times_out() -> None:
         holding.release()
         assert (await get(pool, origin))[2] == b"hello"
         assert upstream.connections == 1
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 # Cancellation, timeouts and the accounting
@@ -299,16 +251,18 @@ async def test_a_reader_cancelled_mid_body_leaves_no_connection_to_reuse() -> No
     await until(lambda: open_count(pool, origin) == 0, "every connection forgotten after close")
 
 
+async def cut_short() -> AsyncIterator[bytes]:
+    """A partner's body that fails after its first bytes (over the limit, or the partner gone)."""
+    yield b"part"
+    raise OverflowError("the partner's body passed the limit")
+
+
 async def test_a_failed_request_body_closes_the_connection() -> None:
     upstream, origin, pool = await served(lambda seen: (ok(seen.body), False))
 
-    async def too_large() -> AsyncIterator[bytes]:
-        yield b"part"
-        raise OverflowError("the partner's body passed the limit")
-
     try:
         with pytest.raises(OverflowError):
-            await get(pool, origin, method="POST", body=too_large())
+            await get(pool, origin, method="POST", body=cut_short())
         assert (await get(pool, origin))[2] == b""
         assert upstream.connections == 2
         assert [s.body for s in upstream.seen] == [b""]  # the cut request was never answered
@@ -323,8 +277,7 @@ async def test_a_stalled_body_times_out_and_the_sweeper_ends_when_nothing_waits(
             return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf", False
         return ok(), False
 
-    upstream, origin, pool = await served(answer, timeout=0.3)
-    try:
+    async with serving(answer, timeout=0.3) as (upstream, origin, pool):
         response = await pool.request("GET", origin, b"/stall", [])
         with pytest.raises(UpstreamTimeout):
             await asyncio.wait_for(response.read(), 3)
@@ -333,9 +286,6 @@ async def test_a_stalled_body_times_out_and_the_sweeper_ends_when_nothing_waits(
         assert upstream.connections == 2
         await until(lambda: pool._sweeper is not None and pool._sweeper.done(), "the sweeper ended")
         await until(lambda: open_count(pool, origin) == 1, "the timed-out connection forgotten")
-    finally:
-        await pool.close()
-        await upstream.stop()
 
 
 # TLS
@@ -403,10 +353,6 @@ async def test_an_exchange_that_fails_while_sending_leaves_no_unread_error_behin
     reported: list[str] = []
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda loop, context: reported.append(context["message"]))
-
-    async def cut_short() -> AsyncIterator[bytes]:
-        yield b"part"
-        raise OverflowError("the partner's body passed the limit")
 
     try:
         with pytest.raises(OverflowError):
