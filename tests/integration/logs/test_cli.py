@@ -71,11 +71,15 @@ async def cli(tmp_path: Path, make_settings: Callable[..., Settings], logs_runne
     cli = Cli(data_dir, f"127.0.0.1:{runner.service.port}", org, database, capsys)
 
     async def ready() -> bool:
+        # The integration's event travels apart from the records (another stream and consumer):
+        # every record naming it means its projection has arrived too.
         code, out, _ = await cli("logs", "query", "--json", "--limit", "100")
         code2, audit, _ = await cli("audit", "query", "--json")
-        return code == 0 and len(json.loads(out)["records"]) == 30 and len(json.loads(audit)["entries"]) == 4
+        records = json.loads(out)["records"] if code == 0 else []
+        return (len(records) == 30 and all(r["integration_name"] == "NetSuite orders" for r in records)
+                and code2 == 0 and len(json.loads(audit)["entries"]) == 4)
 
-    await eventually(ready, timeout=20, what="records and audit entries in the logs service")
+    await eventually(ready, timeout=20, what="records, the integration and audit entries in the logs service")
     yield cli
 
 
