@@ -386,9 +386,11 @@ class AttemptError(enum.Enum):
     SSRF_REFUSED = "ssrf_refused"
 
 
-# Transport failures worth another try; a refused address is not (it would be refused again).
+# Transport failures worth another try. A refused address is retried like a name that does not
+# resolve: DNS answers change, no connection is ever made to a refused address, and a partner
+# (who sees both as `unusable_host`) must not learn from the retries which one it was.
 RETRYABLE_ERRORS = frozenset({AttemptError.TIMEOUT, AttemptError.CONNECTION_REFUSED, AttemptError.CONNECTION,
-                              AttemptError.TLS, AttemptError.DNS})
+                              AttemptError.TLS, AttemptError.DNS, AttemptError.SSRF_REFUSED})
 RESPONSE_BODY_LIMIT = 2048
 
 
@@ -408,7 +410,7 @@ class HttpResult:
 
     @property
     def retryable(self) -> bool:
-        """5xx, timeouts and connection, TLS and DNS errors are retried; 4xx and 3xx never."""
+        """5xx, timeouts and connection, TLS, DNS and refused-address errors are retried; 4xx and 3xx never."""
         if self.error is AttemptError.HTTP_STATUS:
             return self.status_code >= 500
         return self.error in RETRYABLE_ERRORS

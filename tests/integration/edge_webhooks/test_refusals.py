@@ -15,6 +15,7 @@ from tests.integration.edge_webhooks.conftest import (
     Stack,
     StartStack,
 )
+from tests.support.waiting import eventually
 
 HOOK = "https://hooks.example.test/in"
 
@@ -110,7 +111,7 @@ async def test_a_refused_endpoint_address_is_not_revealed_to_the_partner(stack: 
     """A name that does not resolve and an address the SSRF guard refuses read the same to a
     partner: otherwise the difference would tell an outsider which internal names exist."""
     client = await stack.partner()
-    seen = {}
+    seen, subscriptions = {}, {}
     # The cloud metadata address (refused even where loopback receivers are allowed), and a name
     # that cannot resolve (RFC 6761 .invalid).
     for url in ("https://169.254.169.254/latest", "https://no-such-host.invalid/hook"):
@@ -130,8 +131,27 @@ async def test_a_refused_endpoint_address_is_not_revealed_to_the_partner(stack: 
                    for a in attempts["attempts"])
         seen[url] = {k: v for k, v in attempt.items() if k in ("succeeded", "status_code", "error", "error_detail",
                                                                   "response_body")}
+        subscriptions[url] = created["id"]
     first, second = seen.values()
     assert first == second
+
+    # A real activity: both deliveries fail the same way and both wait for their retry (a refused
+    # address is retried as a name that does not resolve is, or the difference would show here).
+    await stack.webhooks.publish()
+
+    async def delivered(subscription: str) -> dict[str, object] | None:
+        status, _, page = await client("GET", f"/v1/webhooks/{subscription}/deliveries")
+        assert status == 200, page
+        real = [d for d in page["deliveries"] if not d["test"] and d["attempts"] >= 1]
+        return real[0] if real else None
+
+    shown = []
+    for subscription in subscriptions.values():
+        delivery = await eventually(lambda: delivered(subscription), what="the activity's first attempt")
+        assert delivery["next_attempt_at"] is not None
+        shown.append({k: delivery[k] for k in ("status", "attempts", "last_status_code", "last_error",
+                                               "last_error_detail")})
+    assert shown[0] == shown[1] and shown[0]["status"] == "pending"
 
 
 async def test_malformed_values_are_400_never_500(stack: Stack) -> None:

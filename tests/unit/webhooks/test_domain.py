@@ -172,7 +172,7 @@ def test_the_default_schedule_is_the_specs() -> None:
     (HttpResult(error=AttemptError.CONNECTION_REFUSED), DeliveryStatus.PENDING, True),
     (HttpResult(error=AttemptError.TLS), DeliveryStatus.PENDING, True),
     (HttpResult(error=AttemptError.DNS), DeliveryStatus.PENDING, True),
-    (HttpResult(error=AttemptError.SSRF_REFUSED), DeliveryStatus.FAILED, False),
+    (HttpResult(error=AttemptError.SSRF_REFUSED), DeliveryStatus.PENDING, True),
 ])
 def test_5xx_and_transport_errors_are_retried_4xx_and_3xx_never(result: HttpResult, status: DeliveryStatus, retried: bool) -> None:
     outcome = outcome_of(result, 1, NOW, RetryPolicy())
