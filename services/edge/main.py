@@ -183,7 +183,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
     )
     # Start order: publisher and limiter before requests; stop order (reversed): the server
     # first (in RunningEdge.stop), then the subscriptions, the log flush, the limiter, the client.
-    starts: list[Cleanup] = [upstreams.start, limiter.start, apilog.start, invalidator.start]
+    starts: list[Cleanup] = [limiter.start, apilog.start, invalidator.start]
     stops += [upstreams.close, limiter.close, apilog.close, invalidator.close]
     edge = RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
     if settings.edge_metrics_addr:

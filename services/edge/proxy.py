@@ -30,6 +30,8 @@ REQUEST_STRIPPED = frozenset({
 # Responses with a Content-Length up to this are read whole and sent in one body message (one
 # write to the partner instead of a chunk plus an empty end); larger or unsized ones stream.
 SMALL_RESPONSE_BYTES = 64 * 1024
+# The longest a whole document fetch (fetch_text: an external issuer's JWKS) may take.
+FETCH_SECONDS = 5.0
 # Set by the edge on every response.
 RESPONSE_STRIPPED = frozenset({b"x-request-id", b"date", b"server"})
 
@@ -121,9 +123,6 @@ class Upstreams:
         self._pool = UpstreamPool(timeout=timeout, ssl_context=ssl_context)
         self._bases: dict[str, tuple[Origin, str]] = {}
 
-    async def start(self) -> None:
-        pass
-
     async def close(self) -> None:
         await self._pool.close()
 
@@ -191,7 +190,8 @@ class Upstreams:
     async def fetch_text(self, url: str, limit: int) -> str:
         """A small document over HTTP (an external issuer's JWKS), refused above `limit` bytes."""
         origin, target = split_url(url)
-        async with asyncio.timeout(self._seconds):  # the whole fetch: a slow drip cannot hold it longer
+        # The whole fetch is bounded, so a slow drip cannot hold it: at most FETCH_SECONDS.
+        async with asyncio.timeout(min(self._seconds, FETCH_SECONDS)):
             return await self._fetch(url, origin, target, limit)
 
     async def _fetch(self, url: str, origin: Origin, target: bytes, limit: int) -> str:
