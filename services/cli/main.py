@@ -1,7 +1,8 @@
 """The `trellis` command line: administration of integrations, and `trellis up`.
 
 Global options may come before or after the command (`trellis --json vendors` and
-`trellis vendors --json` are the same). Errors print as one line, `error: …`, exit code 1.
+`trellis vendors --json` are the same). Errors print as one line, `error: …`, exit code 1; a bad
+setting (a TRELLIS_* variable or an address option), one line per setting, exit code 2.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from services.cli.client import CliError, CliSettings, Session
 from services.cli.commands import catalog, integrations, operations, webhooks
 from services.cli.commands import audit, logs, review
+from services.kit.settingcheck import EXIT_BAD_SETTINGS, InvalidSettings, SettingError, load
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -81,7 +81,11 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
                            ("identity_addr", args.identity_addr))
         if value is not None
     }
-    return CliSettings(**overrides)  # type: ignore[arg-type]
+    return load(CliSettings, labels=OPTION_NAMES, **overrides)
+
+
+# The options that override a setting, named so in a bad setting's line.
+OPTION_NAMES = {"data_dir": "--data-dir", "registry_addr": "--registry-addr", "identity_addr": "--identity-addr"}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -94,13 +98,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = settings_from(args)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        print(f"error: invalid settings: {problems}", file=sys.stderr)
-        return 1
+    except InvalidSettings as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     session = Session(settings, actor=args.actor, org=args.org)
     try:
         return int(handler(args, session) or 0)
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -34,11 +34,12 @@ from services.edge.pipeline import Pipeline
 from services.edge.proxy import Upstreams
 from services.edge.server import EdgeHttpProtocol
 from services.edge.ratelimit import RateLimiter
-from services.edge.routes import RouteTable
+from services.edge.routes import RouteTable, RouteTableError
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
 from services.kit.bus import connect, ensure_streams
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
+from services.kit.settingcheck import SettingError, exit_on_bad_settings, load
 from services.kit.settings import Mode, Settings
 from services.kit.telemetry import setup_tracing
 
@@ -58,7 +59,7 @@ def routes_file(settings: Settings) -> Path:
         return Path(settings.edge_routes_file)
     if settings.mode is Mode.EMBEDDED:
         return EXAMPLE_ROUTES
-    raise ValueError("TRELLIS_EDGE_ROUTES_FILE must be set outside embedded mode (the edge's route table)")
+    raise SettingError("TRELLIS_EDGE_ROUTES_FILE", "the route table's file (TOML) outside the embedded mode")
 
 
 class _Server(uvicorn.Server):
@@ -129,7 +130,11 @@ def _bind(address: str) -> socket.socket:
 
 async def bootstrap(settings: Settings, *, address: str | None = None) -> RunningEdge:
     """A ready-to-start edge bound to `address` (default settings.edge_addr; port 0 in tests)."""
-    routes = RouteTable.load(routes_file(settings), builtins=BUILTINS)
+    path = routes_file(settings)
+    try:
+        routes = RouteTable.load(path, builtins=BUILTINS)
+    except RouteTableError as exc:
+        raise SettingError("TRELLIS_EDGE_ROUTES_FILE", f"a route table that loads ({exc})", given=str(path)) from exc
     tokens_source = ServiceTokenSource.from_settings(settings, user_id="service:edge", permissions=(EDGE_PERMISSION,))
     stops: list[Cleanup] = []
     try:
@@ -201,7 +206,8 @@ def _closer(sock: socket.socket) -> Cleanup:
 
 
 def main() -> None:
-    settings = Settings()
+    with exit_on_bad_settings():
+        settings = load(Settings)
     configure_logging(settings, NAME)
     import uvloop
 
@@ -215,4 +221,5 @@ def main() -> None:
         log.info("edge serving on %s:%d", settings.edge_addr.rpartition(":")[0], edge.port)
         await edge.serve_until_signalled()
 
-    uvloop.run(run())
+    with exit_on_bad_settings():
+        uvloop.run(run())

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.kit.errors import PermissionDenied, Unauthenticated
+from services.kit.settingcheck import SettingError
 
 ADMIN_PERMISSION = "administration_integrations_access"
 QA_PERMISSION = "qa_access"
@@ -83,13 +84,17 @@ class ActorVerifier:
 
     @classmethod
     def from_settings(cls, settings: "object") -> "ActorVerifier":
-        pem = Path(settings.actor_public_key_file).read_bytes() if settings.actor_public_key_file else None  # type: ignore[attr-defined]
-        return cls(
-            issuer=settings.actor_issuer,  # type: ignore[attr-defined]
-            audience=settings.actor_audience,  # type: ignore[attr-defined]
-            public_key_pem=pem,
-            jwks_url=settings.actor_jwks_url,  # type: ignore[attr-defined]
-        )
+        key_file = settings.actor_public_key_file  # type: ignore[attr-defined]
+        try:
+            return cls(
+                issuer=settings.actor_issuer,  # type: ignore[attr-defined]
+                audience=settings.actor_audience,  # type: ignore[attr-defined]
+                public_key_pem=Path(key_file).read_bytes() if key_file else None,
+                jwks_url=settings.actor_jwks_url,  # type: ignore[attr-defined]
+            )
+        except (OSError, ValueError) as exc:  # a file that is missing or not a PEM public key
+            raise SettingError("TRELLIS_ACTOR_PUBLIC_KEY_FILE", f"a readable PEM public key file ({exc})",
+                               given=key_file or None) from exc
 
     def verify(self, token: str) -> Actor:
         try:
@@ -198,12 +203,13 @@ class ServiceTokenSource:
         if token_file:
             return cls(token_file=token_file)
         if settings.mode.value != "embedded":  # type: ignore[attr-defined]
-            raise ValueError("TRELLIS_SERVICE_TOKEN_FILE must be set outside embedded mode (the service's own token)")
+            raise SettingError("TRELLIS_SERVICE_TOKEN_FILE", "the file of the service's own token outside the embedded mode")
         key_file = settings.actor_private_key_file or str(Path(settings.data_dir) / EMBEDDED_PRIVATE_KEY)  # type: ignore[attr-defined]
         try:
             pem = Path(key_file).read_bytes()
         except OSError as exc:
-            raise ValueError(f"cannot read the local actor private key {key_file} (TRELLIS_ACTOR_PRIVATE_KEY_FILE): {exc}") from exc
+            raise SettingError("TRELLIS_ACTOR_PRIVATE_KEY_FILE", f"a readable local actor private key ({exc})",
+                               given=key_file) from exc
         return cls(private_key_pem=pem, issuer=settings.actor_issuer, audience=settings.actor_audience,  # type: ignore[attr-defined]
                    user_id=user_id, org_id=org_id, permissions=permissions)
 

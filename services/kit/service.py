@@ -17,6 +17,7 @@ from services.kit.auth import Actor
 from services.kit.grpc_server import mark_serving, serve_until_signalled
 from services.kit.logcontext import JsonFormatter, RedactSecrets, TextFormatter
 from services.kit.metrics import MetricsServer, ServiceMetrics
+from services.kit.settingcheck import exit_on_bad_settings, load
 from services.kit.settings import Settings
 from services.kit.telemetry import setup_tracing
 
@@ -83,8 +84,10 @@ def configure_logging(settings: Settings | None = None, service: str = "") -> No
 
 
 def run_main(name: str, bootstrap: Callable[[Settings], Awaitable[RunningService]]) -> None:
-    """Entry point of `python -m services.<name>`: settings, logging, tracing, serve until SIGTERM."""
-    settings = Settings()
+    """Entry point of `python -m services.<name>`: settings, logging, tracing, serve until SIGTERM.
+    A bad setting, read or found at start, is one line on stderr and exit code 2."""
+    with exit_on_bad_settings():
+        settings = load(Settings)
     configure_logging(settings, name)
 
     async def main() -> None:
@@ -93,4 +96,5 @@ def run_main(name: str, bootstrap: Callable[[Settings], Awaitable[RunningService
         log.info("%s serving on port %d", name, service.port)
         await serve_until_signalled(service.server, grace=settings.grpc_grace_seconds, on_stop=lambda: service.stop(0))
 
-    asyncio.run(main())
+    with exit_on_bad_settings():
+        asyncio.run(main())

@@ -2,19 +2,24 @@
 
 One `Settings` object is built at start by each process and passed down from bootstrap.
 In the embedded mode (`trellis up` on a laptop) the launcher generates real secrets into the
-data directory; outside it, placeholder or missing secrets stop the process at start.
+data directory; outside it, placeholder or missing secrets stop the process at start. Each value
+is checked against its form as it is read (services.kit.settingcheck): a bad one stops the
+process with one line naming the variable, what was given and the form expected.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import json
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, get_origin
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kit import settingcheck as check
+from services.kit.settingcheck import SettingError
 
 SERVICES = ("identity", "registry", "webhooks", "logs")
 DEFAULT_PORTS = {"identity": 50051, "registry": 50052, "webhooks": 50053, "logs": 50054, "edge": 8080}
@@ -31,7 +36,8 @@ class Mode(str, Enum):
 class Settings(BaseSettings):
     """Everything a Trellis process can be told; see docs/architecture.md for each field."""
 
-    model_config = SettingsConfigDict(env_prefix="TRELLIS_", extra="ignore")
+    # Lists are decoded by `_decode_lists`, so a list in the wrong form is reported as such.
+    model_config = SettingsConfigDict(env_prefix="TRELLIS_", extra="ignore", enable_decoding=False)
 
     mode: Mode = Mode.EMBEDDED
     data_dir: Path = Path(".trellis")
@@ -63,18 +69,20 @@ class Settings(BaseSettings):
 
     # Key-encryption key for envelope encryption: base64 of 32 bytes, keyed by version.
     kek: SecretStr = SecretStr(PLACEHOLDER)
-    kek_version: int = 1
+    kek_version: int = Field(default=1, ge=1)
     # Older KEKs still able to decrypt, as "version:base64" entries.
-    kek_previous: list[str] = Field(default_factory=list)
+    kek_previous: list[SecretStr] = Field(default_factory=list)
 
     # Partner credentials and tokens (identity).
     api_key_prefix: str = "grq_live_"
-    token_issuer: str = "http://127.0.0.1:8080"
+    # Empty (the default): derived from edge_public_url, as token_url and api_docs_url are, so
+    # every process (identity signing, the edge verifying, the CLI's hand-off) agrees on them.
+    token_issuer: str = ""
     token_audience: str = "trellis-api"
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     token_algorithm: Literal["RS256", "ES256"] = "RS256"
-    token_url: str = "http://127.0.0.1:8080/oauth/token"
-    api_docs_url: str = "http://127.0.0.1:8080/docs"
+    token_url: str = ""
+    api_docs_url: str = ""
 
     # External issuer mode (an Auth0 tenant, say).
     external_issuer: str = ""
@@ -98,8 +106,9 @@ class Settings(BaseSettings):
     # with the other public endpoints (the embedded mode); set it in production so the metrics
     # are not reachable through the Ingress (the partner port then has no /metrics).
     edge_metrics_addr: str = ""
-    # The base URL partners reach the edge at (servers in /openapi.json, links in /docs).
-    edge_public_url: str = "http://127.0.0.1:8080"
+    # The base URL partners reach the edge at (servers in /openapi.json, links in /docs, the
+    # discovery document). Empty: http:// and edge_addr (a wildcard host there becomes loopback).
+    edge_public_url: str = ""
     # The route table (TOML); empty means the bundled example table in embedded mode only.
     edge_routes_file: str = ""
     # Peers (CIDR) whose X-Forwarded-For is believed; empty: the TCP peer is the client.
@@ -121,7 +130,8 @@ class Settings(BaseSettings):
     webhooks_retry_schedule_seconds: list[float] = Field(default_factory=lambda: [60.0, 300.0, 1800.0, 7200.0])
     webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
     webhooks_user_agent: str = "GrowerIQ-Webhook/1.0"
-    # PEM bundle of the CAs receivers' certificates must chain to; empty: the system's store.
+    # PEM bundle of CAs trusted for receivers' certificates besides the system's store, which
+    # it extends (services.webhooks.sender.tls_context); empty: the system's store alone.
     webhooks_ca_bundle: str = ""
     # CIDRs exempt from the SSRF refusal (say, 127.0.0.0/8 for a receiver on this machine).
     webhooks_allowed_private_networks: list[str] = Field(default_factory=list)
@@ -148,8 +158,8 @@ class Settings(BaseSettings):
     registry_metrics_addr: str | None = None
     webhooks_metrics_addr: str | None = None
     logs_metrics_addr: str | None = None
-    grpc_grace_seconds: float = 5.0
-    outbox_poll_seconds: float = 1.0
+    grpc_grace_seconds: float = Field(default=5.0, ge=0)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
 
     # Logs service (services/logs, docs/auditors.md). The audit key chains an HMAC over every
     # audit entry; it is never stored in the database. Base64 of at least 32 random bytes; the
@@ -158,6 +168,128 @@ class Settings(BaseSettings):
     # API request records older than this are deleted, a bounded batch per transaction.
     logs_retention_days: int = Field(default=365, ge=1)
     logs_retention_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    # The form of settings whose type does not say it all (the others: services.kit.settingcheck).
+    SETTING_FORMS: ClassVar[dict[str, str]] = {
+        "edge_trusted_proxies": check.NETWORKS_FORM,
+        "webhooks_allowed_private_networks": check.NETWORKS_FORM,
+        "kek_previous": 'a JSON list of "version:base64 of 32 bytes" entries, like ["1:<base64>"]',
+        "webhooks_retry_schedule_seconds": "a JSON list of seconds, none negative, like [60, 300, 1800]",
+    }
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _decode_lists(cls, value: Any, info: ValidationInfo) -> Any:
+        """A list from the environment is JSON; empty text is the empty list."""
+        field = cls.model_fields[info.field_name or ""]
+        if not isinstance(value, str) or get_origin(field.annotation) is not list:
+            return value
+        if not value.strip():
+            return []
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            decoded = None
+        if not isinstance(decoded, list):
+            raise check.form_error(cls.SETTING_FORMS.get(info.field_name or "") or check.describe_form(field))
+        return decoded
+
+    @field_validator("bind_host")
+    @classmethod
+    def _bind_host(cls, value: str) -> str:
+        return check.host(value)
+
+    @field_validator("webhooks_consumer_name")
+    @classmethod
+    def _consumer_name(cls, value: str) -> str:
+        return check.name(value, "a JetStream consumer name")
+
+    @field_validator("webhooks_user_agent")
+    @classmethod
+    def _user_agent(cls, value: str) -> str:
+        return check.header_value(value)
+
+    @field_validator("identity_addr", "registry_addr", "webhooks_addr", "logs_addr")
+    @classmethod
+    def _peer_address(cls, value: str) -> str:
+        return check.address(value)
+
+    @field_validator("edge_addr")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        return check.address(value, host_required=False)
+
+    @field_validator("edge_metrics_addr", "identity_metrics_addr", "registry_metrics_addr", "webhooks_metrics_addr",
+                     "logs_metrics_addr")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return value
+        check.address(value.strip(), host_required=False)
+        return value
+
+    @field_validator("edge_public_url", "token_issuer", "token_url", "api_docs_url", "actor_jwks_url",
+                     "external_jwks_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check.http_url(value) if value else value
+
+    @field_validator("identity_database_url", "registry_database_url", "webhooks_database_url", "logs_database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check.database_url(value)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        return check.nats_url(value)
+
+    @field_validator("edge_trusted_proxies", "webhooks_allowed_private_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return check.networks(value)
+
+    @field_validator("kek")
+    @classmethod
+    def _kek(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() not in ("", PLACEHOLDER):
+            check.base64_key(value.get_secret_value(), size=32, exact=True)
+        return value
+
+    @field_validator("kek_previous")
+    @classmethod
+    def _previous_keks(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for entry in value:
+            version, colon, key = entry.get_secret_value().partition(":")
+            if not colon or not version.isdigit():
+                raise check.form_error(cls.SETTING_FORMS["kek_previous"])
+            check.base64_key(key, size=32, exact=True)
+        return value
+
+    @field_validator("audit_hmac_key")
+    @classmethod
+    def _audit_key(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() not in ("", PLACEHOLDER):
+            check.base64_key(value.get_secret_value(), size=32, exact=False)
+        return value
+
+    @field_validator("webhooks_retry_schedule_seconds")
+    @classmethod
+    def _retry_schedule(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise check.form_error(cls.SETTING_FORMS["webhooks_retry_schedule_seconds"])
+        return value
+
+    @model_validator(mode="after")
+    def _derive_public_urls(self) -> "Settings":
+        """What partners are told follows the edge's public address unless set explicitly."""
+        if not self.edge_public_url:
+            self.edge_public_url = public_url_of(self.edge_addr)
+        base = self.edge_public_url.rstrip("/")
+        self.token_issuer = self.token_issuer or base
+        self.token_url = self.token_url or f"{base}/oauth/token"
+        self.api_docs_url = self.api_docs_url or f"{base}/docs"
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders_outside_embedded(self) -> "Settings":
@@ -180,7 +312,8 @@ class Settings(BaseSettings):
         if url:
             return url
         if self.mode is not Mode.EMBEDDED:
-            raise ValueError(f"TRELLIS_{service.upper()}_DATABASE_URL is required outside embedded mode")
+            raise SettingError(f"TRELLIS_{service.upper()}_DATABASE_URL",
+                               "its database's URL outside the embedded mode (postgresql+asyncpg://…)")
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
 
     def kek_keys(self) -> dict[int, bytes]:
@@ -188,12 +321,12 @@ class Settings(BaseSettings):
         that seal values (identity, webhooks) ask for it, so only they need TRELLIS_KEK: the
         others, the internet-facing edge first, never hold it."""
         if self.mode is not Mode.EMBEDDED and self.kek.get_secret_value() in ("", PLACEHOLDER):
-            raise ValueError("TRELLIS_KEK must be set to base64 of 32 random bytes (identity and webhooks seal "
-                             "values with it)")
-        keys = {self.kek_version: _decode_kek(self.kek.get_secret_value(), "TRELLIS_KEK")}
+            raise SettingError("TRELLIS_KEK", "base64 of 32 random bytes outside the embedded mode (identity and "
+                               "webhooks seal values with it)")
+        keys = {self.kek_version: _decode_kek(self.kek.get_secret_value())}
         for entry in self.kek_previous:
-            version, _, value = entry.partition(":")
-            keys[int(version)] = _decode_kek(value, "TRELLIS_KEK_PREVIOUS")
+            version, _, value = entry.get_secret_value().partition(":")
+            keys[int(version)] = _decode_kek(value)
         return keys
 
     def listen_port(self, service: str) -> int:
@@ -214,14 +347,20 @@ class Settings(BaseSettings):
         return f"{host or self.bind_host}:{int(port)}"
 
 
-def _decode_kek(value: str, name: str) -> bytes:
-    if value == PLACEHOLDER:
+def _decode_kek(value: str) -> bytes:
+    """A KEK's bytes (its form was checked when the settings were read)."""
+    if value in ("", PLACEHOLDER):
         # Embedded mode without a generated key: a fixed development key, never for production.
         return b"\x00" * 32
-    try:
-        key = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{name} is not valid base64") from exc
-    if len(key) != 32:
-        raise ValueError(f"{name} must decode to 32 bytes, got {len(key)}")
-    return key
+    return base64.b64decode(value, validate=True)
+
+
+def public_url_of(address: str) -> str:
+    """http://host:port of a listening address; a wildcard or empty host is reached on loopback."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

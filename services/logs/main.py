@@ -17,6 +17,7 @@ from services.kit.db import create_engine, is_sqlite, session_factory
 from services.kit.grpc_server import create_server
 from services.kit.metrics import ServiceMetrics
 from services.kit.service import Cleanup, RunningService, run_main
+from services.kit.settingcheck import SettingError
 from services.kit.settings import Mode, Settings
 from services.logs.consumers import (
     APILOG_FETCH_BYTES,
@@ -85,7 +86,10 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
     `batch` is how many messages one fetch and one transaction take at most; an API-log fetch
     also stops at `APILOG_FETCH_BYTES`, since one edge message carries many records.
     """
-    audit_key = decode_audit_key(settings.audit_hmac_key.get_secret_value(), embedded=settings.mode is Mode.EMBEDDED)
+    try:
+        audit_key = decode_audit_key(settings.audit_hmac_key.get_secret_value(), embedded=settings.mode is Mode.EMBEDDED)
+    except ValueError as exc:  # the form is checked with the settings: this is the production refusal
+        raise SettingError("TRELLIS_AUDIT_HMAC_KEY", "base64 of at least 32 random bytes outside the embedded mode") from exc
     durables = durables or Durables()
     cleanups: list[Cleanup] = []
     metrics = ServiceMetrics(NAME)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from services.kit.settingcheck import SettingError
 from services.webhooks.domain import AttemptError, HttpResult, classify_status, truncate_body
 from services.webhooks.ssrf import AddressPolicy
 
@@ -83,8 +84,17 @@ class CheckedResolver(AbstractResolver):
 
 
 def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
-    """Certificate and host name checks always on; `ca_bundle` replaces the system's CAs."""
-    return ssl.create_default_context(cafile=ca_bundle or None)
+    """Certificate and host name checks always on. The system's CAs are trusted, and those of
+    `ca_bundle` (a PEM file) besides: it extends the store, so receivers with public
+    certificates keep working when it names a private CA (docs/operators.md says how to replace)."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        try:
+            context.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingError("TRELLIS_WEBHOOKS_CA_BUNDLE", f"a readable PEM file of CA certificates ({_reason(exc)})",
+                               given=ca_bundle) from exc
+    return context
 
 
 class DeliveryClient:
