@@ -49,6 +49,7 @@ SUPERVISE_INTERVAL_SECONDS = 0.25
 LOG_TAIL_LINES = 20
 REPLICA_PORT_STEP = 100
 READY_LINE = "Trellis is ready."
+PUBLIC_URL_SETTINGS = ("edge_public_url", "token_issuer", "token_url", "api_docs_url")
 RUN_HEADER = "=== trellis up: starting"
 
 
@@ -334,6 +335,10 @@ class Launcher:
                 env[f"TRELLIS_{spec.name.upper()}_ADDR"] = self.address(spec.name)
         for service in services_with_migrations():
             env[f"TRELLIS_{service.upper()}_DATABASE_URL"] = self.settings.database_url(service)
+        # What partners are told, derived once from the edge's address here: an edge replica
+        # listens elsewhere, yet identity signs and every edge verifies the same issuer.
+        for setting in PUBLIC_URL_SETTINGS:
+            env[f"TRELLIS_{setting.upper()}"] = getattr(self.settings, setting)
         env[f"TRELLIS_{name.upper()}_ADDR"] = self.address(name, replica)
         if name == "edge":
             # Its service identity towards identity and registry is minted with the local key
@@ -380,7 +385,8 @@ class Launcher:
             self._say(f"  {cli} {example}")
         edge = next((c for c in self.children if c.name == "edge"), None)
         if edge is not None:
-            self._say(f"\nPartners call the edge at http://{edge.address} (token: POST /oauth/token; docs/partners.md).")
+            self._say(f"\nPartners call the edge at {self.settings.edge_public_url} (token: POST {self.settings.token_url}; "
+                      "docs/partners.md).")
         self._say("\nPress Ctrl-C to stop.")
         self._say(READY_LINE)
 

@@ -126,12 +126,13 @@ class TokenEndpoint:
 
 
 def openid_configuration(settings: Settings) -> dict[str, object]:
-    """Discovery metadata (OpenID Connect Discovery / RFC 8414 fields for this server)."""
-    issuer = settings.token_issuer.rstrip("/")
+    """Discovery metadata (OpenID Connect Discovery / RFC 8414 fields for this server). Each URL
+    is the setting's, which follows the edge's public address unless set (services.kit.settings);
+    the JWKS is the one this edge serves."""
     return {
         "issuer": settings.token_issuer,
         "token_endpoint": settings.token_url,
-        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "jwks_uri": f"{settings.edge_public_url.rstrip('/')}/.well-known/jwks.json",
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         # The algorithm access tokens are signed with (they are JWTs; verify them with jwks_uri).

@@ -50,6 +50,20 @@ def test_children_get_the_data_dir_nats_secrets_and_their_own_address(tmp_path: 
     assert launcher.child_environment("identity", 0)["TRELLIS_REGISTRY_ADDR"] == "127.0.0.1:6002"
 
 
+def test_every_child_is_told_the_public_urls_derived_from_the_edges_base_address(tmp_path: Path) -> None:
+    launcher = Launcher(Settings(data_dir=tmp_path / "d", edge_addr="127.0.0.1:9181"), replicas=2)
+    launcher.secrets = ensure_secrets(launcher.data_dir)
+    launcher.nats = NatsServer(tmp_path / "nats", port=4555)
+    base = "http://127.0.0.1:9181"
+    expected = {"TRELLIS_EDGE_PUBLIC_URL": base, "TRELLIS_TOKEN_ISSUER": base,
+                "TRELLIS_TOKEN_URL": f"{base}/oauth/token", "TRELLIS_API_DOCS_URL": f"{base}/docs"}
+    for name, replica in (("identity", 0), ("edge", 0), ("edge", 1)):
+        env = launcher.child_environment(name, replica)
+        assert {k: env[k] for k in expected} == expected, (name, replica)
+    # The second edge listens 100 ports up, and still verifies the issuer identity signs with.
+    assert launcher.child_environment("edge", 1)["TRELLIS_EDGE_ADDR"] == "127.0.0.1:9281"
+
+
 def test_services_start_in_dependency_order_and_only_when_implemented() -> None:
     names = [s.name for s in SERVICES]
     assert names.index("identity") < names.index("registry")
