@@ -5,9 +5,12 @@ SQLite database under the data directory, then runs every implemented service as
 process and waits for each to be ready (the gRPC health check; the edge's `/readyz`). From a
 checkout it also runs the example upstream of the five-minute tour (examples/upstream, not part
 of Trellis) where examples/routes.toml, the edge's route table there, sends partners' calls.
-SIGINT or SIGTERM stops the processes (newest first), then nats-server, and exits 0; one that
-dies on its own stops the rest and exits 1. Everything lives in the data directory, so a
-restart keeps all data.
+SIGINT or SIGTERM stops the processes (newest first), then nats-server, and exits 0. A process
+that exits on its own once everything is up is started again, after a pause that doubles with
+each of its recent exits (`RestartPolicy`), with a line saying so and another when it serves
+again; one that keeps exiting (RESTART_LIMIT times within RESTART_WINDOW_SECONDS) stops the rest
+and `trellis up` exits 1. One that fails while starting stops everything at once. Everything
+lives in the data directory, so a restart keeps all data.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -49,6 +52,12 @@ SUPERVISE_INTERVAL_SECONDS = 0.25
 LOG_TAIL_LINES = 20
 REPLICA_PORT_STEP = 100
 READY_LINE = "Trellis is ready."
+# A process that exits unexpectedly is restarted after 1 s, then 2, 4, 8 … (at most 30 s), its
+# exits counted over the last RESTART_WINDOW_SECONDS; the RESTART_LIMIT-th there ends the run.
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 120.0
+RESTART_FIRST_DELAY_SECONDS = 1.0
+RESTART_MAX_DELAY_SECONDS = 30.0
 PUBLIC_URL_SETTINGS = ("edge_public_url", "token_issuer", "token_url", "api_docs_url")
 RUN_HEADER = "=== trellis up: starting"
 
@@ -110,6 +119,30 @@ class Stopped(Exception):
 
 
 @dataclass
+class RestartPolicy:
+    """When a process that exited unexpectedly starts again: `first_delay` after its first exit
+    within `window` seconds, twice as long after each further one (at most `max_delay`); at the
+    `limit`-th exit within the window, never: the launcher gives up."""
+
+    limit: int = RESTART_LIMIT
+    window: float = RESTART_WINDOW_SECONDS
+    first_delay: float = RESTART_FIRST_DELAY_SECONDS
+    max_delay: float = RESTART_MAX_DELAY_SECONDS
+    exits: list[float] = field(default_factory=list)
+
+    def record_exit(self, now: float) -> float | None:
+        """The delay before the next start, or None to give up; `now` is time.monotonic()."""
+        self.exits = [t for t in self.exits if now - t < self.window] + [now]
+        if len(self.exits) >= self.limit:
+            return None
+        return min(self.max_delay, self.first_delay * 2 ** (len(self.exits) - 1))
+
+    @property
+    def recent(self) -> int:
+        return len(self.exits)
+
+
+@dataclass
 class Child:
     name: str
     replica: int
@@ -118,6 +151,14 @@ class Child:
     database: str
     process: subprocess.Popen[bytes]
     title: str = ""  # shown instead of the name (the example upstream says what it is)
+    # How to start it again, and how its readiness shows (see ServiceSpec.probe).
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    cwd: Path | None = None
+    probe: str = "tcp"
+    restarts: RestartPolicy = field(default_factory=RestartPolicy)
+    restart_at: float | None = None   # time.monotonic() of a restart that is due
+    coming_back: bool = False         # restarted, not yet ready
 
     @property
     def label(self) -> str:
@@ -144,6 +185,7 @@ class Launcher:
         self.nats: NatsServer | None = None
         self.children: list[Child] = []
         self.secrets: EmbeddedSecrets | None = None
+        self.nats_restarts = RestartPolicy()
         self._stop = threading.Event()
 
     # --- the whole run ----------------------------------------------------------------------
@@ -193,18 +235,68 @@ class Launcher:
                 self._wait_ready(child, spec.probe)
 
     def _supervise(self) -> int:
+        """Until a stop signal (0): restart what exits, unless it keeps exiting (1)."""
         while not self._stop.wait(SUPERVISE_INTERVAL_SECONDS):
-            for child in self.children:
-                if child.process.poll() is not None:
-                    print(f"error: {child.label} (pid {child.process.pid}) {_exit_status(child.process.returncode)}; "
-                          f"stopping the rest.\n{_tail(child.log_file)}", file=sys.stderr, flush=True)
-                    return 1
-            if self.nats is not None and self.nats.process is not None and self.nats.process.poll() is not None:
-                print(f"error: nats-server {_exit_status(self.nats.process.returncode)}; stopping the rest.\n"
-                      f"{_tail(self.logs_dir / 'nats.log')}", file=sys.stderr, flush=True)
+            if not self._watch_nats():
                 return 1
+            for child in self.children:
+                if not self._watch(child):
+                    return 1
         self._say("Stopping Trellis…")
         return 0
+
+    def _watch(self, child: Child) -> bool:
+        """One look at a child: restart it when due, say when it serves again; False: give up."""
+        if child.restart_at is not None:
+            if time.monotonic() >= child.restart_at:
+                child.restart_at = None
+                self._respawn(child)
+            return True
+        if child.process.poll() is not None:
+            delay = self._exited(child.label, child.process, child.restarts, child.log_file)
+            if delay is None:
+                return False
+            child.restart_at, child.coming_back = time.monotonic() + delay, False
+            return True
+        if child.coming_back and _probe(child.probe, child.address):
+            child.coming_back = False
+            self._say(f"{child.label} is back on {child.address} (pid {child.process.pid}).")
+        return True
+
+    def _watch_nats(self) -> bool:
+        """nats-server, restarted in place (every service waits for it, and reconnects by itself)."""
+        nats = self.nats
+        if nats is None or nats.process is None or nats.process.poll() is None:
+            return True
+        log_file = self.logs_dir / "nats.log"
+        delay = self._exited("nats-server", nats.process, self.nats_restarts, log_file)
+        while delay is not None:
+            if self._stop.wait(delay):
+                return True  # stopping anyway
+            try:
+                nats.start()
+            except (RuntimeError, TimeoutError):
+                delay = self._exited("nats-server", nats.process, self.nats_restarts, log_file)
+                continue
+            assert nats.process is not None
+            self._say(f"nats-server is back on {nats.host}:{nats.port} (pid {nats.process.pid}).")
+            return True
+        return False
+
+    def _exited(self, label: str, process: subprocess.Popen[bytes] | None, restarts: RestartPolicy,
+                log_file: Path) -> float | None:
+        """An unexpected exit, said on stderr: the delay before the restart, or None to give up."""
+        pid = process.pid if process is not None else "?"
+        code = process.poll() if process is not None else None
+        status = _exit_status(code) if code is not None else "exited"
+        delay = restarts.record_exit(time.monotonic())
+        if delay is None:
+            print(f"error: {label} (pid {pid}) {status}, its {_ordinal(restarts.recent)} unexpected exit within "
+                  f"{restarts.window:g}s; stopping the rest.\n{_tail(log_file)}", file=sys.stderr, flush=True)
+            return None
+        print(f"warning: {label} (pid {pid}) {status}; restarting it in {delay:g}s (exit {restarts.recent} within "
+              f"{restarts.window:g}s; at {restarts.limit} Trellis stops). Its log: {log_file}", file=sys.stderr, flush=True)
+        return delay
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -248,7 +340,7 @@ class Launcher:
         self._say(f"Starting {spec.name}{f' replica {replica}' if replica else ''} on {address}…")
         database = describe_database(self.settings.database_url(spec.name)) if spec.name in services_with_migrations() else "-"
         return self._spawn(spec.name, replica, address, database, [sys.executable, "-m", f"services.{spec.name}"],
-                           self.child_environment(spec.name, replica))
+                           self.child_environment(spec.name, replica), probe=spec.probe)
 
     def _start_example_upstream(self) -> Child:
         self._say(f"Starting the {EXAMPLE_UPSTREAM_LABEL} on {EXAMPLE_UPSTREAM_ADDRESS}…")
@@ -258,24 +350,21 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")} | {"PYTHONUNBUFFERED": "1"}
         return self._spawn("example-upstream", 0, EXAMPLE_UPSTREAM_ADDRESS, "- (made-up data, in memory)",
                            [sys.executable, "-m", "examples.upstream", "--host", host, "--port", port], env,
-                           cwd=EXAMPLES_DIR.parent, title=EXAMPLE_UPSTREAM_LABEL)
+                           cwd=EXAMPLES_DIR.parent, title=EXAMPLE_UPSTREAM_LABEL, probe="tcp")
 
     def _spawn(self, name: str, replica: int, address: str, database: str, argv: list[str], env: dict[str, str],
-               *, cwd: Path | None = None, title: str = "") -> Child:
+               *, cwd: Path | None = None, title: str = "", probe: str = "grpc") -> Child:
         """Start one child process writing to its log file; the launcher stops it with the rest."""
         log_file = self.logs_dir / (f"{name}.log" if replica == 0 else f"{name}-{replica}.log")
-        with open(log_file, "ab") as log:
-            log.write(f"{RUN_HEADER} {name} at {dt.datetime.now(dt.timezone.utc).isoformat()} ===\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                argv, env=env, cwd=cwd,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                # Its own session: Ctrl-C reaches only the launcher, which stops children in order.
-                start_new_session=True,
-            )
-        child = Child(name, replica, address, log_file, database, process, title)
+        process = _popen(name, argv, env, cwd, log_file)
+        child = Child(name, replica, address, log_file, database, process, title, argv=argv, env=env, cwd=cwd, probe=probe)
         self.children.append(child)
         return child
+
+    def _respawn(self, child: Child) -> None:
+        child.process = _popen(child.name, child.argv, child.env, child.cwd, child.log_file)
+        child.coming_back = True
+        self._say(f"Restarted {child.label} (pid {child.process.pid}); waiting for it to serve on {child.address}…")
 
     def _wait_ready(self, child: Child, probe: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -389,6 +478,22 @@ class Launcher:
                       "docs/partners.md).")
         self._say("\nPress Ctrl-C to stop.")
         self._say(READY_LINE)
+
+
+def _popen(name: str, argv: list[str], env: dict[str, str], cwd: Path | None, log_file: Path) -> subprocess.Popen[bytes]:
+    with open(log_file, "ab") as log:
+        log.write(f"{RUN_HEADER} {name} at {dt.datetime.now(dt.timezone.utc).isoformat()} ===\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv, env=env, cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C reaches only the launcher, which stops children in order.
+            start_new_session=True,
+        )
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _report(exc: LaunchError) -> None:

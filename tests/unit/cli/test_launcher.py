@@ -8,8 +8,8 @@ import pytest
 
 from services.cli import launcher as launcher_module
 from services.cli.embedded import ensure_secrets
-from services.cli.launcher import (EXAMPLE_ROUTES, SERVICES, Launcher, describe_database, example_upstream_available,
-                                   implemented_services, services_with_migrations)
+from services.cli.launcher import (EXAMPLE_ROUTES, SERVICES, Launcher, RestartPolicy, describe_database,
+                                   example_upstream_available, implemented_services, services_with_migrations)
 from services.cli.main import build_parser
 from services.kit.natsproc import NatsServer
 from services.kit.settings import Settings
@@ -147,3 +147,21 @@ def test_a_port_something_listens_on_is_not_free() -> None:
         listening.listen()
         assert not launcher_module._port_free(address)
     assert launcher_module._port_free(address)
+
+
+def test_restarts_wait_twice_as_long_after_each_recent_exit_and_stop_at_the_limit() -> None:
+    policy = RestartPolicy(limit=5, window=120, first_delay=1, max_delay=30)
+    assert [policy.record_exit(t) for t in (0, 10, 20, 30)] == [1, 2, 4, 8]
+    assert policy.record_exit(40) is None  # the 5th exit within 120 s: give up
+
+
+def test_exits_older_than_the_window_are_forgotten() -> None:
+    policy = RestartPolicy(limit=3, window=60, first_delay=1, max_delay=30)
+    assert [policy.record_exit(t) for t in (0, 30)] == [1, 2]
+    assert policy.record_exit(100) == 1  # the exits at 0 and 30 are more than 60 s ago
+    assert policy.recent == 1
+
+
+def test_the_pause_before_a_restart_is_bounded() -> None:
+    policy = RestartPolicy(limit=100, window=1000, first_delay=1, max_delay=30)
+    assert [policy.record_exit(t) for t in range(7)] == [1, 2, 4, 8, 16, 30, 30]
