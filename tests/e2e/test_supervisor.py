@@ -2,7 +2,8 @@
 through the installed command: what partners are told follows that address in every process
 (identity's tokens, the edge's discovery document, the CLI's hand-off file); a service killed
 with SIGKILL is started again and serves; one that keeps dying makes `trellis up` give up,
-stop the rest and exit 1. The last test ends the run the others share."""
+stop the rest and exit 1. nats-server killed is started again in place. The last test ends the
+run the others share."""
 
 from __future__ import annotations
 
@@ -104,6 +105,26 @@ def test_a_service_killed_with_sigkill_is_restarted_and_serves_again(suite: Suit
     others = {label: p for label, p in before.items() if label != "identity"}
     assert all(_alive(p) for p in others.values()), suite.trellis.output()
     suite.trellis.processes["identity"] = pid
+
+
+def test_nats_server_killed_with_sigkill_is_restarted_in_place_and_the_services_reconnect(suite: Suite) -> None:
+    before = dict(suite.trellis.processes)
+    os.kill(before["nats"], signal.SIGKILL)
+    back = wait_until(lambda: re.search(r"^nats-server is back on \S+ \(pid (\d+)\)\.$", suite.trellis.output(), re.M),
+                      timeout=60, what="nats-server to be restarted")
+    assert f"warning: nats-server (pid {before['nats']}) was killed by SIGKILL; restarting it in 1s" in suite.trellis.output()
+    # Identity and the edge reconnect by themselves: tokens and calls work again.
+    def served() -> bool:
+        status, body = token(suite, suite.handoff["token_url"])
+        if status != 200:
+            return False
+        status, _ = get_json(f"{suite.edge}/v1/whoami", {"Authorization": f"Bearer {body['access_token']}",
+                                                         "X-API-Key": suite.handoff["api_key"]})
+        return status == 200
+
+    wait_until(served, timeout=30, what="a partner's call to work again", interval=0.5)
+    assert all(_alive(p) for label, p in before.items() if label != "nats")
+    suite.trellis.processes["nats"] = int(back.group(1))
 
 
 def test_a_service_that_keeps_dying_makes_trellis_up_give_up_and_stop_the_rest(suite: Suite) -> None:
