@@ -79,6 +79,8 @@ def _environment(root: Path, nats_url: str, ports: dict[str, int], routes: Path)
         "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor_public.pem"),
         "TRELLIS_ACTOR_PRIVATE_KEY_FILE": str(root / "actor_private.pem"),
         "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(), "TRELLIS_LOG_LEVEL": "WARNING",
+        # Identity and every edge (each on a port of its own) agree on the token issuer.
+        "TRELLIS_EDGE_PUBLIC_URL": "http://127.0.0.1:8080",
     })
     return env
 

@@ -213,6 +213,10 @@ def main() -> None:
 
     async def run() -> None:
         setup_tracing(NAME, namespace=settings.otel_service_namespace)
+        if settings.mode is not Mode.EMBEDDED and settings.issuer_is_derived():
+            log.warning("the token issuer %s is derived from TRELLIS_EDGE_ADDR; identity derives its own from the "
+                        "address it is given: set TRELLIS_EDGE_PUBLIC_URL (or TRELLIS_TOKEN_ISSUER) alike for every "
+                        "process", settings.token_issuer)
         edge = await (await bootstrap(settings)).start()
         # What start-up allocated (modules, protobuf descriptors, the route table) lives as long as
         # the process: out of the collector's sight, a full collection scans only request garbage.

@@ -283,13 +283,21 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive_public_urls(self) -> "Settings":
         """What partners are told follows the edge's public address unless set explicitly."""
-        if not self.edge_public_url:
-            self.edge_public_url = public_url_of(self.edge_addr)
-        base = self.edge_public_url.rstrip("/")
-        self.token_issuer = self.token_issuer or base
-        self.token_url = self.token_url or f"{base}/oauth/token"
-        self.api_docs_url = self.api_docs_url or f"{base}/docs"
+        base = (self.edge_public_url or public_url_of(self.edge_addr)).rstrip("/")
+        derived = {"edge_public_url": self.edge_public_url or base, "token_issuer": self.token_issuer or base,
+                   "token_url": self.token_url or f"{base}/oauth/token", "api_docs_url": self.api_docs_url or f"{base}/docs"}
+        for name, value in derived.items():
+            if not getattr(self, name):
+                # Into __dict__ and out of model_fields_set: `issuer_is_derived()` tells a derived
+                # value from one that was given.
+                self.__dict__[name] = value
+                self.__pydantic_fields_set__.discard(name)
         return self
+
+    def issuer_is_derived(self) -> bool:
+        """Whether the token issuer comes from TRELLIS_EDGE_ADDR (neither it nor the public URL set):
+        then identity and every edge agree on it only if all are given the same edge address."""
+        return not {"token_issuer", "edge_public_url"} & self.model_fields_set
 
     @model_validator(mode="after")
     def _refuse_placeholders_outside_embedded(self) -> "Settings":

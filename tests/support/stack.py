@@ -110,6 +110,9 @@ class Stack:
         edge_addresses = [f"127.0.0.1:{next(ports)}" for _ in range(self.edges)]
         webhooks_addresses = [f"127.0.0.1:{next(ports)}" for _ in range(self.webhooks)]
         env = self._environment(urls, single, webhooks_addresses[0])
+        # The address partners reach the edges at (a load balancer would be in front): identity
+        # signs and every edge verifies the issuer derived from it, whatever port each listens on.
+        env["TRELLIS_EDGE_PUBLIC_URL"] = f"http://{edge_addresses[0]}"
 
         host, _, port = upstream.rpartition(":")
         self._add(ChildProcess("upstream", [sys.executable, "-m", "examples.upstream", "--host", host, "--port", port],

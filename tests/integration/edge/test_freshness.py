@@ -52,6 +52,8 @@ def edge_environment(settings: Settings, data_dir: Path) -> dict[str, str]:
         "TRELLIS_ACTOR_ISSUER": settings.actor_issuer, "TRELLIS_ACTOR_AUDIENCE": settings.actor_audience,
         "TRELLIS_ACTOR_PRIVATE_KEY_FILE": settings.actor_private_key_file,
         "TRELLIS_EDGE_ROUTES_FILE": settings.edge_routes_file, "TRELLIS_EDGE_ADDR": "127.0.0.1:0",
+        # Edges on ports of their own verify the issuer identity (in this process) signs with.
+        "TRELLIS_TOKEN_ISSUER": settings.token_issuer, "TRELLIS_EDGE_PUBLIC_URL": settings.edge_public_url,
         "TRELLIS_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
     })
     return env

@@ -180,3 +180,11 @@ def test_each_url_set_explicitly_is_kept() -> None:
 
 def test_previous_keks_are_secrets_in_the_repr(tmp_path: Path) -> None:
     assert KEY not in repr(Settings(kek_previous=[f"1:{KEY}"]))
+
+
+def test_an_issuer_is_derived_until_it_or_the_public_url_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(edge_addr="0.0.0.0:8443").issuer_is_derived()
+    assert Settings(token_issuer="").issuer_is_derived()  # empty is not set
+    assert not Settings(edge_public_url="https://api.example.com").issuer_is_derived()
+    monkeypatch.setenv("TRELLIS_TOKEN_ISSUER", "https://id.example.com")
+    assert not load(Settings).issuer_is_derived()
