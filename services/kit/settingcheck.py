@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import types
 from collections.abc import Iterator, Mapping
 from enum import Enum
 from pathlib import Path
@@ -200,7 +201,7 @@ def describe_form(info: FieldInfo) -> str:
     """What a field takes, in words: `a whole number from 1 to 5`, `true or false`, …"""
     annotation = info.annotation
     optional = False
-    if get_origin(annotation) is Union:
+    if get_origin(annotation) in (Union, types.UnionType):
         arguments = [a for a in get_args(annotation) if a is not type(None)]
         optional = len(arguments) < len(get_args(annotation))
         annotation = arguments[0] if len(arguments) == 1 else annotation

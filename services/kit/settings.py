@@ -13,7 +13,7 @@ import base64
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     def _decode_lists(cls, value: Any, info: ValidationInfo) -> Any:
         """A list from the environment is JSON; empty text is the empty list."""
         field = cls.model_fields[info.field_name or ""]
-        if not isinstance(value, str) or get_origin(field.annotation) is not list:
+        if not isinstance(value, str) or not _is_list(field.annotation):
             return value
         if not value.strip():
             return []
@@ -361,6 +361,11 @@ def _decode_kek(value: str) -> bytes:
         # Embedded mode without a generated key: a fixed development key, never for production.
         return b"\x00" * 32
     return base64.b64decode(value, validate=True)
+
+
+def _is_list(annotation: Any) -> bool:
+    """list[...], or list[...] | None."""
+    return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))
 
 
 def public_url_of(address: str) -> str:
