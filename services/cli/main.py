@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The options that override a setting, named so in a bad setting's line.
+OPTION_NAMES = {"data_dir": "--data-dir", "registry_addr": "--registry-addr", "identity_addr": "--identity-addr"}
+
+
 def settings_from(args: argparse.Namespace) -> CliSettings:
     """Settings from the environment, with the command line's overrides."""
     overrides = {
@@ -82,10 +86,6 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
         if value is not None
     }
     return load(CliSettings, labels=OPTION_NAMES, **overrides)
-
-
-# The options that override a setting, named so in a bad setting's line.
-OPTION_NAMES = {"data_dir": "--data-dir", "registry_addr": "--registry-addr", "identity_addr": "--identity-addr"}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
