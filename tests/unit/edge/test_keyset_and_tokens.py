@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -151,13 +152,15 @@ async def test_own_tokens_are_verified_locally_and_cached_by_hash() -> None:
     assert len(verifier.cache) == 0
 
 
-@pytest.mark.parametrize(("claims", "code"), [
-    (own_claims(client_id="cl_2"), "invalid_token"),   # sub and client_id disagree
-    (own_claims(integration_id=None), "invalid_token"),
-    (own_claims(exp=int(time.time()) - 60), "token_expired"),
-    (own_claims(iat=None), "invalid_token"),
+# Claims are made when each test runs (not at collection), so a long suite cannot expire them.
+@pytest.mark.parametrize(("make_claims", "code"), [
+    (lambda: own_claims(client_id="cl_2"), "invalid_token"),   # sub and client_id disagree
+    (lambda: own_claims(integration_id=None), "invalid_token"),
+    (lambda: own_claims(exp=int(time.time()) - 60), "token_expired"),
+    (lambda: own_claims(iat=None), "invalid_token"),
 ])
-async def test_own_tokens_must_name_their_client_and_be_current(claims: dict[str, object], code: str) -> None:
+async def test_own_tokens_must_name_their_client_and_be_current(make_claims: Callable[[], dict[str, object]], code: str) -> None:
+    claims = make_claims()
     with pytest.raises(EdgeError) as caught:
         await tokens().verify(sign({k: v for k, v in claims.items() if v is not None}))
     assert caught.value.code == code
