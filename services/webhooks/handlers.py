@@ -44,6 +44,12 @@ class DispatcherPort(Protocol):
     def subscription_changed(self, subscription_id: str, version: int) -> None: ...
 
 
+class DestinationsPort(Protocol):
+    async def refusal(self, url: str) -> str | None:
+        """Why no delivery could ever reach `url`, or None (see services.webhooks.ssrf)."""
+        ...
+
+
 class IntegrationsPort(Protocol):
     """What webhooks asks the registry, as the acting administrator."""
 
@@ -129,12 +135,14 @@ class WebhookHandlers:
         *,
         user_agent: str,
         integrations: IntegrationsPort,
+        destinations: DestinationsPort,
         owner: str = "",
         notify: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._db = db
         self._integrations = integrations
+        self._destinations = destinations
         self._owner = owner
         self._envelope = envelope
         self._client = client
@@ -166,6 +174,7 @@ class WebhookHandlers:
             description=check_description(cmd.description), scheme=cmd.scheme, created_by=caller.actor_id,
             created_at=now, updated_at=now, secret_created_at=now,
         )
+        await self._check_destination(caller, subscription.url)
         secret = new_signing_secret()
         if subscription.integration_id and not caller.partner:
             # An administrator names the owner: it must be an integration of their organisation,
@@ -186,6 +195,17 @@ class WebhookHandlers:
                                              now=now, request_id=cmd.view.request_id)
         self._notify()
         return subscription, secret
+
+    async def _check_destination(self, caller: Caller, url: str) -> None:
+        """InvalidArgument, naming the setting that allows it, when an administrator gives a URL
+        no delivery could reach. Partners are not told: for them a refused address and a name
+        that does not resolve read the same (`unusable_host` in their delivery log), so the
+        partner API cannot map which internal names exist."""
+        if caller.partner:
+            return
+        refusal = await self._destinations.refusal(url)
+        if refusal is not None:
+            raise InvalidArgument(refusal, field="url")
 
     async def get(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
         caller = caller_for(actor, ref.view)
@@ -220,6 +240,8 @@ class WebhookHandlers:
         """New URL, types, description or scheme: they apply from the next attempt on."""
         if not cmd.changes:
             raise InvalidArgument("update_mask names nothing to change")
+        if "url" in cmd.changes:
+            await self._check_destination(caller_for(actor, cmd.view), check_url(str(cmd.changes["url"])))
         return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now))
 
     async def pause(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:

@@ -30,7 +30,7 @@ from services.webhooks.handlers import ActivityIngest, WebhookHandlers
 from services.webhooks.metrics import WebhookMetrics
 from services.webhooks.registry_client import RegistryIntegrations
 from services.webhooks.sender import DeliveryClient, Lookup, system_lookup
-from services.webhooks.ssrf import AddressPolicy
+from services.webhooks.ssrf import AddressPolicy, DestinationCheck
 from services.webhooks.queue import WorkQueue
 from services.webhooks.store import ActivityLog, Database, outbox
 
@@ -68,8 +68,9 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
         cleanups.append(relay.stop)
         metrics.watch_outbox(relay)
 
+        address_policy = AddressPolicy.allowing(settings.webhooks_allowed_private_networks)
         client = DeliveryClient(
-            AddressPolicy.allowing(settings.webhooks_allowed_private_networks),
+            address_policy,
             timeout_seconds=settings.webhooks_timeout_seconds, ca_bundle=settings.webhooks_ca_bundle,
             max_connections=settings.webhooks_concurrency_total, lookup=lookup,
         )
@@ -109,6 +110,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
         handlers = WebhookHandlers(db, envelope, client, dispatcher, ingest, policy,
                                    user_agent=settings.webhooks_user_agent,
                                    integrations=RegistryIntegrations(registry_pb2_grpc.RegistryStub(registry_channel)),
+                                   destinations=DestinationCheck(address_policy, lookup),
                                    owner=queue.owner, notify=relay.notify)
 
         listener = SubscriptionEventsListener(nc, dispatcher.subscription_changed)
