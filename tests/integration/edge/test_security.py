@@ -105,6 +105,39 @@ async def test_doctored_claims_are_refused(edge: str, http: aiohttp.ClientSessio
     assert got == code and reason in message
 
 
+NOW = int(time.time())
+TTL = 3600  # TRELLIS_TOKEN_TTL_SECONDS in these tests (the default)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"iat": NOW, "nbf": NOW, "exp": NOW + 10 * 365 * 86400}, "lifetime is longer than the 3600 s"),
+    ({"iat": NOW - TTL, "nbf": NOW - TTL, "exp": NOW + 600}, "lifetime is longer than the 3600 s"),
+    ({"iat": None}, "missing claim iat"),
+    ({"exp": str(NOW + 600)}, "exp must be an integer"),
+    ({"exp": NOW + 600.5}, "exp must be an integer"),
+    ({"iat": str(NOW)}, "iat must be an integer"),
+    ({"nbf": float(NOW)}, "nbf must be an integer"),
+    ({"nbf": False}, "nbf must be an integer"),
+])
+async def test_a_token_signed_with_our_key_but_outliving_the_token_ttl_or_with_odd_times_is_invalid(
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, forge: Callable[..., Awaitable[str]],
+    changes: dict[str, Any], reason: str,
+) -> None:
+    partner = await provision()
+    got, message = await refused_with(http, edge, await forge(partner, **changes), partner)
+    assert got == "invalid_token" and reason in message, message
+
+
+async def test_a_token_living_the_token_ttl_give_or_take_the_clock_skew_is_accepted(
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, forge: Callable[..., Awaitable[str]]
+) -> None:
+    partner = await provision()
+    issued = int(time.time()) - 10
+    token = await forge(partner, iat=issued, nbf=issued, exp=issued + TTL + 3)
+    status, _, body = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner))
+    assert status == 200, body
+
+
 async def test_unknown_kids_are_refused_without_hammering_identity(
     edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, make_settings: Callable[..., Settings]
 ) -> None:
