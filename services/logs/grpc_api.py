@@ -147,6 +147,8 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         return record_message(await self._handlers.get_request(current_actor(), request.request_id.strip()))
 
     async def ExportRequests(self, request: pb.ExportRequestsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
+        if request.format not in (pb.EXPORT_FORMAT_UNSPECIFIED, pb.EXPORT_FORMAT_CSV, pb.EXPORT_FORMAT_JSONL):
+            raise InvalidArgument(f"unknown export format {request.format}: CSV or JSON Lines", field="format")
         jsonl = request.format == pb.EXPORT_FORMAT_JSONL
         total, pages = await self._handlers.export_requests(current_actor(), request_filter(request))
         first = True

@@ -61,6 +61,15 @@ async def test_a_request_filter_that_could_never_match_is_invalid_argument(
     assert message in (caught.value.details() or "")
 
 
+async def test_an_unknown_export_format_is_invalid_argument(logs_on: logs_pb2_grpc.LogsStub,
+                                                           as_actor: Callable[..., Metadata]) -> None:
+    md = as_actor("quinn", unique("org"), [QA_PERMISSION])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in logs_on.ExportRequests(pb.ExportRequestsRequest(format=9), metadata=md):  # type: ignore[arg-type]
+            pass
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "unknown export format 9" in (caught.value.details() or "")
+
+
 async def test_audit_and_request_lookups_with_a_nul_character_are_invalid_argument(
     logs_on: logs_pb2_grpc.LogsStub, as_actor: Callable[..., Metadata]
 ) -> None:
