@@ -56,6 +56,9 @@ REFUSED_V6: tuple[tuple[str, str], ...] = (
     ("ff00::/8", "multicast"),
 )
 
+# The setting an operator uses to allow private receivers, named in every refusal.
+ALLOW_SETTING = "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS"
+
 _V4 = tuple((ipaddress.IPv4Network(net), why) for net, why in REFUSED_V4)
 _V6 = tuple((ipaddress.IPv6Network(net), why) for net, why in REFUSED_V6)
 
@@ -98,6 +101,19 @@ def refusal_reason(address: IPAddress) -> str | None:
     return None
 
 
+def _allowed_network(entry: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        pass
+    try:
+        meant = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(f"{ALLOW_SETTING}: {entry!r} is not a network; give CIDR blocks such as 127.0.0.0/8") from None
+    raise ValueError(f"{ALLOW_SETTING}: {entry} has host bits set; write {meant} for the network, or "
+                     f"{entry.split('/', 1)[0]}/{meant.max_prefixlen} for the one address")
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """Refuses the special-purpose networks, except those an operator allowed by name."""
@@ -106,7 +122,9 @@ class AddressPolicy:
 
     @classmethod
     def allowing(cls, networks: Iterable[str]) -> "AddressPolicy":
-        return cls(tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks if n.strip()))
+        """The policy allowing `networks` (ALLOW_SETTING); ValueError naming the setting for an
+        entry that is not a network, or has host bits set (10.0.0.1/8 is not silently 10.0.0.0/8)."""
+        return cls(tuple(_allowed_network(n.strip()) for n in networks if n.strip()))
 
     def refusal(self, address: str | IPAddress) -> str | None:
         """Why `address` is refused, or None when deliveries may go there."""
@@ -120,8 +138,6 @@ class AddressPolicy:
         return refusal_reason(ip)
 
 
-# The setting an operator uses to allow private receivers, named in every refusal.
-ALLOW_SETTING = "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS"
 # How long a subscription's create or update waits for its host name to resolve.
 RESOLVE_SECONDS = 3.0
 

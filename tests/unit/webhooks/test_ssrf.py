@@ -150,3 +150,14 @@ async def test_a_slow_resolver_is_cut_at_the_timeout_while_the_event_loop_keeps_
         task.cancel()
     assert time.monotonic() - started < 2
     assert ticks >= 10  # the loop served others while the lookup was waiting
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("127.0.0.1/8", "127.0.0.1/8 has host bits set; write 127.0.0.0/8 for the network, or 127.0.0.1/32 for the one address"),
+    ("fd00::1/8", "write fd00::/8 for the network, or fd00::1/128"),
+    ("not-a-network", "'not-a-network' is not a network"),
+])
+def test_an_allowed_network_the_operator_mistyped_is_refused_naming_the_setting(entry: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        AddressPolicy.allowing(["10.0.0.0/8", entry])
+    assert str(caught.value).startswith(f"{ALLOW_SETTING}: ") and message in str(caught.value)
