@@ -105,26 +105,26 @@ async def test_doctored_claims_are_refused(edge: str, http: aiohttp.ClientSessio
     assert got == code and reason in message
 
 
-NOW = int(time.time())
 TTL = 3600  # TRELLIS_TOKEN_TTL_SECONDS in these tests (the default)
 
 
+# Each case is a function of the time the test runs, so none expires before it is tried.
 @pytest.mark.parametrize(("changes", "reason"), [
-    ({"iat": NOW, "nbf": NOW, "exp": NOW + 10 * 365 * 86400}, "lifetime is longer than the 3600 s"),
-    ({"iat": NOW - TTL, "nbf": NOW - TTL, "exp": NOW + 600}, "lifetime is longer than the 3600 s"),
-    ({"iat": None}, "missing claim iat"),
-    ({"exp": str(NOW + 600)}, "exp must be an integer"),
-    ({"exp": NOW + 600.5}, "exp must be an integer"),
-    ({"iat": str(NOW)}, "iat must be an integer"),
-    ({"nbf": float(NOW)}, "nbf must be an integer"),
-    ({"nbf": False}, "nbf must be an integer"),
+    (lambda now: {"iat": now, "nbf": now, "exp": now + 10 * 365 * 86400}, "lifetime is longer than the 3600 s"),
+    (lambda now: {"iat": now - TTL, "nbf": now - TTL, "exp": now + 600}, "lifetime is longer than the 3600 s"),
+    (lambda now: {"iat": None}, "missing claim iat"),
+    (lambda now: {"exp": str(now + 600)}, "exp must be an integer"),
+    (lambda now: {"exp": now + 600.5}, "exp must be an integer"),
+    (lambda now: {"iat": str(now)}, "iat must be an integer"),
+    (lambda now: {"nbf": float(now)}, "nbf must be an integer"),
+    (lambda now: {"nbf": False}, "nbf must be an integer"),
 ])
 async def test_a_token_signed_with_our_key_but_outliving_the_token_ttl_or_with_odd_times_is_invalid(
     edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, forge: Callable[..., Awaitable[str]],
-    changes: dict[str, Any], reason: str,
+    changes: Callable[[int], dict[str, Any]], reason: str,
 ) -> None:
     partner = await provision()
-    got, message = await refused_with(http, edge, await forge(partner, **changes), partner)
+    got, message = await refused_with(http, edge, await forge(partner, **changes(int(time.time()))), partner)
     assert got == "invalid_token" and reason in message, message
 
 
