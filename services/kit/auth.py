@@ -19,8 +19,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.kit import jwtverify
 from services.kit.errors import PermissionDenied, Unauthenticated
-from services.kit.jwtverify import numeric_date_problem
 
 ADMIN_PERMISSION = "administration_integrations_access"
 QA_PERMISSION = "qa_access"
@@ -117,7 +117,7 @@ class ActorVerifier:
         # lifetime is not bounded here: actor tokens come from the platform's identity provider
         # and from service token files (a projected Kubernetes token, the dev overlay's 30-day
         # edge token), whose lifetimes Trellis does not set.
-        problem = numeric_date_problem(claims)
+        problem = jwtverify.numeric_date_problem(claims)
         if problem:
             raise Unauthenticated(f"actor token refused: {problem}")
         org = claims.get("org")
