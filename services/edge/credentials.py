@@ -189,6 +189,9 @@ class Issuer:
     keys: KeySet
     external: bool = False
     client_id_claim: str = "client_id"
+    # The longest lifetime (exp - iat, seconds) its tokens have: identity's token TTL for our
+    # own; None (no bound) for an external issuer, whose lifetimes we do not set.
+    max_lifetime: float | None = None
 
 
 class Tokens:
@@ -228,7 +231,8 @@ class Tokens:
         key = await source.keys.key(kid)
         if key is None:
             raise jwtverify.invalid_token("unknown signing key")
-        claims = jwtverify.verify(token, key, issuer=source.issuer, audience=source.audience)
+        claims = jwtverify.verify(token, key, issuer=source.issuer, audience=source.audience,
+                                  max_lifetime=source.max_lifetime)
         return grant_of(claims, source)
 
     def forget_client(self, client_id: str) -> None:

@@ -150,7 +150,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         ttl = settings.edge_cache_ttl_seconds
         upstreams = Upstreams(timeout=settings.edge_upstream_timeout_seconds, max_body_bytes=settings.edge_max_body_bytes)
         own_keys = KeySet(peers.jwks_json, ttl=ttl, refetch_interval=settings.edge_jwks_refetch_seconds, name="identity")
-        own = Issuer(settings.token_issuer, settings.token_audience, own_keys)
+        own = Issuer(settings.token_issuer, settings.token_audience, own_keys, max_lifetime=settings.token_ttl_seconds)
         external = None
         if settings.external_issuer and settings.external_jwks_url:
             external = Issuer(settings.external_issuer, settings.external_audience or None, KeySet(

@@ -251,7 +251,8 @@ class TokenHandlers:
         async with self._sessions() as session:
             key = await self._ring.verification_key(IdentityStore(session), kid)
         if key is not None:
-            claims = jwtverify.verify(token, key, issuer=self._settings.issuer, audience=self._settings.audience)
+            claims = jwtverify.verify(token, key, issuer=self._settings.issuer, audience=self._settings.audience,
+                                      max_lifetime=self._settings.ttl_seconds)
             return await self._own_token_access(claims)
         if self._external is not None and jwtverify.read_unverified_issuer(token) == self._external.issuer:
             external_key = await self._external.public_key(kid)

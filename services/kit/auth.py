@@ -19,6 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.kit import jwtverify
 from services.kit.errors import PermissionDenied, Unauthenticated
 from services.kit.settingcheck import SettingError
 
@@ -117,6 +118,13 @@ class ActorVerifier:
             raise Unauthenticated("actor token expired") from exc
         except (jwt.PyJWTError, ValueError) as exc:
             raise Unauthenticated(f"actor token refused: {exc}") from exc
+        # PyJWT takes any value int() takes ("9999999999", true); times must be integers. The
+        # lifetime is not bounded here: actor tokens come from the platform's identity provider
+        # and from service token files (a projected Kubernetes token, the dev overlay's 30-day
+        # edge token), whose lifetimes Trellis does not set.
+        problem = jwtverify.numeric_date_problem(claims)
+        if problem:
+            raise Unauthenticated(f"actor token refused: {problem}")
         org = claims.get("org")
         permissions = claims.get("permissions", [])
         if not isinstance(org, str) or not org:

@@ -5,6 +5,12 @@ edge verifies the same tokens locally against identity's JWKS. The algorithm is 
 from the key (RSA -> RS256, P-256 -> ES256), never from the token's header, so `alg: none` or
 HS256 signed with a public key PEM fail. Failures are `Unauthenticated` with
 `fields["error"]` either `token_expired` or `invalid_token`, and a reason safe to show.
+
+`exp`, `iat` and `nbf` must be JSON integers: PyJWT alone takes anything `int()` takes (the
+string "9999999999", true, 1.7e9), and a caller reading them back could be told another time.
+With `max_lifetime` (our own tokens: TRELLIS_TOKEN_TTL_SECONDS), a token whose `exp - iat` is
+longer than the issuer ever gives is refused even though its signature is good: a token signed
+by a leaked or misused key cannot be made to live for years.
 """
 
 from __future__ import annotations
@@ -82,11 +88,22 @@ def read_unverified_issuer(token: str) -> str:
     return iss if isinstance(iss, str) else ""
 
 
-def verify(token: str, key: PublicKey, *, issuer: str, audience: str | None, leeway: float = LEEWAY_SECONDS) -> dict[str, Any]:
+def numeric_date_problem(claims: Mapping[str, Any]) -> str | None:
+    """Why one of `exp`, `iat`, `nbf` (those present) is not a whole number of seconds, or None."""
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int)):
+            return f"{name} must be an integer number of seconds"
+    return None
+
+
+def verify(token: str, key: PublicKey, *, issuer: str, audience: str | None, leeway: float = LEEWAY_SECONDS,
+           max_lifetime: float | None = None) -> dict[str, Any]:
     """The claims of `token` if its signature, issuer, audience and times are right.
 
-    `nbf` is honoured when present. Raises Unauthenticated `token_expired` for an expired
-    token, `invalid_token` otherwise. `audience=None` skips the audience (and does not require it).
+    `nbf` is honoured when present; `exp`, `iat` and `nbf` must be integers. With `max_lifetime`
+    (seconds), `exp - iat` may exceed it by `leeway` at most. Raises Unauthenticated
+    `token_expired` for an expired token, `invalid_token` otherwise. `audience=None` skips the
+    audience (and does not require it).
     """
     required = [c for c in REQUIRED_CLAIMS if audience or c != "aud"]
     options: dict[str, Any] = {"require": required}
@@ -120,4 +137,9 @@ def verify(token: str, key: PublicKey, *, issuer: str, audience: str | None, lee
         raise invalid_token("token refused") from exc
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise invalid_token("sub must be a non-empty string")
+    problem = numeric_date_problem(claims)
+    if problem:
+        raise invalid_token(problem)
+    if max_lifetime is not None and claims["exp"] - claims["iat"] > max_lifetime + leeway:
+        raise invalid_token(f"the token's lifetime is longer than the {max_lifetime:g} s its issuer gives")
     return claims

@@ -15,6 +15,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from collections.abc import Iterable
@@ -29,6 +30,23 @@ READ_PERMISSIONS = frozenset({ADMIN_PERMISSION, QA_PERMISSION})
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_ENDPOINT_FILTER = 512
+
+# Every error code a request record can carry: the edge's (services/edge/errors.py CODES) and
+# its token endpoint's (RFC 6749 section 5.2, services/edge/openapi.py OAUTH_ERRORS). A filter on any other word can only be a typo,
+# and answering it with "no requests match" would read as a clean bill of health.
+# tests/unit/logs/test_query_filters.py keeps this list a superset of the edge's.
+ERROR_CODES = frozenset({
+    "missing_credentials", "invalid_api_key", "invalid_token", "token_expired", "credentials_mismatch",
+    "integration_inactive", "ip_not_allowed", "insufficient_scope", "not_found", "method_not_allowed", "conflict",
+    "invalid_request", "payload_too_large", "request_headers_too_large", "rate_limit_exceeded", "quota_exceeded",
+    "upstream_unavailable", "service_unavailable", "internal_error",
+    # the token endpoint
+    "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type", "invalid_scope",
+    "server_error", "temporarily_unavailable",
+})
+# The form of the ids the registry gives out (`int_` and lower-case base32): anything else names
+# no integration, so it is refused rather than matched against nothing.
+_INTEGRATION_ID = re.compile(r"int_[0-9a-z]{1,60}")
 
 # Column sizes; longer values are cut before they are stored (and, for audit, before signing).
 LIMITS = {
@@ -132,10 +150,60 @@ class RequestFilter:
     error_code: str = ""
 
     def __post_init__(self) -> None:
+        """Each filter in its stored form (lower-case ids and codes, an address as the edge
+        writes it), or InvalidArgument for one that could never match a request."""
         if self.since and self.until and self.since >= self.until:
             raise InvalidArgument("since must be before until", field="since")
         if len(self.endpoint) > MAX_ENDPOINT_FILTER:
             raise InvalidArgument(f"endpoint filter is longer than {MAX_ENDPOINT_FILTER} characters", field="endpoint")
+        check_text(self.endpoint, "endpoint")
+        object.__setattr__(self, "integration_id", integration_filter(self.integration_id))
+        object.__setattr__(self, "ip", ip_filter(self.ip))
+        object.__setattr__(self, "error_code", error_code_filter(self.error_code))
+
+
+def check_text(value: str, name: str, limit: int | None = None) -> str:
+    """A text filter the databases can compare: no NUL character, within the column's size."""
+    if "\x00" in value:
+        raise InvalidArgument(f"{name} must not contain a NUL character", field=name)
+    if limit is not None and len(value) > limit:
+        raise InvalidArgument(f"{name} is longer than {limit} characters", field=name)
+    return value
+
+
+def integration_filter(text: str) -> str:
+    """An integration id as the registry gives them out (`int_…`), lower-cased; "" for none."""
+    value = text.strip().lower()
+    if value and not _INTEGRATION_ID.fullmatch(value):
+        raise InvalidArgument(f"integration {text!r} is not an integration id (int_ and letters and digits)",
+                              field="integration_id")
+    return value
+
+
+def ip_filter(text: str) -> str:
+    """One IPv4 or IPv6 address, written as the edge records it (2001:DB8::1 -> 2001:db8::1)."""
+    value = text.strip()
+    if not value:
+        return ""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"ip {text!r} is not an IP address: give one IPv4 or IPv6 address, such as 203.0.113.7 or 2001:db8::7",
+            field="ip",
+        ) from None
+    return str(address)
+
+
+def error_code_filter(text: str) -> str:
+    """One of ERROR_CODES, lower-cased; "" for none."""
+    value = text.strip().lower()
+    if value and value not in ERROR_CODES:
+        raise InvalidArgument(
+            f"error code {text!r} is not one a request can carry; codes are: {', '.join(sorted(ERROR_CODES))}",
+            field="error_code",
+        )
+    return value
 
 
 @dataclass(frozen=True)

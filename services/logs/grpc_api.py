@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.auth import current_actor
+from services.kit.errors import InvalidArgument
 from services.logs.domain import (
     ApiRequest,
     AuditEntry,
@@ -48,7 +49,10 @@ def _ts(when: dt.datetime | None) -> Timestamp | None:
 def _when(request: object, name: str) -> dt.datetime | None:
     if not request.HasField(name):  # type: ignore[attr-defined]
         return None
-    return getattr(request, name).ToDatetime(tzinfo=dt.timezone.utc)
+    try:
+        return getattr(request, name).ToDatetime(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
+    except (ValueError, OverflowError) as exc:  # seconds or nanos outside a Timestamp's range
+        raise InvalidArgument(f"{name} is not a valid time: {exc}", field=name) from None
 
 
 def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest) -> RequestFilter:
@@ -143,6 +147,8 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         return record_message(await self._handlers.get_request(current_actor(), request.request_id.strip()))
 
     async def ExportRequests(self, request: pb.ExportRequestsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
+        if request.format not in (pb.EXPORT_FORMAT_UNSPECIFIED, pb.EXPORT_FORMAT_CSV, pb.EXPORT_FORMAT_JSONL):
+            raise InvalidArgument(f"unknown export format {request.format}: CSV or JSON Lines", field="format")
         jsonl = request.format == pb.EXPORT_FORMAT_JSONL
         total, pages = await self._handlers.export_requests(current_actor(), request_filter(request))
         first = True

@@ -29,6 +29,7 @@ from services.logs.domain import (
     RequestFilter,
     SeqCursor,
     append,
+    check_text,
     empty_head,
     page_size,
     require_reader,
@@ -131,6 +132,7 @@ class LogsHandlers:
         require_reader(actor.permissions)
         if not request_id:
             raise InvalidArgument("request_id is required", field="request_id")
+        check_text(request_id, "request_id")
         async with self._sessions() as session:
             found = await self._repo.get_request(session, actor.org_id, request_id)
         if found is None:
@@ -162,6 +164,8 @@ class LogsHandlers:
         require_reader(actor.permissions)
         if q.since and q.until and q.since >= q.until:
             raise InvalidArgument("since must be before until", field="since")
+        for name in ("object_type", "object_id", "actor_id", "action"):
+            check_text(getattr(q, name), name)
         before = SeqCursor.decode(token).seq if token else None
         n = page_size(size)
         async with self._sessions() as session:

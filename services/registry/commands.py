@@ -20,7 +20,7 @@ class CreateIntegration:
     owner: str
     description: str = ""
     scopes: Sequence[str] = ()
-    rate_limit_per_minute: int = 0  # 0: the default
+    rate_limit_per_minute: int | None = None  # None: the default; a given 0 is refused
     daily_quota: int = 0  # 0: no daily quota
     ip_allowlist: Sequence[str] = ()
     request_id: str = ""

@@ -152,6 +152,7 @@ MAX_DESCRIPTION_LENGTH = 4000
 
 
 def validate_rate_limit(value: int) -> int:
+    """A rate limit someone gave: 1 to 10,000 requests per minute (0 is refused, not the default)."""
     if not MIN_RATE_LIMIT <= value <= MAX_RATE_LIMIT:
         raise InvalidArgument(
             f"rate limit must be between {MIN_RATE_LIMIT} and {MAX_RATE_LIMIT:,} requests per minute, got {value}",
@@ -166,28 +167,66 @@ def validate_daily_quota(value: int) -> int:
     return value
 
 
+class _HostBits(ValueError):
+    """A CIDR entry whose address has bits set past its prefix: `network` is what it would mean."""
+
+    def __init__(self, network: str) -> None:
+        super().__init__(network)
+        self.network = network
+
+
 def _network(entry: str) -> str | None:
-    """The normalised CIDR of one allowlist entry, or None when it is not a network."""
+    """The normalised CIDR of one allowlist entry, or None when it is not a network; _HostBits
+    when it has host bits set (10.0.0.1/8): silently widening it to 10.0.0.0/8 would allow
+    16 million addresses its author may have meant as one."""
     text = entry.strip()
     if not text or "%" in text:  # IPv6 zone ids name a local interface, never a partner's address
         return None
     try:
-        return str(ipaddress.ip_network(text, strict=False))
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError:
+        pass
+    try:
+        widened = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
+    raise _HostBits(str(widened))
+
+
+def _parsed(entry: str) -> tuple[str | None, str | None]:
+    """(network, the network it would have meant when it has host bits set)."""
+    try:
+        return _network(entry), None
+    except _HostBits as exc:
+        return None, exc.network
 
 
 def normalise_allowlist(entries: Iterable[str]) -> list[str]:
-    """CIDR entries (IPv4 or IPv6; a bare address becomes /32 or /128), duplicates removed."""
-    parsed = [(entry, _network(entry)) for entry in entries]
-    bad = [entry for entry, network in parsed if network is None]
+    """CIDR entries (IPv4 or IPv6; a bare address becomes /32 or /128), duplicates removed.
+    InvalidArgument names every entry that is not a network, and for one with host bits set
+    the network it would have meant."""
+    entries = list(entries)
+    parsed = [(entry, *_parsed(entry)) for entry in entries]
+    host_bits = [(entry.strip(), meant) for entry, _, meant in parsed if meant is not None]
+    if host_bits:
+        described = "; ".join(
+            f"{entry} has host bits set: write {meant} for the network, or "
+            f"{entry.split('/', 1)[0]}/{32 if ':' not in entry else 128} for the one address"
+            for entry, meant in host_bits
+        )
+        raise InvalidArgument(
+            f"IP allowlist entries must be networks with no host bits set; {described}",
+            invalid_entries=",".join(entry for entry, _ in host_bits),
+            meant=",".join(meant for _, meant in host_bits),
+        )
+    bad = [entry for entry, network, _ in parsed if network is None]
     if bad:
         raise InvalidArgument(
             f"IP allowlist entries must be CIDR blocks such as 10.0.0.1/32 or 2001:db8::/48; "
             f"refused: {', '.join(repr(e) for e in bad)}",
             invalid_entries=",".join(bad),
         )
-    networks = list(dict.fromkeys(network for _, network in parsed if network))  # order kept, duplicates dropped
+    networks = list(dict.fromkeys(network for _, network, _ in parsed if network))  # order kept, duplicates dropped
     if len(networks) > MAX_ALLOWLIST_ENTRIES:
         raise InvalidArgument(
             f"an IP allowlist holds at most {MAX_ALLOWLIST_ENTRIES} entries, got {len(networks)}",
@@ -343,11 +382,12 @@ class Integration:
         now: dt.datetime,
         description: str = "",
         scopes: Iterable[str] = (),
-        rate_limit_per_minute: int = 0,
+        rate_limit_per_minute: int | None = None,
         daily_quota: int = 0,
         ip_allowlist: Iterable[str] = (),
     ) -> "Integration":
-        """A new integration in Requested state; every setting validated. A rate limit of 0 means the default."""
+        """A new integration in Requested state; every setting validated. A rate limit left out
+        (None) is the default; one given, 0 included, must be within bounds."""
         return cls(
             id=id,
             org_id=org_id,
@@ -359,7 +399,9 @@ class Integration:
             updated_at=now,
             description=validate_description(description),
             scopes=normalise_scopes(scopes),
-            rate_limit_per_minute=validate_rate_limit(rate_limit_per_minute or DEFAULT_RATE_LIMIT),
+            rate_limit_per_minute=(
+                DEFAULT_RATE_LIMIT if rate_limit_per_minute is None else validate_rate_limit(rate_limit_per_minute)
+            ),
             daily_quota=validate_daily_quota(daily_quota),
             ip_allowlist=normalise_allowlist(ip_allowlist),
         )

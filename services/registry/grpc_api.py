@@ -116,7 +116,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def CreateIntegration(self, request: pb.CreateIntegrationRequest, context: grpc.aio.ServicerContext) -> pb.Integration:
         command = commands.CreateIntegration(
             vendor_id=request.vendor_id, name=request.name, owner=request.owner, description=request.description,
-            scopes=list(request.scopes), rate_limit_per_minute=request.rate_limit_per_minute,
+            scopes=list(request.scopes),
+            rate_limit_per_minute=request.rate_limit_per_minute if request.HasField("rate_limit_per_minute") else None,
             daily_quota=request.daily_quota, ip_allowlist=list(request.ip_allowlist), request_id=_request_id(context),
         )
         return integration_to_proto(await self._h.create(current_actor(), command))

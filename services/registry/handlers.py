@@ -190,6 +190,11 @@ class RegistryHandlers:
     async def update(self, actor: Actor, cmd: commands.UpdateIntegration) -> Integration:
         """Changes the named fields; every state but Revoked allows it."""
         actor.require(ADMIN_PERMISSION)
+        if cmd.expected_version < 0:
+            raise InvalidArgument(
+                f"expected_version must be 0 (no check) or a version read before, got {cmd.expected_version}",
+                expected_version=cmd.expected_version,
+            )
         now = self._clock()
         return await self._change(
             actor, cmd.integration_id, "updated", lambda i: i.update(cmd.changes, now),

@@ -93,10 +93,22 @@ def _statuses(values: list[int]) -> list[SubscriptionStatus]:
 
 
 def _delivery_statuses(outcome: int) -> list[DeliveryStatus]:
-    return {
+    statuses = {
         pb.OUTCOME_UNSPECIFIED: [], pb.OUTCOME_SUCCEEDED: [DeliveryStatus.SUCCEEDED],
         pb.OUTCOME_FAILED: [DeliveryStatus.FAILED], pb.OUTCOME_PENDING: [DeliveryStatus.PENDING],
-    }[outcome]
+    }.get(outcome)
+    if statuses is None:
+        raise InvalidArgument(f"unknown outcome {outcome}", outcome=outcome)
+    return statuses
+
+
+def _when(request: pb.PublishActivityRequest, name: str) -> dt.datetime | None:
+    if not request.HasField(name):
+        return None
+    try:
+        return getattr(request, name).ToDatetime(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
+    except (ValueError, OverflowError) as exc:  # seconds or nanos outside a Timestamp's range
+        raise InvalidArgument(f"{name} is not a valid time: {exc}", field=name) from None
 
 
 def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
@@ -109,6 +121,10 @@ def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
         if name == "activity_types":
             changes[name] = list(request.activity_types)
         elif name == "signature_scheme":
+            # "Unspecified" means the spec's scheme on create only; an update names the one it wants.
+            if request.signature_scheme == pb.SIGNATURE_SCHEME_UNSPECIFIED:
+                raise InvalidArgument("update_mask names signature_scheme: set it to SIGNATURE_SCHEME_SPEC or "
+                                      "SIGNATURE_SCHEME_STANDARD_WEBHOOKS", field="signature_scheme")
             changes[name] = _scheme(request.signature_scheme)
         else:
             changes[name] = getattr(request, name)
@@ -185,7 +201,10 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
     async def ListAttempts(self, request: pb.ListAttemptsRequest, context: grpc.aio.ServicerContext) -> pb.ListAttemptsResponse:
         if request.outcome == pb.OUTCOME_PENDING:
             raise InvalidArgument("attempts are succeeded or failed; pending applies to deliveries")
-        succeeded = {pb.OUTCOME_UNSPECIFIED: None, pb.OUTCOME_SUCCEEDED: True, pb.OUTCOME_FAILED: False}[request.outcome]
+        outcomes = {pb.OUTCOME_UNSPECIFIED: None, pb.OUTCOME_SUCCEEDED: True, pb.OUTCOME_FAILED: False}
+        if request.outcome not in outcomes:
+            raise InvalidArgument(f"unknown outcome {request.outcome}", outcome=request.outcome)
+        succeeded = outcomes[request.outcome]
         found, token = await self._h.list_attempts(current_actor(), commands.ListAttempts(
             subscription_id=request.subscription_id, succeeded=succeeded, event_id=request.event_id,
             delivery_id=request.delivery_id, page_size=request.page_size, page_token=request.page_token,
@@ -198,7 +217,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return delivery_to_proto(delivery)
 
     async def PublishActivity(self, request: pb.PublishActivityRequest, context: grpc.aio.ServicerContext) -> pb.PublishActivityResponse:
-        occurred = request.occurred_at.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("occurred_at") else None
+        occurred = _when(request, "occurred_at")
         accepted = await self._h.publish(current_actor(), commands.PublishActivity(
             type=request.type, data_json=request.data_json, event_id=request.event_id, sender_type=request.sender_type,
             sender_id=request.sender_id, occurred_at=occurred, view=_view(request, context),

@@ -44,6 +44,20 @@ class DispatcherPort(Protocol):
     def subscription_changed(self, subscription_id: str, version: int) -> None: ...
 
 
+class DestinationsPort(Protocol):
+    async def refusal(self, url: str) -> str | None:
+        """Why no delivery could ever reach `url`, or None (see services.webhooks.ssrf)."""
+        ...
+
+
+class IntegrationsPort(Protocol):
+    """What webhooks asks the registry, as the acting administrator."""
+
+    async def status(self, actor: Actor, integration_id: str, request_id: str = "") -> str:
+        """The integration's state (requested ... revoked); NotFound outside the actor's organisation."""
+        ...
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who acts, in which organisation, and which integration's subscriptions they see (None: all)."""
@@ -70,6 +84,15 @@ def caller_for(actor: Actor, view: commands.View) -> Caller:
         return Caller(f"integration:{view.integration_id}", view.org_id, view.integration_id, partner=True)
     actor.require(ADMIN_PERMISSION)
     raise AssertionError("unreachable")
+
+
+def _check_owner(integration_id: str, status: str | None) -> None:
+    if status == "revoked":
+        raise FailedPrecondition(
+            f"integration {integration_id} is revoked: a revoked integration's subscriptions are disabled for good, "
+            "so it cannot own a new one",
+            integration_id=integration_id, state="revoked",
+        )
 
 
 @dataclass(frozen=True)
@@ -111,11 +134,15 @@ class WebhookHandlers:
         policy: RetryPolicy,
         *,
         user_agent: str,
+        integrations: IntegrationsPort,
+        destinations: DestinationsPort,
         owner: str = "",
         notify: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._db = db
+        self._integrations = integrations
+        self._destinations = destinations
         self._owner = owner
         self._envelope = envelope
         self._client = client
@@ -147,18 +174,38 @@ class WebhookHandlers:
             description=check_description(cmd.description), scheme=cmd.scheme, created_by=caller.actor_id,
             created_at=now, updated_at=now, secret_created_at=now,
         )
+        await self._check_destination(caller, subscription.url)
         secret = new_signing_secret()
+        if subscription.integration_id and not caller.partner:
+            # An administrator names the owner: it must be an integration of their organisation,
+            # and not revoked. The edge's partner names its own, verified Active at the edge.
+            status = await self._integrations.status(actor, subscription.integration_id, cmd.view.request_id)
+            _check_owner(subscription.integration_id, status)
+            subscription.integration_suspended = status == "suspended"
         async with self._db.write() as session:
             if subscription.integration_id:
+                # What this replica last heard on the bus: a revocation consumed since the
+                # registry answered still stops it.
                 status = await self._repo.integration_status(session, caller.org_id, subscription.integration_id)
-                if status == "revoked":
-                    raise FailedPrecondition("the integration is revoked", integration_id=subscription.integration_id)
-                subscription.integration_suspended = status == "suspended"
+                _check_owner(subscription.integration_id, status)
+                if caller.partner:
+                    subscription.integration_suspended = status == "suspended"
             await self._repo.add(session, subscription, self._seal(subscription.id, secret))
             await events.changed_and_audited(session, "created", before=None, after=subscription, actor_id=caller.actor_id,
                                              now=now, request_id=cmd.view.request_id)
         self._notify()
         return subscription, secret
+
+    async def _check_destination(self, caller: Caller, url: str) -> None:
+        """InvalidArgument, naming the setting that allows it, when an administrator gives a URL
+        no delivery could reach. Partners are not told: for them a refused address and a name
+        that does not resolve read the same (`unusable_host` in their delivery log), so the
+        partner API cannot map which internal names exist."""
+        if caller.partner:
+            return
+        refusal = await self._destinations.refusal(url)
+        if refusal is not None:
+            raise InvalidArgument(refusal, field="url")
 
     async def get(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
         caller = caller_for(actor, ref.view)
@@ -193,6 +240,8 @@ class WebhookHandlers:
         """New URL, types, description or scheme: they apply from the next attempt on."""
         if not cmd.changes:
             raise InvalidArgument("update_mask names nothing to change")
+        if "url" in cmd.changes:
+            await self._check_destination(caller_for(actor, cmd.view), check_url(str(cmd.changes["url"])))
         return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now))
 
     async def pause(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:

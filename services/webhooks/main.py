@@ -1,6 +1,7 @@
 """Wires webhooks together: database, NATS, outbox relay, the HTTP delivery client, the
-dispatcher, the activity and integration consumers, and the gRPC server. Nothing here runs at
-import time."""
+dispatcher, the activity and integration consumers, the registry peer (TRELLIS_REGISTRY_ADDR:
+which integration an administrator may name as a subscription's owner), and the gRPC server.
+Nothing here runs at import time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import socket
 import uuid
 
+from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.auth import ActorVerifier
 from services.kit.bus import connect, ensure_streams
@@ -19,14 +21,16 @@ from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import Cleanup, RunningService, run_main
 from services.kit.settings import Settings
+from services.kit.telemetry import peer_channel
 from services.webhooks.consumer import ActivityConsumer, IntegrationEventsConsumer, SubscriptionEventsListener
 from services.webhooks.dispatcher import Dispatcher, Limits, SecretCache
 from services.webhooks.domain import RetryPolicy
 from services.webhooks.grpc_api import SERVICE_NAME, WebhooksServicer
 from services.webhooks.handlers import ActivityIngest, WebhookHandlers
 from services.webhooks.metrics import WebhookMetrics
+from services.webhooks.registry_client import RegistryIntegrations
 from services.webhooks.sender import DeliveryClient, Lookup, system_lookup
-from services.webhooks.ssrf import AddressPolicy
+from services.webhooks.ssrf import AddressPolicy, DestinationCheck
 from services.webhooks.queue import WorkQueue
 from services.webhooks.store import ActivityLog, Database, outbox
 
@@ -64,8 +68,9 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
         cleanups.append(relay.stop)
         metrics.watch_outbox(relay)
 
+        address_policy = AddressPolicy.allowing(settings.webhooks_allowed_private_networks)
         client = DeliveryClient(
-            AddressPolicy.allowing(settings.webhooks_allowed_private_networks),
+            address_policy,
             timeout_seconds=settings.webhooks_timeout_seconds, ca_bundle=settings.webhooks_ca_bundle,
             max_connections=settings.webhooks_concurrency_total, lookup=lookup,
         )
@@ -95,9 +100,18 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
         dispatcher.start()
         cleanups.append(dispatcher.stop)
 
+        registry_channel = peer_channel(settings.registry_addr)
+
+        async def close_registry() -> None:
+            await registry_channel.close()
+
+        cleanups.append(close_registry)
         ingest = ActivityIngest(db, ActivityLog(), dispatcher)
         handlers = WebhookHandlers(db, envelope, client, dispatcher, ingest, policy,
-                                   user_agent=settings.webhooks_user_agent, owner=queue.owner, notify=relay.notify)
+                                   user_agent=settings.webhooks_user_agent,
+                                   integrations=RegistryIntegrations(registry_pb2_grpc.RegistryStub(registry_channel)),
+                                   destinations=DestinationCheck(address_policy, lookup),
+                                   owner=queue.owner, notify=relay.notify)
 
         listener = SubscriptionEventsListener(nc, dispatcher.subscription_changed)
         await listener.start()

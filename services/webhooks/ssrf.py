@@ -5,13 +5,19 @@ the IPv4-mapped and NAT64 forms) changed between Python releases and are wrong o
 lists below are the IANA special-purpose registries' non-global entries, plus multicast.
 IPv4 addresses embedded in IPv6 (IPv4-mapped, NAT64, 6to4) are judged by the IPv4 address they
 carry; the deprecated IPv4-compatible form (::a.b.c.d) is refused outright.
+
+`DestinationCheck` applies the same policy when an administrator creates a subscription or
+changes its URL, so a URL no delivery could reach is refused then, naming the setting that
+allows it. Every delivery still checks the addresses it connects to: names change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,6 +55,9 @@ REFUSED_V6: tuple[tuple[str, str], ...] = (
     ("fec0::/10", "site-local (deprecated)"),
     ("ff00::/8", "multicast"),
 )
+
+# The setting an operator uses to allow private receivers, named in every refusal.
+ALLOW_SETTING = "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS"
 
 _V4 = tuple((ipaddress.IPv4Network(net), why) for net, why in REFUSED_V4)
 _V6 = tuple((ipaddress.IPv6Network(net), why) for net, why in REFUSED_V6)
@@ -92,6 +101,19 @@ def refusal_reason(address: IPAddress) -> str | None:
     return None
 
 
+def _allowed_network(entry: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        pass
+    try:
+        meant = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(f"{ALLOW_SETTING}: {entry!r} is not a network; give CIDR blocks such as 127.0.0.0/8") from None
+    raise ValueError(f"{ALLOW_SETTING}: {entry} has host bits set; write {meant} for the network, or "
+                     f"{entry.split('/', 1)[0]}/{meant.max_prefixlen} for the one address")
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """Refuses the special-purpose networks, except those an operator allowed by name."""
@@ -100,7 +122,9 @@ class AddressPolicy:
 
     @classmethod
     def allowing(cls, networks: Iterable[str]) -> "AddressPolicy":
-        return cls(tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks if n.strip()))
+        """The policy allowing `networks` (ALLOW_SETTING); ValueError naming the setting for an
+        entry that is not a network, or has host bits set (10.0.0.1/8 is not silently 10.0.0.0/8)."""
+        return cls(tuple(_allowed_network(n.strip()) for n in networks if n.strip()))
 
     def refusal(self, address: str | IPAddress) -> str | None:
         """Why `address` is refused, or None when deliveries may go there."""
@@ -112,3 +136,51 @@ class AddressPolicy:
             if inner is not None and any(net.version == 4 and inner in net for net in self.allowed):
                 return None
         return refusal_reason(ip)
+
+
+# How long a subscription's create or update waits for its host name to resolve.
+RESOLVE_SECONDS = 3.0
+
+# (host, port) -> (family, address) pairs; raises OSError when the name does not resolve.
+Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
+
+
+@dataclass(frozen=True)
+class DestinationCheck:
+    """Whether any delivery could ever reach a URL under the policy, asked when an administrator
+    sets it. A host name that does not resolve (yet), or not within `timeout` seconds, passes:
+    it may resolve later, and every delivery checks again."""
+
+    policy: AddressPolicy
+    lookup: Lookup
+    timeout: float = RESOLVE_SECONDS
+
+    async def refusal(self, url: str) -> str | None:
+        """Why no delivery could reach `url` (naming ALLOW_SETTING), or None when one may."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            address: IPAddress | None = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is not None:
+            reason = self.policy.refusal(address)
+            return _refused(f"its host {host} is refused ({reason})") if reason else None
+        try:
+            # The lookup runs off the event loop (getaddrinfo in a worker thread); a slow
+            # resolver costs the caller at most `timeout`, never the other requests.
+            async with asyncio.timeout(self.timeout):
+                answers = await self.lookup(host, parts.port or 443)
+        except (OSError, TimeoutError, UnicodeError):
+            return None
+        reasons = [(a, self.policy.refusal(a)) for _, a in answers]
+        if not reasons or any(reason is None for _, reason in reasons):
+            return None
+        found = ", ".join(f"{a} ({reason})" for a, reason in reasons)
+        return _refused(f"its host {host} resolves only to refused addresses: {found}")
+
+
+def _refused(why: str) -> str:
+    return (f"no delivery could reach this endpoint URL: {why}. Webhooks go only to public addresses; an operator "
+            f"can allow private networks (a receiver on this machine, say) with {ALLOW_SETTING}, "
+            'for example ["127.0.0.0/8"]')

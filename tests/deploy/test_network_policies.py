@@ -116,7 +116,7 @@ SERVICES = ("identity", "registry", "webhooks", "logs", "edge")
 # Who calls whom over gRPC, and nobody else.
 CALLERS = {
     "identity": {"registry", "edge"},
-    "registry": {"edge"},
+    "registry": {"edge", "webhooks"},
     "webhooks": {"edge"},
     "logs": set(),
 }

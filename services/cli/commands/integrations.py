@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--owner", required=True, help="the person responsible for it")
     p.add_argument("--scope", dest="scopes", action=ExtendList, required=True, metavar="SCOPE",
                    help="category:action, repeatable or comma separated; see `trellis scopes`")
-    p.add_argument("--rate-limit", type=non_negative_int, default=0, metavar="N", help="requests per minute (default 60)")
+    p.add_argument("--rate-limit", type=non_negative_int, default=None, metavar="N",
+                   help="requests per minute, 1-10000 (default 60)")
     p.add_argument("--daily-quota", type=non_negative_int, default=0, metavar="N", help="requests per day (default: none)")
     p.add_argument("--allow", dest="allow", action=ExtendList, metavar="CIDR", help="IP allowlist entries (default: all IPs)")
     p.set_defaults(handler=create)

@@ -105,6 +105,39 @@ async def test_doctored_claims_are_refused(edge: str, http: aiohttp.ClientSessio
     assert got == code and reason in message
 
 
+TTL = 3600  # TRELLIS_TOKEN_TTL_SECONDS in these tests (the default)
+
+
+# Each case is a function of the time the test runs, so none expires before it is tried.
+@pytest.mark.parametrize(("changes", "reason"), [
+    (lambda now: {"iat": now, "nbf": now, "exp": now + 10 * 365 * 86400}, "lifetime is longer than the 3600 s"),
+    (lambda now: {"iat": now - TTL, "nbf": now - TTL, "exp": now + 600}, "lifetime is longer than the 3600 s"),
+    (lambda now: {"iat": None}, "missing claim iat"),
+    (lambda now: {"exp": str(now + 600)}, "exp must be an integer"),
+    (lambda now: {"exp": now + 600.5}, "exp must be an integer"),
+    (lambda now: {"iat": str(now)}, "iat must be an integer"),
+    (lambda now: {"nbf": float(now)}, "nbf must be an integer"),
+    (lambda now: {"nbf": False}, "nbf must be an integer"),
+])
+async def test_a_token_signed_with_our_key_but_outliving_the_token_ttl_or_with_odd_times_is_invalid(
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, forge: Callable[..., Awaitable[str]],
+    changes: Callable[[int], dict[str, Any]], reason: str,
+) -> None:
+    partner = await provision()
+    got, message = await refused_with(http, edge, await forge(partner, **changes(int(time.time()))), partner)
+    assert got == "invalid_token" and reason in message, message
+
+
+async def test_a_token_living_the_token_ttl_give_or_take_the_clock_skew_is_accepted(
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, forge: Callable[..., Awaitable[str]]
+) -> None:
+    partner = await provision()
+    issued = int(time.time()) - 10
+    token = await forge(partner, iat=issued, nbf=issued, exp=issued + TTL + 3)
+    status, _, body = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner))
+    assert status == 200, body
+
+
 async def test_unknown_kids_are_refused_without_hammering_identity(
     edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, make_settings: Callable[..., Settings]
 ) -> None:

@@ -44,6 +44,9 @@ async def test_values_the_service_refuses_are_400_with_its_explanation(stack: St
     for payload, complaint in (({"activity_types": ["*"]}, "endpoint_url is required"),
                                ({"endpoint_url": HOOK, "activity_types": "lot.created"}, "list of strings"),
                                ({"endpoint_url": HOOK, "activity_types": ["*"], "secret": "mine"}, "unknown field(s) secret"),
+                               # The owner is always the calling partner's own, verified integration.
+                               ({"endpoint_url": HOOK, "activity_types": ["*"], "integration_id": "int_other"},
+                                "unknown field(s) integration_id"),
                                ({"endpoint_url": HOOK, "activity_types": ["*"], "signature_scheme": "md5"}, "standard_webhooks"),
                                ([HOOK], "JSON object")):
         status, _, body = await client("POST", "/v1/webhooks", json=payload)

@@ -90,6 +90,19 @@ async def test_token_missing_a_required_claim_is_refused(identity: Identity, edg
     assert (await refused_token(identity, edge, resign(genuine, drop=(claim,)))).startswith(f"invalid_token: missing claim {claim}")
 
 
+@pytest.mark.parametrize("changes,reason", [
+    ({"exp_after_iat": 10 * 365 * 86400}, "the token's lifetime is longer than"),
+    ({"exp": "9999999999"}, "exp must be an integer"),
+    ({"iat": 1.5}, "iat must be an integer"),
+    ({"nbf": "0"}, "nbf must be an integer"),
+])
+async def test_our_own_signature_does_not_save_a_token_outliving_the_ttl_or_with_odd_times(
+        identity: Identity, edge: Metadata, genuine: dict, changes: dict, reason: str) -> None:
+    if "exp_after_iat" in changes:
+        changes = {"exp": genuine["claims"]["iat"] + changes["exp_after_iat"]}
+    assert (await refused_token(identity, edge, resign(genuine, **changes))).startswith(f"invalid_token: {reason}")
+
+
 @pytest.mark.parametrize("kid", ["sk_" + "0" * 32, "../../x", "../../../etc/passwd", None])
 async def test_unknown_path_like_or_missing_kid_is_refused(identity: Identity, edge: Metadata, genuine: dict, kid: str | None) -> None:
     headers = {"kid": kid} if kid is not None else None

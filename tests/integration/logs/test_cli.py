@@ -166,3 +166,15 @@ async def test_review_prints_a_table_markdown_and_csv(cli: Cli, tmp_path: Path) 
     (row,) = list(csv.DictReader(io.StringIO(report.read_text())))
     assert row["integration"] == "NetSuite orders" and row["exercised scopes"] == "orders:read"
     assert row["unused scopes"] == "crm:read" and row["requests"] == "30"
+
+
+async def test_logs_query_refuses_filters_that_could_never_match_instead_of_finding_nothing(cli: Cli, tmp_path: Path) -> None:
+    for flags, message in ((("--ip", "999.1.1.1"), "'999.1.1.1' is not an IP address"),
+                           (("--error-code", "nope"), "error code 'nope' is not one a request can carry"),
+                           (("--integration", "NetSuite orders"), "is not an integration id")):
+        code, out, err = await cli("logs", "query", *flags)
+        assert code != 0 and "No requests match" not in out + err, (out, err)
+        assert "INVALID_ARGUMENT" in err and message in err, err
+    target = tmp_path / "refused.csv"
+    code, _, err = await cli("logs", "export", "--ip", "999.1.1.1", "--output", str(target))
+    assert code != 0 and "is not an IP address" in err and not target.exists()

@@ -99,6 +99,9 @@ def webhook_settings(make_settings: Callable[..., Settings], tls: Tls, **overrid
         "webhooks_timeout_seconds": 2.0,
         "webhooks_poll_seconds": 0.5,
         "webhooks_consumer_name": f"webhooks-{uuid.uuid4().hex[:12]}",
+        # No registry unless a test starts one: port 1 refuses at once (UNAVAILABLE), where the
+        # default port might reach some other registry running on this machine.
+        "registry_addr": "127.0.0.1:1",
         **overrides,
     }
     return make_settings(**values)

@@ -109,7 +109,8 @@ async def test_a_suspended_integration_gets_nothing_until_it_is_reactivated(
     js = nc.jetstream()
     try:
         integration = f"int_{uuid.uuid4().hex[:10]}"
-        owned = await webhooks.subscribe(receiver.url("/owned"), integration_id=integration)
+        edge = webhooks.as_actor("trellis-edge", "trellis", [EDGE_PERMISSION])  # the partner's own subscription
+        owned = await webhooks.subscribe(receiver.url("/owned"), metadata=edge, org_id=webhooks.org, integration_id=integration)
         await webhooks.subscribe(receiver.url("/org-wide"))
         sub_id = owned.subscription.id
         await _integration_event(js, webhooks.org, integration, "suspended", 5)
@@ -137,7 +138,8 @@ async def test_a_revoked_integrations_subscriptions_are_disabled_for_good(
     try:
         integration = f"int_{uuid.uuid4().hex[:10]}"
         receiver.statuses = [500]
-        owned = await webhooks.subscribe(receiver.url(), integration_id=integration)
+        edge = webhooks.as_actor("trellis-edge", "trellis", [EDGE_PERMISSION])  # the partner's own subscription
+        owned = await webhooks.subscribe(receiver.url(), metadata=edge, org_id=webhooks.org, integration_id=integration)
         sub_id = owned.subscription.id
         await webhooks.publish()
         await receiver.wait_for(1)  # failed once; its retry is pending
@@ -153,7 +155,6 @@ async def test_a_revoked_integrations_subscriptions_are_disabled_for_good(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await webhooks.stub.ResumeSubscription(pb.ResumeSubscriptionRequest(subscription_id=sub_id), metadata=webhooks.admin)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        edge = webhooks.as_actor("trellis-edge", "trellis", [EDGE_PERMISSION])
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await webhooks.subscribe(receiver.url(), metadata=edge, org_id=webhooks.org, integration_id=integration)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -21,11 +21,23 @@ from tests.support.waiting import eventually
 
 @pytest.fixture
 async def trellis(tmp_path: Path, start_webhooks: Callable[..., Awaitable[Webhooks]], capsys: pytest.CaptureFixture[str]):
+    return await _cli(tmp_path, start_webhooks, capsys)
+
+
+@pytest.fixture
+async def strict_trellis(tmp_path: Path, start_webhooks: Callable[..., Awaitable[Webhooks]],
+                         capsys: pytest.CaptureFixture[str]):
+    """The CLI against webhooks that allows no private network (the default setting)."""
+    return await _cli(tmp_path, start_webhooks, capsys, webhooks_allowed_private_networks=[])
+
+
+async def _cli(tmp_path: Path, start_webhooks: Callable[..., Awaitable[Webhooks]], capsys: pytest.CaptureFixture[str],
+               **settings: object):
     data_dir = tmp_path / "cli-data"
     local = ensure_secrets(data_dir)
     defaults = Settings()
     webhooks = await start_webhooks(actor_public_key_file=str(local.public_key_file), actor_issuer=defaults.actor_issuer,
-                                    actor_audience=defaults.actor_audience)
+                                    actor_audience=defaults.actor_audience, **settings)
 
     async def cli(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
@@ -112,3 +124,12 @@ async def test_the_activities_commands_and_errors(trellis) -> None:
     assert code == 1 and "HTTPS" in err
     code, _, err = await trellis("webhooks", "create", "--url", "https://x.example.com", "--type", "lot.nope")
     assert code == 1 and "lot.nope" in err
+
+
+async def test_create_refuses_a_loopback_receiver_naming_the_setting_that_allows_it(strict_trellis,
+                                                                                    receiver: Receiver) -> None:
+    code, out, err = await strict_trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created")
+    assert code != 0 and "INVALID_ARGUMENT" in err, (out, err)
+    assert "127.0.0.1 is refused (loopback)" in err and "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS" in err
+    code, out, _ = await strict_trellis("webhooks", "list", "--json")
+    assert code == 0 and json.loads(out)["subscriptions"] == []

@@ -1,5 +1,9 @@
 """SSRF protection on real deliveries: refused addresses never get a connection, the host is
-resolved once (no DNS rebinding), and TLS and `Host` use the URL's host name."""
+resolved once (no DNS rebinding), and TLS and `Host` use the URL's host name.
+
+An administrator's URL is checked when it is set too (test_destinations.py), so the
+subscriptions here that point at refused addresses are made the ways that check cannot stop:
+by a partner through the edge (never told), or by a name that changed after it was checked."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.kit.auth import EDGE_PERMISSION
 from tests.integration.webhooks.conftest import Webhooks
 from tests.integration.webhooks.helpers import holds
 from tests.integration.webhooks.receiver import Receiver
@@ -25,12 +30,18 @@ async def _nothing_received(receiver: Receiver) -> bool:
     return not receiver.received
 
 
+async def _partners(webhooks: Webhooks, url: str) -> pb.CreateSubscriptionResponse:
+    """A subscription a partner made through the edge: its URL is not checked when it is set."""
+    edge = webhooks.as_actor("trellis-edge", "trellis", [EDGE_PERMISSION])
+    return await webhooks.subscribe(url, metadata=edge, org_id=webhooks.org, integration_id="int_partner")
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
 async def test_loopback_is_refused_unless_allowed(host: str, start_webhooks: StartWebhooks, receiver: Receiver,
                                                   start_receiver: Callable[..., Awaitable[Receiver]]) -> None:
     webhooks = await start_webhooks(webhooks_allowed_private_networks=[])
     target = receiver if host != "[::1]" else await start_receiver(host="::1")
-    created = await webhooks.subscribe(f"https://{host}:{target.port}/hook")
+    created = await _partners(webhooks, f"https://{host}:{target.port}/hook")
     await webhooks.publish()
     attempt = await eventually(lambda: _first_attempt(webhooks, created.subscription.id))
     assert attempt.error == pb.ATTEMPT_ERROR_SSRF_REFUSED and "loopback" in attempt.error_detail
@@ -46,8 +57,10 @@ async def test_loopback_is_refused_unless_allowed(host: str, start_webhooks: Sta
 ])
 async def test_a_name_resolving_to_a_refused_address_gets_no_connection(answer: str, start_webhooks: StartWebhooks,
                                                                         receiver: Receiver) -> None:
-    webhooks = await start_webhooks(dns={"internal.example.test": [answer]}, webhooks_allowed_private_networks=[])
+    dns = {"internal.example.test": ["93.184.216.34"]}  # public when the administrator sets the URL
+    webhooks = await start_webhooks(dns=dns, webhooks_allowed_private_networks=[])
     created = await webhooks.subscribe(f"https://internal.example.test:{receiver.port}/hook")
+    dns["internal.example.test"] = [answer]  # then the name moves
     await webhooks.publish()
     attempt = await eventually(lambda: _first_attempt(webhooks, created.subscription.id))
     assert attempt.error == pb.ATTEMPT_ERROR_SSRF_REFUSED and answer.split("%")[0] in attempt.error_detail
@@ -61,7 +74,7 @@ async def test_the_host_is_resolved_once_so_rebinding_cannot_reach_an_internal_a
         return answers.pop(0) if host == "rebind.example.test" and answers else None
 
     webhooks = await start_webhooks(dns=rebinding)
-    created = await webhooks.subscribe(f"https://rebind.example.test:{receiver.port}/hook")
+    created = await _partners(webhooks, f"https://rebind.example.test:{receiver.port}/hook")
     await webhooks.publish()
     attempt = await eventually(lambda: _first_attempt(webhooks, created.subscription.id))
     assert attempt.error == pb.ATTEMPT_ERROR_SSRF_REFUSED and "10.20.30.40" in attempt.error_detail

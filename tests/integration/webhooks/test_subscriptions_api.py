@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import nats
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
@@ -248,3 +249,24 @@ async def test_malformed_requests_are_invalid_arguments(webhooks: Webhooks) -> N
     ):
         assert await _code(call) == grpc.StatusCode.INVALID_ARGUMENT
     assert await _code(stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id="whk_nope"), metadata=md)) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_enum_and_time_values_outside_the_contract_are_invalid_argument_not_internal(webhooks: Webhooks) -> None:
+    created = await webhooks.subscribe(URL)
+    sid = created.subscription.id
+    calls = [
+        webhooks.stub.ListDeliveries(pb.ListDeliveriesRequest(subscription_id=sid, outcome=9), metadata=webhooks.admin),
+        webhooks.stub.ListAttempts(pb.ListAttemptsRequest(subscription_id=sid, outcome=9), metadata=webhooks.admin),
+        # On update the scheme must be named: "unspecified" would silently become the spec's.
+        webhooks.stub.UpdateSubscription(pb.UpdateSubscriptionRequest(
+            subscription_id=sid, update_mask=["signature_scheme"], signature_scheme=pb.SIGNATURE_SCHEME_UNSPECIFIED),
+            metadata=webhooks.admin),
+        webhooks.stub.PublishActivity(pb.PublishActivityRequest(
+            type="lot.created", occurred_at=Timestamp(seconds=253402300800)), metadata=webhooks.admin),
+    ]
+    for call in calls:
+        assert await _code(call) == grpc.StatusCode.INVALID_ARGUMENT
+    standard = await webhooks.stub.UpdateSubscription(pb.UpdateSubscriptionRequest(
+        subscription_id=sid, update_mask=["signature_scheme"], signature_scheme=pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS),
+        metadata=webhooks.admin)
+    assert standard.signature_scheme == pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS

@@ -38,7 +38,13 @@ def test_scopes_may_repeat_or_be_comma_separated_and_keep_their_order() -> None:
                  "--allow", "10.0.0.0/8", "--allow", "2001:db8::/32,192.168.1.1/32")
     assert args.scopes == ["inventory:read", "orders:write", "crm:read"]
     assert args.allow == ["10.0.0.0/8", "2001:db8::/32", "192.168.1.1/32"]
-    assert (args.rate_limit, args.daily_quota) == (0, 0)
+    assert (args.rate_limit, args.daily_quota) == (None, 0)  # no --rate-limit: the service's default
+
+
+def test_an_explicit_zero_rate_limit_is_sent_for_the_registry_to_refuse() -> None:
+    args = parse("integrations", "create", "--vendor", "sap", "--name", "N", "--description", "D", "--owner", "o",
+                 "--scope", "inventory:read", "--rate-limit", "0")
+    assert args.rate_limit == 0
 
 
 def test_create_requires_the_fields_the_spec_requires(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ import json
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.kit.auth import ADMIN_PERMISSION, Actor, ActorVerifier, generate_actor_key, mint_actor_token
@@ -90,3 +91,19 @@ def test_rsa_actor_keys_are_pinned_to_rs256():
     pub = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     verifier = ActorVerifier(issuer=ISS, audience=AUD, public_key_pem=pub)
     assert verifier.verify(mint_actor_token(pem, issuer=ISS, audience=AUD, user_id="u", org_id="o", permissions=[])).user_id == "u"
+
+
+@pytest.mark.parametrize("changes", [
+    {"exp": "9999999999"},       # PyJWT alone takes anything int() takes
+    {"exp": 9_999_999_999.5},
+    {"iat": "1700000000"},
+    {"nbf": True},
+])
+def test_times_that_are_not_integers_are_refused(keys, verifier, changes):
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp())
+    claims = {"iss": ISS, "aud": AUD, "sub": "alice", "org": "org_1", "permissions": [ADMIN_PERMISSION],
+              "iat": now, "exp": now + 300, **changes}
+    key = serialization.load_pem_private_key(keys[0], password=None)
+    forged = jwt.encode(claims, key, algorithm="ES256")
+    with pytest.raises(Unauthenticated, match="must be an integer"):
+        verifier.verify(forged)

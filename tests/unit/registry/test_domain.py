@@ -172,7 +172,7 @@ def test_rate_limit_within_bounds_is_kept(limit: int) -> None:
     assert i.rate_limit_per_minute == limit
 
 
-@pytest.mark.parametrize("limit", [-1, 10_001, 1_000_000])
+@pytest.mark.parametrize("limit", [0, -1, 10_001, 1_000_000])
 def test_rate_limit_outside_1_to_10000_is_refused(limit: int) -> None:
     with pytest.raises(InvalidArgument, match="between 1 and 10,000"):
         new_integration(rate_limit_per_minute=limit)
@@ -200,11 +200,24 @@ def test_allowlist_accepts_ipv4_and_ipv6_cidr_and_bare_addresses() -> None:
     ]
 
 
-def test_allowlist_normalises_host_bits_and_removes_duplicates() -> None:
-    assert normalise_allowlist(["192.168.1.77/24", "192.168.1.0/24", "10.0.0.1", "10.0.0.1/32"]) == [
+def test_allowlist_removes_duplicates() -> None:
+    assert normalise_allowlist(["192.168.1.0/24", " 192.168.1.0/24", "10.0.0.1", "10.0.0.1/32"]) == [
         "192.168.1.0/24",
         "10.0.0.1/32",
     ]
+
+
+@pytest.mark.parametrize(("entry", "meant", "one"), [
+    ("10.0.0.1/8", "10.0.0.0/8", "10.0.0.1/32"),
+    ("192.168.1.77/24", "192.168.1.0/24", "192.168.1.77/32"),
+    ("2001:db8::1/32", "2001:db8::/32", "2001:db8::1/128"),
+])
+def test_allowlist_entry_with_host_bits_is_refused_naming_the_network_it_would_mean(entry: str, meant: str, one: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        normalise_allowlist(["10.1.0.0/16", entry])
+    assert f"{entry} has host bits set" in caught.value.message
+    assert f"write {meant} for the network, or {one} for the one address" in caught.value.message
+    assert (caught.value.fields["invalid_entries"], caught.value.fields["meant"]) == (entry, meant)
 
 
 def test_allowlist_bad_entries_are_named() -> None:

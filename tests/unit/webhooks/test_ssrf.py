@@ -1,15 +1,18 @@
-"""The SSRF address policy: every refused range, its IPv4-mapped and NAT64 forms, and the
-operator's allowed networks."""
+"""The SSRF address policy: every refused range, its IPv4-mapped and NAT64 forms, the
+operator's allowed networks, and the check of a URL when an administrator sets it."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import threading
+import time
 
 import pytest
 
 from services.webhooks.sender import CheckedResolver, RefusedAddress
-from services.webhooks.ssrf import REFUSED_V4, REFUSED_V6, AddressPolicy, refusal_reason
+from services.webhooks.ssrf import ALLOW_SETTING, REFUSED_V4, REFUSED_V6, AddressPolicy, DestinationCheck, refusal_reason
 
 # One address inside each refused IPv4 network (first, middle and last where they differ).
 V4_SAMPLES = [
@@ -91,3 +94,70 @@ async def test_a_host_with_only_refused_addresses_is_refused() -> None:
     with pytest.raises(RefusedAddress) as refused:
         await CheckedResolver(AddressPolicy(), lookup).resolve("metadata.example.com", 443)
     assert "169.254.169.254" in str(refused.value)
+
+
+# --- checking a URL when it is set ------------------------------------------------------------
+
+
+def _answers(*addresses: str):  # type: ignore[no-untyped-def]
+    async def lookup(host: str, port: int) -> list[tuple[int, str]]:
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, a) for a in addresses]
+
+    return lookup
+
+
+async def test_a_url_is_refused_only_when_every_address_is_refused() -> None:
+    strict = AddressPolicy()
+    only_private = await DestinationCheck(strict, _answers("10.0.0.1", "fd00::1")).refusal("https://in.test/x")
+    assert only_private is not None and ALLOW_SETTING in only_private and "10.0.0.1 (private (RFC 1918))" in only_private
+    assert await DestinationCheck(strict, _answers("10.0.0.1", "8.8.8.8")).refusal("https://in.test/x") is None
+    assert await DestinationCheck(AddressPolicy.allowing(["10.0.0.0/8", "fd00::/8"]),
+                                  _answers("10.0.0.1", "fd00::1")).refusal("https://in.test/x") is None
+    literal = await DestinationCheck(strict, _answers()).refusal("https://[fe80::1%25eth0]:8443/x")
+    assert literal is not None and "refused (scoped (zone) IPv6 address)" in literal
+
+
+async def test_a_name_that_does_not_resolve_is_accepted() -> None:
+    async def nxdomain(host: str, port: int) -> list[tuple[int, str]]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    assert await DestinationCheck(AddressPolicy(), nxdomain).refusal("https://nowhere.invalid/x") is None
+    assert await DestinationCheck(AddressPolicy(), _answers()).refusal("https://empty.test/x") is None
+
+
+async def test_a_slow_resolver_is_cut_at_the_timeout_while_the_event_loop_keeps_running() -> None:
+    release = threading.Event()
+
+    async def stuck(host: str, port: int) -> list[tuple[int, str]]:
+        # A blocking resolver, run the way the system lookup runs getaddrinfo: in a worker thread.
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        return [(socket.AF_INET, "10.0.0.1")]
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.get_running_loop().create_task(ticker())
+    started = time.monotonic()
+    try:
+        assert await DestinationCheck(AddressPolicy(), stuck, timeout=0.3).refusal("https://slow.test/x") is None
+    finally:
+        release.set()
+        task.cancel()
+    assert time.monotonic() - started < 2
+    assert ticks >= 10  # the loop served others while the lookup was waiting
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("127.0.0.1/8", "127.0.0.1/8 has host bits set; write 127.0.0.0/8 for the network, or 127.0.0.1/32 for the one address"),
+    ("fd00::1/8", "write fd00::/8 for the network, or fd00::1/128"),
+    ("not-a-network", "'not-a-network' is not a network"),
+])
+def test_an_allowed_network_the_operator_mistyped_is_refused_naming_the_setting(entry: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        AddressPolicy.allowing(["10.0.0.0/8", entry])
+    assert str(caught.value).startswith(f"{ALLOW_SETTING}: ") and message in str(caught.value)
