@@ -20,12 +20,21 @@ was late: those failures are retried. After a failure that looked like an outage
 first probes with a small JetStream API request (it stores nothing) and sends the batch again
 only once the probe is answered, so an outage does not fill the client's reconnect buffer with
 copies of the batch.
+
+A record without an organisation (`org_id` empty: no known key, client or token said whose the
+request was) belongs to the platform log. Anyone can send such requests as fast as they like, so
+with a `PlatformBudget` they are bounded before they cost a queue slot: each source gets a few
+records per minute one by one, and one record that stands for the rest (`repeats`); see
+PlatformBudget for the arithmetic. Whatever builds records (the app, the HTTP layer for requests
+it answers itself) calls `record()` alike; the budget applies by the empty `org_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -58,6 +67,92 @@ def _framed(record: bytes) -> bytes:
     return bytes(prefix) + record
 
 
+# The platform log's budget, per edge: see PlatformBudget.
+PLATFORM_WINDOW_SECONDS = 60.0
+PLATFORM_PER_SOURCE = 5
+PLATFORM_PER_WINDOW = 100
+PLATFORM_SOURCES = 500
+# A source that is not told apart from the others once PLATFORM_SOURCES are tracked.
+ANY_SOURCE = "*"
+
+
+@functools.lru_cache(maxsize=4096)
+def source_of(ip: str) -> str:
+    """Who a request counts against: its IPv4 address, or the /64 of its IPv6 address (one host
+    is given a whole /64, so addresses within it are one source)."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+class _Fold:
+    __slots__ = ("sent", "folded", "last")
+
+    def __init__(self) -> None:
+        self.sent = 0                                      # records that went one by one this window
+        self.folded = 0                                    # requests counted instead
+        self.last: events_pb2.ApiRequestLogged | None = None  # the latest of those
+
+
+class PlatformBudget:
+    """Bounds what unattributable requests cost the platform log, whatever arrives.
+
+    Within each window (a minute), the first `per_source` records of each (source, error code)
+    and the first `per_window` of all go as they are; further requests are counted, and when the
+    window ends one record per (source, error code) stands for them: the latest of them, with
+    `repeats` = how many. Once `max_sources` pairs are tracked in a window, requests of further
+    sources are counted by error code alone (ip empty: many sources). So a window publishes at
+    most per_window + max_sources + one record per error code, and holds at most that many
+    counters and records; work per request is one dictionary lookup.
+    """
+
+    def __init__(self, *, per_source: int = PLATFORM_PER_SOURCE, per_window: int = PLATFORM_PER_WINDOW,
+                 max_sources: int = PLATFORM_SOURCES, window: float = PLATFORM_WINDOW_SECONDS) -> None:
+        self.window = window
+        self._per_source = per_source
+        self._per_window = per_window
+        self._max_sources = max_sources
+        self._folds: dict[tuple[str, str], _Fold] = {}
+        self._sent = 0
+
+    def admit(self, entry: events_pb2.ApiRequestLogged) -> bool:
+        """True: publish `entry` now. False: it is counted, and stood for when the window ends."""
+        key = (source_of(entry.ip), entry.error_code)
+        fold = self._folds.get(key)
+        if fold is None:
+            if len(self._folds) >= self._max_sources:
+                key = (ANY_SOURCE, entry.error_code)
+                fold = self._folds.get(key)
+            if fold is None:
+                fold = self._folds[key] = _Fold()
+        if key[0] != ANY_SOURCE and fold.sent < self._per_source and self._sent < self._per_window:
+            fold.sent += 1
+            self._sent += 1
+            return True
+        fold.folded += 1
+        fold.last = entry
+        return False
+
+    def roll(self) -> list[events_pb2.ApiRequestLogged]:
+        """End the window: one record for each (source, error code) whose requests were counted."""
+        standing: list[events_pb2.ApiRequestLogged] = []
+        for (source, _), fold in self._folds.items():
+            if fold.last is not None:
+                fold.last.repeats = fold.folded
+                if source == ANY_SOURCE:
+                    fold.last.ip = ""
+                standing.append(fold.last)
+        self._folds.clear()
+        self._sent = 0
+        return standing
+
+
 @dataclass(frozen=True)
 class _Batch:
     msg_id: str
@@ -76,8 +171,11 @@ class ApiLogPublisher:
 
     def __init__(self, js: JetStreamContext, *, subject: str = SUBJECT, max_queue: int = 50_000,
                  max_batch: int = 500, max_bytes: int = MAX_BATCH_BYTES, flush_interval: float = 0.05,
-                 ack_timeout: float = 2.0, max_attempts: int = 5, max_backoff: float = 2.0) -> None:
+                 ack_timeout: float = 2.0, max_attempts: int = 5, max_backoff: float = 2.0,
+                 platform: PlatformBudget | None = None) -> None:
         self._js = js
+        self._platform = platform
+        self._roller: asyncio.Task[None] | None = None
         self._subject = subject
         self._max_queue = max_queue
         self._max_batch = max(1, max_batch)
@@ -111,7 +209,19 @@ class ApiLogPublisher:
         return len(self._queue) + self._inflight
 
     def record(self, entry: events_pb2.ApiRequestLogged) -> None:
-        """Queue one record; never blocks and never raises (drops and counts when full)."""
+        """Queue one record; never blocks and never raises (drops and counts when full). A record
+        with no organisation is the platform log's and passes its budget first, if there is one."""
+        if self._platform is not None:
+            try:
+                if not entry.org_id and not self._platform.admit(entry):
+                    return
+            except Exception:  # a log record must never fail the request it describes
+                self._dropped += 1
+                log.exception("could not count an API log record against the platform budget")
+                return
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: events_pb2.ApiRequestLogged) -> None:
         try:
             if self._closing or len(self._queue) >= self._max_queue:
                 self._dropped += 1
@@ -134,14 +244,32 @@ class ApiLogPublisher:
         """Start the background publisher."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="apilog-publisher")
+        if self._platform is not None and self._roller is None:
+            self._roller = asyncio.get_running_loop().create_task(self._roll_windows(), name="apilog-platform-windows")
+
+    async def _roll_windows(self) -> None:
+        assert self._platform is not None
+        while True:
+            await asyncio.sleep(self._platform.window)
+            self._roll()
+
+    def _roll(self) -> None:
+        if self._platform is not None:
+            for entry in self._platform.roll():
+                self._enqueue(entry)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Publish what is queued, for at most `timeout` seconds; count the rest as dropped."""
+        if self._roller is not None:
+            self._roller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._roller
+            self._roller = None
+        self._roll()  # the window so far: its counted requests are stood for before the end
         self._closing = True
         self._wake.set()
         if self._task is None:
-            await self.start()
-        assert self._task is not None
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="apilog-publisher")
         left = 0
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)

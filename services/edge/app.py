@@ -4,7 +4,9 @@ API reference) answered here, everything else through the partner pipeline.
 For every request: an X-Request-ID (the caller's when sane, else new) on whatever answer goes
 back; request headers over the size bound refused with 431; a server span (when a tracer is
 installed; otherwise only the caller's trace context is passed on) around the whole
-request; metrics; and, for partner requests, one API log record, queued without waiting.
+request; metrics; and, for partner requests (the API and the token endpoint, refused or not),
+one API log record, queued without waiting: in the organisation's log when a credential says
+whose the request is, else in the platform log (services/edge/apilog.py).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 # Status logged when the client went away before any answer (nginx's convention).
 CLIENT_CLOSED = 499
 
-Handler = Callable[[Request, Receive, Send], Awaitable[str]]
+# A public endpoint's handler: answers, and notes an error code ("" for none) on the trail.
+Handler = Callable[[Request, Receive, Send, Trail], Awaitable[None]]
 
 
 class RequestIds:
@@ -69,6 +72,7 @@ class RequestIds:
 class Endpoint:
     handler: Handler
     methods: frozenset[str]
+    logged: bool = False  # partner traffic: one API log record per request (the token endpoint)
 
 
 class EdgeApp:
@@ -92,7 +96,7 @@ class EdgeApp:
         self._discovery = openid_configuration(settings)
         get = frozenset({"GET", "HEAD"})
         self._endpoints: dict[str, Endpoint] = {
-            "/oauth/token": Endpoint(token_endpoint, frozenset({"POST"})),
+            "/oauth/token": Endpoint(token_endpoint, frozenset({"POST"}), logged=True),
             "/.well-known/jwks.json": Endpoint(self._jwks_document, get),
             "/.well-known/openid-configuration": Endpoint(self._openid_configuration, get),
             "/healthz": Endpoint(self._healthz, get),
@@ -145,7 +149,7 @@ class EdgeApp:
                 raise EdgeError("request_headers_too_large", f"the request headers are larger than "
                                 f"{self._max_header_bytes} bytes; send fewer or shorter headers")
             if endpoint is not None:
-                trail.error_code = await self._builtin(endpoint, request, receive, responder)
+                await self._builtin(endpoint, request, receive, responder, trail)
             else:
                 await self._pipeline.handle(request, receive, responder, trail)
         except EdgeError as exc:
@@ -158,7 +162,7 @@ class EdgeApp:
                                request, responder)
         finally:
             status = responder.status or CLIENT_CLOSED
-            self._finish(span, request, trail, status, started, wall, partner=endpoint is None)
+            self._finish(span, request, trail, status, started, wall, partner=endpoint is None or endpoint.logged)
 
     @staticmethod
     def _incoming_trace(request: Request) -> Context | None:
@@ -173,11 +177,11 @@ class EdgeApp:
             carrier["tracestate"] = state.decode("latin-1")
         return propagate.extract(carrier)
 
-    async def _builtin(self, endpoint: Endpoint, request: Request, receive: Receive, send: Send) -> str:
+    async def _builtin(self, endpoint: Endpoint, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         if request.method not in endpoint.methods:
             allowed = ", ".join(sorted(endpoint.methods))
             raise EdgeError("method_not_allowed", f"{request.path} accepts {allowed}", headers=((b"allow", allowed.encode()),))
-        return await endpoint.handler(request, receive, send)
+        await endpoint.handler(request, receive, send, trail)
 
     async def _refuse(self, exc: EdgeError, request: Request, send: Responder) -> None:
         if send.started:
@@ -213,34 +217,41 @@ class EdgeApp:
             entry.occurred_at.seconds, entry.occurred_at.nanos = seconds, int((wall - seconds) * 1e9)
             self._apilog.record(entry)
 
+    def record_unattributed(self, *, request_id: str, method: str, path: str, status: int, client_ip: str,
+                            error_code: str, duration_ms: float = 0.0, wall: float | None = None) -> None:
+        """One platform-log record for a request answered before the pipeline could say whose it
+        was (the HTTP layer's own answers: malformed HTTP, a client that went away); the
+        platform budget bounds them like every record without an organisation."""
+        entry = events_pb2.ApiRequestLogged(
+            request_id=request_id or self._new_id(), method=method if method in KNOWN_METHODS else "OTHER",
+            endpoint=path[:1024], status=status, duration_ms=duration_ms, ip=client_ip, error_code=error_code,
+        )
+        when = time.time() if wall is None else wall
+        seconds = int(when)
+        entry.occurred_at.seconds, entry.occurred_at.nanos = seconds, int((when - seconds) * 1e9)
+        self._apilog.record(entry)
+
     # --- public endpoints ---------------------------------------------------------------------
 
-    async def _jwks_document(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _jwks_document(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         await jwks_response(self._jwks, send)
-        return ""
 
-    async def _openid_configuration(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _openid_configuration(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         await send_json(send, 200, self._discovery, ((b"cache-control", b"public, max-age=300"),))
-        return ""
 
-    async def _healthz(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _healthz(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         await send_json(send, 200, {"status": "alive"})
-        return ""
 
-    async def _readyz(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _readyz(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         checks = {**await self._peers.health(), "nats": self._nc.is_connected}
         ready = all(checks.values())
         await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
-        return ""
 
-    async def _metrics_text(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _metrics_text(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         await send_bytes(send, 200, self._metrics.render(), (), content_type=self._metrics.content_type.encode())
-        return ""
 
-    async def _openapi(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _openapi(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         await send_bytes(send, 200, self._spec_json, ())
-        return ""
 
-    async def _docs(self, request: Request, receive: Receive, send: Send) -> str:
+    async def _docs(self, request: Request, receive: Receive, send: Send, trail: Trail) -> None:
         await send_bytes(send, 200, self._docs_html, (), content_type=b"text/html; charset=utf-8")
-        return ""

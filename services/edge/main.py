@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
-from services.edge.apilog import ApiLogPublisher
+from services.edge.apilog import ApiLogPublisher, PlatformBudget
 from services.edge.app import EdgeApp
 from services.edge.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
 from services.edge.credentials import ApiKeys, Issuer, KeySet, Tokens
@@ -161,7 +161,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         integrations = Integrations(peers, ttl=ttl)
         invalidator = Invalidator(nc, integrations, keys, tokens)
         limiter = RateLimiter(js, replicas=settings.nats_stream_replicas, fail_open=settings.edge_rate_limit_fail_open)
-        apilog = ApiLogPublisher(js)
+        apilog = ApiLogPublisher(js, platform=PlatformBudget())
         metrics = EdgeMetrics()
         metrics.watch(apilog_dropped=lambda: apilog.dropped, apilog_queued=lambda: apilog.queued,
                       jwks_fetches=lambda: own_keys.fetches)
@@ -172,8 +172,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
                 settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
                             limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins)
-        app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers), jwks=own_keys,
-                      apilog=apilog, metrics=metrics, nc=nc)
+        app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
+                      jwks=own_keys, apilog=apilog, metrics=metrics, nc=nc)
         sock = _bind(address or settings.edge_addr)
         stops.append(_closer(sock))
     except BaseException:

@@ -16,7 +16,7 @@ from services.edge.routes import Route, RouteTable
 
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 OAUTH_ERRORS = ("invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope",
-                "server_error", "temporarily_unavailable")
+                "server_error", "temporarily_unavailable", "ip_not_allowed")
 RATE_HEADERS = {
     "X-RateLimit-Limit": "Requests allowed per minute for this integration.",
     "X-RateLimit-Remaining": "Requests left in the current window.",
@@ -164,6 +164,8 @@ def _token_path(token_url: str) -> dict[str, Any]:
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Token"}}}},
             "400": {"description": "invalid_request, unsupported_grant_type or invalid_scope", **oauth_error},
             "401": {"description": "invalid_client", **oauth_error},
+            "403": {"description": "ip_not_allowed: the caller's address is outside the integration's IP allowlist",
+                    **oauth_error},
             "503": {"description": "temporarily_unavailable", **oauth_error},
         },
     }}

@@ -2,6 +2,12 @@
 pair, the integration Active), IP allowlist, rate limit and quota, route and scope, then a
 built-in answer or the upstream. Each step either passes or raises an EdgeError that app.py
 turns into the JSON error; `Trail` collects what the request log records about it.
+
+Whose log a request goes to: a refused request is still attributed to an organisation when a
+credential it carries says which, so that a stolen key probed without its token (or a token
+with a wrong key) shows in that organisation's log: a known API key (even when the token is
+missing or wrong), else an access token whose signature verifies (even when the key is missing
+or unknown). A request with neither goes to the platform log (services/edge/apilog.py).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from services.edge.routes import Route, RouteTable, unsafe_path
 
 log = logging.getLogger(__name__)
 
+# The error code recorded for a 5xx answer of the upstream itself (the partner gets its answer).
+UPSTREAM_ERROR = "upstream_error"
+
 
 @dataclass(slots=True)
 class Trail:
@@ -36,6 +45,10 @@ class Trail:
     org_id: str = ""
     scope_category: str = ""
     error_code: str = ""
+
+    def attribute(self, integration_id: str, org_id: str) -> None:
+        """The request's log is this integration's organisation's."""
+        self.integration_id, self.org_id = integration_id, org_id
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -98,9 +111,13 @@ class Pipeline:
             await self._builtins[route.builtin](BuiltinCall(request, caller, route.subpath(request.path), receive, send))
             return
         try:
-            await self._upstreams.forward(request, route, receive, send, self.identity_headers(request, caller), [])
+            status = await self._upstreams.forward(request, route, receive, send, self.identity_headers(request, caller), [])
         except BodyTooLarge:
             raise too_large(self._upstreams.max_body_bytes) from None
+        if status >= 500:
+            # The service's own answer, passed on unchanged; recorded as the service's failure, apart
+            # from the edge's own (upstream_unavailable: 502 unreachable, 504 no answer in time).
+            trail.error_code = UPSTREAM_ERROR
 
     def trail(self, path: str) -> Trail:
         """A partner request's trail, with the route its path falls under (its prefix labels the
@@ -112,14 +129,25 @@ class Pipeline:
         token, api_key = bearer_token(request), (request.header(b"x-api-key") or b"").strip().decode("latin-1")
         if not token or not api_key:
             missing = [name for name, value in (("Authorization: Bearer <token>", token), ("X-API-Key", api_key)) if not value]
+            if api_key:
+                await self._attribute_key(api_key, request, trail)
+            elif token:
+                await self._attribute_token(token, trail)
             raise unauthorized("missing_credentials", f"missing {' and '.join(missing)}: every request needs both "
                                "Authorization: Bearer <token> and X-API-Key", token_error=False)
         try:
             key = await self._keys.verify(api_key, request.request_id)
         except RevokedKey as revoked:
-            await self._explain_revoked(revoked.integration_id, request, trail)
+            try:
+                await self._explain_revoked(revoked.integration_id, request, trail)
+            finally:
+                if not trail.org_id:
+                    await self._attribute_token(token, trail)
             raise self._keys.invalid() from None
-        trail.integration_id, trail.org_id = key.integration_id, key.org_id
+        except EdgeError:  # an unknown key, or identity cannot say
+            await self._attribute_token(token, trail)
+            raise
+        trail.attribute(key.integration_id, key.org_id)
         grant = await self._tokens.verify(token)
         check_pair(key, grant)
         integration = await self._integrations.get(key.integration_id, request.request_id)
@@ -138,8 +166,35 @@ class Pipeline:
             if exc.code == "integration_inactive":
                 raise
             return  # the registry cannot say; the key is dead either way
-        trail.integration_id, trail.org_id = integration.id, integration.org_id
+        trail.attribute(integration.id, integration.org_id)
         check_active(integration)
+
+    async def _attribute_key(self, api_key: str, request: Request, trail: Trail) -> None:
+        """Attribute a request that will be refused anyway to its API key's integration, if the key
+        is known (or was, and identity announced it revoked); never changes the answer."""
+        try:
+            key = await self._keys.verify(api_key, request.request_id)
+        except RevokedKey as revoked:
+            try:
+                integration = await self._integrations.get(revoked.integration_id, request.request_id)
+            except EdgeError:
+                return
+            trail.attribute(integration.id, integration.org_id)
+            return
+        except EdgeError:
+            return
+        trail.attribute(key.integration_id, key.org_id)
+
+    async def _attribute_token(self, token: str, trail: Trail) -> None:
+        """Attribute a request that will be refused anyway to the integration its access token
+        names, if the token verifies (its claims are ours, signed); never changes the answer.
+        An external issuer's token names no integration: such a request stays unattributed."""
+        try:
+            grant = await self._tokens.verify(token)
+        except EdgeError:
+            return
+        if grant.integration_id and grant.org_id:
+            trail.attribute(grant.integration_id, grant.org_id)
 
     def route_for(self, request: Request, trail: Trail) -> Route:
         problem = unsafe_path(request.path, request.raw_path)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.identity import events, signing
 from services.identity.domain import (
+    OAuthClient,
     SigningKey,
     SigningKeyStatus,
     TokenSettings,
@@ -38,7 +39,7 @@ from services.kit import jwtverify
 from services.kit.auth import EDGE_PERMISSION, PLATFORM_PERMISSION, Actor
 from services.kit.crypto import DecryptionError, Envelope, aad_for
 from services.kit.db import utcnow
-from services.kit.errors import Aborted, Unauthenticated, Unavailable
+from services.kit.errors import Aborted, InvalidArgument, Unauthenticated, Unavailable
 from services.kit.outbox import Flush, no_flush, written_event_ids
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,12 @@ def open_private_key(envelope: Envelope, kid: str, sealed: bytes) -> signing.Pri
     return signing.load_private_key(envelope.open(sealed, private_key_aad(kid)))
 
 
-def invalid_client() -> Unauthenticated:
-    # One message for unknown client, wrong secret and revoked client: nothing to tell apart.
-    return Unauthenticated("invalid_client", error="invalid_client")
+def invalid_client(client: OAuthClient | None) -> Unauthenticated:
+    # One message for unknown client, wrong secret and revoked client: nothing to tell apart. An
+    # existing client's integration is named for the edge only (this call needs trellis_edge),
+    # so its organisation's API log records the attempt; the partner's answer says none of it.
+    owner = {"integration_id": client.integration_id, "org_id": client.org_id} if client is not None else {}
+    return Unauthenticated("invalid_client", error="invalid_client", **owner)
 
 
 class SigningKeyRing:
@@ -235,9 +239,13 @@ class TokenHandlers:
             store = IdentityStore(session)
             client = await store.client_by_id(client_id) if 0 < len(client_id) <= 64 else None
             if not client_secret_matches(client, client_secret):
-                raise invalid_client()
+                raise invalid_client(client)
             assert client is not None
-            scopes = narrow_scopes(client.scopes, scope)
+            try:
+                scopes = narrow_scopes(client.scopes, scope)
+            except InvalidArgument as exc:
+                exc.fields.update(integration_id=client.integration_id, org_id=client.org_id)  # for the edge's log
+                raise
             kid, key = await self._ring.current_signer(store)
         claims = access_token_claims(client, scopes, self._settings, now=self._clock(), jti=uuid.uuid4().hex)
         token = signing.sign(claims, key, kid=kid)

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     # API request records older than this are deleted, a bounded batch per transaction.
     logs_retention_days: int = Field(default=365, ge=1)
     logs_retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    # The platform log (requests no organisation can be attributed) keeps at most this many
+    # rows, whatever their age: a flood of junk credentials cannot grow it without bound.
+    logs_platform_max_rows: int = Field(default=1_000_000, ge=1)
 
     # The form of settings whose type does not say it all (the others: services.kit.settingcheck).
     SETTING_FORMS: ClassVar[dict[str, str]] = {

@@ -56,6 +56,8 @@ STOP_GRACE_SECONDS = 3.0
 REQUEST_GRACE_SECONDS = 2.0
 # A message that fails on its own this many times is dropped (logged), not retried forever.
 MAX_DELIVERIES = 5
+# `repeats` is a uint32 on the wire and an int4 column.
+MAX_REPEATS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ def decode_requests(msg: Msg) -> list[ApiRequest]:
 
 def _request(msg: Msg, e: events_pb2.ApiRequestLogged, index: int | None = None) -> ApiRequest:
     """One record, each text cut to its column (the hot path: no generic loop). A record without
-    a request id is named after its message (and its place in the batch)."""
+    a request id is named after its message (and its place in the batch); one without an
+    organisation belongs to the platform log (domain.PLATFORM_LOG)."""
     return ApiRequest(
         org_id=clean(e.org_id, LIMITS["org_id"]),
         request_id=clean(e.request_id or _fallback_id(msg, index), LIMITS["request_id"]),
@@ -104,6 +107,7 @@ def _request(msg: Msg, e: events_pb2.ApiRequestLogged, index: int | None = None)
         method=clean(e.method, LIMITS["method"]).upper(), endpoint=clean(e.endpoint, LIMITS["endpoint"]),
         status=e.status, duration_ms=e.duration_ms, ip=clean(e.ip, LIMITS["ip"]),
         error_code=clean(e.error_code, LIMITS["error_code"]), scope_category=clean(e.scope_category, LIMITS["scope_category"]),
+        repeats=min(e.repeats, MAX_REPEATS) or 1,
     )
 
 

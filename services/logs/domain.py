@@ -22,10 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION
+from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
 from services.kit.errors import InvalidArgument, PermissionDenied
 
 READ_PERMISSIONS = frozenset({ADMIN_PERMISSION, QA_PERMISSION})
+# The platform log: requests no organisation can be told of (an unknown API key, client or token,
+# no credentials at all, a malformed request). Its rows are those with no organisation; an
+# actor always has one (services.kit.auth refuses a token without), so no organisation's
+# query can reach them.
+PLATFORM_LOG = ""
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -39,7 +44,7 @@ ERROR_CODES = frozenset({
     "missing_credentials", "invalid_api_key", "invalid_token", "token_expired", "credentials_mismatch",
     "integration_inactive", "ip_not_allowed", "insufficient_scope", "not_found", "method_not_allowed", "conflict",
     "invalid_request", "payload_too_large", "request_headers_too_large", "rate_limit_exceeded", "quota_exceeded",
-    "upstream_unavailable", "service_unavailable", "internal_error",
+    "upstream_unavailable", "upstream_error", "service_unavailable", "internal_error",
     # the token endpoint
     "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type", "invalid_scope",
     "server_error", "temporarily_unavailable",
@@ -65,6 +70,20 @@ def require_reader(permissions: Iterable[str]) -> None:
         )
 
 
+def log_of(actor_org: str, permissions: Iterable[str], *, platform: bool) -> str:
+    """Whose request log a reader reads: the platform log (platform operators only) or the
+    reader's own organisation's (QA or administrator roles)."""
+    if not platform:
+        require_reader(permissions)
+        return actor_org
+    if PLATFORM_PERMISSION not in set(permissions):
+        raise PermissionDenied(
+            f"the platform log holds requests of no organisation: reading it needs the {PLATFORM_PERMISSION} "
+            "permission of the platform's operators", permission=PLATFORM_PERMISSION,
+        )
+    return PLATFORM_LOG
+
+
 def clean(value: str, limit: int | None = None) -> str:
     """A string PostgreSQL can store (no NUL) within its column's size."""
     if "\x00" in value:
@@ -82,7 +101,8 @@ def page_size(requested: int) -> int:
 
 @dataclass(frozen=True)
 class ApiRequest:
-    """One partner request through the edge, as logged."""
+    """One partner request through the edge, as logged; in the platform log (no organisation)
+    one row may stand for `repeats` requests of one source with one error code."""
 
     org_id: str
     request_id: str
@@ -96,6 +116,7 @@ class ApiRequest:
     error_code: str
     scope_category: str
     integration_name: str = ""
+    repeats: int = 1
 
     @classmethod
     def normalised(cls, **values: object) -> "ApiRequest":

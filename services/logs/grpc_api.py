@@ -34,6 +34,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Logs"].full_name
 
 EXPORT_COLUMNS = ("timestamp", "integration_id", "integration_name", "method", "endpoint", "status", "duration_ms",
                   "ip", "request_id", "error_code", "scope_category")
+# The platform log's rows may each stand for many requests: its export says how many.
+PLATFORM_EXPORT_COLUMNS = (*EXPORT_COLUMNS, "repeats")
 # Spreadsheet programs run a cell that starts with one of these as a formula (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -68,6 +70,7 @@ def record_message(r: ApiRequest) -> pb.RequestRecord:
         request_id=r.request_id, timestamp=_ts(r.timestamp), integration_id=r.integration_id,
         integration_name=r.integration_name, method=r.method, endpoint=r.endpoint, status=r.status,
         duration_ms=r.duration_ms, ip=r.ip, error_code=r.error_code, org_id=r.org_id, scope_category=r.scope_category,
+        repeats=r.repeats,
     )
 
 
@@ -77,6 +80,7 @@ def export_values(r: ApiRequest) -> dict[str, object]:
         "integration_id": r.integration_id, "integration_name": r.integration_name, "method": r.method,
         "endpoint": r.endpoint, "status": r.status, "duration_ms": round(r.duration_ms, 3), "ip": r.ip,
         "request_id": r.request_id, "error_code": r.error_code, "scope_category": r.scope_category,
+        "repeats": r.repeats,
     }
 
 
@@ -86,19 +90,20 @@ def _csv_safe(value: object) -> object:
     return value
 
 
-def render_csv(records: list[ApiRequest], *, header: bool) -> bytes:
+def render_csv(records: list[ApiRequest], *, header: bool, columns: tuple[str, ...] = EXPORT_COLUMNS) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     if header:
-        writer.writerow(EXPORT_COLUMNS)
+        writer.writerow(columns)
     for r in records:
         values = export_values(r)
-        writer.writerow([_csv_safe(values[c]) for c in EXPORT_COLUMNS])
+        writer.writerow([_csv_safe(values[c]) for c in columns])
     return out.getvalue().encode()
 
 
-def render_jsonl(records: list[ApiRequest]) -> bytes:
-    return "".join(json.dumps(export_values(r), ensure_ascii=False) + "\n" for r in records).encode()
+def render_jsonl(records: list[ApiRequest], *, columns: tuple[str, ...] = EXPORT_COLUMNS) -> bytes:
+    return "".join(json.dumps({c: v for c, v in export_values(r).items() if c in columns}, ensure_ascii=False) + "\n"
+                   for r in records).encode()
 
 
 def audit_message(e: AuditEntry) -> pb.AuditEntry:
@@ -139,25 +144,29 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
 
     async def QueryRequests(self, request: pb.QueryRequestsRequest, context: grpc.aio.ServicerContext) -> pb.QueryRequestsResponse:
         page = await self._handlers.query_requests(current_actor(), request_filter(request), size=request.page_size,
-                                                   token=request.page_token)
+                                                   token=request.page_token, platform=request.platform)
         return pb.QueryRequestsResponse(records=[record_message(r) for r in page.records],
                                         next_page_token=page.next_cursor.encode() if page.next_cursor else "")
 
     async def GetRequest(self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext) -> pb.RequestRecord:
-        return record_message(await self._handlers.get_request(current_actor(), request.request_id.strip()))
+        return record_message(await self._handlers.get_request(current_actor(), request.request_id.strip(),
+                                                               platform=request.platform))
 
     async def ExportRequests(self, request: pb.ExportRequestsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
         if request.format not in (pb.EXPORT_FORMAT_UNSPECIFIED, pb.EXPORT_FORMAT_CSV, pb.EXPORT_FORMAT_JSONL):
             raise InvalidArgument(f"unknown export format {request.format}: CSV or JSON Lines", field="format")
         jsonl = request.format == pb.EXPORT_FORMAT_JSONL
-        total, pages = await self._handlers.export_requests(current_actor(), request_filter(request))
+        columns = PLATFORM_EXPORT_COLUMNS if request.platform else EXPORT_COLUMNS
+        total, pages = await self._handlers.export_requests(current_actor(), request_filter(request),
+                                                            platform=request.platform)
         first = True
         async for records in pages:
-            data = render_jsonl(records) if jsonl else render_csv(records, header=first)
+            data = render_jsonl(records, columns=columns) if jsonl else render_csv(records, header=first, columns=columns)
             yield pb.ExportChunk(data=data, rows=len(records), total_rows=total)
             first = False
         if first:  # nothing matched: still a well-formed (empty) file
-            yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True), rows=0, total_rows=total)
+            yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True, columns=columns), rows=0,
+                                 total_rows=total)
 
     async def QueryAudit(self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext) -> pb.QueryAuditResponse:
         query = AuditQuery(object_type=request.object_type.strip(), object_id=request.object_id.strip(),

@@ -1,7 +1,9 @@
 """The logs service's use cases: ingest what the consumers bring, and answer readers.
 
 Readers need the QA or administrator permission and see only their own organisation: another
-organisation's request id is NotFound, exactly like one that never existed.
+organisation's request id is NotFound, exactly like one that never existed. The platform log
+(requests no organisation can be attributed) is read with `platform=True`, by platform
+operators only.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +20,7 @@ from services.kit.auth import Actor
 from services.kit.db import utcnow
 from services.kit.errors import InvalidArgument, NotFound
 from services.logs.domain import (
+    PLATFORM_LOG,
     ApiRequest,
     AuditEntry,
     AuditRecord,
@@ -31,6 +34,7 @@ from services.logs.domain import (
     append,
     check_text,
     empty_head,
+    log_of,
     page_size,
     require_reader,
 )
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 
 RETENTION_BATCH = 5_000
 EXPORT_PAGE = 1_000
+# The platform log's bound in rows, whatever its age (settings.logs_platform_max_rows).
+PLATFORM_MAX_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -103,53 +109,67 @@ class LogsHandlers:
             for f in facts:
                 await self._repo.upsert_integration(session, f)
 
-    async def enforce_retention(self, days: int, *, batch: int = RETENTION_BATCH) -> int:
-        """Delete requests older than `days`, `batch` rows per transaction, so ingest never waits
-        long for the writer; returns how many went."""
+    async def enforce_retention(self, days: int, *, platform_max_rows: int = PLATFORM_MAX_ROWS,
+                                batch: int = RETENTION_BATCH) -> int:
+        """Delete requests older than `days`, and the platform log's oldest beyond its newest
+        `platform_max_rows`, `batch` rows per transaction, so ingest never waits long for the
+        writer; returns how many went."""
         cutoff = self._clock() - dt.timedelta(days=days)
         async with self._sessions() as session:
             orgs = await self._repo.request_orgs(session)
         total = 0
         for org in orgs:
-            while True:
-                async with self._sessions() as session, session.begin():
-                    deleted = await self._repo.delete_requests_before(session, org, cutoff, limit=batch)
-                total += deleted
-                await asyncio.sleep(0)  # let ingest in between batches
-                if deleted < batch:
-                    break
+            total += await self._in_batches(
+                lambda session, org=org: self._repo.delete_requests_before(session, org, cutoff, limit=batch), batch)
+        async with self._sessions() as session:
+            last = await self._repo.oldest_kept(session, PLATFORM_LOG, platform_max_rows)
+        if last is not None:
+            total += await self._in_batches(
+                lambda session: self._repo.delete_requests_through(session, PLATFORM_LOG, last, limit=batch), batch)
         return total
+
+    async def _in_batches(self, delete: Callable[[AsyncSession], Awaitable[int]], batch: int) -> int:
+        total = 0
+        while True:
+            async with self._sessions() as session, session.begin():
+                deleted = await delete(session)
+            total += deleted
+            await asyncio.sleep(0)  # let ingest in between batches
+            if deleted < batch:
+                return total
 
     # --- the request log --------------------------------------------------------------------
 
-    async def query_requests(self, actor: Actor, f: RequestFilter, *, size: int = 0, token: str = "") -> RequestPage:
-        require_reader(actor.permissions)
+    async def query_requests(self, actor: Actor, f: RequestFilter, *, size: int = 0, token: str = "",
+                             platform: bool = False) -> RequestPage:
+        org = log_of(actor.org_id, actor.permissions, platform=platform)
         after = Cursor.decode(token) if token else None
         async with self._sessions() as session:
-            return await self._repo.query_requests(session, actor.org_id, f, size=page_size(size), after=after)
+            return await self._repo.query_requests(session, org, f, size=page_size(size), after=after)
 
-    async def get_request(self, actor: Actor, request_id: str) -> ApiRequest:
-        require_reader(actor.permissions)
+    async def get_request(self, actor: Actor, request_id: str, *, platform: bool = False) -> ApiRequest:
+        org = log_of(actor.org_id, actor.permissions, platform=platform)
         if not request_id:
             raise InvalidArgument("request_id is required", field="request_id")
         check_text(request_id, "request_id")
         async with self._sessions() as session:
-            found = await self._repo.get_request(session, actor.org_id, request_id)
+            found = await self._repo.get_request(session, org, request_id)
         if found is None:
             raise NotFound(f"no request {request_id}", request_id=request_id)
         return found
 
-    async def export_requests(self, actor: Actor, f: RequestFilter) -> tuple[int, AsyncIterator[list[ApiRequest]]]:
+    async def export_requests(self, actor: Actor, f: RequestFilter, *,
+                              platform: bool = False) -> tuple[int, AsyncIterator[list[ApiRequest]]]:
         """How many rows match now, and the matching rows newest first, a page at a time."""
-        require_reader(actor.permissions)
+        org = log_of(actor.org_id, actor.permissions, platform=platform)
         async with self._sessions() as session:
-            total = await self._repo.count_requests(session, actor.org_id, f)
+            total = await self._repo.count_requests(session, org, f)
 
         async def pages() -> AsyncIterator[list[ApiRequest]]:
             after: Cursor | None = None
             while True:
                 async with self._sessions() as session:
-                    page = await self._repo.query_requests(session, actor.org_id, f, size=EXPORT_PAGE, after=after)
+                    page = await self._repo.query_requests(session, org, f, size=EXPORT_PAGE, after=after)
                 if page.records:
                     yield page.records
                 if page.next_cursor is None:

@@ -49,10 +49,12 @@ def _bigger_sqlite_cache(engine: AsyncEngine) -> None:
 
 
 class RetentionTask:
-    """Deletes expired request records every `interval` seconds, in bounded batches."""
+    """Deletes expired request records (and the platform log's beyond its bound) every
+    `interval` seconds, in bounded batches."""
 
-    def __init__(self, handlers: LogsHandlers, *, days: int, interval: float) -> None:
+    def __init__(self, handlers: LogsHandlers, *, days: int, interval: float, platform_max_rows: int) -> None:
         self._handlers, self._days, self._interval = handlers, days, interval
+        self._platform_max_rows = platform_max_rows
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -68,9 +70,10 @@ class RetentionTask:
     async def _run(self) -> None:
         while True:
             try:
-                deleted = await self._handlers.enforce_retention(self._days)
+                deleted = await self._handlers.enforce_retention(self._days, platform_max_rows=self._platform_max_rows)
                 if deleted:
-                    log.info("retention: deleted %d request records older than %d days", deleted, self._days)
+                    log.info("retention: deleted %d request records older than %d days or beyond the platform "
+                             "log's %d rows", deleted, self._days, self._platform_max_rows)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - try again next round
@@ -124,7 +127,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
             metrics.watch_consumer(js, consumer.stream, consumer.durable)
 
         retention = RetentionTask(handlers, days=settings.logs_retention_days,
-                                  interval=settings.logs_retention_interval_seconds)
+                                  interval=settings.logs_retention_interval_seconds,
+                                  platform_max_rows=settings.logs_platform_max_rows)
         retention.start()
         cleanups.append(retention.stop)
 

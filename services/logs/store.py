@@ -1,7 +1,9 @@
 """The logs service's tables, and the repository that maps their rows to domain objects.
 
 - `api_requests`: one row per partner request, keyed by (org, request id) so a record that
-  arrives twice is stored once. Every index leads with `org_id` (every query is filtered by
+  arrives twice is stored once. Rows with no organisation (`org_id` = '') are the platform log
+  (domain.PLATFORM_LOG): requests nobody could be attributed to, where one row may stand for
+  `repeats` requests; it is kept within `platform_max_rows` as well as the retention days. Every index leads with `org_id` (every query is filtered by
   the caller's organisation) and ends with `(ts, request_id)`, the keyset of the newest-first
   order, so each filter below reads its first page straight from one index:
   integration, date range, exact status, IP and error code use their own index; status
@@ -79,6 +81,8 @@ api_requests = Table(
     Column("ip", String(64), nullable=False),
     Column("error_code", String(64), nullable=False),
     Column("scope_category", String(64), nullable=False),
+    # Requests the row stands for: 1, or more for a folded flood in the platform log (migration 0003).
+    Column("repeats", Integer, nullable=False, server_default=text("1")),
     Index("ix_api_requests_org_ts", "org_id", "ts", "request_id"),
     Index("ix_api_requests_org_integration_ts", "org_id", "integration_id", "ts", "request_id"),
     Index("ix_api_requests_org_status_ts", "org_id", "status", "ts", "request_id"),
@@ -147,7 +151,7 @@ outbox = outbox_table(metadata)
 SCAN_WINDOW = 10_000
 
 _REQUEST_COLUMNS = ("org_id", "request_id", "ts", "integration_id", "method", "endpoint", "status", "duration_ms",
-                    "ip", "error_code", "scope_category")
+                    "ip", "error_code", "scope_category", "repeats")
 
 
 @dataclass(frozen=True)
@@ -159,15 +163,15 @@ class RequestPage:
 def _request_row(r: ApiRequest) -> dict[str, object]:
     return {"org_id": r.org_id, "request_id": r.request_id, "ts": r.timestamp, "integration_id": r.integration_id,
             "method": r.method, "endpoint": r.endpoint, "status": r.status, "duration_ms": r.duration_ms, "ip": r.ip,
-            "error_code": r.error_code, "scope_category": r.scope_category}
+            "error_code": r.error_code, "scope_category": r.scope_category, "repeats": r.repeats}
 
 
 def _request_values(r: ApiRequest) -> tuple[object, ...]:
     return (r.org_id, r.request_id, r.timestamp, r.integration_id, r.method, r.endpoint, r.status, r.duration_ms, r.ip,
-            r.error_code, r.scope_category)
+            r.error_code, r.scope_category, r.repeats)
 
 
-_PG_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "int4", "float8", "text", "text", "text")
+_PG_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "int4", "float8", "text", "text", "text", "int4")
 _PG_BATCH_INSERT = text(
     f"INSERT INTO api_requests ({', '.join(_REQUEST_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:c{i} AS {t}[])' for i, t in enumerate(_PG_TYPES))}) "
@@ -191,7 +195,7 @@ def _request(row: RowMapping, names: dict[str, str]) -> ApiRequest:
         org_id=row["org_id"], request_id=row["request_id"], timestamp=row["ts"], integration_id=row["integration_id"],
         method=row["method"], endpoint=row["endpoint"], status=row["status"], duration_ms=row["duration_ms"],
         ip=row["ip"], error_code=row["error_code"], scope_category=row["scope_category"],
-        integration_name=names.get(row["integration_id"], ""),
+        integration_name=names.get(row["integration_id"], ""), repeats=row["repeats"],
     )
 
 
@@ -386,6 +390,26 @@ class LogsRepository:
         """Delete at most `limit` of the organisation's requests older than `cutoff`; returns how many went."""
         t = api_requests
         oldest = select(t.c.org_id, t.c.request_id, t.c.ts).where(t.c.org_id == org_id, t.c.ts < cutoff).limit(limit)
+        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def oldest_kept(self, session: AsyncSession, org_id: str, keep: int) -> Cursor | None:
+        """The newest row beyond the organisation's `keep` newest (None when it has no more than
+        that): one walk of `keep` entries of ix_api_requests_org_ts."""
+        t = api_requests
+        row = (await session.execute(
+            select(t.c.ts, t.c.request_id).where(t.c.org_id == org_id)
+            .order_by(t.c.ts.desc(), t.c.request_id.desc()).offset(keep).limit(1)
+        )).first()
+        return Cursor(row.ts, row.request_id) if row is not None else None
+
+    async def delete_requests_through(self, session: AsyncSession, org_id: str, last: Cursor, *, limit: int) -> int:
+        """Delete at most `limit` of the organisation's oldest requests up to and including `last`."""
+        t = api_requests
+        oldest = (select(t.c.org_id, t.c.request_id, t.c.ts)
+                  .where(t.c.org_id == org_id, tuple_(t.c.ts, t.c.request_id) <= tuple_(
+                      literal(last.timestamp, UTCDateTime()), literal(last.request_id, String())))
+                  .order_by(t.c.ts, t.c.request_id).limit(limit))
         result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

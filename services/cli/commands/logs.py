@@ -1,4 +1,5 @@
-"""`trellis logs query|show|export`: the API request log (QA or administrator roles).
+"""`trellis logs query|show|export`: the API request log (QA or administrator roles), or with
+`--platform` the platform log of requests no organisation can be attributed (platform operators).
 
 Also the connection to the logs service that `trellis audit` and `trellis review` share.
 """
@@ -117,12 +118,20 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     f.add_argument("--endpoint", default="", metavar="TEXT", help="endpoints containing this text (any case)")
     f.add_argument("--ip", default="", metavar="ADDRESS", help="requests from this IP address")
     f.add_argument("--error-code", default="", metavar="CODE", help="e.g. insufficient_scope, rate_limit_exceeded")
+    _add_platform(p)
     add_logs_addr(p)
+
+
+def _add_platform(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--platform", action="store_true",
+                   help="the platform log: requests no organisation can be attributed (unknown keys, clients or "
+                        "tokens, no credentials); needs the trellis_platform_operations permission")
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"integration_id": args.integration, "since": proto_time(args.since), "until": proto_time(args.until),
-            "status": args.status, "endpoint": args.endpoint, "ip": args.ip, "error_code": args.error_code}
+            "status": args.status, "endpoint": args.endpoint, "ip": args.ip, "error_code": args.error_code,
+            "platform": args.platform}
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -138,6 +147,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     p = commands.add_parser("show", parents=[common], help="one request by its request id (X-Request-ID)")
     p.add_argument("request_id", metavar="REQUEST_ID")
+    _add_platform(p)
     add_logs_addr(p)
     p.set_defaults(handler=show)
 
@@ -149,11 +159,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 HEADERS = ("TIME", "INTEGRATION", "METHOD", "ENDPOINT", "STATUS", "MS", "IP", "REQUEST ID", "ERROR")
+# The platform log has no integrations, and a row may stand for many requests of one source.
+PLATFORM_HEADERS = ("TIME", "METHOD", "ENDPOINT", "STATUS", "MS", "IP", "REQUEST ID", "ERROR", "REQUESTS")
 
 
 def row(r: pb.RequestRecord) -> tuple[object, ...]:
     return (when_text(r.timestamp, millis=True), r.integration_name or r.integration_id or "-", r.method, r.endpoint,
             r.status, f"{r.duration_ms:.1f}", r.ip, r.request_id, r.error_code or "")
+
+
+def platform_row(r: pb.RequestRecord) -> tuple[object, ...]:
+    return (when_text(r.timestamp, millis=True), r.method, r.endpoint, r.status, f"{r.duration_ms:.1f}",
+            r.ip or "(many)", r.request_id, r.error_code or "", max(1, r.repeats))
 
 
 def query(args: argparse.Namespace, session: Session) -> int:
@@ -173,7 +190,10 @@ def query(args: argparse.Namespace, session: Session) -> int:
     if not records:
         print("No requests match.")
         return 0
-    print(table(HEADERS, [row(r) for r in records]))
+    if args.platform:
+        print(table(PLATFORM_HEADERS, [platform_row(r) for r in records]))
+    else:
+        print(table(HEADERS, [row(r) for r in records]))
     if token:
         print(f"\nMore requests match: add --page-token {token} (or raise --limit).", file=sys.stderr)
     return 0
@@ -181,16 +201,19 @@ def query(args: argparse.Namespace, session: Session) -> int:
 
 def show(args: argparse.Namespace, session: Session) -> int:
     with logs_client(args, session) as client:
-        r = client.GetRequest(pb.GetRequestRequest(request_id=args.request_id))
+        r = client.GetRequest(pb.GetRequestRequest(request_id=args.request_id, platform=args.platform))
     if args.json:
         print_json({"record": message_dict(r)})
         return 0
-    print(fields([
+    shown = [
         ("Request ID", r.request_id), ("Time", when_text(r.timestamp, millis=True)),
         ("Integration", f"{r.integration_name} ({r.integration_id})" if r.integration_name else r.integration_id or "-"),
         ("Method", r.method), ("Endpoint", r.endpoint), ("Status", r.status), ("Duration", f"{r.duration_ms:.1f} ms"),
         ("IP address", r.ip), ("Error", r.error_code or "-"), ("Scope category", r.scope_category or "-"),
-    ]))
+    ]
+    if r.repeats > 1:
+        shown.append(("Requests", f"{r.repeats} (the last of them shown; one source, one error code, one minute)"))
+    print(fields(shown))
     return 0
 
 

@@ -69,6 +69,9 @@ def _recording_app(upstream: Upstream) -> web.Application:
         await asyncio.sleep(3)
         return web.json_response({})
 
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": "database_down"}, status=503)
+
     async def big(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)
@@ -79,6 +82,7 @@ def _recording_app(upstream: Upstream) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/api/slow", slow)
+    app.router.add_route("*", "/api/broken", broken)
     app.router.add_route("GET", "/api/big", big)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
@@ -241,13 +245,21 @@ def provision(registry_stub: registry_pb2_grpc.RegistryStub, as_actor: Callable[
     return _provision
 
 
-async def fetch_token(http: aiohttp.ClientSession, edge: str, partner: Partner, scope: str = "") -> str:
+async def fetch_token(http: aiohttp.ClientSession, edge: str, partner: Partner, scope: str = "", **headers: str) -> str:
     form = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
-    basic = {"Authorization": aiohttp.encode_basic_auth(partner.client_id, partner.client_secret)}
+    basic = {"Authorization": aiohttp.encode_basic_auth(partner.client_id, partner.client_secret), **headers}
     async with http.post(f"{edge}/oauth/token", data=form, headers=basic) as response:
         body = await response.json()
         assert response.status == 200, body
         return str(body["access_token"])
+
+
+async def restrict_to(registry_stub: registry_pb2_grpc.RegistryStub, partner: Partner, *networks: str) -> None:
+    """Set the integration's IP allowlist (after its partner fetched a token from 127.0.0.1, which
+    the token endpoint refuses once the allowlist leaves it out)."""
+    await registry_stub.UpdateIntegration(rpb.UpdateIntegrationRequest(
+        integration_id=partner.integration_id, update_mask=["ip_allowlist"], ip_allowlist=list(networks)),
+        metadata=partner.admin)
 
 
 def partner_headers(token: str, partner: Partner, **extra: str) -> dict[str, str]:

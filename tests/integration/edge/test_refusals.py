@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.main import RunningEdge
-from tests.integration.edge.conftest import ProvisionPartner, Upstream, call, fetch_token, partner_headers
+from tests.integration.edge.conftest import ProvisionPartner, Upstream, call, fetch_token, partner_headers, restrict_to
 from tests.support.waiting import eventually
 
 StartEdge = Callable[..., Awaitable[RunningEdge]]
@@ -67,10 +68,17 @@ async def test_suspended_integration_is_inactive(
     assert 'error="invalid_token"' in answer_headers["www-authenticate"]
 
 
-async def test_ip_outside_the_allowlist(edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner) -> None:
-    partner = await provision(ip_allowlist=["192.0.2.0/24"])
-    status, headers, body = await call(http, "GET", f"{edge}/api/lots",
-                                       headers=partner_headers(await fetch_token(http, edge, partner), partner))
+async def test_ip_outside_the_allowlist(edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner,
+                                       registry_stub: registry_pb2_grpc.RegistryStub) -> None:
+    partner = await provision()
+    headers = partner_headers(await fetch_token(http, edge, partner), partner)
+    await restrict_to(registry_stub, partner, "192.0.2.0/24")
+
+    async def refused() -> tuple[int, dict[str, Any]] | None:
+        status, _, body = await call(http, "GET", f"{edge}/api/lots", headers=headers)
+        return (status, body) if status != 200 else None
+
+    status, body = await eventually(refused, what="the allowlist to reach the edge")
     assert (status, body["error"]) == (403, "ip_not_allowed")
     assert "127.0.0.1" in body["message"] and "allowlist" in body["message"]
 

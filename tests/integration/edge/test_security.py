@@ -23,8 +23,9 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.main import RunningEdge
 from services.identity import signing
 from services.kit.settings import Settings
-from tests.integration.edge.conftest import Partner, ProvisionPartner, Upstream, call, fetch_token, partner_headers
+from tests.integration.edge.conftest import Partner, ProvisionPartner, Upstream, call, fetch_token, partner_headers, restrict_to
 from tests.support.signing_keys import current_private_key
+from tests.support.waiting import eventually
 
 StartEdge = Callable[..., Awaitable[RunningEdge]]
 
@@ -196,11 +197,21 @@ async def test_a_suspended_integrations_unexpired_token_is_refused(
 
 
 async def test_spoofed_x_forwarded_for_from_an_untrusted_peer_changes_nothing(
-    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream
+    edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream,
+    registry_stub: registry_pb2_grpc.RegistryStub
 ) -> None:
-    locked = await provision(ip_allowlist=["192.0.2.7/32"])
+    locked = await provision()
     spoofed = partner_headers(await fetch_token(http, edge, locked), locked, **{"X-Forwarded-For": "192.0.2.7"})
-    status, _, body = await call(http, "GET", f"{edge}/api/lots", headers=spoofed)
+    await restrict_to(registry_stub, locked, "192.0.2.7/32")
+
+    async def refused() -> tuple[int, str] | None:
+        status, _, body = await call(http, "GET", f"{edge}/api/lots", headers=spoofed)
+        return (status, body["error"]) if status != 200 else None
+
+    assert await eventually(refused, what="the allowlist to reach the edge") == (403, "ip_not_allowed")
+    # Nor does the token endpoint believe it.
+    basic = {"Authorization": aiohttp.encode_basic_auth(locked.client_id, locked.client_secret), "X-Forwarded-For": "192.0.2.7"}
+    status, _, body = await call(http, "POST", f"{edge}/oauth/token", data={"grant_type": "client_credentials"}, headers=basic)
     assert (status, body["error"]) == (403, "ip_not_allowed")
 
     open_partner = await provision()
@@ -214,7 +225,7 @@ async def test_x_forwarded_for_is_read_from_the_right_behind_a_trusted_proxy(
 ) -> None:
     edge = f"http://127.0.0.1:{(await start_edge(edge_trusted_proxies=['127.0.0.1/32'])).port}"
     partner = await provision(ip_allowlist=["192.0.2.7/32"])
-    token = await fetch_token(http, edge, partner)
+    token = await fetch_token(http, edge, partner, **{"X-Forwarded-For": "198.51.100.1, 192.0.2.7"})
     ok = partner_headers(token, partner, **{"X-Forwarded-For": "198.51.100.1, 192.0.2.7"})
     assert (await call(http, "GET", f"{edge}/api/lots", headers=ok))[0] == 200
     assert dict((k.lower(), v) for k, v in upstream.last().headers)["x-forwarded-for"] == "192.0.2.7, 127.0.0.1"

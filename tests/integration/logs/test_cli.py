@@ -22,8 +22,10 @@ from services.kit.settings import Settings
 from tests.integration.logs.conftest import (
     LogsRunner,
     publish_audit,
+    publish_batch,
     publish_integration,
     publish_request,
+    request_record,
     unique,
 )
 from tests.support.waiting import eventually
@@ -178,3 +180,37 @@ async def test_logs_query_refuses_filters_that_could_never_match_instead_of_find
     target = tmp_path / "refused.csv"
     code, _, err = await cli("logs", "export", "--ip", "999.1.1.1", "--output", str(target))
     assert code != 0 and "is not an IP address" in err and not target.exists()
+
+
+async def test_logs_platform_shows_unattributed_requests_and_how_many_a_row_stands_for(
+    cli: Cli, js: JetStreamContext, tmp_path: Path
+) -> None:
+    path = f"/probe/{unique('p')}"  # the platform log is every test's: find this test's rows by path
+    now = dt.datetime.now(dt.timezone.utc)
+    single = request_record(org="", request_id=unique("req"), when=now - dt.timedelta(seconds=5), integration="",
+                            endpoint=path, status=401, error="invalid_api_key", category="")
+    folded = request_record(org="", request_id=unique("req"), when=now, integration="", endpoint=path, status=401,
+                            error="invalid_api_key", category="")
+    folded.repeats = 12
+    await publish_batch(js, [single, folded], batch_id=unique("bat"))
+
+    async def listed() -> list[str] | None:
+        code, out, _ = await cli("logs", "query", "--platform", "--endpoint", path)
+        lines = out.strip().splitlines()
+        return lines if code == 0 and len(lines) == 3 else None
+
+    lines = await eventually(listed, timeout=20, what="both platform rows")
+    assert lines[0].split() == ["TIME", "METHOD", "ENDPOINT", "STATUS", "MS", "IP", "REQUEST", "ID", "ERROR", "REQUESTS"]
+    assert lines[1].split()[-1] == "12" and folded.request_id in lines[1]
+    assert lines[2].split()[-1] == "1" and single.request_id in lines[2]
+    # Not an organisation's: the same query without --platform finds nothing.
+    code, out, _ = await cli("logs", "query", "--endpoint", path)
+    assert code == 0 and "No requests match." in out
+
+    code, out, _ = await cli("logs", "show", "--platform", folded.request_id)
+    assert code == 0 and "12 (the last of them shown" in out
+    target = tmp_path / "platform.csv"
+    code, _, err = await cli("logs", "export", "--platform", "--endpoint", path, "--output", str(target))
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [(r["request_id"], r["repeats"]) for r in rows] == [(folded.request_id, "12"), (single.request_id, "1")]

@@ -1,5 +1,6 @@
 """Upgrading a logs database that already holds requests keeps them, and afterwards a request id
-sent again at another time is a second row (migration 0002), on SQLite and PostgreSQL."""
+sent again at another time is a second row (migration 0002), and every row stands for one
+request (migration 0003), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ async def test_the_key_change_keeps_existing_requests(database_url: str) -> None
         await engine.dispose()
     assert count == 3
     assert r1 == [T0, T0 + dt.timedelta(minutes=5)]
+
+
+
+async def test_rows_from_before_the_repeats_column_each_stand_for_one_request(database_url: str) -> None:
+    await migrate_async("logs", database_url, "0002")
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:  # the insert names no `repeats`: the 0002 table has none
+            await conn.execute(insert(api_requests), [row("r1", T0), {**row("unattributed", T0), "org_id": ""}])
+        await migrate_async("logs", database_url)
+        async with engine.connect() as conn:
+            repeats = (await conn.execute(select(api_requests.c.org_id, api_requests.c.repeats)
+                                          .order_by(api_requests.c.org_id))).all()
+    finally:
+        await engine.dispose()
+    assert repeats == [("", 1), ("org_m", 1)]

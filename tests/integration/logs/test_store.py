@@ -3,6 +3,7 @@ keyset pages, retention in batches, and the index each filter's query plan uses.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -12,9 +13,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.kit.auth import QA_PERMISSION, Actor
+from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
-from services.kit.errors import NotFound
+from services.kit.errors import NotFound, PermissionDenied
 from services.logs.domain import ApiRequest, Cursor, RequestFilter, StatusFilter
 from services.logs.handlers import LogsHandlers
 from services.logs.store import LogsRepository, api_requests, metadata
@@ -133,6 +134,35 @@ async def test_retention_deletes_only_old_rows_in_batches(engine: AsyncEngine, r
     async with engine.connect() as conn:
         left = set((await conn.execute(select(api_requests.c.request_id))).scalars())
     assert left == {r.request_id for r in recent}
+
+
+async def test_retention_keeps_the_platform_log_within_its_rows_whatever_their_age(
+    engine: AsyncEngine, repo: LogsRepository
+) -> None:
+    handlers = handlers_for(engine, repo)
+    # All recent (nothing past the retention days): only the bound applies, and only to the platform log.
+    platform = [request(i, org="", integration="", seconds=i) for i in range(40)]
+    organisation = [request(i, org="org_a", seconds=i) for i in range(40)]
+    await handlers.record_requests(platform + organisation)
+    assert await handlers.enforce_retention(365, platform_max_rows=15, batch=10) == 25
+    async with engine.connect() as conn:
+        left = set((await conn.execute(select(api_requests.c.request_id).where(api_requests.c.org_id == ""))).scalars())
+    assert left == {r.request_id for r in platform[:15]}  # the newest 15
+    assert await count(engine, "org_a") == 40
+    assert await handlers.enforce_retention(365, platform_max_rows=15) == 0
+
+
+async def test_the_platform_log_keeps_how_many_requests_a_row_stands_for(engine: AsyncEngine, repo: LogsRepository) -> None:
+    handlers = handlers_for(engine, repo)
+    folded = dataclasses.replace(request(1, org="", integration="", error="invalid_api_key", status=401), repeats=7)
+    await handlers.record_requests([folded, request(2, org="", integration="")])
+    operator = Actor("pat", "org_p", frozenset({PLATFORM_PERMISSION}))
+    page = await handlers.query_requests(operator, RequestFilter(), platform=True)
+    assert sorted((r.request_id, r.repeats) for r in page.records) == [(folded.request_id, 7), (request(2, org="").request_id, 1)]
+    assert (await handlers.get_request(operator, folded.request_id, platform=True)).repeats == 7
+    with pytest.raises(PermissionDenied):
+        await handlers.query_requests(Actor("qa", "org_a", frozenset({QA_PERMISSION, ADMIN_PERMISSION})), RequestFilter(),
+                                      platform=True)
 
 
 async def test_each_filter_reads_its_first_page_from_an_index(engine: AsyncEngine, repo: LogsRepository) -> None:

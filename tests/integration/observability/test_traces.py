@@ -72,7 +72,10 @@ async def test_a_partner_request_is_one_trace_from_the_edge_through_identity_and
     edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream, spans: InMemorySpanExporter,
 ) -> None:
     partner = await provision()
-    token = await fetch_token(http, edge, partner)
+    # The token request is the first to need the integration (its IP allowlist): the registry
+    # lookup is in its trace, and the API request finds the integration cached.
+    token_trace = secrets.randbits(128) | 1
+    token = await fetch_token(http, edge, partner, traceparent=f"00-{token_trace:032x}-{secrets.randbits(64) | 1:016x}-01")
 
     status, _, _ = await call(http, "GET", f"{edge}/api/lots", headers=partner_headers(token, partner))
 
@@ -82,10 +85,14 @@ async def test_a_partner_request_is_one_trace_from_the_edge_through_identity_and
     root = _only(found, kind=trace.SpanKind.SERVER, parent=None)
     assert root.instrumentation_scope.name == "services.edge"
     assert upstream_parent == root.context.span_id  # the upstream's parent is the edge's span
-    for method in ("/trellis.identity.v1.Identity/VerifyApiKey", "/trellis.registry.v1.Registry/LookupIntegration"):
-        client = _only(found, name=method, kind=trace.SpanKind.CLIENT)
-        server = _only(found, name=method, kind=trace.SpanKind.SERVER)
-        assert client.parent.span_id == root.context.span_id, method
+    token_spans = in_trace(spans, token_trace)
+    token_root = _only(token_spans, name="POST /oauth/token", kind=trace.SpanKind.SERVER)
+    for spans_of, parent, method in ((found, root, "/trellis.identity.v1.Identity/VerifyApiKey"),
+                                     (token_spans, token_root, "/trellis.identity.v1.Identity/IssueToken"),
+                                     (token_spans, token_root, "/trellis.registry.v1.Registry/LookupIntegration")):
+        client = _only(spans_of, name=method, kind=trace.SpanKind.CLIENT)
+        server = _only(spans_of, name=method, kind=trace.SpanKind.SERVER)
+        assert client.parent.span_id == parent.context.span_id, method
         assert server.parent.span_id == client.context.span_id, method
 
 

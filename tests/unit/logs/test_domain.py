@@ -8,9 +8,10 @@ import datetime as dt
 
 import pytest
 
-from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION
+from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
 from services.kit.errors import InvalidArgument, PermissionDenied
 from services.logs.domain import (
+    PLATFORM_LOG,
     AuditRecord,
     ChainHead,
     ChainWalker,
@@ -22,6 +23,7 @@ from services.logs.domain import (
     append,
     decode_audit_key,
     empty_head,
+    log_of,
     page_size,
     require_reader,
 )
@@ -79,6 +81,16 @@ def test_only_qa_or_administrators_may_read() -> None:
     require_reader({ADMIN_PERMISSION, "other"})
     with pytest.raises(PermissionDenied):
         require_reader({"integrations_read"})
+
+
+def test_the_platform_log_is_read_by_platform_operators_only() -> None:
+    assert log_of("org_p", {PLATFORM_PERMISSION}, platform=True) == PLATFORM_LOG == ""
+    for roles in ({ADMIN_PERMISSION, QA_PERMISSION}, {QA_PERMISSION}, set()):
+        with pytest.raises(PermissionDenied):
+            log_of("org_a", roles, platform=True)
+    assert log_of("org_a", {ADMIN_PERMISSION}, platform=False) == "org_a"
+    with pytest.raises(PermissionDenied):  # the platform permission reads no organisation's log
+        log_of("org_p", {PLATFORM_PERMISSION}, platform=False)
 
 
 def test_the_audit_key_placeholder_is_refused_outside_embedded_mode() -> None:

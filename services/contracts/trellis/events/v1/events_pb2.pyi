@@ -113,7 +113,7 @@ class ActivityEvent(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[str] = ..., org_id: _Optional[str] = ..., sender_type: _Optional[str] = ..., sender_id: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
 
 class ApiRequestLogged(_message.Message):
-    __slots__ = ("request_id", "occurred_at", "org_id", "integration_id", "method", "endpoint", "status", "duration_ms", "ip", "error_code", "scope_category")
+    __slots__ = ("request_id", "occurred_at", "org_id", "integration_id", "method", "endpoint", "status", "duration_ms", "ip", "error_code", "scope_category", "repeats")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class ApiRequestLogged(_message.Message):
     IP_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     occurred_at: _timestamp_pb2.Timestamp
     org_id: str
@@ -136,7 +137,8 @@ class ApiRequestLogged(_message.Message):
     ip: str
     error_code: str
     scope_category: str
-    def __init__(self, request_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., scope_category: _Optional[str] = ...) -> None: ...
+    repeats: int
+    def __init__(self, request_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., scope_category: _Optional[str] = ..., repeats: _Optional[int] = ...) -> None: ...
 
 class ApiRequestBatch(_message.Message):
     __slots__ = ("records",)

@@ -21,7 +21,7 @@ EXPORT_FORMAT_CSV: ExportFormat
 EXPORT_FORMAT_JSONL: ExportFormat
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "timestamp", "integration_id", "integration_name", "method", "endpoint", "status", "duration_ms", "ip", "error_code", "org_id", "scope_category")
+    __slots__ = ("request_id", "timestamp", "integration_id", "integration_name", "method", "endpoint", "status", "duration_ms", "ip", "error_code", "org_id", "scope_category", "repeats")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class RequestRecord(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     timestamp: _timestamp_pb2.Timestamp
     integration_id: str
@@ -46,10 +47,11 @@ class RequestRecord(_message.Message):
     error_code: str
     org_id: str
     scope_category: str
-    def __init__(self, request_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., integration_name: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., org_id: _Optional[str] = ..., scope_category: _Optional[str] = ...) -> None: ...
+    repeats: int
+    def __init__(self, request_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., integration_name: _Optional[str] = ..., method: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[int] = ..., duration_ms: _Optional[float] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., org_id: _Optional[str] = ..., scope_category: _Optional[str] = ..., repeats: _Optional[int] = ...) -> None: ...
 
 class QueryRequestsRequest(_message.Message):
-    __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "page_size", "page_token")
+    __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "page_size", "page_token", "platform")
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,7 @@ class QueryRequestsRequest(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
     integration_id: str
     since: _timestamp_pb2.Timestamp
     until: _timestamp_pb2.Timestamp
@@ -68,7 +71,8 @@ class QueryRequestsRequest(_message.Message):
     error_code: str
     page_size: int
     page_token: str
-    def __init__(self, integration_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., endpoint: _Optional[str] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    platform: bool
+    def __init__(self, integration_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., endpoint: _Optional[str] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., platform: _Optional[bool] = ...) -> None: ...
 
 class QueryRequestsResponse(_message.Message):
     __slots__ = ("records", "next_page_token")
@@ -79,13 +83,15 @@ class QueryRequestsResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[RequestRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetRequestRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "platform")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    platform: bool
+    def __init__(self, request_id: _Optional[str] = ..., platform: _Optional[bool] = ...) -> None: ...
 
 class ExportRequestsRequest(_message.Message):
-    __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "format")
+    __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "format", "platform")
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +100,7 @@ class ExportRequestsRequest(_message.Message):
     IP_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
     integration_id: str
     since: _timestamp_pb2.Timestamp
     until: _timestamp_pb2.Timestamp
@@ -102,7 +109,8 @@ class ExportRequestsRequest(_message.Message):
     ip: str
     error_code: str
     format: ExportFormat
-    def __init__(self, integration_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., endpoint: _Optional[str] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ...) -> None: ...
+    platform: bool
+    def __init__(self, integration_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., endpoint: _Optional[str] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., platform: _Optional[bool] = ...) -> None: ...
 
 class ExportChunk(_message.Message):
     __slots__ = ("data", "rows", "total_rows")
