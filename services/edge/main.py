@@ -31,8 +31,8 @@ from services.edge.oauth import TokenEndpoint
 from services.edge.partner_webhooks import PartnerWebhooks
 from services.edge.peers import Peers
 from services.edge.pipeline import Pipeline
-from services.edge.proxy import Upstreams
-from services.edge.server import EdgeHttpProtocol
+from services.edge.http.proxy import Upstreams
+from services.edge.http.server import EdgeHttpProtocol
 from services.edge.ratelimit import RateLimiter
 from services.edge.routes import RouteTable
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource

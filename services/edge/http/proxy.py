@@ -1,5 +1,5 @@
 """Forwarding a partner request to its upstream, streaming both bodies (through the edge's own
-upstream client, services/edge/upstream_client.py; docs/benchmarks.md "## Edge" says why).
+upstream client, services/edge/http/upstream_client.py; docs/benchmarks.md "## Edge" says why).
 
 Request headers lose the hop-by-hop ones (and those `Connection` names), the partner's
 credentials, any `X-Trellis-*` a client made up, and what the edge sets itself; the edge then
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from services.edge.asgi import Headers, Receive, Request, Send
 from services.edge.errors import EdgeError
 from services.edge.routes import Route
-from services.edge.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
+from services.edge.http.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def check_content_length(request: Request, limit: int) -> None:
 
 
 class Upstreams:
-    """Every upstream, through one pool of keep-alive connections (services/edge/upstream_client.py)."""
+    """Every upstream, through one pool of keep-alive connections (services/edge/http/upstream_client.py)."""
 
     def __init__(self, *, timeout: float, max_body_bytes: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self._seconds = timeout

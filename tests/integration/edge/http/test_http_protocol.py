@@ -1,4 +1,4 @@
-"""The edge's server protocol (services/edge/server.py: uvicorn's httptools protocol over a
+"""The edge's server protocol (services/edge/http/server.py: uvicorn's httptools protocol over a
 CoalescingTransport) answers byte for byte as uvicorn's own protocol does, on a real server on
 loopback: pipelined requests in order, `Connection: close`, 100-continue, HEAD, uvicorn's 500 and
 400 answers, a drain at shutdown, and a client that half-closes after its request."""
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from services.edge.server import EdgeHttpProtocol
+from services.edge.http.server import EdgeHttpProtocol
 from tests.support.waiting import eventually
 
 Scope = dict[str, Any]

@@ -1,5 +1,5 @@
 """The edge's HTTP/1.1 server protocol: uvicorn's httptools protocol over a CoalescingTransport
-(services/edge/transport.py), so a response's head and body leave in one write at the end of the
+(services/edge/http/transport.py), so a response's head and body leave in one write at the end of the
 loop step that made them (uvicorn writes them apart, two system calls per answer).
 """
 
@@ -9,7 +9,7 @@ import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from services.edge.transport import CoalescingTransport
+from services.edge.http.transport import CoalescingTransport
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):

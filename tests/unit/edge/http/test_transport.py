@@ -1,4 +1,4 @@
-"""Flush consolidation (services/edge/transport.py): the writes of one loop step leave as one
+"""Flush consolidation (services/edge/http/transport.py): the writes of one loop step leave as one
 write at its end, in order; closing sends what is held first. Through uvicorn and the upstream
 client, every integration test of the edge runs over it as well."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.edge.transport import CoalescingTransport
+from services.edge.http.transport import CoalescingTransport
 
 
 class Recorded:

@@ -14,7 +14,7 @@ import httptools
 import pytest
 import trustme
 
-from services.edge.upstream_client import (BUFFER_BYTES, Origin, UpstreamError, UpstreamPool, UpstreamTimeout,
+from services.edge.http.upstream_client import (BUFFER_BYTES, Origin, UpstreamError, UpstreamPool, UpstreamTimeout,
                                            split_url)
 
 

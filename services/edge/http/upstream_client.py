@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from services.edge.transport import CoalescingTransport
+from services.edge.http.transport import CoalescingTransport
 
 Headers = list[tuple[bytes, bytes]]
 
