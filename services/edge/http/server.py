@@ -5,10 +5,10 @@ uvicorn.Config(http=serving(limits))) with what a public edge needs and uvicorn 
   and body leave in one write at the end of the loop step that made them.
 - A request the protocol refuses is still answered by the application, so that it carries a
   request id and the JSON error and is in the API log: the ASGI scope carries the refusal
-  (`scope["extensions"][REFUSAL]["error"]`, an EdgeError the application raises), for a head that cannot
-  be taken (malformed, too large, too slow, one connection too many) as a request of its own
-  whose method and path are what could be read; for a body that turns out malformed or too slow,
-  `receive()` raises it. uvicorn answers those with a plain-text 400 and no id.
+  (`scope["extensions"][REFUSAL]["error"]`, an EdgeError the application raises); a head that
+  cannot be taken (malformed, too large, too slow, one connection too many) becomes a request of
+  its own whose method and path are what could be read; a body that turns out malformed or too
+  slow makes `receive()` raise it. uvicorn answers those with a plain-text 400 and no id.
 - Framing the edge cannot trust ends the connection after the answer: anything llhttp refuses,
   HTTP/1.0 with Transfer-Encoding (RFC 9112 section 6.1), versions other than 1.0 and 1.1, an
   Upgrade (llhttp stops parsing after one, and httptools takes what follows for the new
