@@ -4,7 +4,7 @@ granian) configured from the environment, with its clients made at lifespan star
 - `hello`: the bare ASGI hello-world, the ceiling for any ASGI app on a server;
 - `proxy_aiohttp`, `proxy_httpx`, `proxy_trellis`: forward every request to BENCH_UPSTREAM,
   streaming both bodies, with aiohttp, httpx or the edge's own client
-  (services/edge/upstream_client.py) as the upstream client (the client choice);
+  (services/edge/http/upstream_client.py) as the upstream client (the client choice);
 - `edge_sketch`: the proxy plus the parts of the partner pipeline that exist before the edge
   app does: request id, `RateLimiter.check` against NATS (BENCH_NATS_URL) with its headers,
   and an `ApiLogPublisher` record per request (BENCH_SKETCH="limit", "log" or "" runs a part). No authentication or scope check: it is a
@@ -145,10 +145,10 @@ class HttpxForwarder:
 
 
 class TrellisForwarder:
-    """Forwards with the edge's own upstream client (services/edge/upstream_client.py)."""
+    """Forwards with the edge's own upstream client (services/edge/http/upstream_client.py)."""
 
     def __init__(self, upstream: str) -> None:
-        from services.edge.upstream_client import UpstreamPool, split_url
+        from services.edge.http.upstream_client import UpstreamPool, split_url
 
         self.origin, _ = split_url(upstream)
         self.pool = UpstreamPool(timeout=10)

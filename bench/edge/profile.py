@@ -21,8 +21,8 @@ from bench.edge.load import LOAD_CPU, _script, paced, pinned, wrk
 _CATEGORIES = (  # (path fragment, cost centre); a sample counts for the first match from the top of its stack
     ("/opentelemetry/", "tracing: OpenTelemetry span per request"),
     ("/prometheus_client/", "metrics: Prometheus histogram and counters"),
-    ("services/edge/upstream_client.py", "upstream client and write consolidation (ours)"),
-    ("services/edge/transport.py", "upstream client and write consolidation (ours)"),
+    ("services/edge/http/upstream_client.py", "upstream client and write consolidation (ours)"),
+    ("services/edge/http/transport.py", "upstream client and write consolidation (ours)"),
     ("/uvicorn/", "HTTP server: uvicorn (httptools) request and response"),
     ("services/edge/ratelimit.py", "rate limiter (incl. its NATS leases)"),
     ("services/edge/apilog.py", "API log record publishing (incl. NATS)"),

@@ -25,7 +25,7 @@ from opentelemetry.context import Context
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.edge.apilog import ApiLogPublisher
-from services.edge.asgi import Receive, Request, Responder, Scope, Send, send_bytes, send_json
+from services.edge.asgi import CLIENT_CLOSED, Receive, Request, Responder, Scope, Send, send_bytes, send_json
 from services.edge.clientip import ClientIpResolver
 from services.edge.credentials import KeySet
 from services.edge.errors import EdgeError, error_body
@@ -44,8 +44,6 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 AUTH_CODES = frozenset({"invalid_client", "missing_credentials", "invalid_api_key", "invalid_token", "token_expired",
                         "credentials_mismatch", "integration_inactive", "ip_not_allowed"})
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Status logged when the client went away before any answer (nginx's convention).
-CLIENT_CLOSED = 499
 
 # A public endpoint's handler: answers, and notes an error code ("" for none) on the trail.
 Handler = Callable[[Request, Receive, Send, Trail], Awaitable[None]]
@@ -145,6 +143,8 @@ class EdgeApp:
     async def _serve(self, request: Request, receive: Receive, responder: Responder, endpoint: Endpoint | None,
                      trail: Trail, started: float, wall: float, span: trace.Span | None) -> None:
         try:
+            if request.refusal is not None:  # refused by the HTTP layer (services/edge/http/server.py)
+                raise request.refusal
             if request.header_bytes() > self._max_header_bytes:
                 raise EdgeError("request_headers_too_large", f"the request headers are larger than "
                                 f"{self._max_header_bytes} bytes; send fewer or shorter headers")
@@ -162,6 +162,8 @@ class EdgeApp:
                                request, responder)
         finally:
             status = responder.status or CLIENT_CLOSED
+            if status == CLIENT_CLOSED:  # the log says what the client got: nothing
+                trail.error_code = "client_closed_request"
             self._finish(span, request, trail, status, started, wall, partner=endpoint is None or endpoint.logged)
 
     @staticmethod

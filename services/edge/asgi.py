@@ -10,6 +10,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from services.edge.errors import EdgeError
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -17,6 +19,18 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
+# The status logged for a request whose client went away before its answer (nginx's convention).
+CLIENT_CLOSED = 499
+# scope["extensions"][REFUSAL]["error"]: the EdgeError the HTTP layer refused a request with before
+# the application saw it (services/edge/http/server.py); the application answers with it.
+REFUSAL = "trellis.refusal"
+
+
+class ClientGone(EdgeError):
+    """The client closed the connection before its request's body was complete."""
+
+    def __init__(self) -> None:
+        super().__init__("client_closed_request", "the client closed the connection before the request was complete")
 
 
 class Request:
@@ -35,6 +49,13 @@ class Request:
         self.hops: list[str] = []
         self.traced = False  # there is a trace to pass on: the caller's (traceparent) or our own span
         self._first: dict[bytes, bytes] | None = None  # each header's first value, made on the first lookup
+
+    @property
+    def refusal(self) -> EdgeError | None:
+        """The HTTP layer's refusal of this request, which the answer must be (else None)."""
+        extensions = self.scope.get("extensions")
+        refused = extensions.get(REFUSAL) if extensions else None
+        return refused["error"] if refused else None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None."""
@@ -76,13 +97,14 @@ async def send_json(send: Send, status: int, payload: Any, headers: Iterable[tup
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds `limit` bytes (small bodies only)."""
+    """The whole request body, or None once it exceeds `limit` bytes. Raises ClientGone when the
+    client leaves before its end (and the HTTP layer's refusal when the body is malformed or slow)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise ClientGone()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -94,21 +116,31 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
 
 class Responder:
     """Wraps `send`: adds `extra` headers (the request id, the rate-limit headers once known)
-    to whatever response starts, and remembers its status."""
+    to whatever response starts, and remembers its status: CLIENT_CLOSED when the client had
+    gone before it (send raises OSError then, ASGI 2.4; nothing more is sent)."""
 
-    __slots__ = ("_send", "extra", "status")
+    __slots__ = ("_send", "extra", "status", "gone")
 
     def __init__(self, send: Send, extra: Headers) -> None:
         self._send = send
         self.extra = extra
         self.status = 0
+        self.gone = False
 
     @property
     def started(self) -> bool:
         return self.status != 0
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        start = message["type"] == "http.response.start"
+        if start:
             self.status = message["status"]
             message["headers"] = [*message.get("headers", ()), *self.extra]
-        await self._send(message)
+        if self.gone:
+            return
+        try:
+            await self._send(message)
+        except OSError:
+            self.gone = True
+            if start:
+                self.status = CLIENT_CLOSED

@@ -52,6 +52,14 @@ CODES: dict[str, Code] = {
     "invalid_request": Code(400, "The request is malformed (for example its path, its Content-Length, its JSON body "
                                  "or a field's value).",
                             "Fix the request; the message says what is wrong."),
+    "malformed_request": Code(400, "The request is not valid HTTP/1.1: its request line, a header's syntax, or its "
+                                   "framing (two or unreadable Content-Length headers, Transfer-Encoding with "
+                                   "Content-Length or on HTTP/1.0, a chunk size that is not hexadecimal). The edge "
+                                   "closes the connection after this answer.",
+                              "Fix the client that framed the request: HTTP/1.1, one Content-Length or chunked."),
+    "request_timeout": Code(408, "The request's head or its body did not arrive in time (by default 10 s for the "
+                                 "head, 60 s for the body); the connection is closed.",
+                            "Send each request whole without pausing; retry on a new connection."),
     "payload_too_large": Code(413, "The request body is larger than the edge accepts.",
                               "Send a smaller body (split the batch)."),
     "request_headers_too_large": Code(431, "The request headers are larger than the edge accepts.",
@@ -60,6 +68,9 @@ CODES: dict[str, Code] = {
                                 "Wait until X-RateLimit-Reset (or Retry-After seconds), then retry with backoff."),
     "quota_exceeded": Code(429, "The integration used up its daily quota.",
                            "Wait for the quota to reset (Retry-After says when) or ask for a higher quota."),
+    "too_many_connections": Code(429, "This address already holds as many open connections to the API as it may "
+                                      "(256 by default); this one is closed.",
+                                 "Send requests over fewer keep-alive connections; retry once one of yours has closed."),
     "upstream_unavailable": Code(502, "The service behind this route could not be reached (502) or did not "
                                       "answer in time (504).",
                                  "Retry later with backoff; report the X-Request-ID if it persists."),
@@ -67,6 +78,10 @@ CODES: dict[str, Code] = {
                                 "Retry later with backoff."),
     "internal_error": Code(500, "Something went wrong in the edge.",
                            "Retry later; report the X-Request-ID if it persists."),
+    # Never sent (nginx's convention): what the API log records when the client went away first.
+    "client_closed_request": Code(499, "Never sent: the API log's record of a request whose client closed the "
+                                       "connection before its body or its answer was complete.",
+                                  "Nothing to do; if your client gave up too early, raise its timeout."),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -25,14 +26,14 @@ from services.edge.apilog import ApiLogPublisher, PlatformBudget
 from services.edge.app import EdgeApp
 from services.edge.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
 from services.edge.credentials import ApiKeys, Issuer, KeySet, Tokens
+from services.edge.http.proxy import Upstreams
+from services.edge.http.server import REQUEST_LINE_BYTES, HttpLimits, serving
 from services.edge.integrations import Integrations, Invalidator
 from services.edge.metrics import EdgeMetrics
 from services.edge.oauth import TokenEndpoint
 from services.edge.partner_webhooks import PartnerWebhooks
 from services.edge.peers import Peers
 from services.edge.pipeline import Pipeline
-from services.edge.proxy import Upstreams
-from services.edge.server import EdgeHttpProtocol
 from services.edge.ratelimit import RateLimiter
 from services.edge.routes import RouteTable, RouteTableError
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
@@ -180,8 +181,13 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         for stop in reversed(stops):
             await stop()
         raise
+    limits = HttpLimits(
+        header_seconds=settings.edge_header_read_timeout_seconds, body_seconds=settings.edge_body_read_timeout_seconds,
+        per_address=settings.edge_max_connections_per_address,
+        head_bytes=settings.edge_max_header_bytes + REQUEST_LINE_BYTES,
+        uncounted=tuple(ipaddress.ip_network(c.strip(), strict=False) for c in settings.edge_trusted_proxies))
     config = uvicorn.Config(
-        app, http=EdgeHttpProtocol, ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+        app, http=serving(limits), ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
         # Never rewrite the client address from X-Forwarded-For: services.edge.clientip decides,
         # with the configured trusted proxies only.
         proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,

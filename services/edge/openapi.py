@@ -22,7 +22,7 @@ RATE_HEADERS = {
     "X-RateLimit-Remaining": "Requests left in the current window.",
     "X-RateLimit-Reset": "Unix timestamp (seconds) when the current window resets.",
 }
-PARTNER_ERRORS = ("400", "401", "403", "404", "405", "409", "413", "429", "431", "502", "503", "504")
+PARTNER_ERRORS = ("400", "401", "403", "404", "405", "408", "409", "413", "429", "431", "502", "503", "504")
 
 
 def _header(description: str, type_: str = "integer") -> dict[str, Any]:
@@ -32,7 +32,7 @@ def _header(description: str, type_: str = "integer") -> dict[str, Any]:
 def _error_response(status: str) -> dict[str, Any]:
     codes = [c for c, info in CODES.items() if str(info.status) == status or (status == "504" and c == "upstream_unavailable")]
     headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
-    if status not in ("400", "401", "431"):
+    if status not in ("400", "401", "408", "431"):
         headers.update({name: {"$ref": f"#/components/headers/{name}"} for name in RATE_HEADERS})
     if status == "429":
         headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}

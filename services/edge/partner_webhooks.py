@@ -34,7 +34,7 @@ from services.edge.asgi import read_body, send_json
 from services.edge.builtins import Builtin, BuiltinCall
 from services.edge.errors import EdgeError
 from services.edge.peers import Peers
-from services.edge.proxy import check_content_length, too_large
+from services.edge.http.proxy import check_content_length, too_large
 from services.kit import errors
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from services.edge.credentials import ApiKeys, RevokedKey, Tokens
 from services.edge.errors import EdgeError, unauthorized
 from services.edge.integrations import Integrations, Invalidator
 from services.edge.model import Caller, check_active, check_ip, check_pair, check_scope
-from services.edge.proxy import BodyTooLarge, Upstreams, too_large
+from services.edge.http.proxy import BodyTooLarge, Upstreams, too_large
 from services.edge.ratelimit import Decision, RateLimiter
 from services.edge.routes import Route, RouteTable, unsafe_path
 

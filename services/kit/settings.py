@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     edge_upstream_timeout_seconds: float = Field(default=30.0, gt=0)
     edge_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     edge_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # A request's head must arrive within this (from the connection, or from its first byte on a
+    # kept-alive one), its body within this from the end of its head; then 408 and the connection
+    # closes (services/edge/http/README.md).
+    edge_header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    edge_body_read_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Open connections one client address may hold; past it, 429 and closed. Trusted proxies
+    # (edge_trusted_proxies) carry many clients' connections and are not counted.
+    edge_max_connections_per_address: int = Field(default=256, ge=1)
     # Safety bound on every cached key, token and integration; events invalidate them sooner.
     edge_cache_ttl_seconds: float = Field(default=30.0, gt=0)
     # An unknown `kid` refetches the JWKS at most this often (junk kids cannot hammer identity).

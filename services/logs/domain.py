@@ -45,6 +45,8 @@ ERROR_CODES = frozenset({
     "integration_inactive", "ip_not_allowed", "insufficient_scope", "not_found", "method_not_allowed", "conflict",
     "invalid_request", "payload_too_large", "request_headers_too_large", "rate_limit_exceeded", "quota_exceeded",
     "upstream_unavailable", "upstream_error", "service_unavailable", "internal_error",
+    # refused by the HTTP layer, or the client went away
+    "malformed_request", "request_timeout", "too_many_connections", "client_closed_request",
     # the token endpoint
     "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type", "invalid_scope",
     "server_error", "temporarily_unavailable",

@@ -9,6 +9,12 @@ sending each connection's bytes once, at the end of the step, costs one system c
 several and lets the peers' answers arrive in batches. The delay is the rest of the current step,
 which is the time the loop needs for the work it already has; measured in docs/benchmarks.md
 "## Edge" (about 30 µs less CPU per proxied request at saturation).
+
+A lingering close (`linger` set, for a connection the server refused): close() sends what is
+held and an end-of-file, and closes the socket only once the peer has closed its side or
+`linger` seconds have passed. Closing a socket that still has unread bytes from the peer makes
+the kernel answer with a reset, which can destroy the answer before the client reads it; in the
+meantime the protocol reads and drops what the client still sends.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from typing import Any
 class CoalescingTransport:
     """A transport whose writes within one loop step reach the socket as one write."""
 
-    __slots__ = ("_transport", "_loop", "_held")
+    __slots__ = ("_transport", "_loop", "_held", "_closed", "linger")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] | None = None
+        self._closed = False
+        self.linger = 0.0  # seconds close() waits for the peer's end-of-file; 0: closes at once
 
     def write(self, data: bytes) -> None:
         if self._held is None:
@@ -45,11 +53,18 @@ class CoalescingTransport:
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self._closed or self._transport.is_closing()
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        transport = self._transport
+        if self.linger and not self._closed and not transport.is_closing() and transport.can_write_eof():
+            self._closed = True
+            transport.write_eof()
+            self._loop.call_later(self.linger, transport.close)  # unless the peer's end-of-file closes it first
+            return
+        self._closed = True
+        transport.close()
 
     def write_eof(self) -> None:
         self.flush()

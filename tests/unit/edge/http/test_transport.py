@@ -1,12 +1,14 @@
-"""Flush consolidation (services/edge/transport.py): the writes of one loop step leave as one
-write at its end, in order; closing sends what is held first. Through uvicorn and the upstream
-client, every integration test of the edge runs over it as well."""
+"""Flush consolidation (services/edge/http/transport.py): the writes of one loop step leave as one
+write at its end, in order; closing sends what is held first, and a lingering close half-closes
+first. Through uvicorn and the upstream client, every integration test of the edge runs over it
+as well."""
 
 from __future__ import annotations
 
 import asyncio
 
-from services.edge.transport import CoalescingTransport
+from services.edge.http.transport import CoalescingTransport
+from tests.support.waiting import eventually
 
 
 class Recorded:
@@ -28,6 +30,9 @@ class Recorded:
 
     def write_eof(self) -> None:
         self.writes.append(b"<eof>")
+
+    def can_write_eof(self) -> bool:
+        return True
 
     def writelines(self, lines: list[bytes]) -> None:
         self.writes.extend(lines)
@@ -82,3 +87,25 @@ async def test_writes_held_in_a_step_go_before_an_end_of_file_and_lines_written_
     assert real.writes == [HEAD + b"hello", b"<eof>"]
     await asyncio.sleep(0)
     assert real.writes == [HEAD + b"hello", b"<eof>"]
+
+
+async def test_a_lingering_close_sends_what_is_held_and_an_end_of_file_then_closes_later() -> None:
+    real = Recorded()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.linger = 0.05
+    transport.write(HEAD)
+    transport.close()
+    assert (real.writes, real.closed, transport.is_closing()) == ([HEAD, b"<eof>"], False, True)
+
+    async def closed() -> bool:
+        return real.closed
+    await eventually(closed, timeout=5, what="the close after the linger")
+
+
+async def test_a_second_close_during_the_linger_closes_at_once() -> None:
+    real = Recorded()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.linger = 60
+    transport.close()
+    transport.close()  # the server shutting down, say
+    assert (real.writes, real.closed) == ([b"<eof>"], True)

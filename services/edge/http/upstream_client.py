@@ -6,22 +6,24 @@ core, half the edge (docs/benchmarks.md "## Edge"). A reverse proxy needs a smal
 general client does: one request at a time on a connection, no redirects, cookies,
 decompression or content negotiation; what it needs is here, with the parsing left to llhttp.
 
-What it does: HTTP and HTTPS origins (certificates verified); request bodies streamed as given
-(with the caller's Content-Length, else chunked); responses framed by Content-Length, chunked
+What it does: HTTP and HTTPS origins (certificates verified); request bodies given whole (sent
+with their length) or streamed as given (with the caller's Content-Length, else chunked); responses framed by Content-Length, chunked
 or the end of the connection, streamed with back-pressure (reading pauses while more than
 `BUFFER_BYTES` wait); interim 1xx answers skipped; trailers dropped; HEAD answers end at their
 headers (and close their connection: httptools cannot tell llhttp to expect no body). A
 connection goes back to the pool only once its response was read to the end and both sides
 keep it alive; idle connections older than `idle_seconds` are closed rather than reused (an
-upstream that closes idle connections first, uvicorn after 5 s, would race us), and a request
-without a body that finds its pooled connection closed under it is sent once more on a new one.
+upstream that closes idle connections first, uvicorn after 5 s, would race us), and an idempotent
+request without a body or with a whole one that finds its pooled connection closed under it is
+sent once more on a new one.
 Timeouts: connecting, waiting for room in a full pool, and each wait for the upstream (its
 headers, the next body bytes, room to write) are bounded by `timeout`.
 
 Framing is never guessed, so that an answer cannot reach the wrong request: llhttp refuses
 contradictory lengths; bytes after an answer's end (a body longer than its Content-Length, an
 answer nobody asked for) retire the connection; a request body must match the Content-Length the
-caller gives (else it goes chunked, and an empty chunk is never sent: it would end the body); a
+caller gives (a whole body gets its own when none is given; a streamed one goes chunked, and an
+empty chunk is never sent: it would end the body); a
 line break in the method, target or a header is refused before anything is sent. The caller's
 headers carry no hop-by-hop or framing headers other than a body's Content-Length (the proxy
 strips them; checking every header here would cost the common path).
@@ -36,13 +38,17 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
 
-from services.edge.transport import CoalescingTransport
+from services.edge.http.transport import CoalescingTransport
 
 Headers = list[tuple[bytes, bytes]]
+T = TypeVar("T")
+# A request body: whole, or streamed as it comes.
+Body = bytes | AsyncIterator[bytes]
 
 # Response bytes buffered before the connection stops reading from the upstream.
 BUFFER_BYTES = 256 * 1024
@@ -184,13 +190,14 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0  # received while no answer's head is complete
         self._keep_alive = False
         self._busy = False  # an exchange is under way
-        self.waiting: asyncio.Future[object] | None = None  # what the exchange waits for, until `deadline`
+        self.waiting: asyncio.Future[Any] | None = None  # what the exchange waits for, until `deadline`
         self.deadline = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A request's head and body chunks leave at the end of the loop step (one write).
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment, arg-type]
+        # A wrapper, not an asyncio.Transport subclass: it forwards what it does not hold to the real one.
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment, arg-type]  # a wrapper
 
     def data_received(self, data: bytes) -> None:
         if not self._busy:
@@ -276,16 +283,18 @@ class _Connection(asyncio.Protocol):
         response._finish()
 
     # Used by the pool and the response.
-    async def exchange(self, head: bytes, head_request: bool, body: AsyncIterator[bytes] | None,
-                       length: int | None) -> Response:
-        """Send a request (`head` as built by the pool; `length` None sends `body` chunked)."""
+    async def exchange(self, head: bytes, head_request: bool, body: Body | None, length: int | None) -> Response:
+        """Send a request (`head` as built by the pool; `length` None sends a streamed `body` chunked)."""
         assert self.transport is not None
         self._response, self._received_any, self._keep_alive, self._busy = None, False, False, True
         self._head_bytes = 0
         self._head_request = head_request
         self._head = answer = self.loop.create_future()
         self.transport.write(head)
-        if body is not None:
+        if isinstance(body, bytes):
+            if body:
+                self.transport.write(body)  # with the head, in one write (CoalescingTransport)
+        elif body is not None:
             try:
                 await self._send_body(body, length)
             except BaseException:
@@ -318,7 +327,7 @@ class _Connection(asyncio.Protocol):
         elif sent != length:
             raise ValueError(f"the request body is shorter than its Content-Length ({length})")
 
-    async def wait(self, future: asyncio.Future):  # type: ignore[no-untyped-def]
+    async def wait(self, future: asyncio.Future[T]) -> T:
         """`future`'s result, or UpstreamTimeout once the pool's timeout passes (the connection is
         closed). The pool's sweeper enforces the deadline: no timer per wait."""
         if future.done():
@@ -426,7 +435,7 @@ class UpstreamPool:
                 return
 
     async def request(self, method: str, origin: Origin, target: bytes, headers: Headers,
-                      body: AsyncIterator[bytes] | None = None) -> Response:
+                      body: Body | None = None) -> Response:
         """Send one request; the caller reads the response and then calls `release()` on it.
 
         Raises UpstreamTimeout or UpstreamError when no answer starts; ValueError when the request
@@ -437,14 +446,23 @@ class UpstreamPool:
         for key, value in headers:
             lines += (key, b": ", value, b"\r\n")
         length = None if body is None else _body_length(headers)
-        chunked = body is not None and length is None
-        if chunked:
+        whole = body if isinstance(body, bytes) else None
+        sized = chunked = False
+        if whole is not None:
+            if length is not None and length != len(whole):
+                raise ValueError(f"the request body is not as long as its Content-Length ({length})")
+            if length is None:  # a whole body without the caller's length: the client gives it
+                lines.append(b"content-length: %d\r\n" % len(whole))
+                sized = True
+            length = len(whole)
+        elif body is not None and length is None:
             lines.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
         lines.append(b"\r\n")
         head = b"".join(lines)
         # One line per header: a line break inside one would start a header (or a request) of
         # the caller's making. A bare CR is left to the upstream (RFC 9112 §2.2: never a line end).
-        if head.count(b"\n") != len(headers) + 3 + chunked:
+        if head.count(b"\n") != len(headers) + 3 + chunked + sized:
             raise ValueError("the method, the target or a header holds a line break")
         head_request = method == "HEAD"
         while True:
@@ -452,7 +470,7 @@ class UpstreamPool:
             try:
                 return await conn.exchange(head, head_request, body, length)
             except _Stale:
-                if body is not None or method not in _IDEMPOTENT:
+                if (body is not None and whole is None) or method not in _IDEMPOTENT:
                     raise UpstreamError("the upstream closed the connection before answering") from None
                 continue  # nothing was consumed: the same request on another connection
             except BaseException:

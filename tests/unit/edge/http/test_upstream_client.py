@@ -14,8 +14,8 @@ import httptools
 import pytest
 import trustme
 
-from services.edge.upstream_client import (BUFFER_BYTES, Origin, UpstreamError, UpstreamPool, UpstreamTimeout,
-                                           split_url)
+from services.edge.http.upstream_client import (BUFFER_BYTES, Body, Origin, UpstreamError, UpstreamPool,
+                                                UpstreamTimeout, split_url)
 
 
 @dataclass
@@ -130,7 +130,7 @@ async def serving(answer: Callable[[Seen], Answer | None],
 
 
 async def get(pool: UpstreamPool, origin: Origin, target: bytes = b"/x", method: str = "GET",
-              headers: list[tuple[bytes, bytes]] | None = None, body: AsyncIterator[bytes] | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+              headers: list[tuple[bytes, bytes]] | None = None, body: Body | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     response = await pool.request(method, origin, target, headers or [], body)
     try:
         return response.status, response.headers, await response.read()
@@ -218,6 +218,28 @@ async def test_a_stale_pooled_connection_is_retried_only_for_a_repeatable_reques
         with pytest.raises(UpstreamError):
             await get(pool, origin, method="POST", body=chunks_of(b"x"))
         assert [s.connection for s in upstream.seen] == [1, 1, 2, 2]
+
+
+async def test_a_whole_body_goes_with_its_length_and_is_sent_again_for_an_idempotent_request() -> None:
+    answered: set[int] = set()
+
+    def answer(seen: Seen) -> Answer:
+        if seen.connection in answered:
+            return b"", True  # the pooled connection closes under the next request
+        answered.add(seen.connection)
+        return ok(seen.body), False
+
+    async with serving(answer) as (upstream, origin, pool):
+        assert (await get(pool, origin, method="PUT", body=b"first"))[2] == b"first"
+        assert (await get(pool, origin, method="PUT", body=b"whole"))[2] == b"whole"  # on 1, closed; again on 2
+        assert [(s.connection, s.body) for s in upstream.seen] == [(1, b"first"), (1, b"whole"), (2, b"whole")]
+        assert (b"content-length", b"5") in upstream.seen[2].headers
+        assert not any(k == b"transfer-encoding" for k, _ in upstream.seen[2].headers)
+        with pytest.raises(UpstreamError):  # a POST might have been acted on: not repeated
+            await get(pool, origin, method="POST", body=b"once")
+        with pytest.raises(ValueError):
+            await get(pool, origin, method="PUT", headers=[(b"content-length", b"9")], body=b"whole")
+        assert len(upstream.seen) == 4
 
 
 async def test_idle_connections_older_than_the_limit_are_not_reused() -> None:

@@ -1,10 +1,14 @@
-"""Forwarding a partner request to its upstream, streaming both bodies (through the edge's own
-upstream client, services/edge/upstream_client.py; docs/benchmarks.md "## Edge" says why).
+"""Forwarding a partner request to its upstream (through the edge's own upstream client,
+services/edge/http/upstream_client.py; docs/benchmarks.md "## Edge" says why).
 
-Request headers lose the hop-by-hop ones (and those `Connection` names), the partner's
-credentials, any `X-Trellis-*` a client made up, and what the edge sets itself; the edge then
-adds the caller's identity headers. Failures before the response starts become edge errors:
-502 (refused or broken), 504 (no answer within the timeout), 413 (body over the limit).
+The request body is read whole, bounded by `max_body_bytes`, before the upstream sees anything,
+and sent with its length: a body that turns out malformed, too large, too slow or cut short is
+refused (400, 413, 408, 499 in the log) without half a request reaching the upstream. The
+response body streams back. Request headers lose the hop-by-hop ones (and those `Connection`
+names), the framing (the body is framed again), the partner's credentials, any `X-Trellis-*` a
+client made up, and what the edge sets itself; the edge then adds the caller's identity headers.
+Failures before the response starts become edge errors: 502 (refused or broken), 504 (no answer
+within the timeout).
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
 
-from services.edge.asgi import Headers, Receive, Request, Send
+from services.edge.asgi import Headers, Receive, Request, Send, read_body
 from services.edge.errors import EdgeError
 from services.edge.routes import Route
-from services.edge.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
+from services.edge.http.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"trans
 # Set by the edge itself, or the partner's credentials: never passed on as the client sent them.
 REQUEST_STRIPPED = frozenset({
     b"host", b"authorization", b"x-api-key", b"x-request-id", b"x-forwarded-for", b"x-forwarded-host",
-    b"x-forwarded-proto", b"forwarded", b"traceparent", b"tracestate", b"expect",
+    b"x-forwarded-proto", b"forwarded", b"traceparent", b"tracestate", b"expect", b"content-length",
 })
 # Responses with a Content-Length up to this are read whole and sent in one body message (one
 # write to the partner instead of a chunk plus an empty end); larger or unsized ones stream.
@@ -64,40 +67,9 @@ class BodyTooLarge(Exception):
     pass
 
 
-class ClientGone(Exception):
-    pass
-
-
-class RequestBody:
-    """The request body as an async iterator of chunks, refused once it passes `limit` bytes."""
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self._limit = limit
-        self.size = 0
-        self.too_large = False
-        self.gone = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            self.size += len(chunk)
-            if self.size > self._limit:
-                self.too_large = True
-                raise BodyTooLarge()
-            if chunk:
-                yield chunk
-            if not message.get("more_body"):
-                return
-
-
 def has_body(request: Request) -> bool:
-    length = request.header(b"content-length")
-    return (length is not None and length.strip() not in (b"", b"0")) or request.header(b"transfer-encoding") is not None
+    """The request is framed with a body (its Content-Length, even 0, or chunked)."""
+    return request.header(b"content-length") is not None or request.header(b"transfer-encoding") is not None
 
 
 def too_large(limit: int) -> EdgeError:
@@ -115,7 +87,7 @@ def check_content_length(request: Request, limit: int) -> None:
 
 
 class Upstreams:
-    """Every upstream, through one pool of keep-alive connections (services/edge/upstream_client.py)."""
+    """Every upstream, through one pool of keep-alive connections (services/edge/http/upstream_client.py)."""
 
     def __init__(self, *, timeout: float, max_body_bytes: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self._seconds = timeout
@@ -138,8 +110,12 @@ class Upstreams:
                       add_request: Headers, add_response: Headers) -> int:
         """Send `request` to `route`'s upstream and stream the answer back; returns its status."""
         assert route.upstream is not None
-        check_content_length(request, self.max_body_bytes)
-        body = RequestBody(receive, self.max_body_bytes) if has_body(request) else None
+        body = None
+        if has_body(request):
+            check_content_length(request, self.max_body_bytes)
+            body = await read_body(receive, self.max_body_bytes)
+            if body is None:
+                raise BodyTooLarge()
         origin, prefix = self._base(route.upstream)
         target = prefix + route.upstream_path(request.raw_path.decode("latin-1"))
         if request.query_string:
@@ -147,8 +123,7 @@ class Upstreams:
         started = False
         try:
             response = await self._pool.request(request.method, origin, target.encode("latin-1"),
-                                                 request_headers(request.headers) + add_request,
-                                                 body.chunks() if body is not None else None)
+                                                 request_headers(request.headers) + add_request, body)
             try:
                 out = response_headers(response.headers) + add_response
                 if response.content_length is not None and response.content_length <= SMALL_RESPONSE_BYTES:
@@ -165,13 +140,7 @@ class Upstreams:
                 return response.status
             finally:
                 response.release()
-        except (BodyTooLarge, ClientGone):
-            raise
         except Exception as exc:
-            if body is not None and body.too_large:
-                raise BodyTooLarge() from exc
-            if body is not None and body.gone:
-                raise ClientGone() from exc
             if started:
                 raise  # the partner already has the status line; the connection is cut
             raise self._failure(exc, route) from exc

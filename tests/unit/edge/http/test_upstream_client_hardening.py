@@ -1,7 +1,7 @@
 """The upstream client under a hostile or broken upstream and hostile callers: framing that can
 no longer be trusted retires the connection, request framing cannot be bent by the body or the
 headers, the pool's room is never lost or waited for without bound, cancellation leaks nothing,
-TLS names the origin. Real TCP and TLS servers on loopback (tests/unit/edge/test_upstream_client.py)."""
+TLS names the origin. Real TCP and TLS servers on loopback (tests/unit/edge/http/test_upstream_client.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trustme
 
-from services.edge.upstream_client import MAX_HEAD_BYTES, Origin, UpstreamError, UpstreamPool, UpstreamTimeout
+from services.edge.http.upstream_client import MAX_HEAD_BYTES, Origin, UpstreamError, UpstreamPool, UpstreamTimeout
 from tests.support.waiting import eventually
-from tests.unit.edge.test_upstream_client import Answer, Seen, Upstream, chunks_of, get, ok, served, serving
+from tests.unit.edge.http.test_upstream_client import Answer, Seen, Upstream, chunks_of, get, ok, served, serving
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -369,7 +369,7 @@ async def test_an_exchange_that_fails_while_sending_leaves_no_unread_error_behin
 async def test_fetching_a_document_is_bounded_in_time_and_size_as_a_whole() -> None:
     """An external issuer's JWKS (Upstreams.fetch_text): a server that drips its answer cannot hold
     the fetch past the timeout, and a body over the limit is refused however it is framed."""
-    from services.edge.proxy import Upstreams
+    from services.edge.http.proxy import Upstreams
 
     dripping = asyncio.Event()
 
