@@ -20,7 +20,7 @@ def test_every_code_the_edge_can_record_is_a_code_the_filter_accepts() -> None:
     ({"ip": "999.1.1.1"}, "ip", "'999.1.1.1' is not an IP address"),
     ({"ip": "10.0.0.0/8"}, "ip", "is not an IP address"),
     ({"ip": "example.com"}, "ip", "is not an IP address"),
-    ({"error_code": "nope"}, "error_code", "error code 'nope' is not one a request can carry; codes are: conflict"),
+    ({"error_code": "nope"}, "error_code", "error code 'nope' is not one a request can carry; codes are: client_closed_request, conflict"),
     ({"integration_id": "sap"}, "integration_id", "'sap' is not an integration id"),
     ({"integration_id": "int_é"}, "integration_id", "is not an integration id"),
     ({"integration_id": "whk_01j9"}, "integration_id", "is not an integration id"),
