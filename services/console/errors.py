@@ -83,13 +83,13 @@ class BadForm(ConsoleError):
 def _decode(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     """Status code, message and structured fields of a gRPC error (services.kit.grpc_server's
     ErrorInterceptor wrote them)."""
-    if not isinstance(exc, grpc.Call):
+    if not callable(getattr(exc, "code", None)):  # grpc.aio.AioRpcError is no grpc.Call, yet has its methods
         return grpc.StatusCode.UNKNOWN, str(exc), {}
     fields: dict[str, str] = {}
-    for key, value in exc.trailing_metadata() or ():
+    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
         if key.startswith("trellis-") and isinstance(value, str):
             fields[key.removeprefix("trellis-")] = value
-    return exc.code(), exc.details() or "", fields
+    return exc.code(), exc.details() or "", fields  # type: ignore[attr-defined]
 
 
 def _sentence(message: str) -> str:
@@ -97,7 +97,7 @@ def _sentence(message: str) -> str:
     if not message:
         return message
     message = message[0].upper() + message[1:]
-    return message if message.endswith((".", "?", "!", ")")) else message + "."
+    return message if message.endswith((".", "?", "!")) else message + "."
 
 
 def refusal(exc: grpc.RpcError) -> Refusal:

@@ -66,3 +66,19 @@ class ConsoleUser:
         text = page if page is not None else await self.page(page_path)
         fields: dict[str, Any] = {**hidden_fields(text, action), **(data or {})}
         return await self.client.post(action, data=fields, headers=headers)
+
+
+def integration_form(**overrides: Any) -> dict[str, Any]:
+    """A valid create form; `overrides` replace fields."""
+    return {"vendor_id": "sap", "name": "SAP Procurement Sync", "description": "Purchase orders into SAP",
+            "owner": "alice", "scopes": ["inventory:read", "orders:read"], "rate_limit_per_minute": "60",
+            "daily_quota": "", "ip_allowlist": "", **overrides}
+
+
+async def create_integration(user: ConsoleUser, **overrides: Any) -> str:
+    """Create an integration through the console's form; its id."""
+    answer = await user.submit("/integrations/new", "/integrations", integration_form(**overrides))
+    assert answer.status_code == 303, (answer.status_code, answer.text[:3000])
+    location = answer.headers["location"]
+    assert location.endswith("?done=created"), location
+    return location.split("/integrations/")[1].split("?")[0]
