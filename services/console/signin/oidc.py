@@ -104,6 +104,7 @@ class OidcSignIn:
             token = await self._app.fetch_access_token(redirect_uri=self._redirect_uri, code=code,
                                                        code_verifier=pending.code_verifier)
         except (OAuthError, httpx2.HTTPError, ValueError) as exc:
+            log.warning("the identity provider refused the code exchange: %s", exc)
             raise SignInFailed("The identity provider refused to complete this sign-in; start again.") from exc
         if "id_token" not in token or "access_token" not in token:
             raise SignInFailed("The identity provider returned no ID token; is `openid` among "
