@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 
 from services.console.integrations import views
 from services.console.sessions import Session
+from services.console.web import is_htmx
 from services.kit.auth import ADMIN_PERMISSION
 
 HERE = Path(__file__).resolve().parent
@@ -53,5 +54,6 @@ class Renderer:
 
     def error(self, request: Request, title: str, message: str, *, status: int, session: Session | None = None,
               back: str = "", back_label: str = "") -> HTMLResponse:
-        return self.page(request, "errors/page.html", {"title": title, "message": message, "back": back,
-                                                       "back_label": back_label}, session=session, status=status)
+        context = {"title": title, "message": message, "back": back, "back_label": back_label}
+        fragment = "errors/_message.html" if is_htmx(request) else None
+        return self.page(request, "errors/page.html", context, session=session, status=status, fragment=fragment)
