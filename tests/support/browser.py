@@ -139,10 +139,11 @@ class Person:
         """A screenshot for docs/console.md, when TRELLIS_DOC_SCREENSHOTS=1."""
         if os.environ.get("TRELLIS_DOC_SCREENSHOTS") == "1":
             DOC_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            await self.page.screenshot(path=str(DOC_SCREENSHOTS / f"{name}.png"), full_page=True)
+            # caret="initial": hiding the caret would inject a style the CSP refuses (a console error).
+            await self.page.screenshot(path=str(DOC_SCREENSHOTS / f"{name}.png"), full_page=True, caret="initial")
 
     async def screenshot_failure(self, test: str) -> Path:
         FAILURES.mkdir(parents=True, exist_ok=True)
         path = FAILURES / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', test)}-{self.name}.png"
-        await self.page.screenshot(path=str(path), full_page=True)
+        await self.page.screenshot(path=str(path), full_page=True, caret="initial")
         return path
