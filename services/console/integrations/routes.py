@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -45,6 +46,8 @@ DONE = {
     "revoked": "Revoked. This is permanent: the integration can never be reactivated.",
 }
 NO_STORE = {"Cache-Control": "no-store"}
+# What an id may look like in a download's file name (a path parameter is whatever was typed).
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Catalogue:
@@ -340,8 +343,9 @@ class IntegrationPages:
         if not _is_handoff(document, integration_id):
             raise BadForm("No hand-off document", "This download only works from the page that showed the "
                           "credentials; nothing was downloaded.", 400)
+        name = f"{integration_id}-handoff.json" if _SAFE_ID.fullmatch(integration_id) else "handoff.json"
         return Response(handoff_bytes(document), media_type="application/json", headers={
-            **NO_STORE, "Content-Disposition": f'attachment; filename="{integration_id}-handoff.json"'})
+            **NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'})
 
 
 def _is_handoff(document: Any, integration_id: str) -> bool:
