@@ -20,9 +20,10 @@ install: $(STAMP)
 run: install
 	$(BIN)/trellis up
 
-## Run every test; starts its own nats-server and PostgreSQL
+## Run every test; starts its own nats-server and PostgreSQL (and a headless Chromium)
 test: install
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(BIN)/pytest -q
 
 protos: install

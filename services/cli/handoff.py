@@ -7,18 +7,14 @@ credentials are requested, so a bad path cannot cost the one showing of the cred
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from services.contracts.trellis.identity.v1 import identity_pb2
-from services.contracts.trellis.registry.v1 import registry_pb2
+# The document itself is the kit's, so the console's download gives the same (re-exported here).
+from services.kit.handoff import HANDLING, handoff_bytes, handoff_document
 
-HANDLING = (
-    "Transfer this file through a secrets manager, password vault or other encrypted channel; "
-    "never by email or chat. The API key and client secret cannot be shown again."
-)
+__all__ = ["HANDLING", "HandoffExists", "HandoffFile", "handoff_document"]
 
 
 class HandoffExists(Exception):
@@ -42,7 +38,7 @@ class HandoffFile:
         return cls(path, fd)
 
     def write(self, document: dict[str, Any]) -> None:
-        data = (json.dumps(document, indent=2) + "\n").encode()
+        data = handoff_bytes(document)
         try:
             os.write(self._fd, data)
             os.fsync(self._fd)
@@ -56,21 +52,3 @@ class HandoffFile:
             os.close(self._fd)
             self._fd = -1
             self.path.unlink(missing_ok=True)
-
-
-def handoff_document(integration: registry_pb2.Integration, credentials: identity_pb2.Credentials,
-                     *, api_docs_url: str) -> dict[str, Any]:
-    """API key, client id and secret, issuer and token URL, API docs URL, granted scopes."""
-    return {
-        "integration_id": integration.id,
-        "integration_name": integration.name,
-        "api_key": credentials.api_key,
-        "client_id": credentials.client_id,
-        "client_secret": credentials.client_secret,
-        "issuer": credentials.issuer,
-        "token_url": credentials.token_url,
-        "audience": credentials.audience,
-        "api_docs_url": api_docs_url,
-        "scopes": list(credentials.scopes or integration.scopes),
-        "handling": HANDLING,
-    }

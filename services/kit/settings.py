@@ -310,6 +310,26 @@ class Settings(BaseSettings):
         then identity and every edge agree on it only if all are given the same edge address."""
         return not {"token_issuer", "edge_public_url"} & self.model_fields_set
 
+    # The web console (services/console, docs/console.md). It serves HTML on console_addr and is
+    # reached by browsers at console_public_url (the OIDC redirect URI is built from it).
+    console_addr: str = "127.0.0.1:8081"
+    console_public_url: str = "http://127.0.0.1:8081"
+    # Where the console serves Prometheus `GET /metrics`; empty: on the console port (embedded).
+    console_metrics_addr: str = ""
+    # Sign-in outside the embedded mode: OpenID Connect against TRELLIS_ACTOR_ISSUER (its
+    # discovery document unless this URL is set), as this client of the identity provider.
+    console_oidc_client_id: str = ""
+    console_oidc_client_secret: SecretStr = SecretStr("")
+    console_oidc_discovery_url: str = ""
+    console_oidc_scopes: str = "openid profile email offline_access"
+    # Sent as the `audience` parameter of the authorization request when set (Auth0 needs it
+    # for an access token whose audience is TRELLIS_ACTOR_AUDIENCE).
+    console_oidc_audience: str = ""
+    # A session lasts this long after sign-in (or its last token refresh), on every replica.
+    console_session_ttl_seconds: int = Field(default=8 * 3600, ge=300, le=7 * 86400)
+    # Deadline of each gRPC call a page makes.
+    console_peer_timeout_seconds: float = Field(default=10.0, gt=0)
+
     @model_validator(mode="after")
     def _refuse_placeholders_outside_embedded(self) -> "Settings":
         if self.mode is Mode.EMBEDDED:

@@ -1,0 +1,1 @@
+"""Administration > Integrations: the list, create, detail, and the lifecycle actions."""

@@ -1,0 +1,184 @@
+"""Wires the console: NATS (the session buckets), the four gRPC channels, sign-in (OIDC, or the
+local sign-in in the embedded mode), the pages, and a uvicorn server. Nothing runs at import.
+
+`python -m services.console` serves on settings.console_addr until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from services.console.app import Console
+from services.console.integrations.routes import IntegrationPages
+from services.console.metrics import ConsoleMetrics
+from services.console.pages import Renderer
+from services.console.peers import Peers
+from services.console.sessions import SessionStore
+from services.console.signin.local import LocalSignIn
+from services.console.signin.oidc import OidcSignIn
+from services.console.signin.routes import Auth, SignInPages
+from services.console.web import Cookies, content_security_policy
+from services.kit.auth import ActorVerifier
+from services.kit.bus import connect
+from services.kit.metrics import MetricsServer
+from services.kit.service import Cleanup, configure_logging
+from services.kit.settings import Mode, Settings
+from services.kit.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+NAME = "console"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: RunningConsole decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class RunningConsole:
+    console: Console
+    server: uvicorn.Server
+    sock: socket.socket
+    port: int
+    stops: list[Cleanup] = field(default_factory=list)
+    starts: list[Cleanup] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> "RunningConsole":
+        for start in self.starts:
+            await start()
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self.task.done():
+                await self.task
+                raise RuntimeError("the console server stopped while starting")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            await self.task
+            self.task = None
+        for stop in reversed(self.stops):
+            try:
+                await stop()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                log.warning("cleanup failed while stopping the console", exc_info=True)
+
+    async def serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        assert self.task is not None
+        await asyncio.wait([self.task, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        log.info("console shutting down")
+        await self.stop()
+
+
+def check_settings(settings: Settings) -> None:
+    """What the console needs outside the embedded mode: an OIDC client and an HTTPS address."""
+    if settings.mode is Mode.EMBEDDED:
+        return
+    problems = []
+    if not settings.console_oidc_client_id:
+        problems.append("TRELLIS_CONSOLE_OIDC_CLIENT_ID must be set (the console's client at the identity provider)")
+    if urlsplit(settings.console_public_url).scheme != "https":
+        problems.append("TRELLIS_CONSOLE_PUBLIC_URL must be an https:// URL (session cookies are Secure)")
+    if problems:
+        raise ValueError("console settings refused: " + "; ".join(problems))
+
+
+def _bind(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that
+    # say they are TCP, and with it on every keep-alive answer's body waited 40 ms for an ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def bootstrap(settings: Settings, *, address: str | None = None) -> RunningConsole:
+    """A ready-to-start console bound to `address` (default settings.console_addr; port 0 in tests)."""
+    check_settings(settings)
+    embedded = settings.mode is Mode.EMBEDDED
+    local = LocalSignIn(settings) if embedded else None
+    oidc = None if embedded else OidcSignIn(settings, ActorVerifier.from_settings(settings))
+    stops: list[Cleanup] = []
+    try:
+        nc = await connect(settings.nats_url, name=f"trellis-{NAME}")
+        stops.append(nc.drain)
+        store = await SessionStore.open(nc.jetstream(), ttl_seconds=settings.console_session_ttl_seconds,
+                                        replicas=settings.nats_stream_replicas)
+        peers = Peers(settings)
+        stops.append(peers.close)
+        # Plain HTTP only on a laptop: anywhere else the cookies are Secure and __Host- prefixed.
+        cookies = Cookies(secure=not (embedded and urlsplit(settings.console_public_url).scheme == "http"))
+        auth = Auth(store, cookies, local=local, oidc=oidc, session_ttl=settings.console_session_ttl_seconds)
+        renderer, metrics = Renderer(embedded=embedded), ConsoleMetrics()
+
+        async def ready() -> dict[str, bool]:
+            return {**await peers.health(), "nats": nc.is_connected}
+
+        issuer = urlsplit(settings.actor_issuer)
+        form_targets = () if embedded or not issuer.netloc else (f"{issuer.scheme}://{issuer.netloc}",)
+        console = Console(
+            auth=auth, renderer=renderer, metrics=metrics, ready=ready, csp=content_security_policy(form_targets),
+            signin=SignInPages(auth, renderer, metrics, issuer=settings.actor_issuer, public_url=settings.console_public_url),
+            integrations=IntegrationPages(peers, auth, renderer, store, max_live=settings.max_live_integrations,
+                                          api_docs_url=settings.api_docs_url),
+            serve_metrics=not settings.console_metrics_addr)
+        sock = _bind(address or settings.console_addr)
+        stops.append(_closer(sock))
+    except BaseException:
+        for stop in reversed(stops):
+            await stop()
+        raise
+    config = uvicorn.Config(console, http="httptools", ws="none", lifespan="off", log_config=None, access_log=False,
+                            proxy_headers=False, server_header=False,
+                            timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None)
+    running = RunningConsole(console=console, server=_Server(config), sock=sock, port=sock.getsockname()[1], stops=stops)
+    if settings.console_metrics_addr:
+        metrics_server = MetricsServer(metrics.render, settings.console_metrics_addr)
+        running.starts.append(metrics_server.start)  # type: ignore[arg-type] - returns the port
+        running.stops.append(metrics_server.stop)
+    return running
+
+
+def _closer(sock: socket.socket) -> Cleanup:
+    async def close() -> None:
+        sock.close()
+
+    return close
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings, NAME)
+
+    async def run() -> None:
+        setup_tracing(NAME, namespace=settings.otel_service_namespace)
+        console = await (await bootstrap(settings)).start()
+        log.info("console serving on %s (port %d)", settings.console_public_url, console.port)
+        await console.serve_until_signalled()
+
+    import uvloop  # the event loop the edge runs on too (docs/benchmarks.md)
+
+    uvloop.run(run())
