@@ -13,6 +13,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
+from services.kit.ids import is_request_id
 from services.registry import commands
 from services.registry.domain import UPDATABLE_FIELDS, Integration, Status
 from services.registry.handlers import IssuedCredentials, RegistryHandlers
@@ -63,10 +64,12 @@ def _history_to_proto(e: HistoryEntry) -> pb.HistoryEntry:
 
 
 def _request_id(context: grpc.aio.ServicerContext, given: str = "") -> str:
-    """The caller's request id: the field when the message has one, else `x-request-id`."""
+    """The caller's request id: the field when the message has one (checked by the handler),
+    else `x-request-id` when it has the form of one (a new one is made otherwise)."""
     if given:
         return given
-    return dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    forwarded = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    return forwarded if is_request_id(forwarded) else ""
 
 
 def _changes(request: pb.UpdateIntegrationRequest) -> dict[str, object]:

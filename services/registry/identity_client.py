@@ -11,25 +11,15 @@ import grpc
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.kit import errors
 from services.kit.auth import Actor
+from services.kit.rpc_errors import from_rpc_error
 from services.kit.service import actor_metadata
 from services.registry.handlers import IssuedCredentials, RegeneratedApiKey
 
-_ERRORS: dict[grpc.StatusCode, type[errors.TrellisError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.ABORTED: errors.Aborted,
-}
-
-
 def _translate(exc: grpc.aio.AioRpcError, what: str) -> errors.TrellisError:
-    """Identity's refusal as our own error; anything transport-like is Unavailable."""
-    cls = _ERRORS.get(exc.code(), errors.Unavailable)
-    return cls(f"identity could not {what}: {exc.details() or exc.code().name}", peer="identity")
+    """Identity's refusal as our own error, with identity's fields (services.kit.rpc_errors);
+    anything transport-like is Unavailable."""
+    error = from_rpc_error(exc, peer="identity")
+    return error.rephrased(f"identity could not {what}: {error.message}")
 
 
 class IdentityCredentials:

@@ -1,0 +1,43 @@
+"""Request ids, integration ids and audit filters that are not ours (non-ASCII, NUL, spaces,
+line breaks, 100 kB) get a clean answer from the logs service, on SQLite and PostgreSQL, over a
+real channel: NOT_FOUND or INVALID_ARGUMENT, or nothing found; never INTERNAL (`Invalid metadata`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.contracts.trellis.logs.v1 import logs_pb2 as pb
+from services.kit import errors
+from services.kit.auth import QA_PERMISSION
+from services.kit.rpc_errors import from_rpc_error
+from tests.integration.logs.conftest import LogsRunner, unique
+from tests.support.odd_ids import answered_or_refused, expected, odd_ids, refusal
+
+Metadata = Callable[..., tuple[tuple[str, str], ...]]
+
+
+async def test_odd_ids_are_not_found_and_odd_filters_find_nothing(logs_runner: Callable[..., LogsRunner], database_url: str,
+                                                                 as_actor: Metadata) -> None:
+    stub = await logs_runner(logs_database_url=database_url).start()
+    md = as_actor("quinn", unique("org"), [QA_PERMISSION])
+    for label, odd in odd_ids("req").items():
+        error = await refusal(stub.GetRequest(pb.GetRequestRequest(request_id=odd), metadata=md, timeout=20),
+                              what=f"GetRequest {label}")
+        assert error.code() in expected(odd), label
+        for request in (pb.QueryRequestsRequest(integration_id=odd), pb.QueryRequestsRequest(endpoint=odd),
+                        pb.QueryRequestsRequest(page_token=odd)):
+            found = await answered_or_refused(stub.QueryRequests(request, metadata=md, timeout=20), what=f"QueryRequests {label}")
+            assert found is None or list(found.records) == [], label
+        for request in (pb.QueryAuditRequest(object_id=odd), pb.QueryAuditRequest(actor_id=odd),
+                        pb.QueryAuditRequest(page_token=odd)):
+            found = await answered_or_refused(stub.QueryAudit(request, metadata=md, timeout=20), what=f"QueryAudit {label}")
+            assert found is None or list(found.entries) == [], label
+
+        async def export() -> list[pb.ExportChunk]:
+            return [chunk async for chunk in stub.ExportRequests(pb.ExportRequestsRequest(integration_id=odd),
+                                                                 metadata=md, timeout=20)]
+
+        await answered_or_refused(export(), what=f"ExportRequests {label}")
+    error = await refusal(stub.GetRequest(pb.GetRequestRequest(request_id="é"), metadata=md))
+    refused = from_rpc_error(error)
+    assert isinstance(refused, errors.NotFound) and refused.fields == {"request_id": "é"}
