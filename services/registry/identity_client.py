@@ -3,7 +3,6 @@ administrator's token forwarded, and identity's status codes translated once, he
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 
 import grpc
@@ -11,6 +10,7 @@ import grpc
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.kit import errors
 from services.kit.auth import Actor
+from services.kit.prototime import field_datetime
 from services.kit.rpc_errors import from_rpc_error
 from services.kit.service import actor_metadata
 from services.registry.handlers import IssuedCredentials, RegeneratedApiKey
@@ -48,7 +48,7 @@ class IdentityCredentials:
             issuer=c.issuer,
             audience=c.audience,
             scopes=tuple(c.scopes),
-            issued_at=c.issued_at.ToDatetime(tzinfo=dt.timezone.utc) if c.HasField("issued_at") else None,
+            issued_at=field_datetime(c, "issued_at"),
         )
 
     async def revoke(self, actor: Actor, integration_id: str, reason: str, request_id: str = "") -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.kit import errors
 from services.kit.auth import QA_PERMISSION
@@ -41,3 +44,16 @@ async def test_odd_ids_are_not_found_and_odd_filters_find_nothing(logs_runner: C
     error = await refusal(stub.GetRequest(pb.GetRequestRequest(request_id="é"), metadata=md))
     refused = from_rpc_error(error)
     assert isinstance(refused, errors.NotFound) and refused.fields == {"request_id": "é"}
+
+
+async def test_a_time_no_datetime_holds_is_invalid_argument(logs_stub, as_actor: Metadata) -> None:  # type: ignore[no-untyped-def]
+    md = as_actor("quinn", unique("org"), [QA_PERMISSION])
+    far = Timestamp(seconds=10**15)
+
+    async def export() -> list[pb.ExportChunk]:
+        return [chunk async for chunk in logs_stub.ExportRequests(pb.ExportRequestsRequest(until=far), metadata=md, timeout=20)]
+
+    for call in (logs_stub.QueryRequests(pb.QueryRequestsRequest(since=far), metadata=md, timeout=20),
+                 logs_stub.QueryAudit(pb.QueryAuditRequest(until=far), metadata=md, timeout=20), export()):
+        error = await refusal(call, frozenset({grpc.StatusCode.INVALID_ARGUMENT}))
+        assert "since" in (error.details() or "") or "until" in (error.details() or "")

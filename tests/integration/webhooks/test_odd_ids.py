@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit import errors
 from services.kit.auth import EDGE_PERMISSION
@@ -66,3 +69,11 @@ async def test_odd_filters_and_views_are_refused_or_empty_never_a_server_error(
         for request in (pb.ListActivitiesRequest(page_token=odd), pb.ListActivitiesRequest(types=[odd])):
             await answered_or_refused(webhooks.stub.ListActivities(request, metadata=webhooks.admin, timeout=20),
                                       what=f"ListActivities {label}")
+
+
+async def test_an_activity_time_no_datetime_holds_is_invalid_argument(webhooks: Webhooks) -> None:
+    for seconds in (10**15, -10**15):
+        error = await refusal(webhooks.stub.PublishActivity(pb.PublishActivityRequest(
+            type="lot.created", data_json="{}", occurred_at=Timestamp(seconds=seconds)), metadata=webhooks.admin, timeout=20),
+            frozenset({grpc.StatusCode.INVALID_ARGUMENT}))
+        assert "occurred_at" in (error.details() or "")
