@@ -209,7 +209,20 @@ class Ask:
         if not isinstance(document, dict):
             raise EdgeError("invalid_request", "send a JSON object (Content-Type: application/json) with the fields: "
                             + ", ".join(WRITABLE_FIELDS))
+        if b"\\u" in raw and _holds_lone_surrogate(document):
+            raise EdgeError("invalid_request", "the body holds a \\u escape of half a UTF-16 surrogate pair, which is "
+                            "not text; send each character whole (or as UTF-8)")
         return document
+
+
+def _holds_lone_surrogate(document: object) -> bool:
+    """Whether JSON text decoded to a lone surrogate somewhere (`"\\ud800"` is valid JSON but no
+    Unicode text can hold it: protobuf, and so the webhooks call, would fail on it)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _fields(document: dict[str, Any]) -> dict[str, Any]:

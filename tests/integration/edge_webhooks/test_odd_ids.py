@@ -73,3 +73,26 @@ async def test_odd_query_values_are_refused_or_find_nothing(stack: Stack, caplog
             assert isinstance(answer, dict), (path[:80], status, answer)
             assert status == 200 or (status, answer["error"]) == (400, "invalid_request"), (path[:80], status, answer)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+async def test_a_lone_surrogate_in_a_json_body_is_400_not_a_server_error(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    # "\ud800" is valid JSON but no text: it used to reach protobuf and fail there (500).
+    client = await stack.partner()
+    status, _, created = await client("POST", "/v1/webhooks", json={"endpoint_url": HOOK, "activity_types": ["*"]})
+    assert status == 201, created
+    caplog.set_level(logging.WARNING)
+    json_body = {"Content-Type": "application/json"}
+    for method, path, raw in (
+        ("POST", "/v1/webhooks", rb'{"endpoint_url": "https://hooks.example.test/in", "activity_types": ["*"], "description": "\ud800"}'),
+        ("POST", "/v1/webhooks", rb'{"endpoint_url": "https://hooks.example.test/\udfff", "activity_types": ["*"]}'),
+        ("POST", "/v1/webhooks", rb'{"endpoint_url": "https://hooks.example.test/in", "activity_types": ["\udc00"]}'),
+        ("PATCH", f"/v1/webhooks/{created['id']}", rb'{"description": "\ud83dx"}'),
+    ):
+        status, headers, answer = await client(method, path, data=raw, headers=json_body)
+        assert (status, answer["error"]) == (400, "invalid_request"), (method, raw, status, answer)
+        assert "surrogate" in answer["message"] and answer["request_id"] == headers["x-request-id"]
+    # A whole pair is one character, and kept.
+    status, _, kept = await client("PATCH", f"/v1/webhooks/{created['id']}", data=rb'{"description": "\ud83d\ude00"}',
+                                   headers=json_body)
+    assert (status, kept["description"]) == (200, "\U0001F600")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
