@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from services.contracts.trellis.identity.v1 import identity_pb2
 from services.kit import errors
 from services.kit.auth import ActorVerifier
 from services.kit.grpc_server import create_server
@@ -20,6 +21,7 @@ from services.kit.service import RunningService
 from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
 
 SERVICE = "trellis.test.Errors"
+IDENTITY = identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name
 CLASSES = {cls.__name__: cls for cls in CODES}
 FIELDS = {
     "integration_id": "int_é",
@@ -46,10 +48,17 @@ async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIte
     _raise(request)
 
 
+async def _credential_info(request: identity_pb2.GetCredentialInfoRequest, context: grpc.aio.ServicerContext) -> None:
+    _raise(request.integration_id.encode())  # stands in for identity, so the CLI's own stub calls it
+
+
 def _register(server: grpc.aio.Server) -> None:
     handlers = {"Unary": grpc.unary_unary_rpc_method_handler(_unary),
                 "Stream": grpc.unary_stream_rpc_method_handler(_stream)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    identity = {"GetCredentialInfo": grpc.unary_unary_rpc_method_handler(
+        _credential_info, request_deserializer=identity_pb2.GetCredentialInfoRequest.FromString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(IDENTITY, identity),))
 
 
 @dataclass
@@ -157,3 +166,31 @@ def test_a_status_that_is_not_ours_reads_back_by_its_code() -> None:
     assert type(late) is errors.Unavailable and late.fields == {"grpc_status": "DEADLINE_EXCEEDED", "peer": "webhooks"}
     crashed = from_rpc_error(Failed(grpc.StatusCode.INTERNAL, "internal error"))
     assert type(crashed) is errors.Unavailable and crashed.fields == {"grpc_status": "INTERNAL"}
+
+
+async def test_every_peer_client_reads_the_same_class_and_fields_back(server: Server) -> None:
+    from services.cli.client import ServiceClient, ServiceError
+    from services.edge.peers import translate
+    from services.registry.identity_client import _translate as registry_translate
+
+    ask = _ask(errors.AlreadyExists, "external client é is registered to another integration", {"client_id": "é"})
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(f"/{SERVICE}/Unary")(ask, metadata=server.metadata)
+    at_edge = translate(caught.value, "identity")
+    assert type(at_edge) is errors.AlreadyExists and at_edge.fields == {"client_id": "é", "peer": "identity"}
+    at_registry = registry_translate(caught.value, "register the client")
+    assert type(at_registry) is errors.AlreadyExists and at_registry.fields == {"client_id": "é", "peer": "identity"}
+    assert at_registry.message == "identity could not register the client: external client é is registered to another integration"
+
+    def from_the_cli() -> BaseException:
+        with grpc.insecure_channel(server.address) as channel:
+            client = ServiceClient("identity", server.address, channel, lambda: server.metadata)
+            with pytest.raises(ServiceError) as refused:
+                client.GetCredentialInfo(identity_pb2.GetCredentialInfoRequest(integration_id=ask.decode()))
+            return refused.value
+
+    at_cli = await asyncio.to_thread(from_the_cli)
+    assert isinstance(at_cli, ServiceError) and at_cli.code is grpc.StatusCode.ALREADY_EXISTS
+    assert type(at_cli.error) is errors.AlreadyExists and at_cli.error.fields == {"client_id": "é", "peer": "identity"}
+    assert str(at_cli) == "ALREADY_EXISTS: external client é is registered to another integration"
