@@ -10,12 +10,13 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import jwt
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -42,8 +43,11 @@ ALWAYS_PUBLIC = frozenset(
 Around = Callable[[Callable[..., Any], Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """The same handler with `around(behaviour, request, context)` in front of its behaviour."""
+def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around,
+                  deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same handler with `around(behaviour, request, context)` in front of its behaviour
+    (and `deserializer`, when given, reading its requests)."""
+    request_deserializer = deserializer or handler.request_deserializer
     if handler.unary_unary:
         inner = handler.unary_unary
 
@@ -51,7 +55,7 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMet
             return await around(inner, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            unary_unary, request_deserializer=request_deserializer, response_serializer=handler.response_serializer
         )
     if handler.unary_stream:
         inner_stream = handler.unary_stream
@@ -91,7 +95,7 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMet
                     task.exception()  # retrieved: the call was closed before it was awaited
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            unary_stream, request_deserializer=request_deserializer, response_serializer=handler.response_serializer
         )
     # Streaming-request methods (reflection) pass through untouched.
     return handler
@@ -123,6 +127,27 @@ def nul_field(message: object, prefix: str = "") -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """A request that did not parse as its message, handed on so that it is refused as
+    INVALID_ARGUMENT here rather than as gRPC's UNKNOWN `Unexpected DecodeError`."""
+
+    reason: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:  # a corrupt wire format, or a text field that is not UTF-8
+            return _Unreadable(str(exc))
+
+    return parse
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Sends a TrellisError as its status, message and fields (services.kit.rpc_errors, always
     sendable); anything else is INTERNAL with no detail leaked."""
@@ -135,6 +160,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
             try:
+                if isinstance(request, _Unreadable):
+                    raise errors.InvalidArgument(f"the request is not a valid message: {request.reason}")
                 if (field := nul_field(request)) is not None:
                     raise errors.InvalidArgument(f"{field} must not contain NUL characters", field=field)
                 return await behaviour(request, context)
@@ -146,7 +173,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-        return _wrap_handler(handler, around)
+        return _wrap_handler(handler, around, _tolerant(handler.request_deserializer))
 
 
 class ObserveInterceptor(grpc.aio.ServerInterceptor):

@@ -57,3 +57,18 @@ async def test_a_time_no_datetime_holds_is_invalid_argument(logs_stub, as_actor:
                  logs_stub.QueryAudit(pb.QueryAuditRequest(until=far), metadata=md, timeout=20), export()):
         error = await refusal(call, frozenset({grpc.StatusCode.INVALID_ARGUMENT}))
         assert "since" in (error.details() or "") or "until" in (error.details() or "")
+
+
+async def test_a_streaming_request_that_is_not_a_valid_message_is_invalid_argument(logs_runner: Callable[..., LogsRunner],
+                                                                                   as_actor: Metadata) -> None:
+    runner = logs_runner()
+    await runner.start()
+    assert runner.channel is not None
+    md = as_actor("quinn", unique("org"), [QA_PERMISSION])
+    export = runner.channel.unary_stream("/trellis.logs.v1.Logs/ExportRequests")
+
+    async def chunks() -> list[bytes]:
+        return [chunk async for chunk in export(b"\x0a\x02\xff\xfe", metadata=md, timeout=20)]
+
+    error = await refusal(chunks(), frozenset({grpc.StatusCode.INVALID_ARGUMENT}))
+    assert "not a valid message" in (error.details() or "")

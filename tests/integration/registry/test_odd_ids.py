@@ -21,15 +21,20 @@ from tests.support.services import channel_to, start_service
 
 
 @pytest.fixture
-async def registry(make_settings: Callable[..., Settings], identity_service: RunningService,
-                   database_url: str) -> AsyncIterator[registry_pb2_grpc.RegistryStub]:
+async def channel(make_settings: Callable[..., Settings], identity_service: RunningService,
+                  database_url: str) -> AsyncIterator[grpc.aio.Channel]:
     service = await start_service("registry", make_settings(identity_addr=f"127.0.0.1:{identity_service.port}",
                                                             registry_database_url=database_url))
     try:
         async with channel_to(service) as channel:
-            yield registry_pb2_grpc.RegistryStub(channel)
+            yield channel
     finally:
         await service.stop(0)
+
+
+@pytest.fixture
+def registry(channel: grpc.aio.Channel) -> registry_pb2_grpc.RegistryStub:
+    return registry_pb2_grpc.RegistryStub(channel)
 
 
 def _calls(odd: str) -> dict[str, object]:
@@ -95,3 +100,12 @@ async def test_odd_text_is_refused_or_kept_never_a_server_error(registry: regist
             assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT, (text, exc.code(), exc.details())
         else:
             assert created.description == text
+
+
+async def test_a_request_that_is_not_a_valid_message_is_invalid_argument(channel: grpc.aio.Channel, as_actor: AsActor) -> None:
+    # What no stub of ours sends, but any gRPC client can: text that is not UTF-8, a cut message.
+    admin = as_actor("alice", new_org())
+    call = channel.unary_unary("/trellis.registry.v1.Registry/GetIntegration")
+    for raw in (b"\x0a\x02\xff\xfe", b"\x0a\x05abc", b"\xff\xff\xff"):
+        error = await refusal(call(raw, metadata=admin, timeout=20), frozenset({grpc.StatusCode.INVALID_ARGUMENT}))
+        assert "not a valid message" in (error.details() or ""), raw
