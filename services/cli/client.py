@@ -18,6 +18,8 @@ from pydantic import model_validator
 from services.cli.embedded import EmbeddedSecretsMissing, mint_cli_token
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
+from services.kit.errors import TrellisError
+from services.kit.rpc_errors import code_of, from_rpc_error
 from services.kit.settings import Mode, Settings
 
 CALL_TIMEOUT_SECONDS = 30.0
@@ -42,9 +44,12 @@ class ServiceUnreachable(CliError):
 
 
 class ServiceError(CliError):
-    def __init__(self, service: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.service, self.code, self.details = service, code, details
+    """The service refused (or failed): `error` is the services.kit.errors class the status
+    stands for, with the service's fields (services.kit.rpc_errors, the map every client uses)."""
+
+    def __init__(self, service: str, code: grpc.StatusCode, error: TrellisError) -> None:
+        super().__init__(f"{code.name}: {error.message}")
+        self.service, self.code, self.error, self.details = service, code, error, error.message
 
 
 class CliSettings(Settings):
@@ -84,11 +89,10 @@ class ServiceClient:
         return call
 
     def _translate(self, exc: grpc.RpcError) -> CliError:
-        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
-        if code is grpc.StatusCode.UNAVAILABLE and details.startswith(_TRANSPORT_FAILURES):
+        code, error = code_of(exc), from_rpc_error(exc, peer=self.name)
+        if code is grpc.StatusCode.UNAVAILABLE and error.message.startswith(_TRANSPORT_FAILURES):
             return ServiceUnreachable(self.name, self.address)
-        return ServiceError(self.name, code, details)
+        return ServiceError(self.name, code, error)
 
 
 class Session:

@@ -7,7 +7,6 @@ names (`active`), timestamps as ISO 8601 in UTC.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -19,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.identity.v1 import identity_pb2
 from services.contracts.trellis.registry.v1 import registry_pb2
+from services.kit.prototime import rfc3339
 
 STATUS_PREFIX = "INTEGRATION_STATUS_"
 STATUS_NAMES = tuple(
@@ -53,9 +53,7 @@ def status_value(name: str) -> int:
 
 def timestamp(ts: Timestamp) -> str:
     """ISO 8601 UTC to the second; empty when the timestamp was never set."""
-    if not ts.seconds and not ts.nanos:
-        return ""
-    return ts.ToDatetime(tzinfo=dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rfc3339(ts)
 
 
 def message_dict(message: Message) -> dict[str, Any]:

@@ -5,10 +5,9 @@
     ├── SignInRequired     no session, or one that cannot be renewed: sign in, then come back
     └── BadForm            a form the console cannot read (CSRF token, size, a used action)
 
-The services raise services.kit.errors classes; their interceptor sends the status code, the
-message and each structured field as `trellis-<field>` trailing metadata. `refusal()` reads that
-back. Another change brings the kit a two-way map of those errors; `_decode` is the single spot
-that will call it, everything else here stays.
+The services raise services.kit.errors classes; the kit's two-way map (services.kit.rpc_errors)
+sends them as gRPC statuses with their structured fields, and `_decode` reads them back through
+the same map: this module only decides what a page says about each.
 """
 
 from __future__ import annotations
@@ -18,16 +17,18 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.kit import rpc_errors
+
 # A structured field of a refusal -> the form field it is shown beside.
 _FIELD_OF = {
-    "vendor-id": "vendor_id",
-    "invalid-scopes": "scopes",
-    "invalid-entries": "ip_allowlist",
+    "vendor_id": "vendor_id",
+    "invalid_scopes": "scopes",
+    "invalid_entries": "ip_allowlist",
     "entries": "ip_allowlist",
-    "rate-limit-per-minute": "rate_limit_per_minute",
-    "daily-quota": "daily_quota",
+    "rate_limit_per_minute": "rate_limit_per_minute",
+    "daily_quota": "daily_quota",
 }
-# `trellis-field` names these directly.
+# The field `field` names these directly.
 _NAMED_FIELDS = frozenset({"name", "owner", "description"})
 
 _HTTP_STATUS = {
@@ -81,15 +82,10 @@ class BadForm(ConsoleError):
 
 
 def _decode(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict[str, str]]:
-    """Status code, message and structured fields of a gRPC error (services.kit.grpc_server's
-    ErrorInterceptor wrote them)."""
-    if not callable(getattr(exc, "code", None)):  # grpc.aio.AioRpcError is no grpc.Call, yet has its methods
-        return grpc.StatusCode.UNKNOWN, str(exc), {}
-    fields: dict[str, str] = {}
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key.startswith("trellis-") and isinstance(value, str):
-            fields[key.removeprefix("trellis-")] = value
-    return exc.code(), exc.details() or "", fields  # type: ignore[attr-defined]
+    """Status code, message and structured fields of a gRPC error, through the kit's map."""
+    code, error = rpc_errors.code_of(exc), rpc_errors.from_rpc_error(exc)
+    fields = {key: str(value) for key, value in error.fields.items() if key != "grpc_status"}
+    return code, "" if error.message == code.name else error.message, fields
 
 
 def _sentence(message: str) -> str:

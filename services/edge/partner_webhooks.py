@@ -18,7 +18,6 @@ ALREADY_EXISTS -> 409 conflict, a deadline -> 504 and anything else -> 502 upstr
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from services.edge.errors import EdgeError
 from services.edge.peers import Peers
 from services.edge.http.proxy import check_content_length, too_large
 from services.kit import errors
+from services.kit.prototime import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,7 @@ def refusal(exc: errors.TrellisError) -> EdgeError:
 # --- proto -> JSON -----------------------------------------------------------------------------
 
 def _time(ts: Timestamp) -> str | None:
-    if not ts.seconds and not ts.nanos:
-        return None
-    return ts.ToDatetime(tzinfo=dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(ts, "milliseconds") or None
 
 
 def subscription_json(s: pb.Subscription) -> dict[str, Any]:
@@ -211,7 +209,20 @@ class Ask:
         if not isinstance(document, dict):
             raise EdgeError("invalid_request", "send a JSON object (Content-Type: application/json) with the fields: "
                             + ", ".join(WRITABLE_FIELDS))
+        if b"\\u" in raw and _holds_lone_surrogate(document):
+            raise EdgeError("invalid_request", "the body holds a \\u escape of half a UTF-16 surrogate pair, which is "
+                            "not text; send each character whole (or as UTF-8)")
         return document
+
+
+def _holds_lone_surrogate(document: object) -> bool:
+    """Whether JSON text decoded to a lone surrogate somewhere (`"\\ud800"` is valid JSON but no
+    Unicode text can hold it: protobuf, and so the webhooks call, would fail on it)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _fields(document: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The edge's gRPC calls to identity, registry and (when a built-in route needs it) webhooks,
 made with its own service identity (`trellis_edge`), turned into edge values; gRPC errors are
-translated here, once, into services.kit.errors classes carrying the peer's `trellis-*`
-trailing fields (e.g. `error`)."""
+translated here, once, into services.kit.errors classes carrying the peer's fields (e.g.
+`error`), through the kit's one map (services.kit.rpc_errors)."""
 
 from __future__ import annotations
 
@@ -19,19 +19,10 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.edge.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
 from services.kit import errors
 from services.kit.auth import ServiceTokenSource
+from services.kit.rpc_errors import from_rpc_error
 from services.kit.telemetry import peer_channel
 
 log = logging.getLogger(__name__)
-
-_ERRORS: dict[grpc.StatusCode, type[errors.TrellisError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.ABORTED: errors.Aborted,
-}
 
 _STATUS_NAMES = {
     registry_pb2.INTEGRATION_STATUS_REQUESTED: "requested",
@@ -43,17 +34,12 @@ _STATUS_NAMES = {
 
 
 def translate(exc: grpc.aio.AioRpcError, peer: str) -> errors.TrellisError:
-    """A kit error for a failed call; anything not a refusal is Unavailable."""
-    fields = {
-        str(key)[len("trellis-"):].replace("-", "_"): value
-        for key, value in (exc.trailing_metadata() or ())
-        if str(key).startswith("trellis-")
-    }
-    cls = _ERRORS.get(exc.code(), errors.Unavailable)
-    if cls is errors.Unavailable:
-        log.warning("%s call failed: %s %s", peer, exc.code().name, exc.details())
-        fields["grpc_status"] = exc.code().name  # DEADLINE_EXCEEDED and UNAVAILABLE answer differently
-    return cls(exc.details() or exc.code().name, peer=peer, **fields)
+    """A kit error for a failed call (services.kit.rpc_errors: the peer's class and fields, with
+    `peer`); anything not a refusal is Unavailable, logged here."""
+    error = from_rpc_error(exc, peer=peer)
+    if isinstance(error, errors.Unavailable):
+        log.warning("%s call failed: %s %s", peer, exc.code().name, (exc.details() or "")[:200])
+    return error
 
 
 def snapshot_of(integration: registry_pb2.Integration) -> IntegrationSnapshot:

@@ -19,6 +19,7 @@ from services.identity.handlers import ApplyIntegrationChange, CredentialHandler
 from services.kit.bus import context_from_headers
 from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
+from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def change_from_message(msg: Msg) -> ApplyIntegrationChange:
     """The event a message carries; raises DecodeError for a payload that is not IntegrationChanged."""
     event = events_pb2.IntegrationChanged.FromString(msg.data)
     fallback_id = (msg.headers or {}).get("Nats-Msg-Id") or f"{STREAM}-{msg.metadata.sequence.stream}"
-    occurred = event.occurred_at.ToDatetime(tzinfo=dt.timezone.utc) if event.HasField("occurred_at") else msg.metadata.timestamp
+    occurred = field_datetime(event, "occurred_at") or msg.metadata.timestamp
     kind = event.kind or msg.subject.rsplit(".", 1)[-1]
     return ApplyIntegrationChange(
         event_id=event.event_id or fallback_id,

@@ -11,21 +11,15 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.identity.store import outbox
 from services.kit.ids import new_id
 from services.kit.outbox import add_event
+from services.kit.prototime import timestamp
 
 SERVICE = "identity"
-
-
-def _timestamp(when: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 async def credentials_changed(
@@ -43,7 +37,7 @@ async def credentials_changed(
     event_id = new_id("evt")
     payload = events_pb2.CredentialsChanged(
         event_id=event_id,
-        occurred_at=_timestamp(now),
+        occurred_at=timestamp(now),
         kind=kind,
         org_id=org_id,
         integration_id=integration_id,
@@ -72,7 +66,7 @@ async def audit(
     event_id = new_id("evt")
     payload = events_pb2.AuditEvent(
         event_id=event_id,
-        occurred_at=_timestamp(now),
+        occurred_at=timestamp(now),
         service=SERVICE,
         org_id=org_id,
         actor_id=actor_id,

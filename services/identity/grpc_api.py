@@ -6,27 +6,17 @@ server's error interceptor maps to status codes.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
 from services.identity import handlers as h
 from services.identity.tokens import TokenHandlers
 from services.kit.auth import current_actor
+from services.kit.prototime import timestamp_or_none
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Identity"].full_name
 PUBLIC_METHODS = (f"/{SERVICE_NAME}/GetJwks",)
-
-
-def _ts(when: dt.datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -53,7 +43,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
             credentials=pb.Credentials(
                 api_key=issued.api_key, api_key_prefix=issued.api_key_prefix, client_id=issued.client_id,
                 client_secret=issued.client_secret, token_url=issued.token_url, issuer=issued.issuer,
-                audience=issued.audience, scopes=list(issued.scopes), issued_at=_ts(issued.issued_at),
+                audience=issued.audience, scopes=list(issued.scopes), issued_at=timestamp_or_none(issued.issued_at),
             )
         )
 
@@ -77,8 +67,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
             api_key_prefix=info.api_key_prefix,
             client_id=info.client_id,
             status=pb.CREDENTIAL_STATUS_ACTIVE if info.live else pb.CREDENTIAL_STATUS_REVOKED,
-            issued_at=_ts(info.issued_at),
-            api_key_created_at=_ts(info.api_key_created_at),
+            issued_at=timestamp_or_none(info.issued_at),
+            api_key_created_at=timestamp_or_none(info.api_key_created_at),
             external_client_ids=list(info.external_client_ids),
         )
 
@@ -99,7 +89,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         access = await self._tokens.verify_access_token(current_actor(), request.token)
         return pb.VerifyAccessTokenResponse(
             integration_id=access.integration_id, org_id=access.org_id, client_id=access.client_id,
-            scopes=list(access.scopes), expires_at=_ts(access.expires_at), issuer=access.issuer, jti=access.jti,
+            scopes=list(access.scopes), expires_at=timestamp_or_none(access.expires_at), issuer=access.issuer, jti=access.jti,
         )
 
     async def GetJwks(self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext) -> pb.GetJwksResponse:

@@ -277,7 +277,8 @@ class CredentialHandlers:
         try:
             async with self._sessions() as session, session.begin():
                 store = IdentityStore(session)
-                await self._owned(store, actor, integration_id)
+                if not await self._owned(store, actor, integration_id):
+                    raise NotFound(f"integration {integration_id} has no credentials", integration_id=integration_id)
                 if await store.live_client(actor.org_id, integration_id) is None:
                     raise FailedPrecondition(
                         f"integration {integration_id} has no live credentials; activate or reactivate it first",

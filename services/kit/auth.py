@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.kit import jwtverify
 from services.kit.errors import PermissionDenied, Unauthenticated
 from services.kit.settingcheck import SettingError
+from services.kit.ids import is_request_id
 
 ADMIN_PERMISSION = "administration_integrations_access"
 QA_PERMISSION = "qa_access"
@@ -236,9 +237,9 @@ class ServiceTokenSource:
         return self._token
 
     def metadata(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
-        """gRPC call metadata carrying the token (and the request id when given)."""
+        """gRPC call metadata carrying the token (and the request id when given and sendable)."""
         md: list[tuple[str, str]] = [("authorization", f"Bearer {self.token()}")]
-        if request_id:
+        if request_id and is_request_id(request_id):
             md.append(("x-request-id", request_id))
         return tuple(md)
 

@@ -1,7 +1,8 @@
 """Errors every service raises from its domain and use cases.
 
-The gRPC error interceptor maps each class to one status code; nothing else in a service
-picks a status code.
+Each class has one gRPC status code, in one two-way map (services.kit.rpc_errors) that the
+server's error interceptor and every client (peers, the edge, the CLI) use; nothing else in a
+service picks a status code. The fields travel with the error and come back as text.
 
     TrellisError
     ├── InvalidArgument       INVALID_ARGUMENT
@@ -32,6 +33,12 @@ class TrellisError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def rephrased(self, message: str) -> TrellisError:
+        """The same error (class and fields) saying `message` instead."""
+        other = type(self)(message)
+        other.fields = dict(self.fields)
+        return other
 
 
 class InvalidArgument(TrellisError):

@@ -10,10 +10,13 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import jwt
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,21 +24,10 @@ from services.kit import errors
 from services.kit.auth import ActorVerifier, bind_actor, reset_actor
 from services.kit.logcontext import request_id_var
 from services.kit.metrics import ServiceMetrics
+from services.kit.rpc_errors import to_status
 from services.kit.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
-
-_CODES: dict[type[errors.TrellisError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
 
 # Methods any caller may reach without an actor token.
 ALWAYS_PUBLIC = frozenset(
@@ -51,15 +43,11 @@ ALWAYS_PUBLIC = frozenset(
 Around = Callable[[Callable[..., Any], Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def status_code_for(exc: errors.TrellisError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in _CODES:
-            return _CODES[cls]  # type: ignore[index]
-    return grpc.StatusCode.UNKNOWN
-
-
-def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """The same handler with `around(behaviour, request, context)` in front of its behaviour."""
+def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around,
+                  deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same handler with `around(behaviour, request, context)` in front of its behaviour
+    (and `deserializer`, when given, reading its requests)."""
+    request_deserializer = deserializer or handler.request_deserializer
     if handler.unary_unary:
         inner = handler.unary_unary
 
@@ -67,7 +55,7 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMet
             return await around(inner, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            unary_unary, request_deserializer=request_deserializer, response_serializer=handler.response_serializer
         )
     if handler.unary_stream:
         inner_stream = handler.unary_stream
@@ -75,13 +63,16 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMet
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             # An async generator, as the tracing interceptor in front of this one iterates the
             # handler's result. `around` runs the inner stream in a task (so the actor it binds
-            # and the errors it maps apply there) and hands items over one at a time.
+            # and the errors it maps apply there) and hands items over one at a time, each one
+            # taken up by the layer in front before the next is asked for: an error's status
+            # (which ends the call at once) never overtakes items already produced.
             items: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
             end = object()
 
             async def produce(req: Any, ctx: grpc.aio.ServicerContext) -> None:
                 async for item in inner_stream(req, ctx):
                     await items.put(item)
+                    await items.join()
 
             async def run() -> None:
                 try:
@@ -93,22 +84,73 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMet
             try:
                 while (item := await items.get()) is not end:
                     yield item
+                    items.task_done()
                 await task  # raises what `around` raised (an abort with the mapped status)
             finally:
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                elif not task.cancelled():
+                    task.exception()  # retrieved: the call was closed before it was awaited
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            unary_stream, request_deserializer=request_deserializer, response_serializer=handler.response_serializer
         )
     # Streaming-request methods (reflection) pass through untouched.
     return handler
 
 
+def nul_field(message: object, prefix: str = "") -> str | None:
+    """The path of the first text field of a request that holds a NUL character, if any.
+
+    PostgreSQL's text cannot store NUL (SQLite can), so such text is refused at the door on
+    every backend alike rather than failing deep in a store as a server error.
+    """
+    if not isinstance(message, Message) or (not prefix and b"\x00" not in message.SerializeToString()):
+        return None  # no zero byte in the encoding: no NUL in any text (the common case, fast)
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        kind = field
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            if any("\x00" in key for key in value if isinstance(key, str)):
+                return path
+            kind, value = field.message_type.fields_by_name["value"], list(value.values())
+        elif not field.is_repeated:
+            value = [value]
+        if kind.type == FieldDescriptor.TYPE_STRING and any("\x00" in text for text in value):
+            return path
+        if kind.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value:
+                if (found := nul_field(item, f"{path}.")) is not None:
+                    return found
+    return None
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A request that did not parse as its message, handed on so that it is refused as
+    INVALID_ARGUMENT here rather than as gRPC's UNKNOWN `Unexpected DecodeError`."""
+
+    reason: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:  # a corrupt wire format, or a text field that is not UTF-8
+            return _Unreadable(str(exc))
+
+    return parse
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps TrellisError to its status code; anything else is INTERNAL with no detail leaked."""
+    """Sends a TrellisError as its status, message and fields (services.kit.rpc_errors, always
+    sendable); anything else is INTERNAL with no detail leaked."""
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -118,18 +160,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
             try:
+                if isinstance(request, _Unreadable):
+                    raise errors.InvalidArgument(f"the request is not a valid message: {request.reason}")
+                if (field := nul_field(request)) is not None:
+                    raise errors.InvalidArgument(f"{field} must not contain NUL characters", field=field)
                 return await behaviour(request, context)
             except errors.TrellisError as exc:
-                trailing = tuple((f"trellis-{k.replace('_', '-')}", str(v)) for k, v in exc.fields.items())
-                context.set_trailing_metadata(trailing)
-                await context.abort(status_code_for(exc), exc.message)
+                await context.abort_with_status(to_status(exc))
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
                 log.exception("unhandled error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-        return _wrap_handler(handler, around)
+        return _wrap_handler(handler, around, _tolerant(handler.request_deserializer))
 
 
 class ObserveInterceptor(grpc.aio.ServerInterceptor):

@@ -15,6 +15,7 @@ from grpc_health.v1 import health
 
 from services.kit.auth import Actor
 from services.kit.grpc_server import mark_serving, serve_until_signalled
+from services.kit.ids import is_request_id
 from services.kit.logcontext import JsonFormatter, RedactSecrets, TextFormatter
 from services.kit.metrics import MetricsServer, ServiceMetrics
 from services.kit.settingcheck import exit_on_bad_settings, load
@@ -65,9 +66,10 @@ class RunningService:
 
 
 def actor_metadata(actor: Actor, request_id: str = "") -> tuple[tuple[str, str], ...]:
-    """Call metadata that forwards the actor's token to a peer service."""
+    """Call metadata that forwards the actor's token to a peer service, and the request id when
+    it is one metadata can carry (gRPC fails the call on anything else)."""
     metadata: list[tuple[str, str]] = [("authorization", f"Bearer {actor.token}")]
-    if request_id:
+    if request_id and is_request_id(request_id):
         metadata.append(("x-request-id", request_id))
     return tuple(metadata)
 

@@ -37,13 +37,13 @@ from nats.js.errors import NotFoundError
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.bus import while_electing
+from services.kit.prototime import field_datetime, is_unset, to_datetime
 from services.logs.domain import LIMITS, ApiRequest, AuditRecord, clean
 from services.logs.review import IntegrationFacts
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 BATCH_SUBJECT = "apilog.batch"
 # What one API-log fetch (and so one commit) takes at most: some 8,000 records of a typical size.
@@ -74,8 +74,8 @@ class Durables:
 
 
 def _when(msg: Msg, event_ts: Timestamp) -> dt.datetime:
-    if event_ts.seconds or event_ts.nanos:
-        return _EPOCH + dt.timedelta(seconds=event_ts.seconds, microseconds=event_ts.nanos // 1000)
+    if not is_unset(event_ts):
+        return to_datetime(event_ts, "occurred_at")
     return msg.metadata.timestamp.astimezone(dt.timezone.utc)
 
 
@@ -135,8 +135,7 @@ def decode_integration(msg: Msg) -> IntegrationFacts:
         integration_id=e.integration_id[:64], org_id=e.org_id[:200], name=e.name[:200], owner=e.owner[:200],
         vendor_id=e.vendor_id[:64], status=e.status[:20], scopes=tuple(e.scopes),
         rate_limit_per_minute=e.rate_limit_per_minute, daily_quota=e.daily_quota, ip_allowlist=tuple(e.ip_allowlist),
-        credentials_issued_at=e.credentials_issued_at.ToDatetime(tzinfo=dt.timezone.utc)
-        if e.HasField("credentials_issued_at") else None,
+        credentials_issued_at=field_datetime(e, "credentials_issued_at"),
         version=e.version, updated_at=_when(msg, e.occurred_at),
     )
 

@@ -7,18 +7,17 @@ classes that the server's error interceptor maps to status codes.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
+from services.kit.prototime import field_datetime, timestamp_or_none, to_datetime
 from services.logs.domain import (
     ApiRequest,
     AuditEntry,
@@ -40,26 +39,10 @@ PLATFORM_EXPORT_COLUMNS = (*EXPORT_COLUMNS, "repeats")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _ts(when: dt.datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
-
-
-def _when(request: object, name: str) -> dt.datetime | None:
-    if not request.HasField(name):  # type: ignore[attr-defined]
-        return None
-    try:
-        return getattr(request, name).ToDatetime(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
-    except (ValueError, OverflowError) as exc:  # seconds or nanos outside a Timestamp's range
-        raise InvalidArgument(f"{name} is not a valid time: {exc}", field=name) from None
-
-
 def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest) -> RequestFilter:
     return RequestFilter(
-        integration_id=request.integration_id.strip(), since=_when(request, "since"), until=_when(request, "until"),
+        integration_id=request.integration_id.strip(), since=field_datetime(request, "since"),
+        until=field_datetime(request, "until"),
         status=StatusFilter.parse(request.status), endpoint=request.endpoint, ip=request.ip.strip(),
         error_code=request.error_code.strip(),
     )
@@ -67,7 +50,7 @@ def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest) 
 
 def record_message(r: ApiRequest) -> pb.RequestRecord:
     return pb.RequestRecord(
-        request_id=r.request_id, timestamp=_ts(r.timestamp), integration_id=r.integration_id,
+        request_id=r.request_id, timestamp=timestamp_or_none(r.timestamp), integration_id=r.integration_id,
         integration_name=r.integration_name, method=r.method, endpoint=r.endpoint, status=r.status,
         duration_ms=r.duration_ms, ip=r.ip, error_code=r.error_code, org_id=r.org_id, scope_category=r.scope_category,
         repeats=r.repeats,
@@ -108,7 +91,8 @@ def render_jsonl(records: list[ApiRequest], *, columns: tuple[str, ...] = EXPORT
 
 def audit_message(e: AuditEntry) -> pb.AuditEntry:
     return pb.AuditEntry(
-        seq=e.seq, event_id=e.event_id, occurred_at=_ts(e.occurred_at), recorded_at=_ts(e.recorded_at),
+        seq=e.seq, event_id=e.event_id, occurred_at=timestamp_or_none(e.occurred_at),
+        recorded_at=timestamp_or_none(e.recorded_at),
         service=e.service, org_id=e.org_id, actor_id=e.actor_id, action=e.action, object_type=e.object_type,
         object_id=e.object_id, before_json=e.before_json, after_json=e.after_json, reason=e.reason,
         request_id=e.request_id, mac=e.mac,
@@ -117,12 +101,12 @@ def audit_message(e: AuditEntry) -> pb.AuditEntry:
 
 def checkpoint_message(c: Checkpoint) -> pb.AuditCheckpoint:
     return pb.AuditCheckpoint(org_id=c.org_id, count=c.count, last_seq=c.last_seq, head_mac=c.head_mac,
-                              created_at=_ts(c.created_at), signature=c.signature)
+                              created_at=timestamp_or_none(c.created_at), signature=c.signature)
 
 
 def checkpoint_from(message: pb.AuditCheckpoint) -> Checkpoint:
     return Checkpoint(org_id=message.org_id, count=message.count, last_seq=message.last_seq, head_mac=message.head_mac,
-                      created_at=message.created_at.ToDatetime(tzinfo=dt.timezone.utc), signature=message.signature)
+                      created_at=to_datetime(message.created_at, "created_at"), signature=message.signature)
 
 
 def review_message(r: Review) -> pb.IntegrationReview:
@@ -130,9 +114,9 @@ def review_message(r: Review) -> pb.IntegrationReview:
     return pb.IntegrationReview(
         integration_id=f.integration_id, name=f.name, status=f.status, owner=f.owner, vendor_id=f.vendor_id,
         granted_scopes=sorted(f.scopes), exercised_scopes=list(r.exercised_scopes), unused_scopes=list(r.unused_scopes),
-        last_request_at=_ts(r.usage.last_request_at), requests=r.usage.requests, errors=r.usage.errors,
+        last_request_at=timestamp_or_none(r.usage.last_request_at), requests=r.usage.requests, errors=r.usage.errors,
         error_rate=r.error_rate, peak_requests_per_minute=r.usage.peak_per_minute,
-        rate_limit_per_minute=f.rate_limit_per_minute, credentials_issued_at=_ts(f.credentials_issued_at),
+        rate_limit_per_minute=f.rate_limit_per_minute, credentials_issued_at=timestamp_or_none(f.credentials_issued_at),
         credential_age_days=-1 if r.credential_age_days is None else r.credential_age_days,
         allowlist_set=bool(f.ip_allowlist), networks=list(r.networks), flags=list(r.flags),
     )
@@ -171,7 +155,7 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
     async def QueryAudit(self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext) -> pb.QueryAuditResponse:
         query = AuditQuery(object_type=request.object_type.strip(), object_id=request.object_id.strip(),
                            actor_id=request.actor_id.strip(), action=request.action.strip(),
-                           since=_when(request, "since"), until=_when(request, "until"))
+                           since=field_datetime(request, "since"), until=field_datetime(request, "until"))
         entries, token = await self._handlers.query_audit(current_actor(), query, size=request.page_size,
                                                           token=request.page_token)
         return pb.QueryAuditResponse(entries=[audit_message(e) for e in entries], next_page_token=token)
@@ -192,6 +176,7 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
     async def QuarterlyReview(self, request: pb.QuarterlyReviewRequest, context: grpc.aio.ServicerContext) -> pb.QuarterlyReviewResponse:
         report = await self._handlers.quarterly_review(current_actor(), request.window_days)
         return pb.QuarterlyReviewResponse(
-            generated_at=_ts(report.generated_at), window_start=_ts(report.window_start), window_days=report.window_days,
+            generated_at=timestamp_or_none(report.generated_at), window_start=timestamp_or_none(report.window_start),
+            window_days=report.window_days,
             integrations=[review_message(r) for r in report.reviews], org_id=report.org_id,
         )

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.ids import new_id
+from services.kit.prototime import timestamp, timestamp_or_none
 from services.registry.domain import Integration
 
 SERVICE = "registry"
@@ -32,11 +31,9 @@ def snapshot_json(integration: Integration | None) -> str:
 
 
 def integration_changed(kind: str, after: Integration, *, actor_id: str) -> OutgoingEvent:
-    occurred = Timestamp()
-    occurred.FromDatetime(after.updated_at)
     event = events_pb2.IntegrationChanged(
         event_id=new_id("evt"),
-        occurred_at=occurred,
+        occurred_at=timestamp(after.updated_at),
         kind=kind,
         org_id=after.org_id,
         integration_id=after.id,
@@ -50,9 +47,8 @@ def integration_changed(kind: str, after: Integration, *, actor_id: str) -> Outg
         name=after.name,
         owner=after.owner,
         vendor_id=after.vendor_id,
+        credentials_issued_at=timestamp_or_none(after.credentials_issued_at),
     )
-    if after.credentials_issued_at is not None:
-        event.credentials_issued_at.FromDatetime(after.credentials_issued_at)
     return OutgoingEvent(event.event_id, f"trellis.integration.{kind}", event.SerializeToString())
 
 
@@ -65,11 +61,9 @@ def audit_event(
     reason: str = "",
     request_id: str = "",
 ) -> OutgoingEvent:
-    occurred = Timestamp()
-    occurred.FromDatetime(after.updated_at)
     event = events_pb2.AuditEvent(
         event_id=new_id("evt"),
-        occurred_at=occurred,
+        occurred_at=timestamp(after.updated_at),
         service=SERVICE,
         org_id=after.org_id,
         actor_id=actor_id,

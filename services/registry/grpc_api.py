@@ -3,16 +3,15 @@ result -> response message. No rule lives here; errors are services.kit.errors c
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.identity.v1 import identity_pb2
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
+from services.kit.ids import is_request_id
+from services.kit.prototime import timestamp_or_none
 from services.registry import commands
 from services.registry.domain import UPDATABLE_FIELDS, Integration, Status
 from services.registry.handlers import IssuedCredentials, RegistryHandlers
@@ -24,23 +23,15 @@ _TO_PROTO = {status: pb.IntegrationStatus.Value(f"INTEGRATION_STATUS_{status.nam
 _FROM_PROTO = {value: status for status, value in _TO_PROTO.items()}
 
 
-def _timestamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def integration_to_proto(i: Integration) -> pb.Integration:
     return pb.Integration(
         id=i.id, org_id=i.org_id, vendor_id=i.vendor_id, name=i.name, description=i.description, owner=i.owner,
         status=_TO_PROTO[i.status], scopes=i.scopes, rate_limit_per_minute=i.rate_limit_per_minute,
         daily_quota=i.daily_quota, ip_allowlist=i.ip_allowlist, requested_by=i.requested_by,
         approved_by=i.approved_by, suspended_by=i.suspended_by, suspension_reason=i.suspension_reason,
-        api_key_prefix=i.api_key_prefix, client_id=i.client_id, created_at=_timestamp(i.created_at),
-        updated_at=_timestamp(i.updated_at), activated_at=_timestamp(i.activated_at),
-        credentials_issued_at=_timestamp(i.credentials_issued_at), version=i.version,
+        api_key_prefix=i.api_key_prefix, client_id=i.client_id, created_at=timestamp_or_none(i.created_at),
+        updated_at=timestamp_or_none(i.updated_at), activated_at=timestamp_or_none(i.activated_at),
+        credentials_issued_at=timestamp_or_none(i.credentials_issued_at), version=i.version,
         sensitive_scopes=i.sensitive_scopes,
     )
 
@@ -49,7 +40,7 @@ def credentials_to_proto(c: IssuedCredentials) -> identity_pb2.Credentials:
     return identity_pb2.Credentials(
         api_key=c.api_key, api_key_prefix=c.api_key_prefix, client_id=c.client_id, client_secret=c.client_secret,
         token_url=c.token_url, issuer=c.issuer, audience=c.audience, scopes=list(c.scopes),
-        issued_at=_timestamp(c.issued_at),
+        issued_at=timestamp_or_none(c.issued_at),
     )
 
 
@@ -58,15 +49,17 @@ def _history_to_proto(e: HistoryEntry) -> pb.HistoryEntry:
         id=e.id, integration_id=e.integration_id, action=e.action, actor_id=e.actor_id,
         from_status=_TO_PROTO[e.from_status] if e.from_status else pb.INTEGRATION_STATUS_UNSPECIFIED,
         to_status=_TO_PROTO[e.to_status], reason=e.reason, before_json=e.before_json, after_json=e.after_json,
-        at=_timestamp(e.at),
+        at=timestamp_or_none(e.at),
     )
 
 
 def _request_id(context: grpc.aio.ServicerContext, given: str = "") -> str:
-    """The caller's request id: the field when the message has one, else `x-request-id`."""
+    """The caller's request id: the field when the message has one (checked by the handler),
+    else `x-request-id` when it has the form of one (a new one is made otherwise)."""
     if given:
         return given
-    return dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    forwarded = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    return forwarded if is_request_id(forwarded) else ""
 
 
 def _changes(request: pb.UpdateIntegrationRequest) -> dict[str, object]:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.db import utcnow
 from services.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.kit.ids import new_id
+from services.kit.ids import REQUEST_ID_FORM, is_request_id, new_id
 from services.kit.outbox import Flush, add_event, no_flush, written_event_ids
 from services.registry import commands, events
 from services.registry.domain import (
@@ -92,13 +92,13 @@ Mutation = Callable[[Integration], None]
 # A lease older than this is taken to belong to a crashed replica: identity calls time out in
 # seconds, so no live activation holds one this long.
 DEFAULT_LEASE_SECONDS = 120.0
-MAX_REQUEST_ID_LENGTH = 128
 
 
 def _lease_id(request_id: str) -> str:
     """The request id names the lease and makes identity's issue idempotent; one is made when absent."""
-    if len(request_id) > MAX_REQUEST_ID_LENGTH:
-        raise InvalidArgument(f"request_id is at most {MAX_REQUEST_ID_LENGTH} characters")
+    if request_id and not is_request_id(request_id):
+        # It travels on to identity, as metadata too: what metadata cannot carry is refused here.
+        raise InvalidArgument(f"request_id must be {REQUEST_ID_FORM}", field="request_id")
     return request_id or new_id("req")
 
 

@@ -3,7 +3,6 @@ administrator's token forwarded, and identity's status codes translated once, he
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 
 import grpc
@@ -11,25 +10,16 @@ import grpc
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.kit import errors
 from services.kit.auth import Actor
+from services.kit.prototime import field_datetime
+from services.kit.rpc_errors import from_rpc_error
 from services.kit.service import actor_metadata
 from services.registry.handlers import IssuedCredentials, RegeneratedApiKey
 
-_ERRORS: dict[grpc.StatusCode, type[errors.TrellisError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.ABORTED: errors.Aborted,
-}
-
-
 def _translate(exc: grpc.aio.AioRpcError, what: str) -> errors.TrellisError:
-    """Identity's refusal as our own error; anything transport-like is Unavailable."""
-    cls = _ERRORS.get(exc.code(), errors.Unavailable)
-    return cls(f"identity could not {what}: {exc.details() or exc.code().name}", peer="identity")
+    """Identity's refusal as our own error, with identity's fields (services.kit.rpc_errors);
+    anything transport-like is Unavailable."""
+    error = from_rpc_error(exc, peer="identity")
+    return error.rephrased(f"identity could not {what}: {error.message}")
 
 
 class IdentityCredentials:
@@ -58,7 +48,7 @@ class IdentityCredentials:
             issuer=c.issuer,
             audience=c.audience,
             scopes=tuple(c.scopes),
-            issued_at=c.issued_at.ToDatetime(tzinfo=dt.timezone.utc) if c.HasField("issued_at") else None,
+            issued_at=field_datetime(c, "issued_at"),
         )
 
     async def revoke(self, actor: Actor, integration_id: str, reason: str, request_id: str = "") -> None:

@@ -27,6 +27,7 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2
 from services.kit.bus import context_from_headers
 from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
+from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
 from services.webhooks.commands import ApplyIntegrationChange
 from services.webhooks.domain import IncomingActivity, check_published_type, check_sender, parse_data
@@ -65,7 +66,7 @@ def activity_from_message(msg: Msg) -> IncomingActivity:
         else:
             event = events_pb2.ActivityEvent.FromString(msg.data)
             data = parse_data(event.data_json)
-            occurred = event.occurred_at.ToDatetime(tzinfo=dt.timezone.utc) if event.HasField("occurred_at") else None
+            occurred = field_datetime(event, "occurred_at")
             event_id, type_, org_id = event.event_id, event.type, event.org_id
             sender_type, sender_id = event.sender_type, event.sender_id
         if not org_id:

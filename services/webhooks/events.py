@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit.ids import new_id
 from services.kit.outbox import add_event
+from services.kit.prototime import timestamp
 from services.webhooks.domain import Subscription, SubscriptionStatus
 from services.webhooks.store import outbox
 
@@ -26,19 +26,13 @@ SYSTEM_ACTOR = "system"
 STATUS_TO_PROTO = {status: pb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{status.name}") for status in SubscriptionStatus}
 
 
-def _timestamp(when: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
-
-
 async def subscription_changed(session: AsyncSession, kind: str, *, subscription_id: str, org_id: str,
                                integration_id: str, status: SubscriptionStatus, version: int, actor_id: str,
                                now: dt.datetime) -> str:
     """Write `trellis.subscription.<kind>`."""
     event_id = new_id("evt")
     payload = pb.SubscriptionChanged(
-        event_id=event_id, occurred_at=_timestamp(now), kind=kind, org_id=org_id, subscription_id=subscription_id,
+        event_id=event_id, occurred_at=timestamp(now), kind=kind, org_id=org_id, subscription_id=subscription_id,
         integration_id=integration_id, status=STATUS_TO_PROTO[status], version=version, actor_id=actor_id,
     )
     return await add_event(session, outbox, f"trellis.subscription.{kind}", payload.SerializeToString(), event_id=event_id)
@@ -57,7 +51,7 @@ async def audit(session: AsyncSession, kind: str, *, before: Subscription | None
     """Write `trellis.audit.webhooks.subscription.<kind>`; the views hold no secret."""
     event_id = new_id("evt")
     payload = events_pb2.AuditEvent(
-        event_id=event_id, occurred_at=_timestamp(now), service=SERVICE, org_id=after.org_id, actor_id=actor_id,
+        event_id=event_id, occurred_at=timestamp(now), service=SERVICE, org_id=after.org_id, actor_id=actor_id,
         action=f"subscription.{kind}", object_type="subscription", object_id=after.id,
         before_json=json.dumps(before.audit_view(), sort_keys=True) if before is not None else "",
         after_json=json.dumps(after.audit_view(), sort_keys=True), request_id=request_id,

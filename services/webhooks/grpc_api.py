@@ -3,15 +3,13 @@ result -> response message. No rule lives here; errors are services.kit.errors c
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
+from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
 from services.webhooks import commands
 from services.webhooks.domain import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
 from services.webhooks.events import STATUS_TO_PROTO
@@ -30,21 +28,13 @@ _DELIVERY_STATUS = {status: pb.DeliveryStatus.Value(f"DELIVERY_STATUS_{status.na
 _ERRORS = {error: pb.AttemptError.Value(f"ATTEMPT_ERROR_{error.name}") for error in AttemptError}
 
 
-def _timestamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def subscription_to_proto(s: Subscription) -> pb.Subscription:
     return pb.Subscription(
         id=s.id, org_id=s.org_id, integration_id=s.integration_id, url=s.url, activity_types=list(s.activity_types),
         description=s.description, status=STATUS_TO_PROTO[s.status], signature_scheme=_SCHEME_TO_PROTO[s.scheme],
-        integration_suspended=s.integration_suspended, created_by=s.created_by, created_at=_timestamp(s.created_at),
-        updated_at=_timestamp(s.updated_at), secret_created_at=_timestamp(s.secret_created_at),
-        failing_since=_timestamp(s.failing_since), version=s.version,
+        integration_suspended=s.integration_suspended, created_by=s.created_by, created_at=timestamp_or_none(s.created_at),
+        updated_at=timestamp_or_none(s.updated_at), secret_created_at=timestamp_or_none(s.secret_created_at),
+        failing_since=timestamp_or_none(s.failing_since), version=s.version,
     )
 
 
@@ -52,8 +42,9 @@ def delivery_to_proto(d: DeliveryRecord) -> pb.Delivery:
     return pb.Delivery(
         id=d.id, org_id=d.org_id, subscription_id=d.subscription_id, event_id=d.event_id, event_type=d.event_type,
         status=_DELIVERY_STATUS[d.status], attempts=d.attempts, round=d.round,
-        next_attempt_at=_timestamp(d.next_attempt_at if d.status is DeliveryStatus.PENDING else None),
-        created_at=_timestamp(d.created_at), updated_at=_timestamp(d.updated_at), last_status_code=d.last_status_code,
+        next_attempt_at=timestamp_or_none(d.next_attempt_at if d.status is DeliveryStatus.PENDING else None),
+        created_at=timestamp_or_none(d.created_at), updated_at=timestamp_or_none(d.updated_at),
+        last_status_code=d.last_status_code,
         last_error=_ERRORS[d.last_error], last_error_detail=d.last_error_detail, test=d.test,
     )
 
@@ -61,7 +52,7 @@ def delivery_to_proto(d: DeliveryRecord) -> pb.Delivery:
 def attempt_to_proto(a: AttemptRecord) -> pb.Attempt:
     return pb.Attempt(
         id=a.id, delivery_id=a.delivery_id, subscription_id=a.subscription_id, event_id=a.event_id,
-        event_type=a.event_type, attempt=a.attempt, round=a.round, attempted_at=_timestamp(a.attempted_at),
+        event_type=a.event_type, attempt=a.attempt, round=a.round, attempted_at=timestamp_or_none(a.attempted_at),
         duration_ms=a.duration_ms, status_code=a.status_code, succeeded=a.succeeded, error=_ERRORS[a.error],
         error_detail=a.error_detail, response_body=a.response_body, url=a.url, test=a.test,
     )
@@ -69,8 +60,8 @@ def attempt_to_proto(a: AttemptRecord) -> pb.Attempt:
 
 def activity_to_proto(a: ActivityRecord) -> pb.Activity:
     return pb.Activity(
-        event_id=a.event_id, type=a.type, org_id=a.org_id, occurred_at=_timestamp(a.occurred_at),
-        received_at=_timestamp(a.received_at), sender_type=a.sender_type, sender_id=a.sender_id, data_json=a.data_json,
+        event_id=a.event_id, type=a.type, org_id=a.org_id, occurred_at=timestamp_or_none(a.occurred_at),
+        received_at=timestamp_or_none(a.received_at), sender_type=a.sender_type, sender_id=a.sender_id, data_json=a.data_json,
     )
 
 
@@ -100,15 +91,6 @@ def _delivery_statuses(outcome: int) -> list[DeliveryStatus]:
     if statuses is None:
         raise InvalidArgument(f"unknown outcome {outcome}", outcome=outcome)
     return statuses
-
-
-def _when(request: pb.PublishActivityRequest, name: str) -> dt.datetime | None:
-    if not request.HasField(name):
-        return None
-    try:
-        return getattr(request, name).ToDatetime(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
-    except (ValueError, OverflowError) as exc:  # seconds or nanos outside a Timestamp's range
-        raise InvalidArgument(f"{name} is not a valid time: {exc}", field=name) from None
 
 
 def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
@@ -217,14 +199,12 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return delivery_to_proto(delivery)
 
     async def PublishActivity(self, request: pb.PublishActivityRequest, context: grpc.aio.ServicerContext) -> pb.PublishActivityResponse:
-        occurred = _when(request, "occurred_at")
+        occurred = field_datetime(request, "occurred_at")
         accepted = await self._h.publish(current_actor(), commands.PublishActivity(
             type=request.type, data_json=request.data_json, event_id=request.event_id, sender_type=request.sender_type,
             sender_id=request.sender_id, occurred_at=occurred, view=_view(request, context),
         ))
-        now = Timestamp()
-        now.GetCurrentTime()
-        return pb.PublishActivityResponse(event_id=accepted.event_id, accepted_at=now, duplicate=accepted.duplicate,
+        return pb.PublishActivityResponse(event_id=accepted.event_id, accepted_at=now_timestamp(), duplicate=accepted.duplicate,
                                           deliveries=accepted.deliveries)
 
     async def ListActivities(self, request: pb.ListActivitiesRequest, context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:

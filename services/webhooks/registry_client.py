@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from services.contracts.trellis.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.kit import errors
+from services.kit import errors, rpc_errors
 from services.kit.auth import Actor
 from services.kit.service import actor_metadata
 
@@ -50,16 +50,18 @@ class RegistryIntegrations:
 
 
 def _translate(exc: grpc.aio.AioRpcError, integration_id: str) -> errors.TrellisError:
-    code = exc.code()
-    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+    """The registry's refusal through the kit's map, told in terms of the subscription's owner."""
+    error = rpc_errors.from_rpc_error(exc, peer="registry")
+    if isinstance(error, (errors.NotFound, errors.InvalidArgument)):
         # One answer for "not yours" and "no such id": nothing about other organisations leaks.
         return errors.NotFound(f"no integration {integration_id} in your organisation", integration_id=integration_id)
-    if code is grpc.StatusCode.PERMISSION_DENIED:
-        return errors.PermissionDenied(f"the registry refused to show integration {integration_id}: {exc.details()}",
+    if isinstance(error, errors.PermissionDenied):
+        return errors.PermissionDenied(f"the registry refused to show integration {integration_id}: {error.message}",
                                        peer="registry")
-    if code is grpc.StatusCode.UNAUTHENTICATED:
-        return errors.Unauthenticated(f"the registry refused the actor token: {exc.details()}", peer="registry")
+    if isinstance(error, errors.Unauthenticated):
+        return errors.Unauthenticated(f"the registry refused the actor token: {error.message}", peer="registry")
     return errors.Unavailable(
-        f"the registry could not be reached to check integration {integration_id} ({code.name}); retry shortly",
+        f"the registry could not be reached to check integration {integration_id} ({rpc_errors.code_of(exc).name}); "
+        "retry shortly",
         peer="registry",
     )

@@ -21,11 +21,11 @@ from services.cli.commands.logs import (
     limit_value,
     logs_client,
     parse_time,
-    proto_time,
     when_text,
 )
 from services.cli.output import changed_fields, message_dict, print_json, table
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
+from services.kit.prototime import timestamp_or_none
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -66,7 +66,8 @@ def query(args: argparse.Namespace, session: Session) -> int:
         while len(entries) < args.limit:
             page = client.QueryAudit(pb.QueryAuditRequest(
                 object_id=args.object, object_type=args.object_type, actor_id=args.by, action=args.action,
-                since=proto_time(args.since), until=proto_time(args.until), page_size=min(500, args.limit - len(entries)),
+                since=timestamp_or_none(args.since), until=timestamp_or_none(args.until),
+                page_size=min(500, args.limit - len(entries)),
                 page_token=token,
             ))
             entries += page.entries

@@ -24,6 +24,7 @@ from services.cli.commands.args import help_handler
 from services.cli.output import fields, message_dict, print_json, table
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
+from services.kit.prototime import rfc3339, timestamp_or_none
 
 MAX_LIMIT = 10_000
 EXPORT_TIMEOUT_SECONDS = 3600.0
@@ -82,19 +83,8 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when
 
 
-def proto_time(when: dt.datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
-
-
 def when_text(ts: Timestamp, *, millis: bool = False) -> str:
-    if not ts.seconds and not ts.nanos:
-        return ""
-    spec = "milliseconds" if millis else "seconds"
-    return ts.ToDatetime(tzinfo=dt.timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
+    return rfc3339(ts, "milliseconds" if millis else "seconds")
 
 
 def limit_value(text: str) -> int:
@@ -129,7 +119,7 @@ def _add_platform(p: argparse.ArgumentParser) -> None:
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    return {"integration_id": args.integration, "since": proto_time(args.since), "until": proto_time(args.until),
+    return {"integration_id": args.integration, "since": timestamp_or_none(args.since), "until": timestamp_or_none(args.until),
             "status": args.status, "endpoint": args.endpoint, "ip": args.ip, "error_code": args.error_code,
             "platform": args.platform}
 
