@@ -35,9 +35,9 @@ BAD_FILTERS = [
     ({"integration_id": "SAP Procurement Sync"}, "is not an integration id"),
     ({"integration_id": "int_é"}, "is not an integration id"),
     ({"status": "6xx"}, "must be success, error, a class such as 4xx"),
-    ({"endpoint": "/lots\x00"}, "endpoint must not contain a NUL character"),
-    ({"since": Timestamp(seconds=253402300800)}, "since is not a valid time"),
-    ({"until": Timestamp(seconds=0, nanos=-1)}, "until is not a valid time"),
+    ({"endpoint": "/lots\x00"}, "endpoint must not contain NUL characters"),
+    ({"since": Timestamp(seconds=253402300800)}, "since is not a time between the years 1 and 9999"),
+    ({"until": Timestamp(seconds=0, nanos=-1)}, "until is not a time between the years 1 and 9999"),
     ({"since": Timestamp(seconds=2_000_000_000), "until": Timestamp(seconds=1_000_000_000)}, "since must be before until"),
     ({"page_size": -1}, "page_size must not be negative"),
 ]
