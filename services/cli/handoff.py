@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.contracts.trellis.identity.v1 import identity_pb2
-from services.contracts.trellis.registry.v1 import registry_pb2
+if TYPE_CHECKING:
+    from services.contracts.trellis.identity.v1 import identity_pb2
+    from services.contracts.trellis.registry.v1 import registry_pb2
 
 HANDLING = (
     "Transfer this file through a secrets manager, password vault or other encrypted channel; "

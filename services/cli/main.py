@@ -7,6 +7,7 @@ Global options may come before or after the command (`trellis --json vendors` an
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -15,8 +16,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services.cli.client import CliError, CliSettings, Session
-from services.cli.commands import catalog, integrations, operations, webhooks
-from services.cli.commands import audit, logs, review
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -54,7 +53,40 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument("--identity-addr", default=default(None), metavar="HOST:PORT", help="default: TRELLIS_IDENTITY_ADDR")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each command and the module of services.cli.commands that registers it, in the order of
+# `trellis --help`. A command line that names one builds only that module's parsers: building
+# all of them takes longer than the command itself (docs/benchmarks.md, "CLI").
+COMMANDS = {
+    "integrations": "integrations", "vendors": "catalog", "scopes": "catalog",
+    "up": "operations", "migrate": "operations", "keys": "operations",
+    "webhooks": "webhooks", "activities": "webhooks", "logs": "logs", "audit": "audit", "review": "review",
+}
+
+
+def named_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The command `argv` names, or None when it asks for help, names none, or uses an option
+    this scan does not know exactly (an abbreviation, say): then every command is built."""
+    flags, with_value = set(), set()
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public list of its options
+        (with_value if action.nargs != 0 else flags).update(action.option_strings)
+    skip_value = False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+        elif token in ("-h", "--help"):
+            return None
+        elif token in with_value:
+            skip_value = True
+        elif token.startswith("-"):
+            if token not in flags and token.split("=", 1)[0] not in with_value:
+                return None
+        else:
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given `argv`, only the command it names (see COMMANDS)."""
     parser = argparse.ArgumentParser(
         prog="trellis", description="Trellis: connect external systems to an organisation's data, safely.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,13 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, suppress=True)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    integrations.register(subparsers, common)
-    catalog.register(subparsers, common)
-    operations.register(subparsers, common)
-    webhooks.register(subparsers, common)
-    logs.register(subparsers, common)
-    audit.register(subparsers, common)
-    review.register(subparsers, common)
+    named = named_command(parser, argv) if argv is not None else None
+    modules = [COMMANDS[named]] if named else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"services.cli.commands.{module}").register(subparsers, common)
     return parser
 
 
@@ -86,7 +115,8 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, run one command, and return its exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

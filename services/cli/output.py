@@ -11,14 +11,15 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from services.contracts.trellis.identity.v1 import identity_pb2
 from services.contracts.trellis.registry.v1 import registry_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.contracts.trellis.identity.v1 import identity_pb2
 
 STATUS_PREFIX = "INTEGRATION_STATUS_"
 STATUS_NAMES = tuple(
@@ -60,6 +61,8 @@ def timestamp(ts: Timestamp) -> str:
 
 def message_dict(message: Message) -> dict[str, Any]:
     """A proto message as plain JSON data: proto field names, int64 as numbers, short enums."""
+    from google.protobuf import json_format  # only --json needs it
+
     data = json_format.MessageToDict(
         message,
         preserving_proto_field_name=True,
