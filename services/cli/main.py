@@ -27,7 +27,7 @@ examples:
   trellis --actor alice integrations create --vendor sap --name "SAP Procurement Sync" \\
       --description "Purchase orders into SAP" --owner alice --scope inventory:read,orders:write
   trellis --actor bob integrations approve <id>
-  trellis --actor bob integrations activate <id> --handoff partner-handoff.json
+  trellis --actor bob integrations activate <id> --handoff
 
 Settings come from TRELLIS_* environment variables (TRELLIS_REGISTRY_ADDR, TRELLIS_IDENTITY_ADDR,
 TRELLIS_MODE, ...). In the embedded mode the CLI signs actor tokens with the data directory's
