@@ -52,6 +52,11 @@ def status_value(name: str) -> int:
         raise ValueError(f"unknown status {name!r}; choose from {', '.join(STATUS_NAMES)}") from None
 
 
+def plural(count: int, singular: str, plural_form: str = "") -> str:
+    """`1 integration`, `2 integrations`, `1,000 requests` (plural_form for irregular words)."""
+    return f"{count:,} {singular if count == 1 else plural_form or singular + 's'}"
+
+
 def timestamp(ts: Timestamp) -> str:
     """ISO 8601 UTC to the second; empty when the timestamp was never set."""
     if not ts.seconds and not ts.nanos:
