@@ -174,14 +174,29 @@ def subscription_details(s: pb.Subscription) -> str:
     ])
 
 
-ATTEMPT_HEADERS = ("WHEN", "EVENT", "TYPE", "ATTEMPT", "STATUS", "DURATION", "ERROR", "DELIVERY")
+ATTEMPT_HEADERS = ("WHEN", "EVENT", "TYPE", "ATTEMPT", "STATUS", "DURATION", "ERROR", "NEXT ATTEMPT", "DELIVERY")
 
 
 def attempt_row(a: pb.Attempt) -> tuple[str, ...]:
     status = str(a.status_code) if a.status_code else "-"
     error = "" if a.error == pb.ATTEMPT_ERROR_NONE else a.error_detail or _label(pb.AttemptError, a.error, "ATTEMPT_ERROR_")
     attempt = f"{a.attempt}" if a.round <= 1 else f"{a.attempt} (round {a.round})"
-    return (timestamp(a.attempted_at), a.event_id, a.event_type, attempt, status, f"{a.duration_ms:.0f} ms", error, a.delivery_id)
+    return (timestamp(a.attempted_at), a.event_id, a.event_type, attempt, status, f"{a.duration_ms:.0f} ms", error,
+            timestamp(a.next_attempt_at), a.delivery_id)
+
+
+def waiting_note(s: pb.Subscription) -> str:
+    """What the subscription's pending deliveries wait for beyond their due time, as a sentence
+    ("" when they go when due)."""
+    if s.status == pb.SUBSCRIPTION_STATUS_PAUSED:
+        return f"Subscription {s.id} is Paused: its pending deliveries wait until it is resumed (trellis webhooks resume {s.id})."
+    if s.status == pb.SUBSCRIPTION_STATUS_FAILING:
+        return f"Subscription {s.id} is Failing: nothing is attempted until a test delivery succeeds (trellis webhooks test {s.id})."
+    if s.status == pb.SUBSCRIPTION_STATUS_DISABLED:
+        return f"Subscription {s.id} is Disabled (its integration was revoked): nothing more is sent."
+    if s.integration_suspended:
+        return f"Its integration {s.integration_id} is suspended: pending deliveries wait until the integration is reactivated."
+    return ""
 
 
 def _print_subscription(args: argparse.Namespace, s: pb.Subscription, headline: str) -> None:
@@ -252,6 +267,9 @@ def show(args: argparse.Namespace, session: Session) -> int:
     print(subscription_details(s))
     print("\nLatest attempts")
     print(table(ATTEMPT_HEADERS, (attempt_row(a) for a in recent)) if recent else "  none yet")
+    waiting = waiting_note(s)
+    if waiting and any(a.HasField("next_attempt_at") for a in recent):
+        print(f"\n{waiting}")
     return 0
 
 
@@ -291,8 +309,20 @@ def pause(args: argparse.Namespace, session: Session) -> int:
 
 def resume(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
+        # Resuming what is not paused changes nothing; the answer alone cannot tell, so read first.
+        before = hooks.GetSubscription(pb.GetSubscriptionRequest(subscription_id=args.id))
         s = hooks.ResumeSubscription(pb.ResumeSubscriptionRequest(subscription_id=args.id))
-    _print_subscription(args, s, f"Resumed webhook subscription {s.id}.")
+    resumed = before.status == pb.SUBSCRIPTION_STATUS_PAUSED and s.status != pb.SUBSCRIPTION_STATUS_PAUSED
+    if args.json:
+        print_json({"subscription": as_json(s), "resumed": resumed})
+        return 0
+    waiting = waiting_note(s)
+    if resumed:
+        print(f"Resumed webhook subscription {s.id}. {waiting}" if waiting
+              else f"Resumed webhook subscription {s.id}: it receives deliveries again.")
+    else:
+        print(f"Webhook subscription {s.id} was not paused; nothing changed. {waiting or 'It is Active and receives deliveries.'}")
+    print(subscription_details(s))
     return 0
 
 
@@ -344,10 +374,15 @@ def deliveries(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
         found = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, outcome=outcome, event_id=args.event,
                                                           page_size=min(args.limit or 50, 500))).attempts
+        # A retry goes at NEXT ATTEMPT only while the subscription delivers: say when it does not.
+        retries = not args.json and any(a.HasField("next_attempt_at") for a in found)
+        waiting = waiting_note(hooks.GetSubscription(pb.GetSubscriptionRequest(subscription_id=args.id))) if retries else ""
     if args.json:
         print_json({"attempts": [as_json(a) for a in found]})
     elif found:
         print(table(ATTEMPT_HEADERS, (attempt_row(a) for a in found)))
+        if waiting:
+            print(f"\n{waiting}")
     else:
         print("No delivery attempts.")
     return 0
