@@ -365,7 +365,7 @@ def delivery_body(activity: IncomingActivity) -> bytes:
 
 def sample_data(subscription: Subscription) -> dict[str, object]:
     return {
-        "message": "This is a test webhook from GrowerIQ.",
+        "message": "This is a test webhook from Trellis.",
         "subscription_id": subscription.id,
         "url": subscription.url,
     }

@@ -54,7 +54,7 @@ async def test_the_webhooks_commands_cover_a_subscriptions_life(trellis, receive
     assert code == 0 and sub_id in out and "Active" in out
 
     code, out, err = await trellis("activities", "publish", "--type", "lot.created", "--data", '{"lot_id": "L-3"}')
-    assert code == 0 and "1 deliveries scheduled" in out, err
+    assert code == 0 and "1 delivery scheduled" in out, err
     [got] = await receiver.wait_for(1)
     docs_receiver()["verify_webhook"](secret, got.headers, got.body)  # type: ignore[operator]
 
