@@ -130,6 +130,23 @@ class Runs:
         return f"{self.label:<28} {figures(self.wall)}   {figures(self.cpu)}"
 
 
+def import_costs(env: dict[str, str], expect: Sequence[str]) -> list[tuple[str, float]]:
+    """Milliseconds of import time (`python -X importtime`, self times summed) per top-level
+    package in one run of the command, largest first."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "services.cli", "integrations", "list"],
+                          env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_SECONDS)
+    if done.returncode != 0 or not all(e in done.stdout for e in expect):
+        raise RuntimeError(f"the -X importtime run failed: {done.stderr[-500:]}")
+    totals: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)", line)
+        if match:
+            name = match.group(2)
+            top = ".".join(name.split(".")[:2]) if name.startswith("services.") else name.split(".")[0]
+            totals[top] = totals.get(top, 0.0) + int(match.group(1)) / 1000
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cli", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
@@ -147,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(runs):
                 baseline.run(baseline_argv, env)
                 command.run(command_argv, env, ids)
+            imports = import_costs(env, ids)
     print(f"{runs} runs each, alternating, every one a new process (milliseconds)\n")
     print(f"{'':<28} {'wall clock':^26}   {'CPU (user + system)':^26}")
     print(f"{'':<28} {'median':>8} {'fastest':>8} {'p90':>8}   {'median':>8} {'fastest':>8} {'p90':>8}")
@@ -156,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nratio of medians (command / interpreter start): wall {wall / statistics.median(baseline.wall):.1f}, "
           f"CPU {cpu / statistics.median(baseline.cpu):.1f}")
     print(f"budget {BUDGET_SECONDS * 1000:.0f} ms a command: median wall clock {'within' if wall < BUDGET_SECONDS else 'OVER'} it")
+    total = sum(ms for _, ms in imports)
+    print(f"\nimports of one run (python -X importtime, self times by package): {total:.0f} ms")
+    print("  " + ", ".join(f"{name} {ms:.0f}" for name, ms in imports[:10]) + f", other {sum(ms for _, ms in imports[10:]):.0f}")
     return 0
 
 
