@@ -7,15 +7,17 @@ Global options may come before or after the command (`trellis --json vendors` an
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from services.cli.client import CliError, CliSettings, Session
+# What a command needs is imported by run(), after main() has paused the garbage collector.
+if TYPE_CHECKING:
+    from services.cli.client import CliSettings
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -104,6 +106,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> CliSettings:
     """Settings from the environment, with the command line's overrides."""
+    from services.cli.client import CliSettings
+
     overrides = {
         key: value
         for key, value in (("data_dir", args.data_dir), ("registry_addr", args.registry_addr),
@@ -113,8 +117,13 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
     return CliSettings(**overrides)  # type: ignore[arg-type]
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Parse, run one command, and return its exit code."""
+def run(argv: Sequence[str] | None = None, *, loaded: Callable[[], None] = lambda: None) -> int:
+    """Parse, run one command, and return its exit code; `loaded()` is called once the command
+    is loaded, before it runs."""
+    from pydantic import ValidationError
+
+    from services.cli.client import CliError, Session
+
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -129,6 +138,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 1
     session = Session(settings, actor=args.actor, org=args.org)
+    loaded()
     try:
         return int(handler(args, session) or 0)
     except CliError as exc:
@@ -145,4 +155,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    """The `trellis` console script."""
+    # A command's start is mostly imports (docs/benchmarks.md, "CLI"), and the cyclic garbage
+    # collector would walk the objects they create again and again, and once more at exit. So it
+    # is paused while the command loads; what was loaded is then frozen (gc.freeze: left out of
+    # every later collection, as it lives as long as the process anyway) and the collector runs
+    # again for the command itself, `trellis up` included.
+    gc.disable()
+    sys.exit(run(loaded=_collect_again))
+
+
+def _collect_again() -> None:
+    gc.freeze()
+    gc.enable()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.embedded import ensure_secrets
-from services.cli.main import COMMANDS, build_parser, named_command
+from services.cli.main import COMMANDS, build_parser, named_command, run
 from tests.support.ports import free_port
 
 # Run one command, then print the modules it imported as JSON on the last line of stderr.
@@ -103,3 +103,26 @@ def test_help_unknown_commands_and_abbreviated_options_build_every_command(argv:
     assert named_command(build_parser(), argv) is None
     help_text = build_parser(argv).format_help()
     assert all(command in help_text for command in COMMANDS)
+
+
+def test_the_console_script_collects_garbage_again_once_the_command_is_loaded(tmp_path: Path) -> None:
+    # The GC is paused while a command loads and frozen what loaded; the command itself (a
+    # long `trellis up`, say) runs with the collector on. The probe command reports the state.
+    probe = """
+import gc, sys
+import services.cli.commands.catalog as catalog
+catalog.vendors = lambda args, session: print(gc.isenabled(), gc.get_freeze_count() > 1000) or 0
+sys.argv = ["trellis", "vendors"]
+from services.cli.main import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TRELLIS_DATA_DIR": str(tmp_path)})
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "True"]), done.stderr
+
+
+def test_run_says_when_the_command_is_loaded_once_before_it_runs(data_dir: Path) -> None:
+    calls: list[str] = []
+    code = run(["--data-dir", str(data_dir), "--registry-addr", f"127.0.0.1:{free_port()}", "vendors"],
+               loaded=lambda: calls.append("loaded"))
+    assert code == 1 and calls == ["loaded"]  # loaded, then the call failed to connect
