@@ -15,6 +15,8 @@ import pytest
 
 from services.cli.embedded import ensure_secrets
 from services.contracts.trellis.events.v1 import events_pb2
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.kit.auth import EDGE_PERMISSION, mint_actor_token
 from services.cli.main import run
 from services.kit.settings import Settings
 from tests.integration.webhooks.conftest import Webhooks
@@ -120,7 +122,8 @@ async def test_the_activities_commands_and_errors(trellis) -> None:
 
 @pytest.fixture
 async def slow_retries(tmp_path: Path, start_webhooks: Callable[..., Awaitable[Webhooks]], capsys: pytest.CaptureFixture[str]):
-    """The CLI against a webhooks service whose retries wait an hour, and that service."""
+    """The CLI against a webhooks service whose retries wait an hour, that service, and the
+    metadata the edge calls it with (signed with the CLI's key, which the service trusts)."""
     data_dir = tmp_path / "cli-data"
     local = ensure_secrets(data_dir)
     defaults = Settings()
@@ -135,11 +138,13 @@ async def slow_retries(tmp_path: Path, start_webhooks: Callable[..., Awaitable[W
         out, err = capsys.readouterr()
         return code, out, err
 
-    return cli, webhooks
+    edge_token = mint_actor_token(local.private_key_pem(), issuer=defaults.actor_issuer, audience=defaults.actor_audience,
+                                  user_id="trellis-edge", org_id="trellis", permissions=[EDGE_PERMISSION])
+    return cli, webhooks, (("authorization", f"Bearer {edge_token}"),)
 
 
 async def test_the_delivery_log_and_redeliver_say_when_the_next_attempt_goes(slow_retries, receiver: Receiver) -> None:
-    trellis, webhooks = slow_retries
+    trellis, webhooks, _ = slow_retries
     receiver.statuses = [500]
     code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created", "--json")
     assert code == 0, err
@@ -172,12 +177,14 @@ async def test_the_delivery_log_and_redeliver_say_when_the_next_attempt_goes(slo
 
 
 async def test_resume_says_what_happens_when_the_integration_is_suspended(slow_retries, receiver: Receiver) -> None:
-    trellis, webhooks = slow_retries
+    trellis, webhooks, edge = slow_retries
+    # The partner's own subscription, made through the edge (an administrator's would need the
+    # registry to know the integration).
     integration = f"int_{uuid.uuid4().hex[:10]}"
-    code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
-                                   "--integration", integration, "--json")
-    assert code == 0, err
-    sub_id = json.loads(out)["subscription"]["id"]
+    created = await webhooks.stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        url=receiver.url(), activity_types=["lot.created"], org_id="org_cli_retries", integration_id=integration),
+        metadata=edge)
+    sub_id = created.subscription.id
     nc = await nats.connect(webhooks.settings.nats_url)
     try:
         event = events_pb2.IntegrationChanged(event_id=f"evt_{uuid.uuid4().hex}", kind="suspended", org_id="org_cli_retries",
