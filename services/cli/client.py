@@ -8,6 +8,7 @@ errors come back as one readable line.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -15,19 +16,22 @@ from typing import Any
 import grpc
 from pydantic import model_validator
 
-from services.cli.embedded import EmbeddedSecretsMissing, mint_cli_token
-from services.contracts.trellis.identity.v1 import identity_pb2_grpc
-from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.errors import TrellisError
-from services.kit.rpc_errors import code_of, from_rpc_error
 from services.kit.settings import Mode, Settings
 
 CALL_TIMEOUT_SECONDS = 30.0
 
-_STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
-    "identity": identity_pb2_grpc.IdentityStub,
-    "registry": registry_pb2_grpc.RegistryStub,
+# Each service's stub class, imported when a command first calls that service: a command
+# loads only the contracts it uses (docs/benchmarks.md, "CLI").
+_STUBS: dict[str, tuple[str, str]] = {
+    "identity": ("services.contracts.trellis.identity.v1.identity_pb2_grpc", "IdentityStub"),
+    "registry": ("services.contracts.trellis.registry.v1.registry_pb2_grpc", "RegistryStub"),
 }
+
+
+def _stub(name: str, channel: grpc.Channel) -> Any:
+    module, cls = _STUBS[name]
+    return getattr(importlib.import_module(module), cls)(channel)
 
 
 class CliError(Exception):
@@ -74,7 +78,7 @@ class ServiceClient:
 
     def __init__(self, name: str, address: str, channel: grpc.Channel, metadata: Callable[[], tuple[tuple[str, str], ...]]) -> None:
         self.name, self.address = name, address
-        self._stub = _STUBS[name](channel)
+        self._stub = _stub(name, channel)
         self._metadata = metadata
 
     def __getattr__(self, method: str) -> Callable[[Any], Any]:
@@ -89,6 +93,9 @@ class ServiceClient:
         return call
 
     def _translate(self, exc: grpc.RpcError) -> CliError:
+        # The error map loads google.rpc's messages: only a command that meets an error pays for it.
+        from services.kit.rpc_errors import code_of, from_rpc_error
+
         code, error = code_of(exc), from_rpc_error(exc, peer=self.name)
         if code is grpc.StatusCode.UNAVAILABLE and error.message.startswith(_TRANSPORT_FAILURES):
             return ServiceUnreachable(self.name, self.address)
@@ -139,6 +146,9 @@ class Session:
 
 def actor_token(settings: Settings, *, actor: str, org: str) -> str:
     if settings.mode is Mode.EMBEDDED:
+        # Signing needs PyJWT and cryptography, which only the embedded mode loads.
+        from services.cli.embedded import EmbeddedSecretsMissing, mint_cli_token
+
         try:
             return mint_cli_token(settings, user_id=actor, org_id=org)
         except EmbeddedSecretsMissing as exc:

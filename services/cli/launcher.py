@@ -464,7 +464,7 @@ class Launcher:
             '--actor alice integrations create --vendor sap --name "SAP Procurement Sync" '
             '--description "Purchase orders into SAP" --owner alice --scope inventory:read,orders:write',
             "--actor bob integrations approve <id>",
-            "--actor bob integrations activate <id> --handoff partner-handoff.json",
+            "--actor bob integrations activate <id> --handoff",
             "integrations list",
             "integrations show <id>",
             "logs query --status error --since 24h",

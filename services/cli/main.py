@@ -8,15 +8,17 @@ setting (a TRELLIS_* variable or an address option), one line per setting, exit 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.cli.client import CliError, CliSettings, Session
-from services.cli.commands import catalog, integrations, operations, webhooks
-from services.cli.commands import audit, logs, review
-from services.kit.settingcheck import EXIT_BAD_SETTINGS, InvalidSettings, SettingError, load
+# What a command needs is imported by run(), after main() has paused the garbage collector.
+if TYPE_CHECKING:
+    from services.cli.client import CliSettings
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -28,7 +30,7 @@ examples:
   trellis --actor alice integrations create --vendor sap --name "SAP Procurement Sync" \\
       --description "Purchase orders into SAP" --owner alice --scope inventory:read,orders:write
   trellis --actor bob integrations approve <id>
-  trellis --actor bob integrations activate <id> --handoff partner-handoff.json
+  trellis --actor bob integrations activate <id> --handoff
 
 Settings come from TRELLIS_* environment variables (TRELLIS_REGISTRY_ADDR, TRELLIS_IDENTITY_ADDR,
 TRELLIS_MODE, ...). In the embedded mode the CLI signs actor tokens with the data directory's
@@ -54,7 +56,40 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument("--identity-addr", default=default(None), metavar="HOST:PORT", help="default: TRELLIS_IDENTITY_ADDR")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each command and the module of services.cli.commands that registers it, in the order of
+# `trellis --help`. A command line that names one builds only that module's parsers: building
+# all of them takes longer than the command itself (docs/benchmarks.md, "CLI").
+COMMANDS = {
+    "integrations": "integrations", "vendors": "catalog", "scopes": "catalog",
+    "up": "operations", "migrate": "operations", "keys": "operations",
+    "webhooks": "webhooks", "activities": "webhooks", "logs": "logs", "audit": "audit", "review": "review",
+}
+
+
+def named_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The command `argv` names, or None when it asks for help, names none, or uses an option
+    this scan does not know exactly (an abbreviation, say): then every command is built."""
+    flags, with_value = set(), set()
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public list of its options
+        (with_value if action.nargs != 0 else flags).update(action.option_strings)
+    skip_value = False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+        elif token in ("-h", "--help"):
+            return None
+        elif token in with_value:
+            skip_value = True
+        elif token.startswith("-"):
+            if token not in flags and token.split("=", 1)[0] not in with_value:
+                return None
+        else:
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given `argv`, only the command it names (see COMMANDS)."""
     parser = argparse.ArgumentParser(
         prog="trellis", description="Trellis: connect external systems to an organisation's data, safely.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,13 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, suppress=True)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    integrations.register(subparsers, common)
-    catalog.register(subparsers, common)
-    operations.register(subparsers, common)
-    webhooks.register(subparsers, common)
-    logs.register(subparsers, common)
-    audit.register(subparsers, common)
-    review.register(subparsers, common)
+    named = named_command(parser, argv) if argv is not None else None
+    modules = [COMMANDS[named]] if named else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"services.cli.commands.{module}").register(subparsers, common)
     return parser
 
 
@@ -79,6 +111,9 @@ OPTION_NAMES = {"data_dir": "--data-dir", "registry_addr": "--registry-addr", "i
 
 def settings_from(args: argparse.Namespace) -> CliSettings:
     """Settings from the environment, with the command line's overrides."""
+    from services.cli.client import CliSettings
+    from services.kit.settingcheck import load
+
     overrides = {
         key: value
         for key, value in (("data_dir", args.data_dir), ("registry_addr", args.registry_addr),
@@ -88,9 +123,14 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
     return load(CliSettings, labels=OPTION_NAMES, **overrides)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Parse, run one command, and return its exit code."""
-    parser = build_parser()
+def run(argv: Sequence[str] | None = None, *, loaded: Callable[[], None] = lambda: None) -> int:
+    """Parse, run one command, and return its exit code; `loaded()` is called once the command
+    is loaded, before it runs."""
+    from services.cli.client import CliError, Session
+    from services.kit.settingcheck import EXIT_BAD_SETTINGS, InvalidSettings, SettingError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
@@ -103,6 +143,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     session = Session(settings, actor=args.actor, org=args.org)
+    loaded()
     try:
         return int(handler(args, session) or 0)
     except SettingError as exc:
@@ -122,4 +163,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    """The `trellis` console script."""
+    # A command's start is mostly imports (docs/benchmarks.md, "CLI"), and the cyclic garbage
+    # collector would walk the objects they create again and again, and once more at exit. So it
+    # is paused while the command loads; what was loaded is then frozen (gc.freeze: left out of
+    # every later collection, as it lives as long as the process anyway) and the collector runs
+    # again for the command itself, `trellis up` included.
+    gc.disable()
+    sys.exit(run(loaded=_collect_again))
+
+
+def _collect_again() -> None:
+    gc.freeze()
+    gc.enable()

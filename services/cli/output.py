@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from services.contracts.trellis.identity.v1 import identity_pb2
 from services.contracts.trellis.registry.v1 import registry_pb2
 from services.kit.prototime import rfc3339
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.contracts.trellis.identity.v1 import identity_pb2
 
 STATUS_PREFIX = "INTEGRATION_STATUS_"
 STATUS_NAMES = tuple(
@@ -51,6 +52,11 @@ def status_value(name: str) -> int:
         raise ValueError(f"unknown status {name!r}; choose from {', '.join(STATUS_NAMES)}") from None
 
 
+def plural(count: int, singular: str, plural_form: str = "") -> str:
+    """`1 integration`, `2 integrations`, `1,000 requests` (plural_form for irregular words)."""
+    return f"{count:,} {singular if count == 1 else plural_form or singular + 's'}"
+
+
 def timestamp(ts: Timestamp) -> str:
     """ISO 8601 UTC to the second; empty when the timestamp was never set."""
     return rfc3339(ts)
@@ -58,6 +64,8 @@ def timestamp(ts: Timestamp) -> str:
 
 def message_dict(message: Message) -> dict[str, Any]:
     """A proto message as plain JSON data: proto field names, int64 as numbers, short enums."""
+    from google.protobuf import json_format  # only --json needs it
+
     data = json_format.MessageToDict(
         message,
         preserving_proto_field_name=True,

@@ -109,8 +109,19 @@ def bearer_challenge(error: str | None = None, description: str = "", scope: str
     return (b"www-authenticate", ("Bearer " + ", ".join(parts)).encode("latin-1", "replace"))
 
 
-def unauthorized(code: str, message: str, *, token_error: bool = True) -> EdgeError:
-    """A 401 with its Bearer challenge; `token_error` adds error="invalid_token"."""
+# The 401 codes whose fault is the access token itself (RFC 6750 section 3.1: "expired, revoked,
+# malformed, or invalid for other reasons"), so that requesting a new token is the fix. The
+# others name no error in their challenge: the API key is missing or unknown, the token belongs
+# to another integration than the key, or the integration is not Active, where a new token
+# changes nothing (the body's code says which).
+TOKEN_ERRORS = frozenset({"invalid_token", "token_expired"})
+
+
+def unauthorized(code: str, message: str, *, token_error: bool | None = None) -> EdgeError:
+    """A 401 with its Bearer challenge: error="invalid_token" and the message as its description
+    exactly for TOKEN_ERRORS (the code decides; `token_error=False`, which older callers pass
+    for codes outside them, changes nothing)."""
+    token_error = code in TOKEN_ERRORS and token_error is not False
     challenge = bearer_challenge("invalid_token" if token_error else None, message if token_error else "")
     return EdgeError(code, message, headers=(challenge,))
 

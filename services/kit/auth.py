@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -23,6 +22,10 @@ from services.kit import jwtverify
 from services.kit.errors import PermissionDenied, Unauthenticated
 from services.kit.settingcheck import SettingError
 from services.kit.ids import is_request_id
+
+# PyJWT is imported where tokens are verified or minted, not with this module: the CLI takes
+# the permission names from here and signs its own tokens, and a CLI command's start-up time
+# is mostly imports (docs/benchmarks.md, "CLI").
 
 ADMIN_PERMISSION = "administration_integrations_access"
 QA_PERMISSION = "qa_access"
@@ -80,6 +83,8 @@ class ActorVerifier:
     def __init__(self, *, issuer: str, audience: str, public_key_pem: bytes | None = None, jwks_url: str = "") -> None:
         if not public_key_pem and not jwks_url:
             raise ValueError("an actor verifier needs a public key or a JWKS URL")
+        import jwt
+
         self._issuer, self._audience = issuer, audience
         self._key = serialization.load_pem_public_key(public_key_pem) if public_key_pem else None
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
@@ -99,6 +104,8 @@ class ActorVerifier:
                                given=key_file or None) from exc
 
     def verify(self, token: str) -> Actor:
+        import jwt
+
         try:
             if self._key is not None:
                 key, algorithms = self._key, _algorithms_for(self._key)
@@ -158,6 +165,8 @@ def mint_actor_token(
     ttl_seconds: int = 900,
 ) -> str:
     """An actor token signed with a local key (embedded mode and tests)."""
+    import jwt
+
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     algorithm = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
     now = dt.datetime.now(dt.timezone.utc)

@@ -8,10 +8,11 @@ Shared by `trellis integrations activate --handoff` (services/cli/handoff.py wri
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.contracts.trellis.identity.v1 import identity_pb2
-from services.contracts.trellis.registry.v1 import registry_pb2
+if TYPE_CHECKING:  # annotations only: a CLI command loads no contract it does not call
+    from services.contracts.trellis.identity.v1 import identity_pb2
+    from services.contracts.trellis.registry.v1 import registry_pb2
 
 HANDLING = (
     "Transfer this file through a secrets manager, password vault or other encrypted channel; "
@@ -36,6 +37,22 @@ def handoff_document(integration: registry_pb2.Integration, credentials: identit
         "audience": credentials.audience,
         "api_docs_url": api_docs_url,
         "scopes": list(credentials.scopes or integration.scopes),
+        "handling": HANDLING,
+    }
+
+
+def key_handoff_document(integration: registry_pb2.Integration, api_key: str, *, api_docs_url: str) -> dict[str, Any]:
+    """After a key regeneration: the new API key, with what identifies the integration; the client
+    id and secret the partner already holds are unchanged (the secret is never shown again)."""
+    return {
+        "integration_id": integration.id,
+        "integration_name": integration.name,
+        "api_key": api_key,
+        "client_id": integration.client_id,
+        "api_docs_url": api_docs_url,
+        "scopes": list(integration.scopes),
+        "note": ("A new API key: the previous key stopped working when this one was made. "
+                 "The client id and client secret are unchanged; keep using them."),
         "handling": HANDLING,
     }
 

@@ -121,13 +121,14 @@ def review(facts: IntegrationFacts, usage: Usage, *, now: dt.datetime) -> Review
     error_rate = usage.errors / usage.requests if usage.requests else 0.0
     categories = {s.partition(":")[0] for s in granted}
     live = facts.status == "active"
-    # A fresh integration has not had the chance to be unused for 30 days.
+    # A fresh integration has not had the chance to be unused for 30 days. Its scopes are
+    # flagged all the same: a scope it has not used is one the review lists as unused.
     settled = age is None or age >= UNUSED_DAYS
 
     flags: list[str] = []
     if live and settled and (usage.last_request_at is None or now - usage.last_request_at > dt.timedelta(days=UNUSED_DAYS)):
         flags.append(FLAG_UNUSED)
-    if live and settled and unused:
+    if live and unused:
         flags.append(FLAG_SCOPES_NEVER_USED)
     if facts.status != "revoked" and categories & PII_CATEGORIES:
         flags.append(FLAG_PII)

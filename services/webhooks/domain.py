@@ -365,7 +365,7 @@ def delivery_body(activity: IncomingActivity) -> bytes:
 
 def sample_data(subscription: Subscription) -> dict[str, object]:
     return {
-        "message": "This is a test webhook from GrowerIQ.",
+        "message": "This is a test webhook from Trellis.",
         "subscription_id": subscription.id,
         "url": subscription.url,
     }
@@ -477,6 +477,32 @@ def outcome_of(result: HttpResult, attempt: int, started_at: dt.datetime, policy
     if next_at is None:
         return AttemptOutcome(DeliveryStatus.FAILED, None, True)
     return AttemptOutcome(DeliveryStatus.PENDING, next_at, False)
+
+
+def waits_for(subscription: Subscription) -> str:
+    """What a pending delivery of this subscription waits for beyond its due time ("" for nothing):
+    only an Active subscription whose integration is not suspended is attempted."""
+    if subscription.status is SubscriptionStatus.PAUSED:
+        return "the subscription is paused: it goes when the subscription is resumed"
+    if subscription.status is SubscriptionStatus.FAILING:
+        return "the subscription is failing: it goes once a test delivery succeeds"
+    if subscription.status is SubscriptionStatus.DISABLED:
+        return "the subscription is disabled: it will not go"
+    if subscription.integration_suspended:
+        return "its integration is suspended: it goes when the integration is reactivated"
+    return ""
+
+
+def pending_delivery_text(*, attempts: int, round_: int, next_attempt_at: dt.datetime | None,
+                          subscription: Subscription, now: dt.datetime) -> str:
+    """When a pending delivery goes: `attempt 2 is due at 2026-…Z`, and what it waits for."""
+    which = f"attempt {attempts + 1}" + (f" of round {round_}" if round_ > 1 else "")
+    if next_attempt_at is None or next_attempt_at <= now:
+        due = f"{which} is due now"
+    else:
+        due = f"{which} is due at {next_attempt_at.astimezone(dt.timezone.utc).isoformat(timespec='seconds').replace('+00:00', 'Z')}"
+    held = waits_for(subscription)
+    return f"{due}, but {held}" if held else due
 
 
 def truncate_body(raw: bytes) -> str:

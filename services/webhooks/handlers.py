@@ -26,7 +26,7 @@ from services.webhooks.dispatcher import SecretCache, send_attempt
 from services.webhooks.domain import (
     ACTIVITY_TYPES, TEST_TYPE, ActivityType, DeliveryStatus, IncomingActivity, RetryPolicy, Subscription,
     SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
-    delivery_body, new_signing_secret, outcome_of, parse_data, sample_data,
+    delivery_body, new_signing_secret, outcome_of, parse_data, pending_delivery_text, sample_data,
 )
 from services.webhooks.sender import DeliveryClient
 from services.webhooks.store import (
@@ -362,6 +362,12 @@ class WebhookHandlers:
         now = self._clock()
         async with self._db.write() as session:
             delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
+            if delivery.status is DeliveryStatus.PENDING:
+                subscription = await self._repo.get(session, Scope(caller.org_id), delivery.subscription_id)
+                when = pending_delivery_text(attempts=delivery.attempts, round_=delivery.round,
+                                             next_attempt_at=delivery.next_attempt_at, subscription=subscription, now=now)
+                raise FailedPrecondition(f"only a failed delivery can be redelivered; this one is pending: {when}",
+                                         delivery_id=delivery.id, status=delivery.status.value)
             if delivery.status is not DeliveryStatus.FAILED:
                 raise FailedPrecondition(f"only a failed delivery can be redelivered; this one is {delivery.status.value}",
                                          delivery_id=delivery.id, status=delivery.status.value)

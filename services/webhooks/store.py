@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
-    and_, or_, select, text, update,
+    and_, case, or_, select, text, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -284,6 +284,8 @@ class AttemptRecord:
     response_body: str
     url: str
     test: bool
+    # The delivery's next attempt, on its latest attempt while it is pending; else None.
+    next_attempt_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ def _attempt(row: Row) -> AttemptRecord:  # type: ignore[type-arg]
         attempted_at=row.attempted_at, duration_ms=row.duration_ms, status_code=row.status_code,
         succeeded=row.succeeded, error=AttemptError(row.error), error_detail=row.error_detail,
         response_body=row.response_body, url=row.url, test=row.test,
+        next_attempt_at=getattr(row, "next_attempt_at", None),
     )
 
 
@@ -605,8 +608,13 @@ class ActivityLog:
 
     async def list_attempts(self, session: AsyncSession, scope: Scope, *, subscription_id: str, succeeded: bool | None,
                             event_id: str, delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]:
-        t = attempts
-        query = select(t).where(self._visible(t, scope))
+        t, d = attempts, deliveries
+        # A pending delivery's `attempts` counts its current round's attempts, so its latest
+        # attempt row is the one with that round and number.
+        latest_of_pending = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.round == t.c.round, d.c.attempts == t.c.attempt)
+        next_attempt_at = case((latest_of_pending, d.c.next_attempt_at), else_=None).label("next_attempt_at")
+        query = (select(t, next_attempt_at).select_from(t.outerjoin(d, d.c.id == t.c.delivery_id))
+                 .where(self._visible(t, scope)))
         for column, value in ((t.c.subscription_id, subscription_id), (t.c.event_id, event_id), (t.c.delivery_id, delivery_id)):
             if value:
                 query = query.where(column == value)

@@ -32,10 +32,10 @@ CREATE = ('trellis --actor alice integrations create --vendor sap --name "SAP Pr
           '--scope inventory:read,orders:write')
 SELF_APPROVE = "trellis --actor alice integrations approve $ID"
 APPROVE = "trellis --actor bob integrations approve $ID"
-ACTIVATE = "trellis --actor bob integrations activate $ID --handoff sap-handoff.json"
+ACTIVATE = "trellis --actor bob integrations activate $ID --handoff"
 SHOW = "trellis integrations show $ID"
 LIST = "trellis integrations list"
-HANDOFF = "sap-handoff.json"
+HANDOFF = ".trellis/handoffs/{id}.json"  # where `--handoff` without a file writes, in the data directory
 EDGE = "http://127.0.0.1:8080"
 TOKEN_REQUEST = f'curl -s -u "$CLIENT_ID:$CLIENT_SECRET" -d grant_type=client_credentials {EDGE}/oauth/token'
 BOTH_HEADERS = 'curl -s -i -H "Authorization: Bearer $ACCESS_TOKEN" -H "X-API-Key: $API_KEY"'
@@ -53,7 +53,7 @@ def readme_partner_script() -> str:
     block after the activation's and before "Stop Trellis", in order."""
     text = README.read_text()
     blocks = list(re.finditer(r"^```sh\n(.*?)^```$", text, re.S | re.M))
-    activation = next(i for i, b in enumerate(blocks) if "--handoff sap-handoff.json" in b.group(1))
+    activation = next(i for i, b in enumerate(blocks) if ACTIVATE in b.group(1))
     stop = text.index("Stop Trellis with Ctrl-C")
     script = "\n".join(b.group(1) for b in blocks[activation + 1:] if b.start() < stop)
     assert TOKEN_REQUEST in script, "README.md lost its get-a-token step"
@@ -88,6 +88,10 @@ class Tour:
     partner: subprocess.CompletedProcess[str]
     jwks_json: str
     exit_code: int
+
+    @property
+    def handoff_file(self) -> Path:
+        return self.terminal.workdir / HANDOFF.format(id=self.integration_id)
 
     def partner_answers(self) -> tuple[dict[str, object], HttpAnswer, HttpAnswer]:
         """What the partner's commands printed: the token response, then the two calls."""
@@ -143,7 +147,7 @@ def test_second_admin_approves_and_activation_hands_off_credentials_once(tour: T
     assert tour.self_approval.stderr.startswith("error: PERMISSION_DENIED: ")
     assert "Traceback" not in tour.self_approval.stderr
 
-    handoff_file = tour.terminal.workdir / HANDOFF
+    handoff_file = tour.handoff_file
     assert stat.S_IMODE(handoff_file.stat().st_mode) == 0o600
     handoff = json.loads(handoff_file.read_text())
     assert handoff["api_key"].startswith("grq_live_")
@@ -159,8 +163,16 @@ def test_second_admin_approves_and_activation_hands_off_credentials_once(tour: T
     assert handoff["api_key"] not in detail and handoff["client_secret"] not in detail
 
 
+def test_the_tour_leaves_nothing_in_the_working_tree_but_the_data_directory(tour: Tour) -> None:
+    # The data directory (.trellis/, which .gitignore lists) holds the hand-off; `git status`
+    # in a checkout the tour ran in shows nothing new. up-N.out/err are this test's own logs.
+    left = sorted(p.name for p in tour.terminal.workdir.iterdir() if p.name != ".trellis" and not p.name.startswith("up-"))
+    assert left == []
+    assert stat.S_IMODE(tour.handoff_file.parent.stat().st_mode) == 0o700
+
+
 def test_partner_gets_a_token_from_the_edge_for_its_client(tour: Tour) -> None:
-    handoff = json.loads((tour.terminal.workdir / HANDOFF).read_text())
+    handoff = json.loads(tour.handoff_file.read_text())
     token, _, _ = tour.partner_answers()
     assert token["token_type"] == "Bearer" and token["expires_in"] == 3600
     assert token["scope"] == "inventory:read orders:write"
@@ -216,10 +228,11 @@ def test_restart_keeps_the_integration_active(tour: Tour) -> None:
 def test_no_key_or_secret_is_stored_or_logged_in_plain_text(tour: Tour) -> None:
     """Search every file the suite wrote (SQLite databases and their WAL, service and NATS logs,
     the JetStream store) for the API key and the client secret the activation showed."""
-    handoff = json.loads((tour.terminal.workdir / HANDOFF).read_text())
+    handoff = json.loads(tour.handoff_file.read_text())
     secrets = {name: handoff[name].encode() for name in ("api_key", "client_secret")}
     data_dir = tour.terminal.workdir / ".trellis"
-    searched = [p for p in data_dir.rglob("*") if p.is_file()]
+    # The hand-off file holds them by design (mode 0600); nothing else may.
+    searched = [p for p in data_dir.rglob("*") if p.is_file() and p != tour.handoff_file]
     assert any(p.suffix == ".db" for p in searched) and data_dir / "logs" / "edge.log" in searched
     for path in searched:
         content = path.read_bytes()

@@ -23,7 +23,7 @@ from services.cli.commands.logs import (
     parse_time,
     when_text,
 )
-from services.cli.output import changed_fields, message_dict, print_json, table
+from services.cli.output import changed_fields, message_dict, plural, print_json, table
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.kit.prototime import timestamp_or_none
 
@@ -108,12 +108,12 @@ def verify(args: argparse.Namespace, session: Session) -> int:
         print_json({"verification": message_dict(result)})
     elif result.intact:
         against = f", and it still reaches checkpoint entry {request.checkpoint.last_seq}" if args.checkpoint else ""
-        print(f"Audit trail intact: {result.entries_checked} entries verified "
+        print(f"Audit trail intact: {plural(result.entries_checked, 'entry', 'entries')} verified "
               f"(head: entry {result.head.last_seq}, MAC {result.head.head_mac[:16]}…){against}.")
     else:
         print(f"Audit trail NOT intact: {result.problem} at entry {result.seq}"
               f"{f' ({result.event_id})' if result.event_id else ''}.\n{result.message}\n"
-              f"{result.entries_checked} entries before it verified.", file=sys.stderr)
+              f"{plural(result.entries_checked, 'entry', 'entries')} before it verified.", file=sys.stderr)
     return 0 if result.intact else 1
 
 
@@ -131,7 +131,7 @@ def checkpoint(args: argparse.Namespace, session: Session) -> int:
     if args.json:
         print_json({**document, "file": str(args.output)})
     else:
-        print(f"Checkpoint of {head.count} entries (last entry {head.last_seq}, taken {when_text(head.created_at)}) "
+        print(f"Checkpoint of {plural(head.count, 'entry', 'entries')} (last entry {head.last_seq}, taken {when_text(head.created_at)}) "
               f"written to {args.output}. Keep it outside Trellis; `trellis audit verify --checkpoint {args.output}` "
               f"proves the trail still holds them.")
     return 0

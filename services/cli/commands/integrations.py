@@ -10,7 +10,7 @@ from typing import Any
 
 from services.cli.client import CliError, Session
 from services.cli.commands.args import ExtendList, help_handler, non_negative_int
-from services.cli.handoff import HandoffExists, HandoffFile, handoff_document
+from services.cli.handoff import HandoffExists, HandoffFile, handoff_document, key_handoff_document
 from services.cli.output import (
     CREDENTIALS_WARNING, HISTORY_HEADERS, INTEGRATION_HEADERS, STATUS_NAMES, credentials_block,
     history_row, integration_details, integration_row, message_dict, print_json, status_label,
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     ):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("id")
-        p.add_argument("--handoff", metavar="FILE", help="also write the partner hand-off to FILE (new file, mode 0600)")
+        _add_handoff(p)
         p.set_defaults(handler=handler)
 
     p = commands.add_parser("update", parents=[common], help="change scopes, limits, owner, description or allowlist")
@@ -87,7 +87,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     p = commands.add_parser("regenerate-key", parents=[common], help="new API key; the old one fails at once")
     p.add_argument("id")
+    _add_handoff(p)
     p.set_defaults(handler=regenerate_key)
+
+
+# `--handoff` without a file: under the data directory (services/cli/handoff.py).
+_DEFAULT_HANDOFF = object()
+
+
+def _add_handoff(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--handoff", nargs="?", const=_DEFAULT_HANDOFF, default=None, metavar="FILE",
+                   help="also write the partner hand-off, a new file of mode 0600: FILE, or without FILE "
+                        "<data dir>/handoffs/<id>.json (then <id>-2.json, ...)")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ def show(args: argparse.Namespace, session: Session) -> int:
 def approve(args: argparse.Namespace, session: Session) -> int:
     integration = session.registry.ApproveIntegration(pb.ApproveIntegrationRequest(integration_id=args.id))
     _print_integration(args, integration, f"Approved integration {integration.id}.",
-                       f"Next: trellis integrations activate {integration.id} --handoff partner-handoff.json")
+                       f"Next: trellis integrations activate {integration.id} --handoff")
     return 0
 
 
@@ -199,15 +210,19 @@ def revoke(args: argparse.Namespace, session: Session) -> int:
 
 
 def regenerate_key(args: argparse.Namespace, session: Session) -> int:
-    response = session.registry.RegenerateApiKey(pb.RegenerateApiKeyRequest(integration_id=args.id))
+    handoff = _reserve_handoff(args, session)
+    response = _calling(handoff, lambda: session.registry.RegenerateApiKey(pb.RegenerateApiKeyRequest(integration_id=args.id)))
     if args.json:
         print(CREDENTIALS_WARNING, file=sys.stderr)
         print_json({"integration": message_dict(response.integration), "api_key": response.api_key,
                     "api_key_prefix": response.api_key_prefix})
-        return 0
-    print(f"New API key for integration {response.integration.id}; the previous key no longer works.\n")
-    print(f"  API key  {response.api_key}\n")
-    print(CREDENTIALS_WARNING)
+    else:
+        print(f"New API key for integration {response.integration.id}; the previous key no longer works.\n")
+        print(f"  API key  {response.api_key}\n")
+        print(CREDENTIALS_WARNING)
+    if handoff is not None:
+        _write_handoff(args, handoff, key_handoff_document(response.integration, response.api_key,
+                                                           api_docs_url=session.settings.api_docs_url))
     return 0
 
 
@@ -227,18 +242,37 @@ def _new_scopes(args: argparse.Namespace, session: Session, request: pb.UpdateIn
     return scopes + [s for s in args.add_scopes if s not in scopes]
 
 
-def _issue_credentials(args: argparse.Namespace, session: Session, call: Any, verb: str) -> int:
-    # Reserve the hand-off file before the call: the credentials are shown only once.
+def _reserve_handoff(args: argparse.Namespace, session: Session) -> HandoffFile | None:
+    """The hand-off file, reserved before the call: the credentials are shown only once."""
     try:
-        handoff = HandoffFile.reserve(args.handoff) if args.handoff else None
+        if args.handoff is _DEFAULT_HANDOFF:
+            return HandoffFile.reserve_default(session.settings.data_dir, args.id)
+        return HandoffFile.reserve(args.handoff) if args.handoff else None
     except (HandoffExists, OSError) as exc:
         raise CliError(str(exc)) from None
+
+
+def _calling(handoff: HandoffFile | None, call: Any) -> Any:
+    """call(), removing the reserved hand-off file if it fails."""
     try:
-        response = call()
+        return call()
     except BaseException:
         if handoff is not None:
             handoff.abandon()
         raise
+
+
+def _write_handoff(args: argparse.Namespace, handoff: HandoffFile, document: dict[str, Any]) -> None:
+    try:
+        handoff.write(document)
+    except OSError as exc:
+        raise CliError(f"could not write the hand-off to {handoff.path}: {exc}") from None
+    print(f"Partner hand-off written to {handoff.path} (mode 0600).", file=sys.stderr if args.json else sys.stdout)
+
+
+def _issue_credentials(args: argparse.Namespace, session: Session, call: Any, verb: str) -> int:
+    handoff = _reserve_handoff(args, session)
+    response = _calling(handoff, call)
     integration, credentials = response.integration, response.credentials
     if args.json:
         print(CREDENTIALS_WARNING, file=sys.stderr)
@@ -249,11 +283,7 @@ def _issue_credentials(args: argparse.Namespace, session: Session, call: Any, ve
         print(credentials_block(credentials))
         print(f"\n{CREDENTIALS_WARNING}")
     if handoff is not None:
-        try:
-            handoff.write(handoff_document(integration, credentials, api_docs_url=session.settings.api_docs_url))
-        except OSError as exc:
-            raise CliError(f"could not write the hand-off to {handoff.path}: {exc}") from None
-        print(f"Partner hand-off written to {handoff.path} (mode 0600).", file=sys.stderr if args.json else sys.stdout)
+        _write_handoff(args, handoff, handoff_document(integration, credentials, api_docs_url=session.settings.api_docs_url))
     return 0
 
 

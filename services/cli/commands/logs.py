@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.cli.client import CliError, ServiceClient, Session
 from services.cli.commands.args import help_handler
-from services.cli.output import fields, message_dict, print_json, table
+from services.cli.output import fields, message_dict, plural, print_json, table
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.prototime import rfc3339, timestamp_or_none
@@ -255,5 +255,5 @@ def export(args: argparse.Namespace, session: Session) -> int:
     if args.json:
         print_json({"export": {"file": str(output), "format": args.format, "rows": done}})
     else:
-        print(f"Exported {done:,} requests to {output} ({args.format}).")
+        print(f"Exported {plural(done, 'request')} to {output} ({args.format}).")
     return 0

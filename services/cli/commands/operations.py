@@ -1,15 +1,16 @@
-"""Operator commands: `trellis up`, `trellis migrate`, `trellis keys rotate`."""
+"""Operator commands: `trellis up`, `trellis migrate`, `trellis keys rotate`.
+
+The launcher and the database code (SQLAlchemy, Alembic) are imported by the commands that
+use them, so that every other command starts without them (docs/benchmarks.md, CLI start).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from services.cli import launcher
 from services.cli.client import CliError, Session
 from services.cli.commands.args import help_handler
 from services.cli.output import print_json
-from services.contracts.trellis.identity.v1 import identity_pb2
-from services.kit.db import migrate
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     p = subparsers.add_parser("migrate", parents=[common], help="apply database migrations")
     p.add_argument("services", nargs="*", metavar="SERVICE",
-                   help=f"default: all of {', '.join(launcher.services_with_migrations())}")
+                   help="default: every service that has migrations")
     p.set_defaults(handler=migrate_databases)
 
     keys = subparsers.add_parser("keys", help="signing keys of partner access tokens")
@@ -35,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def up(args: argparse.Namespace, session: Session) -> int:
+    from services.cli import launcher
+
     if not 1 <= args.replicas <= 9:
         raise CliError("--replicas must be between 1 and 9")
     return launcher.Launcher(session.settings, replicas=args.replicas, nats_port=args.nats_port,
@@ -42,6 +45,9 @@ def up(args: argparse.Namespace, session: Session) -> int:
 
 
 def migrate_databases(args: argparse.Namespace, session: Session) -> int:
+    from services.cli import launcher
+    from services.kit.db import migrate
+
     known = launcher.services_with_migrations()
     unknown = [s for s in args.services if s not in known]
     if unknown:
@@ -60,6 +66,8 @@ def migrate_databases(args: argparse.Namespace, session: Session) -> int:
 
 
 def rotate_keys(args: argparse.Namespace, session: Session) -> int:
+    from services.contracts.trellis.identity.v1 import identity_pb2
+
     response = session.identity.RotateSigningKey(identity_pb2.RotateSigningKeyRequest())
     if args.json:
         print_json({"kid": response.kid, "previous_kid": response.previous_kid})

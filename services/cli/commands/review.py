@@ -15,7 +15,7 @@ from pathlib import Path
 
 from services.cli.client import CliError, Session
 from services.cli.commands.logs import add_logs_addr, logs_client, when_text
-from services.cli.output import message_dict, print_json, table
+from services.cli.output import message_dict, plural, print_json, table
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 
 FLAG_TEXT = {
@@ -27,13 +27,18 @@ FLAG_TEXT = {
     "credentials_older_than_90_days": "credentials older than 90 days: rotate them",
     "no_allowlist_single_network": "always calls from one network but has no IP allowlist: add one",
 }
+# The spec's checklist: each question, the flags that answer it, and what only a person can
+# confirm (such a question is never ticked, whatever the flags say).
 CHECKLIST = (
-    ("Are all active integrations still in use?", ("unused_30_days",)),
-    ("Do assigned scopes still match actual usage?", ("granted_scopes_never_used",)),
-    ("Are credentials held only by authorised personnel? (rotate when people changed)", ("credentials_older_than_90_days",)),
-    ("Are rate limits appropriate for current traffic patterns?", ("rate_limit_far_above_use",)),
-    ("Is IP allowlisting enabled for integrations with static infrastructure?", ("no_allowlist_single_network",)),
-    ("Which integrations hold PII or Financial scopes?", ("pii_scope_granted", "financial_scope_granted")),
+    ("Are all active integrations still in use?", ("unused_30_days",), ""),
+    ("Do assigned scopes still match actual usage?", ("granted_scopes_never_used",), ""),
+    ("Are credentials held only by authorised personnel?", ("credentials_older_than_90_days",),
+     "who holds them is for each owner to confirm; rotate if team members have changed"),
+    ("Are rate limits appropriate for current traffic patterns?", ("rate_limit_far_above_use",), ""),
+    ("Is IP allowlisting enabled for integrations with static infrastructure?", ("no_allowlist_single_network",), ""),
+    ("Have partner contacts changed?", (),
+     "not in the request log: confirm with each owner that only current contacts hold credentials"),
+    ("Which integrations hold PII or Financial scopes?", ("pii_scope_granted", "financial_scope_granted"), ""),
 )
 COLUMNS = ("integration", "id", "status", "owner", "granted scopes", "exercised scopes", "unused scopes",
            "last request", "requests", "error rate", "peak/min", "rate limit", "credential age (days)",
@@ -62,7 +67,7 @@ def _values(r: pb.IntegrationReview) -> list[str]:
 def render_table(report: pb.QuarterlyReviewResponse) -> str:
     rows = [(v[0], v[2], v[3], v[4], v[5], v[7], f"{v[10]}/{v[11]}", v[12], v[13], v[9], v[15])
             for v in map(_values, report.integrations)]
-    header = (f"Quarterly access review of {report.org_id}: {len(report.integrations)} integrations, "
+    header = (f"Quarterly access review of {report.org_id}: {plural(len(report.integrations), 'integration')}, "
               f"usage from {when_text(report.window_start)} to {when_text(report.generated_at)}\n")
     return header + "\n" + table(("INTEGRATION", "STATUS", "OWNER", "GRANTED", "EXERCISED", "LAST REQUEST",
                                   "PEAK/LIMIT", "CRED AGE", "ALLOWLIST", "ERRORS", "FLAGS"), rows)
@@ -80,16 +85,25 @@ def render_markdown(report: pb.QuarterlyReviewResponse) -> str:
         f"- Integrations reviewed: {len(report.integrations)}", "",
         "## Checklist", "",
     ]
-    for question, flags in CHECKLIST:
-        hits = [r.name or r.integration_id for r in report.integrations if set(r.flags) & set(flags)]
-        mark = "x" if not hits else " "
-        lines.append(f"- [{mark}] {question} " + (f"Needs attention: {_md(', '.join(hits))}." if hits else "Nothing flagged."))
+    for question, flags, for_a_person in CHECKLIST:
+        lines.append(f"- {checklist_line(report, question, flags, for_a_person)}")
     lines += ["", "## Integrations", "", "| " + " | ".join(c.capitalize() for c in COLUMNS) + " |",
               "|" + "---|" * len(COLUMNS)]
     for r in report.integrations:
         lines.append("| " + " | ".join(_md(v) for v in _values(r)) + " |")
     lines += ["", "## Flags", ""] + [f"- `{flag}`: {text}" for flag, text in FLAG_TEXT.items()]
     return "\n".join(lines) + "\n"
+
+
+def checklist_line(report: pb.QuarterlyReviewResponse, question: str, flags: tuple[str, ...], for_a_person: str) -> str:
+    """`[x] question Nothing flagged.` only when the flags answer the whole question and none is raised."""
+    hits = [r.name or r.integration_id for r in report.integrations if set(r.flags) & set(flags)]
+    findings = f"Needs attention: {_md(', '.join(hits))}." if hits else "Nothing flagged." if flags else ""
+    if for_a_person:
+        owners = sorted({r.owner for r in report.integrations if r.owner})
+        note = for_a_person[0].upper() + for_a_person[1:] + (f" ({_md(', '.join(owners))})." if owners else ".")
+        return " ".join(part for part in ("[ ]", question, findings, note) if part)
+    return f"[{' ' if hits else 'x'}] {question} {findings}"
 
 
 def render_csv(report: pb.QuarterlyReviewResponse) -> str:
@@ -119,5 +133,5 @@ def review(args: argparse.Namespace, session: Session) -> int:
         args.output.write_text(text if text.endswith("\n") else text + "\n")
     except OSError as exc:
         raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    print(f"Quarterly review of {len(report.integrations)} integrations written to {args.output} ({args.format}).")
+    print(f"Quarterly review of {plural(len(report.integrations), 'integration')} written to {args.output} ({args.format}).")
     return 0

@@ -15,7 +15,7 @@ import grpc
 
 from services.cli.client import CliError, ServiceClient, Session
 from services.cli.commands.args import ExtendList, help_handler, non_negative_int
-from services.cli.output import fields, message_dict, print_json, table, timestamp
+from services.cli.output import fields, message_dict, plural, print_json, table, timestamp
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 
@@ -23,7 +23,12 @@ SECRET_WARNING = (
     "warning: this signing secret is shown only now and cannot be retrieved again. "
     "Store it in a secrets manager now; your receiver verifies deliveries with it (see docs/receivers.md)."
 )
-SCHEMES = {"spec": pb.SIGNATURE_SCHEME_SPEC, "standard": pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS}
+# --scheme names, as the API's `signature_scheme` and JSON output spell them; `standard` is
+# accepted for `standard_webhooks`.
+SCHEMES = {"spec": pb.SIGNATURE_SCHEME_SPEC, "standard_webhooks": pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS}
+SCHEME_ALIASES = {"standard": "standard_webhooks"}
+SCHEME_HELP = ("spec: X-Webhook-Signature: sha256=<hex> (the default); standard_webhooks (or standard): "
+               "the Standard Webhooks headers, webhook-signature: v1,<base64>")
 STATUSES = ("active", "paused", "failing", "disabled")
 # Enum fields of this contract, printed as short lower-case names in JSON (`active`, `timeout`).
 _ENUM_PREFIXES = {"status": ("SUBSCRIPTION_STATUS_", "DELIVERY_STATUS_"), "signature_scheme": ("SIGNATURE_SCHEME_",),
@@ -46,6 +51,12 @@ def connect(args: argparse.Namespace, session: Session) -> Iterator[Any]:
         yield WebhooksClient(address, channel, session)
 
 
+def scheme_name(text: str) -> str:
+    """A --scheme value: `standard_webhooks` for its alias `standard`; argparse checks the rest."""
+    name = text.strip().lower()
+    return SCHEME_ALIASES.get(name, name)
+
+
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--webhooks-addr", default=argparse.SUPPRESS, metavar="HOST:PORT", help="default: TRELLIS_WEBHOOKS_ADDR")
@@ -60,8 +71,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--type", dest="types", action=ExtendList, required=True, metavar="TYPE",
                    help="activity types, repeatable or comma separated, or * for all; see `trellis activities types`")
     p.add_argument("--description", default="")
-    p.add_argument("--scheme", choices=sorted(SCHEMES), default="spec",
-                   help="spec: X-Webhook-Signature (default); standard: Standard Webhooks headers")
+    p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), default="spec", help=SCHEME_HELP)
     p.add_argument("--integration", default="", metavar="ID", help="the integration that owns it (default: none)")
     p.set_defaults(handler=create)
 
@@ -81,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--add-type", dest="add_types", action=ExtendList, metavar="TYPE")
     p.add_argument("--remove-type", dest="remove_types", action=ExtendList, metavar="TYPE")
     p.add_argument("--description")
-    p.add_argument("--scheme", choices=sorted(SCHEMES))
+    p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), help=SCHEME_HELP)
     p.set_defaults(handler=update)
 
     for name, handler, text in (
@@ -167,21 +177,37 @@ def subscription_details(s: pb.Subscription) -> str:
     return fields([
         ("ID", s.id), ("URL", s.url), ("Status", status_label(s)), ("Activity types", ", ".join(s.activity_types)),
         ("Description", s.description or "-"),
-        ("Signature", "Standard Webhooks" if s.signature_scheme == pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS else "X-Webhook-Signature (sha256)"),
+        ("Signature", "standard_webhooks (webhook-signature: v1,<base64>)" if s.signature_scheme == pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS
+         else "spec (X-Webhook-Signature: sha256=<hex>)"),
         ("Integration", s.integration_id or "- (organisation)"), ("Created by", s.created_by),
         ("Created", timestamp(s.created_at)), ("Updated", timestamp(s.updated_at)),
         ("Secret created", timestamp(s.secret_created_at)), ("Failing since", timestamp(s.failing_since) or "-"),
     ])
 
 
-ATTEMPT_HEADERS = ("WHEN", "EVENT", "TYPE", "ATTEMPT", "STATUS", "DURATION", "ERROR", "DELIVERY")
+ATTEMPT_HEADERS = ("WHEN", "EVENT", "TYPE", "ATTEMPT", "STATUS", "DURATION", "ERROR", "NEXT ATTEMPT", "DELIVERY")
 
 
 def attempt_row(a: pb.Attempt) -> tuple[str, ...]:
     status = str(a.status_code) if a.status_code else "-"
     error = "" if a.error == pb.ATTEMPT_ERROR_NONE else a.error_detail or _label(pb.AttemptError, a.error, "ATTEMPT_ERROR_")
     attempt = f"{a.attempt}" if a.round <= 1 else f"{a.attempt} (round {a.round})"
-    return (timestamp(a.attempted_at), a.event_id, a.event_type, attempt, status, f"{a.duration_ms:.0f} ms", error, a.delivery_id)
+    return (timestamp(a.attempted_at), a.event_id, a.event_type, attempt, status, f"{a.duration_ms:.0f} ms", error,
+            timestamp(a.next_attempt_at), a.delivery_id)
+
+
+def waiting_note(s: pb.Subscription) -> str:
+    """What the subscription's pending deliveries wait for beyond their due time, as a sentence
+    ("" when they go when due)."""
+    if s.status == pb.SUBSCRIPTION_STATUS_PAUSED:
+        return f"Subscription {s.id} is Paused: its pending deliveries wait until it is resumed (trellis webhooks resume {s.id})."
+    if s.status == pb.SUBSCRIPTION_STATUS_FAILING:
+        return f"Subscription {s.id} is Failing: nothing is attempted until a test delivery succeeds (trellis webhooks test {s.id})."
+    if s.status == pb.SUBSCRIPTION_STATUS_DISABLED:
+        return f"Subscription {s.id} is Disabled (its integration was revoked): nothing more is sent."
+    if s.integration_suspended:
+        return f"Its integration {s.integration_id} is suspended: pending deliveries wait until the integration is reactivated."
+    return ""
 
 
 def _print_subscription(args: argparse.Namespace, s: pb.Subscription, headline: str) -> None:
@@ -252,6 +278,9 @@ def show(args: argparse.Namespace, session: Session) -> int:
     print(subscription_details(s))
     print("\nLatest attempts")
     print(table(ATTEMPT_HEADERS, (attempt_row(a) for a in recent)) if recent else "  none yet")
+    waiting = waiting_note(s)
+    if waiting and any(a.HasField("next_attempt_at") for a in recent):
+        print(f"\n{waiting}")
     return 0
 
 
@@ -291,8 +320,20 @@ def pause(args: argparse.Namespace, session: Session) -> int:
 
 def resume(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
+        # Resuming what is not paused changes nothing; the answer alone cannot tell, so read first.
+        before = hooks.GetSubscription(pb.GetSubscriptionRequest(subscription_id=args.id))
         s = hooks.ResumeSubscription(pb.ResumeSubscriptionRequest(subscription_id=args.id))
-    _print_subscription(args, s, f"Resumed webhook subscription {s.id}.")
+    resumed = before.status == pb.SUBSCRIPTION_STATUS_PAUSED and s.status != pb.SUBSCRIPTION_STATUS_PAUSED
+    if args.json:
+        print_json({"subscription": as_json(s), "resumed": resumed})
+        return 0
+    waiting = waiting_note(s)
+    if resumed:
+        print(f"Resumed webhook subscription {s.id}. {waiting}" if waiting
+              else f"Resumed webhook subscription {s.id}: it receives deliveries again.")
+    else:
+        print(f"Webhook subscription {s.id} was not paused; nothing changed. {waiting or 'It is Active and receives deliveries.'}")
+    print(subscription_details(s))
     return 0
 
 
@@ -310,7 +351,7 @@ def delete(args: argparse.Namespace, session: Session) -> int:
     if args.json:
         print_json(as_json(response))
     else:
-        print(f"Deleted webhook subscription {args.id}; {response.cancelled_deliveries} pending deliveries cancelled.")
+        print(f"Deleted webhook subscription {args.id}; {plural(response.cancelled_deliveries, 'pending delivery', 'pending deliveries')} cancelled.")
     return 0
 
 
@@ -344,10 +385,15 @@ def deliveries(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
         found = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, outcome=outcome, event_id=args.event,
                                                           page_size=min(args.limit or 50, 500))).attempts
+        # A retry goes at NEXT ATTEMPT only while the subscription delivers: say when it does not.
+        retries = not args.json and any(a.HasField("next_attempt_at") for a in found)
+        waiting = waiting_note(hooks.GetSubscription(pb.GetSubscriptionRequest(subscription_id=args.id))) if retries else ""
     if args.json:
         print_json({"attempts": [as_json(a) for a in found]})
     elif found:
         print(table(ATTEMPT_HEADERS, (attempt_row(a) for a in found)))
+        if waiting:
+            print(f"\n{waiting}")
     else:
         print("No delivery attempts.")
     return 0
@@ -375,7 +421,7 @@ def publish(args: argparse.Namespace, session: Session) -> int:
     elif response.duplicate:
         print(f"Activity {response.event_id} was already received; nothing more is sent.")
     else:
-        print(f"Published {args.type} activity {response.event_id}: {response.deliveries} deliveries scheduled.")
+        print(f"Published {args.type} activity {response.event_id}: {plural(response.deliveries, 'delivery', 'deliveries')} scheduled.")
     return 0
 
 

@@ -138,6 +138,41 @@ async def test_regenerated_key_is_shown_once_and_replaces_the_prefix(cli: Cli, t
     assert regenerated["api_key"] not in json.dumps(shown)
 
 
+async def test_handoffs_go_under_the_data_directory_and_regenerate_key_writes_the_new_key(cli: Cli, tmp_path: Path) -> None:
+    created = await cli.json("integrations", "create", "--vendor", "sap", "--name", "SAP", "--description", "d",
+                             "--owner", "alice", "--scope", "inventory:read")
+    integration_id = created["integration"]["id"]
+    await cli.json("integrations", "approve", integration_id, actor="bob")
+    code, out, err = await cli("integrations", "activate", integration_id, "--handoff", actor="bob")
+    assert code == 0, err
+    first = cli.data_dir / "handoffs" / f"{integration_id}.json"
+    assert f"Partner hand-off written to {first} (mode 0600)." in out
+    assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
+    activated = json.loads(first.read_text())
+
+    code, out, err = await cli("integrations", "regenerate-key", integration_id, "--handoff")
+    assert code == 0, err
+    second = cli.data_dir / "handoffs" / f"{integration_id}-2.json"  # the first is never overwritten
+    assert stat.S_IMODE(second.stat().st_mode) == 0o600
+    rotated = json.loads(second.read_text())
+    assert rotated["api_key"] in out and rotated["api_key"] != activated["api_key"]
+    assert rotated["api_key"].startswith("grq_live_")
+    assert (rotated["integration_id"], rotated["client_id"], rotated["scopes"]) == (
+        integration_id, activated["client_id"], ["inventory:read"])
+    assert "client_secret" not in rotated and "unchanged" in rotated["note"]
+    # The key in the hand-off is the live one: the detail view shows its prefix.
+    shown = await cli.json("integrations", "show", integration_id)
+    assert rotated["api_key"].startswith(shown["integration"]["api_key_prefix"])
+    assert json.loads(first.read_text()) == activated
+
+
+async def test_a_refused_regeneration_leaves_no_handoff_file(cli: Cli, tmp_path: Path) -> None:
+    handoff = tmp_path / "never.json"
+    code, _, err = await cli("integrations", "regenerate-key", "int_doesnotexist", "--handoff", str(handoff))
+    assert code == 1 and err.startswith("error: NOT_FOUND: ")
+    assert not handoff.exists()
+
+
 async def test_revoke_is_terminal(cli: Cli, tmp_path: Path) -> None:
     integration_id = await _active(cli, tmp_path)
     code, out, err = await cli("integrations", "revoke", integration_id, "--reason", "retired", "--yes")

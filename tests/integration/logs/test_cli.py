@@ -214,3 +214,29 @@ async def test_logs_platform_shows_unattributed_requests_and_how_many_a_row_stan
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [(r["request_id"], r["repeats"]) for r in rows] == [(folded.request_id, "12"), (single.request_id, "1")]
+
+
+async def test_review_flags_a_new_integration_s_unused_scopes_and_the_checklist_says_so(cli: Cli, js: JetStreamContext) -> None:
+    # Activated two days ago, it read inventory once and never wrote orders.
+    fresh = unique("int")
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    await publish_integration(js, org=cli.org, integration=fresh, version=1, name="SAP Procurement Sync",
+                              scopes=("inventory:read", "orders:write"), credentials_issued_at=now - dt.timedelta(days=2))
+    await publish_request(js, org=cli.org, request_id=f"{cli.org}-fresh", when=now, integration=fresh,
+                          endpoint="/inventory/lots", category="inventory", status=200, error="")
+
+    async def reviewed() -> dict | None:
+        code, out, _ = await cli("review", "--json")
+        lines = {r["integration_id"]: r for r in json.loads(out)["review"]["integrations"]} if code == 0 else {}
+        line = lines.get(fresh)
+        return line if line and line["requests"] == 1 else None
+
+    line = await eventually(reviewed, timeout=20, what="the new integration and its request in the review")
+    assert line["unused_scopes"] == ["orders:write"]
+    assert "granted_scopes_never_used" in line["flags"] and "unused_30_days" not in line["flags"]
+    code, out, err = await cli("review", "--format", "markdown")
+    assert code == 0, err
+    assert "- [ ] Do assigned scopes still match actual usage? Needs attention: " in out
+    assert "SAP Procurement Sync" in out.split("Do assigned scopes still match actual usage?", 1)[1].splitlines()[0]
+    code, out, _ = await cli("review")
+    assert "2 integrations" in out and "granted_scopes_never_used" in out.split("SAP Procurement Sync", 1)[1].splitlines()[0]

@@ -4,13 +4,19 @@ actor tokens the CLI signs from its data directory, delivering to a real HTTPS r
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import nats
 import pytest
 
 from services.cli.embedded import ensure_secrets
+from services.contracts.trellis.events.v1 import events_pb2
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.kit.auth import EDGE_PERMISSION, mint_actor_token
 from services.cli.main import run
 from services.kit.settings import Settings
 from tests.integration.webhooks.conftest import Webhooks
@@ -62,7 +68,7 @@ async def test_the_webhooks_commands_cover_a_subscriptions_life(trellis, receive
     assert code == 0 and sub_id in out and "Active" in out
 
     code, out, err = await trellis("activities", "publish", "--type", "lot.created", "--data", '{"lot_id": "L-3"}')
-    assert code == 0 and "1 deliveries scheduled" in out, err
+    assert code == 0 and "1 delivery scheduled" in out, err
     [got] = await receiver.wait_for(1)
     docs_receiver()["verify_webhook"](secret, got.headers, got.body)  # type: ignore[operator]
 
@@ -133,3 +139,95 @@ async def test_create_refuses_a_loopback_receiver_naming_the_setting_that_allows
     assert "127.0.0.1 is refused (loopback)" in err and "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS" in err
     code, out, _ = await strict_trellis("webhooks", "list", "--json")
     assert code == 0 and json.loads(out)["subscriptions"] == []
+
+
+@pytest.fixture
+async def slow_retries(tmp_path: Path, start_webhooks: Callable[..., Awaitable[Webhooks]], capsys: pytest.CaptureFixture[str]):
+    """The CLI against a webhooks service whose retries wait an hour, that service, and the
+    metadata the edge calls it with (signed with the CLI's key, which the service trusts)."""
+    data_dir = tmp_path / "cli-data"
+    local = ensure_secrets(data_dir)
+    defaults = Settings()
+    webhooks = await start_webhooks(actor_public_key_file=str(local.public_key_file), actor_issuer=defaults.actor_issuer,
+                                    actor_audience=defaults.actor_audience, org="org_cli_retries",
+                                    webhooks_retry_schedule_seconds=[3600, 3600, 3600, 3600])
+
+    async def cli(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(run, [*argv[:2], "--data-dir", str(data_dir), "--org", "org_cli_retries",
+                                             "--webhooks-addr", f"127.0.0.1:{webhooks.service.port}", *argv[2:]])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    edge_token = mint_actor_token(local.private_key_pem(), issuer=defaults.actor_issuer, audience=defaults.actor_audience,
+                                  user_id="trellis-edge", org_id="trellis", permissions=[EDGE_PERMISSION])
+    return cli, webhooks, (("authorization", f"Bearer {edge_token}"),)
+
+
+async def test_the_delivery_log_and_redeliver_say_when_the_next_attempt_goes(slow_retries, receiver: Receiver) -> None:
+    trellis, webhooks, _ = slow_retries
+    receiver.statuses = [500]
+    code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created", "--json")
+    assert code == 0, err
+    sub_id = json.loads(out)["subscription"]["id"]
+    await trellis("activities", "publish", "--type", "lot.created")
+
+    async def logged() -> list[dict] | None:
+        code, out, _ = await trellis("webhooks", "deliveries", sub_id, "--json")
+        return json.loads(out)["attempts"] if code == 0 and json.loads(out)["attempts"] else None
+
+    [attempt] = await eventually(logged)
+    next_at = dt.datetime.fromisoformat(attempt["next_attempt_at"].replace("Z", "+00:00"))
+    attempted_at = dt.datetime.fromisoformat(attempt["attempted_at"].replace("Z", "+00:00"))
+    assert dt.timedelta(seconds=3590) < next_at - attempted_at < dt.timedelta(seconds=3610)
+    due = next_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    code, out, _ = await trellis("webhooks", "deliveries", sub_id)
+    header, row = out.strip().splitlines()[:2]
+    assert "NEXT ATTEMPT" in header and due in row and "HTTP 500" in row
+
+    code, _, err = await trellis("webhooks", "redeliver", attempt["delivery_id"])
+    assert code == 1
+    assert err == (f"error: FAILED_PRECONDITION: only a failed delivery can be redelivered; this one is pending: "
+                   f"attempt 2 is due at {due}\n")
+
+    await trellis("webhooks", "pause", sub_id)
+    code, out, _ = await trellis("webhooks", "deliveries", sub_id)
+    assert out.rstrip().endswith(f"Subscription {sub_id} is Paused: its pending deliveries wait until it is resumed "
+                                 f"(trellis webhooks resume {sub_id}).")
+
+
+async def test_resume_says_what_happens_when_the_integration_is_suspended(slow_retries, receiver: Receiver) -> None:
+    trellis, webhooks, edge = slow_retries
+    # The partner's own subscription, made through the edge (an administrator's would need the
+    # registry to know the integration).
+    integration = f"int_{uuid.uuid4().hex[:10]}"
+    created = await webhooks.stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        url=receiver.url(), activity_types=["lot.created"], org_id="org_cli_retries", integration_id=integration),
+        metadata=edge)
+    sub_id = created.subscription.id
+    nc = await nats.connect(webhooks.settings.nats_url)
+    try:
+        event = events_pb2.IntegrationChanged(event_id=f"evt_{uuid.uuid4().hex}", kind="suspended", org_id="org_cli_retries",
+                                              integration_id=integration, status="suspended", version=2)
+        await nc.jetstream().publish("trellis.integration.suspended", event.SerializeToString())
+
+        async def suspended() -> bool:
+            code, out, _ = await trellis("webhooks", "show", sub_id, "--json")
+            return code == 0 and json.loads(out)["subscription"]["integration_suspended"]
+
+        await eventually(suspended)
+    finally:
+        await nc.close()
+
+    code, out, err = await trellis("webhooks", "resume", sub_id)
+    assert code == 0, err
+    assert out.splitlines()[0] == (f"Webhook subscription {sub_id} was not paused; nothing changed. Its integration "
+                                   f"{integration} is suspended: pending deliveries wait until the integration is reactivated.")
+    await trellis("webhooks", "pause", sub_id)
+    code, out, _ = await trellis("webhooks", "resume", sub_id)
+    assert out.splitlines()[0] == (f"Resumed webhook subscription {sub_id}. Its integration {integration} is suspended: "
+                                   "pending deliveries wait until the integration is reactivated.")
+    code, out, _ = await trellis("webhooks", "resume", sub_id, "--json")
+    assert json.loads(out)["resumed"] is False and json.loads(out)["subscription"]["integration_suspended"] is True
+

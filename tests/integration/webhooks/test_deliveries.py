@@ -6,6 +6,7 @@ recipe alone) and with the `standardwebhooks` reference library."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import shutil
@@ -423,3 +424,42 @@ async def test_an_edit_takes_effect_for_the_next_event(webhooks: Webhooks, start
     [got] = await new.wait_for(1)
     assert got.headers["X-Webhook-Id"] == order.event_id
     await holds(lambda: _count_is(old, 0), seconds=0.3, what="the old URL gets nothing")
+
+
+async def test_the_log_says_when_a_pending_delivery_is_retried_and_redeliver_says_it_too(
+        start_webhooks: Callable[..., Awaitable[Webhooks]], receiver: Receiver, database_url: str) -> None:
+    webhooks = await start_webhooks(webhooks_retry_schedule_seconds=[3600, 3600, 3600, 3600], webhooks_database_url=database_url)
+    receiver.statuses = [503]
+    created = await webhooks.subscribe(receiver.url())
+    sub_id = created.subscription.id
+    await webhooks.publish()
+    [attempt] = await eventually(lambda: _attempts_when(webhooks, sub_id, 1))
+    [delivery] = await webhooks.deliveries(sub_id)
+    assert delivery.status == pb.DELIVERY_STATUS_PENDING
+    # The latest attempt carries when the next one is due: an hour after it, as the delivery says.
+    assert attempt.HasField("next_attempt_at") and attempt.next_attempt_at == delivery.next_attempt_at
+    due = attempt.next_attempt_at.ToDatetime(tzinfo=dt.timezone.utc)
+    assert dt.timedelta(seconds=3590) < due - attempt.attempted_at.ToDatetime(tzinfo=dt.timezone.utc) < dt.timedelta(seconds=3610)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await webhooks.stub.Redeliver(pb.RedeliverRequest(delivery_id=delivery.id), metadata=webhooks.admin)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    when = due.isoformat(timespec="seconds").replace("+00:00", "Z")
+    assert refused.value.details() == (f"only a failed delivery can be redelivered; this one is pending: "
+                                       f"attempt 2 is due at {when}")
+
+    await webhooks.stub.PauseSubscription(pb.PauseSubscriptionRequest(subscription_id=sub_id), metadata=webhooks.admin)
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await webhooks.stub.Redeliver(pb.RedeliverRequest(delivery_id=delivery.id), metadata=webhooks.admin)
+    assert held.value.details().endswith(
+        f"attempt 2 is due at {when}, but the subscription is paused: it goes when the subscription is resumed")
+
+
+async def test_finished_deliveries_and_earlier_attempts_have_no_next_attempt(webhooks: Webhooks, receiver: Receiver) -> None:
+    receiver.statuses = [500]  # the first attempt fails, the retry (0.2 s later) succeeds
+    created = await webhooks.subscribe(receiver.url())
+    await webhooks.publish()
+    await eventually(lambda: _deliveries_with(webhooks, created.subscription.id, pb.DELIVERY_STATUS_SUCCEEDED))
+    attempts = await webhooks.attempts(created.subscription.id)
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 200)]
+    assert not any(a.HasField("next_attempt_at") for a in attempts)

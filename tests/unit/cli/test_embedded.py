@@ -78,3 +78,45 @@ def test_outside_embedded_mode_the_token_comes_from_the_environment(tmp_path: Pa
         actor_token(settings, actor="alice", org="o")
     monkeypatch.setenv("TRELLIS_ACTOR_TOKEN", "tok.en.value")
     assert actor_token(settings, actor="alice", org="o") == "tok.en.value"
+
+
+def test_cli_tokens_are_the_jwts_pyjwt_makes_and_verifies(tmp_path: Path) -> None:
+    """The gate for the CLI's own ES256 signer (services/cli/embedded.py): PyJWT, which every
+    service verifies actor tokens with, reads the same header and claims and the signature."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    from services.cli.embedded import es256_jwt
+
+    local = ensure_secrets(tmp_path)
+    settings = Settings(data_dir=tmp_path, actor_issuer="iss-x", actor_audience="aud-x")
+    token = mint_cli_token(settings, user_id="alice", org_id="org_cli")
+    public = serialization.load_pem_public_key(local.public_key_file.read_bytes())
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, key=public, algorithms=["ES256"], audience="aud-x", issuer="iss-x",
+                        options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+    assert header == {"alg": "ES256", "typ": "JWT"}
+    assert set(claims) == {"iss", "aud", "sub", "org", "permissions", "iat", "exp", "jti"}
+    assert claims["exp"] - claims["iat"] == CLI_TOKEN_TTL_SECONDS and claims["org"] == "org_cli"
+    # A token of the same claims from PyJWT differs only in its (randomised) signature.
+    private = serialization.load_pem_private_key(local.private_key_pem(), password=None)
+    from_pyjwt = jwt.encode(claims, private, algorithm="ES256")
+    assert jwt.decode(from_pyjwt, key=public, algorithms=["ES256"], audience="aud-x") == claims
+    assert from_pyjwt.rsplit(".", 1)[0].split(".")[1] == token.rsplit(".", 1)[0].split(".")[1]
+    # Tampering with the claims breaks the signature.
+    head, body, signature = token.split(".")
+    forged = es256_jwt(local.private_key_pem(), {**claims, "org": "org_other"}).split(".")[1]
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(f"{head}.{forged}.{signature}", key=public, algorithms=["ES256"], audience="aud-x")
+
+
+def test_a_key_that_is_not_p256_is_refused_by_the_cli_signer() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from services.cli.embedded import es256_jwt
+
+    other = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ValueError, match="P-256"):
+        es256_jwt(other, {"sub": "x"})

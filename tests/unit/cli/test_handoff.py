@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.handoff import HandoffExists, HandoffFile, handoff_document
+from services.cli.handoff import HandoffExists, HandoffFile, handoff_document, key_handoff_document
 from services.contracts.trellis.identity.v1 import identity_pb2
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 
@@ -60,3 +60,28 @@ def test_abandoned_reservation_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "handoff.json"
     HandoffFile.reserve(path).abandon()
     assert not path.exists()
+
+
+def test_without_a_path_handoffs_go_under_the_data_directory_numbered(tmp_path: Path, permissive_umask: None) -> None:
+    paths = []
+    for _ in range(3):
+        reserved = HandoffFile.reserve_default(tmp_path / "data", "int_h")
+        reserved.write(_document())
+        paths.append(reserved.path)
+    directory = tmp_path / "data" / "handoffs"
+    assert paths == [directory / "int_h.json", directory / "int_h-2.json", directory / "int_h-3.json"]
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in paths)
+
+
+def test_a_default_handoff_stays_in_the_handoffs_directory_whatever_the_id(tmp_path: Path) -> None:
+    reserved = HandoffFile.reserve_default(tmp_path, "../../escape")
+    assert reserved.path.parent == tmp_path / "handoffs"
+    reserved.abandon()
+
+
+def test_key_handoff_has_the_new_key_and_says_the_client_credentials_are_unchanged() -> None:
+    integration = pb.Integration(id="int_h", name="SAP Sync", scopes=["inventory:read"], client_id="cid")
+    data = key_handoff_document(integration, "grq_live_new", api_docs_url="http://docs")
+    assert (data["api_key"], data["client_id"], data["scopes"]) == ("grq_live_new", "cid", ["inventory:read"])
+    assert "client_secret" not in data and "unchanged" in data["note"] and "secrets manager" in data["handling"]

@@ -3,7 +3,7 @@ import datetime as dt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.cli.output import (
-    credentials_block, integration_details, message_dict, status_label, status_value, table, timestamp,
+    credentials_block, integration_details, message_dict, plural, status_label, status_value, table, timestamp,
 )
 from services.contracts.trellis.identity.v1 import identity_pb2
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
@@ -73,3 +73,9 @@ def test_credentials_block_lists_every_credential() -> None:
     text = credentials_block(creds)
     for value in ("grq_live_SECRET", "cid", "csecret", "http://t/oauth/token", "a:read"):
         assert value in text
+
+
+def test_counts_are_written_in_the_singular_for_one() -> None:
+    assert plural(1, "integration") == "1 integration"
+    assert plural(0, "integration") == "0 integrations"
+    assert plural(1, "entry", "entries") == "1 entry" and plural(12_345, "entry", "entries") == "12,345 entries"

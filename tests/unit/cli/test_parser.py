@@ -104,3 +104,13 @@ def test_cli_settings_do_not_need_the_services_secrets_outside_embedded_mode(mon
     monkeypatch.delenv("TRELLIS_KEK", raising=False)
     settings = settings_from(parse("vendors"))
     assert settings.mode.value == "production"
+
+
+def test_the_standard_webhooks_scheme_is_named_as_the_api_names_it_and_standard_is_an_alias() -> None:
+    base = ("webhooks", "create", "--url", "https://r.example.com/h", "--type", "lot.created")
+    assert parse(*base, "--scheme", "standard_webhooks").scheme == "standard_webhooks"
+    assert parse(*base, "--scheme", "standard").scheme == "standard_webhooks"
+    assert parse(*base).scheme == "spec"
+    assert parse("webhooks", "update", "whk_1", "--scheme", "standard").scheme == "standard_webhooks"
+    with pytest.raises(SystemExit):
+        parse(*base, "--scheme", "hmac")

@@ -193,10 +193,20 @@ def test_each_review_flag() -> None:
 
 
 def test_a_new_integration_is_not_yet_unused_and_a_revoked_one_is_not_flagged() -> None:
-    fresh = facts(credentials_issued_at=NOW - dt.timedelta(days=3), scopes=("inventory:read", "orders:read"))
-    assert review(fresh, Usage(), now=NOW).flags == ()
+    fresh = facts(credentials_issued_at=NOW - dt.timedelta(days=3), scopes=("inventory:read",))
+    assert FLAG_UNUSED not in review(fresh, Usage(), now=NOW).flags
     gone = facts(status="revoked", scopes=("crm:read",), credentials_issued_at=NOW - dt.timedelta(days=400))
     assert review(gone, Usage(), now=NOW).flags == ()
+
+
+def test_a_new_integration_s_unused_scopes_are_flagged_as_the_review_lists_them() -> None:
+    # docs/auditors.md: granted scopes not exercised in the window, whatever the credentials' age.
+    fresh = facts(credentials_issued_at=NOW - dt.timedelta(days=3), scopes=("inventory:read", "orders:write"))
+    line = review(fresh, used(), now=NOW)
+    assert line.unused_scopes == ("orders:write",)
+    assert line.flags == (FLAG_SCOPES_NEVER_USED,)
+    suspended = facts(status="suspended", scopes=("inventory:read", "orders:write"))
+    assert FLAG_SCOPES_NEVER_USED not in review(suspended, Usage(), now=NOW).flags  # only active ones are reviewed for use
 
 
 def test_scopes_and_networks_of_requests() -> None:

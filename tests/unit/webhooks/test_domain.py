@@ -15,8 +15,8 @@ from services.kit.errors import FailedPrecondition, InvalidArgument
 from services.webhooks.domain import (
     ACTIVITY_TYPES, ALL_TYPES, AttemptError, DeliveryStatus, HttpResult, IncomingActivity, RetryPolicy,
     SignatureScheme, Subscription, SubscriptionStatus, check_activity_types, check_published_type, check_url,
-    classify_status, delivery_body, delivery_headers, new_signing_secret, outcome_of, spec_signature,
-    standard_webhooks_signature,
+    classify_status, delivery_body, delivery_headers, new_signing_secret, outcome_of, pending_delivery_text,
+    spec_signature, standard_webhooks_signature,
 )
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -189,3 +189,21 @@ def test_the_fifth_failed_attempt_exhausts_the_schedule() -> None:
 def test_a_test_delivery_is_tried_once() -> None:
     outcome = outcome_of(classify_status(500, "", 1), 1, NOW, RetryPolicy(), test=True)
     assert outcome.status is DeliveryStatus.FAILED and not outcome.exhausted
+
+
+def test_a_pending_delivery_says_when_it_goes_and_what_it_waits_for() -> None:
+    later = NOW + dt.timedelta(minutes=5, seconds=0.4)
+    assert pending_delivery_text(attempts=1, round_=1, next_attempt_at=later, subscription=subscription(), now=NOW) == (
+        "attempt 2 is due at 2026-01-01T12:05:00Z")
+    assert pending_delivery_text(attempts=0, round_=2, next_attempt_at=NOW, subscription=subscription(), now=NOW) == (
+        "attempt 1 of round 2 is due now")
+    held = {
+        SubscriptionStatus.PAUSED: "the subscription is paused: it goes when the subscription is resumed",
+        SubscriptionStatus.FAILING: "the subscription is failing: it goes once a test delivery succeeds",
+    }
+    for status, reason in held.items():
+        text = pending_delivery_text(attempts=2, round_=1, next_attempt_at=later, subscription=subscription(status=status), now=NOW)
+        assert text == f"attempt 3 is due at 2026-01-01T12:05:00Z, but {reason}"
+    suspended = subscription(integration_id="int_1", integration_suspended=True)
+    assert pending_delivery_text(attempts=1, round_=1, next_attempt_at=later, subscription=suspended, now=NOW).endswith(
+        "but its integration is suspended: it goes when the integration is reactivated")

@@ -319,7 +319,7 @@ class Delivery(_message.Message):
     def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., attempts: _Optional[int] = ..., round: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[_Union[AttemptError, str]] = ..., last_error_detail: _Optional[str] = ..., test: _Optional[bool] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test")
+    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test", "next_attempt_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,7 @@ class Attempt(_message.Message):
     RESPONSE_BODY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     delivery_id: str
     subscription_id: str
@@ -352,7 +353,8 @@ class Attempt(_message.Message):
     response_body: str
     url: str
     test: bool
-    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ...) -> None: ...
+    next_attempt_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListDeliveriesRequest(_message.Message):
     __slots__ = ("subscription_id", "outcome", "event_id", "page_size", "page_token", "integration_id", "org_id")
