@@ -18,7 +18,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.kit import jwtverify
 from services.kit.errors import PermissionDenied, Unauthenticated
 from services.kit.settingcheck import SettingError
 from services.kit.ids import is_request_id
@@ -104,7 +103,10 @@ class ActorVerifier:
                                given=key_file or None) from exc
 
     def verify(self, token: str) -> Actor:
+        # PyJWT loads where tokens are verified or minted, not in every CLI command (bench/cli).
         import jwt
+
+        from services.kit import jwtverify
 
         try:
             if self._key is not None:

@@ -55,7 +55,7 @@ def attempt_to_proto(a: AttemptRecord) -> pb.Attempt:
         event_type=a.event_type, attempt=a.attempt, round=a.round, attempted_at=timestamp_or_none(a.attempted_at),
         duration_ms=a.duration_ms, status_code=a.status_code, succeeded=a.succeeded, error=_ERRORS[a.error],
         error_detail=a.error_detail, response_body=a.response_body, url=a.url, test=a.test,
-        next_attempt_at=_timestamp(a.next_attempt_at),
+        next_attempt_at=timestamp_or_none(a.next_attempt_at),
     )
 
 

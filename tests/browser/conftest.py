@@ -4,7 +4,7 @@ contexts of their own (tests/support/browser.py). One Chromium for the whole ses
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 

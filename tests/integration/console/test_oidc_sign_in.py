@@ -18,7 +18,6 @@ import pytest
 
 from services.console.main import RunningConsole, bootstrap
 from services.kit.auth import ADMIN_PERMISSION
-from services.kit.service import RunningService
 from services.kit.settings import Settings
 from tests.support.console import new_org
 from tests.support.oidc_provider import OidcProvider
