@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, Self, TypeVar, cast, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -540,7 +540,8 @@ def with_every_group(model: type[G]) -> type[G]:
     """`model` with the fields of every group it lacks, after its own; its own checks (and its
     overrides of a group's) apply."""
     missing = [g for g in settings_groups() if not issubclass(model, g)]
-    return compose(f"{model.__name__}WithEveryGroup", model, *missing) if missing else model  # type: ignore[return-value] - a subclass of model
+    # compose() returns a subclass of its first group: of `model`.
+    return cast(type[G], compose(f"{model.__name__}WithEveryGroup", model, *missing)) if missing else model
 
 
 def load_settings(model: type[G], *, labels: Mapping[str, str] | None = None, **values: Any) -> G:
