@@ -23,10 +23,10 @@ from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.errors import Aborted, Unavailable
 from services.kit.settings import Settings
-from services.registry import commands
-from services.registry.domain import Status
-from services.registry.handlers import IssuedCredentials, RegeneratedApiKey, RegistryHandlers
-from services.registry.store import IntegrationRepository, integrations
+from services.registry.application import commands
+from services.registry.domain.model import Status
+from services.registry.application.handlers import IssuedCredentials, RegeneratedApiKey, RegistryHandlers
+from services.registry.adapters.store import IntegrationRepository, integrations
 from tests.integration.registry.helpers import (
     ACTIVE,
     AsActor,

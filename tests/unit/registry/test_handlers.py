@@ -17,10 +17,10 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, migrate_async, session_factory
 from services.kit.errors import Aborted, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted, Unavailable
-from services.registry import commands
-from services.registry.domain import Status
-from services.registry.handlers import IssuedCredentials, RegeneratedApiKey, RegistryHandlers
-from services.registry.store import IntegrationRepository, lifecycle_history, outbox
+from services.registry.application import commands
+from services.registry.domain.model import Status
+from services.registry.application.handlers import IssuedCredentials, RegeneratedApiKey, RegistryHandlers
+from services.registry.adapters.store import IntegrationRepository, lifecycle_history, outbox
 
 _n = itertools.count()
 

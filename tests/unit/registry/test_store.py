@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import Aborted, InvalidArgument, NotFound
 from services.kit.ids import new_id
-from services.registry.domain import Integration, Status
-from services.registry.store import HistoryEntry, IntegrationRepository, metadata
+from services.registry.domain.model import Integration, Status
+from services.registry.adapters.store import HistoryEntry, IntegrationRepository, metadata
 
 T0 = dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.timezone.utc)
 

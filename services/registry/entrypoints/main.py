@@ -14,10 +14,10 @@ from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import RunningService, run_main
 from services.kit.settings import Settings
 from services.kit.telemetry import peer_channel
-from services.registry.grpc_api import SERVICE_NAME, RegistryServicer
-from services.registry.handlers import RegistryHandlers
-from services.registry.identity_client import IdentityCredentials
-from services.registry.store import IntegrationRepository, outbox
+from services.registry.entrypoints.grpc_api import SERVICE_NAME, RegistryServicer
+from services.registry.application.handlers import RegistryHandlers
+from services.registry.adapters.identity_client import IdentityCredentials
+from services.registry.adapters.store import IntegrationRepository, outbox
 
 NAME = "registry"
 

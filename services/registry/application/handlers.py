@@ -30,8 +30,9 @@ from services.kit.db import utcnow
 from services.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.kit.ids import new_id
 from services.kit.outbox import Flush, add_event, no_flush, written_event_ids
-from services.registry import commands, events
-from services.registry.domain import (
+from services.registry.adapters import events
+from services.registry.application import commands
+from services.registry.domain.model import (
     SCOPE_CATEGORIES,
     VENDORS,
     Action,
@@ -40,7 +41,7 @@ from services.registry.domain import (
     Vendor,
     ensure_room_for_activation,
 )
-from services.registry.store import HistoryEntry, IntegrationRepository, Page, outbox
+from services.registry.adapters.store import HistoryEntry, IntegrationRepository, Page, outbox
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.ids import new_id
-from services.registry.domain import Integration
+from services.registry.domain.model import Integration
 
 SERVICE = "registry"
 KINDS = ("created", "approved", "activated", "updated", "suspended", "reactivated", "revoked", "api_key_regenerated")

@@ -13,10 +13,10 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
-from services.registry import commands
-from services.registry.domain import UPDATABLE_FIELDS, Integration, Status
-from services.registry.handlers import IssuedCredentials, RegistryHandlers
-from services.registry.store import HistoryEntry
+from services.registry.application import commands
+from services.registry.domain.model import UPDATABLE_FIELDS, Integration, Status
+from services.registry.application.handlers import IssuedCredentials, RegistryHandlers
+from services.registry.adapters.store import HistoryEntry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.errors import Aborted, InvalidArgument, NotFound
 from services.kit.outbox import outbox_table
-from services.registry.domain import Integration, Status
+from services.registry.domain.model import Integration, Status
 
 metadata = new_metadata()
 
