@@ -16,7 +16,8 @@ from pathlib import Path
 from services.cli.client import CliError, CliSettings, Session
 from services.cli.commands import catalog, integrations, operations, webhooks
 from services.cli.commands import audit, logs, review
-from services.kit.settingcheck import EXIT_BAD_SETTINGS, InvalidSettings, SettingError, load
+from services.kit.settingcheck import EXIT_BAD_SETTINGS, InvalidSettings, SettingError
+from services.kit.settings import load_settings
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -85,7 +86,7 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
                            ("identity_addr", args.identity_addr))
         if value is not None
     }
-    return load(CliSettings, labels=OPTION_NAMES, **overrides)
+    return load_settings(CliSettings, labels=OPTION_NAMES, **overrides)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

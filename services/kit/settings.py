@@ -1,8 +1,8 @@
 """Typed settings, read from `TRELLIS_*` environment variables, in one group per component.
 
-`KitSettings` is what every process reads; `PartnerSettings` and `SealingSettings` are shared
-by the few that need them; each service has its own group (registry's is
-services/registry/entrypoints/settings.py). A process's settings class is the kit's group plus
+`KitSettings` is what every process reads; `PartnerSettings`, `SealingSettings` and
+`LimitSettings` are shared by the few that need them; each service has its own group, in its
+`entrypoints/settings.py` once it is in the shape of docs/architecture.md (here until then). A process's settings class is the kit's group plus
 its own (`compose`), built once at start (`load_settings`, which reads every group, so a bad
 setting stops any process) and passed down from bootstrap; a service sees only what it uses.
 `SETTINGS_GROUPS` names every group, for the checks at start, the docs' table and the tests.
@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar, cast, get_args, get_origin
+from typing import Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -335,6 +335,12 @@ class SealingSettings(SettingsGroup):
         return keys
 
 
+class LimitSettings(SettingsGroup):
+    """The limits every organisation is held to: the registry enforces them, the console shows them."""
+
+    max_live_integrations: int = Field(default=20, ge=1)
+
+
 # --- the groups of the services not yet in the shape of docs/architecture.md ------------------
 # Each moves to services/<service>/entrypoints/settings.py when its service is converted (as
 # registry's did), and its name in SETTINGS_GROUPS with it.
@@ -344,12 +350,6 @@ class IdentitySettings(SettingsGroup):
     """Identity's own settings."""
 
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
-
-
-class RegistrySettings(SettingsGroup):
-    """The registry's own settings."""
-
-    max_live_integrations: int = Field(default=20, ge=1)
 
 
 class EdgeSettings(SettingsGroup):
@@ -494,7 +494,7 @@ class ConsoleSettings(SettingsGroup):
     console_peer_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
-class Settings(ConsoleSettings, LogsSettings, WebhooksSettings, EdgeSettings, RegistrySettings, IdentitySettings,
+class Settings(ConsoleSettings, LogsSettings, WebhooksSettings, EdgeSettings, IdentitySettings, LimitSettings,
                SealingSettings, PartnerSettings, KitSettings):
     """The groups the kit still holds, fields in SETTINGS_GROUPS' order (pydantic lists the last
     base's first): the settings of the processes not yet in the new shape, and of the CLI.
@@ -509,8 +509,8 @@ SETTINGS_GROUPS: tuple[str, ...] = (
     f"{__name__}:KitSettings",
     f"{__name__}:PartnerSettings",
     f"{__name__}:SealingSettings",
+    f"{__name__}:LimitSettings",
     f"{__name__}:IdentitySettings",
-    f"{__name__}:RegistrySettings",
     f"{__name__}:EdgeSettings",
     f"{__name__}:WebhooksSettings",
     f"{__name__}:LogsSettings",
@@ -536,20 +536,27 @@ def all_settings() -> type[SettingsGroup]:
     return compose("AllSettings", *settings_groups())
 
 
-def with_every_group(model: type[G]) -> type[G]:
-    """`model` with the fields of every group it lacks, after its own; its own checks (and its
-    overrides of a group's) apply."""
-    missing = [g for g in settings_groups() if not issubclass(model, g)]
-    # compose() returns a subclass of its first group: of `model`.
-    return cast(type[G], compose(f"{model.__name__}WithEveryGroup", model, *missing)) if missing else model
-
-
 def load_settings(model: type[G], *, labels: Mapping[str, str] | None = None, **values: Any) -> G:
-    """A process's settings: `model` (the kit's group plus the process's own) after every group
-    was read, so a bad `TRELLIS_*` setting stops any process, not only the one that uses it.
-    InvalidSettings holds one line per bad setting, in the order of the docs' table."""
-    check.load(with_every_group(model), labels=labels, **values)
-    return check.load(model, labels=labels, **values)
+    """A process's settings: `model` (the kit's group plus the process's own), after every other
+    group was read too, so a bad `TRELLIS_*` setting stops any process, not only the one that
+    uses it. InvalidSettings holds one line per bad setting: `model`'s first, then the other
+    groups' in SETTINGS_GROUPS' order."""
+    problems: list[str] = []
+    settings: G | None = None
+    try:
+        settings = check.load(model, labels=labels, **values)
+    except check.InvalidSettings as exc:
+        problems += exc.problems
+    # Each group on its own: cheaper than building one class of them all at every start.
+    for group in settings_groups():
+        if not issubclass(model, group):
+            try:
+                check.load(group, labels=labels, **{k: v for k, v in values.items() if k in group.model_fields})
+            except check.InvalidSettings as exc:
+                problems += exc.problems
+    if problems or settings is None:
+        raise check.InvalidSettings(problems)
+    return settings
 
 
 def _decode_kek(value: str) -> bytes:

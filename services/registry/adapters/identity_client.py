@@ -12,7 +12,7 @@ from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_gr
 from services.kit import errors
 from services.kit.auth import Actor
 from services.kit.service import actor_metadata
-from services.registry.application.handlers import IssuedCredentials, RegeneratedApiKey
+from services.registry.application.ports import IssuedCredentials, RegeneratedApiKey
 
 _ERRORS: dict[grpc.StatusCode, type[errors.TrellisError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,

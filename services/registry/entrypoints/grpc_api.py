@@ -14,9 +14,9 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.registry.application import commands
-from services.registry.domain.model import UPDATABLE_FIELDS, Integration, Status
-from services.registry.application.handlers import IssuedCredentials, RegistryHandlers
-from services.registry.adapters.store import HistoryEntry
+from services.registry.application.handlers import RegistryHandlers
+from services.registry.application.ports import IssuedCredentials
+from services.registry.domain.model import UPDATABLE_FIELDS, HistoryEntry, Integration, Status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 

@@ -20,7 +20,8 @@ from services.kit.bus import connect, ensure_streams
 from services.kit.db import create_engine, is_sqlite, new_metadata, session_factory
 from services.kit.errors import Aborted
 from services.kit.outbox import OutboxRelay, jetstream_publisher, outbox_table
-from services.kit.uow import SqlUnitOfWork, WriteConflict
+from services.kit.sqluow import SqlUnitOfWork
+from services.kit.uow import WriteConflict
 
 metadata: MetaData = new_metadata()
 things = Table("things", metadata, Column("id", String(40), primary_key=True), Column("name", String(80), unique=True))
