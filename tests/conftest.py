@@ -13,7 +13,7 @@ import pytest
 
 from services.kit.auth import ADMIN_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.natsproc import NatsServer
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.postgres import PostgresServer
 
 ACTOR_ISSUER = "trellis-tests"

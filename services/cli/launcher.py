@@ -90,8 +90,8 @@ EXAMPLE_UPSTREAM_LABEL = "example upstream (examples/, not part of Trellis)"
 
 
 def implemented_services() -> list[ServiceSpec]:
-    """The services whose package has a `main.py`."""
-    return [s for s in SERVICES if (_PACKAGE_ROOT / s.name / "main.py").is_file()]
+    """The services `python -m services.<name>` runs (their package has a `__main__.py`)."""
+    return [s for s in SERVICES if (_PACKAGE_ROOT / s.name / "__main__.py").is_file()]
 
 
 def services_with_migrations() -> list[str]:

@@ -112,7 +112,7 @@ OPTION_NAMES = {"data_dir": "--data-dir", "registry_addr": "--registry-addr", "i
 def settings_from(args: argparse.Namespace) -> CliSettings:
     """Settings from the environment, with the command line's overrides."""
     from services.cli.client import CliSettings
-    from services.kit.settingcheck import load
+    from services.kit.settings import load_settings
 
     overrides = {
         key: value
@@ -120,7 +120,7 @@ def settings_from(args: argparse.Namespace) -> CliSettings:
                            ("identity_addr", args.identity_addr))
         if value is not None
     }
-    return load(CliSettings, labels=OPTION_NAMES, **overrides)
+    return load_settings(CliSettings, labels=OPTION_NAMES, **overrides)
 
 
 def run(argv: Sequence[str] | None = None, *, loaded: Callable[[], None] = lambda: None) -> int:

@@ -40,8 +40,8 @@ from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
 from services.kit.bus import connect, ensure_streams
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
-from services.kit.settingcheck import SettingError, exit_on_bad_settings, load
-from services.kit.settings import Mode, Settings
+from services.kit.settingcheck import SettingError, exit_on_bad_settings
+from services.kit.settings import Mode, Settings, load_settings
 from services.kit.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _closer(sock: socket.socket) -> Cleanup:
 
 def main() -> None:
     with exit_on_bad_settings():
-        settings = load(Settings)
+        settings = load_settings(Settings)
     configure_logging(settings, NAME)
     import uvloop
 

@@ -26,12 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.kit.bus import trace_headers
 from services.kit.db import UTCDateTime, utcnow
 from services.kit.ids import new_id
+# What a use case awaits after its commit (OutboxRelay.flush, or a fake in unit tests), defined
+# with the unit of work that awaits it.
+from services.kit.uow import Flush as Flush
+from services.kit.uow import no_flush as no_flush
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, dict[str, str]], Awaitable[object]]
-# What a use case awaits after its commit: OutboxRelay.flush, or a fake in unit tests.
-Flush = Callable[[Collection[str]], Awaitable[bool]]
 
 DEFAULT_FLUSH_TIMEOUT = 2.0
 _SESSION_EVENTS = "trellis.outbox.event_ids"
@@ -86,11 +88,6 @@ async def add_event(session: AsyncSession, table: Table, subject: str, payload: 
 def written_event_ids(session: AsyncSession) -> list[str]:
     """Ids of the events `add_event` wrote through this session: what to flush after its commit."""
     return list(session.info.get(_SESSION_EVENTS, ()))
-
-
-async def no_flush(event_ids: Collection[str]) -> bool:
-    """A `Flush` for wiring without a relay: nothing waits."""
-    return True
 
 
 @dataclass(eq=False)

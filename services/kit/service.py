@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health
@@ -18,13 +19,14 @@ from services.kit.grpc_server import mark_serving, serve_until_signalled
 from services.kit.ids import is_request_id
 from services.kit.logcontext import JsonFormatter, RedactSecrets, TextFormatter
 from services.kit.metrics import MetricsServer, ServiceMetrics
-from services.kit.settingcheck import exit_on_bad_settings, load
-from services.kit.settings import Settings
+from services.kit.settingcheck import exit_on_bad_settings
+from services.kit.settings import KitSettings, Settings, load_settings
 from services.kit.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
 Cleanup = Callable[[], Awaitable[None]]
+S = TypeVar("S", bound=KitSettings)
 
 
 @dataclass
@@ -74,7 +76,7 @@ def actor_metadata(actor: Actor, request_id: str = "") -> tuple[tuple[str, str],
     return tuple(metadata)
 
 
-def configure_logging(settings: Settings | None = None, service: str = "") -> None:
+def configure_logging(settings: KitSettings | None = None, service: str = "") -> None:
     """Root logging for a service process: level from TRELLIS_LOG_LEVEL, one JSON object per line
     or text (`Settings.effective_log_format()`; text without settings), secrets masked."""
     level = os.environ.get("TRELLIS_LOG_LEVEL", "INFO").upper()
@@ -85,11 +87,13 @@ def configure_logging(settings: Settings | None = None, service: str = "") -> No
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def run_main(name: str, bootstrap: Callable[[Settings], Awaitable[RunningService]]) -> None:
-    """Entry point of `python -m services.<name>`: settings, logging, tracing, serve until SIGTERM.
-    A bad setting, read or found at start, is one line on stderr and exit code 2."""
+def run_main(name: str, bootstrap: Callable[[S], Awaitable[RunningService]],
+             settings_type: type[S] = Settings) -> None:  # type: ignore[assignment]  # S cannot be bound from a default; Settings is a KitSettings
+    """Entry point of `python -m services.<name>`: settings (`settings_type`, every group checked),
+    logging, tracing, serve until SIGTERM. A bad setting, read or found at start, is one line on
+    stderr and exit code 2."""
     with exit_on_bad_settings():
-        settings = load(Settings)
+        settings = load_settings(settings_type)
     configure_logging(settings, name)
 
     async def main() -> None:

@@ -1,3 +1,3 @@
-from services.registry.main import main
+from services.registry.entrypoints.main import main
 
 main()

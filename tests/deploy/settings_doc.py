@@ -1,10 +1,11 @@
-"""The settings reference of docs/operators.md, generated from services/kit/settings.py.
+"""The settings reference of docs/operators.md, generated from every settings group
+(services.kit.settings.SETTINGS_GROUPS): one table per group, in that order.
 
     .venv/bin/python -m tests.deploy.settings_doc
 
-prints the table with the meanings already written in the doc and `TODO` for new settings;
-paste it over the table in docs/operators.md and write the missing meanings.
-test_operators_doc.py fails while the doc's table and the settings disagree.
+prints the tables with the meanings already written in the doc and `TODO` for new settings;
+paste them over the tables in docs/operators.md and write the missing meanings.
+test_operators_doc.py fails while the doc's tables and the settings disagree.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from services.kit.settings import Settings
+from services.kit.settings import SettingsGroup, settings_groups
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operators.md"
-# Read by services.kit.service.configure_logging rather than Settings.
+# Read by services.kit.service.configure_logging rather than a settings group; listed with the kit's.
 EXTRA = {"TRELLIS_LOG_LEVEL": "`INFO`"}
+EXTRA_GROUP = "KitSettings"
 ROW = re.compile(r"^\| `(TRELLIS_\w+)` \| (.*?) \| (.*?) \|$")
 
 
@@ -38,12 +40,24 @@ def render_default(value: object) -> str:
     return f"`{value}`"
 
 
-def expected_defaults() -> dict[str, str]:
+def group_defaults(group: type[SettingsGroup]) -> dict[str, str]:
+    """variable -> default cell of the fields `group` declares itself."""
     defaults = {}
-    for name, info in Settings.model_fields.items():
-        value = info.get_default(call_default_factory=True)
-        defaults[f"TRELLIS_{name.upper()}"] = render_default(value)
-    return {**defaults, **EXTRA}
+    for name, info in group.model_fields.items():
+        if any(name in base.model_fields for base in group.__bases__):
+            continue
+        defaults[f"TRELLIS_{name.upper()}"] = render_default(info.get_default(call_default_factory=True))
+    return {**defaults, **EXTRA} if group.__name__ == EXTRA_GROUP else defaults
+
+
+def expected_defaults() -> dict[str, str]:
+    return {variable: default for group in settings_groups() for variable, default in group_defaults(group).items()}
+
+
+def heading(group: type[SettingsGroup]) -> str:
+    """The group's class and module, and what its docstring says it holds."""
+    summary = " ".join((group.__doc__ or "").split())
+    return f"`{group.__name__}` ({group.__module__.replace('.', '/')}.py): {summary}"
 
 
 def documented_rows(text: str) -> dict[str, tuple[str, str]]:
@@ -58,11 +72,14 @@ def documented_rows(text: str) -> dict[str, tuple[str, str]]:
 
 def table(text: str) -> str:
     documented = documented_rows(text)
-    lines = ["| variable | default | meaning |", "|---|---|---|"]
-    for variable, default in expected_defaults().items():
-        meaning = documented.get(variable, ("", "TODO"))[1]
-        lines.append(f"| `{variable}` | {default} | {meaning} |")
-    return "\n".join(lines)
+    sections = []
+    for group in settings_groups():
+        lines = [heading(group), "", "| variable | default | meaning |", "|---|---|---|"]
+        for variable, default in group_defaults(group).items():
+            meaning = documented.get(variable, ("", "TODO"))[1]
+            lines.append(f"| `{variable}` | {default} | {meaning} |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import yaml
 from services.cli.client import CliSettings
 from pydantic import SecretStr
 
-from services.kit.settings import DEFAULT_PORTS, Mode, Settings
+from services.kit.settings import DEFAULT_PORTS, Mode
+from tests.support.settings import Settings
 from tests.deploy.manifests import (
     GRPC_SERVICES, K8S, OVERLAYS, Obj, config_map_data, container_env, containers, of_kind, pod_spec, render,
 )

@@ -52,6 +52,15 @@ def test_a_list_setting_in_the_wrong_form_is_one_line_and_exit_code_2(command: s
     assert (result.returncode, result.stderr.splitlines(), result.stdout) == (2, [BAD_LIST_LINE], ""), result.stderr
 
 
+@pytest.mark.parametrize("command", ["identity", "registry", "edge", "trellis up", "trellis vendors"])
+def test_a_bad_organisation_limit_stops_every_process(command: str, tmp_path: Path) -> None:
+    # TRELLIS_MAX_LIVE_INTEGRATIONS is a limit the registry enforces (services.kit.settings.LimitSettings).
+    result = run(COMMANDS[command], environment(tmp_path, TRELLIS_MAX_LIVE_INTEGRATIONS="0"))
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2, ["error: TRELLIS_MAX_LIVE_INTEGRATIONS is '0'; expected a whole number of at least 1"]), result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_trellis_up_with_a_bad_setting_starts_nothing(tmp_path: Path) -> None:
     result = run(COMMANDS["trellis up"], environment(tmp_path, TRELLIS_NATS_STREAM_REPLICAS="three"))
     assert result.returncode == 2

@@ -23,10 +23,11 @@ from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.errors import Aborted, Unavailable
 from services.kit.settings import Settings
-from services.registry import commands
-from services.registry.domain import Status
-from services.registry.handlers import IssuedCredentials, RegeneratedApiKey, RegistryHandlers
-from services.registry.store import IntegrationRepository, integrations
+from services.registry.application import commands
+from services.registry.domain.model import Status
+from services.registry.adapters.store import SqlRegistryUnitOfWork, integrations
+from services.registry.application.handlers import RegistryHandlers
+from services.registry.application.ports import IssuedCredentials, RegeneratedApiKey
 from tests.integration.registry.helpers import (
     ACTIVE,
     AsActor,
@@ -202,7 +203,7 @@ async def seam(database_url: str) -> AsyncIterator[Seam]:
     sessions = session_factory(engine)
     identity = HoldingIdentity()
     handlers = RegistryHandlers(
-        sessions, IntegrationRepository(postgres=not is_sqlite(database_url)), identity, max_live_integrations=5
+        lambda: SqlRegistryUnitOfWork(sessions, postgres=not is_sqlite(database_url)), identity, max_live_integrations=5
     )
     yield Seam(handlers, identity, sessions)
     await engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.console.integrations import views
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
-from services.registry.domain import TRANSITIONS, Action, Status
+from services.registry.domain.model import TRANSITIONS, Action, Status
 
 BUTTON_OF = {Action.APPROVE: "approve", Action.ACTIVATE: "activate", Action.UPDATE: "edit", Action.SUSPEND: "suspend",
              Action.REACTIVATE: "reactivate", Action.REVOKE: "revoke", Action.REGENERATE_API_KEY: "regenerate-key"}
@@ -26,7 +26,7 @@ def test_every_status_has_a_name_and_a_filter() -> None:
 
 
 def test_the_pii_and_finance_warnings_sit_beside_their_categories() -> None:
-    from services.registry.domain import SCOPE_CATEGORIES
+    from services.registry.domain.model import SCOPE_CATEGORIES
 
     categories = [pb.ScopeCategory(id=c.id, name=c.name, actions=list(c.actions), grants=c.grants,
                                    sensitivity=c.sensitivity) for c in SCOPE_CATEGORIES]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.kit.settingcheck import InvalidSettings, SettingError, load
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 # (variable, value given, a part of the form the line must name): every kind of setting.
 BAD = [

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.kit.settingcheck import InvalidSettings, load
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 KEK = base64.b64encode(secrets.token_bytes(32)).decode()
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
-from services.registry.domain import (
+from services.registry.domain.model import (
     SCOPE_CATEGORIES,
     VENDORS,
     Integration,

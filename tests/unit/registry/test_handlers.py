@@ -17,10 +17,11 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, migrate_async, session_factory
 from services.kit.errors import Aborted, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted, Unavailable
-from services.registry import commands
-from services.registry.domain import Status
-from services.registry.handlers import IssuedCredentials, RegeneratedApiKey, RegistryHandlers
-from services.registry.store import IntegrationRepository, lifecycle_history, outbox
+from services.registry.application import commands
+from services.registry.domain.model import Status
+from services.registry.adapters.store import SqlRegistryUnitOfWork, lifecycle_history, outbox
+from services.registry.application.handlers import RegistryHandlers
+from services.registry.application.ports import IssuedCredentials, RegeneratedApiKey
 
 _n = itertools.count()
 
@@ -108,7 +109,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         return True
 
     handlers = RegistryHandlers(
-        sessions, IntegrationRepository(postgres=False), identity, max_live_integrations=3, flush=flush,
+        lambda: SqlRegistryUnitOfWork(sessions, postgres=False, flush=flush), identity, max_live_integrations=3,
     )
     yield World(handlers, identity, sessions, db_file, f"org_h{next(_n)}", flushed)
     await engine.dispose()

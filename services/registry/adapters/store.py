@@ -1,4 +1,5 @@
-"""The registry's tables and the repository that maps their rows to domain objects.
+"""The registry's tables, the repository that maps their rows to domain objects, and the
+registry's unit of work over them (application.ports.RegistryUnitOfWork, SqlRegistryUnitOfWork).
 
 Every query is filtered by organisation (another organisation's integration is NotFound),
 except `lookup`, which serves the edge: a trusted service that serves partners of every org.
@@ -18,7 +19,7 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Self
 
 from sqlalchemy import (
     JSON,
@@ -37,12 +38,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.errors import Aborted, InvalidArgument, NotFound
-from services.kit.outbox import outbox_table
-from services.registry.domain import Integration, Status
+from services.kit.outbox import Flush, no_flush, outbox_table
+from services.kit.sqluow import SqlUnitOfWork
+from services.registry.adapters import events
+from services.registry.application.ports import Page
+from services.registry.domain.model import HistoryEntry, Integration, IntegrationChanged, Status
 
 metadata = new_metadata()
 
@@ -102,29 +106,6 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One change of one integration, as the lifecycle history records it."""
-
-    id: str
-    org_id: str
-    integration_id: str
-    action: str
-    actor_id: str
-    from_status: Status | None
-    to_status: Status
-    reason: str
-    before_json: str
-    after_json: str
-    at: dt.datetime
-
-
-@dataclass(frozen=True)
-class Page:
-    integrations: list[Integration]
-    next_page_token: str
-
-
 _COLUMNS = (
     "id", "org_id", "vendor_id", "name", "description", "owner", "scopes", "rate_limit_per_minute",
     "daily_quota", "ip_allowlist", "requested_by", "approved_by", "suspended_by", "suspension_reason",
@@ -166,18 +147,20 @@ def _decode_token(token: str) -> tuple[dt.datetime, str]:
 
 
 class IntegrationRepository:
-    """Reads and writes integrations and their history inside the caller's session."""
+    """Reads and writes integrations and their history in one session's transaction (the unit
+    of work's): application.ports.Integrations over SQL."""
 
-    def __init__(self, *, postgres: bool) -> None:
+    def __init__(self, session: AsyncSession, *, postgres: bool) -> None:
+        self._session = session
         self._postgres = postgres
 
-    async def add(self, session: AsyncSession, integration: Integration) -> None:
-        await session.execute(integrations.insert().values(**_row(integration)))
+    async def add(self, integration: Integration) -> None:
+        await self._session.execute(integrations.insert().values(**_row(integration)))
 
-    async def get(self, session: AsyncSession, org_id: str, integration_id: str) -> Integration:
+    async def get(self, org_id: str, integration_id: str) -> Integration:
         """The integration, or NotFound when it does not exist in this organisation."""
         row = (
-            await session.execute(
+            await self._session.execute(
                 select(integrations).where(integrations.c.org_id == org_id, integrations.c.id == integration_id)
             )
         ).mappings().first()
@@ -185,17 +168,15 @@ class IntegrationRepository:
             raise NotFound(f"integration {integration_id} not found", integration_id=integration_id)
         return _integration(row)
 
-    async def lookup(self, session: AsyncSession, integration_id: str) -> Integration:
+    async def lookup(self, integration_id: str) -> Integration:
         """The integration in whichever organisation holds it (the edge's read: one primary-key
         lookup); NotFound when no organisation has it."""
-        row = (await session.execute(select(integrations).where(integrations.c.id == integration_id))).mappings().first()
+        row = (await self._session.execute(select(integrations).where(integrations.c.id == integration_id))).mappings().first()
         if row is None:
             raise NotFound(f"integration {integration_id} not found", integration_id=integration_id)
         return _integration(row)
 
-    async def save(
-        self, session: AsyncSession, integration: Integration, *, expected_version: int, lease: str | None = None
-    ) -> None:
+    async def save(self, integration: Integration, *, expected_version: int, lease: str | None = None) -> None:
         """Write `integration` over the row read at `expected_version`; Aborted if it moved on since.
         With `lease`, the row must still be leased to it, and the write ends the lease."""
         values = _row(integration)
@@ -209,7 +190,7 @@ class IntegrationRepository:
         if lease is not None:
             query = query.where(integrations.c.pending_operation == lease)
             values.update(pending_operation=None, pending_since=None)
-        result = await session.execute(query.values(**values))
+        result = await self._session.execute(query.values(**values))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise Aborted(
                 f"integration {integration.id} was changed by another request; reload it and retry",
@@ -217,13 +198,13 @@ class IntegrationRepository:
             )
 
     async def claim(
-        self, session: AsyncSession, org_id: str, integration_id: str, *, lease: str, status: Status,
-        now: dt.datetime, stale_before: dt.datetime,
+        self, org_id: str, integration_id: str, *, lease: str, status: Status, now: dt.datetime,
+        stale_before: dt.datetime,
     ) -> bool:
         """Lease the integration to `lease` if it is in `status` and nobody holds a lease that
         began at or after `stale_before`; False when it is not in that state or leased."""
         t = integrations
-        result = await session.execute(
+        result = await self._session.execute(
             update(t)
             .where(
                 t.c.org_id == org_id,
@@ -235,30 +216,30 @@ class IntegrationRepository:
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
-    async def holds(self, session: AsyncSession, org_id: str, integration_id: str, lease: str) -> bool:
+    async def holds(self, org_id: str, integration_id: str, lease: str) -> bool:
         """Whether the integration is still leased to `lease`."""
         t = integrations
-        held = await session.execute(
+        held = await self._session.execute(
             select(t.c.id).where(t.c.org_id == org_id, t.c.id == integration_id, t.c.pending_operation == lease)
         )
         return held.first() is not None
 
-    async def release(self, session: AsyncSession, org_id: str, integration_id: str, lease: str) -> bool:
+    async def release(self, org_id: str, integration_id: str, lease: str) -> bool:
         """End the lease if `lease` still holds it; False when it did not (a stale lease was taken over)."""
         t = integrations
-        result = await session.execute(
+        result = await self._session.execute(
             update(t)
             .where(t.c.org_id == org_id, t.c.id == integration_id, t.c.pending_operation == lease)
             .values(pending_operation=None, pending_since=None)
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
-    async def count_live(self, session: AsyncSession, org_id: str) -> int:
+    async def count_live(self, org_id: str) -> int:
         """How many of the organisation's integrations are Active or Suspended."""
         live = [s.value for s in Status if s.is_live]
         return int(
             (
-                await session.execute(
+                await self._session.execute(
                     select(func.count())
                     .select_from(integrations)
                     .where(integrations.c.org_id == org_id, integrations.c.status.in_(live))
@@ -266,16 +247,15 @@ class IntegrationRepository:
             ).scalar_one()
         )
 
-    async def lock_org(self, session: AsyncSession, org_id: str) -> None:
+    async def lock_org(self, org_id: str) -> None:
         """Serialise limit checks of one organisation across replicas (PostgreSQL; SQLite has one writer)."""
         if self._postgres:
-            await session.execute(
+            await self._session.execute(
                 text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"trellis.registry.org:{org_id}"}
             )
 
     async def list_page(
         self,
-        session: AsyncSession,
         org_id: str,
         *,
         statuses: Sequence[Status] = (),
@@ -297,13 +277,13 @@ class IntegrationRepository:
             created_at, last_id = _decode_token(page_token)
             query = query.where(or_(t.c.created_at < created_at, and_(t.c.created_at == created_at, t.c.id < last_id)))
         query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(size + 1)
-        rows = (await session.execute(query)).mappings().all()
+        rows = (await self._session.execute(query)).mappings().all()
         found = [_integration(r) for r in rows[:size]]
         token = _encode_token(found[-1].created_at, found[-1].id) if len(rows) > size else ""
         return Page(found, token)
 
-    async def add_history(self, session: AsyncSession, entry: HistoryEntry) -> None:
-        await session.execute(
+    async def add_history(self, entry: HistoryEntry) -> None:
+        await self._session.execute(
             lifecycle_history.insert().values(
                 id=entry.id,
                 org_id=entry.org_id,
@@ -319,12 +299,12 @@ class IntegrationRepository:
             )
         )
 
-    async def history(self, session: AsyncSession, org_id: str, integration_id: str) -> list[HistoryEntry]:
+    async def history(self, org_id: str, integration_id: str) -> list[HistoryEntry]:
         """Every change of the integration, oldest first; NotFound outside the organisation."""
-        await self.get(session, org_id, integration_id)
+        await self.get(org_id, integration_id)
         h = lifecycle_history
         rows = (
-            await session.execute(
+            await self._session.execute(
                 select(h).where(h.c.org_id == org_id, h.c.integration_id == integration_id).order_by(h.c.at, h.c.id)
             )
         ).mappings().all()
@@ -344,3 +324,23 @@ class IntegrationRepository:
             )
             for r in rows
         ]
+
+
+class SqlRegistryUnitOfWork(SqlUnitOfWork):
+    """application.ports.RegistryUnitOfWork over SQL: the integrations repository on the unit's
+    session, and each published change as its two outbox rows (adapters/events.py)."""
+
+    integrations: IntegrationRepository
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool, flush: Flush = no_flush) -> None:
+        super().__init__(sessions, outbox_table=outbox, flush=flush)
+        self._postgres = postgres
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self.integrations = IntegrationRepository(self.session, postgres=self._postgres)
+        return self
+
+    async def publish(self, change: IntegrationChanged) -> None:
+        for event in events.of_change(change):
+            await self.add_event(event.subject, event.payload, event_id=event.event_id)

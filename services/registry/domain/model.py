@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
@@ -515,3 +516,54 @@ class Integration:
             value = data[name]
             data[name] = value.isoformat() if value is not None else None
         return data
+
+
+def snapshot_json(integration: Integration | None) -> str:
+    """The integration's fields as sorted JSON; "" when there is no such state (before creation)."""
+    return json.dumps(integration.snapshot(), sort_keys=True) if integration is not None else ""
+
+
+# --- the record of a change ----------------------------------------------------------------------
+
+# What a change can be; each is the `kind` of an IntegrationChanged and a history entry's action.
+CHANGE_KINDS = ("created", "approved", "activated", "updated", "suspended", "reactivated", "revoked",
+                "api_key_regenerated")
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change of one integration, as the lifecycle history records it."""
+
+    id: str
+    org_id: str
+    integration_id: str
+    action: str
+    actor_id: str
+    from_status: Status | None
+    to_status: Status
+    reason: str
+    before_json: str
+    after_json: str
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class IntegrationChanged:
+    """An integration changed: who did it, what it was before (None when it was just created)
+    and after, and why. The history records it; the services that follow integrations and the
+    audit trail are told of it."""
+
+    kind: str
+    before: Integration | None
+    after: Integration
+    actor_id: str
+    reason: str = ""
+    request_id: str = ""
+
+    def history_entry(self, entry_id: str) -> HistoryEntry:
+        before, after = self.before, self.after
+        return HistoryEntry(
+            id=entry_id, org_id=after.org_id, integration_id=after.id, action=self.kind, actor_id=self.actor_id,
+            from_status=before.status if before else None, to_status=after.status, reason=self.reason,
+            before_json=snapshot_json(before), after_json=snapshot_json(after), at=after.updated_at,
+        )

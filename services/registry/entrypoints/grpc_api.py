@@ -12,10 +12,10 @@ from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.ids import is_request_id
 from services.kit.prototime import timestamp_or_none
-from services.registry import commands
-from services.registry.domain import UPDATABLE_FIELDS, Integration, Status
-from services.registry.handlers import IssuedCredentials, RegistryHandlers
-from services.registry.store import HistoryEntry
+from services.registry.application import commands
+from services.registry.application.handlers import RegistryHandlers
+from services.registry.application.ports import IssuedCredentials
+from services.registry.domain.model import UPDATABLE_FIELDS, HistoryEntry, Integration, Status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 

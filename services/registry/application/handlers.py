@@ -1,5 +1,6 @@
-"""The registry's use cases: load through the store, apply the domain rule, write the history
-row and the events in the same transaction, commit, then wait for the relay to publish them.
+"""The registry's use cases: in one unit of work (application/ports.py), load through the
+store, apply the domain rule, write the history row and publish the change, commit; then wait
+for the relay to put the change on the bus.
 
 Credentials live at identity, reached through `CredentialsPort`. Activation and reactivation
 are a small saga: lease the integration, issue at identity, then commit (which ends the lease);
@@ -9,7 +10,7 @@ compensation would revoke the winner's credentials. Suspension and revocation co
 then revoke at identity before they return; identity's consumer of the committed event is the
 safety net when it is unreachable.
 
-Every change is on the bus before its call returns (`flush` after the commit): edge replicas
+Every change is on the bus before its call returns (`published()` after the commit): edge replicas
 drop their cached view of the integration on these events, so "takes effect immediately"
 holds for the very next partner request.
 """
@@ -19,70 +20,34 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
-
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from collections.abc import Callable
 
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
-from services.kit.db import utcnow
+from services.kit.clock import utcnow
 from services.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.kit.ids import REQUEST_ID_FORM, is_request_id, new_id
-from services.kit.outbox import Flush, add_event, no_flush, written_event_ids
-from services.registry import commands, events
-from services.registry.domain import (
+from services.registry.application import commands
+from services.registry.application.ports import (
+    CredentialsPort,
+    IssuedCredentials,
+    Page,
+    RegeneratedApiKey,
+    RegistryUnitOfWork,
+    UnitsOfWork,
+)
+from services.registry.domain.model import (
     SCOPE_CATEGORIES,
     VENDORS,
     Action,
+    HistoryEntry,
     Integration,
+    IntegrationChanged,
     ScopeCategory,
     Vendor,
     ensure_room_for_activation,
 )
-from services.registry.store import HistoryEntry, IntegrationRepository, Page, outbox
 
 log = logging.getLogger(__name__)
-
-
-# --- the identity seam -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IssuedCredentials:
-    """Plain-text credentials from identity: returned to the caller once, never stored here."""
-
-    api_key_prefix: str
-    client_id: str
-    api_key: str = field(repr=False)
-    client_secret: str = field(repr=False)
-    token_url: str = ""
-    issuer: str = ""
-    audience: str = ""
-    scopes: tuple[str, ...] = ()
-    issued_at: dt.datetime | None = None
-
-
-@dataclass(frozen=True)
-class RegeneratedApiKey:
-    api_key_prefix: str
-    api_key: str = field(repr=False)
-
-
-class CredentialsPort(Protocol):
-    """What the registry asks of identity, on behalf of the acting administrator."""
-
-    async def issue(self, actor: Actor, integration_id: str, scopes: Sequence[str], request_id: str) -> IssuedCredentials:
-        """A new live credential set; the same request id never issues a second one."""
-        ...
-
-    async def revoke(self, actor: Actor, integration_id: str, reason: str, request_id: str = "") -> None:
-        """Every live credential of the integration stops working at once."""
-        ...
-
-    async def regenerate_api_key(self, actor: Actor, integration_id: str, request_id: str = "") -> RegeneratedApiKey:
-        """A new API key; the old one stops working at once."""
-        ...
 
 
 # --- use cases ---------------------------------------------------------------------------------------
@@ -107,20 +72,16 @@ class RegistryHandlers:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
-        repository: IntegrationRepository,
+        units: UnitsOfWork,
         credentials: CredentialsPort,
         *,
         max_live_integrations: int,
-        flush: Flush = no_flush,
         clock: Callable[[], dt.datetime] = utcnow,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
-        self._sessions = sessions
-        self._repo = repository
+        self._uow = units
         self._credentials = credentials
         self._max_live = max_live_integrations
-        self._flush = flush
         self._clock = clock
         self._lease_ttl = dt.timedelta(seconds=lease_seconds)
         # SQLite has no advisory locks: one process serialises its own limit checks.
@@ -138,29 +99,29 @@ class RegistryHandlers:
 
     async def get(self, actor: Actor, integration_id: str) -> Integration:
         actor.require(ADMIN_PERMISSION)
-        async with self._sessions() as session:
-            return await self._repo.get(session, actor.org_id, integration_id)
+        async with self._uow() as uow:
+            return await uow.integrations.get(actor.org_id, integration_id)
 
     async def list_integrations(self, actor: Actor, query: commands.ListIntegrations) -> Page:
         actor.require(ADMIN_PERMISSION)
-        async with self._sessions() as session:
-            return await self._repo.list_page(
-                session, actor.org_id, statuses=query.statuses, vendor_id=query.vendor_id,
+        async with self._uow() as uow:
+            return await uow.integrations.list_page(
+                actor.org_id, statuses=query.statuses, vendor_id=query.vendor_id,
                 page_size=query.page_size, page_token=query.page_token,
             )
 
     async def history(self, actor: Actor, integration_id: str) -> list[HistoryEntry]:
         actor.require(ADMIN_PERMISSION)
-        async with self._sessions() as session:
-            return await self._repo.history(session, actor.org_id, integration_id)
+        async with self._uow() as uow:
+            return await uow.integrations.history(actor.org_id, integration_id)
 
     async def lookup(self, actor: Actor, integration_id: str) -> Integration:
         """Any organisation's integration, for the edge (`trellis_edge`): one primary-key read."""
         actor.require(EDGE_PERMISSION)
         if not integration_id:
             raise InvalidArgument("integration_id is required")
-        async with self._sessions() as session:
-            return await self._repo.lookup(session, integration_id)
+        async with self._uow() as uow:
+            return await uow.integrations.lookup(integration_id)
 
     # lifecycle: administrators only
 
@@ -173,10 +134,11 @@ class RegistryHandlers:
             rate_limit_per_minute=cmd.rate_limit_per_minute, daily_quota=cmd.daily_quota,
             ip_allowlist=cmd.ip_allowlist,
         )
-        async with self._sessions() as session, session.begin():
-            await self._repo.add(session, integration)
-            await self._record(session, actor, "created", None, integration, request_id=cmd.request_id)
-        await self._flush(written_event_ids(session))
+        async with self._uow() as uow:
+            await uow.integrations.add(integration)
+            await self._record(uow, IntegrationChanged("created", None, integration, actor.user_id, request_id=cmd.request_id))
+            await uow.commit()
+        await uow.published()
         return integration
 
     async def approve(self, actor: Actor, cmd: commands.ApproveIntegration) -> Integration:
@@ -204,10 +166,10 @@ class RegistryHandlers:
     async def activate(self, actor: Actor, cmd: commands.ActivateIntegration) -> tuple[Integration, IssuedCredentials]:
         """Approved -> Active with credentials from identity, returned this once."""
         actor.require(ADMIN_PERMISSION)
-        async with self._sessions() as session:
-            integration = await self._repo.get(session, actor.org_id, cmd.integration_id)
+        async with self._uow() as uow:
+            integration = await uow.integrations.get(actor.org_id, cmd.integration_id)
             integration.check(Action.ACTIVATE)
-            ensure_room_for_activation(await self._repo.count_live(session, actor.org_id), self._max_live)
+            ensure_room_for_activation(await uow.integrations.count_live(actor.org_id), self._max_live)
 
         def activate(i: Integration, creds: IssuedCredentials, now: dt.datetime) -> None:
             i.activate(api_key_prefix=creds.api_key_prefix, client_id=creds.client_id, now=now)
@@ -219,8 +181,8 @@ class RegistryHandlers:
     async def reactivate(self, actor: Actor, cmd: commands.ReactivateIntegration) -> tuple[Integration, IssuedCredentials]:
         """Suspended -> Active with new credentials, by an administrator other than the suspender."""
         actor.require(ADMIN_PERMISSION)
-        async with self._sessions() as session:
-            integration = await self._repo.get(session, actor.org_id, cmd.integration_id)
+        async with self._uow() as uow:
+            integration = await uow.integrations.get(actor.org_id, cmd.integration_id)
         integration.check_reactivation(actor.user_id)
 
         def reactivate(i: Integration, creds: IssuedCredentials, now: dt.datetime) -> None:
@@ -256,8 +218,8 @@ class RegistryHandlers:
     async def regenerate_api_key(self, actor: Actor, cmd: commands.RegenerateApiKey) -> tuple[Integration, RegeneratedApiKey]:
         """A new API key for an Active integration; the old key stops working at once."""
         actor.require(ADMIN_PERMISSION)
-        async with self._sessions() as session:
-            integration = await self._repo.get(session, actor.org_id, cmd.integration_id)
+        async with self._uow() as uow:
+            integration = await uow.integrations.get(actor.org_id, cmd.integration_id)
         integration.check(Action.REGENERATE_API_KEY)
         key = await self._credentials.regenerate_api_key(actor, integration.id, cmd.request_id)
         now = self._clock()
@@ -286,14 +248,16 @@ class RegistryHandlers:
         expected_version: int = 0,
     ) -> Integration:
         """Load, apply `mutate`, save over the version read, and record: one transaction."""
-        async with self._sessions() as session, session.begin():
-            integration = await self._repo.get(session, actor.org_id, integration_id)
+        async with self._uow() as uow:
+            integration = await uow.integrations.get(actor.org_id, integration_id)
             read_version = expected_version or integration.version
             before = integration.copy()
             mutate(integration)
-            await self._repo.save(session, integration, expected_version=read_version)
-            await self._record(session, actor, kind, before, integration, reason=reason, request_id=request_id)
-        await self._flush(written_event_ids(session))
+            await uow.integrations.save(integration, expected_version=read_version)
+            await self._record(uow, IntegrationChanged(kind, before, integration, actor.user_id, reason=reason,
+                                                       request_id=request_id))
+            await uow.commit()
+        await uow.published()
         return integration
 
     async def _issue_then_commit(
@@ -318,30 +282,32 @@ class RegistryHandlers:
             await self._release(actor, integration.id, lease)
             raise
         try:
-            async with self._limit_lock, self._sessions() as session, session.begin():
+            async with self._limit_lock, self._uow() as uow:
                 if check_limit:
-                    await self._repo.lock_org(session, actor.org_id)
-                    ensure_room_for_activation(await self._repo.count_live(session, actor.org_id), self._max_live)
-                current = await self._repo.get(session, actor.org_id, integration.id)
+                    await uow.integrations.lock_org(actor.org_id)
+                    ensure_room_for_activation(await uow.integrations.count_live(actor.org_id), self._max_live)
+                current = await uow.integrations.get(actor.org_id, integration.id)
                 before = current.copy()
                 apply(current, credentials, self._clock())
-                await self._repo.save(session, current, expected_version=integration.version, lease=lease)
-                await self._record(session, actor, kind, before, current, request_id=lease)
+                await uow.integrations.save(current, expected_version=integration.version, lease=lease)
+                await self._record(uow, IntegrationChanged(kind, before, current, actor.user_id, request_id=lease))
+                await uow.commit()
         except (Exception, asyncio.CancelledError):
             await self._undo_issue(actor, integration.id, lease, f"{kind} change was not committed")
             raise
-        await self._flush(written_event_ids(session))
+        await uow.published()
         return current, credentials
 
     async def _claim(self, actor: Actor, integration: Integration, action: Action, lease: str) -> None:
         """Take the integration's lease in its own commit; Aborted while another holds it."""
         now = self._clock()
-        async with self._sessions() as session, session.begin():
-            claimed = await self._repo.claim(
-                session, actor.org_id, integration.id, lease=lease, status=integration.status, now=now,
+        async with self._uow() as uow:
+            claimed = await uow.integrations.claim(
+                actor.org_id, integration.id, lease=lease, status=integration.status, now=now,
                 stale_before=now - self._lease_ttl,
             )
-            current = None if claimed else await self._repo.get(session, actor.org_id, integration.id)
+            current = None if claimed else await uow.integrations.get(actor.org_id, integration.id)
+            await uow.commit()
         if current is not None:
             current.check(action)  # the state moved on meanwhile: FailedPrecondition naming it
             noun = "activation" if action is Action.ACTIVATE else "reactivation"
@@ -349,8 +315,9 @@ class RegistryHandlers:
 
     async def _release(self, actor: Actor, integration_id: str, lease: str) -> None:
         try:
-            async with self._sessions() as session, session.begin():
-                await self._repo.release(session, actor.org_id, integration_id, lease)
+            async with self._uow() as uow:
+                await uow.integrations.release(actor.org_id, integration_id, lease)
+                await uow.commit()
         except Exception:  # noqa: BLE001 - the original failure is what the caller must see
             log.warning("could not release the lease on %s; it expires on its own", integration_id, exc_info=True)
 
@@ -362,8 +329,8 @@ class RegistryHandlers:
         credentials must live: then nothing is revoked.
         """
         try:
-            async with self._sessions() as session:
-                held = await self._repo.holds(session, actor.org_id, integration_id, lease)
+            async with self._uow() as uow:
+                held = await uow.integrations.holds(actor.org_id, integration_id, lease)
         except Exception:  # noqa: BLE001 - cannot tell: revoke, the safe side
             held = True
         if held:
@@ -393,28 +360,7 @@ class RegistryHandlers:
                 state=integration.status.value,
             ) from exc
 
-    async def _record(
-        self,
-        session: AsyncSession,
-        actor: Actor,
-        kind: str,
-        before: Integration | None,
-        after: Integration,
-        *,
-        reason: str = "",
-        request_id: str = "",
-    ) -> None:
-        """The history row, the IntegrationChanged event and the audit event of one change."""
-        await self._repo.add_history(
-            session,
-            HistoryEntry(
-                id=new_id("hst"), org_id=after.org_id, integration_id=after.id, action=kind, actor_id=actor.user_id,
-                from_status=before.status if before else None, to_status=after.status, reason=reason,
-                before_json=events.snapshot_json(before), after_json=events.snapshot_json(after), at=after.updated_at,
-            ),
-        )
-        for event in (
-            events.integration_changed(kind, after, actor_id=actor.user_id),
-            events.audit_event(kind, before, after, actor_id=actor.user_id, reason=reason, request_id=request_id),
-        ):
-            await add_event(session, outbox, event.subject, event.payload, event_id=event.event_id)
+    async def _record(self, uow: RegistryUnitOfWork, change: IntegrationChanged) -> None:
+        """The history row of one change, and the change published: in the unit's transaction."""
+        await uow.integrations.add_history(change.history_entry(new_id("hst")))
+        await uow.publish(change)

@@ -13,7 +13,7 @@ from services.kit.auth import Actor
 from services.kit.prototime import field_datetime
 from services.kit.rpc_errors import from_rpc_error
 from services.kit.service import actor_metadata
-from services.registry.handlers import IssuedCredentials, RegeneratedApiKey
+from services.registry.application.ports import IssuedCredentials, RegeneratedApiKey
 
 def _translate(exc: grpc.aio.AioRpcError, what: str) -> errors.TrellisError:
     """Identity's refusal as our own error, with identity's fields (services.kit.rpc_errors);

@@ -1,21 +1,20 @@
-"""The events one integration change publishes: IntegrationChanged for the services that
-follow integrations (identity, edge) and an AuditEvent for the audit trail (logs).
+"""The events one integration change (domain IntegrationChanged) publishes: the
+IntegrationChanged message for the services that follow integrations (identity, edge) and an
+AuditEvent for the audit trail (logs), in the wire formats of protos/trellis/events/v1.
 
 Both carry only the integration's non-secret fields: the registry never holds a secret.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.ids import new_id
 from services.kit.prototime import timestamp, timestamp_or_none
-from services.registry.domain import Integration
+from services.registry.domain.model import Integration, IntegrationChanged, snapshot_json
 
 SERVICE = "registry"
-KINDS = ("created", "approved", "activated", "updated", "suspended", "reactivated", "revoked", "api_key_regenerated")
 
 
 @dataclass(frozen=True)
@@ -25,9 +24,13 @@ class OutgoingEvent:
     payload: bytes
 
 
-def snapshot_json(integration: Integration | None) -> str:
-    """The integration's fields as sorted JSON; "" when there is no such state (before creation)."""
-    return json.dumps(integration.snapshot(), sort_keys=True) if integration is not None else ""
+def of_change(change: IntegrationChanged) -> tuple[OutgoingEvent, OutgoingEvent]:
+    """The two messages of one change, in the order they are published."""
+    return (
+        integration_changed(change.kind, change.after, actor_id=change.actor_id),
+        audit_event(change.kind, change.before, change.after, actor_id=change.actor_id, reason=change.reason,
+                    request_id=change.request_id),
+    )
 
 
 def integration_changed(kind: str, after: Integration, *, actor_id: str) -> OutgoingEvent:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.registry.domain import Status
+from services.registry.domain.model import Status
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,13 @@
+"""What a registry process reads: the kit's group and the organisation limits it enforces
+(services.kit.settings: LimitSettings is shared, as the console shows the same limits). A
+setting only the registry reads would be declared here, in a RegistrySettings group named in
+services.kit.settings.SETTINGS_GROUPS and put first among the bases below."""
+
+from __future__ import annotations
+
+from services.kit.settings import KitSettings, LimitSettings
+
+
+class RegistryProcessSettings(LimitSettings, KitSettings):
+    """Everything a registry process uses (fields: the kit's, then the limits; pydantic lists
+    the last base's first)."""
