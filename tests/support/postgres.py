@@ -3,6 +3,8 @@ in a temporary directory on a free port, for the test session."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import glob
 import os
 import pwd
@@ -12,6 +14,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import asyncpg
 
 from tests.support.ports import free_port
 
@@ -69,8 +73,19 @@ class PostgresServer:
         """A new empty database; returns its asyncpg SQLAlchemy URL."""
         self._counter += 1
         name = f"{prefix}_{os.getpid()}_{self._counter}"
-        self._run([_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name])
+        # Over a connection, not by running `createdb`: a child forked while gRPC's threads run
+        # in this process can die in gRPC's fork handlers (SIGABRT) before it execs. The
+        # statement runs on a loop of its own in a worker thread, as a test's loop may be running.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, self._create(name)).result(timeout=60)
         return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    async def _create(self, name: str) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=self.port, user=self.user, database="postgres", timeout=30)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
 
     def stop(self) -> None:
         try:
