@@ -45,6 +45,15 @@ class Visitor:
         assert answer.status_code == 200, (path, answer.status_code, answer.text[:2000])
         return answer.text
 
+    def submit(self, page_path: str, action: str, data: dict[str, object] | None = None) -> httpx2.Response:
+        """Post the form `action` of the page at `page_path`, with its hidden fields and `data`."""
+        fields = {**hidden_fields(self.page(page_path), action), **(data or {})}
+        return self.client.post(action, data=fields)
+
+    def sign_out(self) -> None:
+        answer = self.submit("/integrations", "/signout")
+        assert answer.status_code == 303, (answer.status_code, answer.text[:2000])
+
     def sign_in(self, user: str, org: str = "org_default") -> str:
         """The local development sign-in as `user`; the page it leads to."""
         form = self.page("/signin")
