@@ -4,6 +4,7 @@
 #
 #   docker run IMAGE identity | registry | webhooks | logs    python -m services.<name> (gRPC)
 #   docker run IMAGE edge                                     python -m services.edge (HTTP, uvicorn)
+#   docker run IMAGE console                                  python -m services.console (the web console, HTTP)
 #   docker run IMAGE migrate [SERVICE ...]                    trellis migrate [SERVICE ...]
 #   docker run IMAGE trellis ARGS...                          the trellis command line
 #
@@ -41,7 +42,7 @@ RUN pip install --no-deps . \
 FROM ${PYTHON_IMAGE} AS final
 
 LABEL org.opencontainers.image.title="trellis" \
-      org.opencontainers.image.description="Trellis integration services (identity, registry, webhooks, logs, edge)"
+      org.opencontainers.image.description="Trellis integration services (identity, registry, webhooks, logs, edge, console)"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -60,7 +61,7 @@ COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/trellis-entrypoint
 WORKDIR /srv
 USER 10001:10001
 
-EXPOSE 8080 50051 50052 50053 50054
+EXPOSE 8080 8081 50051 50052 50053 50054
 
 ENTRYPOINT ["/usr/local/bin/trellis-entrypoint"]
 CMD ["help"]

@@ -8,6 +8,7 @@ usage: IMAGE COMMAND [ARGS...]
 
   identity | registry | webhooks | logs   run that gRPC service (python -m services.<name>)
   edge                                    run the HTTP edge (python -m services.edge)
+  console                                 run the web console (python -m services.console)
   migrate [SERVICE ...]                   apply database migrations (trellis migrate)
   trellis ARGS...                         run the trellis command line
   help                                    this text
@@ -20,7 +21,7 @@ command="${1:-help}"
 [ "$#" -gt 0 ] && shift
 
 case "$command" in
-    identity | registry | webhooks | logs | edge)
+    identity | registry | webhooks | logs | edge | console)
         exec python -m "services.$command" "$@"
         ;;
     migrate)

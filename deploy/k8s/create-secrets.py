@@ -4,6 +4,7 @@
     .venv/bin/python deploy/k8s/create-secrets.py dev  [--namespace trellis] [--context CTX]
     .venv/bin/python deploy/k8s/create-secrets.py prod [--namespace trellis] [--context CTX]
                                                        [--edge-token-file FILE]
+                                                       [--console-client-secret-file FILE]
 
 A Secret that already exists is left exactly as it is (a new key-encryption key would make
 every sealed value unreadable), so running this again is safe. Values never appear on a
@@ -17,8 +18,10 @@ dev   trellis-kek, trellis-audit, trellis-postgres, trellis-database-urls (to th
 prod  trellis-kek, trellis-audit, trellis-pg-<service> (CloudNativePG role passwords),
       trellis-database-urls (to the CloudNativePG cluster, TLS required) and, given
       --edge-token-file, trellis-edge-service-token (a token from your identity provider with
-      the trellis_edge permission). trellis-backup-s3 and trellis-edge-tls are yours to create
-      (docs/operators.md).
+      the trellis_edge permission); given --console-client-secret-file, trellis-console-oidc
+      (the console's client secret at your identity provider; without it the console is a
+      public client). trellis-backup-s3, trellis-edge-tls and trellis-console-tls are yours to
+      create (docs/operators.md).
 """
 
 from __future__ import annotations
@@ -148,7 +151,14 @@ def dev(planner: Planner, key_dir: Path) -> None:
         print(f"the development actor private key is {private_file} (mint CLI tokens with it; keep it private)")
 
 
-def prod(planner: Planner, edge_token_file: Path | None) -> None:
+def from_file(path: Path) -> str:
+    value = path.read_text().strip()
+    if not value:
+        raise SecretsError(f"{path} is empty")
+    return value
+
+
+def prod(planner: Planner, edge_token_file: Path | None, console_secret_file: Path | None = None) -> None:
     common(planner)
     role_secrets = [f"trellis-pg-{s}" for s in SERVICES]
     if planner.linked([*role_secrets, "trellis-database-urls"]):
@@ -160,14 +170,13 @@ def prod(planner: Planner, edge_token_file: Path | None) -> None:
             s: database_url(s, passwords[s], PROD_POSTGRES_HOST, s, require_tls=True) for s in SERVICES
         })
     if edge_token_file is not None:
-        token = edge_token_file.read_text().strip()
-        if not token:
-            raise SecretsError(f"{edge_token_file} is empty")
-        planner.create("trellis-edge-service-token", {"token": token})
+        planner.create("trellis-edge-service-token", {"token": from_file(edge_token_file)})
     elif not planner.kubectl.exists("secret", "trellis-edge-service-token"):
         print("secret/trellis-edge-service-token: missing; pass --edge-token-file with the edge's token "
               "from your identity provider (permission trellis_edge)")
-    for name in ("trellis-backup-s3", "trellis-edge-tls"):
+    if console_secret_file is not None:
+        planner.create("trellis-console-oidc", {"client-secret": from_file(console_secret_file)})
+    for name in ("trellis-backup-s3", "trellis-edge-tls", "trellis-console-tls"):
         if not planner.kubectl.exists("secret", name):
             print(f"secret/{name}: missing; create it yourself (docs/operators.md, \"Secrets\")")
 
@@ -178,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--namespace", default="trellis")
     parser.add_argument("--context", default=None, help="kubectl context (default: the current one)")
     parser.add_argument("--edge-token-file", type=Path, default=None, help="prod: the edge's service token")
+    parser.add_argument("--console-client-secret-file", type=Path, default=None,
+                        help="prod: the console's OIDC client secret at your identity provider")
     parser.add_argument("--key-dir", type=Path, default=REPO_ROOT / ".trellis" / "k8s-dev",
                         help="dev: where the development actor private key is written")
     args = parser.parse_args(argv)
@@ -190,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.overlay == "dev":
             dev(planner, args.key_dir)
         else:
-            prod(planner, args.edge_token_file)
+            prod(planner, args.edge_token_file, args.console_client_secret_file)
     except SecretsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,9 +2,11 @@
 
 Starts a nats-server with JetStream (store under `<data dir>/nats`), migrates each service's
 SQLite database under the data directory, then runs every implemented service as its own
-process and waits for each to be ready (the gRPC health check; the edge's `/readyz`). From a
-checkout it also runs the example upstream of the five-minute tour (examples/upstream, not part
-of Trellis) where examples/routes.toml, the edge's route table there, sends partners' calls.
+process and waits for each to be ready (the gRPC health check; the edge's and the console's
+`/readyz`). The web console comes last, with its local sign-in minting actor tokens with the
+launcher's key, at the URL the summary prints (`console_url`). From a checkout it also runs the
+example upstream of the five-minute tour (examples/upstream, not part of Trellis) where
+examples/routes.toml, the edge's route table there, sends partners' calls.
 SIGINT or SIGTERM stops the processes (newest first), then nats-server, and exits 0. A process
 that exits on its own once everything is up is started again, after a pause that doubles with
 each of its recent exits (`RestartPolicy`), with a line saying so and another when it serves
@@ -43,7 +45,7 @@ from services.cli.embedded import EmbeddedSecrets, ensure_secrets
 from services.cli.output import table
 from services.kit.db import is_sqlite, migrate
 from services.kit.natsproc import NatsServer
-from services.kit.settings import DEFAULT_PORTS, Mode, Settings
+from services.kit.settings import DEFAULT_PORTS, Mode, Settings, public_url_of
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
@@ -78,7 +80,10 @@ SERVICES = (
     ServiceSpec("webhooks"),
     ServiceSpec("logs"),
     ServiceSpec("edge", probe="http"),
+    # The web console calls the four gRPC services (its /readyz: registry and NATS), not the edge.
+    ServiceSpec("console", probe="http"),
 )
+CONSOLE = "console"
 
 _PACKAGE_ROOT = Path(services.__file__).parent
 # A checkout's examples (absent from an installed wheel): the embedded mode's route table and
@@ -403,6 +408,13 @@ class Launcher:
         host, _, port = configured.rpartition(":")
         return f"{host}:{int(port) + REPLICA_PORT_STEP * replica}"
 
+    def console_url(self, replica: int = 0) -> str:
+        """Where a browser reaches one console process: TRELLIS_CONSOLE_PUBLIC_URL when it is set
+        (a proxy in front of every replica), else http:// and that replica's address."""
+        if "console_public_url" in self.settings.model_fields_set:
+            return self.settings.console_public_url.rstrip("/")
+        return public_url_of(self.address(CONSOLE, replica))
+
     def child_environment(self, name: str, replica: int) -> dict[str, str]:
         """The settings of one service process: this data directory, NATS, secrets, addresses."""
         assert self.secrets is not None and self.nats is not None
@@ -429,6 +441,11 @@ class Launcher:
         for setting in PUBLIC_URL_SETTINGS:
             env[f"TRELLIS_{setting.upper()}"] = getattr(self.settings, setting)
         env[f"TRELLIS_{name.upper()}_ADDR"] = self.address(name, replica)
+        if name == CONSOLE:
+            # The local sign-in mints actor tokens with the key the services verify, as the CLI
+            # does; the browser's address follows the console's unless TRELLIS_CONSOLE_PUBLIC_URL is set.
+            env["TRELLIS_ACTOR_PRIVATE_KEY_FILE"] = str(self.secrets.private_key_file)
+            env["TRELLIS_CONSOLE_PUBLIC_URL"] = self.console_url(replica)
         if name == "edge":
             # Its service identity towards identity and registry is minted with the local key
             # the services verify with; its route table is the checkout's example unless configured.
@@ -439,6 +456,16 @@ class Launcher:
         return env
 
     # --- output -----------------------------------------------------------------------------
+
+    def console_summary(self) -> list[str]:
+        """The summary's lines about the console: its URL and where to sign in (none without it)."""
+        if CONSOLE not in {s.name for s in implemented_services()}:
+            return []
+        urls = list(dict.fromkeys(self.console_url(k) for k in range(self.replicas)))
+        also = f" (its replicas: {', '.join(urls[1:])}; they share sign-in sessions)" if urls[1:] else ""
+        return [f"Administrators use the console at {urls[0]}{also} (docs/console.md).",
+                f"Sign in at {urls[0]}/signin (local development sign-in): type alice, or bob to approve what "
+                "alice requests, in the organisation org_default, the CLI's."]
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -472,6 +499,9 @@ class Launcher:
             "review --format markdown",
         ):
             self._say(f"  {cli} {example}")
+        self._say("")
+        for line in self.console_summary():
+            self._say(line)
         edge = next((c for c in self.children if c.name == "edge"), None)
         if edge is not None:
             self._say(f"\nPartners call the edge at {self.settings.edge_public_url} (token: POST {self.settings.token_url}; "

@@ -12,11 +12,18 @@ from typing import Any
 import pytest
 import yaml
 
+from services.kit.settings import DEFAULT_PORTS, Settings
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 GRPC_SERVICES = ("identity", "registry", "webhooks", "logs")
+# The HTTP services, each reached from outside through its own Ingress host.
+HTTP_SERVICES = ("edge", "console")
+# Every service's port: the gRPC services' and the edge's from DEFAULT_PORTS, the console's from
+# its setting's default (TRELLIS_CONSOLE_ADDR).
+SERVICE_PORTS = {**DEFAULT_PORTS, "console": int(Settings.model_fields["console_addr"].default.rpartition(":")[2])}
 
 Obj = dict[str, Any]
 

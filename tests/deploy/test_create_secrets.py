@@ -121,6 +121,21 @@ def test_prod_creates_linked_role_passwords_and_database_urls(kube: FakeKube) ->
             assert key in kube.secret(name)["data"], f"{name}/{key}"
 
 
+def test_prod_stores_the_consoles_client_secret_given_in_a_file_under_the_key_the_console_reads(kube: FakeKube) -> None:
+    result = kube.run("prod", "--console-client-secret-file", str(_write(kube.root / "console.secret", "s3cr3t-0f-th3-c0ns0le\n")))
+    assert result.returncode == 0, result.stderr
+    console = named(render("prod"), "Deployment", "console")
+    (ref,) = [v["valueFrom"]["secretKeyRef"] for v in console["spec"]["template"]["spec"]["containers"][0]["env"]
+              if v["name"] == "TRELLIS_CONSOLE_OIDC_CLIENT_SECRET"]
+    assert kube.secret(ref["name"])["data"] == {ref["key"]: "s3cr3t-0f-th3-c0ns0le"}
+    assert not any("s3cr3t-0f-th3-c0ns0le" in arg for call in kube.calls() for arg in call)
+    assert "secret/trellis-console-tls: missing" in result.stdout
+    # Without the file it is left out (a public client) and nothing fails.
+    (kube.root / "other").mkdir()
+    other = FakeKube(kube.root / "other")
+    assert other.run("prod").returncode == 0 and "trellis-console-oidc" not in other.secrets()
+
+
 def test_values_never_appear_on_a_command_line(kube: FakeKube) -> None:
     assert kube.run("prod").returncode == 0
     values = [v for name in kube.secrets() for v in kube.secret(name)["data"].values() if len(v) > 8]

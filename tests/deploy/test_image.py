@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.kit.settings import DEFAULT_PORTS
-from tests.deploy.manifests import OVERLAYS, REPO, WORKLOAD_KINDS, containers, of_kind, pod_spec, render
+from tests.deploy.manifests import OVERLAYS, REPO, SERVICE_PORTS, WORKLOAD_KINDS, containers, of_kind, pod_spec, render
 
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "deploy" / "docker" / "entrypoint.sh"
@@ -159,7 +158,7 @@ def run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProce
     return subprocess.run(["sh", str(ENTRYPOINT), *args], capture_output=True, text=True, env=env, timeout=10)
 
 
-@pytest.mark.parametrize("service", sorted(DEFAULT_PORTS))
+@pytest.mark.parametrize("service", sorted(SERVICE_PORTS))
 def test_the_entrypoint_runs_each_service_by_name(stand_ins: dict[str, str], service: str) -> None:
     result = run_entrypoint(stand_ins, service)
     assert result.returncode == 0, result.stderr
@@ -188,8 +187,9 @@ def test_every_manifest_command_is_one_the_entrypoint_knows(stand_ins: dict[str,
                 assert run_entrypoint(stand_ins, *container["args"]).returncode == 0, container["args"]
 
 
-def test_the_installed_package_carries_every_services_migrations(tmp_path: Path) -> None:
-    """The image installs the project non-editable: migrations must be package data."""
+def test_the_installed_package_carries_every_services_migrations_and_the_consoles_pages(tmp_path: Path) -> None:
+    """The image installs the project non-editable: migrations, and the console's templates and
+    static files (htmx, its style sheet and script), must be package data."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -206,3 +206,7 @@ def test_the_installed_package_carries_every_services_migrations(tmp_path: Path)
                 if p.is_file() and "__pycache__" not in p.parts}
     assert expected, "no migrations found"
     assert expected <= names, sorted(expected - names)
+    pages = {str(p.relative_to(REPO)) for folder in ("templates", "static")
+             for p in (REPO / "services" / "console" / folder).rglob("*") if p.is_file()}
+    assert any(p.endswith(".html") for p in pages) and any("htmx" in p for p in pages), sorted(pages)
+    assert pages <= names, sorted(pages - names)

@@ -1,4 +1,5 @@
-"""The Ingress, the NATS JetStream cluster and the PostgreSQL of each overlay."""
+"""The Ingresses (the edge's and the console's), the NATS JetStream cluster and the PostgreSQL
+of each overlay."""
 
 from __future__ import annotations
 
@@ -6,30 +7,50 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from services.kit.natsproc import nats_server_path
 from tests.deploy.manifests import (
-    GRPC_SERVICES, OVERLAYS, config_map_data, named, of_kind, pod_labels, pod_spec, render, selects,
+    GRPC_SERVICES, HTTP_SERVICES, OVERLAYS, SERVICE_PORTS, config_map_data, named, of_kind, pod_labels, pod_spec, render,
+    selects,
 )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_ingress_routes_only_to_the_edge_over_tls(overlay: str) -> None:
+def test_the_ingresses_route_each_host_to_the_edge_or_the_console_only_over_tls(overlay: str) -> None:
     objects = render(overlay)
-    (ingress,) = of_kind(objects, "Ingress")
-    spec = ingress["spec"]
-    backends = [spec["defaultBackend"]] if "defaultBackend" in spec else []
-    hosts = set()
-    for rule in spec["rules"]:
-        hosts.add(rule["host"])
-        backends += [path["backend"] for path in rule["http"]["paths"]]
-    assert backends and {b["service"]["name"] for b in backends} == {"edge"}
-    assert {b["service"]["port"].get("name") or b["service"]["port"].get("number") for b in backends} <= {"http", 8080}
-    assert hosts <= {h for tls in spec["tls"] for h in tls["hosts"]}, "every host is served over TLS"
-    edge_service = named(objects, "Service", "edge")
-    assert selects({"matchLabels": edge_service["spec"]["selector"]}, pod_labels(named(objects, "Deployment", "edge")))
+    ingresses = {i["metadata"]["name"]: i["spec"] for i in of_kind(objects, "Ingress")}
+    assert set(ingresses) == set(HTTP_SERVICES)
+    hosts_of = {}
+    for name, spec in ingresses.items():
+        assert "defaultBackend" not in spec, name
+        backends, hosts = [], set()
+        for rule in spec["rules"]:
+            hosts.add(rule["host"])
+            backends += [path["backend"] for path in rule["http"]["paths"]]
+        # Each Ingress sends its host to its own Service, on its HTTP port, and nothing else.
+        assert backends and {b["service"]["name"] for b in backends} == {name}
+        assert {b["service"]["port"].get("name") or b["service"]["port"].get("number") for b in backends} <= {
+            "http", SERVICE_PORTS[name]}
+        assert hosts <= {h for tls in spec["tls"] for h in tls["hosts"]}, f"{name}: every host is served over TLS"
+        service = named(objects, "Service", name)
+        assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(named(objects, "Deployment", name)))
+        hosts_of[name] = hosts
+    assert not hosts_of["edge"] & hosts_of["console"], "the console has a host (an origin) of its own"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_consoles_public_url_is_its_ingress_host_at_the_root(overlay: str) -> None:
+    """The OIDC redirect URI is TRELLIS_CONSOLE_PUBLIC_URL + /signin/callback, and the session
+    cookie is __Host- prefixed (Path=/): the console must own its host's root path, over https."""
+    objects = render(overlay)
+    url = urlsplit(config_map_data(objects, "trellis-settings")["TRELLIS_CONSOLE_PUBLIC_URL"])
+    assert url.scheme == "https" and url.path in ("", "/")
+    (rule,) = named(objects, "Ingress", "console")["spec"]["rules"]
+    assert rule["host"] == url.hostname
+    assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/", "Prefix")]
 
 
 def nats_conf(overlay: str) -> str:

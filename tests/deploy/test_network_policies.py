@@ -1,6 +1,7 @@
 """The NetworkPolicies, evaluated the way Kubernetes does, against who must and must not reach
-whom: only the edge from outside, each service only from its callers, everything to NATS,
-PostgreSQL and DNS, webhooks to HTTPS on the public internet only."""
+whom: only the edge and the console from outside, each service only from its callers, everything
+to NATS, PostgreSQL and DNS, webhooks to HTTPS on the public internet only, the console to the
+four gRPC services, NATS and the identity provider only."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.kit.settings import DEFAULT_PORTS
-from tests.deploy.manifests import OVERLAYS, Obj, named, of_kind, pod_labels, render, selects
+from tests.deploy.manifests import OVERLAYS, SERVICE_PORTS, Obj, named, of_kind, pod_labels, render, selects
 
 NAMESPACE = "trellis"
 
@@ -36,6 +36,7 @@ INGRESS_CONTROLLER = namespace_pod("ingress-nginx", **{"app.kubernetes.io/name":
 ADMIN = namespace_pod("platform-admin", {"trellis.io/admin": "true"}, app="admin-ui")
 STRANGER = namespace_pod("someone-else", app="curious")
 KUBE_DNS = namespace_pod("kube-system", **{"k8s-app": "kube-dns"})
+IDENTITY_PROVIDER = namespace_pod("keycloak", {"trellis.io/identity-provider": "true"}, app="keycloak")
 
 
 class Cluster:
@@ -112,14 +113,16 @@ def cluster(request: pytest.FixtureRequest) -> Cluster:
     return Cluster(render(request.param))
 
 
-SERVICES = ("identity", "registry", "webhooks", "logs", "edge")
+SERVICES = ("identity", "registry", "webhooks", "logs", "edge", "console")
 # Who calls whom over gRPC, and nobody else.
 CALLERS = {
-    "identity": {"registry", "edge"},
-    "registry": {"edge", "webhooks"},
-    "webhooks": {"edge"},
-    "logs": set(),
+    "identity": {"registry", "edge", "console"},
+    "registry": {"edge", "webhooks", "console"},
+    "webhooks": {"edge", "console"},
+    "logs": {"console"},
 }
+# What is reached from outside, through the ingress controller.
+PUBLIC = ("edge", "console")
 
 
 def test_everything_is_denied_by_default(cluster: Cluster) -> None:
@@ -128,11 +131,16 @@ def test_everything_is_denied_by_default(cluster: Cluster) -> None:
     assert deny, "a default-deny policy for every pod"
 
 
-def test_only_the_edge_is_reachable_from_the_ingress_controller(cluster: Cluster) -> None:
-    assert cluster.allowed(INGRESS_CONTROLLER, "edge", DEFAULT_PORTS["edge"])
-    assert not cluster.allowed(STRANGER, "edge", DEFAULT_PORTS["edge"])
+def test_only_the_edge_and_the_console_are_reachable_from_the_ingress_controller(cluster: Cluster) -> None:
+    for name in PUBLIC:
+        assert cluster.allowed(INGRESS_CONTROLLER, name, SERVICE_PORTS[name]), name
+        assert not cluster.allowed(STRANGER, name, SERVICE_PORTS[name]), name
+        assert not cluster.allowed(ADMIN, name, SERVICE_PORTS[name]), name
+    # Each on its own port only.
+    assert not cluster.allowed(INGRESS_CONTROLLER, "edge", SERVICE_PORTS["console"])
+    assert not cluster.allowed(INGRESS_CONTROLLER, "console", SERVICE_PORTS["edge"])
     for name in CALLERS:
-        assert not cluster.allowed(INGRESS_CONTROLLER, name, DEFAULT_PORTS[name]), name
+        assert not cluster.allowed(INGRESS_CONTROLLER, name, SERVICE_PORTS[name]), name
     assert not cluster.allowed(INGRESS_CONTROLLER, "nats", 4222)
 
 
@@ -142,16 +150,16 @@ def test_each_grpc_service_is_reachable_only_from_its_callers(cluster: Cluster) 
             if caller == name:
                 continue
             expected = caller in callers
-            assert cluster.allowed(caller, name, DEFAULT_PORTS[name]) is expected, f"{caller} -> {name}"
-            assert cluster.ingress_allowed(caller, name, DEFAULT_PORTS[name]) is expected, f"{name} admits {caller}"
-        assert not cluster.allowed(STRANGER, name, DEFAULT_PORTS[name]), name
-        assert not cluster.allowed("nats", name, DEFAULT_PORTS[name]), name
-        assert not cluster.allowed("trellis-migrate", name, DEFAULT_PORTS[name]), name
+            assert cluster.allowed(caller, name, SERVICE_PORTS[name]) is expected, f"{caller} -> {name}"
+            assert cluster.ingress_allowed(caller, name, SERVICE_PORTS[name]) is expected, f"{name} admits {caller}"
+        assert not cluster.allowed(STRANGER, name, SERVICE_PORTS[name]), name
+        assert not cluster.allowed("nats", name, SERVICE_PORTS[name]), name
+        assert not cluster.allowed("trellis-migrate", name, SERVICE_PORTS[name]), name
 
 
 def test_the_admin_namespace_reaches_every_grpc_service_but_not_the_data(cluster: Cluster) -> None:
     for name in CALLERS:
-        assert cluster.allowed(ADMIN, name, DEFAULT_PORTS[name]), name
+        assert cluster.allowed(ADMIN, name, SERVICE_PORTS[name]), name
     assert not cluster.allowed(ADMIN, "nats", 4222)
     assert not cluster.allowed(ADMIN, "postgres", 5432)
 
@@ -172,8 +180,25 @@ def test_services_with_a_database_and_the_migrations_reach_postgresql(cluster: C
     for name in ("identity", "registry", "webhooks", "logs", "trellis-migrate"):
         assert cluster.allowed(name, "postgres", 5432), name
     assert not cluster.allowed("edge", "postgres", 5432)
+    assert not cluster.allowed("console", "postgres", 5432)
     assert not cluster.allowed("nats", "postgres", 5432)
     assert not cluster.allowed(STRANGER, "postgres", 5432)
+
+
+def test_the_console_reaches_the_four_grpc_services_nats_and_the_identity_provider_only(cluster: Cluster) -> None:
+    for name in CALLERS:
+        assert cluster.allowed("console", name, SERVICE_PORTS[name]), name
+    assert cluster.allowed("console", "nats", 4222)  # its session bucket
+    assert cluster.allowed("console", IDENTITY_PROVIDER, 443)  # discovery, JWKS, token endpoint
+    assert not cluster.allowed("console", "edge", SERVICE_PORTS["edge"])
+    assert not cluster.allowed("console", "postgres", 5432)
+    assert not cluster.allowed("console", "nats", 6222)
+    assert not cluster.allowed("console", STRANGER, 443)
+    assert not cluster.allowed("console", External("93.184.216.34"), 443)
+    assert not cluster.allowed("console", External("10.1.2.3"), 443)
+    # Nothing inside calls the console: it is for browsers, through the ingress controller.
+    for name in ("identity", "registry", "webhooks", "logs", "edge", "nats", "trellis-migrate"):
+        assert not cluster.allowed(name, "console", SERVICE_PORTS["console"]), name
 
 
 def test_every_pod_resolves_names(cluster: Cluster) -> None:
@@ -186,7 +211,7 @@ def test_every_pod_resolves_names(cluster: Cluster) -> None:
 def test_webhooks_post_to_public_https_receivers(cluster: Cluster, address: str) -> None:
     assert cluster.allowed("webhooks", External(address), 443)
     assert not cluster.allowed("webhooks", External(address), 80)
-    for name in ("identity", "registry", "logs", "edge", "nats"):
+    for name in ("identity", "registry", "logs", "edge", "console", "nats"):
         assert not cluster.allowed(name, External(address), 443), name
 
 

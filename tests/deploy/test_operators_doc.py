@@ -29,7 +29,8 @@ def test_the_generated_table_is_the_documented_one() -> None:
 
 
 def test_every_secret_the_manifests_read_is_documented() -> None:
-    names = {"trellis-edge-tls"}
+    names = {i["spec"]["tls"][0]["secretName"] for i in of_kind(render("prod"), "Ingress")}
+    assert names == {"trellis-edge-tls", "trellis-console-tls"}
     for overlay in OVERLAYS:
         objects = render(overlay)
         for workload in of_kind(objects, *WORKLOAD_KINDS):
@@ -45,8 +46,9 @@ def test_every_secret_the_manifests_read_is_documented() -> None:
 
 def test_the_doc_covers_what_operators_do() -> None:
     for heading in ("## Deploying", "### Secrets", "## Settings reference", "## Scaling", "## Backups",
-                    "## Key rotation", "## Upgrading", "## Running locally"):
+                    "## Key rotation", "## Upgrading", "## Running locally", "## The console"):
         assert f"\n{heading}\n" in TEXT, heading
     for phrase in ("SKIP LOCKED", "durable", "TRELLIS_KEK_PREVIOUS", "trellis keys rotate", "trellis migrate",
-                   "make run", "no container engine"):
+                   "make run", "no container engine", "docker run IMAGE console", "TRELLIS_CONSOLE_OIDC_CLIENT_ID",
+                   "/signin/callback"):
         assert phrase in TEXT, phrase

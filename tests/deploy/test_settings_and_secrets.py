@@ -11,10 +11,12 @@ import yaml
 from services.cli.client import CliSettings
 from pydantic import SecretStr
 
+from services.console.main import check_settings as check_console_settings
 from services.kit.settings import DEFAULT_PORTS, Mode
 from tests.support.settings import Settings
 from tests.deploy.manifests import (
-    GRPC_SERVICES, K8S, OVERLAYS, Obj, config_map_data, container_env, containers, of_kind, pod_spec, render,
+    GRPC_SERVICES, K8S, OVERLAYS, SERVICE_PORTS, Obj, config_map_data, container_env, containers, of_kind, pod_spec,
+    render,
 )
 
 # Read outside Settings (services.kit.service.configure_logging).
@@ -76,7 +78,7 @@ def test_every_service_container_gets_settings_production_accepts(overlay: str, 
         settings = Settings()
         assert settings.mode is Mode.PRODUCTION, name
         assert settings.bind_host == "0.0.0.0", name
-        assert settings.listen_port(name) == DEFAULT_PORTS[name] == container["ports"][0]["containerPort"], name
+        assert settings.listen_port(name) == SERVICE_PORTS[name] == container["ports"][0]["containerPort"], name
         if name in SEALING_SERVICES:
             settings.kek_keys()
         else:  # least privilege: a service that seals nothing never holds the key-encryption key
@@ -97,6 +99,14 @@ def test_every_service_container_gets_settings_production_accepts(overlay: str, 
             mounts = [m["mountPath"] for m in container["volumeMounts"]]
             assert any(settings.service_token_file.startswith(m + "/") for m in mounts)
             assert any(settings.edge_routes_file.startswith(m + "/") for m in mounts)
+        if name == "console":
+            check_console_settings(settings)  # an OIDC client and an https:// public URL
+            assert settings.console_addr.rpartition(":")[0] in ("0.0.0.0", "")
+            assert settings.console_metrics_addr, "metrics off the port the Ingress exposes"
+            assert settings.console_oidc_client_secret.get_secret_value() == SECRET_VALUES[("trellis-console-oidc", "client-secret")]
+            # It calls as the signed-in user: no identity of its own, no key that signs, no data.
+            assert not settings.service_token_file and not settings.actor_private_key_file
+            assert not any(k.endswith("_DATABASE_URL") for k in env), name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -110,6 +120,17 @@ def test_migrations_job_gets_settings_the_cli_accepts(overlay: str, monkeypatch:
             monkeypatch.setenv(key, value)
         service = container["args"][1]
         assert CliSettings().database_url(service).startswith("postgresql+asyncpg://")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_consoles_client_secret_comes_from_a_secret_it_may_do_without(overlay: str) -> None:
+    """Optional: without trellis-console-oidc the console is a public client (PKCE only)."""
+    objects = render(overlay)
+    deployment = next(d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == "console")
+    (container,) = pod_spec(deployment)["containers"]
+    (var,) = [v for v in container["env"] if v["name"] == "TRELLIS_CONSOLE_OIDC_CLIENT_SECRET"]
+    assert var["valueFrom"]["secretKeyRef"] == {"name": "trellis-console-oidc", "key": "client-secret", "optional": True}
+    assert "TRELLIS_CONSOLE_OIDC_CLIENT_SECRET" not in config_map_data(objects, "trellis-settings")
 
 
 def test_the_edge_route_table_loads() -> None:

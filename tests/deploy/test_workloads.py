@@ -7,7 +7,8 @@ import pytest
 
 from services.kit.settings import DEFAULT_PORTS
 from tests.deploy.manifests import (
-    GRPC_SERVICES, OVERLAYS, WORKLOAD_KINDS, Obj, containers, named, of_kind, pod_labels, pod_spec, render, selects,
+    GRPC_SERVICES, HTTP_SERVICES, OVERLAYS, SERVICE_PORTS, WORKLOAD_KINDS, Obj, containers, named, of_kind, pod_labels,
+    pod_spec, render, selects,
 )
 
 
@@ -98,14 +99,14 @@ def test_grpc_services_have_native_grpc_probes_on_their_port(overlay: str) -> No
             assert container[probe]["grpc"]["port"] == DEFAULT_PORTS[name], f"{name}: {probe}"
 
 
+@pytest.mark.parametrize("service", HTTP_SERVICES)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_edge_has_http_readiness_and_liveness_probes(overlay: str) -> None:
-    (container,) = pod_spec(named(render(overlay), "Deployment", "edge"))["containers"]
-    assert container["args"] == ["edge"]
-    assert [p["containerPort"] for p in container["ports"] if p["name"] == "http"] == [DEFAULT_PORTS["edge"]]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+def test_http_services_have_readiness_and_liveness_probes_on_their_port(overlay: str, service: str) -> None:
+    (container,) = pod_spec(named(render(overlay), "Deployment", service))["containers"]
+    assert container["args"] == [service]
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "http"] == [SERVICE_PORTS[service]]
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, f"{service}: {probe}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -134,10 +135,10 @@ def test_every_service_has_a_service_and_a_disruption_budget(overlay: str) -> No
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_edge_and_webhooks_scale_with_an_autoscaler_that_owns_the_replica_count(overlay: str) -> None:
+def test_edge_webhooks_and_console_scale_with_an_autoscaler_that_owns_the_replica_count(overlay: str) -> None:
     objects = render(overlay)
     autoscalers = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler")}
-    assert set(autoscalers) == {"edge", "webhooks"}
+    assert set(autoscalers) == {"edge", "webhooks", "console"}
     for name, hpa in autoscalers.items():
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"

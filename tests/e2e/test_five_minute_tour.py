@@ -1,11 +1,14 @@
 """The README's five-minute tour, run for real through the installed `trellis` command:
 `trellis up`, request as one admin, approve as another, activate with a hand-off file, then the
 partner's part through the real edge (a token from /oauth/token, a call proxied to the example
-upstream, a call refused for a missing scope), Ctrl-C; then a restart on the same data
-directory still has the integration."""
+upstream, a call refused for a missing scope); "the same in the console": the console at the
+URL `trellis up` prints and the README names, signed in locally as alice and bob, the steps of
+the tour in its pages; Ctrl-C; then a restart on the same data directory still has the
+integration."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import stat
@@ -16,11 +19,14 @@ from pathlib import Path
 
 import urllib.request
 
+import httpx2
 import jwt
 import pytest
 
 from services.cli.launcher import EXAMPLE_UPSTREAM_LABEL
+from tests.e2e.console_visit import SIGN_IN_LINE, Visitor, console_url
 from tests.e2e.terminal import RunningTrellis, Terminal, succeeded, suite_environment
+from tests.support.console import hidden_fields, integration_form
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -41,6 +47,8 @@ TOKEN_REQUEST = f'curl -s -u "$CLIENT_ID:$CLIENT_SECRET" -d grant_type=client_cr
 BOTH_HEADERS = 'curl -s -i -H "Authorization: Bearer $ACCESS_TOKEN" -H "X-API-Key: $API_KEY"'
 ALLOWED_CALL = f"{BOTH_HEADERS} {EDGE}/v1/inventory/lots"
 REFUSED_CALL = f"{BOTH_HEADERS} {EDGE}/v1/orders"
+CONSOLE = "http://127.0.0.1:8081"
+CONSOLE_NAME = "SAP in the console"
 
 
 def readme_text() -> str:
@@ -77,6 +85,40 @@ def parse_curl_i(text: str) -> HttpAnswer:
 
 
 @dataclass
+class ConsoleTour:
+    """What the README's "the same in the console" steps showed, page by page."""
+
+    url: str                 # as `trellis up` printed it
+    sign_in_line: str
+    sign_in_page: str        # before signing in
+    alices_list: str         # what the CLI made
+    self_approval: httpx2.Response
+    activation: httpx2.Response
+    detail_after: str        # the same integration's page after the credentials were shown
+    integration_id: str
+
+
+def walk_the_console(url: str) -> tuple[str, str, httpx2.Response, httpx2.Response, str, str]:
+    """The README's console steps over HTTP, as a browser without JavaScript: alice requests and
+    may not approve; bob approves and activates (credentials shown once)."""
+    with Visitor(url) as browser:
+        sign_in_page = browser.page("/signin")
+        alices_list = browser.sign_in("alice")
+        created = browser.submit("/integrations/new", "/integrations",
+                                 integration_form(name=CONSOLE_NAME, scopes=["inventory:read", "orders:write"]))
+        assert created.status_code == 303, (created.status_code, created.text[:3000])
+        detail = created.headers["location"].split("?")[0]
+        self_approval = browser.submit(detail, f"{detail}/approve")
+        browser.sign_out()
+        browser.sign_in("bob")
+        approved = browser.submit(detail, f"{detail}/approve")
+        assert approved.status_code == 303, (approved.status_code, approved.text[:3000])
+        activation = browser.submit(detail, f"{detail}/activate")
+        detail_after = browser.page(detail)
+    return sign_in_page, alices_list, self_approval, activation, detail_after, detail.rsplit("/", 1)[1]
+
+
+@dataclass
 class Tour:
     terminal: Terminal
     first_run: RunningTrellis
@@ -87,11 +129,19 @@ class Tour:
     show: subprocess.CompletedProcess[str]
     partner: subprocess.CompletedProcess[str]
     jwks_json: str
+    console_part: ConsoleTour | AssertionError
+    console_cli_list: subprocess.CompletedProcess[str]
     exit_code: int
 
     @property
     def handoff_file(self) -> Path:
         return self.terminal.workdir / HANDOFF.format(id=self.integration_id)
+
+    @property
+    def console(self) -> ConsoleTour:
+        if isinstance(self.console_part, AssertionError):
+            raise self.console_part
+        return self.console_part
 
     def partner_answers(self) -> tuple[dict[str, object], HttpAnswer, HttpAnswer]:
         """What the partner's commands printed: the token response, then the two calls."""
@@ -119,8 +169,17 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
         no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with no_proxy.open(f"{EDGE}/.well-known/jwks.json", timeout=10) as answer:
             jwks = answer.read().decode()
+        try:  # the console's part fails its own tests only
+            url = console_url(trellis.output())
+            sign_in_line = SIGN_IN_LINE.search(trellis.output())
+            console: ConsoleTour | AssertionError = ConsoleTour(url, sign_in_line.group(1) if sign_in_line else "",
+                                                                *walk_the_console(url))
+        except AssertionError as exc:
+            console = exc
+        console_cli_list = succeeded(terminal.sh(LIST))
         exit_code = trellis.interrupt()
-        yield Tour(terminal, trellis, integration_id, catalogues, self_approval, activation, show, partner, jwks, exit_code)
+        yield Tour(terminal, trellis, integration_id, catalogues, self_approval, activation, show, partner, jwks,
+                   console, console_cli_list, exit_code)
     finally:
         trellis.kill_everything()
 
@@ -133,8 +192,54 @@ def test_readme_tour_commands_are_the_ones_this_test_runs() -> None:
     script = readme_partner_script()
     for command in (TOKEN_REQUEST, ALLOWED_CALL, REFUSED_CALL):
         assert command in script, f"README.md no longer shows: {command}"
-    for doc in ("docs/architecture.md", "docs/partners.md", "docs/operators.md", "docs/benchmarks.md"):
+    for doc in ("docs/architecture.md", "docs/partners.md", "docs/operators.md", "docs/benchmarks.md", "docs/console.md"):
         assert doc in text
+
+
+def test_readme_tour_goes_through_the_console_at_the_url_trellis_up_prints() -> None:
+    text = readme_text()
+    console_part = re.sub(r"\s+", " ", text[text.index("### The same in the console"):text.index("Stop Trellis with Ctrl-C")])
+    assert CONSOLE in console_part and "**alice**" in console_part and "**bob**" in console_part
+    assert "local development sign-in" in console_part and "`org_default`" in console_part
+    # The buttons the steps name are the console's (walk_the_console presses the first ones).
+    for step in ("**Create Integration**", "**Submit**", "**Approve**", "**Sign out**", "**Activate**",
+                 "**Download hand-off file**", "**Suspend**", "**Reactivate**", "**Regenerate API Key**", "**Revoke**"):
+        assert step in console_part, step
+    assert "You requested this integration, so you cannot approve it" in console_part
+
+
+def test_the_console_answers_at_the_readmes_url_with_its_local_sign_in(tour: Tour) -> None:
+    assert tour.console.url == CONSOLE, tour.first_run.output()
+    assert tour.console.sign_in_line == f"{CONSOLE}/signin"
+    assert "console" in tour.first_run.processes
+    page = tour.console.sign_in_page
+    assert "Local development sign-in" in page and "For local development only." in page
+    assert 'action="/signin/local"' in page and "org_default" in page
+
+
+def test_alice_in_the_console_sees_what_she_requested_in_the_cli(tour: Tour) -> None:
+    listed = tour.console.alices_list
+    assert f'href="/integrations/{tour.integration_id}"' in listed
+    assert "SAP Procurement Sync" in listed and "Active" in listed and "1 of 20 live integrations" in listed
+
+
+def test_the_tour_in_the_console_refuses_alices_approval_and_shows_bobs_credentials_once(tour: Tour) -> None:
+    refused = tour.console.self_approval
+    assert refused.status_code == 403, refused.text[:2000]
+    assert "You requested this integration, so you cannot approve it" in html.unescape(refused.text)
+    shown = tour.console.activation
+    assert shown.status_code == 200 and shown.headers["cache-control"] == "no-store", shown.text[:2000]
+    assert "Save Your Credentials Immediately" in shown.text
+    document = json.loads(hidden_fields(shown.text, f"/integrations/{tour.console.integration_id}/handoff")["document"])
+    api_key = document["api_key"]
+    assert api_key.startswith("grq_live_") and api_key in shown.text and document["client_secret"] in shown.text
+    assert document["scopes"] == ["inventory:read", "orders:write"]
+    after = tour.console.detail_after
+    assert "Active" in after and api_key[:16] in after
+    assert api_key not in after and document["client_secret"] not in after
+    # One suite: the CLI lists what the console made.
+    row = next(line for line in tour.console_cli_list.stdout.splitlines() if line.startswith(tour.console.integration_id))
+    assert CONSOLE_NAME in row and " Active " in f"{row} "
 
 
 def test_catalogues_name_the_vendors_and_scopes_to_choose_from(tour: Tour) -> None:
@@ -207,7 +312,7 @@ def test_a_call_needing_a_scope_not_granted_is_refused_naming_it(tour: Tour) -> 
 
 def test_ctrl_c_stops_every_process_and_exits_zero(tour: Tour) -> None:
     assert tour.exit_code == 0, tour.first_run.output()
-    assert {"nats", "identity", "registry", "edge", EXAMPLE_UPSTREAM_LABEL} <= tour.first_run.processes.keys()
+    assert {"nats", "identity", "registry", "edge", "console", EXAMPLE_UPSTREAM_LABEL} <= tour.first_run.processes.keys()
     assert tour.first_run.children_alive() == []
     assert "Trellis stopped." in tour.first_run.output()
 

@@ -1,6 +1,8 @@
-"""`trellis up` with the edge on a port of its own (TRELLIS_EDGE_ADDR, not 8080), run for real
-through the installed command: what partners are told follows that address in every process
-(identity's tokens, the edge's discovery document, the CLI's hand-off file); a service killed
+"""`trellis up` with the edge and the console on ports of their own (TRELLIS_EDGE_ADDR and
+TRELLIS_CONSOLE_ADDR, not 8080 and 8081), run for real through the installed command: what
+partners are told follows that address in every process (identity's tokens, the edge's
+discovery document, the CLI's hand-off file); the console answers at the URL it prints and a
+local sign-in there sees what the CLI created; a service killed
 with SIGKILL is started again and serves; one that keeps dying makes `trellis up` give up,
 stop the rest and exit 1. nats-server killed is started again in place. The last test ends the
 run the others share."""
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from services.cli.launcher import RESTART_LIMIT, RESTART_WINDOW_SECONDS
+from tests.e2e.console_visit import SIGN_IN_LINE, Visitor, console_url
 from tests.e2e.terminal import RunningTrellis, Terminal, succeeded, suite_environment, wait_until
 from tests.support.ports import free_port
 
@@ -32,6 +35,8 @@ class Suite:
     terminal: Terminal
     trellis: RunningTrellis
     edge: str      # http://127.0.0.1:<port>
+    console: str   # http://127.0.0.1:<port>
+    integration_id: str
     handoff: dict[str, str]
 
 
@@ -55,8 +60,9 @@ def token(suite: Suite, token_url: str) -> tuple[int, dict[str, object]]:
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     workdir = tmp_path_factory.mktemp("supervised")
-    port = free_port()
-    terminal = Terminal(workdir, suite_environment() | {"TRELLIS_EDGE_ADDR": f"127.0.0.1:{port}"})
+    port, console = free_port(), free_port()
+    terminal = Terminal(workdir, suite_environment() | {"TRELLIS_EDGE_ADDR": f"127.0.0.1:{port}",
+                                                        "TRELLIS_CONSOLE_ADDR": f"127.0.0.1:{console}"})
     trellis = terminal.up("--data-dir", str(workdir / ".trellis"), "--no-example-upstream")
     try:
         trellis.wait_ready()
@@ -65,7 +71,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         succeeded(terminal.sh(f"trellis --actor bob integrations approve {integration}"))
         succeeded(terminal.sh(f"trellis --actor bob integrations activate {integration} --handoff handoff.json"))
         handoff = json.loads((workdir / "handoff.json").read_text())
-        yield Suite(terminal, trellis, f"http://127.0.0.1:{port}", handoff)
+        yield Suite(terminal, trellis, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{console}", integration, handoff)
     finally:
         trellis.kill_everything()
 
@@ -85,6 +91,22 @@ def test_what_partners_are_told_follows_the_edges_address_in_every_process(suite
                                                         "X-API-Key": suite.handoff["api_key"]})
     assert status == 200, body
     assert f"Partners call the edge at {suite.edge}" in suite.trellis.output()
+
+
+def test_the_console_answers_where_trellis_up_says_and_alice_sees_what_the_cli_created(suite: Suite) -> None:
+    output = suite.trellis.output()
+    assert console_url(output) == suite.console
+    assert suite.trellis.processes["console"] > 0, output
+    sign_in = SIGN_IN_LINE.search(output)
+    assert sign_in and sign_in.group(1) == f"{suite.console}/signin", output
+    status, ready = get_json(f"{suite.console}/readyz")
+    assert status == 200 and ready["checks"] == {"registry": True, "nats": True}, ready
+    with Visitor(suite.console) as alice:
+        listed = alice.sign_in("alice")  # signed actor tokens with the launcher's key, as the CLI does
+        assert f'href="/integrations/{suite.integration_id}"' in listed, listed[:3000]
+        assert "Supervised" in listed and "1 of 20 live integrations" in listed
+        detail = alice.page(f"/integrations/{suite.integration_id}")
+        assert suite.handoff["api_key"][:16] in detail and suite.handoff["api_key"] not in detail
 
 
 def test_a_service_killed_with_sigkill_is_restarted_and_serves_again(suite: Suite) -> None:

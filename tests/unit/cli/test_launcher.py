@@ -167,3 +167,42 @@ def test_exits_older_than_the_window_are_forgotten() -> None:
 def test_the_pause_before_a_restart_is_bounded() -> None:
     policy = RestartPolicy(limit=100, window=1000, first_delay=1, max_delay=30)
     assert [policy.record_exit(t) for t in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_the_console_starts_last_once_the_services_it_calls_serve_and_is_ready_on_readyz() -> None:
+    names = [s.name for s in SERVICES]
+    assert "console" in [s.name for s in implemented_services()]
+    assert names[-1] == "console"
+    assert {s.name: s.probe for s in SERVICES}["console"] == "http"
+
+
+def test_the_console_signs_in_locally_with_the_launchers_key_at_the_address_it_listens_on(tmp_path: Path) -> None:
+    launcher = _launcher_with_secrets(tmp_path)
+    launcher.replicas = 2
+    assert launcher.secrets is not None
+    env = launcher.child_environment("console", 0)
+    assert env["TRELLIS_ACTOR_PRIVATE_KEY_FILE"] == str(launcher.secrets.private_key_file)
+    assert env["TRELLIS_ACTOR_PUBLIC_KEY_FILE"] == str(launcher.secrets.public_key_file)
+    assert (env["TRELLIS_CONSOLE_ADDR"], env["TRELLIS_CONSOLE_PUBLIC_URL"]) == ("127.0.0.1:8081", "http://127.0.0.1:8081")
+    # A second console listens 100 ports up and is reached there; both find replica 0 of registry.
+    env = launcher.child_environment("console", 1)
+    assert (env["TRELLIS_CONSOLE_ADDR"], env["TRELLIS_CONSOLE_PUBLIC_URL"]) == ("127.0.0.1:8181", "http://127.0.0.1:8181")
+    assert env["TRELLIS_REGISTRY_ADDR"] == "127.0.0.1:50052"
+    # Only the processes that mint tokens hold the private key.
+    assert "TRELLIS_ACTOR_PRIVATE_KEY_FILE" not in launcher.child_environment("registry", 0)
+
+
+def test_the_consoles_url_follows_its_address_unless_a_public_url_is_set(tmp_path: Path) -> None:
+    launcher = _launcher_with_secrets(tmp_path, Settings(data_dir=tmp_path / "d", console_addr="127.0.0.1:9181"))
+    assert launcher.console_url() == "http://127.0.0.1:9181"
+    assert launcher.child_environment("console", 0)["TRELLIS_CONSOLE_PUBLIC_URL"] == "http://127.0.0.1:9181"
+    proxied = _launcher_with_secrets(tmp_path, Settings(data_dir=tmp_path / "d", console_public_url="https://console.test/"))
+    assert proxied.child_environment("console", 0)["TRELLIS_CONSOLE_PUBLIC_URL"] == "https://console.test"
+
+
+def test_the_summary_says_where_the_console_is_and_where_to_sign_in(tmp_path: Path) -> None:
+    (where, sign_in) = Launcher(Settings(data_dir=tmp_path, console_addr="127.0.0.1:9181")).console_summary()
+    assert where.startswith("Administrators use the console at http://127.0.0.1:9181 ")
+    assert "http://127.0.0.1:9181/signin" in sign_in and "alice" in sign_in and "bob" in sign_in
+    (where, _) = Launcher(Settings(data_dir=tmp_path), replicas=2).console_summary()
+    assert "http://127.0.0.1:8081" in where and "http://127.0.0.1:8181" in where
