@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
+from nats.js import JetStreamContext
 
 from services.console.main import RunningConsole, bootstrap
+from services.kit.bus import ensure_streams
 from services.kit.service import RunningService
 from services.kit.settings import Settings
 from tests.integration.webhooks.receiver import Receiver, Tls
@@ -45,6 +48,16 @@ async def logs_service(make_settings: Callable[..., Settings]) -> AsyncIterator[
     service = await start_logs(make_settings)
     yield service
     await service.stop(0)
+
+
+@pytest.fixture
+async def js(nats_server) -> AsyncIterator[JetStreamContext]:  # type: ignore[no-untyped-def]
+    """JetStream, to publish what the edge and the other services would (API log records)."""
+    nc = await nats.connect(nats_server.url)
+    context = nc.jetstream()
+    await ensure_streams(context)
+    yield context
+    await nc.close()
 
 
 @pytest.fixture
