@@ -46,6 +46,15 @@ class Area:
         return self.render.page(request, name, {"area": self.name, **context}, session=session, status=status,
                                 fragment=fragment, headers=headers)
 
+    def lacks(self, request: Request, session: Session, permission: str) -> Response | None:
+        """The page a user without `permission` gets in place of a form they could not send (the
+        service would refuse it: the same words as its refusal)."""
+        if session.can(permission):
+            return None
+        return self.refused(request, session, Refusal(
+            "permission", "You do not have access", f"Your account does not have the {permission} permission this "
+            "needs. Ask an administrator of your organisation to grant it.", 403))
+
     def refused(self, request: Request, session: Session, refusal: Refusal, *, back: str = "",
                 back_label: str = "") -> Response:
         return self.render.error(request, refusal.title, refusal.message, status=refusal.status, session=session,

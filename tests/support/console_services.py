@@ -6,8 +6,12 @@ Failing while a test waits."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import secrets
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -57,3 +61,22 @@ def tamper_audit_entry(database: Path, org: str, seq: int, *, reason: str) -> No
     with sqlite3.connect(database) as db:
         changed = db.execute("UPDATE audit_entries SET reason = ? WHERE org_id = ? AND seq = ?", (reason, org, seq))
         assert changed.rowcount == 1, (org, seq)
+
+
+async def trellis_cli(*argv: str, data_dir: Path, private_pem: bytes, settings: Settings) -> tuple[int, str, str]:
+    """`python -m services.cli *argv` as the test's actors: its data directory holds the key the
+    services under test verify actor tokens with, and it names their issuer and audience."""
+    secrets_dir = data_dir / "secrets"
+    if not secrets_dir.exists():
+        secrets_dir.mkdir(parents=True)
+        (secrets_dir / "actor_private.pem").write_bytes(private_pem)
+        (secrets_dir / "actor_public.pem").write_bytes(Path(settings.actor_public_key_file).read_bytes())
+        (secrets_dir / "kek").write_text(base64.b64encode(os.urandom(32)).decode())
+    env = {**os.environ, "TRELLIS_MODE": "embedded", "TRELLIS_ACTOR_ISSUER": settings.actor_issuer,
+           "TRELLIS_ACTOR_AUDIENCE": settings.actor_audience, "TRELLIS_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", *argv, "--data-dir", str(data_dir), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -161,7 +161,9 @@ def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None 
     end = until if until is not None and until >= last and (until - start) <= dt.timedelta(days=366) else last
     step = _step(max((end - start).total_seconds(), 1.0))
     origin = _floor(start, step)
-    count = int((end - origin).total_seconds() // step) + 1
+    span = (end - origin).total_seconds()
+    # `until` is exclusive (a bucket starting there is empty); the last request read is inclusive.
+    count = max(1, math.ceil(span / step)) if end is until else int(span // step) + 1
     buckets = [origin + dt.timedelta(seconds=step * i) for i in range(count)]
 
     per: dict[str, list[int]] = {}

@@ -130,7 +130,8 @@ class WebhookPages(Area):
 
     async def new(self, request: Request) -> Response:
         session = await self.auth.require(request)
-        return await self._form(request, session, SubscriptionForm(), {})
+        return self.lacks(request, session, ADMIN_PERMISSION) or await self._form(request, session,
+                                                                                   SubscriptionForm(), {})
 
     async def _form(self, request: Request, session: Session, form: SubscriptionForm, errors: dict[str, str], *,
                     subscription: pb.Subscription | None = None, refusal: Refusal | None = None,
