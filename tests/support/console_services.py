@@ -12,10 +12,15 @@ import os
 import secrets
 import sqlite3
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as wpb
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
 from services.kit.settings import Settings
@@ -80,3 +85,60 @@ async def trellis_cli(*argv: str, data_dir: Path, private_pem: bytes, settings: 
     out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def publish_activity(port: int, token: str, type_: str = "lot.created") -> None:
+    """One platform activity, as the platform publishes it (the webhooks service's gRPC API)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await webhooks_pb2_grpc.WebhooksStub(channel).PublishActivity(
+            wpb.PublishActivityRequest(type=type_, data_json='{"lot_id": "L-1"}'),
+            metadata=(("authorization", f"Bearer {token}"),))
+
+
+def generate_requests(database: Path, org: str, rows: int) -> None:
+    """`rows` API requests of `org` straight into the logs store, one millisecond apart and ending
+    now: seven integrations (`int_00`…`int_06`), every 50th a 429, every 97th a 503, a thousand
+    endpoints. One INSERT … SELECT over a recursive CTE, the secondary indexes dropped first and
+    built again after: seconds instead of minutes."""
+    end = int(time.time())
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("PRAGMA cache_size=-200000")
+        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_requests' "
+                             "AND sql IS NOT NULL").fetchall()
+        for name, _ in indexes:
+            db.execute(f'DROP INDEX "{name}"')
+        db.execute("""
+            WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :last)
+            INSERT INTO api_requests (org_id, request_id, ts, integration_id, method, endpoint, status, duration_ms,
+                                      ip, error_code, scope_category, repeats)
+            SELECT :org, printf('req-%07d', i),
+                   strftime('%Y-%m-%d %H:%M:%S', :start + i / 1000, 'unixepoch') || printf('.%06d', (i % 1000) * 1000),
+                   printf('int_%02d', i % 7), CASE WHEN i % 5 = 0 THEN 'POST' ELSE 'GET' END,
+                   printf('/v1/inventory/lots/%d', i % 1000),
+                   CASE WHEN i % 50 = 0 THEN 429 WHEN i % 97 = 0 THEN 503 ELSE 200 END, 1.5 + (i % 40),
+                   printf('203.0.113.%d', i % 200),
+                   CASE WHEN i % 50 = 0 THEN 'rate_limit_exceeded' WHEN i % 97 = 0 THEN 'upstream_unavailable'
+                        ELSE '' END, 'inventory', 1
+            FROM n""", {"last": rows - 1, "org": org, "start": end - rows // 1000})
+        for _, sql in indexes:
+            db.execute(sql)
+
+
+def generate_attempts(database: Path, org: str, subscription_id: str, rows: int) -> None:
+    """`rows` delivery attempts of one subscription straight into the webhooks store, one a second
+    ending now: every tenth failed with a 503, attempts 1 to 5 in turn."""
+    end = int(time.time())
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("""
+            WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :last)
+            INSERT INTO attempts (id, org_id, delivery_id, subscription_id, event_id, event_type, round, attempt,
+                                  attempted_at, duration_ms, status_code, succeeded, error, error_detail, response_body,
+                                  url, test, sent_by)
+            SELECT printf('att_bench%08d', i), :org, printf('dlv_bench%08d', i / 5), :sub, printf('evt_bench%08d', i / 5),
+                   'lot.created', 1, 1 + i % 5, strftime('%Y-%m-%d %H:%M:%S', :start + i, 'unixepoch') || '.000000',
+                   12.5, CASE WHEN i % 10 = 0 THEN 503 ELSE 200 END, CASE WHEN i % 10 = 0 THEN 0 ELSE 1 END,
+                   CASE WHEN i % 10 = 0 THEN 'http_status' ELSE 'none' END,
+                   CASE WHEN i % 10 = 0 THEN 'HTTP 503' ELSE '' END, 'ok', 'https://127.0.0.1:9/hook', 0, 'bench'
+            FROM n""", {"last": rows - 1, "org": org, "sub": subscription_id, "start": end - rows})

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 # Bucket widths to choose from (seconds), and how many buckets a chart may have at most.
 STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 MAX_BUCKETS = 48
+MIN_SPAN = dt.timedelta(minutes=15)
 TOP_SERIES = 5
 OTHERS = "Other integrations"
 # Dash patterns and marker shapes, one per series, so no two series differ by colour alone.
@@ -111,7 +112,7 @@ def _step(span: float) -> int:
 
 def _step_label(step: int) -> str:
     if step < 3600:
-        return f"{step // 60} minutes"
+        return f"{step // 60} minute{'s' if step >= 120 else ''}"
     if step < 86400:
         return f"{step // 3600} hour{'s' if step >= 7200 else ''}"
     return f"{step // 86400} day{'s' if step >= 2 * 86400 else ''}"
@@ -159,6 +160,9 @@ def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None 
     last = max(p.at for p in data)
     start = since if since is not None and not truncated and since <= first else first
     end = until if until is not None and until >= last and (until - start) <= dt.timedelta(days=366) else last
+    if since is None or start is not since:
+        # A burst within a few minutes still gets a time axis: at least MIN_SPAN before its end.
+        start = min(start, end - MIN_SPAN)
     step = _step(max((end - start).total_seconds(), 1.0))
     origin = _floor(start, step)
     span = (end - origin).total_seconds()

@@ -26,7 +26,7 @@ from services.console.area import NO_STORE, Area
 from services.console.errors import Refusal, Refused
 from services.console.formats import moment, parse_time
 from services.console.logs import chart
-from services.console.logs.filters import FIELD_OF, FORMATS, LogFilter
+from services.console.logs.filters import FIELD_OF, FORMATS, LogFilter, rows_of
 from services.console.sessions import Session
 from services.console.web import is_htmx
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
@@ -99,7 +99,7 @@ class LogPages(Area):
             known.setdefault(r.integration_id, r.integration_name or r.integration_id)
         if filters.integration and filters.integration not in known:
             known[filters.integration] = filters.integration
-        context = {"filters": filters, "records": records, "next_page": next_page, "page": token, "errors": errors,
+        context = {"filters": filters, "rows": rows_of(records, filters), "next_page": next_page, "page": token, "errors": errors,
                    "refusal": refusal if refusal and not errors else None, "integrations": known,
                    "formats": FORMATS}
         fragment = "logs/_grid.html" if is_htmx(request) else None

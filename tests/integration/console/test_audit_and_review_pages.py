@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from services.cli.commands.audit import read_checkpoint
 from tests.integration.logs.conftest import publish_batch, publish_integration, request_record
-from tests.support.console import ConsoleUser, create_integration, hidden_fields, new_org
+from tests.support.console import ConsoleUser, assert_review_matches, create_integration, hidden_fields, new_org
 from tests.support.console_services import database_file, tamper_audit_entry, trellis_cli
 from tests.support.waiting import eventually
 
@@ -126,28 +126,7 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
     assert code == 0, err
     report = json.loads(out)["review"]
     assert report["org_id"] == org and len(report["integrations"]) == 2
-    for line in report["integrations"]:
-        card = re.search(rf'data-integration="{line["integration_id"]}">(.*?)</section>', page, re.S)
-        assert card, line["integration_id"]
-        shown = {k: re.sub(r"\s+", " ", v).strip() for k, v in
-                 re.findall(r'data-field="([a-z_]+)"[^>]*>(.*?)</(?:span|dd|time)>', card.group(1), re.S)}
-        assert "owner" in shown, (shown, card.group(1))
-        assert shown["owner"] == (line["owner"].replace("<", "&lt;") or "—")
-        assert shown["requests"] == str(line["requests"])
-        assert shown["granted_scopes"] == (", ".join(line["granted_scopes"]) or "none")
-        assert shown["exercised_scopes"] == (", ".join(line["exercised_scopes"]) or "none")
-        assert shown["unused_scopes"] == (", ".join(line["unused_scopes"]) or "none")
-        assert shown["allowlist_set"] == ("set" if line["allowlist_set"] else "not set")
-        assert shown["error_rate"] == f"{line['error_rate'] * 100:.1f}%"
-        age = line["credential_age_days"]
-        assert shown["credential_age_days"] == (f"{age:,} days" if age != 1 else "1 day")
-        assert f'busiest minute {line["peak_requests_per_minute"]} of {line["rate_limit_per_minute"]}' in shown["headroom"]
-        for flag in line["flags"]:
-            assert f"<code>{flag}</code>" in card.group(1)
-        if line.get("last_request_at"):
-            assert f'datetime="{line["last_request_at"][:19]}' in card.group(1)
-        else:
-            assert shown["last_request_at"] == "never called"
+    assert_review_matches(page, report)
 
     items = re.findall(r'data-testid="checklist-item">(.*?)</li>', page, re.S)
     assert len(items) == 7

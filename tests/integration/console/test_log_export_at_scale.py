@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,40 +25,13 @@ from services.kit.db import migrate_async
 from services.kit.service import RunningService
 from services.kit.settings import Settings
 from tests.support.console import ConsoleUser, new_org
-from tests.support.console_services import database_file, start_logs
+from tests.support.console_services import database_file, generate_requests, start_logs
 from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 ROWS = 1_000_000
 # What the console may grow by while it passes on the whole export (over 100 MB of CSV).
 MEMORY_BOUND_BYTES = 40 * 1024 * 1024
-
-
-def generate(database: Path, org: str, rows: int) -> None:
-    """`rows` requests of `org`, one millisecond apart and ending now, seven integrations."""
-    end = int(time.time())
-    with sqlite3.connect(database) as db:
-        db.execute("PRAGMA synchronous=OFF")
-        db.execute("PRAGMA cache_size=-200000")
-        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_requests' "
-                             "AND sql IS NOT NULL").fetchall()
-        for name, _ in indexes:
-            db.execute(f'DROP INDEX "{name}"')
-        db.execute("""
-            WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :last)
-            INSERT INTO api_requests (org_id, request_id, ts, integration_id, method, endpoint, status, duration_ms,
-                                      ip, error_code, scope_category, repeats)
-            SELECT :org, printf('req-%07d', i),
-                   strftime('%Y-%m-%d %H:%M:%S', :start + i / 1000, 'unixepoch') || printf('.%06d', (i % 1000) * 1000),
-                   printf('int_%02d', i % 7), CASE WHEN i % 5 = 0 THEN 'POST' ELSE 'GET' END,
-                   printf('/v1/inventory/lots/%d', i % 1000),
-                   CASE WHEN i % 50 = 0 THEN 429 WHEN i % 97 = 0 THEN 503 ELSE 200 END, 1.5 + (i % 40),
-                   printf('203.0.113.%d', i % 200),
-                   CASE WHEN i % 50 = 0 THEN 'rate_limit_exceeded' WHEN i % 97 = 0 THEN 'upstream_unavailable'
-                        ELSE '' END, 'inventory', 1
-            FROM n""", {"last": rows - 1, "org": org, "start": end - rows // 1000})
-        for _, sql in indexes:
-            db.execute(sql)
 
 
 @pytest.fixture
@@ -72,7 +44,7 @@ async def logs_service(make_settings: Callable[..., Settings], org: str) -> Asyn
     """The logs service over a store holding ROWS requests of `org`."""
     settings = make_settings()
     await migrate_async("logs", settings.database_url("logs"))
-    await asyncio.to_thread(generate, database_file(settings, "logs"), org, ROWS)
+    await asyncio.to_thread(generate_requests, database_file(settings, "logs"), org, ROWS)
     service = await start_logs(make_settings)
     yield service
     await service.stop(0)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from tests.integration.console.test_webhook_pages import create_webhook, publish_activity
+from tests.integration.console.test_webhook_pages import create_webhook
 from tests.integration.logs.conftest import publish_batch, publish_integration, request_record
 from tests.support.console import create_integration, hidden_fields, new_org
+from tests.support.console_services import publish_activity
 from tests.support.waiting import eventually
 
 EVIL = "<script>alert(1)</script><img src=x onerror=alert(2)>"

@@ -11,6 +11,7 @@ import html
 import re
 
 from tests.support.console import ConsoleUser, hidden_fields, new_org
+from tests.support.console_services import publish_activity
 from tests.support.waiting import eventually
 
 SECRET = re.compile(r'id="signing-secret"[^>]*value="(whsec_[^"]+)"')
@@ -121,18 +122,6 @@ async def test_eventually_failing_deliveries_take_it_to_failing_and_a_test_recov
 async def _page_with(user: ConsoleUser, path: str, text: str) -> str:
     page = await user.page(path)
     return page if text in page else ""
-
-
-async def publish_activity(port: int, token: str, type_: str = "lot.created") -> None:
-    import grpc
-
-    from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
-    from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await webhooks_pb2_grpc.WebhooksStub(channel).PublishActivity(
-            pb.PublishActivityRequest(type=type_, data_json='{"lot_id": "L-1"}'),
-            metadata=(("authorization", f"Bearer {token}"),))
 
 
 async def test_pause_enable_edit_regenerate_and_delete(browser, webhooks_service, start_receiver, mint) -> None:
