@@ -56,10 +56,11 @@ class LogPages(Area):
             Route("/logs/chart", self.chart, methods=["GET"]),
         ]
 
-    async def _integrations(self, session: Session) -> list[tuple[str, str]]:
+    async def _integrations(self, request: Request, session: Session) -> list[tuple[str, str]]:
         """(id, name) of the organisation's integrations for the filter, when this user may list
-        them (administrators); a QA user picks from the integrations on the page instead."""
-        if not session.can(ADMIN_PERMISSION):
+        them (administrators; a QA user picks from the integrations on the page instead) and the
+        page shows the filter (an htmx update replaces the grid only)."""
+        if not session.can(ADMIN_PERMISSION) or is_htmx(request):
             return []
         try:
             answer = await self.stub("registry", session).ListIntegrations(rpb.ListIntegrationsRequest(page_size=500))
@@ -79,12 +80,12 @@ class LogPages(Area):
         next_page = ""
         integrations: list[tuple[str, str]] = []
         if errors:
-            integrations = await self._integrations(session)
+            integrations = await self._integrations(request, session)
         else:
             try:
                 page, integrations = await asyncio.gather(
                     self.stub("logs", session).QueryRequests(filters.query(page_size=PAGE_SIZE, page_token=token)),
-                    self._integrations(session))
+                    self._integrations(request, session))
                 records, next_page = list(page.records), page.next_page_token
             except Refused as exc:
                 if exc.refusal.kind != "invalid":
@@ -93,7 +94,7 @@ class LogPages(Area):
                 field = FIELD_OF.get(exc.refusal.field, "")
                 if field:
                     errors[field] = exc.refusal.message
-                integrations = await self._integrations(session)
+                integrations = await self._integrations(request, session)
         known = dict(integrations)
         for r in records:
             known.setdefault(r.integration_id, r.integration_name or r.integration_id)
