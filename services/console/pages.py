@@ -37,7 +37,9 @@ class Renderer:
     def __init__(self, *, embedded: bool) -> None:
         environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(default=True),
-            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+            # Templates ship with the code: no stat() of every template file on every page.
+            auto_reload=False)
         versions = _static_versions()
         environment.globals.update(
             static=lambda name: f"/static/{name}?v={versions.get(name, '0')}",
