@@ -117,13 +117,13 @@ class Client:
         self._connection.close()
 
 
-def sign_in(port: int) -> str:
+def sign_in(port: int, role: str = "administrator", org: str = ORG) -> str:
     """The session cookie of alice, signed in with the local sign-in."""
     with httpx2.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as client:
         form = client.get("/signin").text
         token = html.unescape(re.search(r'name="csrf" value="([^"]+)"', form).group(1))  # type: ignore[union-attr]
-        answer = client.post("/signin/local", data={"csrf": token, "next": "/integrations", "user": "alice", "org": ORG,
-                                                     "role": "administrator"})
+        answer = client.post("/signin/local", data={"csrf": token, "next": "/", "user": "alice", "org": org,
+                                                     "role": role})
         assert answer.status_code == 303, answer.text[:500]
         return f"trellis_session={client.cookies['trellis_session']}"
 

@@ -12,5 +12,11 @@ bucket). Server-rendered HTML (Starlette + Jinja2), htmx for partial updates.
     signin/          OpenID Connect sign-in (production) and the local sign-in (embedded)
     peers.py         gRPC channels, and stubs that call as the signed-in user
     errors.py        the one place a gRPC error becomes what a page says
+    area.py          what the pages of an area share (the user's stubs, forms, refusals)
+    formats.py       times, counts and durations as pages show them; dates typed into filters
     integrations/    Administration > Integrations
+    webhooks/        Administration > Webhooks: subscriptions, delivery logs, tests, secrets
+    logs/            QA > Integration API Logs: the grid, one request, exports, the chart
+    audit/           the audit trail, its chain check and signed checkpoint
+    review/          the quarterly access review, its CSV and printable page
 """

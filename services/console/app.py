@@ -1,10 +1,11 @@
-"""The console as one Starlette application: the sign-in pages, the integration pages, health
-and metrics, the error pages, and the page shell (services.console.web.PageShell) around it."""
+"""The console as one Starlette application: the sign-in pages, the integration pages, the
+other areas (webhooks, API logs, audit, review), health and metrics, the error pages, and the
+page shell (services.console.web.PageShell) around it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,11 +25,16 @@ from services.console.web import PageShell, Scope, is_htmx
 Ready = Callable[[], Awaitable[dict[str, bool]]]
 
 
+class Pages(Protocol):
+    def routes(self) -> list[Route]: ...
+
+
 class Console:
     """Builds the ASGI application from parts bootstrap made."""
 
     def __init__(self, *, auth: Auth, renderer: Renderer, metrics: ConsoleMetrics, signin: SignInPages,
-                 integrations: IntegrationPages, ready: Ready, csp: str, serve_metrics: bool) -> None:
+                 integrations: IntegrationPages, ready: Ready, csp: str, serve_metrics: bool,
+                 areas: Sequence[Pages] = ()) -> None:
         self.auth, self.render, self.metrics = auth, renderer, metrics
         self._ready = ready
         routes: list[BaseRoute] = [
@@ -37,6 +43,7 @@ class Console:
             Route("/readyz", self.readyz, methods=["GET"]),
             *signin.routes(),
             *integrations.routes(),
+            *(route for area in areas for route in area.routes()),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
         if serve_metrics:

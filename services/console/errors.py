@@ -27,9 +27,13 @@ _FIELD_OF = {
     "entries": "ip_allowlist",
     "rate_limit_per_minute": "rate_limit_per_minute",
     "daily_quota": "daily_quota",
+    # webhooks
+    "url": "url",
+    "activity_types": "activity_types",
 }
 # The field `field` names these directly.
-_NAMED_FIELDS = frozenset({"name", "owner", "description"})
+_NAMED_FIELDS = frozenset({"name", "owner", "description", "url", "integration_id", "since", "until", "status",
+                           "endpoint", "request_id", "window_days", "checkpoint", "actor_id", "action", "object_id"})
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 422,

@@ -18,15 +18,19 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from services.console.app import Console
+from services.console.audit.routes import AuditPages
 from services.console.integrations.routes import IntegrationPages
+from services.console.logs.routes import LogPages
 from services.console.metrics import ConsoleMetrics
 from services.console.pages import Renderer
 from services.console.peers import Peers
+from services.console.review.routes import ReviewPages
 from services.console.sessions import SessionStore
 from services.console.signin.local import LocalSignIn
 from services.console.signin.oidc import OidcSignIn
 from services.console.signin.routes import Auth, SignInPages
 from services.console.web import Cookies, content_security_policy
+from services.console.webhooks.routes import WebhookPages
 from services.kit.auth import ActorVerifier
 from services.kit.bus import connect
 from services.kit.metrics import MetricsServer
@@ -144,6 +148,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
             signin=SignInPages(auth, renderer, metrics, issuer=settings.actor_issuer, public_url=settings.console_public_url),
             integrations=IntegrationPages(peers, auth, renderer, store, max_live=settings.max_live_integrations,
                                           api_docs_url=settings.api_docs_url),
+            areas=(WebhookPages(peers, auth, renderer, store, test_timeout=settings.webhooks_timeout_seconds + 5),
+                   LogPages(peers, auth, renderer), AuditPages(peers, auth, renderer), ReviewPages(peers, auth, renderer)),
             serve_metrics=not settings.console_metrics_addr)
         sock = _bind(address or settings.console_addr)
         stops.append(_closer(sock))

@@ -13,10 +13,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from services.console import formats
 from services.console.integrations import views
+from services.console.webhooks import views as hooks
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as wpb
 from services.console.sessions import Session
 from services.console.web import is_htmx
-from services.kit.auth import ADMIN_PERMISSION
+from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -34,11 +37,20 @@ class Renderer:
     def __init__(self, *, embedded: bool) -> None:
         environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(default=True),
-            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+            # Templates ship with the code: no stat() of every template file on every page.
+            auto_reload=False)
         versions = _static_versions()
         environment.globals.update(
             static=lambda name: f"/static/{name}?v={versions.get(name, '0')}",
-            ADMIN=ADMIN_PERMISSION, status_name=views.status_name, when=views.when, when_iso=views.when_iso,
+            ADMIN=ADMIN_PERMISSION, QA=QA_PERMISSION, status_name=views.status_name, when=views.when,
+            when_iso=views.when_iso, when_seconds=formats.when_seconds, when_ms=formats.when_ms, iso=formats.iso,
+            plural=formats.plural, millis=formats.millis,
+            webhook_status=hooks.status_name, scheme_label=hooks.scheme_label, types_label=hooks.types_label,
+            attempt_error=hooks.attempt_error, next_attempt=hooks.next_attempt, delivery_status=hooks.delivery_status,
+            HOOK_ACTIVE=wpb.SUBSCRIPTION_STATUS_ACTIVE, HOOK_PAUSED=wpb.SUBSCRIPTION_STATUS_PAUSED,
+            HOOK_FAILING=wpb.SUBSCRIPTION_STATUS_FAILING, HOOK_DISABLED=wpb.SUBSCRIPTION_STATUS_DISABLED,
+            DELIVERY_PENDING=wpb.DELIVERY_STATUS_PENDING,
         )
         self.templates = Jinja2Templates(env=environment)
         self._embedded = embedded

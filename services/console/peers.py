@@ -7,7 +7,7 @@ Errors leave a call translated once, as services.console.errors.Refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -29,6 +29,9 @@ _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "logs": logs_pb2_grpc.LogsStub,
 }
 HEALTH_TIMEOUT_SECONDS = 2.0
+# A stream (an export of the API log) runs as long as the download does; it ends when the
+# browser stops reading, so this only bounds a stream nobody reads yet nobody closes.
+STREAM_TIMEOUT_SECONDS = 3600.0
 
 
 class AsUser:
@@ -37,29 +40,45 @@ class AsUser:
     def __init__(self, stub: Any, token: str, timeout: float) -> None:
         self._stub, self._token, self._timeout = stub, token, timeout
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        metadata = [("authorization", f"Bearer {self._token}")]
+        request_id = request_id_var.get()
+        if request_id:
+            metadata.append(("x-request-id", request_id))
+        return tuple(metadata)
+
     def __getattr__(self, method: str) -> Callable[[Any], Any]:
         rpc = getattr(self._stub, method)
 
-        async def call(request: Any) -> Any:
-            metadata = [("authorization", f"Bearer {self._token}")]
-            request_id = request_id_var.get()
-            if request_id:
-                metadata.append(("x-request-id", request_id))
+        async def call(request: Any, *, timeout: float | None = None) -> Any:
             try:
-                return await rpc(request, metadata=tuple(metadata), timeout=self._timeout)
+                return await rpc(request, metadata=self._metadata(), timeout=timeout or self._timeout)
             except grpc.RpcError as exc:
                 raise Refused(refusal(exc)) from None
 
         return call
 
+    async def stream(self, method: str, request: Any, *, timeout: float = STREAM_TIMEOUT_SECONDS) -> AsyncIterator[Any]:
+        """A server-streaming call's messages, read one at a time as the caller asks for them (gRPC's
+        flow control holds the rest at the service); a refusal, even mid-stream, is Refused. Closing
+        the iterator early cancels the call."""
+        call = getattr(self._stub, method)(request, metadata=self._metadata(), timeout=timeout)
+        try:
+            async for message in call:
+                yield message
+        except grpc.RpcError as exc:
+            raise Refused(refusal(exc)) from None
+        finally:
+            call.cancel()
+
 
 class Peers:
     """Channels to the four services; `as_user(token)` gives their stubs for one user.
 
-    `required` names the services the pages in use need: /readyz checks those (part 2 of the
-    console adds webhooks and logs)."""
+    `required` names the services the pages need: /readyz checks those (identity is called by
+    no page)."""
 
-    def __init__(self, settings: Settings, *, required: tuple[str, ...] = ("registry",)) -> None:
+    def __init__(self, settings: Settings, *, required: tuple[str, ...] = ("registry", "webhooks", "logs")) -> None:
         self._timeout = settings.console_peer_timeout_seconds
         self._channels = {name: peer_channel(getattr(settings, f"{name}_addr")) for name in _STUBS}
         self._stubs = {name: make(self._channels[name]) for name, make in _STUBS.items()}

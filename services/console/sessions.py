@@ -32,6 +32,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION
 from services.kit.bus import while_electing
 
 SESSIONS_BUCKET = "trellis_console_sessions"
@@ -91,6 +92,11 @@ class Session:
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
+
+    @property
+    def reads_logs(self) -> bool:
+        """QA or administrator: the API logs, the audit trail and the review (the logs service decides)."""
+        return bool({QA_PERMISSION, ADMIN_PERMISSION} & set(self.permissions))
 
 
 @dataclass(frozen=True)

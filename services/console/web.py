@@ -137,10 +137,10 @@ def _bounded(receive: Receive) -> Receive:
     return bounded
 
 
-async def read_form(request: Request) -> FormData:
-    """The request's form (URL-encoded or multipart without files), bounded in size."""
+async def read_form(request: Request, *, files: int = 0) -> FormData:
+    """The request's form (URL-encoded, or multipart with at most `files` files), bounded in size."""
     try:
-        return await request.form(max_files=0, max_fields=400, max_part_size=MAX_BODY_BYTES)
+        return await request.form(max_files=files, max_fields=400, max_part_size=MAX_BODY_BYTES)
     except BodyTooLarge:
         raise BadForm("Form too large", f"This form is larger than {MAX_BODY_BYTES // 1024} KiB, so it was not read "
                       "and nothing was saved. Go back, shorten what you entered, and submit again.", 413) from None

@@ -1,10 +1,11 @@
-"""The suite behind a real headless Chromium: identity, registry and the edge (with the example
-upstream behind it) on real ports, the console in the embedded mode, and people with browser
-contexts of their own (tests/support/browser.py). One Chromium for the whole session."""
+"""The suite behind a real headless Chromium: identity, registry, webhooks, logs and the edge
+(with the example upstream behind it) on real ports, the console in the embedded mode, HTTPS
+receivers with a test CA, and people with browser contexts of their own
+(tests/support/browser.py). One Chromium for the whole session."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from services.console.main import RunningConsole, bootstrap as console_bootstrap
 from services.edge.main import RunningEdge, bootstrap as edge_bootstrap
 from services.kit.service import RunningService
 from services.kit.settings import Settings
+from tests.integration.webhooks.receiver import Receiver, Tls
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, Person
+from tests.support.console_services import start_logs, start_webhooks
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -58,14 +61,48 @@ async def example_upstream() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    return Tls.make(tmp_path_factory.mktemp("browser-tls"))
+
+
+@pytest.fixture
+async def webhooks_service(make_settings: Callable[..., Settings], tls: Tls,
+                           registry_service: RunningService) -> AsyncIterator[RunningService]:
+    service = await start_webhooks(make_settings, tls, registry_addr=f"127.0.0.1:{registry_service.port}")
+    yield service
+    await service.stop(0)
+
+
+@pytest.fixture
+async def logs_service(make_settings: Callable[..., Settings]) -> AsyncIterator[RunningService]:
+    service = await start_logs(make_settings)
+    yield service
+    await service.stop(0)
+
+
+@pytest.fixture
+async def start_receiver(tls: Tls) -> AsyncIterator[Callable[[], Awaitable[Receiver]]]:
+    started: list[Receiver] = []
+
+    async def _start() -> Receiver:
+        started.append(await Receiver(tls.server).start())
+        return started[-1]
+
+    yield _start
+    for receiver in started:
+        await receiver.stop()
+
+
 @pytest.fixture
 def suite_settings(make_settings: Callable[..., Settings], identity_service: RunningService,
-                   registry_service: RunningService, actor_private_key_file: Path, example_upstream: str,
-                   tmp_path: Path) -> Settings:
+                   registry_service: RunningService, webhooks_service: RunningService, logs_service: RunningService,
+                   actor_private_key_file: Path, example_upstream: str, tmp_path: Path) -> Settings:
     routes = tmp_path / "routes.toml"
     routes.write_text(f'[[route]]\nprefix = "/v1/inventory"\nupstream = "{example_upstream}"\nscope = "inventory"\n')
     return make_settings(identity_addr=f"127.0.0.1:{identity_service.port}",
                          registry_addr=f"127.0.0.1:{registry_service.port}",
+                         webhooks_addr=f"127.0.0.1:{webhooks_service.port}", logs_addr=f"127.0.0.1:{logs_service.port}",
                          actor_private_key_file=str(actor_private_key_file), edge_routes_file=str(routes))
 
 

@@ -125,10 +125,15 @@ class Person:
         raise AssertionError("the page never stopped navigating")
 
     async def download(self, button: str) -> Any:
+        return json.loads((await self.download_file(button)).read_text())
+
+    async def download_file(self, button: str) -> Path:
+        """The file the button or link downloads, once it is whole (the browser's own copy)."""
         async with self.page.expect_download() as info:
             await self.click(button)
         download = await info.value
-        return json.loads(Path(await download.path()).read_text())
+        assert await download.failure() is None, await download.failure()
+        return Path(await download.path())
 
     async def new_tab(self) -> Page:
         page = await self.context.new_page()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
+from markupsafe import escape
 
 _INPUT = re.compile(r'<input[^>]*\bname="(?P<name>[^"]+)"[^>]*\bvalue="(?P<value>[^"]*)"', re.S)
 _FORM = re.compile(r'<form[^>]*\baction="(?P<action>[^"]+)"[^>]*>(?P<body>.*?)</form>', re.S)
@@ -82,3 +83,33 @@ async def create_integration(user: ConsoleUser, **overrides: Any) -> str:
     location = answer.headers["location"]
     assert location.endswith("?done=created"), location
     return location.split("/integrations/")[1].split("?")[0]
+
+
+def assert_review_matches(page: str, report: dict[str, Any]) -> None:
+    """Every integration of `trellis review --json`'s report shown on the review page with the
+    same figures (in use and last call, scopes granted and used, credential age, headroom,
+    allowlist, owner, flags)."""
+    for line in report["integrations"]:
+        card = re.search(rf'data-integration="{line["integration_id"]}">(.*?)</section>', page, re.S)
+        assert card, line["integration_id"]
+        shown = {k: re.sub(r"\s+", " ", v).strip() for k, v in
+                 re.findall(r'data-field="([a-z_]+)"[^>]*>(.*?)</(?:span|dd|time)>', card.group(1), re.S)}
+        assert shown["name"] == str(escape(line["name"] or line["integration_id"]))
+        assert shown["status"] == line["status"].capitalize()
+        assert shown["owner"] == (str(escape(line["owner"])) or "—")
+        assert shown["requests"] == str(line["requests"])
+        assert shown["granted_scopes"] == (", ".join(line["granted_scopes"]) or "none")
+        assert shown["exercised_scopes"] == (", ".join(line["exercised_scopes"]) or "none")
+        assert shown["unused_scopes"] == (", ".join(line["unused_scopes"]) or "none")
+        assert shown["allowlist_set"] == ("set" if line["allowlist_set"] else "not set")
+        assert shown["error_rate"] == f"{line['error_rate'] * 100:.1f}%"
+        age = line["credential_age_days"]
+        assert shown["credential_age_days"] == ("no credentials issued" if age < 0 else f"{age:,} day" + "s" * (age != 1))
+        assert f'busiest minute {line["peak_requests_per_minute"]} of {line["rate_limit_per_minute"]}' in shown["headroom"]
+        for flag in line["flags"]:
+            assert f"<code>{flag}</code>" in card.group(1)
+        if line.get("last_request_at"):
+            assert f'datetime="{line["last_request_at"][:19]}' in card.group(1)
+        else:
+            assert shown["last_request_at"] == "never called"
+

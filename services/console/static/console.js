@@ -39,6 +39,16 @@
     });
   }
 
-  ready(function () { enhance(document); });
+  // The printable review's Print button (hidden without JavaScript: the browser's own print works).
+  function printButtons(root) {
+    root.querySelectorAll("button[data-print]").forEach(function (button) {
+      if (button.dataset.bound) { return; }
+      button.dataset.bound = "1";
+      button.hidden = false;
+      button.addEventListener("click", function () { window.print(); });
+    });
+  }
+
+  ready(function () { enhance(document); printButtons(document); });
   document.addEventListener("htmx:afterSwap", function (event) { enhance(event.target); });
 })();

@@ -170,13 +170,20 @@ async def test_a_page_asked_for_while_signed_out_comes_back_after_sign_in(browse
     assert htmx.headers["hx-redirect"] == "/signin?next=/integrations"
 
 
-async def test_health_readiness_and_metrics(browser, console_url: str) -> None:
+async def test_health_readiness_and_metrics(browser, webhooks_service, logs_service, console_url: str) -> None:
     alice = browser()
     assert (await alice.get("/healthz")).json() == {"status": "alive"}
     ready = (await alice.get("/readyz")).json()
-    assert ready["status"] == "ready" and ready["checks"] == {"registry": True, "nats": True}
+    assert ready["status"] == "ready"
+    assert ready["checks"] == {"registry": True, "webhooks": True, "logs": True, "nats": True}
     await alice.sign_in("alice", new_org())
     await alice.get("/integrations/int_x")
     metrics = (await alice.get("/metrics")).text
     assert 'trellis_console_requests_total{method="GET",route="/integrations/{integration_id:str}",status="404"}' in metrics
     assert 'trellis_console_sign_ins_total{method="local",outcome="ok"}' in metrics
+
+
+async def test_the_console_is_not_ready_while_a_service_its_pages_call_is_down(browser, webhooks_service) -> None:
+    answer = await browser().get("/readyz")  # no logs service in this test
+    assert answer.status_code == 503
+    assert answer.json()["checks"] == {"registry": True, "webhooks": True, "logs": False, "nats": True}

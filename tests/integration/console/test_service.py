@@ -40,11 +40,13 @@ async def test_answers_on_a_kept_alive_connection_do_not_wait_for_an_ack(start_c
     assert min(times[1:]) < 0.02, [round(t * 1000, 1) for t in times]
 
 
-async def test_python_m_services_console_serves_and_stops_on_sigterm(console_settings, tmp_path: Path) -> None:
+async def test_python_m_services_console_serves_and_stops_on_sigterm(console_settings, webhooks_service, logs_service,
+                                                                    tmp_path: Path) -> None:
     settings = console_settings()
     port = free_port()
     env = {**os.environ, "TRELLIS_MODE": "embedded", "TRELLIS_DATA_DIR": str(tmp_path / "data"),
            "TRELLIS_NATS_URL": settings.nats_url, "TRELLIS_REGISTRY_ADDR": settings.registry_addr,
+           "TRELLIS_WEBHOOKS_ADDR": settings.webhooks_addr, "TRELLIS_LOGS_ADDR": settings.logs_addr,
            "TRELLIS_ACTOR_PRIVATE_KEY_FILE": settings.actor_private_key_file, "TRELLIS_ACTOR_ISSUER": settings.actor_issuer,
            "TRELLIS_CONSOLE_ADDR": f"127.0.0.1:{port}", "TRELLIS_LOG_FORMAT": "json", "TRELLIS_LOG_LEVEL": "INFO"}
     process = subprocess.Popen([sys.executable, "-m", "services.console"], env=env, stdout=subprocess.PIPE,
@@ -61,7 +63,7 @@ async def test_python_m_services_console_serves_and_stops_on_sigterm(console_set
                     pass
                 assert time.monotonic() < deadline and process.poll() is None, "the console did not become ready"
                 await asyncio.sleep(0.1)
-            assert answer.json()["checks"] == {"registry": True, "nats": True}
+            assert answer.json()["checks"] == {"registry": True, "webhooks": True, "logs": True, "nats": True}
             assert (await client.get(f"http://127.0.0.1:{port}/signin")).status_code == 200
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.to_thread(process.communicate, timeout=20)

@@ -1,0 +1,1 @@
+"""The audit trail: entries, the chain check, the signed checkpoint."""

@@ -1,0 +1,232 @@
+"""The API log's chart, drawn on the server as SVG: requests per integration over time, the
+error rate, and the 429s, for the filtered requests.
+
+`draw(records, ...)` turns request records into geometry (numbers and labels only); the
+template `logs/_chart.html` writes the SVG elements, escaping every label. Readable without
+colour: each integration's line has its own dash pattern and marker shape, named in the legend
+beside the same pattern; the error rate and the 429s have panels of their own; and every number
+drawn is also in a table under the chart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+# Bucket widths to choose from (seconds), and how many buckets a chart may have at most.
+STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+MAX_BUCKETS = 48
+MIN_SPAN = dt.timedelta(minutes=15)
+TOP_SERIES = 5
+OTHERS = "Other integrations"
+# Dash patterns and marker shapes, one per series, so no two series differ by colour alone.
+DASHES = ("", "8 4", "2 3", "10 3 2 3", "4 4", "1 6")
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "plus")
+
+WIDTH, LEFT, RIGHT = 880, 64, 16
+VOLUME_HEIGHT, RATE_HEIGHT, LIMITED_HEIGHT = 200, 90, 70
+TOP, GAP = 20, 42
+
+
+@dataclass(frozen=True)
+class Point:
+    """One request record as the chart needs it."""
+
+    at: dt.datetime
+    integration: str        # the label: name, or id when it has no name
+    status: int
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    total: int
+    counts: tuple[int, ...]
+    points: str             # the polyline's "x,y x,y …"
+    markers: tuple[str, ...]  # one path per bucket
+    dash: str
+    shape: str
+    index: int
+    legend_marker: str
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    position: float
+    label: str
+
+
+@dataclass
+class Chart:
+    """Everything `logs/_chart.html` draws."""
+
+    rows: int
+    truncated: bool
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    step_label: str = ""
+    buckets: list[dt.datetime] = field(default_factory=list)
+    series: list[Series] = field(default_factory=list)
+    totals: list[int] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
+    limited: list[int] = field(default_factory=list)
+    rate_points: str = ""
+    rate_markers: tuple[str, ...] = ()
+    bars: list[Bar] = field(default_factory=list)
+    x_ticks: list[Tick] = field(default_factory=list)
+    volume_ticks: list[Tick] = field(default_factory=list)
+    limited_max: int = 0
+    width: int = WIDTH
+    left: int = LEFT
+    plot_right: int = WIDTH - RIGHT
+    volume: tuple[int, int] = (TOP, TOP + VOLUME_HEIGHT)
+    rate: tuple[int, int] = (0, 0)
+    limited_band: tuple[int, int] = (0, 0)
+    height: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.rows == 0
+
+    def rate_of(self, i: int) -> str:
+        return f"{self.errors[i] / self.totals[i]:.0%}" if self.totals[i] else "–"
+
+
+def _step(span: float) -> int:
+    for step in STEPS:
+        if span / step <= MAX_BUCKETS:
+            return step
+    return STEPS[-1]
+
+
+def _step_label(step: int) -> str:
+    if step < 3600:
+        return f"{step // 60} minute{'s' if step >= 120 else ''}"
+    if step < 86400:
+        return f"{step // 3600} hour{'s' if step >= 7200 else ''}"
+    return f"{step // 86400} day{'s' if step >= 2 * 86400 else ''}"
+
+
+def _floor(at: dt.datetime, step: int) -> dt.datetime:
+    seconds = int(at.timestamp())
+    return dt.datetime.fromtimestamp(seconds - seconds % step, dt.timezone.utc)
+
+
+def marker(shape: str, x: float, y: float, r: float = 3.5) -> str:
+    """An SVG path for a marker of `shape` centred on (x, y)."""
+    if shape == "circle":
+        return f"M{x - r:.1f},{y:.1f}a{r},{r} 0 1,0 {2 * r},0a{r},{r} 0 1,0 {-2 * r},0"
+    if shape == "square":
+        return f"M{x - r:.1f},{y - r:.1f}h{2 * r}v{2 * r}h{-2 * r}z"
+    if shape == "triangle":
+        return f"M{x:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y + r:.1f}L{x - r - 1:.1f},{y + r:.1f}z"
+    if shape == "diamond":
+        return f"M{x:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y:.1f}L{x:.1f},{y + r + 1:.1f}L{x - r - 1:.1f},{y:.1f}z"
+    if shape == "cross":
+        return (f"M{x - r:.1f},{y - r:.1f}L{x + r:.1f},{y + r:.1f}M{x + r:.1f},{y - r:.1f}L{x - r:.1f},{y + r:.1f}")
+    return f"M{x - r - 1:.1f},{y:.1f}h{2 * r + 2}M{x:.1f},{y - r - 1:.1f}v{2 * r + 2}"
+
+
+def _nice_max(value: int) -> int:
+    if value <= 5:
+        return max(value, 1)
+    magnitude = 10 ** int(math.log10(value))
+    for factor in (1, 2, 2.5, 5, 10):
+        if value <= factor * magnitude:
+            return int(factor * magnitude)
+    return value
+
+
+def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None = None,
+         until: dt.datetime | None = None) -> Chart:
+    """The chart of `points` (in any order) over the filter's range (`since`, `until`). `truncated`
+    says more requests matched than were read; the range then starts at the oldest one read."""
+    data = list(points)
+    chart = Chart(rows=len(data), truncated=truncated)
+    if not data:
+        return chart
+    first = min(p.at for p in data)
+    last = max(p.at for p in data)
+    start = since if since is not None and not truncated and since <= first else first
+    end = until if until is not None and until >= last and (until - start) <= dt.timedelta(days=366) else last
+    if since is None or start is not since:
+        # A burst within a few minutes still gets a time axis: at least MIN_SPAN before its end.
+        start = min(start, end - MIN_SPAN)
+    step = _step(max((end - start).total_seconds(), 1.0))
+    origin = _floor(start, step)
+    span = (end - origin).total_seconds()
+    # `until` is exclusive (a bucket starting there is empty); the last request read is inclusive.
+    count = max(1, math.ceil(span / step)) if end is until else int(span // step) + 1
+    buckets = [origin + dt.timedelta(seconds=step * i) for i in range(count)]
+
+    per: dict[str, list[int]] = {}
+    totals, errors, limited = [0] * count, [0] * count, [0] * count
+    for p in data:
+        i = min(count - 1, max(0, int((p.at - origin).total_seconds() // step)))
+        per.setdefault(p.integration, [0] * count)[i] += 1
+        totals[i] += 1
+        if p.status >= 400:
+            errors[i] += 1
+        if p.status == 429:
+            limited[i] += 1
+    ranked = sorted(per.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+    shown = ranked[:TOP_SERIES]
+    if len(ranked) > TOP_SERIES:
+        rest = [sum(c[i] for _, c in ranked[TOP_SERIES:]) for i in range(count)]
+        shown.append((OTHERS, rest))
+
+    plot_w = WIDTH - LEFT - RIGHT
+
+    def x_of(i: int) -> float:
+        return LEFT + (plot_w * (i + 0.5) / count)
+
+    top = _nice_max(max((max(c) for _, c in shown), default=1))
+    v0, v1 = TOP, TOP + VOLUME_HEIGHT
+
+    def y_of(n: int) -> float:
+        return v1 - (v1 - v0) * n / top
+
+    series = []
+    for index, (name, counts) in enumerate(shown):
+        shape, dash = SHAPES[index % len(SHAPES)], DASHES[index % len(DASHES)]
+        xy = [(x_of(i), y_of(n)) for i, n in enumerate(counts)]
+        series.append(Series(name=name, total=sum(counts), counts=tuple(counts),
+                             points=" ".join(f"{x:.1f},{y:.1f}" for x, y in xy),
+                             markers=tuple(marker(shape, x, y) for x, y in xy), dash=dash, shape=shape, index=index,
+                             legend_marker=marker(shape, 15, 0)))
+
+    r0 = v1 + GAP
+    r1 = r0 + RATE_HEIGHT
+    rate_xy = [(x_of(i), r1 - (r1 - r0) * (errors[i] / totals[i])) for i in range(count) if totals[i]]
+    l0 = r1 + GAP
+    l1 = l0 + LIMITED_HEIGHT
+    limited_max = _nice_max(max(limited)) if max(limited) else 1
+    bar_w = max(2.0, plot_w / count * 0.6)
+    bars = [Bar(x_of(i) - bar_w / 2, l1 - (l1 - l0) * n / limited_max, bar_w, (l1 - l0) * n / limited_max, n)
+            for i, n in enumerate(limited) if n]
+    every = max(1, math.ceil(count / 8))
+    label = "%H:%M" if step < 86400 else "%d %b"
+    if step < 86400 and (end - start) > dt.timedelta(days=1):
+        label = "%d %b %H:%M"
+    chart.start, chart.end, chart.step_label, chart.buckets = start, end, _step_label(step), buckets
+    chart.series, chart.totals, chart.errors, chart.limited = series, totals, errors, limited
+    chart.rate_points = " ".join(f"{x:.1f},{y:.1f}" for x, y in rate_xy)
+    chart.rate_markers = tuple(marker("square", x, y, 2.5) for x, y in rate_xy)
+    chart.bars = bars
+    chart.x_ticks = [Tick(x_of(i), b.strftime(label)) for i, b in enumerate(buckets) if i % every == 0]
+    chart.volume_ticks = [Tick(y_of(n), f"{n:,}") for n in (0, top // 2, top)]
+    chart.limited_max = limited_max
+    chart.rate, chart.limited_band = (r0, r1), (l0, l1)
+    chart.height = l1 + 30
+    return chart

@@ -1,0 +1,1 @@
+"""Administration > Webhooks: subscriptions, their delivery log, test deliveries and secrets."""

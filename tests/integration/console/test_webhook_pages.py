@@ -1,0 +1,196 @@
+"""Administration > Webhooks over HTTP, as a browser without JavaScript uses it, against the real
+webhooks service and real HTTPS receivers: create with the secret shown once, the test delivery
+and its result, the delivery log's tabs and pages, Failing and its recovery, pause and enable,
+edit, regenerate, redeliver, delete; errors beside their fields with the input kept."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import re
+
+from tests.support.console import ConsoleUser, hidden_fields, new_org
+from tests.support.console_services import publish_activity
+from tests.support.waiting import eventually
+
+SECRET = re.compile(r'id="signing-secret"[^>]*value="(whsec_[^"]+)"')
+
+
+def webhook_form(url: str, **overrides: object) -> dict[str, object]:
+    return {"url": url, "activity_types": ["lot.created", "order.created"], "scheme": "spec",
+            "description": "Warehouse sync", **overrides}
+
+
+async def create_webhook(user: ConsoleUser, url: str, **overrides: object) -> tuple[str, str]:
+    """Create a subscription through the form; its id and the secret shown."""
+    answer = await user.submit("/webhooks/new", "/webhooks", webhook_form(url, **overrides))
+    assert answer.status_code == 200, answer.text[:3000]
+    assert answer.headers["cache-control"] == "no-store"
+    secret = SECRET.search(answer.text)
+    assert secret, answer.text[:3000]
+    subscription_id = re.search(r'href="/webhooks/([A-Za-z0-9_]+)">I have saved', answer.text)
+    assert subscription_id, answer.text[:3000]
+    return subscription_id.group(1), html.unescape(secret.group(1))
+
+
+async def test_a_subscription_is_created_tested_and_its_secret_is_shown_once(browser, webhooks_service,
+                                                                              start_receiver) -> None:
+    receiver = await start_receiver()
+    alice = browser()
+    await alice.sign_in("alice", new_org())
+    subscription_id, secret = await create_webhook(alice, receiver.url())
+    detail = f"/webhooks/{subscription_id}"
+    page = await alice.page(detail)
+    assert secret not in page and ">Active<" in page
+    assert "Lot created, Order created" in page and "No delivery attempts yet" in page
+    assert secret not in await alice.page("/webhooks")
+
+    # Send Test Webhook without JavaScript: the form posts, then the page shows the result.
+    tested = await alice.submit(detail, f"{detail}/test", page=page)
+    assert tested.status_code == 303 and "?tested=dlv_" in tested.headers["location"]
+    shown = await alice.page(tested.headers["location"])
+    assert 'data-testid="test-result"' in shown and "Test webhook succeeded" in shown
+    [arrived] = await receiver.wait_for(1)
+    signed = f"{arrived.headers['X-Webhook-Timestamp']}.".encode() + arrived.body
+    expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(arrived.headers["X-Webhook-Signature"], expected)
+    # …and the delivery log has it, with its attempt number and status code.
+    assert "webhook.test" in shown and ">200<" in shown and "1 of 5" in shown
+
+    # With htmx the result replaces the detail in place, as a fragment of the same template.
+    fields = hidden_fields(page, f"{detail}/test")
+    fragment = await alice.client.post(f"{detail}/test", data=fields, headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    assert "Test webhook succeeded" in fragment.text and 'id="delivery-log"' in fragment.text
+    await receiver.wait_for(2)
+
+
+async def test_a_refused_form_shows_the_message_beside_its_field_and_keeps_what_was_typed(
+        browser, webhooks_service) -> None:
+    alice = browser()
+    await alice.sign_in("alice", new_org())
+    answer = await alice.submit("/webhooks/new", "/webhooks", webhook_form("http://hooks.example.test/in",
+                                                                           description="Keep <this>"))
+    assert answer.status_code == 422, answer.text[:2000]
+    assert 'id="url-error"' in answer.text and "HTTPS" in answer.text
+    assert 'value="http://hooks.example.test/in"' in answer.text and "Keep &lt;this&gt;" in answer.text
+    assert re.search(r'value="lot.created" checked', answer.text)
+    answer = await alice.submit("/webhooks/new", "/webhooks", webhook_form("https://hooks.example.test/in",
+                                                                           activity_types=[]))
+    assert answer.status_code == 422 and 'id="activity_types-error"' in answer.text
+
+
+async def test_eventually_failing_deliveries_take_it_to_failing_and_a_test_recovers_it(
+        browser, webhooks_service, start_receiver, mint) -> None:
+    receiver = await start_receiver()
+    receiver.behaviour = lambda _: (503, "down for maintenance")
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    subscription_id, _ = await create_webhook(alice, receiver.url(), activity_types=[], all_types="*")
+    detail = f"/webhooks/{subscription_id}"
+    assert "All current and future types" in await alice.page(detail)
+    await publish_activity(webhooks_service.port, mint("alice", org))
+
+    page = await eventually(lambda: _page_with(alice, detail, ">Failing<"), timeout=20, what="Failing")
+    assert "All 5 delivery attempts of an event failed" in page
+    assert "Fix the underlying issue with your receiving endpoint" in page and "Send Test Webhook" in page
+    failed = await alice.page(f"{detail}?log=failed")
+    assert failed.count('data-testid="attempt-row"') == 5 and "5 of 5" in failed and ">503<" in failed
+    assert "No succeeded attempts" in await alice.page(f"{detail}?log=succeeded")
+
+    # The receiver is fixed; the test delivery brings the subscription back and the queue goes out.
+    receiver.behaviour = None
+    tested = await alice.submit(detail, f"{detail}/test")
+    page = await alice.page(tested.headers["location"])
+    assert "Test webhook succeeded" in page and ">Active<" in page and "Failing: deliveries" not in page
+
+    # The failed delivery can be sent again from its page.
+    row = re.search(rf'href="({detail}/deliveries/dlv_[a-z0-9]+)"', failed)
+    assert row
+    delivery = await alice.page(row.group(1))
+    assert "Attempt 5 of 5" in delivery and "down for maintenance" in delivery and "POST https://" in delivery
+    assert ">Failed<" in delivery
+    again = await alice.submit(row.group(1), f"{row.group(1)}/redeliver", page=delivery)
+    assert again.status_code == 303 and again.headers["location"].endswith("?done=redelivered")
+    await receiver.wait_for(5 + 1 + 1)  # five failures, the test, the redelivery
+    delivery = await eventually(lambda: _page_with(alice, row.group(1), ">Succeeded<"), what="redelivered")
+    assert "round 2" in delivery and "Redeliver" not in delivery
+
+
+async def _page_with(user: ConsoleUser, path: str, text: str) -> str:
+    page = await user.page(path)
+    return page if text in page else ""
+
+
+async def test_pause_enable_edit_regenerate_and_delete(browser, webhooks_service, start_receiver, mint) -> None:
+    receiver = await start_receiver()
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    subscription_id, first_secret = await create_webhook(alice, receiver.url())
+    detail = f"/webhooks/{subscription_id}"
+
+    paused = await alice.submit(detail, f"{detail}/pause")
+    assert paused.status_code == 303 and paused.headers["location"] == f"{detail}?done=paused"
+    page = await alice.page(detail)
+    assert ">Paused<" in page and ">Enable<" in page and ">Pause<" not in page
+    assert "Paused" in await alice.page("/webhooks?status=paused")
+    assert 'data-testid="webhook-card"' not in await alice.page("/webhooks?status=active")
+    enabled = await alice.submit(detail, f"{detail}/enable", page=page)
+    assert enabled.headers["location"] == f"{detail}?done=enabled"
+    assert ">Active<" in await alice.page(detail)
+
+    edited = await alice.submit(f"{detail}/edit", f"{detail}/edit", webhook_form(
+        receiver.url("/hook2"), activity_types=["harvest.recorded"], scheme="standard_webhooks", description="New"))
+    assert edited.status_code == 303, edited.text[:2000]
+    page = await alice.page(edited.headers["location"])
+    assert "/hook2" in page and "Harvest recorded" in page and "Standard Webhooks" in page
+    assert "Changes take effect immediately" in page
+
+    # Regenerate: the spec's warning beside the button, the new secret shown once, never again.
+    assert "Regeneration invalidates the previous secret" in page
+    regenerated = await alice.submit(detail, f"{detail}/regenerate-secret", page=page)
+    assert regenerated.status_code == 200 and regenerated.headers["cache-control"] == "no-store"
+    second = SECRET.search(regenerated.text)
+    assert second and html.unescape(second.group(1)) != first_secret
+    again = await alice.submit(detail, f"{detail}/regenerate-secret", page=page)
+    assert again.status_code == 409 and not SECRET.search(again.text)
+    assert html.unescape(second.group(1)) not in await alice.page(detail)
+
+    # Delete asks for the confirmation; a pending delivery is cancelled.
+    unconfirmed = await alice.submit(detail, f"{detail}/delete")
+    assert unconfirmed.status_code == 422 and "nothing was deleted" in unconfirmed.text
+    seen = len(receiver.received)
+    receiver.hang()  # its attempts time out one after another: the delivery stays pending meanwhile
+    await publish_activity(webhooks_service.port, mint("alice", org), "harvest.recorded")
+    await receiver.wait_for(seen + 1)
+    deleted = await alice.submit(detail, f"{detail}/delete", {"confirm": "delete"})
+    assert deleted.status_code == 303
+    listing = await alice.page(deleted.headers["location"])
+    assert "Deleted. 1 pending delivery cancelled" in listing and subscription_id not in listing
+    assert (await alice.get(detail)).status_code == 404
+
+
+async def test_the_delivery_log_is_paged_newest_first(browser, webhooks_service, start_receiver) -> None:
+    receiver = await start_receiver()
+    alice = browser()
+    await alice.sign_in("alice", new_org())
+    subscription_id, _ = await create_webhook(alice, receiver.url())
+    detail = f"/webhooks/{subscription_id}"
+    page = await alice.page(detail)
+    for _ in range(27):
+        await alice.submit(detail, f"{detail}/test", page=page)
+    first = await alice.page(detail)
+    assert first.count('data-testid="attempt-row"') == 25
+    times = re.findall(r'<time datetime="([^"]+)"', first)
+    assert times == sorted(times, reverse=True)
+    older = re.search(r'href="(/webhooks/[^"]+&amp;page=[^"#]+)#delivery-logs"', first)
+    assert older
+    second = await alice.page(html.unescape(older.group(1)))
+    assert second.count('data-testid="attempt-row"') == 2 and "Newest" in second
+    assert max(re.findall(r'<time datetime="([^"]+)"', second)) <= min(times)
+    # htmx asks for the log alone when a tab or a page link is clicked.
+    fragment = await alice.get(f"{detail}?log=succeeded", headers={"HX-Request": "true", "HX-Target": "delivery-log"})
+    assert fragment.status_code == 200 and "<h1" not in fragment.text and 'aria-current="page">Succeeded<' in fragment.text
