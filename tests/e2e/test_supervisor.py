@@ -100,7 +100,7 @@ def test_the_console_answers_where_trellis_up_says_and_alice_sees_what_the_cli_c
     sign_in = SIGN_IN_LINE.search(output)
     assert sign_in and sign_in.group(1) == f"{suite.console}/signin", output
     status, ready = get_json(f"{suite.console}/readyz")
-    assert status == 200 and ready["checks"] == {"registry": True, "nats": True}, ready
+    assert status == 200 and ready["checks"] == {"registry": True, "webhooks": True, "logs": True, "nats": True}, ready
     with Visitor(suite.console) as alice:
         listed = alice.sign_in("alice")  # signed actor tokens with the launcher's key, as the CLI does
         assert f'href="/integrations/{suite.integration_id}"' in listed, listed[:3000]
