@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from pydantic import model_validator
 
 from services.kit.errors import TrellisError
 from services.kit.settings import Mode, Settings
@@ -54,18 +53,6 @@ class ServiceError(CliError):
     def __init__(self, service: str, code: grpc.StatusCode, error: TrellisError) -> None:
         super().__init__(f"{code.name}: {error.message}")
         self.service, self.code, self.error, self.details = service, code, error, error.message
-
-
-class CliSettings(Settings):
-    """Settings as a client sees them.
-
-    A client needs addresses and the actor issuer, never the services' own secrets, so the
-    services' refusal of placeholder secrets outside embedded mode does not apply here.
-    """
-
-    @model_validator(mode="after")
-    def _refuse_placeholders_outside_embedded(self) -> "CliSettings":  # overrides the services' check
-        return self
 
 
 # gRPC core's own messages when no connection could be made; a service that answers

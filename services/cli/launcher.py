@@ -45,7 +45,8 @@ from services.cli.embedded import EmbeddedSecrets, ensure_secrets
 from services.cli.output import table
 from services.kit.db import is_sqlite, migrate
 from services.kit.natsproc import NatsServer
-from services.kit.settings import DEFAULT_PORTS, Mode, Settings, public_url_of
+from services.cli.settings import CliSettings
+from services.kit.settings import DEFAULT_PORTS, Mode, public_url_of
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
@@ -175,7 +176,7 @@ class Child:
 class Launcher:
     """Runs nats-server and the services until a signal; `run()` returns the exit code."""
 
-    def __init__(self, settings: Settings, *, replicas: int = 1, nats_port: int | None = None,
+    def __init__(self, settings: CliSettings, *, replicas: int = 1, nats_port: int | None = None,
                  example_upstream: bool = True, out: TextIO | None = None) -> None:
         self.data_dir = settings.data_dir.resolve()
         # The launcher is the embedded mode by definition, whatever TRELLIS_MODE says.

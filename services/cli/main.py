@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 # What a command needs is imported by run(), after main() has paused the garbage collector.
 if TYPE_CHECKING:
-    from services.cli.client import CliSettings
+    from services.cli.settings import CliSettings
 
 DEFAULT_ACTOR = "admin"
 DEFAULT_ORG = "org_default"
@@ -111,7 +111,7 @@ OPTION_NAMES = {"data_dir": "--data-dir", "registry_addr": "--registry-addr", "i
 
 def settings_from(args: argparse.Namespace) -> CliSettings:
     """Settings from the environment, with the command line's overrides."""
-    from services.cli.client import CliSettings
+    from services.cli.settings import CliSettings
     from services.kit.settings import load_settings
 
     overrides = {

@@ -5,7 +5,8 @@ user, with that user's actor token, so organisation isolation, permissions and s
 duties are decided by the services. It owns only sign-in sessions (a JetStream key-value
 bucket). Server-rendered HTML (Starlette + Jinja2), htmx for partial updates.
 
-    main.py          bootstrap(settings) -> RunningConsole; `python -m services.console`
+    entrypoints/     main.py: bootstrap(settings) -> RunningConsole, `python -m services.console`;
+                     settings.py: the console's settings group and what the process reads
     app.py           the Starlette application: routes, middleware, templates
     web.py           page security (CSP, CSRF, cookies, return URLs), rendering, request ids
     sessions.py      sessions and pending sign-ins in JetStream key-value buckets

@@ -1,3 +1,3 @@
-from services.console.main import main
+from services.console.entrypoints.main import main
 
 main()

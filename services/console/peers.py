@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,8 +19,10 @@ from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.logcontext import request_id_var
-from services.kit.settings import Settings
 from services.kit.telemetry import peer_channel
+
+if TYPE_CHECKING:
+    from services.console.entrypoints.settings import ConsoleProcessSettings
 
 _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "registry": registry_pb2_grpc.RegistryStub,
@@ -78,7 +80,7 @@ class Peers:
     `required` names the services the pages need: /readyz checks those (identity is called by
     no page)."""
 
-    def __init__(self, settings: Settings, *, required: tuple[str, ...] = ("registry", "webhooks", "logs")) -> None:
+    def __init__(self, settings: ConsoleProcessSettings, *, required: tuple[str, ...] = ("registry", "webhooks", "logs")) -> None:
         self._timeout = settings.console_peer_timeout_seconds
         self._channels = {name: peer_channel(getattr(settings, f"{name}_addr")) for name in _STUBS}
         self._stubs = {name: make(self._channels[name]) for name, make in _STUBS.items()}

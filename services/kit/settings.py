@@ -341,6 +341,13 @@ class LimitSettings(SettingsGroup):
     max_live_integrations: int = Field(default=20, ge=1)
 
 
+class DeliveryTimeoutSettings(SettingsGroup):
+    """How long the webhooks service waits for a receiver: shared, as the console waits for a
+    test delivery a little longer than that."""
+
+    webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 # --- the groups of the services not yet in the shape of docs/architecture.md ------------------
 # Each moves to services/<service>/entrypoints/settings.py when its service is converted (as
 # registry's did), and its name in SETTINGS_GROUPS with it.
@@ -402,7 +409,6 @@ class WebhooksSettings(SettingsGroup):
     # The retry schedule is the spec's: attempt 2 one minute after attempt 1, then 5 min,
     # 30 min, 2 h, each counted from the attempt before.
     webhooks_retry_schedule_seconds: list[float] = Field(default_factory=lambda: [60.0, 300.0, 1800.0, 7200.0])
-    webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
     webhooks_user_agent: str = "GrowerIQ-Webhook/1.0"
     # PEM bundle of CAs trusted for receivers' certificates besides the system's store, which
     # it extends (services.webhooks.sender.tls_context); empty: the system's store alone.
@@ -470,31 +476,7 @@ class LogsSettings(SettingsGroup):
         return value
 
 
-class ConsoleSettings(SettingsGroup):
-    """The web console's own settings (services/console, docs/console.md)."""
-
-    # It serves HTML on console_addr and is reached by browsers at console_public_url (the OIDC
-    # redirect URI is built from it).
-    console_addr: str = "127.0.0.1:8081"
-    console_public_url: str = "http://127.0.0.1:8081"
-    # Where the console serves Prometheus `GET /metrics`; empty: on the console port (embedded).
-    console_metrics_addr: str = ""
-    # Sign-in outside the embedded mode: OpenID Connect against TRELLIS_ACTOR_ISSUER (its
-    # discovery document unless this URL is set), as this client of the identity provider.
-    console_oidc_client_id: str = ""
-    console_oidc_client_secret: SecretStr = SecretStr("")
-    console_oidc_discovery_url: str = ""
-    console_oidc_scopes: str = "openid profile email offline_access"
-    # Sent as the `audience` parameter of the authorization request when set (Auth0 needs it
-    # for an access token whose audience is TRELLIS_ACTOR_AUDIENCE).
-    console_oidc_audience: str = ""
-    # A session lasts this long after sign-in (or its last token refresh), on every replica.
-    console_session_ttl_seconds: int = Field(default=8 * 3600, ge=300, le=7 * 86400)
-    # Deadline of each gRPC call a page makes.
-    console_peer_timeout_seconds: float = Field(default=10.0, gt=0)
-
-
-class Settings(ConsoleSettings, LogsSettings, WebhooksSettings, EdgeSettings, IdentitySettings, LimitSettings,
+class Settings(LogsSettings, WebhooksSettings, EdgeSettings, IdentitySettings, DeliveryTimeoutSettings, LimitSettings,
                SealingSettings, PartnerSettings, KitSettings):
     """The groups the kit still holds, fields in SETTINGS_GROUPS' order (pydantic lists the last
     base's first): the settings of the processes not yet in the new shape, and of the CLI.
@@ -510,11 +492,12 @@ SETTINGS_GROUPS: tuple[str, ...] = (
     f"{__name__}:PartnerSettings",
     f"{__name__}:SealingSettings",
     f"{__name__}:LimitSettings",
+    f"{__name__}:DeliveryTimeoutSettings",
     f"{__name__}:IdentitySettings",
     f"{__name__}:EdgeSettings",
     f"{__name__}:WebhooksSettings",
     f"{__name__}:LogsSettings",
-    f"{__name__}:ConsoleSettings",
+    "services.console.entrypoints.settings:ConsoleSettings",
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.console.entrypoints.settings import ConsoleSettings
 from services.kit.settings import DEFAULT_PORTS, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ GRPC_SERVICES = ("identity", "registry", "webhooks", "logs")
 HTTP_SERVICES = ("edge", "console")
 # Every service's port: the gRPC services' and the edge's from DEFAULT_PORTS, the console's from
 # its setting's default (TRELLIS_CONSOLE_ADDR).
-SERVICE_PORTS = {**DEFAULT_PORTS, "console": int(Settings.model_fields["console_addr"].default.rpartition(":")[2])}
+SERVICE_PORTS = {**DEFAULT_PORTS, "console": int(ConsoleSettings.model_fields["console_addr"].default.rpartition(":")[2])}
 
 Obj = dict[str, Any]
 

@@ -8,10 +8,10 @@ import os
 import pytest
 import yaml
 
-from services.cli.client import CliSettings
+from services.cli.settings import CliSettings
 from pydantic import SecretStr
 
-from services.console.main import check_settings as check_console_settings
+from services.console.entrypoints.settings import check_settings as check_console_settings
 from services.kit.settings import DEFAULT_PORTS, Mode
 from tests.support.settings import Settings
 from tests.deploy.manifests import (

@@ -2,7 +2,8 @@
 in a fresh interpreter so that what a module pulls in through others counts too: a domain
 imports no I/O library and nothing of its service's outer rooms; an application layer no
 SQLAlchemy, gRPC, NATS or aiohttp, nor its service's adapters or entrypoints; no room imports
-another service. A service joins SHAPED when it is converted."""
+another service. A service joins SHAPED when it is converted. The console and the CLI are
+clients: the console imports no service, the CLI only their settings groups."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SHAPED = ("registry",)
 IO_LIBRARIES = ("sqlalchemy", "alembic", "grpc", "grpc_health", "nats", "aiohttp", "opentelemetry")
-OTHER_SERVICES = ("identity", "registry", "webhooks", "logs", "edge", "cli")
+OTHER_SERVICES = ("identity", "registry", "webhooks", "logs", "edge", "cli", "console")
 
 
 def imported_by(*modules: str) -> set[str]:
@@ -60,3 +61,26 @@ def test_no_room_imports_another_service(service: str) -> None:
 
 def test_the_kits_unit_of_work_protocol_imports_no_database_library() -> None:
     assert offending(imported_by("services.kit.uow"), IO_LIBRARIES) == []
+
+
+def every_module_of(package: str) -> list[str]:
+    """The modules of a package and its subpackages, `__main__` aside (it runs the program)."""
+    folder = ROOT / package.replace(".", "/")
+    return sorted(package + "." + ".".join(path.relative_to(folder).with_suffix("").parts)
+                  for path in folder.rglob("*.py") if path.stem not in ("__init__", "__main__"))
+
+
+def test_the_console_imports_no_service_only_their_contracts() -> None:
+    # The console is a client of the four services' gRPC APIs, as the signed-in user: it
+    # imports their stubs (services.contracts) and the kit, never their code.
+    loaded = imported_by(*every_module_of("services.console"))
+    assert offending(loaded, tuple(f"services.{other}" for other in OTHER_SERVICES if other != "console")) == []
+
+
+def test_the_cli_imports_of_the_services_only_their_settings_groups() -> None:
+    # `trellis up` starts every service as a process (`python -m services.<name>`) and reads
+    # every component's settings to pass them on; of a service it may import that alone.
+    loaded = imported_by(*every_module_of("services.cli"))
+    settings_modules = {f"services.{s}{suffix}" for s in OTHER_SERVICES for suffix in ("", ".entrypoints", ".entrypoints.settings")}
+    others = tuple(f"services.{other}" for other in OTHER_SERVICES if other != "cli")
+    assert sorted(set(offending(loaded, others)) - settings_modules) == []

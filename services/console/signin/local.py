@@ -7,12 +7,16 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jwt
 
 from services.console.sessions import Session
 from services.kit.auth import ADMIN_PERMISSION, EMBEDDED_PRIVATE_KEY, PLATFORM_PERMISSION, QA_PERMISSION, mint_actor_token
-from services.kit.settings import Mode, Settings
+from services.kit.settings import Mode
+
+if TYPE_CHECKING:
+    from services.console.entrypoints.settings import ConsoleProcessSettings
 
 # What the local sign-in lets a developer be: the CLI's administrator, or less, to see the
 # console as a QA user or a user without permissions sees it.
@@ -36,7 +40,7 @@ class LocalSignInRefused(Exception):
 class LocalSignIn:
     """Mints actor tokens for whoever signs in on this machine (embedded mode only)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ConsoleProcessSettings) -> None:
         if settings.mode is not Mode.EMBEDDED:
             raise ValueError("the local sign-in exists only in the embedded mode")
         key_file = Path(settings.actor_private_key_file or Path(settings.data_dir) / EMBEDDED_PRIVATE_KEY)

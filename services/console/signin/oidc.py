@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import jwt
@@ -25,7 +25,9 @@ from joserfc.errors import JoseError
 from services.console.sessions import PendingSignIn, Session
 from services.kit.auth import Actor, ActorVerifier
 from services.kit.errors import Unauthenticated
-from services.kit.settings import Settings
+
+if TYPE_CHECKING:
+    from services.console.entrypoints.settings import ConsoleProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class _OidcApp(AsyncOAuth2Mixin, AsyncOpenIDMixin, BaseApp):
 class OidcSignIn:
     """Starts and finishes sign-ins, and refreshes access tokens, for one client of one issuer."""
 
-    def __init__(self, settings: Settings, verifier: ActorVerifier) -> None:
+    def __init__(self, settings: ConsoleProcessSettings, verifier: ActorVerifier) -> None:
         if not settings.console_oidc_client_id:
             raise ValueError("TRELLIS_CONSOLE_OIDC_CLIENT_ID must be set: the console's client at the identity provider")
         secret = settings.console_oidc_client_secret.get_secret_value()

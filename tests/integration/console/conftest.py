@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from services.console.main import RunningConsole, bootstrap
+from services.console.entrypoints.main import RunningConsole, bootstrap
 from services.kit.bus import ensure_streams
 from services.kit.service import RunningService
 from services.kit.settings import Settings

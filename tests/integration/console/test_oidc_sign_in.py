@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import pytest
 
-from services.console.main import RunningConsole, bootstrap
+from services.console.entrypoints.main import RunningConsole, bootstrap
 from services.kit.auth import ADMIN_PERMISSION
 from services.kit.settings import Settings
 from tests.support.console import new_org

@@ -23,6 +23,7 @@ BAD_LIST_LINE = ("error: TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS is '127.0.0.1
                  'expected a JSON list of networks, like ["10.0.0.0/8", "fd00::/8"]')
 COMMANDS = {
     **{name: [sys.executable, "-m", f"services.{name}"] for name in SERVICES},
+    "console": [sys.executable, "-m", "services.console"],
     "trellis up": [str(TRELLIS), "up", "--no-example-upstream"],
     "trellis integrations list": [str(TRELLIS), "integrations", "list"],
     "trellis vendors": [str(TRELLIS), "vendors"],
@@ -34,9 +35,10 @@ def environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     """The caller's environment without TRELLIS_* settings, on a data directory of this test and
     free ports (a process that got past its settings would not collide with anything)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
-    ports = free_ports(6)
+    ports = free_ports(7)
     env.update({"TRELLIS_DATA_DIR": str(tmp_path / "data"), "TRELLIS_LOG_LEVEL": "WARNING",
                 "TRELLIS_NATS_URL": f"nats://127.0.0.1:{ports[0]}", "TRELLIS_EDGE_ADDR": f"127.0.0.1:{ports[1]}",
+                "TRELLIS_CONSOLE_ADDR": f"127.0.0.1:{ports[6]}",
                 **{f"TRELLIS_{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in zip(SERVICES[:4], ports[2:])},
                 **settings})
     return env
@@ -52,7 +54,7 @@ def test_a_list_setting_in_the_wrong_form_is_one_line_and_exit_code_2(command: s
     assert (result.returncode, result.stderr.splitlines(), result.stdout) == (2, [BAD_LIST_LINE], ""), result.stderr
 
 
-@pytest.mark.parametrize("command", ["identity", "registry", "edge", "trellis up", "trellis vendors"])
+@pytest.mark.parametrize("command", ["identity", "registry", "edge", "console", "trellis up", "trellis vendors"])
 def test_a_bad_organisation_limit_stops_every_process(command: str, tmp_path: Path) -> None:
     # TRELLIS_MAX_LIVE_INTEGRATIONS is a limit the registry enforces (services.kit.settings.LimitSettings).
     result = run(COMMANDS[command], environment(tmp_path, TRELLIS_MAX_LIVE_INTEGRATIONS="0"))
@@ -113,6 +115,19 @@ def test_an_edge_route_table_that_does_not_load(tmp_path: Path, production: dict
     result = run(COMMANDS["edge"], environment(tmp_path, **production, TRELLIS_EDGE_ROUTES_FILE=str(routes)))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: TRELLIS_EDGE_ROUTES_FILE is '{routes}'; expected a route table that loads (")
+
+
+def test_a_production_console_without_an_oidc_client(tmp_path: Path, production: dict[str, str]) -> None:
+    result = run(COMMANDS["console"], environment(tmp_path, **production))
+    assert_fails_with(result, "error: TRELLIS_CONSOLE_OIDC_CLIENT_ID is not set; expected the console's client id at "
+                              "the identity provider outside the embedded mode")
+
+
+def test_a_production_console_on_plain_http(tmp_path: Path, production: dict[str, str]) -> None:
+    result = run(COMMANDS["console"], environment(tmp_path, **production, TRELLIS_CONSOLE_OIDC_CLIENT_ID="trellis-console",
+                                                  TRELLIS_CONSOLE_PUBLIC_URL="http://console.example"))
+    assert_fails_with(result, "error: TRELLIS_CONSOLE_PUBLIC_URL is 'http://console.example'; expected an https:// URL "
+                              "(session cookies are Secure)")
 
 
 def test_a_production_logs_service_without_its_audit_key(tmp_path: Path, production: dict[str, str]) -> None:

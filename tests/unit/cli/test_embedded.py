@@ -70,7 +70,7 @@ def test_missing_secrets_tell_the_user_to_run_trellis_up(tmp_path: Path) -> None
 
 
 def test_outside_embedded_mode_the_token_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.cli.client import CliSettings
+    from services.cli.settings import CliSettings
 
     settings = CliSettings(mode="production", data_dir=tmp_path)
     monkeypatch.delenv("TRELLIS_ACTOR_TOKEN", raising=False)

@@ -12,30 +12,28 @@ from services.cli.launcher import (EXAMPLE_ROUTES, SERVICES, Launcher, RestartPo
                                    example_upstream_available, implemented_services, services_with_migrations)
 from services.cli.main import build_parser
 from services.kit.natsproc import NatsServer
-from services.kit.settings import Settings
+from services.cli.settings import CliSettings
 
 
 def test_replicas_listen_on_the_service_port_plus_100_per_replica(tmp_path: Path) -> None:
-    launcher = Launcher(Settings(data_dir=tmp_path, registry_addr="127.0.0.1:6002"), replicas=3)
+    launcher = Launcher(CliSettings(data_dir=tmp_path, registry_addr="127.0.0.1:6002"), replicas=3)
     assert [launcher.address("registry", k) for k in range(3)] == ["127.0.0.1:6002", "127.0.0.1:6102", "127.0.0.1:6202"]
     assert launcher.address("identity") == "127.0.0.1:50051"
 
 
 def test_nats_port_comes_from_the_nats_url_unless_given(tmp_path: Path) -> None:
-    assert Launcher(Settings(data_dir=tmp_path, nats_url="nats://127.0.0.1:4999")).nats_port == 4999
-    assert Launcher(Settings(data_dir=tmp_path), nats_port=5111).nats_port == 5111
+    assert Launcher(CliSettings(data_dir=tmp_path, nats_url="nats://127.0.0.1:4999")).nats_port == 4999
+    assert Launcher(CliSettings(data_dir=tmp_path), nats_port=5111).nats_port == 5111
 
 
 def test_launcher_is_embedded_whatever_the_environment_says(tmp_path: Path) -> None:
-    from services.cli.client import CliSettings
-
     launcher = Launcher(CliSettings(mode="production", data_dir=tmp_path))
     assert launcher.settings.mode.value == "embedded"
     assert launcher.settings.database_url("registry").endswith(f"{tmp_path.resolve()}/registry.db")
 
 
 def test_children_get_the_data_dir_nats_secrets_and_their_own_address(tmp_path: Path) -> None:
-    launcher = Launcher(Settings(data_dir=tmp_path / "d", registry_addr="127.0.0.1:6002"), replicas=2)
+    launcher = Launcher(CliSettings(data_dir=tmp_path / "d", registry_addr="127.0.0.1:6002"), replicas=2)
     launcher.secrets = ensure_secrets(launcher.data_dir)
     launcher.nats = NatsServer(tmp_path / "nats", port=4555)
     launcher.nats.port = 4555
@@ -51,7 +49,7 @@ def test_children_get_the_data_dir_nats_secrets_and_their_own_address(tmp_path: 
 
 
 def test_every_child_is_told_the_public_urls_derived_from_the_edges_base_address(tmp_path: Path) -> None:
-    launcher = Launcher(Settings(data_dir=tmp_path / "d", edge_addr="127.0.0.1:9181"), replicas=2)
+    launcher = Launcher(CliSettings(data_dir=tmp_path / "d", edge_addr="127.0.0.1:9181"), replicas=2)
     launcher.secrets = ensure_secrets(launcher.data_dir)
     launcher.nats = NatsServer(tmp_path / "nats", port=4555)
     base = "http://127.0.0.1:9181"
@@ -80,8 +78,8 @@ def test_database_descriptions_never_show_a_password() -> None:
     assert "hunter2" not in shown and "db:5432/registry" in shown
 
 
-def _launcher_with_secrets(tmp_path: Path, settings: Settings | None = None) -> Launcher:
-    launcher = Launcher(settings or Settings(data_dir=tmp_path / "d"))
+def _launcher_with_secrets(tmp_path: Path, settings: CliSettings | None = None) -> Launcher:
+    launcher = Launcher(settings or CliSettings(data_dir=tmp_path / "d"))
     launcher.secrets = ensure_secrets(launcher.data_dir)
     launcher.nats = NatsServer(tmp_path / "nats", port=4555)
     return launcher
@@ -96,14 +94,14 @@ def test_the_edge_mints_its_identity_with_the_local_key_and_routes_by_the_checko
 
 
 def test_a_configured_route_table_wins_over_the_example(tmp_path: Path) -> None:
-    launcher = _launcher_with_secrets(tmp_path, Settings(data_dir=tmp_path / "d", edge_routes_file="/etc/trellis/routes.toml"))
+    launcher = _launcher_with_secrets(tmp_path, CliSettings(data_dir=tmp_path / "d", edge_routes_file="/etc/trellis/routes.toml"))
     assert launcher.child_environment("edge", 0)["TRELLIS_EDGE_ROUTES_FILE"] == "/etc/trellis/routes.toml"
 
 
 def test_the_example_upstream_runs_from_a_checkout_unless_declined(tmp_path: Path) -> None:
     assert example_upstream_available()  # this is a checkout
-    assert Launcher(Settings(data_dir=tmp_path)).example_upstream
-    assert not Launcher(Settings(data_dir=tmp_path), example_upstream=False).example_upstream
+    assert Launcher(CliSettings(data_dir=tmp_path)).example_upstream
+    assert not Launcher(CliSettings(data_dir=tmp_path), example_upstream=False).example_upstream
     assert build_parser().parse_args(["up"]).example_upstream
     assert not build_parser().parse_args(["up", "--no-example-upstream"]).example_upstream
 
@@ -193,16 +191,16 @@ def test_the_console_signs_in_locally_with_the_launchers_key_at_the_address_it_l
 
 
 def test_the_consoles_url_follows_its_address_unless_a_public_url_is_set(tmp_path: Path) -> None:
-    launcher = _launcher_with_secrets(tmp_path, Settings(data_dir=tmp_path / "d", console_addr="127.0.0.1:9181"))
+    launcher = _launcher_with_secrets(tmp_path, CliSettings(data_dir=tmp_path / "d", console_addr="127.0.0.1:9181"))
     assert launcher.console_url() == "http://127.0.0.1:9181"
     assert launcher.child_environment("console", 0)["TRELLIS_CONSOLE_PUBLIC_URL"] == "http://127.0.0.1:9181"
-    proxied = _launcher_with_secrets(tmp_path, Settings(data_dir=tmp_path / "d", console_public_url="https://console.test/"))
+    proxied = _launcher_with_secrets(tmp_path, CliSettings(data_dir=tmp_path / "d", console_public_url="https://console.test/"))
     assert proxied.child_environment("console", 0)["TRELLIS_CONSOLE_PUBLIC_URL"] == "https://console.test"
 
 
 def test_the_summary_says_where_the_console_is_and_where_to_sign_in(tmp_path: Path) -> None:
-    (where, sign_in) = Launcher(Settings(data_dir=tmp_path, console_addr="127.0.0.1:9181")).console_summary()
+    (where, sign_in) = Launcher(CliSettings(data_dir=tmp_path, console_addr="127.0.0.1:9181")).console_summary()
     assert where.startswith("Administrators use the console at http://127.0.0.1:9181 ")
     assert "http://127.0.0.1:9181/signin" in sign_in and "alice" in sign_in and "bob" in sign_in
-    (where, _) = Launcher(Settings(data_dir=tmp_path), replicas=2).console_summary()
+    (where, _) = Launcher(CliSettings(data_dir=tmp_path), replicas=2).console_summary()
     assert "http://127.0.0.1:8081" in where and "http://127.0.0.1:8181" in where

@@ -35,7 +35,9 @@ from services.kit.auth import ActorVerifier
 from services.kit.bus import connect
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
-from services.kit.settings import Mode, Settings
+from services.console.entrypoints.settings import ConsoleProcessSettings, check_settings
+from services.kit.settingcheck import exit_on_bad_settings
+from services.kit.settings import Mode, load_settings
 from services.kit.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -94,19 +96,6 @@ class RunningConsole:
         await self.stop()
 
 
-def check_settings(settings: Settings) -> None:
-    """What the console needs outside the embedded mode: an OIDC client and an HTTPS address."""
-    if settings.mode is Mode.EMBEDDED:
-        return
-    problems = []
-    if not settings.console_oidc_client_id:
-        problems.append("TRELLIS_CONSOLE_OIDC_CLIENT_ID must be set (the console's client at the identity provider)")
-    if urlsplit(settings.console_public_url).scheme != "https":
-        problems.append("TRELLIS_CONSOLE_PUBLIC_URL must be an https:// URL (session cookies are Secure)")
-    if problems:
-        raise ValueError("console settings refused: " + "; ".join(problems))
-
-
 def _bind(address: str) -> socket.socket:
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
@@ -119,8 +108,9 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
-async def bootstrap(settings: Settings, *, address: str | None = None) -> RunningConsole:
-    """A ready-to-start console bound to `address` (default settings.console_addr; port 0 in tests)."""
+async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = None) -> RunningConsole:
+    """A ready-to-start console bound to `address` (default settings.console_addr; port 0 in tests).
+    Settings it cannot serve with raise SettingError (one line, exit code 2 from main)."""
     check_settings(settings)
     embedded = settings.mode is Mode.EMBEDDED
     local = LocalSignIn(settings) if embedded else None
@@ -176,7 +166,9 @@ def _closer(sock: socket.socket) -> Cleanup:
 
 
 def main() -> None:
-    settings = Settings()
+    with exit_on_bad_settings():
+        settings = load_settings(ConsoleProcessSettings)
+        check_settings(settings)
     configure_logging(settings, NAME)
 
     async def run() -> None:
