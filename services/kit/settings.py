@@ -405,7 +405,7 @@ class WebhooksSettings(SettingsGroup):
     webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
     webhooks_user_agent: str = "GrowerIQ-Webhook/1.0"
     # PEM bundle of CAs trusted for receivers' certificates besides the system's store, which
-    # it extends (services.webhooks.sender.tls_context); empty: the system's store alone.
+    # it extends (services.webhooks.adapters.sender.tls_context); empty: the system's store alone.
     webhooks_ca_bundle: str = ""
     # CIDRs exempt from the SSRF refusal (say, 127.0.0.0/8 for a receiver on this machine).
     webhooks_allowed_private_networks: list[str] = Field(default_factory=list)

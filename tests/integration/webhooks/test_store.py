@@ -11,9 +11,9 @@ from alembic.migration import MigrationContext
 
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.ids import new_id
-from services.webhooks.domain import IncomingActivity, Subscription, delivery_body
-from services.webhooks.queue import WorkQueue
-from services.webhooks.store import ActivityLog, SubscriptionRepository, metadata
+from services.webhooks.domain.model import IncomingActivity, Subscription, delivery_body
+from services.webhooks.adapters.queue import WorkQueue
+from services.webhooks.adapters.store import ActivityLog, SubscriptionRepository, metadata
 
 
 async def test_migrations_match_the_metadata(database_url: str) -> None:

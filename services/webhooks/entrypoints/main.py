@@ -22,17 +22,17 @@ from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import Cleanup, RunningService, run_main
 from services.kit.settings import Settings
 from services.kit.telemetry import peer_channel
-from services.webhooks.consumer import ActivityConsumer, IntegrationEventsConsumer, SubscriptionEventsListener
-from services.webhooks.dispatcher import Dispatcher, Limits, SecretCache
-from services.webhooks.domain import RetryPolicy
-from services.webhooks.grpc_api import SERVICE_NAME, WebhooksServicer
-from services.webhooks.handlers import ActivityIngest, WebhookHandlers
-from services.webhooks.metrics import WebhookMetrics
-from services.webhooks.registry_client import RegistryIntegrations
-from services.webhooks.sender import DeliveryClient, Lookup, system_lookup
-from services.webhooks.ssrf import AddressPolicy, DestinationCheck
-from services.webhooks.queue import WorkQueue
-from services.webhooks.store import ActivityLog, Database, outbox
+from services.webhooks.adapters.consumer import ActivityConsumer, IntegrationEventsConsumer, SubscriptionEventsListener
+from services.webhooks.adapters.dispatcher import Dispatcher, Limits, SecretCache
+from services.webhooks.domain.model import RetryPolicy
+from services.webhooks.entrypoints.grpc_api import SERVICE_NAME, WebhooksServicer
+from services.webhooks.application.handlers import ActivityIngest, WebhookHandlers
+from services.webhooks.adapters.metrics import WebhookMetrics
+from services.webhooks.adapters.registry_client import RegistryIntegrations
+from services.webhooks.adapters.sender import DeliveryClient, Lookup, system_lookup
+from services.webhooks.adapters.ssrf import AddressPolicy, DestinationCheck
+from services.webhooks.adapters.queue import WorkQueue
+from services.webhooks.adapters.store import ActivityLog, Database, outbox
 
 NAME = "webhooks"
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.kit.settingcheck import SettingError
-from services.webhooks.domain import AttemptError, HttpResult, classify_status, truncate_body
-from services.webhooks.ssrf import AddressPolicy
+from services.webhooks.domain.model import AttemptError, HttpResult, classify_status, truncate_body
+from services.webhooks.adapters.ssrf import AddressPolicy
 
 # (host, port) -> the addresses it resolves to; the default asks the system resolver.
 Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]

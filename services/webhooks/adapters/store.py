@@ -5,7 +5,7 @@
 - `activities`: every platform activity received, keyed by (organisation, event id), with the
   delivery body serialised once (`body`, the exact bytes every attempt signs).
 - `deliveries`: one per (subscription, event), the work queue: `next_attempt_at` says when it
-  is due, `lease_until`/`claimed_by` which replica holds it (claims: services.webhooks.queue).
+  is due, `lease_until`/`claimed_by` which replica holds it (claims: services.webhooks.adapters.queue).
 - `attempts`: the delivery log, one row per POST.
 - `integrations`: the last status seen of each owning integration (from its events).
 """
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.errors import InvalidArgument, NotFound
 from services.kit.outbox import outbox_table
-from services.webhooks.domain import (
+from services.webhooks.domain.model import (
     AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
 )
 

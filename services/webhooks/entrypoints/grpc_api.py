@@ -10,11 +10,11 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
-from services.webhooks import commands
-from services.webhooks.domain import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
-from services.webhooks.events import STATUS_TO_PROTO
-from services.webhooks.handlers import WebhookHandlers
-from services.webhooks.store import ActivityRecord, AttemptRecord, DeliveryRecord
+from services.webhooks.application import commands
+from services.webhooks.domain.model import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
+from services.webhooks.adapters.events import STATUS_TO_PROTO
+from services.webhooks.application.handlers import WebhookHandlers
+from services.webhooks.adapters.store import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
 UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme")

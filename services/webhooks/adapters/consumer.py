@@ -29,9 +29,9 @@ from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
-from services.webhooks.commands import ApplyIntegrationChange
-from services.webhooks.domain import IncomingActivity, check_published_type, check_sender, parse_data
-from services.webhooks.handlers import ActivityIngest, WebhookHandlers
+from services.webhooks.application.commands import ApplyIntegrationChange
+from services.webhooks.domain.model import IncomingActivity, check_published_type, check_sender, parse_data
+from services.webhooks.application.handlers import ActivityIngest, WebhookHandlers
 
 log = logging.getLogger(__name__)
 

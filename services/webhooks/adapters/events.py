@@ -17,8 +17,8 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit.ids import new_id
 from services.kit.outbox import add_event
 from services.kit.prototime import timestamp
-from services.webhooks.domain import Subscription, SubscriptionStatus
-from services.webhooks.store import outbox
+from services.webhooks.domain.model import Subscription, SubscriptionStatus
+from services.webhooks.adapters.store import outbox
 
 SERVICE = "webhooks"
 SYSTEM_ACTOR = "system"

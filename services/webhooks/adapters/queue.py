@@ -12,8 +12,8 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.kit.db import UTCDateTime
-from services.webhooks.domain import DeliveryStatus, SignatureScheme, SubscriptionStatus
-from services.webhooks.store import activities, attempts, deliveries, subscriptions
+from services.webhooks.domain.model import DeliveryStatus, SignatureScheme, SubscriptionStatus
+from services.webhooks.adapters.store import activities, attempts, deliveries, subscriptions
 
 # Subscriptions one claim serves; with more due, the dispatcher claims again at once.
 MAX_SUBSCRIPTIONS_PER_CLAIM = 64

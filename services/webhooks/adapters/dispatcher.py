@@ -35,14 +35,14 @@ from services.kit.bus import context_from_headers
 from services.kit.crypto import Envelope
 from services.kit.db import utcnow
 from services.kit.telemetry import tracer
-from services.webhooks import events
-from services.webhooks.domain import (
+from services.webhooks.adapters import events
+from services.webhooks.domain.model import (
     HttpResult, RetryPolicy, SignatureScheme, SubscriptionStatus, delivery_headers, outcome_of,
 )
-from services.webhooks.metrics import WebhookMetrics
-from services.webhooks.sender import DeliveryClient
-from services.webhooks.queue import Completed, Job, WorkQueue
-from services.webhooks.store import Database, attempt_row, row_id, secret_aad
+from services.webhooks.adapters.metrics import WebhookMetrics
+from services.webhooks.adapters.sender import DeliveryClient
+from services.webhooks.adapters.queue import Completed, Job, WorkQueue
+from services.webhooks.adapters.store import Database, attempt_row, row_id, secret_aad
 
 log = logging.getLogger(__name__)
 

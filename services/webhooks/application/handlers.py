@@ -21,15 +21,16 @@ from services.kit.crypto import Envelope
 from services.kit.db import utcnow
 from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.kit.ids import new_id
-from services.webhooks import commands, events
-from services.webhooks.dispatcher import SecretCache, send_attempt
-from services.webhooks.domain import (
+from services.webhooks.application import commands
+from services.webhooks.adapters import events
+from services.webhooks.adapters.dispatcher import SecretCache, send_attempt
+from services.webhooks.domain.model import (
     ACTIVITY_TYPES, TEST_TYPE, ActivityType, DeliveryStatus, IncomingActivity, RetryPolicy, Subscription,
     SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
     delivery_body, new_signing_secret, outcome_of, parse_data, pending_delivery_text, sample_data,
 )
-from services.webhooks.sender import DeliveryClient
-from services.webhooks.store import (
+from services.webhooks.adapters.sender import DeliveryClient
+from services.webhooks.adapters.store import (
     Accepted, ActivityLog, Database, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SubscriptionRepository, attempt_row,
     page_size, row_id, secret_aad,
 )
@@ -46,7 +47,7 @@ class DispatcherPort(Protocol):
 
 class DestinationsPort(Protocol):
     async def refusal(self, url: str) -> str | None:
-        """Why no delivery could ever reach `url`, or None (see services.webhooks.ssrf)."""
+        """Why no delivery could ever reach `url`, or None (see services.webhooks.adapters.ssrf)."""
         ...
 
 
