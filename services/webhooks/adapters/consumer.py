@@ -96,6 +96,14 @@ class ActivityConsumer:
                                replay_history=replay_history, batch=batch, ack_wait_seconds=ack_wait_seconds,
                                wait_seconds=BATCH_WAIT_SECONDS)
 
+    @property
+    def stream(self) -> str:
+        return self.loop.stream
+
+    @property
+    def durable(self) -> str:
+        return self.loop.durable
+
     async def start(self) -> None:
         await self.loop.start(self.handle)
 
@@ -135,6 +143,14 @@ class IntegrationEventsConsumer:
         # Public: its stream and durable name are what the service's metrics watch.
         self.loop = PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
                                replay_history=replay_history, batch=50, ack_wait_seconds=ack_wait_seconds)
+
+    @property
+    def stream(self) -> str:
+        return self.loop.stream
+
+    @property
+    def durable(self) -> str:
+        return self.loop.durable
 
     async def start(self) -> None:
         await self.loop.start(self.handle)

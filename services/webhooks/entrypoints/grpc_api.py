@@ -14,7 +14,7 @@ from services.webhooks.application import commands
 from services.webhooks.domain.model import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
 from services.webhooks.adapters.events import STATUS_TO_PROTO
 from services.webhooks.application.handlers import WebhookHandlers
-from services.webhooks.adapters.store import ActivityRecord, AttemptRecord, DeliveryRecord
+from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
 UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme")

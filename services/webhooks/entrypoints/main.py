@@ -1,7 +1,8 @@
-"""Wires webhooks together: database, NATS, outbox relay, the HTTP delivery client, the
-dispatcher, the activity and integration consumers, the registry peer (TRELLIS_REGISTRY_ADDR:
-which integration an administrator may name as a subscription's owner), and the gRPC server.
-Nothing here runs at import time."""
+"""Wires webhooks: database, NATS and the outbox relay, the HTTP delivery client, the
+dispatcher, the registry peer (TRELLIS_REGISTRY_ADDR: which integration an administrator may
+name as a subscription's owner), the handlers, the subscription listener and the activity and
+integration consumers, then the gRPC server. Nothing is wired at import time;
+`python -m services.webhooks` runs it."""
 
 from __future__ import annotations
 
@@ -12,33 +13,29 @@ import uuid
 
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
-from services.kit.auth import ActorVerifier
-from services.kit.bus import connect, ensure_streams
+from services.kit.builder import ServiceBuilder
+from services.kit.bus import trace_headers
 from services.kit.crypto import Envelope
-from services.kit.db import create_engine, is_sqlite, session_factory
-from services.kit.grpc_server import create_server
-from services.kit.metrics import ServiceMetrics
-from services.kit.outbox import OutboxRelay, jetstream_publisher
-from services.kit.service import Cleanup, RunningService, run_main
-from services.kit.settings import Settings
-from services.kit.telemetry import peer_channel
+from services.kit.service import RunningService, run_main
+from services.kit.telemetry import tracer
 from services.webhooks.adapters.consumer import ActivityConsumer, IntegrationEventsConsumer, SubscriptionEventsListener
-from services.webhooks.adapters.dispatcher import Dispatcher, Limits, SecretCache
+from services.webhooks.adapters.dispatcher import Dispatcher, Limits
+from services.webhooks.adapters.metrics import WebhookMetrics
+from services.webhooks.adapters.queue import WorkQueue
+from services.webhooks.adapters.registry_client import RegistryIntegrations
+from services.webhooks.adapters.sender import DeliveryClient, Lookup, SignedSender, system_lookup
+from services.webhooks.adapters.ssrf import AddressPolicy, DestinationCheck
+from services.webhooks.adapters.store import Database, SqlWebhooksUnitOfWork, outbox
+from services.webhooks.application.handlers import ActivityIngest, SecretCache, WebhookHandlers
 from services.webhooks.domain.model import RetryPolicy
 from services.webhooks.entrypoints.grpc_api import SERVICE_NAME, WebhooksServicer
-from services.webhooks.application.handlers import ActivityIngest, WebhookHandlers
-from services.webhooks.adapters.metrics import WebhookMetrics
-from services.webhooks.adapters.registry_client import RegistryIntegrations
-from services.webhooks.adapters.sender import DeliveryClient, Lookup, system_lookup
-from services.webhooks.adapters.ssrf import AddressPolicy, DestinationCheck
-from services.webhooks.adapters.queue import WorkQueue
-from services.webhooks.adapters.store import ActivityLog, Database, outbox
+from services.webhooks.entrypoints.settings import WebhooksProcessSettings
 
 NAME = "webhooks"
 log = logging.getLogger(__name__)
 
 
-async def bootstrap(settings: Settings, *, address: str | None = None, replay_history: bool = True,
+async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = None, replay_history: bool = True,
                     lookup: Lookup = system_lookup) -> RunningService:
     """A ready-to-start webhooks service; the database must already be migrated.
 
@@ -46,27 +43,12 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
     starts a new durable at the stream's end (tests). `lookup` resolves receivers' host names
     (tests point test names at loopback); every answer still passes the SSRF check.
     """
-    cleanups: list[Cleanup] = []
-    metrics = ServiceMetrics(NAME)
-    delivery_metrics = WebhookMetrics(metrics)
-    try:
-        url = settings.database_url(NAME)
-        engine = create_engine(url, echo=settings.database_echo)
-        cleanups.append(engine.dispose)
-        sessions = session_factory(engine)
-        sqlite = is_sqlite(url)
-        db = Database(sessions, serialize_writes=sqlite)
-
-        nc = await connect(settings.nats_url, name=f"trellis-{NAME}")
-        cleanups.append(nc.close)
-        js = nc.jetstream()
-        await ensure_streams(js, replicas=settings.nats_stream_replicas)
-
-        relay = OutboxRelay(sessions, outbox, jetstream_publisher(js), poll_seconds=settings.outbox_poll_seconds,
-                            skip_locked=not sqlite)
-        relay.start()
-        cleanups.append(relay.stop)
-        metrics.watch_outbox(relay)
+    async with ServiceBuilder(NAME, settings, address=address) as build:
+        delivery_metrics = WebhookMetrics(build.metrics)
+        built = build.database()
+        db = Database(built.sessions, serialize_writes=built.sqlite)
+        bus = await build.nats()
+        relay = build.outbox_relay(built, outbox, bus)
 
         address_policy = AddressPolicy.allowing(settings.webhooks_allowed_private_networks)
         client = DeliveryClient(
@@ -75,12 +57,11 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
             max_connections=settings.webhooks_concurrency_total, lookup=lookup,
         )
         await client.start()
-        cleanups.append(client.close)
+        build.on_close(client.close, "delivery client")
 
         envelope = Envelope(settings.kek_keys(), settings.kek_version)
         policy = RetryPolicy.of(settings.webhooks_retry_schedule_seconds)
-        address = address or f"{settings.bind_host}:{settings.listen_port(NAME)}"
-        queue = WorkQueue(owner=replica_name(address), skip_locked=not sqlite)
+        queue = WorkQueue(owner=replica_name(build.address), skip_locked=not built.sqlite)
         async with db.write() as session:
             if released := await queue.release_all(session):
                 log.info("released %d deliveries this replica had claimed before it stopped", released)
@@ -97,50 +78,29 @@ async def bootstrap(settings: Settings, *, address: str | None = None, replay_hi
                 return await queue.depth(session)
 
         delivery_metrics.watch_queue(queue_depth)
-        dispatcher.start()
-        cleanups.append(dispatcher.stop)
+        await build.start(dispatcher, "dispatcher")
+        registry = RegistryIntegrations(registry_pb2_grpc.RegistryStub(build.peer(settings.registry_addr)))
 
-        registry_channel = peer_channel(settings.registry_addr)
+        def unit_of_work(*, read_only: bool = False) -> SqlWebhooksUnitOfWork:
+            return SqlWebhooksUnitOfWork(db, read_only=read_only)
 
-        async def close_registry() -> None:
-            await registry_channel.close()
+        ingest = ActivityIngest(unit_of_work, dispatcher)
+        handlers = WebhookHandlers(unit_of_work, envelope, SignedSender(client, spans=tracer(Dispatcher.__module__)),
+                                   dispatcher, ingest, policy, user_agent=settings.webhooks_user_agent,
+                                   integrations=registry, destinations=DestinationCheck(address_policy, lookup),
+                                   trace_context=trace_headers, owner=queue.owner, notify=relay.notify)
 
-        cleanups.append(close_registry)
-        ingest = ActivityIngest(db, ActivityLog(), dispatcher)
-        handlers = WebhookHandlers(db, envelope, client, dispatcher, ingest, policy,
-                                   user_agent=settings.webhooks_user_agent,
-                                   integrations=RegistryIntegrations(registry_pb2_grpc.RegistryStub(registry_channel)),
-                                   destinations=DestinationCheck(address_policy, lookup),
-                                   owner=queue.owner, notify=relay.notify)
-
-        listener = SubscriptionEventsListener(nc, dispatcher.subscription_changed)
-        await listener.start()
-        cleanups.append(listener.stop)
-        consumers = (
-            ActivityConsumer(js, ingest, durable=f"{settings.webhooks_consumer_name}-activity", replay_history=replay_history,
-                             ack_wait_seconds=settings.webhooks_consumer_ack_wait_seconds),
-            IntegrationEventsConsumer(js, handlers, durable=f"{settings.webhooks_consumer_name}-integrations",
-                                      replay_history=replay_history, ack_wait_seconds=settings.webhooks_consumer_ack_wait_seconds),
-        )
-        for consumer in consumers:
-            await consumer.start()
-            cleanups.append(consumer.stop)
-            metrics.watch_consumer(js, consumer.loop.stream, consumer.loop.durable)
+        await build.start(SubscriptionEventsListener(bus.nc, dispatcher.subscription_changed), "subscription listener")
+        ack_wait = settings.webhooks_consumer_ack_wait_seconds
+        await build.consumer(ActivityConsumer(bus.js, ingest, durable=f"{settings.webhooks_consumer_name}-activity",
+                                              replay_history=replay_history, ack_wait_seconds=ack_wait), bus)
+        await build.consumer(IntegrationEventsConsumer(bus.js, handlers,
+                                                       durable=f"{settings.webhooks_consumer_name}-integrations",
+                                                       replay_history=replay_history, ack_wait_seconds=ack_wait), bus)
 
         servicer = WebhooksServicer(handlers)
-        server, port, health = create_server(
-            address,
-            register=lambda s: webhooks_pb2_grpc.add_WebhooksServicer_to_server(servicer, s),
-            service_names=[SERVICE_NAME],
-            verifier=ActorVerifier.from_settings(settings),
-            metrics=metrics,
-        )
-    except BaseException:
-        for cleanup in reversed(cleanups):
-            await cleanup()
-        raise
-    return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME], cleanups=cleanups,
-                          metrics=metrics, metrics_address=settings.metrics_address(NAME, address))
+        return build.serve(lambda server: webhooks_pb2_grpc.add_WebhooksServicer_to_server(servicer, server),
+                           [SERVICE_NAME])
 
 
 def replica_name(address: str) -> str:
@@ -153,4 +113,4 @@ def replica_name(address: str) -> str:
 
 
 def main() -> None:
-    run_main(NAME, bootstrap)
+    run_main(NAME, bootstrap, WebhooksProcessSettings)

@@ -17,7 +17,7 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from services.webhooks.entrypoints.main import bootstrap
 from services.webhooks.adapters.sender import system_lookup
 from tests.integration.webhooks.receiver import Receiver, Tls
