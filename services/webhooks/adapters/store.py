@@ -20,14 +20,14 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
     and_, case, or_, select, text, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import CursorResult, Result, Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.kit.db import UTCDateTime, new_metadata
@@ -37,11 +37,11 @@ from services.kit.sqluow import SqlUnitOfWork
 from services.kit.uow import Flush, no_flush
 from services.webhooks.adapters import events
 from services.webhooks.application.ports import (
-    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, attempt_row,
+    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope,
 )
 from services.webhooks.domain.model import (
-    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
-    SubscriptionStatus, page_size, secret_aad,
+    AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
+    SubscriptionStatus,
 )
 
 metadata = new_metadata()
@@ -210,9 +210,15 @@ def row_id(prefix: str) -> str:
 
 def insert_for(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
     """INSERT … ON CONFLICT DO NOTHING for the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or INSERT matched: its result is a CursorResult, which the session's
+    `execute` does not say in its type."""
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 # --- reading rows ------------------------------------------------------------------------------------
@@ -339,7 +345,9 @@ class SubscriptionRepository:
         return _subscription(row)
 
     async def sealed_secret(self, subscription_id: str) -> bytes:
-        return (await self._session.execute(select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+        sealed: bytes = (await self._session.execute(
+            select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed
 
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
         values = _subscription_values(subscription)
@@ -362,7 +370,7 @@ class SubscriptionRepository:
             .values(status=DeliveryStatus.CANCELLED.value, next_attempt_at=None, lease_until=None, claimed_by=None,
                     updated_at=now)
         )
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
     async def release_queue(self, subscription_id: str, now: dt.datetime) -> int:
         """Makes every pending delivery due now (after recovery): they go out oldest first."""
@@ -372,7 +380,7 @@ class SubscriptionRepository:
                    deliveries.c.next_attempt_at.is_not(None))
             .values(next_attempt_at=now, updated_at=now)
         )
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
     async def list_page(self, scope: Scope, *, statuses: Sequence[SubscriptionStatus],
                         size: int, token: str) -> tuple[list[Subscription], str]:
@@ -420,7 +428,7 @@ class SubscriptionRepository:
     async def mark_processed(self, event_id: str, now: dt.datetime) -> bool:
         """False when this event was already applied."""
         result = await self._session.execute(insert_for(self._session, processed_events).values(event_id=event_id, processed_at=now))
-        return bool(result.rowcount)
+        return bool(rowcount(result))
 
 
 # --- activities and the delivery log -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ subscription; the edge acts for one partner integration and sees only what it ow
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -181,10 +182,10 @@ class WebhookHandlers:
             if subscription.integration_id:
                 # What this replica last heard on the bus: a revocation consumed since the
                 # registry answered still stops it.
-                status = await uow.subscriptions.integration_status(caller.org_id, subscription.integration_id)
-                _check_owner(subscription.integration_id, status)
+                heard = await uow.subscriptions.integration_status(caller.org_id, subscription.integration_id)
+                _check_owner(subscription.integration_id, heard)
                 if caller.partner:
-                    subscription.integration_suspended = status == "suspended"
+                    subscription.integration_suspended = heard == "suspended"
             await uow.subscriptions.add(subscription, self._seal(subscription.id, secret))
             await uow.changed_and_audited("created", before=None, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=cmd.view.request_id)
@@ -329,7 +330,7 @@ class WebhookHandlers:
 
     # --- the delivery log --------------------------------------------------------------------
 
-    async def list_deliveries(self, actor: Actor, query: commands.ListDeliveries) -> tuple[list[DeliveryRecord], str]:
+    async def list_deliveries(self, actor: Actor, query: commands.ListDeliveries) -> tuple[builtins.list[DeliveryRecord], str]:
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
             if query.subscription_id:
@@ -339,13 +340,13 @@ class WebhookHandlers:
                 event_id=query.event_id, size=page_size(query.page_size), token=query.page_token,
             )
 
-    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> tuple[DeliveryRecord, list[AttemptRecord]]:
+    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> tuple[DeliveryRecord, builtins.list[AttemptRecord]]:
         caller = caller_for(actor, ref.view)
         async with self._units(read_only=True) as uow:
             delivery = await uow.activities.get_delivery(caller.scope, ref.delivery_id)
             return delivery, await uow.activities.attempts_of(caller.scope, ref.delivery_id)
 
-    async def list_attempts(self, actor: Actor, query: commands.ListAttempts) -> tuple[list[AttemptRecord], str]:
+    async def list_attempts(self, actor: Actor, query: commands.ListAttempts) -> tuple[builtins.list[AttemptRecord], str]:
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
             if query.subscription_id:
@@ -401,7 +402,7 @@ class WebhookHandlers:
         )
         return (await self._ingest.accept([activity]))[0]
 
-    async def list_activities(self, actor: Actor, query: commands.ListActivities) -> tuple[list[ActivityRecord], str]:
+    async def list_activities(self, actor: Actor, query: commands.ListActivities) -> tuple[builtins.list[ActivityRecord], str]:
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
             return await uow.activities.list_activities(caller.org_id, types=[t.strip() for t in query.types if t.strip()],

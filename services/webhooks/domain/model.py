@@ -18,6 +18,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 from services.kit.errors import FailedPrecondition, InvalidArgument
@@ -187,7 +188,7 @@ class Subscription:
             if name == "url":
                 self.url = check_url(str(value))
             elif name == "activity_types":
-                self.activity_types = check_activity_types(value)  # type: ignore[arg-type]
+                self.activity_types = check_activity_types(cast("Iterable[str]", value))
             elif name == "description":
                 self.description = check_description(str(value))
             elif name == "signature_scheme":
