@@ -1,4 +1,5 @@
-"""Webhooks' tables and the repositories that map rows to domain objects.
+"""Webhooks' tables, the repositories that map rows to domain objects (bound to one session),
+and the unit of work over them (application.ports.WebhooksUnitOfWork, SqlWebhooksUnitOfWork).
 
 - `subscriptions`: one per endpoint; the signing secret is sealed by envelope encryption,
   bound to `subscriptions.secret:<id>`. Deleted ones stay (soft delete) for the log.

@@ -1,5 +1,6 @@
-"""Webhooks' use cases: load through the store, apply the domain rule, write the events in the
-same transaction, commit, then wake the outbox relay and the dispatcher.
+"""Webhooks' use cases: in one unit of work (application/ports.py), load through its
+repositories, apply the domain rule, write the events in the same transaction, commit; then
+wake the outbox relay and the dispatcher. A test send goes out through `DeliveryPort`.
 
 Who sees what (`caller_for`): administrators act in their token's organisation and see every
 subscription; the edge acts for one partner integration and sees only what it owns.
