@@ -1,7 +1,7 @@
 """Typed settings, read from `TRELLIS_*` environment variables, in one group per component.
 
-`KitSettings` is what every process reads; `PartnerSettings`, `SealingSettings` and
-`LimitSettings` are shared by the few that need them; each service has its own group, in its
+`KitSettings` is what every process reads; `PartnerSettings`, `SealingSettings`,
+`LimitSettings` and `WebhookTimeoutSettings` are shared by the few that need them; each service has its own group, in its
 `entrypoints/settings.py` once it is in the shape of docs/architecture.md (here until then). A process's settings class is the kit's group plus
 its own (`compose`), built once at start (`load_settings`, which reads every group, so a bad
 setting stops any process) and passed down from bootstrap; a service sees only what it uses.
@@ -341,9 +341,8 @@ class LimitSettings(SettingsGroup):
     max_live_integrations: int = Field(default=20, ge=1)
 
 
-class DeliveryTimeoutSettings(SettingsGroup):
-    """How long the webhooks service waits for a receiver: shared, as the console waits for a
-    test delivery a little longer than that."""
+class WebhookTimeoutSettings(SettingsGroup):
+    """The deadline of one webhook POST: webhooks holds its deliveries to it, the edge and the console wait a little longer for a test send."""
 
     webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
 
@@ -403,57 +402,6 @@ class EdgeSettings(SettingsGroup):
         return check.networks(value)
 
 
-class WebhooksSettings(SettingsGroup):
-    """The webhooks service's own settings: deliveries, receivers, its consumers."""
-
-    # The retry schedule is the spec's: attempt 2 one minute after attempt 1, then 5 min,
-    # 30 min, 2 h, each counted from the attempt before.
-    webhooks_retry_schedule_seconds: list[float] = Field(default_factory=lambda: [60.0, 300.0, 1800.0, 7200.0])
-    webhooks_user_agent: str = "GrowerIQ-Webhook/1.0"
-    # PEM bundle of CAs trusted for receivers' certificates besides the system's store, which
-    # it extends (services.webhooks.sender.tls_context); empty: the system's store alone.
-    webhooks_ca_bundle: str = ""
-    # CIDRs exempt from the SSRF refusal (say, 127.0.0.0/8 for a receiver on this machine).
-    webhooks_allowed_private_networks: list[str] = Field(default_factory=list)
-    webhooks_concurrency_per_subscription: int = Field(default=16, ge=1, le=1000)
-    webhooks_concurrency_total: int = Field(default=256, ge=1, le=10000)
-    # How long a replica's claim on a delivery lasts without renewal (renewed while it works).
-    webhooks_lease_seconds: float = Field(default=30.0, gt=0)
-    # Fallback look for due deliveries; new ones wake the dispatcher at once.
-    webhooks_poll_seconds: float = Field(default=1.0, gt=0)
-    # Durable JetStream consumer names (activity.> and trellis.integration.>) share this prefix.
-    webhooks_consumer_name: str = "webhooks"
-    # An activity fetched but not acked (the replica died) is redelivered after this long.
-    webhooks_consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
-
-    SETTING_FORMS: ClassVar[dict[str, str]] = {
-        "webhooks_allowed_private_networks": check.NETWORKS_FORM,
-        "webhooks_retry_schedule_seconds": "a JSON list of seconds, none negative, like [60, 300, 1800]",
-    }
-
-    @field_validator("webhooks_consumer_name")
-    @classmethod
-    def _consumer_name(cls, value: str) -> str:
-        return check.name(value, "a JetStream consumer name")
-
-    @field_validator("webhooks_user_agent")
-    @classmethod
-    def _user_agent(cls, value: str) -> str:
-        return check.header_value(value)
-
-    @field_validator("webhooks_allowed_private_networks")
-    @classmethod
-    def _allowed_private_networks(cls, value: list[str]) -> list[str]:
-        return check.networks(value)
-
-    @field_validator("webhooks_retry_schedule_seconds")
-    @classmethod
-    def _retry_schedule(cls, value: list[float]) -> list[float]:
-        if any(delay < 0 for delay in value):
-            raise check.form_error(cls.SETTING_FORMS["webhooks_retry_schedule_seconds"])
-        return value
-
-
 class LogsSettings(SettingsGroup):
     """The logs service's own settings (services/logs, docs/auditors.md)."""
 
@@ -476,7 +424,7 @@ class LogsSettings(SettingsGroup):
         return value
 
 
-class Settings(LogsSettings, WebhooksSettings, EdgeSettings, IdentitySettings, DeliveryTimeoutSettings, LimitSettings,
+class Settings(LogsSettings, EdgeSettings, IdentitySettings, WebhookTimeoutSettings, LimitSettings,
                SealingSettings, PartnerSettings, KitSettings):
     """The groups the kit still holds, fields in SETTINGS_GROUPS' order (pydantic lists the last
     base's first): the settings of the processes not yet in the new shape, and of the CLI.
@@ -492,10 +440,10 @@ SETTINGS_GROUPS: tuple[str, ...] = (
     f"{__name__}:PartnerSettings",
     f"{__name__}:SealingSettings",
     f"{__name__}:LimitSettings",
-    f"{__name__}:DeliveryTimeoutSettings",
+    f"{__name__}:WebhookTimeoutSettings",
     f"{__name__}:IdentitySettings",
     f"{__name__}:EdgeSettings",
-    f"{__name__}:WebhooksSettings",
+    "services.webhooks.entrypoints.settings:WebhooksSettings",
     f"{__name__}:LogsSettings",
     "services.console.entrypoints.settings:ConsoleSettings",
 )

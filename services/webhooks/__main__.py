@@ -1,3 +1,3 @@
-from services.webhooks.main import main
+from services.webhooks.entrypoints.main import main
 
 main()

@@ -37,7 +37,7 @@ from services.contracts.trellis.logs.v1 import logs_pb2, logs_pb2_grpc
 from services.kit.auth import QA_PERMISSION
 from services.kit.bus import server_urls
 from services.kit.db import create_engine
-from services.webhooks.store import attempts, deliveries
+from services.webhooks.adapters.store import attempts, deliveries
 from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
 from tests.integration.webhooks.receiver import Received, Receiver, Tls
 from tests.support.postgres import PostgresServer

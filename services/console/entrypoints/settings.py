@@ -1,6 +1,6 @@
 """What a console process reads: the kit's group, the partner-facing addresses it shows
 (PartnerSettings: the API docs link beside new credentials), the organisation limits it shows
-(LimitSettings), how long a receiver may take (DeliveryTimeoutSettings: a test delivery waits a
+(LimitSettings), how long a receiver may take (WebhookTimeoutSettings: a test delivery waits a
 little longer), and the console's own group below, named in services.kit.settings.SETTINGS_GROUPS."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 
 from services.kit.settingcheck import SettingError
-from services.kit.settings import (DeliveryTimeoutSettings, KitSettings, LimitSettings, Mode, PartnerSettings,
-                                   SettingsGroup)
+from services.kit.settings import (KitSettings, LimitSettings, Mode, PartnerSettings, SettingsGroup,
+                                   WebhookTimeoutSettings)
 
 
 class ConsoleSettings(SettingsGroup):
@@ -38,7 +38,7 @@ class ConsoleSettings(SettingsGroup):
     console_peer_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
-class ConsoleProcessSettings(ConsoleSettings, DeliveryTimeoutSettings, LimitSettings, PartnerSettings, KitSettings):
+class ConsoleProcessSettings(ConsoleSettings, WebhookTimeoutSettings, LimitSettings, PartnerSettings, KitSettings):
     """Everything a console process uses (fields: the kit's first; pydantic lists the last base's
     first)."""
 

@@ -46,7 +46,7 @@ TABS = {"all": ("All", pb.OUTCOME_UNSPECIFIED), "succeeded": ("Succeeded", pb.OU
         "failed": ("Failed", pb.OUTCOME_FAILED)}
 MAX_ATTEMPTS = 5  # the spec's retry schedule: attempt 1 immediately, 2-5 later
 
-# The buttons each status offers, as the webhooks domain allows (services/webhooks/domain.py
+# The buttons each status offers, as the webhooks domain allows (services/webhooks/domain/model.py
 # Subscription): a Disabled subscription (its integration revoked) can only be deleted; Enable
 # is Resume, which changes only a Paused one; Pause from Active or Failing.
 ACTIONS: dict[int, tuple[str, ...]] = {

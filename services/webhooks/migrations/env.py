@@ -1,4 +1,4 @@
 from services.kit.db import run_migrations_env
-from services.webhooks.store import metadata
+from services.webhooks.adapters.store import metadata
 
 run_migrations_env(metadata)

@@ -17,9 +17,9 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from services.kit.settings import Settings
-from services.webhooks.main import bootstrap
-from services.webhooks.sender import system_lookup
+from tests.support.settings import Settings
+from services.webhooks.entrypoints.main import bootstrap
+from services.webhooks.adapters.sender import system_lookup
 from tests.integration.webhooks.receiver import Receiver, Tls
 from tests.support.services import channel_to
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from services.webhooks.domain import AttemptError, HttpResult
-from services.webhooks.sender import DeliveryClient
-from services.webhooks.ssrf import AddressPolicy
+from services.webhooks.domain.model import AttemptError, HttpResult
+from services.webhooks.adapters.sender import DeliveryClient
+from services.webhooks.adapters.ssrf import AddressPolicy
 from tests.integration.webhooks.receiver import CERT_NAMES, Receiver
 
 

@@ -18,7 +18,7 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit.auth import EDGE_PERMISSION, mint_actor_token
 from services.cli.main import run
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.webhooks.conftest import Webhooks
 from tests.integration.webhooks.receiver import Receiver
 from tests.integration.webhooks.test_deliveries import docs_receiver

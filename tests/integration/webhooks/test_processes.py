@@ -19,8 +19,8 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.db import create_engine, migrate_async
-from services.kit.settings import Settings
-from services.webhooks.store import attempts, deliveries
+from tests.support.settings import Settings
+from services.webhooks.adapters.store import attempts, deliveries
 from tests.integration.webhooks.conftest import webhook_settings
 from tests.integration.webhooks.processes import WebhooksProcess
 from tests.integration.webhooks.receiver import Receiver, Received, Tls

@@ -11,9 +11,9 @@ from alembic.migration import MigrationContext
 
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.ids import new_id
-from services.webhooks.domain import IncomingActivity, Subscription, delivery_body
-from services.webhooks.queue import WorkQueue
-from services.webhooks.store import ActivityLog, SubscriptionRepository, metadata
+from services.webhooks.domain.model import IncomingActivity, Subscription, delivery_body
+from services.webhooks.adapters.queue import WorkQueue
+from services.webhooks.adapters.store import ActivityLog, SubscriptionRepository, metadata
 
 
 async def test_migrations_match_the_metadata(database_url: str) -> None:
@@ -38,10 +38,10 @@ async def test_concurrent_claims_never_take_one_delivery_twice(database_url: str
             subscription = Subscription(id=new_id("whk"), org_id="org_claims", url="https://example.com/h",
                                         activity_types=("*",), created_by="t", created_at=now, updated_at=now,
                                         secret_created_at=now)
-            await SubscriptionRepository().add(session, subscription, b"sealed")
+            await SubscriptionRepository(session).add(subscription, b"sealed")
             batch = [IncomingActivity(event_id=new_id("evt"), type="lot.created", org_id="org_claims", occurred_at=now,
                                       sender_type="user", sender_id="u", data={"n": n}) for n in range(60)]
-            await ActivityLog().ingest(session, batch, [delivery_body(a) for a in batch], now, lambda: new_id("dlv"))
+            await ActivityLog(session).ingest(batch, [delivery_body(a) for a in batch], now, lambda: new_id("dlv"))
 
         queues = [WorkQueue(owner=f"replica-{n}", skip_locked=not is_sqlite(database_url)) for n in range(3)]
 

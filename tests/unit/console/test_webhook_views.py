@@ -11,8 +11,8 @@ import pytest
 from services.console.webhooks import views
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit.errors import FailedPrecondition
-from services.webhooks.domain import ACTIVITY_TYPES, Subscription, SubscriptionStatus
-from services.webhooks.events import STATUS_TO_PROTO
+from services.webhooks.domain.model import ACTIVITY_TYPES, Subscription, SubscriptionStatus
+from services.webhooks.adapters.events import STATUS_TO_PROTO
 
 NOW = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
 

@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from services.kit.errors import FailedPrecondition, InvalidArgument
-from services.webhooks.domain import (
+from services.webhooks.domain.model import (
     ACTIVITY_TYPES, ALL_TYPES, AttemptError, DeliveryStatus, HttpResult, IncomingActivity, RetryPolicy,
     SignatureScheme, Subscription, SubscriptionStatus, check_activity_types, check_published_type, check_url,
     classify_status, delivery_body, delivery_headers, new_signing_secret, outcome_of, pending_delivery_text,

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from services.webhooks.sender import CheckedResolver, RefusedAddress
-from services.webhooks.ssrf import ALLOW_SETTING, REFUSED_V4, REFUSED_V6, AddressPolicy, DestinationCheck, refusal_reason
+from services.webhooks.adapters.sender import CheckedResolver, RefusedAddress
+from services.webhooks.adapters.ssrf import ALLOW_SETTING, REFUSED_V4, REFUSED_V6, AddressPolicy, DestinationCheck, refusal_reason
 
 # One address inside each refused IPv4 network (first, middle and last where they differ).
 V4_SAMPLES = [

@@ -8,12 +8,18 @@ address in. IP literals never reach a resolver, so they are checked before the r
 
 Sessions send no cookies, read no proxy settings from the environment, and carry no
 authorisation: the signature is the receiver's proof.
+
+`SignedSender` is application.ports.DeliveryPort over the client: it signs the body for the
+moment of the attempt and POSTs it in a `webhook.deliver` span (`send_attempt`, which the
+dispatcher calls with its own tracer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
+import json
 import socket
 import ssl
 import time
@@ -22,10 +28,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry import propagate, trace
 
+from services.kit.bus import context_from_headers
+from services.kit.clock import utcnow
 from services.kit.settingcheck import SettingError
-from services.webhooks.domain import AttemptError, HttpResult, classify_status, truncate_body
-from services.webhooks.ssrf import AddressPolicy
+from services.kit.telemetry import tracer
+from services.webhooks.domain.model import (
+    AttemptError, HttpResult, SignatureScheme, classify_status, delivery_headers, truncate_body,
+)
+from services.webhooks.adapters.ssrf import AddressPolicy
 
 # (host, port) -> the addresses it resolves to; the default asks the system resolver.
 Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
@@ -197,3 +209,43 @@ async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text[:300]
+
+
+async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureScheme, secret: str, event_id: str,
+                       event_type: str, body: bytes, user_agent: str, trace_headers: str = "",
+                       spans: trace.Tracer | None = None) -> tuple[HttpResult, dt.datetime]:
+    """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
+    started = utcnow()
+    timestamp = int(time.time())
+    headers = delivery_headers(scheme, secret, event_id=event_id, event_type=event_type, timestamp=timestamp,
+                               body=body, user_agent=user_agent)
+    parent = context_from_headers(json.loads(trace_headers)) if trace_headers else None
+    spans = spans or tracer(__name__)
+    with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
+        span.set_attribute("webhook.event_id", event_id)
+        span.set_attribute("webhook.event_type", event_type)
+        # The receiver gets `traceparent` (this span as its parent) so its tracing can join the
+        # trace; not `tracestate`, which may carry vendors' internal data.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if "traceparent" in carrier:
+            headers = {**headers, "traceparent": carrier["traceparent"]}
+        result = await client.post(url, body, headers)
+        span.set_attribute("http.response.status_code", result.status_code)
+        if not result.succeeded:
+            span.set_attribute("webhook.error", result.error.value)
+    return result, started
+
+
+class SignedSender:
+    """application.ports.DeliveryPort: one signed, traced POST through `client`."""
+
+    def __init__(self, client: DeliveryClient, *, spans: trace.Tracer | None = None) -> None:
+        self._client = client
+        self._spans = spans
+
+    async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
+                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+        return await send_attempt(self._client, url=url, scheme=scheme, secret=secret, event_id=event_id,
+                                  event_type=event_type, body=body, user_agent=user_agent,
+                                  trace_headers=trace_headers, spans=self._spans)

@@ -29,9 +29,9 @@ from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
-from services.webhooks.commands import ApplyIntegrationChange
-from services.webhooks.domain import IncomingActivity, check_published_type, check_sender, parse_data
-from services.webhooks.handlers import ActivityIngest, WebhookHandlers
+from services.webhooks.application.commands import ApplyIntegrationChange
+from services.webhooks.domain.model import IncomingActivity, check_published_type, check_sender, parse_data
+from services.webhooks.application.handlers import ActivityIngest, WebhookHandlers
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,14 @@ class ActivityConsumer:
                                replay_history=replay_history, batch=batch, ack_wait_seconds=ack_wait_seconds,
                                wait_seconds=BATCH_WAIT_SECONDS)
 
+    @property
+    def stream(self) -> str:
+        return self.loop.stream
+
+    @property
+    def durable(self) -> str:
+        return self.loop.durable
+
     async def start(self) -> None:
         await self.loop.start(self.handle)
 
@@ -135,6 +143,14 @@ class IntegrationEventsConsumer:
         # Public: its stream and durable name are what the service's metrics watch.
         self.loop = PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
                                replay_history=replay_history, batch=50, ack_wait_seconds=ack_wait_seconds)
+
+    @property
+    def stream(self) -> str:
+        return self.loop.stream
+
+    @property
+    def durable(self) -> str:
+        return self.loop.durable
 
     async def start(self) -> None:
         await self.loop.start(self.handle)

@@ -23,26 +23,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry import propagate, trace
-
-from services.kit.bus import context_from_headers
-from services.kit.crypto import Envelope
-from services.kit.db import utcnow
+from services.kit.clock import utcnow
 from services.kit.telemetry import tracer
-from services.webhooks import events
-from services.webhooks.domain import (
-    HttpResult, RetryPolicy, SignatureScheme, SubscriptionStatus, delivery_headers, outcome_of,
-)
-from services.webhooks.metrics import WebhookMetrics
-from services.webhooks.sender import DeliveryClient
-from services.webhooks.queue import Completed, Job, WorkQueue
-from services.webhooks.store import Database, attempt_row, row_id, secret_aad
+from services.webhooks.adapters import events
+from services.webhooks.adapters.metrics import WebhookMetrics
+from services.webhooks.adapters.queue import Completed, Job, WorkQueue
+from services.webhooks.adapters.sender import DeliveryClient, send_attempt
+from services.webhooks.adapters.store import Database, row_id, write_event
+from services.webhooks.application.handlers import SecretCache
+from services.webhooks.application.ports import attempt_row
+from services.webhooks.domain.model import RetryPolicy, SubscriptionStatus, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -67,51 +61,6 @@ class Limits:
     total: int
     lease_seconds: float
     poll_seconds: float
-
-
-async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureScheme, secret: str, event_id: str,
-                       event_type: str, body: bytes, user_agent: str, trace_headers: str = "",
-                       spans: trace.Tracer | None = None) -> tuple[HttpResult, dt.datetime]:
-    """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
-    started = utcnow()
-    timestamp = int(time.time())
-    headers = delivery_headers(scheme, secret, event_id=event_id, event_type=event_type, timestamp=timestamp,
-                               body=body, user_agent=user_agent)
-    parent = context_from_headers(json.loads(trace_headers)) if trace_headers else None
-    spans = spans or tracer(__name__)
-    with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
-        span.set_attribute("webhook.event_id", event_id)
-        span.set_attribute("webhook.event_type", event_type)
-        # The receiver gets `traceparent` (this span as its parent) so its tracing can join the
-        # trace; not `tracestate`, which may carry vendors' internal data.
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        if "traceparent" in carrier:
-            headers = {**headers, "traceparent": carrier["traceparent"]}
-        result = await client.post(url, body, headers)
-        span.set_attribute("http.response.status_code", result.status_code)
-        if not result.succeeded:
-            span.set_attribute("webhook.error", result.error.value)
-    return result, started
-
-
-class SecretCache:
-    """Opened signing secrets by subscription, re-opened whenever the sealed value changes."""
-
-    def __init__(self, envelope: Envelope) -> None:
-        self._envelope = envelope
-        self._open: dict[str, tuple[bytes, str]] = {}
-
-    def secret(self, subscription_id: str, sealed: bytes) -> str:
-        cached = self._open.get(subscription_id)
-        if cached is not None and cached[0] == sealed:
-            return cached[1]
-        plain = self._envelope.open(sealed, secret_aad(subscription_id)).decode()
-        self._open[subscription_id] = (sealed, plain)
-        return plain
-
-    def forget(self, subscription_id: str) -> None:
-        self._open.pop(subscription_id, None)
 
 
 class Dispatcher:
@@ -412,10 +361,10 @@ class Dispatcher:
             if completed:
                 failing = await self._queue.record(session, completed, now)
                 for sub in failing:
-                    await events.subscription_changed(
-                        session, "failing", subscription_id=sub.id, org_id=sub.org_id, integration_id=sub.integration_id,
+                    await write_event(session, events.subscription_changed(
+                        "failing", subscription_id=sub.id, org_id=sub.org_id, integration_id=sub.integration_id,
                         status=SubscriptionStatus.FAILING, version=sub.version, actor_id=events.SYSTEM_ACTOR, now=now,
-                    )
+                    ))
             if released:
                 await self._queue.release(session, released)
         for item in batch:

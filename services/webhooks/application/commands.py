@@ -10,12 +10,12 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.webhooks.domain import DeliveryStatus, SignatureScheme, SubscriptionStatus
+from services.webhooks.domain.model import DeliveryStatus, SignatureScheme, SubscriptionStatus
 
 
 @dataclass(frozen=True)
 class View:
-    """On whose behalf: see services.webhooks.handlers.caller_for."""
+    """On whose behalf: see services.webhooks.application.handlers.caller_for."""
 
     org_id: str = ""
     integration_id: str = ""

@@ -18,6 +18,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 from services.kit.errors import FailedPrecondition, InvalidArgument
@@ -187,7 +188,7 @@ class Subscription:
             if name == "url":
                 self.url = check_url(str(value))
             elif name == "activity_types":
-                self.activity_types = check_activity_types(value)  # type: ignore[arg-type]
+                self.activity_types = check_activity_types(cast("Iterable[str]", value))
             elif name == "description":
                 self.description = check_description(str(value))
             elif name == "signature_scheme":
@@ -267,6 +268,11 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 
 
+def secret_aad(subscription_id: str) -> bytes:
+    """What a sealed signing secret is bound to: it opens only as this subscription's."""
+    return f"subscriptions.secret:{subscription_id}".encode()
+
+
 def new_signing_secret() -> str:
     """`whsec_` + base64 of 32 random bytes.
 
@@ -312,6 +318,8 @@ def delivery_headers(
 # --- activities and the delivery body -----------------------------------------------------------------
 
 SENDER_TYPES = ("integration", "user", "system")
+# The actor of the changes no one asked for (a subscription failing, recovering, following its integration).
+SYSTEM_ACTOR = "system"
 
 
 @dataclass(frozen=True)
@@ -509,3 +517,14 @@ def truncate_body(raw: bytes) -> str:
     """The first 2 KB of a response, as text."""
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="replace")
 
+
+# --- listings ----------------------------------------------------------------------------------
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

@@ -12,8 +12,8 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.kit.db import UTCDateTime
-from services.webhooks.domain import DeliveryStatus, SignatureScheme, SubscriptionStatus
-from services.webhooks.store import activities, attempts, deliveries, subscriptions
+from services.webhooks.domain.model import DeliveryStatus, SignatureScheme, SubscriptionStatus
+from services.webhooks.adapters.store import activities, attempts, deliveries, rowcount, subscriptions
 
 # Subscriptions one claim serves; with more due, the dispatcher claims again at once.
 MAX_SUBSCRIPTIONS_PER_CLAIM = 64
@@ -146,7 +146,8 @@ class WorkQueue:
         excluded = sorted(set(exclude))
         if excluded:
             query = query.where(d.c.subscription_id.not_in(excluded))
-        return (await session.execute(query)).scalar_one_or_none()
+        due: dt.datetime | None = (await session.execute(query)).scalar_one_or_none()
+        return due
 
     async def depth(self, session: AsyncSession) -> int:
         """Pending deliveries of every replica: due, leased or waiting for a retry."""
@@ -195,11 +196,11 @@ class WorkQueue:
                                        .where(deliveries.c.claimed_by == self.owner,
                                               deliveries.c.status == DeliveryStatus.PENDING.value)
                                        .values(lease_until=lease_until))
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
     async def release_all(self, session: AsyncSession) -> int:
         """Every claim of this replica: at stop, and at start (the claims of its previous run,
         which had the same owner name: the host and port it listens on)."""
         result = await session.execute(update(deliveries).where(deliveries.c.claimed_by == self.owner)
                                        .values(lease_until=None, claimed_by=None))
-        return int(result.rowcount or 0)
+        return rowcount(result)

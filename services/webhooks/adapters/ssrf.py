@@ -95,8 +95,8 @@ def refusal_reason(address: IPAddress) -> str | None:
             if address in network:
                 return why
         return None
-    for network, why in _V4:
-        if address in network:
+    for network4, why in _V4:
+        if address in network4:
             return why
     return None
 

@@ -1,5 +1,6 @@
-"""Webhooks' use cases: load through the store, apply the domain rule, write the events in the
-same transaction, commit, then wake the outbox relay and the dispatcher.
+"""Webhooks' use cases: in one unit of work (application/ports.py), load through its
+repositories, apply the domain rule, write the events in the same transaction, commit; then
+wake the outbox relay and the dispatcher. A test send goes out through `DeliveryPort`.
 
 Who sees what (`caller_for`): administrators act in their token's organisation and see every
 subscription; the edge acts for one partner integration and sees only what it owns.
@@ -7,55 +8,32 @@ subscription; the edge acts for one partner integration and sees only what it ow
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
-from services.kit.bus import trace_headers
+from services.kit.clock import utcnow
 from services.kit.crypto import Envelope
-from services.kit.db import utcnow
 from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.kit.ids import new_id
-from services.webhooks import commands, events
-from services.webhooks.dispatcher import SecretCache, send_attempt
-from services.webhooks.domain import (
-    ACTIVITY_TYPES, TEST_TYPE, ActivityType, DeliveryStatus, IncomingActivity, RetryPolicy, Subscription,
-    SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
-    delivery_body, new_signing_secret, outcome_of, parse_data, pending_delivery_text, sample_data,
+from services.webhooks.application import commands
+from services.webhooks.application.ports import (
+    Accepted, ActivityRecord, AttemptRecord, DeliveryPort, DeliveryRecord, DestinationsPort, DispatcherPort,
+    IntegrationsPort, Scope, TraceContext, UnitsOfWork, WebhooksUnitOfWork, attempt_row,
 )
-from services.webhooks.sender import DeliveryClient
-from services.webhooks.store import (
-    Accepted, ActivityLog, Database, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SubscriptionRepository, attempt_row,
-    page_size, row_id, secret_aad,
+from services.webhooks.domain.model import (
+    ACTIVITY_TYPES, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, IncomingActivity, RetryPolicy, Subscription,
+    SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
+    delivery_body, new_signing_secret, outcome_of, page_size, parse_data, pending_delivery_text, sample_data,
+    secret_aad,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_ID_LENGTH = 128
-
-
-class DispatcherPort(Protocol):
-    def wake(self) -> None: ...
-    def subscription_changed(self, subscription_id: str, version: int) -> None: ...
-
-
-class DestinationsPort(Protocol):
-    async def refusal(self, url: str) -> str | None:
-        """Why no delivery could ever reach `url`, or None (see services.webhooks.ssrf)."""
-        ...
-
-
-class IntegrationsPort(Protocol):
-    """What webhooks asks the registry, as the acting administrator."""
-
-    async def status(self, actor: Actor, integration_id: str, request_id: str = "") -> str:
-        """The integration's state (requested ... revoked); NotFound outside the actor's organisation."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -102,33 +80,52 @@ class TestResult:
     subscription: Subscription
 
 
+class SecretCache:
+    """Opened signing secrets by subscription, re-opened whenever the sealed value changes."""
+
+    def __init__(self, envelope: Envelope) -> None:
+        self._envelope = envelope
+        self._open: dict[str, tuple[bytes, str]] = {}
+
+    def secret(self, subscription_id: str, sealed: bytes) -> str:
+        cached = self._open.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return cached[1]
+        plain = self._envelope.open(sealed, secret_aad(subscription_id)).decode()
+        self._open[subscription_id] = (sealed, plain)
+        return plain
+
+    def forget(self, subscription_id: str) -> None:
+        self._open.pop(subscription_id, None)
+
+
 class ActivityIngest:
     """Stores activities and their deliveries in one transaction, then wakes the dispatcher."""
 
-    def __init__(self, db: Database, log_: ActivityLog, dispatcher: DispatcherPort,
+    def __init__(self, units: UnitsOfWork, dispatcher: DispatcherPort,
                  clock: Callable[[], dt.datetime] = utcnow) -> None:
-        self._db = db
-        self._log = log_
+        self._units = units
         self._dispatcher = dispatcher
         self._clock = clock
 
     async def accept(self, batch: Sequence[IncomingActivity]) -> list[Accepted]:
         bodies = [delivery_body(a) for a in batch]
-        async with self._db.write() as session:
-            accepted = await self._log.ingest(session, batch, bodies, self._clock(), lambda: row_id("dlv"))
+        async with self._units() as uow:
+            accepted = await uow.activities.ingest(batch, bodies, self._clock())
+            await uow.commit()
         if any(a.deliveries for a in accepted):
             self._dispatcher.wake()
         return accepted
 
 
 class WebhookHandlers:
-    """Every webhooks use case, each short: domain rule, store, events, dispatcher."""
+    """Every webhooks use case, each short: domain rule, unit of work, events, dispatcher."""
 
     def __init__(
         self,
-        db: Database,
+        units: UnitsOfWork,
         envelope: Envelope,
-        client: DeliveryClient,
+        delivery: DeliveryPort,
         dispatcher: DispatcherPort,
         ingest: ActivityIngest,
         policy: RetryPolicy,
@@ -136,24 +133,24 @@ class WebhookHandlers:
         user_agent: str,
         integrations: IntegrationsPort,
         destinations: DestinationsPort,
+        trace_context: TraceContext,
         owner: str = "",
         notify: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self._db = db
+        self._units = units
         self._integrations = integrations
         self._destinations = destinations
+        self._trace_context = trace_context
         self._owner = owner
         self._envelope = envelope
-        self._client = client
+        self._delivery = delivery
         self._dispatcher = dispatcher
         self._ingest = ingest
         self._policy = policy
         self._user_agent = user_agent
         self._notify = notify
         self._clock = clock
-        self._repo = SubscriptionRepository()
-        self._log = ActivityLog()
         self._secrets = SecretCache(envelope)
 
     def activity_types(self, actor: Actor) -> tuple[ActivityType, ...]:
@@ -182,17 +179,18 @@ class WebhookHandlers:
             status = await self._integrations.status(actor, subscription.integration_id, cmd.view.request_id)
             _check_owner(subscription.integration_id, status)
             subscription.integration_suspended = status == "suspended"
-        async with self._db.write() as session:
+        async with self._units() as uow:
             if subscription.integration_id:
                 # What this replica last heard on the bus: a revocation consumed since the
                 # registry answered still stops it.
-                status = await self._repo.integration_status(session, caller.org_id, subscription.integration_id)
-                _check_owner(subscription.integration_id, status)
+                heard = await uow.subscriptions.integration_status(caller.org_id, subscription.integration_id)
+                _check_owner(subscription.integration_id, heard)
                 if caller.partner:
-                    subscription.integration_suspended = status == "suspended"
-            await self._repo.add(session, subscription, self._seal(subscription.id, secret))
-            await events.changed_and_audited(session, "created", before=None, after=subscription, actor_id=caller.actor_id,
-                                             now=now, request_id=cmd.view.request_id)
+                    subscription.integration_suspended = heard == "suspended"
+            await uow.subscriptions.add(subscription, self._seal(subscription.id, secret))
+            await uow.changed_and_audited("created", before=None, after=subscription, actor_id=caller.actor_id,
+                                          now=now, request_id=cmd.view.request_id)
+            await uow.commit()
         self._notify()
         return subscription, secret
 
@@ -209,29 +207,30 @@ class WebhookHandlers:
 
     async def get(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
         caller = caller_for(actor, ref.view)
-        async with self._db.read() as session:
-            return await self._repo.get(session, caller.scope, ref.subscription_id)
+        async with self._units(read_only=True) as uow:
+            return await uow.subscriptions.get(caller.scope, ref.subscription_id)
 
     async def list(self, actor: Actor, query: commands.ListSubscriptions) -> tuple[list[Subscription], str]:
         caller = caller_for(actor, query.view)
-        async with self._db.read() as session:
-            return await self._repo.list_page(session, caller.scope, statuses=query.statuses,
-                                              size=page_size(query.page_size), token=query.page_token)
+        async with self._units(read_only=True) as uow:
+            return await uow.subscriptions.list_page(caller.scope, statuses=query.statuses,
+                                                     size=page_size(query.page_size), token=query.page_token)
 
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
                       mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None) -> Subscription:
         caller = caller_for(actor, view)
         now = self._clock()
-        async with self._db.write() as session:
-            subscription = await self._repo.get(session, caller.scope, subscription_id, for_update=True)
+        async with self._units() as uow:
+            subscription = await uow.subscriptions.get(caller.scope, subscription_id, for_update=True)
             before = replace(subscription)
             mutate(subscription, now)
             if subscription.version == before.version:
                 return subscription  # nothing changed (pause of a paused one, say)
             sealed = self._seal(subscription.id, new_secret) if new_secret is not None else None
-            await self._repo.save(session, subscription, sealed_secret=sealed)
-            await events.changed_and_audited(session, kind, before=before, after=subscription, actor_id=caller.actor_id,
-                                             now=now, request_id=view.request_id)
+            await uow.subscriptions.save(subscription, sealed_secret=sealed)
+            await uow.changed_and_audited(kind, before=before, after=subscription, actor_id=caller.actor_id,
+                                          now=now, request_id=view.request_id)
+            await uow.commit()
         self._notify()
         self._dispatcher.subscription_changed(subscription.id, subscription.version)
         return subscription
@@ -264,14 +263,15 @@ class WebhookHandlers:
         """Deletes it for good and cancels its pending deliveries; returns how many."""
         caller = caller_for(actor, ref.view)
         now = self._clock()
-        async with self._db.write() as session:
-            subscription = await self._repo.get(session, caller.scope, ref.subscription_id, for_update=True)
-            cancelled = await self._repo.delete(session, subscription, now)
+        async with self._units() as uow:
+            subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id, for_update=True)
+            cancelled = await uow.subscriptions.delete(subscription, now)
             before = replace(subscription)
             subscription.version += 1
             subscription.updated_at = now
-            await events.changed_and_audited(session, "deleted", before=before, after=subscription,
-                                             actor_id=caller.actor_id, now=now, request_id=ref.view.request_id)
+            await uow.changed_and_audited("deleted", before=before, after=subscription, actor_id=caller.actor_id,
+                                          now=now, request_id=ref.view.request_id)
+            await uow.commit()
         self._notify()
         self._dispatcher.subscription_changed(subscription.id, subscription.version)
         return cancelled
@@ -281,23 +281,24 @@ class WebhookHandlers:
         Active and lets its queue go out, oldest first."""
         caller = caller_for(actor, ref.view)
         now = self._clock()
-        async with self._db.read() as session:
-            subscription = await self._repo.get(session, caller.scope, ref.subscription_id)
-            sealed = await self._repo.sealed_secret(session, subscription.id)
+        async with self._units(read_only=True) as uow:
+            subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id)
+            sealed = await uow.subscriptions.sealed_secret(subscription.id)
         if subscription.status is SubscriptionStatus.DISABLED:
             raise FailedPrecondition("this subscription is disabled", subscription_id=subscription.id)
         sender = ("integration", caller.integration_id) if caller.partner else ("user", actor.user_id)
         activity = IncomingActivity(event_id=new_id("evt"), type=TEST_TYPE, org_id=subscription.org_id, occurred_at=now,
                                     sender_type=sender[0], sender_id=sender[1] or "", data=sample_data(subscription),
-                                    trace_headers=trace_headers())
+                                    trace_headers=self._trace_context())
         body = delivery_body(activity)
         delivery_id = new_id("dlv")
-        async with self._db.write() as session:
-            await self._log.add_test(session, activity, body, subscription.id, delivery_id, now)
+        async with self._units() as uow:
+            await uow.activities.add_test(activity, body, subscription.id, delivery_id, now)
+            await uow.commit()
         secret = self._secrets.secret(subscription.id, sealed)
-        result, started = await send_attempt(self._client, url=subscription.url, scheme=subscription.scheme, secret=secret,
-                                             event_id=activity.event_id, event_type=TEST_TYPE, body=body,
-                                             user_agent=self._user_agent)
+        result, started = await self._delivery.send(url=subscription.url, scheme=subscription.scheme, secret=secret,
+                                                    event_id=activity.event_id, event_type=TEST_TYPE, body=body,
+                                                    user_agent=self._user_agent)
         outcome = outcome_of(result, 1, started, self._policy, test=True)
         row = attempt_row(new_id("att"), org_id=subscription.org_id, delivery_id=delivery_id, subscription_id=subscription.id,
                           event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,
@@ -305,53 +306,54 @@ class WebhookHandlers:
                           error=result.error, error_detail=result.error_detail, response_body=result.response_body,
                           duration_ms=result.duration_ms, sent_by=self._owner)
         recovered = False
-        async with self._db.write() as session:
-            await self._log.finish_test(session, delivery_id, row, outcome.status, self._clock())
+        async with self._units() as uow:
+            await uow.activities.finish_test(delivery_id, row, outcome.status, self._clock())
             if result.succeeded:
-                current = await self._repo.get(session, caller.scope, subscription.id, for_update=True)
+                current = await uow.subscriptions.get(caller.scope, subscription.id, for_update=True)
                 if current.recover(self._clock()):
                     recovered = True
-                    await self._repo.save(session, current)
-                    await self._log_recovery(session, current)
+                    await uow.subscriptions.save(current)
+                    await self._log_recovery(uow, current)
                 subscription = current
-            delivery = await self._log.get_delivery(session, caller.scope, delivery_id)
-            attempt = (await self._log.attempts_of(session, caller.scope, delivery_id))[-1]
+            delivery = await uow.activities.get_delivery(caller.scope, delivery_id)
+            attempt = (await uow.activities.attempts_of(caller.scope, delivery_id))[-1]
+            await uow.commit()
         if recovered:
             self._notify()
             self._dispatcher.subscription_changed(subscription.id, subscription.version)
             self._dispatcher.wake()
         return TestResult(delivery, attempt, subscription)
 
-    async def _log_recovery(self, session: AsyncSession, subscription: Subscription) -> None:
-        released = await self._repo.release_queue(session, subscription.id, subscription.updated_at)
+    async def _log_recovery(self, uow: WebhooksUnitOfWork, subscription: Subscription) -> None:
+        released = await uow.subscriptions.release_queue(subscription.id, subscription.updated_at)
         log.info("webhook subscription %s is Active again; %d queued deliveries go out", subscription.id, released)
-        await events.changed(session, "recovered", subscription, actor_id=events.SYSTEM_ACTOR, now=subscription.updated_at)
+        await uow.changed("recovered", subscription, actor_id=SYSTEM_ACTOR, now=subscription.updated_at)
 
     # --- the delivery log --------------------------------------------------------------------
 
-    async def list_deliveries(self, actor: Actor, query: commands.ListDeliveries) -> tuple[list[DeliveryRecord], str]:
+    async def list_deliveries(self, actor: Actor, query: commands.ListDeliveries) -> tuple[builtins.list[DeliveryRecord], str]:
         caller = caller_for(actor, query.view)
-        async with self._db.read() as session:
+        async with self._units(read_only=True) as uow:
             if query.subscription_id:
-                await self._repo.get(session, caller.scope, query.subscription_id)  # NotFound if not theirs
-            return await self._log.list_deliveries(
-                session, caller.scope, subscription_id=query.subscription_id, statuses=query.statuses,
+                await uow.subscriptions.get(caller.scope, query.subscription_id)  # NotFound if not theirs
+            return await uow.activities.list_deliveries(
+                caller.scope, subscription_id=query.subscription_id, statuses=query.statuses,
                 event_id=query.event_id, size=page_size(query.page_size), token=query.page_token,
             )
 
-    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> tuple[DeliveryRecord, list[AttemptRecord]]:
+    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> tuple[DeliveryRecord, builtins.list[AttemptRecord]]:
         caller = caller_for(actor, ref.view)
-        async with self._db.read() as session:
-            delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
-            return delivery, await self._log.attempts_of(session, caller.scope, ref.delivery_id)
+        async with self._units(read_only=True) as uow:
+            delivery = await uow.activities.get_delivery(caller.scope, ref.delivery_id)
+            return delivery, await uow.activities.attempts_of(caller.scope, ref.delivery_id)
 
-    async def list_attempts(self, actor: Actor, query: commands.ListAttempts) -> tuple[list[AttemptRecord], str]:
+    async def list_attempts(self, actor: Actor, query: commands.ListAttempts) -> tuple[builtins.list[AttemptRecord], str]:
         caller = caller_for(actor, query.view)
-        async with self._db.read() as session:
+        async with self._units(read_only=True) as uow:
             if query.subscription_id:
-                await self._repo.get(session, caller.scope, query.subscription_id)
-            return await self._log.list_attempts(
-                session, caller.scope, subscription_id=query.subscription_id, succeeded=query.succeeded,
+                await uow.subscriptions.get(caller.scope, query.subscription_id)
+            return await uow.activities.list_attempts(
+                caller.scope, subscription_id=query.subscription_id, succeeded=query.succeeded,
                 event_id=query.event_id, delivery_id=query.delivery_id, size=page_size(query.page_size),
                 token=query.page_token,
             )
@@ -360,10 +362,10 @@ class WebhookHandlers:
         """A failed delivery gets a new round of the schedule, starting now, same event id."""
         caller = caller_for(actor, ref.view)
         now = self._clock()
-        async with self._db.write() as session:
-            delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
+        async with self._units() as uow:
+            delivery = await uow.activities.get_delivery(caller.scope, ref.delivery_id)
             if delivery.status is DeliveryStatus.PENDING:
-                subscription = await self._repo.get(session, Scope(caller.org_id), delivery.subscription_id)
+                subscription = await uow.subscriptions.get(Scope(caller.org_id), delivery.subscription_id)
                 when = pending_delivery_text(attempts=delivery.attempts, round_=delivery.round,
                                              next_attempt_at=delivery.next_attempt_at, subscription=subscription, now=now)
                 raise FailedPrecondition(f"only a failed delivery can be redelivered; this one is pending: {when}",
@@ -371,11 +373,12 @@ class WebhookHandlers:
             if delivery.status is not DeliveryStatus.FAILED:
                 raise FailedPrecondition(f"only a failed delivery can be redelivered; this one is {delivery.status.value}",
                                          delivery_id=delivery.id, status=delivery.status.value)
-            subscription = await self._repo.get(session, Scope(caller.org_id), delivery.subscription_id)
+            subscription = await uow.subscriptions.get(Scope(caller.org_id), delivery.subscription_id)
             if subscription.status is SubscriptionStatus.DISABLED:
                 raise FailedPrecondition("its subscription is disabled", subscription_id=subscription.id)
-            await self._log.redeliver(session, delivery, now)
-            delivery = await self._log.get_delivery(session, caller.scope, ref.delivery_id)
+            await uow.activities.redeliver(delivery, now)
+            delivery = await uow.activities.get_delivery(caller.scope, ref.delivery_id)
+            await uow.commit()
         self._dispatcher.wake()
         return delivery
 
@@ -396,15 +399,15 @@ class WebhookHandlers:
         activity = IncomingActivity(
             event_id=event_id, type=check_published_type(cmd.type), org_id=caller.org_id,
             occurred_at=cmd.occurred_at or self._clock(), sender_type=sender[0], sender_id=sender[1],
-            data=parse_data(cmd.data_json), trace_headers=trace_headers(),
+            data=parse_data(cmd.data_json), trace_headers=self._trace_context(),
         )
         return (await self._ingest.accept([activity]))[0]
 
-    async def list_activities(self, actor: Actor, query: commands.ListActivities) -> tuple[list[ActivityRecord], str]:
+    async def list_activities(self, actor: Actor, query: commands.ListActivities) -> tuple[builtins.list[ActivityRecord], str]:
         caller = caller_for(actor, query.view)
-        async with self._db.read() as session:
-            return await self._log.list_activities(session, caller.org_id, types=[t.strip() for t in query.types if t.strip()],
-                                                   size=page_size(query.page_size), token=query.page_token)
+        async with self._units(read_only=True) as uow:
+            return await uow.activities.list_activities(caller.org_id, types=[t.strip() for t in query.types if t.strip()],
+                                                        size=page_size(query.page_size), token=query.page_token)
 
     # --- the owning integration's lifecycle ------------------------------------------------------
 
@@ -413,21 +416,23 @@ class WebhookHandlers:
         disables them for good (pending ones cancelled). Idempotent by event id."""
         now = self._clock()
         changed: list[Subscription] = []
-        async with self._db.write() as session:
-            if not await self._repo.mark_processed(session, change.event_id, now):
+        async with self._units() as uow:
+            if not await uow.subscriptions.mark_processed(change.event_id, now):
                 return
-            if not await self._repo.record_integration(session, change.org_id, change.integration_id, change.status,
-                                                       change.version, now):
+            if not await uow.subscriptions.record_integration(change.org_id, change.integration_id, change.status,
+                                                              change.version, now):
+                await uow.commit()  # the event is marked processed all the same
                 return
-            for subscription in await self._repo.of_integration(session, change.org_id, change.integration_id):
+            for subscription in await uow.subscriptions.of_integration(change.org_id, change.integration_id):
                 kind = subscription.integration_status_changed(change.status, now)
                 if kind is None:
                     continue
-                await self._repo.save(session, subscription)
+                await uow.subscriptions.save(subscription)
                 if kind == "disabled":
-                    await self._repo.cancel_pending(session, [subscription.id], now)
-                await events.changed(session, kind, subscription, actor_id=events.SYSTEM_ACTOR, now=now)
+                    await uow.subscriptions.cancel_pending([subscription.id], now)
+                await uow.changed(kind, subscription, actor_id=SYSTEM_ACTOR, now=now)
                 changed.append(subscription)
+            await uow.commit()
         if changed:
             self._notify()
             for subscription in changed:

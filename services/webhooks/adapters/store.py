@@ -1,11 +1,12 @@
-"""Webhooks' tables and the repositories that map rows to domain objects.
+"""Webhooks' tables, the repositories that map rows to domain objects (bound to one session),
+and the unit of work over them (application.ports.WebhooksUnitOfWork, SqlWebhooksUnitOfWork).
 
 - `subscriptions`: one per endpoint; the signing secret is sealed by envelope encryption,
   bound to `subscriptions.secret:<id>`. Deleted ones stay (soft delete) for the log.
 - `activities`: every platform activity received, keyed by (organisation, event id), with the
   delivery body serialised once (`body`, the exact bytes every attempt signs).
 - `deliveries`: one per (subscription, event), the work queue: `next_attempt_at` says when it
-  is due, `lease_until`/`claimed_by` which replica holds it (claims: services.webhooks.queue).
+  is due, `lease_until`/`claimed_by` which replica holds it (claims: services.webhooks.adapters.queue).
 - `attempts`: the delivery log, one row per POST.
 - `integrations`: the last status seen of each owning integration (from its events).
 """
@@ -20,21 +21,28 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from typing import Any, Self, cast
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
+    BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
     and_, case, or_, select, text, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import CursorResult, Result, Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.errors import InvalidArgument, NotFound
-from services.kit.outbox import outbox_table
-from services.webhooks.domain import (
-    AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
+from services.kit.outbox import add_event, outbox_table
+from services.kit.sqluow import SqlUnitOfWork
+from services.kit.uow import Flush, no_flush
+from services.webhooks.adapters import events
+from services.webhooks.application.ports import (
+    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope,
+)
+from services.webhooks.domain.model import (
+    AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
+    SubscriptionStatus,
 )
 
 metadata = new_metadata()
@@ -46,7 +54,8 @@ class Database:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, serialize_writes: bool) -> None:
         self.sessions = sessions
-        self._lock = asyncio.Lock() if serialize_writes else None
+        # Shared with the units of work (SqlWebhooksUnitOfWork): one writer at a time on SQLite.
+        self.write_lock = asyncio.Lock() if serialize_writes else None
 
     def read(self) -> AsyncSession:
         return self.sessions()
@@ -55,8 +64,8 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction, committed when the block ends without an error."""
         async with contextlib.AsyncExitStack() as stack:
-            if self._lock is not None:
-                await stack.enter_async_context(self._lock)
+            if self.write_lock is not None:
+                await stack.enter_async_context(self.write_lock)
             session = await stack.enter_async_context(self.sessions())
             await stack.enter_async_context(session.begin())
             yield session
@@ -174,9 +183,6 @@ processed_events = Table(
 
 outbox = outbox_table(metadata)
 
-MAX_PAGE_SIZE = 500
-DEFAULT_PAGE_SIZE = 50
-
 _last_seq = 0
 
 
@@ -203,29 +209,23 @@ def row_id(prefix: str) -> str:
     return f"{prefix}_{''.join(reversed(chars))}"
 
 
-def secret_aad(subscription_id: str) -> bytes:
-    return f"subscriptions.secret:{subscription_id}".encode()
-
-
-def insert_for(session: AsyncSession, table: Table):  # type: ignore[no-untyped-def]
+def insert_for(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
     """INSERT … ON CONFLICT DO NOTHING for the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or INSERT matched: its result is a CursorResult, which the session's
+    `execute` does not say in its type."""
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 # --- reading rows ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scope:
-    """Which subscriptions a caller sees: an organisation, and maybe one owning integration."""
-
-    org_id: str
-    integration_id: str | None = None
-
-
-def _subscription(row: Row) -> Subscription:  # type: ignore[type-arg]
+def _subscription(row: Row[Any]) -> Subscription:
     return Subscription(
         id=row.id, org_id=row.org_id, integration_id=row.integration_id, url=row.url,
         activity_types=tuple(json.loads(row.activity_types)), description=row.description,
@@ -246,61 +246,7 @@ def _subscription_values(s: Subscription) -> dict[str, object]:
     }
 
 
-@dataclass(frozen=True)
-class DeliveryRecord:
-    id: str
-    org_id: str
-    subscription_id: str
-    event_id: str
-    event_type: str
-    status: DeliveryStatus
-    round: int
-    attempts: int
-    next_attempt_at: dt.datetime | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    last_status_code: int
-    last_error: AttemptError
-    last_error_detail: str
-    test: bool
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    id: str
-    org_id: str
-    delivery_id: str
-    subscription_id: str
-    event_id: str
-    event_type: str
-    round: int
-    attempt: int
-    attempted_at: dt.datetime
-    duration_ms: float
-    status_code: int
-    succeeded: bool
-    error: AttemptError
-    error_detail: str
-    response_body: str
-    url: str
-    test: bool
-    # The delivery's next attempt, on its latest attempt while it is pending; else None.
-    next_attempt_at: dt.datetime | None = None
-
-
-@dataclass(frozen=True)
-class ActivityRecord:
-    event_id: str
-    org_id: str
-    type: str
-    occurred_at: dt.datetime
-    received_at: dt.datetime
-    sender_type: str
-    sender_id: str
-    data_json: str
-
-
-def _delivery(row: Row) -> DeliveryRecord:  # type: ignore[type-arg]
+def _delivery(row: Row[Any]) -> DeliveryRecord:
     return DeliveryRecord(
         id=row.id, org_id=row.org_id, subscription_id=row.subscription_id, event_id=row.event_id,
         event_type=row.event_type, status=DeliveryStatus(row.status), round=row.round, attempts=row.attempts,
@@ -310,7 +256,7 @@ def _delivery(row: Row) -> DeliveryRecord:  # type: ignore[type-arg]
     )
 
 
-def _attempt(row: Row) -> AttemptRecord:  # type: ignore[type-arg]
+def _attempt(row: Row[Any]) -> AttemptRecord:
     return AttemptRecord(
         id=row.id, org_id=row.org_id, delivery_id=row.delivery_id, subscription_id=row.subscription_id,
         event_id=row.event_id, event_type=row.event_type, round=row.round, attempt=row.attempt,
@@ -321,7 +267,7 @@ def _attempt(row: Row) -> AttemptRecord:  # type: ignore[type-arg]
     )
 
 
-def _activity(row: Row) -> ActivityRecord:  # type: ignore[type-arg]
+def _activity(row: Row[Any]) -> ActivityRecord:
     data = json.loads(row.body).get("data", {})
     return ActivityRecord(
         event_id=row.event_id, org_id=row.org_id, type=row.type, occurred_at=row.occurred_at,
@@ -331,12 +277,6 @@ def _activity(row: Row) -> ActivityRecord:  # type: ignore[type-arg]
 
 
 # --- page tokens -----------------------------------------------------------------------------------------
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def encode_token(key: object, id_: str) -> str:
@@ -379,65 +319,71 @@ def _parse_time_key(value: object) -> dt.datetime:
 
 
 class SubscriptionRepository:
-    """Subscriptions and what changes with them, always within one organisation."""
+    """Subscriptions and what changes with them, always within one organisation, in one
+    session's transaction (the unit of work's): application.ports.Subscriptions over SQL."""
 
-    def _scoped(self, scope: Scope):  # type: ignore[no-untyped-def]
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def _scoped(self, scope: Scope) -> ColumnElement[bool]:
         t = subscriptions
         condition = and_(t.c.org_id == scope.org_id, t.c.deleted_at.is_(None))
         if scope.integration_id is not None:
             condition = and_(condition, t.c.integration_id == scope.integration_id)
         return condition
 
-    async def add(self, session: AsyncSession, subscription: Subscription, sealed_secret: bytes) -> None:
-        await session.execute(subscriptions.insert().values(id=subscription.id, secret=sealed_secret,
+    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None:
+        await self._session.execute(subscriptions.insert().values(id=subscription.id, secret=sealed_secret,
                                                             **_subscription_values(subscription)))
 
-    async def get(self, session: AsyncSession, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
+    async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         query = select(subscriptions).where(self._scoped(scope), subscriptions.c.id == subscription_id)
         if for_update:
             query = query.with_for_update()
-        row = (await session.execute(query)).first()
+        row = (await self._session.execute(query)).first()
         if row is None:
             raise NotFound(f"no webhook subscription {subscription_id}", subscription_id=subscription_id)
         return _subscription(row)
 
-    async def sealed_secret(self, session: AsyncSession, subscription_id: str) -> bytes:
-        return (await session.execute(select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+    async def sealed_secret(self, subscription_id: str) -> bytes:
+        sealed: bytes = (await self._session.execute(
+            select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed
 
-    async def save(self, session: AsyncSession, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
         values = _subscription_values(subscription)
         if sealed_secret is not None:
             values["secret"] = sealed_secret
-        await session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id).values(**values))
+        await self._session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id).values(**values))
 
-    async def delete(self, session: AsyncSession, subscription: Subscription, now: dt.datetime) -> int:
+    async def delete(self, subscription: Subscription, now: dt.datetime) -> int:
         """Soft-deletes it and cancels its pending deliveries; returns how many were cancelled."""
-        await session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id)
+        await self._session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id)
                               .values(deleted_at=now, updated_at=now, version=subscription.version + 1))
-        return await self.cancel_pending(session, [subscription.id], now)
+        return await self.cancel_pending([subscription.id], now)
 
-    async def cancel_pending(self, session: AsyncSession, subscription_ids: Sequence[str], now: dt.datetime) -> int:
+    async def cancel_pending(self, subscription_ids: Sequence[str], now: dt.datetime) -> int:
         if not subscription_ids:
             return 0
-        result = await session.execute(
+        result = await self._session.execute(
             update(deliveries)
             .where(deliveries.c.subscription_id.in_(list(subscription_ids)), deliveries.c.status == DeliveryStatus.PENDING.value)
             .values(status=DeliveryStatus.CANCELLED.value, next_attempt_at=None, lease_until=None, claimed_by=None,
                     updated_at=now)
         )
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
-    async def release_queue(self, session: AsyncSession, subscription_id: str, now: dt.datetime) -> int:
+    async def release_queue(self, subscription_id: str, now: dt.datetime) -> int:
         """Makes every pending delivery due now (after recovery): they go out oldest first."""
-        result = await session.execute(
+        result = await self._session.execute(
             update(deliveries)
             .where(deliveries.c.subscription_id == subscription_id, deliveries.c.status == DeliveryStatus.PENDING.value,
                    deliveries.c.next_attempt_at.is_not(None))
             .values(next_attempt_at=now, updated_at=now)
         )
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
-    async def list_page(self, session: AsyncSession, scope: Scope, *, statuses: Sequence[SubscriptionStatus],
+    async def list_page(self, scope: Scope, *, statuses: Sequence[SubscriptionStatus],
                         size: int, token: str) -> tuple[list[Subscription], str]:
         t = subscriptions
         query = select(t).where(self._scoped(scope))
@@ -447,63 +393,57 @@ class SubscriptionRepository:
             key, last_id = decode_token(token)
             when = _parse_time_key(key)
             query = query.where(or_(t.c.created_at > when, and_(t.c.created_at == when, t.c.id > last_id)))
-        rows = (await session.execute(query.order_by(t.c.created_at, t.c.id).limit(size + 1))).all()
+        rows = (await self._session.execute(query.order_by(t.c.created_at, t.c.id).limit(size + 1))).all()
         found = [_subscription(r) for r in rows[:size]]
         next_token = encode_token(_time_key(found[-1].created_at), found[-1].id) if len(rows) > size else ""
         return found, next_token
 
-    async def of_integration(self, session: AsyncSession, org_id: str, integration_id: str) -> list[Subscription]:
+    async def of_integration(self, org_id: str, integration_id: str) -> list[Subscription]:
         t = subscriptions
         query = select(t).where(t.c.org_id == org_id, t.c.integration_id == integration_id, t.c.deleted_at.is_(None))
-        return [_subscription(r) for r in (await session.execute(query.with_for_update())).all()]
+        return [_subscription(r) for r in (await self._session.execute(query.with_for_update())).all()]
 
     # integrations seen on the bus
 
-    async def integration_status(self, session: AsyncSession, org_id: str, integration_id: str) -> str | None:
+    async def integration_status(self, org_id: str, integration_id: str) -> str | None:
         query = select(integrations.c.status).where(integrations.c.integration_id == integration_id,
                                                     integrations.c.org_id == org_id)
-        return (await session.execute(query)).scalar_one_or_none()
+        return (await self._session.execute(query)).scalar_one_or_none()
 
-    async def record_integration(self, session: AsyncSession, org_id: str, integration_id: str, status: str,
+    async def record_integration(self, org_id: str, integration_id: str, status: str,
                                  version: int, now: dt.datetime) -> bool:
         """Stores the integration's status unless a newer version is already known or it was
         revoked (terminal); True if stored."""
         t = integrations
-        row = (await session.execute(select(t.c.version, t.c.status).where(t.c.integration_id == integration_id))).first()
+        row = (await self._session.execute(select(t.c.version, t.c.status).where(t.c.integration_id == integration_id))).first()
         if row is None:
-            await session.execute(insert_for(session, t).values(integration_id=integration_id, org_id=org_id,
+            await self._session.execute(insert_for(self._session, t).values(integration_id=integration_id, org_id=org_id,
                                                                 status=status, version=version, updated_at=now))
             return True
         if row.status == "revoked" or (version and row.version > version):
             return False
-        await session.execute(update(t).where(t.c.integration_id == integration_id)
+        await self._session.execute(update(t).where(t.c.integration_id == integration_id)
                               .values(status=status, version=version, updated_at=now))
         return True
 
-    async def mark_processed(self, session: AsyncSession, event_id: str, now: dt.datetime) -> bool:
+    async def mark_processed(self, event_id: str, now: dt.datetime) -> bool:
         """False when this event was already applied."""
-        result = await session.execute(insert_for(session, processed_events).values(event_id=event_id, processed_at=now))
-        return bool(result.rowcount)
+        result = await self._session.execute(insert_for(self._session, processed_events).values(event_id=event_id, processed_at=now))
+        return bool(rowcount(result))
 
 
 # --- activities and the delivery log -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """One activity as ingested: a duplicate event id schedules nothing."""
-
-    event_id: str
-    org_id: str
-    duplicate: bool
-    deliveries: int
-
-
 class ActivityLog:
-    """Stores activities with their deliveries, and reads the delivery log."""
+    """Stores activities with their deliveries, and reads the delivery log, in one session's
+    transaction: application.ports.Activities over SQL."""
 
-    async def ingest(self, session: AsyncSession, batch: Sequence[IncomingActivity], bodies: Sequence[bytes],
-                     now: dt.datetime, new_delivery_id: Callable[[], str]) -> list[Accepted]:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def ingest(self, batch: Sequence[IncomingActivity], bodies: Sequence[bytes],
+                     now: dt.datetime, new_delivery_id: Callable[[], str] = lambda: row_id("dlv")) -> list[Accepted]:
         """Stores each new activity and one pending delivery per matching subscription, due now."""
         unique: dict[tuple[str, str], tuple[IncomingActivity, bytes, int]] = {}
         for activity, body in zip(batch, bodies, strict=True):
@@ -516,9 +456,9 @@ class ActivityLog:
         ]
         inserted = set()
         if rows:
-            stmt = insert_for(session, activities).returning(activities.c.org_id, activities.c.event_id)
-            inserted = {(r.org_id, r.event_id) for r in (await session.execute(stmt, rows)).all()}
-        matches = await self._matching(session, {org for org, _ in inserted})
+            stmt = insert_for(self._session, activities).returning(activities.c.org_id, activities.c.event_id)
+            inserted = {(r.org_id, r.event_id) for r in (await self._session.execute(stmt, rows)).all()}
+        matches = await self._matching({org for org, _ in inserted})
         counts: dict[tuple[str, str], int] = {}
         delivery_rows = []
         for key in inserted:
@@ -529,14 +469,14 @@ class ActivityLog:
                                                        activity.type, seq, now, next_attempt_at=now))
                     counts[key] = counts.get(key, 0) + 1
         if delivery_rows:
-            await session.execute(insert_for(session, deliveries), delivery_rows)
+            await self._session.execute(insert_for(self._session, deliveries), delivery_rows)
         return [
             Accepted(a.event_id, a.org_id, duplicate=(a.org_id, a.event_id) not in inserted,
                      deliveries=counts.get((a.org_id, a.event_id), 0))
             for a in batch
         ]
 
-    async def _matching(self, session: AsyncSession, orgs: set[str]) -> list[tuple[str, str, frozenset[str]]]:
+    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str]]]:
         if not orgs:
             return []
         t = subscriptions
@@ -544,31 +484,31 @@ class ActivityLog:
             t.c.org_id.in_(sorted(orgs)), t.c.deleted_at.is_(None),
             t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
         )
-        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types))) for r in (await session.execute(query)).all()]
+        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types))) for r in (await self._session.execute(query)).all()]
 
-    async def add_test(self, session: AsyncSession, activity: IncomingActivity, body: bytes, subscription_id: str,
+    async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str,
                        delivery_id: str, now: dt.datetime) -> None:
         """A test event and its delivery, which only the caller attempts (never due)."""
         seq = next_seq()
-        await session.execute(activities.insert().values(
+        await self._session.execute(activities.insert().values(
             org_id=activity.org_id, event_id=activity.event_id, seq=seq, type=activity.type,
             occurred_at=activity.occurred_at, received_at=now, sender_type=activity.sender_type,
             sender_id=activity.sender_id, body=body, trace_headers=json.dumps(dict(activity.trace_headers)),
         ))
-        await session.execute(deliveries.insert().values(
+        await self._session.execute(deliveries.insert().values(
             _new_delivery(delivery_id, activity.org_id, subscription_id, activity.event_id, activity.type, seq, now,
                           next_attempt_at=None, test=True)
         ))
 
-    async def finish_test(self, session: AsyncSession, delivery_id: str, row: dict[str, object], status: DeliveryStatus,
+    async def finish_test(self, delivery_id: str, row: dict[str, object], status: DeliveryStatus,
                           now: dt.datetime) -> None:
-        await session.execute(attempts.insert().values(**row))
-        await session.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+        await self._session.execute(attempts.insert().values(**row))
+        await self._session.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
             status=status.value, attempts=1, updated_at=now, last_status_code=row["status_code"],
             last_error=row["error"], last_error_detail=row["error_detail"],
         ))
 
-    def _visible(self, table: Table, scope: Scope):  # type: ignore[no-untyped-def]
+    def _visible(self, table: Table, scope: Scope) -> ColumnElement[bool]:
         condition = table.c.org_id == scope.org_id
         if scope.integration_id is not None:
             owned = select(subscriptions.c.id).where(subscriptions.c.org_id == scope.org_id,
@@ -576,14 +516,14 @@ class ActivityLog:
             condition = and_(condition, table.c.subscription_id.in_(owned))
         return condition
 
-    async def get_delivery(self, session: AsyncSession, scope: Scope, delivery_id: str) -> DeliveryRecord:
+    async def get_delivery(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
         query = select(deliveries).where(self._visible(deliveries, scope), deliveries.c.id == delivery_id)
-        row = (await session.execute(query)).first()
+        row = (await self._session.execute(query)).first()
         if row is None:
             raise NotFound(f"no delivery {delivery_id}", delivery_id=delivery_id)
         return _delivery(row)
 
-    async def list_deliveries(self, session: AsyncSession, scope: Scope, *, subscription_id: str, statuses: Sequence[DeliveryStatus],
+    async def list_deliveries(self, scope: Scope, *, subscription_id: str, statuses: Sequence[DeliveryStatus],
                               event_id: str, size: int, token: str) -> tuple[list[DeliveryRecord], str]:
         t = deliveries
         query = select(t).where(self._visible(t, scope))
@@ -596,17 +536,17 @@ class ActivityLog:
         if token:
             key, last_id = decode_seq_token(token)
             query = query.where(or_(t.c.seq < key, and_(t.c.seq == key, t.c.id < last_id)))
-        rows = (await session.execute(query.order_by(t.c.seq.desc(), t.c.id.desc()).limit(size + 1))).all()
+        rows = (await self._session.execute(query.order_by(t.c.seq.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_delivery(r) for r in rows[:size]]
         next_token = encode_token(rows[size - 1].seq, found[-1].id) if len(rows) > size else ""
         return found, next_token
 
-    async def attempts_of(self, session: AsyncSession, scope: Scope, delivery_id: str) -> list[AttemptRecord]:
+    async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]:
         t = attempts
         query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
-        return [_attempt(r) for r in (await session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
+        return [_attempt(r) for r in (await self._session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
 
-    async def list_attempts(self, session: AsyncSession, scope: Scope, *, subscription_id: str, succeeded: bool | None,
+    async def list_attempts(self, scope: Scope, *, subscription_id: str, succeeded: bool | None,
                             event_id: str, delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]:
         t, d = attempts, deliveries
         # A pending delivery's `attempts` counts its current round's attempts, so its latest
@@ -624,19 +564,19 @@ class ActivityLog:
             key, last_id = decode_token(token)
             when = _parse_time_key(key)
             query = query.where(or_(t.c.attempted_at < when, and_(t.c.attempted_at == when, t.c.id < last_id)))
-        rows = (await session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
+        rows = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_attempt(r) for r in rows[:size]]
         next_token = encode_token(_time_key(found[-1].attempted_at), found[-1].id) if len(rows) > size else ""
         return found, next_token
 
-    async def redeliver(self, session: AsyncSession, delivery: DeliveryRecord, now: dt.datetime) -> None:
-        await session.execute(
+    async def redeliver(self, delivery: DeliveryRecord, now: dt.datetime) -> None:
+        await self._session.execute(
             update(deliveries).where(deliveries.c.id == delivery.id, deliveries.c.status == delivery.status.value)
             .values(status=DeliveryStatus.PENDING.value, round=delivery.round + 1, attempts=0, next_attempt_at=now,
                     lease_until=None, claimed_by=None, updated_at=now)
         )
 
-    async def list_activities(self, session: AsyncSession, org_id: str, *, types: Sequence[str], size: int,
+    async def list_activities(self, org_id: str, *, types: Sequence[str], size: int,
                               token: str) -> tuple[list[ActivityRecord], str]:
         t = activities
         query = select(t).where(t.c.org_id == org_id, t.c.type != "webhook.test")
@@ -645,7 +585,7 @@ class ActivityLog:
         if token:
             key, last_id = decode_seq_token(token)
             query = query.where(or_(t.c.seq < key, and_(t.c.seq == key, t.c.event_id < last_id)))
-        rows = (await session.execute(query.order_by(t.c.seq.desc(), t.c.event_id.desc()).limit(size + 1))).all()
+        rows = (await self._session.execute(query.order_by(t.c.seq.desc(), t.c.event_id.desc()).limit(size + 1))).all()
         found = [_activity(r) for r in rows[:size]]
         next_token = encode_token(rows[size - 1].seq, found[-1].event_id) if len(rows) > size else ""
         return found, next_token
@@ -662,14 +602,36 @@ def _new_delivery(id_: str, org_id: str, subscription_id: str, event_id: str, ev
     }
 
 
-def attempt_row(id_: str, *, org_id: str, delivery_id: str, subscription_id: str, event_id: str, event_type: str,
-                round_: int, attempt: int, attempted_at: dt.datetime, url: str, test: bool, status_code: int,
-                succeeded: bool, error: AttemptError, error_detail: str, response_body: str,
-                duration_ms: float, sent_by: str) -> dict[str, object]:
-    return {
-        "id": id_, "org_id": org_id, "delivery_id": delivery_id, "subscription_id": subscription_id,
-        "event_id": event_id, "event_type": event_type, "round": round_, "attempt": attempt,
-        "attempted_at": attempted_at, "duration_ms": duration_ms, "status_code": status_code, "succeeded": succeeded,
-        "error": error.value, "error_detail": error_detail, "response_body": response_body, "url": url, "test": test,
-        "sent_by": sent_by,
-    }
+class SqlWebhooksUnitOfWork(SqlUnitOfWork):
+    """application.ports.WebhooksUnitOfWork over SQL: the subscriptions and the activity log on
+    the unit's session, the events in the outbox (adapters/events.py), and on SQLite the
+    process's one write turn (Database.write_lock), shared with the dispatcher's writes."""
+
+    subscriptions: SubscriptionRepository
+    activities: ActivityLog
+
+    def __init__(self, db: Database, *, flush: Flush = no_flush, read_only: bool = False) -> None:
+        super().__init__(db.sessions, outbox_table=outbox, flush=flush, write_lock=db.write_lock, read_only=read_only)
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self.subscriptions = SubscriptionRepository(self.session)
+        self.activities = ActivityLog(self.session)
+        return self
+
+    async def changed(self, kind: str, subscription: Subscription, *, actor_id: str, now: dt.datetime) -> None:
+        await self._write(events.changed(kind, subscription, actor_id=actor_id, now=now))
+
+    async def changed_and_audited(self, kind: str, *, before: Subscription | None, after: Subscription,
+                                  actor_id: str, now: dt.datetime, request_id: str = "") -> None:
+        await self._write(events.changed(kind, after, actor_id=actor_id, now=now))
+        await self._write(events.audit(kind, before=before, after=after, actor_id=actor_id, now=now,
+                                       request_id=request_id))
+
+    async def _write(self, event: events.OutgoingEvent) -> None:
+        await self.add_event(event.subject, event.payload, event_id=event.event_id)
+
+
+async def write_event(session: AsyncSession, event: events.OutgoingEvent) -> str:
+    """An outbox row in `session`'s transaction, for writers outside a unit of work (the dispatcher)."""
+    return await add_event(session, outbox, event.subject, event.payload, event_id=event.event_id)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.kit.metrics import ServiceMetrics
-from services.webhooks.domain import DeliveryStatus
+from services.webhooks.domain.model import DeliveryStatus
 
 # Seconds: a first attempt lands within a second; retries come after 1 min, 5 min, 30 min, 2 h.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)

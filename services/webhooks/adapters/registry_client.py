@@ -18,7 +18,7 @@ from services.kit.service import actor_metadata
 # unreachable rather than kept waiting.
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
-_STATUS_NAMES = {
+_STATUS_NAMES: dict[int, str] = {
     value: name.removeprefix("INTEGRATION_STATUS_").lower()
     for name, value in registry_pb2.IntegrationStatus.items()
     if value != registry_pb2.INTEGRATION_STATUS_UNSPECIFIED

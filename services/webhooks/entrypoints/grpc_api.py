@@ -3,6 +3,8 @@ result -> response message. No rule lives here; errors are services.kit.errors c
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
@@ -10,19 +12,19 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
-from services.webhooks import commands
-from services.webhooks.domain import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
-from services.webhooks.events import STATUS_TO_PROTO
-from services.webhooks.handlers import WebhookHandlers
-from services.webhooks.store import ActivityRecord, AttemptRecord, DeliveryRecord
+from services.webhooks.application import commands
+from services.webhooks.domain.model import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
+from services.webhooks.adapters.events import STATUS_TO_PROTO
+from services.webhooks.application.handlers import WebhookHandlers
+from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
 UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme")
 
-_STATUS_FROM_PROTO = {value: status for status, value in STATUS_TO_PROTO.items()}
+_STATUS_FROM_PROTO: dict[int, SubscriptionStatus] = {value: status for status, value in STATUS_TO_PROTO.items()}
 _SCHEME_TO_PROTO = {SignatureScheme.SPEC: pb.SIGNATURE_SCHEME_SPEC,
                     SignatureScheme.STANDARD_WEBHOOKS: pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS}
-_SCHEME_FROM_PROTO = {pb.SIGNATURE_SCHEME_UNSPECIFIED: SignatureScheme.SPEC,
+_SCHEME_FROM_PROTO: dict[int, SignatureScheme] = {pb.SIGNATURE_SCHEME_UNSPECIFIED: SignatureScheme.SPEC,
                       **{value: scheme for scheme, value in _SCHEME_TO_PROTO.items()}}
 _DELIVERY_STATUS = {status: pb.DeliveryStatus.Value(f"DELIVERY_STATUS_{status.name}") for status in DeliveryStatus}
 _ERRORS = {error: pb.AttemptError.Value(f"ATTEMPT_ERROR_{error.name}") for error in AttemptError}
@@ -66,9 +68,19 @@ def activity_to_proto(a: ActivityRecord) -> pb.Activity:
     )
 
 
-def _view(request: object, context: grpc.aio.ServicerContext) -> commands.View:
+def _view(request: _ViewFields, context: grpc.aio.ServicerContext) -> commands.View:
     request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "")
-    return commands.View(org_id=request.org_id, integration_id=request.integration_id, request_id=request_id)  # type: ignore[attr-defined]
+    return commands.View(org_id=request.org_id, integration_id=request.integration_id, request_id=request_id)
+
+
+class _ViewFields(Protocol):
+    """The fields every request of an edge-callable method has."""
+
+    @property
+    def org_id(self) -> str: ...
+
+    @property
+    def integration_id(self) -> str: ...
 
 
 def _scheme(value: int) -> SignatureScheme:
@@ -85,10 +97,11 @@ def _statuses(values: list[int]) -> list[SubscriptionStatus]:
 
 
 def _delivery_statuses(outcome: int) -> list[DeliveryStatus]:
-    statuses = {
+    by_outcome: dict[int, list[DeliveryStatus]] = {
         pb.OUTCOME_UNSPECIFIED: [], pb.OUTCOME_SUCCEEDED: [DeliveryStatus.SUCCEEDED],
         pb.OUTCOME_FAILED: [DeliveryStatus.FAILED], pb.OUTCOME_PENDING: [DeliveryStatus.PENDING],
-    }.get(outcome)
+    }
+    statuses = by_outcome.get(outcome)
     if statuses is None:
         raise InvalidArgument(f"unknown outcome {outcome}", outcome=outcome)
     return statuses

@@ -1,0 +1,1 @@
+"""What webhooks talks to: its tables, outbox, the delivery client, the registry, NATS."""

@@ -1,0 +1,63 @@
+"""The events webhooks publishes, in the wire formats of protos/: built here, written to the
+outbox in the caller's transaction (adapters/store.py's unit of work; the dispatcher's writer).
+
+`trellis.subscription.<kind>` (SubscriptionChanged) tells every webhooks replica to drop what
+it holds of a changed subscription; `trellis.audit.webhooks.subscription.<kind>` (AuditEvent)
+is the audit trail of what administrators and partners changed. Neither carries a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from services.contracts.trellis.events.v1 import events_pb2
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
+from services.kit.ids import new_id
+from services.kit.prototime import timestamp
+from services.webhooks.domain.model import SYSTEM_ACTOR, Subscription, SubscriptionStatus
+
+SERVICE = "webhooks"
+__all__ = ["SERVICE", "STATUS_TO_PROTO", "SYSTEM_ACTOR", "OutgoingEvent", "audit", "changed", "subscription_changed"]
+
+STATUS_TO_PROTO = {status: pb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{status.name}") for status in SubscriptionStatus}
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    event_id: str
+    subject: str
+    payload: bytes
+
+
+def subscription_changed(kind: str, *, subscription_id: str, org_id: str, integration_id: str,
+                         status: SubscriptionStatus, version: int, actor_id: str, now: dt.datetime) -> OutgoingEvent:
+    """`trellis.subscription.<kind>`."""
+    event_id = new_id("evt")
+    payload = pb.SubscriptionChanged(
+        event_id=event_id, occurred_at=timestamp(now), kind=kind, org_id=org_id, subscription_id=subscription_id,
+        integration_id=integration_id, status=STATUS_TO_PROTO[status], version=version, actor_id=actor_id,
+    )
+    return OutgoingEvent(event_id, f"trellis.subscription.{kind}", payload.SerializeToString())
+
+
+def changed(kind: str, subscription: Subscription, *, actor_id: str, now: dt.datetime) -> OutgoingEvent:
+    return subscription_changed(
+        kind, subscription_id=subscription.id, org_id=subscription.org_id,
+        integration_id=subscription.integration_id, status=subscription.status, version=subscription.version,
+        actor_id=actor_id, now=now,
+    )
+
+
+def audit(kind: str, *, before: Subscription | None, after: Subscription, actor_id: str, now: dt.datetime,
+          request_id: str = "") -> OutgoingEvent:
+    """`trellis.audit.webhooks.subscription.<kind>`; the views hold no secret."""
+    event_id = new_id("evt")
+    payload = events_pb2.AuditEvent(
+        event_id=event_id, occurred_at=timestamp(now), service=SERVICE, org_id=after.org_id, actor_id=actor_id,
+        action=f"subscription.{kind}", object_type="subscription", object_id=after.id,
+        before_json=json.dumps(before.audit_view(), sort_keys=True) if before is not None else "",
+        after_json=json.dumps(after.audit_view(), sort_keys=True), request_id=request_id,
+    )
+    return OutgoingEvent(event_id, f"trellis.audit.{SERVICE}.subscription.{kind}", payload.SerializeToString())

@@ -1,0 +1,1 @@
+"""Webhooks' use cases: commands, handlers and the ports they need."""

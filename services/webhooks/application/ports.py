@@ -1,0 +1,255 @@
+"""What webhooks' use cases need from the world, as protocols: storage behind a unit of work
+(services.kit.uow) with the subscriptions and the activity log on it, the delivery of one
+signed POST, the registry (which integration an administrator may name as an owner), the check
+of a destination, and the dispatcher's signals. The adapters implement them
+(adapters/store.py, adapters/sender.py, adapters/registry_client.py, adapters/ssrf.py,
+adapters/dispatcher.py); handler tests pass in-memory ones (tests/unit/webhooks/memory.py).
+
+The records the delivery log is read as live here too: the store returns them, the gRPC API
+turns them into messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.kit.auth import Actor
+from services.kit.uow import UnitOfWork
+from services.webhooks.domain.model import (
+    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
+)
+
+# --- what the store reads and writes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which subscriptions a caller sees: an organisation, and maybe one owning integration."""
+
+    org_id: str
+    integration_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    org_id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    round: int
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_status_code: int
+    last_error: AttemptError
+    last_error_detail: str
+    test: bool
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: str
+    org_id: str
+    delivery_id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    round: int
+    attempt: int
+    attempted_at: dt.datetime
+    duration_ms: float
+    status_code: int
+    succeeded: bool
+    error: AttemptError
+    error_detail: str
+    response_body: str
+    url: str
+    test: bool
+    # The delivery's next attempt, on its latest attempt while it is pending; else None.
+    next_attempt_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ActivityRecord:
+    event_id: str
+    org_id: str
+    type: str
+    occurred_at: dt.datetime
+    received_at: dt.datetime
+    sender_type: str
+    sender_id: str
+    data_json: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One activity as ingested: a duplicate event id schedules nothing."""
+
+    event_id: str
+    org_id: str
+    duplicate: bool
+    deliveries: int
+
+
+def attempt_row(id_: str, *, org_id: str, delivery_id: str, subscription_id: str, event_id: str, event_type: str,
+                round_: int, attempt: int, attempted_at: dt.datetime, url: str, test: bool, status_code: int,
+                succeeded: bool, error: AttemptError, error_detail: str, response_body: str,
+                duration_ms: float, sent_by: str) -> dict[str, object]:
+    """One attempt of the delivery log, as the store writes it."""
+    return {
+        "id": id_, "org_id": org_id, "delivery_id": delivery_id, "subscription_id": subscription_id,
+        "event_id": event_id, "event_type": event_type, "round": round_, "attempt": attempt,
+        "attempted_at": attempted_at, "duration_ms": duration_ms, "status_code": status_code, "succeeded": succeeded,
+        "error": error.value, "error_detail": error_detail, "response_body": response_body, "url": url, "test": test,
+        "sent_by": sent_by,
+    }
+
+
+class Subscriptions(Protocol):
+    """Subscriptions and what changes with them, in the unit of work's transaction, always
+    within one organisation; and the owning integrations' status as last heard on the bus."""
+
+    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None: ...
+
+    async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
+        """The subscription, or NotFound when the scope does not see it (deleted ones neither)."""
+        ...
+
+    async def sealed_secret(self, subscription_id: str) -> bytes: ...
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None: ...
+
+    async def delete(self, subscription: Subscription, now: dt.datetime) -> int:
+        """Soft-deletes it and cancels its pending deliveries; returns how many were cancelled."""
+        ...
+
+    async def cancel_pending(self, subscription_ids: Sequence[str], now: dt.datetime) -> int: ...
+
+    async def release_queue(self, subscription_id: str, now: dt.datetime) -> int:
+        """Makes every pending delivery due now (after recovery); returns how many."""
+        ...
+
+    async def list_page(self, scope: Scope, *, statuses: Sequence[SubscriptionStatus], size: int,
+                        token: str) -> tuple[list[Subscription], str]: ...
+
+    async def of_integration(self, org_id: str, integration_id: str) -> list[Subscription]:
+        """The integration's live subscriptions, locked for update."""
+        ...
+
+    async def integration_status(self, org_id: str, integration_id: str) -> str | None: ...
+
+    async def record_integration(self, org_id: str, integration_id: str, status: str, version: int,
+                                 now: dt.datetime) -> bool:
+        """Stores the integration's status unless a newer version is known or it was revoked; True if stored."""
+        ...
+
+    async def mark_processed(self, event_id: str, now: dt.datetime) -> bool:
+        """False when this event was already applied."""
+        ...
+
+
+class Activities(Protocol):
+    """The activities received, their deliveries and the delivery log, in the unit's transaction."""
+
+    async def ingest(self, batch: Sequence[IncomingActivity], bodies: Sequence[bytes],
+                     now: dt.datetime) -> list[Accepted]:
+        """Stores each new activity and one pending delivery per matching subscription, due now."""
+        ...
+
+    async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str, delivery_id: str,
+                       now: dt.datetime) -> None:
+        """A test event and its delivery, which only the caller attempts (never due)."""
+        ...
+
+    async def finish_test(self, delivery_id: str, row: dict[str, object], status: DeliveryStatus,
+                          now: dt.datetime) -> None: ...
+
+    async def get_delivery(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
+        """The delivery, or NotFound when the scope does not see it."""
+        ...
+
+    async def list_deliveries(self, scope: Scope, *, subscription_id: str, statuses: Sequence[DeliveryStatus],
+                              event_id: str, size: int, token: str) -> tuple[list[DeliveryRecord], str]: ...
+
+    async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]: ...
+
+    async def list_attempts(self, scope: Scope, *, subscription_id: str, succeeded: bool | None, event_id: str,
+                            delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]: ...
+
+    async def redeliver(self, delivery: DeliveryRecord, now: dt.datetime) -> None:
+        """A new round of the schedule for the delivery, due now."""
+        ...
+
+    async def list_activities(self, org_id: str, *, types: Sequence[str], size: int,
+                              token: str) -> tuple[list[ActivityRecord], str]: ...
+
+
+class WebhooksUnitOfWork(UnitOfWork, Protocol):
+    """One transaction of a webhooks use case."""
+
+    @property
+    def subscriptions(self) -> Subscriptions: ...
+
+    @property
+    def activities(self) -> Activities: ...
+
+    async def changed(self, kind: str, subscription: Subscription, *, actor_id: str, now: dt.datetime) -> None:
+        """`trellis.subscription.<kind>` into the outbox with this transaction: every replica
+        drops what it holds of the subscription."""
+        ...
+
+    async def changed_and_audited(self, kind: str, *, before: Subscription | None, after: Subscription,
+                                  actor_id: str, now: dt.datetime, request_id: str = "") -> None:
+        """A change an actor made: the subscription event and its audit record."""
+        ...
+
+
+class UnitsOfWork(Protocol):
+    """A new unit of work; `read_only` ones take no write turn and cannot commit."""
+
+    def __call__(self, *, read_only: bool = False) -> WebhooksUnitOfWork: ...
+
+
+# --- delivery, peers, the dispatcher ----------------------------------------------------------------
+
+
+class DeliveryPort(Protocol):
+    """One signed POST to a receiver (adapters/sender.py: aiohttp, the SSRF check, tracing)."""
+
+    async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
+                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+        """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
+        ...
+
+
+class DispatcherPort(Protocol):
+    def wake(self) -> None: ...
+
+    def subscription_changed(self, subscription_id: str, version: int) -> None: ...
+
+
+class DestinationsPort(Protocol):
+    async def refusal(self, url: str) -> str | None:
+        """Why no delivery could ever reach `url`, or None (see services.webhooks.adapters.ssrf)."""
+        ...
+
+
+class IntegrationsPort(Protocol):
+    """What webhooks asks the registry, as the acting administrator."""
+
+    async def status(self, actor: Actor, integration_id: str, request_id: str = "") -> str:
+        """The integration's state (requested ... revoked); NotFound outside the actor's organisation."""
+        ...
+
+
+class TraceContext(Protocol):
+    """The current trace context as headers (`traceparent`, `tracestate`), stored with an
+    activity so that its deliveries join the trace."""
+
+    def __call__(self) -> Mapping[str, str]: ...

@@ -1,0 +1,1 @@
+"""The webhooks domain: subscriptions, deliveries, the retry schedule and the signing recipe, pure rules."""

@@ -1,0 +1,1 @@
+"""How webhooks is reached and started: the gRPC servicer, its settings group, main."""
