@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import base64
 import os
+
 import pytest
 import yaml
-
-from services.cli.client import CliSettings
 from pydantic import SecretStr
 
+from services.cli.client import CliSettings
 from services.console.main import check_settings as check_console_settings
 from services.kit.settings import DEFAULT_PORTS, Mode
-from tests.support.settings import Settings
 from tests.deploy.manifests import (
-    GRPC_SERVICES, K8S, OVERLAYS, SERVICE_PORTS, Obj, config_map_data, container_env, containers, of_kind, pod_spec,
+    GRPC_SERVICES,
+    K8S,
+    OVERLAYS,
+    SERVICE_PORTS,
+    Obj,
+    config_map_data,
+    container_env,
+    containers,
+    of_kind,
+    pod_spec,
     render,
 )
+from tests.support.settings import Settings
 
 # Read outside Settings (services.kit.service.configure_logging).
 EXTRA_VARIABLES = {"TRELLIS_LOG_LEVEL"}
@@ -134,8 +143,8 @@ def test_the_consoles_client_secret_comes_from_a_secret_it_may_do_without(overla
 
 
 def test_the_edge_route_table_loads() -> None:
-    from services.edge.main import BUILTINS
-    from services.edge.routes import RouteTable
+    from services.edge.domain.routes import RouteTable
+    from services.edge.entrypoints.main import BUILTINS
 
     table = RouteTable.load(K8S / "base" / "edge-routes.toml", builtins=BUILTINS)
     assert table.routes

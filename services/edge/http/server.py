@@ -22,7 +22,7 @@ uvicorn.Config(http=serving(limits))) with what a public edge needs and uvicorn 
 - At most `per_address` open connections per client address (trusted proxies excepted); the
   next one is answered 429 at once and closed.
 - `send()` raises ClientDisconnected (an OSError, as ASGI 2.4 says) once the client has gone,
-  so the application can log what the client got (services/edge/asgi.py, Responder).
+  so the application can log what the client got (services/edge/http/asgi.py, Responder).
 
 This leans on uvicorn's HttpToolsProtocol and RequestResponseCycle internals (their attributes,
 `_start_asgi_task`, `on_response_complete`): tests/integration/edge/http and tests/unit/edge/http
@@ -44,8 +44,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from services.edge.asgi import REFUSAL
-from services.edge.errors import EdgeError
+from services.edge.domain.errors import EdgeError
+from services.edge.http.asgi import REFUSAL
 from services.edge.http.transport import CoalescingTransport
 
 # How long a refused connection's close waits for the client's end-of-file (transport.py).

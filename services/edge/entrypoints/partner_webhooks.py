@@ -29,11 +29,11 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
-from services.edge.asgi import read_body, send_json
-from services.edge.builtins import Builtin, BuiltinCall
-from services.edge.errors import EdgeError
-from services.edge.peers import Peers
-from services.edge.http.proxy import check_content_length, too_large
+from services.edge.adapters.peers import Peers
+from services.edge.application.builtins import Builtin, BuiltinCall
+from services.edge.domain.errors import EdgeError, too_large
+from services.edge.http.asgi import read_body, send_json
+from services.edge.http.proxy import check_content_length
 from services.kit import errors
 from services.kit.prototime import rfc3339
 

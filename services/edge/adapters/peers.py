@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
-from services.edge.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
+from services.edge.domain.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
 from services.kit import errors
 from services.kit.auth import ServiceTokenSource
 from services.kit.rpc_errors import from_rpc_error

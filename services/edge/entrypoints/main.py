@@ -21,21 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from opentelemetry import propagate
 
-from services.edge.apilog import ApiLogPublisher, PlatformBudget
-from services.edge.app import EdgeApp
-from services.edge.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
-from services.edge.credentials import ApiKeys, Issuer, KeySet, Tokens
+from services.edge.adapters.apilog import ApiLogPublisher, PlatformBudget
+from services.edge.adapters.credentials import ApiKeys, Issuer, KeySet, Tokens
+from services.edge.adapters.integrations import Integrations, Invalidator
+from services.edge.adapters.metrics import EdgeMetrics
+from services.edge.adapters.peers import Peers
+from services.edge.adapters.ratelimit import RateLimiter
+from services.edge.application.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
+from services.edge.application.pipeline import Pipeline
+from services.edge.domain.routes import RouteTable, RouteTableError
+from services.edge.entrypoints.app import EdgeApp
+from services.edge.entrypoints.oauth import TokenEndpoint
+from services.edge.entrypoints.partner_webhooks import PartnerWebhooks
 from services.edge.http.proxy import Upstreams
 from services.edge.http.server import REQUEST_LINE_BYTES, HttpLimits, serving
-from services.edge.integrations import Integrations, Invalidator
-from services.edge.metrics import EdgeMetrics
-from services.edge.oauth import TokenEndpoint
-from services.edge.partner_webhooks import PartnerWebhooks
-from services.edge.peers import Peers
-from services.edge.pipeline import Pipeline
-from services.edge.ratelimit import RateLimiter
-from services.edge.routes import RouteTable, RouteTableError
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
 from services.kit.bus import connect, ensure_streams
 from services.kit.metrics import MetricsServer
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 NAME = "edge"
 # The embedded mode's route table, when none is configured (docs/partners.md describes it).
-EXAMPLE_ROUTES = Path(__file__).resolve().parents[2] / "examples" / "routes.toml"
+EXAMPLE_ROUTES = Path(__file__).resolve().parents[3] / "examples" / "routes.toml"
 MAX_EXTERNAL_JWKS_BYTES = 256 * 1024
 # A subscription's JSON is a URL, some types and a description: bodies of the webhook routes are
 # refused above this (a 10 MB body would be parsed on the event loop every partner shares).
@@ -172,7 +173,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
             builtins.update(PartnerWebhooks(peers, max_body_bytes=min(settings.edge_max_body_bytes, WEBHOOK_BODY_BYTES), test_timeout=max(
                 settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
-                            limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins)
+                            limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins,
+                            inject_trace=propagate.inject)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
                       jwks=own_keys, apilog=apilog, metrics=metrics, nc=nc)
         sock = _bind(address or settings.edge_addr)
@@ -188,7 +190,7 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         uncounted=tuple(ipaddress.ip_network(c.strip(), strict=False) for c in settings.edge_trusted_proxies))
     config = uvicorn.Config(
         app, http=serving(limits), ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
-        # Never rewrite the client address from X-Forwarded-For: services.edge.clientip decides,
+        # Never rewrite the client address from X-Forwarded-For: services.edge.domain.clientip decides,
         # with the configured trusted proxies only.
         proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,
     )
