@@ -163,7 +163,7 @@ def parse_jwks(document: str, name: str) -> dict[str, jwtverify.PublicKey]:
     keys: dict[str, jwtverify.PublicKey] = {}
     for jwk in json.loads(document).get("keys", []):
         kid = jwk.get("kid") if isinstance(jwk, dict) else None
-        if not jwtverify.is_safe_kid(kid) or jwk.get("use", "sig") != "sig":
+        if not isinstance(kid, str) or not jwtverify.is_safe_kid(kid) or jwk.get("use", "sig") != "sig":
             continue
         try:
             keys[kid] = jwtverify.public_key_from_jwk(jwk)

@@ -189,7 +189,9 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         head_bytes=settings.edge_max_header_bytes + REQUEST_LINE_BYTES,
         uncounted=tuple(ipaddress.ip_network(c.strip(), strict=False) for c in settings.edge_trusted_proxies))
     config = uvicorn.Config(
-        app, http=serving(limits), ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+        # uvicorn calls `http` with a protocol's arguments, so a factory serves where it types a class.
+        app, http=serving(limits),  # type: ignore[arg-type]  # a protocol factory, not a class
+        ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
         # Never rewrite the client address from X-Forwarded-For: services.edge.domain.clientip decides,
         # with the configured trusted proxies only.
         proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,
@@ -201,7 +203,12 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
     edge = RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
     if settings.edge_metrics_addr:
         edge.metrics_server = MetricsServer(metrics.scrape, settings.edge_metrics_addr)
-        starts.insert(0, edge.metrics_server.start)  # type: ignore[arg-type] - returns the port
+        metrics_server = edge.metrics_server
+
+        async def start_metrics() -> None:
+            await metrics_server.start()  # (it returns the bound port: not needed here)
+
+        starts.insert(0, start_metrics)
         stops.append(edge.metrics_server.stop)
     return edge
 

@@ -196,8 +196,8 @@ def _head_refusal(version: str, method: str, headers: list[tuple[bytes, bytes]],
 class EdgeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the edge's refusals, read deadlines and connection limit."""
 
-    # A wrapper, not an asyncio.Transport subclass: it forwards what it does not hold to the real one.
-    transport: CoalescingTransport  # type: ignore[assignment]  # (so not the declared asyncio.Transport)
+    # A wrapper of the real transport, typed as an asyncio.Transport (services/edge/http/transport.py).
+    transport: CoalescingTransport
     cycle: EdgeCycle
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
@@ -214,7 +214,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]  # a wrapper
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._await_head()
         if not self._connections.opened(self):
             self._refuse_head(EdgeError("too_many_connections", f"this address already holds {self._limits.per_address} "
@@ -372,7 +372,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def _cycle(self, scope: Any, keep_alive: bool, expect_100_continue: bool) -> EdgeCycle:
-        return EdgeCycle(scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,  # type: ignore[arg-type]  # a wrapper
+        return EdgeCycle(scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
                          access_logger=self.access_logger, access_log=self.access_log,
                          default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
                          expect_100_continue=expect_100_continue, keep_alive=keep_alive,
