@@ -33,9 +33,9 @@ from services.edge.domain.clientip import ClientIpResolver
 from services.edge.domain.errors import EdgeError, error_body
 from services.edge.entrypoints.oauth import TokenEndpoint, jwks_response, openid_configuration
 from services.edge.entrypoints.openapi import build_spec, render_html, spec_json
+from services.edge.entrypoints.settings import EdgeProcessSettings
 from services.edge.http.asgi import CLIENT_CLOSED, Receive, Request, Responder, Scope, Send, send_bytes, send_json
 from services.kit.logcontext import request_id_var
-from services.kit.settings import Settings
 from services.kit.telemetry import tracing_installed
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Endpoint:
 class EdgeApp:
     """The ASGI callable. Built by services.edge.entrypoints.main.bootstrap with its parts already made."""
 
-    def __init__(self, settings: Settings, *, pipeline: Pipeline, peers: Peers, token_endpoint: TokenEndpoint,
+    def __init__(self, settings: EdgeProcessSettings, *, pipeline: Pipeline, peers: Peers, token_endpoint: TokenEndpoint,
                  jwks: KeySet, apilog: ApiLogPublisher, metrics: EdgeMetrics, nc: NATS) -> None:
         self._settings = settings
         self._pipeline = pipeline

@@ -35,6 +35,7 @@ from services.edge.domain.routes import RouteTable, RouteTableError
 from services.edge.entrypoints.app import EdgeApp
 from services.edge.entrypoints.oauth import TokenEndpoint
 from services.edge.entrypoints.partner_webhooks import PartnerWebhooks
+from services.edge.entrypoints.settings import EdgeProcessSettings
 from services.edge.http.proxy import Upstreams
 from services.edge.http.server import REQUEST_LINE_BYTES, HttpLimits, serving
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
@@ -42,7 +43,7 @@ from services.kit.bus import connect, ensure_streams
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
 from services.kit.settingcheck import SettingError, exit_on_bad_settings
-from services.kit.settings import Mode, Settings, load_settings
+from services.kit.settings import Mode, load_settings
 from services.kit.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ MAX_EXTERNAL_JWKS_BYTES = 256 * 1024
 WEBHOOK_BODY_BYTES = 64 * 1024
 
 
-def routes_file(settings: Settings) -> Path:
+def routes_file(settings: EdgeProcessSettings) -> Path:
     if settings.edge_routes_file:
         return Path(settings.edge_routes_file)
     if settings.mode is Mode.EMBEDDED:
@@ -130,7 +131,7 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
-async def bootstrap(settings: Settings, *, address: str | None = None) -> RunningEdge:
+async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None) -> RunningEdge:
     """A ready-to-start edge bound to `address` (default settings.edge_addr; port 0 in tests)."""
     path = routes_file(settings)
     try:
@@ -222,7 +223,7 @@ def _closer(sock: socket.socket) -> Cleanup:
 
 def main() -> None:
     with exit_on_bad_settings():
-        settings = load_settings(Settings)
+        settings = load_settings(EdgeProcessSettings)
     configure_logging(settings, NAME)
     import uvloop
 
