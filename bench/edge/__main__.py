@@ -42,19 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.edge.limiter import in_process_on, lease_cpu, limiter_rates
-from bench.edge.load import (
-    LOAD_CPU,
-    SERVER_CPU,
-    Process,
-    Result,
-    Watch,
-    missing_tools,
-    paced,
-    server_command,
-    two_cores,
-    wait_http,
-    wrk,
-)
+from bench.edge.load import (LOAD_CPU, SERVER_CPU, Process, Result, Watch, missing_tools, paced,
+                             server_command, two_cores, wait_http, wrk)
 from bench.edge.profile import profile
 from bench.edge.stack import PATH, check_all, edge_process, edge_stack, wrk_script
 from services.kit.natsproc import NatsServer

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.edge.load import LOAD_CPU, _script, paced, pinned, wrk
 
+
 _CATEGORIES = (  # (path fragment, cost centre); a sample counts for the first match from the top of its stack
     ("/opentelemetry/", "tracing: OpenTelemetry span per request"),
     ("/prometheus_client/", "metrics: Prometheus histogram and counters"),
@@ -24,6 +25,7 @@ _CATEGORIES = (  # (path fragment, cost centre); a sample counts for the first m
     ("services/edge/http/transport.py", "upstream client and write consolidation (ours)"),
     ("/uvicorn/", "HTTP server: uvicorn (httptools) request and response"),
     ("services/edge/adapters/ratelimit.py", "rate limiter (incl. its NATS leases)"),
+    ("services/edge/domain/limits.py", "rate limiter (incl. its NATS leases)"),
     ("services/edge/adapters/apilog.py", "API log record publishing (incl. NATS)"),
     ("services/edge/adapters/credentials.py", "credentials: key hash, token cache, integration cache"),
     ("services/edge/adapters/cache.py", "credentials: key hash, token cache, integration cache"),

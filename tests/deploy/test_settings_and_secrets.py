@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import base64
 import os
-
 import pytest
 import yaml
-from pydantic import SecretStr
 
 from services.cli.client import CliSettings
+from pydantic import SecretStr
+
 from services.console.main import check_settings as check_console_settings
 from services.kit.settings import DEFAULT_PORTS, Mode
+from tests.support.settings import Settings
 from tests.deploy.manifests import (
-    GRPC_SERVICES,
-    K8S,
-    OVERLAYS,
-    SERVICE_PORTS,
-    Obj,
-    config_map_data,
-    container_env,
-    containers,
-    of_kind,
-    pod_spec,
+    GRPC_SERVICES, K8S, OVERLAYS, SERVICE_PORTS, Obj, config_map_data, container_env, containers, of_kind, pod_spec,
     render,
 )
-from tests.support.settings import Settings
 
 # Read outside Settings (services.kit.service.configure_logging).
 EXTRA_VARIABLES = {"TRELLIS_LOG_LEVEL"}

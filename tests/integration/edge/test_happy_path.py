@@ -14,7 +14,8 @@ from nats.js.api import DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.natsproc import NatsServer
-from tests.integration.edge.conftest import DEFAULT_SCOPES, ProvisionPartner, Upstream, call, fetch_token, partner_headers
+from tests.integration.edge.conftest import (DEFAULT_SCOPES, ProvisionPartner, Upstream, call, fetch_token,
+                                             partner_headers)
 from tests.support.waiting import eventually
 
 TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")

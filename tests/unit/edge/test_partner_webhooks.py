@@ -7,8 +7,8 @@ import pytest
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.edge.application.builtins import BUILTINS
-from services.edge.domain.routes import RouteTable
 from services.edge.entrypoints.partner_webhooks import OPERATIONS, refusal, subscription_json
+from services.edge.domain.routes import RouteTable
 from services.kit import errors
 
 

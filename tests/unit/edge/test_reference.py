@@ -9,9 +9,9 @@ import pytest
 
 from services.edge.application.builtins import BUILTINS
 from services.edge.domain.errors import CODES
-from services.edge.domain.routes import RouteTable
 from services.edge.entrypoints.oauth import OAuthError, _basic_credentials, _form
 from services.edge.entrypoints.openapi import build_spec, render_html
+from services.edge.domain.routes import RouteTable
 
 
 def spec() -> dict[str, object]:

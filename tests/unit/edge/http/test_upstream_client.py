@@ -14,7 +14,8 @@ import httptools
 import pytest
 import trustme
 
-from services.edge.http.upstream_client import BUFFER_BYTES, Body, Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
+from services.edge.http.upstream_client import (BUFFER_BYTES, Body, Origin, UpstreamError, UpstreamPool,
+                                                UpstreamTimeout, split_url)
 
 
 @dataclass
