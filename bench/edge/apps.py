@@ -8,7 +8,7 @@ granian) configured from the environment, with its clients made at lifespan star
 - `edge_sketch`: the proxy plus the parts of the partner pipeline that exist before the edge
   app does: request id, `RateLimiter.check` against NATS (BENCH_NATS_URL) with its headers,
   and an `ApiLogPublisher` record per request (BENCH_SKETCH="limit", "log" or "" runs a part). No authentication or scope check: it is a
-  stand-in, printed as such, until services.edge.app is plugged in (see `__main__.edge_target`).
+  stand-in, printed as such, until services.edge.entrypoints.app is plugged in (see `__main__.edge_target`).
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ def proxy_trellis() -> ASGIApp:
 def edge_sketch() -> ASGIApp:
     """Proxy + request id + NATS rate limit + API log record; no auth (a stand-in for the edge)."""
     from services.contracts.trellis.events.v1 import events_pb2
-    from services.edge.apilog import ApiLogPublisher
-    from services.edge.ratelimit import RateLimiter
+    from services.edge.adapters.apilog import ApiLogPublisher
+    from services.edge.adapters.ratelimit import RateLimiter
     from services.kit.bus import connect, ensure_streams
 
     forwarder = FORWARDERS[os.environ.get("BENCH_CLIENT", "aiohttp")](os.environ["BENCH_UPSTREAM"])

@@ -30,7 +30,7 @@ async def call_rate(call: Callable[[], Awaitable[object]], seconds: float) -> fl
 
 async def limiter_rates(nats_url: str, seconds: float) -> dict[str, float]:
     """RateLimiter.check calls per second on one hot integration, beside a no-op coroutine."""
-    from services.edge.ratelimit import RateLimiter
+    from services.edge.adapters.ratelimit import RateLimiter
     from services.kit.bus import connect
 
     nc = await connect(nats_url, name="bench-limiter")
@@ -70,7 +70,7 @@ async def lease_cpu(nats_url: str, seconds: float, callers: int = 32) -> float:
     """CPU µs per RateLimiter.check when every call takes a lease (a JetStream counter publish
     and its ack), with `callers` concurrent callers so the event loop stays busy, as the edge's
     does under load (a lone caller would also pay for waking an idle loop on every ack)."""
-    from services.edge.ratelimit import RateLimiter
+    from services.edge.adapters.ratelimit import RateLimiter
     from services.kit.bus import connect
 
     nc = await connect(nats_url, name="bench-limiter-leases")

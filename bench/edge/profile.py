@@ -24,12 +24,13 @@ _CATEGORIES = (  # (path fragment, cost centre); a sample counts for the first m
     ("services/edge/http/upstream_client.py", "upstream client and write consolidation (ours)"),
     ("services/edge/http/transport.py", "upstream client and write consolidation (ours)"),
     ("/uvicorn/", "HTTP server: uvicorn (httptools) request and response"),
-    ("services/edge/ratelimit.py", "rate limiter (incl. its NATS leases)"),
-    ("services/edge/apilog.py", "API log record publishing (incl. NATS)"),
-    ("services/edge/credentials.py", "credentials: key hash, token cache, integration cache"),
-    ("services/edge/cache.py", "credentials: key hash, token cache, integration cache"),
-    ("services/edge/integrations.py", "credentials: key hash, token cache, integration cache"),
-    ("services/edge/model.py", "credentials: key hash, token cache, integration cache"),
+    ("services/edge/adapters/ratelimit.py", "rate limiter (incl. its NATS leases)"),
+    ("services/edge/domain/limits.py", "rate limiter (incl. its NATS leases)"),
+    ("services/edge/adapters/apilog.py", "API log record publishing (incl. NATS)"),
+    ("services/edge/adapters/credentials.py", "credentials: key hash, token cache, integration cache"),
+    ("services/edge/adapters/cache.py", "credentials: key hash, token cache, integration cache"),
+    ("services/edge/adapters/integrations.py", "credentials: key hash, token cache, integration cache"),
+    ("services/edge/domain/model.py", "credentials: key hash, token cache, integration cache"),
     ("services/edge/", "edge request handling (app, pipeline, proxy, asgi)"),
 )
 
@@ -45,7 +46,7 @@ def _short(frame: str) -> str:
     return f"{name} ({path})"
 
 
-_ROOT_FRAMES = ("services/edge/__main__.py", "services/edge/main.py")
+_ROOT_FRAMES = ("services/edge/__main__.py", "services/edge/entrypoints/main.py")
 
 
 def _category(frames: list[str]) -> str:

@@ -36,7 +36,7 @@ import nats
 from sqlalchemy import text
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.apilog import ApiLogPublisher
+from services.edge.adapters.apilog import ApiLogPublisher
 from services.kit.auth import QA_PERMISSION, Actor
 from services.kit.bus import ensure_streams
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory

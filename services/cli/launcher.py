@@ -449,9 +449,10 @@ class Launcher:
             env["TRELLIS_CONSOLE_PUBLIC_URL"] = self.console_url(replica)
         if name == "edge":
             # Its service identity towards identity and registry is minted with the local key
-            # the services verify with; its route table is the checkout's example unless configured.
+            # the services verify with; its route table is the checkout's example unless configured
+            # (TRELLIS_EDGE_ROUTES_FILE, the edge's own setting, which it inherits with the rest).
             env["TRELLIS_ACTOR_PRIVATE_KEY_FILE"] = str(self.secrets.private_key_file)
-            routes = self.settings.edge_routes_file or (str(EXAMPLE_ROUTES) if EXAMPLE_ROUTES.is_file() else "")
+            routes = env.get("TRELLIS_EDGE_ROUTES_FILE") or (str(EXAMPLE_ROUTES) if EXAMPLE_ROUTES.is_file() else "")
             if routes:
                 env["TRELLIS_EDGE_ROUTES_FILE"] = routes
         return env

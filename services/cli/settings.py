@@ -7,10 +7,12 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from services.console.entrypoints.settings import ConsoleSettings
+from services.edge.entrypoints.settings import EdgeSettings
 from services.kit.settings import Settings
+from services.webhooks.entrypoints.settings import WebhooksSettings
 
 
-class CliSettings(ConsoleSettings, Settings):
+class CliSettings(ConsoleSettings, WebhooksSettings, EdgeSettings, Settings):
     """Settings as a client sees them.
 
     A client needs addresses and the actor issuer, never the services' own secrets, so the

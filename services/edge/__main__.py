@@ -1,3 +1,3 @@
-from services.edge.main import main
+from services.edge.entrypoints.main import main
 
 main()

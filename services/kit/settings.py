@@ -174,7 +174,7 @@ class KitSettings(SettingsGroup):
     @field_validator("identity_metrics_addr", "registry_metrics_addr", "webhooks_metrics_addr", "logs_metrics_addr")
     @classmethod
     def _metrics_addresses(cls, value: str | None) -> str | None:
-        return _metrics_address(value)
+        return checked_metrics_address(value)
 
     @field_validator("actor_jwks_url")
     @classmethod
@@ -358,53 +358,10 @@ class IdentitySettings(SettingsGroup):
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
 
 
-class EdgeSettings(SettingsGroup):
-    """The HTTP edge's own settings (services/edge, docs/partners.md)."""
-
-    # Where the edge serves Prometheus `GET /metrics`, as host:port. Empty: on the partner port
-    # with the other public endpoints (the embedded mode); set it in production so the metrics
-    # are not reachable through the Ingress (the partner port then has no /metrics).
-    edge_metrics_addr: str = ""
-    # The route table (TOML); empty means the bundled example table in embedded mode only.
-    edge_routes_file: str = ""
-    # Peers (CIDR) whose X-Forwarded-For is believed; empty: the TCP peer is the client.
-    edge_trusted_proxies: list[str] = Field(default_factory=list)
-    edge_upstream_timeout_seconds: float = Field(default=30.0, gt=0)
-    edge_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
-    edge_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
-    # A request's head must arrive within this (from the connection, or from its first byte on a
-    # kept-alive one), its body within this from the end of its head; then 408 and the connection
-    # closes (services/edge/http/README.md).
-    edge_header_read_timeout_seconds: float = Field(default=10.0, gt=0)
-    edge_body_read_timeout_seconds: float = Field(default=60.0, gt=0)
-    # Open connections one client address may hold; past it, 429 and closed. Trusted proxies
-    # (edge_trusted_proxies) carry many clients' connections and are not counted.
-    edge_max_connections_per_address: int = Field(default=256, ge=1)
-    # Safety bound on every cached key, token and integration; events invalidate them sooner.
-    edge_cache_ttl_seconds: float = Field(default=30.0, gt=0)
-    # An unknown `kid` refetches the JWKS at most this often (junk kids cannot hammer identity).
-    edge_jwks_refetch_seconds: float = Field(default=5.0, ge=0)
-    # Deadline of each gRPC call the edge makes to identity and registry.
-    edge_peer_timeout_seconds: float = Field(default=5.0, gt=0)
-    # When the shared rate-limit counters cannot be reached: allow (true) or refuse requests.
-    edge_rate_limit_fail_open: bool = True
-
-    SETTING_FORMS: ClassVar[dict[str, str]] = {"edge_trusted_proxies": check.NETWORKS_FORM}
-
-    @field_validator("edge_metrics_addr")
-    @classmethod
-    def _edge_metrics_address(cls, value: str) -> str:
-        return _metrics_address(value) or value
-
-    @field_validator("edge_trusted_proxies")
-    @classmethod
-    def _trusted_proxies(cls, value: list[str]) -> list[str]:
-        return check.networks(value)
 
 
 class LogsSettings(SettingsGroup):
     """The logs service's own settings (services/logs, docs/auditors.md)."""
-
     # The audit key chains an HMAC over every audit entry; it is never stored in the database.
     # Base64 of at least 32 random bytes; the logs service refuses the placeholder outside the
     # embedded mode.
@@ -424,7 +381,7 @@ class LogsSettings(SettingsGroup):
         return value
 
 
-class Settings(LogsSettings, EdgeSettings, IdentitySettings, WebhookTimeoutSettings, LimitSettings,
+class Settings(LogsSettings, IdentitySettings, WebhookTimeoutSettings, LimitSettings,
                SealingSettings, PartnerSettings, KitSettings):
     """The groups the kit still holds, fields in SETTINGS_GROUPS' order (pydantic lists the last
     base's first): the settings of the processes not yet in the new shape, and of the CLI.
@@ -442,7 +399,7 @@ SETTINGS_GROUPS: tuple[str, ...] = (
     f"{__name__}:LimitSettings",
     f"{__name__}:WebhookTimeoutSettings",
     f"{__name__}:IdentitySettings",
-    f"{__name__}:EdgeSettings",
+    "services.edge.entrypoints.settings:EdgeSettings",
     "services.webhooks.entrypoints.settings:WebhooksSettings",
     f"{__name__}:LogsSettings",
     "services.console.entrypoints.settings:ConsoleSettings",
@@ -498,7 +455,7 @@ def _decode_kek(value: str) -> bytes:
     return base64.b64decode(value, validate=True)
 
 
-def _metrics_address(value: str | None) -> str | None:
+def checked_metrics_address(value: str | None) -> str | None:
     if value is None or not value.strip():
         return value
     check.address(value.strip(), host_required=False)

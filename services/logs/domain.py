@@ -36,8 +36,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_ENDPOINT_FILTER = 512
 
-# Every error code a request record can carry: the edge's (services/edge/errors.py CODES) and
-# its token endpoint's (RFC 6749 section 5.2, services/edge/openapi.py OAUTH_ERRORS). A filter on any other word can only be a typo,
+# Every error code a request record can carry: the edge's (services/edge/domain/errors.py CODES) and
+# its token endpoint's (RFC 6749 section 5.2, services/edge/entrypoints/openapi.py OAUTH_ERRORS). A filter on any other word can only be a typo,
 # and answering it with "no requests match" would read as a clean bill of health.
 # tests/unit/logs/test_query_filters.py keeps this list a superset of the edge's.
 ERROR_CODES = frozenset({

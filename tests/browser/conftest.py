@@ -15,7 +15,7 @@ from playwright.async_api import Browser, async_playwright
 
 from examples.upstream.app import make_app as make_example_upstream
 from services.console.entrypoints.main import RunningConsole, bootstrap as console_bootstrap
-from services.edge.main import RunningEdge, bootstrap as edge_bootstrap
+from services.edge.entrypoints.main import RunningEdge, bootstrap as edge_bootstrap
 from services.kit.service import RunningService
 from services.kit.settings import Settings
 from tests.integration.webhooks.receiver import Receiver, Tls

@@ -134,8 +134,8 @@ def test_the_consoles_client_secret_comes_from_a_secret_it_may_do_without(overla
 
 
 def test_the_edge_route_table_loads() -> None:
-    from services.edge.main import BUILTINS
-    from services.edge.routes import RouteTable
+    from services.edge.domain.routes import RouteTable
+    from services.edge.entrypoints.main import BUILTINS
 
     table = RouteTable.load(K8S / "base" / "edge-routes.toml", builtins=BUILTINS)
     assert table.routes

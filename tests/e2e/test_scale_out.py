@@ -9,7 +9,7 @@ accepted more than the limit across both edges; every event reached the receiver
 only as the same event, byte for byte) and both webhooks processes delivered a share; every
 request that got an HTTP answer is in the API log, except at most what the killed edge had
 answered in its last instant and not yet published (the log is written off the response
-path: services/edge/apilog.py). The figures measured are printed (`pytest -s`) and attached
+path: services/edge/adapters/apilog.py). The figures measured are printed (`pytest -s`) and attached
 to the test report.
 """
 
@@ -44,14 +44,14 @@ from tests.support.postgres import PostgresServer
 from tests.support.stack import ROUTE_PREFIX, ActorKeys, Partner, Stack
 from tests.support.waiting import eventually
 
-RATE_LIMIT = 60          # requests per minute: leased one at a time (services/edge/ratelimit.py)
+RATE_LIMIT = 60          # requests per minute: leased one at a time (services/edge/adapters/ratelimit.py)
 OFFERED_PER_SECOND = 12  # across both edges: 720 a minute, 12x the limit
 # (over two minute windows, a run still offers more than the limit in one of them)
 EVENTS = 600
 EVENTS_PER_SECOND = 60
 RECEIVER_DELAY = 0.02    # each POST takes this long at the receiver, so deliveries overlap
 # What the killed edge may have answered without its log record reaching NATS: its queue is
-# flushed every 50 ms (services/edge/apilog.py); a loaded machine stretches that.
+# flushed every 50 ms (services/edge/adapters/apilog.py); a loaded machine stretches that.
 UNPUBLISHED_WINDOW = 2.0
 LOG_TYPES = ("lot.created", "harvest.recorded", "plant.moved")
 

@@ -17,9 +17,9 @@ import asyncio
 import logging
 import ssl
 
-from services.edge.asgi import Headers, Receive, Request, Send, read_body
-from services.edge.errors import EdgeError
-from services.edge.routes import Route
+from services.edge.domain.errors import BodyTooLarge, EdgeError, too_large
+from services.edge.domain.routes import Route
+from services.edge.http.asgi import Headers, Receive, Request, Send, read_body
 from services.edge.http.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeout, split_url
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,9 @@ def response_headers(headers: Headers) -> Headers:
     ]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def has_body(request: Request) -> bool:
     """The request is framed with a body (its Content-Length, even 0, or chunked)."""
     return request.header(b"content-length") is not None or request.header(b"transfer-encoding") is not None
-
-
-def too_large(limit: int) -> EdgeError:
-    return EdgeError("payload_too_large", f"the request body is larger than {limit} bytes; send a smaller body")
 
 
 def check_content_length(request: Request, limit: int) -> None:

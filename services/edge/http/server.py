@@ -22,7 +22,7 @@ uvicorn.Config(http=serving(limits))) with what a public edge needs and uvicorn 
 - At most `per_address` open connections per client address (trusted proxies excepted); the
   next one is answered 429 at once and closed.
 - `send()` raises ClientDisconnected (an OSError, as ASGI 2.4 says) once the client has gone,
-  so the application can log what the client got (services/edge/asgi.py, Responder).
+  so the application can log what the client got (services/edge/http/asgi.py, Responder).
 
 This leans on uvicorn's HttpToolsProtocol and RequestResponseCycle internals (their attributes,
 `_start_asgi_task`, `on_response_complete`): tests/integration/edge/http and tests/unit/edge/http
@@ -44,8 +44,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from services.edge.asgi import REFUSAL
-from services.edge.errors import EdgeError
+from services.edge.domain.errors import EdgeError
+from services.edge.http.asgi import REFUSAL
 from services.edge.http.transport import CoalescingTransport
 
 # How long a refused connection's close waits for the client's end-of-file (transport.py).
@@ -196,8 +196,8 @@ def _head_refusal(version: str, method: str, headers: list[tuple[bytes, bytes]],
 class EdgeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the edge's refusals, read deadlines and connection limit."""
 
-    # A wrapper, not an asyncio.Transport subclass: it forwards what it does not hold to the real one.
-    transport: CoalescingTransport  # type: ignore[assignment]  # (so not the declared asyncio.Transport)
+    # A wrapper of the real transport, typed as an asyncio.Transport (services/edge/http/transport.py).
+    transport: CoalescingTransport
     cycle: EdgeCycle
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
@@ -214,7 +214,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]  # a wrapper
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._await_head()
         if not self._connections.opened(self):
             self._refuse_head(EdgeError("too_many_connections", f"this address already holds {self._limits.per_address} "
@@ -372,7 +372,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def _cycle(self, scope: Any, keep_alive: bool, expect_100_continue: bool) -> EdgeCycle:
-        return EdgeCycle(scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,  # type: ignore[arg-type]  # a wrapper
+        return EdgeCycle(scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
                          access_logger=self.access_logger, access_log=self.access_log,
                          default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
                          expect_100_continue=expect_100_continue, keep_alive=keep_alive,

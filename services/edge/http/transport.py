@@ -21,29 +21,40 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+Data = bytes | bytearray | memoryview
+
+if TYPE_CHECKING:
+    # What the type checker is told: a Transport, which it is to its users (what it does not
+    # define itself, __getattr__ takes from the real one). At run time it subclasses nothing, so
+    # that every attribute it does not hold reaches the real transport.
+    _Transport = asyncio.Transport
+else:
+    _Transport = object
 
 
-class CoalescingTransport:
+class CoalescingTransport(_Transport):
     """A transport whose writes within one loop step reach the socket as one write."""
 
     __slots__ = ("_transport", "_loop", "_held", "_closed", "linger")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
+    def __init__(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
+        # A stream protocol's transport writes: asyncio types connection_made's argument as the base.
+        self._transport = cast(asyncio.Transport, transport)
         self._loop = loop
-        self._held: list[bytes] | None = None
+        self._held: list[Data] | None = None
         self._closed = False
         self.linger = 0.0  # seconds close() waits for the peer's end-of-file; 0: closes at once
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Data) -> None:
         if self._held is None:
             self._held = [data]
             self._loop.call_soon(self.flush)
         else:
             self._held.append(data)
 
-    def writelines(self, lines: Iterable[bytes]) -> None:
+    def writelines(self, lines: Iterable[Data]) -> None:
         for data in lines:
             self.write(data)
 

@@ -196,8 +196,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A request's head and body chunks leave at the end of the loop step (one write).
-        # A wrapper, not an asyncio.Transport subclass: it forwards what it does not hold to the real one.
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment, arg-type]  # a wrapper
+        # A wrapper of the real transport, typed as an asyncio.Transport (transport.py).
+        self.transport = CoalescingTransport(transport, self.loop)
 
     def data_received(self, data: bytes) -> None:
         if not self._busy:

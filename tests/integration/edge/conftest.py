@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from examples.upstream.app import make_app as make_example_upstream
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
-from services.edge.main import RunningEdge, bootstrap
+from services.edge.entrypoints.main import RunningEdge, bootstrap
 from services.kit.service import RunningService
 from services.kit.settings import Settings
 from services.kit.telemetry import setup_tracing

@@ -20,8 +20,8 @@ import pytest
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
-from services.edge.apilog import PLATFORM_PER_SOURCE
-from services.edge.main import RunningEdge, bootstrap
+from services.edge.adapters.apilog import PLATFORM_PER_SOURCE
+from services.edge.entrypoints.main import RunningEdge, bootstrap
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION
 from services.kit.settings import Settings
 from tests.integration.edge.conftest import (

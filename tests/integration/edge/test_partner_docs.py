@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.edge.errors import CODES
+from services.edge.domain.errors import CODES
 from tests.integration.edge.conftest import Partner, ProvisionPartner
 from tests.support.waiting import eventually
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from services.edge.errors import CODES
-from services.edge.main import RunningEdge
+from services.edge.domain.errors import CODES
+from services.edge.entrypoints.main import RunningEdge
 from tests.integration.edge.conftest import ProvisionPartner, call, closed_port, fetch_token, partner_headers
 
 StartEdge = Callable[..., Awaitable[RunningEdge]]

@@ -10,7 +10,7 @@ import aiohttp
 
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
-from services.edge.main import RunningEdge
+from services.edge.entrypoints.main import RunningEdge
 from tests.integration.edge.conftest import ProvisionPartner, Upstream, call, fetch_token, partner_headers, restrict_to
 from tests.support.waiting import eventually
 

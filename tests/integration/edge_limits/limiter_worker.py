@@ -12,7 +12,7 @@ import asyncio
 import json
 import sys
 
-from services.edge.ratelimit import RateLimiter
+from services.edge.adapters.ratelimit import RateLimiter
 from services.kit.bus import connect
 
 CONCURRENCY = 32

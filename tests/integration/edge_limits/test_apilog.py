@@ -13,7 +13,7 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.apilog import ApiLogPublisher
+from services.edge.adapters.apilog import ApiLogPublisher
 from services.kit.bus import connect, ensure_streams
 from services.kit.natsproc import NatsServer
 from tests.support.waiting import eventually

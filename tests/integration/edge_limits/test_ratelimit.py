@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from services.edge.ratelimit import QUOTA_EXCEEDED, RATE_LIMIT_EXCEEDED, RateLimiter, slack
+from services.edge.adapters.ratelimit import RateLimiter
+from services.edge.domain.limits import QUOTA_EXCEEDED, RATE_LIMIT_EXCEEDED, slack
 from services.kit.bus import connect
 
 MINUTE_START = 1_899_999_960  # a minute boundary, mid-afternoon UTC

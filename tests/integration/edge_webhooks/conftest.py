@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from services.edge.main import EXAMPLE_ROUTES, RunningEdge
+from services.edge.entrypoints.main import EXAMPLE_ROUTES, RunningEdge
 from tests.integration.edge.conftest import (  # noqa: F401 - fixtures reused
     DEFAULT_SCOPES,
     Partner,

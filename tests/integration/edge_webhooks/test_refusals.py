@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from services.edge.partner_webhooks import UNUSABLE_HOST_DETAIL
+from services.edge.entrypoints.partner_webhooks import UNUSABLE_HOST_DETAIL
 from tests.integration.edge.conftest import closed_port, write_routes
 from tests.integration.edge_webhooks.conftest import (
     MAX_BODY_BYTES,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.edge.main import EXAMPLE_ROUTES, RunningEdge
+from services.edge.entrypoints.main import EXAMPLE_ROUTES, RunningEdge
 from tests.integration.edge.conftest import ProvisionPartner, fetch_token
 from tests.integration.edge_webhooks.conftest import Client
 from tests.integration.webhooks.conftest import Webhooks

@@ -170,7 +170,7 @@ def test_a_status_that_is_not_ours_reads_back_by_its_code() -> None:
 
 async def test_every_peer_client_reads_the_same_class_and_fields_back(server: Server) -> None:
     from services.cli.client import ServiceClient, ServiceError
-    from services.edge.peers import translate
+    from services.edge.adapters.peers import translate
     from services.registry.adapters.identity_client import _translate as registry_translate
 
     ask = _ask(errors.AlreadyExists, "external client é is registered to another integration", {"client_id": "é"})

@@ -12,7 +12,7 @@ import nats
 from nats.js import JetStreamContext
 
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
-from services.edge.apilog import ApiLogPublisher
+from services.edge.adapters.apilog import ApiLogPublisher
 from services.kit.auth import QA_PERMISSION
 from services.kit.bus import ensure_streams
 from services.kit.natsproc import NatsServer

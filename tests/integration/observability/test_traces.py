@@ -125,7 +125,7 @@ async def test_without_a_tracer_the_edge_passes_the_partners_trace_context_on_un
 ) -> None:
     # As deployed with no exporter: no SDK, so the edge makes no span of its own (this test
     # process has one installed for the others; the edge is told it has none).
-    monkeypatch.setattr("services.edge.app.tracing_installed", lambda: False)
+    monkeypatch.setattr("services.edge.entrypoints.app.tracing_installed", lambda: False)
     partner, token, (incoming_trace, incoming_parent) = await _call_with_a_trace(edge, http, provision)
     assert _traceparent(upstream.last().headers) == (incoming_trace, incoming_parent)  # the partner's, as sent
 

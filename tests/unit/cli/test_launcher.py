@@ -93,8 +93,9 @@ def test_the_edge_mints_its_identity_with_the_local_key_and_routes_by_the_checko
     assert env["TRELLIS_EDGE_ROUTES_FILE"] == str(EXAMPLE_ROUTES) and EXAMPLE_ROUTES.is_file()
 
 
-def test_a_configured_route_table_wins_over_the_example(tmp_path: Path) -> None:
-    launcher = _launcher_with_secrets(tmp_path, CliSettings(data_dir=tmp_path / "d", edge_routes_file="/etc/trellis/routes.toml"))
+def test_a_configured_route_table_wins_over_the_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRELLIS_EDGE_ROUTES_FILE", "/etc/trellis/routes.toml")  # the edge's setting, in its environment
+    launcher = _launcher_with_secrets(tmp_path, CliSettings(data_dir=tmp_path / "d"))
     assert launcher.child_environment("edge", 0)["TRELLIS_EDGE_ROUTES_FILE"] == "/etc/trellis/routes.toml"
 
 

@@ -1,4 +1,4 @@
-"""services/edge/asgi.py: header lookups read the first of a repeated name; the Responder adds its
+"""services/edge/http/asgi.py: header lookups read the first of a repeated name; the Responder adds its
 headers to each answer without touching what its caller passed (lists and tuples reused by many
 answers, such as an error's headers)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.edge.asgi import Request, Responder
+from services.edge.http.asgi import Request, Responder
 
 
 def request(headers: list[tuple[bytes, bytes]]) -> Request:

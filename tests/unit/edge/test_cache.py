@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from services.edge.cache import TtlCache
+from services.edge.adapters.cache import TtlCache
 
 
 class Clock:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.edge.errors import CODES, EdgeError, unauthorized
-from services.edge.model import IntegrationSnapshot, check_active
+from services.edge.domain.errors import CODES, EdgeError, unauthorized
+from services.edge.domain.model import IntegrationSnapshot, check_active
 
 
 def challenge(code: str, message: str = "why") -> str:

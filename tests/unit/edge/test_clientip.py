@@ -3,7 +3,7 @@ read from the right, skipping trusted proxies."""
 
 from __future__ import annotations
 
-from services.edge.clientip import ClientIpResolver
+from services.edge.domain.clientip import ClientIpResolver
 
 
 def test_without_trusted_proxies_the_header_is_never_read() -> None:

@@ -1,7 +1,7 @@
 """The discovery document names what the settings name: the issuer identity signs with, the token
 endpoint, and the JWKS this edge serves at its public address."""
 
-from services.edge.oauth import openid_configuration
+from services.edge.entrypoints.oauth import openid_configuration
 from services.kit.settings import Settings
 
 

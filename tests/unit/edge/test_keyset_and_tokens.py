@@ -12,8 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.edge.credentials import Issuer, KeySet, Tokens, parse_jwks
-from services.edge.errors import EdgeError
+from services.edge.adapters.credentials import Issuer, KeySet, Tokens, parse_jwks
+from services.edge.domain.errors import EdgeError
 from services.kit import jwtverify
 
 ISSUER, AUDIENCE = "https://edge.test", "trellis-api"

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from services.edge.errors import EdgeError
-from services.edge.model import (ApiKeyInfo, Caller, IntegrationSnapshot, TokenGrant, check_active, check_ip, check_pair,
+from services.edge.domain.errors import EdgeError
+from services.edge.domain.model import (ApiKeyInfo, Caller, IntegrationSnapshot, TokenGrant, check_active, check_ip, check_pair,
                                  check_scope)
 
 KEY = ApiKeyInfo("int_a", "org_a", frozenset({"cl_a", "auth0|a"}), "hash")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
-from services.edge.builtins import BUILTINS
-from services.edge.partner_webhooks import OPERATIONS, refusal, subscription_json
-from services.edge.routes import RouteTable
+from services.edge.application.builtins import BUILTINS
+from services.edge.entrypoints.partner_webhooks import OPERATIONS, refusal, subscription_json
+from services.edge.domain.routes import RouteTable
 from services.kit import errors
 
 

@@ -7,11 +7,11 @@ import base64
 
 import pytest
 
-from services.edge.builtins import BUILTINS
-from services.edge.errors import CODES
-from services.edge.oauth import OAuthError, _basic_credentials, _form
-from services.edge.openapi import build_spec, render_html
-from services.edge.routes import RouteTable
+from services.edge.application.builtins import BUILTINS
+from services.edge.domain.errors import CODES
+from services.edge.entrypoints.oauth import OAuthError, _basic_credentials, _form
+from services.edge.entrypoints.openapi import build_spec, render_html
+from services.edge.domain.routes import RouteTable
 
 
 def spec() -> dict[str, object]:

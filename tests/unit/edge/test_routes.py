@@ -9,8 +9,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from services.edge.builtins import BUILTINS
-from services.edge.routes import Route, RouteTable, RouteTableError, unsafe_path
+from services.edge.application.builtins import BUILTINS
+from services.edge.domain.routes import Route, RouteTable, RouteTableError, unsafe_path
 
 REPO = Path(__file__).resolve().parents[3]
 

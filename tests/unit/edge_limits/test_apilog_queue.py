@@ -6,7 +6,7 @@ from __future__ import annotations
 from nats.js.api import PubAck
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.apilog import ApiLogPublisher
+from services.edge.adapters.apilog import ApiLogPublisher
 
 
 def entry(request_id: str) -> events_pb2.ApiRequestLogged:

@@ -8,7 +8,8 @@ from collections import defaultdict
 
 from nats.js.api import PubAck
 
-from services.edge.ratelimit import RateLimiter, lease_cap, slack
+from services.edge.adapters.ratelimit import RateLimiter
+from services.edge.domain.limits import lease_cap, slack
 
 NOW = 1_899_999_980.0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from nats.js.api import PubAck
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.apilog import ANY_SOURCE, ApiLogPublisher, PlatformBudget, source_of
+from services.edge.adapters.apilog import ANY_SOURCE, ApiLogPublisher, PlatformBudget, source_of
 
 
 def probe(i: int, ip: str = "198.51.100.7", code: str = "invalid_api_key", org: str = "") -> events_pb2.ApiRequestLogged:

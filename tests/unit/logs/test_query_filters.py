@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.edge.errors import CODES
-from services.edge.openapi import OAUTH_ERRORS
+from services.edge.domain.errors import CODES
+from services.edge.entrypoints.openapi import OAUTH_ERRORS
 from services.kit.errors import InvalidArgument
 from services.logs.domain import ERROR_CODES, RequestFilter
 

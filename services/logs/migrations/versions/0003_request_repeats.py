@@ -2,7 +2,7 @@
 
 The platform log (the rows with no organisation: requests nobody could be attributed to) takes
 a flood of them from one source as a few rows and one row standing for the rest, so that the
-flood cannot grow the log without bound (services/edge/apilog.py). Rows with no organisation
+flood cannot grow the log without bound (services/edge/adapters/apilog.py). Rows with no organisation
 stored before this revision become the platform log's as they are.
 
 Revision ID: 0003

@@ -19,7 +19,7 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.main import RunningEdge
+from services.edge.entrypoints.main import RunningEdge
 from services.kit.natsproc import NatsServer
 from tests.integration.edge.conftest import ProvisionPartner, fetch_token
 from tests.support.waiting import eventually

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.edge.cache import TtlCache
-from services.edge.errors import EdgeError, unauthorized
-from services.edge.model import ApiKeyInfo, TokenGrant
-from services.edge.peers import Peers
+from services.edge.adapters.cache import TtlCache
+from services.edge.adapters.peers import Peers
+from services.edge.domain.errors import EdgeError, RevokedKey, unauthorized
+from services.edge.domain.model import ApiKeyInfo, TokenGrant
 from services.kit import errors, jwtverify
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,6 @@ UNKNOWN_KEY_SECONDS = 5.0
 # How long a key that identity announced as revoked is remembered with its integration, so its
 # holder can be told why (the integration is suspended, or the key was replaced).
 REVOKED_KEY_SECONDS = 24 * 3600.0
-
-
-class RevokedKey(Exception):
-    """A key identity announced as revoked: its integration is known, the key is dead."""
-
-    def __init__(self, integration_id: str) -> None:
-        super().__init__(integration_id)
-        self.integration_id = integration_id
 
 
 def digest(secret: str) -> str:
@@ -171,7 +163,7 @@ def parse_jwks(document: str, name: str) -> dict[str, jwtverify.PublicKey]:
     keys: dict[str, jwtverify.PublicKey] = {}
     for jwk in json.loads(document).get("keys", []):
         kid = jwk.get("kid") if isinstance(jwk, dict) else None
-        if not jwtverify.is_safe_kid(kid) or jwk.get("use", "sig") != "sig":
+        if not isinstance(kid, str) or not jwtverify.is_safe_kid(kid) or jwk.get("use", "sig") != "sig":
             continue
         try:
             keys[kid] = jwtverify.public_key_from_jwk(jwk)

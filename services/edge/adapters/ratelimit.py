@@ -53,44 +53,14 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from services.edge.domain.limits import DAY, MINUTE, QUOTA_EXCEEDED, RATE_LIMIT_EXCEEDED, Decision, lease_cap
 from services.kit.bus import ensure_stream
 
 log = logging.getLogger(__name__)
 
-RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
-QUOTA_EXCEEDED = "quota_exceeded"
-
-MINUTE = 60
-DAY = 86_400
-SMALL_LIMIT = 60             # at or below this, one position per lease: exact per call
 LEASE_FAST_SECONDS = 0.5     # a lease used up faster than this doubles the next one
 LEASE_SLOW_SECONDS = 2.0     # a lease that lasted longer than this halves the next one
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the edge answers: allowed or not, why, and the `X-RateLimit-*` header values."""
-
-    allowed: bool
-    code: str | None          # None, "rate_limit_exceeded" or "quota_exceeded"
-    limit: int                # X-RateLimit-Limit (requests per minute)
-    remaining: int            # X-RateLimit-Remaining (>= 0)
-    reset_at: int             # X-RateLimit-Reset: Unix seconds when the current minute window resets
-    retry_after: int          # seconds, for Retry-After on 429 (>= 1 when refused)
-
-
-def lease_cap(limit: int, max_lease: int) -> int:
-    """The largest lease for a window of `limit` requests."""
-    if limit <= SMALL_LIMIT:
-        return 1
-    return max(1, min(max_lease, limit // 20))
-
-
-def slack(limit: int, replicas: int, max_lease: int) -> int:
-    """Most requests the limiter may under-admit in one window across `replicas` replicas."""
-    k = lease_cap(limit, max_lease)
-    return replicas * (k + k // 4)
 
 
 class _Pool:

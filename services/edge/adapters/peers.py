@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
-from services.edge.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
+from services.edge.domain.model import ApiKeyInfo, IntegrationSnapshot, IPNetwork
 from services.kit import errors
 from services.kit.auth import ServiceTokenSource
 from services.kit.rpc_errors import from_rpc_error
@@ -70,10 +70,11 @@ class Peers:
                  webhooks_addr: str | None = None) -> None:
         self._identity_channel = peer_channel(identity_addr)
         self._registry_channel = peer_channel(registry_addr)
-        self._identity = identity_pb2_grpc.IdentityStub(self._identity_channel)
-        self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
+        self._identity = identity_pb2_grpc.IdentityStub(self._identity_channel)  # type: ignore[no-untyped-call]  # generated gRPC stubs are unannotated
+        self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)  # type: ignore[no-untyped-call]  # generated gRPC stubs are unannotated
         self._webhooks_channel = peer_channel(webhooks_addr) if webhooks_addr else None
-        self._webhooks = webhooks_pb2_grpc.WebhooksStub(self._webhooks_channel) if self._webhooks_channel else None
+        self._webhooks = (webhooks_pb2_grpc.WebhooksStub(self._webhooks_channel)  # type: ignore[no-untyped-call]  # generated gRPC stubs are unannotated
+                          if self._webhooks_channel else None)
         self._tokens = tokens
         self._timeout = timeout
 
@@ -117,16 +118,17 @@ class Peers:
 
     async def issue_token(self, client_id: str, client_secret: str, scope: str, request_id: str = "") -> identity_pb2.IssueTokenResponse:
         try:
-            return await self._identity.IssueToken(
+            issued: identity_pb2.IssueTokenResponse = await self._identity.IssueToken(
                 identity_pb2.IssueTokenRequest(client_id=client_id, client_secret=client_secret, scope=scope),
                 metadata=self._tokens.metadata(request_id), timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, "identity") from exc
+        return issued
 
     async def jwks_json(self) -> str:
         try:
-            found = await self._identity.GetJwks(identity_pb2.GetJwksRequest(), timeout=self._timeout)
+            found: identity_pb2.GetJwksResponse = await self._identity.GetJwks(identity_pb2.GetJwksRequest(), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, "identity") from exc
         return found.jwks_json

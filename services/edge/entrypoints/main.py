@@ -21,41 +21,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from opentelemetry import propagate
 
-from services.edge.apilog import ApiLogPublisher, PlatformBudget
-from services.edge.app import EdgeApp
-from services.edge.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
-from services.edge.credentials import ApiKeys, Issuer, KeySet, Tokens
+from services.edge.adapters.apilog import ApiLogPublisher, PlatformBudget
+from services.edge.adapters.credentials import ApiKeys, Issuer, KeySet, Tokens
+from services.edge.adapters.integrations import Integrations, Invalidator
+from services.edge.adapters.metrics import EdgeMetrics
+from services.edge.adapters.peers import Peers
+from services.edge.adapters.ratelimit import RateLimiter
+from services.edge.application.builtins import BUILTINS, WEBHOOKS_BUILTINS, Builtin, whoami
+from services.edge.application.pipeline import Pipeline
+from services.edge.domain.routes import RouteTable, RouteTableError
+from services.edge.entrypoints.app import EdgeApp
+from services.edge.entrypoints.oauth import TokenEndpoint
+from services.edge.entrypoints.partner_webhooks import PartnerWebhooks
+from services.edge.entrypoints.settings import EdgeProcessSettings
 from services.edge.http.proxy import Upstreams
 from services.edge.http.server import REQUEST_LINE_BYTES, HttpLimits, serving
-from services.edge.integrations import Integrations, Invalidator
-from services.edge.metrics import EdgeMetrics
-from services.edge.oauth import TokenEndpoint
-from services.edge.partner_webhooks import PartnerWebhooks
-from services.edge.peers import Peers
-from services.edge.pipeline import Pipeline
-from services.edge.ratelimit import RateLimiter
-from services.edge.routes import RouteTable, RouteTableError
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
 from services.kit.bus import connect, ensure_streams
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
 from services.kit.settingcheck import SettingError, exit_on_bad_settings
-from services.kit.settings import Mode, Settings, load_settings
+from services.kit.settings import Mode, load_settings
 from services.kit.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
 NAME = "edge"
 # The embedded mode's route table, when none is configured (docs/partners.md describes it).
-EXAMPLE_ROUTES = Path(__file__).resolve().parents[2] / "examples" / "routes.toml"
+EXAMPLE_ROUTES = Path(__file__).resolve().parents[3] / "examples" / "routes.toml"
 MAX_EXTERNAL_JWKS_BYTES = 256 * 1024
 # A subscription's JSON is a URL, some types and a description: bodies of the webhook routes are
 # refused above this (a 10 MB body would be parsed on the event loop every partner shares).
 WEBHOOK_BODY_BYTES = 64 * 1024
 
 
-def routes_file(settings: Settings) -> Path:
+def routes_file(settings: EdgeProcessSettings) -> Path:
     if settings.edge_routes_file:
         return Path(settings.edge_routes_file)
     if settings.mode is Mode.EMBEDDED:
@@ -129,7 +131,7 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
-async def bootstrap(settings: Settings, *, address: str | None = None) -> RunningEdge:
+async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None) -> RunningEdge:
     """A ready-to-start edge bound to `address` (default settings.edge_addr; port 0 in tests)."""
     path = routes_file(settings)
     try:
@@ -172,7 +174,8 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
             builtins.update(PartnerWebhooks(peers, max_body_bytes=min(settings.edge_max_body_bytes, WEBHOOK_BODY_BYTES), test_timeout=max(
                 settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
-                            limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins)
+                            limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins,
+                            inject_trace=propagate.inject)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
                       jwks=own_keys, apilog=apilog, metrics=metrics, nc=nc)
         sock = _bind(address or settings.edge_addr)
@@ -187,8 +190,10 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
         head_bytes=settings.edge_max_header_bytes + REQUEST_LINE_BYTES,
         uncounted=tuple(ipaddress.ip_network(c.strip(), strict=False) for c in settings.edge_trusted_proxies))
     config = uvicorn.Config(
-        app, http=serving(limits), ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
-        # Never rewrite the client address from X-Forwarded-For: services.edge.clientip decides,
+        # uvicorn calls `http` with a protocol's arguments, so a factory serves where it types a class.
+        app, http=serving(limits),  # type: ignore[arg-type]  # a protocol factory, not a class
+        ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+        # Never rewrite the client address from X-Forwarded-For: services.edge.domain.clientip decides,
         # with the configured trusted proxies only.
         proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,
     )
@@ -199,7 +204,12 @@ async def bootstrap(settings: Settings, *, address: str | None = None) -> Runnin
     edge = RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
     if settings.edge_metrics_addr:
         edge.metrics_server = MetricsServer(metrics.scrape, settings.edge_metrics_addr)
-        starts.insert(0, edge.metrics_server.start)  # type: ignore[arg-type] - returns the port
+        metrics_server = edge.metrics_server
+
+        async def start_metrics() -> None:
+            await metrics_server.start()  # (it returns the bound port: not needed here)
+
+        starts.insert(0, start_metrics)
         stops.append(edge.metrics_server.stop)
     return edge
 
@@ -213,7 +223,7 @@ def _closer(sock: socket.socket) -> Cleanup:
 
 def main() -> None:
     with exit_on_bad_settings():
-        settings = load_settings(Settings)
+        settings = load_settings(EdgeProcessSettings)
     configure_logging(settings, NAME)
     import uvloop
 

@@ -3,7 +3,7 @@
 `whoami`: who the credentials identify and what they may do, so a partner can check a new
 set of credentials without touching any data. `webhooks` and `activities`: the partner's
 webhook subscriptions and the organisation's activities, answered through the webhooks
-service (services.edge.partner_webhooks).
+service (services.edge.entrypoints.partner_webhooks).
 
 A built-in runs after authentication, the IP allowlist, the rate limit and the route's scope;
 it gets the request, the verified caller, the path below its route's prefix and the body's
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from services.edge.asgi import Receive, Request, Send, send_json
-from services.edge.errors import EdgeError
-from services.edge.model import Caller
+from services.edge.domain.errors import EdgeError
+from services.edge.domain.model import Caller
+from services.edge.http.asgi import Receive, Request, Send, send_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """The partner API described as OpenAPI 3.1 (GET /openapi.json), built from the route table,
-the built-ins' operations (services.edge.partner_webhooks.OPERATIONS) and the error codes, and
+the built-ins' operations (services.edge.entrypoints.partner_webhooks.OPERATIONS) and the error codes, and
 the same description rendered as a self-contained HTML reference (GET /docs): no CDN, no
 script, everything escaped."""
 
@@ -10,9 +10,9 @@ import json
 import re
 from typing import Any
 
-from services.edge.errors import CODES
-from services.edge.partner_webhooks import OPERATIONS, QUERY, SCHEMAS, Operation
-from services.edge.routes import Route, RouteTable
+from services.edge.domain.errors import CODES
+from services.edge.domain.routes import Route, RouteTable
+from services.edge.entrypoints.partner_webhooks import OPERATIONS, QUERY, SCHEMAS, Operation
 
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 OAUTH_ERRORS = ("invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope",

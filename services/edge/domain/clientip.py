@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from services.edge.model import IPAddress, IPNetwork, parse_ip
+from services.edge.domain.model import IPAddress, IPNetwork, parse_ip
 
 
 def _strip_port(entry: str) -> str:

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qs
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
-from services.edge.asgi import read_body, send_json
-from services.edge.builtins import Builtin, BuiltinCall
-from services.edge.errors import EdgeError
-from services.edge.peers import Peers
-from services.edge.http.proxy import check_content_length, too_large
+from services.edge.adapters.peers import Peers
+from services.edge.application.builtins import Builtin, BuiltinCall
+from services.edge.domain.errors import EdgeError, too_large
+from services.edge.http.asgi import read_body, send_json
+from services.edge.http.proxy import check_content_length
 from services.kit import errors
 from services.kit.prototime import rfc3339
 
@@ -48,8 +48,9 @@ _PROTO_FIELD = {"endpoint_url": "url", "activity_types": "activity_types", "desc
                 "signature_scheme": "signature_scheme"}
 
 
-def _names(enum: Any, prefix: str) -> dict[str, int]:
-    """`SUBSCRIPTION_STATUS_ACTIVE` -> {"active": 1}, without the unspecified value."""
+def _names(enum: Any, prefix: str) -> dict[str, Any]:
+    """`SUBSCRIPTION_STATUS_ACTIVE` -> {"active": 1}, without the unspecified value (the numbers
+    go into request fields the generated stubs type as the enum's class: Any here)."""
     return {name.removeprefix(prefix).lower(): value for name, value in enum.items() if value != 0}
 
 
@@ -155,6 +156,13 @@ def activity_json(a: pb.Activity) -> dict[str, Any]:
 
 # --- one request ---------------------------------------------------------------------------------
 
+class CallerIds(TypedDict):
+    """The view every Webhooks request carries for an edge caller."""
+
+    integration_id: str
+    org_id: str
+
+
 @dataclass
 class Ask:
     """A request to one operation: the call, the path parameters and the checked query."""
@@ -165,7 +173,7 @@ class Ask:
     max_body_bytes: int
 
     @property
-    def ids(self) -> dict[str, str]:
+    def ids(self) -> CallerIds:
         """The view every Webhooks request carries for an edge caller."""
         integration = self.call.caller.integration
         return {"integration_id": integration.id, "org_id": integration.org_id}
@@ -176,7 +184,7 @@ class Ask:
             raise EdgeError("invalid_request", f"the query parameter {name} is given {len(values)} times; give it once")
         return values[0] if values else ""
 
-    def many(self, name: str, choices: dict[str, int] | None = None) -> list[str]:
+    def many(self, name: str, choices: Mapping[str, int] | None = None) -> list[str]:
         """Repeated or comma-separated values; each one of `choices` when given."""
         values = [v.strip() for raw in self.query.get(name, []) for v in raw.split(",") if v.strip()]
         unknown = [v for v in values if choices is not None and v not in choices]
@@ -328,7 +336,7 @@ class PartnerWebhooks:
 
     async def _delivery(self, ask: Ask) -> pb.GetDeliveryResponse:
         """The delivery in the path, 404 unless it belongs to the subscription in the path."""
-        found = await self._call("GetDelivery", pb.GetDeliveryRequest(delivery_id=ask.params["delivery_id"], **ask.ids), ask)
+        found: pb.GetDeliveryResponse = await self._call("GetDelivery", pb.GetDeliveryRequest(delivery_id=ask.params["delivery_id"], **ask.ids), ask)
         if found.delivery.subscription_id != ask.params["subscription_id"]:
             raise EdgeError("not_found", f"no delivery {ask.params['delivery_id']} of subscription {ask.params['subscription_id']}")
         return found

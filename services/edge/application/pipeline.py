@@ -7,7 +7,7 @@ Whose log a request goes to: a refused request is still attributed to an organis
 credential it carries says which, so that a stolen key probed without its token (or a token
 with a wrong key) shows in that organisation's log: a known API key (even when the token is
 missing or wrong), else an access token whose signature verifies (even when the key is missing
-or unknown). A request with neither goes to the platform log (services/edge/apilog.py).
+or unknown). A request with neither goes to the platform log (services/edge/adapters/apilog.py).
 """
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from opentelemetry import propagate
-
-from services.edge.asgi import Receive, Request, Responder
-from services.edge.builtins import Builtin, BuiltinCall
-from services.edge.credentials import ApiKeys, RevokedKey, Tokens
-from services.edge.errors import EdgeError, unauthorized
-from services.edge.integrations import Integrations, Invalidator
-from services.edge.model import Caller, check_active, check_ip, check_pair, check_scope
-from services.edge.http.proxy import BodyTooLarge, Upstreams, too_large
-from services.edge.ratelimit import Decision, RateLimiter
-from services.edge.routes import Route, RouteTable, unsafe_path
+from services.edge.application.builtins import Builtin, BuiltinCall
+from services.edge.application.ports import (
+    ApiKeysPort,
+    InjectTrace,
+    IntegrationsPort,
+    InvalidatorPort,
+    RateLimiterPort,
+    TokensPort,
+    UpstreamsPort,
+)
+from services.edge.domain.errors import BodyTooLarge, EdgeError, RevokedKey, too_large, unauthorized
+from services.edge.domain.limits import Decision
+from services.edge.domain.model import Caller, check_active, check_ip, check_pair, check_scope
+from services.edge.domain.routes import Route, RouteTable, unsafe_path
+from services.edge.http.asgi import Receive, Request, Responder
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,9 @@ def bearer_token(request: Request) -> str:
 class Pipeline:
     """Answers one partner request, or raises the EdgeError that refuses it."""
 
-    def __init__(self, *, keys: ApiKeys, tokens: Tokens, integrations: Integrations, invalidator: Invalidator,
-                 limiter: RateLimiter, routes: RouteTable, upstreams: Upstreams, builtins: Mapping[str, Builtin]) -> None:
+    def __init__(self, *, keys: ApiKeysPort, tokens: TokensPort, integrations: IntegrationsPort,
+                 invalidator: InvalidatorPort, limiter: RateLimiterPort, routes: RouteTable, upstreams: UpstreamsPort,
+                 builtins: Mapping[str, Builtin], inject_trace: InjectTrace) -> None:
         self._keys = keys
         self._tokens = tokens
         self._integrations = integrations
@@ -95,6 +100,7 @@ class Pipeline:
         self.routes = routes
         self._upstreams = upstreams
         self._builtins = builtins
+        self._inject_trace = inject_trace
 
     async def handle(self, request: Request, receive: Receive, send: Responder, trail: Trail) -> None:
         self._invalidator.check_connection()
@@ -206,8 +212,7 @@ class Pipeline:
         trail.scope_category = route.category or ""
         return route
 
-    @staticmethod
-    def identity_headers(request: Request, caller: Caller) -> list[tuple[bytes, bytes]]:
+    def identity_headers(self, request: Request, caller: Caller) -> list[tuple[bytes, bytes]]:
         """Who is calling, for the upstream: ids, scopes, the client's address, the trace."""
         hops = request.hops or [request.client_ip]
         headers = [
@@ -221,6 +226,6 @@ class Pipeline:
             headers.append((b"x-forwarded-host", host))
         if request.traced:
             carrier: dict[str, str] = {}
-            propagate.inject(carrier)
+            self._inject_trace(carrier)
             headers.extend((k.encode(), v.encode()) for k, v in carrier.items())
         return headers

@@ -18,11 +18,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.cache import TtlCache
-from services.edge.credentials import ApiKeys, Tokens, unavailable
-from services.edge.errors import unauthorized
-from services.edge.model import IntegrationSnapshot
-from services.edge.peers import Peers
+from services.edge.adapters.cache import TtlCache
+from services.edge.adapters.credentials import ApiKeys, Tokens, unavailable
+from services.edge.adapters.peers import Peers
+from services.edge.domain.errors import unauthorized
+from services.edge.domain.model import IntegrationSnapshot
 from services.kit import errors
 
 log = logging.getLogger(__name__)

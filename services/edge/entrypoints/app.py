@@ -6,7 +6,7 @@ back; request headers over the size bound refused with 431; a server span (when 
 installed; otherwise only the caller's trace context is passed on) around the whole
 request; metrics; and, for partner requests (the API and the token endpoint, refused or not),
 one API log record, queued without waiting: in the organisation's log when a credential says
-whose the request is, else in the platform log (services/edge/apilog.py).
+whose the request is, else in the platform log (services/edge/adapters/apilog.py).
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.edge.apilog import ApiLogPublisher
-from services.edge.asgi import CLIENT_CLOSED, Receive, Request, Responder, Scope, Send, send_bytes, send_json
-from services.edge.clientip import ClientIpResolver
-from services.edge.credentials import KeySet
-from services.edge.errors import EdgeError, error_body
-from services.edge.metrics import EdgeMetrics
-from services.edge.oauth import TokenEndpoint, jwks_response, openid_configuration
-from services.edge.openapi import build_spec, render_html, spec_json
-from services.edge.peers import Peers
-from services.edge.pipeline import Pipeline, Trail
+from services.edge.adapters.apilog import ApiLogPublisher
+from services.edge.adapters.credentials import KeySet
+from services.edge.adapters.metrics import EdgeMetrics
+from services.edge.adapters.peers import Peers
+from services.edge.application.pipeline import Pipeline, Trail
+from services.edge.domain.clientip import ClientIpResolver
+from services.edge.domain.errors import EdgeError, error_body
+from services.edge.entrypoints.oauth import TokenEndpoint, jwks_response, openid_configuration
+from services.edge.entrypoints.openapi import build_spec, render_html, spec_json
+from services.edge.entrypoints.settings import EdgeProcessSettings
+from services.edge.http.asgi import CLIENT_CLOSED, Receive, Request, Responder, Scope, Send, send_bytes, send_json
 from services.kit.logcontext import request_id_var
-from services.kit.settings import Settings
 from services.kit.telemetry import tracing_installed
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,9 @@ class Endpoint:
 
 
 class EdgeApp:
-    """The ASGI callable. Built by services.edge.main.bootstrap with its parts already made."""
+    """The ASGI callable. Built by services.edge.entrypoints.main.bootstrap with its parts already made."""
 
-    def __init__(self, settings: Settings, *, pipeline: Pipeline, peers: Peers, token_endpoint: TokenEndpoint,
+    def __init__(self, settings: EdgeProcessSettings, *, pipeline: Pipeline, peers: Peers, token_endpoint: TokenEndpoint,
                  jwks: KeySet, apilog: ApiLogPublisher, metrics: EdgeMetrics, nc: NATS) -> None:
         self._settings = settings
         self._pipeline = pipeline
@@ -102,7 +102,7 @@ class EdgeApp:
             "/openapi.json": Endpoint(self._openapi, get),
             "/docs": Endpoint(self._docs, get),
         }
-        if not settings.edge_metrics_addr:  # otherwise served on that address only (services.edge.main)
+        if not settings.edge_metrics_addr:  # otherwise served on that address only (services.edge.entrypoints.main)
             self._endpoints["/metrics"] = Endpoint(self._metrics_text, get)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

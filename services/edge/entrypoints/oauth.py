@@ -24,15 +24,15 @@ from urllib.parse import parse_qs, unquote_plus
 import jwt
 
 from services.contracts.trellis.identity.v1 import identity_pb2
-from services.edge.asgi import Receive, Request, Send, read_body, send_bytes
-from services.edge.credentials import KeySet
-from services.edge.errors import EdgeError
-from services.edge.integrations import Integrations
-from services.edge.model import check_ip
-from services.edge.peers import Peers
-from services.edge.pipeline import Trail
+from services.edge.adapters.credentials import KeySet
+from services.edge.adapters.integrations import Integrations
+from services.edge.adapters.peers import Peers
+from services.edge.application.pipeline import Trail
+from services.edge.domain.errors import EdgeError
+from services.edge.domain.model import check_ip
+from services.edge.http.asgi import Receive, Request, Send, read_body, send_bytes
 from services.kit import errors
-from services.kit.settings import Settings
+from services.kit.settings import PartnerSettings
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class TokenEndpoint:
         return issued
 
 
-def openid_configuration(settings: Settings) -> dict[str, object]:
+def openid_configuration(settings: PartnerSettings) -> dict[str, object]:
     """Discovery metadata (OpenID Connect Discovery / RFC 8414 fields for this server). Each URL
     is the setting's, which follows the edge's public address unless set (services.kit.settings);
     the JWKS is the one this edge serves."""

@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from services.edge.errors import EdgeError
+from services.edge.domain.errors import EdgeError
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

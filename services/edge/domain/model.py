@@ -10,7 +10,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
-from services.edge.errors import EdgeError, bearer_challenge, unauthorized
+from services.edge.domain.errors import EdgeError, bearer_challenge, unauthorized
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

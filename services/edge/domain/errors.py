@@ -5,7 +5,7 @@
         {"error": "<code>", "message": "<why, and what to do>", "request_id": "..."}
 
 `CODES` is the one list of codes: /openapi.json, /docs and docs/partners.md are checked
-against it. The token endpoint answers in RFC 6749 terms instead (services.edge.oauth).
+against it. The token endpoint answers in RFC 6749 terms instead (services.edge.entrypoints.oauth).
 """
 
 from __future__ import annotations
@@ -128,3 +128,19 @@ def unauthorized(code: str, message: str, *, token_error: bool | None = None) ->
 
 def error_body(code: str, message: str, request_id: str) -> bytes:
     return json.dumps({"error": code, "message": message, "request_id": request_id}).encode()
+
+
+def too_large(limit: int) -> EdgeError:
+    return EdgeError("payload_too_large", f"the request body is larger than {limit} bytes; send a smaller body")
+
+
+class BodyTooLarge(Exception):
+    """A request body grew past the limit while it was read (answered with `too_large`)."""
+
+
+class RevokedKey(Exception):
+    """A key identity announced as revoked: its integration is known, the key is dead."""
+
+    def __init__(self, integration_id: str) -> None:
+        super().__init__(integration_id)
+        self.integration_id = integration_id
