@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install protos check-protos bench clean
+.PHONY: run test lint install protos check-protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ install: $(STAMP)
 run: install
 	$(BIN)/trellis up
 
-## Run every test; starts its own nats-server and PostgreSQL (and a headless Chromium)
-test: install
+## Lint, then run every test; starts its own nats-server and PostgreSQL (and a headless Chromium)
+test: install lint
 	scripts/ensure-postgres
 	scripts/ensure-chromium
 	$(BIN)/pytest -q
+
+## ruff over the code and tests; mypy --strict over the services listed in pyproject.toml [tool.mypy] files
+lint: install
+	$(BIN)/ruff check services tests bench
+	$(BIN)/mypy
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
@@ -33,4 +38,4 @@ bench: install
 	$(BIN)/python -m bench.identity
 
 clean:
-	rm -rf $(VENV) .trellis .pytest_cache
+	rm -rf $(VENV) .trellis .pytest_cache .mypy_cache .ruff_cache

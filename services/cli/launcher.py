@@ -141,7 +141,8 @@ class RestartPolicy:
         self.exits = [t for t in self.exits if now - t < self.window] + [now]
         if len(self.exits) >= self.limit:
             return None
-        return min(self.max_delay, self.first_delay * 2 ** (len(self.exits) - 1))
+        delay: float = min(self.max_delay, self.first_delay * 2 ** (len(self.exits) - 1))
+        return delay
 
     @property
     def recent(self) -> int:
@@ -538,7 +539,8 @@ def _probe(kind: str, address: str) -> bool:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(f"http://{address}/readyz", timeout=1.0) as response:
-                return response.status == 200
+                ready: bool = response.status == 200
+                return ready
         except (urllib.error.URLError, http.client.HTTPException, OSError):
             return False
     if kind == "grpc":
@@ -547,7 +549,8 @@ def _probe(kind: str, address: str) -> bool:
                 response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             except grpc.RpcError:
                 return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        serving: bool = response.status == health_pb2.HealthCheckResponse.SERVING
+        return serving
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=1.0):

@@ -69,7 +69,8 @@ COMMANDS = {
 def named_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
     """The command `argv` names, or None when it asks for help, names none, or uses an option
     this scan does not know exactly (an abbreviation, say): then every command is built."""
-    flags, with_value = set(), set()
+    flags: set[str] = set()
+    with_value: set[str] = set()
     for action in parser._actions:  # noqa: SLF001 - argparse offers no public list of its options
         (with_value if action.nargs != 0 else flags).update(action.option_strings)
     skip_value = False

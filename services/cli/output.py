@@ -41,13 +41,15 @@ def status_label(status: int) -> str:
     """`INTEGRATION_STATUS_ACTIVE` -> `Active` (the spec's wording)."""
     if status == registry_pb2.INTEGRATION_STATUS_UNSPECIFIED:
         return "-"
-    return registry_pb2.IntegrationStatus.Name(status).removeprefix(STATUS_PREFIX).capitalize()
+    name: str = registry_pb2.IntegrationStatus.Name(status)
+    return name.removeprefix(STATUS_PREFIX).capitalize()
 
 
-def status_value(name: str) -> int:
+def status_value(name: str) -> registry_pb2.IntegrationStatus:
     """`active` (any case) -> the IntegrationStatus enum value; ValueError names the choices."""
     try:
-        return registry_pb2.IntegrationStatus.Value(STATUS_PREFIX + name.strip().upper())
+        value: registry_pb2.IntegrationStatus = registry_pb2.IntegrationStatus.Value(STATUS_PREFIX + name.strip().upper())
+        return value
     except ValueError:
         raise ValueError(f"unknown status {name!r}; choose from {', '.join(STATUS_NAMES)}") from None
 
@@ -72,7 +74,8 @@ def message_dict(message: Message) -> dict[str, Any]:
         always_print_fields_with_no_presence=True,
         unquote_int64_if_possible=True,
     )
-    return _short_enums(data)
+    short: dict[str, Any] = _short_enums(data)
+    return short
 
 
 def _short_enums(value: Any) -> Any:

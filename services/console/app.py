@@ -51,7 +51,7 @@ class Console:
         self._templates = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
         self.starlette = Starlette(routes=routes, exception_handlers={
             SignInRequired: self._sign_in_required, BadForm: self._bad_form, Refused: self._refused,
-            HTTPException: self._http_error, Exception: self._server_error,  # type: ignore[dict-item]
+            HTTPException: self._http_error, Exception: self._server_error,
         })
         self.app = PageShell(self.starlette, metrics=metrics, csp=csp, route_of=self._route_of)
 

@@ -7,7 +7,7 @@ Errors leave a call translated once, as services.console.errors.Refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -49,7 +49,7 @@ class AsUser:
             metadata.append(("x-request-id", request_id))
         return tuple(metadata)
 
-    def __getattr__(self, method: str) -> Callable[[Any], Any]:
+    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
         rpc = getattr(self._stub, method)
 
         async def call(request: Any, *, timeout: float | None = None) -> Any:
@@ -60,7 +60,7 @@ class AsUser:
 
         return call
 
-    async def stream(self, method: str, request: Any, *, timeout: float = STREAM_TIMEOUT_SECONDS) -> AsyncIterator[Any]:
+    async def stream(self, method: str, request: Any, *, timeout: float = STREAM_TIMEOUT_SECONDS) -> AsyncGenerator[Any, None]:
         """A server-streaming call's messages, read one at a time as the caller asks for them (gRPC's
         flow control holds the rest at the service); a refusal, even mid-stream, is Refused. Closing
         the iterator early cancels the call."""
@@ -98,7 +98,8 @@ class Peers:
                     health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_SECONDS)
             except grpc.RpcError:
                 return False
-            return answer.status == health_pb2.HealthCheckResponse.SERVING
+            serving: bool = answer.status == health_pb2.HealthCheckResponse.SERVING
+            return serving
 
         results = await asyncio.gather(*(one(name) for name in self._required))
         return dict(zip(self._required, results, strict=True))

@@ -64,7 +64,8 @@ def _open(secret: str, purpose: bytes, name: str, sealed: bytes) -> dict[str, An
         plain = AESGCM(_key(secret, purpose)).decrypt(sealed[:12], sealed[12:], name.encode())
     except (InvalidTag, ValueError):
         return None
-    return json.loads(plain)
+    data: dict[str, Any] = json.loads(plain)
+    return data
 
 
 @dataclass

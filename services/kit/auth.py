@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -21,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.kit.errors import PermissionDenied, Unauthenticated
 from services.kit.settingcheck import SettingError
 from services.kit.ids import is_request_id
+
+if TYPE_CHECKING:  # the settings (pydantic) are not imported with this module, for the CLI's start
+    from services.kit.settings import KitSettings
 
 # PyJWT is imported where tokens are verified or minted, not with this module: the CLI takes
 # the permission names from here and signs its own tokens, and a CLI command's start-up time
@@ -68,11 +72,12 @@ def reset_actor(token: contextvars.Token[Actor | None]) -> None:
     _current.reset(token)
 
 
-def _algorithms_for(key: object) -> list[str]:
+def _with_algorithms(key: object) -> tuple[ec.EllipticCurvePublicKey | rsa.RSAPublicKey, list[str]]:
+    """The key as a verification key, with the one algorithm Trellis accepts for its type."""
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return ["ES256"]
+        return key, ["ES256"]
     if isinstance(key, rsa.RSAPublicKey):
-        return ["RS256"]
+        return key, ["RS256"]
     raise ValueError(f"unsupported actor key type {type(key).__name__}")
 
 
@@ -89,14 +94,14 @@ class ActorVerifier:
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
 
     @classmethod
-    def from_settings(cls, settings: "object") -> "ActorVerifier":
-        key_file = settings.actor_public_key_file  # type: ignore[attr-defined]
+    def from_settings(cls, settings: KitSettings) -> "ActorVerifier":
+        key_file = settings.actor_public_key_file
         try:
             return cls(
-                issuer=settings.actor_issuer,  # type: ignore[attr-defined]
-                audience=settings.actor_audience,  # type: ignore[attr-defined]
+                issuer=settings.actor_issuer,
+                audience=settings.actor_audience,
                 public_key_pem=Path(key_file).read_bytes() if key_file else None,
-                jwks_url=settings.actor_jwks_url,  # type: ignore[attr-defined]
+                jwks_url=settings.actor_jwks_url,
             )
         except (OSError, ValueError) as exc:  # a file that is missing or not a PEM public key
             raise SettingError("TRELLIS_ACTOR_PUBLIC_KEY_FILE", f"a readable PEM public key file ({exc})",
@@ -110,11 +115,11 @@ class ActorVerifier:
 
         try:
             if self._key is not None:
-                key, algorithms = self._key, _algorithms_for(self._key)
+                key, algorithms = _with_algorithms(self._key)
             else:
                 assert self._jwks is not None
                 signing = self._jwks.get_signing_key_from_jwt(token)
-                key, algorithms = signing.key, _algorithms_for(signing.key)
+                key, algorithms = _with_algorithms(signing.key)
             claims = jwt.decode(
                 token,
                 key=key,
@@ -169,7 +174,9 @@ def mint_actor_token(
     """An actor token signed with a local key (embedded mode and tests)."""
     import jwt
 
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    # Any other key type is refused by jwt.encode itself, as before this narrowing for the checker.
+    key = cast(ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+               serialization.load_pem_private_key(private_key_pem, password=None))
     algorithm = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
     now = dt.datetime.now(dt.timezone.utc)
     claims = {
@@ -215,22 +222,22 @@ class ServiceTokenSource:
         self._file_stamp: tuple[int, int, int] | None = None
 
     @classmethod
-    def from_settings(cls, settings: "object", *, user_id: str, org_id: str = "trellis",
+    def from_settings(cls, settings: KitSettings, *, user_id: str, org_id: str = "trellis",
                       permissions: tuple[str, ...] = (EDGE_PERMISSION,)) -> "ServiceTokenSource":
         """Embedded mode: mint with `actor_private_key_file` (default: the launcher's local key);
         otherwise: read `service_token_file`, which must be set."""
-        token_file = settings.service_token_file  # type: ignore[attr-defined]
+        token_file = settings.service_token_file
         if token_file:
             return cls(token_file=token_file)
-        if settings.mode.value != "embedded":  # type: ignore[attr-defined]
+        if settings.mode.value != "embedded":
             raise SettingError("TRELLIS_SERVICE_TOKEN_FILE", "the file of the service's own token outside the embedded mode")
-        key_file = settings.actor_private_key_file or str(Path(settings.data_dir) / EMBEDDED_PRIVATE_KEY)  # type: ignore[attr-defined]
+        key_file = settings.actor_private_key_file or str(Path(settings.data_dir) / EMBEDDED_PRIVATE_KEY)
         try:
             pem = Path(key_file).read_bytes()
         except OSError as exc:
             raise SettingError("TRELLIS_ACTOR_PRIVATE_KEY_FILE", f"a readable local actor private key ({exc})",
                                given=key_file) from exc
-        return cls(private_key_pem=pem, issuer=settings.actor_issuer, audience=settings.actor_audience,  # type: ignore[attr-defined]
+        return cls(private_key_pem=pem, issuer=settings.actor_issuer, audience=settings.actor_audience,
                    user_id=user_id, org_id=org_id, permissions=permissions)
 
     def token(self) -> str:

@@ -101,9 +101,13 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, within: f
     """Create the stream, or bring an existing one to `config`; safe to repeat and to race
     (another process creating it first is fine), and patient with a stream electing a leader."""
 
+    name = config.name
+    if name is None:  # nats-py types the name optional; a stream is found by it
+        raise ValueError("a stream config needs a name")
+
     async def ensure() -> None:
         try:
-            await js.stream_info(config.name)
+            await js.stream_info(name)
         except NotFoundError:
             try:
                 await js.add_stream(config)

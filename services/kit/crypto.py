@@ -69,7 +69,8 @@ class Envelope:
             raise DecryptionError("ciphertext does not open with this key and binding") from exc
 
     def version_of(self, blob: bytes) -> int:
-        return _HEADER.unpack_from(blob)[1]
+        version: int = _HEADER.unpack_from(blob)[1]
+        return version
 
     def rewrap(self, blob: bytes, aad: bytes) -> bytes:
         """The same plaintext sealed under the current KEK (for KEK rotation)."""

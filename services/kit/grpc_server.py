@@ -41,6 +41,7 @@ ALWAYS_PUBLIC = frozenset(
 )
 
 Around = Callable[[Callable[..., Any], Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, around: Around,
@@ -148,17 +149,18 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs here: its base is Any
     """Sends a TrellisError as its status, message and fields (services.kit.rpc_errors, always
     sendable); anything else is INTERNAL with no detail leaked."""
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
 
-        async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
+        async def around(behaviour: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if isinstance(request, _Unreadable):
                     raise errors.InvalidArgument(f"the request is not a valid message: {request.reason}")
@@ -176,21 +178,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, around, _tolerant(handler.request_deserializer))
 
 
-class ObserveInterceptor(grpc.aio.ServerInterceptor):
+class ObserveInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs here: its base is Any
     """Outermost of the kit's own interceptors: counts and times each call by method and final
     status code, and binds the caller's `x-request-id` for the handler's log lines."""
 
     def __init__(self, metrics: ServiceMetrics | None) -> None:
         self._metrics = metrics
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
         metrics = self._metrics
 
-        async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
+        async def around(behaviour: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "")
             bound = request_id_var.set(request_id[:128]) if request_id else None
             started = time.perf_counter()
@@ -219,14 +222,14 @@ def _code_name(code: object) -> str:
     if code is None:
         return "OK"
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     for status in grpc.StatusCode:
         if status.value[0] == code:
-            return status.name
+            return str(status.name)
     return str(code)
 
 
-class ActorInterceptor(grpc.aio.ServerInterceptor):
+class ActorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs here: its base is Any
     """Verifies the actor token of every non-public call and binds the actor for the handler.
 
     `refused(code)` hears each refusal: `missing_token`, `token_expired` or `invalid_token`.
@@ -238,14 +241,15 @@ class ActorInterceptor(grpc.aio.ServerInterceptor):
         self._public = ALWAYS_PUBLIC | frozenset(public_methods)
         self._refused = refused or (lambda code: None)
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in self._public:
             return handler
         verifier = self._verifier
         refused = self._refused
 
-        async def around(behaviour, request, context):  # type: ignore[no-untyped-def]
+        async def around(behaviour: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
             metadata = dict(context.invocation_metadata() or ())
             header = metadata.get("authorization", "")
             scheme, _, token = header.partition(" ")

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.kit.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 # Claims a token must carry to be considered at all.
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
@@ -106,7 +109,7 @@ def verify(token: str, key: PublicKey, *, issuer: str, audience: str | None, lee
     audience (and does not require it).
     """
     required = [c for c in REQUIRED_CLAIMS if audience or c != "aud"]
-    options: dict[str, Any] = {"require": required}
+    options: Options = {"require": required}
     if not audience:
         options["verify_aud"] = False
     try:
@@ -116,7 +119,7 @@ def verify(token: str, key: PublicKey, *, issuer: str, audience: str | None, lee
             algorithms=[algorithm_for(key)],
             issuer=issuer,
             audience=audience,
-            options=options,  # type: ignore[arg-type]
+            options=options,
             leeway=leeway,
         )
     except jwt.ExpiredSignatureError as exc:

@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from aiohttp import web
 from prometheus_client import (
@@ -33,6 +33,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +105,13 @@ class ServiceMetrics:
 
         self.sample("outbox", outbox)
 
-    def watch_consumer(self, js: object, stream: str, durable: str) -> None:
+    def watch_consumer(self, js: JetStreamContext, stream: str, durable: str) -> None:
         """The lag of a JetStream durable consumer this service runs (`js.consumer_info`)."""
         pending = self.consumer_pending.labels(stream, durable)
         ack_pending = self.consumer_ack_pending.labels(stream, durable)
 
         async def consumer() -> None:
-            info = await js.consumer_info(stream, durable, timeout=SAMPLE_TIMEOUT_SECONDS)  # type: ignore[attr-defined]
+            info = await js.consumer_info(stream, durable, timeout=SAMPLE_TIMEOUT_SECONDS)
             pending.set(info.num_pending or 0)
             ack_pending.set(info.num_ack_pending or 0)
 
@@ -158,8 +161,10 @@ class MetricsServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server  # aiohttp keeps the bound sockets here; port 0 needs the real one
-        self.port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else self._port  # type: ignore[union-attr]
+        # aiohttp keeps the bound sockets here (a TCPSite's is loop.create_server's asyncio.Server,
+        # typed as its AbstractServer base); port 0 needs the real one.
+        server = cast("asyncio.Server | None", site._server)
+        self.port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else self._port
         return self.port
 
     async def stop(self) -> None:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,6 +31,9 @@ from services.kit.ids import new_id
 # with the unit of work that awaits it.
 from services.kit.uow import Flush as Flush
 from services.kit.uow import no_flush as no_flush
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +273,10 @@ class OutboxRelay:
             self._task = None
 
 
-def jetstream_publisher(js: object, *, timeout: float = 5.0) -> Publish:
+def jetstream_publisher(js: JetStreamContext, *, timeout: float = 5.0) -> Publish:
     """A `Publish` that waits for the JetStream PubAck."""
 
     async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> object:
-        return await js.publish(subject, payload, timeout=timeout, headers=headers)  # type: ignore[attr-defined]
+        return await js.publish(subject, payload, timeout=timeout, headers=headers)
 
     return publish

@@ -46,7 +46,8 @@ def is_unset(ts: Timestamp) -> bool:
 def to_datetime(ts: Timestamp, name: str = "timestamp") -> dt.datetime:
     """The aware UTC datetime of a Timestamp; InvalidTime (field `name`) when out of range."""
     try:
-        return ts.ToDatetime(tzinfo=dt.timezone.utc)
+        value: dt.datetime = ts.ToDatetime(tzinfo=dt.timezone.utc)
+        return value
     except (ValueError, OverflowError) as exc:
         raise InvalidTime(f"{name} is not a time between the years 1 and 9999", field=name) from exc
 

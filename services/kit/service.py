@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from grpc_health.v1 import health
@@ -87,8 +87,12 @@ def configure_logging(settings: KitSettings | None = None, service: str = "") ->
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def run_main(name: str, bootstrap: Callable[[S], Awaitable[RunningService]],
-             settings_type: type[S] = Settings) -> None:  # type: ignore[assignment]  # S cannot be bound from a default; Settings is a KitSettings
+@overload
+def run_main(name: str, bootstrap: Callable[[Settings], Awaitable[RunningService]]) -> None: ...
+@overload
+def run_main(name: str, bootstrap: Callable[[S], Awaitable[RunningService]], settings_type: type[S]) -> None: ...
+def run_main(name: str, bootstrap: Callable[[Any], Awaitable[RunningService]],
+             settings_type: type[KitSettings] = Settings) -> None:
     """Entry point of `python -m services.<name>`: settings (`settings_type`, every group checked),
     logging, tracing, serve until SIGTERM. A bad setting, read or found at start, is one line on
     stderr and exit code 2."""

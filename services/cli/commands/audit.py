@@ -28,7 +28,7 @@ from services.contracts.trellis.logs.v1 import logs_pb2 as pb
 from services.kit.prototime import timestamp_or_none
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     audit = subparsers.add_parser("audit", help="the tamper-evident audit trail")
     commands = audit.add_subparsers(title="commands", metavar="COMMAND")
     audit.set_defaults(handler=help_handler(audit))
@@ -91,7 +91,9 @@ def query(args: argparse.Namespace, session: Session) -> int:
 def read_checkpoint(path: Path) -> pb.AuditCheckpoint:
     try:
         data = json.loads(path.read_text())
-        return json_format.ParseDict(data.get("checkpoint", data), pb.AuditCheckpoint(), ignore_unknown_fields=True)
+        checkpoint: pb.AuditCheckpoint = json_format.ParseDict(data.get("checkpoint", data), pb.AuditCheckpoint(),
+                                                               ignore_unknown_fields=True)
+        return checkpoint
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, AttributeError, json_format.ParseError) as exc:

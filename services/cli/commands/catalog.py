@@ -9,7 +9,7 @@ from services.cli.output import message_dict, print_json, table
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("vendors", parents=[common], help="vendors an integration can be created for")
     p.set_defaults(handler=vendors)
     p = subparsers.add_parser("scopes", parents=[common], help="scope categories, their actions and sensitivity")

@@ -19,7 +19,7 @@ from services.cli.output import (
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     group = subparsers.add_parser("integrations", help="request, approve, activate and manage integrations")
     commands = group.add_subparsers(title="commands", metavar="COMMAND")
     group.set_defaults(handler=help_handler(group))

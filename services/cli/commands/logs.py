@@ -124,7 +124,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             "platform": args.platform}
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     logs = subparsers.add_parser("logs", help="the API request log (QA or administrator roles)")
     commands = logs.add_subparsers(title="commands", metavar="COMMAND")
     logs.set_defaults(handler=help_handler(logs))

@@ -13,7 +13,7 @@ from services.cli.commands.args import help_handler
 from services.cli.output import print_json
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("up", parents=[common], help="run the whole suite on this machine (embedded mode)")
     p.add_argument("--replicas", type=int, default=1, metavar="N",
                    help="processes per service (replica k listens on the service's port + 100*k)")

@@ -45,7 +45,7 @@ COLUMNS = ("integration", "id", "status", "owner", "granted scopes", "exercised 
            "allowlist", "networks", "flags")
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("review", parents=[common], help="the quarterly access review of every integration")
     p.add_argument("--format", choices=("table", "markdown", "csv"), default="table", help="default: table")
     p.add_argument("--window-days", type=int, default=90, metavar="DAYS", help="usage window (default 90)")

@@ -57,7 +57,7 @@ def scheme_name(text: str) -> str:
     return SCHEME_ALIASES.get(name, name)
 
 
-def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--webhooks-addr", default=argparse.SUPPRESS, metavar="HOST:PORT", help="default: TRELLIS_WEBHOOKS_ADDR")
     parents = [common, where]
@@ -161,11 +161,13 @@ def as_json(message: Any) -> dict[str, Any]:
             return [short(v) for v in value]
         return value
 
-    return short(message_dict(message))
+    shortened: dict[str, Any] = short(message_dict(message))
+    return shortened
 
 
 def _label(enum: Any, value: int, prefix: str) -> str:
-    return enum.Name(value).removeprefix(prefix).replace("_", " ").capitalize()
+    name: str = enum.Name(value)
+    return name.removeprefix(prefix).replace("_", " ").capitalize()
 
 
 def status_label(s: pb.Subscription) -> str:

@@ -109,7 +109,9 @@ class CheckpointUnreadable(ValueError):
 def read_checkpoint(raw: bytes) -> pb.AuditCheckpoint:
     try:
         data = json.loads(raw)
-        return json_format.ParseDict(data.get("checkpoint", data), pb.AuditCheckpoint(), ignore_unknown_fields=True)
+        checkpoint: pb.AuditCheckpoint = json_format.ParseDict(data.get("checkpoint", data), pb.AuditCheckpoint(),
+                                                               ignore_unknown_fields=True)
+        return checkpoint
     except (ValueError, AttributeError, json_format.ParseError) as exc:
         raise CheckpointUnreadable("This file is not a checkpoint downloaded from this page or written by "
                                    f"`trellis audit checkpoint` ({type(exc).__name__}).") from None

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -60,7 +60,7 @@ class RunningConsole:
     sock: socket.socket
     port: int
     stops: list[Cleanup] = field(default_factory=list)
-    starts: list[Cleanup] = field(default_factory=list)
+    starts: list[Callable[[], Awaitable[object]]] = field(default_factory=list)  # what they return is unused
     task: asyncio.Task[None] | None = None
 
     async def start(self) -> "RunningConsole":
@@ -153,7 +153,7 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
     running = RunningConsole(console=console, server=_Server(config), sock=sock, port=sock.getsockname()[1], stops=stops)
     if settings.console_metrics_addr:
         metrics_server = MetricsServer(metrics.render, settings.console_metrics_addr)
-        running.starts.append(metrics_server.start)  # type: ignore[arg-type] - returns the port
+        running.starts.append(metrics_server.start)
         running.stops.append(metrics_server.stop)
     return running
 

@@ -13,6 +13,7 @@ signed-in user, and renders a template; the registry decides every rule.
 from __future__ import annotations
 
 import asyncio
+import builtins  # the class below has a `list` route, which shadows the type in its annotations
 import hmac
 import json
 import re
@@ -168,7 +169,7 @@ class IntegrationPages:
 
     # --- detail -----------------------------------------------------------------------------
 
-    async def _load(self, session: Session, integration_id: str) -> tuple[pb.Integration, list[pb.HistoryEntry], Catalogue]:
+    async def _load(self, session: Session, integration_id: str) -> tuple[pb.Integration, builtins.list[pb.HistoryEntry], Catalogue]:
         registry = self._registry(session)
         integration, history, catalogue = await asyncio.gather(
             registry.GetIntegration(pb.GetIntegrationRequest(integration_id=integration_id)),

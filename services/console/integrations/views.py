@@ -45,7 +45,7 @@ WARNINGS = {
 }
 
 
-def status_name(status: int) -> str:
+def status_name(status: pb.IntegrationStatus) -> str:
     return STATUS_NAMES.get(status, "Unknown")
 
 

@@ -6,12 +6,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import quote, urlencode
 
 from starlette.datastructures import QueryParams
 
 from services.console.formats import BadTime, millis, moment, parse_time, timestamp
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+
+class _RequestFields(TypedDict):
+    """The fields a query and an export of the API logs share."""
+
+    integration_id: str
+    since: Timestamp | None
+    until: Timestamp | None
+    status: str
+    endpoint: str
 
 # The status filter's choices: the service also takes any other class or exact code.
 STATUS_CHOICES = (
@@ -55,17 +69,17 @@ class LogFilter:
                 found[name] = str(exc)
         return found
 
-    def _fields(self) -> dict[str, object]:
+    def _fields(self) -> _RequestFields:
         since = parse_time(self.since)
         until = parse_time(self.until, end_of_day=True)
         return {"integration_id": self.integration.strip(), "since": timestamp(since), "until": timestamp(until),
                 "status": self.status.strip(), "endpoint": self.endpoint}
 
     def query(self, *, page_size: int, page_token: str = "") -> pb.QueryRequestsRequest:
-        return pb.QueryRequestsRequest(page_size=page_size, page_token=page_token, **self._fields())  # type: ignore[arg-type]
+        return pb.QueryRequestsRequest(page_size=page_size, page_token=page_token, **self._fields())
 
     def export(self, format_: str) -> pb.ExportRequestsRequest:
-        return pb.ExportRequestsRequest(format=FORMATS[format_][0], **self._fields())  # type: ignore[arg-type]
+        return pb.ExportRequestsRequest(format=FORMATS[format_][0], **self._fields())
 
     def params(self, **extra: str) -> str:
         """The filters (and `extra`) as a query string, for links that keep them."""

@@ -45,7 +45,9 @@ class ReviewPages(Area):
         ]
 
     async def _load(self, session: Session, window: int) -> pb.QuarterlyReviewResponse:
-        return await self.stub("logs", session).QuarterlyReview(pb.QuarterlyReviewRequest(window_days=window))
+        review: pb.QuarterlyReviewResponse = await self.stub("logs", session).QuarterlyReview(
+            pb.QuarterlyReviewRequest(window_days=window))
+        return review
 
     async def _page(self, request: Request, template: str) -> Response:
         session = await self.auth.require(request)

@@ -39,7 +39,7 @@ class SignInFailed(Exception):
     """A sign-in that cannot be completed; the message is for the person signing in."""
 
 
-class _OidcApp(AsyncOAuth2Mixin, AsyncOpenIDMixin, BaseApp):
+class _OidcApp(AsyncOAuth2Mixin, AsyncOpenIDMixin, BaseApp):  # type: ignore[misc]  # Authlib has no stubs here: its bases are Any
     """Authlib's OAuth 2 / OpenID client without a web framework: the console keeps the state itself."""
 
     client_cls = AsyncOAuth2Client
@@ -69,7 +69,7 @@ class OidcSignIn:
     async def metadata(self) -> dict[str, Any]:
         """The issuer's discovery document (fetched once); it must name our issuer."""
         try:
-            metadata = await self._app.load_server_metadata()
+            metadata: dict[str, Any] = await self._app.load_server_metadata()
         except (httpx2.HTTPError, ValueError) as exc:
             self._app.server_metadata.clear()
             raise SignInFailed("The identity provider cannot be reached right now; try again in a moment.") from exc

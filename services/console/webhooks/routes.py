@@ -192,7 +192,9 @@ class WebhookPages(Area):
     # --- detail -----------------------------------------------------------------------------
 
     async def _get(self, session: Session, subscription_id: str) -> pb.Subscription:
-        return await self._webhooks(session).GetSubscription(pb.GetSubscriptionRequest(subscription_id=subscription_id))
+        subscription: pb.Subscription = await self._webhooks(session).GetSubscription(
+            pb.GetSubscriptionRequest(subscription_id=subscription_id))
+        return subscription
 
     async def _detail(self, request: Request, session: Session, subscription_id: str, *, done: str = "",
                       refusal: Refusal | None = None, tested: pb.SendTestDeliveryResponse | None = None,
@@ -317,7 +319,7 @@ class WebhookPages(Area):
     # --- one delivery -----------------------------------------------------------------------
 
     async def _delivery(self, session: Session, subscription_id: str, delivery_id: str) -> pb.GetDeliveryResponse:
-        answer = await self._webhooks(session).GetDelivery(pb.GetDeliveryRequest(delivery_id=delivery_id))
+        answer: pb.GetDeliveryResponse = await self._webhooks(session).GetDelivery(pb.GetDeliveryRequest(delivery_id=delivery_id))
         if answer.delivery.subscription_id != subscription_id:
             # The same answer as an id that does not exist: the URL names another subscription.
             raise Refused(Refusal("not_found", "Not found", "There is no such item in your organisation. It may have "

@@ -57,7 +57,7 @@ ACTIONS: dict[int, tuple[str, ...]] = {
 }
 
 
-def status_name(status: int) -> str:
+def status_name(status: pb.SubscriptionStatus) -> str:
     return STATUS_NAMES.get(status, "Unknown")
 
 
@@ -65,11 +65,11 @@ def actions(status: int) -> tuple[str, ...]:
     return ACTIONS.get(status, ())
 
 
-def scheme_label(scheme: int) -> str:
+def scheme_label(scheme: pb.SignatureScheme) -> str:
     return SCHEMES[SCHEME_SLUG.get(scheme, "spec")][1]
 
 
-def delivery_status(status: int) -> str:
+def delivery_status(status: pb.DeliveryStatus) -> str:
     return DELIVERY_STATUS_NAMES.get(status, "Unknown")
 
 

@@ -19,7 +19,7 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self, cast
 
 from sqlalchemy import (
     JSON,
@@ -37,7 +37,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import CursorResult, Result, RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.kit.db import UTCDateTime, new_metadata
@@ -123,9 +123,14 @@ def _row(integration: Integration) -> dict[str, object]:
 
 def _integration(row: RowMapping) -> Integration:
     values = {name: row[name] for name in _COLUMNS}
-    values["scopes"] = list(values["scopes"] or [])  # type: ignore[arg-type]
-    values["ip_allowlist"] = list(values["ip_allowlist"] or [])  # type: ignore[arg-type]
-    return Integration(status=Status(row["status"]), **values)  # type: ignore[arg-type]
+    values["scopes"] = list(values["scopes"] or [])
+    values["ip_allowlist"] = list(values["ip_allowlist"] or [])
+    return Integration(status=Status(row["status"]), **values)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE matched: its result is a CursorResult, which the session types as a Result."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _encode_token(created_at: dt.datetime, integration_id: str) -> str:
@@ -191,7 +196,7 @@ class IntegrationRepository:
             query = query.where(integrations.c.pending_operation == lease)
             values.update(pending_operation=None, pending_since=None)
         result = await self._session.execute(query.values(**values))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if _rowcount(result) != 1:
             raise Aborted(
                 f"integration {integration.id} was changed by another request; reload it and retry",
                 integration_id=integration.id,
@@ -214,7 +219,7 @@ class IntegrationRepository:
             )
             .values(pending_operation=lease, pending_since=now)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        return _rowcount(result) == 1
 
     async def holds(self, org_id: str, integration_id: str, lease: str) -> bool:
         """Whether the integration is still leased to `lease`."""
@@ -232,7 +237,7 @@ class IntegrationRepository:
             .where(t.c.org_id == org_id, t.c.id == integration_id, t.c.pending_operation == lease)
             .values(pending_operation=None, pending_since=None)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        return _rowcount(result) == 1
 
     async def count_live(self, org_id: str) -> int:
         """How many of the organisation's integrations are Active or Suspended."""

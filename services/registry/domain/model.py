@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -332,7 +332,8 @@ def ensure_room_for_activation(live_count: int, limit: int) -> None:
 # Fields an update may change, as `UpdateIntegrationRequest.update_mask` names them.
 UPDATABLE_FIELDS = ("name", "description", "owner", "scopes", "rate_limit_per_minute", "daily_quota", "ip_allowlist")
 
-_VALIDATORS = {
+# Each takes the value as the request gave it and returns it checked and normalised.
+_VALIDATORS: dict[str, Callable[[Any], object]] = {
     "name": validate_name,
     "description": validate_description,
     "owner": validate_owner,

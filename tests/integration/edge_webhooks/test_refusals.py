@@ -150,7 +150,7 @@ async def test_a_refused_endpoint_address_is_not_revealed_to_the_partner(stack: 
 
     shown = []
     for subscription in subscriptions.values():
-        delivery = await eventually(lambda: delivered(subscription), what="the activity's first attempt")
+        delivery = await eventually(lambda subscription=subscription: delivered(subscription), what="the activity's first attempt")
         assert delivery["next_attempt_at"] is not None
         shown.append({k: delivery[k] for k in ("status", "attempts", "last_status_code", "last_error",
                                                "last_error_detail")})

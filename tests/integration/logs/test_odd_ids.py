@@ -36,7 +36,7 @@ async def test_odd_ids_are_not_found_and_odd_filters_find_nothing(logs_runner: C
             found = await answered_or_refused(stub.QueryAudit(request, metadata=md, timeout=20), what=f"QueryAudit {label}")
             assert found is None or list(found.entries) == [], label
 
-        async def export() -> list[pb.ExportChunk]:
+        async def export(odd: str = odd) -> list[pb.ExportChunk]:
             return [chunk async for chunk in stub.ExportRequests(pb.ExportRequestsRequest(integration_id=odd),
                                                                  metadata=md, timeout=20)]
 

@@ -46,7 +46,7 @@ def test_key_and_token_must_be_of_the_same_integration() -> None:
 def test_only_active_integrations_pass() -> None:
     check_active(integration())
     for status in ("requested", "approved", "suspended", "revoked"):
-        assert refusal(lambda: check_active(integration(status=status))) == "integration_inactive"
+        assert refusal(lambda status=status: check_active(integration(status=status))) == "integration_inactive"
 
 
 def test_allowlist() -> None:
@@ -56,7 +56,7 @@ def test_allowlist() -> None:
     check_ip(integration(allowlist=nets), "2001:db8::5")
     check_ip(integration(allowlist=nets), "::ffff:10.0.0.9")
     for ip in ("10.0.1.1", "2001:db9::1", "", "garbage"):
-        assert refusal(lambda: check_ip(integration(allowlist=nets), ip)) == "ip_not_allowed"
+        assert refusal(lambda ip=ip: check_ip(integration(allowlist=nets), ip)) == "ip_not_allowed"
 
 
 def test_a_scope_must_be_in_the_token_and_still_granted() -> None:
