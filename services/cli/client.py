@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from services.kit.errors import TrellisError
+from services.cli.settings import CliSettings
 from services.kit.settings import Mode, Settings
 
 CALL_TIMEOUT_SECONDS = 30.0
@@ -92,7 +93,7 @@ class ServiceClient:
 class Session:
     """What every command needs: settings, who is acting, and clients for the services."""
 
-    def __init__(self, settings: Settings, *, actor: str, org: str) -> None:
+    def __init__(self, settings: CliSettings, *, actor: str, org: str) -> None:
         self.settings = settings
         self.actor, self.org = actor, org
         self._token = ""

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from services.console.entrypoints.settings import ConsoleSettings
-from services.kit.settings import DEFAULT_PORTS, Settings
+from services.kit.settings import DEFAULT_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"

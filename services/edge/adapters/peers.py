@@ -70,10 +70,10 @@ class Peers:
                  webhooks_addr: str | None = None) -> None:
         self._identity_channel = peer_channel(identity_addr)
         self._registry_channel = peer_channel(registry_addr)
-        self._identity = identity_pb2_grpc.IdentityStub(self._identity_channel)  # type: ignore[no-untyped-call]  # generated gRPC stubs are unannotated
-        self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)  # type: ignore[no-untyped-call]  # generated gRPC stubs are unannotated
+        self._identity = identity_pb2_grpc.IdentityStub(self._identity_channel)
+        self._registry = registry_pb2_grpc.RegistryStub(self._registry_channel)
         self._webhooks_channel = peer_channel(webhooks_addr) if webhooks_addr else None
-        self._webhooks = (webhooks_pb2_grpc.WebhooksStub(self._webhooks_channel)  # type: ignore[no-untyped-call]  # generated gRPC stubs are unannotated
+        self._webhooks = (webhooks_pb2_grpc.WebhooksStub(self._webhooks_channel)
                           if self._webhooks_channel else None)
         self._tokens = tokens
         self._timeout = timeout
