@@ -31,8 +31,9 @@ class MemorySubscriptions:
     """application.ports.Subscriptions over the unit's tables; it hands out copies, as a database does."""
 
     def __init__(self, rows: dict[str, SubscriptionRow], deliveries: dict[str, DeliveryRecord],
-                 integrations: dict[tuple[str, str], str]) -> None:
+                 integrations: dict[tuple[str, str], str], versions: dict[str, int], processed: dict[str, dt.datetime]) -> None:
         self._rows, self._deliveries, self._integrations = rows, deliveries, integrations
+        self._versions, self._processed = versions, processed
 
     def _row(self, scope: Scope, subscription_id: str) -> SubscriptionRow:
         row = self._rows.get(subscription_id)
@@ -74,8 +75,27 @@ class MemorySubscriptions:
             self._deliveries[d.id] = replace(d, next_attempt_at=now, updated_at=now)
         return len(held)
 
+    async def of_integration(self, org_id: str, integration_id: str) -> list[Subscription]:
+        return [copy.deepcopy(r.subscription) for r in self._rows.values() if not r.deleted
+                and r.subscription.org_id == org_id and r.subscription.integration_id == integration_id]
+
     async def integration_status(self, org_id: str, integration_id: str) -> str | None:
         return self._integrations.get((org_id, integration_id))
+
+    async def record_integration(self, org_id: str, integration_id: str, status: str, version: int,
+                                 now: dt.datetime) -> bool:
+        known = self._integrations.get((org_id, integration_id))
+        if known == "revoked" or (known is not None and version and self._versions[integration_id] > version):
+            return False
+        self._integrations[(org_id, integration_id)] = status
+        self._versions[integration_id] = version
+        return True
+
+    async def mark_processed(self, event_id: str, now: dt.datetime) -> bool:
+        if event_id in self._processed:
+            return False
+        self._processed[event_id] = now
+        return True
 
 
 class MemoryActivities:
@@ -157,7 +177,8 @@ class MemoryWebhooksUnitOfWork(InMemoryUnitOfWork):
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         rows, deliveries = self.table("subscriptions"), self.table("deliveries")
-        self.subscriptions = MemorySubscriptions(rows, deliveries, self.table("integrations"))
+        self.subscriptions = MemorySubscriptions(rows, deliveries, self.table("integrations"),
+                                                 self.table("integration_versions"), self.table("processed"))
         self.activities = MemoryActivities(deliveries, self.table("attempts"), self.table("activities"), rows)
         return self
 

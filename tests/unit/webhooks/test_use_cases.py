@@ -216,3 +216,50 @@ async def test_a_disabled_subscription_sends_no_test() -> None:
     with pytest.raises(FailedPrecondition, match="disabled"):
         await w.handlers.send_test(w.admin(), commands.SubscriptionRef(subscription_id))
     assert w.delivery.sent == []
+
+
+async def test_delete_cancels_the_pending_deliveries_in_the_same_unit_as_its_change() -> None:
+    w = World()
+    subscription_id, _ = await w.subscribed()
+    pending = w.add_delivery(subscription_id, DeliveryStatus.PENDING, next_attempt_at=NOW)
+    failed = w.add_delivery(subscription_id, DeliveryStatus.FAILED)
+    assert await w.handlers.delete(w.admin(), commands.SubscriptionRef(subscription_id)) == 1
+    deliveries = w.store.tables["deliveries"]
+    assert (deliveries[pending].status, deliveries[failed].status) == (DeliveryStatus.CANCELLED, DeliveryStatus.FAILED)
+    assert w.row(subscription_id).deleted
+    assert [(p.kind, p.version, p.audited) for p in published(w.store)][-1] == ("deleted", 2, True)
+    assert w.dispatcher.changed == [(subscription_id, 2)]
+
+
+def _change(event_id: str, org: str, status: str, version: int) -> commands.ApplyIntegrationChange:
+    return commands.ApplyIntegrationChange(event_id=event_id, org_id=org, integration_id="int_1", status=status,
+                                           version=version)
+
+
+async def test_the_owners_revocation_disables_its_subscriptions_once_and_an_older_event_changes_nothing() -> None:
+    w = World()
+    w.registry.statuses["int_1"] = "active"
+    subscription_id, _ = await w.subscribed(view=commands.View(integration_id="int_1"))
+    pending = w.add_delivery(subscription_id, DeliveryStatus.PENDING, next_attempt_at=NOW)
+    await w.handlers.apply_integration_change(_change("evt_a", w.org, "revoked", 7))
+    assert w.row(subscription_id).subscription.status is SubscriptionStatus.DISABLED
+    assert w.store.tables["deliveries"][pending].status is DeliveryStatus.CANCELLED
+    assert [(p.kind, p.actor_id, p.audited) for p in published(w.store)][-1] == ("disabled", SYSTEM_ACTOR, False)
+    assert w.dispatcher.changed == [(subscription_id, 2)] and w.dispatcher.woken == 1
+    events, commits = len(w.store.events), w.store.commits
+    await w.handlers.apply_integration_change(_change("evt_a", w.org, "revoked", 7))  # the same event again
+    await w.handlers.apply_integration_change(_change("evt_b", w.org, "active", 6))  # older, after a revocation
+    assert len(w.store.events) == events and w.dispatcher.changed == [(subscription_id, 2)]
+    assert w.store.commits == commits + 1  # the older event is marked applied all the same
+    assert set(w.store.tables["processed"]) == {"evt_a", "evt_b"}
+
+
+async def test_the_owners_suspension_holds_its_subscriptions_and_reactivation_releases_them() -> None:
+    w = World()
+    w.registry.statuses["int_1"] = "active"
+    subscription_id, _ = await w.subscribed(view=commands.View(integration_id="int_1"))
+    await w.handlers.apply_integration_change(_change("evt_s", w.org, "suspended", 3))
+    assert w.row(subscription_id).subscription.integration_suspended
+    await w.handlers.apply_integration_change(_change("evt_r", w.org, "active", 4))
+    assert not w.row(subscription_id).subscription.integration_suspended
+    assert [p.kind for p in published(w.store)] == ["created", "integration_suspended", "integration_reactivated"]
