@@ -12,9 +12,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from services.identity.domain import SigningKey, SigningKeyStatus, generate_api_key, generate_client
-from services.identity.store import IdentityStore, metadata, signing_keys
-from services.identity.tokens import SigningKeyRing
+from services.identity.domain.model import SigningKey, SigningKeyStatus, generate_api_key, generate_client
+from services.identity.adapters.store import IdentityStore, metadata, signing_keys
+from services.identity.application.tokens import SigningKeyRing
 from services.kit.crypto import Envelope
 from services.kit.errors import Unavailable
 from services.kit.db import create_engine, migrate_async, session_factory, utcnow

@@ -17,7 +17,7 @@ from sqlalchemy import Column, Index, LargeBinary, String, Table, Text, and_, ex
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.identity.domain import (
+from services.identity.domain.model import (
     ApiKey,
     CredentialStatus,
     NewApiKey,

@@ -10,8 +10,8 @@ import grpc
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
-from services.identity import handlers as h
-from services.identity.tokens import TokenHandlers
+from services.identity.application import handlers as h
+from services.identity.application.tokens import TokenHandlers
 from services.kit.auth import current_actor
 from services.kit.prototime import timestamp_or_none
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.identity.store import outbox
+from services.identity.adapters.store import outbox
 from services.kit.ids import new_id
 from services.kit.outbox import add_event
 from services.kit.prototime import timestamp

@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.identity.domain import SigningKey
+from services.identity.domain.model import SigningKey
 from services.kit.jwtverify import algorithm_for
 
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")

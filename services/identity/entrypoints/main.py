@@ -4,12 +4,12 @@ consumer and the gRPC server. Nothing here runs at import time."""
 from __future__ import annotations
 
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
-from services.identity.consumer import IntegrationEventsConsumer
-from services.identity.domain import TokenSettings
-from services.identity.grpc_api import PUBLIC_METHODS, SERVICE_NAME, IdentityServicer
-from services.identity.handlers import CredentialHandlers, PartnerEndpoints
-from services.identity.store import outbox
-from services.identity.tokens import ExternalIssuer, SigningKeyRing, TokenHandlers
+from services.identity.adapters.consumer import IntegrationEventsConsumer
+from services.identity.domain.model import TokenSettings
+from services.identity.entrypoints.grpc_api import PUBLIC_METHODS, SERVICE_NAME, IdentityServicer
+from services.identity.application.handlers import CredentialHandlers, PartnerEndpoints
+from services.identity.adapters.store import outbox
+from services.identity.application.tokens import ExternalIssuer, SigningKeyRing, TokenHandlers
 from services.kit.auth import ActorVerifier
 from services.kit.bus import connect, ensure_streams
 from services.kit.crypto import Envelope

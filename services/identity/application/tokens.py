@@ -20,8 +20,8 @@ import jwt
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.identity import events, signing
-from services.identity.domain import (
+from services.identity.adapters import events, signing
+from services.identity.domain.model import (
     OAuthClient,
     SigningKey,
     SigningKeyStatus,
@@ -34,7 +34,7 @@ from services.identity.domain import (
     published_keys,
     rotation_plan,
 )
-from services.identity.store import IdentityStore
+from services.identity.adapters.store import IdentityStore
 from services.kit import jwtverify
 from services.kit.auth import EDGE_PERMISSION, PLATFORM_PERMISSION, Actor
 from services.kit.crypto import DecryptionError, Envelope, aad_for

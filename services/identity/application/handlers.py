@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.identity import events
-from services.identity.domain import (
+from services.identity.adapters import events
+from services.identity.domain.model import (
     ApiKey,
     OAuthClient,
     api_key_prefix_of,
@@ -27,7 +27,7 @@ from services.identity.domain import (
     match_api_key,
     validate_scopes,
 )
-from services.identity.store import ExternalClient, IdentityStore, Issuance
+from services.identity.adapters.store import ExternalClient, IdentityStore, Issuance
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.db import utcnow
 from services.kit.errors import (

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.identity.handlers import ApplyIntegrationChange, CredentialHandlers
+from services.identity.application.handlers import ApplyIntegrationChange, CredentialHandlers
 from services.kit.bus import context_from_headers
 from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
