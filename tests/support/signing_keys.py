@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.identity.adapters import signing
 from services.identity.adapters.store import IdentityStore
-from services.identity.application.tokens import open_private_key
+from services.identity.adapters.signing import open_private_key
 from services.kit.crypto import Envelope
 from services.kit.db import create_engine, session_factory
 from services.kit.settings import Settings

@@ -1,4 +1,5 @@
-"""JWT signing for access tokens: key generation, PEM round trips, JWKs and signing.
+"""JWT signing for access tokens: key generation, PEM round trips, JWKs, sealing private keys
+at rest and signing; `JwtSigning` is the application's TokenSigning port over them.
 
 Verification is not here: identity verifies with services.kit.jwtverify, the same code the
 edge uses, so the two can never disagree about which token is good. The algorithm a key signs
@@ -8,17 +9,22 @@ verifies with.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from collections.abc import Iterable, Mapping
+import asyncio
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.identity.domain.model import SigningKey
+from services.identity.application.ports import GeneratedKey, Sign
+from services.identity.domain.model import jwks_json
+from services.kit.crypto import DecryptionError, Envelope, aad_for
+from services.kit.errors import Unavailable
 from services.kit.jwtverify import algorithm_for
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")
 RSA_KEY_BITS = 2048
@@ -61,10 +67,51 @@ def sign(claims: Mapping[str, object], key: PrivateKey, *, kid: str) -> str:
     return jwt.encode(dict(claims), key, algorithm=algorithm_for(key), headers={"kid": kid, "typ": "JWT"})
 
 
-def jwks_json(keys: Iterable[SigningKey]) -> str:
-    """A JWKS document listing `keys` (the caller picks current and previous)."""
-    return json.dumps({"keys": [dict(k.public_jwk) for k in keys]}, separators=(",", ":"))
+def private_key_aad(kid: str) -> bytes:
+    """Binds a sealed private key to its own row: moved to another kid, it fails to open."""
+    return aad_for("signing_keys", "private_key", kid)
 
 
-def expiry_of(claims: Mapping[str, Any]) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(claims["exp"]), tz=dt.timezone.utc)
+def seal_private_key(envelope: Envelope, kid: str, key: PrivateKey) -> bytes:
+    return envelope.seal(private_key_pem(key), private_key_aad(kid))
+
+
+def open_private_key(envelope: Envelope, kid: str, sealed: bytes) -> PrivateKey:
+    return load_private_key(envelope.open(sealed, private_key_aad(kid)))
+
+
+class JwtSigning:
+    """application.ports.TokenSigning: keys of `algorithm` (RS256: RSA 2048; ES256: P-256), their
+    private halves sealed by `envelope` to their kid, tokens signed with PyJWT."""
+
+    def __init__(self, envelope: Envelope, algorithm: str) -> None:
+        self._envelope = envelope
+        self._algorithm = algorithm
+
+    @property
+    def algorithm(self) -> str:
+        return self._algorithm
+
+    async def generate(self, kid: str) -> GeneratedKey:
+        # RSA key generation takes a while: off the event loop.
+        private = await asyncio.to_thread(generate_private_key, self._algorithm)
+        return GeneratedKey(public_jwk=public_jwk(private, kid), sealed_private_key=seal_private_key(self._envelope, kid, private))
+
+    def signer(self, kid: str, sealed_private_key: bytes) -> Sign:
+        try:
+            key = open_private_key(self._envelope, kid, sealed_private_key)
+        except DecryptionError as exc:
+            log.error("signing key %s does not open: %s", kid, exc)
+            raise Unavailable("the current signing key cannot be opened; check TRELLIS_KEK and TRELLIS_KEK_PREVIOUS") from exc
+
+        def sign_claims(claims: Mapping[str, object]) -> str:
+            return sign(claims, key, kid=kid)
+
+        return sign_claims
+
+
+# jwks_json is the domain's, named here too for tests that build a JWKS of their own keys.
+__all__ = [
+    "SUPPORTED_ALGORITHMS", "JwtSigning", "PrivateKey", "generate_private_key", "jwks_json",
+    "load_private_key", "open_private_key", "private_key_aad", "public_jwk", "seal_private_key", "sign",
+]

@@ -24,7 +24,7 @@ from services.identity.domain.model import (
     rotation_plan,
     validate_scopes,
 )
-from services.identity.application.tokens import open_private_key, seal_private_key
+from services.identity.adapters.signing import open_private_key, seal_private_key
 from services.kit import jwtverify
 from services.kit.crypto import DecryptionError, Envelope
 from services.kit.errors import InvalidArgument, Unauthenticated
