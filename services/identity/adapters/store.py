@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from sqlalchemy import Column, Index, LargeBinary, String, Table, Text, and_, exists, select, text, update
 from sqlalchemy.engine import Row
@@ -117,14 +117,18 @@ processed_events = Table(
 outbox = outbox_table(metadata)
 
 
-def _api_key(row: Row) -> ApiKey:  # type: ignore[type-arg]
+# A result row of any columns (Row is generic over its columns' types).
+AnyRow = Row[Unpack[tuple[Any, ...]]]
+
+
+def _api_key(row: AnyRow) -> ApiKey:
     return ApiKey(
         id=row.id, org_id=row.org_id, integration_id=row.integration_id, prefix=row.prefix, key_hash=row.key_hash,
         status=CredentialStatus(row.status), created_at=row.created_at, revoked_at=row.revoked_at,
     )
 
 
-def _client(row: Row) -> OAuthClient:  # type: ignore[type-arg]
+def _client(row: AnyRow) -> OAuthClient:
     return OAuthClient(
         client_id=row.client_id, org_id=row.org_id, integration_id=row.integration_id, secret_hash=row.secret_hash,
         scopes=tuple(json.loads(row.scopes)), status=CredentialStatus(row.status), created_at=row.created_at,
@@ -132,7 +136,7 @@ def _client(row: Row) -> OAuthClient:  # type: ignore[type-arg]
     )
 
 
-def _signing_key(row: Row) -> SigningKey:  # type: ignore[type-arg]
+def _signing_key(row: AnyRow) -> SigningKey:
     return SigningKey(
         kid=row.kid, alg=row.alg, public_jwk=json.loads(row.public_jwk), status=SigningKeyStatus(row.status),
         created_at=row.created_at,
@@ -164,12 +168,12 @@ class IdentityStore:
     # --- API keys --------------------------------------------------------------------------
 
     async def add_api_key(self, org_id: str, integration_id: str, key: NewApiKey, key_id: str, now: dt.datetime) -> ApiKey:
-        values = dict(
+        stored = ApiKey(
             id=key_id, org_id=org_id, integration_id=integration_id, prefix=key.prefix, key_hash=key.key_hash,
-            status=CredentialStatus.ACTIVE.value, created_at=now, revoked_at=None,
+            status=CredentialStatus.ACTIVE, created_at=now, revoked_at=None,
         )
-        await self.session.execute(api_keys.insert().values(**values))
-        return ApiKey(**{**values, "status": CredentialStatus.ACTIVE})  # type: ignore[arg-type]
+        await self.session.execute(api_keys.insert().values(**{**stored.__dict__, "status": stored.status.value}))
+        return stored
 
     async def latest_api_key(self, org_id: str, integration_id: str) -> ApiKey | None:
         row = (
