@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
-from services.identity import signing
+from services.identity.adapters import signing
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.db import migrate
 from services.kit.natsproc import NatsServer

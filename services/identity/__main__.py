@@ -1,3 +1,3 @@
-from services.identity.main import main
+from services.identity.entrypoints.main import main
 
 main()

@@ -352,6 +352,8 @@ class WebhookTimeoutSettings(SettingsGroup):
 # registry's did), and its name in SETTINGS_GROUPS with it.
 
 
+# Identity is in the new shape, but its group stays in the kit: every edge checks partner tokens
+# against the same lifetime (services/identity/entrypoints/settings.py composes it).
 class IdentitySettings(SettingsGroup):
     """Identity's own settings."""
 

@@ -3,9 +3,9 @@ that forge tokens validly signed but wrong in some other way."""
 
 from __future__ import annotations
 
-from services.identity import signing
-from services.identity.store import IdentityStore
-from services.identity.tokens import open_private_key
+from services.identity.adapters import signing
+from services.identity.adapters.store import IdentityStore
+from services.identity.adapters.signing import open_private_key
 from services.kit.crypto import Envelope
 from services.kit.db import create_engine, session_factory
 from services.kit.settings import Settings

@@ -1,4 +1,4 @@
 from services.kit.db import run_migrations_env
-from services.identity.store import metadata
+from services.identity.adapters.store import metadata
 
 run_migrations_env(metadata)

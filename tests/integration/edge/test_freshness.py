@@ -24,7 +24,7 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.identity.v1 import identity_pb2, identity_pb2_grpc
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
-from services.identity import signing
+from services.identity.adapters import signing
 from services.kit.auth import PLATFORM_PERMISSION
 from services.kit.settings import Settings
 from tests.integration.edge.conftest import ProvisionPartner, call, fetch_token, partner_headers

@@ -11,7 +11,7 @@ import pytest
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
-from services.identity.main import bootstrap
+from services.identity.entrypoints.main import bootstrap
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, PLATFORM_PERMISSION
 from services.kit.db import migrate_async
 from services.kit.service import RunningService

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
-from services.identity import signing
+from services.identity.adapters import signing
 from services.kit.auth import ADMIN_PERMISSION
 from tests.integration.identity.conftest import Identity, Metadata, issue, new_integration_id
 

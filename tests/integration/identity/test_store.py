@@ -12,9 +12,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from services.identity.domain import SigningKey, SigningKeyStatus, generate_api_key, generate_client
-from services.identity.store import IdentityStore, metadata, signing_keys
-from services.identity.tokens import SigningKeyRing
+from services.identity.domain.model import SigningKey, SigningKeyStatus, generate_api_key, generate_client
+from services.identity.adapters.signing import JwtSigning
+from services.identity.adapters.store import IdentityStore, SqlIdentityUnitOfWork, metadata, signing_keys
+from services.identity.application.tokens import SigningKeyRing
 from services.kit.crypto import Envelope
 from services.kit.errors import Unavailable
 from services.kit.db import create_engine, migrate_async, session_factory, utcnow
@@ -93,18 +94,23 @@ async def test_an_event_is_marked_processed_once(sessions) -> None:
         assert await IdentityStore(session).mark_processed(event_id, utcnow()) is False
 
 
+def ring_of(sessions, kek: Envelope, algorithm: str) -> SigningKeyRing:
+    return SigningKeyRing(lambda: SqlIdentityUnitOfWork(sessions), JwtSigning(kek, algorithm))
+
+
 async def test_a_sealed_private_key_moved_to_another_row_does_not_open(sessions) -> None:
     kek = Envelope({1: os.urandom(32)}, 1)
-    ring = SigningKeyRing(sessions, kek, "RS256")
+    ring = ring_of(sessions, kek, "RS256")
     first = await ring.ensure_current()
-    async with sessions() as session, session.begin():
-        second, _ = await ring.rotate(session)
+    async with SqlIdentityUnitOfWork(sessions) as uow:
+        second, _ = await ring.rotate(uow)
+        await uow.commit()
     # Swap the two sealed blobs, as someone with write access to the table might.
     async with sessions() as session, session.begin():
         blobs = {kid: await IdentityStore(session).sealed_private_key(kid) for kid in (first, second.kid)}
         await session.execute(update(signing_keys).where(signing_keys.c.kid == first).values(private_key=blobs[second.kid]))
         await session.execute(update(signing_keys).where(signing_keys.c.kid == second.kid).values(private_key=blobs[first]))
-    fresh = SigningKeyRing(sessions, kek, "RS256")  # nothing cached
+    fresh = ring_of(sessions, kek, "RS256")  # nothing cached
     with pytest.raises(Unavailable):
         async with sessions() as session:
             await fresh.current_signer(IdentityStore(session))
@@ -119,7 +125,7 @@ async def test_a_sealed_private_key_moved_to_another_row_does_not_open(sessions)
 
 async def test_replicas_starting_together_agree_on_one_current_key(sessions) -> None:
     kek = Envelope({1: os.urandom(32)}, 1)
-    kids = await asyncio.gather(*(SigningKeyRing(sessions, kek, "ES256").ensure_current() for _ in range(4)))
+    kids = await asyncio.gather(*(ring_of(sessions, kek, "ES256").ensure_current() for _ in range(4)))
     assert len(set(kids)) == 1
     async with sessions() as session:
         current = await IdentityStore(session).signing_keys([SigningKeyStatus.CURRENT])

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
-from services.identity import signing
+from services.identity.adapters import signing
 from tests.integration.identity.conftest import Identity, Metadata, issue
 from tests.support.signing_keys import current_private_key
 

@@ -84,7 +84,7 @@ def test_no_secret_reaches_the_log_in_a_message_its_arguments_or_an_exception(
     jwt = "eyJhbGciOiJSUzI1NiJ9." + secrets.token_urlsafe(40) + "." + secrets.token_urlsafe(60)
     bearer = secrets.token_urlsafe(24)
     lines = service_logging(make_settings(log_format=log_format), "identity")
-    log = logging.getLogger("services.identity.handlers")
+    log = logging.getLogger("services.identity.application.handlers")
 
     log.warning("issued %s for %s", api_key, "int_1")
     log.warning(f"subscription secret {webhook_secret} and client secret {client_secret}")

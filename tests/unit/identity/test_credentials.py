@@ -9,7 +9,7 @@ import string
 
 import pytest
 
-from services.identity.domain import (
+from services.identity.domain.model import (
     API_KEY_PREFIX_LENGTH,
     ApiKey,
     CredentialStatus,

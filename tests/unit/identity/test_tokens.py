@@ -11,8 +11,8 @@ import os
 import jwt
 import pytest
 
-from services.identity import signing
-from services.identity.domain import (
+from services.identity.adapters import signing
+from services.identity.domain.model import (
     CredentialStatus,
     OAuthClient,
     SigningKey,
@@ -24,7 +24,7 @@ from services.identity.domain import (
     rotation_plan,
     validate_scopes,
 )
-from services.identity.tokens import open_private_key, seal_private_key
+from services.identity.adapters.signing import open_private_key, seal_private_key
 from services.kit import jwtverify
 from services.kit.crypto import DecryptionError, Envelope
 from services.kit.errors import InvalidArgument, Unauthenticated

@@ -2,26 +2,29 @@
 in external issuer mode, an external JWKS), the JWKS document, and signing-key rotation.
 
 Private signing keys live sealed in the store; `SigningKeyRing` opens each once per process
-and caches it by kid. Which key is current, and whether a key still verifies, is read from the
-store on every call, so a rotation on one replica is honoured by all of them at once.
+(through the TokenSigning port) and caches it by kid. Which key is current, and whether a key
+still verifies, is read from the store on every call, so a rotation on one replica is honoured
+by all of them at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import jwt
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from services.identity import events, signing
-from services.identity.domain import (
+from services.identity.application import commands
+from services.identity.application.ports import (
+    ExternalIssuerPort,
+    IdentityUnitOfWork,
+    Sign,
+    SigningKeys,
+    TokenSigning,
+    UnitsOfWork,
+)
+from services.identity.domain.model import (
     OAuthClient,
     SigningKey,
     SigningKeyStatus,
@@ -29,18 +32,18 @@ from services.identity.domain import (
     VerifiedAccess,
     access_token_claims,
     client_secret_matches,
+    expiry_of,
+    jwks_json,
     narrow_scopes,
     parse_scope,
     published_keys,
     rotation_plan,
 )
-from services.identity.store import IdentityStore
 from services.kit import jwtverify
 from services.kit.auth import EDGE_PERMISSION, PLATFORM_PERMISSION, Actor
-from services.kit.crypto import DecryptionError, Envelope, aad_for
-from services.kit.db import utcnow
+from services.kit.clock import utcnow
 from services.kit.errors import Aborted, InvalidArgument, Unauthenticated, Unavailable
-from services.kit.outbox import Flush, no_flush, written_event_ids
+from services.kit.uow import WriteConflict
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +52,6 @@ VERIFYING = (SigningKeyStatus.CURRENT, SigningKeyStatus.PREVIOUS)
 # rotation demotes that key to previous, which still verifies; only two rotations within this
 # window could make a replica sign with a retired key, so it is kept short.
 CURRENT_KID_TTL_SECONDS = 1.0
-
-
-def private_key_aad(kid: str) -> bytes:
-    """Binds a sealed private key to its own row: moved to another kid, it fails to open."""
-    return aad_for("signing_keys", "private_key", kid)
-
-
-def seal_private_key(envelope: Envelope, kid: str, key: signing.PrivateKey) -> bytes:
-    return envelope.seal(signing.private_key_pem(key), private_key_aad(kid))
-
-
-def open_private_key(envelope: Envelope, kid: str, sealed: bytes) -> signing.PrivateKey:
-    return signing.load_private_key(envelope.open(sealed, private_key_aad(kid)))
 
 
 def invalid_client(client: OAuthClient | None) -> Unauthenticated:
@@ -75,23 +65,22 @@ def invalid_client(client: OAuthClient | None) -> Unauthenticated:
 class SigningKeyRing:
     """JWT signing keys: creates the first, rotates, and hands out opened keys by kid."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], envelope: Envelope, algorithm: str, *,
+    def __init__(self, units: UnitsOfWork, signing: TokenSigning, *,
                  clock: Callable[[], dt.datetime] = utcnow) -> None:
-        self._sessions = sessions
-        self._envelope = envelope
-        self._algorithm = algorithm
+        self._uow = units
+        self._signing = signing
         self._clock = clock
-        self._private: dict[str, signing.PrivateKey] = {}
+        self._signers: dict[str, Sign] = {}
         self._current: tuple[str, float] | None = None
         self._public: dict[str, jwtverify.PublicKey] = {}
 
     async def _new_key(self) -> tuple[SigningKey, bytes]:
-        """A fresh key (generated off the event loop) and its sealed private half."""
+        """A fresh key and its sealed private half."""
         kid = f"sk_{uuid.uuid4().hex}"
-        private = await asyncio.to_thread(signing.generate_private_key, self._algorithm)
-        key = SigningKey(kid=kid, alg=self._algorithm, public_jwk=signing.public_jwk(private, kid),
+        generated = await self._signing.generate(kid)
+        key = SigningKey(kid=kid, alg=self._signing.algorithm, public_jwk=generated.public_jwk,
                          status=SigningKeyStatus.CURRENT, created_at=self._clock())
-        return key, seal_private_key(self._envelope, kid, private)
+        return key, generated.sealed_private_key
 
     async def ensure_current(self) -> str:
         """The current kid, creating the first key if there is none (safe when replicas race).
@@ -100,23 +89,23 @@ class SigningKeyRing:
         """
         for _ in range(5):
             try:
-                async with self._sessions() as session, session.begin():
-                    store = IdentityStore(session)
-                    if await store.current_kid() is None:
+                async with self._uow() as uow:
+                    if await uow.signing_keys.current_kid() is None:
                         key, sealed = await self._new_key()
-                        await store.add_signing_key(key, sealed)
+                        await uow.signing_keys.add_signing_key(key, sealed)
+                        await uow.commit()
                         log.info("created the first signing key %s (%s)", key.kid, key.alg)
-            except IntegrityError:
+            except WriteConflict:
                 # Another replica created the current key between our read and insert.
                 continue
-            async with self._sessions() as session:
-                kid, _ = await self.current_signer(IdentityStore(session))
+            async with self._uow() as uow:
+                kid, _ = await self.current_signer(uow.signing_keys)
             return kid
         raise Aborted("could not establish a current signing key")
 
-    async def rotate(self, session: AsyncSession) -> tuple[SigningKey, str]:
-        """Make a new key current in the session's transaction; returns it and the old current kid."""
-        store = IdentityStore(session)
+    async def rotate(self, uow: IdentityUnitOfWork) -> tuple[SigningKey, str]:
+        """Make a new key current in the unit's transaction; returns it and the old current kid."""
+        store = uow.signing_keys
         new_key, sealed = await self._new_key()
         existing = await store.signing_keys(VERIFYING)
         plan = rotation_plan(existing)
@@ -133,8 +122,8 @@ class SigningKeyRing:
         """Drop the remembered current kid (after a rotation this process committed)."""
         self._current = None
 
-    async def current_signer(self, store: IdentityStore) -> tuple[str, signing.PrivateKey]:
-        """The kid and opened private key that sign new tokens now."""
+    async def current_signer(self, store: SigningKeys) -> tuple[str, Sign]:
+        """The kid that signs new tokens now, and what signs with its opened private key."""
         remembered = self._current
         if remembered is not None and remembered[1] > time.monotonic():
             kid = remembered[0]
@@ -144,19 +133,15 @@ class SigningKeyRing:
                 raise Unavailable("no current signing key; identity has not finished starting")
             kid = found
             self._current = (kid, time.monotonic() + CURRENT_KID_TTL_SECONDS)
-        key = self._private.get(kid)
-        if key is None:
+        signer = self._signers.get(kid)
+        if signer is None:
             sealed = await store.sealed_private_key(kid)
             assert sealed is not None
-            try:
-                key = open_private_key(self._envelope, kid, sealed)
-            except DecryptionError as exc:
-                log.error("signing key %s does not open: %s", kid, exc)
-                raise Unavailable("the current signing key cannot be opened; check TRELLIS_KEK and TRELLIS_KEK_PREVIOUS") from exc
-            self._private[kid] = key
-        return kid, key
+            signer = self._signing.signer(kid, sealed)  # Unavailable when it does not open
+            self._signers[kid] = signer
+        return kid, signer
 
-    async def verification_key(self, store: IdentityStore, kid: str) -> jwtverify.PublicKey | None:
+    async def verification_key(self, store: SigningKeys, kid: str) -> jwtverify.PublicKey | None:
         """The public key for `kid` if it is ours and current or previous; None otherwise."""
         record = await store.signing_key(kid)
         if record is None or record.status not in VERIFYING:
@@ -170,94 +155,49 @@ class SigningKeyRing:
         return key
 
 
-@dataclass(frozen=True)
-class ExternalIssuer:
-    """An external token issuer (an Auth0 tenant, say) whose tokens identity also accepts."""
-
-    issuer: str
-    jwks: jwt.PyJWKClient
-    audience: str
-    client_id_claim: str
-
-    @classmethod
-    def from_settings(cls, settings: object) -> "ExternalIssuer | None":
-        issuer, url = settings.external_issuer, settings.external_jwks_url  # type: ignore[attr-defined]
-        if not (issuer and url):
-            return None
-        return cls(
-            issuer=issuer,
-            jwks=jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5),
-            audience=settings.external_audience,  # type: ignore[attr-defined]
-            client_id_claim=settings.external_client_id_claim,  # type: ignore[attr-defined]
-        )
-
-    async def public_key(self, kid: str) -> jwtverify.PublicKey:
-        try:
-            jwk = await asyncio.to_thread(self.jwks.get_signing_key, kid)
-        except jwt.PyJWKClientConnectionError as exc:
-            raise Unavailable("the external issuer's JWKS cannot be fetched") from exc
-        except jwt.PyJWKClientError as exc:
-            raise jwtverify.invalid_token("unknown signing key") from exc
-        try:
-            jwtverify.algorithm_for(jwk.key)
-        except ValueError as exc:
-            raise jwtverify.invalid_token("unsupported external key type") from exc
-        return jwk.key  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    access_token: str
-    expires_in: int
-    scopes: tuple[str, ...]
-
-
 class TokenHandlers:
     """IssueToken, VerifyAccessToken, GetJwks and RotateSigningKey."""
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        units: UnitsOfWork,
         ring: SigningKeyRing,
         settings: TokenSettings,
         *,
-        external: ExternalIssuer | None = None,
-        flush: Flush = no_flush,
+        external: ExternalIssuerPort | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self._sessions = sessions
+        self._uow = units
         self._ring = ring
         self._settings = settings
         self._external = external
-        self._flush = flush
         self._clock = clock
 
-    async def issue_token(self, actor: Actor, client_id: str, client_secret: str, scope: str = "") -> IssuedToken:
+    async def issue_token(self, actor: Actor, cmd: commands.IssueToken) -> commands.IssuedToken:
         """The client-credentials grant: a signed access token for a live client's secret."""
         actor.require(EDGE_PERMISSION)
-        async with self._sessions() as session:
-            store = IdentityStore(session)
-            client = await store.client_by_id(client_id) if 0 < len(client_id) <= 64 else None
-            if not client_secret_matches(client, client_secret):
+        client_id = cmd.client_id
+        async with self._uow() as uow:
+            client = await uow.credentials.client_by_id(client_id) if 0 < len(client_id) <= 64 else None
+            if not client_secret_matches(client, cmd.client_secret):
                 raise invalid_client(client)
             assert client is not None
             try:
-                scopes = narrow_scopes(client.scopes, scope)
+                scopes = narrow_scopes(client.scopes, cmd.scope)
             except InvalidArgument as exc:
                 exc.fields.update(integration_id=client.integration_id, org_id=client.org_id)  # for the edge's log
                 raise
-            kid, key = await self._ring.current_signer(store)
+            kid, sign = await self._ring.current_signer(uow.signing_keys)
         claims = access_token_claims(client, scopes, self._settings, now=self._clock(), jti=uuid.uuid4().hex)
-        token = signing.sign(claims, key, kid=kid)
-        return IssuedToken(access_token=token, expires_in=self._settings.ttl_seconds, scopes=scopes)
+        return commands.IssuedToken(access_token=sign(claims), expires_in=self._settings.ttl_seconds, scopes=scopes)
 
     async def verify_access_token(self, actor: Actor, token: str) -> VerifiedAccess:
         """What a token grants, if it is signed by one of our keys (or the external issuer's),
         unexpired, for our audience, and its client is still live."""
         actor.require(EDGE_PERMISSION)
         kid = jwtverify.read_header(token)["kid"]
-        async with self._sessions() as session:
-            key = await self._ring.verification_key(IdentityStore(session), kid)
+        async with self._uow() as uow:
+            key = await self._ring.verification_key(uow.signing_keys, kid)
         if key is not None:
             claims = jwtverify.verify(token, key, issuer=self._settings.issuer, audience=self._settings.audience,
                                       max_lifetime=self._settings.ttl_seconds)
@@ -272,8 +212,8 @@ class TokenHandlers:
         client_id = claims.get("client_id")
         if client_id != claims["sub"] or not isinstance(client_id, str):
             raise jwtverify.invalid_token("client_id does not match sub")
-        async with self._sessions() as session:
-            client = await IdentityStore(session).client_by_id(client_id)
+        async with self._uow() as uow:
+            client = await uow.credentials.client_by_id(client_id)
         if (
             client is None
             or not client.live
@@ -284,7 +224,7 @@ class TokenHandlers:
         scope = claims.get("scope", "")
         return VerifiedAccess(
             integration_id=client.integration_id, org_id=client.org_id, client_id=client_id,
-            scopes=parse_scope(scope if isinstance(scope, str) else ""), expires_at=signing.expiry_of(claims),
+            scopes=parse_scope(scope if isinstance(scope, str) else ""), expires_at=expiry_of(claims),
             issuer=str(claims["iss"]), jti=str(claims.get("jti", "")),
         )
 
@@ -295,8 +235,8 @@ class TokenHandlers:
         client_id = claims.get(self._external.client_id_claim)
         if not isinstance(client_id, str) or not client_id:
             raise jwtverify.invalid_token(f"missing claim {self._external.client_id_claim}")
-        async with self._sessions() as session:
-            store = IdentityStore(session)
+        async with self._uow() as uow:
+            store = uow.credentials
             binding = await store.external_client(self._external.issuer, client_id)
             live = await store.live_client(binding.org_id, binding.integration_id) if binding else None
         if binding is None:
@@ -307,32 +247,33 @@ class TokenHandlers:
         scopes = live.scopes if not isinstance(scope, str) else tuple(s for s in parse_scope(scope) if s in live.scopes)
         return VerifiedAccess(
             integration_id=binding.integration_id, org_id=binding.org_id, client_id=client_id, scopes=scopes,
-            expires_at=signing.expiry_of(claims), issuer=self._external.issuer, jti=str(claims.get("jti", "")),
+            expires_at=expiry_of(claims), issuer=self._external.issuer, jti=str(claims.get("jti", "")),
         )
 
     async def jwks(self) -> str:
         """The JWKS document: current key first, then previous."""
-        async with self._sessions() as session:
-            keys = await IdentityStore(session).signing_keys(VERIFYING)
-        return signing.jwks_json(published_keys(keys))
+        async with self._uow() as uow:
+            keys = await uow.signing_keys.signing_keys(VERIFYING)
+        return jwks_json(published_keys(keys))
 
-    async def rotate_signing_key(self, actor: Actor, request_id: str = "") -> tuple[str, str]:
+    async def rotate_signing_key(self, actor: Actor, cmd: commands.RotateSigningKey) -> commands.RotatedKey:
         """A new current key; the old current verifies as previous, older previous retires.
         The keys sign every organisation's tokens, so only a platform operator rotates them."""
         actor.require(PLATFORM_PERMISSION)
         try:
-            async with self._sessions() as session, session.begin():
-                key, previous = await self._ring.rotate(session)
+            async with self._uow() as uow:
+                key, previous = await self._ring.rotate(uow)
                 now = self._clock()
-                await events.credentials_changed(session, "signing_key_rotated", org_id=actor.org_id, now=now, kid=key.kid)
-                await events.audit(
-                    session, "signing_key.rotated", org_id=actor.org_id, actor_id=actor.user_id,
+                await uow.credentials_changed("signing_key_rotated", org_id=actor.org_id, now=now, kid=key.kid)
+                await uow.audit(
+                    "signing_key.rotated", org_id=actor.org_id, actor_id=actor.user_id,
                     object_type="signing_key", object_id=key.kid, now=now,
                     before={"current_kid": previous}, after={"current_kid": key.kid, "previous_kid": previous, "alg": key.alg},
-                    request_id=request_id,
+                    request_id=cmd.request_id,
                 )
-        except IntegrityError as exc:
+                await uow.commit()
+        except WriteConflict as exc:
             raise Aborted("another signing-key rotation ran at the same time; retry") from exc
         self._ring.forget_current()
-        await self._flush(written_event_ids(session))
-        return key.kid, previous
+        await uow.published()
+        return commands.RotatedKey(kid=key.kid, previous_kid=previous)

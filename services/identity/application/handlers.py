@@ -1,23 +1,21 @@
 """Credential use cases: issue, revoke, regenerate, describe and verify an integration's API key
 and OAuth client, bind external clients, and apply the registry's integration events.
 
-Each command runs in one transaction that also writes its outbox events, and returns only
-after the relay has published them (`flush`): edge replicas drop cached keys on these events,
-so a revoked or replaced credential fails on the very next partner request. Plain-text
-secrets leave only in the returned values, once.
+Each command runs in one unit of work (application/ports.py) that also writes its outbox
+events, and returns only after the relay has published them (`published()`): edge replicas drop
+cached keys on these events, so a revoked or replaced credential fails on the very next partner
+request. Plain-text secrets leave only in the returned values, once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from services.identity import events
-from services.identity.domain import (
+from services.identity.application import commands
+from services.identity.application.ports import Credentials, ExternalClient, IdentityUnitOfWork, Issuance, UnitsOfWork
+from services.identity.domain.model import (
     ApiKey,
     OAuthClient,
     api_key_prefix_of,
@@ -27,9 +25,8 @@ from services.identity.domain import (
     match_api_key,
     validate_scopes,
 )
-from services.identity.store import ExternalClient, IdentityStore, Issuance
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
-from services.kit.db import utcnow
+from services.kit.clock import utcnow
 from services.kit.errors import (
     Aborted,
     AlreadyExists,
@@ -39,93 +36,10 @@ from services.kit.errors import (
     Unauthenticated,
 )
 from services.kit.ids import new_id
-from services.kit.outbox import Flush, no_flush, written_event_ids
+from services.kit.uow import WriteConflict
 
 # Kinds of IntegrationChanged that end an integration's credentials.
 ENDING_KINDS = frozenset({"suspended", "revoked"})
-
-
-# --- commands and results --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IssueCredentials:
-    integration_id: str
-    scopes: tuple[str, ...]
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class RevokeCredentials:
-    integration_id: str
-    reason: str = ""
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class RegenerateApiKey:
-    integration_id: str
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class RegisterExternalClient:
-    integration_id: str
-    client_id: str
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class ApplyIntegrationChange:
-    """An IntegrationChanged event from the registry, as identity needs it."""
-
-    event_id: str
-    kind: str
-    org_id: str
-    integration_id: str
-    scopes: tuple[str, ...]
-    occurred_at: dt.datetime
-    actor_id: str = ""
-
-
-@dataclass(frozen=True)
-class IssuedCredentials:
-    """Plain-text credentials, returned once by IssueCredentials."""
-
-    api_key: str = field(repr=False)
-    api_key_prefix: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    token_url: str
-    issuer: str
-    audience: str
-    scopes: tuple[str, ...]
-    issued_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class RegeneratedKey:
-    api_key: str = field(repr=False)
-    api_key_prefix: str
-
-
-@dataclass(frozen=True)
-class CredentialInfo:
-    integration_id: str
-    api_key_prefix: str
-    client_id: str
-    live: bool
-    issued_at: dt.datetime
-    api_key_created_at: dt.datetime | None
-    external_client_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class VerifiedApiKey:
-    integration_id: str
-    org_id: str
-    api_key_prefix: str
-    client_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -155,22 +69,20 @@ def _summary(keys: Iterable[ApiKey], clients: Iterable[OAuthClient]) -> dict[str
 
 
 class CredentialHandlers:
-    """The credential use cases, sharing one session factory and the outbox relay's flush."""
+    """The credential use cases, sharing one unit-of-work factory."""
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        units: UnitsOfWork,
         endpoints: PartnerEndpoints,
         *,
-        flush: Flush = no_flush,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self._sessions = sessions
+        self._uow = units
         self._endpoints = endpoints
-        self._flush = flush
         self._clock = clock
 
-    async def _owned(self, store: IdentityStore, actor: Actor, integration_id: str) -> bool:
+    async def _owned(self, store: Credentials, actor: Actor, integration_id: str) -> bool:
         """True if the actor's organisation holds credentials for the integration, False if
         nobody does; another organisation's integration is NotFound."""
         owner = await store.owner_of(integration_id)
@@ -178,7 +90,7 @@ class CredentialHandlers:
             raise NotFound(f"integration {integration_id} not found", integration_id=integration_id)
         return owner is not None
 
-    async def issue_credentials(self, actor: Actor, cmd: IssueCredentials) -> IssuedCredentials:
+    async def issue_credentials(self, actor: Actor, cmd: commands.IssueCredentials) -> commands.IssuedCredentials:
         """Issue a new API key and OAuth client, revoking the integration's previous ones.
 
         Idempotent per (integration, request id): the registry retries with the same id when it
@@ -194,8 +106,8 @@ class CredentialHandlers:
         if len(request_id) > 128:
             raise InvalidArgument("request_id is at most 128 characters")
         try:
-            async with self._sessions() as session, session.begin():
-                store = IdentityStore(session)
+            async with self._uow() as uow:
+                store = uow.credentials
                 await self._owned(store, actor, integration_id)
                 earlier = await store.issuance(actor.org_id, integration_id, request_id)
                 if earlier is not None and await store.issued_after(actor.org_id, integration_id, earlier.created_at):
@@ -212,71 +124,73 @@ class CredentialHandlers:
                 await store.record_issuance(
                     Issuance(integration_id, request_id, actor.org_id, key.id, client.client_id, now), replace=earlier is not None
                 )
-                await events.credentials_changed(
-                    session, "issued", org_id=actor.org_id, integration_id=integration_id, now=now,
+                await uow.credentials_changed(
+                    "issued", org_id=actor.org_id, integration_id=integration_id, now=now,
                     revoked_api_key_hashes=[k.key_hash for k in old_keys],
                     revoked_client_ids=[c.client_id for c in old_clients],
                 )
-                await events.audit(
-                    session, "credentials.issued", org_id=actor.org_id, actor_id=actor.user_id,
+                await uow.audit(
+                    "credentials.issued", org_id=actor.org_id, actor_id=actor.user_id,
                     object_type="credentials", object_id=integration_id, now=now,
                     before=_summary(old_keys, old_clients) if old_keys or old_clients else None,
                     after={**_summary([key], [client]), "scopes": list(scopes)},
                     reason=f"retry of request {request_id}" if earlier is not None else "", request_id=request_id,
                 )
-        except IntegrityError as exc:
+                await uow.commit()
+        except WriteConflict as exc:
             raise Aborted("credentials for this integration changed concurrently; retry", integration_id=integration_id) from exc
-        await self._flush(written_event_ids(session))
+        await uow.published()
         ep = self._endpoints
-        return IssuedCredentials(
+        return commands.IssuedCredentials(
             api_key=new_key.plaintext, api_key_prefix=key.prefix, client_id=client.client_id,
             client_secret=new_client.secret, token_url=ep.token_url, issuer=ep.issuer, audience=ep.audience,
             scopes=scopes, issued_at=now,
         )
 
-    async def revoke_credentials(self, actor: Actor, cmd: RevokeCredentials) -> int:
+    async def revoke_credentials(self, actor: Actor, cmd: commands.RevokeCredentials) -> int:
         """Revoke every live key and client of the integration; returns how many. Idempotent:
         nothing live (or nothing ever issued) is 0, not an error."""
         actor.require(ADMIN_PERMISSION)
         integration_id = _require_integration_id(cmd.integration_id)
-        async with self._sessions() as session, session.begin():
-            store = IdentityStore(session)
-            if not await self._owned(store, actor, integration_id):
+        async with self._uow() as uow:
+            if not await self._owned(uow.credentials, actor, integration_id):
                 return 0
             count = await self._revoke(
-                session, store, org_id=actor.org_id, integration_id=integration_id, actor_id=actor.user_id,
+                uow, org_id=actor.org_id, integration_id=integration_id, actor_id=actor.user_id,
                 reason=cmd.reason, request_id=cmd.request_id,
             )
-        await self._flush(written_event_ids(session))
+            await uow.commit()
+        await uow.published()
         return count
 
     async def _revoke(
-        self, session: AsyncSession, store: IdentityStore, *, org_id: str, integration_id: str, actor_id: str,
+        self, uow: IdentityUnitOfWork, *, org_id: str, integration_id: str, actor_id: str,
         reason: str, request_id: str = "", created_before: dt.datetime | None = None,
     ) -> int:
         now = self._clock()
+        store = uow.credentials
         keys = await store.revoke_live_api_keys(org_id, integration_id, now, created_before=created_before)
         clients = await store.revoke_live_clients(org_id, integration_id, now, created_before=created_before)
         if not keys and not clients:
             return 0
-        await events.credentials_changed(
-            session, "revoked", org_id=org_id, integration_id=integration_id, now=now,
+        await uow.credentials_changed(
+            "revoked", org_id=org_id, integration_id=integration_id, now=now,
             revoked_api_key_hashes=[k.key_hash for k in keys], revoked_client_ids=[c.client_id for c in clients],
         )
-        await events.audit(
-            session, "credentials.revoked", org_id=org_id, actor_id=actor_id, object_type="credentials",
+        await uow.audit(
+            "credentials.revoked", org_id=org_id, actor_id=actor_id, object_type="credentials",
             object_id=integration_id, now=now, before={**_summary(keys, clients), "status": "active"},
             after={"status": "revoked"}, reason=reason, request_id=request_id,
         )
         return len(keys) + len(clients)
 
-    async def regenerate_api_key(self, actor: Actor, cmd: RegenerateApiKey) -> RegeneratedKey:
+    async def regenerate_api_key(self, actor: Actor, cmd: commands.RegenerateApiKey) -> commands.RegeneratedKey:
         """A new API key for an integration with live credentials; the old key fails at once."""
         actor.require(ADMIN_PERMISSION)
         integration_id = _require_integration_id(cmd.integration_id)
         try:
-            async with self._sessions() as session, session.begin():
-                store = IdentityStore(session)
+            async with self._uow() as uow:
+                store = uow.credentials
                 if not await self._owned(store, actor, integration_id):
                     raise NotFound(f"integration {integration_id} has no credentials", integration_id=integration_id)
                 if await store.live_client(actor.org_id, integration_id) is None:
@@ -288,34 +202,35 @@ class CredentialHandlers:
                 old = await store.revoke_live_api_keys(actor.org_id, integration_id, now)
                 new_key = generate_api_key(self._endpoints.api_key_prefix)
                 key = await store.add_api_key(actor.org_id, integration_id, new_key, new_id("key"), now)
-                await events.credentials_changed(
-                    session, "api_key_regenerated", org_id=actor.org_id, integration_id=integration_id, now=now,
+                await uow.credentials_changed(
+                    "api_key_regenerated", org_id=actor.org_id, integration_id=integration_id, now=now,
                     revoked_api_key_hashes=[k.key_hash for k in old],
                 )
-                await events.audit(
-                    session, "credentials.api_key_regenerated", org_id=actor.org_id, actor_id=actor.user_id,
+                await uow.audit(
+                    "credentials.api_key_regenerated", org_id=actor.org_id, actor_id=actor.user_id,
                     object_type="credentials", object_id=integration_id, now=now,
                     before={"api_key_prefixes": [k.prefix for k in old]}, after={"api_key_prefixes": [key.prefix]},
                     request_id=cmd.request_id,
                 )
-        except IntegrityError as exc:
+                await uow.commit()
+        except WriteConflict as exc:
             raise Aborted("credentials for this integration changed concurrently; retry", integration_id=integration_id) from exc
-        await self._flush(written_event_ids(session))
-        return RegeneratedKey(api_key=new_key.plaintext, api_key_prefix=key.prefix)
+        await uow.published()
+        return commands.RegeneratedKey(api_key=new_key.plaintext, api_key_prefix=key.prefix)
 
-    async def credential_info(self, actor: Actor, integration_id: str) -> CredentialInfo:
+    async def credential_info(self, actor: Actor, integration_id: str) -> commands.CredentialInfo:
         """What may be shown about an integration's credentials: prefix, client id, status."""
         actor.require(ADMIN_PERMISSION)
         integration_id = _require_integration_id(integration_id)
-        async with self._sessions() as session:
-            store = IdentityStore(session)
+        async with self._uow() as uow:
+            store = uow.credentials
             if not await self._owned(store, actor, integration_id):
                 raise NotFound(f"integration {integration_id} has no credentials", integration_id=integration_id)
             key = await store.latest_api_key(actor.org_id, integration_id)
             client = await store.latest_client(actor.org_id, integration_id)
             external = await store.external_client_ids(actor.org_id, integration_id)
         assert client is not None  # _owned found one
-        return CredentialInfo(
+        return commands.CredentialInfo(
             integration_id=integration_id,
             api_key_prefix=key.prefix if key else "",
             client_id=client.client_id,
@@ -325,13 +240,13 @@ class CredentialHandlers:
             external_client_ids=tuple(external),
         )
 
-    async def verify_api_key(self, actor: Actor, api_key: str) -> VerifiedApiKey:
+    async def verify_api_key(self, actor: Actor, api_key: str) -> commands.VerifiedApiKey:
         """The integration a live API key belongs to; `invalid_api_key` for anything else."""
         actor.require(EDGE_PERMISSION)
         if not looks_like_api_key(api_key, self._endpoints.api_key_prefix):
             raise invalid_api_key()
-        async with self._sessions() as session:
-            store = IdentityStore(session)
+        async with self._uow() as uow:
+            store = uow.credentials
             candidates = dict(await store.live_api_keys_by_prefix(api_key_prefix_of(api_key)))
             key = match_api_key(api_key, candidates)
             if key is None:
@@ -339,11 +254,11 @@ class CredentialHandlers:
             client_id = candidates[key]
             external = await store.external_client_ids(key.org_id, key.integration_id) if self._endpoints.external_issuer else []
         client_ids = ([client_id] if client_id else []) + external
-        return VerifiedApiKey(
+        return commands.VerifiedApiKey(
             integration_id=key.integration_id, org_id=key.org_id, api_key_prefix=key.prefix, client_ids=tuple(client_ids)
         )
 
-    async def register_external_client(self, actor: Actor, cmd: RegisterExternalClient) -> None:
+    async def register_external_client(self, actor: Actor, cmd: commands.RegisterExternalClient) -> None:
         """Bind an external issuer's client id to an integration of the actor's organisation.
 
         The integration must hold credentials here (it has been activated), which is how
@@ -358,8 +273,8 @@ class CredentialHandlers:
         if not client_id or len(client_id) > 200:
             raise InvalidArgument("client_id is required (at most 200 characters)")
         try:
-            async with self._sessions() as session, session.begin():
-                store = IdentityStore(session)
+            async with self._uow() as uow:
+                store = uow.credentials
                 if not await self._owned(store, actor, integration_id):
                     raise NotFound(f"integration {integration_id} has no credentials", integration_id=integration_id)
                 existing = await store.external_client(issuer, client_id)
@@ -369,49 +284,47 @@ class CredentialHandlers:
                     raise AlreadyExists(f"external client {client_id} is registered to another integration", client_id=client_id)
                 now = self._clock()
                 await store.add_external_client(ExternalClient(issuer, client_id, actor.org_id, integration_id, now))
-                await events.audit(
-                    session, "external_client.registered", org_id=actor.org_id, actor_id=actor.user_id,
+                await uow.audit(
+                    "external_client.registered", org_id=actor.org_id, actor_id=actor.user_id,
                     object_type="credentials", object_id=integration_id, now=now,
                     after={"issuer": issuer, "external_client_id": client_id}, request_id=cmd.request_id,
                 )
-        except IntegrityError as exc:
+                await uow.commit()
+        except WriteConflict as exc:
             raise Aborted("external client registered concurrently; retry", client_id=client_id) from exc
-        await self._flush(written_event_ids(session))
+        await uow.published()
 
-    async def apply_integration_change(self, change: ApplyIntegrationChange) -> None:
+    async def apply_integration_change(self, change: commands.ApplyIntegrationChange) -> None:
         """Safety net and scope sync for the registry's events; idempotent by event id.
 
         `suspended`/`revoked` revoke credentials issued before the event (a late event must not
         kill credentials a later reactivation issued); `updated` sets the live client's scopes
         unless a newer setting is already in place. Unknown integrations are ignored.
         """
-        async with self._sessions() as session, session.begin():
-            store = IdentityStore(session)
+        async with self._uow() as uow:
             now = self._clock()
-            if not await store.mark_processed(change.event_id, now):
+            if not await uow.credentials.mark_processed(change.event_id, now):
                 return
-            changed = False
             if change.kind in ENDING_KINDS:
-                changed = bool(
-                    await self._revoke(
-                        session, store, org_id=change.org_id, integration_id=change.integration_id,
-                        actor_id=change.actor_id or "identity",
-                        reason=f"integration {change.kind} (event {change.event_id})", created_before=change.occurred_at,
-                    )
+                await self._revoke(
+                    uow, org_id=change.org_id, integration_id=change.integration_id,
+                    actor_id=change.actor_id or "identity",
+                    reason=f"integration {change.kind} (event {change.event_id})", created_before=change.occurred_at,
                 )
             elif change.kind == "updated":
-                changed = await self._sync_scopes(session, store, change, now)
-        if changed:
-            await self._flush(written_event_ids(session))
+                await self._sync_scopes(uow, change, now)
+            await uow.commit()
+        await uow.published()
 
-    async def _sync_scopes(self, session: AsyncSession, store: IdentityStore, change: ApplyIntegrationChange, now: dt.datetime) -> bool:
+    async def _sync_scopes(self, uow: IdentityUnitOfWork, change: commands.ApplyIntegrationChange, now: dt.datetime) -> bool:
+        store = uow.credentials
         client = await store.live_client(change.org_id, change.integration_id)
         scopes = validate_scopes(change.scopes)
         if client is None or change.occurred_at < client.scopes_updated_at or set(scopes) == set(client.scopes):
             return False
         await store.set_client_scopes(change.org_id, client.client_id, scopes, change.occurred_at)
-        await events.audit(
-            session, "credentials.scopes_synced", org_id=change.org_id, actor_id=change.actor_id or "identity",
+        await uow.audit(
+            "credentials.scopes_synced", org_id=change.org_id, actor_id=change.actor_id or "identity",
             object_type="credentials", object_id=change.integration_id, now=now,
             before={"client_id": client.client_id, "scopes": list(client.scopes)},
             after={"client_id": client.client_id, "scopes": list(scopes)}, reason=f"event {change.event_id}",

@@ -1,7 +1,7 @@
 """Identity's rules, in plain Python: how partner credentials look, how they are checked, which
 scopes a token may carry, and how signing keys move through their lifecycle.
 
-Nothing here touches the network or a database; the store and handlers do.
+Nothing here touches the network or a database; the adapters do, for the application's handlers.
 
 Secrets (API keys, client secrets) exist in plain text only inside the `New*` values handed
 back once to the caller; everything kept is a SHA-256 hex digest. High-entropy random secrets
@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from services.kit.errors import InvalidArgument
 
@@ -283,3 +285,13 @@ def published_keys(keys: Iterable[SigningKey]) -> list[SigningKey]:
     """The keys a JWKS lists: current first, then previous."""
     order = {SigningKeyStatus.CURRENT: 0, SigningKeyStatus.PREVIOUS: 1}
     return sorted((k for k in keys if k.status in order), key=lambda k: (order[k.status], k.kid))
+
+
+def jwks_json(keys: Iterable[SigningKey]) -> str:
+    """A JWKS document listing `keys` (the caller picks current and previous)."""
+    return json.dumps({"keys": [dict(k.public_jwk) for k in keys]}, separators=(",", ":"))
+
+
+def expiry_of(claims: Mapping[str, Any]) -> dt.datetime:
+    """When a verified token's `exp` claim says it expires."""
+    return dt.datetime.fromtimestamp(int(claims["exp"]), tz=dt.timezone.utc)

@@ -1,4 +1,5 @@
-"""Identity's tables and the repository that maps their rows to domain objects.
+"""Identity's tables, the repository that maps their rows to domain objects, and identity's
+unit of work over them (application.ports.IdentityUnitOfWork: SqlIdentityUnitOfWork).
 
 Secrets are kept only as SHA-256 hex digests (`key_hash`, `secret_hash`); JWT private keys are
 kept sealed by envelope encryption (`signing_keys.private_key`). At most one live API key and
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from typing import Any, Self, Unpack
 
 from sqlalchemy import Column, Index, LargeBinary, String, Table, Text, and_, exists, select, text, update
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.identity.domain import (
+from services.identity.adapters import events
+from services.identity.application.ports import ExternalClient, Issuance
+from services.identity.domain.model import (
     ApiKey,
     CredentialStatus,
     NewApiKey,
@@ -28,6 +31,8 @@ from services.identity.domain import (
 )
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.outbox import outbox_table
+from services.kit.sqluow import SqlUnitOfWork
+from services.kit.uow import Flush, no_flush
 
 metadata = new_metadata()
 
@@ -112,33 +117,18 @@ processed_events = Table(
 outbox = outbox_table(metadata)
 
 
-@dataclass(frozen=True)
-class Issuance:
-    integration_id: str
-    request_id: str
-    org_id: str
-    api_key_id: str
-    client_id: str
-    created_at: dt.datetime
+# A result row of any columns (Row is generic over its columns' types).
+AnyRow = Row[Unpack[tuple[Any, ...]]]
 
 
-@dataclass(frozen=True)
-class ExternalClient:
-    issuer: str
-    client_id: str
-    org_id: str
-    integration_id: str
-    created_at: dt.datetime
-
-
-def _api_key(row: Row) -> ApiKey:  # type: ignore[type-arg]
+def _api_key(row: AnyRow) -> ApiKey:
     return ApiKey(
         id=row.id, org_id=row.org_id, integration_id=row.integration_id, prefix=row.prefix, key_hash=row.key_hash,
         status=CredentialStatus(row.status), created_at=row.created_at, revoked_at=row.revoked_at,
     )
 
 
-def _client(row: Row) -> OAuthClient:  # type: ignore[type-arg]
+def _client(row: AnyRow) -> OAuthClient:
     return OAuthClient(
         client_id=row.client_id, org_id=row.org_id, integration_id=row.integration_id, secret_hash=row.secret_hash,
         scopes=tuple(json.loads(row.scopes)), status=CredentialStatus(row.status), created_at=row.created_at,
@@ -146,7 +136,7 @@ def _client(row: Row) -> OAuthClient:  # type: ignore[type-arg]
     )
 
 
-def _signing_key(row: Row) -> SigningKey:  # type: ignore[type-arg]
+def _signing_key(row: AnyRow) -> SigningKey:
     return SigningKey(
         kid=row.kid, alg=row.alg, public_jwk=json.loads(row.public_jwk), status=SigningKeyStatus(row.status),
         created_at=row.created_at,
@@ -178,12 +168,12 @@ class IdentityStore:
     # --- API keys --------------------------------------------------------------------------
 
     async def add_api_key(self, org_id: str, integration_id: str, key: NewApiKey, key_id: str, now: dt.datetime) -> ApiKey:
-        values = dict(
+        stored = ApiKey(
             id=key_id, org_id=org_id, integration_id=integration_id, prefix=key.prefix, key_hash=key.key_hash,
-            status=CredentialStatus.ACTIVE.value, created_at=now, revoked_at=None,
+            status=CredentialStatus.ACTIVE, created_at=now, revoked_at=None,
         )
-        await self.session.execute(api_keys.insert().values(**values))
-        return ApiKey(**{**values, "status": CredentialStatus.ACTIVE})  # type: ignore[arg-type]
+        await self.session.execute(api_keys.insert().values(**{**stored.__dict__, "status": stored.status.value}))
+        return stored
 
     async def latest_api_key(self, org_id: str, integration_id: str) -> ApiKey | None:
         row = (
@@ -413,3 +403,41 @@ class IdentityStore:
             return False
         await self.session.execute(processed_events.insert().values(event_id=event_id, processed_at=now))
         return True
+
+
+class SqlIdentityUnitOfWork(SqlUnitOfWork):
+    """application.ports.IdentityUnitOfWork over SQL: one IdentityStore on the unit's session
+    serves as both repositories, and each event is an outbox row (adapters/events.py)."""
+
+    credentials: IdentityStore
+    signing_keys: IdentityStore
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, flush: Flush = no_flush) -> None:
+        super().__init__(sessions, outbox_table=outbox, flush=flush)
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self.credentials = self.signing_keys = IdentityStore(self.session)
+        return self
+
+    async def _write(self, event: events.OutgoingEvent) -> str:
+        return await self.add_event(event.subject, event.payload, event_id=event.event_id)
+
+    async def credentials_changed(
+        self, kind: str, *, org_id: str, integration_id: str = "", now: dt.datetime,
+        revoked_api_key_hashes: Iterable[str] = (), revoked_client_ids: Iterable[str] = (), kid: str = "",
+    ) -> str:
+        return await self._write(events.credentials_changed(
+            kind, org_id=org_id, integration_id=integration_id, now=now, revoked_api_key_hashes=revoked_api_key_hashes,
+            revoked_client_ids=revoked_client_ids, kid=kid,
+        ))
+
+    async def audit(
+        self, action: str, *, org_id: str, actor_id: str, object_type: str, object_id: str, now: dt.datetime,
+        before: Mapping[str, object] | None = None, after: Mapping[str, object] | None = None,
+        reason: str = "", request_id: str = "",
+    ) -> str:
+        return await self._write(events.audit(
+            action, org_id=org_id, actor_id=actor_id, object_type=object_type, object_id=object_id, now=now,
+            before=before, after=after, reason=reason, request_id=request_id,
+        ))

@@ -15,12 +15,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.identity.handlers import ApplyIntegrationChange, CredentialHandlers
+from services.identity.application.commands import ApplyIntegrationChange
+from services.identity.application.handlers import CredentialHandlers
 from services.kit.bus import context_from_headers
 from services.kit.consumer import PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
+from services.kit.uow import WriteConflict
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ class IntegrationEventsConsumer:
         self.loop = PullLoop(js, subject=SUBJECT, stream=STREAM, durable=durable, batch=batch,
                               ack_wait_seconds=ack_wait_seconds)
 
+    @property
+    def stream(self) -> str:
+        return self.loop.stream
+
+    @property
+    def durable(self) -> str:
+        return self.loop.durable
+
     async def start(self) -> None:
         await self.loop.start(self._handle_batch)
 
@@ -78,6 +88,11 @@ class IntegrationEventsConsumer:
                 return
             try:
                 await self._handlers.apply_integration_change(change)
+            except WriteConflict:
+                # Another replica wrote the same rows (the same event, say): a retry settles it.
+                log.warning("applying integration event %s conflicted; will retry", change.event_id, exc_info=True)
+                await msg.nak(delay=RETRY_DELAY_SECONDS)
+                return
             except TrellisError as exc:
                 # A rule refused the event (say, a malformed scope): retrying cannot help.
                 log.warning("integration event %s refused: %s", change.event_id, exc)

@@ -10,8 +10,9 @@ import grpc
 
 from services.contracts.trellis.identity.v1 import identity_pb2 as pb
 from services.contracts.trellis.identity.v1 import identity_pb2_grpc
-from services.identity import handlers as h
-from services.identity.tokens import TokenHandlers
+from services.identity.application import commands
+from services.identity.application.handlers import CredentialHandlers
+from services.identity.application.tokens import TokenHandlers
 from services.kit.auth import current_actor
 from services.kit.prototime import timestamp_or_none
 
@@ -27,14 +28,14 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServicer):
-    def __init__(self, credentials: h.CredentialHandlers, tokens: TokenHandlers) -> None:
+    def __init__(self, credentials: CredentialHandlers, tokens: TokenHandlers) -> None:
         self._credentials = credentials
         self._tokens = tokens
 
     async def IssueCredentials(self, request: pb.IssueCredentialsRequest, context: grpc.aio.ServicerContext) -> pb.IssueCredentialsResponse:
         issued = await self._credentials.issue_credentials(
             current_actor(),
-            h.IssueCredentials(
+            commands.IssueCredentials(
                 integration_id=request.integration_id, scopes=tuple(request.scopes),
                 request_id=request.request_id or _request_id(context),
             ),
@@ -50,13 +51,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def RevokeCredentials(self, request: pb.RevokeCredentialsRequest, context: grpc.aio.ServicerContext) -> pb.RevokeCredentialsResponse:
         count = await self._credentials.revoke_credentials(
             current_actor(),
-            h.RevokeCredentials(integration_id=request.integration_id, reason=request.reason, request_id=_request_id(context)),
+            commands.RevokeCredentials(integration_id=request.integration_id, reason=request.reason, request_id=_request_id(context)),
         )
         return pb.RevokeCredentialsResponse(revoked=count)
 
     async def RegenerateApiKey(self, request: pb.RegenerateApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.RegenerateApiKeyResponse:
         key = await self._credentials.regenerate_api_key(
-            current_actor(), h.RegenerateApiKey(integration_id=request.integration_id, request_id=_request_id(context))
+            current_actor(), commands.RegenerateApiKey(integration_id=request.integration_id, request_id=_request_id(context))
         )
         return pb.RegenerateApiKeyResponse(api_key=key.api_key, api_key_prefix=key.api_key_prefix)
 
@@ -80,7 +81,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         )
 
     async def IssueToken(self, request: pb.IssueTokenRequest, context: grpc.aio.ServicerContext) -> pb.IssueTokenResponse:
-        issued = await self._tokens.issue_token(current_actor(), request.client_id, request.client_secret, request.scope)
+        issued = await self._tokens.issue_token(
+            current_actor(), commands.IssueToken(request.client_id, request.client_secret, request.scope)
+        )
         return pb.IssueTokenResponse(
             access_token=issued.access_token, token_type="Bearer", expires_in=issued.expires_in, scope=" ".join(issued.scopes)
         )
@@ -96,14 +99,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return pb.GetJwksResponse(jwks_json=await self._tokens.jwks())
 
     async def RotateSigningKey(self, request: pb.RotateSigningKeyRequest, context: grpc.aio.ServicerContext) -> pb.RotateSigningKeyResponse:
-        kid, previous = await self._tokens.rotate_signing_key(current_actor(), _request_id(context))
-        return pb.RotateSigningKeyResponse(kid=kid, previous_kid=previous)
+        rotated = await self._tokens.rotate_signing_key(current_actor(), commands.RotateSigningKey(_request_id(context)))
+        return pb.RotateSigningKeyResponse(kid=rotated.kid, previous_kid=rotated.previous_kid)
 
     async def RegisterExternalClient(
         self, request: pb.RegisterExternalClientRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterExternalClientResponse:
         await self._credentials.register_external_client(
             current_actor(),
-            h.RegisterExternalClient(integration_id=request.integration_id, client_id=request.client_id, request_id=_request_id(context)),
+            commands.RegisterExternalClient(integration_id=request.integration_id, client_id=request.client_id, request_id=_request_id(context)),
         )
         return pb.RegisterExternalClientResponse()

@@ -1,4 +1,5 @@
-"""The events identity publishes, written to its outbox in the caller's transaction.
+"""The events identity publishes, in the wire formats of protos/trellis/events/v1; the unit of
+work (adapters/store.py) writes them to the outbox in its transaction.
 
 `trellis.credentials.<kind>` (CredentialsChanged) tells edge replicas which key hashes and
 client ids stopped working; `trellis.audit.identity.<action>` (AuditEvent) is the audit trail.
@@ -10,20 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from dataclasses import dataclass
 
 from services.contracts.trellis.events.v1 import events_pb2
-from services.identity.store import outbox
 from services.kit.ids import new_id
-from services.kit.outbox import add_event
 from services.kit.prototime import timestamp
 
 SERVICE = "identity"
 
 
-async def credentials_changed(
-    session: AsyncSession,
+@dataclass(frozen=True)
+class OutgoingEvent:
+    event_id: str
+    subject: str
+    payload: bytes
+
+
+def credentials_changed(
     kind: str,
     *,
     org_id: str,
@@ -32,8 +36,8 @@ async def credentials_changed(
     revoked_api_key_hashes: Iterable[str] = (),
     revoked_client_ids: Iterable[str] = (),
     kid: str = "",
-) -> str:
-    """Write `trellis.credentials.<kind>` (issued, revoked, api_key_regenerated, signing_key_rotated)."""
+) -> OutgoingEvent:
+    """`trellis.credentials.<kind>` (issued, revoked, api_key_regenerated, signing_key_rotated)."""
     event_id = new_id("evt")
     payload = events_pb2.CredentialsChanged(
         event_id=event_id,
@@ -45,11 +49,10 @@ async def credentials_changed(
         revoked_client_ids=list(revoked_client_ids),
         kid=kid,
     )
-    return await add_event(session, outbox, f"trellis.credentials.{kind}", payload.SerializeToString(), event_id=event_id)
+    return OutgoingEvent(event_id, f"trellis.credentials.{kind}", payload.SerializeToString())
 
 
-async def audit(
-    session: AsyncSession,
+def audit(
     action: str,
     *,
     org_id: str,
@@ -61,8 +64,8 @@ async def audit(
     after: Mapping[str, object] | None = None,
     reason: str = "",
     request_id: str = "",
-) -> str:
-    """Write `trellis.audit.identity.<action>`; `before`/`after` must hold no secret."""
+) -> OutgoingEvent:
+    """`trellis.audit.identity.<action>`; `before`/`after` must hold no secret."""
     event_id = new_id("evt")
     payload = events_pb2.AuditEvent(
         event_id=event_id,
@@ -78,4 +81,4 @@ async def audit(
         reason=reason,
         request_id=request_id,
     )
-    return await add_event(session, outbox, f"trellis.audit.{SERVICE}.{action}", payload.SerializeToString(), event_id=event_id)
+    return OutgoingEvent(event_id, f"trellis.audit.{SERVICE}.{action}", payload.SerializeToString())

@@ -1,0 +1,1 @@
+"""Identity's rules in plain Python: credentials, scopes, access-token claims, signing-key lifecycle."""

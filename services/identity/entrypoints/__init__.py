@@ -1,0 +1,1 @@
+"""How identity is reached and started: the gRPC servicer, its settings, main."""
