@@ -347,19 +347,16 @@ class WebhookTimeoutSettings(SettingsGroup):
     webhooks_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
-# --- the groups of the services not yet in the shape of docs/architecture.md ------------------
-# Each moves to services/<service>/entrypoints/settings.py when its service is converted (as
-# registry's did), and its name in SETTINGS_GROUPS with it.
-
-
-# Identity is in the new shape, but its group stays in the kit: every edge checks partner tokens
-# against the same lifetime (services/identity/entrypoints/settings.py composes it).
-class IdentitySettings(SettingsGroup):
-    """Identity's own settings."""
+class TokenLifetimeSettings(SettingsGroup):
+    """How long the partner tokens identity issues live: identity signs with it and every edge
+    refuses a token of ours that claims a longer lifetime."""
 
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
 
 
+# --- the groups of the services not yet in the shape of docs/architecture.md ------------------
+# Each moves to services/<service>/entrypoints/settings.py when its service is converted (as
+# registry's did), and its name in SETTINGS_GROUPS with it.
 
 
 class LogsSettings(SettingsGroup):
@@ -383,7 +380,7 @@ class LogsSettings(SettingsGroup):
         return value
 
 
-class Settings(LogsSettings, IdentitySettings, WebhookTimeoutSettings, LimitSettings,
+class Settings(LogsSettings, TokenLifetimeSettings, WebhookTimeoutSettings, LimitSettings,
                SealingSettings, PartnerSettings, KitSettings):
     """The groups the kit still holds, fields in SETTINGS_GROUPS' order (pydantic lists the last
     base's first): the settings of the processes not yet in the new shape, and of the CLI.
@@ -400,7 +397,7 @@ SETTINGS_GROUPS: tuple[str, ...] = (
     f"{__name__}:SealingSettings",
     f"{__name__}:LimitSettings",
     f"{__name__}:WebhookTimeoutSettings",
-    f"{__name__}:IdentitySettings",
+    f"{__name__}:TokenLifetimeSettings",
     "services.edge.entrypoints.settings:EdgeSettings",
     "services.webhooks.entrypoints.settings:WebhooksSettings",
     f"{__name__}:LogsSettings",

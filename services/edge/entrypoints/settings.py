@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from services.kit import settingcheck as check
 from services.kit.settings import (
-    IdentitySettings,
+    TokenLifetimeSettings,
     KitSettings,
     PartnerSettings,
     SettingsGroup,
@@ -65,6 +65,6 @@ class EdgeSettings(SettingsGroup):
         return check.networks(value)
 
 
-class EdgeProcessSettings(EdgeSettings, WebhookTimeoutSettings, IdentitySettings, PartnerSettings, KitSettings):
+class EdgeProcessSettings(EdgeSettings, WebhookTimeoutSettings, TokenLifetimeSettings, PartnerSettings, KitSettings):
     """Everything an edge process uses (fields: the kit's, then the partners', identity's and
     webhooks' few the edge reads, then its own; pydantic lists the last base's first)."""
