@@ -8,7 +8,7 @@ Ingest: `--ingest` ApiRequestLogged records are published to a fresh nats-server
 stream first, as the edge publishes them: through the edge's own ApiLogPublisher (batches of
 up to 500 records, one `apilog.batch` message each); with `--per-record`, one message per
 record on `apilog.request` (the path the edge used before batching). Then the logs service's
-own consumer (BatchConsumer + LogsHandlers as wired in services.logs.main: fetches of up to
+own consumer (BatchConsumer + LogsHandlers as wired in services.logs.entrypoints.main: fetches of up to
 2,000 messages and APILOG_FETCH_BYTES, one INSERT and one commit per fetch, ack after commit)
 drains them into a migrated, empty database. The bare insert writes the same decoded rows with
 the same repository call, in batches of the size the consumer committed on average, into
@@ -41,10 +41,10 @@ from services.kit.auth import QA_PERMISSION, Actor
 from services.kit.bus import ensure_streams
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.natsproc import NatsServer
-from services.logs.consumers import APILOG_FETCH_BYTES, BatchConsumer, decode_requests
-from services.logs.domain import ApiRequest, RequestFilter, StatusFilter
-from services.logs.handlers import LogsHandlers
-from services.logs.store import LogsRepository
+from services.logs.adapters.consumers import APILOG_FETCH_BYTES, BatchConsumer, decode_requests
+from services.logs.domain.model import ApiRequest, RequestFilter, StatusFilter
+from services.logs.application.handlers import LogsHandlers
+from services.logs.adapters.store import LogsRepository
 from tests.support.postgres import PostgresServer
 
 ORG = "org_bench"

@@ -24,8 +24,8 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
 from services.kit.settings import Settings
-from services.logs.consumers import Durables
-from services.logs.main import bootstrap as logs_bootstrap
+from services.logs.adapters.consumers import Durables
+from services.logs.entrypoints.main import bootstrap as logs_bootstrap
 from services.webhooks.main import bootstrap as webhooks_bootstrap
 from tests.integration.webhooks.receiver import Tls
 

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import InvalidArgument
-from services.logs.domain import AuditRecord, Problem
-from services.logs.handlers import LogsHandlers
-from services.logs.store import AuditQuery, LogsRepository
+from services.logs.domain.model import AuditRecord, Problem
+from services.logs.application.handlers import LogsHandlers
+from services.logs.adapters.store import AuditQuery, LogsRepository
 
 T0 = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.timezone.utc)
 KEY = b"a" * 32

@@ -10,7 +10,7 @@ import pytest
 
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
 from services.kit.errors import InvalidArgument, PermissionDenied
-from services.logs.domain import (
+from services.logs.domain.model import (
     PLATFORM_LOG,
     AuditRecord,
     ChainHead,
@@ -27,7 +27,7 @@ from services.logs.domain import (
     page_size,
     require_reader,
 )
-from services.logs.review import (
+from services.logs.domain.review import (
     FLAG_FINANCIAL,
     FLAG_OLD_CREDENTIALS,
     FLAG_ONE_NETWORK,

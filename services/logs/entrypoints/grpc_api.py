@@ -18,16 +18,16 @@ from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, timestamp_or_none, to_datetime
-from services.logs.domain import (
+from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
     Checkpoint,
     RequestFilter,
     StatusFilter,
 )
-from services.logs.handlers import LogsHandlers
-from services.logs.review import Review
-from services.logs.store import AuditQuery
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.review import Review
+from services.logs.adapters.store import AuditQuery
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Logs"].full_name
 

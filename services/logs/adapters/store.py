@@ -48,14 +48,14 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.outbox import outbox_table
-from services.logs.domain import (
+from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
     ChainHead,
     Cursor,
     RequestFilter,
 )
-from services.logs.review import (
+from services.logs.domain.review import (
     READ_METHODS,
     REFUSED_CODES,
     IntegrationFacts,

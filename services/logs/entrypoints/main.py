@@ -19,7 +19,7 @@ from services.kit.metrics import ServiceMetrics
 from services.kit.service import Cleanup, RunningService, run_main
 from services.kit.settingcheck import SettingError
 from services.kit.settings import Mode, Settings
-from services.logs.consumers import (
+from services.logs.adapters.consumers import (
     APILOG_FETCH_BYTES,
     BatchConsumer,
     Durables,
@@ -28,10 +28,10 @@ from services.logs.consumers import (
     decode_requests,
     single,
 )
-from services.logs.domain import decode_audit_key
-from services.logs.grpc_api import SERVICE_NAME, LogsServicer
-from services.logs.handlers import LogsHandlers
-from services.logs.store import LogsRepository
+from services.logs.domain.model import decode_audit_key
+from services.logs.entrypoints.grpc_api import SERVICE_NAME, LogsServicer
+from services.logs.application.handlers import LogsHandlers
+from services.logs.adapters.store import LogsRepository
 
 NAME = "logs"
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.kit.auth import Actor
 from services.kit.db import utcnow
 from services.kit.errors import InvalidArgument, NotFound
-from services.logs.domain import (
+from services.logs.domain.model import (
     PLATFORM_LOG,
     ApiRequest,
     AuditEntry,
@@ -38,8 +38,8 @@ from services.logs.domain import (
     page_size,
     require_reader,
 )
-from services.logs.review import WINDOW_DAYS, IntegrationFacts, Review, Usage, review
-from services.logs.store import AuditQuery, LogsRepository, RequestPage
+from services.logs.domain.review import WINDOW_DAYS, IntegrationFacts, Review, Usage, review
+from services.logs.adapters.store import AuditQuery, LogsRepository, RequestPage
 
 log = logging.getLogger(__name__)
 
