@@ -44,7 +44,8 @@ from services.kit.natsproc import NatsServer
 from services.logs.adapters.consumers import APILOG_FETCH_BYTES, BatchConsumer, decode_requests
 from services.logs.domain.model import ApiRequest, RequestFilter, StatusFilter
 from services.logs.application.handlers import LogsHandlers
-from services.logs.adapters.store import LogsRepository
+from services.logs.adapters.store import LogsRepository, units_of_work
+from services.logs.application.commands import QueryRequests
 from tests.support.postgres import PostgresServer
 
 ORG = "org_bench"
@@ -122,7 +123,7 @@ async def publish(url: str, rows: list[tuple], *, per_record: bool) -> int:  # t
 async def fresh_handlers(url: str) -> tuple[LogsHandlers, Callable[[], object]]:
     await migrate_async("logs", url)
     engine = create_engine(url)
-    return LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32), engine.dispose
+    return LogsHandlers(units_of_work(session_factory(engine), LogsRepository(postgres=not is_sqlite(url))), b"b" * 32), engine.dispose
 
 
 async def ingest_rate(nats_url: str, url: str, n: int, durable: str) -> tuple[float, int]:
@@ -225,7 +226,7 @@ def filters(rng: random.Random) -> dict[str, Callable[[], RequestFilter]]:
 
 async def query_latencies(url: str, queries: int) -> dict[str, tuple[float, float]]:
     engine = create_engine(url)
-    handlers = LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32)
+    handlers = LogsHandlers(units_of_work(session_factory(engine), LogsRepository(postgres=not is_sqlite(url))), b"b" * 32)
     actor = Actor("bench", ORG, frozenset({QA_PERMISSION}))
     rng = random.Random(11)
     results = {}
@@ -236,7 +237,7 @@ async def query_latencies(url: str, queries: int) -> dict[str, tuple[float, floa
         for _ in range(queries):
             f = make()
             started = time.perf_counter()
-            await handlers.query_requests(actor, f, size=50)
+            await handlers.query_requests(actor, QueryRequests(f, page_size=50))
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
         results[name] = (statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAPED = ("registry",)
+SHAPED = ("registry", "logs")
 IO_LIBRARIES = ("sqlalchemy", "alembic", "grpc", "grpc_health", "nats", "aiohttp", "opentelemetry")
 OTHER_SERVICES = ("identity", "registry", "webhooks", "logs", "edge", "cli")
 

@@ -1,6 +1,5 @@
-"""The logs service's rules, in plain Python: request-log filters and cursors, who may read,
-the audit chain (HMAC-SHA256 over each entry and the previous entry's MAC), and how a broken
-chain is named.
+"""The logs service's rules, in plain Python: request-log filters and cursors, the audit chain
+(HMAC-SHA256 over each entry and the previous entry's MAC), and how a broken chain is named.
 
 The audit chain is one per organisation. Each entry's MAC is
 `HMAC(key, previous MAC || "\\n" || canonical JSON of the entry)`, the first entry's previous
@@ -18,18 +17,15 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
-from services.kit.errors import InvalidArgument, PermissionDenied
+from services.kit.errors import InvalidArgument
 
-READ_PERMISSIONS = frozenset({ADMIN_PERMISSION, QA_PERMISSION})
 # The platform log: requests no organisation can be told of (an unknown API key, client or token,
 # no credentials at all, a malformed request). Its rows are those with no organisation; an
 # actor always has one (services.kit.auth refuses a token without), so no organisation's
-# query can reach them.
+# query can reach them (who may read which log: services.logs.application.access).
 PLATFORM_LOG = ""
 
 DEFAULT_PAGE_SIZE = 50
@@ -61,29 +57,6 @@ LIMITS = {
     "error_code": 64, "scope_category": 64, "event_id": 128, "service": 64, "actor_id": 200, "action": 128,
     "object_type": 64, "object_id": 200,
 }
-
-
-def require_reader(permissions: Iterable[str]) -> None:
-    """API logs and the audit trail are readable by QA or administrator roles only."""
-    if not READ_PERMISSIONS & set(permissions):
-        raise PermissionDenied(
-            f"reading API logs and the audit trail needs the {QA_PERMISSION} or {ADMIN_PERMISSION} permission",
-            permission=QA_PERMISSION,
-        )
-
-
-def log_of(actor_org: str, permissions: Iterable[str], *, platform: bool) -> str:
-    """Whose request log a reader reads: the platform log (platform operators only) or the
-    reader's own organisation's (QA or administrator roles)."""
-    if not platform:
-        require_reader(permissions)
-        return actor_org
-    if PLATFORM_PERMISSION not in set(permissions):
-        raise PermissionDenied(
-            f"the platform log holds requests of no organisation: reading it needs the {PLATFORM_PERMISSION} "
-            "permission of the platform's operators", permission=PLATFORM_PERMISSION,
-        )
-    return PLATFORM_LOG
 
 
 def clean(value: str, limit: int | None = None) -> str:

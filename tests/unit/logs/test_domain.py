@@ -10,6 +10,7 @@ import pytest
 
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
 from services.kit.errors import InvalidArgument, PermissionDenied
+from services.logs.application.access import log_of, require_reader
 from services.logs.domain.model import (
     PLATFORM_LOG,
     AuditRecord,
@@ -23,9 +24,7 @@ from services.logs.domain.model import (
     append,
     decode_audit_key,
     empty_head,
-    log_of,
     page_size,
-    require_reader,
 )
 from services.logs.domain.review import (
     FLAG_FINANCIAL,
