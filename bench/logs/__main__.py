@@ -41,11 +41,15 @@ from services.kit.auth import QA_PERMISSION, Actor
 from services.kit.bus import ensure_streams
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.natsproc import NatsServer
-from services.logs.adapters.consumers import APILOG_FETCH_BYTES, BatchConsumer, decode_requests
-from services.logs.domain.model import ApiRequest, RequestFilter, StatusFilter
-from services.logs.application.handlers import LogsHandlers
+from services.logs.adapters.consumers import (
+    APILOG_FETCH_BYTES,
+    BatchConsumer,
+    decode_requests,
+)
 from services.logs.adapters.store import LogsRepository, units_of_work
 from services.logs.application.commands import QueryRequests
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import ApiRequest, RequestFilter, StatusFilter
 from tests.support.postgres import PostgresServer
 
 ORG = "org_bench"

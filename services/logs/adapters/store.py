@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from sqlalchemy import (
     JSON,
@@ -43,7 +43,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import CursorResult, RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.base import ColumnCollection
@@ -391,7 +391,9 @@ class LogsRepository:
         """Delete at most `limit` of the organisation's requests older than `cutoff`; returns how many went."""
         t = api_requests
         oldest = select(t.c.org_id, t.c.request_id, t.c.ts).where(t.c.org_id == org_id, t.c.ts < cutoff).limit(limit)
-        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
+        # A DELETE's result is a CursorResult (its rowcount); execute() is typed for any statement.
+        result = cast("CursorResult[Any]", await session.execute(
+            delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
         return int(result.rowcount or 0)
 
     async def oldest_kept(self, session: AsyncSession, org_id: str, keep: int) -> Cursor | None:
@@ -411,7 +413,9 @@ class LogsRepository:
                   .where(t.c.org_id == org_id, tuple_(t.c.ts, t.c.request_id) <= tuple_(
                       literal(last.timestamp, UTCDateTime()), literal(last.request_id, String())))
                   .order_by(t.c.ts, t.c.request_id).limit(limit))
-        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
+        # A DELETE's result is a CursorResult (its rowcount); execute() is typed for any statement.
+        result = cast("CursorResult[Any]", await session.execute(
+            delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
         return int(result.rowcount or 0)
 
     # --- the audit trail ------------------------------------------------------------------
@@ -430,13 +434,14 @@ class LogsRepository:
         query = select(c.c.count, c.c.last_seq, c.c.head_mac).where(c.c.org_id == org_id)
         if self.postgres:
             query = query.with_for_update()
-        row = (await session.execute(query)).one()
-        return ChainHead(org_id, row.count, row.last_seq, row.head_mac)
+        row = (await session.execute(query)).mappings().one()
+        return ChainHead(org_id, row["count"], row["last_seq"], row["head_mac"])
 
     async def chain_head(self, session: AsyncSession, org_id: str) -> ChainHead | None:
         c = audit_chains
-        row = (await session.execute(select(c.c.count, c.c.last_seq, c.c.head_mac).where(c.c.org_id == org_id))).first()
-        return ChainHead(org_id, row.count, row.last_seq, row.head_mac) if row else None
+        row = (await session.execute(select(c.c.count, c.c.last_seq, c.c.head_mac)
+                                     .where(c.c.org_id == org_id))).mappings().first()
+        return ChainHead(org_id, row["count"], row["last_seq"], row["head_mac"]) if row else None
 
     async def save_chain(self, session: AsyncSession, head: ChainHead, now: dt.datetime) -> None:
         c = audit_chains

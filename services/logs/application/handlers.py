@@ -37,7 +37,13 @@ from services.logs.domain.model import (
     empty_head,
     page_size,
 )
-from services.logs.domain.review import WINDOW_DAYS, IntegrationFacts, Review, Usage, review
+from services.logs.domain.review import (
+    WINDOW_DAYS,
+    IntegrationFacts,
+    Review,
+    Usage,
+    review,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +124,17 @@ class LogsHandlers:
             orgs = await uow.requests.request_orgs()
         total = 0
         for org in orgs:
-            total += await self._in_batches(
-                lambda uow, org=org: uow.requests.delete_requests_before(org, cutoff, limit=batch), batch)
+            total += await self._in_batches(self._older_than(org, cutoff, batch), batch)
         async with self._uow() as uow:
             last = await uow.requests.oldest_kept(PLATFORM_LOG, platform_max_rows)
         if last is not None:
             total += await self._in_batches(
                 lambda uow: uow.requests.delete_requests_through(PLATFORM_LOG, last, limit=batch), batch)
         return total
+
+    @staticmethod
+    def _older_than(org: str, cutoff: dt.datetime, batch: int) -> Callable[[LogsUnitOfWork], Awaitable[int]]:
+        return lambda uow: uow.requests.delete_requests_before(org, cutoff, limit=batch)
 
     async def _in_batches(self, delete: Callable[[LogsUnitOfWork], Awaitable[int]], batch: int) -> int:
         total = 0

@@ -15,7 +15,13 @@ from typing import Protocol
 
 from services.kit.uow import UnitOfWork
 from services.logs.application.commands import QueryAudit
-from services.logs.domain.model import ApiRequest, AuditEntry, ChainHead, Cursor, RequestFilter
+from services.logs.domain.model import (
+    ApiRequest,
+    AuditEntry,
+    ChainHead,
+    Cursor,
+    RequestFilter,
+)
 from services.logs.domain.review import IntegrationFacts, Usage
 
 

@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 from services.kit.errors import InvalidArgument
 
@@ -94,13 +95,13 @@ class ApiRequest:
     repeats: int = 1
 
     @classmethod
-    def normalised(cls, **values: object) -> "ApiRequest":
+    def normalised(cls, **values: Any) -> "ApiRequest":
         """A record with every text field cleaned and cut to its column."""
         for name, limit in LIMITS.items():
             if name in values:
                 values[name] = clean(str(values[name]), limit)
         values["method"] = str(values.get("method", "")).upper()
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -266,12 +267,12 @@ class AuditRecord:
     request_id: str
 
     @classmethod
-    def normalised(cls, **values: object) -> "AuditRecord":
+    def normalised(cls, **values: Any) -> "AuditRecord":
         for name, value in values.items():
             if isinstance(value, str):
                 values[name] = clean(value, LIMITS.get(name))
-        values["occurred_at"] = _micro(values["occurred_at"])  # type: ignore[arg-type]
-        return cls(**values)  # type: ignore[arg-type]
+        values["occurred_at"] = _micro(values["occurred_at"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

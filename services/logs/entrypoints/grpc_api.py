@@ -18,6 +18,8 @@ from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, timestamp_or_none, to_datetime
+from services.logs.application import commands
+from services.logs.application.handlers import LogsHandlers
 from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
@@ -25,8 +27,6 @@ from services.logs.domain.model import (
     RequestFilter,
     StatusFilter,
 )
-from services.logs.application import commands
-from services.logs.application.handlers import LogsHandlers
 from services.logs.domain.review import Review
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Logs"].full_name

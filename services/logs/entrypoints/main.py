@@ -119,7 +119,7 @@ async def bootstrap(settings: LogsProcessSettings, *, address: str | None = None
             _bigger_sqlite_cache(db.engine)
         handlers = LogsHandlers(units_of_work(db.sessions, LogsRepository(postgres=not db.sqlite)), audit_key)
         bus = await build.nats()
-        consumers = [
+        consumers: list[BatchConsumer[Any]] = [
             BatchConsumer(bus.nc, subject="trellis.integration.>", stream="TRELLIS", durable=durables.integrations,
                           decode=single(decode_integration), store=handlers.apply_integrations, batch=min(batch, 200)),
             BatchConsumer(bus.nc, subject="trellis.audit.>", stream="TRELLIS", durable=durables.audit,
@@ -136,7 +136,9 @@ async def bootstrap(settings: LogsProcessSettings, *, address: str | None = None
                                         interval=settings.logs_retention_interval_seconds,
                                         platform_max_rows=settings.logs_platform_max_rows), "retention task")
         servicer = LogsServicer(handlers)
-        return build.serve(lambda server: logs_pb2_grpc.add_LogsServicer_to_server(servicer, server), [SERVICE_NAME])
+        return build.serve(
+            lambda server: logs_pb2_grpc.add_LogsServicer_to_server(servicer, server),  # type: ignore[no-untyped-call]  # grpc stubs are untyped
+            [SERVICE_NAME])
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import InvalidArgument
-from services.logs.domain.model import AuditRecord, Problem
-from services.logs.application.handlers import LogsHandlers
 from services.logs.adapters.store import LogsRepository, units_of_work
 from services.logs.application.commands import QueryAudit, VerifyAudit
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import AuditRecord, Problem
 
 T0 = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.timezone.utc)
 KEY = b"a" * 32

@@ -13,13 +13,23 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, Actor
+from services.kit.auth import (
+    ADMIN_PERMISSION,
+    PLATFORM_PERMISSION,
+    QA_PERMISSION,
+    Actor,
+)
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import NotFound, PermissionDenied
-from services.logs.domain.model import ApiRequest, Cursor, RequestFilter, StatusFilter
-from services.logs.application.handlers import LogsHandlers
-from services.logs.adapters.store import LogsRepository, api_requests, metadata, units_of_work
+from services.logs.adapters.store import (
+    LogsRepository,
+    api_requests,
+    metadata,
+    units_of_work,
+)
 from services.logs.application.commands import GetRequest, QueryRequests
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import ApiRequest, Cursor, RequestFilter, StatusFilter
 
 T0 = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.timezone.utc)
 KEY = b"k" * 32
