@@ -186,7 +186,9 @@ async def bulk_load(url: str, n: int) -> None:
                              "AND sql IS NOT NULL").fetchall()
         for name, _ in indexes:
             db.execute(f"DROP INDEX {name}")
-        db.executemany("INSERT INTO api_requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        # `repeats` (migration 0003) takes its default, 1, as in the PostgreSQL COPY below.
+        db.executemany("INSERT INTO api_requests (org_id, request_id, ts, integration_id, method, endpoint, status, "
+                       "duration_ms, ip, error_code, scope_category) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                        ((*r[:2], _sqlite_ts(r[2]), *r[3:]) for r in rows))
         for _, sql in indexes:
             db.execute(sql)
