@@ -21,6 +21,7 @@ from services.kit.auth import (
 )
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import NotFound, PermissionDenied
+from services.kit.uow import WriteConflict
 from services.logs.adapters.store import (
     LogsRepository,
     api_requests,
@@ -29,7 +30,15 @@ from services.logs.adapters.store import (
 )
 from services.logs.application.commands import GetRequest, QueryRequests
 from services.logs.application.handlers import LogsHandlers
-from services.logs.domain.model import ApiRequest, Cursor, RequestFilter, StatusFilter
+from services.logs.domain.model import (
+    ApiRequest,
+    AuditRecord,
+    Cursor,
+    RequestFilter,
+    StatusFilter,
+    append,
+    empty_head,
+)
 
 T0 = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.timezone.utc)
 KEY = b"k" * 32
@@ -245,3 +254,25 @@ async def test_a_rarely_matching_search_is_bounded_per_page_yet_finds_every_matc
                 break
             token = page.next_cursor.encode()
         assert found == expected and pages == 11  # ten windows of ten rows, then the end of the log
+
+
+async def test_a_unit_left_without_commit_writes_nothing_and_a_refused_write_is_a_conflict(
+    engine: AsyncEngine, repo: LogsRepository
+) -> None:
+    units = units_of_work(session_factory(engine), repo)
+    async with units() as uow:
+        await uow.requests.add_requests([request(1)])
+    assert await count(engine) == 0
+    record = AuditRecord.normalised(event_id="evt_1", occurred_at=T0, service="registry", org_id="org_a",
+                                    actor_id="alice", action="integration.updated", object_type="integration",
+                                    object_id="int_a", before_json="{}", after_json="{}", reason="", request_id="")
+    entry, _ = append(KEY, empty_head(KEY, "org_a"), record, T0)
+    async with units() as uow:
+        await uow.audit.add_audit_entries([entry])
+        await uow.commit()
+    with pytest.raises(WriteConflict):  # the same event again: the unique event id refuses it
+        async with units() as uow:
+            await uow.requests.add_requests([request(2)])
+            await uow.audit.add_audit_entries([dataclasses.replace(entry, seq=2)])
+            await uow.commit()
+    assert await count(engine) == 0
