@@ -8,7 +8,7 @@ Ingest: `--ingest` ApiRequestLogged records are published to a fresh nats-server
 stream first, as the edge publishes them: through the edge's own ApiLogPublisher (batches of
 up to 500 records, one `apilog.batch` message each); with `--per-record`, one message per
 record on `apilog.request` (the path the edge used before batching). Then the logs service's
-own consumer (BatchConsumer + LogsHandlers as wired in services.logs.main: fetches of up to
+own consumer (BatchConsumer + LogsHandlers as wired in services.logs.entrypoints.main: fetches of up to
 2,000 messages and APILOG_FETCH_BYTES, one INSERT and one commit per fetch, ack after commit)
 drains them into a migrated, empty database. The bare insert writes the same decoded rows with
 the same repository call, in batches of the size the consumer committed on average, into
@@ -41,10 +41,15 @@ from services.kit.auth import QA_PERMISSION, Actor
 from services.kit.bus import ensure_streams
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.natsproc import NatsServer
-from services.logs.consumers import APILOG_FETCH_BYTES, BatchConsumer, decode_requests
-from services.logs.domain import ApiRequest, RequestFilter, StatusFilter
-from services.logs.handlers import LogsHandlers
-from services.logs.store import LogsRepository
+from services.logs.adapters.consumers import (
+    APILOG_FETCH_BYTES,
+    BatchConsumer,
+    decode_requests,
+)
+from services.logs.adapters.store import LogsRepository, units_of_work
+from services.logs.application.commands import QueryRequests
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import ApiRequest, RequestFilter, StatusFilter
 from tests.support.postgres import PostgresServer
 
 ORG = "org_bench"
@@ -122,7 +127,7 @@ async def publish(url: str, rows: list[tuple], *, per_record: bool) -> int:  # t
 async def fresh_handlers(url: str) -> tuple[LogsHandlers, Callable[[], object]]:
     await migrate_async("logs", url)
     engine = create_engine(url)
-    return LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32), engine.dispose
+    return LogsHandlers(units_of_work(session_factory(engine), LogsRepository(postgres=not is_sqlite(url))), b"b" * 32), engine.dispose
 
 
 async def ingest_rate(nats_url: str, url: str, n: int, durable: str) -> tuple[float, int]:
@@ -181,7 +186,9 @@ async def bulk_load(url: str, n: int) -> None:
                              "AND sql IS NOT NULL").fetchall()
         for name, _ in indexes:
             db.execute(f"DROP INDEX {name}")
-        db.executemany("INSERT INTO api_requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        # `repeats` (migration 0003) takes its default, 1, as in the PostgreSQL COPY below.
+        db.executemany("INSERT INTO api_requests (org_id, request_id, ts, integration_id, method, endpoint, status, "
+                       "duration_ms, ip, error_code, scope_category) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                        ((*r[:2], _sqlite_ts(r[2]), *r[3:]) for r in rows))
         for _, sql in indexes:
             db.execute(sql)
@@ -225,7 +232,7 @@ def filters(rng: random.Random) -> dict[str, Callable[[], RequestFilter]]:
 
 async def query_latencies(url: str, queries: int) -> dict[str, tuple[float, float]]:
     engine = create_engine(url)
-    handlers = LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), b"b" * 32)
+    handlers = LogsHandlers(units_of_work(session_factory(engine), LogsRepository(postgres=not is_sqlite(url))), b"b" * 32)
     actor = Actor("bench", ORG, frozenset({QA_PERMISSION}))
     rng = random.Random(11)
     results = {}
@@ -236,7 +243,7 @@ async def query_latencies(url: str, queries: int) -> dict[str, tuple[float, floa
         for _ in range(queries):
             f = make()
             started = time.perf_counter()
-            await handlers.query_requests(actor, f, size=50)
+            await handlers.query_requests(actor, QueryRequests(f, page_size=50))
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
         results[name] = (statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)])

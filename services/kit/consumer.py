@@ -1,6 +1,6 @@
 """A durable JetStream pull consumer that hands each fetched batch to a handler: the loop every
 service's event consumer shares (identity's and webhooks'; the logs service pulls on its own
-inbox for throughput, services/logs/consumers.py).
+inbox for throughput, services/logs/adapters/consumers.py).
 
 Acks are the handler's: it acks each message after its own commit, naks to have it redelivered,
 or terms what can never be applied. The loop keeps fetching through a NATS outage and stops by

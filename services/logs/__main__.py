@@ -1,3 +1,3 @@
-from services.logs.main import main
+from services.logs.entrypoints.main import main
 
 main()

@@ -23,10 +23,10 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as wpb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from tests.support.settings import Settings
-from services.logs.consumers import Durables
-from services.logs.main import bootstrap as logs_bootstrap
+from services.logs.adapters.consumers import Durables
+from services.logs.entrypoints.main import bootstrap as logs_bootstrap
 from services.webhooks.entrypoints.main import bootstrap as webhooks_bootstrap
+from tests.support.settings import Settings
 from tests.integration.webhooks.receiver import Tls
 
 # Attempt 2 0.2 s after attempt 1, then 0.3, 0.4, 0.5: five attempts within about two seconds.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAPED = ("registry", "identity", "webhooks", "edge")
+SHAPED = ("registry", "identity", "webhooks", "logs", "edge")
 IO_LIBRARIES = ("sqlalchemy", "alembic", "grpc", "grpc_health", "nats", "aiohttp", "opentelemetry")
 OTHER_SERVICES = ("identity", "registry", "webhooks", "logs", "edge", "cli", "console")
 

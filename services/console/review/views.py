@@ -1,7 +1,7 @@
 """The quarterly review as a page and a file: the spec's checklist answered from the report's
 flags, each integration's line, and the CSV `trellis review --format csv` writes for the same
 report (tests/integration/console/test_review_pages.py holds the two together). Presentation
-only: the figures and flags are the logs service's (services/logs/review.py)."""
+only: the figures and flags are the logs service's (services/logs/domain/review.py)."""
 
 from __future__ import annotations
 

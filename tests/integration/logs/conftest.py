@@ -20,8 +20,8 @@ from services.kit.bus import ensure_streams
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
 from services.kit.settings import Settings
-from services.logs.consumers import Durables
-from services.logs.main import bootstrap
+from services.logs.adapters.consumers import Durables
+from services.logs.entrypoints.main import bootstrap
 from tests.support.services import channel_to
 
 

@@ -16,8 +16,8 @@ from services.edge.adapters.apilog import ApiLogPublisher
 from services.kit.auth import QA_PERMISSION
 from services.kit.bus import ensure_streams
 from services.kit.natsproc import NatsServer
-from services.logs.consumers import BatchConsumer, decode_requests
-from services.logs.domain import ApiRequest
+from services.logs.adapters.consumers import BatchConsumer, decode_requests
+from services.logs.domain.model import ApiRequest
 from tests.integration.logs.conftest import (
     LogsRunner,
     publish_batch,

@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import InvalidArgument
-from services.logs.domain import AuditRecord, Problem
-from services.logs.handlers import LogsHandlers
-from services.logs.store import AuditQuery, LogsRepository
+from services.logs.adapters.store import LogsRepository, units_of_work
+from services.logs.application.commands import QueryAudit, VerifyAudit
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import AuditRecord, Problem
 
 T0 = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.timezone.utc)
 KEY = b"a" * 32
@@ -35,7 +36,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 def handlers(engine: AsyncEngine, database_url: str) -> LogsHandlers:
-    return LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(database_url)), KEY,
+    return LogsHandlers(units_of_work(session_factory(engine), LogsRepository(postgres=not is_sqlite(database_url))), KEY,
                         clock=lambda: T0 + dt.timedelta(minutes=5))
 
 
@@ -68,7 +69,7 @@ async def test_an_untouched_chain_verifies(handlers: LogsHandlers) -> None:
 async def test_each_event_is_stored_once_in_the_order_it_arrived(handlers: LogsHandlers) -> None:
     await six_entries(handlers)
     assert await handlers.record_audit([record(3), record(7), record(7), record(2), record(8)]) == 2
-    entries, _ = await handlers.query_audit(ACTOR, AuditQuery(), size=50)
+    entries, _ = await handlers.query_audit(ACTOR, QueryAudit(page_size=50))
     assert [e.event_id for e in reversed(entries)] == [f"evt_{ORG}_{i}" for i in range(1, 9)]
     assert [e.seq for e in reversed(entries)] == list(range(1, 9))
     assert (await handlers.verify_audit(ACTOR)).finding is None
@@ -77,19 +78,19 @@ async def test_each_event_is_stored_once_in_the_order_it_arrived(handlers: LogsH
 async def test_audit_query_filters_by_object_actor_action_and_time(handlers: LogsHandlers) -> None:
     await six_entries(handlers)
     await handlers.record_audit([record(7, action="credentials.revoked")])
-    by_object, _ = await handlers.query_audit(ACTOR, AuditQuery(object_id="int_1"))
+    by_object, _ = await handlers.query_audit(ACTOR, QueryAudit(object_id="int_1"))
     assert [e.seq for e in by_object] == [7, 5, 3, 1]
-    by_actor, _ = await handlers.query_audit(ACTOR, AuditQuery(actor_id="bob"))
+    by_actor, _ = await handlers.query_audit(ACTOR, QueryAudit(actor_id="bob"))
     assert [e.seq for e in by_actor] == [6, 4, 2]
-    by_action, _ = await handlers.query_audit(ACTOR, AuditQuery(action="credentials.revoked"))
+    by_action, _ = await handlers.query_audit(ACTOR, QueryAudit(action="credentials.revoked"))
     assert [e.event_id for e in by_action] == [f"evt_{ORG}_7"]
-    window, _ = await handlers.query_audit(ACTOR, AuditQuery(since=T0 + dt.timedelta(seconds=2),
+    window, _ = await handlers.query_audit(ACTOR, QueryAudit(since=T0 + dt.timedelta(seconds=2),
                                                              until=T0 + dt.timedelta(seconds=4)))
     assert [e.seq for e in window] == [3, 2]
-    first, token = await handlers.query_audit(ACTOR, AuditQuery(), size=4)
-    rest, last = await handlers.query_audit(ACTOR, AuditQuery(), size=4, token=token)
+    first, token = await handlers.query_audit(ACTOR, QueryAudit(page_size=4))
+    rest, last = await handlers.query_audit(ACTOR, QueryAudit(page_size=4, page_token=token))
     assert [e.seq for e in first + rest] == [7, 6, 5, 4, 3, 2, 1] and last == ""
-    others, _ = await handlers.query_audit(dataclasses.replace(ACTOR, org_id="org_other"), AuditQuery())
+    others, _ = await handlers.query_audit(dataclasses.replace(ACTOR, org_id="org_other"), QueryAudit())
     assert others == []
 
 
@@ -167,7 +168,7 @@ async def test_a_truncation_that_also_rewrote_the_head_is_caught_by_a_checkpoint
               f"UPDATE audit_chains SET count = 4, last_seq = 4, head_mac = (SELECT mac FROM audit_entries "
               f"WHERE org_id = '{ORG}' AND seq = 4) WHERE org_id = '{ORG}'")
     assert (await handlers.verify_audit(ACTOR)).finding is None  # consistent in the database alone
-    finding = (await handlers.verify_audit(ACTOR, checkpoint)).finding
+    finding = (await handlers.verify_audit(ACTOR, VerifyAudit(checkpoint))).finding
     assert finding is not None and (finding.problem, finding.seq) == (Problem.TRUNCATED, 5)
 
 
@@ -175,7 +176,7 @@ async def test_entries_after_a_checkpoint_still_verify_against_it(handlers: Logs
     await six_entries(handlers)
     checkpoint = await handlers.checkpoint(ACTOR)
     await handlers.record_audit([record(i) for i in range(7, 10)])
-    result = await handlers.verify_audit(ACTOR, checkpoint)
+    result = await handlers.verify_audit(ACTOR, VerifyAudit(checkpoint))
     assert result.finding is None and result.verified == 9
 
 
@@ -183,7 +184,7 @@ async def test_a_forged_checkpoint_is_refused(handlers: LogsHandlers) -> None:
     await six_entries(handlers)
     checkpoint = await handlers.checkpoint(ACTOR)
     with pytest.raises(InvalidArgument):
-        await handlers.verify_audit(ACTOR, dataclasses.replace(checkpoint, last_seq=3, count=3))
+        await handlers.verify_audit(ACTOR, VerifyAudit(dataclasses.replace(checkpoint, last_seq=3, count=3)))
 
 
 async def test_concurrent_writers_keep_one_unbroken_chain(engine: AsyncEngine, database_url: str) -> None:
@@ -191,7 +192,7 @@ async def test_concurrent_writers_keep_one_unbroken_chain(engine: AsyncEngine, d
     second = create_engine(database_url)
     try:
         writers = [
-            LogsHandlers(session_factory(e), LogsRepository(postgres=not is_sqlite(database_url)), KEY)
+            LogsHandlers(units_of_work(session_factory(e), LogsRepository(postgres=not is_sqlite(database_url))), KEY)
             for e in (engine, second)
         ]
         batches = [[record(b * 10 + i, org=org) for i in range(10)] for b in range(6) for org in (ORG, "org_audit_2")]

@@ -9,7 +9,7 @@ import datetime as dt
 from sqlalchemy import func, insert, select
 
 from services.kit.db import create_engine, migrate_async
-from services.logs.store import api_requests
+from services.logs.adapters.store import api_requests
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 

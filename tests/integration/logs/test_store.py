@@ -13,12 +13,32 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, Actor
+from services.kit.auth import (
+    ADMIN_PERMISSION,
+    PLATFORM_PERMISSION,
+    QA_PERMISSION,
+    Actor,
+)
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory
 from services.kit.errors import NotFound, PermissionDenied
-from services.logs.domain import ApiRequest, Cursor, RequestFilter, StatusFilter
-from services.logs.handlers import LogsHandlers
-from services.logs.store import LogsRepository, api_requests, metadata
+from services.kit.uow import WriteConflict
+from services.logs.adapters.store import (
+    LogsRepository,
+    api_requests,
+    metadata,
+    units_of_work,
+)
+from services.logs.application.commands import GetRequest, QueryRequests
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import (
+    ApiRequest,
+    AuditRecord,
+    Cursor,
+    RequestFilter,
+    StatusFilter,
+    append,
+    empty_head,
+)
 
 T0 = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.timezone.utc)
 KEY = b"k" * 32
@@ -38,7 +58,7 @@ def repo(database_url: str) -> LogsRepository:
 
 
 def handlers_for(engine: AsyncEngine, repo: LogsRepository, now: dt.datetime = T0) -> LogsHandlers:
-    return LogsHandlers(session_factory(engine), repo, KEY, clock=lambda: now)
+    return LogsHandlers(units_of_work(session_factory(engine), repo), KEY, clock=lambda: now)
 
 
 def request(i: int, *, org: str = "org_a", integration: str = "int_a", status: int = 200, seconds: float | None = None,
@@ -87,9 +107,9 @@ async def test_the_same_request_id_in_two_organisations_is_two_rows(engine: Asyn
     theirs = ApiRequest(**{**theirs.__dict__, "request_id": mine.request_id})
     await handlers.record_requests([mine, theirs])
     actor = Actor("qa", "org_a", frozenset({QA_PERMISSION}))
-    assert (await handlers.get_request(actor, mine.request_id)).org_id == "org_a"
+    assert (await handlers.get_request(actor, GetRequest(mine.request_id))).org_id == "org_a"
     with pytest.raises(NotFound):
-        await handlers.get_request(Actor("qa", "org_c", frozenset({QA_PERMISSION})), mine.request_id)
+        await handlers.get_request(Actor("qa", "org_c", frozenset({QA_PERMISSION})), GetRequest(mine.request_id))
 
 
 async def test_pages_are_stable_while_new_requests_arrive(engine: AsyncEngine, repo: LogsRepository) -> None:
@@ -100,7 +120,7 @@ async def test_pages_are_stable_while_new_requests_arrive(engine: AsyncEngine, r
     seen: list[str] = []
     token = ""
     while True:
-        page = await handlers.query_requests(actor, RequestFilter(), size=20, token=token)
+        page = await handlers.query_requests(actor, QueryRequests(RequestFilter(), page_size=20, page_token=token))
         seen += [r.request_id for r in page.records]
         if len(seen) == 20:  # newer requests arriving between pages do not shift later pages
             await handlers.record_requests([request(1000 + i, seconds=-10 - i) for i in range(5)])
@@ -157,12 +177,12 @@ async def test_the_platform_log_keeps_how_many_requests_a_row_stands_for(engine:
     folded = dataclasses.replace(request(1, org="", integration="", error="invalid_api_key", status=401), repeats=7)
     await handlers.record_requests([folded, request(2, org="", integration="")])
     operator = Actor("pat", "org_p", frozenset({PLATFORM_PERMISSION}))
-    page = await handlers.query_requests(operator, RequestFilter(), platform=True)
+    page = await handlers.query_requests(operator, QueryRequests(RequestFilter(), platform=True))
     assert sorted((r.request_id, r.repeats) for r in page.records) == [(folded.request_id, 7), (request(2, org="").request_id, 1)]
-    assert (await handlers.get_request(operator, folded.request_id, platform=True)).repeats == 7
+    assert (await handlers.get_request(operator, GetRequest(folded.request_id, platform=True))).repeats == 7
     with pytest.raises(PermissionDenied):
-        await handlers.query_requests(Actor("qa", "org_a", frozenset({QA_PERMISSION, ADMIN_PERMISSION})), RequestFilter(),
-                                      platform=True)
+        await handlers.query_requests(Actor("qa", "org_a", frozenset({QA_PERMISSION, ADMIN_PERMISSION})),
+                                      QueryRequests(RequestFilter(), platform=True))
 
 
 async def test_each_filter_reads_its_first_page_from_an_index(engine: AsyncEngine, repo: LogsRepository) -> None:
@@ -226,7 +246,7 @@ async def test_a_rarely_matching_search_is_bounded_per_page_yet_finds_every_matc
                         (RequestFilter(endpoint="/crm", status=StatusFilter.parse("error")), [5])):
         found, pages, token = [], 0, ""
         while True:
-            page = await handlers.query_requests(actor, f, size=20, token=token)
+            page = await handlers.query_requests(actor, QueryRequests(f, page_size=20, page_token=token))
             pages += 1
             assert len(page.records) <= 2
             found += [int(r.request_id.rsplit("_", 1)[1]) for r in page.records]
@@ -234,3 +254,25 @@ async def test_a_rarely_matching_search_is_bounded_per_page_yet_finds_every_matc
                 break
             token = page.next_cursor.encode()
         assert found == expected and pages == 11  # ten windows of ten rows, then the end of the log
+
+
+async def test_a_unit_left_without_commit_writes_nothing_and_a_refused_write_is_a_conflict(
+    engine: AsyncEngine, repo: LogsRepository
+) -> None:
+    units = units_of_work(session_factory(engine), repo)
+    async with units() as uow:
+        await uow.requests.add_requests([request(1)])
+    assert await count(engine) == 0
+    record = AuditRecord.normalised(event_id="evt_1", occurred_at=T0, service="registry", org_id="org_a",
+                                    actor_id="alice", action="integration.updated", object_type="integration",
+                                    object_id="int_a", before_json="{}", after_json="{}", reason="", request_id="")
+    entry, _ = append(KEY, empty_head(KEY, "org_a"), record, T0)
+    async with units() as uow:
+        await uow.audit.add_audit_entries([entry])
+        await uow.commit()
+    with pytest.raises(WriteConflict):  # the same event again: the unique event id refuses it
+        async with units() as uow:
+            await uow.requests.add_requests([request(2)])
+            await uow.audit.add_audit_entries([dataclasses.replace(entry, seq=2)])
+            await uow.commit()
+    assert await count(engine) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.console.review.views import CHECKLIST, checklist, headroom, render_csv
 from services.contracts.trellis.logs.v1 import logs_pb2 as pb
-from services.logs.review import FLAGS
+from services.logs.domain.review import FLAGS
 
 
 def test_every_flag_of_the_service_answers_a_question() -> None:

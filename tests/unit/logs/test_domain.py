@@ -10,7 +10,8 @@ import pytest
 
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
 from services.kit.errors import InvalidArgument, PermissionDenied
-from services.logs.domain import (
+from services.logs.application.access import log_of, require_reader
+from services.logs.domain.model import (
     PLATFORM_LOG,
     AuditRecord,
     ChainHead,
@@ -23,11 +24,9 @@ from services.logs.domain import (
     append,
     decode_audit_key,
     empty_head,
-    log_of,
     page_size,
-    require_reader,
 )
-from services.logs.review import (
+from services.logs.domain.review import (
     FLAG_FINANCIAL,
     FLAG_OLD_CREDENTIALS,
     FLAG_ONE_NETWORK,

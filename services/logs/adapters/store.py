@@ -1,4 +1,6 @@
-"""The logs service's tables, and the repository that maps their rows to domain objects.
+"""The logs service's tables, the repository that maps their rows to domain objects, and the
+logs unit of work over them (application.ports.LogsUnitOfWork: SqlLogsUnitOfWork, whose
+repositories are `LogsRepository` bound to the unit's session).
 
 - `api_requests`: one row per partner request, keyed by (org, request id) so a record that
   arrives twice is stored once. Rows with no organisation (`org_id` = '') are the platform log
@@ -18,8 +20,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self, cast
 
 from sqlalchemy import (
     JSON,
@@ -40,22 +43,25 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import CursorResult, RowMapping
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.base import ColumnCollection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, KeyedColumnElement
 
 from services.kit.db import UTCDateTime, new_metadata
 from services.kit.outbox import outbox_table
-from services.logs.domain import (
+from services.kit.sqluow import SqlUnitOfWork
+from services.logs.application.commands import QueryAudit
+from services.logs.application.ports import RequestPage
+from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
     ChainHead,
     Cursor,
     RequestFilter,
 )
-from services.logs.review import (
+from services.logs.domain.review import (
     READ_METHODS,
     REFUSED_CODES,
     IntegrationFacts,
@@ -154,12 +160,6 @@ _REQUEST_COLUMNS = ("org_id", "request_id", "ts", "integration_id", "method", "e
                     "ip", "error_code", "scope_category", "repeats")
 
 
-@dataclass(frozen=True)
-class RequestPage:
-    records: list[ApiRequest]
-    next_cursor: Cursor | None
-
-
 def _request_row(r: ApiRequest) -> dict[str, object]:
     return {"org_id": r.org_id, "request_id": r.request_id, "ts": r.timestamp, "integration_id": r.integration_id,
             "method": r.method, "endpoint": r.endpoint, "status": r.status, "duration_ms": r.duration_ms, "ip": r.ip,
@@ -199,6 +199,17 @@ def _request(row: RowMapping, names: dict[str, str]) -> ApiRequest:
     )
 
 
+@dataclass
+class _Tally:
+    """What `usage` counts of one integration, as its queries come back."""
+
+    requests: int = 0
+    errors: int = 0
+    peak: int = 0
+    exercised: set[str] = field(default_factory=set)
+    ips: list[str] = field(default_factory=list)
+
+
 def _audit_row(e: AuditEntry) -> dict[str, object]:
     return {"org_id": e.org_id, "seq": e.seq, "event_id": e.event_id, "occurred_at": e.occurred_at,
             "recorded_at": e.recorded_at, "service": e.service, "actor_id": e.actor_id, "action": e.action,
@@ -218,16 +229,6 @@ def _facts(row: RowMapping) -> IntegrationFacts:
         ip_allowlist=tuple(row["ip_allowlist"] or ()), credentials_issued_at=row["credentials_issued_at"],
         version=row["version"], updated_at=row["updated_at"],
     )
-
-
-@dataclass(frozen=True)
-class AuditQuery:
-    object_type: str = ""
-    object_id: str = ""
-    actor_id: str = ""
-    action: str = ""
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
 
 
 class LogsRepository:
@@ -278,7 +279,7 @@ class LogsRepository:
                               < tuple_(literal(after.timestamp, UTCDateTime()), literal(after.request_id, String())))
         return conditions
 
-    def _scanned(self, f: RequestFilter, c: ColumnCollection) -> list[ColumnElement[bool]]:  # type: ignore[type-arg]
+    def _scanned(self, f: RequestFilter, c: ColumnCollection[str, KeyedColumnElement[Any]]) -> list[ColumnElement[bool]]:
         """What is checked row by row: a status range, the endpoint substring."""
         conditions: list[ColumnElement[bool]] = []
         if f.status is not None and not f.status.exact:
@@ -298,7 +299,7 @@ class LogsRepository:
         """Whether `f` has a condition checked row by row."""
         return bool(f.endpoint) or (f.status is not None and not f.status.exact)
 
-    def request_query(self, org_id: str, f: RequestFilter, *, after: Cursor | None = None) -> Select:  # type: ignore[type-arg]
+    def request_query(self, org_id: str, f: RequestFilter, *, after: Cursor | None = None) -> Select[Any]:
         """Every request of the organisation matching `f`, newest first (see the module doc)."""
         t = api_requests
         return (select(*(t.c[c] for c in _REQUEST_COLUMNS))
@@ -306,7 +307,7 @@ class LogsRepository:
                 .order_by(t.c.ts.desc(), t.c.request_id.desc()))
 
     def page_query(self, org_id: str, f: RequestFilter, *, size: int, after: Cursor | None = None,
-                   search_end: Cursor | None = None) -> Select:  # type: ignore[type-arg]
+                   search_end: Cursor | None = None) -> Select[Any]:
         """One page. With a condition checked row by row, only the next `scan_window` rows the
         indexes yield are searched, so a filter that rarely matches costs a bounded scan per
         page rather than a walk through the whole log. PostgreSQL bounds the search with a
@@ -390,8 +391,10 @@ class LogsRepository:
         """Delete at most `limit` of the organisation's requests older than `cutoff`; returns how many went."""
         t = api_requests
         oldest = select(t.c.org_id, t.c.request_id, t.c.ts).where(t.c.org_id == org_id, t.c.ts < cutoff).limit(limit)
-        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        # A DELETE's result is a CursorResult (its rowcount); execute() is typed for any statement.
+        result = cast("CursorResult[Any]", await session.execute(
+            delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
+        return int(result.rowcount or 0)
 
     async def oldest_kept(self, session: AsyncSession, org_id: str, keep: int) -> Cursor | None:
         """The newest row beyond the organisation's `keep` newest (None when it has no more than
@@ -410,8 +413,10 @@ class LogsRepository:
                   .where(t.c.org_id == org_id, tuple_(t.c.ts, t.c.request_id) <= tuple_(
                       literal(last.timestamp, UTCDateTime()), literal(last.request_id, String())))
                   .order_by(t.c.ts, t.c.request_id).limit(limit))
-        result = await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest)))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        # A DELETE's result is a CursorResult (its rowcount); execute() is typed for any statement.
+        result = cast("CursorResult[Any]", await session.execute(
+            delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
+        return int(result.rowcount or 0)
 
     # --- the audit trail ------------------------------------------------------------------
 
@@ -429,13 +434,14 @@ class LogsRepository:
         query = select(c.c.count, c.c.last_seq, c.c.head_mac).where(c.c.org_id == org_id)
         if self.postgres:
             query = query.with_for_update()
-        row = (await session.execute(query)).one()
-        return ChainHead(org_id, row.count, row.last_seq, row.head_mac)
+        row = (await session.execute(query)).mappings().one()
+        return ChainHead(org_id, row["count"], row["last_seq"], row["head_mac"])
 
     async def chain_head(self, session: AsyncSession, org_id: str) -> ChainHead | None:
         c = audit_chains
-        row = (await session.execute(select(c.c.count, c.c.last_seq, c.c.head_mac).where(c.c.org_id == org_id))).first()
-        return ChainHead(org_id, row.count, row.last_seq, row.head_mac) if row else None
+        row = (await session.execute(select(c.c.count, c.c.last_seq, c.c.head_mac)
+                                     .where(c.c.org_id == org_id))).mappings().first()
+        return ChainHead(org_id, row["count"], row["last_seq"], row["head_mac"]) if row else None
 
     async def save_chain(self, session: AsyncSession, head: ChainHead, now: dt.datetime) -> None:
         c = audit_chains
@@ -453,7 +459,7 @@ class LogsRepository:
         if entries:
             await session.execute(audit_entries.insert(), [_audit_row(e) for e in entries])
 
-    async def query_audit(self, session: AsyncSession, org_id: str, q: AuditQuery, *, size: int,
+    async def query_audit(self, session: AsyncSession, org_id: str, q: QueryAudit, *, size: int,
                           before_seq: int | None = None) -> list[AuditEntry]:
         a = audit_entries
         conditions: list[ColumnElement[bool]] = [a.c.org_id == org_id]
@@ -526,16 +532,14 @@ class LogsRepository:
             select(t.c.integration_id, func.count(), func.sum(case((t.c.status >= 400, 1), else_=0)))
             .where(*window).group_by(t.c.integration_id)
         )
-        found: dict[str, dict[str, object]] = {
-            iid: {"requests": int(n), "errors": int(errors or 0)} for iid, n, errors in totals.all()
-        }
+        found: dict[str, _Tally] = {iid: _Tally(int(n), int(errors or 0)) for iid, n, errors in totals.all()}
 
         minute = func.date_trunc("minute", t.c.ts) if self.postgres else func.substr(t.c.ts, 1, 16)
         per_minute = (select(t.c.integration_id.label("iid"), func.count().label("n"))
                       .where(*window).group_by(t.c.integration_id, minute).subquery())
         peaks = await session.execute(select(per_minute.c.iid, func.max(per_minute.c.n)).group_by(per_minute.c.iid))
         for iid, peak in peaks.all():
-            found.setdefault(iid, {})["peak"] = int(peak)
+            found.setdefault(iid, _Tally()).peak = int(peak)
 
         reads = t.c.method.in_(sorted(READ_METHODS))
         passed = (t.c.scope_category != "") & t.c.status.notin_([401, 403]) & t.c.error_code.notin_(sorted(REFUSED_CODES))
@@ -544,21 +548,15 @@ class LogsRepository:
             .group_by(t.c.integration_id, t.c.scope_category, reads)
         )
         for iid, category, is_read in used.all():
-            entry = found.setdefault(iid, {})
-            scopes = entry.setdefault("exercised", set())
-            scopes.add(exercised_scope(category, "GET" if is_read else "POST"))  # type: ignore[union-attr]
+            found.setdefault(iid, _Tally()).exercised.add(exercised_scope(category, "GET" if is_read else "POST"))
 
         ips = await session.execute(select(t.c.integration_id, t.c.ip).where(*window).group_by(t.c.integration_id, t.c.ip))
         for iid, ip in ips.all():
-            found.setdefault(iid, {}).setdefault("ips", []).append(ip)  # type: ignore[union-attr]
+            found.setdefault(iid, _Tally()).ips.append(ip)
 
         return {
-            iid: Usage(
-                requests=int(v.get("requests", 0)), errors=int(v.get("errors", 0)),  # type: ignore[arg-type]
-                peak_per_minute=int(v.get("peak", 0)),  # type: ignore[arg-type]
-                exercised=frozenset(v.get("exercised", ())),  # type: ignore[arg-type]
-                ips=tuple(v.get("ips", ())),  # type: ignore[arg-type]
-            )
+            iid: Usage(requests=v.requests, errors=v.errors, peak_per_minute=v.peak, exercised=frozenset(v.exercised),
+                       ips=tuple(v.ips))
             for iid, v in found.items()
         }
 
@@ -568,3 +566,104 @@ class LogsRepository:
             select(t.c.ts).where(t.c.org_id == org_id, t.c.integration_id == integration_id)
             .order_by(t.c.ts.desc(), t.c.request_id.desc()).limit(1)
         )).scalar_one_or_none()
+
+
+class SessionLogs:
+    """`LogsRepository` bound to one unit's session: the request log, the audit trail and the
+    integration facts of application.ports, in that unit's transaction."""
+
+    def __init__(self, repo: LogsRepository, session: AsyncSession) -> None:
+        self._repo, self._session = repo, session
+
+    # the request log
+
+    async def add_requests(self, records: Sequence[ApiRequest]) -> None:
+        await self._repo.add_requests(self._session, records)
+
+    async def query_requests(self, org_id: str, f: RequestFilter, *, size: int,
+                             after: Cursor | None = None) -> RequestPage:
+        return await self._repo.query_requests(self._session, org_id, f, size=size, after=after)
+
+    async def count_requests(self, org_id: str, f: RequestFilter) -> int:
+        return await self._repo.count_requests(self._session, org_id, f)
+
+    async def get_request(self, org_id: str, request_id: str) -> ApiRequest | None:
+        return await self._repo.get_request(self._session, org_id, request_id)
+
+    async def request_orgs(self) -> list[str]:
+        return await self._repo.request_orgs(self._session)
+
+    async def delete_requests_before(self, org_id: str, cutoff: dt.datetime, *, limit: int) -> int:
+        return await self._repo.delete_requests_before(self._session, org_id, cutoff, limit=limit)
+
+    async def oldest_kept(self, org_id: str, keep: int) -> Cursor | None:
+        return await self._repo.oldest_kept(self._session, org_id, keep)
+
+    async def delete_requests_through(self, org_id: str, last: Cursor, *, limit: int) -> int:
+        return await self._repo.delete_requests_through(self._session, org_id, last, limit=limit)
+
+    async def usage(self, org_id: str, since: dt.datetime) -> dict[str, Usage]:
+        return await self._repo.usage(self._session, org_id, since)
+
+    async def last_request_at(self, org_id: str, integration_id: str) -> dt.datetime | None:
+        return await self._repo.last_request_at(self._session, org_id, integration_id)
+
+    # the audit trail
+
+    async def lock_chain(self, org_id: str, genesis: ChainHead, now: dt.datetime) -> ChainHead:
+        return await self._repo.lock_chain(self._session, org_id, genesis, now)
+
+    async def chain_head(self, org_id: str) -> ChainHead | None:
+        return await self._repo.chain_head(self._session, org_id)
+
+    async def save_chain(self, head: ChainHead, now: dt.datetime) -> None:
+        await self._repo.save_chain(self._session, head, now)
+
+    async def stored_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        return await self._repo.stored_event_ids(self._session, event_ids)
+
+    async def add_audit_entries(self, entries: Sequence[AuditEntry]) -> None:
+        await self._repo.add_audit_entries(self._session, entries)
+
+    async def query_audit(self, org_id: str, q: QueryAudit, *, size: int,
+                          before_seq: int | None = None) -> list[AuditEntry]:
+        return await self._repo.query_audit(self._session, org_id, q, size=size, before_seq=before_seq)
+
+    async def snapshot(self) -> None:
+        await self._repo.snapshot(self._session)
+
+    def walk_chain(self, org_id: str) -> AsyncIterator[AuditEntry]:
+        return self._repo.walk_chain(self._session, org_id)
+
+    # integrations
+
+    async def upsert_integration(self, facts: IntegrationFacts) -> None:
+        await self._repo.upsert_integration(self._session, facts)
+
+    async def integration_facts(self, org_id: str) -> list[IntegrationFacts]:
+        return await self._repo.integration_facts(self._session, org_id)
+
+
+class SqlLogsUnitOfWork(SqlUnitOfWork):
+    """application.ports.LogsUnitOfWork on one AsyncSession: `requests`, `audit` and
+    `integrations` are `repo` on that session. The logs service publishes nothing: no outbox
+    events, no wait. Like the sessions it replaces it takes no write lock: SQLite serialises
+    its writers itself (busy timeout), PostgreSQL by the chain head's row lock."""
+
+    requests: SessionLogs
+    audit: SessionLogs
+    integrations: SessionLogs
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], repo: LogsRepository) -> None:
+        super().__init__(sessions, outbox_table=outbox)
+        self._repo = repo
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self.requests = self.audit = self.integrations = SessionLogs(self._repo, self.session)
+        return self
+
+
+def units_of_work(sessions: async_sessionmaker[AsyncSession], repo: LogsRepository) -> Callable[[], SqlLogsUnitOfWork]:
+    """A new unit of work per call, as LogsHandlers takes them."""
+    return lambda: SqlLogsUnitOfWork(sessions, repo)

@@ -38,8 +38,8 @@ from nats.js.errors import NotFoundError
 from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.bus import while_electing
 from services.kit.prototime import field_datetime, is_unset, to_datetime
-from services.logs.domain import LIMITS, ApiRequest, AuditRecord, clean
-from services.logs.review import IntegrationFacts
+from services.logs.domain.model import LIMITS, ApiRequest, AuditRecord, clean
+from services.logs.domain.review import IntegrationFacts
 
 log = logging.getLogger(__name__)
 

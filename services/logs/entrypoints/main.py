@@ -1,25 +1,24 @@
 """Wires logs together: database, NATS, the three consumers, the retention task and the gRPC
-server. Nothing here runs at import time."""
+server, through the kit's ServiceBuilder. Nothing here runs at import time;
+`python -m services.logs` runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
-from services.kit.auth import ActorVerifier
-from services.kit.bus import connect, ensure_streams
-from services.kit.db import create_engine, is_sqlite, session_factory
-from services.kit.grpc_server import create_server
-from services.kit.metrics import ServiceMetrics
-from services.kit.service import Cleanup, RunningService, run_main
+from services.kit.builder import ServiceBuilder
+from services.kit.service import RunningService, run_main
 from services.kit.settingcheck import SettingError
-from services.kit.settings import Mode, Settings
-from services.logs.consumers import (
+from services.kit.settings import Mode
+from services.logs.adapters.consumers import (
     APILOG_FETCH_BYTES,
     BatchConsumer,
     Durables,
@@ -28,10 +27,11 @@ from services.logs.consumers import (
     decode_requests,
     single,
 )
-from services.logs.domain import decode_audit_key
-from services.logs.grpc_api import SERVICE_NAME, LogsServicer
-from services.logs.handlers import LogsHandlers
-from services.logs.store import LogsRepository
+from services.logs.adapters.store import LogsRepository, units_of_work
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import decode_audit_key
+from services.logs.entrypoints.grpc_api import SERVICE_NAME, LogsServicer
+from services.logs.entrypoints.settings import LogsProcessSettings
 
 NAME = "logs"
 log = logging.getLogger(__name__)
@@ -42,10 +42,29 @@ SQLITE_CACHE_KIB = 65_536
 
 def _bigger_sqlite_cache(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def _cache(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _cache(dbapi_conn: Any, _record: Any) -> None:  # the DBAPI connection: untyped in SQLAlchemy too
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
+
+
+class ConsumerGroup:
+    """The consumers as one component: started in order (all stopped when one fails to start),
+    stopped at once, so stopping the service waits for the slowest, not for their sum."""
+
+    def __init__(self, consumers: Sequence[BatchConsumer[Any]]) -> None:
+        self._consumers = list(consumers)
+
+    async def start(self) -> None:
+        try:
+            for consumer in self._consumers:
+                await consumer.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self._consumers))
 
 
 class RetentionTask:
@@ -81,7 +100,7 @@ class RetentionTask:
             await asyncio.sleep(self._interval)
 
 
-async def bootstrap(settings: Settings, *, address: str | None = None, durables: Durables | None = None,
+async def bootstrap(settings: LogsProcessSettings, *, address: str | None = None, durables: Durables | None = None,
                     batch: int = 2000) -> RunningService:
     """A ready-to-start logs service; the database must already be migrated.
 
@@ -94,60 +113,33 @@ async def bootstrap(settings: Settings, *, address: str | None = None, durables:
     except ValueError as exc:  # the form is checked with the settings: this is the production refusal
         raise SettingError("TRELLIS_AUDIT_HMAC_KEY", "base64 of at least 32 random bytes outside the embedded mode") from exc
     durables = durables or Durables()
-    cleanups: list[Cleanup] = []
-    metrics = ServiceMetrics(NAME)
-    try:
-        url = settings.database_url(NAME)
-        engine = create_engine(url, echo=settings.database_echo)
-        if is_sqlite(url):
-            _bigger_sqlite_cache(engine)
-        cleanups.append(engine.dispose)
-        handlers = LogsHandlers(session_factory(engine), LogsRepository(postgres=not is_sqlite(url)), audit_key)
-
-        nc = await connect(settings.nats_url, name=f"trellis-{NAME}")
-        cleanups.append(nc.close)
-        js = nc.jetstream()
-        await ensure_streams(js, replicas=settings.nats_stream_replicas)
-
-        consumers = [
-            BatchConsumer(nc, subject="trellis.integration.>", stream="TRELLIS", durable=durables.integrations,
+    async with ServiceBuilder(NAME, settings, address=address) as build:
+        db = build.database()
+        if db.sqlite:
+            _bigger_sqlite_cache(db.engine)
+        handlers = LogsHandlers(units_of_work(db.sessions, LogsRepository(postgres=not db.sqlite)), audit_key)
+        bus = await build.nats()
+        consumers: list[BatchConsumer[Any]] = [
+            BatchConsumer(bus.nc, subject="trellis.integration.>", stream="TRELLIS", durable=durables.integrations,
                           decode=single(decode_integration), store=handlers.apply_integrations, batch=min(batch, 200)),
-            BatchConsumer(nc, subject="trellis.audit.>", stream="TRELLIS", durable=durables.audit,
+            BatchConsumer(bus.nc, subject="trellis.audit.>", stream="TRELLIS", durable=durables.audit,
                           decode=single(decode_audit), store=handlers.record_audit, batch=min(batch, 200)),
-            BatchConsumer(nc, subject="apilog.>", stream="APILOG", durable=durables.apilog,
+            BatchConsumer(bus.nc, subject="apilog.>", stream="APILOG", durable=durables.apilog,
                           decode=decode_requests, store=handlers.record_requests, batch=batch,
                           max_bytes=APILOG_FETCH_BYTES),
         ]
-        async def stop_consumers() -> None:
-            await asyncio.gather(*(c.stop() for c in consumers))
-
-        cleanups.append(stop_consumers)
+        # Started in order and stopped together, each finishing the batch in hand.
+        await build.start(ConsumerGroup(consumers), "consumers")
         for consumer in consumers:
-            await consumer.start()
-            metrics.watch_consumer(js, consumer.stream, consumer.durable)
-
-        retention = RetentionTask(handlers, days=settings.logs_retention_days,
-                                  interval=settings.logs_retention_interval_seconds,
-                                  platform_max_rows=settings.logs_platform_max_rows)
-        retention.start()
-        cleanups.append(retention.stop)
-
+            build.metrics.watch_consumer(bus.js, consumer.stream, consumer.durable)
+        await build.start(RetentionTask(handlers, days=settings.logs_retention_days,
+                                        interval=settings.logs_retention_interval_seconds,
+                                        platform_max_rows=settings.logs_platform_max_rows), "retention task")
         servicer = LogsServicer(handlers)
-        address = address or f"{settings.bind_host}:{settings.listen_port(NAME)}"
-        server, port, health = create_server(
-            address,
-            register=lambda s: logs_pb2_grpc.add_LogsServicer_to_server(servicer, s),
-            service_names=[SERVICE_NAME],
-            verifier=ActorVerifier.from_settings(settings),
-            metrics=metrics,
-        )
-    except BaseException:
-        for cleanup in reversed(cleanups):
-            await cleanup()
-        raise
-    return RunningService(name=NAME, server=server, port=port, health=health, service_names=[SERVICE_NAME],
-                          cleanups=cleanups, metrics=metrics, metrics_address=settings.metrics_address(NAME, address))
+        return build.serve(
+            lambda server: logs_pb2_grpc.add_LogsServicer_to_server(servicer, server),  # type: ignore[no-untyped-call]  # grpc stubs are untyped
+            [SERVICE_NAME])
 
 
 def main() -> None:
-    run_main(NAME, bootstrap)
+    run_main(NAME, bootstrap, LogsProcessSettings)

@@ -18,16 +18,16 @@ from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, timestamp_or_none, to_datetime
-from services.logs.domain import (
+from services.logs.application import commands
+from services.logs.application.handlers import LogsHandlers
+from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
     Checkpoint,
     RequestFilter,
     StatusFilter,
 )
-from services.logs.handlers import LogsHandlers
-from services.logs.review import Review
-from services.logs.store import AuditQuery
+from services.logs.domain.review import Review
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Logs"].full_name
 
@@ -127,22 +127,23 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         self._handlers = handlers
 
     async def QueryRequests(self, request: pb.QueryRequestsRequest, context: grpc.aio.ServicerContext) -> pb.QueryRequestsResponse:
-        page = await self._handlers.query_requests(current_actor(), request_filter(request), size=request.page_size,
-                                                   token=request.page_token, platform=request.platform)
+        query = commands.QueryRequests(request_filter(request), page_size=request.page_size,
+                                       page_token=request.page_token, platform=request.platform)
+        page = await self._handlers.query_requests(current_actor(), query)
         return pb.QueryRequestsResponse(records=[record_message(r) for r in page.records],
                                         next_page_token=page.next_cursor.encode() if page.next_cursor else "")
 
     async def GetRequest(self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext) -> pb.RequestRecord:
-        return record_message(await self._handlers.get_request(current_actor(), request.request_id.strip(),
-                                                               platform=request.platform))
+        query = commands.GetRequest(request.request_id.strip(), platform=request.platform)
+        return record_message(await self._handlers.get_request(current_actor(), query))
 
     async def ExportRequests(self, request: pb.ExportRequestsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
         if request.format not in (pb.EXPORT_FORMAT_UNSPECIFIED, pb.EXPORT_FORMAT_CSV, pb.EXPORT_FORMAT_JSONL):
             raise InvalidArgument(f"unknown export format {request.format}: CSV or JSON Lines", field="format")
         jsonl = request.format == pb.EXPORT_FORMAT_JSONL
         columns = PLATFORM_EXPORT_COLUMNS if request.platform else EXPORT_COLUMNS
-        total, pages = await self._handlers.export_requests(current_actor(), request_filter(request),
-                                                            platform=request.platform)
+        total, pages = await self._handlers.export_requests(
+            current_actor(), commands.ExportRequests(request_filter(request), platform=request.platform))
         first = True
         async for records in pages:
             data = render_jsonl(records, columns=columns) if jsonl else render_csv(records, header=first, columns=columns)
@@ -153,16 +154,16 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
                                  total_rows=total)
 
     async def QueryAudit(self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext) -> pb.QueryAuditResponse:
-        query = AuditQuery(object_type=request.object_type.strip(), object_id=request.object_id.strip(),
-                           actor_id=request.actor_id.strip(), action=request.action.strip(),
-                           since=field_datetime(request, "since"), until=field_datetime(request, "until"))
-        entries, token = await self._handlers.query_audit(current_actor(), query, size=request.page_size,
-                                                          token=request.page_token)
+        query = commands.QueryAudit(object_type=request.object_type.strip(), object_id=request.object_id.strip(),
+                                    actor_id=request.actor_id.strip(), action=request.action.strip(),
+                                    since=field_datetime(request, "since"), until=field_datetime(request, "until"),
+                                    page_size=request.page_size, page_token=request.page_token)
+        entries, token = await self._handlers.query_audit(current_actor(), query)
         return pb.QueryAuditResponse(entries=[audit_message(e) for e in entries], next_page_token=token)
 
     async def VerifyAudit(self, request: pb.VerifyAuditRequest, context: grpc.aio.ServicerContext) -> pb.VerifyAuditResponse:
         checkpoint = checkpoint_from(request.checkpoint) if request.HasField("checkpoint") else None
-        result = await self._handlers.verify_audit(current_actor(), checkpoint)
+        result = await self._handlers.verify_audit(current_actor(), commands.VerifyAudit(checkpoint))
         response = pb.VerifyAuditResponse(intact=result.finding is None, entries_checked=result.verified,
                                           head=checkpoint_message(result.head))
         if result.finding is not None:
@@ -174,7 +175,7 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         return checkpoint_message(await self._handlers.checkpoint(current_actor()))
 
     async def QuarterlyReview(self, request: pb.QuarterlyReviewRequest, context: grpc.aio.ServicerContext) -> pb.QuarterlyReviewResponse:
-        report = await self._handlers.quarterly_review(current_actor(), request.window_days)
+        report = await self._handlers.quarterly_review(current_actor(), commands.QuarterlyReview(request.window_days))
         return pb.QuarterlyReviewResponse(
             generated_at=timestamp_or_none(report.generated_at), window_start=timestamp_or_none(report.window_start),
             window_days=report.window_days,

@@ -1,6 +1,5 @@
-"""The logs service's rules, in plain Python: request-log filters and cursors, who may read,
-the audit chain (HMAC-SHA256 over each entry and the previous entry's MAC), and how a broken
-chain is named.
+"""The logs service's rules, in plain Python: request-log filters and cursors, the audit chain
+(HMAC-SHA256 over each entry and the previous entry's MAC), and how a broken chain is named.
 
 The audit chain is one per organisation. Each entry's MAC is
 `HMAC(key, previous MAC || "\\n" || canonical JSON of the entry)`, the first entry's previous
@@ -18,18 +17,16 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
-from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
-from services.kit.errors import InvalidArgument, PermissionDenied
+from services.kit.errors import InvalidArgument
 
-READ_PERMISSIONS = frozenset({ADMIN_PERMISSION, QA_PERMISSION})
 # The platform log: requests no organisation can be told of (an unknown API key, client or token,
 # no credentials at all, a malformed request). Its rows are those with no organisation; an
 # actor always has one (services.kit.auth refuses a token without), so no organisation's
-# query can reach them.
+# query can reach them (who may read which log: services.logs.application.access).
 PLATFORM_LOG = ""
 
 DEFAULT_PAGE_SIZE = 50
@@ -61,29 +58,6 @@ LIMITS = {
     "error_code": 64, "scope_category": 64, "event_id": 128, "service": 64, "actor_id": 200, "action": 128,
     "object_type": 64, "object_id": 200,
 }
-
-
-def require_reader(permissions: Iterable[str]) -> None:
-    """API logs and the audit trail are readable by QA or administrator roles only."""
-    if not READ_PERMISSIONS & set(permissions):
-        raise PermissionDenied(
-            f"reading API logs and the audit trail needs the {QA_PERMISSION} or {ADMIN_PERMISSION} permission",
-            permission=QA_PERMISSION,
-        )
-
-
-def log_of(actor_org: str, permissions: Iterable[str], *, platform: bool) -> str:
-    """Whose request log a reader reads: the platform log (platform operators only) or the
-    reader's own organisation's (QA or administrator roles)."""
-    if not platform:
-        require_reader(permissions)
-        return actor_org
-    if PLATFORM_PERMISSION not in set(permissions):
-        raise PermissionDenied(
-            f"the platform log holds requests of no organisation: reading it needs the {PLATFORM_PERMISSION} "
-            "permission of the platform's operators", permission=PLATFORM_PERMISSION,
-        )
-    return PLATFORM_LOG
 
 
 def clean(value: str, limit: int | None = None) -> str:
@@ -121,13 +95,13 @@ class ApiRequest:
     repeats: int = 1
 
     @classmethod
-    def normalised(cls, **values: object) -> "ApiRequest":
+    def normalised(cls, **values: Any) -> "ApiRequest":
         """A record with every text field cleaned and cut to its column."""
         for name, limit in LIMITS.items():
             if name in values:
                 values[name] = clean(str(values[name]), limit)
         values["method"] = str(values.get("method", "")).upper()
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -293,12 +267,12 @@ class AuditRecord:
     request_id: str
 
     @classmethod
-    def normalised(cls, **values: object) -> "AuditRecord":
+    def normalised(cls, **values: Any) -> "AuditRecord":
         for name, value in values.items():
             if isinstance(value, str):
                 values[name] = clean(value, LIMITS.get(name))
-        values["occurred_at"] = _micro(values["occurred_at"])  # type: ignore[arg-type]
-        return cls(**values)  # type: ignore[arg-type]
+        values["occurred_at"] = _micro(values["occurred_at"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""How the logs service is reached and started: the gRPC servicer, its settings group, main."""
