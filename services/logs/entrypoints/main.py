@@ -137,7 +137,7 @@ async def bootstrap(settings: LogsProcessSettings, *, address: str | None = None
                                         platform_max_rows=settings.logs_platform_max_rows), "retention task")
         servicer = LogsServicer(handlers)
         return build.serve(
-            lambda server: logs_pb2_grpc.add_LogsServicer_to_server(servicer, server),  # type: ignore[no-untyped-call]  # grpc stubs are untyped
+            lambda server: logs_pb2_grpc.add_LogsServicer_to_server(servicer, server),
             [SERVICE_NAME])
 
 

@@ -10,7 +10,6 @@ import datetime as dt
 import pytest
 
 from services.kit.auth import (
-    ADMIN_PERMISSION,
     PLATFORM_PERMISSION,
     QA_PERMISSION,
     Actor,
