@@ -17,7 +17,7 @@ import grpc
 
 from services.kit.errors import TrellisError
 from services.cli.settings import CliSettings
-from services.kit.settings import Mode, Settings
+from services.kit.settings import KitSettings, Mode
 
 CALL_TIMEOUT_SECONDS = 30.0
 
@@ -132,7 +132,7 @@ class Session:
         self._clients.clear()
 
 
-def actor_token(settings: Settings, *, actor: str, org: str) -> str:
+def actor_token(settings: KitSettings, *, actor: str, org: str) -> str:
     if settings.mode is Mode.EMBEDDED:
         # Signing needs PyJWT and cryptography, which only the embedded mode loads.
         from services.cli.embedded import EmbeddedSecretsMissing, mint_cli_token

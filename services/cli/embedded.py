@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, generate_actor_key
-from services.kit.settings import Settings
+from services.kit.settings import KitSettings
 
 SECRETS_DIR = "secrets"
 PRIVATE_KEY_FILE = "actor_private.pem"
@@ -109,7 +109,7 @@ def write_new_file(path: Path, content: bytes, *, mode: int) -> None:
         os.close(fd)
 
 
-def mint_cli_token(settings: Settings, *, user_id: str, org_id: str,
+def mint_cli_token(settings: KitSettings, *, user_id: str, org_id: str,
                    permissions: tuple[str, ...] = CLI_PERMISSIONS) -> str:
     """An actor token for one CLI invocation, signed with the data directory's local key: the
     claims of services.kit.auth.mint_actor_token, which the services verify."""

@@ -8,12 +8,16 @@ from pydantic import model_validator
 
 from services.console.entrypoints.settings import ConsoleSettings
 from services.edge.entrypoints.settings import EdgeSettings
-from services.kit.settings import Settings
+from services.kit.settings import (KitSettings, LimitSettings, PartnerSettings, SealingSettings, TokenLifetimeSettings,
+                                   WebhookTimeoutSettings)
+from services.logs.entrypoints.settings import LogsSettings
 from services.webhooks.entrypoints.settings import WebhooksSettings
 
 
-class CliSettings(ConsoleSettings, WebhooksSettings, EdgeSettings, Settings):
-    """Settings as a client sees them.
+class CliSettings(ConsoleSettings, LogsSettings, WebhooksSettings, EdgeSettings, TokenLifetimeSettings,
+                  WebhookTimeoutSettings, LimitSettings, SealingSettings, PartnerSettings, KitSettings):
+    """Settings as a client sees them: every group, in SETTINGS_GROUPS' order (pydantic lists the
+    last base's first; tests/unit/cli checks it).
 
     A client needs addresses and the actor issuer, never the services' own secrets, so the
     services' refusal of placeholder secrets outside embedded mode does not apply here.

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health
@@ -20,7 +20,7 @@ from services.kit.ids import is_request_id
 from services.kit.logcontext import JsonFormatter, RedactSecrets, TextFormatter
 from services.kit.metrics import MetricsServer, ServiceMetrics
 from services.kit.settingcheck import exit_on_bad_settings
-from services.kit.settings import KitSettings, Settings, load_settings
+from services.kit.settings import KitSettings, load_settings
 from services.kit.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class RunningService:
     health: health.aio.HealthServicer
     service_names: list[str]
     cleanups: list[Cleanup] = field(default_factory=list)
-    # Served at GET /metrics on `metrics_address` (Settings.metrics_address) from start();
+    # Served at GET /metrics on `metrics_address` (KitSettings.metrics_address) from start();
     # `metrics_port` is the port bound (0 until started, or with no address).
     metrics: ServiceMetrics | None = None
     metrics_address: str | None = None
@@ -78,7 +78,7 @@ def actor_metadata(actor: Actor, request_id: str = "") -> tuple[tuple[str, str],
 
 def configure_logging(settings: KitSettings | None = None, service: str = "") -> None:
     """Root logging for a service process: level from TRELLIS_LOG_LEVEL, one JSON object per line
-    or text (`Settings.effective_log_format()`; text without settings), secrets masked."""
+    or text (`KitSettings.effective_log_format()`; text without settings), secrets masked."""
     level = os.environ.get("TRELLIS_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler()
     json_lines = settings is not None and settings.effective_log_format() == "json"
@@ -87,13 +87,9 @@ def configure_logging(settings: KitSettings | None = None, service: str = "") ->
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-@overload
-def run_main(name: str, bootstrap: Callable[[Settings], Awaitable[RunningService]]) -> None: ...
-@overload
-def run_main(name: str, bootstrap: Callable[[S], Awaitable[RunningService]], settings_type: type[S]) -> None: ...
-def run_main(name: str, bootstrap: Callable[[Any], Awaitable[RunningService]],
-             settings_type: type[KitSettings] = Settings) -> None:
-    """Entry point of `python -m services.<name>`: settings (`settings_type`, every group checked),
+def run_main(name: str, bootstrap: Callable[[S], Awaitable[RunningService]], settings_type: type[S]) -> None:
+    """Entry point of `python -m services.<name>`: settings (`settings_type`, the process's own
+    class in its entrypoints/settings.py; every group checked),
     logging, tracing, serve until SIGTERM. A bad setting, read or found at start, is one line on
     stderr and exit code 2."""
     with exit_on_bad_settings():

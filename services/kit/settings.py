@@ -354,18 +354,6 @@ class TokenLifetimeSettings(SettingsGroup):
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
 
 
-# --- the groups of the services not yet in the shape of docs/architecture.md ------------------
-# Each moves to services/<service>/entrypoints/settings.py when its service is converted (as
-# registry's did), and its name in SETTINGS_GROUPS with it.
-
-
-class Settings(TokenLifetimeSettings, WebhookTimeoutSettings, LimitSettings,
-               SealingSettings, PartnerSettings, KitSettings):
-    """The groups the kit still holds, fields in SETTINGS_GROUPS' order (pydantic lists the last
-    base's first): the settings of the processes not yet in the new shape, and of the CLI.
-    `all_settings()` is every group."""
-
-
 # --- every group, for the checks at start, the docs' table and the tests ----------------------
 
 # Every component's group, as "module:class", in the order the docs' table lists them. Named,

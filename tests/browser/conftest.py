@@ -17,7 +17,7 @@ from examples.upstream.app import make_app as make_example_upstream
 from services.console.entrypoints.main import RunningConsole, bootstrap as console_bootstrap
 from services.edge.entrypoints.main import RunningEdge, bootstrap as edge_bootstrap
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.webhooks.receiver import Receiver, Tls
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, Person
 from tests.support.console_services import start_logs, start_webhooks

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.kit.settings import DEFAULT_PORTS, METRICS_PORT_OFFSET, Settings
+from services.kit.settings import DEFAULT_PORTS, METRICS_PORT_OFFSET
+from tests.support.settings import Settings
 from tests.deploy.manifests import (
     GRPC_SERVICES, HTTP_SERVICES, OVERLAYS, SERVICE_PORTS, config_map_data, containers, named, render,
 )

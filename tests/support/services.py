@@ -9,7 +9,7 @@ import grpc
 
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 
 async def start_service(name: str, settings: Settings) -> RunningService:

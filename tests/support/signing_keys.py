@@ -8,7 +8,7 @@ from services.identity.adapters.store import IdentityStore
 from services.identity.adapters.signing import open_private_key
 from services.kit.crypto import Envelope
 from services.kit.db import create_engine, session_factory
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 
 async def current_private_key(settings: Settings) -> tuple[str, signing.PrivateKey]:

@@ -14,7 +14,7 @@ import pytest
 
 from services.cli.embedded import ensure_secrets
 from services.cli.main import run
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.services import start_service
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from services.cli.embedded import ensure_secrets
 from services.cli.main import run
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.logs.conftest import LogsRunner, js, logs_runner  # noqa: F401 - fixtures reused
 from tests.integration.webhooks.conftest import Webhooks, start_webhooks, tls  # noqa: F401 - fixtures reused
 from tests.support.services import start_service

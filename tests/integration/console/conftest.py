@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from services.console.entrypoints.main import RunningConsole, bootstrap
 from services.kit.bus import ensure_streams
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.webhooks.receiver import Receiver, Tls
 from tests.support.console import ConsoleUser
 from tests.support.console_services import UNREACHABLE, start_logs, start_webhooks

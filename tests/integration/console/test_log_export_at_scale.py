@@ -23,7 +23,7 @@ import pytest
 
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.console import ConsoleUser, new_org
 from tests.support.console_services import database_file, generate_requests, start_logs
 from tests.support.ports import free_port

@@ -18,7 +18,7 @@ import pytest
 
 from services.console.entrypoints.main import RunningConsole, bootstrap
 from services.kit.auth import ADMIN_PERMISSION
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.console import new_org
 from tests.support.oidc_provider import OidcProvider
 from tests.support.services import start_service

@@ -22,7 +22,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.entrypoints.main import RunningEdge, bootstrap
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from services.kit.telemetry import setup_tracing
 
 Metadata = tuple[tuple[str, str], ...]

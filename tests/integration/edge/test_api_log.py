@@ -23,7 +23,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.adapters.apilog import PLATFORM_PER_SOURCE
 from services.edge.entrypoints.main import RunningEdge, bootstrap
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.edge.conftest import (
     Partner,
     ProvisionPartner,

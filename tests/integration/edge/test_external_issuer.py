@@ -21,7 +21,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.entrypoints.main import bootstrap
 from services.identity.adapters import signing
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.edge.conftest import Upstream, call, new_org, serve, write_routes
 from tests.support.services import channel_to, start_service
 

@@ -26,7 +26,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.identity.adapters import signing
 from services.kit.auth import PLATFORM_PERMISSION
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.edge.conftest import ProvisionPartner, call, fetch_token, partner_headers
 from tests.support.waiting import eventually
 

@@ -15,7 +15,7 @@ import pytest
 from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.entrypoints.main import RunningEdge, bootstrap
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.edge.conftest import ProvisionPartner, call, new_org, partner_headers
 from tests.support.ports import free_port
 

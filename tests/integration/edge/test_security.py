@@ -22,7 +22,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.edge.entrypoints.main import RunningEdge
 from services.identity.adapters import signing
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.edge.conftest import Partner, ProvisionPartner, Upstream, call, fetch_token, partner_headers, restrict_to
 from tests.support.signing_keys import current_private_key
 from tests.support.waiting import eventually

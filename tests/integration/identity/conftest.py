@@ -15,7 +15,7 @@ from services.identity.entrypoints.main import bootstrap
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, PLATFORM_PERMISSION
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.services import channel_to
 
 Metadata = tuple[tuple[str, str], ...]

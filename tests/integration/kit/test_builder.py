@@ -21,7 +21,7 @@ from services.kit.builder import Bus, ServiceBuilder
 from services.kit.consumer import PullLoop
 from services.kit.db import new_metadata
 from services.kit.outbox import outbox_table
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 metadata = new_metadata()
 outbox = outbox_table(metadata)

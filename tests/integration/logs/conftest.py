@@ -19,7 +19,7 @@ from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.bus import ensure_streams
 from services.kit.db import migrate_async
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from services.logs.adapters.consumers import Durables
 from services.logs.entrypoints.main import bootstrap
 from tests.support.services import channel_to

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 
 from services.cli.embedded import ensure_secrets
 from services.cli.main import run
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.logs.conftest import (
     LogsRunner,
     publish_audit,

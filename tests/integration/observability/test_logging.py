@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.kit.logcontext import request_id_var
 from services.kit.service import configure_logging
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.support.probe_service import probe_service
 
 Metadata = tuple[tuple[str, str], ...]

@@ -19,7 +19,7 @@ from services.kit.db import create_engine, new_metadata, session_factory, utcnow
 from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, add_event, outbox_table
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.logs.conftest import LogsRunner
 from tests.integration.observability.conftest import scrape, value
 from tests.integration.webhooks.conftest import Webhooks

@@ -32,7 +32,7 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.bus import trace_headers
 from services.kit.db import migrate_async
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.edge.conftest import (
     Partner,
     ProvisionPartner,

@@ -22,7 +22,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import ADMIN_PERMISSION, Actor
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.errors import Aborted, Unavailable
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from services.registry.application import commands
 from services.registry.domain.model import Status
 from services.registry.adapters.store import SqlRegistryUnitOfWork, integrations

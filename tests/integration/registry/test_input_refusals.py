@@ -10,7 +10,7 @@ import pytest
 
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 from services.contracts.trellis.registry.v1 import registry_pb2_grpc
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.registry.helpers import AsActor, create, new_org, refused
 from tests.support.services import channel_to, start_service
 

@@ -14,7 +14,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit import errors
 from services.kit.rpc_errors import from_rpc_error
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.integration.registry.helpers import AsActor, Metadata, new_org
 from tests.support.odd_ids import expected, odd_ids, refusal
 from tests.support.services import channel_to, start_service

@@ -20,7 +20,7 @@ from services.contracts.trellis.registry.v1 import registry_pb2_grpc
 from services.kit.auth import generate_actor_key, mint_actor_token
 from services.kit.natsproc import NatsServer
 from services.kit.service import RunningService
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 from tests.conftest import ACTOR_AUDIENCE, ACTOR_ISSUER
 from tests.integration.registry.helpers import (
     ACTIVE,

@@ -9,7 +9,7 @@ from services.cli.embedded import (
 )
 from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION, ActorVerifier
 from services.kit.errors import Unauthenticated
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 
 def _mode(path: Path) -> int:

@@ -2,7 +2,7 @@
 endpoint, and the JWKS this edge serves at its public address."""
 
 from services.edge.entrypoints.oauth import openid_configuration
-from services.kit.settings import Settings
+from tests.support.settings import Settings
 
 
 def test_every_url_follows_the_edges_address_when_none_is_set() -> None:

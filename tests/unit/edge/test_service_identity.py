@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from services.kit.auth import EDGE_PERMISSION, ActorVerifier, ServiceTokenSource, generate_actor_key
-from services.kit.settings import Mode, Settings
+from services.kit.settings import Mode
+from tests.support.settings import Settings
 
 
 class Clock:
