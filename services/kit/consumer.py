@@ -99,3 +99,28 @@ class PullLoop:
                 # What was not acked is redelivered after ack_wait; keep consuming.
                 log.exception("handling a batch from %s failed; continuing", self.subject)
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
+
+
+class LoopConsumer:
+    """What every consumer on one PullLoop shares: the loop (`self.loop`, set by the subclass),
+    its stream and durable name (what the service's metrics watch), start and stop. A subclass
+    says what a fetched batch means in `handle_batch`."""
+
+    loop: PullLoop
+
+    @property
+    def stream(self) -> str:
+        return self.loop.stream
+
+    @property
+    def durable(self) -> str:
+        return self.loop.durable
+
+    async def start(self) -> None:
+        await self.loop.start(self.handle_batch)
+
+    async def stop(self) -> None:
+        await self.loop.stop()
+
+    async def handle_batch(self, messages: list[Msg]) -> None:
+        raise NotImplementedError

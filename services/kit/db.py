@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, MetaData, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -124,3 +124,9 @@ def run_migrations_env(target_metadata: MetaData) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE, DELETE or INSERT matched: its result is a CursorResult, which the
+    session's execute() types as any statement's Result."""
+    return int(cast("CursorResult[Any]", result).rowcount or 0)

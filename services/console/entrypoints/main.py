@@ -6,13 +6,8 @@ local sign-in in the embedded mode), the pages, and a uvicorn server. Nothing ru
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
-import socket
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -33,6 +28,7 @@ from services.console.web import Cookies, content_security_policy
 from services.console.webhooks.routes import WebhookPages
 from services.kit.auth import ActorVerifier
 from services.kit.bus import connect
+from services.kit.httpserve import QuietServer, RunningHttp, bind, closer
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
 from services.console.entrypoints.settings import ConsoleProcessSettings, check_settings
@@ -45,67 +41,11 @@ log = logging.getLogger(__name__)
 NAME = "console"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: RunningConsole decides when to stop."""
+@dataclass(kw_only=True)
+class RunningConsole(RunningHttp):
+    """A bootstrapped console (services.kit.httpserve.RunningHttp) and its application."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass
-class RunningConsole:
     console: Console
-    server: uvicorn.Server
-    sock: socket.socket
-    port: int
-    stops: list[Cleanup] = field(default_factory=list)
-    starts: list[Callable[[], Awaitable[object]]] = field(default_factory=list)  # what they return is unused
-    task: asyncio.Task[None] | None = None
-
-    async def start(self) -> "RunningConsole":
-        for start in self.starts:
-            await start()
-        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:
-            if self.task.done():
-                await self.task
-                raise RuntimeError("the console server stopped while starting")
-            await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.server.should_exit = True
-            await self.task
-            self.task = None
-        for stop in reversed(self.stops):
-            try:
-                await stop()
-            except Exception:  # noqa: BLE001 - keep closing the rest
-                log.warning("cleanup failed while stopping the console", exc_info=True)
-
-    async def serve_until_signalled(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        assert self.task is not None
-        await asyncio.wait([self.task, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        log.info("console shutting down")
-        await self.stop()
-
-
-def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that
-    # say they are TCP, and with it on every keep-alive answer's body waited 40 ms for an ACK.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(port)))
-    sock.set_inheritable(True)
-    return sock
 
 
 async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = None) -> RunningConsole:
@@ -141,8 +81,10 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
             areas=(WebhookPages(peers, auth, renderer, store, test_timeout=settings.webhooks_timeout_seconds + 5),
                    LogPages(peers, auth, renderer), AuditPages(peers, auth, renderer), ReviewPages(peers, auth, renderer)),
             serve_metrics=not settings.console_metrics_addr)
-        sock = _bind(address or settings.console_addr)
-        stops.append(_closer(sock))
+        # TCP_NODELAY (bind's default): with Nagle's algorithm on, every keep-alive answer's body
+        # waited 40 ms for the browser's delayed ACK.
+        sock = bind(address or settings.console_addr)
+        stops.append(closer(sock))
     except BaseException:
         for stop in reversed(stops):
             await stop()
@@ -150,19 +92,13 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
     config = uvicorn.Config(console, http="httptools", ws="none", lifespan="off", log_config=None, access_log=False,
                             proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None)
-    running = RunningConsole(console=console, server=_Server(config), sock=sock, port=sock.getsockname()[1], stops=stops)
+    running = RunningConsole(name=NAME, console=console, server=QuietServer(config), sock=sock, port=sock.getsockname()[1],
+                             stops=stops)
     if settings.console_metrics_addr:
         metrics_server = MetricsServer(metrics.render, settings.console_metrics_addr)
         running.starts.append(metrics_server.start)
         running.stops.append(metrics_server.stop)
     return running
-
-
-def _closer(sock: socket.socket) -> Cleanup:
-    async def close() -> None:
-        sock.close()
-
-    return close
 
 
 def main() -> None:

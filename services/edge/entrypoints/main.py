@@ -9,15 +9,11 @@ taking connections, lets requests in flight finish, flushes the API log and clos
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import ipaddress
 import logging
-import signal
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -40,6 +36,7 @@ from services.edge.http.proxy import Upstreams
 from services.edge.http.server import REQUEST_LINE_BYTES, HttpLimits, serving
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
 from services.kit.bus import connect, ensure_streams
+from services.kit.httpserve import QuietServer, RunningHttp, bind, closer
 from services.kit.metrics import MetricsServer
 from services.kit.service import Cleanup, configure_logging
 from services.kit.settingcheck import SettingError, exit_on_bad_settings
@@ -65,70 +62,14 @@ def routes_file(settings: EdgeProcessSettings) -> Path:
     raise SettingError("TRELLIS_EDGE_ROUTES_FILE", "the route table's file (TOML) outside the embedded mode")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling: `RunningEdge` decides when to stop,
-    so the API log is flushed and NATS drained after the last request, before the process exits."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass
-class RunningEdge:
-    """A bootstrapped edge: start() serves, stop() stops serving, then flushes and closes."""
+@dataclass(kw_only=True)
+class RunningEdge(RunningHttp):
+    """A bootstrapped edge (services.kit.httpserve.RunningHttp): stop() stops serving, then
+    flushes the API log and closes."""
 
     app: EdgeApp
-    server: uvicorn.Server
-    sock: socket.socket
-    port: int
-    starts: list[Cleanup]
-    stops: list[Cleanup] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
     # GET /metrics on settings.edge_metrics_addr, when set (else on the partner port).
     metrics_server: MetricsServer | None = None
-
-    async def start(self) -> "RunningEdge":
-        for start in self.starts:
-            await start()
-        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:
-            if self.task.done():
-                await self.task
-                raise RuntimeError("the edge server stopped while starting")
-            await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.server.should_exit = True
-            await self.task
-        for stop in reversed(self.stops):
-            try:
-                await stop()
-            except Exception:  # noqa: BLE001 - keep closing the rest
-                log.warning("cleanup failed while stopping the edge", exc_info=True)
-
-    async def serve_until_signalled(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        assert self.task is not None
-        await asyncio.wait([self.task, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        log.info("edge shutting down")
-        await self.stop()
-
-
-def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(port)))
-    sock.set_inheritable(True)
-    return sock
 
 
 async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None) -> RunningEdge:
@@ -178,8 +119,8 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
                             inject_trace=propagate.inject)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
                       jwks=own_keys, apilog=apilog, metrics=metrics, nc=nc)
-        sock = _bind(address or settings.edge_addr)
-        stops.append(_closer(sock))
+        sock = bind(address or settings.edge_addr, nodelay=False)  # as measured in docs/benchmarks.md
+        stops.append(closer(sock))
     except BaseException:
         for stop in reversed(stops):
             await stop()
@@ -199,9 +140,10 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
     )
     # Start order: publisher and limiter before requests; stop order (reversed): the server
     # first (in RunningEdge.stop), then the subscriptions, the log flush, the limiter, the client.
-    starts: list[Cleanup] = [limiter.start, apilog.start, invalidator.start]
+    starts: list[Callable[[], Awaitable[object]]] = [limiter.start, apilog.start, invalidator.start]
     stops += [upstreams.close, limiter.close, apilog.close, invalidator.close]
-    edge = RunningEdge(app=app, server=_Server(config), sock=sock, port=sock.getsockname()[1], starts=starts, stops=stops)
+    edge = RunningEdge(name=NAME, app=app, server=QuietServer(config), sock=sock, port=sock.getsockname()[1], starts=starts,
+                       stops=stops)
     if settings.edge_metrics_addr:
         edge.metrics_server = MetricsServer(metrics.scrape, settings.edge_metrics_addr)
         metrics_server = edge.metrics_server
@@ -212,13 +154,6 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
         starts.insert(0, start_metrics)
         stops.append(edge.metrics_server.stop)
     return edge
-
-
-def _closer(sock: socket.socket) -> Cleanup:
-    async def close() -> None:
-        sock.close()
-
-    return close
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.identity.application.commands import ApplyIntegrationChange
 from services.identity.application.handlers import CredentialHandlers
 from services.kit.bus import context_from_headers
-from services.kit.consumer import PullLoop
+from services.kit.consumer import LoopConsumer, PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
@@ -48,7 +48,7 @@ def change_from_message(msg: Msg) -> ApplyIntegrationChange:
     )
 
 
-class IntegrationEventsConsumer:
+class IntegrationEventsConsumer(LoopConsumer):
     """Pulls integration events under a durable name and applies each through the handlers."""
 
     def __init__(self, js: JetStreamContext, handlers: CredentialHandlers, *, durable: str = "identity",
@@ -58,21 +58,7 @@ class IntegrationEventsConsumer:
         self.loop = PullLoop(js, subject=SUBJECT, stream=STREAM, durable=durable, batch=batch,
                               ack_wait_seconds=ack_wait_seconds)
 
-    @property
-    def stream(self) -> str:
-        return self.loop.stream
-
-    @property
-    def durable(self) -> str:
-        return self.loop.durable
-
-    async def start(self) -> None:
-        await self.loop.start(self._handle_batch)
-
-    async def stop(self) -> None:
-        await self.loop.stop()
-
-    async def _handle_batch(self, messages: list[Msg]) -> None:
+    async def handle_batch(self, messages: list[Msg]) -> None:
         for msg in messages:
             await self.handle(msg)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self, cast
+from typing import Any, Self
 
 from sqlalchemy import (
     JSON,
@@ -43,13 +43,13 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, RowMapping
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.base import ColumnCollection
 from sqlalchemy.sql.elements import ColumnElement, KeyedColumnElement
 
-from services.kit.db import UTCDateTime, new_metadata
+from services.kit.db import UTCDateTime, new_metadata, rowcount
 from services.kit.outbox import outbox_table
 from services.kit.sqluow import SqlUnitOfWork
 from services.logs.application.commands import QueryAudit
@@ -391,10 +391,7 @@ class LogsRepository:
         """Delete at most `limit` of the organisation's requests older than `cutoff`; returns how many went."""
         t = api_requests
         oldest = select(t.c.org_id, t.c.request_id, t.c.ts).where(t.c.org_id == org_id, t.c.ts < cutoff).limit(limit)
-        # A DELETE's result is a CursorResult (its rowcount); execute() is typed for any statement.
-        result = cast("CursorResult[Any]", await session.execute(
-            delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
-        return int(result.rowcount or 0)
+        return rowcount(await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
 
     async def oldest_kept(self, session: AsyncSession, org_id: str, keep: int) -> Cursor | None:
         """The newest row beyond the organisation's `keep` newest (None when it has no more than
@@ -413,10 +410,7 @@ class LogsRepository:
                   .where(t.c.org_id == org_id, tuple_(t.c.ts, t.c.request_id) <= tuple_(
                       literal(last.timestamp, UTCDateTime()), literal(last.request_id, String())))
                   .order_by(t.c.ts, t.c.request_id).limit(limit))
-        # A DELETE's result is a CursorResult (its rowcount); execute() is typed for any statement.
-        result = cast("CursorResult[Any]", await session.execute(
-            delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
-        return int(result.rowcount or 0)
+        return rowcount(await session.execute(delete(t).where(tuple_(t.c.org_id, t.c.request_id, t.c.ts).in_(oldest))))
 
     # --- the audit trail ------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any, Self, cast
+from typing import Self
 
 from sqlalchemy import (
     JSON,
@@ -37,10 +37,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import CursorResult, Result, RowMapping
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.kit.db import UTCDateTime, new_metadata
+from services.kit.db import UTCDateTime, new_metadata, rowcount
 from services.kit.errors import Aborted, InvalidArgument, NotFound
 from services.kit.outbox import Flush, no_flush, outbox_table
 from services.kit.sqluow import SqlUnitOfWork
@@ -128,11 +128,6 @@ def _integration(row: RowMapping) -> Integration:
     return Integration(status=Status(row["status"]), **values)
 
 
-def _rowcount(result: Result[Any]) -> int:
-    """The rows an UPDATE matched: its result is a CursorResult, which the session types as a Result."""
-    return cast(CursorResult[Any], result).rowcount
-
-
 def _encode_token(created_at: dt.datetime, integration_id: str) -> str:
     raw = json.dumps({"c": created_at.isoformat(), "i": integration_id}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -196,7 +191,7 @@ class IntegrationRepository:
             query = query.where(integrations.c.pending_operation == lease)
             values.update(pending_operation=None, pending_since=None)
         result = await self._session.execute(query.values(**values))
-        if _rowcount(result) != 1:
+        if rowcount(result) != 1:
             raise Aborted(
                 f"integration {integration.id} was changed by another request; reload it and retry",
                 integration_id=integration.id,
@@ -219,7 +214,7 @@ class IntegrationRepository:
             )
             .values(pending_operation=lease, pending_since=now)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     async def holds(self, org_id: str, integration_id: str, lease: str) -> bool:
         """Whether the integration is still leased to `lease`."""
@@ -237,7 +232,7 @@ class IntegrationRepository:
             .where(t.c.org_id == org_id, t.c.id == integration_id, t.c.pending_operation == lease)
             .values(pending_operation=None, pending_since=None)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     async def count_live(self, org_id: str) -> int:
         """How many of the organisation's integrations are Active or Suspended."""

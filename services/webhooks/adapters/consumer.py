@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2
 from services.kit.bus import context_from_headers
-from services.kit.consumer import PullLoop
+from services.kit.consumer import LoopConsumer, PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
@@ -84,7 +84,7 @@ def activity_from_message(msg: Msg) -> IncomingActivity:
     )
 
 
-class ActivityConsumer:
+class ActivityConsumer(LoopConsumer):
     """`activity.>` into activities and deliveries; acks after the commit."""
 
     def __init__(self, js: JetStreamContext, ingest: ActivityIngest, *, durable: str, replay_history: bool = True,
@@ -96,21 +96,7 @@ class ActivityConsumer:
                                replay_history=replay_history, batch=batch, ack_wait_seconds=ack_wait_seconds,
                                wait_seconds=BATCH_WAIT_SECONDS)
 
-    @property
-    def stream(self) -> str:
-        return self.loop.stream
-
-    @property
-    def durable(self) -> str:
-        return self.loop.durable
-
-    async def start(self) -> None:
-        await self.loop.start(self.handle)
-
-    async def stop(self) -> None:
-        await self.loop.stop()
-
-    async def handle(self, messages: list[Msg]) -> None:
+    async def handle_batch(self, messages: list[Msg]) -> None:
         good: list[tuple[Msg, IncomingActivity]] = []
         for msg in messages:
             try:
@@ -134,7 +120,7 @@ class ActivityConsumer:
             await msg.ack()
 
 
-class IntegrationEventsConsumer:
+class IntegrationEventsConsumer(LoopConsumer):
     """`trellis.integration.>`: the owning integration's status, applied to its subscriptions."""
 
     def __init__(self, js: JetStreamContext, handlers: WebhookHandlers, *, durable: str, replay_history: bool = True,
@@ -144,21 +130,7 @@ class IntegrationEventsConsumer:
         self.loop = PullLoop(js, subject=INTEGRATION_SUBJECT, stream=TRELLIS_STREAM, durable=durable,
                                replay_history=replay_history, batch=50, ack_wait_seconds=ack_wait_seconds)
 
-    @property
-    def stream(self) -> str:
-        return self.loop.stream
-
-    @property
-    def durable(self) -> str:
-        return self.loop.durable
-
-    async def start(self) -> None:
-        await self.loop.start(self.handle)
-
-    async def stop(self) -> None:
-        await self.loop.stop()
-
-    async def handle(self, messages: list[Msg]) -> None:
+    async def handle_batch(self, messages: list[Msg]) -> None:
         for msg in messages:
             try:
                 event = events_pb2.IntegrationChanged.FromString(msg.data)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.kit.db import UTCDateTime
+from services.kit.db import UTCDateTime, rowcount
 from services.webhooks.domain.model import DeliveryStatus, SignatureScheme, SubscriptionStatus
-from services.webhooks.adapters.store import activities, attempts, deliveries, rowcount, subscriptions
+from services.webhooks.adapters.store import activities, attempts, deliveries, subscriptions
 
 # Subscriptions one claim serves; with more due, the dispatcher claims again at once.
 MAX_SUBSCRIPTIONS_PER_CLAIM = 64

@@ -21,17 +21,17 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Self, cast
+from typing import Any, Self
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
     and_, case, or_, select, text, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Result, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.kit.db import UTCDateTime, new_metadata
+from services.kit.db import UTCDateTime, new_metadata, rowcount
 from services.kit.errors import InvalidArgument, NotFound
 from services.kit.outbox import add_event, outbox_table
 from services.kit.sqluow import SqlUnitOfWork
@@ -214,12 +214,6 @@ def insert_for(session: AsyncSession, table: Table) -> postgresql.Insert | sqlit
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
-
-
-def rowcount(result: Result[Any]) -> int:
-    """The rows an UPDATE or INSERT matched: its result is a CursorResult, which the session's
-    `execute` does not say in its type."""
-    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 # --- reading rows ------------------------------------------------------------------------------------
