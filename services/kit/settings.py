@@ -1,8 +1,9 @@
 """Typed settings, read from `TRELLIS_*` environment variables, in one group per component.
 
 `KitSettings` is what every process reads; `PartnerSettings`, `SealingSettings`,
-`LimitSettings` and `WebhookTimeoutSettings` are shared by the few that need them; each
-service has its own group, in its `entrypoints/settings.py` once it is in the shape of docs/architecture.md (here until then). A process's settings class is the kit's group plus
+`LimitSettings`, `WebhookTimeoutSettings` and `TokenLifetimeSettings` are shared by the few
+that need them; a service's own group is in its `entrypoints/settings.py` (the kit imports no
+service; SETTINGS_GROUPS names them). A process's settings class is the kit's group plus
 its own (`compose`), built once at start (`load_settings`, which reads every group, so a bad
 setting stops any process) and passed down from bootstrap; a service sees only what it uses.
 `SETTINGS_GROUPS` names every group, for the checks at start, the docs' table and the tests.

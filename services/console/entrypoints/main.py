@@ -104,7 +104,6 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
 def main() -> None:
     with exit_on_bad_settings():
         settings = load_settings(ConsoleProcessSettings)
-        check_settings(settings)
     configure_logging(settings, NAME)
 
     async def run() -> None:
@@ -115,4 +114,5 @@ def main() -> None:
 
     import uvloop  # the event loop the edge runs on too (docs/benchmarks.md)
 
-    uvloop.run(run())
+    with exit_on_bad_settings():  # what bootstrap finds unusable (check_settings) is one line too
+        uvloop.run(run())
