@@ -20,12 +20,25 @@ class IntegrationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTEGRATION_STATUS_ACTIVE: _ClassVar[IntegrationStatus]
     INTEGRATION_STATUS_SUSPENDED: _ClassVar[IntegrationStatus]
     INTEGRATION_STATUS_REVOKED: _ClassVar[IntegrationStatus]
+
+class SetupRequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SETUP_REQUEST_STATUS_UNSPECIFIED: _ClassVar[SetupRequestStatus]
+    SETUP_REQUEST_STATUS_SUBMITTED: _ClassVar[SetupRequestStatus]
+    SETUP_REQUEST_STATUS_IN_PROGRESS: _ClassVar[SetupRequestStatus]
+    SETUP_REQUEST_STATUS_CONFIGURED: _ClassVar[SetupRequestStatus]
+    SETUP_REQUEST_STATUS_DECLINED: _ClassVar[SetupRequestStatus]
 INTEGRATION_STATUS_UNSPECIFIED: IntegrationStatus
 INTEGRATION_STATUS_REQUESTED: IntegrationStatus
 INTEGRATION_STATUS_APPROVED: IntegrationStatus
 INTEGRATION_STATUS_ACTIVE: IntegrationStatus
 INTEGRATION_STATUS_SUSPENDED: IntegrationStatus
 INTEGRATION_STATUS_REVOKED: IntegrationStatus
+SETUP_REQUEST_STATUS_UNSPECIFIED: SetupRequestStatus
+SETUP_REQUEST_STATUS_SUBMITTED: SetupRequestStatus
+SETUP_REQUEST_STATUS_IN_PROGRESS: SetupRequestStatus
+SETUP_REQUEST_STATUS_CONFIGURED: SetupRequestStatus
+SETUP_REQUEST_STATUS_DECLINED: SetupRequestStatus
 
 class Vendor(_message.Message):
     __slots__ = ("id", "name", "category")
@@ -296,3 +309,169 @@ class GetIntegrationHistoryResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ...) -> None: ...
+
+class ConnectionField(_message.Message):
+    __slots__ = ("name", "label", "help", "required", "secret", "max_length")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    HELP_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    label: str
+    help: str
+    required: bool
+    secret: bool
+    max_length: int
+    def __init__(self, name: _Optional[str] = ..., label: _Optional[str] = ..., help: _Optional[str] = ..., required: _Optional[bool] = ..., secret: _Optional[bool] = ..., max_length: _Optional[int] = ...) -> None: ...
+
+class PrebuiltIntegration(_message.Message):
+    __slots__ = ("id", "name", "description", "fields")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    description: str
+    fields: _containers.RepeatedCompositeFieldContainer[ConnectionField]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[ConnectionField, _Mapping]]] = ...) -> None: ...
+
+class ListPrebuiltIntegrationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPrebuiltIntegrationsResponse(_message.Message):
+    __slots__ = ("integrations",)
+    INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    integrations: _containers.RepeatedCompositeFieldContainer[PrebuiltIntegration]
+    def __init__(self, integrations: _Optional[_Iterable[_Union[PrebuiltIntegration, _Mapping]]] = ...) -> None: ...
+
+class SetupRequestStep(_message.Message):
+    __slots__ = ("action", "actor_id", "from_status", "to_status", "note", "at")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TO_STATUS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    actor_id: str
+    from_status: SetupRequestStatus
+    to_status: SetupRequestStatus
+    note: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, action: _Optional[str] = ..., actor_id: _Optional[str] = ..., from_status: _Optional[_Union[SetupRequestStatus, str]] = ..., to_status: _Optional[_Union[SetupRequestStatus, str]] = ..., note: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetupRequest(_message.Message):
+    __slots__ = ("id", "org_id", "prebuilt_id", "status", "connection", "secrets_given", "contact_email", "notes", "requested_by", "handled_by", "decline_reason", "configured_note", "created_at", "updated_at", "version", "history")
+    class ConnectionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    PREBUILT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_GIVEN_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    HANDLED_BY_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_NOTE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    org_id: str
+    prebuilt_id: str
+    status: SetupRequestStatus
+    connection: _containers.ScalarMap[str, str]
+    secrets_given: _containers.RepeatedScalarFieldContainer[str]
+    contact_email: str
+    notes: str
+    requested_by: str
+    handled_by: str
+    decline_reason: str
+    configured_note: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    version: int
+    history: _containers.RepeatedCompositeFieldContainer[SetupRequestStep]
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., prebuilt_id: _Optional[str] = ..., status: _Optional[_Union[SetupRequestStatus, str]] = ..., connection: _Optional[_Mapping[str, str]] = ..., secrets_given: _Optional[_Iterable[str]] = ..., contact_email: _Optional[str] = ..., notes: _Optional[str] = ..., requested_by: _Optional[str] = ..., handled_by: _Optional[str] = ..., decline_reason: _Optional[str] = ..., configured_note: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., history: _Optional[_Iterable[_Union[SetupRequestStep, _Mapping]]] = ...) -> None: ...
+
+class CreateSetupRequestRequest(_message.Message):
+    __slots__ = ("prebuilt_id", "connection", "contact_email", "notes", "request_id")
+    class ConnectionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PREBUILT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    prebuilt_id: str
+    connection: _containers.ScalarMap[str, str]
+    contact_email: str
+    notes: str
+    request_id: str
+    def __init__(self, prebuilt_id: _Optional[str] = ..., connection: _Optional[_Mapping[str, str]] = ..., contact_email: _Optional[str] = ..., notes: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetSetupRequestRequest(_message.Message):
+    __slots__ = ("setup_request_id",)
+    SETUP_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    setup_request_id: str
+    def __init__(self, setup_request_id: _Optional[str] = ...) -> None: ...
+
+class ListSetupRequestsRequest(_message.Message):
+    __slots__ = ("statuses", "all_organisations", "page_size", "page_token")
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    ALL_ORGANISATIONS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedScalarFieldContainer[SetupRequestStatus]
+    all_organisations: bool
+    page_size: int
+    page_token: str
+    def __init__(self, statuses: _Optional[_Iterable[_Union[SetupRequestStatus, str]]] = ..., all_organisations: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSetupRequestsResponse(_message.Message):
+    __slots__ = ("setup_requests", "next_page_token")
+    SETUP_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    setup_requests: _containers.RepeatedCompositeFieldContainer[SetupRequest]
+    next_page_token: str
+    def __init__(self, setup_requests: _Optional[_Iterable[_Union[SetupRequest, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class StartSetupRequestRequest(_message.Message):
+    __slots__ = ("setup_request_id",)
+    SETUP_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    setup_request_id: str
+    def __init__(self, setup_request_id: _Optional[str] = ...) -> None: ...
+
+class CompleteSetupRequestRequest(_message.Message):
+    __slots__ = ("setup_request_id", "note")
+    SETUP_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    setup_request_id: str
+    note: str
+    def __init__(self, setup_request_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class DeclineSetupRequestRequest(_message.Message):
+    __slots__ = ("setup_request_id", "reason")
+    SETUP_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    setup_request_id: str
+    reason: str
+    def __init__(self, setup_request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

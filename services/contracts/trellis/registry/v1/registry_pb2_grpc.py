@@ -105,6 +105,41 @@ class RegistryStub:
                 request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.LookupIntegrationRequest.SerializeToString,
                 response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.Integration.FromString,
                 _registered_method=True)
+        self.ListPrebuiltIntegrations = channel.unary_unary(
+                '/trellis.registry.v1.Registry/ListPrebuiltIntegrations',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListPrebuiltIntegrationsRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListPrebuiltIntegrationsResponse.FromString,
+                _registered_method=True)
+        self.CreateSetupRequest = channel.unary_unary(
+                '/trellis.registry.v1.Registry/CreateSetupRequest',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.CreateSetupRequestRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+                _registered_method=True)
+        self.GetSetupRequest = channel.unary_unary(
+                '/trellis.registry.v1.Registry/GetSetupRequest',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.GetSetupRequestRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+                _registered_method=True)
+        self.ListSetupRequests = channel.unary_unary(
+                '/trellis.registry.v1.Registry/ListSetupRequests',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListSetupRequestsRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListSetupRequestsResponse.FromString,
+                _registered_method=True)
+        self.StartSetupRequest = channel.unary_unary(
+                '/trellis.registry.v1.Registry/StartSetupRequest',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.StartSetupRequestRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+                _registered_method=True)
+        self.CompleteSetupRequest = channel.unary_unary(
+                '/trellis.registry.v1.Registry/CompleteSetupRequest',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.CompleteSetupRequestRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+                _registered_method=True)
+        self.DeclineSetupRequest = channel.unary_unary(
+                '/trellis.registry.v1.Registry/DeclineSetupRequest',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.DeclineSetupRequestRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -198,6 +233,58 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPrebuiltIntegrations(self, request, context):
+        """Pre-built integrations (WooCommerce, Shopify, QuickBooks Online) are requested, not
+        provisioned: an organisation submits a setup request with its connection details and the
+        platform team configures it. The catalogue: any authenticated actor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSetupRequest(self, request, context):
+        """The organisation's side: `administration_integrations_access` in that organisation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSetupRequest(self, request, context):
+        """An organisation sees its own requests; a platform operator (`trellis_platform_operations`)
+        sees every organisation's (ListSetupRequests with all_organisations).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSetupRequests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartSetupRequest(self, request, context):
+        """The platform team's side: `trellis_platform_operations`, in any organisation.
+        Submitted -> In progress
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteSetupRequest(self, request, context):
+        """In progress -> Configured
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineSetupRequest(self, request, context):
+        """Submitted or In progress -> Declined
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +357,41 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.LookupIntegration,
                     request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.LookupIntegrationRequest.FromString,
                     response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.Integration.SerializeToString,
+            ),
+            'ListPrebuiltIntegrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrebuiltIntegrations,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListPrebuiltIntegrationsRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListPrebuiltIntegrationsResponse.SerializeToString,
+            ),
+            'CreateSetupRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSetupRequest,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.CreateSetupRequestRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.SerializeToString,
+            ),
+            'GetSetupRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSetupRequest,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.GetSetupRequestRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.SerializeToString,
+            ),
+            'ListSetupRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSetupRequests,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListSetupRequestsRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.ListSetupRequestsResponse.SerializeToString,
+            ),
+            'StartSetupRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartSetupRequest,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.StartSetupRequestRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.SerializeToString,
+            ),
+            'CompleteSetupRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteSetupRequest,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.CompleteSetupRequestRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.SerializeToString,
+            ),
+            'DeclineSetupRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineSetupRequest,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.DeclineSetupRequestRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -650,6 +772,195 @@ class Registry:
             '/trellis.registry.v1.Registry/LookupIntegration',
             trellis_dot_registry_dot_v1_dot_registry__pb2.LookupIntegrationRequest.SerializeToString,
             trellis_dot_registry_dot_v1_dot_registry__pb2.Integration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrebuiltIntegrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/ListPrebuiltIntegrations',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.ListPrebuiltIntegrationsRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.ListPrebuiltIntegrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSetupRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/CreateSetupRequest',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.CreateSetupRequestRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSetupRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/GetSetupRequest',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.GetSetupRequestRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSetupRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/ListSetupRequests',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.ListSetupRequestsRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.ListSetupRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartSetupRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/StartSetupRequest',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.StartSetupRequestRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteSetupRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/CompleteSetupRequest',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.CompleteSetupRequestRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineSetupRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/DeclineSetupRequest',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.DeclineSetupRequestRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
             options,
             channel_credentials,
             insecure,
