@@ -18,9 +18,12 @@ HANDLING = (
     "Transfer this file through a secrets manager, password vault or other encrypted channel; "
     "never by email or chat. The API key and client secret cannot be shown again."
 )
-# The document's keys, in order (the console checks a document it is handed back against them).
+# The documents' keys, in order (the console checks a document it is handed back against them):
+# after activation or reactivation, and after a key regeneration.
 KEYS = ("integration_id", "integration_name", "api_key", "client_id", "client_secret", "issuer", "token_url",
         "audience", "api_docs_url", "scopes", "handling")
+KEY_KEYS = ("integration_id", "integration_name", "api_key", "client_id", "api_docs_url", "scopes", "note",
+            "handling")
 
 
 def handoff_document(integration: registry_pb2.Integration, credentials: identity_pb2.Credentials,

@@ -131,6 +131,9 @@ async def test_two_administrators_take_an_integration_through_its_whole_lifecycl
     third_key = await bob.value_of("api-key")
     assert await partner_call(edge_url, token, second["api_key"]) == 401
     assert await partner_call(edge_url, token, third_key) == 200
+    key_handoff = await bob.download("Download hand-off file")
+    assert key_handoff["api_key"] == third_key and key_handoff["client_id"] == second["client_id"]
+    assert "client_secret" not in key_handoff
 
     # Alice revokes, typing the name to confirm.
     await alice.go(detail)

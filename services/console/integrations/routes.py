@@ -34,8 +34,8 @@ from services.console.signin.routes import Auth
 from services.console.web import check_csrf, is_htmx, read_form
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
 from services.kit.auth import ADMIN_PERMISSION
+from services.kit.handoff import KEY_KEYS, handoff_bytes, handoff_document, key_handoff_document
 from services.kit.handoff import KEYS as HANDOFF_KEYS
-from services.kit.handoff import handoff_bytes, handoff_document
 
 PAGE_SIZE = 50
 CATALOGUE_SECONDS = 300.0
@@ -317,7 +317,9 @@ class IntegrationPages:
     async def regenerate_key(self, request: Request) -> Response:
         async def call(registry: AsUser, integration_id: str, intent: str) -> dict[str, Any]:
             answer = await registry.RegenerateApiKey(pb.RegenerateApiKeyRequest(integration_id=integration_id))
-            return {"integration": answer.integration, "api_key": answer.api_key, "credentials": None, "document": ""}
+            document = key_handoff_document(answer.integration, answer.api_key, api_docs_url=self.api_docs_url)
+            return {"integration": answer.integration, "api_key": answer.api_key, "credentials": None,
+                    "api_docs_url": self.api_docs_url, "document": json.dumps(document)}
 
         return await self._credentials(request, "Regenerated the API key of", call)
 
@@ -332,7 +334,8 @@ class IntegrationPages:
 
         The console keeps no copy of credentials, so the page sends the document back (in a POST
         body, never a URL); it is checked to be a hand-off document of this integration and
-        returned as the same bytes `trellis integrations activate --handoff` writes."""
+        returned as the same bytes `trellis integrations activate --handoff` (or, after a key
+        regeneration, `trellis integrations regenerate-key --handoff`) writes."""
         session = await self.auth.require(request)
         integration_id = request.path_params["integration_id"]
         form = await read_form(request)
@@ -350,12 +353,12 @@ class IntegrationPages:
 
 
 def _is_handoff(document: Any, integration_id: str) -> bool:
-    if not isinstance(document, dict) or tuple(document) != HANDOFF_KEYS:
+    if not isinstance(document, dict) or tuple(document) not in (HANDOFF_KEYS, KEY_KEYS):
         return False
     if document["integration_id"] != integration_id:
         return False
     scopes = document["scopes"]
-    return (all(isinstance(document[k], str) for k in HANDOFF_KEYS if k != "scopes")
+    return (all(isinstance(value, str) for key, value in document.items() if key != "scopes")
             and isinstance(scopes, list) and all(isinstance(s, str) for s in scopes))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import json
 
-from services.kit.handoff import KEYS
+from services.kit.handoff import KEY_KEYS, KEYS
 from tests.support.console import create_integration, hidden_fields, integration_form, new_org
 
 
@@ -70,6 +70,15 @@ async def test_an_integration_goes_through_its_lifecycle_in_the_console(browser)
     regenerated = await bob.submit(detail, f"{detail}/regenerate-key")
     assert regenerated.status_code == 200 and regenerated.headers["cache-control"] == "no-store"
     assert "grq_live_" in regenerated.text and new_key not in regenerated.text
+    fields = hidden_fields(regenerated.text, f"{detail}/handoff")
+    key_document = json.loads(fields["document"])
+    assert key_document["api_key"].startswith("grq_live_") and key_document["api_key"] in regenerated.text
+    assert "client_secret" not in key_document  # the partner keeps the secret it has; it is never shown again
+    download = await bob.client.post(f"{detail}/handoff", data=fields)
+    assert download.status_code == 200 and download.headers["cache-control"] == "no-store"
+    assert tuple(json.loads(download.content)) == KEY_KEYS
+    assert download.content == (json.dumps(key_document, indent=2) + "\n").encode()
+    assert "trellis integrations regenerate-key --handoff" in regenerated.text
 
     wrong = await alice.submit(detail, f"{detail}/revoke", {"confirm_name": "SAP"})
     assert wrong.status_code == 422 and 'id="confirm_name-error"' in wrong.text
