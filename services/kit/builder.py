@@ -15,12 +15,17 @@ closes everything opened before it, newest first, and its error is what the call
 `serve()` hands the stack to the RunningService, whose `stop()` closes it the same way after
 the server stopped. A close that fails is logged and the others still run. So a `main.py`
 states what its service has and nothing about the order of cleanup.
+
+The two HTTP processes (the edge and the console) are built the same way: `listen()` binds
+their socket, `on_close()` registers what they open themselves, and `handover()` gives the
+stack to their services.kit.httpserve.RunningHttp, which closes it after uvicorn stopped.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -39,7 +44,7 @@ from services.kit.db import create_engine, is_sqlite, session_factory
 from services.kit.grpc_server import create_server
 from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, jetstream_publisher
-from services.kit.service import RunningService
+from services.kit.service import Cleanup, RunningService
 from services.kit.settings import KitSettings
 from services.kit.telemetry import peer_channel
 
@@ -99,10 +104,22 @@ class ServiceBuilder:
     def __init__(self, name: str, settings: KitSettings, *, address: str | None = None) -> None:
         self.name = name
         self.settings = settings
-        self.address = address or f"{settings.bind_host}:{settings.listen_port(name)}"
-        self.metrics = ServiceMetrics(name)
+        self._address = address
+        self._metrics: ServiceMetrics | None = None
         self._stack = AsyncExitStack()
         self._served = False
+
+    @property
+    def address(self) -> str:
+        """Where the gRPC server binds: the one given, else `<bind host>:<the service's port>`."""
+        return self._address or f"{self.settings.bind_host}:{self.settings.listen_port(self.name)}"
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        """The gRPC service's metrics (calls, outbox, consumers), made when first asked for."""
+        if self._metrics is None:
+            self._metrics = ServiceMetrics(self.name)
+        return self._metrics
 
     async def __aenter__(self) -> Self:
         return self
@@ -169,6 +186,18 @@ class ServiceBuilder:
         self.metrics.watch_consumer(bus.js, consumer.stream, consumer.durable)
         return consumer
 
+    def listen(self, address: str, *, nodelay: bool = True) -> socket.socket:
+        """A socket bound to `address` (`bind`), closed when the service stops."""
+        sock = bind(address, nodelay=nodelay)
+        self.on_close(closer(sock), "listening socket")
+        return sock
+
+    def handover(self) -> Cleanup:
+        """Everything opened so far, as one close for the server's handle to run after the server
+        stopped; the builder no longer closes it when its block ends."""
+        self._served = True
+        return self._stack.pop_all().aclose
+
     def serve(self, register: Callable[[grpc.aio.Server], None], service_names: Iterable[str], *,
               public_methods: Iterable[str] = ()) -> RunningService:
         """The gRPC server bound to the builder's address (health, reflection, the kit's
@@ -179,9 +208,32 @@ class ServiceBuilder:
             self.address, register=register, service_names=names, verifier=ActorVerifier.from_settings(self.settings),
             public_methods=public_methods, metrics=self.metrics,
         )
-        self._served = True
-        return RunningService(self.name, server, port, health, names, cleanups=[self._stack.pop_all().aclose],
+        return RunningService(self.name, server, port, health, names, cleanups=[self.handover()],
                               metrics=self.metrics, metrics_address=metrics_address)
+
+
+def bind(address: str, *, nodelay: bool = True) -> socket.socket:
+    """A socket bound to host:port (port 0: any free one), inheritable, not yet listening.
+
+    nodelay: say the socket is TCP (IPPROTO_TCP), so asyncio turns Nagle's algorithm off on its
+    connections (TCP_NODELAY); with protocol 0 it leaves it on."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP if nodelay else 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.set_inheritable(True)
+    return sock
+
+
+def closer(sock: socket.socket) -> Cleanup:
+    """Closes `sock`, as a cleanup."""
+
+    async def close() -> None:
+        sock.close()
+
+    return close
 
 
 async def _close_nats(nc: NATS) -> None:

@@ -1,6 +1,7 @@
 """What the two HTTP processes (the edge and the console) share: a uvicorn server that leaves
-signals to its owner, the listening socket, and the start/stop/serve-until-signalled life of a
-bootstrapped server with what was opened for it (NATS, channels, the metrics listener)."""
+signals to its owner, and the start/stop/serve-until-signalled life of a bootstrapped server with
+what was opened for it (NATS, channels, the socket, the metrics listener: a ServiceBuilder's
+stack, services.kit.builder, bound with `ServiceBuilder.listen`)."""
 
 from __future__ import annotations
 
@@ -26,28 +27,6 @@ class QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def bind(address: str, *, nodelay: bool = True) -> socket.socket:
-    """A socket bound to host:port (port 0: any free one), inheritable, not yet listening.
-
-    nodelay: say the socket is TCP (IPPROTO_TCP), so asyncio turns Nagle's algorithm off on its
-    connections (TCP_NODELAY); with protocol 0 it leaves it on."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP if nodelay else 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(port)))
-    sock.set_inheritable(True)
-    return sock
-
-
-def closer(sock: socket.socket) -> Cleanup:
-    async def close() -> None:
-        sock.close()
-
-    return close
 
 
 @dataclass(kw_only=True)

@@ -7,6 +7,7 @@ local sign-in in the embedded mode), the pages, and a uvicorn server. Nothing ru
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -27,10 +28,10 @@ from services.console.signin.routes import Auth, SignInPages
 from services.console.web import Cookies, content_security_policy
 from services.console.webhooks.routes import WebhookPages
 from services.kit.auth import ActorVerifier
-from services.kit.bus import connect
-from services.kit.httpserve import QuietServer, RunningHttp, bind, closer
+from services.kit.builder import ServiceBuilder
+from services.kit.httpserve import QuietServer, RunningHttp
 from services.kit.metrics import MetricsServer
-from services.kit.service import Cleanup, configure_logging
+from services.kit.service import configure_logging
 from services.console.entrypoints.settings import ConsoleProcessSettings, check_settings
 from services.kit.settingcheck import exit_on_bad_settings
 from services.kit.settings import Mode, load_settings
@@ -55,21 +56,19 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
     embedded = settings.mode is Mode.EMBEDDED
     local = LocalSignIn(settings) if embedded else None
     oidc = None if embedded else OidcSignIn(settings, ActorVerifier.from_settings(settings))
-    stops: list[Cleanup] = []
-    try:
-        nc = await connect(settings.nats_url, name=f"trellis-{NAME}")
-        stops.append(nc.drain)
-        store = await SessionStore.open(nc.jetstream(), ttl_seconds=settings.console_session_ttl_seconds,
+    async with ServiceBuilder(NAME, settings) as build:
+        bus = await build.nats()
+        store = await SessionStore.open(bus.js, ttl_seconds=settings.console_session_ttl_seconds,
                                         replicas=settings.nats_stream_replicas)
         peers = Peers(settings)
-        stops.append(peers.close)
+        build.on_close(peers.close, "peer channels")
         # Plain HTTP only on a laptop: anywhere else the cookies are Secure and __Host- prefixed.
         cookies = Cookies(secure=not (embedded and urlsplit(settings.console_public_url).scheme == "http"))
         auth = Auth(store, cookies, local=local, oidc=oidc, session_ttl=settings.console_session_ttl_seconds)
         renderer, metrics = Renderer(embedded=embedded), ConsoleMetrics()
 
         async def ready() -> dict[str, bool]:
-            return {**await peers.health(), "nats": nc.is_connected}
+            return {**await peers.health(), "nats": bus.nc.is_connected}
 
         issuer = urlsplit(settings.actor_issuer)
         form_targets = () if embedded or not issuer.netloc else (f"{issuer.scheme}://{issuer.netloc}",)
@@ -83,22 +82,17 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
             serve_metrics=not settings.console_metrics_addr)
         # TCP_NODELAY (bind's default): with Nagle's algorithm on, every keep-alive answer's body
         # waited 40 ms for the browser's delayed ACK.
-        sock = bind(address or settings.console_addr)
-        stops.append(closer(sock))
-    except BaseException:
-        for stop in reversed(stops):
-            await stop()
-        raise
-    config = uvicorn.Config(console, http="httptools", ws="none", lifespan="off", log_config=None, access_log=False,
-                            proxy_headers=False, server_header=False,
-                            timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None)
-    running = RunningConsole(name=NAME, console=console, server=QuietServer(config), sock=sock, port=sock.getsockname()[1],
-                             stops=stops)
-    if settings.console_metrics_addr:
-        metrics_server = MetricsServer(metrics.render, settings.console_metrics_addr)
-        running.starts.append(metrics_server.start)
-        running.stops.append(metrics_server.stop)
-    return running
+        sock = build.listen(address or settings.console_addr)
+        starts: list[Callable[[], Awaitable[object]]] = []
+        if settings.console_metrics_addr:
+            metrics_server = MetricsServer(metrics.render, settings.console_metrics_addr)
+            starts.append(metrics_server.start)
+            build.on_close(metrics_server.stop, "metrics listener")
+        config = uvicorn.Config(console, http="httptools", ws="none", lifespan="off", log_config=None,
+                                access_log=False, proxy_headers=False, server_header=False,
+                                timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None)
+        return RunningConsole(name=NAME, console=console, server=QuietServer(config), sock=sock,
+                              port=sock.getsockname()[1], starts=starts, stops=[build.handover()])
 
 
 def main() -> None:

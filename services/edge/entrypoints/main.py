@@ -35,10 +35,10 @@ from services.edge.entrypoints.settings import EdgeProcessSettings
 from services.edge.http.proxy import Upstreams
 from services.edge.http.server import REQUEST_LINE_BYTES, HttpLimits, serving
 from services.kit.auth import EDGE_PERMISSION, ServiceTokenSource
-from services.kit.bus import connect, ensure_streams
-from services.kit.httpserve import QuietServer, RunningHttp, bind, closer
+from services.kit.builder import ServiceBuilder
+from services.kit.httpserve import QuietServer, RunningHttp
 from services.kit.metrics import MetricsServer
-from services.kit.service import Cleanup, configure_logging
+from services.kit.service import configure_logging
 from services.kit.settingcheck import SettingError, exit_on_bad_settings
 from services.kit.settings import Mode, load_settings
 from services.kit.telemetry import setup_tracing
@@ -80,19 +80,20 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
     except RouteTableError as exc:
         raise SettingError("TRELLIS_EDGE_ROUTES_FILE", f"a route table that loads ({exc})", given=str(path)) from exc
     tokens_source = ServiceTokenSource.from_settings(settings, user_id="service:edge", permissions=(EDGE_PERMISSION,))
-    stops: list[Cleanup] = []
-    try:
-        nc = await connect(settings.nats_url, name=f"trellis-{NAME}")
-        stops.append(nc.drain)
-        js = nc.jetstream()
-        await ensure_streams(js, replicas=settings.nats_stream_replicas)
+    # What is opened is closed newest first when the edge stops (after uvicorn stopped serving):
+    # the metrics listener, the subscriptions, the log flush, the limiter, the upstream client,
+    # the socket, the peer channels, NATS.
+    async with ServiceBuilder(NAME, settings) as build:
+        bus = await build.nats()
         # Only a table that routes to webhooks makes webhooks a peer (and part of /readyz).
         uses_webhooks = any(route.builtin in WEBHOOKS_BUILTINS for route in routes.routes)
         peers = Peers(settings.identity_addr, settings.registry_addr, tokens_source, timeout=settings.edge_peer_timeout_seconds,
                       webhooks_addr=settings.webhooks_addr if uses_webhooks else None)
-        stops.append(peers.close)
+        build.on_close(peers.close, "peer channels")
+        sock = build.listen(address or settings.edge_addr, nodelay=False)  # as measured in docs/benchmarks.md
         ttl = settings.edge_cache_ttl_seconds
         upstreams = Upstreams(timeout=settings.edge_upstream_timeout_seconds, max_body_bytes=settings.edge_max_body_bytes)
+        build.on_close(upstreams.close, "upstream client")
         own_keys = KeySet(peers.jwks_json, ttl=ttl, refetch_interval=settings.edge_jwks_refetch_seconds, name="identity")
         own = Issuer(settings.token_issuer, settings.token_audience, own_keys, max_lifetime=settings.token_ttl_seconds)
         external = None
@@ -103,12 +104,22 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
             ), external=True, client_id_claim=settings.external_client_id_claim)
         keys, tokens = ApiKeys(peers, ttl=ttl), Tokens(own, external=external, ttl=ttl, token_url=settings.token_url)
         integrations = Integrations(peers, ttl=ttl)
-        invalidator = Invalidator(nc, integrations, keys, tokens)
-        limiter = RateLimiter(js, replicas=settings.nats_stream_replicas, fail_open=settings.edge_rate_limit_fail_open)
-        apilog = ApiLogPublisher(js, platform=PlatformBudget())
+        # Started with the server (RunningHttp.start), before the first request.
+        limiter = RateLimiter(bus.js, replicas=settings.nats_stream_replicas, fail_open=settings.edge_rate_limit_fail_open)
+        build.on_close(limiter.close, "rate limiter")
+        apilog = ApiLogPublisher(bus.js, platform=PlatformBudget())
+        build.on_close(apilog.close, "API log publisher")
+        invalidator = Invalidator(bus.nc, integrations, keys, tokens)
+        build.on_close(invalidator.close, "invalidation subscriptions")
+        starts: list[Callable[[], Awaitable[object]]] = [limiter.start, apilog.start, invalidator.start]
         metrics = EdgeMetrics()
         metrics.watch(apilog_dropped=lambda: apilog.dropped, apilog_queued=lambda: apilog.queued,
                       jwks_fetches=lambda: own_keys.fetches)
+        metrics_server = None
+        if settings.edge_metrics_addr:
+            metrics_server = MetricsServer(metrics.scrape, settings.edge_metrics_addr)
+            starts.insert(0, metrics_server.start)
+            build.on_close(metrics_server.stop, "metrics listener")
         builtins: dict[str, Builtin] = {"whoami": whoami}
         if uses_webhooks:
             # A test delivery waits for the receiver: allow webhooks' delivery timeout and a margin.
@@ -118,42 +129,22 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
                             limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins,
                             inject_trace=propagate.inject)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
-                      jwks=own_keys, apilog=apilog, metrics=metrics, nc=nc)
-        sock = bind(address or settings.edge_addr, nodelay=False)  # as measured in docs/benchmarks.md
-        stops.append(closer(sock))
-    except BaseException:
-        for stop in reversed(stops):
-            await stop()
-        raise
-    limits = HttpLimits(
-        header_seconds=settings.edge_header_read_timeout_seconds, body_seconds=settings.edge_body_read_timeout_seconds,
-        per_address=settings.edge_max_connections_per_address,
-        head_bytes=settings.edge_max_header_bytes + REQUEST_LINE_BYTES,
-        uncounted=tuple(ipaddress.ip_network(c.strip(), strict=False) for c in settings.edge_trusted_proxies))
-    config = uvicorn.Config(
-        # uvicorn calls `http` with a protocol's arguments, so a factory serves where it types a class.
-        app, http=serving(limits),  # type: ignore[arg-type]  # a protocol factory, not a class
-        ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
-        # Never rewrite the client address from X-Forwarded-For: services.edge.domain.clientip decides,
-        # with the configured trusted proxies only.
-        proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,
-    )
-    # Start order: publisher and limiter before requests; stop order (reversed): the server
-    # first (in RunningEdge.stop), then the subscriptions, the log flush, the limiter, the client.
-    starts: list[Callable[[], Awaitable[object]]] = [limiter.start, apilog.start, invalidator.start]
-    stops += [upstreams.close, limiter.close, apilog.close, invalidator.close]
-    edge = RunningEdge(name=NAME, app=app, server=QuietServer(config), sock=sock, port=sock.getsockname()[1], starts=starts,
-                       stops=stops)
-    if settings.edge_metrics_addr:
-        edge.metrics_server = MetricsServer(metrics.scrape, settings.edge_metrics_addr)
-        metrics_server = edge.metrics_server
-
-        async def start_metrics() -> None:
-            await metrics_server.start()  # (it returns the bound port: not needed here)
-
-        starts.insert(0, start_metrics)
-        stops.append(edge.metrics_server.stop)
-    return edge
+                      jwks=own_keys, apilog=apilog, metrics=metrics, nc=bus.nc)
+        limits = HttpLimits(
+            header_seconds=settings.edge_header_read_timeout_seconds, body_seconds=settings.edge_body_read_timeout_seconds,
+            per_address=settings.edge_max_connections_per_address,
+            head_bytes=settings.edge_max_header_bytes + REQUEST_LINE_BYTES,
+            uncounted=tuple(ipaddress.ip_network(c.strip(), strict=False) for c in settings.edge_trusted_proxies))
+        config = uvicorn.Config(
+            # uvicorn calls `http` with a protocol's arguments, so a factory serves where it types a class.
+            app, http=serving(limits),  # type: ignore[arg-type]  # a protocol factory, not a class
+            ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+            # Never rewrite the client address from X-Forwarded-For: services.edge.domain.clientip decides,
+            # with the configured trusted proxies only.
+            proxy_headers=False, server_header=False, timeout_graceful_shutdown=int(settings.grpc_grace_seconds) or None,
+        )
+        return RunningEdge(name=NAME, app=app, server=QuietServer(config), sock=sock, port=sock.getsockname()[1],
+                           starts=starts, stops=[build.handover()], metrics_server=metrics_server)
 
 
 def main() -> None:

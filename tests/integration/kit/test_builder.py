@@ -158,3 +158,30 @@ async def test_a_block_that_serves_nothing_leaves_nothing_open(make_settings: Ca
     assert closed == REVERSE
     assert_all_closed(parts)
 
+
+
+async def test_an_http_service_binds_its_socket_and_its_handle_closes_everything_after_serving(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The edge's and the console's way: listen(), then handover() gives the stack to their
+    RunningHttp; a failure before handover closes the socket with the rest."""
+    closed: list[str] = []
+    with pytest.raises(KeyError, match="route table"):
+        async with ServiceBuilder("edge", make_settings()) as build:
+            bus = await build.nats()
+            sock = build.listen("127.0.0.1:0")
+            build.on_close(marker(closed, "after socket"), "marker")
+            raise KeyError("route table")
+    assert closed == ["after socket"] and sock.fileno() == -1 and bus.nc.is_closed
+
+    async with ServiceBuilder("edge", make_settings()) as build:
+        bus = await build.nats()
+        sock = build.listen("127.0.0.1:0")
+        build.on_close(marker(closed, "after socket"), "marker")
+        close = build.handover()
+    assert sock.fileno() != -1 and bus.nc.is_connected  # the handle owns them now
+    sock.listen()
+    with socket.create_connection(sock.getsockname()[:2], timeout=5):
+        pass  # bound where it says, and open
+    await close()
+    assert closed == ["after socket", "after socket"] and sock.fileno() == -1 and bus.nc.is_closed
