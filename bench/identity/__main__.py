@@ -5,7 +5,15 @@ Identity runs as its own process (`python -m services.identity`) on loopback wit
 nats-server of its own; a few concurrent callers in this process drive it for a few seconds.
 Every loop is bounded by time and by count, so the run stops by itself (well under a minute).
 
-    .venv/bin/python -m bench.identity [--seconds 4] [--callers 4]
+    .venv/bin/python -m bench.identity [--seconds 4] [--callers 4] [--checkout DIR]
+
+Beside each rate it prints the identity process's own CPU time per call (user + system, from
+/proc): on a shared, noisy machine that figure moves far less than a rate does, so it is the
+one to compare two versions by. `--checkout DIR` runs identity (and its migration) from another
+checkout of this repository, e.g. a `git worktree` at an older commit, with this run's bench.
+`--cprofile FILE` runs identity under cProfile (slower: compare rates only without it) and prints
+the Python function calls it made per gRPC call: a count, not a time, so two versions compare
+by it exactly however busy the machine is.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import base64
 import hashlib
 import hmac
 import os
+import pstats
 import secrets
 import signal
 import subprocess
@@ -85,7 +94,23 @@ async def wait_serving(channel: grpc.aio.Channel, timeout: float = 30.0) -> None
     raise TimeoutError("identity did not start")
 
 
-async def measure(address: str, actor_private: bytes, *, callers: int, seconds: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(call: Callable[[int], Awaitable[object]], *, callers: int, seconds: float,
+                   server_cpu: Callable[[], float]) -> tuple[float, float, float]:
+    """(calls per second, the server's CPU microseconds per call, calls made) of one workload."""
+    before, start = server_cpu(), time.perf_counter()
+    rate = await grpc_rate(call, callers=callers, seconds=seconds)
+    calls = rate * (time.perf_counter() - start) + 20  # grpc_rate's 20 warm-up calls
+    return rate, (server_cpu() - before) * 1e6 / max(calls, 1), calls
+
+
+async def measure(address: str, actor_private: bytes, *, callers: int, seconds: float,
+                  server_cpu: Callable[[], float]) -> dict[str, float]:
     def token_for(permission: str) -> tuple[tuple[str, str], ...]:
         token = mint_actor_token(actor_private, issuer=ISSUER, audience=AUDIENCE, user_id="usr_bench", org_id="org_bench",
                                  permissions=[permission], ttl_seconds=600)
@@ -111,8 +136,10 @@ async def measure(address: str, actor_private: bytes, *, callers: int, seconds: 
         async def verify_key(i: int) -> object:
             return await stub.VerifyApiKey(keys[i % len(keys)], metadata=edge)
 
-        tokens = await grpc_rate(issue_token, callers=callers, seconds=seconds)
-        verified = await grpc_rate(verify_key, callers=callers, seconds=seconds)
+        tokens, tokens_cpu, token_calls = await measured(issue_token, callers=callers, seconds=seconds,
+                                                         server_cpu=server_cpu)
+        verified, keys_cpu, key_calls = await measured(verify_key, callers=callers, seconds=seconds,
+                                                       server_cpu=server_cpu)
 
     # The bare operations, on the same machine in the same run.
     rsa_key = signing.generate_private_key("RS256")
@@ -122,13 +149,16 @@ async def measure(address: str, actor_private: bytes, *, callers: int, seconds: 
     api_key = "grq_live_" + secrets.token_urlsafe(32)
     stored = hashlib.sha256(api_key.encode()).hexdigest()
     digest = bare_rate(lambda: hmac.compare_digest(hashlib.sha256(api_key.encode()).hexdigest(), stored), seconds / 2)
-    return {"tokens": tokens, "sign": sign, "keys": verified, "digest": digest}
+    return {"tokens": tokens, "sign": sign, "keys": verified, "digest": digest, "tokens_cpu": tokens_cpu,
+            "keys_cpu": keys_cpu, "calls": token_calls + key_calls + INTEGRATIONS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per gRPC workload (max 20)")
     parser.add_argument("--callers", type=int, default=4, help="concurrent gRPC callers")
+    parser.add_argument("--checkout", type=Path, help="run identity from this checkout (before/after comparisons)")
+    parser.add_argument("--cprofile", type=Path, help="run identity under cProfile, its stats written here")
     args = parser.parse_args()
     seconds = min(max(args.seconds, 0.5), 20.0)
 
@@ -149,10 +179,18 @@ def main() -> None:
             "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
             "TRELLIS_LOG_LEVEL": "WARNING",
         }
-        migrate("identity", f"sqlite+aiosqlite:///{root / 'data' / 'identity.db'}")
-        server = subprocess.Popen([sys.executable, "-m", "services.identity"], env=env)
+        url = f"sqlite+aiosqlite:///{root / 'data' / 'identity.db'}"
+        if args.checkout:
+            env["PYTHONPATH"] = str(args.checkout.resolve())
+            subprocess.run([sys.executable, "-c", f"from services.kit.db import migrate; migrate('identity', {url!r})"],
+                           env=env, cwd=args.checkout, check=True)
+        else:
+            migrate("identity", url)
+        profiler = ["-m", "cProfile", "-o", str(args.cprofile.resolve())] if args.cprofile else []
+        server = subprocess.Popen([sys.executable, *profiler, "-m", "services.identity"], env=env, cwd=args.checkout)
         try:
-            result = asyncio.run(measure(f"127.0.0.1:{port}", actor_private, callers=args.callers, seconds=seconds))
+            result = asyncio.run(measure(f"127.0.0.1:{port}", actor_private, callers=args.callers, seconds=seconds,
+                                         server_cpu=lambda: cpu_seconds(server.pid)))
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -161,16 +199,22 @@ def main() -> None:
                 server.kill()
             nats.stop()
 
+    where = f", identity from {args.checkout}" if args.checkout else ""
     print(f"identity over gRPC on loopback, SQLite, {args.callers} concurrent callers, {seconds:g} s per workload, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'workload':<28}{'through gRPC /s':>18}{'bare operation /s':>20}{'ratio':>9}")
+          f"{os.cpu_count()} CPUs{where}")
+    print(f"{'workload':<28}{'through gRPC /s':>18}{'bare operation /s':>20}{'ratio':>9}{'server CPU µs/call':>21}")
     rows = [
-        ("IssueToken (RS256 JWT)", result["tokens"], result["sign"]),
-        ("VerifyApiKey (SHA-256)", result["keys"], result["digest"]),
+        ("IssueToken (RS256 JWT)", result["tokens"], result["sign"], result["tokens_cpu"]),
+        ("VerifyApiKey (SHA-256)", result["keys"], result["digest"], result["keys_cpu"]),
     ]
-    for name, through, bare in rows:
-        print(f"{name:<28}{through:>18,.0f}{bare:>20,.0f}{through / bare:>9.4f}")
+    for name, through, bare, cpu in rows:
+        print(f"{name:<28}{through:>18,.0f}{bare:>20,.0f}{through / bare:>9.4f}{cpu:>21,.0f}")
     print("bare operations: RS256 sign of the token claims (2048-bit key); SHA-256 + hmac.compare_digest of an API key")
+    if args.cprofile:
+        stats = pstats.Stats(str(args.cprofile))
+        total = stats.total_calls  # type: ignore[attr-defined]  # set by Stats, not declared in its stub
+        print(f"under cProfile: {total:,} Python function calls in identity, {total / result['calls']:,.0f} per gRPC call "
+              f"({result['calls']:,.0f} calls, start-up and shutdown included)")
 
 
 if __name__ == "__main__":

@@ -203,21 +203,8 @@ class IdentityStore:
 
     async def revoke_live_api_keys(self, org_id: str, integration_id: str, now: dt.datetime, *, created_before: dt.datetime | None = None) -> list[ApiKey]:
         """Mark the integration's live keys revoked; returns those that were live."""
-        condition = and_(
-            api_keys.c.org_id == org_id,
-            api_keys.c.integration_id == integration_id,
-            api_keys.c.status == CredentialStatus.ACTIVE.value,
-        )
-        if created_before is not None:
-            condition = and_(condition, api_keys.c.created_at <= created_before)
-        live = [_api_key(r) for r in await self.session.execute(select(api_keys).where(condition))]
-        if live:
-            await self.session.execute(
-                update(api_keys)
-                .where(api_keys.c.id.in_([k.id for k in live]))
-                .values(status=CredentialStatus.REVOKED.value, revoked_at=now)
-            )
-        return live
+        rows = await self._revoke_live(api_keys, api_keys.c.id, org_id, integration_id, now, created_before)
+        return [_api_key(r) for r in rows]
 
     # --- OAuth clients ---------------------------------------------------------------------
 
@@ -264,20 +251,22 @@ class IdentityStore:
         return _client(row) if row else None
 
     async def revoke_live_clients(self, org_id: str, integration_id: str, now: dt.datetime, *, created_before: dt.datetime | None = None) -> list[OAuthClient]:
-        condition = and_(
-            oauth_clients.c.org_id == org_id,
-            oauth_clients.c.integration_id == integration_id,
-            oauth_clients.c.status == CredentialStatus.ACTIVE.value,
-        )
+        """Mark the integration's live OAuth clients revoked; returns those that were live."""
+        rows = await self._revoke_live(oauth_clients, oauth_clients.c.client_id, org_id, integration_id, now, created_before)
+        return [_client(r) for r in rows]
+
+    async def _revoke_live(self, table: Table, key: Column[str], org_id: str, integration_id: str, now: dt.datetime,
+                           created_before: dt.datetime | None) -> list[AnyRow]:
+        """The integration's live credentials in `table` (created at or before `created_before`,
+        when given), read and then marked revoked at `now`, in the unit's transaction."""
+        condition = and_(table.c.org_id == org_id, table.c.integration_id == integration_id,
+                         table.c.status == CredentialStatus.ACTIVE.value)
         if created_before is not None:
-            condition = and_(condition, oauth_clients.c.created_at <= created_before)
-        live = [_client(r) for r in await self.session.execute(select(oauth_clients).where(condition))]
+            condition = and_(condition, table.c.created_at <= created_before)
+        live = list(await self.session.execute(select(table).where(condition)))
         if live:
-            await self.session.execute(
-                update(oauth_clients)
-                .where(oauth_clients.c.client_id.in_([c.client_id for c in live]))
-                .values(status=CredentialStatus.REVOKED.value, revoked_at=now)
-            )
+            await self.session.execute(update(table).where(key.in_([row._mapping[key.name] for row in live]))
+                                       .values(status=CredentialStatus.REVOKED.value, revoked_at=now))
         return live
 
     async def set_client_scopes(self, org_id: str, client_id: str, scopes: Iterable[str], at: dt.datetime) -> None:
