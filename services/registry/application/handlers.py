@@ -433,6 +433,7 @@ class SetupRequestHandlers:
 
     async def get(self, actor: Actor, setup_request_id: str) -> SetupRequest:
         """An administrator's own organisation's request; any organisation's for a platform operator."""
+        _require_id(setup_request_id)
         async with self._uow() as uow:
             if PLATFORM_PERMISSION in actor.permissions:
                 return await uow.setup_requests.lookup(setup_request_id)
@@ -472,6 +473,7 @@ class SetupRequestHandlers:
     async def _move(self, actor: Actor, setup_request_id: str, kind: str, mutate: Callable[[SetupRequest], None], *,
                     reason: str = "", request_id: str = "") -> SetupRequest:
         actor.require(PLATFORM_PERMISSION)
+        _require_id(setup_request_id)
         async with self._uow() as uow:
             request = await uow.setup_requests.lookup(setup_request_id)
             before = request.copy()
@@ -482,6 +484,11 @@ class SetupRequestHandlers:
             await uow.commit()
         await uow.published()
         return request
+
+
+def _require_id(setup_request_id: str) -> None:
+    if not setup_request_id.strip():
+        raise InvalidArgument("setup_request_id is required", field="setup_request_id")
 
 
 def _same_request(first: SetupRequest, prebuilt_id: str) -> SetupRequest:

@@ -167,3 +167,10 @@ async def test_the_queue_is_every_organisation_oldest_first_and_an_org_sees_its_
     assert [r.id for r in submitted.setup_requests] == [b1.id, a2.id]
     own = await h.list_requests(admin(), commands.ListSetupRequests())
     assert [r.id for r in own.setup_requests] == [a2.id, a1.id]
+
+
+async def test_an_empty_id_is_invalid_argument_naming_it(h: SetupRequestHandlers) -> None:
+    for call in (h.get(admin(), ""), h.start(operator(), commands.StartSetupRequest(" "))):
+        with pytest.raises(InvalidArgument) as caught:
+            await call
+        assert caught.value.fields["field"] == "setup_request_id"
