@@ -2,7 +2,9 @@
 IntegrationChanged message for the services that follow integrations (identity, edge) and an
 AuditEvent for the audit trail (logs), in the wire formats of protos/trellis/events/v1.
 
-Both carry only the integration's non-secret fields: the registry never holds a secret.
+Both carry only the integration's non-secret fields. A setup request of a pre-built integration
+(domain/setup.py) changing publishes one AuditEvent, which names its secret fields but never
+holds their values.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.kit.ids import new_id
 from services.kit.prototime import timestamp, timestamp_or_none
 from services.registry.domain.model import Integration, IntegrationChanged, snapshot_json
+from services.registry.domain.setup import SetupRequestChanged, setup_snapshot_json
 
 SERVICE = "registry"
 
@@ -79,3 +82,25 @@ def audit_event(
         request_id=request_id,
     )
     return OutgoingEvent(event.event_id, f"trellis.audit.{SERVICE}.integration.{kind}", event.SerializeToString())
+
+
+def setup_audit_event(change: SetupRequestChanged) -> OutgoingEvent:
+    """The AuditEvent of one setup request change, in the requesting organisation's trail (the
+    actor may be a platform operator of another). Before and after name secret fields only."""
+    after = change.after
+    event = events_pb2.AuditEvent(
+        event_id=new_id("evt"),
+        occurred_at=timestamp(after.updated_at),
+        service=SERVICE,
+        org_id=after.org_id,
+        actor_id=change.actor_id,
+        action=f"setup_request.{change.kind}",
+        object_type="setup_request",
+        object_id=after.id,
+        before_json=setup_snapshot_json(change.before),
+        after_json=setup_snapshot_json(after),
+        reason=change.reason,
+        request_id=change.request_id,
+    )
+    return OutgoingEvent(event.event_id, f"trellis.audit.{SERVICE}.setup_request.{change.kind}",
+                         event.SerializeToString())

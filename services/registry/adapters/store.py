@@ -27,9 +27,11 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
+    UniqueConstraint,
     and_,
     func,
     or_,
@@ -38,6 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.kit.db import UTCDateTime, new_metadata, rowcount
@@ -45,8 +48,15 @@ from services.kit.errors import Aborted, InvalidArgument, NotFound
 from services.kit.outbox import Flush, no_flush, outbox_table
 from services.kit.sqluow import SqlUnitOfWork
 from services.registry.adapters import events
-from services.registry.application.ports import Page
+from services.registry.application.ports import Page, SetupPage
 from services.registry.domain.model import HistoryEntry, Integration, IntegrationChanged, Status
+from services.registry.domain.setup import (
+    SetupRequest,
+    SetupRequestChanged,
+    SetupStatus,
+    SetupStep,
+    setup_request_not_found,
+)
 
 metadata = new_metadata()
 
@@ -98,6 +108,37 @@ lifecycle_history = Table(
     Column("after_json", Text, nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Index("ix_lifecycle_history_org_integration", "org_id", "integration_id", "at"),
+)
+
+# Setup requests of pre-built integrations (domain/setup.py). The secret connection details
+# are one JSON object sealed by services.kit.crypto.Envelope, bound to
+# setup_requests.sealed_secrets:<id>, never in plain text; `history` holds the steps, oldest first.
+setup_requests = Table(
+    "setup_requests",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(200), nullable=False),
+    Column("prebuilt_id", String(64), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("connection", JSON, nullable=False),
+    Column("secrets_given", JSON, nullable=False),
+    Column("sealed_secrets", LargeBinary, nullable=True),
+    Column("contact_email", String(254), nullable=False),
+    Column("notes", Text, nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("handled_by", String(200), nullable=False),
+    Column("decline_reason", Text, nullable=False),
+    Column("configured_note", Text, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("history", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    # A retried create (the same request id in the same organisation) finds the first.
+    UniqueConstraint("org_id", "request_id", name="uq_setup_requests_org_id_request_id"),
+    # An organisation's requests newest first; the platform team's queue oldest first.
+    Index("ix_setup_requests_org_created", "org_id", "created_at", "id"),
+    Index("ix_setup_requests_created", "created_at", "id"),
 )
 
 outbox = outbox_table(metadata)
@@ -326,11 +367,117 @@ class IntegrationRepository:
         ]
 
 
+_SETUP_COLUMNS = (
+    "id", "org_id", "prebuilt_id", "contact_email", "notes", "requested_by", "handled_by", "decline_reason",
+    "configured_note", "request_id", "created_at", "updated_at", "version",
+)
+
+
+def _step_json(step: SetupStep) -> dict[str, object]:
+    return {"action": step.action, "actor_id": step.actor_id,
+            "from_status": step.from_status.value if step.from_status else None,
+            "to_status": step.to_status.value, "note": step.note, "at": step.at.isoformat()}
+
+
+def _step(data: dict[str, object]) -> SetupStep:
+    return SetupStep(
+        action=str(data["action"]), actor_id=str(data["actor_id"]),
+        from_status=SetupStatus(str(data["from_status"])) if data["from_status"] else None,
+        to_status=SetupStatus(str(data["to_status"])), note=str(data["note"]),
+        at=dt.datetime.fromisoformat(str(data["at"])),
+    )
+
+
+def _setup_row(request: SetupRequest) -> dict[str, object]:
+    values: dict[str, object] = {name: getattr(request, name) for name in _SETUP_COLUMNS}
+    values.update(status=request.status.value, connection=dict(request.connection),
+                  secrets_given=list(request.secrets_given), history=[_step_json(s) for s in request.history])
+    return values
+
+
+def _setup_request(row: RowMapping) -> SetupRequest:
+    values = {name: row[name] for name in _SETUP_COLUMNS}
+    return SetupRequest(
+        status=SetupStatus(row["status"]), connection=dict(row["connection"] or {}),
+        secrets_given=list(row["secrets_given"] or []), history=[_step(s) for s in row["history"] or []], **values,
+    )
+
+
+class SetupRequestRepository:
+    """application.ports.SetupRequests over SQL, in one session's transaction (the unit of work's)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, request: SetupRequest, sealed_secrets: bytes | None) -> None:
+        await self._session.execute(setup_requests.insert().values(**_setup_row(request), sealed_secrets=sealed_secrets))
+
+    async def _one(self, *where: ColumnElement[bool]) -> SetupRequest | None:
+        row = (await self._session.execute(select(setup_requests).where(*where))).mappings().first()
+        return _setup_request(row) if row is not None else None
+
+    async def get(self, org_id: str, setup_request_id: str) -> SetupRequest:
+        t = setup_requests
+        found = await self._one(t.c.org_id == org_id, t.c.id == setup_request_id)
+        if found is None:
+            raise setup_request_not_found(setup_request_id)
+        return found
+
+    async def lookup(self, setup_request_id: str) -> SetupRequest:
+        found = await self._one(setup_requests.c.id == setup_request_id)
+        if found is None:
+            raise setup_request_not_found(setup_request_id)
+        return found
+
+    async def by_request_id(self, org_id: str, request_id: str) -> SetupRequest | None:
+        t = setup_requests
+        return await self._one(t.c.org_id == org_id, t.c.request_id == request_id)
+
+    async def save(self, request: SetupRequest, *, expected_version: int) -> None:
+        values = _setup_row(request)
+        for key in ("id", "org_id", "prebuilt_id", "created_at", "requested_by", "request_id"):
+            values.pop(key)
+        t = setup_requests
+        result = await self._session.execute(
+            update(t).where(t.c.org_id == request.org_id, t.c.id == request.id, t.c.version == expected_version)
+            .values(**values)
+        )
+        if rowcount(result) != 1:
+            raise Aborted(f"setup request {request.id} was changed by another request; reload it and retry",
+                          setup_request_id=request.id)
+
+    async def list_page(self, org_id: str | None, *, statuses: Sequence[SetupStatus] = (), page_size: int = 0,
+                        page_token: str = "") -> SetupPage:
+        """One organisation's requests newest first; every organisation's (org_id None) oldest first."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", page_size=page_size)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        t = setup_requests
+        query = select(t)
+        if org_id is not None:
+            query = query.where(t.c.org_id == org_id)
+        if statuses:
+            query = query.where(t.c.status.in_([s.value for s in statuses]))
+        newest_first = org_id is not None
+        if page_token:
+            created_at, last_id = _decode_token(page_token)
+            if newest_first:
+                query = query.where(or_(t.c.created_at < created_at, and_(t.c.created_at == created_at, t.c.id < last_id)))
+            else:
+                query = query.where(or_(t.c.created_at > created_at, and_(t.c.created_at == created_at, t.c.id > last_id)))
+        order = (t.c.created_at.desc(), t.c.id.desc()) if newest_first else (t.c.created_at.asc(), t.c.id.asc())
+        rows = (await self._session.execute(query.order_by(*order).limit(size + 1))).mappings().all()
+        found = [_setup_request(r) for r in rows[:size]]
+        token = _encode_token(found[-1].created_at, found[-1].id) if len(rows) > size else ""
+        return SetupPage(found, token)
+
+
 class SqlRegistryUnitOfWork(SqlUnitOfWork):
     """application.ports.RegistryUnitOfWork over SQL: the integrations repository on the unit's
     session, and each published change as its two outbox rows (adapters/events.py)."""
 
     integrations: IntegrationRepository
+    setup_requests: SetupRequestRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool, flush: Flush = no_flush) -> None:
         super().__init__(sessions, outbox_table=outbox, flush=flush)
@@ -339,8 +486,13 @@ class SqlRegistryUnitOfWork(SqlUnitOfWork):
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.integrations = IntegrationRepository(self.session, postgres=self._postgres)
+        self.setup_requests = SetupRequestRepository(self.session)
         return self
 
     async def publish(self, change: IntegrationChanged) -> None:
         for event in events.of_change(change):
             await self.add_event(event.subject, event.payload, event_id=event.event_id)
+
+    async def publish_setup(self, change: SetupRequestChanged) -> None:
+        event = events.setup_audit_event(change)
+        await self.add_event(event.subject, event.payload, event_id=event.event_id)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.registry.domain.model import Status
+from services.registry.domain.setup import SetupStatus
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,44 @@ class ListIntegrations:
     vendor_id: str = ""
     page_size: int = 0
     page_token: str = ""
+
+
+# --- setup requests of pre-built integrations ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateSetupRequest:
+    prebuilt_id: str
+    # Every connection field, secrets included (they are sealed, never stored in plain text).
+    connection: Mapping[str, str] = field(default_factory=dict, repr=False)
+    contact_email: str = ""
+    notes: str = ""
+    request_id: str = ""  # the same one in the same organisation returns the first request
+
+
+@dataclass(frozen=True)
+class ListSetupRequests:
+    statuses: Sequence[SetupStatus] = ()
+    all_organisations: bool = False  # platform operators: every organisation's queue, oldest first
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class StartSetupRequest:
+    setup_request_id: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class CompleteSetupRequest:
+    setup_request_id: str
+    note: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class DeclineSetupRequest:
+    setup_request_id: str
+    reason: str
+    request_id: str = ""

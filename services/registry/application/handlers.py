@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 
-from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
+from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, PLATFORM_PERMISSION, Actor
 from services.kit.clock import utcnow
-from services.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.kit.crypto import aad_for
+from services.kit.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.kit.ids import REQUEST_ID_FORM, is_request_id, new_id
+from services.kit.uow import WriteConflict
 from services.registry.application import commands
 from services.registry.application.ports import (
     CredentialsPort,
@@ -33,6 +36,8 @@ from services.registry.application.ports import (
     Page,
     RegeneratedApiKey,
     RegistryUnitOfWork,
+    Sealing,
+    SetupPage,
     UnitsOfWork,
 )
 from services.registry.domain.model import (
@@ -45,6 +50,14 @@ from services.registry.domain.model import (
     ScopeCategory,
     Vendor,
     ensure_room_for_activation,
+)
+from services.registry.domain.setup import (
+    PREBUILT_INTEGRATIONS,
+    PrebuiltIntegration,
+    SetupRequest,
+    SetupRequestChanged,
+    prebuilt,
+    validate_connection,
 )
 
 log = logging.getLogger(__name__)
@@ -364,3 +377,119 @@ class RegistryHandlers:
         """The history row of one change, and the change published: in the unit's transaction."""
         await uow.integrations.add_history(change.history_entry(new_id("hst")))
         await uow.publish(change)
+
+
+# --- setup requests of pre-built integrations ------------------------------------------------------
+
+
+def setup_secrets_aad(setup_request_id: str) -> bytes:
+    """What binds a request's sealed secrets to its row and column: a blob moved elsewhere fails to open."""
+    return aad_for("setup_requests", "sealed_secrets", setup_request_id)
+
+
+class SetupRequestHandlers:
+    """The organisation's side (submit, read its own) and the platform team's (read every
+    organisation's queue, start, complete, decline) of pre-built integration setup requests."""
+
+    def __init__(self, units: UnitsOfWork, sealing: Sealing, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self._uow = units
+        self._sealing = sealing
+        self._clock = clock
+
+    def catalogue(self, actor: Actor) -> tuple[PrebuiltIntegration, ...]:
+        return PREBUILT_INTEGRATIONS
+
+    async def create(self, actor: Actor, cmd: commands.CreateSetupRequest) -> SetupRequest:
+        """A new Submitted request; the same request id in the same organisation returns the first."""
+        actor.require(ADMIN_PERMISSION)
+        if cmd.request_id and not is_request_id(cmd.request_id):
+            raise InvalidArgument(f"request_id must be {REQUEST_ID_FORM}", field="request_id")
+        entry = prebuilt(cmd.prebuilt_id)
+        details = validate_connection(entry, cmd.connection)
+        request = SetupRequest.submit(
+            id=new_id("setup"), org_id=actor.org_id, prebuilt_id=entry.id, details=details,
+            requested_by=actor.user_id, request_id=cmd.request_id or new_id("req"), now=self._clock(),
+            contact_email=cmd.contact_email, notes=cmd.notes,
+        )
+        sealed = (self._sealing.seal(json.dumps(details.secrets, sort_keys=True).encode(), setup_secrets_aad(request.id))
+                  if details.secrets else None)
+        try:
+            async with self._uow() as uow:
+                if cmd.request_id and (first := await uow.setup_requests.by_request_id(actor.org_id, cmd.request_id)):
+                    return _same_request(first, entry.id)
+                await uow.setup_requests.add(request, sealed)
+                await uow.publish_setup(SetupRequestChanged("submitted", None, request, actor.user_id,
+                                                            request_id=request.request_id))
+                await uow.commit()
+        except WriteConflict:
+            # A retry of the same call committed first.
+            async with self._uow() as uow:
+                first = await uow.setup_requests.by_request_id(actor.org_id, request.request_id)
+            if first is None:
+                raise
+            return _same_request(first, entry.id)
+        await uow.published()
+        return request
+
+    async def get(self, actor: Actor, setup_request_id: str) -> SetupRequest:
+        """An administrator's own organisation's request; any organisation's for a platform operator."""
+        async with self._uow() as uow:
+            if PLATFORM_PERMISSION in actor.permissions:
+                return await uow.setup_requests.lookup(setup_request_id)
+            actor.require(ADMIN_PERMISSION)
+            return await uow.setup_requests.get(actor.org_id, setup_request_id)
+
+    async def list_requests(self, actor: Actor, query: commands.ListSetupRequests) -> SetupPage:
+        if query.all_organisations:
+            actor.require(PLATFORM_PERMISSION)
+        else:
+            actor.require(ADMIN_PERMISSION)
+        async with self._uow() as uow:
+            return await uow.setup_requests.list_page(
+                None if query.all_organisations else actor.org_id, statuses=query.statuses,
+                page_size=query.page_size, page_token=query.page_token,
+            )
+
+    async def start(self, actor: Actor, cmd: commands.StartSetupRequest) -> SetupRequest:
+        """Submitted -> In progress, by a platform operator."""
+        now = self._clock()
+        return await self._move(actor, cmd.setup_request_id, "started", lambda r: r.start(actor.user_id, now),
+                                request_id=cmd.request_id)
+
+    async def complete(self, actor: Actor, cmd: commands.CompleteSetupRequest) -> SetupRequest:
+        """In progress -> Configured, by a platform operator."""
+        now = self._clock()
+        return await self._move(actor, cmd.setup_request_id, "configured",
+                                lambda r: r.complete(actor.user_id, cmd.note, now), request_id=cmd.request_id)
+
+    async def decline(self, actor: Actor, cmd: commands.DeclineSetupRequest) -> SetupRequest:
+        """Submitted or In progress -> Declined with a reason, by a platform operator."""
+        now = self._clock()
+        return await self._move(actor, cmd.setup_request_id, "declined",
+                                lambda r: r.decline(actor.user_id, cmd.reason, now), reason=cmd.reason,
+                                request_id=cmd.request_id)
+
+    async def _move(self, actor: Actor, setup_request_id: str, kind: str, mutate: Callable[[SetupRequest], None], *,
+                    reason: str = "", request_id: str = "") -> SetupRequest:
+        actor.require(PLATFORM_PERMISSION)
+        async with self._uow() as uow:
+            request = await uow.setup_requests.lookup(setup_request_id)
+            before = request.copy()
+            mutate(request)
+            await uow.setup_requests.save(request, expected_version=before.version)
+            await uow.publish_setup(SetupRequestChanged(kind, before, request, actor.user_id, reason=reason.strip(),
+                                                        request_id=request_id))
+            await uow.commit()
+        await uow.published()
+        return request
+
+
+def _same_request(first: SetupRequest, prebuilt_id: str) -> SetupRequest:
+    """The request a retried create made the first time, unless the id now names another kind."""
+    if first.prebuilt_id != prebuilt_id:
+        raise AlreadyExists(
+            f"request_id {first.request_id} already made setup request {first.id} for {first.prebuilt_id}; "
+            "use a new request id for a new request",
+            field="request_id", setup_request_id=first.id,
+        )
+    return first

@@ -14,6 +14,7 @@ from typing import Protocol
 from services.kit.auth import Actor
 from services.kit.uow import UnitOfWork
 from services.registry.domain.model import HistoryEntry, Integration, IntegrationChanged, Status
+from services.registry.domain.setup import SetupRequest, SetupRequestChanged, SetupStatus
 
 # --- storage ---------------------------------------------------------------------------------------
 
@@ -79,11 +80,58 @@ class Integrations(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SetupPage:
+    """One page of setup requests, and the token of the next ("" on the last)."""
+
+    setup_requests: list[SetupRequest]
+    next_page_token: str
+
+
+class SetupRequests(Protocol):
+    """Setup requests of pre-built integrations, their history on them, and their sealed secrets.
+    `get` is confined to one organisation (another's request is NotFound); `lookup` and
+    `list_page` without an organisation serve platform operators."""
+
+    async def add(self, request: SetupRequest, sealed_secrets: bytes | None) -> None:
+        """A new request; WriteConflict when its organisation already used its request id."""
+        ...
+
+    async def get(self, org_id: str, setup_request_id: str) -> SetupRequest:
+        """The request, or NotFound when it does not exist in this organisation."""
+        ...
+
+    async def lookup(self, setup_request_id: str) -> SetupRequest:
+        """The request in whichever organisation holds it; NotFound when none does."""
+        ...
+
+    async def by_request_id(self, org_id: str, request_id: str) -> SetupRequest | None:
+        """The organisation's request created with this request id, if any."""
+        ...
+
+    async def save(self, request: SetupRequest, *, expected_version: int) -> None:
+        """Write over the row read at `expected_version`; Aborted if it moved on since."""
+        ...
+
+    async def list_page(self, org_id: str | None, *, statuses: Sequence[SetupStatus] = (), page_size: int = 0,
+                        page_token: str = "") -> SetupPage:
+        """One organisation's requests newest first; with `org_id` None, every organisation's,
+        oldest first (the platform team's queue)."""
+        ...
+
+
 class RegistryUnitOfWork(UnitOfWork, Protocol):
     """One transaction of a registry use case."""
 
     @property
     def integrations(self) -> Integrations: ...
+
+    @property
+    def setup_requests(self) -> SetupRequests: ...
+
+    async def publish_setup(self, change: SetupRequestChanged) -> None:
+        """Tell the audit trail of `change`, in this transaction's outbox."""
+        ...
 
     async def publish(self, change: IntegrationChanged) -> None:
         """Tell the services that follow integrations, and the audit trail, of `change`: its
@@ -92,6 +140,12 @@ class RegistryUnitOfWork(UnitOfWork, Protocol):
 
 
 UnitsOfWork = Callable[[], RegistryUnitOfWork]
+
+
+class Sealing(Protocol):
+    """Seals a value for storage (services.kit.crypto.Envelope): AES-256-GCM bound to `aad`."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
 
 
 # --- identity ------------------------------------------------------------------------------------

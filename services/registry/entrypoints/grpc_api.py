@@ -13,14 +13,17 @@ from services.kit.errors import InvalidArgument
 from services.kit.ids import is_request_id
 from services.kit.prototime import timestamp_or_none
 from services.registry.application import commands
-from services.registry.application.handlers import RegistryHandlers
+from services.registry.application.handlers import RegistryHandlers, SetupRequestHandlers
 from services.registry.application.ports import IssuedCredentials
 from services.registry.domain.model import UPDATABLE_FIELDS, HistoryEntry, Integration, Status
+from services.registry.domain.setup import PrebuiltIntegration, SetupRequest, SetupStatus, SetupStep
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 
 _TO_PROTO = {status: pb.IntegrationStatus.Value(f"INTEGRATION_STATUS_{status.name}") for status in Status}
 _FROM_PROTO = {value: status for status, value in _TO_PROTO.items()}
+_SETUP_TO_PROTO = {s: pb.SetupRequestStatus.Value(f"SETUP_REQUEST_STATUS_{s.name}") for s in SetupStatus}
+_SETUP_FROM_PROTO = {value: s for s, value in _SETUP_TO_PROTO.items()}
 
 
 def integration_to_proto(i: Integration) -> pb.Integration:
@@ -51,6 +54,40 @@ def _history_to_proto(e: HistoryEntry) -> pb.HistoryEntry:
         to_status=_TO_PROTO[e.to_status], reason=e.reason, before_json=e.before_json, after_json=e.after_json,
         at=timestamp_or_none(e.at),
     )
+
+
+def prebuilt_to_proto(p: PrebuiltIntegration) -> pb.PrebuiltIntegration:
+    return pb.PrebuiltIntegration(
+        id=p.id, name=p.name, description=p.description,
+        fields=[pb.ConnectionField(name=f.name, label=f.label, help=f.help, required=f.required, secret=f.secret,
+                                   max_length=f.max_length) for f in p.fields],
+    )
+
+
+def _step_to_proto(s: SetupStep) -> pb.SetupRequestStep:
+    return pb.SetupRequestStep(
+        action=s.action, actor_id=s.actor_id,
+        from_status=_SETUP_TO_PROTO[s.from_status] if s.from_status else pb.SETUP_REQUEST_STATUS_UNSPECIFIED,
+        to_status=_SETUP_TO_PROTO[s.to_status], note=s.note, at=timestamp_or_none(s.at),
+    )
+
+
+def setup_request_to_proto(r: SetupRequest) -> pb.SetupRequest:
+    """The request as callers see it: secret fields by name only, never their values."""
+    return pb.SetupRequest(
+        id=r.id, org_id=r.org_id, prebuilt_id=r.prebuilt_id, status=_SETUP_TO_PROTO[r.status],
+        connection=r.connection, secrets_given=r.secrets_given, contact_email=r.contact_email, notes=r.notes,
+        requested_by=r.requested_by, handled_by=r.handled_by, decline_reason=r.decline_reason,
+        configured_note=r.configured_note, created_at=timestamp_or_none(r.created_at),
+        updated_at=timestamp_or_none(r.updated_at), version=r.version, history=[_step_to_proto(s) for s in r.history],
+    )
+
+
+def _setup_statuses(values: list[int]) -> list[SetupStatus]:
+    unknown = [v for v in values if v not in _SETUP_FROM_PROTO]
+    if unknown:
+        raise InvalidArgument(f"unknown status filter values {unknown}", statuses=",".join(map(str, unknown)))
+    return [_SETUP_FROM_PROTO[v] for v in values]
 
 
 def _request_id(context: grpc.aio.ServicerContext, given: str = "") -> str:
@@ -87,8 +124,9 @@ def _statuses(values: list[int]) -> list[Status]:
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     """Thin translation between the Registry contract and `RegistryHandlers`."""
 
-    def __init__(self, handlers: RegistryHandlers) -> None:
+    def __init__(self, handlers: RegistryHandlers, setup: SetupRequestHandlers) -> None:
         self._h = handlers
+        self._setup = setup
 
     async def ListVendors(self, request: pb.ListVendorsRequest, context: grpc.aio.ServicerContext) -> pb.ListVendorsResponse:
         vendors = self._h.list_vendors(current_actor())
@@ -184,3 +222,47 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> pb.GetIntegrationHistoryResponse:
         entries = await self._h.history(current_actor(), request.integration_id)
         return pb.GetIntegrationHistoryResponse(entries=[_history_to_proto(e) for e in entries])
+
+    # --- pre-built integrations and their setup requests ---------------------------------------
+
+    async def ListPrebuiltIntegrations(
+        self, request: pb.ListPrebuiltIntegrationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPrebuiltIntegrationsResponse:
+        catalogue = self._setup.catalogue(current_actor())
+        return pb.ListPrebuiltIntegrationsResponse(integrations=[prebuilt_to_proto(p) for p in catalogue])
+
+    async def CreateSetupRequest(self, request: pb.CreateSetupRequestRequest, context: grpc.aio.ServicerContext) -> pb.SetupRequest:
+        command = commands.CreateSetupRequest(
+            prebuilt_id=request.prebuilt_id, connection=dict(request.connection), contact_email=request.contact_email,
+            notes=request.notes, request_id=request.request_id,
+        )
+        return setup_request_to_proto(await self._setup.create(current_actor(), command))
+
+    async def GetSetupRequest(self, request: pb.GetSetupRequestRequest, context: grpc.aio.ServicerContext) -> pb.SetupRequest:
+        return setup_request_to_proto(await self._setup.get(current_actor(), request.setup_request_id))
+
+    async def ListSetupRequests(
+        self, request: pb.ListSetupRequestsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSetupRequestsResponse:
+        query = commands.ListSetupRequests(
+            statuses=_setup_statuses(list(request.statuses)), all_organisations=request.all_organisations,
+            page_size=request.page_size, page_token=request.page_token,
+        )
+        page = await self._setup.list_requests(current_actor(), query)
+        return pb.ListSetupRequestsResponse(
+            setup_requests=[setup_request_to_proto(r) for r in page.setup_requests], next_page_token=page.next_page_token
+        )
+
+    async def StartSetupRequest(self, request: pb.StartSetupRequestRequest, context: grpc.aio.ServicerContext) -> pb.SetupRequest:
+        command = commands.StartSetupRequest(request.setup_request_id, request_id=_request_id(context))
+        return setup_request_to_proto(await self._setup.start(current_actor(), command))
+
+    async def CompleteSetupRequest(
+        self, request: pb.CompleteSetupRequestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetupRequest:
+        command = commands.CompleteSetupRequest(request.setup_request_id, request.note, request_id=_request_id(context))
+        return setup_request_to_proto(await self._setup.complete(current_actor(), command))
+
+    async def DeclineSetupRequest(self, request: pb.DeclineSetupRequestRequest, context: grpc.aio.ServicerContext) -> pb.SetupRequest:
+        command = commands.DeclineSetupRequest(request.setup_request_id, request.reason, request_id=_request_id(context))
+        return setup_request_to_proto(await self._setup.decline(current_actor(), command))

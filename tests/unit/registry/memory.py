@@ -13,8 +13,9 @@ from typing import Any, Self
 from services.kit.auth import Actor
 from services.kit.errors import Aborted, InvalidArgument, NotFound, Unavailable
 from services.kit.uow import InMemoryUnitOfWork, MemoryStore, WriteConflict
-from services.registry.application.ports import IssuedCredentials, Page, RegeneratedApiKey
+from services.registry.application.ports import IssuedCredentials, Page, RegeneratedApiKey, SetupPage
 from services.registry.domain.model import HistoryEntry, Integration, IntegrationChanged, Status
+from services.registry.domain.setup import SetupRequest, SetupRequestChanged, SetupStatus, setup_request_not_found
 
 
 @dataclass
@@ -106,12 +107,64 @@ class MemoryIntegrations:
         return sorted((e for e in self._history.values() if e.integration_id == integration_id), key=lambda e: (e.at, e.id))
 
 
+class MemorySetupRequests:
+    """application.ports.SetupRequests over the unit's tables: rows are (request, sealed blob)."""
+
+    def __init__(self, rows: dict[str, tuple[SetupRequest, bytes | None]]) -> None:
+        self._rows = rows
+
+    async def add(self, request: SetupRequest, sealed_secrets: bytes | None) -> None:
+        if request.id in self._rows or any(r.org_id == request.org_id and r.request_id == request.request_id
+                                           for r, _ in self._rows.values()):
+            raise WriteConflict("another request changed the same data at the same time; retry")
+        self._rows[request.id] = (request.copy(), sealed_secrets)
+
+    async def get(self, org_id: str, setup_request_id: str) -> SetupRequest:
+        found = self._rows.get(setup_request_id)
+        if found is None or found[0].org_id != org_id:
+            raise setup_request_not_found(setup_request_id)
+        return found[0].copy()
+
+    async def lookup(self, setup_request_id: str) -> SetupRequest:
+        found = self._rows.get(setup_request_id)
+        if found is None:
+            raise setup_request_not_found(setup_request_id)
+        return found[0].copy()
+
+    async def by_request_id(self, org_id: str, request_id: str) -> SetupRequest | None:
+        return next((r.copy() for r, _ in self._rows.values() if r.org_id == org_id and r.request_id == request_id), None)
+
+    async def save(self, request: SetupRequest, *, expected_version: int) -> None:
+        found = self._rows.get(request.id)
+        if found is None or found[0].version != expected_version:
+            raise Aborted(f"setup request {request.id} was changed by another request", setup_request_id=request.id)
+        self._rows[request.id] = (request.copy(), found[1])
+
+    async def list_page(self, org_id: str | None, *, statuses: Sequence[SetupStatus] = (), page_size: int = 0,
+                        page_token: str = "") -> SetupPage:
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", page_size=page_size)
+        found = sorted((r.copy() for r, _ in self._rows.values() if (org_id is None or r.org_id == org_id)
+                        and (not statuses or r.status in statuses)),
+                       key=lambda r: (r.created_at, r.id), reverse=org_id is not None)
+        start = int(page_token or 0)
+        size = min(page_size or 50, 500)
+        return SetupPage(found[start:start + size], str(start + size) if len(found) > start + size else "")
+
+
+def sealed_secrets(store: MemoryStore, setup_request_id: str) -> bytes | None:
+    """The sealed blob the store holds for a setup request."""
+    sealed: bytes | None = store.tables["setup_requests"][setup_request_id][1]
+    return sealed
+
+
 class MemoryRegistryUnitOfWork(InMemoryUnitOfWork):
     """application.ports.RegistryUnitOfWork in memory. A published change is one outbox event
     (so `published()` waits for its id) and is kept, by that id, in the "published" table;
     `org_locks` lists the organisations whose limit checks a unit serialised."""
 
     integrations: MemoryIntegrations
+    setup_requests: MemorySetupRequests
 
     def __init__(self, store: MemoryStore, *, org_locks: list[str] | None = None) -> None:
         super().__init__(store)
@@ -120,11 +173,21 @@ class MemoryRegistryUnitOfWork(InMemoryUnitOfWork):
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.integrations = MemoryIntegrations(self.table("integrations"), self.table("history"), self.org_locks)
+        self.setup_requests = MemorySetupRequests(self.table("setup_requests"))
         return self
 
     async def publish(self, change: IntegrationChanged) -> None:
         event_id = await self.add_event(f"trellis.integration.{change.kind}", b"")
         self.table("published")[event_id] = change
+
+    async def publish_setup(self, change: SetupRequestChanged) -> None:
+        event_id = await self.add_event(f"trellis.audit.registry.setup_request.{change.kind}", b"")
+        self.table("published_setup")[event_id] = change
+
+
+def published_setup(store: MemoryStore) -> list[SetupRequestChanged]:
+    """Every committed setup request change, in the order published."""
+    return list(store.tables.get("published_setup", {}).values())
 
 
 def published(store: MemoryStore) -> list[IntegrationChanged]:
