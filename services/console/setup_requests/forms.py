@@ -11,10 +11,9 @@ from dataclasses import dataclass, field, replace
 from starlette.datastructures import FormData
 
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
+from services.kit.ids import MAX_REQUEST_ID_LENGTH
 
 FIELD_PREFIX = "connection."
-# request_id's bound in the registry's idempotency key (the intent is 43 characters).
-MAX_REQUEST_ID = 64
 
 
 @dataclass
@@ -44,4 +43,4 @@ class SetupForm:
         one-time id as request_id, so a second submit of the same page is the same request."""
         return pb.CreateSetupRequestRequest(prebuilt_id=self.prebuilt_id, connection=self.connection,
                                             contact_email=self.contact_email, notes=self.notes,
-                                            request_id=self.intent[:MAX_REQUEST_ID])
+                                            request_id=self.intent[:MAX_REQUEST_ID_LENGTH])
