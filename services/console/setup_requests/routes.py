@@ -36,8 +36,7 @@ from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION
 PAGE_SIZE = 50
 CATALOGUE_SECONDS = 300.0
 DONE = {
-    "submitted": "Request submitted. The platform team will handle the rest of the configuration; most pre-built "
-                 "integrations are configured within one business day.",
+    "submitted": "Request submitted. Follow it here, or in Setup requests.",
     "started": "Started. The organisation sees the request as In progress.",
     "configured": "Marked as configured. The organisation sees the request as Configured, with your note.",
     "declined": "Declined. The organisation sees the request as Declined, with your reason.",
