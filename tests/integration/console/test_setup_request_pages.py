@@ -87,6 +87,8 @@ async def test_a_request_goes_from_the_form_through_the_queue_to_configured(brow
     # The platform team: every organisation's queue, oldest first, with the organisation shown.
     queue = await olga.page("/setup-queue?status=submitted")
     shown.append(queue)
+    fragment = await olga.get("/setup-queue?status=submitted", headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text and f'href="/setup-requests/{setup_id}"' in fragment.text
     assert f'href="/setup-requests/{setup_id}"' in queue and org in queue and 'aria-current="page">Setup queue' in queue
     assert f'href="/setup-requests/{setup_id}"' not in await olga.page("/setup-queue?status=configured")
     page = await olga.page(detail)
@@ -262,6 +264,12 @@ async def test_someone_who_is_not_a_platform_operator_sees_no_queue_and_no_butto
     for path in ("/setup-requests/new", NEW):
         answer = await nora.get(path)
         assert answer.status_code == 403 and "administration_integrations_access" in answer.text, path
+    token = hidden_fields(await nora.page("/"), "/signout")["csrf"]
+    posted = await nora.client.post("/setup-requests", data={**woocommerce(), "prebuilt_id": "woocommerce",
+                                                             "csrf": token, "intent": "nora-1"})
+    assert posted.status_code == 403 and "administration_integrations_access" in posted.text
+    no_secret_in(posted.text)
+    assert (await nora.get("/setup-requests")).status_code == 403
 
 
 async def test_the_new_pages_have_no_inline_script_or_style_and_are_never_cached(browser) -> None:
