@@ -31,6 +31,8 @@ examples:
       --description "Purchase orders into SAP" --owner alice --scope inventory:read,orders:write
   trellis --actor bob integrations approve <id>
   trellis --actor bob integrations activate <id> --handoff
+  trellis setup-requests create --prebuilt shopify --field shop_domain=acme.myshopify.com \
+      --secret admin_api_access_token
 
 Settings come from TRELLIS_* environment variables (TRELLIS_REGISTRY_ADDR, TRELLIS_IDENTITY_ADDR,
 TRELLIS_MODE, ...). In the embedded mode the CLI signs actor tokens with the data directory's
@@ -62,6 +64,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 COMMANDS = {
     "integrations": "integrations", "vendors": "catalog", "scopes": "catalog",
     "up": "operations", "migrate": "operations", "keys": "operations",
+    "setup-requests": "setup_requests",
     "webhooks": "webhooks", "activities": "webhooks", "logs": "logs", "audit": "audit", "review": "review",
 }
 

@@ -28,6 +28,8 @@ STATUS_NAMES = tuple(
     if name != f"{STATUS_PREFIX}UNSPECIFIED"
 )
 _ENUM_FIELDS = {"status", "from_status", "to_status"}
+SETUP_STATUS_PREFIX = "SETUP_REQUEST_STATUS_"
+_ENUM_PREFIXES = (STATUS_PREFIX, SETUP_STATUS_PREFIX)
 
 CREDENTIALS_WARNING = (
     "warning: these credentials are shown only now and cannot be retrieved again. "
@@ -78,10 +80,17 @@ def message_dict(message: Message) -> dict[str, Any]:
     return short
 
 
+def _short_enum(name: str) -> str:
+    for prefix in _ENUM_PREFIXES:
+        if name.startswith(prefix):
+            return name.removeprefix(prefix).lower()
+    return name.lower()
+
+
 def _short_enums(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            k: (v.removeprefix(STATUS_PREFIX).lower() if k in _ENUM_FIELDS and isinstance(v, str) else _short_enums(v))
+            k: (_short_enum(v) if k in _ENUM_FIELDS and isinstance(v, str) else _short_enums(v))
             for k, v in value.items()
         }
     if isinstance(value, list):

@@ -292,7 +292,7 @@ class PartnerSettings(SettingsGroup):
 
 
 class SealingSettings(SettingsGroup):
-    """The key-encryption keys identity and webhooks seal values with (the others never hold them)."""
+    """The key-encryption keys identity, registry and webhooks seal values with (the others never hold them)."""
 
     # Key-encryption key for envelope encryption: base64 of 32 bytes, keyed by version.
     kek: SecretStr = SecretStr(PLACEHOLDER)
@@ -323,12 +323,12 @@ class SealingSettings(SettingsGroup):
 
     def kek_keys(self) -> dict[int, bytes]:
         """Every key-encryption key by version; the current one is `kek_version`. Only the services
-        that seal values (identity, webhooks) ask for it, so only they need TRELLIS_KEK: the
+        that seal values (identity, registry, webhooks) ask for it, so only they need TRELLIS_KEK: the
         others, the internet-facing edge first, never hold it."""
         # KitSettings' mode, which every process's settings have; alone, this group asks for a real key.
         if getattr(self, "mode", None) is not Mode.EMBEDDED and self.kek.get_secret_value() in ("", PLACEHOLDER):
-            raise SettingError("TRELLIS_KEK", "base64 of 32 random bytes outside the embedded mode (identity and "
-                               "webhooks seal values with it)")
+            raise SettingError("TRELLIS_KEK", "base64 of 32 random bytes outside the embedded mode (identity, "
+                               "registry and webhooks seal values with it)")
         keys = {self.kek_version: _decode_kek(self.kek.get_secret_value())}
         for entry in self.kek_previous:
             version, _, value = entry.get_secret_value().partition(":")

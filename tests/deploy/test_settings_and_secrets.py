@@ -60,8 +60,9 @@ def test_every_trellis_variable_in_the_manifests_is_a_real_setting(overlay: str)
     assert not unknown, f"not settings (typo?): {sorted(unknown)}"
 
 
-# The services that seal values with the KEK (identity: signing keys; webhooks: signing secrets).
-SEALING_SERVICES = ("identity", "webhooks")
+# The services that seal values with the KEK (identity: signing keys; registry: secret connection
+# details of setup requests; webhooks: signing secrets).
+SEALING_SERVICES = ("identity", "registry", "webhooks")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
 
     p = commands.add_parser("query", parents=[common], help="audit entries newest first, filtered")
     p.add_argument("--object", default="", metavar="ID", help="entries about this object (an integration id, say)")
-    p.add_argument("--object-type", default="", metavar="TYPE", help="integration, credentials, signing_key, subscription")
+    p.add_argument("--object-type", default="", metavar="TYPE", help="integration, credentials, signing_key, subscription, setup_request")
     p.add_argument("--by", default="", metavar="USER", help="entries of this actor")
     p.add_argument("--action", default="", metavar="ACTION", help="e.g. integration.suspended, credentials.issued")
     p.add_argument("--since", type=parse_time, default=None, metavar="TIME", help="from this time (ISO 8601, or 24h/7d ago)")

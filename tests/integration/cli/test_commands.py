@@ -4,6 +4,7 @@ with the actor tokens the CLI signs from its data directory."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -195,3 +196,68 @@ async def test_catalogues_and_key_rotation(cli: Cli) -> None:
     first = await cli.json("keys", "rotate")
     second = await cli.json("keys", "rotate")
     assert second["previous_kid"] == first["kid"] != second["kid"]
+
+
+# --- setup requests of pre-built integrations -----------------------------------------------------
+
+
+async def test_setup_request_catalogue_lists_the_fields_and_marks_the_secrets(cli: Cli) -> None:
+    shown = await cli.json("setup-requests", "catalogue")
+    assert [p["id"] for p in shown["integrations"]] == ["woocommerce", "shopify", "quickbooks_online"]
+    code, out, _ = await cli("setup-requests", "catalogue")
+    assert code == 0 and "consumer_secret" in out and "Admin API access token" in out
+    vendors = await cli.json("vendors")
+    assert "woocommerce" not in [v["id"] for v in vendors["vendors"]]
+
+
+async def test_setup_request_secrets_come_from_stdin_and_are_never_printed(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "shpat_" + "f" * 32
+    monkeypatch.setattr("sys.stdin", io.StringIO(secret + "\n"))
+    created = await cli.json("setup-requests", "create", "--prebuilt", "shopify", "--field", "shop_domain=acme.myshopify.com",
+                             "--secret", "admin_api_access_token", "--contact-email", "ops@example.com")
+    request = created["setup_request"]
+    assert request["status"] == "submitted" and request["connection"] == {"shop_domain": "acme.myshopify.com"}
+    assert request["secrets_given"] == ["admin_api_access_token"]
+    code, out, err = await cli("setup-requests", "show", request["id"])
+    assert code == 0 and "Submitted" in out and "admin_api_access_token" in out and secret not in out + err
+    listed = await cli.json("setup-requests", "list")
+    assert [r["id"] for r in listed["setup_requests"]] == [request["id"]] and secret not in json.dumps(listed)
+
+
+async def test_a_secret_on_the_command_line_is_warned_about(cli: Cli) -> None:
+    code, out, err = await cli("setup-requests", "create", "--prebuilt", "woocommerce",
+                               "--field", "store_url=https://shop.example.com", "--field", "consumer_key=ck_1",
+                               "--field", "consumer_secret=cs_1")
+    assert code == 0, err
+    assert "consumer_secret is a secret" in err and "--secret consumer_secret" in err and "cs_1" not in out
+
+
+async def test_the_platform_team_works_the_queue_from_the_cli(cli: Cli) -> None:
+    created = await cli.json("setup-requests", "create", "--prebuilt", "quickbooks_online",
+                             "--field", "company_id=9130354", org="org_grower")
+    request_id = created["setup_request"]["id"]
+    queue = await cli.json("setup-requests", "list", "--all", "--status", "submitted", actor="op", org="org_platform")
+    assert request_id in [r["id"] for r in queue["setup_requests"]]
+    own = await cli.json("setup-requests", "list", org="org_platform", actor="op")
+    assert own["setup_requests"] == []
+    await cli.json("setup-requests", "start", request_id, actor="op", org="org_platform")
+    done = await cli.json("setup-requests", "complete", request_id, "--note", "Connected through Intuit sign-in",
+                          actor="op", org="org_platform")
+    assert done["setup_request"]["status"] == "configured" and done["setup_request"]["handled_by"] == "op"
+    assert [s["action"] for s in done["setup_request"]["history"]] == ["submitted", "started", "configured"]
+    code, _, err = await cli("setup-requests", "decline", request_id, "--reason", "late", actor="op", org="org_platform")
+    assert code == 1 and err.startswith("error: FAILED_PRECONDITION: ") and "configured" in err
+    code, out, _ = await cli("setup-requests", "show", request_id, org="org_grower")
+    assert code == 0 and "Configured" in out and "Connected through Intuit sign-in" in out
+
+
+async def test_bad_setup_request_input_is_one_error_line(cli: Cli) -> None:
+    code, out, err = await cli("setup-requests", "create", "--prebuilt", "shopify", "--field", "shop_domain=acme.com")
+    assert code == 1 and out == "" and err.startswith("error: INVALID_ARGUMENT: ") and "shop_domain" in err
+    assert err.count("\n") == 1
+    code, _, err = await cli("setup-requests", "create", "--prebuilt", "magento")
+    assert code == 1 and "woocommerce" in err
+    code, _, err = await cli("setup-requests", "list", "--status", "done")
+    assert code == 1 and "in_progress" in err
+    code, _, err = await cli("setup-requests", "show", "setup_nope", org="org_other")
+    assert code == 1 and err.startswith("error: NOT_FOUND: ")

@@ -136,10 +136,12 @@ def test_a_production_logs_service_without_its_audit_key(tmp_path: Path, product
                               "outside the embedded mode")
 
 
-def test_a_production_identity_without_a_kek(tmp_path: Path, production: dict[str, str], nats_server: NatsServer) -> None:
-    result = run(COMMANDS["identity"], environment(tmp_path, **production, TRELLIS_NATS_URL=nats_server.url))
+@pytest.mark.parametrize("service", ["identity", "registry"])
+def test_a_production_sealing_service_without_a_kek(tmp_path: Path, production: dict[str, str], nats_server: NatsServer,
+                                                    service: str) -> None:
+    result = run(COMMANDS[service], environment(tmp_path, **production, TRELLIS_NATS_URL=nats_server.url))
     assert_fails_with(result, "error: TRELLIS_KEK is not set; expected base64 of 32 random bytes outside the embedded "
-                              "mode (identity and webhooks seal values with it)")
+                              "mode (identity, registry and webhooks seal values with it)")
 
 
 def test_webhooks_with_a_ca_bundle_that_is_not_there(tmp_path: Path, nats_server: NatsServer) -> None:

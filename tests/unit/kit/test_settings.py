@@ -33,7 +33,7 @@ def test_production_refuses_placeholder_secrets():
 def test_only_the_services_that_seal_values_need_the_kek_in_production():
     settings = Settings(mode="production", actor_jwks_url="https://idp.example/jwks.json")  # registry, logs, edge
     with pytest.raises(ValueError, match="TRELLIS_KEK is not set"):
-        settings.kek_keys()  # identity and webhooks ask for it at start-up and stop here
+        settings.kek_keys()  # identity, registry and webhooks ask for it at start-up and stop here
 
 
 def test_production_requires_a_database_url_per_service():
