@@ -120,7 +120,12 @@ class SetupRequestPages(Area):
 
     async def queue(self, request: Request) -> Response:
         session = await self.auth.require(request)
-        return self.lacks(request, session, PLATFORM_PERMISSION) or await self._listed(request, session, queue=True)
+        if not session.can(PLATFORM_PERMISSION):
+            return self.refused(request, session, Refusal(
+                "permission", "You do not have access", f"The setup queue is the platform team's: it needs the "
+                f"{PLATFORM_PERMISSION} permission, which only GrowerIQ's platform operators hold. Your organisation's "
+                "own requests are under Setup requests.", 403), back="/setup-requests", back_label="Setup requests")
+        return await self._listed(request, session, queue=True)
 
     # --- submit -----------------------------------------------------------------------------
 
