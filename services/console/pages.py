@@ -15,11 +15,13 @@ from starlette.templating import Jinja2Templates
 
 from services.console import formats
 from services.console.integrations import views
+from services.console.setup_requests import views as setup
 from services.console.webhooks import views as hooks
+from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as wpb
 from services.console.sessions import Session
 from services.console.web import is_htmx
-from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION
+from services.kit.auth import ADMIN_PERMISSION, PLATFORM_PERMISSION, QA_PERMISSION
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -51,6 +53,9 @@ class Renderer:
             HOOK_ACTIVE=wpb.SUBSCRIPTION_STATUS_ACTIVE, HOOK_PAUSED=wpb.SUBSCRIPTION_STATUS_PAUSED,
             HOOK_FAILING=wpb.SUBSCRIPTION_STATUS_FAILING, HOOK_DISABLED=wpb.SUBSCRIPTION_STATUS_DISABLED,
             DELIVERY_PENDING=wpb.DELIVERY_STATUS_PENDING,
+            PLATFORM=PLATFORM_PERMISSION, setup_status=setup.status_name, setup_slug=setup.status_slug,
+            SETUP_SUBMITTED=rpb.SETUP_REQUEST_STATUS_SUBMITTED, SETUP_IN_PROGRESS=rpb.SETUP_REQUEST_STATUS_IN_PROGRESS,
+            SETUP_CONFIGURED=rpb.SETUP_REQUEST_STATUS_CONFIGURED, SETUP_DECLINED=rpb.SETUP_REQUEST_STATUS_DECLINED,
         )
         self.templates = Jinja2Templates(env=environment)
         self._embedded = embedded

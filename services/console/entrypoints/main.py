@@ -22,6 +22,7 @@ from services.console.pages import Renderer
 from services.console.peers import Peers
 from services.console.review.routes import ReviewPages
 from services.console.sessions import SessionStore
+from services.console.setup_requests.routes import SetupRequestPages
 from services.console.signin.local import LocalSignIn
 from services.console.signin.oidc import OidcSignIn
 from services.console.signin.routes import Auth, SignInPages
@@ -78,7 +79,8 @@ async def bootstrap(settings: ConsoleProcessSettings, *, address: str | None = N
             integrations=IntegrationPages(peers, auth, renderer, store, max_live=settings.max_live_integrations,
                                           api_docs_url=settings.api_docs_url),
             areas=(WebhookPages(peers, auth, renderer, store, test_timeout=settings.webhooks_timeout_seconds + 5),
-                   LogPages(peers, auth, renderer), AuditPages(peers, auth, renderer), ReviewPages(peers, auth, renderer)),
+                   LogPages(peers, auth, renderer), AuditPages(peers, auth, renderer), ReviewPages(peers, auth, renderer),
+                   SetupRequestPages(peers, auth, renderer)),
             serve_metrics=not settings.console_metrics_addr)
         # TCP_NODELAY (bind's default): with Nagle's algorithm on, every keep-alive answer's body
         # waited 40 ms for the browser's delayed ACK.

@@ -18,11 +18,16 @@ from services.kit.settings import Mode
 if TYPE_CHECKING:
     from services.console.entrypoints.settings import ConsoleProcessSettings
 
-# What the local sign-in lets a developer be: the CLI's administrator, or less, to see the
-# console as a QA user or a user without permissions sees it.
+# What the local sign-in lets a developer be: the CLI's administrator (who is also a platform
+# operator, as the CLI's actor is), or less, to see the console as an organisation's
+# administrator who is not on the platform team, the platform team alone (the setup queue), a
+# QA user or a user without permissions sees it.
 ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "administrator": ("Administrator (integrations, logs, platform operations)",
                       (ADMIN_PERMISSION, QA_PERMISSION, PLATFORM_PERMISSION)),
+    "org_administrator": ("Organisation administrator (integrations, logs; not a platform operator)",
+                          (ADMIN_PERMISSION, QA_PERMISSION)),
+    "platform_operator": ("Platform operator only (the setup queue of every organisation)", (PLATFORM_PERMISSION,)),
     "qa": ("QA (API logs only)", (QA_PERMISSION,)),
     "none": ("No permissions", ()),
 }
