@@ -68,8 +68,9 @@ class PrebuiltIntegration:
 PREBUILT_INTEGRATIONS: tuple[PrebuiltIntegration, ...] = (
     PrebuiltIntegration(
         "woocommerce", "WooCommerce",
-        "Orders from your WooCommerce store, and inventory and SKUs back to it, through the store's REST API. "
-        "The platform team sets up and maintains the connection.",
+        # The spec's words ("Pre-Built Integrations"), then how it connects.
+        "Automatic SKU and order synchronisation between GrowerIQ and your WooCommerce store. Product data is "
+        "pushed to WooCommerce, and incoming orders are received back into GrowerIQ, through the store's REST API.",
         (
             ConnectionField("store_url", "Store URL", "Your store's address, e.g. https://shop.example.com",
                             required=True, secret=False, max_length=2048, kind=FieldKind.HTTPS_URL),
@@ -82,8 +83,8 @@ PREBUILT_INTEGRATIONS: tuple[PrebuiltIntegration, ...] = (
     ),
     PrebuiltIntegration(
         "shopify", "Shopify",
-        "Orders from your Shopify store, and inventory and SKUs back to it, through a custom app's Admin API. "
-        "The platform team sets up and maintains the connection.",
+        "Automatic SKU and order synchronisation between GrowerIQ and your Shopify store. Product data is pushed "
+        "to Shopify, and incoming orders are received back into GrowerIQ, through a custom app's Admin API.",
         (
             ConnectionField("shop_domain", "Shop domain", "Your store's myshopify.com domain, e.g. acme.myshopify.com",
                             required=True, secret=False, max_length=255, kind=FieldKind.SHOPIFY_DOMAIN),
@@ -95,8 +96,9 @@ PREBUILT_INTEGRATIONS: tuple[PrebuiltIntegration, ...] = (
     ),
     PrebuiltIntegration(
         "quickbooks_online", "QuickBooks Online",
-        "Invoices, payments and taxes into QuickBooks Online. The platform team connects your company "
-        "through Intuit's sign-in (OAuth) while configuring it, so no password or token is asked for here.",
+        "Automatic push of CRM account records and invoices from GrowerIQ to QuickBooks Online, keeping your "
+        "accounting system up to date without manual data entry. The GrowerIQ team connects your company through "
+        "Intuit's sign-in (OAuth) while configuring it, so no password or token is asked for here.",
         (
             ConnectionField("company_id", "Company ID (realm ID)",
                             "QuickBooks > Settings (gear) > Account and settings > Billing & subscription: Company ID",
