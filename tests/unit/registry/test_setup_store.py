@@ -143,3 +143,27 @@ async def test_a_change_is_one_audit_row_in_the_outbox_without_secrets(engine: A
     assert (event.object_type, event.object_id, event.action, event.org_id) == (
         "setup_request", r.id, "setup_request.submitted", "org_audit")
     assert "cs_plain_value" not in event.after_json and "consumer_secret" in event.after_json
+
+
+async def test_the_sealed_blob_is_read_back_and_a_save_that_erases_it_leaves_null(engine: AsyncEngine) -> None:
+    sessions = session_factory(engine)
+    r, kept = make("org_erase"), make("org_erase", minutes=1)
+    async with sessions() as session, session.begin():
+        repo = SetupRequestRepository(session)
+        await repo.add(r, b"TE1-sealed-blob")
+        await repo.add(kept, b"TE1-other-blob")
+    async with sessions() as session, session.begin():
+        repo = SetupRequestRepository(session)
+        assert await repo.sealed_secrets(r.id) == b"TE1-sealed-blob"
+        assert await repo.sealed_secrets("setup_nope") is None
+        r.start("op", T0)
+        await repo.save(r, expected_version=1)  # a save without erase keeps the blob
+        assert await repo.sealed_secrets(r.id) == b"TE1-sealed-blob"
+        r.decline("op", "Store unreachable", T0)
+        await repo.save(r, expected_version=2, erase_secrets=True)
+    async with sessions() as session:
+        rows = {row["id"]: row for row in (await session.execute(
+            select(setup_requests).where(setup_requests.c.org_id == "org_erase"))).mappings()}
+        loaded = await SetupRequestRepository(session).get("org_erase", r.id)
+    assert rows[r.id]["sealed_secrets"] is None and bytes(rows[kept.id]["sealed_secrets"]) == b"TE1-other-blob"
+    assert loaded.secrets_given == ["consumer_key", "consumer_secret"] and loaded.history[-1].action == "secrets_erased"
