@@ -1,6 +1,6 @@
 """How setup requests are shown: status names and badges, which buttons a state offers the
 platform team, the connection details as a request may show them (secrets only as "given,
-hidden"), and a refusal's wording with the field's label. Presentation only: the registry
+hidden"; their values only on the reveal answer), and a refusal's wording with the field's label. Presentation only: the registry
 decides every action (a button shown is still refused there when the rules say so).
 tests/unit/console/test_setup_views.py holds ACTIONS to the registry's transition table."""
 

@@ -4,7 +4,8 @@ the organisation's list and detail, the platform team's queue taking it through 
 Complete (or Decline, with its reason required), secrets never on any page, errors beside their
 fields keeping what was typed except secrets, one request from a double submit, another
 organisation's request not found by a guessed id, CSRF, and what a user who is not a platform
-operator sees."""
+operator sees; the team revealing the secrets on one uncached answer and nowhere else, the read
+and the erasure in the history, and the requester refused their own request in words."""
 
 from __future__ import annotations
 
@@ -326,6 +327,10 @@ async def test_the_team_reveals_the_secrets_on_one_uncached_answer_and_the_organ
     assert no_csrf.status_code == 403 and "nothing was changed" in no_csrf.text
     elsewhere += [refused_admin.text, refused_other.text, no_csrf.text]
 
+    too_long = await olga.submit(detail, f"{detail}/secrets", {"reveal_reason": "x" * 2001}, page=page)
+    assert too_long.status_code == 422 and 'id="reveal_reason-error"' in too_long.text
+    assert "Reason must be at most 2000 characters" in too_long.text and "<details class=\"confirm\" open>" in too_long.text
+    elsewhere.append(too_long.text)
     answer = await olga.submit(detail, f"{detail}/secrets", {"reveal_reason": "Adding the order webhook"}, page=page)
     assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
     shown = answer.text

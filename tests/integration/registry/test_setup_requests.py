@@ -279,6 +279,9 @@ async def test_reading_the_secrets_is_refused_to_administrators_other_organisati
     for md in (as_actor("ada", org), as_actor("eve", new_org())):
         error = await refused(reveal(registry_stub, md, created.id))
         assert error.code() is grpc.StatusCode.PERMISSION_DENIED and PLATFORM_PERMISSION in (error.details() or "")
+        # Refused before any lookup: the answer is the same for an id that exists nowhere.
+        guessed = await refused(reveal(registry_stub, md, "setup_" + "9" * 30))
+        assert (guessed.code(), guessed.details()) == (error.code(), error.details())
     # Operators see every organisation's requests; an id that names none is NOT_FOUND.
     error = await refused(reveal(registry_stub, team, "setup_" + "9" * 30))
     assert error.code() is grpc.StatusCode.NOT_FOUND
