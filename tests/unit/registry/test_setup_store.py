@@ -167,3 +167,24 @@ async def test_the_sealed_blob_is_read_back_and_a_save_that_erases_it_leaves_nul
         loaded = await SetupRequestRepository(session).get("org_erase", r.id)
     assert rows[r.id]["sealed_secrets"] is None and bytes(rows[kept.id]["sealed_secrets"]) == b"TE1-other-blob"
     assert loaded.secrets_given == ["consumer_key", "consumer_secret"] and loaded.history[-1].action == "secrets_erased"
+
+
+async def test_migration_0003_erases_the_secrets_of_requests_that_ended_before_it(database_url: str) -> None:
+    await migrate_async("registry", database_url, "0002")
+    engine = create_engine(database_url)
+    try:
+        sessions = session_factory(engine)
+        ended, going = make("org_mig"), make("org_mig", minutes=1)
+        ended.start("op", T0)
+        ended.status = SetupStatus.CONFIGURED  # as a request completed before 0003 was stored: blob kept
+        going.start("op", T0)
+        async with sessions() as session, session.begin():
+            await SetupRequestRepository(session).add(ended, b"TE1-ended")
+            await SetupRequestRepository(session).add(going, b"TE1-going")
+        await migrate_async("registry", database_url)
+        async with sessions() as session:
+            repo = SetupRequestRepository(session)
+            assert await repo.sealed_secrets(ended.id) is None
+            assert await repo.sealed_secrets(going.id) == b"TE1-going"
+    finally:
+        await engine.dispose()
