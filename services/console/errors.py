@@ -115,7 +115,12 @@ def refusal(exc: grpc.RpcError) -> Refusal:
             return Refusal("permission", "You do not have access", f"Your account does not have the "
                            f"{fields['permission']} permission this needs. Ask an administrator of your "
                            "organisation to grant it.", status, fields=fields)
-        # Separation of duties: the only other refusal of an allowed actor.
+        # Separation of duties: the only other refusal of an allowed actor. A setup request's
+        # steps are the platform team's, so the colleague to ask is another platform operator.
+        if "setup_request_id" in fields:
+            return Refusal("duties", "A different member of the platform team must do this", message + " This "
+                           "separation of duties is a SOC 2 control: ask another platform operator to handle this "
+                           "request.", status, fields=fields)
         return Refusal("duties", "A different administrator must do this", message + " This separation of duties "
                        "is a SOC 2 control: ask a colleague with administration access to do it.", status, fields=fields)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:

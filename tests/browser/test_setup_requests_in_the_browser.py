@@ -1,7 +1,8 @@
 """Set Up an Integration in a real browser: an organisation's administrator requests WooCommerce
 through the catalogue's form, a platform operator in another browser takes it from the setup
-queue through Start and Complete, and the organisation sees it Configured; then the same with
-JavaScript off (plain forms, no htmx). The secrets typed are on no page either saw."""
+queue through Start, reads the connection secrets on their own page (copying one) and Complete,
+and the organisation sees it Configured, with the read and the erasure in its history; then the same with
+JavaScript off (plain forms, no htmx). The secrets typed are on no other page either saw."""
 
 from __future__ import annotations
 
@@ -76,6 +77,21 @@ async def test_an_organisation_requests_woocommerce_and_the_platform_team_config
     await olga.click("Start")
     await olga.expect_status("In progress")
     await olga.expect_text("Started. The organisation sees the request as In progress.")
+    # Configuring it: the connection secrets, read once on their own page and copied.
+    await olga.click("Reveal connection secrets")
+    await olga.fill("Reason (optional)", "Registering the order webhook")
+    await olga.click("Show connection secrets")
+    await olga.expect_text("Shown for configuring the connection only")
+    assert await olga.value_of("secret-consumer_key") == CONSUMER_KEY
+    assert await olga.value_of("secret-consumer_secret") == CONSUMER_SECRET
+    await olga.page.get_by_role("button", name="Copy").last.click()
+    await olga.expect_text("Copied")
+    assert await olga.page.evaluate("navigator.clipboard.readText()") == CONSUMER_SECRET
+    await olga.snapshot("setup-secrets")
+    await olga.click("Done — close")
+    await olga.expect_status("In progress")
+    await olga.expect_text("Connection secrets read by olga")
+    await never_shown(olga)
     await olga.click("Complete")
     await olga.fill("Note to the organisation (optional)", "Connected; orders sync every 5 minutes.")
     await olga.snapshot("setup-operator")
@@ -89,6 +105,9 @@ async def test_an_organisation_requests_woocommerce_and_the_platform_team_config
     await alice.expect_status("Configured")
     await alice.expect_text("Connected; orders sync every 5 minutes.")
     await alice.expect_text("Configured by olga")
+    await alice.expect_text("Connection secrets read by olga")
+    await alice.expect_text("Registering the order webhook")
+    await alice.expect_text("Connection secrets erased by olga")
     await alice.snapshot("setup-configured")
     await never_shown(alice)
     assert not alice.console_errors and not olga.console_errors, (alice.console_errors, olga.console_errors)

@@ -1,12 +1,16 @@
 """`trellis setup-requests …`: pre-built integrations (WooCommerce, Shopify, QuickBooks Online)
 are requested, not provisioned. An administrator submits a request with the connection details
 (`create`) and follows it (`list`, `show`); the platform team (`trellis_platform_operations`)
-works the queue of every organisation (`list --all`, `start`, `complete`, `decline`).
+works the queue of every organisation (`list --all`, `start`, `complete`, `decline`) and reads a
+request's secret connection details while configuring it (`secrets`). The one who submitted a
+request does none of the platform team's steps on it (separation of duties).
 
 Secret connection details are read with `--secret NAME`: from a prompt that does not echo on a
 terminal, else one line of standard input per name, so they stay out of shell history; on a
 terminal a required secret left out is asked for. They are sealed by the registry and never
-shown back: a request lists only which secrets were given.
+shown back to the organisation: a request lists only which secrets were given. `secrets` prints
+them to a platform operator while the request is In progress; each read is in the request's
+history and the organisation's audit trail, and completing or declining erases them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ SETUP_STATUS_NAMES = tuple(
     name.removeprefix(SETUP_STATUS_PREFIX).lower() for name in pb.SetupRequestStatus.keys()
     if name != f"{SETUP_STATUS_PREFIX}UNSPECIFIED"
 )
+REVEAL_WARNING = ("warning: these are the organisation's secret connection details, shown for configuring the "
+                  "connection only; "
+                  "this read is recorded in the request's history and the organisation's audit trail. Do not "
+                  "store or share them; they are erased when the request is completed or declined.")
 SHELL_HISTORY_WARNING = ("warning: {name} is a secret and was given on the command line, which shell history keeps; "
                          "next time use --secret {name}")
 
@@ -75,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("id")
     p.add_argument("--reason", required=True)
     p.set_defaults(handler=decline)
+
+    p = commands.add_parser("secrets", parents=[common],
+                            help="platform team: print an In progress request's secret connection details (audited)")
+    p.add_argument("id")
+    p.add_argument("--reason", default="", help="why, beyond configuring the connection (recorded with the read)")
+    p.set_defaults(handler=secrets)
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -208,6 +222,19 @@ def decline(args: argparse.Namespace, session: Session) -> int:
     request = session.registry.DeclineSetupRequest(pb.DeclineSetupRequestRequest(setup_request_id=args.id,
                                                                                 reason=args.reason))
     _print_request(args, request, f"Declined setup request {request.id}.")
+    return 0
+
+
+def secrets(args: argparse.Namespace, session: Session) -> int:
+    answer = session.registry.RevealSetupRequestSecrets(pb.RevealSetupRequestSecretsRequest(
+        setup_request_id=args.id, reason=args.reason))
+    # The warning goes to stderr, so that --json output stays one document on stdout.
+    print(REVEAL_WARNING, file=sys.stderr)
+    values = dict(sorted(answer.secrets.items()))
+    if args.json:
+        print_json({"setup_request_id": args.id, "secrets": values})
+    else:
+        print(fields(values.items()))
     return 0
 
 

@@ -8,6 +8,8 @@ step a state allows).
     GET  /setup-requests/new/{prebuilt}    its request form;  POST /setup-requests  submits it
     GET  /setup-requests/{id}              detail: status, connection details (secrets only "given, hidden"), history
     POST /setup-requests/{id}/start|complete|decline     the platform team's steps
+    POST /setup-requests/{id}/secrets      the platform team reads the connection secrets (In
+                                           progress only): shown on that answer alone, never cached
     GET  /setup-queue                      every organisation's requests, oldest first (platform operators)
 """
 
@@ -86,6 +88,7 @@ class SetupRequestPages(Area):
             Route(f"{one}/start", self.start, methods=["POST"]),
             Route(f"{one}/complete", self.complete, methods=["POST"]),
             Route(f"{one}/decline", self.decline, methods=["POST"]),
+            Route(f"{one}/secrets", self.reveal, methods=["POST"]),
             Route("/setup-queue", self.queue, methods=["GET"]),
         ]
 
@@ -202,6 +205,7 @@ class SetupRequestPages(Area):
             "history_names": views.HISTORY_ACTIONS, "done": DONE.get(done, ""), "refusal": refusal,
             "errors": errors or {}, "open_form": open_form, "operator": operator,
             "actions": views.actions(setup.status) if operator else (),
+            "offers_reveal": operator and views.offers_reveal(setup),
             "area": "setup_queue" if operator and setup.org_id != session.org_id else self.name,
         }
         fragment = "setup_requests/_detail.html" if is_htmx(request) else None
@@ -222,14 +226,19 @@ class SetupRequestPages(Area):
         try:
             await call(self._registry(session), setup_request_id, form)
         except Refused as exc:
-            if exc.refusal.kind == "not_found":
-                return self.refused(request, session, exc.refusal)
-            beside = {field: exc.refusal.message} if field and exc.refusal.kind == "invalid" else {}
-            return await self._detail(request, session, setup_request_id, refusal=None if beside else exc.refusal,
-                                      errors=beside, open_form=open_form if beside else "", status=exc.refusal.status)
+            return await self._refused_step(request, session, setup_request_id, exc.refusal, open_form, field)
         if is_htmx(request):
             return await self._detail(request, session, setup_request_id, done=done)
         return RedirectResponse(f"/setup-requests/{setup_request_id}?done={done}", status_code=303)
+
+    async def _refused_step(self, request: Request, session: Session, setup_request_id: str, refusal: Refusal,
+                            open_form: str, field: str) -> Response:
+        """A refused step: not found as its own page, a bad field beside it, else above the detail."""
+        if refusal.kind == "not_found":
+            return self.refused(request, session, refusal)
+        beside = {field: refusal.message} if field and refusal.kind == "invalid" else {}
+        return await self._detail(request, session, setup_request_id, refusal=None if beside else refusal,
+                                  errors=beside, open_form=open_form if beside else "", status=refusal.status)
 
     async def start(self, request: Request) -> Response:
         async def call(registry: AsUser, setup_request_id: str, form: Any) -> None:
@@ -250,6 +259,27 @@ class SetupRequestPages(Area):
                 setup_request_id=setup_request_id, reason=str(form.get("reason") or "")))
 
         return await self._act(request, "declined", call, open_form="decline", field="reason")
+
+    async def reveal(self, request: Request) -> Response:
+        """The connection secrets, opened by the registry (which records the read), on this answer
+        alone: never cached, never kept by the console; closing it leads back to the detail,
+        whose history shows the read."""
+        session, form = await self.posted(request)
+        setup_request_id = request.path_params["setup_request_id"]
+        registry = self._registry(session)
+        try:
+            answer = await registry.RevealSetupRequestSecrets(pb.RevealSetupRequestSecretsRequest(
+                setup_request_id=setup_request_id, reason=str(form.get("reveal_reason") or "")))
+            setup, catalogue = await asyncio.gather(
+                registry.GetSetupRequest(pb.GetSetupRequestRequest(setup_request_id=setup_request_id)),
+                self.catalogue.load(registry))
+        except Refused as exc:
+            return await self._refused_step(request, session, setup_request_id, exc.refusal, "reveal", "reveal_reason")
+        return self.page(request, "setup_requests/secrets.html", session, {
+            "setup": setup, "prebuilt_name": catalogue.name(setup.prebuilt_id),
+            "secrets": views.revealed(catalogue.entry(setup.prebuilt_id), answer.secrets),
+            "area": "setup_queue" if setup.org_id != session.org_id else self.name,
+        }, headers=NO_STORE)
 
 
 def _scrubbed(refusal: Refusal, form: SetupForm, entry: pb.PrebuiltIntegration) -> Refusal:
@@ -273,3 +303,4 @@ def _beside(refusal: Refusal, entry: pb.PrebuiltIntegration) -> dict[str, str]:
     if named in _FORM_FIELDS:
         return {named: refusal.message}
     return {}
+

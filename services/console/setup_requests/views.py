@@ -1,6 +1,6 @@
 """How setup requests are shown: status names and badges, which buttons a state offers the
 platform team, the connection details as a request may show them (secrets only as "given,
-hidden"), and a refusal's wording with the field's label. Presentation only: the registry
+hidden"; their values only on the reveal answer), and a refusal's wording with the field's label. Presentation only: the registry
 decides every action (a button shown is still refused there when the rules say so).
 tests/unit/console/test_setup_views.py holds ACTIONS to the registry's transition table."""
 
@@ -37,7 +37,8 @@ ACTIONS: dict[int, tuple[str, ...]] = {
     pb.SETUP_REQUEST_STATUS_DECLINED: (),
 }
 HISTORY_ACTIONS = {"submitted": "Submitted", "started": "Started", "configured": "Configured",
-                   "declined": "Declined"}
+                   "declined": "Declined", "secrets_revealed": "Connection secrets read",
+                   "secrets_erased": "Connection secrets erased"}
 
 
 def status_name(status: int) -> str:
@@ -51,6 +52,29 @@ def status_slug(status: int) -> str:
 
 def actions(status: int) -> tuple[str, ...]:
     return ACTIONS.get(status, ())
+
+
+def offers_reveal(request: pb.SetupRequest) -> bool:
+    """Whether the platform team's view offers "Reveal connection secrets": the registry opens
+    them only while In progress, and only when some were given."""
+    return request.status == pb.SETUP_REQUEST_STATUS_IN_PROGRESS and bool(request.secrets_given)
+
+
+@dataclass(frozen=True)
+class Revealed:
+    """One secret connection detail on the reveal page: its element id, label and value."""
+
+    id: str
+    label: str
+    value: str
+
+
+def revealed(entry: pb.PrebuiltIntegration | None, secrets: Mapping[str, str]) -> list[Revealed]:
+    """The secrets the registry opened, in the catalogue's order under their labels (any it
+    does not list after them, under their names)."""
+    labels = {f.name: f.label for f in entry.fields} if entry is not None else {}
+    order = [name for name in labels if name in secrets] + sorted(set(secrets) - set(labels))
+    return [Revealed(f"secret-{name}", labels.get(name, name), secrets[name]) for name in order]
 
 
 def prebuilt_name(catalogue: Iterable[pb.PrebuiltIntegration], prebuilt_id: str) -> str:

@@ -112,7 +112,8 @@ lifecycle_history = Table(
 
 # Setup requests of pre-built integrations (domain/setup.py). The secret connection details
 # are one JSON object sealed by services.kit.crypto.Envelope, bound to
-# setup_requests.sealed_secrets:<id>, never in plain text; `history` holds the steps, oldest first.
+# setup_requests.sealed_secrets:<id>, never in plain text, and set to NULL when the request becomes
+# Configured or Declined; `history` holds the steps, oldest first.
 setup_requests = Table(
     "setup_requests",
     metadata,
@@ -433,10 +434,12 @@ class SetupRequestRepository:
         t = setup_requests
         return await self._one(t.c.org_id == org_id, t.c.request_id == request_id)
 
-    async def save(self, request: SetupRequest, *, expected_version: int) -> None:
+    async def save(self, request: SetupRequest, *, expected_version: int, erase_secrets: bool = False) -> None:
         values = _setup_row(request)
         for key in ("id", "org_id", "prebuilt_id", "created_at", "requested_by", "request_id"):
             values.pop(key)
+        if erase_secrets:
+            values["sealed_secrets"] = None
         t = setup_requests
         result = await self._session.execute(
             update(t).where(t.c.org_id == request.org_id, t.c.id == request.id, t.c.version == expected_version)
@@ -445,6 +448,11 @@ class SetupRequestRepository:
         if rowcount(result) != 1:
             raise Aborted(f"setup request {request.id} was changed by another request; reload it and retry",
                           setup_request_id=request.id)
+
+    async def sealed_secrets(self, setup_request_id: str) -> bytes | None:
+        t = setup_requests
+        sealed = (await self._session.execute(select(t.c.sealed_secrets).where(t.c.id == setup_request_id))).scalar()
+        return bytes(sealed) if sealed is not None else None
 
     async def list_page(self, org_id: str | None, *, statuses: Sequence[SetupStatus] = (), page_size: int = 0,
                         page_token: str = "") -> SetupPage:

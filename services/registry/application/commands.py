@@ -121,3 +121,10 @@ class DeclineSetupRequest:
     setup_request_id: str
     reason: str
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class RevealSetupRequestSecrets:
+    setup_request_id: str
+    reason: str = ""  # optional: the state (In progress) already says why; recorded in the history and audit
+    request_id: str = ""

@@ -36,6 +36,7 @@ from services.registry.application.ports import (
     Page,
     RegeneratedApiKey,
     RegistryUnitOfWork,
+    RevealedSecrets,
     Sealing,
     SetupPage,
     UnitsOfWork,
@@ -53,6 +54,8 @@ from services.registry.domain.model import (
 )
 from services.registry.domain.setup import (
     PREBUILT_INTEGRATIONS,
+    SECRETS_REVEALED,
+    TERMINAL,
     PrebuiltIntegration,
     SetupRequest,
     SetupRequestChanged,
@@ -389,7 +392,9 @@ def setup_secrets_aad(setup_request_id: str) -> bytes:
 
 class SetupRequestHandlers:
     """The organisation's side (submit, read its own) and the platform team's (read every
-    organisation's queue, start, complete, decline) of pre-built integration setup requests."""
+    organisation's queue, start, complete, decline, read the connection secrets while
+    configuring) of pre-built integration setup requests. Completing or declining erases the
+    sealed secrets in the same transaction."""
 
     def __init__(self, units: UnitsOfWork, sealing: Sealing, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self._uow = units
@@ -470,6 +475,29 @@ class SetupRequestHandlers:
                                 lambda r: r.decline(actor.user_id, cmd.reason, now), reason=cmd.reason,
                                 request_id=cmd.request_id)
 
+    async def reveal_secrets(self, actor: Actor, cmd: commands.RevealSetupRequestSecrets) -> RevealedSecrets:
+        """The sealed connection secrets of an In progress request, opened for a platform operator
+        other than its requester. The read is a history step and an audit event (names only),
+        on the bus before the values are returned: there is no unrecorded read."""
+        actor.require(PLATFORM_PERMISSION)
+        _require_id(cmd.setup_request_id)
+        async with self._uow() as uow:
+            request = await uow.setup_requests.lookup(cmd.setup_request_id)
+            before = request.copy()
+            request.reveal_secrets(actor.user_id, cmd.reason, self._clock())
+            sealed = await uow.setup_requests.sealed_secrets(request.id)
+            if sealed is None:
+                raise FailedPrecondition(f"setup request {request.id} holds no sealed connection secrets",
+                                         setup_request_id=request.id, state=request.status.value)
+            secrets = {str(k): str(v) for k, v in
+                       json.loads(self._sealing.open(sealed, setup_secrets_aad(request.id))).items()}
+            await uow.setup_requests.save(request, expected_version=before.version)
+            await uow.publish_setup(SetupRequestChanged(SECRETS_REVEALED, before, request, actor.user_id,
+                                                        reason=cmd.reason.strip(), request_id=cmd.request_id))
+            await uow.commit()
+        await uow.published()
+        return RevealedSecrets(request, secrets)
+
     async def _move(self, actor: Actor, setup_request_id: str, kind: str, mutate: Callable[[SetupRequest], None], *,
                     reason: str = "", request_id: str = "") -> SetupRequest:
         actor.require(PLATFORM_PERMISSION)
@@ -478,7 +506,9 @@ class SetupRequestHandlers:
             request = await uow.setup_requests.lookup(setup_request_id)
             before = request.copy()
             mutate(request)
-            await uow.setup_requests.save(request, expected_version=before.version)
+            # Configured or Declined: nobody needs the secrets any more, so they are not kept.
+            await uow.setup_requests.save(request, expected_version=before.version,
+                                          erase_secrets=request.status in TERMINAL)
             await uow.publish_setup(SetupRequestChanged(kind, before, request, actor.user_id, reason=reason.strip(),
                                                         request_id=request_id))
             await uow.commit()

@@ -109,8 +109,13 @@ class SetupRequests(Protocol):
         """The organisation's request created with this request id, if any."""
         ...
 
-    async def save(self, request: SetupRequest, *, expected_version: int) -> None:
-        """Write over the row read at `expected_version`; Aborted if it moved on since."""
+    async def save(self, request: SetupRequest, *, expected_version: int, erase_secrets: bool = False) -> None:
+        """Write over the row read at `expected_version`; Aborted if it moved on since. With
+        `erase_secrets`, the sealed blob is deleted in the same write."""
+        ...
+
+    async def sealed_secrets(self, setup_request_id: str) -> bytes | None:
+        """The request's sealed secrets as stored (None when none were given or they were erased)."""
         ...
 
     async def list_page(self, org_id: str | None, *, statuses: Sequence[SetupStatus] = (), page_size: int = 0,
@@ -143,9 +148,21 @@ UnitsOfWork = Callable[[], RegistryUnitOfWork]
 
 
 class Sealing(Protocol):
-    """Seals a value for storage (services.kit.crypto.Envelope): AES-256-GCM bound to `aad`."""
+    """Seals a value for storage and opens it again (services.kit.crypto.Envelope): AES-256-GCM
+    bound to `aad`; opening with another `aad` fails."""
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class RevealedSecrets:
+    """A setup request's connection secrets, opened for the platform operator configuring it:
+    returned to them, never stored or logged anywhere else. `repr` never shows a value."""
+
+    setup_request: SetupRequest
+    secrets: dict[str, str] = field(repr=False)
 
 
 # --- identity ------------------------------------------------------------------------------------

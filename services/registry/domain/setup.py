@@ -11,7 +11,13 @@ The catalogue is not the custom-integration vendor list (model.VENDORS): its ids
 vendors of CreateIntegration, and ListVendors does not show it.
 
 Secret connection details (a store's API token) never live on a SetupRequest: validation splits
-them off, the use case seals them as one blob, and the request keeps only their names.
+them off, the use case seals them as one blob, and the request keeps only their names. A platform
+operator reads them (reveal_secrets) only while the request is In progress, and never the one
+who submitted it; each read is a step of the history. When the request becomes Configured or
+Declined the blob is erased, and the history says so.
+
+Separation of duties: the person who submitted a request does not start, complete, decline it
+or read its secrets, even when they hold the platform team's permission too.
 
 Plain Python, as model.py; errors are services.kit.errors classes naming the field.
 """
@@ -27,7 +33,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 # --- the catalogue -------------------------------------------------------------------------------
 
@@ -245,6 +251,11 @@ SETUP_TRANSITIONS: Mapping[SetupAction, tuple[frozenset[SetupStatus], SetupStatu
     SetupAction.DECLINE: (frozenset({SetupStatus.SUBMITTED, SetupStatus.IN_PROGRESS}), SetupStatus.DECLINED, "declined"),
 }
 TERMINAL = frozenset({SetupStatus.CONFIGURED, SetupStatus.DECLINED})
+# Steps of the history that are not state changes (from_status == to_status).
+SECRETS_REVEALED = "secrets_revealed"  # a platform operator read the sealed connection secrets
+SECRETS_ERASED = "secrets_erased"  # the sealed blob was deleted on Configured or Declined
+# What each platform step is, in a separation-of-duties refusal: "you cannot <verb> it".
+_VERBS = {SetupAction.START: "start", SetupAction.COMPLETE: "complete", SetupAction.DECLINE: "decline"}
 
 
 def next_setup_status(request_id: str, current: SetupStatus, action: SetupAction) -> SetupStatus:
@@ -264,7 +275,8 @@ def next_setup_status(request_id: str, current: SetupStatus, action: SetupAction
 
 @dataclass(frozen=True)
 class SetupStep:
-    """One step of a request's history: submitted, started, configured or declined."""
+    """One step of a request's history: submitted, started, configured or declined, and the
+    steps that change no state (secrets_revealed, secrets_erased: from_status == to_status)."""
 
     action: str
     actor_id: str
@@ -310,13 +322,59 @@ class SetupRequest:
             history=[SetupStep("submitted", requested_by, None, SetupStatus.SUBMITTED, "", now)],
         )
 
-    def _move(self, action: SetupAction, actor_id: str, note: str, now: dt.datetime) -> None:
+    def _not_the_requester(self, actor_id: str, what: str) -> None:
+        """PermissionDenied when `actor_id` submitted this request: the platform team's steps are
+        someone else's, even for a user who holds both permissions."""
+        if actor_id == self.requested_by:
+            raise PermissionDenied(
+                f"you submitted this setup request, so you cannot {what}: a different member of the platform "
+                f"team must (separation of duties)",
+                setup_request_id=self.id,
+            )
+
+    def check(self, action: SetupAction, actor_id: str) -> SetupStatus:
+        """The state `action` by `actor_id` leads to: FailedPrecondition when the state does not
+        allow it, PermissionDenied when they submitted the request."""
         target = next_setup_status(self.id, self.status, action)
+        self._not_the_requester(actor_id, f"{_VERBS[action]} it")
+        return target
+
+    def _move(self, action: SetupAction, actor_id: str, note: str, now: dt.datetime) -> None:
+        target = self.check(action, actor_id)
         self.history.append(SetupStep(SETUP_TRANSITIONS[action][2], actor_id, self.status, target, note, now))
+        if target in TERMINAL and self.secrets_given:
+            # The use case deletes the sealed blob in the same transaction (erase_secrets on save).
+            self.history.append(SetupStep(SECRETS_ERASED, actor_id, target, target, "", now))
         self.status = target
         self.handled_by = actor_id
         self.updated_at = now
         self.version += 1
+
+    @property
+    def secrets_erased(self) -> bool:
+        return any(s.action == SECRETS_ERASED for s in self.history)
+
+    def reveal_secrets(self, operator: str, reason: str, now: dt.datetime) -> None:
+        """Record that `operator` read the sealed connection secrets, with their reason (optional):
+        FailedPrecondition unless In progress with secrets given, PermissionDenied for the requester."""
+        if self.status is not SetupStatus.IN_PROGRESS or not self.secrets_given:
+            raise FailedPrecondition(
+                f"cannot read the connection secrets of setup request {self.id}: {self._why_no_secrets()}",
+                setup_request_id=self.id, state=self.status.value,
+            )
+        self._not_the_requester(operator, "read its connection secrets")
+        note = _optional_text(reason, "reason", MAX_REASON_LENGTH)
+        self.history.append(SetupStep(SECRETS_REVEALED, operator, self.status, self.status, note, now))
+        self.updated_at = now
+        self.version += 1
+
+    def _why_no_secrets(self) -> str:
+        if not self.secrets_given:
+            return f"{prebuilt(self.prebuilt_id).name} connection details hold no secret, and none was given"
+        if self.status is SetupStatus.SUBMITTED:
+            return "it is submitted; start it first (they can be read only while it is in progress)"
+        return (f"it is {self.status.label.lower()}, and its connection secrets were erased then; "
+                "the organisation submits a new request to connect again")
 
     def start(self, operator: str, now: dt.datetime) -> None:
         """Submitted -> In progress: the platform team has picked it up."""
@@ -324,13 +382,13 @@ class SetupRequest:
 
     def complete(self, operator: str, note: str, now: dt.datetime) -> None:
         """In progress -> Configured, with the team's note to the organisation (optional)."""
-        next_setup_status(self.id, self.status, SetupAction.COMPLETE)
+        self.check(SetupAction.COMPLETE, operator)
         self.configured_note = _optional_text(note, "note", MAX_REASON_LENGTH)
         self._move(SetupAction.COMPLETE, operator, self.configured_note, now)
 
     def decline(self, operator: str, reason: str, now: dt.datetime) -> None:
         """Submitted or In progress -> Declined; the reason, which the organisation reads, is required."""
-        next_setup_status(self.id, self.status, SetupAction.DECLINE)
+        self.check(SetupAction.DECLINE, operator)
         text = reason.strip()
         if not text:
             raise InvalidArgument("a reason is required to decline a setup request (the organisation reads it)",
@@ -364,9 +422,10 @@ def setup_request_not_found(setup_request_id: str) -> NotFound:
 
 @dataclass(frozen=True)
 class SetupRequestChanged:
-    """A setup request was submitted, started, configured or declined: the audit trail is told."""
+    """A setup request was submitted, started, configured or declined, or its connection secrets
+    were read (secrets_revealed): the audit trail is told, with names of secrets only."""
 
-    kind: str  # submitted, started, configured, declined
+    kind: str  # submitted, started, configured, declined, secrets_revealed
     before: SetupRequest | None
     after: SetupRequest
     actor_id: str

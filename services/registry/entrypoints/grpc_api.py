@@ -266,3 +266,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def DeclineSetupRequest(self, request: pb.DeclineSetupRequestRequest, context: grpc.aio.ServicerContext) -> pb.SetupRequest:
         command = commands.DeclineSetupRequest(request.setup_request_id, request.reason, request_id=_request_id(context))
         return setup_request_to_proto(await self._setup.decline(current_actor(), command))
+
+    async def RevealSetupRequestSecrets(
+        self, request: pb.RevealSetupRequestSecretsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevealSetupRequestSecretsResponse:
+        command = commands.RevealSetupRequestSecrets(request.setup_request_id, request.reason,
+                                                     request_id=_request_id(context))
+        revealed = await self._setup.reveal_secrets(current_actor(), command)
+        return pb.RevealSetupRequestSecretsResponse(secrets=revealed.secrets)

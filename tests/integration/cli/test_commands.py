@@ -251,6 +251,35 @@ async def test_the_platform_team_works_the_queue_from_the_cli(cli: Cli) -> None:
     assert code == 0 and "Configured" in out and "Connected through Intuit sign-in" in out
 
 
+async def test_an_operator_prints_the_secrets_with_a_warning_and_the_read_is_in_the_history(
+        cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "shpat_" + "e" * 32
+    monkeypatch.setattr("sys.stdin", io.StringIO(secret + "\n"))
+    created = await cli.json("setup-requests", "create", "--prebuilt", "shopify", "--field",
+                             "shop_domain=acme.myshopify.com", "--secret", "admin_api_access_token", org="org_grower")
+    request_id = created["setup_request"]["id"]
+    code, out, err = await cli("setup-requests", "secrets", request_id, actor="op", org="org_platform")
+    assert code == 1 and "FAILED_PRECONDITION" in err and "start it first" in err and secret not in out
+    await cli.json("setup-requests", "start", request_id, actor="op", org="org_platform")
+    code, out, err = await cli("setup-requests", "secrets", request_id, "--reason", "custom app scopes",
+                               actor="op", org="org_platform")
+    assert code == 0, err
+    assert "admin_api_access_token" in out and secret in out and secret not in err
+    assert "configuring the connection" in err and "audit trail" in err
+    shown = await cli.json("setup-requests", "secrets", request_id, actor="op_kim", org="org_platform")
+    assert shown == {"setup_request_id": request_id, "secrets": {"admin_api_access_token": secret}}
+    # The requester (who holds both permissions in the embedded default) may not read them.
+    code, out, err = await cli("setup-requests", "secrets", request_id, org="org_grower")
+    assert code == 1 and err.startswith("error: PERMISSION_DENIED: ") and "separation of duties" in err
+    assert secret not in out + err
+    code, out, err = await cli("setup-requests", "show", request_id, org="org_grower")
+    assert code == 0 and "secrets_revealed" in out and "custom app scopes" in out and secret not in out + err
+    done = await cli.json("setup-requests", "complete", request_id, actor="op", org="org_platform")
+    assert done["setup_request"]["history"][-1]["action"] == "secrets_erased"
+    code, out, err = await cli("setup-requests", "secrets", request_id, actor="op", org="org_platform")
+    assert code == 1 and "erased" in err and secret not in out
+
+
 async def test_bad_setup_request_input_is_one_error_line(cli: Cli) -> None:
     code, out, err = await cli("setup-requests", "create", "--prebuilt", "shopify", "--field", "shop_domain=acme.com")
     assert code == 1 and out == "" and err.startswith("error: INVALID_ARGUMENT: ") and "shop_domain" in err

@@ -4,7 +4,8 @@ the organisation's list and detail, the platform team's queue taking it through 
 Complete (or Decline, with its reason required), secrets never on any page, errors beside their
 fields keeping what was typed except secrets, one request from a double submit, another
 organisation's request not found by a guessed id, CSRF, and what a user who is not a platform
-operator sees."""
+operator sees; the team revealing the secrets on one uncached answer and nowhere else, the read
+and the erasure in the history, and the requester refused their own request in words."""
 
 from __future__ import annotations
 
@@ -286,3 +287,96 @@ async def test_the_new_pages_have_no_inline_script_or_style_and_are_never_cached
         assert "style=" not in page and "<style" not in page, ("inline style", path)
         assert not re.search(r"<[^>]+\son[a-z]+\s*=", page), ("inline event handler", path)
         no_secret_in(page)
+
+
+# --- the platform team reads the secrets; erasure; separation of duties ---------------------------
+
+
+async def test_the_team_reveals_the_secrets_on_one_uncached_answer_and_the_organisation_sees_the_read(browser) -> None:
+    org = new_org()
+    alice, olga, eve = browser(), browser(), browser()
+    await alice.sign_in("alice", org, role="org_administrator")
+    await olga.sign_in("olga", new_org(), role="platform_operator")
+    await eve.sign_in("eve", new_org(), role="org_administrator")
+    setup_id = await submit_request(alice)
+    detail = f"/setup-requests/{setup_id}"
+    elsewhere: list[str] = []
+
+    submitted = await olga.page(detail)
+    elsewhere.append(submitted)
+    assert f'action="{detail}/secrets"' not in submitted  # only In progress offers it
+    early = await olga.client.post(f"{detail}/secrets", data=hidden_fields(submitted, f"{detail}/start"))
+    assert early.status_code == 409 and "start it first" in html.unescape(early.text)
+    elsewhere.append(early.text)
+    await olga.submit(detail, f"{detail}/start")
+    page = await olga.page(detail)
+    elsewhere.append(page)
+    assert f'action="{detail}/secrets"' in page and "Reveal connection secrets" in page
+    own = await alice.page(detail)
+    elsewhere.append(own)
+    assert f'action="{detail}/secrets"' not in own
+
+    # The organisation's administrator and another organisation are refused, and see no value.
+    token = hidden_fields(own, "/signout")["csrf"]
+    refused_admin = await alice.client.post(f"{detail}/secrets", data={"csrf": token})
+    assert refused_admin.status_code == 403 and "trellis_platform_operations" in refused_admin.text
+    refused_other = await eve.client.post(f"{detail}/secrets",
+                                          data={"csrf": hidden_fields(await eve.page("/"), "/signout")["csrf"]})
+    assert refused_other.status_code in (403, 404) and org not in refused_other.text
+    no_csrf = await olga.client.post(f"{detail}/secrets", data={"csrf": ""})
+    assert no_csrf.status_code == 403 and "nothing was changed" in no_csrf.text
+    elsewhere += [refused_admin.text, refused_other.text, no_csrf.text]
+
+    too_long = await olga.submit(detail, f"{detail}/secrets", {"reveal_reason": "x" * 2001}, page=page)
+    assert too_long.status_code == 422 and 'id="reveal_reason-error"' in too_long.text
+    assert "Reason must be at most 2000 characters" in too_long.text and "<details class=\"confirm\" open>" in too_long.text
+    elsewhere.append(too_long.text)
+    answer = await olga.submit(detail, f"{detail}/secrets", {"reveal_reason": "Adding the order webhook"}, page=page)
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    shown = answer.text
+    for name, value in (("consumer_key", CONSUMER_KEY), ("consumer_secret", CONSUMER_SECRET)):
+        assert re.search(rf'<input id="secret-{name}"[^>]*value="{value}"[^>]*readonly', shown), name
+        assert f'data-copy="secret-{name}"' in shown
+    assert "Shown for configuring the connection only" in shown and "audit trail" in shown
+    assert not re.search(r"<script(?![^>]*\bsrc=)", shown) and "style=" not in shown
+    assert "unsafe-inline" not in answer.headers["content-security-policy"]
+
+    # Everywhere else: no value, and the read in the history, with who, when and why.
+    after = await olga.page(detail)
+    seen = await alice.page(detail)
+    elsewhere += [after, seen, await alice.page("/setup-requests"), await olga.page("/setup-queue"),
+                  (await alice.get(detail, headers={"HX-Request": "true"})).text]
+    for steps in (history(seen), history(after)):
+        assert "<strong>Connection secrets read</strong> by olga" in steps and "Adding the order webhook" in steps
+        assert "In progress → In progress" not in steps
+    for text in elsewhere:
+        no_secret_in(text)
+
+    await olga.submit(detail, f"{detail}/complete", {"note": "Live"})
+    final = await alice.page(detail)
+    assert "<strong>Connection secrets erased</strong> by olga" in history(final) and final.count("given, hidden") == 2
+    gone = await olga.client.post(f"{detail}/secrets", data=hidden_fields(await olga.page(detail), "/signout"))
+    assert gone.status_code == 409 and "erased" in gone.text
+    no_secret_in(final + gone.text)
+
+
+async def test_the_requester_cannot_handle_their_own_request_and_is_told_why_in_words(browser) -> None:
+    # The embedded "Administrator" holds both permissions; the rule is about the person.
+    org = new_org()
+    alice, ada = browser(), browser()
+    await alice.sign_in("alice", org)
+    await ada.sign_in("ada", org)
+    setup_id = await submit_request(alice)
+    detail = f"/setup-requests/{setup_id}"
+    refused = await alice.submit(detail, f"{detail}/start")
+    text = html.unescape(refused.text)
+    assert refused.status_code == 403 and "A different member of the platform team must do this" in text
+    assert "You submitted this setup request, so you cannot start it" in text and "separation of duties" in text
+    assert "ask another platform operator" in text and ">Submitted<" in text
+    started = await ada.submit(detail, f"{detail}/start")
+    assert started.status_code == 303
+    reveal = await alice.submit(detail, f"{detail}/secrets")
+    assert reveal.status_code == 403 and "cannot read its connection secrets" in html.unescape(reveal.text)
+    no_secret_in(reveal.text)
+    shown = await ada.submit(detail, f"{detail}/secrets")
+    assert shown.status_code == 200 and CONSUMER_SECRET in shown.text

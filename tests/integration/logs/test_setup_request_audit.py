@@ -39,3 +39,29 @@ async def test_submitted_and_declined_are_in_the_organisations_audit_trail(
         ("setup_request.submitted", "rita", created.id), ("setup_request.declined", "op_pat", created.id)]
     assert entries[0].reason == "Store unreachable"
     assert all(secret not in e.before_json + e.after_json for e in entries)
+
+
+async def test_a_read_of_the_secrets_is_in_the_organisations_audit_trail_with_names_only(
+        registry_stub: registry_pb2_grpc.RegistryStub, logs_stub: logs_pb2_grpc.LogsStub, as_actor: Metadata) -> None:
+    org = unique("org")
+    admin = as_actor("rita", org, [ADMIN_PERMISSION])
+    team = as_actor("op_pat", "org_platform", [PLATFORM_PERMISSION])
+    secret = "cs_" + uuid.uuid4().hex
+    created = await registry_stub.CreateSetupRequest(pb.CreateSetupRequestRequest(
+        prebuilt_id="woocommerce", connection={"store_url": "https://shop.example.com", "consumer_key": "ck_1",
+                                               "consumer_secret": secret}), metadata=admin)
+    await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id), metadata=team)
+    revealed = await registry_stub.RevealSetupRequestSecrets(pb.RevealSetupRequestSecretsRequest(
+        setup_request_id=created.id, reason="Registering the order webhook"), metadata=team)
+    assert revealed.secrets["consumer_secret"] == secret
+
+    async def three() -> list[lpb.AuditEntry] | None:
+        found = await logs_stub.QueryAudit(lpb.QueryAuditRequest(object_type="setup_request"), metadata=admin)
+        return list(found.entries) if len(found.entries) == 3 else None
+
+    entries = await eventually(three, timeout=20, what="the three setup request audit entries")
+    read = entries[0]
+    assert (read.action, read.actor_id, read.object_id, read.reason) == (
+        "setup_request.secrets_revealed", "op_pat", created.id, "Registering the order webhook")
+    assert "consumer_secret" in read.after_json
+    assert all(secret not in e.before_json + e.after_json + e.reason for e in entries)

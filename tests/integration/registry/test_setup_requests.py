@@ -1,10 +1,13 @@
 """Setup requests of pre-built integrations over real gRPC, with a real nats-server and the
 registry's SQLite file: the lifecycle an organisation and the platform team see, isolation by
 id across organisations, permission refusals, secrets never returned nor at rest in plain text,
-idempotent create, and the audit events on the bus."""
+idempotent create, and the audit events on the bus; the platform team reading the secrets
+(RevealSetupRequestSecrets), their erasure when final, and separation of duties."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from typing import Any
 
 import grpc
 import nats
+import pytest
 from nats.js.api import DeliverPolicy
 
 from services.contracts.trellis.events.v1 import events_pb2
@@ -79,7 +83,8 @@ async def test_submitted_started_configured_as_the_organisation_and_the_team_see
     assert seen.status == CONFIGURED and seen.version == 3
     assert [(s.action, s.actor_id, s.from_status, s.to_status) for s in seen.history] == [
         ("submitted", "rita", pb.SETUP_REQUEST_STATUS_UNSPECIFIED, SUBMITTED),
-        ("started", "op_pat", SUBMITTED, IN_PROGRESS), ("configured", "op_pat", IN_PROGRESS, CONFIGURED)]
+        ("started", "op_pat", SUBMITTED, IN_PROGRESS), ("configured", "op_pat", IN_PROGRESS, CONFIGURED),
+        ("secrets_erased", "op_pat", CONFIGURED, CONFIGURED)]
     again = await refused(registry_stub.DeclineSetupRequest(pb.DeclineSetupRequestRequest(
         setup_request_id=created.id, reason="late"), metadata=team))
     assert again.code() is grpc.StatusCode.FAILED_PRECONDITION and "configured" in (again.details() or "")
@@ -226,3 +231,151 @@ async def test_each_change_is_an_audit_event_in_the_requesting_organisations_tra
     assert events[0].before_json == "" and events[2].reason == "Store unreachable"
     for e in events:
         assert SECRET not in e.before_json + e.after_json and SECRET_KEY not in e.before_json + e.after_json
+
+
+# --- the platform team reads the secrets; erasure; separation of duties ---------------------------
+
+
+def sealed_at_rest(make_settings: Callable[..., Settings], setup_request_id: str) -> bytes | None:
+    db_file = Path(make_settings().database_url("registry").removeprefix("sqlite+aiosqlite:///"))
+    with sqlite3.connect(db_file) as db:
+        (sealed,) = db.execute("SELECT sealed_secrets FROM setup_requests WHERE id = ?", (setup_request_id,)).fetchone()
+    return bytes(sealed) if sealed is not None else None
+
+
+async def reveal(stub: Stub, md: Any, setup_request_id: str, reason: str = "") -> pb.RevealSetupRequestSecretsResponse:
+    return await stub.RevealSetupRequestSecrets(pb.RevealSetupRequestSecretsRequest(
+        setup_request_id=setup_request_id, reason=reason), metadata=md)
+
+
+async def test_an_operator_reads_the_secrets_of_an_in_progress_request_and_the_organisation_sees_who(
+        registry_stub: Stub, as_actor: AsActor, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    org = new_org()
+    rita, team = as_actor("rita", org), operator(as_actor)
+    created = await submit(registry_stub, rita)
+    await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id), metadata=team)
+    answer = await reveal(registry_stub, team, created.id, "Setting up the order webhook")
+    assert dict(answer.secrets) == {"consumer_key": SECRET_KEY, "consumer_secret": SECRET}
+    seen = await registry_stub.GetSetupRequest(pb.GetSetupRequestRequest(setup_request_id=created.id), metadata=rita)
+    step = seen.history[-1]
+    assert (step.action, step.actor_id, step.from_status, step.to_status, step.note) == (
+        "secrets_revealed", "op_pat", IN_PROGRESS, IN_PROGRESS, "Setting up the order webhook")
+    assert step.at.seconds > 0 and seen.status == IN_PROGRESS
+    assert SECRET.encode() not in seen.SerializeToString()
+    assert caplog.records, "expected some DEBUG log output to search"
+    logged = caplog.text + "".join(str(r.args) + str(r.__dict__) for r in caplog.records)
+    assert SECRET not in logged and SECRET_KEY not in logged
+
+
+async def test_reading_the_secrets_is_refused_to_administrators_other_organisations_and_outside_in_progress(
+        registry_stub: Stub, as_actor: AsActor) -> None:
+    org = new_org()
+    rita, team = as_actor("rita", org), operator(as_actor)
+    created = await submit(registry_stub, rita)
+    early = await refused(reveal(registry_stub, team, created.id))
+    assert early.code() is grpc.StatusCode.FAILED_PRECONDITION and "start it first" in (early.details() or "")
+    await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id), metadata=team)
+    for md in (as_actor("ada", org), as_actor("eve", new_org())):
+        error = await refused(reveal(registry_stub, md, created.id))
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED and PLATFORM_PERMISSION in (error.details() or "")
+        # Refused before any lookup: the answer is the same for an id that exists nowhere.
+        guessed = await refused(reveal(registry_stub, md, "setup_" + "9" * 30))
+        assert (guessed.code(), guessed.details()) == (error.code(), error.details())
+    # Operators see every organisation's requests; an id that names none is NOT_FOUND.
+    error = await refused(reveal(registry_stub, team, "setup_" + "9" * 30))
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    error = await refused(reveal(registry_stub, team, ""))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and from_rpc_error(error).fields["field"] == "setup_request_id"
+    error = await refused(reveal(registry_stub, team, created.id, "x" * 2001))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and from_rpc_error(error).fields["field"] == "reason"
+    qb = await submit(registry_stub, rita, prebuilt_id="quickbooks_online", connection={"company_id": "9130354"})
+    await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=qb.id), metadata=team)
+    error = await refused(reveal(registry_stub, team, qb.id))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and "no secret" in (error.details() or "")
+    seen = await registry_stub.GetSetupRequest(pb.GetSetupRequestRequest(setup_request_id=created.id), metadata=rita)
+    assert "secrets_revealed" not in [s.action for s in seen.history]
+
+
+@pytest.mark.parametrize("end", ["complete", "decline"])
+async def test_configured_or_declined_deletes_the_sealed_blob_from_the_row(
+        registry_stub: Stub, as_actor: AsActor, make_settings: Callable[..., Settings], end: str) -> None:
+    rita, team = as_actor("rita", new_org()), operator(as_actor)
+    created = await submit(registry_stub, rita)
+    await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id), metadata=team)
+    assert sealed_at_rest(make_settings, created.id) is not None
+    if end == "complete":
+        done = await registry_stub.CompleteSetupRequest(pb.CompleteSetupRequestRequest(
+            setup_request_id=created.id), metadata=team)
+    else:
+        done = await registry_stub.DeclineSetupRequest(pb.DeclineSetupRequestRequest(
+            setup_request_id=created.id, reason="Wrong store"), metadata=team)
+    assert sealed_at_rest(make_settings, created.id) is None
+    assert list(done.secrets_given) == ["consumer_key", "consumer_secret"] and done.history[-1].action == "secrets_erased"
+    error = await refused(reveal(registry_stub, team, created.id))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and "erased" in (error.details() or "")
+
+
+async def test_the_requester_cannot_start_complete_decline_or_read_their_own_request(
+        registry_stub: Stub, as_actor: AsActor) -> None:
+    org = new_org()
+    # The embedded Administrator holds both permissions: the rule is about the person, not the role.
+    rita = as_actor("rita", org, [ADMIN_PERMISSION, PLATFORM_PERMISSION])
+    ada = as_actor("ada", org, [ADMIN_PERMISSION, PLATFORM_PERMISSION])
+    created = await submit(registry_stub, rita)
+
+    async def refused_to_rita(call: Any) -> None:
+        error = await refused(call)
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED, error.details()
+        assert "you submitted this setup request" in (error.details() or "")
+        assert "separation of duties" in (error.details() or "")
+        assert "permission" not in from_rpc_error(error).fields
+
+    await refused_to_rita(registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id),
+                                                          metadata=rita))
+    await refused_to_rita(registry_stub.DeclineSetupRequest(pb.DeclineSetupRequestRequest(
+        setup_request_id=created.id, reason="mine"), metadata=rita))
+    await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id), metadata=ada)
+    await refused_to_rita(reveal(registry_stub, rita, created.id))
+    await refused_to_rita(registry_stub.CompleteSetupRequest(pb.CompleteSetupRequestRequest(
+        setup_request_id=created.id), metadata=rita))
+    assert (await reveal(registry_stub, ada, created.id)).secrets["consumer_secret"] == SECRET
+    done = await registry_stub.CompleteSetupRequest(pb.CompleteSetupRequestRequest(setup_request_id=created.id),
+                                                    metadata=ada)
+    assert done.status == CONFIGURED and done.handled_by == "ada"
+
+
+async def test_a_read_of_the_secrets_is_an_audit_event_naming_them_without_their_values(
+        registry_stub: Stub, as_actor: AsActor, nats_server: NatsServer) -> None:
+    org = new_org()
+    rita, team = as_actor("rita", org), operator(as_actor)
+    nc = await nats.connect(nats_server.url)
+    audits: list[tuple[str, events_pb2.AuditEvent]] = []
+
+    async def on_audit(msg: Any) -> None:
+        audits.append((msg.subject, events_pb2.AuditEvent.FromString(msg.data)))
+
+    try:
+        await nc.jetstream().subscribe("trellis.audit.registry.setup_request.>", cb=on_audit, ordered_consumer=True,
+                                       deliver_policy=DeliverPolicy.NEW)
+        created = await submit(registry_stub, rita)
+        await registry_stub.StartSetupRequest(pb.StartSetupRequestRequest(setup_request_id=created.id), metadata=team)
+        await registry_stub.RevealSetupRequestSecrets(pb.RevealSetupRequestSecretsRequest(
+            setup_request_id=created.id, reason="Webhook setup"), metadata=(*team, ("x-request-id", "req-reveal-1")))
+        mine = lambda: [(s, e) for s, e in audits if e.object_id == created.id]  # noqa: E731
+
+        async def arrived() -> bool:
+            return len(mine()) >= 3
+
+        await eventually(arrived, what="the submitted, started and secrets_revealed audit events")
+    finally:
+        await nc.close()
+    subject, event = mine()[2]
+    assert subject == "trellis.audit.registry.setup_request.secrets_revealed"
+    assert (event.action, event.actor_id, event.org_id, event.object_type, event.reason) == (
+        "setup_request.secrets_revealed", "op_pat", org, "setup_request", "Webhook setup")
+    assert event.request_id == "req-reveal-1"
+    before, after = json.loads(event.before_json), json.loads(event.after_json)
+    assert after["secrets_given"] == ["consumer_key", "consumer_secret"] and after["version"] == before["version"] + 1
+    raw = event.SerializeToString()
+    assert SECRET.encode() not in raw and SECRET_KEY.encode() not in raw

@@ -12,7 +12,14 @@ from services.console.setup_requests.forms import SetupForm
 from services.console.setup_requests.routes import _beside, _scrubbed
 from services.console.errors import Refusal
 from services.contracts.trellis.registry.v1 import registry_pb2 as pb
-from services.registry.domain.setup import PREBUILT_INTEGRATIONS, SETUP_TRANSITIONS, SetupAction, SetupStatus
+from services.registry.domain.setup import (
+    PREBUILT_INTEGRATIONS,
+    SECRETS_ERASED,
+    SECRETS_REVEALED,
+    SETUP_TRANSITIONS,
+    SetupAction,
+    SetupStatus,
+)
 
 BUTTON_OF = {SetupAction.START: "start", SetupAction.COMPLETE: "complete", SetupAction.DECLINE: "decline"}
 
@@ -44,7 +51,20 @@ def test_every_state_has_its_name_its_badge_and_a_filter() -> None:
         assert views.status_slug(proto) == status.value.replace("_", "-")
     assert [views.status_name(proto_status(s)) for s in SetupStatus] == ["Submitted", "In progress", "Configured",
                                                                          "Declined"]
-    assert set(views.HISTORY_ACTIONS) == {"submitted"} | {name for _, _, name in SETUP_TRANSITIONS.values()}
+    assert set(views.HISTORY_ACTIONS) == {"submitted", SECRETS_REVEALED, SECRETS_ERASED} | {
+        name for _, _, name in SETUP_TRANSITIONS.values()}
+
+
+def test_the_reveal_is_offered_only_while_in_progress_with_secrets_and_lists_them_in_the_catalogues_order() -> None:
+    given = ["consumer_key", "consumer_secret"]
+    for status in SetupStatus:
+        request = pb.SetupRequest(status=proto_status(status), secrets_given=given)
+        assert views.offers_reveal(request) is (status is SetupStatus.IN_PROGRESS), status
+    assert not views.offers_reveal(pb.SetupRequest(status=pb.SETUP_REQUEST_STATUS_IN_PROGRESS))
+    shown = views.revealed(catalogue_entry("woocommerce"), {"consumer_secret": "cs", "zz_extra": "z", "consumer_key": "ck"})
+    assert [(r.id, r.label, r.value) for r in shown] == [
+        ("secret-consumer_key", "Consumer key", "ck"), ("secret-consumer_secret", "Consumer secret", "cs"),
+        ("secret-zz_extra", "zz_extra", "z")]
 
 
 def test_a_secret_is_shown_only_as_given_and_plain_details_as_given() -> None:

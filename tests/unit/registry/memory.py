@@ -134,11 +134,15 @@ class MemorySetupRequests:
     async def by_request_id(self, org_id: str, request_id: str) -> SetupRequest | None:
         return next((r.copy() for r, _ in self._rows.values() if r.org_id == org_id and r.request_id == request_id), None)
 
-    async def save(self, request: SetupRequest, *, expected_version: int) -> None:
+    async def save(self, request: SetupRequest, *, expected_version: int, erase_secrets: bool = False) -> None:
         found = self._rows.get(request.id)
         if found is None or found[0].version != expected_version:
             raise Aborted(f"setup request {request.id} was changed by another request", setup_request_id=request.id)
-        self._rows[request.id] = (request.copy(), found[1])
+        self._rows[request.id] = (request.copy(), None if erase_secrets else found[1])
+
+    async def sealed_secrets(self, setup_request_id: str) -> bytes | None:
+        found = self._rows.get(setup_request_id)
+        return found[1] if found is not None else None
 
     async def list_page(self, org_id: str | None, *, statuses: Sequence[SetupStatus] = (), page_size: int = 0,
                         page_token: str = "") -> SetupPage:

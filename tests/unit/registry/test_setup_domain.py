@@ -1,5 +1,6 @@
 """Pre-built integrations and setup requests, the rules alone: the catalogue, connection
-validation naming the field, and the Submitted -> In progress -> Configured / Declined machine."""
+validation naming the field, the Submitted -> In progress -> Configured / Declined machine, reading
+the secrets only while In progress, their erasure when final, and separation of duties."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import datetime as dt
 
 import pytest
 
-from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.registry.domain.model import VENDORS, vendor
 from services.registry.domain.setup import (
     PREBUILT_INTEGRATIONS,
+    SECRETS_ERASED,
+    SECRETS_REVEALED,
     SetupRequest,
     SetupStatus,
     prebuilt,
@@ -111,8 +114,12 @@ def test_start_then_complete_configures_it_and_records_each_step() -> None:
     r.complete("op_2", "Connected; first sync tonight", T0 + dt.timedelta(hours=5))
     assert r.status is SetupStatus.CONFIGURED and r.handled_by == "op_2" and r.version == 3
     assert r.configured_note == "Connected; first sync tonight"
-    assert [s.action for s in r.history] == ["submitted", "started", "configured"]
-    assert r.history[-1].from_status is SetupStatus.IN_PROGRESS and r.history[-1].note == r.configured_note
+    assert [s.action for s in r.history] == ["submitted", "started", "configured", SECRETS_ERASED]
+    configured, erased = r.history[-2:]
+    assert configured.from_status is SetupStatus.IN_PROGRESS and configured.note == r.configured_note
+    assert (erased.actor_id, erased.from_status, erased.to_status) == ("op_2", SetupStatus.CONFIGURED,
+                                                                       SetupStatus.CONFIGURED)
+    assert r.secrets_erased and r.secrets_given == ["consumer_key", "consumer_secret"]
 
 
 @pytest.mark.parametrize("started", [False, True])
@@ -123,6 +130,7 @@ def test_decline_needs_a_reason_and_is_allowed_while_submitted_or_in_progress(st
     assert invalid(r.decline, "op_1", "  ", T0).fields["field"] == "reason"
     r.decline("op_1", "The store URL does not answer", T0)
     assert r.status is SetupStatus.DECLINED and r.decline_reason == "The store URL does not answer"
+    assert r.history[-1].action == SECRETS_ERASED and r.history[-2].action == "declined"
 
 
 def test_illegal_transitions_are_failed_preconditions_naming_the_state() -> None:
@@ -138,4 +146,59 @@ def test_illegal_transitions_are_failed_preconditions_naming_the_state() -> None
         with pytest.raises(FailedPrecondition) as caught:
             move()
         assert caught.value.fields["state"] == "configured" and "final" in caught.value.message
-    assert r.version == 3 and len(r.history) == 3
+    assert r.version == 3 and len(r.history) == 4  # submitted, started, configured, secrets_erased
+
+
+def test_a_request_without_secrets_records_no_erasure() -> None:
+    r = submitted("quickbooks_online", {"company_id": "9130354"})
+    r.start("op", T0)
+    r.complete("op", "", T0)
+    assert [s.action for s in r.history] == ["submitted", "started", "configured"] and not r.secrets_erased
+
+
+def test_reading_the_secrets_is_a_history_step_while_in_progress_with_the_reason() -> None:
+    r = submitted()
+    r.start("op_1", T0)
+    r.reveal_secrets("op_2", "  configuring the store's webhook  ", T0 + dt.timedelta(minutes=5))
+    step = r.history[-1]
+    assert (step.action, step.actor_id, step.from_status, step.to_status, step.note) == (
+        SECRETS_REVEALED, "op_2", SetupStatus.IN_PROGRESS, SetupStatus.IN_PROGRESS, "configuring the store's webhook")
+    assert r.status is SetupStatus.IN_PROGRESS and r.handled_by == "op_1" and r.version == 3
+    r.reveal_secrets("op_1", "", T0)
+    assert r.history[-1].note == "" and r.version == 4
+    assert invalid(r.reveal_secrets, "op_1", "x" * 2001, T0).fields["field"] == "reason"
+
+
+def test_the_secrets_are_not_readable_before_start_after_the_end_or_when_none_were_given() -> None:
+    r = submitted()
+    with pytest.raises(FailedPrecondition) as caught:
+        r.reveal_secrets("op", "", T0)
+    assert caught.value.fields["state"] == "submitted" and "start it first" in caught.value.message
+    r.start("op", T0)
+    r.decline("op", "Store unreachable", T0)
+    with pytest.raises(FailedPrecondition) as caught:
+        r.reveal_secrets("op", "", T0)
+    assert caught.value.fields["state"] == "declined" and "erased" in caught.value.message
+    qb = submitted("quickbooks_online", {"company_id": "1"})
+    qb.start("op", T0)
+    with pytest.raises(FailedPrecondition) as caught:
+        qb.reveal_secrets("op", "", T0)
+    assert "no secret" in caught.value.message
+    assert len(r.history) == 4 and len(qb.history) == 2
+
+
+def test_the_requester_cannot_handle_their_own_request_or_read_its_secrets() -> None:
+    r = submitted()  # submitted by rita
+    refusals = [lambda: r.start("rita", T0), lambda: r.decline("rita", "mine", T0)]
+    for refuse in refusals:
+        with pytest.raises(PermissionDenied) as caught:
+            refuse()
+        assert "separation of duties" in caught.value.message and "you submitted" in caught.value.message
+        assert caught.value.fields == {"setup_request_id": "setup_1"}
+    r.start("op", T0)
+    for refuse, verb in ((lambda: r.complete("rita", "done", T0), "complete it"),
+                         (lambda: r.reveal_secrets("rita", "", T0), "read its connection secrets")):
+        with pytest.raises(PermissionDenied) as caught:
+            refuse()
+        assert f"cannot {verb}" in caught.value.message
+    assert r.status is SetupStatus.IN_PROGRESS and r.configured_note == "" and len(r.history) == 2

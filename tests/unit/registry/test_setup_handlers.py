@@ -135,7 +135,8 @@ async def test_the_platform_team_starts_and_completes_with_audit_changes(h: Setu
     started = await h.start(operator(), commands.StartSetupRequest(r.id, request_id="req-s"))
     done = await h.complete(operator("op_kim"), commands.CompleteSetupRequest(r.id, note="Syncing hourly"))
     assert started.status is SetupStatus.IN_PROGRESS and done.status is SetupStatus.CONFIGURED
-    assert done.handled_by == "op_kim" and [s.action for s in done.history] == ["submitted", "started", "configured"]
+    assert done.handled_by == "op_kim" and [s.action for s in done.history] == [
+        "submitted", "started", "configured", "secrets_erased"]
     kinds = [(c.kind, c.actor_id, c.before.status if c.before else None) for c in published_setup(store)]
     assert kinds == [("submitted", "rita", None), ("started", "op_pat", SetupStatus.SUBMITTED),
                      ("configured", "op_kim", SetupStatus.IN_PROGRESS)]
@@ -174,3 +175,87 @@ async def test_an_empty_id_is_invalid_argument_naming_it(h: SetupRequestHandlers
         with pytest.raises(InvalidArgument) as caught:
             await call
         assert caught.value.fields["field"] == "setup_request_id"
+
+
+# --- reading the secrets, their erasure, separation of duties -------------------------------------
+
+
+def both(user: str = "rita", org: str = "org_a") -> Actor:
+    """A user holding the administration and the platform permission (the embedded Administrator)."""
+    return Actor(user_id=user, org_id=org, permissions=frozenset({ADMIN_PERMISSION, PLATFORM_PERMISSION}))
+
+
+async def test_an_operator_reads_the_secrets_while_in_progress_and_the_read_is_recorded_and_audited(
+        h: SetupRequestHandlers, store: MemoryStore) -> None:
+    r = await h.create(admin(), woo())
+    await h.start(operator(), commands.StartSetupRequest(r.id))
+    commits = store.commits
+    revealed = await h.reveal_secrets(operator("op_kim"), commands.RevealSetupRequestSecrets(
+        r.id, reason=" webhook setup ", request_id="req-r"))
+    assert revealed.secrets == {"consumer_key": "ck_live_123", "consumer_secret": "cs_live_456"}
+    assert "cs_live_456" not in repr(revealed)
+    step = revealed.setup_request.history[-1]
+    assert (step.action, step.actor_id, step.note) == ("secrets_revealed", "op_kim", "webhook setup")
+    assert store.commits == commits + 1 and store.published[-1] == [store.events[-1].event_id]
+    change = published_setup(store)[-1]
+    assert (change.kind, change.actor_id, change.reason, change.request_id) == (
+        "secrets_revealed", "op_kim", "webhook setup", "req-r")
+    assert change.after.org_id == "org_a" and "cs_live_456" not in json.dumps(change.after.snapshot())
+    seen = await h.get(admin(), r.id)
+    assert seen.status is SetupStatus.IN_PROGRESS and seen.history[-1].action == "secrets_revealed"
+    assert sealed_secrets(store, r.id) is not None  # still there: it is still being configured
+
+
+async def test_reading_the_secrets_is_refused_outside_in_progress_and_to_administrators(
+        h: SetupRequestHandlers, store: MemoryStore) -> None:
+    r = await h.create(admin(), woo())
+    commits = store.commits
+    with pytest.raises(FailedPrecondition) as refused_state:
+        await h.reveal_secrets(operator(), commands.RevealSetupRequestSecrets(r.id))
+    assert "start it first" in refused_state.value.message
+    await h.start(operator(), commands.StartSetupRequest(r.id))
+    with pytest.raises(PermissionDenied) as refused_admin:
+        await h.reveal_secrets(admin("ada"), commands.RevealSetupRequestSecrets(r.id))
+    assert refused_admin.value.fields["permission"] == PLATFORM_PERMISSION
+    with pytest.raises(NotFound):
+        await h.reveal_secrets(operator(), commands.RevealSetupRequestSecrets("setup_nope"))
+    with pytest.raises(InvalidArgument) as empty:
+        await h.reveal_secrets(operator(), commands.RevealSetupRequestSecrets(""))
+    assert empty.value.fields["field"] == "setup_request_id"
+    assert store.commits == commits + 1  # the start only
+    assert [c.kind for c in published_setup(store)] == ["submitted", "started"]
+
+
+@pytest.mark.parametrize("end", ["complete", "decline"])
+async def test_configured_or_declined_erases_the_sealed_secrets_and_nothing_reads_them_again(
+        h: SetupRequestHandlers, store: MemoryStore, end: str) -> None:
+    r = await h.create(admin(), woo())
+    await h.start(operator(), commands.StartSetupRequest(r.id))
+    if end == "complete":
+        done = await h.complete(operator(), commands.CompleteSetupRequest(r.id, note="Live"))
+    else:
+        done = await h.decline(operator(), commands.DeclineSetupRequest(r.id, "Wrong store"))
+    assert sealed_secrets(store, r.id) is None
+    assert done.secrets_given == ["consumer_key", "consumer_secret"] and done.history[-1].action == "secrets_erased"
+    with pytest.raises(FailedPrecondition) as caught:
+        await h.reveal_secrets(operator(), commands.RevealSetupRequestSecrets(r.id))
+    assert "erased" in caught.value.message
+
+
+async def test_the_requester_cannot_handle_their_own_request_even_holding_both_permissions(
+        h: SetupRequestHandlers, store: MemoryStore) -> None:
+    r = await h.create(both(), woo())
+    with pytest.raises(PermissionDenied) as caught:
+        await h.start(both(), commands.StartSetupRequest(r.id))
+    assert "separation of duties" in caught.value.message and "permission" not in caught.value.fields
+    with pytest.raises(PermissionDenied):
+        await h.decline(both(), commands.DeclineSetupRequest(r.id, "mine"))
+    await h.start(both("ada"), commands.StartSetupRequest(r.id))
+    for call in (h.complete(both(), commands.CompleteSetupRequest(r.id)),
+                 h.reveal_secrets(both(), commands.RevealSetupRequestSecrets(r.id))):
+        with pytest.raises(PermissionDenied) as caught:
+            await call
+        assert "you submitted this setup request" in caught.value.message
+    assert [c.kind for c in published_setup(store)] == ["submitted", "started"]
+    assert (await h.reveal_secrets(both("ada"), commands.RevealSetupRequestSecrets(r.id))).secrets["consumer_key"] \
+        == "ck_live_123"

@@ -143,3 +143,48 @@ async def test_a_change_is_one_audit_row_in_the_outbox_without_secrets(engine: A
     assert (event.object_type, event.object_id, event.action, event.org_id) == (
         "setup_request", r.id, "setup_request.submitted", "org_audit")
     assert "cs_plain_value" not in event.after_json and "consumer_secret" in event.after_json
+
+
+async def test_the_sealed_blob_is_read_back_and_a_save_that_erases_it_leaves_null(engine: AsyncEngine) -> None:
+    sessions = session_factory(engine)
+    r, kept = make("org_erase"), make("org_erase", minutes=1)
+    async with sessions() as session, session.begin():
+        repo = SetupRequestRepository(session)
+        await repo.add(r, b"TE1-sealed-blob")
+        await repo.add(kept, b"TE1-other-blob")
+    async with sessions() as session, session.begin():
+        repo = SetupRequestRepository(session)
+        assert await repo.sealed_secrets(r.id) == b"TE1-sealed-blob"
+        assert await repo.sealed_secrets("setup_nope") is None
+        r.start("op", T0)
+        await repo.save(r, expected_version=1)  # a save without erase keeps the blob
+        assert await repo.sealed_secrets(r.id) == b"TE1-sealed-blob"
+        r.decline("op", "Store unreachable", T0)
+        await repo.save(r, expected_version=2, erase_secrets=True)
+    async with sessions() as session:
+        rows = {row["id"]: row for row in (await session.execute(
+            select(setup_requests).where(setup_requests.c.org_id == "org_erase"))).mappings()}
+        loaded = await SetupRequestRepository(session).get("org_erase", r.id)
+    assert rows[r.id]["sealed_secrets"] is None and bytes(rows[kept.id]["sealed_secrets"]) == b"TE1-other-blob"
+    assert loaded.secrets_given == ["consumer_key", "consumer_secret"] and loaded.history[-1].action == "secrets_erased"
+
+
+async def test_migration_0003_erases_the_secrets_of_requests_that_ended_before_it(database_url: str) -> None:
+    await migrate_async("registry", database_url, "0002")
+    engine = create_engine(database_url)
+    try:
+        sessions = session_factory(engine)
+        ended, going = make("org_mig"), make("org_mig", minutes=1)
+        ended.start("op", T0)
+        ended.status = SetupStatus.CONFIGURED  # as a request completed before 0003 was stored: blob kept
+        going.start("op", T0)
+        async with sessions() as session, session.begin():
+            await SetupRequestRepository(session).add(ended, b"TE1-ended")
+            await SetupRequestRepository(session).add(going, b"TE1-going")
+        await migrate_async("registry", database_url)
+        async with sessions() as session:
+            repo = SetupRequestRepository(session)
+            assert await repo.sealed_secrets(ended.id) is None
+            assert await repo.sealed_secrets(going.id) == b"TE1-going"
+    finally:
+        await engine.dispose()

@@ -475,3 +475,24 @@ class DeclineSetupRequestRequest(_message.Message):
     setup_request_id: str
     reason: str
     def __init__(self, setup_request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevealSetupRequestSecretsRequest(_message.Message):
+    __slots__ = ("setup_request_id", "reason")
+    SETUP_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    setup_request_id: str
+    reason: str
+    def __init__(self, setup_request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevealSetupRequestSecretsResponse(_message.Message):
+    __slots__ = ("secrets",)
+    class SecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    secrets: _containers.ScalarMap[str, str]
+    def __init__(self, secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...

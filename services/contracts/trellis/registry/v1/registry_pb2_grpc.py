@@ -140,6 +140,11 @@ class RegistryStub:
                 request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.DeclineSetupRequestRequest.SerializeToString,
                 response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
                 _registered_method=True)
+        self.RevealSetupRequestSecrets = channel.unary_unary(
+                '/trellis.registry.v1.Registry/RevealSetupRequestSecrets',
+                request_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.RevealSetupRequestSecretsRequest.SerializeToString,
+                response_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.RevealSetupRequestSecretsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -264,7 +269,9 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StartSetupRequest(self, request, context):
-        """The platform team's side: `trellis_platform_operations`, in any organisation.
+        """The platform team's side: `trellis_platform_operations`, in any organisation. Separation of
+        duties: the user who submitted a request cannot start, complete, decline it or read its
+        secrets (PERMISSION_DENIED), even when they hold both permissions.
         Submitted -> In progress
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -272,7 +279,9 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteSetupRequest(self, request, context):
-        """In progress -> Configured
+        """Configured and Declined erase the request's sealed secrets (their names stay in secrets_given;
+        the history gains a secrets_erased step): nothing can read them afterwards.
+        In progress -> Configured
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +289,17 @@ class RegistryServicer:
 
     def DeclineSetupRequest(self, request, context):
         """Submitted or In progress -> Declined
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevealSetupRequestSecrets(self, request, context):
+        """The secret connection details, opened for the platform operator configuring the connection:
+        only while the request is In progress (otherwise FAILED_PRECONDITION saying why). Each read
+        is a secrets_revealed step in the request's history, which the organisation sees, and a
+        `setup_request.secrets_revealed` audit event in the organisation's trail (names, never
+        values), on the bus before the values are returned. The values are never logged or traced.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -392,6 +412,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.DeclineSetupRequest,
                     request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.DeclineSetupRequestRequest.FromString,
                     response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.SerializeToString,
+            ),
+            'RevealSetupRequestSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevealSetupRequestSecrets,
+                    request_deserializer=trellis_dot_registry_dot_v1_dot_registry__pb2.RevealSetupRequestSecretsRequest.FromString,
+                    response_serializer=trellis_dot_registry_dot_v1_dot_registry__pb2.RevealSetupRequestSecretsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -961,6 +986,33 @@ class Registry:
             '/trellis.registry.v1.Registry/DeclineSetupRequest',
             trellis_dot_registry_dot_v1_dot_registry__pb2.DeclineSetupRequestRequest.SerializeToString,
             trellis_dot_registry_dot_v1_dot_registry__pb2.SetupRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevealSetupRequestSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.registry.v1.Registry/RevealSetupRequestSecrets',
+            trellis_dot_registry_dot_v1_dot_registry__pb2.RevealSetupRequestSecretsRequest.SerializeToString,
+            trellis_dot_registry_dot_v1_dot_registry__pb2.RevealSetupRequestSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,
