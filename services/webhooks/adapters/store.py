@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
-    and_, case, or_, select, text, update,
+    and_, case, literal, or_, select, text, tuple_, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -146,7 +146,7 @@ attempts = Table(
     Column("id", String(40), primary_key=True),
     Column("org_id", String(64), nullable=False, index=True),
     Column("delivery_id", String(40), nullable=False, index=True),
-    Column("subscription_id", String(40), nullable=False, index=True),
+    Column("subscription_id", String(40), nullable=False),
     Column("event_id", String(128), nullable=False, index=True),
     Column("event_type", String(128), nullable=False),
     Column("round", Integer, nullable=False),
@@ -161,6 +161,10 @@ attempts = Table(
     Column("url", Text, nullable=False),
     Column("test", Boolean, nullable=False),
     Column("sent_by", String(64), nullable=False),  # the replica that made the attempt
+    # The delivery log (list_attempts): one subscription's attempts newest first, walked from
+    # the index's end, all of them or one outcome's (the Succeeded and Failed tabs).
+    Index("ix_attempts_subscription_log", "subscription_id", "attempted_at", "id"),
+    Index("ix_attempts_subscription_outcome_log", "subscription_id", "succeeded", "attempted_at", "id"),
 )
 
 integrations = Table(
@@ -553,11 +557,13 @@ class ActivityLog:
             if value:
                 query = query.where(column == value)
         if succeeded is not None:
-            query = query.where(t.c.succeeded.is_(succeeded))
+            # `=`, not `IS`: PostgreSQL reads an index on `succeeded` for equality only.
+            query = query.where(t.c.succeeded == succeeded)
         if token:
             key, last_id = decode_token(token)
             when = _parse_time_key(key)
-            query = query.where(or_(t.c.attempted_at < when, and_(t.c.attempted_at == when, t.c.id < last_id)))
+            # A row value, so that both databases start the walk of the index at the token.
+            query = query.where(tuple_(t.c.attempted_at, t.c.id) < tuple_(literal(when, UTCDateTime()), literal(last_id)))
         rows = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_attempt(r) for r in rows[:size]]
         next_token = encode_token(_time_key(found[-1].attempted_at), found[-1].id) if len(rows) > size else ""
