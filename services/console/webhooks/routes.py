@@ -338,6 +338,7 @@ class WebhookPages(Area):
         done = done or request.query_params.get("done", "")
         return self.page(request, "webhooks/delivery.html", session, {
             "subscription": subscription, "delivery": answer.delivery, "attempts": list(reversed(answer.attempts)),
+            "delivery_request": views.sent_request(answer.request),
             "done": DONE.get(done, ""), "refusal": refusal,
             "can_redeliver": session.can(ADMIN_PERMISSION) and answer.delivery.status == pb.DELIVERY_STATUS_FAILED
             and subscription.status != pb.SUBSCRIPTION_STATUS_DISABLED}, status=status)

@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
-    and_, case, literal, or_, select, text, tuple_, update,
+    and_, case, func, literal, or_, select, text, tuple_, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -38,7 +38,7 @@ from services.kit.sqluow import SqlUnitOfWork
 from services.kit.uow import Flush, no_flush
 from services.webhooks.adapters import events
 from services.webhooks.application.ports import (
-    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope,
+    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
 from services.webhooks.domain.model import (
     AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
@@ -543,6 +543,15 @@ class ActivityLog:
         t = attempts
         query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
         return [_attempt(r) for r in (await self._session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
+
+    async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
+        a, s = activities, subscriptions
+        # The prefix only: a body can be large and the log shows a bounded part of it.
+        query = (select(func.substr(a.c.body, 1, limit).label("head"), func.length(a.c.body).label("size"), s.c.scheme)
+                 .select_from(a.join(s, s.c.id == delivery.subscription_id))
+                 .where(a.c.org_id == delivery.org_id, a.c.event_id == delivery.event_id))
+        row = (await self._session.execute(query)).one()
+        return SentBody(bytes(row.head), int(row.size), SignatureScheme(row.scheme))
 
     async def list_attempts(self, scope: Scope, *, subscription_id: str, succeeded: bool | None,
                             event_id: str, delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]:

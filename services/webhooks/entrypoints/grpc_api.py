@@ -191,8 +191,12 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return pb.ListDeliveriesResponse(deliveries=[delivery_to_proto(d) for d in found], next_page_token=token)
 
     async def GetDelivery(self, request: pb.GetDeliveryRequest, context: grpc.aio.ServicerContext) -> pb.GetDeliveryResponse:
-        delivery, attempts = await self._h.get_delivery(current_actor(), commands.DeliveryRef(request.delivery_id, _view(request, context)))
-        return pb.GetDeliveryResponse(delivery=delivery_to_proto(delivery), attempts=[attempt_to_proto(a) for a in attempts])
+        shown = await self._h.get_delivery(current_actor(), commands.DeliveryRef(request.delivery_id, _view(request, context)))
+        sent = pb.SentRequest(body=shown.request.body, body_truncated=shown.request.truncated, body_size=shown.request.size,
+                              headers=[pb.SentHeader(name=h.name, value=h.value, per_attempt=h.per_attempt)
+                                       for h in shown.request.headers])
+        return pb.GetDeliveryResponse(delivery=delivery_to_proto(shown.delivery),
+                                      attempts=[attempt_to_proto(a) for a in shown.attempts], request=sent)
 
     async def ListAttempts(self, request: pb.ListAttemptsRequest, context: grpc.aio.ServicerContext) -> pb.ListAttemptsResponse:
         if request.outcome == pb.OUTCOME_PENDING:

@@ -393,12 +393,36 @@ class GetDeliveryRequest(_message.Message):
     def __init__(self, delivery_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class GetDeliveryResponse(_message.Message):
-    __slots__ = ("delivery", "attempts")
+    __slots__ = ("delivery", "attempts", "request")
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     delivery: Delivery
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
-    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+    request: SentRequest
+    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., request: _Optional[_Union[SentRequest, _Mapping]] = ...) -> None: ...
+
+class SentRequest(_message.Message):
+    __slots__ = ("body", "body_truncated", "body_size", "headers")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    BODY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    body_truncated: bool
+    body_size: int
+    headers: _containers.RepeatedCompositeFieldContainer[SentHeader]
+    def __init__(self, body: _Optional[bytes] = ..., body_truncated: _Optional[bool] = ..., body_size: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[SentHeader, _Mapping]]] = ...) -> None: ...
+
+class SentHeader(_message.Message):
+    __slots__ = ("name", "value", "per_attempt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PER_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    per_attempt: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., per_attempt: _Optional[bool] = ...) -> None: ...
 
 class ListAttemptsRequest(_message.Message):
     __slots__ = ("subscription_id", "outcome", "event_id", "delivery_id", "page_size", "page_token", "integration_id", "org_id")
