@@ -544,6 +544,15 @@ class ActivityLog:
         query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
         return [_attempt(r) for r in (await self._session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
 
+    async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
+        t, latest = attempts, attempts.alias("latest")
+        # Per subscription, one probe of ix_attempts_subscription_log from its end; all in one query.
+        newest = (select(latest.c.id).where(latest.c.subscription_id == subscriptions.c.id)
+                  .order_by(latest.c.attempted_at.desc(), latest.c.id.desc()).limit(1).scalar_subquery())
+        ids = select(newest).where(subscriptions.c.id.in_(list(subscription_ids)), subscriptions.c.org_id == scope.org_id)
+        query = select(t).where(self._visible(t, scope), t.c.id.in_(ids))
+        return [_attempt(r) for r in (await self._session.execute(query)).all()]
+
     async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
         a, s = activities, subscriptions
         # The prefix only: a body can be large and the log shows a bounded part of it.

@@ -92,6 +92,13 @@ class SentRequest:
 
 
 @dataclass(frozen=True)
+class SubscriptionPage:
+    subscriptions: builtins.list[Subscription]
+    next_page_token: str
+    last_attempts: builtins.list[AttemptRecord]
+
+
+@dataclass(frozen=True)
 class DeliveryView:
     delivery: DeliveryRecord
     attempts: builtins.list[AttemptRecord]
@@ -228,11 +235,16 @@ class WebhookHandlers:
         async with self._units(read_only=True) as uow:
             return await uow.subscriptions.get(caller.scope, ref.subscription_id)
 
-    async def list(self, actor: Actor, query: commands.ListSubscriptions) -> tuple[list[Subscription], str]:
+    async def list(self, actor: Actor, query: commands.ListSubscriptions) -> SubscriptionPage:
+        """A page of subscriptions and, when asked, the latest attempt of each (one query for all)."""
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
-            return await uow.subscriptions.list_page(caller.scope, statuses=query.statuses,
-                                                     size=page_size(query.page_size), token=query.page_token)
+            found, token = await uow.subscriptions.list_page(caller.scope, statuses=query.statuses,
+                                                             size=page_size(query.page_size), token=query.page_token)
+            last = []
+            if query.with_last_attempts and found:
+                last = await uow.activities.last_attempts(caller.scope, [s.id for s in found])
+        return SubscriptionPage(found, token, last)
 
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
                       mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None) -> Subscription:

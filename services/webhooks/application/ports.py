@@ -189,6 +189,10 @@ class Activities(Protocol):
 
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]: ...
 
+    async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
+        """The latest attempt of each of these subscriptions that has one."""
+        ...
+
     async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
         """What the delivery's attempts POST: the event's stored body, at most `limit` bytes of it."""
         ...

@@ -149,11 +149,13 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return subscription_to_proto(await self._h.get(current_actor(), ref))
 
     async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext) -> pb.ListSubscriptionsResponse:
-        found, token = await self._h.list(current_actor(), commands.ListSubscriptions(
+        page = await self._h.list(current_actor(), commands.ListSubscriptions(
             statuses=_statuses(list(request.statuses)), page_size=request.page_size, page_token=request.page_token,
-            view=_view(request, context),
+            view=_view(request, context), with_last_attempts=request.with_last_attempts,
         ))
-        return pb.ListSubscriptionsResponse(subscriptions=[subscription_to_proto(s) for s in found], next_page_token=token)
+        return pb.ListSubscriptionsResponse(subscriptions=[subscription_to_proto(s) for s in page.subscriptions],
+                                            next_page_token=page.next_page_token,
+                                            last_attempts=[attempt_to_proto(a) for a in page.last_attempts])
 
     async def UpdateSubscription(self, request: pb.UpdateSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.Subscription:
         cmd = commands.UpdateSubscription(request.subscription_id, _changes(request), _view(request, context))

@@ -127,3 +127,30 @@ async def test_the_delivery_log_reads_its_index_for_all_and_for_each_outcome(dat
     for plan, indexes in zip(plans, expected, strict=True):
         assert any(f"INDEX {index} " in plan or f"using {index} " in plan for index in indexes), plan
         assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan  # no sort of the subscription's rows
+
+
+async def test_last_attempts_are_the_newest_of_each_subscription_in_one_query(database_url: str) -> None:
+    await migrate_async("webhooks", database_url)
+    now = utcnow()
+    ids = [new_id("whk") for _ in range(3)]
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for n, subscription_id in enumerate([*ids, new_id("whk")]):
+                org = "org_log" if n < 3 else "org_other"
+                await SubscriptionRepository(session).add(Subscription(
+                    id=subscription_id, org_id=org, url="https://example.com/h", activity_types=("*",), created_by="t",
+                    created_at=now, updated_at=now, secret_created_at=now), b"sealed")
+        await _log_rows(database_url, ids[0], ids[1:2], 40)  # ids[2] has none
+        statements: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute",
+                     lambda conn, cursor, statement, *rest: statements.append(statement))
+        async with session_factory(engine)() as session:
+            found = await ActivityLog(session).last_attempts(Scope("org_log"), ids)
+            # Another organisation naming these ids finds nothing.
+            assert await ActivityLog(session).last_attempts(Scope("org_other"), ids) == []
+    finally:
+        await engine.dispose()
+    assert sorted((a.subscription_id, a.id) for a in found) == sorted(
+        [(ids[0], f"att_{ids[0][-6:]}00000039"), (ids[1], f"att_{ids[1][-6:]}00000039")])
+    assert len([s for s in statements if "FROM attempts" in s]) == 2  # one per call

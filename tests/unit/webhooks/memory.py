@@ -144,6 +144,13 @@ class MemoryActivities:
         return sorted((a for a in self._attempts.values() if a.delivery_id == delivery_id
                        and self._visible(scope, a.org_id, a.subscription_id)), key=lambda a: (a.attempted_at, a.id))
 
+    async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
+        latest: dict[str, AttemptRecord] = {}
+        for a in sorted(self._attempts.values(), key=lambda a: (a.attempted_at, a.id)):
+            if a.subscription_id in subscription_ids and self._visible(scope, a.org_id, a.subscription_id):
+                latest[a.subscription_id] = a
+        return list(latest.values())
+
     async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
         activity = self._activities[(delivery.org_id, delivery.event_id)]
         body = delivery_body(activity)
