@@ -26,10 +26,9 @@ from services.webhooks.application.ports import (
 )
 from services.webhooks.domain.model import (
     ACTIVITY_TYPES, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, HeaderSent, IncomingActivity,
-    RetryPolicy, Subscription,
-    SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
-    delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data, pending_delivery_text, sample_data,
-    secret_aad,
+    RetryPolicy, Subscription, SubscriptionStatus, check_activity_types, check_description, check_published_type,
+    check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
+    pending_delivery_text, sample_data, secret_aad,
 )
 
 log = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ class WebhookHandlers:
         async with self._units(read_only=True) as uow:
             found, token = await uow.subscriptions.list_page(caller.scope, statuses=query.statuses,
                                                              size=page_size(query.page_size), token=query.page_token)
-            last = []
+            last: builtins.list[AttemptRecord] = []
             if query.with_last_attempts and found:
                 last = await uow.activities.last_attempts(caller.scope, [s.id for s in found])
         return SubscriptionPage(found, token, last)
