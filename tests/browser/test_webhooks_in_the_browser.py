@@ -108,6 +108,29 @@ async def test_a_subscription_from_creation_through_failing_and_recovery_to_dele
     assert alice.dialogs == [] and not alice.console_errors, (alice.dialogs, alice.console_errors)
 
 
+async def test_what_a_receiver_answers_runs_no_script_in_the_test_result_or_the_delivery_page(
+        people, start_receiver, webhooks_service) -> None:
+    receiver = await start_receiver()
+    receiver.behaviour = lambda _: (200, EVIL)
+    receiver.answer_headers = {"X-Evil": EVIL}
+    alice = await people.person("alice")
+    await alice.sign_in(new_org())
+    await alice.go("/webhooks/new")
+    await alice.fill("Endpoint URL", receiver.url(f"/in?x={EVIL}"))
+    await alice.tick("lot.created")
+    await alice.click("Create")
+    await alice.expect_text("Save your signing secret immediately")
+    await alice.expect_text(EVIL)  # the URL, as text
+    await alice.click("I have saved it — close")
+    await alice.click("Send Test Webhook")  # htmx puts the receiver's answer in place
+    await expect(alice.page.get_by_test_id("test-response")).to_have_text(EVIL)
+    await alice.page.get_by_role("link", name="Details").first.click()
+    await alice.expect_text("Request body sent")
+    await expect(alice.page.locator("pre.body").last).to_have_text(EVIL)
+    await expect(alice.page.locator("main img")).to_have_count(0)
+    assert alice.dialogs == [] and not alice.console_errors, (alice.dialogs, alice.console_errors)
+
+
 async def test_the_webhook_list_filters_in_place_and_shows_each_card(people, start_receiver) -> None:
     receiver = await start_receiver()
     alice = await people.person("alice")

@@ -87,11 +87,11 @@ async def trellis_cli(*argv: str, data_dir: Path, private_pem: bytes, settings: 
     return process.returncode, out.decode(), err.decode()
 
 
-async def publish_activity(port: int, token: str, type_: str = "lot.created") -> None:
+async def publish_activity(port: int, token: str, type_: str = "lot.created", data_json: str = '{"lot_id": "L-1"}') -> None:
     """One platform activity, as the platform publishes it (the webhooks service's gRPC API)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await webhooks_pb2_grpc.WebhooksStub(channel).PublishActivity(
-            wpb.PublishActivityRequest(type=type_, data_json='{"lot_id": "L-1"}'),
+            wpb.PublishActivityRequest(type=type_, data_json=data_json),
             metadata=(("authorization", f"Bearer {token}"),))
 
 

@@ -90,6 +90,24 @@ def next_attempt(a: object) -> object | None:
     return at if at is not None and moment(at) else None
 
 
+@dataclass(frozen=True)
+class SentRequest:
+    """What a delivery POSTed, as the page shows it: the body as text (bytes that are not UTF-8
+    shown as replacement characters), its size, and the headers named by the service."""
+
+    body: str
+    body_size: int
+    body_shown: int
+    body_truncated: bool
+    headers: tuple[pb.SentHeader, ...]
+
+
+def sent_request(sent: pb.SentRequest) -> SentRequest:
+    # A cut at the 64 KiB bound can split a character: shown as one replacement character.
+    return SentRequest(sent.body.decode("utf-8", errors="replace"), sent.body_size, len(sent.body),
+                       sent.body_truncated, tuple(sent.headers))
+
+
 def types_label(types: Iterable[str], names: dict[str, str]) -> str:
     chosen = list(types)
     if ALL_TYPES in chosen:

@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
-    and_, case, or_, select, text, update,
+    and_, case, func, literal, or_, select, text, tuple_, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -38,7 +38,7 @@ from services.kit.sqluow import SqlUnitOfWork
 from services.kit.uow import Flush, no_flush
 from services.webhooks.adapters import events
 from services.webhooks.application.ports import (
-    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope,
+    Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
 from services.webhooks.domain.model import (
     AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
@@ -146,7 +146,7 @@ attempts = Table(
     Column("id", String(40), primary_key=True),
     Column("org_id", String(64), nullable=False, index=True),
     Column("delivery_id", String(40), nullable=False, index=True),
-    Column("subscription_id", String(40), nullable=False, index=True),
+    Column("subscription_id", String(40), nullable=False),
     Column("event_id", String(128), nullable=False, index=True),
     Column("event_type", String(128), nullable=False),
     Column("round", Integer, nullable=False),
@@ -161,6 +161,10 @@ attempts = Table(
     Column("url", Text, nullable=False),
     Column("test", Boolean, nullable=False),
     Column("sent_by", String(64), nullable=False),  # the replica that made the attempt
+    # The delivery log (list_attempts): one subscription's attempts newest first, walked from
+    # the index's end, all of them or one outcome's (the Succeeded and Failed tabs).
+    Index("ix_attempts_subscription_log", "subscription_id", "attempted_at", "id"),
+    Index("ix_attempts_subscription_outcome_log", "subscription_id", "succeeded", "attempted_at", "id"),
 )
 
 integrations = Table(
@@ -540,6 +544,24 @@ class ActivityLog:
         query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
         return [_attempt(r) for r in (await self._session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
 
+    async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
+        t, latest = attempts, attempts.alias("latest")
+        # Per subscription, one probe of ix_attempts_subscription_log from its end; all in one query.
+        newest = (select(latest.c.id).where(latest.c.subscription_id == subscriptions.c.id)
+                  .order_by(latest.c.attempted_at.desc(), latest.c.id.desc()).limit(1).scalar_subquery())
+        ids = select(newest).where(subscriptions.c.id.in_(list(subscription_ids)), subscriptions.c.org_id == scope.org_id)
+        query = select(t).where(self._visible(t, scope), t.c.id.in_(ids))
+        return [_attempt(r) for r in (await self._session.execute(query)).all()]
+
+    async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
+        a, s = activities, subscriptions
+        # The prefix only: a body can be large and the log shows a bounded part of it.
+        query = (select(func.substr(a.c.body, 1, limit).label("head"), func.length(a.c.body).label("size"), s.c.scheme)
+                 .select_from(a.join(s, s.c.id == delivery.subscription_id))
+                 .where(a.c.org_id == delivery.org_id, a.c.event_id == delivery.event_id))
+        row = (await self._session.execute(query)).one()
+        return SentBody(bytes(row.head), int(row.size), SignatureScheme(row.scheme))
+
     async def list_attempts(self, scope: Scope, *, subscription_id: str, succeeded: bool | None,
                             event_id: str, delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]:
         t, d = attempts, deliveries
@@ -553,11 +575,13 @@ class ActivityLog:
             if value:
                 query = query.where(column == value)
         if succeeded is not None:
-            query = query.where(t.c.succeeded.is_(succeeded))
+            # `=`, not `IS`: PostgreSQL reads an index on `succeeded` for equality only.
+            query = query.where(t.c.succeeded == succeeded)
         if token:
             key, last_id = decode_token(token)
             when = _parse_time_key(key)
-            query = query.where(or_(t.c.attempted_at < when, and_(t.c.attempted_at == when, t.c.id < last_id)))
+            # A row value, so that both databases start the walk of the index at the token.
+            query = query.where(tuple_(t.c.attempted_at, t.c.id) < tuple_(literal(when, UTCDateTime()), literal(last_id)))
         rows = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_attempt(r) for r in rows[:size]]
         next_token = encode_token(_time_key(found[-1].attempted_at), found[-1].id) if len(rows) > size else ""

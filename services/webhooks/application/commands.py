@@ -52,6 +52,7 @@ class ListSubscriptions:
     page_size: int = 0
     page_token: str = ""
     view: View = field(default_factory=View)
+    with_last_attempts: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from services.webhooks.application.ports import (
     IntegrationsPort, Scope, TraceContext, UnitsOfWork, WebhooksUnitOfWork, attempt_row,
 )
 from services.webhooks.domain.model import (
-    ACTIVITY_TYPES, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, IncomingActivity, RetryPolicy, Subscription,
-    SubscriptionStatus, check_activity_types, check_description, check_published_type, check_sender, check_url,
-    delivery_body, new_signing_secret, outcome_of, page_size, parse_data, pending_delivery_text, sample_data,
-    secret_aad,
+    ACTIVITY_TYPES, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, HeaderSent, IncomingActivity,
+    RetryPolicy, Subscription, SubscriptionStatus, check_activity_types, check_description, check_published_type,
+    check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
+    pending_delivery_text, sample_data, secret_aad,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,30 @@ class TestResult:
     delivery: DeliveryRecord
     attempt: AttemptRecord
     subscription: Subscription
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    """What each attempt of a delivery POSTs, as far as the log can say without the secret."""
+
+    body: bytes
+    truncated: bool
+    size: int
+    headers: builtins.list[HeaderSent]
+
+
+@dataclass(frozen=True)
+class SubscriptionPage:
+    subscriptions: builtins.list[Subscription]
+    next_page_token: str
+    last_attempts: builtins.list[AttemptRecord]
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    delivery: DeliveryRecord
+    attempts: builtins.list[AttemptRecord]
+    request: SentRequest
 
 
 class SecretCache:
@@ -210,11 +234,16 @@ class WebhookHandlers:
         async with self._units(read_only=True) as uow:
             return await uow.subscriptions.get(caller.scope, ref.subscription_id)
 
-    async def list(self, actor: Actor, query: commands.ListSubscriptions) -> tuple[list[Subscription], str]:
+    async def list(self, actor: Actor, query: commands.ListSubscriptions) -> SubscriptionPage:
+        """A page of subscriptions and, when asked, the latest attempt of each (one query for all)."""
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
-            return await uow.subscriptions.list_page(caller.scope, statuses=query.statuses,
-                                                     size=page_size(query.page_size), token=query.page_token)
+            found, token = await uow.subscriptions.list_page(caller.scope, statuses=query.statuses,
+                                                             size=page_size(query.page_size), token=query.page_token)
+            last: builtins.list[AttemptRecord] = []
+            if query.with_last_attempts and found:
+                last = await uow.activities.last_attempts(caller.scope, [s.id for s in found])
+        return SubscriptionPage(found, token, last)
 
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
                       mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None) -> Subscription:
@@ -341,11 +370,16 @@ class WebhookHandlers:
                 event_id=query.event_id, size=page_size(query.page_size), token=query.page_token,
             )
 
-    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> tuple[DeliveryRecord, builtins.list[AttemptRecord]]:
+    async def get_delivery(self, actor: Actor, ref: commands.DeliveryRef) -> DeliveryView:
+        """The delivery, its attempts oldest first, and what they POST (bounded, no secret)."""
         caller = caller_for(actor, ref.view)
         async with self._units(read_only=True) as uow:
             delivery = await uow.activities.get_delivery(caller.scope, ref.delivery_id)
-            return delivery, await uow.activities.attempts_of(caller.scope, ref.delivery_id)
+            attempts = await uow.activities.attempts_of(caller.scope, ref.delivery_id)
+            sent = await uow.activities.sent_body(delivery, SENT_BODY_LIMIT)
+        headers = headers_sent(sent.scheme, event_id=delivery.event_id, event_type=delivery.event_type,
+                               user_agent=self._user_agent)
+        return DeliveryView(delivery, attempts, SentRequest(sent.body, sent.size > len(sent.body), sent.size, headers))
 
     async def list_attempts(self, actor: Actor, query: commands.ListAttempts) -> tuple[builtins.list[AttemptRecord], str]:
         caller = caller_for(actor, query.view)

@@ -76,6 +76,16 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class SentBody:
+    """The body a delivery POSTs (its first `limit` bytes), its whole size, and the signature
+    scheme its subscription signs with."""
+
+    body: bytes
+    size: int
+    scheme: SignatureScheme
+
+
+@dataclass(frozen=True)
 class ActivityRecord:
     event_id: str
     org_id: str
@@ -178,6 +188,14 @@ class Activities(Protocol):
                               event_id: str, size: int, token: str) -> tuple[list[DeliveryRecord], str]: ...
 
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]: ...
+
+    async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
+        """The latest attempt of each of these subscriptions that has one."""
+        ...
+
+    async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
+        """What the delivery's attempts POST: the event's stored body, at most `limit` bytes of it."""
+        ...
 
     async def list_attempts(self, scope: Scope, *, subscription_id: str, succeeded: bool | None, event_id: str,
                             delivery_id: str, size: int, token: str) -> tuple[list[AttemptRecord], str]: ...

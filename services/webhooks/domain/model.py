@@ -315,6 +315,35 @@ def delivery_headers(
     return headers
 
 
+SENT_BODY_LIMIT = 64 * 1024  # what the delivery log shows of the body sent
+
+
+@dataclass(frozen=True)
+class HeaderSent:
+    """One header a delivery's attempts send: its value, or what the value is made of when each
+    attempt computes it anew (`per_attempt`)."""
+
+    name: str
+    value: str
+    per_attempt: bool = False
+
+
+def headers_sent(scheme: SignatureScheme, *, event_id: str, event_type: str, user_agent: str) -> list[HeaderSent]:
+    """The headers of every attempt as the log can re-derive them without the secret: the same
+    names as delivery_headers, with the timestamp and the signature described, not computed."""
+    made_of = {
+        "X-Webhook-Timestamp": "Unix seconds when the attempt was made",
+        "X-Webhook-Signature": "sha256=<hex HMAC-SHA256 of \"<timestamp>.<body>\" with the signing secret>",
+        "webhook-timestamp": "Unix seconds when the attempt was made",
+        "webhook-signature": "v1,<base64 HMAC-SHA256 of \"<id>.<timestamp>.<body>\" with the signing secret>",
+    }
+    # Signed with a throwaway key so that the names (and their order) are delivery_headers' own.
+    names = delivery_headers(scheme, SECRET_PREFIX + base64.b64encode(bytes(SECRET_BYTES)).decode(),
+                             event_id=event_id, event_type=event_type, timestamp=0, body=b"", user_agent=user_agent)
+    return [HeaderSent(name, made_of[name], True) if name in made_of else HeaderSent(name, value)
+            for name, value in names.items()]
+
+
 # --- activities and the delivery body -----------------------------------------------------------------
 
 SENDER_TYPES = ("integration", "user", "system")

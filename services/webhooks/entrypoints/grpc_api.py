@@ -149,11 +149,13 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return subscription_to_proto(await self._h.get(current_actor(), ref))
 
     async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext) -> pb.ListSubscriptionsResponse:
-        found, token = await self._h.list(current_actor(), commands.ListSubscriptions(
+        page = await self._h.list(current_actor(), commands.ListSubscriptions(
             statuses=_statuses(list(request.statuses)), page_size=request.page_size, page_token=request.page_token,
-            view=_view(request, context),
+            view=_view(request, context), with_last_attempts=request.with_last_attempts,
         ))
-        return pb.ListSubscriptionsResponse(subscriptions=[subscription_to_proto(s) for s in found], next_page_token=token)
+        return pb.ListSubscriptionsResponse(subscriptions=[subscription_to_proto(s) for s in page.subscriptions],
+                                            next_page_token=page.next_page_token,
+                                            last_attempts=[attempt_to_proto(a) for a in page.last_attempts])
 
     async def UpdateSubscription(self, request: pb.UpdateSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.Subscription:
         cmd = commands.UpdateSubscription(request.subscription_id, _changes(request), _view(request, context))
@@ -191,8 +193,12 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return pb.ListDeliveriesResponse(deliveries=[delivery_to_proto(d) for d in found], next_page_token=token)
 
     async def GetDelivery(self, request: pb.GetDeliveryRequest, context: grpc.aio.ServicerContext) -> pb.GetDeliveryResponse:
-        delivery, attempts = await self._h.get_delivery(current_actor(), commands.DeliveryRef(request.delivery_id, _view(request, context)))
-        return pb.GetDeliveryResponse(delivery=delivery_to_proto(delivery), attempts=[attempt_to_proto(a) for a in attempts])
+        shown = await self._h.get_delivery(current_actor(), commands.DeliveryRef(request.delivery_id, _view(request, context)))
+        sent = pb.SentRequest(body=shown.request.body, body_truncated=shown.request.truncated, body_size=shown.request.size,
+                              headers=[pb.SentHeader(name=h.name, value=h.value, per_attempt=h.per_attempt)
+                                       for h in shown.request.headers])
+        return pb.GetDeliveryResponse(delivery=delivery_to_proto(shown.delivery),
+                                      attempts=[attempt_to_proto(a) for a in shown.attempts], request=sent)
 
     async def ListAttempts(self, request: pb.ListAttemptsRequest, context: grpc.aio.ServicerContext) -> pb.ListAttemptsResponse:
         if request.outcome == pb.OUTCOME_PENDING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from tests.integration.console.test_webhook_pages import create_webhook
+from tests.integration.console.test_webhook_pages import create_webhook, webhook_form
 from tests.integration.logs.conftest import publish_batch, publish_integration, request_record
 from tests.support.console import create_integration, hidden_fields, new_org
 from tests.support.console_services import publish_activity
@@ -159,3 +159,50 @@ async def test_values_are_escaped_and_the_new_pages_keep_the_strict_csp(browser,
     assert ESCAPED in await alice.page(f"/webhooks/{subscription_id}")
     assert ESCAPED in await alice.page("/logs/chart")
     assert ESCAPED in await alice.page("/review")
+
+
+def _strict(answer, path: str) -> str:  # type: ignore[no-untyped-def]
+    """The answer's page, after checking it is escaped and served under the strict CSP."""
+    assert answer.status_code == 200, (path, answer.status_code)
+    csp = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "style-src 'self'" in csp and "unsafe-inline" not in csp, path
+    assert EVIL not in answer.text and "<script>alert" not in answer.text and "<img" not in answer.text, path
+    assert not re.search(r"<script(?![^>]*\bsrc=)", answer.text), (path, "inline script")
+    unquoted = re.sub(r'"[^"]*"', '""', answer.text)
+    assert not re.search(r"<[^>]+\son[a-z]+\s*=", unquoted), (path, "inline event handler")
+    return str(answer.text)
+
+
+async def test_what_a_receiver_answers_is_escaped_on_the_delivery_page_the_test_result_and_the_secret_page(
+        browser, webhooks_service, start_receiver) -> None:
+    receiver = await start_receiver()
+    receiver.behaviour = lambda _: (200, EVIL)
+    receiver.answer_headers = {"X-Evil": EVIL}
+    alice = browser()
+    await alice.sign_in("alice", new_org())
+    # The endpoint URL, shown on the secret page and with every attempt, carries the same text.
+    created = await alice.submit("/webhooks/new", "/webhooks", webhook_form(receiver.url(f"/in?x={EVIL}")))
+    secret_page = _strict(created, "the secret page")
+    assert created.headers["cache-control"] == "no-store" and ESCAPED in secret_page
+    found = re.search(r'href="/webhooks/([A-Za-z0-9_]+)">I have saved', secret_page)
+    assert found
+    detail = f"/webhooks/{found.group(1)}"
+
+    # Send Test Webhook with htmx: the fragment shows what the receiver answered, escaped.
+    fields = hidden_fields(await alice.page(detail), f"{detail}/test")
+    fragment = await alice.client.post(f"{detail}/test", data=fields, headers={"HX-Request": "true"})
+    text = _strict(fragment, "the test result fragment")
+    response = re.search(r'<pre class="body" data-testid="test-response">(.*?)</pre>', text, flags=re.S)
+    assert response and response.group(1) == ESCAPED
+    [got] = await receiver.wait_for(1)
+    assert got.path == "/in"
+
+    # The delivery page: the answer received and the URL sent to, escaped.
+    delivery = re.search(rf'href="({detail}/deliveries/dlv_[a-z0-9]+)"', text)
+    assert delivery
+    page = _strict(await alice.get(delivery.group(1)), "the delivery page")
+    assert f'<pre class="body">{ESCAPED}</pre>' in page and f"{ESCAPED}</dd>" in page
+    # Regenerating shows the secret page again, as strict.
+    fields = hidden_fields(await alice.page(detail), f"{detail}/regenerate-secret")
+    regenerated = await alice.client.post(f"{detail}/regenerate-secret", data=fields)
+    assert ESCAPED in _strict(regenerated, "the regenerated secret page")

@@ -10,6 +10,10 @@ import hmac
 import html
 import re
 
+import grpc
+
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as wpb
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from tests.support.console import ConsoleUser, hidden_fields, new_org
 from tests.support.console_services import publish_activity
 from tests.support.waiting import eventually
@@ -95,6 +99,10 @@ async def test_eventually_failing_deliveries_take_it_to_failing_and_a_test_recov
 
     page = await eventually(lambda: _page_with(alice, detail, ">Failing<"), timeout=20, what="Failing")
     assert "All 5 delivery attempts of an event failed" in page
+    # The list's status filter finds it among the Failing ones only.
+    assert detail in await alice.page("/webhooks?status=failing")
+    active = await alice.page("/webhooks?status=active")
+    assert detail not in active and "No webhook subscriptions with this status" in active
     assert "Fix the underlying issue with your receiving endpoint" in page and "Send Test Webhook" in page
     failed = await alice.page(f"{detail}?log=failed")
     assert failed.count('data-testid="attempt-row"') == 5 and "5 of 5" in failed and ">503<" in failed
@@ -194,3 +202,92 @@ async def test_the_delivery_log_is_paged_newest_first(browser, webhooks_service,
     # htmx asks for the log alone when a tab or a page link is clicked.
     fragment = await alice.get(f"{detail}?log=succeeded", headers={"HX-Request": "true", "HX-Target": "delivery-log"})
     assert fragment.status_code == 200 and "<h1" not in fragment.text and 'aria-current="page">Succeeded<' in fragment.text
+
+
+async def test_a_card_shows_no_deliveries_then_its_last_delivery(browser, webhooks_service, start_receiver) -> None:
+    receiver = await start_receiver()
+    alice = browser()
+    await alice.sign_in("alice", new_org())
+    subscription_id, _ = await create_webhook(alice, receiver.url())
+    [card] = _cards(await alice.page("/webhooks"))
+    assert f'href="/webhooks/{subscription_id}"' in card and "No deliveries yet" in card
+    detail = f"/webhooks/{subscription_id}"
+    await alice.submit(detail, f"{detail}/test")
+    await receiver.wait_for(1)
+    [card] = _cards(await alice.page("/webhooks"))
+    last = re.search(r'data-testid="last-delivery">([^<]*)<', card)
+    assert last and last.group(1).startswith("Last delivery ") and last.group(1).endswith(": succeeded (HTTP 200)"), card
+    assert "No deliveries yet" not in card
+
+
+def _cards(page: str) -> list[str]:
+    return re.findall(r'<li class="card" data-testid="webhook-card">.*?</li>', page, flags=re.S)
+
+
+async def test_the_delivery_page_shows_the_request_body_sent_and_its_headers(browser, webhooks_service, start_receiver,
+                                                                             mint) -> None:
+    receiver = await start_receiver()
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    subscription_id, secret = await create_webhook(alice, receiver.url())
+    detail = f"/webhooks/{subscription_id}"
+    await publish_activity(webhooks_service.port, mint("alice", org), data_json='{"lot_id": "L-<1>", "note": "a & b"}')
+    [got] = await receiver.wait_for(1)
+    log = await eventually(lambda: _page_with(alice, detail, f"{detail}/deliveries/dlv_"), what="the delivery in the log")
+    row = re.search(rf'href="({detail}/deliveries/dlv_[a-z0-9]+)"', log)
+    assert row
+    page = await alice.page(row.group(1))
+    assert "Request body sent" in page
+    sent = re.search(r'<pre class="body" data-testid="sent-body">(.*?)</pre>', page, flags=re.S)
+    assert sent and html.unescape(sent.group(1)).encode() == got.body
+    assert "L-&lt;1&gt;" in sent.group(1) and "a &amp; b" in sent.group(1)
+    headers = re.search(r'data-testid="sent-headers">(.*?)</table>', page, flags=re.S)
+    assert headers
+    for name in ("Content-Type", "X-Webhook-Timestamp", "X-Webhook-Signature", "X-Webhook-Id"):
+        assert f'<td class="mono">{name}</td>' in headers.group(1), name
+    assert "application/json" in headers.group(1)
+    assert secret not in page and got.headers["X-Webhook-Signature"] not in page
+
+
+async def test_the_list_of_50_cards_asks_the_webhooks_service_once_for_their_last_deliveries(
+        browser, webhooks_service, start_receiver, mint) -> None:
+    """A call per card (ListAttempts) made this page 265 ms; their last deliveries now come with
+    ListSubscriptions' answer (11-27 ms on the same machine)."""
+    receiver = await start_receiver()
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{webhooks_service.port}") as channel:
+        stub, admin = webhooks_pb2_grpc.WebhooksStub(channel), (("authorization", f"Bearer {mint('alice', org)}"),)
+        ids = [(await stub.CreateSubscription(wpb.CreateSubscriptionRequest(
+            url=receiver.url(f"/card-{n}"), activity_types=["lot.created"]), metadata=admin)).subscription.id
+            for n in range(50)]
+        for subscription_id in ids[::2]:  # every other one has had a delivery, answered 200
+            await stub.SendTestDelivery(wpb.SendTestDeliveryRequest(subscription_id=subscription_id), metadata=admin)
+    await alice.page("/webhooks")  # the catalogue of activity types, loaded once and kept
+
+    def calls() -> dict[str, float]:
+        return {method: _served(webhooks_service, method) for method in ("ListSubscriptions", "ListAttempts")}
+
+    before = calls()
+    answer = await alice.get("/webhooks")
+    after = calls()
+    cards = _cards(answer.text)
+    assert len(cards) == 50
+    for subscription_id, card in zip(ids, cards, strict=True):
+        assert f'href="/webhooks/{subscription_id}"' in card
+        expected = ": succeeded (HTTP 200)" if ids.index(subscription_id) % 2 == 0 else "No deliveries yet"
+        assert expected in card, card
+    assert after["ListSubscriptions"] - before["ListSubscriptions"] == 1
+    assert after["ListAttempts"] == before["ListAttempts"]
+
+
+def _served(service, method: str) -> float:  # type: ignore[no-untyped-def]
+    """How many calls of a method the service has answered OK (its trellis_grpc_server_requests)."""
+    total = 0.0
+    for metric in service.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "trellis_grpc_server_requests_total" and sample.labels["method"].endswith(method):
+                total += sample.value
+    return total

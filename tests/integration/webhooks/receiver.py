@@ -58,13 +58,15 @@ Behaviour = Callable[[Received], Awaitable[Answer] | Answer]
 
 @dataclass
 class Receiver:
-    """Answers 200 unless told otherwise: `statuses` are used first, in order, then `behaviour`."""
+    """Answers 200 unless told otherwise: `statuses` are used first, in order, then `behaviour`;
+    every answer carries `answer_headers`."""
 
     ssl_context: ssl.SSLContext | None
     host: str = "127.0.0.1"
     received: list[Received] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     behaviour: Behaviour | None = None
+    answer_headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     port: int = 0
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,7 +118,7 @@ class Receiver:
             status, text = await answer if asyncio.iscoroutine(answer) else answer  # type: ignore[misc]
         else:
             status, text = 200, "ok"
-        headers = {"Location": self.url("/elsewhere")} if 300 <= status < 400 else {}
+        headers = {**self.answer_headers, **({"Location": self.url("/elsewhere")} if 300 <= status < 400 else {})}
         return web.Response(status=status, text=text, headers=headers)
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:

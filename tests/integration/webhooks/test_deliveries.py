@@ -463,3 +463,35 @@ async def test_finished_deliveries_and_earlier_attempts_have_no_next_attempt(web
     attempts = await webhooks.attempts(created.subscription.id)
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 200)]
     assert not any(a.HasField("next_attempt_at") for a in attempts)
+
+
+async def test_get_delivery_returns_the_body_the_receiver_got_and_the_headers_without_the_secret(
+        webhooks: Webhooks, receiver: Receiver) -> None:
+    created = await webhooks.subscribe(receiver.url())
+    await webhooks.publish("lot.created", '{"lot_id": "L-9", "note": "caf\u00e9 <b>"}')
+    [got] = await receiver.wait_for(1)
+    [delivery] = await eventually(lambda: _deliveries_with(webhooks, created.subscription.id, pb.DELIVERY_STATUS_SUCCEEDED))
+    shown = await webhooks.stub.GetDelivery(pb.GetDeliveryRequest(delivery_id=delivery.id), metadata=webhooks.admin)
+    sent = shown.request
+    assert sent.body == got.body and sent.body_size == len(got.body) and not sent.body_truncated
+    headers = {h.name: h for h in sent.headers}
+    assert set(headers) == {"Content-Type", "User-Agent", "X-Webhook-Event", "X-Webhook-Id", "X-Webhook-Timestamp",
+                            "X-Webhook-Signature"}
+    assert set(headers) <= set(got.headers)
+    for name in ("Content-Type", "User-Agent", "X-Webhook-Event", "X-Webhook-Id"):
+        assert headers[name].value == got.headers[name] and not headers[name].per_attempt, name
+    for name in ("X-Webhook-Timestamp", "X-Webhook-Signature"):
+        assert headers[name].per_attempt and headers[name].value != got.headers[name], name
+    assert created.signing_secret not in str(shown) and got.headers["X-Webhook-Signature"] not in str(shown)
+
+
+async def test_a_large_body_is_returned_bounded_with_its_size(webhooks: Webhooks, receiver: Receiver) -> None:
+    created = await webhooks.subscribe(receiver.url(), scheme=pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS)
+    await webhooks.publish("lot.created", json.dumps({"notes": "x" * 100_000}))
+    [got] = await receiver.wait_for(1)
+    [delivery] = await eventually(lambda: _deliveries_with(webhooks, created.subscription.id, pb.DELIVERY_STATUS_SUCCEEDED))
+    sent = (await webhooks.stub.GetDelivery(pb.GetDeliveryRequest(delivery_id=delivery.id), metadata=webhooks.admin)).request
+    assert sent.body_truncated and sent.body_size == len(got.body) > 64 * 1024
+    assert sent.body == got.body[:64 * 1024]
+    names = [h.name for h in sent.headers]
+    assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= set(names) and "X-Webhook-Signature" not in names

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Sequence
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import event, text
 
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.ids import new_id
-from services.webhooks.domain.model import IncomingActivity, Subscription, delivery_body
+from services.webhooks.application.ports import Scope, attempt_row
+from services.webhooks.domain.model import AttemptError, IncomingActivity, Subscription, delivery_body
 from services.webhooks.adapters.queue import WorkQueue
-from services.webhooks.adapters.store import ActivityLog, SubscriptionRepository, metadata
+from services.webhooks.adapters.store import ActivityLog, SubscriptionRepository, attempts, metadata
 
 
 async def test_migrations_match_the_metadata(database_url: str) -> None:
@@ -59,3 +62,95 @@ async def test_concurrent_claims_never_take_one_delivery_twice(database_url: str
         assert len(everything) == len(set(everything)) == 60
     finally:
         await engine.dispose()
+
+
+async def _log_rows(database_url: str, subscription_id: str, others: Sequence[str], count: int) -> None:
+    """`count` attempts of the subscription and as many of each other one, one a second, every
+    tenth failed: enough rows that a sort would cost more than the index."""
+    engine = create_engine(database_url)
+    start = utcnow() - dt.timedelta(seconds=count)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            rows = [attempt_row(f"att_{sub[-6:]}{n:08d}", org_id="org_log", delivery_id=f"dlv_{sub[-6:]}{n // 5:08d}",
+                                subscription_id=sub, event_id=f"evt_{n // 5}", event_type="lot.created", round_=1,
+                                attempt=1 + n % 5, attempted_at=start + dt.timedelta(seconds=n), url="https://x.test/h",
+                                test=False, status_code=503 if n % 10 == 0 else 200, succeeded=n % 10 != 0,
+                                error=AttemptError.HTTP_STATUS if n % 10 == 0 else AttemptError.NONE, error_detail="",
+                                response_body="ok", duration_ms=1.0, sent_by="t")
+                    for sub in (subscription_id, *others) for n in range(count)]
+            await session.execute(attempts.insert(), rows)
+            await session.execute(text("ANALYZE"))
+    finally:
+        await engine.dispose()
+
+
+async def test_the_delivery_log_reads_its_index_for_all_and_for_each_outcome(database_url: str) -> None:
+    """The console's Delivery Logs (newest 25 of one subscription; its Succeeded and Failed tabs;
+    an older page) walk an index of (subscription_id, [succeeded,] attempted_at, id), not a sort."""
+    await migrate_async("webhooks", database_url)
+    subscription_id = new_id("whk")
+    await _log_rows(database_url, subscription_id, [new_id("whk") for _ in range(3)], 3000)
+    engine = create_engine(database_url)
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM attempts" in statement and not statement.lstrip().upper().startswith("EXPLAIN"):
+            statements.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with session_factory(engine)() as session:
+            log = ActivityLog(session)
+            first, token = await log.list_attempts(Scope("org_log"), subscription_id=subscription_id, succeeded=None,
+                                                   event_id="", delivery_id="", size=25, token="")
+            older, _ = await log.list_attempts(Scope("org_log"), subscription_id=subscription_id, succeeded=None,
+                                               event_id="", delivery_id="", size=25, token=token)
+            for succeeded in (True, False):
+                found, _ = await log.list_attempts(Scope("org_log"), subscription_id=subscription_id,
+                                                   succeeded=succeeded, event_id="", delivery_id="", size=25, token="")
+                assert len(found) == 25 and {a.succeeded for a in found} == {succeeded}
+        assert [a.attempted_at for a in first + older] == sorted((a.attempted_at for a in first + older), reverse=True)
+        assert first[-1].attempted_at > older[0].attempted_at
+        assert len(statements) == 4
+        plans = []
+        async with engine.connect() as conn:
+            event.remove(engine.sync_engine, "before_cursor_execute", capture)
+            explain = "EXPLAIN QUERY PLAN " if is_sqlite(database_url) else "EXPLAIN "
+            for statement, parameters in statements:
+                rows = (await conn.exec_driver_sql(explain + statement, parameters)).all()  # type: ignore[arg-type]
+                plans.append("\n".join(str(r[-1]) for r in rows))
+    finally:
+        await engine.dispose()
+    # Succeeded (nine rows in ten) may walk either index, filtering as it goes; Failed reads its own.
+    expected = [("ix_attempts_subscription_log",)] * 2 + [
+        ("ix_attempts_subscription_outcome_log", "ix_attempts_subscription_log"), ("ix_attempts_subscription_outcome_log",)]
+    for plan, indexes in zip(plans, expected, strict=True):
+        assert any(f"INDEX {index} " in plan or f"using {index} " in plan for index in indexes), plan
+        assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan  # no sort of the subscription's rows
+
+
+async def test_last_attempts_are_the_newest_of_each_subscription_in_one_query(database_url: str) -> None:
+    await migrate_async("webhooks", database_url)
+    now = utcnow()
+    ids = [new_id("whk") for _ in range(3)]
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for n, subscription_id in enumerate([*ids, new_id("whk")]):
+                org = "org_log" if n < 3 else "org_other"
+                await SubscriptionRepository(session).add(Subscription(
+                    id=subscription_id, org_id=org, url="https://example.com/h", activity_types=("*",), created_by="t",
+                    created_at=now, updated_at=now, secret_created_at=now), b"sealed")
+        await _log_rows(database_url, ids[0], ids[1:2], 40)  # ids[2] has none
+        statements: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute",
+                     lambda conn, cursor, statement, *rest: statements.append(statement))
+        async with session_factory(engine)() as session:
+            found = await ActivityLog(session).last_attempts(Scope("org_log"), ids)
+            # Another organisation naming these ids finds nothing.
+            assert await ActivityLog(session).last_attempts(Scope("org_other"), ids) == []
+    finally:
+        await engine.dispose()
+    assert sorted((a.subscription_id, a.id) for a in found) == sorted(
+        [(ids[0], f"att_{ids[0][-6:]}00000039"), (ids[1], f"att_{ids[1][-6:]}00000039")])
+    assert len([s for s in statements if "FROM attempts" in s]) == 2  # one per call

@@ -14,9 +14,9 @@ from typing import Any, Self
 from services.kit.auth import Actor
 from services.kit.errors import NotFound
 from services.kit.uow import InMemoryUnitOfWork, MemoryStore
-from services.webhooks.application.ports import Accepted, AttemptRecord, DeliveryRecord, Scope
+from services.webhooks.application.ports import Accepted, AttemptRecord, DeliveryRecord, Scope, SentBody
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription,
+    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, delivery_body,
 )
 
 
@@ -143,6 +143,18 @@ class MemoryActivities:
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]:
         return sorted((a for a in self._attempts.values() if a.delivery_id == delivery_id
                        and self._visible(scope, a.org_id, a.subscription_id)), key=lambda a: (a.attempted_at, a.id))
+
+    async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
+        latest: dict[str, AttemptRecord] = {}
+        for a in sorted(self._attempts.values(), key=lambda a: (a.attempted_at, a.id)):
+            if a.subscription_id in subscription_ids and self._visible(scope, a.org_id, a.subscription_id):
+                latest[a.subscription_id] = a
+        return list(latest.values())
+
+    async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
+        activity = self._activities[(delivery.org_id, delivery.event_id)]
+        body = delivery_body(activity)
+        return SentBody(body[:limit], len(body), self._rows[delivery.subscription_id].subscription.scheme)
 
     async def redeliver(self, delivery: DeliveryRecord, now: dt.datetime) -> None:
         current = self._deliveries[delivery.id]

@@ -167,26 +167,30 @@ class GetSubscriptionRequest(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class ListSubscriptionsRequest(_message.Message):
-    __slots__ = ("integration_id", "org_id", "statuses", "page_size", "page_token")
+    __slots__ = ("integration_id", "org_id", "statuses", "page_size", "page_token", "with_last_attempts")
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WITH_LAST_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     integration_id: str
     org_id: str
     statuses: _containers.RepeatedScalarFieldContainer[SubscriptionStatus]
     page_size: int
     page_token: str
-    def __init__(self, integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[SubscriptionStatus, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    with_last_attempts: bool
+    def __init__(self, integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[SubscriptionStatus, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., with_last_attempts: _Optional[bool] = ...) -> None: ...
 
 class ListSubscriptionsResponse(_message.Message):
-    __slots__ = ("subscriptions", "next_page_token")
+    __slots__ = ("subscriptions", "next_page_token", "last_attempts")
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     subscriptions: _containers.RepeatedCompositeFieldContainer[Subscription]
     next_page_token: str
-    def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    last_attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class UpdateSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
@@ -393,12 +397,36 @@ class GetDeliveryRequest(_message.Message):
     def __init__(self, delivery_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class GetDeliveryResponse(_message.Message):
-    __slots__ = ("delivery", "attempts")
+    __slots__ = ("delivery", "attempts", "request")
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     delivery: Delivery
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
-    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+    request: SentRequest
+    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., request: _Optional[_Union[SentRequest, _Mapping]] = ...) -> None: ...
+
+class SentRequest(_message.Message):
+    __slots__ = ("body", "body_truncated", "body_size", "headers")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    BODY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    BODY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    body_truncated: bool
+    body_size: int
+    headers: _containers.RepeatedCompositeFieldContainer[SentHeader]
+    def __init__(self, body: _Optional[bytes] = ..., body_truncated: _Optional[bool] = ..., body_size: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[SentHeader, _Mapping]]] = ...) -> None: ...
+
+class SentHeader(_message.Message):
+    __slots__ = ("name", "value", "per_attempt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PER_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    per_attempt: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., per_attempt: _Optional[bool] = ...) -> None: ...
 
 class ListAttemptsRequest(_message.Message):
     __slots__ = ("subscription_id", "outcome", "event_id", "delivery_id", "page_size", "page_token", "integration_id", "org_id")
