@@ -126,7 +126,7 @@ class SetupRequestPages(Area):
         if not session.can(PLATFORM_PERMISSION):
             return self.refused(request, session, Refusal(
                 "permission", "You do not have access", f"The setup queue is the platform team's: it needs the "
-                f"{PLATFORM_PERMISSION} permission, which only GrowerIQ's platform operators hold. Your organisation's "
+                f"{PLATFORM_PERMISSION} permission, which only the Trellis platform team holds. Your organisation's "
                 "own requests are under Setup requests.", 403), back="/setup-requests", back_label="Setup requests")
         return await self._listed(request, session, queue=True)
 

@@ -74,9 +74,9 @@ class PrebuiltIntegration:
 PREBUILT_INTEGRATIONS: tuple[PrebuiltIntegration, ...] = (
     PrebuiltIntegration(
         "woocommerce", "WooCommerce",
-        # The spec's words ("Pre-Built Integrations"), then how it connects.
-        "Automatic SKU and order synchronisation between GrowerIQ and your WooCommerce store. Product data is "
-        "pushed to WooCommerce, and incoming orders are received back into GrowerIQ, through the store's REST API.",
+        # The spec's words ("Pre-Built Integrations", the product named Trellis), then how it connects.
+        "Automatic SKU and order synchronisation between Trellis and your WooCommerce store. Product data is "
+        "pushed to WooCommerce, and incoming orders are received back into Trellis, through the store's REST API.",
         (
             ConnectionField("store_url", "Store URL", "Your store's address, e.g. https://shop.example.com",
                             required=True, secret=False, max_length=2048, kind=FieldKind.HTTPS_URL),
@@ -89,8 +89,8 @@ PREBUILT_INTEGRATIONS: tuple[PrebuiltIntegration, ...] = (
     ),
     PrebuiltIntegration(
         "shopify", "Shopify",
-        "Automatic SKU and order synchronisation between GrowerIQ and your Shopify store. Product data is pushed "
-        "to Shopify, and incoming orders are received back into GrowerIQ, through a custom app's Admin API.",
+        "Automatic SKU and order synchronisation between Trellis and your Shopify store. Product data is pushed "
+        "to Shopify, and incoming orders are received back into Trellis, through a custom app's Admin API.",
         (
             ConnectionField("shop_domain", "Shop domain", "Your store's myshopify.com domain, e.g. acme.myshopify.com",
                             required=True, secret=False, max_length=255, kind=FieldKind.SHOPIFY_DOMAIN),
@@ -102,8 +102,8 @@ PREBUILT_INTEGRATIONS: tuple[PrebuiltIntegration, ...] = (
     ),
     PrebuiltIntegration(
         "quickbooks_online", "QuickBooks Online",
-        "Automatic push of CRM account records and invoices from GrowerIQ to QuickBooks Online, keeping your "
-        "accounting system up to date without manual data entry. The GrowerIQ team connects your company through "
+        "Automatic push of CRM account records and invoices from Trellis to QuickBooks Online, keeping your "
+        "accounting system up to date without manual data entry. The Trellis platform team connects your company through "
         "Intuit's sign-in (OAuth) while configuring it, so no password or token is asked for here.",
         (
             ConnectionField("company_id", "Company ID (realm ID)",

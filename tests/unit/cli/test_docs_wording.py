@@ -35,7 +35,7 @@ def test_the_product_is_called_trellis_and_groweriq_only_where_the_wire_formats_
         for paragraph in path.read_text().split("\n\n"):
             if "GrowerIQ" in paragraph.replace(USER_AGENT, "") and "wire format" not in paragraph:
                 offenders.append(f"{path.relative_to(ROOT)}: {paragraph.strip()[:80]}")
-    for path in sorted((ROOT / "services").rglob("*.py")):
+    for path in sorted([*(ROOT / "services").rglob("*.py"), *(ROOT / "services").rglob("*.html")]):
         if "contracts" in path.parts:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
