@@ -57,6 +57,11 @@ def scheme_name(text: str) -> str:
     return SCHEME_ALIASES.get(name, name)
 
 
+FILTER_HELP = ("a JMESPath expression over the delivery body (https://jmespath.org), e.g. "
+               "\"data.facility_id == 'fac_1'\"; events it does not pass are recorded as Filtered, not sent; "
+               "see docs/receivers.md")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--webhooks-addr", default=argparse.SUPPRESS, metavar="HOST:PORT", help="default: TRELLIS_WEBHOOKS_ADDR")
@@ -73,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--description", default="")
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), default="spec", help=SCHEME_HELP)
     p.add_argument("--integration", default="", metavar="ID", help="the integration that owns it (default: none)")
+    p.add_argument("--filter", default="", metavar="EXPR", help=FILTER_HELP)
     p.set_defaults(handler=create)
 
     p = commands.add_parser("list", parents=parents, help="list subscriptions with their status")
@@ -92,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--remove-type", dest="remove_types", action=ExtendList, metavar="TYPE")
     p.add_argument("--description")
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), help=SCHEME_HELP)
+    p.add_argument("--filter", metavar="EXPR", help=FILTER_HELP + "; \"\" removes it")
     p.set_defaults(handler=update)
 
     for name, handler, text in (
@@ -114,6 +121,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     outcome = p.add_mutually_exclusive_group()
     outcome.add_argument("--succeeded", action="store_true")
     outcome.add_argument("--failed", action="store_true")
+    outcome.add_argument("--filtered", action="store_true", help="the events its filter did not pass (never attempted)")
     p.add_argument("--event", default="", metavar="EVENT_ID", help="every attempt of one event")
     p.add_argument("--limit", type=non_negative_int, default=50, metavar="N")
     p.set_defaults(handler=deliveries)
@@ -138,6 +146,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.set_defaults(handler=list_activities)
 
     p = commands.add_parser("types", parents=parents, help="the activity types a subscription can choose")
+    p.add_argument("--schema", action="store_true", help="with the JSON Schema of each type's data")
     p.set_defaults(handler=activity_types)
 
 
@@ -178,7 +187,7 @@ def status_label(s: pb.Subscription) -> str:
 def subscription_details(s: pb.Subscription) -> str:
     return fields([
         ("ID", s.id), ("URL", s.url), ("Status", status_label(s)), ("Activity types", ", ".join(s.activity_types)),
-        ("Description", s.description or "-"),
+        ("Description", s.description or "-"), ("Filter", s.filter or "- (every event of its types)"),
         ("Signature", "standard_webhooks (webhook-signature: v1,<base64>)" if s.signature_scheme == pb.SIGNATURE_SCHEME_STANDARD_WEBHOOKS
          else "spec (X-Webhook-Signature: sha256=<hex>)"),
         ("Integration", s.integration_id or "- (organisation)"), ("Created by", s.created_by),
@@ -237,7 +246,7 @@ def create(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
         response = hooks.CreateSubscription(pb.CreateSubscriptionRequest(
             url=args.url, activity_types=args.types, description=args.description, signature_scheme=SCHEMES[args.scheme],
-            integration_id=args.integration,
+            integration_id=args.integration, filter=args.filter,
         ))
     _print_secret(args, response.subscription, response.signing_secret, f"Created webhook subscription {response.subscription.id}.")
     return 0
@@ -298,7 +307,7 @@ def update(args: argparse.Namespace, session: Session) -> int:
                 raise CliError("a subscription needs at least one activity type")
             request.activity_types.extend(types)
             request.update_mask.append("activity_types")
-        for option in ("url", "description"):
+        for option in ("url", "description", "filter"):
             if getattr(args, option) is not None:
                 setattr(request, option, getattr(args, option))
                 request.update_mask.append(option)
@@ -306,7 +315,8 @@ def update(args: argparse.Namespace, session: Session) -> int:
             request.signature_scheme = SCHEMES[args.scheme]
             request.update_mask.append("signature_scheme")
         if not request.update_mask:
-            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description or --scheme")
+            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description, --scheme "
+                           "or --filter")
         s = hooks.UpdateSubscription(request)
     _print_subscription(args, s, f"Updated webhook subscription {s.id} ({', '.join(request.update_mask)}); "
                                  "it applies from the next event.")
@@ -383,6 +393,8 @@ def regenerate_secret(args: argparse.Namespace, session: Session) -> int:
 
 
 def deliveries(args: argparse.Namespace, session: Session) -> int:
+    if args.filtered:
+        return filtered_deliveries(args, session)
     outcome = pb.OUTCOME_SUCCEEDED if args.succeeded else pb.OUTCOME_FAILED if args.failed else pb.OUTCOME_UNSPECIFIED
     with connect(args, session) as hooks:
         found = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, outcome=outcome, event_id=args.event,
@@ -398,6 +410,21 @@ def deliveries(args: argparse.Namespace, session: Session) -> int:
             print(f"\n{waiting}")
     else:
         print("No delivery attempts.")
+    return 0
+
+
+def filtered_deliveries(args: argparse.Namespace, session: Session) -> int:
+    """The events the subscription's filter did not pass: deliveries without attempts."""
+    with connect(args, session) as hooks:
+        found = hooks.ListDeliveries(pb.ListDeliveriesRequest(subscription_id=args.id, outcome=pb.OUTCOME_FILTERED,
+                                                              event_id=args.event, page_size=min(args.limit or 50, 500))).deliveries
+    if args.json:
+        print_json({"deliveries": [as_json(d) for d in found]})
+    elif found:
+        print(table(("WHEN", "EVENT", "TYPE", "STATUS", "WHY", "DELIVERY"), (
+            (timestamp(d.created_at), d.event_id, d.event_type, "Filtered", d.last_error_detail, d.id) for d in found)))
+    else:
+        print("No filtered events.")
     return 0
 
 
@@ -423,7 +450,9 @@ def publish(args: argparse.Namespace, session: Session) -> int:
     elif response.duplicate:
         print(f"Activity {response.event_id} was already received; nothing more is sent.")
     else:
-        print(f"Published {args.type} activity {response.event_id}: {plural(response.deliveries, 'delivery', 'deliveries')} scheduled.")
+        filtered = f"; {response.filtered} filtered out" if response.filtered else ""
+        print(f"Published {args.type} activity {response.event_id}: "
+              f"{plural(response.deliveries, 'delivery', 'deliveries')} scheduled{filtered}.")
     return 0
 
 
@@ -444,8 +473,18 @@ def activity_types(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
         found = hooks.ListActivityTypes(pb.ListActivityTypesRequest()).types
     if args.json:
-        print_json({"types": [as_json(t) for t in found]})
+        types = [as_json(t) for t in found]
+        for shown, t in zip(types, found, strict=True):
+            shown.pop("schema_json", None)
+            if args.schema:
+                shown["schema"] = json.loads(t.schema_json)
+        print_json({"types": types})
+    elif args.schema:
+        for t in found:
+            print(f"{t.id}  ({t.name}, {t.category})")
+            print(json.dumps(json.loads(t.schema_json), indent=2))
+            print()
     else:
         print(table(("TYPE", "NAME", "CATEGORY"), ((t.id, t.name, t.category) for t in found)))
-        print("\n*  all current and future types")
+        print("\n*  all current and future types; `--schema` shows the JSON Schema of each type's data")
     return 0

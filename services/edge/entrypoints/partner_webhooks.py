@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 1024
-WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme")
+WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme", "filter")
 # Partner field name -> UpdateSubscriptionRequest field name.
 _PROTO_FIELD = {"endpoint_url": "url", "activity_types": "activity_types", "description": "description",
-                "signature_scheme": "signature_scheme"}
+                "signature_scheme": "signature_scheme", "filter": "filter"}
 
 
 def _names(enum: Any, prefix: str) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def subscription_json(s: pb.Subscription) -> dict[str, Any]:
         "status": _label(STATUSES, s.status), "signature_scheme": _label(SCHEMES, s.signature_scheme),
         "integration_suspended": s.integration_suspended, "created_at": _time(s.created_at),
         "updated_at": _time(s.updated_at), "secret_created_at": _time(s.secret_created_at),
-        "failing_since": _time(s.failing_since),
+        "failing_since": _time(s.failing_since), "filter": s.filter or None,
     }
 
 
@@ -238,7 +238,9 @@ def _fields(document: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(document) - set(WRITABLE_FIELDS))
     if unknown:
         raise EdgeError("invalid_request", f"unknown field(s) {', '.join(unknown)}; the fields are: {', '.join(WRITABLE_FIELDS)}")
-    for name in ("endpoint_url", "description"):
+    if document.get("filter", "") is None:
+        document = {**document, "filter": ""}  # null removes the filter, as "" does
+    for name in ("endpoint_url", "description", "filter"):
         if name in document and not isinstance(document[name], str):
             raise EdgeError("invalid_request", f"{name} must be a string")
     types = document.get("activity_types", [])
@@ -355,7 +357,8 @@ class PartnerWebhooks:
             raise EdgeError("invalid_request", f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
         created = await self._call("CreateSubscription", pb.CreateSubscriptionRequest(
             url=fields["endpoint_url"], activity_types=fields["activity_types"], description=fields.get("description", ""),
-            signature_scheme=fields.get("signature_scheme", pb.SIGNATURE_SCHEME_SPEC), **ask.ids), ask)
+            signature_scheme=fields.get("signature_scheme", pb.SIGNATURE_SCHEME_SPEC), filter=fields.get("filter", ""),
+            **ask.ids), ask)
         return {**subscription_json(created.subscription), "signing_secret": created.signing_secret}
 
     async def get(self, ask: Ask) -> dict[str, Any]:
@@ -430,6 +433,12 @@ class PartnerWebhooks:
         found = await self._call("ListActivities", pb.ListActivitiesRequest(types=ask.many("type"), **ask.page(), **ask.ids), ask)
         return {"activities": [activity_json(a) for a in found.activities], "next_cursor": found.next_page_token or None}
 
+    async def event_types(self, ask: Ask) -> dict[str, Any]:
+        """The activity types with the JSON Schema of each one's `data`."""
+        found = await self._call("ListActivityTypes", pb.ListActivityTypesRequest(), ask)
+        return {"event_types": [{"id": t.id, "name": t.name, "category": t.category, "schema": json.loads(t.schema_json)}
+                                for t in found.types]}
+
     async def activity_types(self, ask: Ask) -> dict[str, Any]:
         found = await self._call("ListActivityTypes", pb.ListActivityTypesRequest(), ask)
         return {"activity_types": [{"id": t.id, "name": t.name, "category": t.category} for t in found.types]}
@@ -444,9 +453,12 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
                   response="SubscriptionList", query=("status", *_PAGE)),
         Operation("POST", "", W.create, "Create a webhook subscription; the answer shows its signing secret, this once",
                   status=201, response="SubscriptionWithSecret", body="SubscriptionCreate", secret=True),
+        # Before `/{subscription_id}`, which would match it too: the first match answers.
+        Operation("GET", "/event-types", W.event_types, "The activity types a subscription can choose, each with the "
+                  "JSON Schema of its data", response="EventTypeList"),
         Operation("GET", _S, W.get, "One subscription", response="Subscription"),
-        Operation("PATCH", _S, W.update, "Change the endpoint URL, activity types, description or signature scheme; "
-                  "takes effect for the next event", response="Subscription", body="SubscriptionUpdate"),
+        Operation("PATCH", _S, W.update, "Change the endpoint URL, activity types, description, signature scheme or "
+                  "filter; takes effect for the next event", response="Subscription", body="SubscriptionUpdate"),
         Operation("DELETE", _S, W.delete, "Delete a subscription: pending deliveries are cancelled, nothing more is sent",
                   response="Deleted"),
         Operation("POST", _S + "/pause", W.pause, "Pause: no deliveries until resumed", response="Subscription"),
@@ -499,10 +511,14 @@ _SUBSCRIPTION = {
     "status": {"enum": list(STATUSES)}, "signature_scheme": {"enum": list(SCHEMES)},
     "integration_suspended": {**_BOOL, "description": "Deliveries wait while the owning integration is suspended."},
     "created_at": _TIME, "updated_at": _TIME, "secret_created_at": _TIME, "failing_since": _TIME,
+    "filter": {"type": ["string", "null"], "description": "The JMESPath filter over the delivery body; null: none."},
 }
 _SECRET = {"type": "string", "description": "The signing secret (`whsec_...`), shown in this answer only: store it now."}
 _WRITABLE = {"endpoint_url": {"type": "string", "format": "uri", "description": "https:// only."}, "activity_types": _TYPES,
-             "description": _STR, "signature_scheme": {"enum": list(SCHEMES), "default": "spec"}}
+             "description": _STR, "signature_scheme": {"enum": list(SCHEMES), "default": "spec"},
+             "filter": {"type": ["string", "null"], "maxLength": 1024, "description": (
+                 "A JMESPath expression over the delivery body, e.g. `data.facility_id == 'fac_1'`: events it does "
+                 "not pass are recorded as `filtered` deliveries, not sent. \"\" or null: every event.")}}
 _DELIVERY = {
     "id": _STR, "subscription_id": _STR, "event_id": _STR, "event_type": _STR, "status": {"enum": list(DELIVERY_STATUSES)},
     "attempts": _INT, "round": _INT, "next_attempt_at": _TIME, "created_at": _TIME, "updated_at": _TIME,
@@ -533,13 +549,16 @@ SCHEMAS: dict[str, Any] = {
                       "sender": _obj({"type": {"enum": ["integration", "user"]}, "id": _STR}),
                       "data": {"type": ["object", "null"]}, "received_at": _TIME}, ("id", "type", "created_at")),
     "ActivityList": _list_of("activities", "Activity"),
+    "EventTypeList": _obj({"event_types": {"type": "array", "items": _obj(
+        {"id": _STR, "name": _STR, "category": _STR,
+         "schema": {"type": "object", "description": "The JSON Schema (draft 2020-12) of the type's `data`."}})}}),
     "ActivityTypeList": _obj({"activity_types": {"type": "array", "items": _obj({"id": _STR, "name": _STR, "category": _STR})}}),
 }
 QUERY: dict[str, tuple[dict[str, Any], str]] = {
     "limit": ({"type": "integer", "minimum": 1, "default": DEFAULT_LIMIT}, f"Page size; at most {MAX_LIMIT} are returned."),
     "cursor": (_STR, "`next_cursor` of the previous page."),
     "status": ({"type": "string"}, f"Only these statuses (comma separated or repeated): {', '.join(STATUSES)}."),
-    "outcome": ({"type": "string"}, "succeeded or failed (deliveries also: pending)."),
+    "outcome": ({"type": "string"}, "succeeded or failed (deliveries also: pending, filtered)."),
     "event_id": (_STR, "Only this event's."),
     "delivery_id": (_STR, "Only this delivery's."),
     "type": ({"type": "string"}, "Only these activity types (comma separated or repeated)."),

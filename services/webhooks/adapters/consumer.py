@@ -4,6 +4,8 @@
   stores each batch's activities and deliveries in one transaction, and acks only after that
   commit; an event id already stored is dropped. Payload: `trellis.events.v1.ActivityEvent`
   protobuf, or the same fields as a JSON object (for platform publishers without protobuf).
+  An activity whose `data` does not fit its type's schema is stored and delivered all the same
+  (a producer's mistake never loses an event), logged, and counted (`on_nonconforming`).
 - `trellis.integration.>` (stream TRELLIS): the owning integration's lifecycle, durable too.
 - `trellis.subscription.>`: this service's own events, heard by every replica (plain NATS
   subscription, no durable state): a replica drops what it holds of a changed subscription.
@@ -31,6 +33,7 @@ from services.kit.prototime import field_datetime
 from services.kit.telemetry import tracer
 from services.webhooks.application.commands import ApplyIntegrationChange
 from services.webhooks.domain.model import IncomingActivity, check_published_type, check_sender, parse_data
+from services.webhooks.domain.schemas import data_problem
 from services.webhooks.application.handlers import ActivityIngest, WebhookHandlers
 
 log = logging.getLogger(__name__)
@@ -88,8 +91,10 @@ class ActivityConsumer(LoopConsumer):
     """`activity.>` into activities and deliveries; acks after the commit."""
 
     def __init__(self, js: JetStreamContext, ingest: ActivityIngest, *, durable: str, replay_history: bool = True,
-                 batch: int = 256, ack_wait_seconds: float = 30.0) -> None:
+                 batch: int = 256, ack_wait_seconds: float = 30.0,
+                 on_nonconforming: Callable[[str], None] = lambda activity_type: None) -> None:
         self._ingest = ingest
+        self._nonconforming = on_nonconforming
         self._spans = tracer(__name__)
         # Public: its stream and durable name are what the service's metrics watch.
         self.loop = PullLoop(js, subject=ACTIVITY_SUBJECT, stream=ACTIVITY_STREAM, durable=durable,
@@ -100,10 +105,17 @@ class ActivityConsumer(LoopConsumer):
         good: list[tuple[Msg, IncomingActivity]] = []
         for msg in messages:
             try:
-                good.append((msg, activity_from_message(msg)))
+                activity = activity_from_message(msg)
             except MalformedActivity as exc:
                 log.warning("dropping malformed activity on %s: %s", msg.subject, exc)
                 await msg.term()
+                continue
+            problem = data_problem(activity.type, activity.data)
+            if problem is not None:
+                log.warning("activity %s (%s) does not fit its schema at %s; delivering it anyway",
+                            activity.event_id, activity.type, problem[0])
+                self._nonconforming(activity.type)
+            good.append((msg, activity))
         if not good:
             return
         parent = context_from_headers(good[0][1].trace_headers)

@@ -5,7 +5,10 @@
 - `trellis_webhooks_delivery_latency_seconds`: from the activity's time (`occurred_at`) to the
   receiver's 2xx answer, for each event delivered (test deliveries excluded);
 - `trellis_webhooks_queue_depth`: pending deliveries in the database (all replicas), sampled
-  at scrape time.
+  at scrape time;
+- `trellis_webhooks_nonconforming_activities_total{type}`: activities from NATS whose `data`
+  did not fit their type's schema, stored and delivered all the same (a producer to fix).
+  Only catalogue types have schemas, so `type` has at most their 25 values.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ class WebhookMetrics:
                                  "receiver's 2xx answer", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("trellis_webhooks_queue_depth", "Pending deliveries (all replicas)", registry=r)
         self._outcomes = {status: self.deliveries.labels(label) for status, label in OUTCOMES.items()}
+        self.nonconforming = Counter("trellis_webhooks_nonconforming_activities", "Activities from NATS whose data "
+                                     "did not fit their type's schema (delivered all the same)", ["type"], registry=r)
+
+    def nonconforming_activity(self, activity_type: str) -> None:
+        self.nonconforming.labels(activity_type).inc()
 
     def attempted(self, status: DeliveryStatus, *, occurred_at: dt.datetime | None, answered_at: dt.datetime,
                   test: bool) -> None:

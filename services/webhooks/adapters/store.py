@@ -40,9 +40,10 @@ from services.webhooks.adapters import events
 from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
+from services.webhooks.domain.filters import verdict
 from services.webhooks.domain.model import (
     AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
-    SubscriptionStatus,
+    SubscriptionStatus, delivery_document,
 )
 
 metadata = new_metadata()
@@ -94,6 +95,8 @@ subscriptions = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("deleted_at", UTCDateTime(), nullable=True),
+    # A JMESPath expression over the delivery document ("": none); domain/filters.py (0005).
+    Column("filter", Text, nullable=False, server_default=""),
 )
 
 activities = Table(
@@ -230,7 +233,7 @@ def _subscription(row: Row[Any]) -> Subscription:
         status=SubscriptionStatus(row.status), scheme=SignatureScheme(row.scheme),
         integration_suspended=row.integration_suspended, failing_since=row.failing_since,
         created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
-        secret_created_at=row.secret_created_at, version=row.version,
+        secret_created_at=row.secret_created_at, version=row.version, filter=row.filter,
     )
 
 
@@ -241,6 +244,7 @@ def _subscription_values(s: Subscription) -> dict[str, object]:
         "status": s.status.value, "scheme": s.scheme.value, "integration_suspended": s.integration_suspended,
         "failing_since": s.failing_since, "created_by": s.created_by, "created_at": s.created_at,
         "updated_at": s.updated_at, "secret_created_at": s.secret_created_at, "version": s.version,
+        "filter": s.filter,
     }
 
 
@@ -442,7 +446,8 @@ class ActivityLog:
 
     async def ingest(self, batch: Sequence[IncomingActivity], bodies: Sequence[bytes],
                      now: dt.datetime, new_delivery_id: Callable[[], str] = lambda: row_id("dlv")) -> list[Accepted]:
-        """Stores each new activity and one pending delivery per matching subscription, due now."""
+        """Stores each new activity and one pending delivery per matching subscription, due now;
+        one its filter does not pass is stored as Filtered, never attempted."""
         unique: dict[tuple[str, str], tuple[IncomingActivity, bytes, int]] = {}
         for activity, body in zip(batch, bodies, strict=True):
             unique.setdefault((activity.org_id, activity.event_id), (activity, body, next_seq()))
@@ -458,31 +463,43 @@ class ActivityLog:
             inserted = {(r.org_id, r.event_id) for r in (await self._session.execute(stmt, rows)).all()}
         matches = await self._matching({org for org, _ in inserted})
         counts: dict[tuple[str, str], int] = {}
+        filtered: dict[tuple[str, str], int] = {}
         delivery_rows = []
         for key in inserted:
             activity, _, seq = unique[key]
-            for sub_id, sub_org, types in matches:
-                if sub_org == activity.org_id and ("*" in types or activity.type in types):
-                    delivery_rows.append(_new_delivery(new_delivery_id(), activity.org_id, sub_id, activity.event_id,
-                                                       activity.type, seq, now, next_attempt_at=now))
-                    counts[key] = counts.get(key, 0) + 1
+            document: dict[str, object] | None = None  # built for the first filter only
+            for sub_id, sub_org, types, expression in matches:
+                if sub_org != activity.org_id or not ("*" in types or activity.type in types):
+                    continue
+                row = _new_delivery(new_delivery_id(), activity.org_id, sub_id, activity.event_id,
+                                    activity.type, seq, now, next_attempt_at=now)
+                delivery_rows.append(row)
+                if expression:
+                    document = document if document is not None else delivery_document(activity)
+                    passes, why = verdict(expression, document)
+                    if not passes:
+                        row.update(status=DeliveryStatus.FILTERED.value, next_attempt_at=None, last_error_detail=why)
+                        filtered[key] = filtered.get(key, 0) + 1
+                        continue
+                counts[key] = counts.get(key, 0) + 1
         if delivery_rows:
             await self._session.execute(insert_for(self._session, deliveries), delivery_rows)
         return [
             Accepted(a.event_id, a.org_id, duplicate=(a.org_id, a.event_id) not in inserted,
-                     deliveries=counts.get((a.org_id, a.event_id), 0))
+                     deliveries=counts.get((a.org_id, a.event_id), 0), filtered=filtered.get((a.org_id, a.event_id), 0))
             for a in batch
         ]
 
-    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str]]]:
+    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str], str]]:
         if not orgs:
             return []
         t = subscriptions
-        query = select(t.c.id, t.c.org_id, t.c.activity_types).where(
+        query = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.filter).where(
             t.c.org_id.in_(sorted(orgs)), t.c.deleted_at.is_(None),
             t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
         )
-        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types))) for r in (await self._session.execute(query)).all()]
+        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types)), r.filter)
+                for r in (await self._session.execute(query)).all()]
 
     async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str,
                        delivery_id: str, now: dt.datetime) -> None:

@@ -29,6 +29,7 @@ class CreateSubscription:
     description: str = ""
     scheme: SignatureScheme = SignatureScheme.SPEC
     view: View = field(default_factory=View)
+    filter: str = ""  # JMESPath over the delivery document; domain/filters.py
 
 
 @dataclass(frozen=True)

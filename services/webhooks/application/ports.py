@@ -105,6 +105,8 @@ class Accepted:
     org_id: str
     duplicate: bool
     deliveries: int
+    # Deliveries recorded as Filtered: a matching subscription's filter did not pass the event.
+    filtered: int = 0
 
 
 def attempt_row(id_: str, *, org_id: str, delivery_id: str, subscription_id: str, event_id: str, event_type: str,
@@ -169,7 +171,8 @@ class Activities(Protocol):
 
     async def ingest(self, batch: Sequence[IncomingActivity], bodies: Sequence[bytes],
                      now: dt.datetime) -> list[Accepted]:
-        """Stores each new activity and one pending delivery per matching subscription, due now."""
+        """Stores each new activity and one pending delivery per matching subscription, due now;
+        one its filter does not pass is stored as Filtered, never attempted."""
         ...
 
     async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str, delivery_id: str,

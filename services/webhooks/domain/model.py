@@ -22,6 +22,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.webhooks.domain.filters import check_filter
 
 # --- the catalogue -------------------------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class Subscription:
     integration_suspended: bool = False
     failing_since: dt.datetime | None = None
     version: int = 1
+    # A JMESPath expression over the delivery document ("": every event); domain/filters.py.
+    filter: str = ""
 
     def matches(self, activity_type: str) -> bool:
         return ALL_TYPES in self.activity_types or activity_type in self.activity_types
@@ -182,7 +185,7 @@ class Subscription:
                                      subscription_id=self.id, status=self.status.value)
 
     def update(self, changes: Mapping[str, object], now: dt.datetime) -> None:
-        """Changes url, activity_types, description or signature_scheme (already checked)."""
+        """Changes url, activity_types, description, signature_scheme or filter (already checked)."""
         self._require_not_disabled()
         for name, value in changes.items():
             if name == "url":
@@ -194,6 +197,8 @@ class Subscription:
             elif name == "signature_scheme":
                 assert isinstance(value, SignatureScheme)
                 self.scheme = value
+            elif name == "filter":
+                self.filter = check_filter(str(value))
             else:  # pragma: no cover - the transport checks the mask
                 raise InvalidArgument(f"{name} cannot be updated")
         self._changed(now)
@@ -259,6 +264,7 @@ class Subscription:
         return {
             "url": self.url, "activity_types": list(self.activity_types), "description": self.description,
             "status": self.status.value, "signature_scheme": self.scheme.value, "integration_id": self.integration_id,
+            "filter": self.filter,
         }
 
 
@@ -387,9 +393,9 @@ def iso_utc(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def delivery_body(activity: IncomingActivity) -> bytes:
-    """The body every delivery of this event sends: serialised once, signed as these bytes."""
-    document = {
+def delivery_document(activity: IncomingActivity) -> dict[str, object]:
+    """The delivery body as a JSON value: what a subscription's filter reads."""
+    return {
         "id": activity.event_id,
         "type": activity.type,
         "created_at": iso_utc(activity.occurred_at),
@@ -397,6 +403,11 @@ def delivery_body(activity: IncomingActivity) -> bytes:
         "sender": {"type": activity.sender_type, "id": activity.sender_id},
         "data": activity.data,
     }
+
+
+def delivery_body(activity: IncomingActivity) -> bytes:
+    """The body every delivery of this event sends: serialised once, signed as these bytes."""
+    document = delivery_document(activity)
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -467,6 +478,7 @@ class DeliveryStatus(enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    FILTERED = "filtered"  # the subscription's filter did not pass the event: never attempted
 
 
 @dataclass(frozen=True)

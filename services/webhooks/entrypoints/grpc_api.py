@@ -13,13 +13,14 @@ from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
 from services.webhooks.application import commands
+from services.webhooks.domain.schemas import schema_json
 from services.webhooks.domain.model import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
 from services.webhooks.adapters.events import STATUS_TO_PROTO
 from services.webhooks.application.handlers import WebhookHandlers
 from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
-UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme")
+UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme", "filter")
 
 _STATUS_FROM_PROTO: dict[int, SubscriptionStatus] = {value: status for status, value in STATUS_TO_PROTO.items()}
 _SCHEME_TO_PROTO = {SignatureScheme.SPEC: pb.SIGNATURE_SCHEME_SPEC,
@@ -36,7 +37,7 @@ def subscription_to_proto(s: Subscription) -> pb.Subscription:
         description=s.description, status=STATUS_TO_PROTO[s.status], signature_scheme=_SCHEME_TO_PROTO[s.scheme],
         integration_suspended=s.integration_suspended, created_by=s.created_by, created_at=timestamp_or_none(s.created_at),
         updated_at=timestamp_or_none(s.updated_at), secret_created_at=timestamp_or_none(s.secret_created_at),
-        failing_since=timestamp_or_none(s.failing_since), version=s.version,
+        failing_since=timestamp_or_none(s.failing_since), version=s.version, filter=s.filter,
     )
 
 
@@ -100,6 +101,7 @@ def _delivery_statuses(outcome: int) -> list[DeliveryStatus]:
     by_outcome: dict[int, list[DeliveryStatus]] = {
         pb.OUTCOME_UNSPECIFIED: [], pb.OUTCOME_SUCCEEDED: [DeliveryStatus.SUCCEEDED],
         pb.OUTCOME_FAILED: [DeliveryStatus.FAILED], pb.OUTCOME_PENDING: [DeliveryStatus.PENDING],
+        pb.OUTCOME_FILTERED: [DeliveryStatus.FILTERED],
     }
     statuses = by_outcome.get(outcome)
     if statuses is None:
@@ -135,12 +137,13 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
 
     async def ListActivityTypes(self, request: pb.ListActivityTypesRequest, context: grpc.aio.ServicerContext) -> pb.ListActivityTypesResponse:
         types = self._h.activity_types(current_actor())
-        return pb.ListActivityTypesResponse(types=[pb.ActivityType(id=t.id, name=t.name, category=t.category) for t in types])
+        return pb.ListActivityTypesResponse(types=[pb.ActivityType(id=t.id, name=t.name, category=t.category,
+                                                                   schema_json=schema_json(t.id)) for t in types])
 
     async def CreateSubscription(self, request: pb.CreateSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.CreateSubscriptionResponse:
         subscription, secret = await self._h.create(current_actor(), commands.CreateSubscription(
             url=request.url, activity_types=list(request.activity_types), description=request.description,
-            scheme=_scheme(request.signature_scheme), view=_view(request, context),
+            scheme=_scheme(request.signature_scheme), view=_view(request, context), filter=request.filter,
         ))
         return pb.CreateSubscriptionResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
 
@@ -201,8 +204,8 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
                                       attempts=[attempt_to_proto(a) for a in shown.attempts], request=sent)
 
     async def ListAttempts(self, request: pb.ListAttemptsRequest, context: grpc.aio.ServicerContext) -> pb.ListAttemptsResponse:
-        if request.outcome == pb.OUTCOME_PENDING:
-            raise InvalidArgument("attempts are succeeded or failed; pending applies to deliveries")
+        if request.outcome in (pb.OUTCOME_PENDING, pb.OUTCOME_FILTERED):
+            raise InvalidArgument("attempts are succeeded or failed; pending and filtered apply to deliveries")
         outcomes = {pb.OUTCOME_UNSPECIFIED: None, pb.OUTCOME_SUCCEEDED: True, pb.OUTCOME_FAILED: False}
         if request.outcome not in outcomes:
             raise InvalidArgument(f"unknown outcome {request.outcome}", outcome=request.outcome)
@@ -225,7 +228,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
             sender_id=request.sender_id, occurred_at=occurred, view=_view(request, context),
         ))
         return pb.PublishActivityResponse(event_id=accepted.event_id, accepted_at=now_timestamp(), duplicate=accepted.duplicate,
-                                          deliveries=accepted.deliveries)
+                                          deliveries=accepted.deliveries, filtered=accepted.filtered)
 
     async def ListActivities(self, request: pb.ListActivitiesRequest, context: grpc.aio.ServicerContext) -> pb.ListActivitiesResponse:
         found, token = await self._h.list_activities(current_actor(), commands.ListActivities(

@@ -93,7 +93,8 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
         await build.start(SubscriptionEventsListener(bus.nc, dispatcher.subscription_changed), "subscription listener")
         ack_wait = settings.webhooks_consumer_ack_wait_seconds
         await build.consumer(ActivityConsumer(bus.js, ingest, durable=f"{settings.webhooks_consumer_name}-activity",
-                                              replay_history=replay_history, ack_wait_seconds=ack_wait), bus)
+                                              replay_history=replay_history, ack_wait_seconds=ack_wait,
+                                              on_nonconforming=delivery_metrics.nonconforming_activity), bus)
         await build.consumer(IntegrationEventsConsumer(bus.js, handlers,
                                                        durable=f"{settings.webhooks_consumer_name}-integrations",
                                                        replay_history=replay_history, ack_wait_seconds=ack_wait), bus)

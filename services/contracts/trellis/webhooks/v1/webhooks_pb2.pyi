@@ -32,6 +32,7 @@ class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELIVERY_STATUS_SUCCEEDED: _ClassVar[DeliveryStatus]
     DELIVERY_STATUS_FAILED: _ClassVar[DeliveryStatus]
     DELIVERY_STATUS_CANCELLED: _ClassVar[DeliveryStatus]
+    DELIVERY_STATUS_FILTERED: _ClassVar[DeliveryStatus]
 
 class AttemptError(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +52,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_SUCCEEDED: _ClassVar[Outcome]
     OUTCOME_FAILED: _ClassVar[Outcome]
     OUTCOME_PENDING: _ClassVar[Outcome]
+    OUTCOME_FILTERED: _ClassVar[Outcome]
 SUBSCRIPTION_STATUS_UNSPECIFIED: SubscriptionStatus
 SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus
 SUBSCRIPTION_STATUS_PAUSED: SubscriptionStatus
@@ -64,6 +66,7 @@ DELIVERY_STATUS_PENDING: DeliveryStatus
 DELIVERY_STATUS_SUCCEEDED: DeliveryStatus
 DELIVERY_STATUS_FAILED: DeliveryStatus
 DELIVERY_STATUS_CANCELLED: DeliveryStatus
+DELIVERY_STATUS_FILTERED: DeliveryStatus
 ATTEMPT_ERROR_NONE: AttemptError
 ATTEMPT_ERROR_HTTP_STATUS: AttemptError
 ATTEMPT_ERROR_REDIRECT: AttemptError
@@ -77,16 +80,19 @@ OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCEEDED: Outcome
 OUTCOME_FAILED: Outcome
 OUTCOME_PENDING: Outcome
+OUTCOME_FILTERED: Outcome
 
 class ActivityType(_message.Message):
-    __slots__ = ("id", "name", "category")
+    __slots__ = ("id", "name", "category", "schema_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     category: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ...) -> None: ...
+    schema_json: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ..., schema_json: _Optional[str] = ...) -> None: ...
 
 class ListActivityTypesRequest(_message.Message):
     __slots__ = ()
@@ -99,7 +105,7 @@ class ListActivityTypesResponse(_message.Message):
     def __init__(self, types: _Optional[_Iterable[_Union[ActivityType, _Mapping]]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version")
+    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "filter")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +121,7 @@ class Subscription(_message.Message):
     SECRET_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     integration_id: str
@@ -130,23 +137,26 @@ class Subscription(_message.Message):
     secret_created_at: _timestamp_pb2.Timestamp
     failing_since: _timestamp_pb2.Timestamp
     version: int
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+    filter: str
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
+    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "filter")
     URL_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     url: str
     activity_types: _containers.RepeatedScalarFieldContainer[str]
     description: str
     signature_scheme: SignatureScheme
     integration_id: str
     org_id: str
-    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    filter: str
+    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class CreateSubscriptionResponse(_message.Message):
     __slots__ = ("subscription", "signing_secret")
@@ -193,7 +203,7 @@ class ListSubscriptionsResponse(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class UpdateSubscriptionRequest(_message.Message):
-    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
+    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "filter")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +212,7 @@ class UpdateSubscriptionRequest(_message.Message):
     SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     update_mask: _containers.RepeatedScalarFieldContainer[str]
     url: str
@@ -210,7 +221,8 @@ class UpdateSubscriptionRequest(_message.Message):
     signature_scheme: SignatureScheme
     integration_id: str
     org_id: str
-    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    filter: str
+    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class PauseSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id", "integration_id", "org_id")
@@ -487,16 +499,18 @@ class PublishActivityRequest(_message.Message):
     def __init__(self, type: _Optional[str] = ..., data_json: _Optional[str] = ..., event_id: _Optional[str] = ..., sender_type: _Optional[str] = ..., sender_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class PublishActivityResponse(_message.Message):
-    __slots__ = ("event_id", "accepted_at", "duplicate", "deliveries")
+    __slots__ = ("event_id", "accepted_at", "duplicate", "deliveries", "filtered")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_AT_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     accepted_at: _timestamp_pb2.Timestamp
     duplicate: bool
     deliveries: int
-    def __init__(self, event_id: _Optional[str] = ..., accepted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ..., deliveries: _Optional[int] = ...) -> None: ...
+    filtered: int
+    def __init__(self, event_id: _Optional[str] = ..., accepted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ..., deliveries: _Optional[int] = ..., filtered: _Optional[int] = ...) -> None: ...
 
 class Activity(_message.Message):
     __slots__ = ("event_id", "type", "org_id", "occurred_at", "received_at", "sender_type", "sender_id", "data_json")
