@@ -33,7 +33,8 @@ _FIELD_OF = {
 }
 # The field `field` names these directly.
 _NAMED_FIELDS = frozenset({"name", "owner", "description", "url", "integration_id", "since", "until", "status",
-                           "endpoint", "request_id", "window_days", "checkpoint", "actor_id", "action", "object_id"})
+                           "endpoint", "request_id", "window_days", "checkpoint", "actor_id", "action", "object_id",
+                           "filter"})
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 422,

@@ -17,6 +17,7 @@ class SubscriptionForm:
     activity_types: list[str] = field(default_factory=list)
     scheme: str = "spec"
     description: str = ""
+    filter: str = ""
 
     @classmethod
     def read(cls, form: FormData) -> "SubscriptionForm":
@@ -25,12 +26,13 @@ class SubscriptionForm:
             types = [ALL_TYPES]
         scheme = str(form.get("scheme") or "spec")
         return cls(url=str(form.get("url") or "").strip(), activity_types=types,
-                   scheme=scheme if scheme in SCHEMES else "spec", description=str(form.get("description") or ""))
+                   scheme=scheme if scheme in SCHEMES else "spec", description=str(form.get("description") or ""),
+                   filter=str(form.get("filter") or "").strip())
 
     @classmethod
     def of(cls, s: pb.Subscription) -> "SubscriptionForm":
         return cls(url=s.url, activity_types=list(s.activity_types), scheme=SCHEME_SLUG.get(s.signature_scheme, "spec"),
-                   description=s.description)
+                   description=s.description, filter=s.filter)
 
     @property
     def all_types(self) -> bool:
@@ -38,10 +40,12 @@ class SubscriptionForm:
 
     def create_request(self) -> pb.CreateSubscriptionRequest:
         return pb.CreateSubscriptionRequest(url=self.url, activity_types=self.activity_types,
-                                            description=self.description, signature_scheme=SCHEMES[self.scheme][0])
+                                            description=self.description, signature_scheme=SCHEMES[self.scheme][0],
+                                            filter=self.filter)
 
     def update_request(self, subscription_id: str) -> pb.UpdateSubscriptionRequest:
         return pb.UpdateSubscriptionRequest(
-            subscription_id=subscription_id, update_mask=["url", "activity_types", "description", "signature_scheme"],
+            subscription_id=subscription_id,
+            update_mask=["url", "activity_types", "description", "signature_scheme", "filter"],
             url=self.url, activity_types=self.activity_types, description=self.description,
-            signature_scheme=SCHEMES[self.scheme][0])
+            signature_scheme=SCHEMES[self.scheme][0], filter=self.filter)

@@ -3,7 +3,7 @@ the signed-in user, and renders a template; the service decides every rule.
 
     GET  /webhooks                               the list (cards, status filter, last delivery)
     GET  /webhooks/new                           the create form;  POST /webhooks  creates (secret shown once)
-    GET  /webhooks/{id}                          detail and its Delivery Logs (?log=all|succeeded|failed, &page=)
+    GET  /webhooks/{id}                          detail and its Delivery Logs (?log=all|succeeded|failed|filtered, &page=)
     GET  /webhooks/{id}/edit                     the edit form;  POST saves it
     POST /webhooks/{id}/test                     Send Test Webhook (htmx: the result in place; else PRG to ?tested=)
     POST /webhooks/{id}/pause|enable|delete
@@ -203,12 +203,15 @@ class WebhookPages(Area):
         tab = tab if tab in views.TABS else "all"
         token = request.query_params.get("page", "")[:500]
         try:
-            subscription, log, catalogue = await asyncio.gather(
-                self._get(session, subscription_id),
+            # The Filtered tab lists deliveries (they have no attempts); the others list attempts.
+            log_call = (webhooks.ListDeliveries(pb.ListDeliveriesRequest(
+                subscription_id=subscription_id, outcome=pb.OUTCOME_FILTERED, page_size=LOG_PAGE_SIZE, page_token=token))
+                if tab == views.FILTERED_TAB else
                 webhooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=subscription_id,
                                                              outcome=views.TABS[tab][1], page_size=LOG_PAGE_SIZE,
-                                                             page_token=token)),
-                self.catalogue.load(webhooks))
+                                                             page_token=token)))
+            subscription, log, catalogue = await asyncio.gather(
+                self._get(session, subscription_id), log_call, self.catalogue.load(webhooks))
             failure = None
             if subscription.status == pb.SUBSCRIPTION_STATUS_FAILING:
                 failed = await webhooks.ListAttempts(pb.ListAttemptsRequest(
@@ -224,7 +227,9 @@ class WebhookPages(Area):
         except Refused as exc:
             return self.refused(request, session, exc.refusal)
         context = {
-            "subscription": subscription, "attempts": log.attempts, "next_page": log.next_page_token, "page": token,
+            "subscription": subscription, "next_page": log.next_page_token, "page": token,
+            "attempts": log.attempts if tab != views.FILTERED_TAB else [],
+            "filtered": log.deliveries if tab == views.FILTERED_TAB else [], "filter_help": views.FILTER_HELP_URL,
             "tab": tab, "tabs": views.TABS, "names": catalogue.names, "failure": failure, "test_result": test_result,
             "done": DONE.get(done, ""), "refusal": refusal, "intent": new_secret(),
             "actions": views.actions(subscription.status) if session.can(ADMIN_PERMISSION) else (),
@@ -358,7 +363,7 @@ class WebhookPages(Area):
 
 def _beside(refusal: Refusal) -> dict[str, str]:
     """The refusal as a field error when it names a field of this form, else nothing."""
-    if refusal.field in ("url", "activity_types", "description"):
+    if refusal.field in ("url", "activity_types", "description", "filter"):
         return {refusal.field: refusal.message}
     if refusal.kind == "invalid" and "activity type" in refusal.message:
         return {"activity_types": refusal.message}

@@ -30,6 +30,7 @@ DELIVERY_STATUS_NAMES = {
     pb.DELIVERY_STATUS_SUCCEEDED: "Succeeded",
     pb.DELIVERY_STATUS_FAILED: "Failed",
     pb.DELIVERY_STATUS_CANCELLED: "Cancelled",
+    pb.DELIVERY_STATUS_FILTERED: "Filtered",
 }
 ERROR_NAMES = {
     pb.ATTEMPT_ERROR_HTTP_STATUS: "HTTP error status",
@@ -43,7 +44,10 @@ ERROR_NAMES = {
 }
 # The delivery log's tabs: slug -> (label, the service's outcome filter).
 TABS = {"all": ("All", pb.OUTCOME_UNSPECIFIED), "succeeded": ("Succeeded", pb.OUTCOME_SUCCEEDED),
-        "failed": ("Failed", pb.OUTCOME_FAILED)}
+        "failed": ("Failed", pb.OUTCOME_FAILED), "filtered": ("Filtered", pb.OUTCOME_FILTERED)}
+# The tab that lists deliveries, not attempts: the events the subscription's filter did not pass.
+FILTERED_TAB = "filtered"
+FILTER_HELP_URL = "https://jmespath.org/tutorial.html"
 MAX_ATTEMPTS = 5  # the spec's retry schedule: attempt 1 immediately, 2-5 later
 
 # The buttons each status offers, as the webhooks domain allows (services/webhooks/domain/model.py
