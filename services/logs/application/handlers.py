@@ -31,10 +31,13 @@ from services.logs.domain.model import (
     Checkpoint,
     Cursor,
     Finding,
+    Histogram,
     SeqCursor,
     append,
+    bucket_width,
     check_text,
     empty_head,
+    fold_histogram,
     page_size,
 )
 from services.logs.domain.review import (
@@ -186,6 +189,27 @@ class LogsHandlers:
                 after = page.next_cursor
 
         return total, pages()
+
+    async def request_histogram(self, actor: Actor, q: commands.RequestHistogram) -> Histogram:
+        """Requests, errors and 429s per bucket and integration over the filter's whole range
+        (from the oldest to the newest matching request where the filter leaves an end open),
+        counted by the store in one read unit: at most MAX_BUCKETS buckets of the busiest
+        integrations and the rest together, whatever the number of rows."""
+        org = log_of(actor.org_id, actor.permissions, platform=q.platform)
+        if q.bucket_seconds < 0:
+            raise InvalidArgument("bucket_seconds must not be negative", field="bucket_seconds")
+        start, end = q.filter.since, q.filter.until
+        async with self._uow() as uow:
+            if start is None or end is None:
+                span = await uow.requests.request_span(org, q.filter)
+                if span is None:
+                    return Histogram(q.bucket_seconds, start, end, (), 0, 0)
+                start = start if start is not None else span[0]
+                # `end` is exclusive: the newest request's own bucket is in the range.
+                end = end if end is not None else span[1] + dt.timedelta(microseconds=1)
+            step = bucket_width(start, end, q.bucket_seconds)
+            cells = await uow.requests.histogram(org, q.filter, step)
+        return fold_histogram(cells, step=step, start=start, end=end)
 
     # --- the audit trail --------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
     Checkpoint,
+    Histogram,
     RequestFilter,
     StatusFilter,
 )
@@ -39,7 +40,7 @@ PLATFORM_EXPORT_COLUMNS = (*EXPORT_COLUMNS, "repeats")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest) -> RequestFilter:
+def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest | pb.RequestHistogramRequest) -> RequestFilter:
     return RequestFilter(
         integration_id=request.integration_id.strip(), since=field_datetime(request, "since"),
         until=field_datetime(request, "until"),
@@ -87,6 +88,16 @@ def render_csv(records: list[ApiRequest], *, header: bool, columns: tuple[str, .
 def render_jsonl(records: list[ApiRequest], *, columns: tuple[str, ...] = EXPORT_COLUMNS) -> bytes:
     return "".join(json.dumps({c: v for c, v in export_values(r).items() if c in columns}, ensure_ascii=False) + "\n"
                    for r in records).encode()
+
+
+def histogram_message(h: Histogram) -> pb.RequestHistogramResponse:
+    return pb.RequestHistogramResponse(
+        bucket_seconds=h.bucket_seconds, start=timestamp_or_none(h.start), end=timestamp_or_none(h.end),
+        requests=h.requests, integrations=h.integrations,
+        cells=[pb.HistogramCell(bucket_start=timestamp_or_none(c.bucket_start), integration_id=c.integration_id,
+                                integration_name=c.integration_name, requests=c.requests, errors=c.errors,
+                                limited=c.limited) for c in h.cells],
+    )
 
 
 def audit_message(e: AuditEntry) -> pb.AuditEntry:
@@ -152,6 +163,12 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         if first:  # nothing matched: still a well-formed (empty) file
             yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True, columns=columns), rows=0,
                                  total_rows=total)
+
+    async def RequestHistogram(self, request: pb.RequestHistogramRequest,
+                               context: grpc.aio.ServicerContext) -> pb.RequestHistogramResponse:
+        query = commands.RequestHistogram(request_filter(request), bucket_seconds=request.bucket_seconds,
+                                          platform=request.platform)
+        return histogram_message(await self._handlers.request_histogram(current_actor(), query))
 
     async def QueryAudit(self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext) -> pb.QueryAuditResponse:
         query = commands.QueryAudit(object_type=request.object_type.strip(), object_id=request.object_id.strip(),
