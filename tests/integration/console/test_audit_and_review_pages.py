@@ -15,10 +15,18 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
+import pytest
+
 from services.cli.commands.audit import read_checkpoint
 from tests.integration.logs.conftest import publish_batch, publish_integration, request_record
 from tests.support.console import ConsoleUser, assert_review_matches, create_integration, hidden_fields, new_org
-from tests.support.console_services import database_file, tamper_audit_entry, trellis_cli
+from tests.support.console_services import (
+    database_file,
+    delete_audit_entry,
+    insert_audit_entry,
+    tamper_audit_entry,
+    trellis_cli,
+)
 from tests.support.waiting import eventually
 
 AUDIT_ROW = 'data-testid="audit-row"'
@@ -89,6 +97,37 @@ async def test_audit_entries_are_filtered_and_the_chain_check_names_an_altered_e
     broken = await alice.page("/audit/verify")
     assert "Broken: entry 2 altered" in broken and "Verified" not in broken
     assert "1 entry before it verified" in broken
+
+
+@pytest.mark.parametrize("variant", ["removed", "inserted inside the chain", "inserted past its head"])
+async def test_the_chain_check_names_an_entry_removed_or_inserted_in_the_database(
+        browser, logs_service, make_settings, variant: str) -> None:
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    for name in ("SAP Procurement Sync", "NetSuite Orders", "Shopify Store"):
+        await create_integration(alice, name=name)
+    await audited(alice, 3)
+    assert "Verified: 3 entries" in await alice.page("/audit/verify")
+
+    database = database_file(make_settings(), "logs")
+    forged = f"evt_forged_{org[4:]}"
+    if variant == "removed":
+        delete_audit_entry(database, org, 2)
+        expected = ("Broken: entry 2 removed", "entry 2 was removed: the chain goes from entry 1 straight to entry 3",
+                    "1 entry before it verified")
+    elif variant == "inserted inside the chain":
+        insert_audit_entry(database, org, 2, event_id=forged, action="integration.revoked")
+        expected = ("Broken: entry 2 inserted", f"entry 2 ({forged}) was inserted: the entry after it continues "
+                    "the chain without it", "1 entry before it verified")
+    else:
+        insert_audit_entry(database, org, 4, event_id=forged, action="integration.revoked")
+        expected = ("Broken: entry 4 inserted", f"entry 4 ({forged}) was inserted past the recorded chain head",
+                    "3 entries before it verified")
+    broken = await alice.page("/audit/verify")
+    assert "Verified" not in broken
+    for text in expected:
+        assert text in broken, (text, re.search(r'data-testid="chain-result">(.*?)</div>', broken, re.S))
 
 
 async def review_traffic(js: JetStreamContext, org: str) -> tuple[str, str]:
