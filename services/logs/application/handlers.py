@@ -41,11 +41,15 @@ from services.logs.domain.model import (
     page_size,
 )
 from services.logs.domain.review import (
+    CREDENTIALS_ISSUED_ACTION,
+    REVIEW_AUDIT_ENTRIES,
+    UPDATED_ACTION,
     WINDOW_DAYS,
     IntegrationFacts,
     Review,
     Usage,
     review,
+    trails,
 )
 
 log = logging.getLogger(__name__)
@@ -271,12 +275,18 @@ class LogsHandlers:
             known = {f.integration_id for f in facts}
             # Requests of an integration whose facts never arrived still belong in the review.
             facts += [_unknown(iid, actor.org_id, now) for iid in sorted(usage) if iid and iid not in known]
+            # Owner changes and credential issues in the window, from the organisation's audit trail.
+            entries: list[AuditEntry] = []
+            for action in (UPDATED_ACTION, CREDENTIALS_ISSUED_ACTION):
+                entries += await uow.audit.query_audit(actor.org_id, commands.QueryAudit(action=action, since=since),
+                                                       size=REVIEW_AUDIT_ENTRIES)
+            trail = trails(entries)
             reviews = []
             for f in facts:
                 used = usage.get(f.integration_id, Usage())
                 last = await uow.requests.last_request_at(actor.org_id, f.integration_id)
                 reviews.append(review(f, Usage(used.requests, used.errors, last, used.peak_per_minute, used.exercised,
-                                               used.ips), now=now))
+                                               used.ips), now=now, trail=trail.get(f.integration_id)))
         return ReviewReport(actor.org_id, now, since, days, reviews)
 
 

@@ -130,6 +130,10 @@ def review_message(r: Review) -> pb.IntegrationReview:
         rate_limit_per_minute=f.rate_limit_per_minute, credentials_issued_at=timestamp_or_none(f.credentials_issued_at),
         credential_age_days=-1 if r.credential_age_days is None else r.credential_age_days,
         allowlist_set=bool(f.ip_allowlist), networks=list(r.networks), flags=list(r.flags),
+        owner_changes=[pb.OwnerChange(occurred_at=timestamp_or_none(c.occurred_at), actor_id=c.actor_id, before=c.before,
+                                      after=c.after) for c in r.trail.owner_changes],
+        credentials_issued=[pb.CredentialIssue(occurred_at=timestamp_or_none(c.occurred_at), actor_id=c.actor_id)
+                            for c in r.trail.credentials_issued],
     )
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import re
+import uuid
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -18,7 +19,8 @@ from nats.js import JetStreamContext
 import pytest
 
 from services.cli.commands.audit import read_checkpoint
-from tests.integration.logs.conftest import publish_batch, publish_integration, request_record
+from services.contracts.trellis.events.v1 import events_pb2
+from tests.integration.logs.conftest import publish_batch, publish_integration, request_record, ts
 from tests.support.console import ConsoleUser, assert_review_matches, create_integration, hidden_fields, new_org
 from tests.support.console_services import (
     database_file,
@@ -143,7 +145,25 @@ async def review_traffic(js: JetStreamContext, org: str) -> tuple[str, str]:
                                             status=429 if i % 3 == 0 else 200,
                                             error="rate_limit_exceeded" if i % 3 == 0 else "") for i in range(30)],
                         batch_id=f"{org}-review")
+    # The audit trail of the window: the busy one's owner changed and its credentials were issued.
+    await publish_trail(js, org, busy, "integration.updated", "alice", before='{"owner": "oscar", "name": "x"}',
+                        after='{"owner": "olivia", "name": "x"}', when=now - dt.timedelta(days=20))
+    await publish_trail(js, org, idle, "integration.updated", "alice", before='{"owner": "=HYPERLINK(x)"}',
+                        after='{"owner": "=HYPERLINK(x)", "rate_limit_per_minute": 600}', when=now - dt.timedelta(days=19))
+    await publish_trail(js, org, busy, "credentials.issued", "ivan <it>", when=now - dt.timedelta(days=10))
+    await publish_trail(js, org, busy, "integration.updated", "alice", before='{"owner": "ophelia"}',
+                        after='{"owner": "oscar"}', when=now - dt.timedelta(days=200))  # before the window
     return busy, idle
+
+
+async def publish_trail(js: JetStreamContext, org: str, integration: str, action: str, actor: str, *,
+                        when: dt.datetime, before: str = "", after: str = "") -> None:
+    """An audit event as the registry (integration.*) or the identity service (credentials.*) sends it."""
+    event = events_pb2.AuditEvent(
+        event_id=f"evt_{uuid.uuid4().hex}", occurred_at=ts(when), service=action.split(".")[0], org_id=org,
+        actor_id=actor, action=action, object_type=action.split(".")[0], object_id=integration, before_json=before,
+        after_json=after, reason="", request_id="")
+    await js.publish(f"trellis.audit.registry.{action}", event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id})
 
 
 async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, logs_service, js, console_settings,
@@ -155,7 +175,8 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
 
     async def ready() -> str:
         page = await quinn.page("/review")
-        return page if page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page else ""
+        return page if (page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page
+                        and "issued to ivan" in page) else ""
 
     page = await eventually(ready, timeout=20, what="both integrations and their requests in the review")
     settings = console_settings()
@@ -171,7 +192,16 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
     assert len(items) == 7
     answer = dict((re.search(r"<strong>(.*?)</strong>", i).group(1), i) for i in items)  # type: ignore[union-attr]
     assert "Needs attention: NetSuite orders" in answer["Are credentials held only by authorised personnel?"]
-    assert "☐" in answer["Have partner contacts changed?"] and "confirm with each owner" in answer["Have partner contacts changed?"]
+    contacts = answer["Have partner contacts changed?"]
+    assert "☐" in contacts and "confirm with each owner" in contacts and "Needs attention: NetSuite orders" in contacts
+    assert re.search(r"<li>NetSuite orders: owner oscar → olivia by alice on \d{4}-\d\d-\d\dT[\d:]{8}Z", contacts)
+    assert "ophelia" not in page and "Old &lt;export&gt;: owner" not in contacts  # outside the window; another field
+    assert re.search(r"<li>NetSuite orders: issued to ivan &lt;it&gt; on \d{4}-",
+                     answer["Are credentials held only by authorised personnel?"])
+    busy_line = next(i for i in report["integrations"] if i["integration_id"] == busy)
+    assert [(c["before"], c["after"]) for c in busy_line["owner_changes"]] == [("oscar", "olivia")]
+    assert [c["actor_id"] for c in busy_line["credentials_issued"]] == ["ivan <it>"]
+    assert "owner_changed_in_window" in busy_line["flags"]
     assert "Needs attention: NetSuite orders" in answer["Which integrations hold PII or Financial scopes?"]
     assert "Old &lt;export&gt;" in page and "<export>" not in page
 

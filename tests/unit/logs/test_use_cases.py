@@ -245,3 +245,32 @@ async def test_the_review_lists_integrations_whose_facts_never_arrived(handlers:
     assert by_id["int_ghost"].facts.status == "unknown" and by_id["int_ghost"].usage.requests == 1
     with pytest.raises(InvalidArgument):
         await handlers.quarterly_review(QA, QuarterlyReview(window_days=400))
+
+
+async def test_the_review_reads_owner_changes_and_credential_issues_in_the_window_from_the_trail(
+        store: MemoryStore) -> None:
+    facts = IntegrationFacts("int_a", "org_a", name="Ledger", owner="oscar", vendor_id="xero", status="active",
+                             scopes=("inventory:read",), rate_limit_per_minute=60, daily_quota=0, ip_allowlist=(),
+                             credentials_issued_at=T0 - dt.timedelta(days=5), version=3, updated_at=T0)
+
+    def change(i: int, days: int, *, org: str = "org_a", action: str = "integration.updated", actor: str = "alice",
+               owner: tuple[str, str] = ("olivia", "oscar")) -> AuditRecord:
+        return AuditRecord.normalised(
+            event_id=f"evt_{org}_{i}", occurred_at=T0 - dt.timedelta(days=days), service="registry", org_id=org,
+            actor_id=actor, action=action, object_type="integration", object_id="int_a",
+            before_json=f'{{"owner": "{owner[0]}"}}', after_json=f'{{"owner": "{owner[1]}"}}', reason="", request_id="")
+
+    handlers = LogsHandlers(units(store), KEY, clock=lambda: T0)
+    await handlers.apply_integrations([facts])
+    await handlers.record_audit([
+        change(1, 120, owner=("ophelia", "olivia")),          # before the window
+        change(2, 30), change(3, 20, owner=("oscar", "oscar")),  # the change; then another field
+        change(4, 5, action="credentials.issued", actor="bob"),
+        change(5, 2, org="org_b", owner=("x", "y")),            # another organisation's
+    ])
+    (line,) = (await handlers.quarterly_review(QA)).reviews
+    assert [(c.actor_id, c.before, c.after) for c in line.trail.owner_changes] == [("alice", "olivia", "oscar")]
+    assert [c.actor_id for c in line.trail.credentials_issued] == ["bob"]
+    assert "owner_changed_in_window" in line.flags
+    (later,) = (await handlers.quarterly_review(QA, QuarterlyReview(window_days=10))).reviews
+    assert later.trail.owner_changes == () and "owner_changed_in_window" not in later.flags
