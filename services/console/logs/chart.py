@@ -46,6 +46,7 @@ class Series:
     counts: tuple[int, ...]
     points: str             # the polyline's "x,y x,y …"
     markers: tuple[str, ...]  # one path per bucket
+    markers_path: str       # all of them as one path (one SVG element per series, not one per bucket)
     dash: str
     shape: str
     index: int
@@ -81,7 +82,7 @@ class Chart:
     errors: list[int] = field(default_factory=list)
     limited: list[int] = field(default_factory=list)
     rate_points: str = ""
-    rate_markers: tuple[str, ...] = ()
+    rate_markers: str = ""   # one path
     bars: list[Bar] = field(default_factory=list)
     x_ticks: list[Tick] = field(default_factory=list)
     volume_ticks: list[Tick] = field(default_factory=list)
@@ -97,6 +98,18 @@ class Chart:
     @property
     def empty(self) -> bool:
         return self.rows == 0
+
+    @property
+    def table(self) -> list[tuple[str, str]]:
+        """The table's rows: the bucket's start, and its numbers (per series, all, errors, error
+        rate, 429s) as the cells' HTML. Numbers and a percentage only, so nothing to escape: one
+        string per row keeps a 200-bucket table from costing a template call per cell."""
+        rows = []
+        for i, b in enumerate(self.buckets):
+            values = [*(s.counts[i] for s in self.series), self.totals[i], self.errors[i], self.rate_of(i),
+                      self.limited[i]]
+            rows.append((b.strftime("%Y-%m-%d %H:%M"), "".join(f'<td class="num">{v}</td>' for v in values)))
+        return rows
 
     def rate_of(self, i: int) -> str:
         return f"{self.errors[i] / self.totals[i]:.0%}" if self.totals[i] else "–"
@@ -115,19 +128,27 @@ def _floor(at: dt.datetime, step: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds - seconds % step, dt.timezone.utc)
 
 
+def _shape_paths(r: float) -> dict[str, str]:
+    """Each marker shape as a path relative to its centre (after an absolute `M x,y`)."""
+    d, e = 2 * r, r + 1
+    return {
+        "circle": f"m{-r},0a{r},{r} 0 1,0 {d},0a{r},{r} 0 1,0 {-d},0",
+        "square": f"m{-r},{-r}h{d}v{d}h{-d}z",
+        "triangle": f"m0,{-e}l{e},{d + 1}l{-2 * e},0z",
+        "diamond": f"m0,{-e}l{e},{e}l{-e},{e}l{-e},{-e}z",
+        "cross": f"m{-r},{-r}l{d},{d}m0,{-d}l{-d},{d}",
+        "plus": f"m{-e},0h{2 * e}m{-e},{-e}v{2 * e}",
+    }
+
+
+_SHAPE_PATHS = {3.5: _shape_paths(3.5), 2.5: _shape_paths(2.5)}
+
+
 def marker(shape: str, x: float, y: float, r: float = 3.5) -> str:
-    """An SVG path for a marker of `shape` centred on (x, y)."""
-    if shape == "circle":
-        return f"M{x - r:.1f},{y:.1f}a{r},{r} 0 1,0 {2 * r},0a{r},{r} 0 1,0 {-2 * r},0"
-    if shape == "square":
-        return f"M{x - r:.1f},{y - r:.1f}h{2 * r}v{2 * r}h{-2 * r}z"
-    if shape == "triangle":
-        return f"M{x:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y + r:.1f}L{x - r - 1:.1f},{y + r:.1f}z"
-    if shape == "diamond":
-        return f"M{x:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y:.1f}L{x:.1f},{y + r + 1:.1f}L{x - r - 1:.1f},{y:.1f}z"
-    if shape == "cross":
-        return (f"M{x - r:.1f},{y - r:.1f}L{x + r:.1f},{y + r:.1f}M{x + r:.1f},{y - r:.1f}L{x - r:.1f},{y + r:.1f}")
-    return f"M{x - r - 1:.1f},{y:.1f}h{2 * r + 2}M{x:.1f},{y - r - 1:.1f}v{2 * r + 2}"
+    """An SVG path for a marker of `shape` centred on (x, y): the centre, then the shape
+    relative to it (made once per size), so a chart of 200 buckets formats two numbers a marker."""
+    paths = _SHAPE_PATHS.get(r) or _shape_paths(r)
+    return f"M{x:.1f},{y:.1f}{paths.get(shape, paths['plus'])}"
 
 
 def _nice_max(value: int) -> int:
@@ -153,8 +174,11 @@ def draw(cells: Iterable[Cell], *, step: int, start: dt.datetime | None, end: dt
 
     per: dict[str, list[int]] = {}
     totals, errors, limited = [0] * count, [0] * count, [0] * count
+    position = {b: i for i, b in enumerate(buckets)}  # the service's cells start on a bucket
     for c in data:
-        i = min(count - 1, max(0, int((c.at - origin).total_seconds() // step)))
+        i = position.get(c.at)
+        if i is None:
+            i = min(count - 1, max(0, int((c.at - origin).total_seconds() // step)))
         per.setdefault(c.integration, [0] * count)[i] += c.requests
         totals[i] += c.requests
         errors[i] += c.errors
@@ -181,10 +205,12 @@ def draw(cells: Iterable[Cell], *, step: int, start: dt.datetime | None, end: dt
     series = []
     for index, (name, counts) in enumerate(shown):
         shape, dash = SHAPES[index % len(SHAPES)], DASHES[index % len(DASHES)]
-        xy = [(x_of(i), y_of(n)) for i, n in enumerate(counts)]
-        series.append(Series(name=name, total=sum(counts), counts=tuple(counts),
-                             points=" ".join(f"{x:.1f},{y:.1f}" for x, y in xy),
-                             markers=tuple(marker(shape, x, y) for x, y in xy), dash=dash, shape=shape, index=index,
+        # Each point's text once, for the line and (with the shape after it) for its marker.
+        xy = [f"{x_of(i):.1f},{y_of(n):.1f}" for i, n in enumerate(counts)]
+        relative = _SHAPE_PATHS[3.5][shape]
+        drawn = tuple(f"M{p}{relative}" for p in xy)
+        series.append(Series(name=name, total=sum(counts), counts=tuple(counts), points=" ".join(xy),
+                             markers=drawn, markers_path="".join(drawn), dash=dash, shape=shape, index=index,
                              legend_marker=marker(shape, 15, 0)))
 
     r0 = v1 + GAP
@@ -203,7 +229,7 @@ def draw(cells: Iterable[Cell], *, step: int, start: dt.datetime | None, end: dt
     chart.start, chart.end, chart.step_label, chart.buckets = start, end, _step_label(step), buckets
     chart.series, chart.totals, chart.errors, chart.limited = series, totals, errors, limited
     chart.rate_points = " ".join(f"{x:.1f},{y:.1f}" for x, y in rate_xy)
-    chart.rate_markers = tuple(marker("square", x, y, 2.5) for x, y in rate_xy)
+    chart.rate_markers = "".join(marker("square", x, y, 2.5) for x, y in rate_xy)
     chart.bars = bars
     chart.x_ticks = [Tick(x_of(i), b.strftime(label)) for i, b in enumerate(buckets) if i % every == 0]
     chart.volume_ticks = [Tick(y_of(n), f"{n:,}") for n in (0, top // 2, top)]

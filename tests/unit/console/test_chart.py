@@ -24,6 +24,9 @@ def test_counts_per_bucket_error_rate_and_429s() -> None:
     assert len(chart.bars) == 12 and all(b.height > 0 for b in chart.bars)
     first, second = chart.series
     assert first.dash != second.dash and first.shape != second.shape and len(first.markers) == 12
+    assert first.markers_path == "".join(first.markers) and first.markers[0].startswith("M")
+    assert chart.table[0] == ("2026-04-01 09:00", "".join(f'<td class="num">{v}</td>' for v in (5, 3, 8, 4, "50%", 1)))
+    assert chart.table[1][1].endswith('<td class="num">20%</td><td class="num">1</td>')
 
 
 def test_the_busiest_five_have_lines_of_their_own_and_the_rest_one_together() -> None:
