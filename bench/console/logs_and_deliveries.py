@@ -7,11 +7,14 @@ processes (`python -m services.<name>`, SQLite, the embedded mode), generates 1,
 of one organisation straight into the logs store and 100,000 attempts of one subscription into
 the webhooks store (tests/support/console_services.py), signs in with the local sign-in, and
 times one request at a time over keep-alive on loopback: `/logs` unfiltered and with each filter
-(a QA user: the page makes one logs call), and `/webhooks/<id>` with its All and Failed tabs (an
+(a QA user: the page makes one logs call), `/logs/chart` unfiltered and by integration (one
+RequestHistogram call over the whole range: fewer timed requests, --chart-requests, as each
+counts every matching row), and `/webhooks/<id>` with its All and Failed tabs (an
 administrator: the page makes GetSubscription and ListAttempts at once). "added" is the page's
 server-time p95 minus its gRPC calls' p95 (target: under 10 ms).
 
-    .venv/bin/python -m bench.console.logs_and_deliveries [--requests 200] [--rows 1000000] [--attempts 100000]
+    .venv/bin/python -m bench.console.logs_and_deliveries [--requests 200] [--chart-requests 20] [--rows 1000000]
+        [--attempts 100000]
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from tests.support.ports import free_port
 
 ORG = "org_bench_logs"
 PAGE_SIZE, LOG_PAGE_SIZE = 50, 25
+CHART_CASES = ("no filter", "integration")
+CHART_WARMUP = 3
 
 
 def ts(when: dt.datetime) -> Timestamp:
@@ -80,11 +85,18 @@ def server_time(server_timing: str) -> float:
     return float(found.group(1))
 
 
+def histogram_request(r: lpb.QueryRequestsRequest) -> lpb.RequestHistogramRequest:
+    """The chart's call for the grid's filters (services/console/logs/filters.py LogFilter.histogram)."""
+    return lpb.RequestHistogramRequest(integration_id=r.integration_id, status=r.status, endpoint=r.endpoint,
+                                       since=r.since if r.HasField("since") else None,
+                                       until=r.until if r.HasField("until") else None)
+
+
 async def side_by_side(get: Callable[[], tuple[int, bytes, str]], call: Callable[[], Awaitable[object]],
-                       requests: int) -> tuple[list[float], list[float], list[float]]:
+                       requests: int, warmup: int = WARMUP) -> tuple[list[float], list[float], list[float]]:
     """The page and its gRPC calls in turn, one of each at a time, so both meet the same load:
     the page's round trips and server times, and the calls' times (ms)."""
-    for _ in range(WARMUP):
+    for _ in range(warmup):
         assert get()[0] == 200
         await call()
     trips, server, direct = [], [], []
@@ -110,7 +122,7 @@ async def subscribe(address: str, metadata: tuple[tuple[str, str], ...]) -> str:
 async def measure(console_port: int, qa_cookie: str, admin_cookie: str, logs_address: str, webhooks_address: str,
                   qa: tuple[tuple[str, str], ...], admin: tuple[tuple[str, str], ...],
                   cases: dict[str, tuple[dict[str, str], lpb.QueryRequestsRequest]], subscription_id: str,
-                  requests: int) -> tuple[dict[str, tuple[list[float], list[float], list[float]]], dict[str, int]]:
+                  requests: int, chart_requests: int, only: str = "") -> tuple[dict[str, tuple[list[float], list[float], list[float]]], dict[str, int]]:
     results: dict[str, tuple[list[float], list[float], list[float]]] = {}
     sizes: dict[str, int] = {}
     as_qa, as_admin = Client(console_port), Client(console_port)
@@ -118,13 +130,30 @@ async def measure(console_port: int, qa_cookie: str, admin_cookie: str, logs_add
     async with grpc.aio.insecure_channel(logs_address) as lc, grpc.aio.insecure_channel(webhooks_address) as wc:
         logs, hooks = logs_pb2_grpc.LogsStub(lc), webhooks_pb2_grpc.WebhooksStub(wc)
         for name, (query, request) in cases.items():
+            if not f"logs: {name}".startswith(only):
+                continue
             path = "/logs" + (f"?{urlencode(query)}" if query else "")
             status, body, _ = as_qa.get(path)
             assert status == 200, (path, status, body[:500])
             sizes[f"logs: {name}"] = body.count(b'data-testid="log-row"')
             results[f"logs: {name}"] = await side_by_side(
                 lambda p=path: as_qa.get(p), lambda r=request: logs.QueryRequests(r, metadata=qa), requests)
+        for name in CHART_CASES:
+            if not f"chart: {name}".startswith(only):
+                continue
+            query, request = cases[name]
+            path = "/logs/chart" + (f"?{urlencode(query)}" if query else "")
+            status, body, _ = as_qa.get(path)
+            assert status == 200 and b'data-testid="chart-series"' in body, (path, status, body[:500])
+            found = re.search(rb"All ([0-9,]+) matching request", body)
+            sizes[f"chart: {name}"] = int(found.group(1).replace(b",", b"")) if found else 0
+            counts = histogram_request(request)
+            results[f"chart: {name}"] = await side_by_side(
+                lambda p=path: as_qa.get(p), lambda r=counts: logs.RequestHistogram(r, metadata=qa),
+                chart_requests, warmup=CHART_WARMUP)
         for tab, outcome in (("all", wpb.OUTCOME_UNSPECIFIED), ("failed", wpb.OUTCOME_FAILED)):
+            if not f"delivery log: {tab}".startswith(only):
+                continue
             path = f"/webhooks/{subscription_id}?log={tab}"
             status, body, _ = as_admin.get(path)
             assert status == 200, (path, status, body[:500])
@@ -146,10 +175,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.console.logs_and_deliveries",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per page (at most 5000)")
+    parser.add_argument("--chart-requests", type=int, default=20, help="timed requests per chart (at most 1000)")
+    parser.add_argument("--only", default="", metavar="PREFIX",
+                        help="time only the pages whose row name starts with this (e.g. chart, logs, delivery)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="API log rows (default 1,000,000)")
     parser.add_argument("--attempts", type=int, default=100_000, help="delivery attempts (default 100,000)")
     args = parser.parse_args()
     requests = min(max(args.requests, 20), 5000)
+    chart_requests = min(max(args.chart_requests, 5), 1000)
 
     with tempfile.TemporaryDirectory(prefix="trellis-bench-console-logs-") as tmp:
         root = Path(tmp)
@@ -193,7 +226,7 @@ def main() -> None:
             cases = filters(dt.datetime.now(dt.timezone.utc))
             results, sizes = asyncio.run(measure(ports["console"], qa_cookie, admin_cookie, env["TRELLIS_LOGS_ADDR"],
                                                  env["TRELLIS_WEBHOOKS_ADDR"], qa, admin, cases, subscription_id,
-                                                 requests))
+                                                 requests, chart_requests, args.only))
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -207,10 +240,11 @@ def main() -> None:
     print(f"console pages over loopback HTTP, one request at a time, {requests} timed after {WARMUP} warm-up, "
           f"{os.cpu_count()} CPUs; {args.rows:,} API log rows (generated in {generated:.1f} s), "
           f"{args.attempts:,} delivery attempts")
-    print(f"{'page':<26}{'rows':>5}{'server p50':>12}{'server p95':>12}{'gRPC p50':>10}{'gRPC p95':>10}"
+    print(f"(charts: {chart_requests} timed after {CHART_WARMUP} warm-up; their rows are the requests counted)")
+    print(f"{'page':<26}{'rows':>8}{'server p50':>12}{'server p95':>12}{'gRPC p50':>10}{'gRPC p95':>10}"
           f"{'added p50':>11}{'added p95':>11}{'round trip p95':>16}")
     for name, (trips, server, direct) in results.items():
-        print(f"{name:<26}{sizes[name]:>5}{percentile(server, 50):>12.2f}{percentile(server, 95):>12.2f}"
+        print(f"{name:<26}{sizes[name]:>8}{percentile(server, 50):>12.2f}{percentile(server, 95):>12.2f}"
               f"{percentile(direct, 50):>10.2f}{percentile(direct, 95):>10.2f}"
               f"{percentile(server, 50) - percentile(direct, 50):>11.2f}"
               f"{percentile(server, 95) - percentile(direct, 95):>11.2f}{percentile(trips, 95):>16.2f}")

@@ -88,7 +88,7 @@ async def create_integration(user: ConsoleUser, **overrides: Any) -> str:
 def assert_review_matches(page: str, report: dict[str, Any]) -> None:
     """Every integration of `trellis review --json`'s report shown on the review page with the
     same figures (in use and last call, scopes granted and used, credential age, headroom,
-    allowlist, owner, flags)."""
+    allowlist, owner, flags, and the audit trail's owner changes and credential issues)."""
     for line in report["integrations"]:
         card = re.search(rf'data-integration="{line["integration_id"]}">(.*?)</section>', page, re.S)
         assert card, line["integration_id"]
@@ -108,6 +108,15 @@ def assert_review_matches(page: str, report: dict[str, Any]) -> None:
         assert f'busiest minute {line["peak_requests_per_minute"]} of {line["rate_limit_per_minute"]}' in shown["headroom"]
         for flag in line["flags"]:
             assert f"<code>{flag}</code>" in card.group(1)
+        changes = line.get("owner_changes", [])
+        assert shown["owner_changes"].count(" → ") == len(changes) and (changes or shown["owner_changes"] == "none")
+        for c in changes:
+            assert (f'owner {escape(c.get("before", ""))} → {escape(c.get("after", ""))} by '
+                    f'{escape(c.get("actor_id", ""))} on {c["occurred_at"][:19]}') in shown["owner_changes"]
+        issued = line.get("credentials_issued", [])
+        assert shown["credentials_issued"].count("issued to ") == len(issued)
+        for c in issued:
+            assert f'issued to {escape(c.get("actor_id", ""))} on {c["occurred_at"][:19]}' in shown["credentials_issued"]
         if line.get("last_request_at"):
             assert f'datetime="{line["last_request_at"][:19]}' in card.group(1)
         else:

@@ -68,6 +68,31 @@ def tamper_audit_entry(database: Path, org: str, seq: int, *, reason: str) -> No
         assert changed.rowcount == 1, (org, seq)
 
 
+def delete_audit_entry(database: Path, org: str, seq: int) -> None:
+    """Delete one audit entry behind the service's back."""
+    with sqlite3.connect(database) as db:
+        deleted = db.execute("DELETE FROM audit_entries WHERE org_id = ? AND seq = ?", (org, seq))
+        assert deleted.rowcount == 1, (org, seq)
+
+
+def insert_audit_entry(database: Path, org: str, seq: int, *, event_id: str, action: str) -> None:
+    """Slip a forged entry in at position `seq`, as a copy of the entry before it with another
+    event id, action and a MAC the intruder made up. A position inside the chain moves the
+    entries from there one place on first (their MACs untouched), as a careful intruder would;
+    one past the end is simply added."""
+    with sqlite3.connect(database) as db:
+        later = [n for (n,) in db.execute("SELECT seq FROM audit_entries WHERE org_id = ? AND seq >= ? "
+                                          "ORDER BY seq DESC", (org, seq))]
+        for n in later:
+            db.execute("UPDATE audit_entries SET seq = seq + 1 WHERE org_id = ? AND seq = ?", (org, n))
+        columns = [row[1] for row in db.execute("PRAGMA table_info(audit_entries)")]
+        row = dict(zip(columns, db.execute("SELECT * FROM audit_entries WHERE org_id = ? AND seq = ?",
+                                           (org, seq - 1)).fetchone(), strict=True))
+        row.update(seq=seq, event_id=event_id, action=action, mac="ab" * 32)
+        db.execute(f"INSERT INTO audit_entries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                   [row[c] for c in columns])
+
+
 async def trellis_cli(*argv: str, data_dir: Path, private_pem: bytes, settings: Settings) -> tuple[int, str, str]:
     """`python -m services.cli *argv` as the test's actors: its data directory holds the key the
     services under test verify actor tokens with, and it names their issuer and audience."""

@@ -2,7 +2,8 @@
 
 For every integration: status, owner, granted against exercised scopes, last request, peak
 requests per minute against the rate limit, credential age, allowlist, error rate, and the
-flags of the spec's checklist. As a table, Markdown or CSV.
+flags of the spec's checklist; from the audit trail, owner changes and who had credentials
+issued in the window. As a table, Markdown or CSV.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ FLAG_TEXT = {
     "rate_limit_far_above_use": "busiest minute under 10% of its rate limit: lower it",
     "credentials_older_than_90_days": "credentials older than 90 days: rotate them",
     "no_allowlist_single_network": "always calls from one network but has no IP allowlist: add one",
+    "owner_changed_in_window": "its owner changed in the window: confirm the previous owner holds no credentials",
 }
 # The spec's checklist: each question, the flags that answer it, and what only a person can
 # confirm (such a question is never ticked, whatever the flags say).
@@ -36,8 +38,8 @@ CHECKLIST = (
      "who holds them is for each owner to confirm; rotate if team members have changed"),
     ("Are rate limits appropriate for current traffic patterns?", ("rate_limit_far_above_use",), ""),
     ("Is IP allowlisting enabled for integrations with static infrastructure?", ("no_allowlist_single_network",), ""),
-    ("Have partner contacts changed?", (),
-     "not in the request log: confirm with each owner that only current contacts hold credentials"),
+    ("Have partner contacts changed?", ("owner_changed_in_window",),
+     "if a third party manages an integration, confirm with each owner that only current contacts hold credentials"),
     ("Which integrations hold PII or Financial scopes?", ("pii_scope_granted", "financial_scope_granted"), ""),
 )
 COLUMNS = ("integration", "id", "status", "owner", "granted scopes", "exercised scopes", "unused scopes",
@@ -87,6 +89,7 @@ def render_markdown(report: pb.QuarterlyReviewResponse) -> str:
     ]
     for question, flags, for_a_person in CHECKLIST:
         lines.append(f"- {checklist_line(report, question, flags, for_a_person)}")
+        lines += [f"  - {_md(d)}" for d in trail_details(report, question)]
     lines += ["", "## Integrations", "", "| " + " | ".join(c.capitalize() for c in COLUMNS) + " |",
               "|" + "---|" * len(COLUMNS)]
     for r in report.integrations:
@@ -104,6 +107,25 @@ def checklist_line(report: pb.QuarterlyReviewResponse, question: str, flags: tup
         note = for_a_person[0].upper() + for_a_person[1:] + (f" ({_md(', '.join(owners))})." if owners else ".")
         return " ".join(part for part in ("[ ]", question, findings, note) if part)
     return f"[{' ' if hits else 'x'}] {question} {findings}"
+
+
+def trail_details(report: pb.QuarterlyReviewResponse, question: str) -> list[str]:
+    """What the audit trail shows for the two questions the request log cannot answer, as the
+    console's review page lists them (services/console/review/views.py)."""
+    lines: list[str] = []
+    for r in report.integrations:
+        name = r.name or r.integration_id
+        if question == "Are credentials held only by authorised personnel?":
+            lines += [f"{name}: issued to {c.actor_id or '(unknown)'} on {when_text(c.occurred_at)}"
+                      for c in r.credentials_issued]
+        elif question == "Have partner contacts changed?":
+            lines += [f"{name}: owner {c.before or '(none)'} → {c.after or '(none)'} by {c.actor_id or '(unknown)'} "
+                      f"on {when_text(c.occurred_at)}" for c in r.owner_changes]
+    if question == "Are credentials held only by authorised personnel?" and not lines:
+        return ["The audit trail shows no credentials issued in the window."]
+    if question == "Have partner contacts changed?" and not lines:
+        return ["The audit trail shows no owner change in the window."]
+    return lines
 
 
 def render_csv(report: pb.QuarterlyReviewResponse) -> str:

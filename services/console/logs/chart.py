@@ -1,7 +1,9 @@
 """The API log's chart, drawn on the server as SVG: requests per integration over time, the
-error rate, and the 429s, for the filtered requests.
+error rate, and the 429s, for every request the filters match over their whole range.
 
-`draw(records, ...)` turns request records into geometry (numbers and labels only); the
+The logs service counts them (its RequestHistogram: per bucket and integration, at most 200
+buckets, the busiest integrations each on its own); `draw(cells, ...)` turns those counts into
+geometry (numbers and labels only); the
 template `logs/_chart.html` writes the SVG elements, escaping every label. Readable without
 colour: each integration's line has its own dash pattern and marker shape, named in the legend
 beside the same pattern; the error rate and the 429s have panels of their own; and every number
@@ -15,10 +17,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# Bucket widths to choose from (seconds), and how many buckets a chart may have at most.
-STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
-MAX_BUCKETS = 48
-MIN_SPAN = dt.timedelta(minutes=15)
 TOP_SERIES = 5
 OTHERS = "Other integrations"
 # Dash patterns and marker shapes, one per series, so no two series differ by colour alone.
@@ -31,12 +29,14 @@ TOP, GAP = 20, 42
 
 
 @dataclass(frozen=True)
-class Point:
-    """One request record as the chart needs it."""
+class Cell:
+    """Requests of one integration in one bucket, as the logs service counted them."""
 
-    at: dt.datetime
+    at: dt.datetime         # the bucket's start
     integration: str        # the label: name, or id when it has no name
-    status: int
+    requests: int
+    errors: int = 0
+    limited: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Series:
     counts: tuple[int, ...]
     points: str             # the polyline's "x,y x,y …"
     markers: tuple[str, ...]  # one path per bucket
+    markers_path: str       # all of them as one path (one SVG element per series, not one per bucket)
     dash: str
     shape: str
     index: int
@@ -72,7 +73,6 @@ class Chart:
     """Everything `logs/_chart.html` draws."""
 
     rows: int
-    truncated: bool
     start: dt.datetime | None = None
     end: dt.datetime | None = None
     step_label: str = ""
@@ -82,7 +82,7 @@ class Chart:
     errors: list[int] = field(default_factory=list)
     limited: list[int] = field(default_factory=list)
     rate_points: str = ""
-    rate_markers: tuple[str, ...] = ()
+    rate_markers: str = ""   # one path
     bars: list[Bar] = field(default_factory=list)
     x_ticks: list[Tick] = field(default_factory=list)
     volume_ticks: list[Tick] = field(default_factory=list)
@@ -99,15 +99,20 @@ class Chart:
     def empty(self) -> bool:
         return self.rows == 0
 
+    @property
+    def table(self) -> list[tuple[str, str]]:
+        """The table's rows: the bucket's start, and its numbers (per series, all, errors, error
+        rate, 429s) as the cells' HTML. Numbers and a percentage only, so nothing to escape: one
+        string per row keeps a 200-bucket table from costing a template call per cell."""
+        rows = []
+        for i, b in enumerate(self.buckets):
+            values = [*(s.counts[i] for s in self.series), self.totals[i], self.errors[i], self.rate_of(i),
+                      self.limited[i]]
+            rows.append((b.strftime("%Y-%m-%d %H:%M"), "".join(f'<td class="num">{v}</td>' for v in values)))
+        return rows
+
     def rate_of(self, i: int) -> str:
         return f"{self.errors[i] / self.totals[i]:.0%}" if self.totals[i] else "–"
-
-
-def _step(span: float) -> int:
-    for step in STEPS:
-        if span / step <= MAX_BUCKETS:
-            return step
-    return STEPS[-1]
 
 
 def _step_label(step: int) -> str:
@@ -119,23 +124,31 @@ def _step_label(step: int) -> str:
 
 
 def _floor(at: dt.datetime, step: int) -> dt.datetime:
-    seconds = int(at.timestamp())
+    seconds = math.floor(at.timestamp())
     return dt.datetime.fromtimestamp(seconds - seconds % step, dt.timezone.utc)
 
 
+def _shape_paths(r: float) -> dict[str, str]:
+    """Each marker shape as a path relative to its centre (after an absolute `M x,y`)."""
+    d, e = 2 * r, r + 1
+    return {
+        "circle": f"m{-r},0a{r},{r} 0 1,0 {d},0a{r},{r} 0 1,0 {-d},0",
+        "square": f"m{-r},{-r}h{d}v{d}h{-d}z",
+        "triangle": f"m0,{-e}l{e},{d + 1}l{-2 * e},0z",
+        "diamond": f"m0,{-e}l{e},{e}l{-e},{e}l{-e},{-e}z",
+        "cross": f"m{-r},{-r}l{d},{d}m0,{-d}l{-d},{d}",
+        "plus": f"m{-e},0h{2 * e}m{-e},{-e}v{2 * e}",
+    }
+
+
+_SHAPE_PATHS = {3.5: _shape_paths(3.5), 2.5: _shape_paths(2.5)}
+
+
 def marker(shape: str, x: float, y: float, r: float = 3.5) -> str:
-    """An SVG path for a marker of `shape` centred on (x, y)."""
-    if shape == "circle":
-        return f"M{x - r:.1f},{y:.1f}a{r},{r} 0 1,0 {2 * r},0a{r},{r} 0 1,0 {-2 * r},0"
-    if shape == "square":
-        return f"M{x - r:.1f},{y - r:.1f}h{2 * r}v{2 * r}h{-2 * r}z"
-    if shape == "triangle":
-        return f"M{x:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y + r:.1f}L{x - r - 1:.1f},{y + r:.1f}z"
-    if shape == "diamond":
-        return f"M{x:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y:.1f}L{x:.1f},{y + r + 1:.1f}L{x - r - 1:.1f},{y:.1f}z"
-    if shape == "cross":
-        return (f"M{x - r:.1f},{y - r:.1f}L{x + r:.1f},{y + r:.1f}M{x + r:.1f},{y - r:.1f}L{x - r:.1f},{y + r:.1f}")
-    return f"M{x - r - 1:.1f},{y:.1f}h{2 * r + 2}M{x:.1f},{y - r - 1:.1f}v{2 * r + 2}"
+    """An SVG path for a marker of `shape` centred on (x, y): the centre, then the shape
+    relative to it (made once per size), so a chart of 200 buckets formats two numbers a marker."""
+    paths = _SHAPE_PATHS.get(r) or _shape_paths(r)
+    return f"M{x:.1f},{y:.1f}{paths.get(shape, paths['plus'])}"
 
 
 def _nice_max(value: int) -> int:
@@ -148,42 +161,34 @@ def _nice_max(value: int) -> int:
     return value
 
 
-def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None = None,
-         until: dt.datetime | None = None) -> Chart:
-    """The chart of `points` (in any order) over the filter's range (`since`, `until`). `truncated`
-    says more requests matched than were read; the range then starts at the oldest one read."""
-    data = list(points)
-    chart = Chart(rows=len(data), truncated=truncated)
-    if not data:
+def draw(cells: Iterable[Cell], *, step: int, start: dt.datetime | None, end: dt.datetime | None) -> Chart:
+    """The chart of the logs service's histogram: `cells` (in any order) in buckets of `step`
+    seconds over [start, end), the range the histogram covers."""
+    data = [c for c in cells if c.requests]
+    chart = Chart(rows=sum(c.requests for c in data))
+    if not data or start is None or end is None or step <= 0:
         return chart
-    first = min(p.at for p in data)
-    last = max(p.at for p in data)
-    start = since if since is not None and not truncated and since <= first else first
-    end = until if until is not None and until >= last and (until - start) <= dt.timedelta(days=366) else last
-    if since is None or start is not since:
-        # A burst within a few minutes still gets a time axis: at least MIN_SPAN before its end.
-        start = min(start, end - MIN_SPAN)
-    step = _step(max((end - start).total_seconds(), 1.0))
     origin = _floor(start, step)
-    span = (end - origin).total_seconds()
-    # `until` is exclusive (a bucket starting there is empty); the last request read is inclusive.
-    count = max(1, math.ceil(span / step)) if end is until else int(span // step) + 1
+    count = max(1, math.ceil((end - origin).total_seconds() / step))
     buckets = [origin + dt.timedelta(seconds=step * i) for i in range(count)]
 
     per: dict[str, list[int]] = {}
     totals, errors, limited = [0] * count, [0] * count, [0] * count
-    for p in data:
-        i = min(count - 1, max(0, int((p.at - origin).total_seconds() // step)))
-        per.setdefault(p.integration, [0] * count)[i] += 1
-        totals[i] += 1
-        if p.status >= 400:
-            errors[i] += 1
-        if p.status == 429:
-            limited[i] += 1
+    position = {b: i for i, b in enumerate(buckets)}  # the service's cells start on a bucket
+    for c in data:
+        i = position.get(c.at)
+        if i is None:
+            i = min(count - 1, max(0, int((c.at - origin).total_seconds() // step)))
+        per.setdefault(c.integration, [0] * count)[i] += c.requests
+        totals[i] += c.requests
+        errors[i] += c.errors
+        limited[i] += c.limited
+    # The service's own "other integrations" go with the ones beyond the busiest TOP_SERIES.
+    together = per.pop(OTHERS, None)
     ranked = sorted(per.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
     shown = ranked[:TOP_SERIES]
-    if len(ranked) > TOP_SERIES:
-        rest = [sum(c[i] for _, c in ranked[TOP_SERIES:]) for i in range(count)]
+    if len(ranked) > TOP_SERIES or together is not None:
+        rest = [sum(c[i] for _, c in ranked[TOP_SERIES:]) + (together[i] if together else 0) for i in range(count)]
         shown.append((OTHERS, rest))
 
     plot_w = WIDTH - LEFT - RIGHT
@@ -200,10 +205,12 @@ def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None 
     series = []
     for index, (name, counts) in enumerate(shown):
         shape, dash = SHAPES[index % len(SHAPES)], DASHES[index % len(DASHES)]
-        xy = [(x_of(i), y_of(n)) for i, n in enumerate(counts)]
-        series.append(Series(name=name, total=sum(counts), counts=tuple(counts),
-                             points=" ".join(f"{x:.1f},{y:.1f}" for x, y in xy),
-                             markers=tuple(marker(shape, x, y) for x, y in xy), dash=dash, shape=shape, index=index,
+        # Each point's text once, for the line and (with the shape after it) for its marker.
+        xy = [f"{x_of(i):.1f},{y_of(n):.1f}" for i, n in enumerate(counts)]
+        relative = _SHAPE_PATHS[3.5][shape]
+        drawn = tuple(f"M{p}{relative}" for p in xy)
+        series.append(Series(name=name, total=sum(counts), counts=tuple(counts), points=" ".join(xy),
+                             markers=drawn, markers_path="".join(drawn), dash=dash, shape=shape, index=index,
                              legend_marker=marker(shape, 15, 0)))
 
     r0 = v1 + GAP
@@ -212,7 +219,7 @@ def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None 
     l0 = r1 + GAP
     l1 = l0 + LIMITED_HEIGHT
     limited_max = _nice_max(max(limited)) if max(limited) else 1
-    bar_w = max(2.0, plot_w / count * 0.6)
+    bar_w = max(1.0, plot_w / count * 0.6)
     bars = [Bar(x_of(i) - bar_w / 2, l1 - (l1 - l0) * n / limited_max, bar_w, (l1 - l0) * n / limited_max, n)
             for i, n in enumerate(limited) if n]
     every = max(1, math.ceil(count / 8))
@@ -222,7 +229,7 @@ def draw(points: Iterable[Point], *, truncated: bool, since: dt.datetime | None 
     chart.start, chart.end, chart.step_label, chart.buckets = start, end, _step_label(step), buckets
     chart.series, chart.totals, chart.errors, chart.limited = series, totals, errors, limited
     chart.rate_points = " ".join(f"{x:.1f},{y:.1f}" for x, y in rate_xy)
-    chart.rate_markers = tuple(marker("square", x, y, 2.5) for x, y in rate_xy)
+    chart.rate_markers = "".join(marker("square", x, y, 2.5) for x, y in rate_xy)
     chart.bars = bars
     chart.x_ticks = [Tick(x_of(i), b.strftime(label)) for i, b in enumerate(buckets) if i % every == 0]
     chart.volume_ticks = [Tick(y_of(n), f"{n:,}") for n in (0, top // 2, top)]

@@ -81,6 +81,10 @@ class LogFilter:
     def export(self, format_: str) -> pb.ExportRequestsRequest:
         return pb.ExportRequestsRequest(format=FORMATS[format_][0], **self._fields())
 
+    def histogram(self) -> pb.RequestHistogramRequest:
+        """The chart's counts over the filters' whole range, in buckets the service chooses."""
+        return pb.RequestHistogramRequest(**self._fields())
+
     def params(self, **extra: str) -> str:
         """The filters (and `extra`) as a query string, for links that keep them."""
         values = {name: getattr(self, name) for name in _FIELDS if getattr(self, name)}

@@ -5,7 +5,8 @@ as the signed-in user (QA or administrator: the service decides), and renders a 
     GET /logs/requests?request_id=…    search by Request ID -> /logs/requests/{id}
     GET /logs/requests/{request_id}    one request
     GET /logs/export?format=csv|jsonl  the filtered set, streamed as a download while it is read
-    GET /logs/chart                    requests per integration over time, the error rate and the 429s
+    GET /logs/chart                    requests per integration over time, the error rate and the 429s,
+                                       over the whole filtered range (the logs service's RequestHistogram)
 
 The four filters (integration, since/until, status, endpoint) combine and every link keeps them.
 """
@@ -24,7 +25,7 @@ from starlette.routing import Route
 
 from services.console.area import NO_STORE, Area
 from services.console.errors import Refusal, Refused
-from services.console.formats import moment, parse_time
+from services.console.formats import moment
 from services.console.logs import chart
 from services.console.logs.filters import FIELD_OF, FORMATS, LogFilter, rows_of
 from services.console.sessions import Session
@@ -34,12 +35,9 @@ from services.contracts.trellis.registry.v1 import registry_pb2 as rpb
 from services.kit.auth import ADMIN_PERMISSION
 
 log = logging.getLogger(__name__)
+_EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)
 
 PAGE_SIZE = 50
-# The chart reads at most this many of the newest matching requests (pages of CHART_PAGE): the
-# logs service offers no aggregate over time, so the console counts what it reads.
-CHART_ROWS = 20_000
-CHART_PAGE = 500
 
 
 class LogPages(Area):
@@ -179,22 +177,14 @@ class LogPages(Area):
         if problems:
             return self.render.error(request, "No chart", " ".join(problems.values()), status=422, session=session,
                                      back="/logs?" + filters.params(), back_label="Back to the API logs")
-        logs = self.stub("logs", session)
-        points: list[chart.Point] = []
-        token, more = "", True
         try:
-            while more and len(points) < CHART_ROWS:
-                page = await logs.QueryRequests(filters.query(page_size=CHART_PAGE, page_token=token))
-                for r in page.records:
-                    at = moment(r.timestamp)
-                    if at is not None:
-                        points.append(chart.Point(at, r.integration_name or r.integration_id or "(none)", r.status))
-                token = page.next_page_token
-                more = bool(token)
+            histogram = await self.stub("logs", session).RequestHistogram(filters.histogram())
         except Refused as exc:
             return self.refused(request, session, exc.refusal, back="/logs?" + filters.params())
-        drawn = chart.draw(points[:CHART_ROWS], truncated=more or len(points) > CHART_ROWS,
-                           since=parse_time(filters.since), until=parse_time(filters.until, end_of_day=True))
-        context = {"chart": drawn, "filters": filters, "limit": CHART_ROWS}
+        drawn = chart.draw(
+            (chart.Cell(moment(c.bucket_start) or _EPOCH, c.integration_name or c.integration_id or "(none)",
+                        c.requests, c.errors, c.limited) for c in histogram.cells),
+            step=histogram.bucket_seconds, start=moment(histogram.start), end=moment(histogram.end))
+        context = {"chart": drawn, "filters": filters, "integrations": histogram.integrations}
         fragment = "logs/_chart.html" if is_htmx(request) else None
         return self.page(request, "logs/chart.html", session, context, fragment=fragment)

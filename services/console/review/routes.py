@@ -58,7 +58,8 @@ class ReviewPages(Area):
             return self.refused(request, session, exc.refusal, back="/")
         return self.page(request, template, session, {
             "report": report, "window": window, "problem": problem, "checklist": views.checklist(report),
-            "flag_text": views.FLAG_TEXT, "headroom": views.headroom}, status=422 if problem else 200)
+            "flag_text": views.FLAG_TEXT, "headroom": views.headroom, "owner_change_text": views.owner_change_text,
+            "credential_issue_text": views.credential_issue_text}, status=422 if problem else 200)
 
     async def report(self, request: Request) -> Response:
         return await self._page(request, "review/report.html")

@@ -1,7 +1,9 @@
 """The quarterly review as a page and a file: the spec's checklist answered from the report's
-flags, each integration's line, and the CSV `trellis review --format csv` writes for the same
-report (tests/integration/console/test_review_pages.py holds the two together). Presentation
-only: the figures and flags are the logs service's (services/logs/domain/review.py)."""
+flags and the audit trail's owner changes and credential issues, each integration's line, and
+the CSV `trellis review --format csv` writes for the same report
+(tests/integration/console/test_audit_and_review_pages.py holds the two together).
+Presentation only: the figures, flags and audit facts are the logs service's
+(services/logs/domain/review.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ FLAG_TEXT = {
     "rate_limit_far_above_use": "busiest minute under 10% of its rate limit: lower it",
     "credentials_older_than_90_days": "credentials older than 90 days: rotate them",
     "no_allowlist_single_network": "always calls from one network but has no IP allowlist: add one",
+    "owner_changed_in_window": "its owner changed in the window: confirm the previous owner holds no credentials",
 }
 # The spec's checklist: each question, the flags that answer it, and what only a person can
 # confirm (such a question is never ticked, whatever the flags say).
@@ -32,8 +35,8 @@ CHECKLIST = (
      "who holds them is for each owner to confirm; rotate if team members have changed"),
     ("Are rate limits appropriate for current traffic patterns?", ("rate_limit_far_above_use",), ""),
     ("Is IP allowlisting enabled for integrations with static infrastructure?", ("no_allowlist_single_network",), ""),
-    ("Have partner contacts changed?", (),
-     "not in the request log: confirm with each owner that only current contacts hold credentials"),
+    ("Have partner contacts changed?", ("owner_changed_in_window",),
+     "if a third party manages an integration, confirm with each owner that only current contacts hold credentials"),
     ("Which integrations hold PII or Financial scopes?", ("pii_scope_granted", "financial_scope_granted"), ""),
 )
 CSV_COLUMNS = ("integration", "id", "status", "owner", "granted scopes", "exercised scopes", "unused scopes",
@@ -50,6 +53,36 @@ class Answer:
     answered: bool          # False: only a person can answer it (never ticked)
     attention: tuple[str, ...]
     note: str
+    details: tuple[str, ...] = ()   # what the audit trail shows for it, one line each
+
+
+CREDENTIALS_QUESTION = "Are credentials held only by authorised personnel?"
+CONTACTS_QUESTION = "Have partner contacts changed?"
+
+
+def owner_change_text(c: pb.OwnerChange) -> str:
+    return f"owner {c.before or '(none)'} → {c.after or '(none)'} by {c.actor_id or '(unknown)'} on {iso_seconds(c.occurred_at)}"
+
+
+def credential_issue_text(c: pb.CredentialIssue) -> str:
+    return f"issued to {c.actor_id or '(unknown)'} on {iso_seconds(c.occurred_at)}"
+
+
+def trail_details(report: pb.QuarterlyReviewResponse, question: str) -> tuple[str, ...]:
+    """The audit trail's answer to the two questions the request log cannot answer: who had
+    credentials issued in the window, and whose owner changed."""
+    lines: list[str] = []
+    for r in report.integrations:
+        name = r.name or r.integration_id
+        if question == CREDENTIALS_QUESTION:
+            lines += [f"{name}: {credential_issue_text(c)}" for c in r.credentials_issued]
+        elif question == CONTACTS_QUESTION:
+            lines += [f"{name}: {owner_change_text(c)}" for c in r.owner_changes]
+    if question == CREDENTIALS_QUESTION and not lines:
+        return ("The audit trail shows no credentials issued in the window.",)
+    if question == CONTACTS_QUESTION and not lines:
+        return ("The audit trail shows no owner change in the window.",)
+    return tuple(lines)
 
 
 def checklist(report: pb.QuarterlyReviewResponse) -> list[Answer]:
@@ -61,7 +94,8 @@ def checklist(report: pb.QuarterlyReviewResponse) -> list[Answer]:
         if for_a_person:
             note = for_a_person[0].upper() + for_a_person[1:] + (f" ({', '.join(owners)})." if owners else ".")
         answers.append(Answer(question, ticked=bool(flags) and not hits and not for_a_person,
-                              answered=not for_a_person, attention=hits, note=note))
+                              answered=not for_a_person, attention=hits, note=note,
+                              details=trail_details(report, question)))
     return answers
 
 

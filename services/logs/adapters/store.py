@@ -35,9 +35,11 @@ from sqlalchemy import (
     Table,
     Text,
     case,
+    cast,
     delete,
     func,
     literal,
+    literal_column,
     select,
     text,
     tuple_,
@@ -59,6 +61,7 @@ from services.logs.domain.model import (
     AuditEntry,
     ChainHead,
     Cursor,
+    HistogramCell,
     RequestFilter,
 )
 from services.logs.domain.review import (
@@ -356,6 +359,42 @@ class LogsRepository:
         query = self.request_query(org_id, f).order_by(None).with_only_columns(func.count())
         return int((await session.execute(query)).scalar_one())
 
+    async def request_span(self, session: AsyncSession, org_id: str,
+                           f: RequestFilter) -> tuple[dt.datetime, dt.datetime] | None:
+        """The oldest and newest matching request's time: two ends of one index range."""
+        t = api_requests
+        row = (await session.execute(
+            select(func.min(t.c.ts), func.max(t.c.ts)).where(*self._indexed(org_id, f, None), *self._scanned(f, t.c))
+        )).one()
+        return (row[0], row[1]) if row[0] is not None and row[1] is not None else None
+
+    def _epoch_seconds(self) -> ColumnElement[int]:
+        """A request's time as whole seconds since the epoch, on either database."""
+        ts = api_requests.c.ts
+        if self.postgres:
+            return cast(func.floor(func.extract("epoch", ts)), BigInteger)
+        # SQLite keeps the time as text "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), which strftime reads.
+        return cast(func.strftime("%s", ts), BigInteger)
+
+    async def histogram(self, session: AsyncSession, org_id: str, f: RequestFilter, step: int) -> list[HistogramCell]:
+        """One GROUP BY over the matching rows: (bucket, integration) -> requests, errors, 429s.
+        The bucket is `epoch // step * step`, integer division on both databases; `step` is
+        written into the SQL as a number (never text from a caller) so the select and the
+        GROUP BY are the same expression to PostgreSQL."""
+        t = api_requests
+        width = literal_column(str(int(step)), BigInteger)
+        bucket = (self._epoch_seconds().op("/")(width) * width).label("bucket")
+        query = (select(bucket, t.c.integration_id, func.sum(t.c.repeats),
+                        func.sum(case((t.c.status >= 400, t.c.repeats), else_=0)),
+                        func.sum(case((t.c.status == 429, t.c.repeats), else_=0)))
+                 .where(*self._indexed(org_id, f, None), *self._scanned(f, t.c))
+                 .group_by(literal_column("bucket"), t.c.integration_id))
+        rows = (await session.execute(query)).all()
+        names = await self.integration_names(session, org_id, {r[1] for r in rows})
+        return [HistogramCell(dt.datetime.fromtimestamp(int(b), dt.timezone.utc), iid, int(n), int(errors or 0),
+                              int(limited or 0), names.get(iid, ""))
+                for b, iid, n, errors, limited in rows]
+
     async def get_request(self, session: AsyncSession, org_id: str, request_id: str) -> ApiRequest | None:
         t = api_requests
         row = (await session.execute(
@@ -580,6 +619,12 @@ class SessionLogs:
 
     async def count_requests(self, org_id: str, f: RequestFilter) -> int:
         return await self._repo.count_requests(self._session, org_id, f)
+
+    async def request_span(self, org_id: str, f: RequestFilter) -> tuple[dt.datetime, dt.datetime] | None:
+        return await self._repo.request_span(self._session, org_id, f)
+
+    async def histogram(self, org_id: str, f: RequestFilter, step: int) -> list[HistogramCell]:
+        return await self._repo.histogram(self._session, org_id, f, step)
 
     async def get_request(self, org_id: str, request_id: str) -> ApiRequest | None:
         return await self._repo.get_request(self._session, org_id, request_id)

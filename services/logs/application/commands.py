@@ -34,6 +34,16 @@ class ExportRequests:
 
 
 @dataclass(frozen=True)
+class RequestHistogram:
+    """Requests per bucket and integration over the filter's whole range; `bucket_seconds` 0
+    lets the service choose (domain.model.bucket_width)."""
+
+    filter: RequestFilter = field(default_factory=RequestFilter)
+    bucket_seconds: int = 0
+    platform: bool = False
+
+
+@dataclass(frozen=True)
 class QueryAudit:
     """Filters that combine (every one given must match), newest first."""
 

@@ -31,18 +31,25 @@ from services.logs.domain.model import (
     Checkpoint,
     Cursor,
     Finding,
+    Histogram,
     SeqCursor,
     append,
+    bucket_width,
     check_text,
     empty_head,
+    fold_histogram,
     page_size,
 )
 from services.logs.domain.review import (
+    CREDENTIALS_ISSUED_ACTION,
+    REVIEW_AUDIT_ENTRIES,
+    UPDATED_ACTION,
     WINDOW_DAYS,
     IntegrationFacts,
     Review,
     Usage,
     review,
+    trails,
 )
 
 log = logging.getLogger(__name__)
@@ -187,6 +194,27 @@ class LogsHandlers:
 
         return total, pages()
 
+    async def request_histogram(self, actor: Actor, q: commands.RequestHistogram) -> Histogram:
+        """Requests, errors and 429s per bucket and integration over the filter's whole range
+        (from the oldest to the newest matching request where the filter leaves an end open),
+        counted by the store in one read unit: at most MAX_BUCKETS buckets of the busiest
+        integrations and the rest together, whatever the number of rows."""
+        org = log_of(actor.org_id, actor.permissions, platform=q.platform)
+        if q.bucket_seconds < 0:
+            raise InvalidArgument("bucket_seconds must not be negative", field="bucket_seconds")
+        start, end = q.filter.since, q.filter.until
+        async with self._uow() as uow:
+            if start is None or end is None:
+                span = await uow.requests.request_span(org, q.filter)
+                if span is None:
+                    return Histogram(q.bucket_seconds, start, end, (), 0, 0)
+                start = start if start is not None else span[0]
+                # `end` is exclusive: the newest request's own bucket is in the range.
+                end = end if end is not None else span[1] + dt.timedelta(microseconds=1)
+            step = bucket_width(start, end, q.bucket_seconds)
+            cells = await uow.requests.histogram(org, q.filter, step)
+        return fold_histogram(cells, step=step, start=start, end=end)
+
     # --- the audit trail --------------------------------------------------------------------
 
     async def query_audit(self, actor: Actor, q: commands.QueryAudit) -> tuple[list[AuditEntry], str]:
@@ -247,12 +275,18 @@ class LogsHandlers:
             known = {f.integration_id for f in facts}
             # Requests of an integration whose facts never arrived still belong in the review.
             facts += [_unknown(iid, actor.org_id, now) for iid in sorted(usage) if iid and iid not in known]
+            # Owner changes and credential issues in the window, from the organisation's audit trail.
+            entries: list[AuditEntry] = []
+            for action in (UPDATED_ACTION, CREDENTIALS_ISSUED_ACTION):
+                entries += await uow.audit.query_audit(actor.org_id, commands.QueryAudit(action=action, since=since),
+                                                       size=REVIEW_AUDIT_ENTRIES)
+            trail = trails(entries)
             reviews = []
             for f in facts:
                 used = usage.get(f.integration_id, Usage())
                 last = await uow.requests.last_request_at(actor.org_id, f.integration_id)
                 reviews.append(review(f, Usage(used.requests, used.errors, last, used.peak_per_minute, used.exercised,
-                                               used.ips), now=now))
+                                               used.ips), now=now, trail=trail.get(f.integration_id)))
         return ReviewReport(actor.org_id, now, since, days, reviews)
 
 

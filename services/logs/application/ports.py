@@ -20,6 +20,7 @@ from services.logs.domain.model import (
     AuditEntry,
     ChainHead,
     Cursor,
+    HistogramCell,
     RequestFilter,
 )
 from services.logs.domain.review import IntegrationFacts, Usage
@@ -46,6 +47,16 @@ class RequestLog(Protocol):
                              after: Cursor | None = None) -> RequestPage: ...
 
     async def count_requests(self, org_id: str, f: RequestFilter) -> int: ...
+
+    async def request_span(self, org_id: str, f: RequestFilter) -> tuple[dt.datetime, dt.datetime] | None:
+        """The oldest and the newest matching request's time; None when none matches."""
+        ...
+
+    async def histogram(self, org_id: str, f: RequestFilter, step: int) -> list[HistogramCell]:
+        """Per bucket of `step` seconds (aligned on the epoch) and integration: the matching
+        requests, errors (>= 400) and 429s, counted by the store (a row standing for `repeats`
+        requests counts as that many)."""
+        ...
 
     async def get_request(self, org_id: str, request_id: str) -> ApiRequest | None:
         """The latest record with this request id in the organisation's log, or None."""

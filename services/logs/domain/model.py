@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -521,3 +522,94 @@ def decode_audit_key(value: str, *, embedded: bool) -> bytes:
     if len(key) < 32:
         raise ValueError(f"TRELLIS_AUDIT_HMAC_KEY must decode to at least 32 bytes, got {len(key)}")
     return key
+
+
+# --- the request histogram (the console's chart) --------------------------------------------
+
+# Bucket widths (seconds) to choose from, narrowest first; a range too long for 200 of the
+# widest takes a whole number of weeks.
+HISTOGRAM_STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+MAX_BUCKETS = 200
+# Integrations with cells of their own; the rest are counted together as OTHER_INTEGRATIONS.
+MAX_HISTOGRAM_INTEGRATIONS = 12
+OTHER_INTEGRATIONS = "*"
+
+
+@dataclass(frozen=True)
+class HistogramCell:
+    """Requests of one integration in one bucket (`bucket_start` a multiple of the width since the epoch)."""
+
+    bucket_start: dt.datetime
+    integration_id: str
+    requests: int
+    errors: int
+    limited: int
+    integration_name: str = ""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """The cells over [start, end), by bucket then integration; `requests` counts every one."""
+
+    bucket_seconds: int
+    start: dt.datetime | None
+    end: dt.datetime | None
+    cells: tuple[HistogramCell, ...]
+    requests: int
+    integrations: int
+
+
+def bucket_floor(when: dt.datetime, step: int) -> dt.datetime:
+    seconds = math.floor(when.timestamp())
+    return dt.datetime.fromtimestamp(seconds - seconds % step, dt.timezone.utc)
+
+
+def bucket_count(start: dt.datetime, end: dt.datetime, step: int) -> int:
+    """How many buckets of `step` seconds, aligned on the epoch, cover [start, end)."""
+    origin = bucket_floor(start, step)
+    return max(1, math.ceil((end - origin).total_seconds() / step))
+
+
+def bucket_width(start: dt.datetime, end: dt.datetime, requested: int = 0) -> int:
+    """The width asked for (refused when it needs more than MAX_BUCKETS buckets), or the narrowest
+    of HISTOGRAM_STEPS that covers the range in at most MAX_BUCKETS."""
+    if requested < 0:
+        raise InvalidArgument("bucket_seconds must not be negative", field="bucket_seconds")
+    if requested:
+        if bucket_count(start, end, requested) > MAX_BUCKETS:
+            raise InvalidArgument(
+                f"bucket_seconds {requested} needs {bucket_count(start, end, requested):,} buckets for this range; "
+                f"at most {MAX_BUCKETS}: choose a wider bucket or 0 to let the service choose", field="bucket_seconds")
+        return requested
+    for step in HISTOGRAM_STEPS:
+        if bucket_count(start, end, step) <= MAX_BUCKETS:
+            return step
+    week = HISTOGRAM_STEPS[-1]
+    step = week * math.ceil((end - start).total_seconds() / week / (MAX_BUCKETS - 1))
+    while bucket_count(start, end, step) > MAX_BUCKETS:
+        step += week
+    return step
+
+
+def fold_histogram(cells: list[HistogramCell], *, step: int, start: dt.datetime | None, end: dt.datetime | None,
+                   keep: int = MAX_HISTOGRAM_INTEGRATIONS) -> Histogram:
+    """The histogram with the `keep` busiest integrations on their own and the rest together
+    (OTHER_INTEGRATIONS), so its size is at most MAX_BUCKETS x (keep + 1) cells."""
+    totals: dict[str, int] = {}
+    for c in cells:
+        totals[c.integration_id] = totals.get(c.integration_id, 0) + c.requests
+    ranked = sorted(totals, key=lambda iid: (-totals[iid], iid))
+    kept = set(ranked[:keep])
+    merged: dict[tuple[dt.datetime, str], HistogramCell] = {}
+    for c in cells:
+        if c.integration_id in kept:
+            merged[(c.bucket_start, c.integration_id)] = c
+            continue
+        key = (c.bucket_start, OTHER_INTEGRATIONS)
+        was = merged.get(key)
+        merged[key] = HistogramCell(c.bucket_start, OTHER_INTEGRATIONS, c.requests + (was.requests if was else 0),
+                                    c.errors + (was.errors if was else 0), c.limited + (was.limited if was else 0),
+                                    "Other integrations")
+    order = {iid: i for i, iid in enumerate(ranked[:keep])}
+    ordered = sorted(merged.values(), key=lambda c: (c.bucket_start, order.get(c.integration_id, keep)))
+    return Histogram(step, start, end, tuple(ordered), sum(totals.values()), len(totals))

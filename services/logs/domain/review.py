@@ -1,14 +1,19 @@
 """The quarterly access review (the spec's "Quarterly Review Checklist") as plain rules.
 
-For each integration: what it was granted against what the request log shows it used, and
-the flags an auditor asks about. Pure functions over facts and usage; no I/O.
+For each integration: what it was granted against what the request log shows it used, what
+the audit trail shows changed in the window (owner changes, who had credentials issued), and
+the flags an auditor asks about. Pure functions over facts, usage and audit entries; no I/O.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from services.logs.domain.model import AuditEntry
 
 WINDOW_DAYS = 90
 UNUSED_DAYS = 30
@@ -35,8 +40,15 @@ FLAG_FINANCIAL = "financial_scope_granted"
 FLAG_RATE_LIMIT = "rate_limit_far_above_use"
 FLAG_OLD_CREDENTIALS = "credentials_older_than_90_days"
 FLAG_ONE_NETWORK = "no_allowlist_single_network"
+FLAG_OWNER_CHANGED = "owner_changed_in_window"
 FLAGS = (FLAG_UNUSED, FLAG_SCOPES_NEVER_USED, FLAG_PII, FLAG_FINANCIAL, FLAG_RATE_LIMIT, FLAG_OLD_CREDENTIALS,
-         FLAG_ONE_NETWORK)
+         FLAG_ONE_NETWORK, FLAG_OWNER_CHANGED)
+
+# The audit actions the review reads (the registry's and the identity service's), and how many
+# of each it reads from the window at most (newest first).
+UPDATED_ACTION = "integration.updated"
+CREDENTIALS_ISSUED_ACTION = "credentials.issued"
+REVIEW_AUDIT_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,66 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class OwnerChange:
+    """An `integration.updated` entry that gave the integration another owner."""
+
+    occurred_at: dt.datetime
+    actor_id: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class CredentialIssue:
+    """A `credentials.issued` entry: who had the integration's credentials shown to them, when."""
+
+    occurred_at: dt.datetime
+    actor_id: str
+
+
+@dataclass(frozen=True)
+class Trail:
+    """What the audit trail shows of one integration in the review window, oldest first."""
+
+    owner_changes: tuple[OwnerChange, ...] = ()
+    credentials_issued: tuple[CredentialIssue, ...] = ()
+
+
+def _owner(snapshot: str) -> str | None:
+    try:
+        data = json.loads(snapshot) if snapshot else None
+    except ValueError:
+        return None
+    owner = data.get("owner") if isinstance(data, dict) else None
+    return owner if isinstance(owner, str) else None
+
+
+def owner_change(entry: AuditEntry) -> OwnerChange | None:
+    """The owner change an `integration.updated` entry records, or None (another field changed,
+    or a snapshot that names no owner)."""
+    if entry.action != UPDATED_ACTION:
+        return None
+    before, after = _owner(entry.before_json), _owner(entry.after_json)
+    if before is None or after is None or before == after:
+        return None
+    return OwnerChange(entry.occurred_at, entry.actor_id, before, after)
+
+
+def trails(entries: Iterable[AuditEntry]) -> dict[str, Trail]:
+    """Per integration id: its owner changes and credential issues among `entries` (any order)."""
+    changes: dict[str, list[OwnerChange]] = {}
+    issues: dict[str, list[CredentialIssue]] = {}
+    for e in entries:
+        if (change := owner_change(e)) is not None:
+            changes.setdefault(e.object_id, []).append(change)
+        elif e.action == CREDENTIALS_ISSUED_ACTION and e.object_id:
+            issues.setdefault(e.object_id, []).append(CredentialIssue(e.occurred_at, e.actor_id))
+    return {iid: Trail(tuple(sorted(changes.get(iid, ()), key=lambda c: c.occurred_at)),
+                       tuple(sorted(issues.get(iid, ()), key=lambda c: c.occurred_at)))
+            for iid in changes.keys() | issues.keys()}
+
+
+@dataclass(frozen=True)
 class Review:
     facts: IntegrationFacts
     usage: Usage
@@ -80,6 +152,7 @@ class Review:
     credential_age_days: int | None
     networks: tuple[str, ...]
     flags: tuple[str, ...] = field(default=())
+    trail: Trail = field(default_factory=Trail)
 
 
 def exercised_scope(category: str, method: str) -> str:
@@ -111,7 +184,7 @@ def networks_of(ips: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(found[:MAX_NETWORKS])
 
 
-def review(facts: IntegrationFacts, usage: Usage, *, now: dt.datetime) -> Review:
+def review(facts: IntegrationFacts, usage: Usage, *, now: dt.datetime, trail: Trail | None = None) -> Review:
     """One integration's line of the review, with its flags."""
     granted = tuple(sorted(facts.scopes))
     used = tuple(sorted(usage.exercised))
@@ -140,4 +213,7 @@ def review(facts: IntegrationFacts, usage: Usage, *, now: dt.datetime) -> Review
         flags.append(FLAG_OLD_CREDENTIALS)
     if facts.status != "revoked" and not facts.ip_allowlist and usage.requests and len(networks) == 1:
         flags.append(FLAG_ONE_NETWORK)
-    return Review(facts, usage, used, unused, error_rate, age, networks, tuple(flags))
+    trail = trail or Trail()
+    if trail.owner_changes:
+        flags.append(FLAG_OWNER_CHANGED)
+    return Review(facts, usage, used, unused, error_rate, age, networks, tuple(flags), trail)

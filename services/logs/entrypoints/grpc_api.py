@@ -24,6 +24,7 @@ from services.logs.domain.model import (
     ApiRequest,
     AuditEntry,
     Checkpoint,
+    Histogram,
     RequestFilter,
     StatusFilter,
 )
@@ -39,7 +40,7 @@ PLATFORM_EXPORT_COLUMNS = (*EXPORT_COLUMNS, "repeats")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest) -> RequestFilter:
+def request_filter(request: pb.QueryRequestsRequest | pb.ExportRequestsRequest | pb.RequestHistogramRequest) -> RequestFilter:
     return RequestFilter(
         integration_id=request.integration_id.strip(), since=field_datetime(request, "since"),
         until=field_datetime(request, "until"),
@@ -89,6 +90,16 @@ def render_jsonl(records: list[ApiRequest], *, columns: tuple[str, ...] = EXPORT
                    for r in records).encode()
 
 
+def histogram_message(h: Histogram) -> pb.RequestHistogramResponse:
+    return pb.RequestHistogramResponse(
+        bucket_seconds=h.bucket_seconds, start=timestamp_or_none(h.start), end=timestamp_or_none(h.end),
+        requests=h.requests, integrations=h.integrations,
+        cells=[pb.HistogramCell(bucket_start=timestamp_or_none(c.bucket_start), integration_id=c.integration_id,
+                                integration_name=c.integration_name, requests=c.requests, errors=c.errors,
+                                limited=c.limited) for c in h.cells],
+    )
+
+
 def audit_message(e: AuditEntry) -> pb.AuditEntry:
     return pb.AuditEntry(
         seq=e.seq, event_id=e.event_id, occurred_at=timestamp_or_none(e.occurred_at),
@@ -119,6 +130,10 @@ def review_message(r: Review) -> pb.IntegrationReview:
         rate_limit_per_minute=f.rate_limit_per_minute, credentials_issued_at=timestamp_or_none(f.credentials_issued_at),
         credential_age_days=-1 if r.credential_age_days is None else r.credential_age_days,
         allowlist_set=bool(f.ip_allowlist), networks=list(r.networks), flags=list(r.flags),
+        owner_changes=[pb.OwnerChange(occurred_at=timestamp_or_none(c.occurred_at), actor_id=c.actor_id, before=c.before,
+                                      after=c.after) for c in r.trail.owner_changes],
+        credentials_issued=[pb.CredentialIssue(occurred_at=timestamp_or_none(c.occurred_at), actor_id=c.actor_id)
+                            for c in r.trail.credentials_issued],
     )
 
 
@@ -152,6 +167,12 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         if first:  # nothing matched: still a well-formed (empty) file
             yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True, columns=columns), rows=0,
                                  total_rows=total)
+
+    async def RequestHistogram(self, request: pb.RequestHistogramRequest,
+                               context: grpc.aio.ServicerContext) -> pb.RequestHistogramResponse:
+        query = commands.RequestHistogram(request_filter(request), bucket_seconds=request.bucket_seconds,
+                                          platform=request.platform)
+        return histogram_message(await self._handlers.request_histogram(current_actor(), query))
 
     async def QueryAudit(self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext) -> pb.QueryAuditResponse:
         query = commands.QueryAudit(object_type=request.object_type.strip(), object_id=request.object_id.strip(),

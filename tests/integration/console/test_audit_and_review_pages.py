@@ -11,14 +11,24 @@ import datetime as dt
 import io
 import json
 import re
+import uuid
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
+import pytest
+
 from services.cli.commands.audit import read_checkpoint
-from tests.integration.logs.conftest import publish_batch, publish_integration, request_record
+from services.contracts.trellis.events.v1 import events_pb2
+from tests.integration.logs.conftest import publish_batch, publish_integration, request_record, ts
 from tests.support.console import ConsoleUser, assert_review_matches, create_integration, hidden_fields, new_org
-from tests.support.console_services import database_file, tamper_audit_entry, trellis_cli
+from tests.support.console_services import (
+    database_file,
+    delete_audit_entry,
+    insert_audit_entry,
+    tamper_audit_entry,
+    trellis_cli,
+)
 from tests.support.waiting import eventually
 
 AUDIT_ROW = 'data-testid="audit-row"'
@@ -91,6 +101,37 @@ async def test_audit_entries_are_filtered_and_the_chain_check_names_an_altered_e
     assert "1 entry before it verified" in broken
 
 
+@pytest.mark.parametrize("variant", ["removed", "inserted inside the chain", "inserted past its head"])
+async def test_the_chain_check_names_an_entry_removed_or_inserted_in_the_database(
+        browser, logs_service, make_settings, variant: str) -> None:
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    for name in ("SAP Procurement Sync", "NetSuite Orders", "Shopify Store"):
+        await create_integration(alice, name=name)
+    await audited(alice, 3)
+    assert "Verified: 3 entries" in await alice.page("/audit/verify")
+
+    database = database_file(make_settings(), "logs")
+    forged = f"evt_forged_{org[4:]}"
+    if variant == "removed":
+        delete_audit_entry(database, org, 2)
+        expected = ("Broken: entry 2 removed", "entry 2 was removed: the chain goes from entry 1 straight to entry 3",
+                    "1 entry before it verified")
+    elif variant == "inserted inside the chain":
+        insert_audit_entry(database, org, 2, event_id=forged, action="integration.revoked")
+        expected = ("Broken: entry 2 inserted", f"entry 2 ({forged}) was inserted: the entry after it continues "
+                    "the chain without it", "1 entry before it verified")
+    else:
+        insert_audit_entry(database, org, 4, event_id=forged, action="integration.revoked")
+        expected = ("Broken: entry 4 inserted", f"entry 4 ({forged}) was inserted past the recorded chain head",
+                    "3 entries before it verified")
+    broken = await alice.page("/audit/verify")
+    assert "Verified" not in broken
+    for text in expected:
+        assert text in broken, (text, re.search(r'data-testid="chain-result">(.*?)</div>', broken, re.S))
+
+
 async def review_traffic(js: JetStreamContext, org: str) -> tuple[str, str]:
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     busy, idle = "int_" + org[4:] + "a", "int_" + org[4:] + "b"
@@ -104,7 +145,25 @@ async def review_traffic(js: JetStreamContext, org: str) -> tuple[str, str]:
                                             status=429 if i % 3 == 0 else 200,
                                             error="rate_limit_exceeded" if i % 3 == 0 else "") for i in range(30)],
                         batch_id=f"{org}-review")
+    # The audit trail of the window: the busy one's owner changed and its credentials were issued.
+    await publish_trail(js, org, busy, "integration.updated", "alice", before='{"owner": "oscar", "name": "x"}',
+                        after='{"owner": "olivia", "name": "x"}', when=now - dt.timedelta(days=20))
+    await publish_trail(js, org, idle, "integration.updated", "alice", before='{"owner": "=HYPERLINK(x)"}',
+                        after='{"owner": "=HYPERLINK(x)", "rate_limit_per_minute": 600}', when=now - dt.timedelta(days=19))
+    await publish_trail(js, org, busy, "credentials.issued", "ivan <it>", when=now - dt.timedelta(days=10))
+    await publish_trail(js, org, busy, "integration.updated", "alice", before='{"owner": "ophelia"}',
+                        after='{"owner": "oscar"}', when=now - dt.timedelta(days=200))  # before the window
     return busy, idle
+
+
+async def publish_trail(js: JetStreamContext, org: str, integration: str, action: str, actor: str, *,
+                        when: dt.datetime, before: str = "", after: str = "") -> None:
+    """An audit event as the registry (integration.*) or the identity service (credentials.*) sends it."""
+    event = events_pb2.AuditEvent(
+        event_id=f"evt_{uuid.uuid4().hex}", occurred_at=ts(when), service=action.split(".")[0], org_id=org,
+        actor_id=actor, action=action, object_type=action.split(".")[0], object_id=integration, before_json=before,
+        after_json=after, reason="", request_id="")
+    await js.publish(f"trellis.audit.registry.{action}", event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id})
 
 
 async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, logs_service, js, console_settings,
@@ -116,7 +175,8 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
 
     async def ready() -> str:
         page = await quinn.page("/review")
-        return page if page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page else ""
+        return page if (page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page
+                        and "issued to ivan" in page) else ""
 
     page = await eventually(ready, timeout=20, what="both integrations and their requests in the review")
     settings = console_settings()
@@ -132,7 +192,16 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
     assert len(items) == 7
     answer = dict((re.search(r"<strong>(.*?)</strong>", i).group(1), i) for i in items)  # type: ignore[union-attr]
     assert "Needs attention: NetSuite orders" in answer["Are credentials held only by authorised personnel?"]
-    assert "☐" in answer["Have partner contacts changed?"] and "confirm with each owner" in answer["Have partner contacts changed?"]
+    contacts = answer["Have partner contacts changed?"]
+    assert "☐" in contacts and "confirm with each owner" in contacts and "Needs attention: NetSuite orders" in contacts
+    assert re.search(r"<li>NetSuite orders: owner oscar → olivia by alice on \d{4}-\d\d-\d\dT[\d:]{8}Z", contacts)
+    assert "ophelia" not in page and "Old &lt;export&gt;: owner" not in contacts  # outside the window; another field
+    assert re.search(r"<li>NetSuite orders: issued to ivan &lt;it&gt; on \d{4}-",
+                     answer["Are credentials held only by authorised personnel?"])
+    busy_line = next(i for i in report["integrations"] if i["integration_id"] == busy)
+    assert [(c["before"], c["after"]) for c in busy_line["owner_changes"]] == [("oscar", "olivia")]
+    assert [c["actor_id"] for c in busy_line["credentials_issued"]] == ["ivan <it>"]
+    assert "owner_changed_in_window" in busy_line["flags"]
     assert "Needs attention: NetSuite orders" in answer["Which integrations hold PII or Financial scopes?"]
     assert "Old &lt;export&gt;" in page and "<export>" not in page
 

@@ -1,5 +1,6 @@
-"""An export of 1,000,000 API log rows through the console: streamed as it is read, and the
-console's memory stays bounded whatever the size of the set.
+"""An export of 1,000,000 API log rows through the console, as CSV and as JSON Lines: streamed as
+it is read, and the console's memory stays bounded whatever the size of the set. The chart of
+the same rows counts every one of them (the logs service's histogram, counted in SQL).
 
 The rows are generated straight into the logs service's SQLite store (one INSERT … SELECT over a
 recursive CTE, its secondary indexes rebuilt after), not published through JetStream: that
@@ -10,7 +11,9 @@ services.console`), so its resident memory is its own; the real logs service str
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,8 +60,9 @@ def resident_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.parametrize("format_", ["csv", "jsonl"])
 async def test_an_export_of_a_million_rows_streams_in_bounded_memory(console_settings, logs_service, org: str,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, format_: str) -> None:
     settings = console_settings()
     port = free_port()
     env = {**os.environ, "TRELLIS_MODE": "embedded", "TRELLIS_DATA_DIR": str(tmp_path / "console-data"),
@@ -80,7 +84,7 @@ async def test_an_export_of_a_million_rows_streams_in_bounded_memory(console_set
         await eventually(up, timeout=30, what="the console process")
         await quinn.sign_in("quinn", org, role="qa")
         # Warm up the export's code path (a few rows), then take the console's size.
-        small = await quinn.get("/logs/export?format=csv&endpoint=/v1/inventory/lots/999&since=2000-01-01")
+        small = await quinn.get(f"/logs/export?format={format_}&endpoint=/v1/inventory/lots/999&since=2000-01-01")
         assert small.status_code == 200
         baseline = peak = resident_bytes(process.pid)
 
@@ -94,7 +98,8 @@ async def test_an_export_of_a_million_rows_streams_in_bounded_memory(console_set
         started = time.monotonic()
         first_byte = 0.0
         size = lines = 0
-        async with quinn.client.stream("GET", "/logs/export?format=csv", timeout=120) as answer:
+        last = b""
+        async with quinn.client.stream("GET", f"/logs/export?format={format_}", timeout=180) as answer:
             assert answer.status_code == 200
             assert answer.headers["x-total-rows"] == str(ROWS)
             assert "content-length" not in answer.headers  # streamed, not assembled first
@@ -103,16 +108,21 @@ async def test_an_export_of_a_million_rows_streams_in_bounded_memory(console_set
                     first_byte = time.monotonic() - started
                 size += len(chunk)
                 lines += chunk.count(b"\n")
+                last = (last + chunk)[-4096:]
         took = time.monotonic() - started
         watcher.cancel()
         peak = max(peak, resident_bytes(process.pid))
 
-        assert lines == ROWS + 1, lines  # a header line, then one line per request
+        if format_ == "csv":
+            assert lines == ROWS + 1, lines  # a header line, then one line per request
+        else:
+            assert lines == ROWS, lines  # one JSON object per request
+            assert json.loads(last.rstrip(b"\n").rsplit(b"\n", 1)[-1])["request_id"] == "req-0000000"  # oldest last
         assert size > 2.5 * MEMORY_BOUND_BYTES, size
         assert first_byte < took / 5, (first_byte, took)  # the download began long before the set was read
         grew = peak - baseline
         assert grew < MEMORY_BOUND_BYTES, f"the console grew by {grew / 2**20:.1f} MiB passing on {size / 2**20:.0f} MiB"
-        print(f"\n{ROWS:,} rows, {size / 2**20:.0f} MiB in {took:.1f} s (first byte after {first_byte:.2f} s); "
+        print(f"\n{format_}: {ROWS:,} rows, {size / 2**20:.0f} MiB in {took:.1f} s (first byte after {first_byte:.2f} s); "
               f"console {baseline / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB")
     finally:
         await quinn.close()
@@ -121,3 +131,24 @@ async def test_an_export_of_a_million_rows_streams_in_bounded_memory(console_set
             await asyncio.to_thread(process.wait, 20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+async def test_the_chart_counts_every_one_of_a_million_rows(browser, logs_service, org: str) -> None:
+    """Far more rows than a page could read: the chart's numbers are the whole range's, counted
+    by the logs service, and the page says which range they cover."""
+    quinn = browser()
+    await quinn.sign_in("quinn", org, role="qa")
+    started = time.monotonic()
+    page = await quinn.page("/logs/chart")
+    took = time.monotonic() - started
+    assert f"All {ROWS:,} matching requests from" in page and "the whole range of the log" in page
+    table = re.search(r'data-testid="chart-table">(.*?)</table>', page, re.S)
+    assert table
+    rows = [re.findall(r'<td class="num">([^<]*)</td>', row)
+            for row in re.findall(r'<tr><td class="nowrap">[^<]+</td>(.*?)</tr>', table.group(1))]
+    # Columns: the busiest five integrations, the other two together, all, errors, error rate, 429s.
+    assert sum(int(r[-4]) for r in rows) == ROWS
+    assert sum(int(r[0]) + int(r[1]) + int(r[2]) + int(r[3]) + int(r[4]) + int(r[5]) for r in rows) == ROWS
+    assert sum(int(r[-1]) for r in rows) == ROWS // 50
+    assert sum(int(r[-3]) for r in rows) == sum(1 for i in range(ROWS) if i % 50 == 0 or i % 97 == 0)
+    print(f"\nchart of {ROWS:,} rows in {took:.2f} s")

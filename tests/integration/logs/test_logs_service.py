@@ -144,6 +144,7 @@ async def test_callers_without_the_qa_or_administrator_permission_are_refused(
         logs_stub.VerifyAudit(pb.VerifyAuditRequest(), metadata=md),
         logs_stub.GetAuditCheckpoint(pb.GetAuditCheckpointRequest(), metadata=md),
         logs_stub.QuarterlyReview(pb.QuarterlyReviewRequest(), metadata=md),
+        logs_stub.RequestHistogram(pb.RequestHistogramRequest(), metadata=md),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -199,6 +200,35 @@ async def test_filters_combine_and_pages_cover_every_match_once(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await logs_stub.QueryRequests(bad, metadata=md)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_histogram_counts_one_organisations_matching_requests_over_grpc(
+    logs_stub: logs_pb2_grpc.LogsStub, js: JetStreamContext, as_actor: Metadata
+) -> None:
+    org, other = unique("org"), unique("org")
+    for i in range(60):
+        await publish_request(js, org=org, request_id=f"{org}-{i:03d}", when=MINUTE - dt.timedelta(minutes=i),
+                              integration=f"int_{i % 3}", status=429 if i % 5 == 0 else 200,
+                              error="rate_limit_exceeded" if i % 5 == 0 else "")
+    await publish_request(js, org=other, request_id=f"{other}-1", when=MINUTE, integration="int_0")
+    md = as_actor("quinn", org, QA)
+    await arrived(logs_stub, md, 60)
+
+    h = await logs_stub.RequestHistogram(pb.RequestHistogramRequest(), metadata=md)
+    assert h.requests == 60 == sum(c.requests for c in h.cells) and h.integrations == 3
+    assert sum(c.limited for c in h.cells) == 12 == sum(c.errors for c in h.cells)
+    assert h.bucket_seconds == 60 and h.start.seconds == int((MINUTE - dt.timedelta(minutes=59)).timestamp())
+    one = await logs_stub.RequestHistogram(pb.RequestHistogramRequest(
+        integration_id="int_1", status="429", since=ts(MINUTE - dt.timedelta(hours=2)), until=ts(MINUTE),
+        bucket_seconds=3600), metadata=md)
+    assert one.requests == sum(1 for i in range(1, 60) if i % 3 == 1 and i % 5 == 0) and one.bucket_seconds == 3600
+    assert {c.integration_id for c in one.cells} == {"int_1"}
+    # Another organisation sees its own request only.
+    theirs = await logs_stub.RequestHistogram(pb.RequestHistogramRequest(), metadata=as_actor("quinn", other, QA))
+    assert theirs.requests == 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await logs_stub.RequestHistogram(pb.RequestHistogramRequest(bucket_seconds=1), metadata=md)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "bucket_seconds" in (caught.value.details() or "")
 
 
 async def test_export_streams_every_matching_row_as_csv_or_json_lines(

@@ -28,7 +28,7 @@ from services.logs.adapters.store import (
     metadata,
     units_of_work,
 )
-from services.logs.application.commands import GetRequest, QueryRequests
+from services.logs.application.commands import GetRequest, QueryRequests, RequestHistogram
 from services.logs.application.handlers import LogsHandlers
 from services.logs.domain.model import (
     ApiRequest,
@@ -183,6 +183,48 @@ async def test_the_platform_log_keeps_how_many_requests_a_row_stands_for(engine:
     with pytest.raises(PermissionDenied):
         await handlers.query_requests(Actor("qa", "org_a", frozenset({QA_PERMISSION, ADMIN_PERMISSION})),
                                       QueryRequests(RequestFilter(), platform=True))
+
+
+async def test_the_histogram_is_counted_by_the_database_per_bucket_and_integration(engine: AsyncEngine,
+                                                                                  repo: LogsRepository) -> None:
+    handlers = handlers_for(engine, repo)
+    # Two days, one request every 30 s (microseconds included), three integrations; every 25th a
+    # 429, every 11th a 503; another organisation's requests and the platform log's beside them.
+    rows = [request(i, seconds=30 * i + 0.123456, integration=f"int_{i % 3}",
+                    status=429 if i % 25 == 0 else 503 if i % 11 == 0 else 200) for i in range(5760)]
+    await handlers.record_requests(rows)
+    await handlers.record_requests([request(i, org="org_b") for i in range(50)])
+    folded = dataclasses.replace(request(1, org="", integration="", status=401), repeats=7)
+    await handlers.record_requests([folded])
+    qa = Actor("quinn", "org_a", frozenset({QA_PERMISSION}))
+
+    h = await handlers.request_histogram(qa, RequestHistogram())
+    assert h.bucket_seconds == 900 and h.integrations == 3
+    assert h.requests == len(rows) == sum(c.requests for c in h.cells)
+    expected: dict[tuple[int, str], list[int]] = {}
+    for r in rows:
+        epoch = int(r.timestamp.timestamp())
+        cell = expected.setdefault((epoch - epoch % 900, r.integration_id), [0, 0, 0])
+        cell[0] += 1
+        cell[1] += r.status >= 400
+        cell[2] += r.status == 429
+    assert {(int(c.bucket_start.timestamp()), c.integration_id): [c.requests, c.errors, c.limited]
+            for c in h.cells} == expected
+    assert h.start == min(r.timestamp for r in rows)
+
+    # The grid's filters: a status class and the endpoint substring (checked row by row), a range.
+    since, until = T0 - dt.timedelta(hours=6), T0 - dt.timedelta(hours=1)
+    errors = await handlers.request_histogram(qa, RequestHistogram(
+        RequestFilter(since=since, until=until, status=StatusFilter.parse("5xx"), endpoint="/LOTS/1")))
+    want = [r for r in rows if since <= r.timestamp < until and r.status >= 500 and r.endpoint.startswith("/lots/1")]
+    assert errors.requests == len(want) > 0 and errors.bucket_seconds == 300
+    assert errors.start == since and errors.end == until
+    # The platform log counts the requests a row stands for; for operators only.
+    operator = Actor("pat", "org_p", frozenset({PLATFORM_PERMISSION}))
+    platform = await handlers.request_histogram(operator, RequestHistogram(platform=True))
+    assert platform.requests == 7 and platform.cells[0].errors == 7
+    with pytest.raises(PermissionDenied):
+        await handlers.request_histogram(qa, RequestHistogram(platform=True))
 
 
 async def test_each_filter_reads_its_first_page_from_an_index(engine: AsyncEngine, repo: LogsRepository) -> None:

@@ -17,7 +17,9 @@ from services.logs.domain.model import (
     AuditEntry,
     ChainHead,
     Cursor,
+    HistogramCell,
     RequestFilter,
+    bucket_floor,
 )
 from services.logs.domain.review import (
     IntegrationFacts,
@@ -67,6 +69,25 @@ class MemoryLogs:
 
     async def count_requests(self, org_id: str, f: RequestFilter) -> int:
         return sum(1 for r in self._newest_first(org_id) if _matches(r, f))
+
+    async def request_span(self, org_id: str, f: RequestFilter) -> tuple[dt.datetime, dt.datetime] | None:
+        times = [r.timestamp for r in self._newest_first(org_id) if _matches(r, f)]
+        return (min(times), max(times)) if times else None
+
+    async def histogram(self, org_id: str, f: RequestFilter, step: int) -> list[HistogramCell]:
+        counts: dict[tuple[dt.datetime, str], list[int]] = {}
+        for r in self._newest_first(org_id):
+            if _matches(r, f):
+                cell = counts.setdefault((bucket_floor(r.timestamp, step), r.integration_id), [0, 0, 0])
+                cell[0] += r.repeats
+                cell[1] += r.repeats if r.status >= 400 else 0
+                cell[2] += r.repeats if r.status == 429 else 0
+        return [HistogramCell(at, iid, n, errors, limited, self._name(org_id, iid))
+                for (at, iid), (n, errors, limited) in counts.items()]
+
+    def _name(self, org_id: str, integration_id: str) -> str:
+        facts = self._facts.get(integration_id)
+        return facts.name if facts is not None and facts.org_id == org_id else ""
 
     async def get_request(self, org_id: str, request_id: str) -> ApiRequest | None:
         found = [r for r in self._newest_first(org_id) if r.request_id == request_id]

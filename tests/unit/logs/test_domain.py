@@ -13,6 +13,7 @@ from services.kit.errors import InvalidArgument, PermissionDenied
 from services.logs.application.access import log_of, require_reader
 from services.logs.domain.model import (
     PLATFORM_LOG,
+    AuditEntry,
     AuditRecord,
     ChainHead,
     ChainWalker,
@@ -30,15 +31,19 @@ from services.logs.domain.review import (
     FLAG_FINANCIAL,
     FLAG_OLD_CREDENTIALS,
     FLAG_ONE_NETWORK,
+    FLAG_OWNER_CHANGED,
     FLAG_PII,
     FLAG_RATE_LIMIT,
     FLAG_SCOPES_NEVER_USED,
     FLAG_UNUSED,
+    CredentialIssue,
     IntegrationFacts,
+    OwnerChange,
     Usage,
     exercised_scope,
     network_of,
     review,
+    trails,
 )
 
 NOW = dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
@@ -217,3 +222,29 @@ def test_scopes_and_networks_of_requests() -> None:
     assert network_of("2001:db8:1:2:3::4") == "2001:db8:1:2::/64"
     assert network_of("::ffff:198.51.100.3") == "198.51.100.0/24"
     assert network_of("unknown") is None
+
+
+def audit(seq: int, action: str, *, integration: str = "int_1", actor: str = "alice", before: str = "",
+          after: str = "") -> AuditEntry:
+    return AuditEntry(seq=seq, event_id=f"evt_{seq}", occurred_at=NOW - dt.timedelta(days=10 - seq), recorded_at=NOW,
+                      service="registry", org_id="org", actor_id=actor, action=action, object_type="integration",
+                      object_id=integration, before_json=before, after_json=after, reason="", request_id="")
+
+
+def test_the_audit_trail_gives_owner_changes_and_who_had_credentials_issued() -> None:
+    entries = [
+        audit(3, "integration.updated", before='{"owner": "olivia", "name": "ERP"}', after='{"owner": "oscar", "name": "ERP"}'),
+        audit(1, "integration.updated", before='{"owner": "olivia", "rate_limit_per_minute": 60}',
+              after='{"owner": "olivia", "rate_limit_per_minute": 120}'),  # another field: no owner change
+        audit(2, "integration.updated", before="not json", after='{"owner": "x"}'),
+        audit(4, "credentials.issued", actor="bob", before="", after='{"api_key_prefix": "tk_live_ab"}'),
+        audit(5, "credentials.issued", integration="int_2", actor="carol"),
+        audit(6, "integration.suspended", before='{"owner": "a"}', after='{"owner": "b"}'),
+    ]
+    found = trails(entries)
+    assert found["int_1"].owner_changes == (OwnerChange(entries[0].occurred_at, "alice", "olivia", "oscar"),)
+    assert found["int_1"].credentials_issued == (CredentialIssue(entries[3].occurred_at, "bob"),)
+    assert found["int_2"].owner_changes == () and [c.actor_id for c in found["int_2"].credentials_issued] == ["carol"]
+    line = review(facts(), used(), now=NOW, trail=found["int_1"])
+    assert line.flags == (FLAG_OWNER_CHANGED,) and line.trail == found["int_1"]
+    assert review(facts(), used(), now=NOW, trail=found["int_2"]).flags == ()

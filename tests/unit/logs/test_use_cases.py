@@ -23,11 +23,15 @@ from services.logs.application.commands import (
     QuarterlyReview,
     QueryAudit,
     QueryRequests,
+    RequestHistogram,
     VerifyAudit,
 )
 from services.logs.application.handlers import LogsHandlers
 from services.logs.domain.model import (
     ApiRequest,
+    MAX_BUCKETS,
+    MAX_HISTOGRAM_INTEGRATIONS,
+    OTHER_INTEGRATIONS,
     AuditRecord,
     Problem,
     RequestFilter,
@@ -120,6 +124,50 @@ async def test_an_export_reads_one_bounded_page_per_unit(handlers: LogsHandlers,
     assert store.commits == 1
 
 
+async def test_the_histogram_counts_the_whole_range_per_bucket_and_integration(handlers: LogsHandlers,
+                                                                              store: MemoryStore) -> None:
+    # Three days of requests a minute apart, every 10th a 429, every 7th a 503, two integrations.
+    rows = [request(i, seconds=60 * i, status=429 if i % 10 == 0 else 503 if i % 7 == 0 else 200,
+                    integration="int_b" if i % 3 == 0 else "int_a") for i in range(3 * 24 * 60)]
+    rows.append(request(1, org="org_b"))  # another organisation's never counts
+    await handlers.record_requests(rows)
+    commits = store.commits
+    h = await handlers.request_histogram(QA, RequestHistogram())
+    assert store.commits == commits  # a read
+    assert h.requests == len(rows) - 1 == sum(c.requests for c in h.cells)
+    assert sum(c.limited for c in h.cells) == sum(1 for r in rows[:-1] if r.status == 429)
+    assert sum(c.errors for c in h.cells) == sum(1 for r in rows[:-1] if r.status >= 400)
+    assert h.integrations == 2 and {c.integration_id for c in h.cells} == {"int_a", "int_b"}
+    assert h.bucket_seconds == 1800 and h.start == rows[-2].timestamp and h.end is not None
+    assert len({c.bucket_start for c in h.cells}) <= MAX_BUCKETS
+    assert all(int(c.bucket_start.timestamp()) % h.bucket_seconds == 0 for c in h.cells)
+
+    # The filter's range and filters, a width asked for, and one too narrow for the range.
+    since = T0 - dt.timedelta(hours=2)
+    hour = await handlers.request_histogram(QA, RequestHistogram(
+        RequestFilter(since=since, until=T0, status=StatusFilter.parse("429")), bucket_seconds=600))
+    assert hour.start == since and hour.end == T0 and hour.bucket_seconds == 600
+    assert hour.requests == 12 and all(c.limited == c.requests for c in hour.cells)
+    with pytest.raises(InvalidArgument) as refused:
+        await handlers.request_histogram(QA, RequestHistogram(bucket_seconds=60))
+    assert refused.value.fields["field"] == "bucket_seconds"
+    with pytest.raises(PermissionDenied):
+        await handlers.request_histogram(QA, RequestHistogram(platform=True))
+    empty = await handlers.request_histogram(QA, RequestHistogram(RequestFilter(integration_id="int_zzz")))
+    assert empty.requests == 0 and empty.cells == ()
+
+
+async def test_the_histogram_keeps_the_busiest_integrations_and_counts_the_rest_together(handlers: LogsHandlers) -> None:
+    n = MAX_HISTOGRAM_INTEGRATIONS + 3
+    await handlers.record_requests([request(100 * k + j, seconds=j, integration=f"int_{k:02d}")
+                                    for k in range(n) for j in range(n - k)])
+    h = await handlers.request_histogram(QA, RequestHistogram())
+    kept = {c.integration_id for c in h.cells} - {OTHER_INTEGRATIONS}
+    assert kept == {f"int_{k:02d}" for k in range(MAX_HISTOGRAM_INTEGRATIONS)} and h.integrations == n
+    assert sum(c.requests for c in h.cells if c.integration_id == OTHER_INTEGRATIONS) == 3 + 2 + 1
+    assert h.requests == sum(range(1, n + 1))
+
+
 async def test_audit_records_join_their_chain_once_in_order_and_verify(handlers: LogsHandlers, store: MemoryStore) -> None:
     assert await handlers.record_audit([record(3), record(1), record(1), record(2)]) == 3
     assert await handlers.record_audit([record(2), record(4)]) == 1
@@ -197,3 +245,32 @@ async def test_the_review_lists_integrations_whose_facts_never_arrived(handlers:
     assert by_id["int_ghost"].facts.status == "unknown" and by_id["int_ghost"].usage.requests == 1
     with pytest.raises(InvalidArgument):
         await handlers.quarterly_review(QA, QuarterlyReview(window_days=400))
+
+
+async def test_the_review_reads_owner_changes_and_credential_issues_in_the_window_from_the_trail(
+        store: MemoryStore) -> None:
+    facts = IntegrationFacts("int_a", "org_a", name="Ledger", owner="oscar", vendor_id="xero", status="active",
+                             scopes=("inventory:read",), rate_limit_per_minute=60, daily_quota=0, ip_allowlist=(),
+                             credentials_issued_at=T0 - dt.timedelta(days=5), version=3, updated_at=T0)
+
+    def change(i: int, days: int, *, org: str = "org_a", action: str = "integration.updated", actor: str = "alice",
+               owner: tuple[str, str] = ("olivia", "oscar")) -> AuditRecord:
+        return AuditRecord.normalised(
+            event_id=f"evt_{org}_{i}", occurred_at=T0 - dt.timedelta(days=days), service="registry", org_id=org,
+            actor_id=actor, action=action, object_type="integration", object_id="int_a",
+            before_json=f'{{"owner": "{owner[0]}"}}', after_json=f'{{"owner": "{owner[1]}"}}', reason="", request_id="")
+
+    handlers = LogsHandlers(units(store), KEY, clock=lambda: T0)
+    await handlers.apply_integrations([facts])
+    await handlers.record_audit([
+        change(1, 120, owner=("ophelia", "olivia")),          # before the window
+        change(2, 30), change(3, 20, owner=("oscar", "oscar")),  # the change; then another field
+        change(4, 5, action="credentials.issued", actor="bob"),
+        change(5, 2, org="org_b", owner=("x", "y")),            # another organisation's
+    ])
+    (line,) = (await handlers.quarterly_review(QA)).reviews
+    assert [(c.actor_id, c.before, c.after) for c in line.trail.owner_changes] == [("alice", "olivia", "oscar")]
+    assert [c.actor_id for c in line.trail.credentials_issued] == ["bob"]
+    assert "owner_changed_in_window" in line.flags
+    (later,) = (await handlers.quarterly_review(QA, QuarterlyReview(window_days=10))).reviews
+    assert later.trail.owner_changes == () and "owner_changed_in_window" not in later.flags

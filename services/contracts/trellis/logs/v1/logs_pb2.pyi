@@ -122,6 +122,60 @@ class ExportChunk(_message.Message):
     total_rows: int
     def __init__(self, data: _Optional[bytes] = ..., rows: _Optional[int] = ..., total_rows: _Optional[int] = ...) -> None: ...
 
+class RequestHistogramRequest(_message.Message):
+    __slots__ = ("integration_id", "since", "until", "status", "endpoint", "ip", "error_code", "bucket_seconds", "platform")
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    integration_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    status: str
+    endpoint: str
+    ip: str
+    error_code: str
+    bucket_seconds: int
+    platform: bool
+    def __init__(self, integration_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., endpoint: _Optional[str] = ..., ip: _Optional[str] = ..., error_code: _Optional[str] = ..., bucket_seconds: _Optional[int] = ..., platform: _Optional[bool] = ...) -> None: ...
+
+class HistogramCell(_message.Message):
+    __slots__ = ("bucket_start", "integration_id", "integration_name", "requests", "errors", "limited")
+    BUCKET_START_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LIMITED_FIELD_NUMBER: _ClassVar[int]
+    bucket_start: _timestamp_pb2.Timestamp
+    integration_id: str
+    integration_name: str
+    requests: int
+    errors: int
+    limited: int
+    def __init__(self, bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., integration_name: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., limited: _Optional[int] = ...) -> None: ...
+
+class RequestHistogramResponse(_message.Message):
+    __slots__ = ("bucket_seconds", "start", "end", "cells", "requests", "integrations")
+    BUCKET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    bucket_seconds: int
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    cells: _containers.RepeatedCompositeFieldContainer[HistogramCell]
+    requests: int
+    integrations: int
+    def __init__(self, bucket_seconds: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cells: _Optional[_Iterable[_Union[HistogramCell, _Mapping]]] = ..., requests: _Optional[int] = ..., integrations: _Optional[int] = ...) -> None: ...
+
 class AuditEntry(_message.Message):
     __slots__ = ("seq", "event_id", "occurred_at", "recorded_at", "service", "org_id", "actor_id", "action", "object_type", "object_id", "before_json", "after_json", "reason", "request_id", "mac")
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -235,7 +289,7 @@ class QuarterlyReviewRequest(_message.Message):
     def __init__(self, window_days: _Optional[int] = ...) -> None: ...
 
 class IntegrationReview(_message.Message):
-    __slots__ = ("integration_id", "name", "status", "owner", "vendor_id", "granted_scopes", "exercised_scopes", "unused_scopes", "last_request_at", "requests", "errors", "error_rate", "peak_requests_per_minute", "rate_limit_per_minute", "credentials_issued_at", "credential_age_days", "allowlist_set", "networks", "flags")
+    __slots__ = ("integration_id", "name", "status", "owner", "vendor_id", "granted_scopes", "exercised_scopes", "unused_scopes", "last_request_at", "requests", "errors", "error_rate", "peak_requests_per_minute", "rate_limit_per_minute", "credentials_issued_at", "credential_age_days", "allowlist_set", "networks", "flags", "owner_changes", "credentials_issued")
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +309,8 @@ class IntegrationReview(_message.Message):
     ALLOWLIST_SET_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_ISSUED_FIELD_NUMBER: _ClassVar[int]
     integration_id: str
     name: str
     status: str
@@ -274,7 +330,29 @@ class IntegrationReview(_message.Message):
     allowlist_set: bool
     networks: _containers.RepeatedScalarFieldContainer[str]
     flags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, integration_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., owner: _Optional[str] = ..., vendor_id: _Optional[str] = ..., granted_scopes: _Optional[_Iterable[str]] = ..., exercised_scopes: _Optional[_Iterable[str]] = ..., unused_scopes: _Optional[_Iterable[str]] = ..., last_request_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., peak_requests_per_minute: _Optional[int] = ..., rate_limit_per_minute: _Optional[int] = ..., credentials_issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credential_age_days: _Optional[int] = ..., allowlist_set: _Optional[bool] = ..., networks: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ...) -> None: ...
+    owner_changes: _containers.RepeatedCompositeFieldContainer[OwnerChange]
+    credentials_issued: _containers.RepeatedCompositeFieldContainer[CredentialIssue]
+    def __init__(self, integration_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., owner: _Optional[str] = ..., vendor_id: _Optional[str] = ..., granted_scopes: _Optional[_Iterable[str]] = ..., exercised_scopes: _Optional[_Iterable[str]] = ..., unused_scopes: _Optional[_Iterable[str]] = ..., last_request_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., peak_requests_per_minute: _Optional[int] = ..., rate_limit_per_minute: _Optional[int] = ..., credentials_issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credential_age_days: _Optional[int] = ..., allowlist_set: _Optional[bool] = ..., networks: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ..., owner_changes: _Optional[_Iterable[_Union[OwnerChange, _Mapping]]] = ..., credentials_issued: _Optional[_Iterable[_Union[CredentialIssue, _Mapping]]] = ...) -> None: ...
+
+class OwnerChange(_message.Message):
+    __slots__ = ("occurred_at", "actor_id", "before", "after")
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    occurred_at: _timestamp_pb2.Timestamp
+    actor_id: str
+    before: str
+    after: str
+    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor_id: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
+
+class CredentialIssue(_message.Message):
+    __slots__ = ("occurred_at", "actor_id")
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    occurred_at: _timestamp_pb2.Timestamp
+    actor_id: str
+    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor_id: _Optional[str] = ...) -> None: ...
 
 class QuarterlyReviewResponse(_message.Message):
     __slots__ = ("generated_at", "window_start", "window_days", "integrations", "org_id")

@@ -50,6 +50,11 @@ class LogsStub:
                 request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportRequestsRequest.SerializeToString,
                 response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.RequestHistogram = channel.unary_unary(
+                '/trellis.logs.v1.Logs/RequestHistogram',
+                request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.RequestHistogramRequest.SerializeToString,
+                response_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.RequestHistogramResponse.FromString,
+                _registered_method=True)
         self.QueryAudit = channel.unary_unary(
                 '/trellis.logs.v1.Logs/QueryAudit',
                 request_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.QueryAuditRequest.SerializeToString,
@@ -90,6 +95,14 @@ class LogsServicer:
 
     def ExportRequests(self, request, context):
         """Every request the filters match, newest first, as CSV or JSON Lines in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestHistogram(self, request, context):
+        """Requests, errors and 429s per time bucket and integration over the whole filtered range,
+        counted in the database: at most 200 buckets, the busiest integrations each on its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +154,11 @@ def add_LogsServicer_to_server(servicer, server):
                     servicer.ExportRequests,
                     request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportRequestsRequest.FromString,
                     response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.ExportChunk.SerializeToString,
+            ),
+            'RequestHistogram': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestHistogram,
+                    request_deserializer=trellis_dot_logs_dot_v1_dot_logs__pb2.RequestHistogramRequest.FromString,
+                    response_serializer=trellis_dot_logs_dot_v1_dot_logs__pb2.RequestHistogramResponse.SerializeToString,
             ),
             'QueryAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryAudit,
@@ -244,6 +262,33 @@ class Logs:
             '/trellis.logs.v1.Logs/ExportRequests',
             trellis_dot_logs_dot_v1_dot_logs__pb2.ExportRequestsRequest.SerializeToString,
             trellis_dot_logs_dot_v1_dot_logs__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestHistogram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.logs.v1.Logs/RequestHistogram',
+            trellis_dot_logs_dot_v1_dot_logs__pb2.RequestHistogramRequest.SerializeToString,
+            trellis_dot_logs_dot_v1_dot_logs__pb2.RequestHistogramResponse.FromString,
             options,
             channel_credentials,
             insecure,
