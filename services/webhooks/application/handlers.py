@@ -8,6 +8,7 @@ subscription; the edge acts for one partner integration and sees only what it ow
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import datetime as dt
 import logging
@@ -25,10 +26,11 @@ from services.webhooks.application.ports import (
     IntegrationsPort, Scope, TraceContext, UnitsOfWork, WebhooksUnitOfWork, attempt_row,
 )
 from services.webhooks.domain.model import (
-    ACTIVITY_TYPES, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, HeaderSent, IncomingActivity,
-    RetryPolicy, Subscription, SubscriptionStatus, check_activity_types, check_description, check_published_type,
+    ACTIVITY_TYPES, DEFAULT_RETENTION_DAYS, RECOVERY_BATCH, RETENTION_BATCH, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE,
+    ActivityType, DeliveryStatus, HeaderSent, IncomingActivity, Recovery, RetryPolicy, Subscription, SubscriptionStatus,
+    check_activity_types, check_description, check_published_type, check_recovery_range, check_retention_days,
     check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
-    pending_delivery_text, sample_data, secret_aad,
+    pending_delivery_text, sample_data, secret_aad, waits_for,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,15 @@ def _check_owner(integration_id: str, status: str | None) -> None:
             "so it cannot own a new one",
             integration_id=integration_id, state="revoked",
         )
+
+
+@dataclass(frozen=True)
+class RetentionView:
+    """What retention applies to an organisation."""
+
+    days: int
+    overridden: bool
+    default_days: int
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,37 @@ class ActivityIngest:
         return accepted
 
 
+class Retention:
+    """Deletes each organisation's finished deliveries, attempts and activities older than its
+    retention (its override, else the default), in bounded batches."""
+
+    def __init__(self, units: UnitsOfWork, *, default_days: int = DEFAULT_RETENTION_DAYS,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self._units = units
+        self._default_days = default_days
+        self._clock = clock
+
+    async def enforce(self, *, batch: int = RETENTION_BATCH) -> int:
+        """`batch` rows per transaction (as the logs service's retention), so deliveries never
+        wait long for a lock or, on SQLite, the write turn; returns how many rows went."""
+        now = self._clock()
+        async with self._units(read_only=True) as uow:
+            orgs = await uow.activities.log_orgs()
+            overrides = await uow.activities.retention_overrides()
+        total = 0
+        for org in orgs:
+            cutoff = now - dt.timedelta(days=overrides.get(org, self._default_days))
+            while True:
+                async with self._units() as uow:
+                    deleted = await uow.activities.delete_expired(org, cutoff, limit=batch)
+                    await uow.commit()
+                total += deleted
+                await asyncio.sleep(0)  # let deliveries in between batches
+                if deleted == 0:
+                    break
+        return total
+
+
 class WebhookHandlers:
     """Every webhooks use case, each short: domain rule, unit of work, events, dispatcher."""
 
@@ -161,7 +203,11 @@ class WebhookHandlers:
         owner: str = "",
         notify: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utcnow,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        recovery_batch: int = RECOVERY_BATCH,
     ) -> None:
+        self._retention_days = retention_days
+        self._recovery_batch = recovery_batch
         self._units = units
         self._integrations = integrations
         self._destinations = destinations
@@ -415,6 +461,73 @@ class WebhookHandlers:
             await uow.commit()
         self._dispatcher.wake()
         return delivery
+
+    # --- recovery after an outage -----------------------------------------------------------------
+
+    async def start_recovery(self, actor: Actor, cmd: commands.StartRecovery) -> Recovery:
+        """Sends again every failed delivery of the subscription whose event arrived in the range:
+        each keeps its event id and starts a new round of the schedule. Queued in batches of
+        `recovery_batch`, each its own transaction, so the dispatcher works on between them and
+        the first go out while the rest are queued; returns once all are queued."""
+        caller = caller_for(actor, cmd.view)
+        now = self._clock()
+        since, until = check_recovery_range(cmd.since, cmd.until, now)
+        recovery = Recovery(id=new_id("rcv"), org_id=caller.org_id, subscription_id=cmd.subscription_id, since=since,
+                            until=until, created_by=caller.actor_id, created_at=now)
+        async with self._units() as uow:
+            subscription = await uow.subscriptions.get(caller.scope, cmd.subscription_id)
+            if subscription.status is SubscriptionStatus.DISABLED:
+                raise FailedPrecondition("its subscription is disabled: nothing would be sent",
+                                         subscription_id=subscription.id)
+            await uow.activities.add_recovery(recovery)
+            await uow.commit()
+        queued, after = 0, None
+        while True:
+            async with self._units() as uow:
+                count, after = await uow.activities.recover_batch(recovery, after=after, limit=self._recovery_batch,
+                                                                  now=self._clock())
+                queued += count
+                await uow.activities.set_recovery_queued(recovery.id, queued)
+                await uow.commit()
+            if count:
+                self._dispatcher.wake()
+            if after is None:
+                break
+            await asyncio.sleep(0)  # let the deliveries' own work in between batches
+        log.info("recovery %s of subscription %s: %d failed deliveries sent again", recovery.id, subscription.id, queued)
+        return await self.get_recovery(actor, commands.RecoveryRef(recovery.id, cmd.view))
+
+    async def get_recovery(self, actor: Actor, ref: commands.RecoveryRef) -> Recovery:
+        """The recovery's progress, and what its queued deliveries wait for while it lasts."""
+        caller = caller_for(actor, ref.view)
+        async with self._units(read_only=True) as uow:
+            recovery = await uow.activities.get_recovery(caller.scope, ref.recovery_id)
+            if recovery.finished:
+                return recovery
+            subscription = await uow.subscriptions.get(Scope(caller.org_id), recovery.subscription_id)
+        return replace(recovery, waiting_for=waits_for(subscription))
+
+    # --- retention -----------------------------------------------------------------------------
+
+    async def get_retention(self, actor: Actor, view: commands.View) -> RetentionView:
+        caller = caller_for(actor, view)
+        async with self._units(read_only=True) as uow:
+            days = await uow.activities.retention_override(caller.org_id)
+        return RetentionView(days or self._retention_days, days is not None, self._retention_days)
+
+    async def set_retention(self, actor: Actor, cmd: commands.SetRetention) -> RetentionView:
+        """The organisation's own retention (administrators only; 0 returns to the default)."""
+        caller = caller_for(actor, cmd.view)
+        if caller.partner:
+            raise PermissionDenied("retention is set by the organisation's administrators")
+        days = check_retention_days(cmd.days)
+        async with self._units() as uow:
+            await uow.activities.set_retention_override(caller.org_id, days or None, actor_id=caller.actor_id,
+                                                        now=self._clock())
+            await uow.commit()
+        log.info("webhook retention of organisation %s set to %s by %s", caller.org_id,
+                 f"{days} days" if days else "the default", caller.actor_id)
+        return await self.get_retention(actor, cmd.view)
 
     # --- activities ----------------------------------------------------------------------------
 

@@ -557,3 +557,74 @@ def page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+# --- recovery after an outage ---------------------------------------------------------------------
+
+# A recovery re-queues its deliveries this many per transaction: a long one never holds the
+# deliveries table for long, so the dispatcher's claims and records go on between batches.
+RECOVERY_BATCH = 1000
+# Clock skew allowed between the caller and this service before a time counts as "in the future".
+RECOVERY_CLOCK_SKEW = dt.timedelta(seconds=60)
+
+
+def check_recovery_range(since: dt.datetime | None, until: dt.datetime | None,
+                         now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[since, until) of a recovery: since required and not in the future, until (default now)
+    not in the future and after since."""
+    if since is None:
+        raise InvalidArgument("since is required: recover the failed deliveries whose event arrived since when?",
+                              field="since")
+    if since > now + RECOVERY_CLOCK_SKEW:
+        raise InvalidArgument(f"since ({iso_utc(since)}) is in the future; nothing has arrived since then",
+                              field="since")
+    if until is None:
+        until = now
+    elif until > now + RECOVERY_CLOCK_SKEW:
+        raise InvalidArgument(f"until ({iso_utc(until)}) is in the future; leave it out to recover up to now",
+                              field="until")
+    if since >= until:
+        raise InvalidArgument(f"since ({iso_utc(since)}) must be before until ({iso_utc(until)})", field="until")
+    return since, until
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One recovery operation and its progress: `queued` deliveries sent again, `done` of them
+    finished their new round (`succeeded` or failed again)."""
+
+    id: str
+    org_id: str
+    subscription_id: str
+    since: dt.datetime
+    until: dt.datetime
+    created_by: str
+    created_at: dt.datetime
+    queued: int = 0
+    done: int = 0
+    succeeded: int = 0
+    waiting_for: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.done - self.succeeded
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.queued
+
+
+# --- retention -------------------------------------------------------------------------------------
+
+DEFAULT_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 3650
+# Rows deleted per transaction by a retention pass (as the logs service's RETENTION_BATCH).
+RETENTION_BATCH = 1000
+
+
+def check_retention_days(days: int) -> int:
+    """An organisation's retention in days (1 .. MAX_RETENTION_DAYS); 0 clears the override."""
+    if days < 0 or days > MAX_RETENTION_DAYS:
+        raise InvalidArgument(f"days must be between 1 and {MAX_RETENTION_DAYS} (or 0 to return to the default)",
+                              field="days")
+    return days
