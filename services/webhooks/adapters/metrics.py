@@ -5,7 +5,9 @@
 - `trellis_webhooks_delivery_latency_seconds`: from the activity's time (`occurred_at`) to the
   receiver's 2xx answer, for each event delivered (test deliveries excluded);
 - `trellis_webhooks_queue_depth`: pending deliveries in the database (all replicas), sampled
-  at scrape time.
+  at scrape time;
+- `trellis_webhooks_failing_subscriptions`: subscriptions in the Failing state (every
+  organisation), sampled at scrape time: deploy/k8s/base/prometheus-rules.yaml alerts on it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class WebhookMetrics:
         self.latency = Histogram("trellis_webhooks_delivery_latency_seconds", "Time from an activity to its "
                                  "receiver's 2xx answer", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("trellis_webhooks_queue_depth", "Pending deliveries (all replicas)", registry=r)
+        self.failing_subscriptions = Gauge("trellis_webhooks_failing_subscriptions", "Subscriptions in the Failing "
+                                           "state (all organisations)", registry=r)
         self._outcomes = {status: self.deliveries.labels(label) for status, label in OUTCOMES.items()}
 
     def attempted(self, status: DeliveryStatus, *, occurred_at: dt.datetime | None, answered_at: dt.datetime,
@@ -52,3 +56,9 @@ class WebhookMetrics:
             self.queue_depth.set(await depth())
 
         self._service.sample("webhooks_queue", sample)
+
+    def watch_failing(self, count: Callable[[], Awaitable[int]]) -> None:
+        async def sample() -> None:
+            self.failing_subscriptions.set(await count())
+
+        self._service.sample("webhooks_failing", sample)

@@ -45,7 +45,7 @@ from services.webhooks.application.ports import (
 )
 from services.webhooks.domain.model import (
     AttemptError, DeliveryStatus, IncomingActivity, Recovery, SignatureScheme, Subscription,
-    SubscriptionStatus,
+    SubscriptionStatus, delivery_body,
 )
 
 metadata = new_metadata()
@@ -498,8 +498,9 @@ class ActivityLog:
         delivery_rows = []
         for key in inserted:
             activity, _, seq = unique[key]
-            for sub_id, sub_org, types in matches:
-                if sub_org == activity.org_id and ("*" in types or activity.type in types):
+            for sub_id, sub_org, types, sub_integration in matches:
+                if sub_org == activity.org_id and ("*" in types or activity.type in types) \
+                        and activity.reaches(sub_id, sub_integration):
                     delivery_rows.append(_new_delivery(new_delivery_id(), activity.org_id, sub_id, activity.event_id,
                                                        activity.type, seq, now, next_attempt_at=now))
                     counts[key] = counts.get(key, 0) + 1
@@ -511,15 +512,16 @@ class ActivityLog:
             for a in batch
         ]
 
-    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str]]]:
+    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str], str]]:
         if not orgs:
             return []
         t = subscriptions
-        query = select(t.c.id, t.c.org_id, t.c.activity_types).where(
+        query = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.integration_id).where(
             t.c.org_id.in_(sorted(orgs)), t.c.deleted_at.is_(None),
             t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
         )
-        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types))) for r in (await self._session.execute(query)).all()]
+        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types)), r.integration_id)
+                for r in (await self._session.execute(query)).all()]
 
     async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str,
                        delivery_id: str, now: dt.datetime) -> None:
@@ -638,9 +640,11 @@ class ActivityLog:
         )
 
     async def list_activities(self, org_id: str, *, types: Sequence[str], size: int,
-                              token: str) -> tuple[list[ActivityRecord], str]:
+                              token: str, hide_alerts: bool = False) -> tuple[list[ActivityRecord], str]:
         t = activities
         query = select(t).where(t.c.org_id == org_id, t.c.type != "webhook.test")
+        if hide_alerts:  # a partner's list: the alerts may be about other integrations' subscriptions
+            query = query.where(t.c.type.not_like("webhook.%"))
         if types:
             query = query.where(t.c.type.in_(list(types)))
         if token:
@@ -801,7 +805,31 @@ class SqlWebhooksUnitOfWork(SqlUnitOfWork):
     async def _write(self, event: events.OutgoingEvent) -> None:
         await self.add_event(event.subject, event.payload, event_id=event.event_id)
 
+    async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+        [accepted] = await self.activities.ingest([alert], [delivery_body(alert)], now)
+        await self._write(events.alert(alert, integration_id=integration_id, url=url, failing_since=failing_since))
+        return accepted.deliveries
+
 
 async def write_event(session: AsyncSession, event: events.OutgoingEvent) -> str:
     """An outbox row in `session`'s transaction, for writers outside a unit of work (the dispatcher)."""
     return await add_event(session, outbox, event.subject, event.payload, event_id=event.event_id)
+
+
+async def write_alert(session: AsyncSession, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+    """An alert in `session`'s transaction: the `webhook.<kind>` activity with its deliveries to
+    the organisation's other subscriptions that chose it, and its operational event in the
+    outbox. Returns how many deliveries it made."""
+    [accepted] = await ActivityLog(session).ingest([alert], [delivery_body(alert)], now)
+    await write_event(session, events.alert(alert, integration_id=integration_id, url=url, failing_since=failing_since))
+    return accepted.deliveries
+
+
+async def failing_subscriptions(session: AsyncSession) -> int:
+    """How many live subscriptions are Failing (every organisation), for the metric."""
+    t = subscriptions
+    query = select(func.count()).select_from(t).where(t.c.status == SubscriptionStatus.FAILING.value,
+                                                      t.c.deleted_at.is_(None))
+    return int((await session.execute(query)).scalar_one())

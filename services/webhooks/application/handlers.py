@@ -26,11 +26,11 @@ from services.webhooks.application.ports import (
     IntegrationsPort, Scope, TraceContext, UnitsOfWork, WebhooksUnitOfWork, attempt_row,
 )
 from services.webhooks.domain.model import (
-    ACTIVITY_TYPES, DEFAULT_RETENTION_DAYS, RECOVERY_BATCH, RETENTION_BATCH, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE,
+    CATALOGUE, DEFAULT_RETENTION_DAYS, SUBSCRIPTION_RECOVERED_TYPE, RECOVERY_BATCH, RETENTION_BATCH, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE,
     ActivityType, DeliveryStatus, HeaderSent, IncomingActivity, Recovery, RetryPolicy, Subscription, SubscriptionStatus,
     check_activity_types, check_description, check_published_type, check_recovery_range, check_retention_days,
     check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
-    pending_delivery_text, sample_data, secret_aad, waits_for,
+    iso_utc, pending_delivery_text, sample_data, secret_aad, subscription_alert, waits_for,
 )
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class WebhookHandlers:
         self._secrets = SecretCache(envelope)
 
     def activity_types(self, actor: Actor) -> tuple[ActivityType, ...]:
-        return ACTIVITY_TYPES
+        return CATALOGUE
 
     def _seal(self, subscription_id: str, secret: str) -> bytes:
         return self._envelope.seal(secret.encode(), secret_aad(subscription_id))
@@ -385,10 +385,11 @@ class WebhookHandlers:
             await uow.activities.finish_test(delivery_id, row, outcome.status, self._clock())
             if result.succeeded:
                 current = await uow.subscriptions.get(caller.scope, subscription.id, for_update=True)
+                failing_since = current.failing_since
                 if current.recover(self._clock()):
                     recovered = True
                     await uow.subscriptions.save(current)
-                    await self._log_recovery(uow, current)
+                    await self._log_recovery(uow, current, failing_since)
                 subscription = current
             delivery = await uow.activities.get_delivery(caller.scope, delivery_id)
             attempt = (await uow.activities.attempts_of(caller.scope, delivery_id))[-1]
@@ -399,10 +400,17 @@ class WebhookHandlers:
             self._dispatcher.wake()
         return TestResult(delivery, attempt, subscription)
 
-    async def _log_recovery(self, uow: WebhooksUnitOfWork, subscription: Subscription) -> None:
-        released = await uow.subscriptions.release_queue(subscription.id, subscription.updated_at)
+    async def _log_recovery(self, uow: WebhooksUnitOfWork, subscription: Subscription,
+                            failing_since: dt.datetime | None) -> None:
+        now = subscription.updated_at
+        released = await uow.subscriptions.release_queue(subscription.id, now)
         log.info("webhook subscription %s is Active again; %d queued deliveries go out", subscription.id, released)
-        await uow.changed("recovered", subscription, actor_id=SYSTEM_ACTOR, now=subscription.updated_at)
+        await uow.changed("recovered", subscription, actor_id=SYSTEM_ACTOR, now=now)
+        await uow.alerted(subscription_alert(
+            SUBSCRIPTION_RECOVERED_TYPE, event_id=new_id("evt"), org_id=subscription.org_id,
+            subscription_id=subscription.id, integration_id=subscription.integration_id, url=subscription.url,
+            failing_since=failing_since, now=now, recovered_at=iso_utc(now), queued_deliveries=released,
+        ), integration_id=subscription.integration_id, url=subscription.url, failing_since=failing_since, now=now)
 
     # --- the delivery log --------------------------------------------------------------------
 
@@ -554,7 +562,8 @@ class WebhookHandlers:
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
             return await uow.activities.list_activities(caller.org_id, types=[t.strip() for t in query.types if t.strip()],
-                                                        size=page_size(query.page_size), token=query.page_token)
+                                                        size=page_size(query.page_size), token=query.page_token,
+                                                        hide_alerts=caller.partner)
 
     # --- the owning integration's lifecycle ------------------------------------------------------
 

@@ -206,7 +206,9 @@ class Activities(Protocol):
         ...
 
     async def list_activities(self, org_id: str, *, types: Sequence[str], size: int,
-                              token: str) -> tuple[list[ActivityRecord], str]: ...
+                              token: str, hide_alerts: bool = False) -> tuple[list[ActivityRecord], str]:
+        """The organisation's activities, newest first; `hide_alerts` leaves out webhook.* ones."""
+        ...
 
     # recovery after an outage
 
@@ -263,6 +265,14 @@ class WebhooksUnitOfWork(UnitOfWork, Protocol):
     async def changed_and_audited(self, kind: str, *, before: Subscription | None, after: Subscription,
                                   actor_id: str, now: dt.datetime, request_id: str = "") -> None:
         """A change an actor made: the subscription event and its audit record."""
+        ...
+
+
+    # An alert about a subscription (services.webhooks.domain.model.subscription_alert).
+    async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+        """The alert activity, its deliveries to the organisation's other subscriptions that chose
+        its type, and its operational event, in this transaction; returns how many deliveries."""
         ...
 
 

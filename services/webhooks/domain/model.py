@@ -55,7 +55,17 @@ ACTIVITY_TYPES: tuple[ActivityType, ...] = tuple(
     )
     for id_, name in entries
 )
-KNOWN_TYPES = frozenset(t.id for t in ACTIVITY_TYPES)
+# What webhooks itself says about an organisation's subscriptions, delivered like any activity
+# to its other subscriptions (a subscription never receives the alerts about itself).
+SUBSCRIPTION_FAILING_TYPE = "webhook.subscription_failing"
+SUBSCRIPTION_RECOVERED_TYPE = "webhook.subscription_recovered"
+ALERT_TYPES: tuple[ActivityType, ...] = (
+    ActivityType(SUBSCRIPTION_FAILING_TYPE, "Webhook subscription failing", "Webhooks"),
+    ActivityType(SUBSCRIPTION_RECOVERED_TYPE, "Webhook subscription recovered", "Webhooks"),
+)
+# What a subscription can choose: the spec's catalogue and the alerts.
+CATALOGUE: tuple[ActivityType, ...] = ACTIVITY_TYPES + ALERT_TYPES
+KNOWN_TYPES = frozenset(t.id for t in CATALOGUE)
 ALL_TYPES = "*"
 TEST_TYPE = "webhook.test"
 
@@ -85,6 +95,9 @@ def check_published_type(activity_type: str) -> str:
     activity_type = activity_type.strip()
     if activity_type in (ALL_TYPES, TEST_TYPE):
         raise InvalidArgument(f"{activity_type!r} cannot be published as an activity type")
+    if activity_type.startswith("webhook."):
+        raise InvalidArgument(f"{activity_type!r} cannot be published: webhook.* types are the alerts webhooks "
+                              "itself sends", type=activity_type)
     if not _TYPE_SHAPE.match(activity_type):
         raise InvalidArgument(
             f"activity type {activity_type!r} is malformed: lower-case words joined by dots, like lot.created",
@@ -363,6 +376,17 @@ class IncomingActivity:
     sender_id: str
     data: object
     trace_headers: Mapping[str, str] = field(default_factory=dict)
+    # An alert about this subscription: it gets no delivery of it; and, when the subscription
+    # is a partner integration's, only that integration's and the administrators' subscriptions
+    # do (another partner never learns of it).
+    about_subscription_id: str = ""
+    about_integration_id: str = ""
+
+    def reaches(self, subscription_id: str, integration_id: str) -> bool:
+        """Whether a matching subscription (its id and owning integration) may receive it."""
+        if not self.about_subscription_id:
+            return True
+        return subscription_id != self.about_subscription_id and integration_id in ("", self.about_integration_id)
 
 
 def parse_data(data_json: str) -> object:
@@ -628,3 +652,23 @@ def check_retention_days(days: int) -> int:
         raise InvalidArgument(f"days must be between 1 and {MAX_RETENTION_DAYS} (or 0 to return to the default)",
                               field="days")
     return days
+
+
+# --- alerts -----------------------------------------------------------------------------------------
+
+ALERT_SENDER = "webhooks"
+
+
+def subscription_alert(type_: str, *, event_id: str, org_id: str, subscription_id: str, integration_id: str, url: str,
+                       failing_since: dt.datetime | None, now: dt.datetime,
+                       **detail: object) -> IncomingActivity:
+    """`webhook.subscription_failing` or `webhook.subscription_recovered` about one subscription,
+    as an activity of its organisation that its other subscriptions may receive."""
+    data: dict[str, object] = {
+        "subscription_id": subscription_id, "integration_id": integration_id or None, "endpoint_url": url,
+        "status": "failing" if type_ == SUBSCRIPTION_FAILING_TYPE else "active",
+        "failing_since": iso_utc(failing_since) if failing_since is not None else None, **detail,
+    }
+    return IncomingActivity(event_id=event_id, type=type_, org_id=org_id, occurred_at=now, sender_type="system",
+                            sender_id=ALERT_SENDER, data=data, about_subscription_id=subscription_id,
+                            about_integration_id=integration_id)

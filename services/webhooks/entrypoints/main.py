@@ -27,7 +27,7 @@ from services.webhooks.adapters.queue import WorkQueue
 from services.webhooks.adapters.registry_client import RegistryIntegrations
 from services.webhooks.adapters.sender import DeliveryClient, Lookup, SignedSender, system_lookup
 from services.webhooks.adapters.ssrf import AddressPolicy, DestinationCheck
-from services.webhooks.adapters.store import Database, SqlWebhooksUnitOfWork, outbox
+from services.webhooks.adapters.store import Database, SqlWebhooksUnitOfWork, failing_subscriptions, outbox
 from services.webhooks.application.handlers import ActivityIngest, Retention, SecretCache, WebhookHandlers
 from services.webhooks.domain.model import RetryPolicy
 from services.webhooks.entrypoints.grpc_api import SERVICE_NAME, WebhooksServicer
@@ -80,6 +80,12 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
                 return await queue.depth(session)
 
         delivery_metrics.watch_queue(queue_depth)
+
+        async def failing_count() -> int:
+            async with db.read() as session:
+                return await failing_subscriptions(session)
+
+        delivery_metrics.watch_failing(failing_count)
         await build.start(dispatcher, "dispatcher")
         registry = RegistryIntegrations(registry_pb2_grpc.RegistryStub(build.peer(settings.registry_addr)))
 

@@ -631,3 +631,25 @@ class Retention(_message.Message):
     overridden: bool
     default_days: int
     def __init__(self, days: _Optional[int] = ..., overridden: _Optional[bool] = ..., default_days: _Optional[int] = ...) -> None: ...
+
+class SubscriptionAlert(_message.Message):
+    __slots__ = ("event_id", "occurred_at", "kind", "org_id", "subscription_id", "integration_id", "url", "failing_since", "data_json")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    kind: str
+    org_id: str
+    subscription_id: str
+    integration_id: str
+    url: str
+    failing_since: _timestamp_pb2.Timestamp
+    data_json: str
+    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_json: _Optional[str] = ...) -> None: ...

@@ -141,7 +141,8 @@ class WebhooksServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListActivityTypes(self, request, context):
-        """The catalogue: the spec's 25 activity types (plus "*" for all current and future ones).
+        """The catalogue: the spec's 25 activity types and the two webhook.subscription_* alerts
+        (plus "*" for all current and future ones).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
