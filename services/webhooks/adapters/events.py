@@ -24,7 +24,7 @@ from services.webhooks.domain.model import SYSTEM_ACTOR, IncomingActivity, Subsc
 
 SERVICE = "webhooks"
 __all__ = ["SERVICE", "STATUS_TO_PROTO", "SYSTEM_ACTOR", "OutgoingEvent", "alert", "audit", "changed",
-           "subscription_changed"]
+           "retention_audit", "subscription_changed"]
 
 STATUS_TO_PROTO = {status: pb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{status.name}") for status in SubscriptionStatus}
 
@@ -77,3 +77,19 @@ def alert(activity: IncomingActivity, *, integration_id: str, url: str, failing_
         failing_since=timestamp_or_none(failing_since), data_json=json.dumps(activity.data, separators=(",", ":")),
     )
     return OutgoingEvent(activity.event_id, f"trellis.{SERVICE}.alert.{kind}", payload.SerializeToString())
+
+
+def retention_audit(org_id: str, *, before: int | None, after: int | None, default_days: int, actor_id: str,
+                    now: dt.datetime, request_id: str = "") -> OutgoingEvent:
+    """`trellis.audit.webhooks.retention.set`: an organisation's retention override changed."""
+    def view(days: int | None) -> str:
+        return json.dumps({"days": days if days is not None else default_days, "overridden": days is not None},
+                          sort_keys=True)
+
+    event_id = new_id("evt")
+    payload = events_pb2.AuditEvent(
+        event_id=event_id, occurred_at=timestamp(now), service=SERVICE, org_id=org_id, actor_id=actor_id,
+        action="retention.set", object_type="retention", object_id=org_id, before_json=view(before),
+        after_json=view(after), request_id=request_id,
+    )
+    return OutgoingEvent(event_id, f"trellis.audit.{SERVICE}.retention.set", payload.SerializeToString())

@@ -805,6 +805,11 @@ class SqlWebhooksUnitOfWork(SqlUnitOfWork):
     async def _write(self, event: events.OutgoingEvent) -> None:
         await self.add_event(event.subject, event.payload, event_id=event.event_id)
 
+    async def retention_changed(self, org_id: str, *, before: int | None, after: int | None, default_days: int,
+                                actor_id: str, now: dt.datetime, request_id: str = "") -> None:
+        await self._write(events.retention_audit(org_id, before=before, after=after, default_days=default_days,
+                                                 actor_id=actor_id, now=now, request_id=request_id))
+
     async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
                       failing_since: dt.datetime | None, now: dt.datetime) -> int:
         [accepted] = await self.activities.ingest([alert], [delivery_body(alert)], now)

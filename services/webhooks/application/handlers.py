@@ -529,10 +529,16 @@ class WebhookHandlers:
         if caller.partner:
             raise PermissionDenied("retention is set by the organisation's administrators")
         days = check_retention_days(cmd.days)
+        now = self._clock()
         async with self._units() as uow:
-            await uow.activities.set_retention_override(caller.org_id, days or None, actor_id=caller.actor_id,
-                                                        now=self._clock())
+            before = await uow.activities.retention_override(caller.org_id)
+            await uow.activities.set_retention_override(caller.org_id, days or None, actor_id=caller.actor_id, now=now)
+            if before != (days or None):
+                await uow.retention_changed(caller.org_id, before=before, after=days or None,
+                                            default_days=self._retention_days, actor_id=caller.actor_id, now=now,
+                                            request_id=cmd.view.request_id)
             await uow.commit()
+        self._notify()
         log.info("webhook retention of organisation %s set to %s by %s", caller.org_id,
                  f"{days} days" if days else "the default", caller.actor_id)
         return await self.get_retention(actor, cmd.view)

@@ -268,6 +268,11 @@ class WebhooksUnitOfWork(UnitOfWork, Protocol):
         ...
 
 
+    async def retention_changed(self, org_id: str, *, before: int | None, after: int | None, default_days: int,
+                                actor_id: str, now: dt.datetime, request_id: str = "") -> None:
+        """The audit record of an organisation's retention override changing (None: the default)."""
+        ...
+
     # An alert about a subscription (services.webhooks.domain.model.subscription_alert).
     async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
                       failing_since: dt.datetime | None, now: dt.datetime) -> int:

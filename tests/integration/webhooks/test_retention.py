@@ -12,9 +12,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import grpc
+import nats
 import pytest
 from sqlalchemy import func, select
 
+from services.contracts.trellis.events.v1 import events_pb2
+from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.ids import new_id
 from services.webhooks.adapters.store import (
@@ -165,3 +169,39 @@ async def test_a_long_retention_run_never_stalls_deliveries_on_postgresql(
 
 async def _all_arrived(arrived: dict[str, float], published: dict[str, float]) -> bool:
     return set(published) <= set(arrived)
+
+
+async def test_an_organisations_retention_is_set_audited_and_seen_by_it_alone(webhooks: Webhooks) -> None:
+    nc = await nats.connect(webhooks.settings.nats_url)
+    audited: list[events_pb2.AuditEvent] = []
+
+    async def on_audit(msg) -> None:  # type: ignore[no-untyped-def]
+        audited.append(events_pb2.AuditEvent.FromString(msg.data))
+
+    await nc.subscribe("trellis.audit.webhooks.retention.>", cb=on_audit)
+    try:
+        shown = await webhooks.stub.GetRetention(pb.GetRetentionRequest(), metadata=webhooks.admin)
+        assert (shown.days, shown.overridden, shown.default_days) == (30, False, 30)
+        set_ = await webhooks.stub.SetRetention(pb.SetRetentionRequest(days=90), metadata=webhooks.admin)
+        assert (set_.days, set_.overridden) == (90, True)
+        [event] = await eventually(lambda: _audits(audited), what="the audit record")
+        assert (event.org_id, event.action, event.object_id) == (webhooks.org, "retention.set", webhooks.org)
+        assert json.loads(event.before_json) == {"days": 30, "overridden": False}
+        assert json.loads(event.after_json) == {"days": 90, "overridden": True}
+    finally:
+        await nc.close()
+    other = webhooks.as_actor("admin", f"org_{uuid.uuid4().hex[:12]}")
+    assert (await webhooks.stub.GetRetention(pb.GetRetentionRequest(), metadata=other)).days == 30
+    for days in (-1, 3651):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await webhooks.stub.SetRetention(pb.SetRetentionRequest(days=days), metadata=webhooks.admin)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "days" in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await webhooks.stub.SetRetention(pb.SetRetentionRequest(days=7),
+                                         metadata=webhooks.as_actor("viewer", webhooks.org, permissions=[]))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await webhooks.stub.GetRetention(pb.GetRetentionRequest(), metadata=webhooks.admin)).days == 90
+
+
+async def _audits(audited: list) -> list | None:  # type: ignore[type-arg]
+    return audited or None
