@@ -10,11 +10,14 @@ process on CPU 0 too, so both clients get the same core.
 2. throughput: N activity events published to JetStream at once; deliveries/s counts until the
    last is received and its attempt is in the delivery log;
 3. latency: events published at a steady rate (default 500/s); latency is receive time minus
-   publish time of each event.
+   publish time of each event;
+4. recovery: a second subscription's receiver refuses N events (410: each fails at once), comes
+   back, and one StartRecovery sends all N again: time to queue (the call) and time until the
+   receiver has them all, beside the plain throughput of step 2.
 
 Every loop is bounded by count and time; the run stops by itself (about a minute).
 
-    .venv/bin/python -m bench.webhooks [--events 10000] [--rate 500] [--latency-events 5000]
+    .venv/bin/python -m bench.webhooks [--events 10000] [--rate 500] [--latency-events 5000] [--recover-events 10000]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import grpc
 import nats
 import trustme
 from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.contracts.trellis.events.v1 import events_pb2
@@ -75,11 +79,28 @@ class Receiver:
     latencies: list[float] = field(default_factory=list)
     event_ids: set[str] = field(default_factory=set)
     last_arrival: float = 0.0
+    # The recovery phase's endpoint: down (410) until `recover_up`, then counts what arrives.
+    recover_secret: str = ""
+    recover_up: bool = False
+    refused: int = 0
+    recovered: set[str] = field(default_factory=set)
+    recover_last: float = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if request.path == "/bare":
             self.bare += 1
+            return web.Response(text="ok")
+        if request.path == "/recover":
+            if not self.recover_up:
+                self.refused += 1
+                return web.Response(status=410, text="down")
+            ts = request.headers.get("X-Webhook-Timestamp", "")
+            expected = "sha256=" + hmac.new(self.recover_secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, request.headers.get("X-Webhook-Signature", "")):
+                self.bad_signatures += 1
+            self.recovered.add(json.loads(body)["id"])
+            self.recover_last = time.perf_counter()
             return web.Response(text="ok")
         now = time.time()
         ts = request.headers.get("X-Webhook-Timestamp", "")
@@ -147,11 +168,17 @@ def stage_latencies(database: Path, since: str) -> dict[str, float]:
             "dispatch_p50": pct(dispatch, 0.5), "dispatch_p99": pct(dispatch, 0.99)}
 
 
-def activity(n: int, stamp: bool) -> bytes:
-    data = {"lot_id": f"L-{n}", "weight_kg": 12.5, "room": "Flower 3"}
+def failed_deliveries(database: Path, subscription_id: str) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+        return db.execute("select count(*) from deliveries where subscription_id = ? and status = 'failed'",
+                          (subscription_id,)).fetchone()[0]
+
+
+def activity(n: int, stamp: bool, type_: str = "lot.created") -> bytes:
+    data: dict[str, object] = {"lot_id": f"L-{n}", "weight_kg": 12.5, "room": "Flower 3"}
     if stamp:
         data["t"] = time.time()
-    return events_pb2.ActivityEvent(event_id=f"evt_{uuid.uuid4().hex}", type="lot.created", org_id=ORG,
+    return events_pb2.ActivityEvent(event_id=f"evt_{uuid.uuid4().hex}", type=type_, org_id=ORG,
                                     sender_type="integration", sender_id="int_bench", data_json=json.dumps(data)).SerializeToString()
 
 
@@ -203,10 +230,11 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         await wait_serving(f"127.0.0.1:{port}")
         token = mint_actor_token(actor_private, issuer=ISSUER, audience=AUDIENCE, user_id="usr_bench", org_id=ORG,
                                  permissions=[ADMIN_PERMISSION], ttl_seconds=600)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            created = await webhooks_pb2_grpc.WebhooksStub(channel).CreateSubscription(pb.CreateSubscriptionRequest(
-                url=f"https://127.0.0.1:{receiver_port}/hook", activity_types=["lot.created"]),
-                metadata=(("authorization", f"Bearer {token}"),))
+        metadata = (("authorization", f"Bearer {token}"),)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = webhooks_pb2_grpc.WebhooksStub(channel)
+        created = await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+            url=f"https://127.0.0.1:{receiver_port}/hook", activity_types=["lot.created"]), metadata=metadata)
         receiver.secret = created.signing_secret
 
         nc = await nats.connect(nats_server.url)
@@ -239,8 +267,38 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
             await until(lambda: receiver.delivered >= before + args.latency_events)
             await until(lambda: logged_attempts(database) >= args.events + args.latency_events, interval=0.05)
             stages = stage_latencies(database, since)
+
+            # 5. Recovery: a second subscription's receiver is down for N events, then back.
+            down = await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+                url=f"https://127.0.0.1:{receiver_port}/recover", activity_types=["harvest.recorded"]), metadata=metadata)
+            receiver.recover_secret = down.signing_secret
+            outage_began = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+            refused = [activity(n, stamp=False, type_="harvest.recorded") for n in range(args.recover_events)]
+            for chunk in range(0, len(refused), 1000):
+                await asyncio.gather(*(js.publish("activity.harvest.recorded", p) for p in refused[chunk:chunk + 1000]))
+            await until(lambda: failed_deliveries(database, down.subscription.id) >= args.recover_events, interval=0.1)
+            receiver.recover_up = True
+            since_ts = Timestamp()
+            since_ts.FromDatetime(outage_began)
+            recover_start = time.perf_counter()
+            recovery = await stub.StartRecovery(pb.StartRecoveryRequest(subscription_id=down.subscription.id, since=since_ts),
+                                                metadata=metadata, timeout=MAX_PHASE_SECONDS)
+            queued_at = time.perf_counter()
+            await until(lambda: len(receiver.recovered) >= args.recover_events)
+            recovered_at = receiver.recover_last
+
+            async def recovery_done() -> pb.Recovery:
+                return await stub.GetRecovery(pb.GetRecoveryRequest(recovery_id=recovery.id), metadata=metadata)
+
+            deadline = time.monotonic() + MAX_PHASE_SECONDS
+            shown = await recovery_done()
+            while shown.done < shown.queued and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                shown = await recovery_done()
+            recovery_logged = time.perf_counter()
         finally:
             await nc.close()
+            await channel.close()
     finally:
         for child in children:
             if child.poll() is None:
@@ -258,6 +316,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "max": latencies[-1] * 1000,
         "offered": args.latency_events / offered_for, "bad_signatures": receiver.bad_signatures,
         "distinct": len(receiver.event_ids), "delivered": receiver.delivered, **stages,
+        "recover_queued": recovery.queued, "recover_queue_seconds": queued_at - recover_start,
+        "recover_deliver_seconds": recovered_at - recover_start, "recover_done_seconds": recovery_logged - recover_start,
+        "recover_succeeded": shown.succeeded, "recover_refused": receiver.refused,
     }
 
 
@@ -266,7 +327,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000, help="events for the bare loop and the throughput run (max 50000)")
     parser.add_argument("--rate", type=float, default=500.0, help="offered events per second in the latency run")
     parser.add_argument("--latency-events", type=int, default=5_000, help="events in the latency run (max 50000)")
+    parser.add_argument("--recover-events", type=int, default=10_000, help="failed deliveries recovered at once (max 50000)")
     args = parser.parse_args()
+    args.recover_events = min(max(args.recover_events, 100), 50_000)
     args.events = min(max(args.events, 100), 50_000)
     args.latency_events = min(max(args.latency_events, 100), 50_000)
     with tempfile.TemporaryDirectory(prefix="trellis-bench-webhooks-") as tmp:
@@ -281,8 +344,13 @@ def main() -> None:
           f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms")
     print(f"  of which: stream -> stored p50 {r['ingest_p50']:.1f} ms, p99 {r['ingest_p99']:.1f} ms; "
           f"stored -> POST p50 {r['dispatch_p50']:.1f} ms, p99 {r['dispatch_p99']:.1f} ms")
-    print(f"signatures verified: {r['delivered'] - r['bad_signatures']:,} of {r['delivered']:,}; "
-          f"distinct events {r['distinct']:,}")
+    rate = r["recover_queued"] / r["recover_deliver_seconds"]
+    print(f"recovery of {r['recover_queued']:,} failed deliveries (of {r['recover_refused']:,} refused): queued in "
+          f"{r['recover_queue_seconds']:.2f} s, all received in {r['recover_deliver_seconds']:.2f} s ({rate:,.0f} /s, "
+          f"ratio {rate / r['throughput']:.2f} of the throughput above); recovery reads done after "
+          f"{r['recover_done_seconds']:.2f} s, {r['recover_succeeded']:,} succeeded")
+    print(f"signatures verified: {r['delivered'] + r['recover_queued'] - r['bad_signatures']:,} of "
+          f"{r['delivered'] + r['recover_queued']:,}; distinct events {r['distinct']:,}")
 
 
 if __name__ == "__main__":

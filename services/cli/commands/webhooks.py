@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +16,11 @@ import grpc
 
 from services.cli.client import CliError, ServiceClient, Session
 from services.cli.commands.args import ExtendList, help_handler, non_negative_int
+from services.cli.commands.logs import Progress, parse_time
 from services.cli.output import fields, message_dict, plural, print_json, table, timestamp
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
+from services.kit.prototime import timestamp_or_none
 
 SECRET_WARNING = (
     "warning: this signing secret is shown only now and cannot be retrieved again. "
@@ -129,6 +132,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p = commands.add_parser("redeliver", parents=parents, help="send a failed delivery again (same event id)")
     p.add_argument("delivery_id")
     p.set_defaults(handler=redeliver)
+
+    p = commands.add_parser("recover", parents=parents,
+                            help="after an outage: send again every failed delivery whose event arrived in a range")
+    p.add_argument("id", help="subscription id")
+    p.add_argument("--since", type=parse_time, required=True, metavar="TIME",
+                   help="events that arrived from this time (RFC 3339, or an age such as 2h, 7d)")
+    p.add_argument("--until", type=parse_time, default=None, metavar="TIME", help="... and before this time (default: now)")
+    p.add_argument("--no-wait", action="store_true", help="print the recovery's id and return once it is queued")
+    p.set_defaults(handler=recover)
+
+    p = commands.add_parser("recovery", parents=parents, help="the progress of a recovery")
+    p.add_argument("recovery_id")
+    p.set_defaults(handler=show_recovery)
+
+    p = commands.add_parser("retention", parents=parents, help="how long deliveries, attempts and activities are kept")
+    retention = p.add_subparsers(title="commands", metavar="COMMAND")
+    p.set_defaults(handler=help_handler(p))
+    r = retention.add_parser("show", parents=parents, help="the organisation's retention")
+    r.set_defaults(handler=show_retention)
+    r = retention.add_parser("set", parents=parents, help="the organisation's own retention (0: the default)")
+    r.add_argument("--days", type=non_negative_int, required=True, metavar="N")
+    r.set_defaults(handler=set_retention)
 
     group = subparsers.add_parser("activities", help="platform activities that webhooks deliver")
     commands = group.add_subparsers(title="commands", metavar="COMMAND")
@@ -487,4 +512,79 @@ def activity_types(args: argparse.Namespace, session: Session) -> int:
     else:
         print(table(("TYPE", "NAME", "CATEGORY"), ((t.id, t.name, t.category) for t in found)))
         print("\n*  all current and future types; `--schema` shows the JSON Schema of each type's data")
+    return 0
+
+
+# --- recovery and retention -------------------------------------------------------------------------
+
+RECOVERY_POLL_SECONDS = 0.5
+
+
+def _recovery_line(r: pb.Recovery) -> str:
+    return (f"Recovery {r.id} of {r.subscription_id}: {r.done:,} of {plural(r.queued, 'delivery', 'deliveries')} done "
+            f"({r.succeeded:,} succeeded, {r.failed:,} failed again).")
+
+
+def recover(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        r = hooks.StartRecovery(pb.StartRecoveryRequest(subscription_id=args.id, since=timestamp_or_none(args.since),
+                                                        until=timestamp_or_none(args.until)))
+        if r.queued and not args.no_wait and not r.waiting_for:
+            progress = Progress(sys.stderr, "deliveries")
+            try:
+                while r.done < r.queued and not r.waiting_for:
+                    progress.update(r.done, r.queued)
+                    time.sleep(RECOVERY_POLL_SECONDS)
+                    r = hooks.GetRecovery(pb.GetRecoveryRequest(recovery_id=r.id))
+                progress.update(r.done, r.queued)
+            finally:
+                progress.close()
+    if args.json:
+        print_json({"recovery": as_json(r)})
+        return 0
+    if r.queued == 0:
+        print(f"Recovery {r.id}: no failed delivery of {r.subscription_id} in that range; nothing sent again.")
+    elif args.no_wait and r.done < r.queued:
+        print(f"Recovery {r.id}: {plural(r.queued, 'failed delivery', 'failed deliveries')} queued again. "
+              f"Follow it with `trellis webhooks recovery {r.id}`.")
+    else:
+        print(_recovery_line(r))
+    if r.waiting_for:
+        print(f"They wait: {r.waiting_for}. Follow it with `trellis webhooks recovery {r.id}`.")
+    return 0
+
+
+def show_recovery(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        r = hooks.GetRecovery(pb.GetRecoveryRequest(recovery_id=args.recovery_id))
+    if args.json:
+        print_json({"recovery": as_json(r)})
+        return 0
+    print(_recovery_line(r))
+    print(fields([("Events that arrived", f"{timestamp(r.since)} .. {timestamp(r.until)}"),
+                  ("Started", f"{timestamp(r.created_at)} by {r.created_by}")]))
+    if r.waiting_for:
+        print(f"\nThe rest wait: {r.waiting_for}.")
+    return 0
+
+
+def _print_retention(args: argparse.Namespace, r: pb.Retention) -> None:
+    if args.json:
+        print_json({"retention": message_dict(r)})
+    elif r.overridden:
+        print(f"Deliveries, attempts and activities are kept {r.days} days (this organisation's setting; "
+              f"the default is {r.default_days}).")
+    else:
+        print(f"Deliveries, attempts and activities are kept {r.days} days (the default).")
+
+
+def show_retention(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        _print_retention(args, hooks.GetRetention(pb.GetRetentionRequest()))
+    return 0
+
+
+def set_retention(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        _print_retention(args, hooks.SetRetention(pb.SetRetentionRequest(days=args.days)))
     return 0

@@ -18,6 +18,7 @@ ALREADY_EXISTS -> 409 conflict, a deadline -> 504 and anything else -> 502 upstr
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -152,6 +153,35 @@ def activity_json(a: pb.Activity) -> dict[str, Any]:
         "id": a.event_id, "type": a.type, "created_at": _time(a.occurred_at), "organisation_id": a.org_id,
         "sender": {"type": a.sender_type, "id": a.sender_id}, "data": data, "received_at": _time(a.received_at),
     }
+
+
+def recovery_json(r: pb.Recovery) -> dict[str, Any]:
+    return {
+        "id": r.id, "subscription_id": r.subscription_id, "since": _time(r.since), "until": _time(r.until),
+        "queued": r.queued, "done": r.done, "succeeded": r.succeeded, "failed": r.failed,
+        "finished": r.done >= r.queued, "waiting_for": r.waiting_for or None, "created_at": _time(r.created_at),
+    }
+
+
+RECOVERY_FIELDS = ("since", "until")
+
+
+def _recovery_time(document: dict[str, Any], name: str) -> Timestamp | None:
+    """An RFC 3339 time with its offset (`2026-12-01T08:00:00Z`), as the body's `name`."""
+    value = document.get(name)
+    if value is None:
+        return None
+    when = None
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            when = None
+    if when is None or when.tzinfo is None:
+        raise EdgeError("invalid_request", f"{name} must be an RFC 3339 time with its offset, like 2026-12-01T08:00:00Z")
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
 
 
 # --- one request ---------------------------------------------------------------------------------
@@ -427,6 +457,27 @@ class PartnerWebhooks:
             delivery_id=ask.one("delivery_id"), **ask.page(), **ask.ids), ask)
         return {"attempts": [attempt_json(a) for a in found.attempts], "next_cursor": found.next_page_token or None}
 
+    # --- recovery after an outage -----------------------------------------------------------------
+
+    async def recover(self, ask: Ask) -> dict[str, Any]:
+        document = await ask.body()
+        unknown = sorted(set(document) - set(RECOVERY_FIELDS))
+        if unknown:
+            raise EdgeError("invalid_request", f"unknown field(s) {', '.join(unknown)}; the fields are: since, until")
+        since, until = _recovery_time(document, "since"), _recovery_time(document, "until")
+        if since is None:
+            raise EdgeError("invalid_request", "since is required: the failed deliveries whose event arrived since when?")
+        request = pb.StartRecoveryRequest(subscription_id=ask.params["subscription_id"], since=since, **ask.ids)
+        if until is not None:
+            request.until.CopyFrom(until)
+        return recovery_json(await self._call("StartRecovery", request, ask))
+
+    async def get_recovery(self, ask: Ask) -> dict[str, Any]:
+        found = await self._call("GetRecovery", pb.GetRecoveryRequest(recovery_id=ask.params["recovery_id"], **ask.ids), ask)
+        if found.subscription_id != ask.params["subscription_id"]:
+            raise EdgeError("not_found", f"no recovery {ask.params['recovery_id']} of subscription {ask.params['subscription_id']}")
+        return recovery_json(found)
+
     # --- activities --------------------------------------------------------------------------------
 
     async def list_activities(self, ask: Ask) -> dict[str, Any]:
@@ -474,6 +525,11 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
                   "schedule, same event id", status=202, response="Delivery"),
         Operation("GET", _S + "/attempts", W.list_attempts, "Every attempt (one row per POST), newest first",
                   response="AttemptList", query=("outcome", "event_id", "delivery_id", *_PAGE)),
+        Operation("POST", _S + "/recover", W.recover, "After an outage: send again every failed delivery whose event "
+                  "arrived since a time (and before `until`), each with its event id and a new round of the retry "
+                  "schedule; answers once all are queued", status=202, response="Recovery", body="RecoveryStart"),
+        Operation("GET", _S + "/recoveries/{recovery_id}", W.get_recovery, "A recovery's progress: how many were "
+                  "queued and how many are done", response="Recovery"),
     ),
     "activities": (
         Operation("GET", "", W.list_activities, "The organisation's activities, newest first",
@@ -552,6 +608,15 @@ SCHEMAS: dict[str, Any] = {
     "EventTypeList": _obj({"event_types": {"type": "array", "items": _obj(
         {"id": _STR, "name": _STR, "category": _STR,
          "schema": {"type": "object", "description": "The JSON Schema (draft 2020-12) of the type's `data`."}})}}),
+    "RecoveryStart": _obj({"since": {"type": "string", "format": "date-time", "description": "Events that arrived "
+                                     "from this time (not in the future)."},
+                           "until": {"type": "string", "format": "date-time", "description": "... and before this "
+                                     "time; default: now."}}, ("since",)),
+    "Recovery": _obj({"id": _STR, "subscription_id": _STR, "since": _TIME, "until": _TIME, "queued": _INT, "done": _INT,
+                      "succeeded": _INT, "failed": _INT, "finished": _BOOL,
+                      "waiting_for": {"type": ["string", "null"], "description": "What the queued deliveries wait "
+                                      "for (a Failing or paused subscription holds them)."},
+                      "created_at": _TIME}, ("id", "queued", "done")),
     "ActivityTypeList": _obj({"activity_types": {"type": "array", "items": _obj({"id": _STR, "name": _STR, "category": _STR})}}),
 }
 QUERY: dict[str, tuple[dict[str, Any], str]] = {

@@ -33,10 +33,12 @@ from services.webhooks.adapters import events
 from services.webhooks.adapters.metrics import WebhookMetrics
 from services.webhooks.adapters.queue import Completed, Job, WorkQueue
 from services.webhooks.adapters.sender import DeliveryClient, send_attempt
-from services.webhooks.adapters.store import Database, row_id, write_event
+from services.webhooks.adapters.store import Database, row_id, write_alert, write_event
 from services.webhooks.application.handlers import SecretCache
 from services.webhooks.application.ports import attempt_row
-from services.webhooks.domain.model import RetryPolicy, SubscriptionStatus, outcome_of
+from services.webhooks.domain.model import (
+    SUBSCRIPTION_FAILING_TYPE, RetryPolicy, SubscriptionStatus, outcome_of, subscription_alert,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +359,7 @@ class Dispatcher:
         released = [item.delivery_id for item in batch if isinstance(item, Job)]
         now = utcnow()
         failing = []
+        alerted = 0
         async with self._db.write() as session:
             if completed:
                 failing = await self._queue.record(session, completed, now)
@@ -365,6 +368,13 @@ class Dispatcher:
                         "failing", subscription_id=sub.id, org_id=sub.org_id, integration_id=sub.integration_id,
                         status=SubscriptionStatus.FAILING, version=sub.version, actor_id=events.SYSTEM_ACTOR, now=now,
                     ))
+                    last = next(c for c in completed if c.exhausted and c.job.subscription_id == sub.id)
+                    alerted += await write_alert(session, subscription_alert(
+                        SUBSCRIPTION_FAILING_TYPE, event_id=row_id("evt"), org_id=sub.org_id, subscription_id=sub.id,
+                        integration_id=sub.integration_id, url=last.job.url, failing_since=now, now=now,
+                        failed_event_id=last.job.event_id, failed_event_type=last.job.event_type,
+                        last_error=str(last.attempt_row["error_detail"]),
+                    ), integration_id=sub.integration_id, url=last.job.url, failing_since=now, now=now)
             if released:
                 await self._queue.release(session, released)
         for item in batch:
@@ -377,7 +387,7 @@ class Dispatcher:
         retries = [c.next_attempt_at for c in completed if c.next_attempt_at is not None]
         if retries:
             self._wake_at(min(retries))
-        if released:
+        if released or alerted:
             self.wake()
 
     async def _renew_loop(self) -> None:

@@ -1,6 +1,9 @@
 """The events webhooks publishes, in the wire formats of protos/: built here, written to the
 outbox in the caller's transaction (adapters/store.py's unit of work; the dispatcher's writer).
 
+`trellis.webhooks.alert.<kind>` (SubscriptionAlert) is the operational event of a subscription
+becoming Failing or recovering, with the same event id and data as the `webhook.<kind>` activity
+the organisation's other subscriptions receive.
 `trellis.subscription.<kind>` (SubscriptionChanged) tells every webhooks replica to drop what
 it holds of a changed subscription; `trellis.audit.webhooks.subscription.<kind>` (AuditEvent)
 is the audit trail of what administrators and partners changed. Neither carries a secret.
@@ -16,10 +19,12 @@ from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.kit.ids import new_id
 from services.kit.prototime import timestamp
-from services.webhooks.domain.model import SYSTEM_ACTOR, Subscription, SubscriptionStatus
+from services.kit.prototime import timestamp_or_none
+from services.webhooks.domain.model import SYSTEM_ACTOR, IncomingActivity, Subscription, SubscriptionStatus
 
 SERVICE = "webhooks"
-__all__ = ["SERVICE", "STATUS_TO_PROTO", "SYSTEM_ACTOR", "OutgoingEvent", "audit", "changed", "subscription_changed"]
+__all__ = ["SERVICE", "STATUS_TO_PROTO", "SYSTEM_ACTOR", "OutgoingEvent", "alert", "audit", "changed",
+           "retention_audit", "subscription_changed"]
 
 STATUS_TO_PROTO = {status: pb.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{status.name}") for status in SubscriptionStatus}
 
@@ -61,3 +66,30 @@ def audit(kind: str, *, before: Subscription | None, after: Subscription, actor_
         after_json=json.dumps(after.audit_view(), sort_keys=True), request_id=request_id,
     )
     return OutgoingEvent(event_id, f"trellis.audit.{SERVICE}.subscription.{kind}", payload.SerializeToString())
+
+
+def alert(activity: IncomingActivity, *, integration_id: str, url: str, failing_since: dt.datetime | None) -> OutgoingEvent:
+    """`trellis.webhooks.alert.<kind>`: the alert activity's operational twin (same event id)."""
+    kind = activity.type.removeprefix("webhook.")
+    payload = pb.SubscriptionAlert(
+        event_id=activity.event_id, occurred_at=timestamp(activity.occurred_at), kind=kind, org_id=activity.org_id,
+        subscription_id=activity.about_subscription_id, integration_id=integration_id, url=url,
+        failing_since=timestamp_or_none(failing_since), data_json=json.dumps(activity.data, separators=(",", ":")),
+    )
+    return OutgoingEvent(activity.event_id, f"trellis.{SERVICE}.alert.{kind}", payload.SerializeToString())
+
+
+def retention_audit(org_id: str, *, before: int | None, after: int | None, default_days: int, actor_id: str,
+                    now: dt.datetime, request_id: str = "") -> OutgoingEvent:
+    """`trellis.audit.webhooks.retention.set`: an organisation's retention override changed."""
+    def view(days: int | None) -> str:
+        return json.dumps({"days": days if days is not None else default_days, "overridden": days is not None},
+                          sort_keys=True)
+
+    event_id = new_id("evt")
+    payload = events_pb2.AuditEvent(
+        event_id=event_id, occurred_at=timestamp(now), service=SERVICE, org_id=org_id, actor_id=actor_id,
+        action="retention.set", object_type="retention", object_id=org_id, before_json=view(before),
+        after_json=view(after), request_id=request_id,
+    )
+    return OutgoingEvent(event_id, f"trellis.audit.{SERVICE}.retention.set", payload.SerializeToString())

@@ -9,6 +9,8 @@
 - `trellis_webhooks_nonconforming_activities_total{type}`: activities from NATS whose `data`
   did not fit their type's schema, stored and delivered all the same (a producer to fix).
   Only catalogue types have schemas, so `type` has at most their 25 values.
+- `trellis_webhooks_failing_subscriptions`: subscriptions in the Failing state (every
+  organisation), sampled at scrape time: deploy/k8s/base/prometheus-rules.yaml alerts on it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class WebhookMetrics:
         self.latency = Histogram("trellis_webhooks_delivery_latency_seconds", "Time from an activity to its "
                                  "receiver's 2xx answer", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("trellis_webhooks_queue_depth", "Pending deliveries (all replicas)", registry=r)
+        self.failing_subscriptions = Gauge("trellis_webhooks_failing_subscriptions", "Subscriptions in the Failing "
+                                           "state (all organisations)", registry=r)
         self._outcomes = {status: self.deliveries.labels(label) for status, label in OUTCOMES.items()}
         self.nonconforming = Counter("trellis_webhooks_nonconforming_activities", "Activities from NATS whose data "
                                      "did not fit their type's schema (delivered all the same)", ["type"], registry=r)
@@ -60,3 +64,9 @@ class WebhookMetrics:
             self.queue_depth.set(await depth())
 
         self._service.sample("webhooks_queue", sample)
+
+    def watch_failing(self, count: Callable[[], Awaitable[int]]) -> None:
+        async def sample() -> None:
+            self.failing_subscriptions.set(await count())
+
+        self._service.sample("webhooks_failing", sample)

@@ -9,6 +9,9 @@ and the unit of work over them (application.ports.WebhooksUnitOfWork, SqlWebhook
   is due, `lease_until`/`claimed_by` which replica holds it (claims: services.webhooks.adapters.queue).
 - `attempts`: the delivery log, one row per POST.
 - `integrations`: the last status seen of each owning integration (from its events).
+- `recoveries` and `recovery_deliveries`: each recovery after an outage, and which delivery
+  (in which round) it sent again; its progress is read from those deliveries.
+- `retention_settings`: an organisation's retention override (days).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Self
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
-    and_, case, func, literal, or_, select, text, tuple_, update,
+    and_, case, delete, exists, func, literal, or_, select, text, tuple_, union, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -42,8 +45,8 @@ from services.webhooks.application.ports import (
 )
 from services.webhooks.domain.filters import verdict
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
-    SubscriptionStatus, delivery_document,
+    AttemptError, DeliveryStatus, IncomingActivity, Recovery, SignatureScheme, Subscription,
+    SubscriptionStatus, delivery_body, delivery_document,
 )
 
 metadata = new_metadata()
@@ -95,7 +98,7 @@ subscriptions = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("deleted_at", UTCDateTime(), nullable=True),
-    # A JMESPath expression over the delivery document ("": none); domain/filters.py (0005).
+    # A JMESPath expression over the delivery document ("": none); domain/filters.py (migration 0004).
     Column("filter", Text, nullable=False, server_default=""),
 )
 
@@ -141,6 +144,8 @@ deliveries = Table(
     # index and stops at its LIMIT; `ix_deliveries_next` finds when the next work falls due.
     Index("ix_deliveries_due", "subscription_id", "next_attempt_at", "seq", sqlite_where=_PENDING, postgresql_where=_PENDING),
     Index("ix_deliveries_next", "next_attempt_at", sqlite_where=_PENDING, postgresql_where=_PENDING),
+    # Retention walks an organisation's oldest deliveries (migration 0003).
+    Index("ix_deliveries_org_created", "org_id", "created_at"),
 )
 
 attempts = Table(
@@ -186,6 +191,38 @@ processed_events = Table(
     metadata,
     Column("event_id", String(64), primary_key=True),
     Column("processed_at", UTCDateTime(), nullable=False),
+)
+
+recoveries = Table(
+    "recoveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("subscription_id", String(40), nullable=False, index=True),
+    Column("since", UTCDateTime(), nullable=False),
+    Column("until", UTCDateTime(), nullable=False),
+    Column("queued", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Which delivery a recovery sent again, and the round it started for it.
+recovery_deliveries = Table(
+    "recovery_deliveries",
+    metadata,
+    Column("recovery_id", String(40), primary_key=True),
+    Column("delivery_id", String(40), primary_key=True),
+    Column("round", Integer, nullable=False),
+    Index("ix_recovery_deliveries_delivery", "delivery_id"),
+)
+
+retention_settings = Table(
+    "retention_settings",
+    metadata,
+    Column("org_id", String(64), primary_key=True),
+    Column("days", Integer, nullable=False),
+    Column("updated_by", String(128), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 outbox = outbox_table(metadata)
@@ -468,8 +505,9 @@ class ActivityLog:
         for key in inserted:
             activity, _, seq = unique[key]
             document: dict[str, object] | None = None  # built for the first filter only
-            for sub_id, sub_org, types, expression in matches:
-                if sub_org != activity.org_id or not ("*" in types or activity.type in types):
+            for sub_id, sub_org, types, sub_integration, expression in matches:
+                if sub_org != activity.org_id or not ("*" in types or activity.type in types) \
+                        or not activity.reaches(sub_id, sub_integration):
                     continue
                 row = _new_delivery(new_delivery_id(), activity.org_id, sub_id, activity.event_id,
                                     activity.type, seq, now, next_attempt_at=now)
@@ -490,15 +528,15 @@ class ActivityLog:
             for a in batch
         ]
 
-    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str], str]]:
+    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str], str, str]]:
         if not orgs:
             return []
         t = subscriptions
-        query = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.filter).where(
+        query = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.integration_id, t.c.filter).where(
             t.c.org_id.in_(sorted(orgs)), t.c.deleted_at.is_(None),
             t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
         )
-        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types)), r.filter)
+        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types)), r.integration_id, r.filter)
                 for r in (await self._session.execute(query)).all()]
 
     async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str,
@@ -576,7 +614,13 @@ class ActivityLog:
         query = (select(func.substr(a.c.body, 1, limit).label("head"), func.length(a.c.body).label("size"), s.c.scheme)
                  .select_from(a.join(s, s.c.id == delivery.subscription_id))
                  .where(a.c.org_id == delivery.org_id, a.c.event_id == delivery.event_id))
-        row = (await self._session.execute(query)).one()
+        row = (await self._session.execute(query)).first()
+        if row is None:
+            # Retention never deletes an event a delivery still refers to; should the row be gone
+            # anyway, the page shows no body rather than failing.
+            scheme = (await self._session.execute(
+                select(s.c.scheme).where(s.c.id == delivery.subscription_id))).scalar_one_or_none()
+            return SentBody(b"", 0, SignatureScheme(scheme or SignatureScheme.SPEC.value))
         return SentBody(bytes(row.head), int(row.size), SignatureScheme(row.scheme))
 
     async def list_attempts(self, scope: Scope, *, subscription_id: str, succeeded: bool | None,
@@ -612,9 +656,11 @@ class ActivityLog:
         )
 
     async def list_activities(self, org_id: str, *, types: Sequence[str], size: int,
-                              token: str) -> tuple[list[ActivityRecord], str]:
+                              token: str, hide_alerts: bool = False) -> tuple[list[ActivityRecord], str]:
         t = activities
         query = select(t).where(t.c.org_id == org_id, t.c.type != "webhook.test")
+        if hide_alerts:  # a partner's list: the alerts may be about other integrations' subscriptions
+            query = query.where(t.c.type.not_like("webhook.%"))
         if types:
             query = query.where(t.c.type.in_(list(types)))
         if token:
@@ -624,6 +670,115 @@ class ActivityLog:
         found = [_activity(r) for r in rows[:size]]
         next_token = encode_token(rows[size - 1].seq, found[-1].event_id) if len(rows) > size else ""
         return found, next_token
+
+    # --- recovery after an outage ---------------------------------------------------------------
+
+    async def add_recovery(self, recovery: Recovery) -> None:
+        await self._session.execute(recoveries.insert().values(
+            id=recovery.id, org_id=recovery.org_id, subscription_id=recovery.subscription_id, since=recovery.since,
+            until=recovery.until, queued=0, created_by=recovery.created_by, created_at=recovery.created_at,
+        ))
+
+    async def recover_batch(self, recovery: Recovery, *, after: tuple[int, str] | None, limit: int,
+                            now: dt.datetime) -> tuple[int, tuple[int, str] | None]:
+        d = deliveries
+        query = select(d.c.id, d.c.seq).where(
+            d.c.org_id == recovery.org_id, d.c.subscription_id == recovery.subscription_id,
+            d.c.status == DeliveryStatus.FAILED.value, d.c.test == False,  # noqa: E712 - SQL, not Python
+            d.c.created_at >= recovery.since, d.c.created_at < recovery.until,
+        )
+        if after is not None:
+            query = query.where(tuple_(d.c.seq, d.c.id) > tuple_(literal(after[0], BigInteger()), literal(after[1])))
+        rows = (await self._session.execute(query.order_by(d.c.seq, d.c.id).limit(limit))).all()
+        if not rows:
+            return 0, None
+        # Only what is still failed: a redelivery or another recovery may have taken some since.
+        requeued = (await self._session.execute(
+            update(d).where(d.c.id.in_([r.id for r in rows]), d.c.status == DeliveryStatus.FAILED.value)
+            .values(status=DeliveryStatus.PENDING.value, round=d.c.round + 1, attempts=0, next_attempt_at=now,
+                    lease_until=None, claimed_by=None, updated_at=now)
+            .returning(d.c.id, d.c.round)
+        )).all()
+        if requeued:
+            await self._session.execute(recovery_deliveries.insert(), [
+                {"recovery_id": recovery.id, "delivery_id": r.id, "round": r.round} for r in requeued])
+        last = rows[-1]
+        return len(requeued), ((int(last.seq), str(last.id)) if len(rows) == limit else None)
+
+    async def set_recovery_queued(self, recovery_id: str, queued: int) -> None:
+        await self._session.execute(update(recoveries).where(recoveries.c.id == recovery_id).values(queued=queued))
+
+    async def get_recovery(self, scope: Scope, recovery_id: str) -> Recovery:
+        r, rd, d = recoveries, recovery_deliveries, deliveries
+        row = (await self._session.execute(
+            select(r).where(self._visible(r, scope), r.c.id == recovery_id))).first()
+        if row is None:
+            raise NotFound(f"no recovery {recovery_id}", recovery_id=recovery_id)
+        # Done: its round is over (or a later round began, or retention deleted it).
+        in_round = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.round <= rd.c.round)
+        succeeded = and_(d.c.status == DeliveryStatus.SUCCEEDED.value, d.c.round >= rd.c.round)
+        counts = (await self._session.execute(
+            select(func.count().label("queued"),
+                   func.coalesce(func.sum(case((in_round, 0), else_=1)), 0).label("done"),
+                   func.coalesce(func.sum(case((succeeded, 1), else_=0)), 0).label("succeeded"))
+            .select_from(rd.outerjoin(d, d.c.id == rd.c.delivery_id)).where(rd.c.recovery_id == recovery_id)
+        )).one()
+        return Recovery(
+            id=row.id, org_id=row.org_id, subscription_id=row.subscription_id, since=row.since, until=row.until,
+            created_by=row.created_by, created_at=row.created_at, queued=int(counts.queued), done=int(counts.done),
+            succeeded=int(counts.succeeded),
+        )
+
+    # --- retention -----------------------------------------------------------------------------
+
+    async def retention_override(self, org_id: str) -> int | None:
+        t = retention_settings
+        days = (await self._session.execute(select(t.c.days).where(t.c.org_id == org_id))).scalar_one_or_none()
+        return None if days is None else int(days)
+
+    async def set_retention_override(self, org_id: str, days: int | None, *, actor_id: str, now: dt.datetime) -> None:
+        t = retention_settings
+        await self._session.execute(delete(t).where(t.c.org_id == org_id))
+        if days is not None:
+            await self._session.execute(t.insert().values(org_id=org_id, days=days, updated_by=actor_id, updated_at=now))
+
+    async def retention_overrides(self) -> dict[str, int]:
+        t = retention_settings
+        return {r.org_id: int(r.days) for r in (await self._session.execute(select(t.c.org_id, t.c.days))).all()}
+
+    async def log_orgs(self) -> list[str]:
+        query = union(select(deliveries.c.org_id).distinct(), select(activities.c.org_id).distinct())
+        return sorted(str(org) for org in (await self._session.execute(query)).scalars().all())
+
+    async def delete_expired(self, org_id: str, cutoff: dt.datetime, *, limit: int) -> int:
+        """Finished deliveries (never a pending one: it is still to be sent) go with their
+        attempts in one statement each; an activity goes only once no delivery refers to it, so
+        a delivery's page always finds its event's body."""
+        d, a, r, rd = deliveries, activities, recoveries, recovery_deliveries
+        ids = list((await self._session.execute(
+            select(d.c.id).where(d.c.org_id == org_id, d.c.created_at < cutoff,
+                                 d.c.status != DeliveryStatus.PENDING.value).limit(limit))).scalars().all())
+        deleted = 0
+        if ids:
+            deleted += rowcount(await self._session.execute(delete(attempts).where(attempts.c.delivery_id.in_(ids))))
+            await self._session.execute(delete(rd).where(rd.c.delivery_id.in_(ids)))
+            deleted += rowcount(await self._session.execute(delete(d).where(d.c.id.in_(ids))))
+        room = limit - len(ids)
+        if room <= 0:
+            return deleted
+        cutoff_seq = int(cutoff.timestamp() * 1_000_000_000)
+        unreferenced = ~exists().where(d.c.org_id == a.c.org_id, d.c.event_id == a.c.event_id)
+        events = list((await self._session.execute(
+            select(a.c.event_id).where(a.c.org_id == org_id, a.c.seq < cutoff_seq, unreferenced).limit(room)
+        )).scalars().all())
+        if events:
+            deleted += rowcount(await self._session.execute(
+                delete(a).where(a.c.org_id == org_id, a.c.event_id.in_(events))))
+        emptied = ~exists().where(rd.c.recovery_id == r.c.id)
+        deleted += rowcount(await self._session.execute(
+            delete(r).where(r.c.id.in_(select(r.c.id).where(r.c.org_id == org_id, r.c.created_at < cutoff, emptied)
+                                        .limit(room)))))
+        return deleted
 
 
 def _new_delivery(id_: str, org_id: str, subscription_id: str, event_id: str, event_type: str, seq: int,
@@ -666,7 +821,36 @@ class SqlWebhooksUnitOfWork(SqlUnitOfWork):
     async def _write(self, event: events.OutgoingEvent) -> None:
         await self.add_event(event.subject, event.payload, event_id=event.event_id)
 
+    async def retention_changed(self, org_id: str, *, before: int | None, after: int | None, default_days: int,
+                                actor_id: str, now: dt.datetime, request_id: str = "") -> None:
+        await self._write(events.retention_audit(org_id, before=before, after=after, default_days=default_days,
+                                                 actor_id=actor_id, now=now, request_id=request_id))
+
+    async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+        [accepted] = await self.activities.ingest([alert], [delivery_body(alert)], now)
+        await self._write(events.alert(alert, integration_id=integration_id, url=url, failing_since=failing_since))
+        return accepted.deliveries
+
 
 async def write_event(session: AsyncSession, event: events.OutgoingEvent) -> str:
     """An outbox row in `session`'s transaction, for writers outside a unit of work (the dispatcher)."""
     return await add_event(session, outbox, event.subject, event.payload, event_id=event.event_id)
+
+
+async def write_alert(session: AsyncSession, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+    """An alert in `session`'s transaction: the `webhook.<kind>` activity with its deliveries to
+    the organisation's other subscriptions that chose it, and its operational event in the
+    outbox. Returns how many deliveries it made."""
+    [accepted] = await ActivityLog(session).ingest([alert], [delivery_body(alert)], now)
+    await write_event(session, events.alert(alert, integration_id=integration_id, url=url, failing_since=failing_since))
+    return accepted.deliveries
+
+
+async def failing_subscriptions(session: AsyncSession) -> int:
+    """How many live subscriptions are Failing (every organisation), for the metric."""
+    t = subscriptions
+    query = select(func.count()).select_from(t).where(t.c.status == SubscriptionStatus.FAILING.value,
+                                                      t.c.deleted_at.is_(None))
+    return int((await session.execute(query)).scalar_one())

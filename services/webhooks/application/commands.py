@@ -111,3 +111,27 @@ class ApplyIntegrationChange:
     integration_id: str
     status: str
     version: int
+
+
+@dataclass(frozen=True)
+class StartRecovery:
+    """Send again every failed delivery of a subscription whose event arrived in [since, until)."""
+
+    subscription_id: str
+    since: dt.datetime | None
+    until: dt.datetime | None = None
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class RecoveryRef:
+    recovery_id: str
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class SetRetention:
+    """The organisation's retention in days; 0 returns it to the service's default."""
+
+    days: int
+    view: View = field(default_factory=View)

@@ -8,6 +8,7 @@ subscription; the edge acts for one partner integration and sees only what it ow
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import datetime as dt
 import logging
@@ -27,10 +28,11 @@ from services.webhooks.application.ports import (
 from services.webhooks.domain.filters import check_filter
 from services.webhooks.domain.schemas import check_data
 from services.webhooks.domain.model import (
-    ACTIVITY_TYPES, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, HeaderSent, IncomingActivity,
-    RetryPolicy, Subscription, SubscriptionStatus, check_activity_types, check_description, check_published_type,
+    CATALOGUE, DEFAULT_RETENTION_DAYS, SUBSCRIPTION_RECOVERED_TYPE, RECOVERY_BATCH, RETENTION_BATCH, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE,
+    ActivityType, DeliveryStatus, HeaderSent, IncomingActivity, Recovery, RetryPolicy, Subscription, SubscriptionStatus,
+    check_activity_types, check_description, check_published_type, check_recovery_range, check_retention_days,
     check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
-    pending_delivery_text, sample_data, secret_aad,
+    iso_utc, pending_delivery_text, sample_data, secret_aad, subscription_alert, waits_for,
 )
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,15 @@ def _check_owner(integration_id: str, status: str | None) -> None:
             "so it cannot own a new one",
             integration_id=integration_id, state="revoked",
         )
+
+
+@dataclass(frozen=True)
+class RetentionView:
+    """What retention applies to an organisation."""
+
+    days: int
+    overridden: bool
+    default_days: int
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,37 @@ class ActivityIngest:
         return accepted
 
 
+class Retention:
+    """Deletes each organisation's finished deliveries, attempts and activities older than its
+    retention (its override, else the default), in bounded batches."""
+
+    def __init__(self, units: UnitsOfWork, *, default_days: int = DEFAULT_RETENTION_DAYS,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self._units = units
+        self._default_days = default_days
+        self._clock = clock
+
+    async def enforce(self, *, batch: int = RETENTION_BATCH) -> int:
+        """`batch` rows per transaction (as the logs service's retention), so deliveries never
+        wait long for a lock or, on SQLite, the write turn; returns how many rows went."""
+        now = self._clock()
+        async with self._units(read_only=True) as uow:
+            orgs = await uow.activities.log_orgs()
+            overrides = await uow.activities.retention_overrides()
+        total = 0
+        for org in orgs:
+            cutoff = now - dt.timedelta(days=overrides.get(org, self._default_days))
+            while True:
+                async with self._units() as uow:
+                    deleted = await uow.activities.delete_expired(org, cutoff, limit=batch)
+                    await uow.commit()
+                total += deleted
+                await asyncio.sleep(0)  # let deliveries in between batches
+                if deleted == 0:
+                    break
+        return total
+
+
 class WebhookHandlers:
     """Every webhooks use case, each short: domain rule, unit of work, events, dispatcher."""
 
@@ -163,7 +205,11 @@ class WebhookHandlers:
         owner: str = "",
         notify: Callable[[], None] = lambda: None,
         clock: Callable[[], dt.datetime] = utcnow,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        recovery_batch: int = RECOVERY_BATCH,
     ) -> None:
+        self._retention_days = retention_days
+        self._recovery_batch = recovery_batch
         self._units = units
         self._integrations = integrations
         self._destinations = destinations
@@ -180,7 +226,7 @@ class WebhookHandlers:
         self._secrets = SecretCache(envelope)
 
     def activity_types(self, actor: Actor) -> tuple[ActivityType, ...]:
-        return ACTIVITY_TYPES
+        return CATALOGUE
 
     def _seal(self, subscription_id: str, secret: str) -> bytes:
         return self._envelope.seal(secret.encode(), secret_aad(subscription_id))
@@ -342,10 +388,11 @@ class WebhookHandlers:
             await uow.activities.finish_test(delivery_id, row, outcome.status, self._clock())
             if result.succeeded:
                 current = await uow.subscriptions.get(caller.scope, subscription.id, for_update=True)
+                failing_since = current.failing_since
                 if current.recover(self._clock()):
                     recovered = True
                     await uow.subscriptions.save(current)
-                    await self._log_recovery(uow, current)
+                    await self._log_recovery(uow, current, failing_since)
                 subscription = current
             delivery = await uow.activities.get_delivery(caller.scope, delivery_id)
             attempt = (await uow.activities.attempts_of(caller.scope, delivery_id))[-1]
@@ -356,10 +403,17 @@ class WebhookHandlers:
             self._dispatcher.wake()
         return TestResult(delivery, attempt, subscription)
 
-    async def _log_recovery(self, uow: WebhooksUnitOfWork, subscription: Subscription) -> None:
-        released = await uow.subscriptions.release_queue(subscription.id, subscription.updated_at)
+    async def _log_recovery(self, uow: WebhooksUnitOfWork, subscription: Subscription,
+                            failing_since: dt.datetime | None) -> None:
+        now = subscription.updated_at
+        released = await uow.subscriptions.release_queue(subscription.id, now)
         log.info("webhook subscription %s is Active again; %d queued deliveries go out", subscription.id, released)
-        await uow.changed("recovered", subscription, actor_id=SYSTEM_ACTOR, now=subscription.updated_at)
+        await uow.changed("recovered", subscription, actor_id=SYSTEM_ACTOR, now=now)
+        await uow.alerted(subscription_alert(
+            SUBSCRIPTION_RECOVERED_TYPE, event_id=new_id("evt"), org_id=subscription.org_id,
+            subscription_id=subscription.id, integration_id=subscription.integration_id, url=subscription.url,
+            failing_since=failing_since, now=now, recovered_at=iso_utc(now), queued_deliveries=released,
+        ), integration_id=subscription.integration_id, url=subscription.url, failing_since=failing_since, now=now)
 
     # --- the delivery log --------------------------------------------------------------------
 
@@ -419,6 +473,79 @@ class WebhookHandlers:
         self._dispatcher.wake()
         return delivery
 
+    # --- recovery after an outage -----------------------------------------------------------------
+
+    async def start_recovery(self, actor: Actor, cmd: commands.StartRecovery) -> Recovery:
+        """Sends again every failed delivery of the subscription whose event arrived in the range:
+        each keeps its event id and starts a new round of the schedule. Queued in batches of
+        `recovery_batch`, each its own transaction, so the dispatcher works on between them and
+        the first go out while the rest are queued; returns once all are queued."""
+        caller = caller_for(actor, cmd.view)
+        now = self._clock()
+        since, until = check_recovery_range(cmd.since, cmd.until, now)
+        recovery = Recovery(id=new_id("rcv"), org_id=caller.org_id, subscription_id=cmd.subscription_id, since=since,
+                            until=until, created_by=caller.actor_id, created_at=now)
+        async with self._units() as uow:
+            subscription = await uow.subscriptions.get(caller.scope, cmd.subscription_id)
+            if subscription.status is SubscriptionStatus.DISABLED:
+                raise FailedPrecondition("its subscription is disabled: nothing would be sent",
+                                         subscription_id=subscription.id)
+            await uow.activities.add_recovery(recovery)
+            await uow.commit()
+        queued, after = 0, None
+        while True:
+            async with self._units() as uow:
+                count, after = await uow.activities.recover_batch(recovery, after=after, limit=self._recovery_batch,
+                                                                  now=self._clock())
+                queued += count
+                await uow.activities.set_recovery_queued(recovery.id, queued)
+                await uow.commit()
+            if count:
+                self._dispatcher.wake()
+            if after is None:
+                break
+            await asyncio.sleep(0)  # let the deliveries' own work in between batches
+        log.info("recovery %s of subscription %s: %d failed deliveries sent again", recovery.id, subscription.id, queued)
+        return await self.get_recovery(actor, commands.RecoveryRef(recovery.id, cmd.view))
+
+    async def get_recovery(self, actor: Actor, ref: commands.RecoveryRef) -> Recovery:
+        """The recovery's progress, and what its queued deliveries wait for while it lasts."""
+        caller = caller_for(actor, ref.view)
+        async with self._units(read_only=True) as uow:
+            recovery = await uow.activities.get_recovery(caller.scope, ref.recovery_id)
+            if recovery.finished:
+                return recovery
+            subscription = await uow.subscriptions.get(Scope(caller.org_id), recovery.subscription_id)
+        return replace(recovery, waiting_for=waits_for(subscription))
+
+    # --- retention -----------------------------------------------------------------------------
+
+    async def get_retention(self, actor: Actor, view: commands.View) -> RetentionView:
+        caller = caller_for(actor, view)
+        async with self._units(read_only=True) as uow:
+            days = await uow.activities.retention_override(caller.org_id)
+        return RetentionView(days or self._retention_days, days is not None, self._retention_days)
+
+    async def set_retention(self, actor: Actor, cmd: commands.SetRetention) -> RetentionView:
+        """The organisation's own retention (administrators only; 0 returns to the default)."""
+        caller = caller_for(actor, cmd.view)
+        if caller.partner:
+            raise PermissionDenied("retention is set by the organisation's administrators")
+        days = check_retention_days(cmd.days)
+        now = self._clock()
+        async with self._units() as uow:
+            before = await uow.activities.retention_override(caller.org_id)
+            await uow.activities.set_retention_override(caller.org_id, days or None, actor_id=caller.actor_id, now=now)
+            if before != (days or None):
+                await uow.retention_changed(caller.org_id, before=before, after=days or None,
+                                            default_days=self._retention_days, actor_id=caller.actor_id, now=now,
+                                            request_id=cmd.view.request_id)
+            await uow.commit()
+        self._notify()
+        log.info("webhook retention of organisation %s set to %s by %s", caller.org_id,
+                 f"{days} days" if days else "the default", caller.actor_id)
+        return await self.get_retention(actor, cmd.view)
+
     # --- activities ----------------------------------------------------------------------------
 
     async def publish(self, actor: Actor, cmd: commands.PublishActivity) -> Accepted:
@@ -446,7 +573,8 @@ class WebhookHandlers:
         caller = caller_for(actor, query.view)
         async with self._units(read_only=True) as uow:
             return await uow.activities.list_activities(caller.org_id, types=[t.strip() for t in query.types if t.strip()],
-                                                        size=page_size(query.page_size), token=query.page_token)
+                                                        size=page_size(query.page_size), token=query.page_token,
+                                                        hide_alerts=caller.partner)
 
     # --- the owning integration's lifecycle ------------------------------------------------------
 

@@ -19,7 +19,8 @@ from typing import Protocol
 from services.kit.auth import Actor
 from services.kit.uow import UnitOfWork
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
+    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, Recovery, SignatureScheme, Subscription,
+    SubscriptionStatus,
 )
 
 # --- what the store reads and writes ---------------------------------------------------------------
@@ -208,7 +209,46 @@ class Activities(Protocol):
         ...
 
     async def list_activities(self, org_id: str, *, types: Sequence[str], size: int,
-                              token: str) -> tuple[list[ActivityRecord], str]: ...
+                              token: str, hide_alerts: bool = False) -> tuple[list[ActivityRecord], str]:
+        """The organisation's activities, newest first; `hide_alerts` leaves out webhook.* ones."""
+        ...
+
+    # recovery after an outage
+
+    async def add_recovery(self, recovery: Recovery) -> None: ...
+
+    async def recover_batch(self, recovery: Recovery, *, after: tuple[int, str] | None, limit: int,
+                            now: dt.datetime) -> tuple[int, tuple[int, str] | None]:
+        """Sends again up to `limit` failed deliveries of the recovery's subscription and range,
+        after the keyset `after` (arrival order): a new round each, due now, recorded as the
+        recovery's. Returns how many were queued and the keyset to go on from (None: no more)."""
+        ...
+
+    async def set_recovery_queued(self, recovery_id: str, queued: int) -> None: ...
+
+    async def get_recovery(self, scope: Scope, recovery_id: str) -> Recovery:
+        """The recovery and its progress, or NotFound when the scope does not see it."""
+        ...
+
+    # retention
+
+    async def retention_override(self, org_id: str) -> int | None: ...
+
+    async def set_retention_override(self, org_id: str, days: int | None, *, actor_id: str, now: dt.datetime) -> None:
+        """Stores the organisation's retention in days; None removes the override."""
+        ...
+
+    async def retention_overrides(self) -> dict[str, int]: ...
+
+    async def log_orgs(self) -> list[str]:
+        """The organisations that have deliveries or activities."""
+        ...
+
+    async def delete_expired(self, org_id: str, cutoff: dt.datetime, *, limit: int) -> int:
+        """Deletes up to `limit` of the organisation's finished deliveries created before
+        `cutoff`, with their attempts; then activities received before `cutoff` that no delivery
+        refers to any more. Returns how many rows went (0 when nothing is left to delete)."""
+        ...
 
 
 class WebhooksUnitOfWork(UnitOfWork, Protocol):
@@ -228,6 +268,19 @@ class WebhooksUnitOfWork(UnitOfWork, Protocol):
     async def changed_and_audited(self, kind: str, *, before: Subscription | None, after: Subscription,
                                   actor_id: str, now: dt.datetime, request_id: str = "") -> None:
         """A change an actor made: the subscription event and its audit record."""
+        ...
+
+
+    async def retention_changed(self, org_id: str, *, before: int | None, after: int | None, default_days: int,
+                                actor_id: str, now: dt.datetime, request_id: str = "") -> None:
+        """The audit record of an organisation's retention override changing (None: the default)."""
+        ...
+
+    # An alert about a subscription (services.webhooks.domain.model.subscription_alert).
+    async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+        """The alert activity, its deliveries to the organisation's other subscriptions that chose
+        its type, and its operational event, in this transaction; returns how many deliveries."""
         ...
 
 

@@ -56,7 +56,17 @@ ACTIVITY_TYPES: tuple[ActivityType, ...] = tuple(
     )
     for id_, name in entries
 )
-KNOWN_TYPES = frozenset(t.id for t in ACTIVITY_TYPES)
+# What webhooks itself says about an organisation's subscriptions, delivered like any activity
+# to its other subscriptions (a subscription never receives the alerts about itself).
+SUBSCRIPTION_FAILING_TYPE = "webhook.subscription_failing"
+SUBSCRIPTION_RECOVERED_TYPE = "webhook.subscription_recovered"
+ALERT_TYPES: tuple[ActivityType, ...] = (
+    ActivityType(SUBSCRIPTION_FAILING_TYPE, "Webhook subscription failing", "Webhooks"),
+    ActivityType(SUBSCRIPTION_RECOVERED_TYPE, "Webhook subscription recovered", "Webhooks"),
+)
+# What a subscription can choose: the spec's catalogue and the alerts.
+CATALOGUE: tuple[ActivityType, ...] = ACTIVITY_TYPES + ALERT_TYPES
+KNOWN_TYPES = frozenset(t.id for t in CATALOGUE)
 ALL_TYPES = "*"
 TEST_TYPE = "webhook.test"
 
@@ -86,6 +96,9 @@ def check_published_type(activity_type: str) -> str:
     activity_type = activity_type.strip()
     if activity_type in (ALL_TYPES, TEST_TYPE):
         raise InvalidArgument(f"{activity_type!r} cannot be published as an activity type")
+    if activity_type.startswith("webhook."):
+        raise InvalidArgument(f"{activity_type!r} cannot be published: webhook.* types are the alerts webhooks "
+                              "itself sends", type=activity_type)
     if not _TYPE_SHAPE.match(activity_type):
         raise InvalidArgument(
             f"activity type {activity_type!r} is malformed: lower-case words joined by dots, like lot.created",
@@ -369,6 +382,17 @@ class IncomingActivity:
     sender_id: str
     data: object
     trace_headers: Mapping[str, str] = field(default_factory=dict)
+    # An alert about this subscription: it gets no delivery of it; and, when the subscription
+    # is a partner integration's, only that integration's and the administrators' subscriptions
+    # do (another partner never learns of it).
+    about_subscription_id: str = ""
+    about_integration_id: str = ""
+
+    def reaches(self, subscription_id: str, integration_id: str) -> bool:
+        """Whether a matching subscription (its id and owning integration) may receive it."""
+        if not self.about_subscription_id:
+            return True
+        return subscription_id != self.about_subscription_id and integration_id in ("", self.about_integration_id)
 
 
 def parse_data(data_json: str) -> object:
@@ -569,3 +593,94 @@ def page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+# --- recovery after an outage ---------------------------------------------------------------------
+
+# A recovery re-queues its deliveries this many per transaction: a long one never holds the
+# deliveries table for long, so the dispatcher's claims and records go on between batches.
+RECOVERY_BATCH = 1000
+# Clock skew allowed between the caller and this service before a time counts as "in the future".
+RECOVERY_CLOCK_SKEW = dt.timedelta(seconds=60)
+
+
+def check_recovery_range(since: dt.datetime | None, until: dt.datetime | None,
+                         now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[since, until) of a recovery: since required and not in the future, until (default now)
+    not in the future and after since."""
+    if since is None:
+        raise InvalidArgument("since is required: recover the failed deliveries whose event arrived since when?",
+                              field="since")
+    if since > now + RECOVERY_CLOCK_SKEW:
+        raise InvalidArgument(f"since ({iso_utc(since)}) is in the future; nothing has arrived since then",
+                              field="since")
+    if until is None:
+        until = now
+    elif until > now + RECOVERY_CLOCK_SKEW:
+        raise InvalidArgument(f"until ({iso_utc(until)}) is in the future; leave it out to recover up to now",
+                              field="until")
+    if since >= until:
+        raise InvalidArgument(f"since ({iso_utc(since)}) must be before until ({iso_utc(until)})", field="until")
+    return since, until
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One recovery operation and its progress: `queued` deliveries sent again, `done` of them
+    finished their new round (`succeeded` or failed again)."""
+
+    id: str
+    org_id: str
+    subscription_id: str
+    since: dt.datetime
+    until: dt.datetime
+    created_by: str
+    created_at: dt.datetime
+    queued: int = 0
+    done: int = 0
+    succeeded: int = 0
+    waiting_for: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.done - self.succeeded
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.queued
+
+
+# --- retention -------------------------------------------------------------------------------------
+
+DEFAULT_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 3650
+# Rows deleted per transaction by a retention pass (as the logs service's RETENTION_BATCH).
+RETENTION_BATCH = 1000
+
+
+def check_retention_days(days: int) -> int:
+    """An organisation's retention in days (1 .. MAX_RETENTION_DAYS); 0 clears the override."""
+    if days < 0 or days > MAX_RETENTION_DAYS:
+        raise InvalidArgument(f"days must be between 1 and {MAX_RETENTION_DAYS} (or 0 to return to the default)",
+                              field="days")
+    return days
+
+
+# --- alerts -----------------------------------------------------------------------------------------
+
+ALERT_SENDER = "webhooks"
+
+
+def subscription_alert(type_: str, *, event_id: str, org_id: str, subscription_id: str, integration_id: str, url: str,
+                       failing_since: dt.datetime | None, now: dt.datetime,
+                       **detail: object) -> IncomingActivity:
+    """`webhook.subscription_failing` or `webhook.subscription_recovered` about one subscription,
+    as an activity of its organisation that its other subscriptions may receive."""
+    data: dict[str, object] = {
+        "subscription_id": subscription_id, "integration_id": integration_id or None, "endpoint_url": url,
+        "status": "failing" if type_ == SUBSCRIPTION_FAILING_TYPE else "active",
+        "failing_since": iso_utc(failing_since) if failing_since is not None else None, **detail,
+    }
+    return IncomingActivity(event_id=event_id, type=type_, org_id=org_id, occurred_at=now, sender_type="system",
+                            sender_id=ALERT_SENDER, data=data, about_subscription_id=subscription_id,
+                            about_integration_id=integration_id)

@@ -41,7 +41,16 @@ _UNIT = ("unit", _STRING, "the unit of `quantity` (`g`, `kg`, `units`, …)")
 
 Field = tuple[str, Mapping[str, Any], str]
 
-# The catalogue's order (services.webhooks.domain.model.ACTIVITY_TYPES).
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_ALERT: tuple[Field, ...] = (
+    ("subscription_id", _STRING, "the subscription the alert is about"),
+    ("integration_id", _NULLABLE_STRING, "its integration (null: an administrator's subscription)"),
+    ("endpoint_url", _STRING, "its endpoint"),
+    ("status", {"enum": ["failing", "active"]}, "its status now"),
+    ("failing_since", {"type": ["string", "null"], "format": "date-time"}, "when it became Failing"),
+)
+
+# The catalogue's order (services.webhooks.domain.model.CATALOGUE: the spec's types, then the alerts).
 DATA_FIELDS: dict[str, tuple[Field, ...]] = {
     "batch.created": (_BATCH, _FACILITY, ("strain", _STRING, "the strain grown"), _ROOM,
                       ("plant_count", _INTEGER, "plants in the batch"), ("started_at", _TIME, "when the batch started")),
@@ -103,6 +112,14 @@ DATA_FIELDS: dict[str, tuple[Field, ...]] = {
     "final_product_weights.recorded": (_LOT, _FACILITY, ("product_name", _STRING, "the product"),
                                        ("unit_count", _INTEGER, "units packed"),
                                        ("net_weight_g", _NUMBER, "net weight of each unit, grams")),
+    # The alerts (model.ALERT_TYPES): what model.subscription_alert writes.
+    "webhook.subscription_failing": _ALERT + (
+        ("failed_event_id", _STRING, "the event whose last attempt failed"),
+        ("failed_event_type", _STRING, "its activity type"),
+        ("last_error", _STRING, "what the last attempt met")),
+    "webhook.subscription_recovered": _ALERT + (
+        ("recovered_at", _TIME, "when it was Active again"),
+        ("queued_deliveries", _INTEGER, "deliveries held while it was Failing, now going out")),
 }
 
 

@@ -14,9 +14,11 @@ from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
 from services.webhooks.application import commands
 from services.webhooks.domain.schemas import schema_json
-from services.webhooks.domain.model import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
+from services.webhooks.domain.model import (
+    AttemptError, DeliveryStatus, Recovery, SignatureScheme, Subscription, SubscriptionStatus,
+)
 from services.webhooks.adapters.events import STATUS_TO_PROTO
-from services.webhooks.application.handlers import WebhookHandlers
+from services.webhooks.application.handlers import RetentionView, WebhookHandlers
 from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
@@ -236,3 +238,34 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
             view=_view(request, context),
         ))
         return pb.ListActivitiesResponse(activities=[activity_to_proto(a) for a in found], next_page_token=token)
+
+    async def StartRecovery(self, request: pb.StartRecoveryRequest, context: grpc.aio.ServicerContext) -> pb.Recovery:
+        recovery = await self._h.start_recovery(current_actor(), commands.StartRecovery(
+            subscription_id=request.subscription_id, since=field_datetime(request, "since"),
+            until=field_datetime(request, "until"), view=_view(request, context),
+        ))
+        return recovery_to_proto(recovery)
+
+    async def GetRecovery(self, request: pb.GetRecoveryRequest, context: grpc.aio.ServicerContext) -> pb.Recovery:
+        recovery = await self._h.get_recovery(current_actor(), commands.RecoveryRef(request.recovery_id, _view(request, context)))
+        return recovery_to_proto(recovery)
+
+    async def GetRetention(self, request: pb.GetRetentionRequest, context: grpc.aio.ServicerContext) -> pb.Retention:
+        return retention_to_proto(await self._h.get_retention(current_actor(), commands.View()))
+
+    async def SetRetention(self, request: pb.SetRetentionRequest, context: grpc.aio.ServicerContext) -> pb.Retention:
+        request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+        shown = await self._h.set_retention(current_actor(), commands.SetRetention(request.days, commands.View(request_id=request_id)))
+        return retention_to_proto(shown)
+
+
+def recovery_to_proto(r: Recovery) -> pb.Recovery:
+    return pb.Recovery(
+        id=r.id, subscription_id=r.subscription_id, since=timestamp_or_none(r.since), until=timestamp_or_none(r.until),
+        queued=r.queued, done=r.done, succeeded=r.succeeded, failed=r.failed, created_by=r.created_by,
+        created_at=timestamp_or_none(r.created_at), waiting_for=r.waiting_for,
+    )
+
+
+def retention_to_proto(r: RetentionView) -> pb.Retention:
+    return pb.Retention(days=r.days, overridden=r.overridden, default_days=r.default_days)

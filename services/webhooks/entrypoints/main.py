@@ -6,6 +6,8 @@ integration consumers, then the gRPC server. Nothing is wired at import time;
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -25,8 +27,8 @@ from services.webhooks.adapters.queue import WorkQueue
 from services.webhooks.adapters.registry_client import RegistryIntegrations
 from services.webhooks.adapters.sender import DeliveryClient, Lookup, SignedSender, system_lookup
 from services.webhooks.adapters.ssrf import AddressPolicy, DestinationCheck
-from services.webhooks.adapters.store import Database, SqlWebhooksUnitOfWork, outbox
-from services.webhooks.application.handlers import ActivityIngest, SecretCache, WebhookHandlers
+from services.webhooks.adapters.store import Database, SqlWebhooksUnitOfWork, failing_subscriptions, outbox
+from services.webhooks.application.handlers import ActivityIngest, Retention, SecretCache, WebhookHandlers
 from services.webhooks.domain.model import RetryPolicy
 from services.webhooks.entrypoints.grpc_api import SERVICE_NAME, WebhooksServicer
 from services.webhooks.entrypoints.settings import WebhooksProcessSettings
@@ -78,6 +80,12 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
                 return await queue.depth(session)
 
         delivery_metrics.watch_queue(queue_depth)
+
+        async def failing_count() -> int:
+            async with db.read() as session:
+                return await failing_subscriptions(session)
+
+        delivery_metrics.watch_failing(failing_count)
         await build.start(dispatcher, "dispatcher")
         registry = RegistryIntegrations(registry_pb2_grpc.RegistryStub(build.peer(settings.registry_addr)))
 
@@ -88,7 +96,11 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
         handlers = WebhookHandlers(unit_of_work, envelope, SignedSender(client, spans=tracer(Dispatcher.__module__)),
                                    dispatcher, ingest, policy, user_agent=settings.webhooks_user_agent,
                                    integrations=registry, destinations=DestinationCheck(address_policy, lookup),
-                                   trace_context=trace_headers, owner=queue.owner, notify=relay.notify)
+                                   trace_context=trace_headers, owner=queue.owner, notify=relay.notify,
+                                   retention_days=settings.webhooks_retention_days)
+        retention = Retention(unit_of_work, default_days=settings.webhooks_retention_days)
+        await build.start(RetentionTask(retention, interval=settings.webhooks_retention_interval_seconds),
+                          "retention task")
 
         await build.start(SubscriptionEventsListener(bus.nc, dispatcher.subscription_changed), "subscription listener")
         ack_wait = settings.webhooks_consumer_ack_wait_seconds
@@ -102,6 +114,37 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
         servicer = WebhooksServicer(handlers)
         return build.serve(lambda server: webhooks_pb2_grpc.add_WebhooksServicer_to_server(servicer, server),
                            [SERVICE_NAME])
+
+
+class RetentionTask:
+    """Deletes expired deliveries, attempts and activities every `interval` seconds, in bounded
+    batches (as the logs service's RetentionTask does for the API log)."""
+
+    def __init__(self, retention: Retention, *, interval: float) -> None:
+        self._retention, self._interval = retention, interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="webhooks-retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                deleted = await self._retention.enforce()
+                if deleted:
+                    log.info("retention: deleted %d expired delivery log rows", deleted)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - try again next round
+                log.warning("webhooks retention pass failed", exc_info=True)
+            await asyncio.sleep(self._interval)
 
 
 def replica_name(address: str) -> str:

@@ -34,6 +34,11 @@ class WebhooksSettings(SettingsGroup):
     webhooks_consumer_name: str = "webhooks"
     # An activity fetched but not acked (the replica died) is redelivered after this long.
     webhooks_consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    # Deliveries, attempts and activities older than this are deleted (an organisation may set
+    # its own with SetRetention / `trellis webhooks retention set`); pending deliveries stay.
+    webhooks_retention_days: int = Field(default=30, ge=1, le=3650)
+    # How often a retention pass runs (each deletes in bounded batches).
+    webhooks_retention_interval_seconds: float = Field(default=3600.0, gt=0)
 
     SETTING_FORMS: ClassVar[dict[str, str]] = {
         "webhooks_allowed_private_networks": check.NETWORKS_FORM,

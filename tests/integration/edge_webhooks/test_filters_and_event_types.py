@@ -14,7 +14,7 @@ async def test_a_partner_reads_every_event_type_with_the_schema_of_its_data(stac
     status, _, answer = await client("GET", "/v1/webhooks/event-types")
     assert status == 200, answer
     types = {t["id"]: t for t in answer["event_types"]}
-    assert len(types) == 25
+    assert len(types) == 27 and "webhook.subscription_recovered" in types
     assert types["recall.initiated"]["schema"]["properties"]["lot_ids"] == {
         "type": "array", "items": {"type": "string"}, "description": "the lots recalled"}
     status, _, spec = await client("GET", "/openapi.json")

@@ -20,7 +20,7 @@ AFTER_ALL = 'echo "LAST_SECRET=$WEBHOOK_SECRET"'
 async def test_the_webhook_samples_run_against_a_real_edge(stack: Stack, receiver: Receiver) -> None:
     client = await stack.partner()
     samples = blocks("bash")
-    assert len(samples) == 5 and "POST" in samples[0] and "/v1/activities" in samples[4]
+    assert len(samples) == 6 and "POST" in samples[0] and "/recover" in samples[4] and "/v1/activities" in samples[5]
     published = [(await stack.webhooks.publish("lot.created", json.dumps({"n": n}))).event_id for n in range(3)]
     receiver.statuses = [500]  # the test delivery fails, so the redelivery sample has one to send again
 
@@ -39,6 +39,7 @@ async def test_the_webhook_samples_run_against_a_real_edge(stack: Stack, receive
     assert {"id": failed["id"], "status": "pending", "round": 2} in lines  # redelivered
     assert {"round": 1, "attempt": 1, "status_code": 500, "error": "http_status"} in lines
     assert {"id": values["WEBHOOK_ID"], "activity_types": ["*"]} in lines
+    assert {"queued": 0, "succeeded": 0, "failed": 0} in lines  # the recovery: nothing but a test had failed
     assert re.search(r"^paused$", out, re.MULTILINE) and re.search(r"^active$", out, re.MULTILINE)
     assert [line["id"] for line in lines if line.get("type") == "lot.created"] == list(reversed(published))
     assert {"id": values["WEBHOOK_ID"], "deleted": True} == {k: v for k, v in lines[-1].items() if k != "cancelled_deliveries"}

@@ -15,7 +15,7 @@ async def test_activity_types_show_the_schema_of_each_types_data(trellis) -> Non
     code, out, _ = await trellis("activities", "types", "--schema", "--json")
     assert code == 0
     types = {t["id"]: t for t in json.loads(out)["types"]}
-    assert len(types) == 25 and types["lot.created"]["schema"]["properties"]["facility_id"]["type"] == "string"
+    assert len(types) == 27 and types["webhook.subscription_failing"]["schema"]["properties"]["subscription_id"] and types["lot.created"]["schema"]["properties"]["facility_id"]["type"] == "string"
     code, out, _ = await trellis("activities", "types", "--schema")
     assert code == 0 and '"lot_ids"' in out and "recall.initiated" in out
     code, out, err = await trellis("activities", "publish", "--type", "lot.created", "--data", '{"quantity": "lots"}')

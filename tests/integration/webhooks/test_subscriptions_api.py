@@ -61,9 +61,9 @@ async def test_unknown_activity_types_are_refused_with_the_known_ones(webhooks: 
     assert "lot.vanished" in details and "capa.opened" in details and "final_product_weights.recorded" in details
 
 
-async def test_the_catalogue_lists_the_25_types(webhooks: Webhooks) -> None:
+async def test_the_catalogue_lists_the_25_types_and_the_two_alerts(webhooks: Webhooks) -> None:
     response = await webhooks.stub.ListActivityTypes(pb.ListActivityTypesRequest(), metadata=webhooks.admin)
-    assert len(response.types) == 25
+    assert len(response.types) == 27  # the spec's 25 and the two webhook.subscription_* alerts
     assert {"lot.created", "order.status_changed", "capa.opened", "final_product_weights.recorded"} <= {t.id for t in response.types}
 
 

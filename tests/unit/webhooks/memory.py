@@ -210,6 +210,18 @@ class MemoryWebhooksUnitOfWork(InMemoryUnitOfWork):
         self.table("published")[event_id] = Published(kind, after.id, after.version, actor_id, True, request_id)
 
 
+    async def alerted(self, alert: IncomingActivity, *, integration_id: str, url: str,
+                      failing_since: dt.datetime | None, now: dt.datetime) -> int:
+        event_id = await self.add_event(f"trellis.webhooks.alert.{alert.type.removeprefix('webhook.')}", b"")
+        self.table("alerts")[event_id] = alert
+        return 0
+
+
+def alerts(store: MemoryStore) -> list[IncomingActivity]:
+    """Every committed alert, in the order written."""
+    return list(store.tables.get("alerts", {}).values())
+
+
 def published(store: MemoryStore) -> list[Published]:
     """Every committed change, in the order written."""
     return list(store.tables.get("published", {}).values())

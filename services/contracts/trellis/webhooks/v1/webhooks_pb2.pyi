@@ -575,3 +575,95 @@ class SubscriptionChanged(_message.Message):
     version: int
     actor_id: str
     def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., version: _Optional[int] = ..., actor_id: _Optional[str] = ...) -> None: ...
+
+class StartRecoveryRequest(_message.Message):
+    __slots__ = ("subscription_id", "since", "until", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class GetRecoveryRequest(_message.Message):
+    __slots__ = ("recovery_id", "integration_id", "org_id")
+    RECOVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    recovery_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, recovery_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class Recovery(_message.Message):
+    __slots__ = ("id", "subscription_id", "since", "until", "queued", "done", "succeeded", "failed", "created_by", "created_at", "waiting_for")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    subscription_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    queued: int
+    done: int
+    succeeded: int
+    failed: int
+    created_by: str
+    created_at: _timestamp_pb2.Timestamp
+    waiting_for: str
+    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queued: _Optional[int] = ..., done: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+
+class GetRetentionRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetRetentionRequest(_message.Message):
+    __slots__ = ("days",)
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    days: int
+    def __init__(self, days: _Optional[int] = ...) -> None: ...
+
+class Retention(_message.Message):
+    __slots__ = ("days", "overridden", "default_days")
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_DAYS_FIELD_NUMBER: _ClassVar[int]
+    days: int
+    overridden: bool
+    default_days: int
+    def __init__(self, days: _Optional[int] = ..., overridden: _Optional[bool] = ..., default_days: _Optional[int] = ...) -> None: ...
+
+class SubscriptionAlert(_message.Message):
+    __slots__ = ("event_id", "occurred_at", "kind", "org_id", "subscription_id", "integration_id", "url", "failing_since", "data_json")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    kind: str
+    org_id: str
+    subscription_id: str
+    integration_id: str
+    url: str
+    failing_since: _timestamp_pb2.Timestamp
+    data_json: str
+    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_json: _Optional[str] = ...) -> None: ...

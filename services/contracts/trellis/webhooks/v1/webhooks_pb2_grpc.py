@@ -115,13 +115,34 @@ class WebhooksStub:
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.SerializeToString,
                 response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.FromString,
                 _registered_method=True)
+        self.StartRecovery = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/StartRecovery',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.StartRecoveryRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.FromString,
+                _registered_method=True)
+        self.GetRecovery = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/GetRecovery',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRecoveryRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.FromString,
+                _registered_method=True)
+        self.GetRetention = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/GetRetention',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRetentionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.FromString,
+                _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/SetRetention',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SetRetentionRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.FromString,
+                _registered_method=True)
 
 
 class WebhooksServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListActivityTypes(self, request, context):
-        """The catalogue: the spec's 25 activity types (plus "*" for all current and future ones).
+        """The catalogue: the spec's 25 activity types and the two webhook.subscription_* alerts
+        (plus "*" for all current and future ones).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +246,35 @@ class WebhooksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRecovery(self, request, context):
+        """Recovery after an outage: every failed delivery of the subscription whose event arrived in
+        [since, until) is sent again, each with its original event id and a new round of the retry
+        schedule, as one operation. Returns once all are queued (in bounded batches); its progress
+        is read with GetRecovery. A range in the future, or since >= until, is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecovery(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetention(self, request, context):
+        """Retention: how long the organisation's deliveries, attempts and activities are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetention(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhooksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +357,26 @@ def add_WebhooksServicer_to_server(servicer, server):
                     servicer.ListActivities,
                     request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.FromString,
                     response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.SerializeToString,
+            ),
+            'StartRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRecovery,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.StartRecoveryRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.SerializeToString,
+            ),
+            'GetRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecovery,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRecoveryRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.SerializeToString,
+            ),
+            'GetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetention,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRetentionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.SerializeToString,
+            ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SetRetentionRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -741,6 +811,114 @@ class Webhooks:
             '/trellis.webhooks.v1.Webhooks/ListActivities',
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.SerializeToString,
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/StartRecovery',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.StartRecoveryRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/GetRecovery',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRecoveryRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/GetRetention',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRetentionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/SetRetention',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SetRetentionRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.FromString,
             options,
             channel_credentials,
             insecure,
