@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.webhooks.domain.model import ACTIVITY_TYPES
+from services.webhooks.domain.model import CATALOGUE
 from services.webhooks.domain.schemas import data_schema
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "receivers.md"
@@ -21,9 +21,12 @@ END = "<!-- event-types:end -->"
 
 
 def _type_text(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return " or ".join(f"`{value}`" for value in schema["enum"])
     if schema.get("type") == "array":
         return f"array of {schema['items']['type']}"
-    text = str(schema["type"])
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    text = " or ".join(str(kind) for kind in kinds)
     if schema.get("format") == "date-time":
         text += " (ISO 8601 date-time)"
     if schema.get("minimum") == 0:
@@ -35,7 +38,7 @@ def section() -> str:
     """The generated section, markers included."""
     lines = [START]
     category = ""
-    for t in ACTIVITY_TYPES:
+    for t in CATALOGUE:
         if t.category != category:
             category = t.category
             lines += ["", f"#### {category}", "", "| type | field | JSON type | what it is |", "|---|---|---|---|"]

@@ -5,6 +5,7 @@ truthiness."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -12,7 +13,10 @@ from jsonschema import Draft202012Validator
 
 from services.kit.errors import InvalidArgument
 from services.webhooks.domain.filters import MAX_FILTER_LENGTH, check_filter, compiled, growth, is_true, verdict
-from services.webhooks.domain.model import ACTIVITY_TYPES, CATALOGUE, IncomingActivity, delivery_body, delivery_document
+from services.webhooks.domain.model import (
+    ACTIVITY_TYPES, CATALOGUE, SUBSCRIPTION_FAILING_TYPE, SUBSCRIPTION_RECOVERED_TYPE, IncomingActivity, delivery_body,
+    delivery_document, subscription_alert,
+)
 from services.webhooks.domain.schemas import DATA_FIELDS, check_data, data_problem, data_schema, schema_json
 
 
@@ -93,3 +97,18 @@ def test_a_filter_reads_the_document_as_delivered() -> None:
     assert verdict("data.missing", document)[0] is False
     passes, why = verdict("length(data.quantity)", document)  # length() of a number: an error, not a pass
     assert not passes and why.startswith("the filter failed on this event")
+
+
+@pytest.mark.parametrize("detail", [
+    {"failed_event_id": "evt_1", "failed_event_type": "lot.created", "last_error": "HTTP 503"},
+    {"recovered_at": "2026-12-03T10:00:00Z", "queued_deliveries": 4},
+])
+def test_the_alerts_the_service_writes_fit_their_own_schemas(detail: dict[str, object]) -> None:
+    type_ = SUBSCRIPTION_FAILING_TYPE if "last_error" in detail else SUBSCRIPTION_RECOVERED_TYPE
+    now = dt.datetime(2026, 12, 3, 10, tzinfo=dt.UTC)
+    for integration_id in ("int_1", ""):
+        alert = subscription_alert(type_, event_id="evt_a", org_id="org_1", subscription_id="whs_1",
+                                   integration_id=integration_id, url="https://example.com/hook", failing_since=now,
+                                   now=now, **detail)
+        assert data_problem(type_, alert.data) is None
+    assert data_problem(type_, {**alert.data, "queued_deliveries": "four", "status": "gone"}) is not None
