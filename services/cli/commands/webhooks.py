@@ -116,6 +116,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     outcome.add_argument("--failed", action="store_true")
     p.add_argument("--event", default="", metavar="EVENT_ID", help="every attempt of one event")
     p.add_argument("--limit", type=non_negative_int, default=50, metavar="N")
+    p.add_argument("--attempt", default="", metavar="ATTEMPT_ID",
+                   help="one attempt: the headers it sent and the receiver's status, headers and first 4 KiB")
     p.set_defaults(handler=deliveries)
 
     p = commands.add_parser("redeliver", parents=parents, help="send a failed delivery again (same event id)")
@@ -383,6 +385,8 @@ def regenerate_secret(args: argparse.Namespace, session: Session) -> int:
 
 
 def deliveries(args: argparse.Namespace, session: Session) -> int:
+    if args.attempt:
+        return show_attempt(args, session)
     outcome = pb.OUTCOME_SUCCEEDED if args.succeeded else pb.OUTCOME_FAILED if args.failed else pb.OUTCOME_UNSPECIFIED
     with connect(args, session) as hooks:
         found = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, outcome=outcome, event_id=args.event,
@@ -398,6 +402,50 @@ def deliveries(args: argparse.Namespace, session: Session) -> int:
             print(f"\n{waiting}")
     else:
         print("No delivery attempts.")
+    return 0
+
+
+def _printable(text: str) -> str:
+    """A receiver's text for a terminal: control characters (escape sequences) shown as \\xNN."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
+
+
+def attempt_exchange_text(a: pb.Attempt) -> str:
+    """What one attempt sent and what came back, for a terminal."""
+    lines = [fields([("Attempt", a.id), ("Delivery", a.delivery_id), ("Event", f"{a.event_id} ({a.event_type})"),
+                     ("When", timestamp(a.attempted_at)), ("URL", a.url), ("Attempt number", attempt_row(a)[3]),
+                     ("Status", str(a.status_code) if a.status_code else "- (no HTTP answer)"),
+                     ("Error", attempt_row(a)[6] or "-"), ("Duration", f"{a.duration_ms:.0f} ms")])]
+    if not a.HasField("exchange"):
+        lines.append("\nThe headers sent and the answer were not recorded for this attempt "
+                     "(TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS is off, or it was made before they were).")
+        if a.response_body:
+            lines.append(f"\nResponse body (first 2 KB)\n{_printable(a.response_body)}")
+        return "\n".join(lines)
+    e = a.exchange
+    lines.append("\nRequest headers sent")
+    lines.append(fields(((h.name + ":", _printable(h.value)) for h in e.request_headers), indent="  "))
+    lines.append("\nResponse headers")
+    lines.append(fields(((h.name + ":", _printable(h.value)) for h in e.response_headers), indent="  ")
+                 if e.response_headers else "  none (no HTTP answer)")
+    if e.headers_omitted:
+        lines.append(f"  ({plural(e.headers_omitted, 'header')} left out: over the count or size bound)")
+    cut = ", cut at 4 KiB" if e.response_body_truncated else ""
+    lines.append(f"\nResponse body{cut}")
+    lines.append(_printable(e.response_body) if e.response_body else "  (empty)")
+    lines.append("\nSecrets (the signing secret, custom header values) are shown as [masked].")
+    return "\n".join(lines)
+
+
+def show_attempt(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        a = hooks.GetAttempt(pb.GetAttemptRequest(attempt_id=args.attempt))
+    if a.subscription_id != args.id:
+        raise CliError(f"attempt {args.attempt} is not one of subscription {args.id}'s (it is {a.subscription_id}'s)")
+    if args.json:
+        print_json({"attempt": as_json(a)})
+    else:
+        print(attempt_exchange_text(a))
     return 0
 
 

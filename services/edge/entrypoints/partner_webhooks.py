@@ -139,6 +139,17 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
         "error": _partner_error(a.error), "error_detail": _partner_detail(a.error, a.error_detail),
         "response_body": a.response_body,
         "endpoint_url": a.url, "test": a.test,
+        **({"exchange": exchange_json(a.exchange)} if a.HasField("exchange") else {}),
+    }
+
+
+def exchange_json(e: pb.AttemptExchange) -> dict[str, Any]:
+    """What the attempt sent and what the partner's receiver answered (secrets masked)."""
+    return {
+        "request_headers": [{"name": h.name, "value": h.value} for h in e.request_headers],
+        "response_headers": [{"name": h.name, "value": h.value} for h in e.response_headers],
+        "response_body": e.response_body, "response_body_truncated": e.response_body_truncated,
+        "headers_omitted": e.headers_omitted,
     }
 
 
@@ -424,6 +435,12 @@ class PartnerWebhooks:
             delivery_id=ask.one("delivery_id"), **ask.page(), **ask.ids), ask)
         return {"attempts": [attempt_json(a) for a in found.attempts], "next_cursor": found.next_page_token or None}
 
+    async def get_attempt(self, ask: Ask) -> dict[str, Any]:
+        found: pb.Attempt = await self._call("GetAttempt", pb.GetAttemptRequest(attempt_id=ask.params["attempt_id"], **ask.ids), ask)
+        if found.subscription_id != ask.params["subscription_id"]:
+            raise EdgeError("not_found", f"no attempt {ask.params['attempt_id']} of subscription {ask.params['subscription_id']}")
+        return attempt_json(found)
+
     # --- activities --------------------------------------------------------------------------------
 
     async def list_activities(self, ask: Ask) -> dict[str, Any]:
@@ -462,6 +479,8 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
                   "schedule, same event id", status=202, response="Delivery"),
         Operation("GET", _S + "/attempts", W.list_attempts, "Every attempt (one row per POST), newest first",
                   response="AttemptList", query=("outcome", "event_id", "delivery_id", *_PAGE)),
+        Operation("GET", _S + "/attempts/{attempt_id}", W.get_attempt, "One attempt with what it sent and what your "
+                  "receiver answered (headers, status, the first 4 KiB of the body; secrets masked)", response="Attempt"),
     ),
     "activities": (
         Operation("GET", "", W.list_activities, "The organisation's activities, newest first",
@@ -515,6 +534,14 @@ _ATTEMPT = {
     "succeeded": _BOOL, "error": {"enum": [*PARTNER_ATTEMPT_ERRORS, None]}, "error_detail": _STR,
     "response_body": {"type": "string", "description": "The first 2 KB the receiver answered."},
     "endpoint_url": _STR, "test": _BOOL,
+    "exchange": {**_obj({
+        "request_headers": {"type": "array", "items": _obj({"name": _STR, "value": _STR})},
+        "response_headers": {"type": "array", "items": _obj({"name": _STR, "value": _STR})},
+        "response_body": _STR, "response_body_truncated": _BOOL, "headers_omitted": _INT}),
+        "description": "What the attempt sent (every header, the signature as your receiver saw it) and what your "
+                       "receiver answered (its headers, the first 4 KiB of the body), bounded; the signing secret and "
+                       "custom header values are \"[masked]\". On one delivery or one attempt, not in lists; absent "
+                       "when not recorded."},
 }
 SCHEMAS: dict[str, Any] = {
     "Subscription": _obj(_SUBSCRIPTION, ("id", "endpoint_url", "activity_types", "status")),

@@ -311,6 +311,7 @@ class Dispatcher:
                     attempted_at=started, url=job.url, test=job.test, status_code=result.status_code,
                     succeeded=result.succeeded, error=result.error, error_detail=result.error_detail,
                     response_body=result.response_body, duration_ms=result.duration_ms, sent_by=self._queue.owner,
+                    exchange=result.exchange,
                 ),
                 status=outcome.status, next_attempt_at=outcome.next_attempt_at, exhausted=outcome.exhausted,
             ))

@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,7 +36,8 @@ from services.kit.clock import utcnow
 from services.kit.settingcheck import SettingError
 from services.kit.telemetry import tracer
 from services.webhooks.domain.model import (
-    AttemptError, HttpResult, SignatureScheme, classify_status, delivery_headers, truncate_body,
+    RESPONSE_BODY_LIMIT, AttemptError, AttemptExchange, HttpResult, Masker, SignatureScheme, classify_status,
+    delivery_headers, masked_body, truncate_body,
 )
 from services.webhooks.adapters.ssrf import AddressPolicy
 
@@ -120,7 +122,10 @@ class DeliveryClient:
         ca_bundle: str = "",
         max_connections: int = 256,
         lookup: Lookup = system_lookup,
+        record_exchange: bool = True,
     ) -> None:
+        # Whether attempts keep what they sent and what came back (send_attempt reads it).
+        self.record_exchange = record_exchange
         self._policy = policy
         self._timeout = timeout_seconds
         self._ssl = tls_context(ca_bundle)
@@ -174,7 +179,9 @@ class DeliveryClient:
             async with asyncio.timeout(self._timeout):
                 async with self._session.post(url, data=body, headers=dict(headers), allow_redirects=False) as response:
                     raw = await _read_limited(response)
-                    return classify_status(response.status, truncate_body(raw), took())
+                    result = classify_status(response.status, truncate_body(raw), took())
+                    return replace(result, raw_body=raw, response_headers=tuple(response.headers.items()),
+                                   sent_headers=tuple(response.request_info.headers.items()))
         except TimeoutError:
             return HttpResult(error=AttemptError.TIMEOUT, error_detail=f"timed out after {self._timeout:g}s", duration_ms=took())
         except aiohttp.ClientConnectorDNSError as exc:
@@ -234,7 +241,18 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
         span.set_attribute("http.response.status_code", result.status_code)
         if not result.succeeded:
             span.set_attribute("webhook.error", result.error.value)
-    return result, started
+    return _recorded(client, result, headers, Masker.for_signing([secret])), started
+
+
+def _recorded(client: DeliveryClient, result: HttpResult, sent: Mapping[str, str], masker: Masker) -> HttpResult:
+    """The result as the log keeps it: the answer's first 2 KB with secrets a receiver echoed
+    masked, and (when the client records them) what was sent and what came back."""
+    exchange = None
+    if client.record_exchange:
+        exchange = AttemptExchange.record(result.sent_headers or tuple(sent.items()), result.response_headers,
+                                          result.raw_body, masker)
+    body = masked_body(result.raw_body, masker, RESPONSE_BODY_LIMIT)[0] if result.raw_body else result.response_body
+    return replace(result, response_body=body, raw_body=b"", response_headers=(), sent_headers=(), exchange=exchange)
 
 
 class SignedSender:

@@ -41,7 +41,7 @@ from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
+    AttemptError, AttemptExchange, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
     SubscriptionStatus,
 )
 
@@ -161,11 +161,17 @@ attempts = Table(
     Column("url", Text, nullable=False),
     Column("test", Boolean, nullable=False),
     Column("sent_by", String(64), nullable=False),  # the replica that made the attempt
+    # JSON of domain.model.AttemptExchange (headers sent, the answer's headers and first 4 KiB,
+    # secrets masked); NULL when attempt details are not stored (and before migration 0004).
+    Column("exchange", Text, nullable=True),
     # The delivery log (list_attempts): one subscription's attempts newest first, walked from
     # the index's end, all of them or one outcome's (the Succeeded and Failed tabs).
     Index("ix_attempts_subscription_log", "subscription_id", "attempted_at", "id"),
     Index("ix_attempts_subscription_outcome_log", "subscription_id", "succeeded", "attempted_at", "id"),
 )
+
+# What a page of the log reads: every column but the recorded exchange (up to ~20 KB a row).
+_LOG_COLUMNS = [c for c in attempts.c if c.name != "exchange"]
 
 integrations = Table(
     "integrations",
@@ -262,6 +268,7 @@ def _attempt(row: Row[Any]) -> AttemptRecord:
         succeeded=row.succeeded, error=AttemptError(row.error), error_detail=row.error_detail,
         response_body=row.response_body, url=row.url, test=row.test,
         next_attempt_at=getattr(row, "next_attempt_at", None),
+        exchange=AttemptExchange.from_json(exchange) if (exchange := getattr(row, "exchange", None)) else None,
     )
 
 
@@ -544,13 +551,20 @@ class ActivityLog:
         query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
         return [_attempt(r) for r in (await self._session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
 
+    async def get_attempt(self, scope: Scope, attempt_id: str) -> AttemptRecord:
+        row = (await self._session.execute(select(attempts).where(self._visible(attempts, scope),
+                                                                  attempts.c.id == attempt_id))).first()
+        if row is None:
+            raise NotFound(f"no attempt {attempt_id}", attempt_id=attempt_id)
+        return _attempt(row)
+
     async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
         t, latest = attempts, attempts.alias("latest")
         # Per subscription, one probe of ix_attempts_subscription_log from its end; all in one query.
         newest = (select(latest.c.id).where(latest.c.subscription_id == subscriptions.c.id)
                   .order_by(latest.c.attempted_at.desc(), latest.c.id.desc()).limit(1).scalar_subquery())
         ids = select(newest).where(subscriptions.c.id.in_(list(subscription_ids)), subscriptions.c.org_id == scope.org_id)
-        query = select(t).where(self._visible(t, scope), t.c.id.in_(ids))
+        query = select(*_LOG_COLUMNS).where(self._visible(t, scope), t.c.id.in_(ids))
         return [_attempt(r) for r in (await self._session.execute(query)).all()]
 
     async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
@@ -569,7 +583,7 @@ class ActivityLog:
         # attempt row is the one with that round and number.
         latest_of_pending = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.round == t.c.round, d.c.attempts == t.c.attempt)
         next_attempt_at = case((latest_of_pending, d.c.next_attempt_at), else_=None).label("next_attempt_at")
-        query = (select(t, next_attempt_at).select_from(t.outerjoin(d, d.c.id == t.c.delivery_id))
+        query = (select(*_LOG_COLUMNS, next_attempt_at).select_from(t.outerjoin(d, d.c.id == t.c.delivery_id))
                  .where(self._visible(t, scope)))
         for column, value in ((t.c.subscription_id, subscription_id), (t.c.event_id, event_id), (t.c.delivery_id, delivery_id)):
             if value:
@@ -582,7 +596,7 @@ class ActivityLog:
             when = _parse_time_key(key)
             # A row value, so that both databases start the walk of the index at the token.
             query = query.where(tuple_(t.c.attempted_at, t.c.id) < tuple_(literal(when, UTCDateTime()), literal(last_id)))
-        rows = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
+        rows: Sequence[Any] = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_attempt(r) for r in rows[:size]]
         next_token = encode_token(_time_key(found[-1].attempted_at), found[-1].id) if len(rows) > size else ""
         return found, next_token

@@ -110,3 +110,11 @@ class ApplyIntegrationChange:
     integration_id: str
     status: str
     version: int
+
+
+@dataclass(frozen=True)
+class AttemptRef:
+    """One attempt of the delivery log, with what it sent and what came back."""
+
+    attempt_id: str
+    view: View = field(default_factory=View)

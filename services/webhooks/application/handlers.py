@@ -333,7 +333,7 @@ class WebhookHandlers:
                           event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,
                           url=subscription.url, test=True, status_code=result.status_code, succeeded=result.succeeded,
                           error=result.error, error_detail=result.error_detail, response_body=result.response_body,
-                          duration_ms=result.duration_ms, sent_by=self._owner)
+                          duration_ms=result.duration_ms, sent_by=self._owner, exchange=result.exchange)
         recovered = False
         async with self._units() as uow:
             await uow.activities.finish_test(delivery_id, row, outcome.status, self._clock())
@@ -391,6 +391,12 @@ class WebhookHandlers:
                 event_id=query.event_id, delivery_id=query.delivery_id, size=page_size(query.page_size),
                 token=query.page_token,
             )
+
+    async def get_attempt(self, actor: Actor, ref: commands.AttemptRef) -> AttemptRecord:
+        """One attempt with the headers it sent and the answer it got (when they were recorded)."""
+        caller = caller_for(actor, ref.view)
+        async with self._units(read_only=True) as uow:
+            return await uow.activities.get_attempt(caller.scope, ref.attempt_id)
 
     async def redeliver(self, actor: Actor, ref: commands.DeliveryRef) -> DeliveryRecord:
         """A failed delivery gets a new round of the schedule, starting now, same event id."""

@@ -19,7 +19,7 @@ from typing import Protocol
 from services.kit.auth import Actor
 from services.kit.uow import UnitOfWork
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
+    AttemptError, AttemptExchange, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, SubscriptionStatus,
 )
 
 # --- what the store reads and writes ---------------------------------------------------------------
@@ -73,6 +73,8 @@ class AttemptRecord:
     test: bool
     # The delivery's next attempt, on its latest attempt while it is pending; else None.
     next_attempt_at: dt.datetime | None = None
+    # What it sent and what came back; None in lists, and when attempt details are not stored.
+    exchange: AttemptExchange | None = None
 
 
 @dataclass(frozen=True)
@@ -110,14 +112,14 @@ class Accepted:
 def attempt_row(id_: str, *, org_id: str, delivery_id: str, subscription_id: str, event_id: str, event_type: str,
                 round_: int, attempt: int, attempted_at: dt.datetime, url: str, test: bool, status_code: int,
                 succeeded: bool, error: AttemptError, error_detail: str, response_body: str,
-                duration_ms: float, sent_by: str) -> dict[str, object]:
+                duration_ms: float, sent_by: str, exchange: AttemptExchange | None = None) -> dict[str, object]:
     """One attempt of the delivery log, as the store writes it."""
     return {
         "id": id_, "org_id": org_id, "delivery_id": delivery_id, "subscription_id": subscription_id,
         "event_id": event_id, "event_type": event_type, "round": round_, "attempt": attempt,
         "attempted_at": attempted_at, "duration_ms": duration_ms, "status_code": status_code, "succeeded": succeeded,
         "error": error.value, "error_detail": error_detail, "response_body": response_body, "url": url, "test": test,
-        "sent_by": sent_by,
+        "sent_by": sent_by, "exchange": exchange.as_json() if exchange is not None else None,
     }
 
 
@@ -188,6 +190,10 @@ class Activities(Protocol):
                               event_id: str, size: int, token: str) -> tuple[list[DeliveryRecord], str]: ...
 
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]: ...
+
+    async def get_attempt(self, scope: Scope, attempt_id: str) -> AttemptRecord:
+        """One attempt with what it sent and what came back, or NotFound when the scope does not see it."""
+        ...
 
     async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
         """The latest attempt of each of these subscriptions that has one."""

@@ -440,6 +440,12 @@ class HttpResult:
     error_detail: str = ""
     response_body: str = ""
     duration_ms: float = 0.0
+    # What the sender read, before the attempt bounds and masks it (AttemptExchange.record).
+    response_headers: tuple[tuple[str, str], ...] = ()
+    raw_body: bytes = b""
+    # Every header the request went with (the client's own, Host and Content-Length, included).
+    sent_headers: tuple[tuple[str, str], ...] = ()
+    exchange: "AttemptExchange | None" = None
 
     @property
     def succeeded(self) -> bool:
@@ -557,3 +563,102 @@ def page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+# --- what an attempt sent and what came back ----------------------------------------------------
+
+EXCHANGE_BODY_LIMIT = 4096          # bytes of the answer's body an attempt keeps
+MAX_EXCHANGE_HEADERS = 50           # headers kept of each direction; the rest are counted as omitted
+MAX_EXCHANGE_HEADER_NAME = 128      # characters of a name kept; a longer header is omitted
+MAX_EXCHANGE_HEADER_VALUE = 1024    # characters of a value kept (cut, marked with …)
+MAX_EXCHANGE_HEADER_BYTES = 8192    # names and values of one direction, together
+MASK = "[masked]"
+# A secret shorter than this is masked where it is a header's whole value we sent, not searched
+# for in what a receiver answered: a short value ("1", "yes") would blank out unrelated text.
+MIN_ECHO_MASK = 6
+
+
+class Masker:
+    """Replaces secrets in what an attempt records: the values of the named headers wherever we
+    sent them, and every occurrence of a secret (signing secret, custom header value) in an answer."""
+
+    def __init__(self, secrets: Iterable[str], masked_names: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= MIN_ECHO_MASK}, key=len, reverse=True)
+        self._names = frozenset(n.lower() for n in masked_names)
+
+    @classmethod
+    def for_signing(cls, signing_secrets: Iterable[str], headers: Mapping[str, str] | None = None) -> "Masker":
+        """The signing secrets (whole, and their base64 key after `whsec_`) and custom headers' values."""
+        custom = dict(headers or {})
+        secrets = [part for s in signing_secrets for part in (s, s.removeprefix(SECRET_PREFIX))]
+        return cls([*secrets, *custom.values()], custom)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+
+    def header(self, name: str, value: str) -> str:
+        return MASK if name.lower() in self._names else self.text(value)
+
+
+def _kept_headers(headers: Iterable[tuple[str, str]], masker: Masker) -> tuple[tuple[tuple[str, str], ...], int]:
+    """The headers within the bounds, masked; and how many were left out."""
+    kept: list[tuple[str, str]] = []
+    omitted = 0
+    size = 0
+    for name, value in headers:
+        if len(kept) >= MAX_EXCHANGE_HEADERS or len(name) > MAX_EXCHANGE_HEADER_NAME:
+            omitted += 1
+            continue
+        shown = masker.header(name, value)
+        if len(shown) > MAX_EXCHANGE_HEADER_VALUE:
+            shown = shown[:MAX_EXCHANGE_HEADER_VALUE - 1] + "…"
+        cost = len(name.encode()) + len(shown.encode())
+        if size + cost > MAX_EXCHANGE_HEADER_BYTES:
+            omitted += 1
+            continue
+        size += cost
+        kept.append((name, shown))
+    return tuple(kept), omitted
+
+
+def masked_body(raw: bytes, masker: Masker, limit: int) -> tuple[str, bool]:
+    """The first `limit` bytes of an answer as text, secrets masked before the cut (so no
+    secret survives in part at the cut); and whether anything was cut."""
+    text = masker.text(raw.decode("utf-8", errors="replace")).encode()
+    return text[:limit].decode("utf-8", errors="ignore"), len(text) > limit
+
+
+@dataclass(frozen=True)
+class AttemptExchange:
+    """What one attempt sent (its headers, signature included, as the receiver saw them) and
+    what came back (headers, the first 4 KiB of the body), bounded, with secrets masked."""
+
+    request_headers: tuple[tuple[str, str], ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: str = ""
+    response_body_truncated: bool = False
+    headers_omitted: int = 0    # headers of either direction left out by the bounds
+
+    @classmethod
+    def record(cls, request_headers: Iterable[tuple[str, str]], response_headers: Iterable[tuple[str, str]], raw_body: bytes,
+               masker: Masker) -> "AttemptExchange":
+        sent, sent_omitted = _kept_headers(request_headers, masker)
+        answered, answered_omitted = _kept_headers(response_headers, masker)
+        body, truncated = masked_body(raw_body, masker, EXCHANGE_BODY_LIMIT)
+        return cls(sent, answered, body, truncated, sent_omitted + answered_omitted)
+
+    def as_json(self) -> str:
+        return json.dumps({"request_headers": self.request_headers, "response_headers": self.response_headers,
+                           "response_body": self.response_body, "response_body_truncated": self.response_body_truncated,
+                           "headers_omitted": self.headers_omitted}, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "AttemptExchange":
+        doc = json.loads(text)
+        return cls(tuple((str(n), str(v)) for n, v in doc["request_headers"]),
+                   tuple((str(n), str(v)) for n, v in doc["response_headers"]),
+                   str(doc["response_body"]), bool(doc["response_body_truncated"]), int(doc["headers_omitted"]))

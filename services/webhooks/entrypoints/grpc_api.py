@@ -13,7 +13,7 @@ from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
 from services.webhooks.application import commands
-from services.webhooks.domain.model import AttemptError, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
+from services.webhooks.domain.model import AttemptError, AttemptExchange, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
 from services.webhooks.adapters.events import STATUS_TO_PROTO
 from services.webhooks.application.handlers import WebhookHandlers
 from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
@@ -57,7 +57,18 @@ def attempt_to_proto(a: AttemptRecord) -> pb.Attempt:
         event_type=a.event_type, attempt=a.attempt, round=a.round, attempted_at=timestamp_or_none(a.attempted_at),
         duration_ms=a.duration_ms, status_code=a.status_code, succeeded=a.succeeded, error=_ERRORS[a.error],
         error_detail=a.error_detail, response_body=a.response_body, url=a.url, test=a.test,
-        next_attempt_at=timestamp_or_none(a.next_attempt_at),
+        next_attempt_at=timestamp_or_none(a.next_attempt_at), exchange=exchange_to_proto(a.exchange),
+    )
+
+
+def exchange_to_proto(e: AttemptExchange | None) -> pb.AttemptExchange | None:
+    if e is None:
+        return None
+    return pb.AttemptExchange(
+        request_headers=[pb.HttpHeader(name=n, value=v) for n, v in e.request_headers],
+        response_headers=[pb.HttpHeader(name=n, value=v) for n, v in e.response_headers],
+        response_body=e.response_body, response_body_truncated=e.response_body_truncated,
+        headers_omitted=e.headers_omitted,
     )
 
 
@@ -233,3 +244,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
             view=_view(request, context),
         ))
         return pb.ListActivitiesResponse(activities=[activity_to_proto(a) for a in found], next_page_token=token)
+
+    async def GetAttempt(self, request: pb.GetAttemptRequest, context: grpc.aio.ServicerContext) -> pb.Attempt:
+        found = await self._h.get_attempt(current_actor(), commands.AttemptRef(request.attempt_id, _view(request, context)))
+        return attempt_to_proto(found)

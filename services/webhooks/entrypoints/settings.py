@@ -34,6 +34,9 @@ class WebhooksSettings(SettingsGroup):
     webhooks_consumer_name: str = "webhooks"
     # An activity fetched but not acked (the replica died) is redelivered after this long.
     webhooks_consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    # Each attempt keeps the headers it sent and the answer's headers and first 4 KiB (secrets
+    # masked; docs/receivers.md); off: only the status, error and first 2 KB, as before.
+    webhooks_record_attempt_details: bool = True
 
     SETTING_FORMS: ClassVar[dict[str, str]] = {
         "webhooks_allowed_private_networks": check.NETWORKS_FORM,

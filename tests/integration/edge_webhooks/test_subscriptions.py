@@ -169,3 +169,40 @@ async def test_a_partner_sees_and_manages_only_its_own_subscriptions(stack: Stac
     everything = await stack.webhooks.stub.ListSubscriptions(pb.ListSubscriptionsRequest(), metadata=stack.webhooks.admin)
     assert {s.id: s.integration_id for s in everything.subscriptions} == {
         mine["id"]: a.partner.integration_id, theirs["id"]: b.partner.integration_id}
+
+
+async def test_a_partner_reads_what_each_attempt_sent_and_what_its_receiver_answered(stack: Stack, receiver: Receiver) -> None:
+    client = await stack.partner()
+    created = await _create(client, receiver)
+    receiver.answer_headers = {"X-Partner-Receiver": "v2", "X-Echo": f"secret={created['signing_secret']}"}
+    receiver.statuses = [422]
+    await stack.webhooks.publish("lot.created", LOT)
+    [got] = await receiver.wait_for(1)
+    path = f"/v1/webhooks/{created['id']}"
+
+    async def failed() -> list | None:
+        _, _, page = await client("GET", f"{path}/deliveries?outcome=failed")
+        return page["deliveries"] or None
+
+    (delivery,) = await eventually(failed, what="the failed delivery")
+    status, _, one = await client("GET", f"{path}/deliveries/{delivery['id']}")
+    assert status == 200
+    [attempt] = one["attempts"]
+    exchange = attempt["exchange"]
+    sent = {h["name"]: h["value"] for h in exchange["request_headers"]}
+    assert sent["X-Webhook-Signature"] == got.headers["X-Webhook-Signature"]
+    answered = {h["name"]: h["value"] for h in exchange["response_headers"]}
+    assert answered["X-Partner-Receiver"] == "v2" and answered["X-Echo"] == "secret=[masked]"
+    assert exchange["response_body"] == "scripted" and created["signing_secret"] not in json.dumps(one)
+
+    status, _, alone = await client("GET", f"{path}/attempts/{attempt['id']}")
+    assert status == 200 and alone["exchange"] == exchange
+    _, _, listed = await client("GET", f"{path}/attempts")
+    assert "exchange" not in listed["attempts"][0]
+
+    other = await _create(client, receiver)
+    status, _, body = await client("GET", f"/v1/webhooks/{other['id']}/attempts/{attempt['id']}")
+    assert (status, body["error"]) == (404, "not_found")
+    stranger = await stack.partner()
+    status, _, body = await stranger("GET", f"{path}/attempts/{attempt['id']}")
+    assert status == 404

@@ -231,3 +231,32 @@ async def test_resume_says_what_happens_when_the_integration_is_suspended(slow_r
     code, out, _ = await trellis("webhooks", "resume", sub_id, "--json")
     assert json.loads(out)["resumed"] is False and json.loads(out)["subscription"]["integration_suspended"] is True
 
+
+
+async def test_deliveries_attempt_shows_what_was_sent_and_what_came_back(trellis, receiver: Receiver) -> None:
+    receiver.answer_headers = {"X-Receiver-Says": "queued"}
+    receiver.behaviour = lambda _: (503, "busy \x1b[31mred\x1b[0m, try later")
+    code, out, _ = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created", "--json")
+    created = json.loads(out)
+    sid, secret = created["subscription"]["id"], created["signing_secret"]
+    assert (await trellis("activities", "publish", "--type", "lot.created"))[0] == 0
+    [got] = await receiver.wait_for(1)
+
+    async def logged() -> list[dict] | None:
+        code, out, _ = await trellis("webhooks", "deliveries", sid, "--json")
+        return json.loads(out)["attempts"] or None
+    [attempt] = await eventually(logged)
+
+    code, out, err = await trellis("webhooks", "deliveries", sid, "--attempt", attempt["id"])
+    assert code == 0, err
+    assert "Request headers sent" in out and f"X-Webhook-Signature:  {got.headers['X-Webhook-Signature']}" in out
+    assert "X-Receiver-Says:" in out and "queued" in out and "503" in out
+    assert "busy \\x1b[31mred\\x1b[0m, try later" in out and "\x1b" not in out  # no escape reaches the terminal
+    assert secret not in out
+
+    code, out, _ = await trellis("webhooks", "deliveries", sid, "--attempt", attempt["id"], "--json")
+    shown = json.loads(out)["attempt"]
+    assert {h["name"] for h in shown["exchange"]["request_headers"]} >= {"X-Webhook-Signature", "Host"}
+
+    code, _, err = await trellis("webhooks", "deliveries", sid, "--attempt", "att_nope")
+    assert code != 0 and "att_nope" in err

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+import pytest
 from sqlalchemy import event, text
 
+from services.kit.errors import NotFound
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.ids import new_id
 from services.webhooks.application.ports import Scope, attempt_row
-from services.webhooks.domain.model import AttemptError, IncomingActivity, Subscription, delivery_body
+from services.webhooks.domain.model import AttemptError, AttemptExchange, IncomingActivity, Subscription, delivery_body
 from services.webhooks.adapters.queue import WorkQueue
 from services.webhooks.adapters.store import ActivityLog, SubscriptionRepository, attempts, metadata
 
@@ -154,3 +156,33 @@ async def test_last_attempts_are_the_newest_of_each_subscription_in_one_query(da
     assert sorted((a.subscription_id, a.id) for a in found) == sorted(
         [(ids[0], f"att_{ids[0][-6:]}00000039"), (ids[1], f"att_{ids[1][-6:]}00000039")])
     assert len([s for s in statements if "FROM attempts" in s]) == 2  # one per call
+
+
+async def test_an_attempts_exchange_is_stored_read_alone_and_left_out_of_lists(database_url: str) -> None:
+    await migrate_async("webhooks", database_url)
+    engine = create_engine(database_url)
+    exchange = AttemptExchange((("X-Webhook-Signature", "sha256=ab"), ("X-Api-Key", "[masked]")),
+                               (("Content-Type", "text/plain; charset=utf-8"),), "caf\u00e9 \u2603", True, 2)
+    sub = new_id("whk")
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for n, recorded in enumerate((exchange, None)):
+                row = attempt_row(f"att_x{sub[-8:]}{n}", org_id="org_x", delivery_id="dlv_x", subscription_id=sub,
+                                  event_id="evt_x", event_type="lot.created", round_=1, attempt=n + 1,
+                                  attempted_at=utcnow(), url="https://x.test/h", test=False, status_code=200,
+                                  succeeded=True, error=AttemptError.NONE, error_detail="", response_body="ok",
+                                  duration_ms=1.0, sent_by="t", exchange=recorded)
+                await session.execute(attempts.insert().values(**row))
+        async with session_factory(engine)() as session:
+            log = ActivityLog(session)
+            with_details = await log.get_attempt(Scope("org_x"), f"att_x{sub[-8:]}0")
+            assert with_details.exchange == exchange
+            assert (await log.get_attempt(Scope("org_x"), f"att_x{sub[-8:]}1")).exchange is None
+            assert [a.exchange for a in await log.attempts_of(Scope("org_x"), "dlv_x")] == [exchange, None]
+            listed, _ = await log.list_attempts(Scope("org_x"), subscription_id=sub, succeeded=None, event_id="",
+                                                delivery_id="", size=10, token="")
+            assert len(listed) == 2 and all(a.exchange is None for a in listed)
+            with pytest.raises(NotFound):
+                await log.get_attempt(Scope("org_other"), f"att_x{sub[-8:]}0")
+    finally:
+        await engine.dispose()

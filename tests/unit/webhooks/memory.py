@@ -16,7 +16,7 @@ from services.kit.errors import NotFound
 from services.kit.uow import InMemoryUnitOfWork, MemoryStore
 from services.webhooks.application.ports import Accepted, AttemptRecord, DeliveryRecord, Scope, SentBody
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, delivery_body,
+    AttemptError, AttemptExchange, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, delivery_body,
 )
 
 
@@ -127,6 +127,8 @@ class MemoryActivities:
                           now: dt.datetime) -> None:
         values: dict[str, Any] = {k: v for k, v in row.items() if k != "sent_by"}
         values["error"] = AttemptError(values["error"])
+        exchange = values.pop("exchange", None)
+        values["exchange"] = AttemptExchange.from_json(str(exchange)) if exchange else None
         self._attempts[str(row["id"])] = AttemptRecord(**values)
         d = self._deliveries[delivery_id]
         self._deliveries[delivery_id] = replace(d, status=status, attempts=1, updated_at=now,
@@ -143,6 +145,12 @@ class MemoryActivities:
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]:
         return sorted((a for a in self._attempts.values() if a.delivery_id == delivery_id
                        and self._visible(scope, a.org_id, a.subscription_id)), key=lambda a: (a.attempted_at, a.id))
+
+    async def get_attempt(self, scope: Scope, attempt_id: str) -> AttemptRecord:
+        a = self._attempts.get(attempt_id)
+        if a is None or not self._visible(scope, a.org_id, a.subscription_id):
+            raise NotFound(f"no attempt {attempt_id}", attempt_id=attempt_id)
+        return a
 
     async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
         latest: dict[str, AttemptRecord] = {}

@@ -323,7 +323,7 @@ class Delivery(_message.Message):
     def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., attempts: _Optional[int] = ..., round: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[_Union[AttemptError, str]] = ..., last_error_detail: _Optional[str] = ..., test: _Optional[bool] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test", "next_attempt_at")
+    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test", "next_attempt_at", "exchange")
     ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +341,7 @@ class Attempt(_message.Message):
     URL_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     delivery_id: str
     subscription_id: str
@@ -358,7 +359,8 @@ class Attempt(_message.Message):
     url: str
     test: bool
     next_attempt_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    exchange: AttemptExchange
+    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exchange: _Optional[_Union[AttemptExchange, _Mapping]] = ...) -> None: ...
 
 class ListDeliveriesRequest(_message.Message):
     __slots__ = ("subscription_id", "outcome", "event_id", "page_size", "page_token", "integration_id", "org_id")
@@ -561,3 +563,35 @@ class SubscriptionChanged(_message.Message):
     version: int
     actor_id: str
     def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., version: _Optional[int] = ..., actor_id: _Optional[str] = ...) -> None: ...
+
+class AttemptExchange(_message.Message):
+    __slots__ = ("request_headers", "response_headers", "response_body", "response_body_truncated", "headers_omitted")
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BODY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BODY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    request_headers: _containers.RepeatedCompositeFieldContainer[HttpHeader]
+    response_headers: _containers.RepeatedCompositeFieldContainer[HttpHeader]
+    response_body: str
+    response_body_truncated: bool
+    headers_omitted: int
+    def __init__(self, request_headers: _Optional[_Iterable[_Union[HttpHeader, _Mapping]]] = ..., response_headers: _Optional[_Iterable[_Union[HttpHeader, _Mapping]]] = ..., response_body: _Optional[str] = ..., response_body_truncated: _Optional[bool] = ..., headers_omitted: _Optional[int] = ...) -> None: ...
+
+class HttpHeader(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class GetAttemptRequest(_message.Message):
+    __slots__ = ("attempt_id", "integration_id", "org_id")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, attempt_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...

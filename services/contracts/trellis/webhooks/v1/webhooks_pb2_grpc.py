@@ -115,6 +115,11 @@ class WebhooksStub:
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.SerializeToString,
                 response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.FromString,
                 _registered_method=True)
+        self.GetAttempt = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/GetAttempt',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetAttemptRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Attempt.FromString,
+                _registered_method=True)
 
 
 class WebhooksServicer:
@@ -225,6 +230,13 @@ class WebhooksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAttempt(self, request, context):
+        """One attempt with what it sent and what came back (`exchange`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhooksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +319,11 @@ def add_WebhooksServicer_to_server(servicer, server):
                     servicer.ListActivities,
                     request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.FromString,
                     response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.SerializeToString,
+            ),
+            'GetAttempt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttempt,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetAttemptRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Attempt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -741,6 +758,33 @@ class Webhooks:
             '/trellis.webhooks.v1.Webhooks/ListActivities',
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesRequest.SerializeToString,
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListActivitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttempt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/GetAttempt',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetAttemptRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Attempt.FromString,
             options,
             channel_credentials,
             insecure,
