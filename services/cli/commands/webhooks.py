@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import sys
 from collections.abc import Iterator
@@ -57,6 +58,37 @@ def scheme_name(text: str) -> str:
     return SCHEME_ALIASES.get(name, name)
 
 
+def add_header_options(p: argparse.ArgumentParser, *, replaces: bool = False) -> None:
+    then = "; replaces every custom header the subscription had" if replaces else ""
+    p.add_argument("--header", dest="headers", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"a custom header every delivery sends (its value stays in your shell history: prefer "
+                        f"--secret-header for a key), repeatable{then}")
+    p.add_argument("--secret-header", dest="secret_headers", action=ExtendList, metavar="NAME",
+                   help="a custom header whose value is read from a prompt (or one line of stdin per name)")
+
+
+def _read_header_value(name: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value of header {name}: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise CliError(f"no value for --secret-header {name} on standard input (one line per header, in the order named)")
+    return line.rstrip("\r\n")
+
+
+def custom_headers(args: argparse.Namespace) -> list[pb.CustomHeader]:
+    """--header NAME=VALUE and --secret-header NAME (prompted), in the order given; the service checks them."""
+    found: list[pb.CustomHeader] = []
+    for text in args.headers:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise CliError(f"--header takes NAME=VALUE, got {text.split('=')[0][:64]!r}; "
+                           "use --secret-header NAME to be asked for the value")
+        found.append(pb.CustomHeader(name=name.strip(), value=value))
+    found += [pb.CustomHeader(name=name, value=_read_header_value(name)) for name in args.secret_headers]
+    return found
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--webhooks-addr", default=argparse.SUPPRESS, metavar="HOST:PORT", help="default: TRELLIS_WEBHOOKS_ADDR")
@@ -73,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--description", default="")
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), default="spec", help=SCHEME_HELP)
     p.add_argument("--integration", default="", metavar="ID", help="the integration that owns it (default: none)")
+    add_header_options(p)
     p.set_defaults(handler=create)
 
     p = commands.add_parser("list", parents=parents, help="list subscriptions with their status")
@@ -92,6 +125,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--remove-type", dest="remove_types", action=ExtendList, metavar="TYPE")
     p.add_argument("--description")
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), help=SCHEME_HELP)
+    add_header_options(p, replaces=True)
+    p.add_argument("--clear-headers", action="store_true", help="send no custom headers any more")
     p.set_defaults(handler=update)
 
     for name, handler, text in (
@@ -186,6 +221,7 @@ def subscription_details(s: pb.Subscription) -> str:
         ("Integration", s.integration_id or "- (organisation)"), ("Created by", s.created_by),
         ("Created", timestamp(s.created_at)), ("Updated", timestamp(s.updated_at)),
         ("Secret created", timestamp(s.secret_created_at)), ("Failing since", timestamp(s.failing_since) or "-"),
+        ("Custom headers", "; ".join(f"{h.name}: {h.hint}" for h in s.custom_headers) or "-"),
     ])
 
 
@@ -239,7 +275,7 @@ def create(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
         response = hooks.CreateSubscription(pb.CreateSubscriptionRequest(
             url=args.url, activity_types=args.types, description=args.description, signature_scheme=SCHEMES[args.scheme],
-            integration_id=args.integration,
+            integration_id=args.integration, custom_headers=custom_headers(args),
         ))
     _print_secret(args, response.subscription, response.signing_secret, f"Created webhook subscription {response.subscription.id}.")
     return 0
@@ -307,8 +343,16 @@ def update(args: argparse.Namespace, session: Session) -> int:
         if args.scheme is not None:
             request.signature_scheme = SCHEMES[args.scheme]
             request.update_mask.append("signature_scheme")
+        headers = custom_headers(args)
+        if headers and args.clear_headers:
+            raise CliError("--clear-headers removes every custom header: give it alone, or --header/--secret-header "
+                           "for the new set")
+        if headers or args.clear_headers:
+            request.custom_headers.extend(headers)
+            request.update_mask.append("custom_headers")
         if not request.update_mask:
-            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description or --scheme")
+            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description, --scheme, "
+                           "--header, --secret-header or --clear-headers")
         s = hooks.UpdateSubscription(request)
     _print_subscription(args, s, f"Updated webhook subscription {s.id} ({', '.join(request.update_mask)}); "
                                  "it applies from the next event.")

@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 1024
-WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme")
+WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme", "custom_headers")
 # Partner field name -> UpdateSubscriptionRequest field name.
 _PROTO_FIELD = {"endpoint_url": "url", "activity_types": "activity_types", "description": "description",
-                "signature_scheme": "signature_scheme"}
+                "signature_scheme": "signature_scheme", "custom_headers": "custom_headers"}
 
 
 def _names(enum: Any, prefix: str) -> dict[str, Any]:
@@ -118,6 +118,7 @@ def subscription_json(s: pb.Subscription) -> dict[str, Any]:
         "integration_suspended": s.integration_suspended, "created_at": _time(s.created_at),
         "updated_at": _time(s.updated_at), "secret_created_at": _time(s.secret_created_at),
         "failing_since": _time(s.failing_since),
+        "custom_headers": [{"name": h.name, "hint": h.hint} for h in s.custom_headers],
     }
 
 
@@ -261,6 +262,12 @@ def _fields(document: dict[str, Any]) -> dict[str, Any]:
     fields = dict(document)
     if "signature_scheme" in fields:
         fields["signature_scheme"] = SCHEMES[scheme]
+    headers = document.get("custom_headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise EdgeError("invalid_request", 'custom_headers must be an object of header names to string values, like '
+                        '{"X-Api-Key": "..."}')
+    if "custom_headers" in fields:
+        fields["custom_headers"] = [pb.CustomHeader(name=name, value=value) for name, value in headers.items()]
     return fields
 
 
@@ -366,7 +373,8 @@ class PartnerWebhooks:
             raise EdgeError("invalid_request", f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
         created = await self._call("CreateSubscription", pb.CreateSubscriptionRequest(
             url=fields["endpoint_url"], activity_types=fields["activity_types"], description=fields.get("description", ""),
-            signature_scheme=fields.get("signature_scheme", pb.SIGNATURE_SCHEME_SPEC), **ask.ids), ask)
+            signature_scheme=fields.get("signature_scheme", pb.SIGNATURE_SCHEME_SPEC),
+            custom_headers=fields.get("custom_headers", []), **ask.ids), ask)
         return {**subscription_json(created.subscription), "signing_secret": created.signing_secret}
 
     async def get(self, ask: Ask) -> dict[str, Any]:
@@ -518,10 +526,17 @@ _SUBSCRIPTION = {
     "status": {"enum": list(STATUSES)}, "signature_scheme": {"enum": list(SCHEMES)},
     "integration_suspended": {**_BOOL, "description": "Deliveries wait while the owning integration is suspended."},
     "created_at": _TIME, "updated_at": _TIME, "secret_created_at": _TIME, "failing_since": _TIME,
+    "custom_headers": {"type": "array", "items": _obj({"name": _STR, "hint": _STR}),
+                       "description": "The custom headers every delivery sends: names and a hint, never the values."},
 }
 _SECRET = {"type": "string", "description": "The signing secret (`whsec_...`), shown in this answer only: store it now."}
 _WRITABLE = {"endpoint_url": {"type": "string", "format": "uri", "description": "https:// only."}, "activity_types": _TYPES,
-             "description": _STR, "signature_scheme": {"enum": list(SCHEMES), "default": "spec"}}
+             "description": _STR, "signature_scheme": {"enum": list(SCHEMES), "default": "spec"},
+             "custom_headers": {"type": "object", "additionalProperties": _STR, "maxProperties": 20,
+                                "description": "Header name -> value, sent with every delivery (say, your gateway's "
+                                "X-Api-Key); values are stored sealed and never shown back. On update, the whole new "
+                                "set ({} for none). Not Host, Content-Length, Content-Type, Transfer-Encoding, "
+                                "hop-by-hop headers or the signature and timestamp headers."}}
 _DELIVERY = {
     "id": _STR, "subscription_id": _STR, "event_id": _STR, "event_type": _STR, "status": {"enum": list(DELIVERY_STATUSES)},
     "attempts": _INT, "round": _INT, "next_attempt_at": _TIME, "created_at": _TIME, "updated_at": _TIME,

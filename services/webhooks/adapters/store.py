@@ -41,7 +41,7 @@ from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
 from services.webhooks.domain.model import (
-    AttemptError, AttemptExchange, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
+    AttemptError, AttemptExchange, CustomHeaderHint, DeliveryStatus, IncomingActivity, SignatureScheme, Subscription,
     SubscriptionStatus,
 )
 
@@ -94,6 +94,10 @@ subscriptions = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("deleted_at", UTCDateTime(), nullable=True),
+    # Custom headers: names and value hints as JSON (shown), the values sealed like the secret,
+    # bound to subscriptions.custom_headers:<id> (NULL: none).
+    Column("custom_headers", Text, nullable=False, server_default="[]"),
+    Column("custom_headers_sealed", LargeBinary, nullable=True),
 )
 
 activities = Table(
@@ -237,6 +241,7 @@ def _subscription(row: Row[Any]) -> Subscription:
         integration_suspended=row.integration_suspended, failing_since=row.failing_since,
         created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
         secret_created_at=row.secret_created_at, version=row.version,
+        custom_headers=tuple(CustomHeaderHint(str(n), str(h)) for n, h in json.loads(row.custom_headers or "[]")),
     )
 
 
@@ -247,6 +252,7 @@ def _subscription_values(s: Subscription) -> dict[str, object]:
         "status": s.status.value, "scheme": s.scheme.value, "integration_suspended": s.integration_suspended,
         "failing_since": s.failing_since, "created_by": s.created_by, "created_at": s.created_at,
         "updated_at": s.updated_at, "secret_created_at": s.secret_created_at, "version": s.version,
+        "custom_headers": json.dumps([[h.name, h.hint] for h in s.custom_headers]),
     }
 
 
@@ -337,8 +343,9 @@ class SubscriptionRepository:
             condition = and_(condition, t.c.integration_id == scope.integration_id)
         return condition
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None:
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"") -> None:
         await self._session.execute(subscriptions.insert().values(id=subscription.id, secret=sealed_secret,
+                                                            custom_headers_sealed=sealed_headers or None,
                                                             **_subscription_values(subscription)))
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
@@ -355,10 +362,18 @@ class SubscriptionRepository:
             select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
         return sealed
 
-    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
+    async def sealed_headers(self, subscription_id: str) -> bytes:
+        sealed: bytes | None = (await self._session.execute(
+            select(subscriptions.c.custom_headers_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed or b""
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
+                   sealed_headers: bytes | None = None) -> None:
         values = _subscription_values(subscription)
         if sealed_secret is not None:
             values["secret"] = sealed_secret
+        if sealed_headers is not None:  # b"": the subscription has none any more
+            values["custom_headers_sealed"] = sealed_headers or None
         await self._session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id).values(**values))
 
     async def delete(self, subscription: Subscription, now: dt.datetime) -> int:

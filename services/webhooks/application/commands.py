@@ -29,6 +29,7 @@ class CreateSubscription:
     description: str = ""
     scheme: SignatureScheme = SignatureScheme.SPEC
     view: View = field(default_factory=View)
+    custom_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

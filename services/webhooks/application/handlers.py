@@ -11,8 +11,9 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.clock import utcnow
@@ -28,7 +29,8 @@ from services.webhooks.domain.model import (
     ACTIVITY_TYPES, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, HeaderSent, IncomingActivity,
     RetryPolicy, Subscription, SubscriptionStatus, check_activity_types, check_description, check_published_type,
     check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
-    pending_delivery_text, sample_data, secret_aad,
+    pending_delivery_text, sample_data, secret_aad, check_custom_headers, custom_headers_aad, header_hints, opened_form,
+    seal_form,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class SecretCache:
     def __init__(self, envelope: Envelope) -> None:
         self._envelope = envelope
         self._open: dict[str, tuple[bytes, str]] = {}
+        self._headers: dict[str, tuple[bytes, dict[str, str]]] = {}
 
     def secret(self, subscription_id: str, sealed: bytes) -> str:
         cached = self._open.get(subscription_id)
@@ -119,8 +122,20 @@ class SecretCache:
         self._open[subscription_id] = (sealed, plain)
         return plain
 
+    def headers(self, subscription_id: str, sealed: bytes) -> dict[str, str]:
+        """The subscription's custom headers, opened (none when `sealed` is empty)."""
+        if not sealed:
+            return {}
+        cached = self._headers.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return dict(cached[1])
+        plain = opened_form(self._envelope.open(sealed, custom_headers_aad(subscription_id)))
+        self._headers[subscription_id] = (sealed, plain)
+        return dict(plain)
+
     def forget(self, subscription_id: str) -> None:
         self._open.pop(subscription_id, None)
+        self._headers.pop(subscription_id, None)
 
 
 class ActivityIngest:
@@ -183,6 +198,10 @@ class WebhookHandlers:
     def _seal(self, subscription_id: str, secret: str) -> bytes:
         return self._envelope.seal(secret.encode(), secret_aad(subscription_id))
 
+    def _seal_headers(self, subscription_id: str, headers: Mapping[str, str]) -> bytes:
+        """The custom headers sealed at rest; b"" for none."""
+        return self._envelope.seal(seal_form(headers), custom_headers_aad(subscription_id)) if headers else b""
+
     # --- subscriptions ---------------------------------------------------------------------
 
     async def create(self, actor: Actor, cmd: commands.CreateSubscription) -> tuple[Subscription, str]:
@@ -195,6 +214,8 @@ class WebhookHandlers:
             description=check_description(cmd.description), scheme=cmd.scheme, created_by=caller.actor_id,
             created_at=now, updated_at=now, secret_created_at=now,
         )
+        headers = check_custom_headers(cmd.custom_headers)
+        subscription.custom_headers = header_hints(headers)
         await self._check_destination(caller, subscription.url)
         secret = new_signing_secret()
         if subscription.integration_id and not caller.partner:
@@ -211,7 +232,8 @@ class WebhookHandlers:
                 _check_owner(subscription.integration_id, heard)
                 if caller.partner:
                     subscription.integration_suspended = heard == "suspended"
-            await uow.subscriptions.add(subscription, self._seal(subscription.id, secret))
+            await uow.subscriptions.add(subscription, self._seal(subscription.id, secret),
+                                        sealed_headers=self._seal_headers(subscription.id, headers))
             await uow.changed_and_audited("created", before=None, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=cmd.view.request_id)
             await uow.commit()
@@ -246,7 +268,8 @@ class WebhookHandlers:
         return SubscriptionPage(found, token, last)
 
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
-                      mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None) -> Subscription:
+                      mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None,
+                      new_headers: Mapping[str, str] | None = None) -> Subscription:
         caller = caller_for(actor, view)
         now = self._clock()
         async with self._units() as uow:
@@ -256,7 +279,8 @@ class WebhookHandlers:
             if subscription.version == before.version:
                 return subscription  # nothing changed (pause of a paused one, say)
             sealed = self._seal(subscription.id, new_secret) if new_secret is not None else None
-            await uow.subscriptions.save(subscription, sealed_secret=sealed)
+            headers = self._seal_headers(subscription.id, new_headers) if new_headers is not None else None
+            await uow.subscriptions.save(subscription, sealed_secret=sealed, sealed_headers=headers)
             await uow.changed_and_audited(kind, before=before, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=view.request_id)
             await uow.commit()
@@ -270,7 +294,11 @@ class WebhookHandlers:
             raise InvalidArgument("update_mask names nothing to change")
         if "url" in cmd.changes:
             await self._check_destination(caller_for(actor, cmd.view), check_url(str(cmd.changes["url"])))
-        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now))
+        headers = None
+        if "custom_headers" in cmd.changes:  # the whole set is replaced; checked before anything is written
+            headers = check_custom_headers(cast("Mapping[str, str]", cmd.changes["custom_headers"]))
+        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now),
+                                  new_headers=headers)
 
     async def pause(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
         return await self._change(actor, ref.view, ref.subscription_id, "paused", lambda s, now: s.pause(now))
@@ -313,6 +341,7 @@ class WebhookHandlers:
         async with self._units(read_only=True) as uow:
             subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id)
             sealed = await uow.subscriptions.sealed_secret(subscription.id)
+            sealed_headers = await uow.subscriptions.sealed_headers(subscription.id)
         if subscription.status is SubscriptionStatus.DISABLED:
             raise FailedPrecondition("this subscription is disabled", subscription_id=subscription.id)
         sender = ("integration", caller.integration_id) if caller.partner else ("user", actor.user_id)
@@ -327,7 +356,8 @@ class WebhookHandlers:
         secret = self._secrets.secret(subscription.id, sealed)
         result, started = await self._delivery.send(url=subscription.url, scheme=subscription.scheme, secret=secret,
                                                     event_id=activity.event_id, event_type=TEST_TYPE, body=body,
-                                                    user_agent=self._user_agent)
+                                                    user_agent=self._user_agent,
+                                                    custom_headers=self._secrets.headers(subscription.id, sealed_headers))
         outcome = outcome_of(result, 1, started, self._policy, test=True)
         row = attempt_row(new_id("att"), org_id=subscription.org_id, delivery_id=delivery_id, subscription_id=subscription.id,
                           event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,

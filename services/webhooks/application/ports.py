@@ -127,7 +127,7 @@ class Subscriptions(Protocol):
     """Subscriptions and what changes with them, in the unit of work's transaction, always
     within one organisation; and the owning integrations' status as last heard on the bus."""
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None: ...
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"") -> None: ...
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         """The subscription, or NotFound when the scope does not see it (deleted ones neither)."""
@@ -135,7 +135,14 @@ class Subscriptions(Protocol):
 
     async def sealed_secret(self, subscription_id: str) -> bytes: ...
 
-    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None: ...
+    async def sealed_headers(self, subscription_id: str) -> bytes:
+        """The sealed custom headers, b"" when it has none."""
+        ...
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
+                   sealed_headers: bytes | None = None) -> None:
+        """Writes the subscription; a sealed secret or sealed headers (b"": none) when they changed."""
+        ...
 
     async def delete(self, subscription: Subscription, now: dt.datetime) -> int:
         """Soft-deletes it and cancels its pending deliveries; returns how many were cancelled."""
@@ -247,7 +254,8 @@ class DeliveryPort(Protocol):
     """One signed POST to a receiver (adapters/sender.py: aiohttp, the SSRF check, tracing)."""
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
-                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+                   body: bytes, user_agent: str, trace_headers: str = "",
+                   custom_headers: Mapping[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
         """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
         ...
 

@@ -163,6 +163,8 @@ class Subscription:
     integration_suspended: bool = False
     failing_since: dt.datetime | None = None
     version: int = 1
+    # Names and masked hints of the custom headers every delivery sends; the values live sealed.
+    custom_headers: tuple[CustomHeaderHint, ...] = ()
 
     def matches(self, activity_type: str) -> bool:
         return ALL_TYPES in self.activity_types or activity_type in self.activity_types
@@ -194,6 +196,8 @@ class Subscription:
             elif name == "signature_scheme":
                 assert isinstance(value, SignatureScheme)
                 self.scheme = value
+            elif name == "custom_headers":
+                self.custom_headers = header_hints(check_custom_headers(cast("Mapping[str, str]", value)))
             else:  # pragma: no cover - the transport checks the mask
                 raise InvalidArgument(f"{name} cannot be updated")
         self._changed(now)
@@ -259,6 +263,7 @@ class Subscription:
         return {
             "url": self.url, "activity_types": list(self.activity_types), "description": self.description,
             "status": self.status.value, "signature_scheme": self.scheme.value, "integration_id": self.integration_id,
+            **({"custom_headers": [h.name for h in self.custom_headers]} if self.custom_headers else {}),
         }
 
 
@@ -662,3 +667,101 @@ class AttemptExchange:
         return cls(tuple((str(n), str(v)) for n, v in doc["request_headers"]),
                    tuple((str(n), str(v)) for n, v in doc["response_headers"]),
                    str(doc["response_body"]), bool(doc["response_body_truncated"]), int(doc["headers_omitted"]))
+
+
+# --- custom headers --------------------------------------------------------------------------------
+
+MAX_CUSTOM_HEADERS = 20
+MAX_CUSTOM_HEADER_NAME = 64
+MAX_CUSTOM_HEADER_VALUE = 1024
+MAX_CUSTOM_HEADERS_BYTES = 8192
+# What a delivery, its framing or its signature depends on, and hop-by-hop headers: a custom
+# header may not set them (compared in lower case).
+RESERVED_HEADERS = frozenset({
+    "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "expect", "user-agent",
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "upgrade", "traceparent", "tracestate",
+    "x-webhook-id", "x-webhook-event", "x-webhook-timestamp", "x-webhook-signature",
+    "webhook-id", "webhook-timestamp", "webhook-signature",
+})
+# RFC 9110's token: the characters a field name may have.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# A field value: visible ASCII, spaces and tabs inside; no CR, LF, NUL or other control, and no
+# non-ASCII (clients and servers disagree on how to encode it).
+_FIELD_VALUE = re.compile(r"^[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?$")
+
+
+@dataclass(frozen=True)
+class CustomHeaderHint:
+    """A custom header as it is shown back: its name and a hint of its value, never the value."""
+
+    name: str
+    hint: str
+
+
+def check_custom_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Custom headers a subscription's deliveries may send, within their bounds; refuses the names
+    that would break a delivery or its signature, and anything that is not a header."""
+    if len(headers) > MAX_CUSTOM_HEADERS:
+        raise InvalidArgument(f"at most {MAX_CUSTOM_HEADERS} custom headers, got {len(headers)}", field="custom_headers")
+    checked: dict[str, str] = {}
+    seen: set[str] = set()
+    size = 0
+    for raw_name, value in headers.items():
+        name = raw_name.strip()
+        shown = name[:MAX_CUSTOM_HEADER_NAME]
+        if not name:
+            raise InvalidArgument("a custom header needs a name", field="custom_headers")
+        if len(name) > MAX_CUSTOM_HEADER_NAME:
+            raise InvalidArgument(f"custom header name {shown!r}… is longer than {MAX_CUSTOM_HEADER_NAME} characters",
+                                  field="custom_headers")
+        if not _TOKEN.match(name):
+            raise InvalidArgument(f"custom header name {shown!r} is not a header name: letters, digits and !#$%&'*+-.^_`|~ only",
+                                  field="custom_headers", header=shown)
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidArgument(
+                f"custom header {name} cannot be set: Trellis sets it for every delivery (its framing, its signature "
+                f"or its timestamp), or it is a hop-by-hop header; reserved: {', '.join(sorted(RESERVED_HEADERS))}",
+                field="custom_headers", header=name)
+        if name.lower() in seen:
+            raise InvalidArgument(f"custom header {name} is given twice (names are case-insensitive)",
+                                  field="custom_headers", header=name)
+        if len(value) > MAX_CUSTOM_HEADER_VALUE:
+            raise InvalidArgument(f"the value of custom header {name} is longer than {MAX_CUSTOM_HEADER_VALUE} characters",
+                                  field="custom_headers", header=name)
+        if not _FIELD_VALUE.match(value):
+            raise InvalidArgument(f"the value of custom header {name} is empty, has spaces at its ends, or holds a "
+                                  "line break, a control or a non-Latin-1 character", field="custom_headers", header=name)
+        size += len(name) + len(value)
+        if size > MAX_CUSTOM_HEADERS_BYTES:
+            raise InvalidArgument(f"the custom headers' names and values together exceed {MAX_CUSTOM_HEADERS_BYTES} bytes",
+                                  field="custom_headers")
+        seen.add(name.lower())
+        checked[name] = value
+    return checked
+
+
+def value_hint(value: str) -> str:
+    """What is shown of a custom header's value: its last 4 characters when it is long enough
+    (12 or more) that they give nothing away, else nothing but its length."""
+    if len(value) >= 12:
+        return f"…{value[-4:]} ({len(value)} characters)"
+    return f"({len(value)} characters)"
+
+
+def header_hints(headers: Mapping[str, str]) -> tuple[CustomHeaderHint, ...]:
+    return tuple(CustomHeaderHint(name, value_hint(value)) for name, value in headers.items())
+
+
+def custom_headers_aad(subscription_id: str) -> bytes:
+    """What a sealed set of custom headers is bound to: this subscription's column only."""
+    return f"subscriptions.custom_headers:{subscription_id}".encode()
+
+
+def seal_form(headers: Mapping[str, str]) -> bytes:
+    """The custom headers as the bytes sealed at rest."""
+    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def opened_form(plain: bytes) -> dict[str, str]:
+    return {str(k): str(v) for k, v in json.loads(plain).items()}

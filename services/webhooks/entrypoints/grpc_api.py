@@ -3,6 +3,7 @@ result -> response message. No rule lives here; errors are services.kit.errors c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 import grpc
@@ -19,7 +20,7 @@ from services.webhooks.application.handlers import WebhookHandlers
 from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
-UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme")
+UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme", "custom_headers")
 
 _STATUS_FROM_PROTO: dict[int, SubscriptionStatus] = {value: status for status, value in STATUS_TO_PROTO.items()}
 _SCHEME_TO_PROTO = {SignatureScheme.SPEC: pb.SIGNATURE_SCHEME_SPEC,
@@ -37,6 +38,7 @@ def subscription_to_proto(s: Subscription) -> pb.Subscription:
         integration_suspended=s.integration_suspended, created_by=s.created_by, created_at=timestamp_or_none(s.created_at),
         updated_at=timestamp_or_none(s.updated_at), secret_created_at=timestamp_or_none(s.secret_created_at),
         failing_since=timestamp_or_none(s.failing_since), version=s.version,
+        custom_headers=[pb.CustomHeaderHint(name=h.name, hint=h.hint) for h in s.custom_headers],
     )
 
 
@@ -100,6 +102,17 @@ def _scheme(value: int) -> SignatureScheme:
     return _SCHEME_FROM_PROTO[value]
 
 
+def custom_headers(entries: Iterable[pb.CustomHeader]) -> dict[str, str]:
+    """The request's custom headers by name; a name given twice is refused, not dropped."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        if entry.name.strip().lower() in {n.lower() for n in found}:
+            raise InvalidArgument(f"custom header {entry.name.strip()[:64]} is given twice (names are case-insensitive)",
+                                  field="custom_headers")
+        found[entry.name.strip()] = entry.value
+    return found
+
+
 def _statuses(values: list[int]) -> list[SubscriptionStatus]:
     unknown = [v for v in values if v not in _STATUS_FROM_PROTO]
     if unknown:
@@ -133,6 +146,8 @@ def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
                 raise InvalidArgument("update_mask names signature_scheme: set it to SIGNATURE_SCHEME_SPEC or "
                                       "SIGNATURE_SCHEME_STANDARD_WEBHOOKS", field="signature_scheme")
             changes[name] = _scheme(request.signature_scheme)
+        elif name == "custom_headers":
+            changes[name] = custom_headers(request.custom_headers)
         else:
             changes[name] = getattr(request, name)
     return changes
@@ -152,6 +167,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         subscription, secret = await self._h.create(current_actor(), commands.CreateSubscription(
             url=request.url, activity_types=list(request.activity_types), description=request.description,
             scheme=_scheme(request.signature_scheme), view=_view(request, context),
+            custom_headers=custom_headers(request.custom_headers),
         ))
         return pb.CreateSubscriptionResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
 

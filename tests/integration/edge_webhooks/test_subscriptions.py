@@ -206,3 +206,28 @@ async def test_a_partner_reads_what_each_attempt_sent_and_what_its_receiver_answ
     stranger = await stack.partner()
     status, _, body = await stranger("GET", f"{path}/attempts/{attempt['id']}")
     assert status == 404
+
+
+async def test_a_partner_sets_custom_headers_that_deliveries_send_and_never_sees_their_values(
+        stack: Stack, receiver: Receiver) -> None:
+    client = await stack.partner()
+    key = "partner-gw-key-9876543210"
+    created = await _create(client, receiver, custom_headers={"X-Api-Key": key})
+    assert created["custom_headers"] == [{"name": "X-Api-Key", "hint": f"…3210 ({len(key)} characters)"}]
+    assert key not in json.dumps(created)
+    await stack.webhooks.publish("lot.created", LOT)
+    [got] = await receiver.wait_for(1)
+    assert got.headers["X-Api-Key"] == key
+
+    path = f"/v1/webhooks/{created['id']}"
+    status, _, body = await client("PATCH", path, json={"custom_headers": {"Content-Length": "0"}})
+    assert (status, body["error"]) == (400, "invalid_request") and "Content-Length cannot be set" in body["message"]
+    status, _, body = await client("PATCH", path, json={"custom_headers": ["X-Api-Key"]})
+    assert (status, body["error"]) == (400, "invalid_request") and "custom_headers must be an object" in body["message"]
+    status, _, shown = await client("GET", path)
+    assert shown["custom_headers"] == created["custom_headers"]
+    status, _, updated = await client("PATCH", path, json={"custom_headers": {}})
+    assert status == 200 and updated["custom_headers"] == []
+    status, _, body = await client("POST", "/v1/webhooks", json={
+        "endpoint_url": receiver.url(), "activity_types": ["lot.created"], "custom_headers": {"webhook-signature": "v1,x"}})
+    assert status == 400 and "webhook-signature cannot be set" in body["message"]

@@ -260,3 +260,27 @@ async def test_deliveries_attempt_shows_what_was_sent_and_what_came_back(trellis
 
     code, _, err = await trellis("webhooks", "deliveries", sid, "--attempt", "att_nope")
     assert code != 0 and "att_nope" in err
+
+
+async def test_custom_headers_from_the_command_line_and_stdin_are_sent_and_shown_as_hints(
+        trellis, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("stdin-key-abcdef123456\n"))
+    code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                   "--header", "X-Tenant=north", "--secret-header", "X-Api-Key")
+    assert code == 0, err
+    assert "X-Tenant: (5 characters)" in out and "X-Api-Key: …3456 (22 characters)" in out
+    assert "stdin-key-abcdef123456" not in out
+    sid = next(line.split()[-1] for line in out.splitlines() if line.startswith("ID"))
+    assert (await trellis("activities", "publish", "--type", "lot.created"))[0] == 0
+    [got] = await receiver.wait_for(1)
+    assert got.headers["X-Api-Key"] == "stdin-key-abcdef123456" and got.headers["X-Tenant"] == "north"
+
+    code, _, err = await trellis("webhooks", "update", sid, "--header", "Host=evil.test")
+    assert code != 0 and "Host cannot be set" in err
+    code, _, err = await trellis("webhooks", "update", sid, "--header", "novalue")
+    assert code != 0 and "NAME=VALUE" in err
+    code, out, _ = await trellis("webhooks", "show", sid)
+    assert "X-Api-Key: …3456" in out  # the refused updates changed nothing
+    code, out, _ = await trellis("webhooks", "update", sid, "--clear-headers")
+    assert code == 0 and "X-Api-Key" not in out and "X-Tenant" not in out

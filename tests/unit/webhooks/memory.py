@@ -24,6 +24,7 @@ from services.webhooks.domain.model import (
 class SubscriptionRow:
     subscription: Subscription
     secret: bytes
+    headers: bytes = b""
     deleted: bool = False
 
 
@@ -42,8 +43,8 @@ class MemorySubscriptions:
             raise NotFound(f"no webhook subscription {subscription_id}", subscription_id=subscription_id)
         return row
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None:
-        self._rows[subscription.id] = SubscriptionRow(copy.deepcopy(subscription), sealed_secret)
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"") -> None:
+        self._rows[subscription.id] = SubscriptionRow(copy.deepcopy(subscription), sealed_secret, sealed_headers)
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         return copy.deepcopy(self._row(scope, subscription_id).subscription)
@@ -51,11 +52,17 @@ class MemorySubscriptions:
     async def sealed_secret(self, subscription_id: str) -> bytes:
         return self._rows[subscription_id].secret
 
-    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
+    async def sealed_headers(self, subscription_id: str) -> bytes:
+        return self._rows[subscription_id].headers
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
+                   sealed_headers: bytes | None = None) -> None:
         row = self._rows[subscription.id]
         row.subscription = copy.deepcopy(subscription)
         if sealed_secret is not None:
             row.secret = sealed_secret
+        if sealed_headers is not None:
+            row.headers = sealed_headers
 
     async def cancel_pending(self, subscription_ids: Sequence[str], now: dt.datetime) -> int:
         pending = [d for d in self._deliveries.values()
@@ -232,9 +239,11 @@ class FakeDelivery:
     at: dt.datetime = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
-                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+                   body: bytes, user_agent: str, trace_headers: str = "",
+                   custom_headers: Mapping[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
         self.sent.append({"url": url, "scheme": scheme, "secret": secret, "event_id": event_id,
-                          "event_type": event_type, "body": body, "user_agent": user_agent})
+                          "event_type": event_type, "body": body, "user_agent": user_agent,
+                          "custom_headers": dict(custom_headers or {})})
         return self.result, self.at
 
 

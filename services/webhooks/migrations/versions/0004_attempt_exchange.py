@@ -2,6 +2,9 @@
 (signature included), the answer's status headers and first 4 KiB, bounded, secrets masked.
 NULL for the attempts made before, and when TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS is off.
 
+Custom headers per subscription: `subscriptions.custom_headers` (names and value hints, JSON)
+and `custom_headers_sealed` (the values, sealed like the signing secret; NULL: none).
+
 Revision ID: 0004
 Revises: 0002
 Create Date: 2026-12-03
@@ -22,8 +25,13 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("attempts", sa.Column("exchange", sa.Text(), nullable=True))
+    op.add_column("subscriptions", sa.Column("custom_headers", sa.Text(), nullable=False, server_default="[]"))
+    op.add_column("subscriptions", sa.Column("custom_headers_sealed", sa.LargeBinary(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("subscriptions") as batch:
+        batch.drop_column("custom_headers_sealed")
+        batch.drop_column("custom_headers")
     with op.batch_alter_table("attempts") as batch:
         batch.drop_column("exchange")

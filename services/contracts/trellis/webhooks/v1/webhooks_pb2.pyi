@@ -99,7 +99,7 @@ class ListActivityTypesResponse(_message.Message):
     def __init__(self, types: _Optional[_Iterable[_Union[ActivityType, _Mapping]]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version")
+    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "custom_headers")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Subscription(_message.Message):
     SECRET_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     integration_id: str
@@ -130,23 +131,26 @@ class Subscription(_message.Message):
     secret_created_at: _timestamp_pb2.Timestamp
     failing_since: _timestamp_pb2.Timestamp
     version: int
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+    custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeaderHint]
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeaderHint, _Mapping]]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
+    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers")
     URL_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
     url: str
     activity_types: _containers.RepeatedScalarFieldContainer[str]
     description: str
     signature_scheme: SignatureScheme
     integration_id: str
     org_id: str
-    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeader]
+    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ...) -> None: ...
 
 class CreateSubscriptionResponse(_message.Message):
     __slots__ = ("subscription", "signing_secret")
@@ -193,7 +197,7 @@ class ListSubscriptionsResponse(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class UpdateSubscriptionRequest(_message.Message):
-    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id")
+    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +206,7 @@ class UpdateSubscriptionRequest(_message.Message):
     SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     update_mask: _containers.RepeatedScalarFieldContainer[str]
     url: str
@@ -210,7 +215,8 @@ class UpdateSubscriptionRequest(_message.Message):
     signature_scheme: SignatureScheme
     integration_id: str
     org_id: str
-    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeader]
+    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ...) -> None: ...
 
 class PauseSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id", "integration_id", "org_id")
@@ -595,3 +601,19 @@ class GetAttemptRequest(_message.Message):
     integration_id: str
     org_id: str
     def __init__(self, attempt_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class CustomHeader(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class CustomHeaderHint(_message.Message):
+    __slots__ = ("name", "hint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hint: str
+    def __init__(self, name: _Optional[str] = ..., hint: _Optional[str] = ...) -> None: ...
