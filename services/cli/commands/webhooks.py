@@ -67,6 +67,27 @@ def add_header_options(p: argparse.ArgumentParser, *, replaces: bool = False) ->
                    help="a custom header whose value is read from a prompt (or one line of stdin per name)")
 
 
+def add_client_cert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--client-cert", metavar="FILE", help="mutual TLS: a PEM certificate (leaf first) deliveries present")
+    p.add_argument("--client-key", metavar="FILE", help="its unencrypted PEM private key (sealed at rest)")
+
+
+def client_certificate(args: argparse.Namespace) -> pb.ClientCertificateUpload | None:
+    """--client-cert and --client-key, read from their files; the service checks them."""
+    if not args.client_cert and not args.client_key:
+        return None
+    if not args.client_cert or not args.client_key:
+        raise CliError("give --client-cert and --client-key together")
+    texts = []
+    for option, path in (("--client-cert", args.client_cert), ("--client-key", args.client_key)):
+        try:
+            with open(path, encoding="utf-8") as file:
+                texts.append(file.read(64 * 1024 + 1))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"{option} {path}: cannot read it ({exc.__class__.__name__})") from None
+    return pb.ClientCertificateUpload(certificate_pem=texts[0], private_key_pem=texts[1])
+
+
 def _read_header_value(name: str) -> str:
     if sys.stdin.isatty():
         return getpass.getpass(f"value of header {name}: ")
@@ -106,6 +127,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), default="spec", help=SCHEME_HELP)
     p.add_argument("--integration", default="", metavar="ID", help="the integration that owns it (default: none)")
     add_header_options(p)
+    add_client_cert_options(p)
     p.set_defaults(handler=create)
 
     p = commands.add_parser("list", parents=parents, help="list subscriptions with their status")
@@ -127,6 +149,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), help=SCHEME_HELP)
     add_header_options(p, replaces=True)
     p.add_argument("--clear-headers", action="store_true", help="send no custom headers any more")
+    add_client_cert_options(p)
+    p.add_argument("--remove-client-cert", action="store_true", help="present no client certificate any more")
     p.set_defaults(handler=update)
 
     for name, handler, text in (
@@ -222,6 +246,9 @@ def subscription_details(s: pb.Subscription) -> str:
         ("Created", timestamp(s.created_at)), ("Updated", timestamp(s.updated_at)),
         ("Secret created", timestamp(s.secret_created_at)), ("Failing since", timestamp(s.failing_since) or "-"),
         ("Custom headers", "; ".join(f"{h.name}: {h.hint}" for h in s.custom_headers) or "-"),
+        ("Client certificate", f"{s.client_certificate.subject} (SHA-256 {s.client_certificate.sha256_fingerprint[:16]}…, "
+                               f"valid until {timestamp(s.client_certificate.not_after)})"
+         if s.HasField("client_certificate") else "-"),
     ])
 
 
@@ -276,6 +303,7 @@ def create(args: argparse.Namespace, session: Session) -> int:
         response = hooks.CreateSubscription(pb.CreateSubscriptionRequest(
             url=args.url, activity_types=args.types, description=args.description, signature_scheme=SCHEMES[args.scheme],
             integration_id=args.integration, custom_headers=custom_headers(args),
+            client_certificate=client_certificate(args),
         ))
     _print_secret(args, response.subscription, response.signing_secret, f"Created webhook subscription {response.subscription.id}.")
     return 0
@@ -350,9 +378,16 @@ def update(args: argparse.Namespace, session: Session) -> int:
         if headers or args.clear_headers:
             request.custom_headers.extend(headers)
             request.update_mask.append("custom_headers")
+        upload = client_certificate(args)
+        if upload is not None and args.remove_client_cert:
+            raise CliError("--remove-client-cert cannot go with --client-cert/--client-key")
+        if upload is not None or args.remove_client_cert:
+            if upload is not None:
+                request.client_certificate.CopyFrom(upload)
+            request.update_mask.append("client_certificate")
         if not request.update_mask:
             raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description, --scheme, "
-                           "--header, --secret-header or --clear-headers")
+                           "--header, --secret-header, --clear-headers, --client-cert/--client-key or --remove-client-cert")
         s = hooks.UpdateSubscription(request)
     _print_subscription(args, s, f"Updated webhook subscription {s.id} ({', '.join(request.update_mask)}); "
                                  "it applies from the next event.")

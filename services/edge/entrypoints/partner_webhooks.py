@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 1024
-WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme", "custom_headers")
+WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme", "custom_headers",
+                   "client_certificate")
 # Partner field name -> UpdateSubscriptionRequest field name.
 _PROTO_FIELD = {"endpoint_url": "url", "activity_types": "activity_types", "description": "description",
-                "signature_scheme": "signature_scheme", "custom_headers": "custom_headers"}
+                "signature_scheme": "signature_scheme", "custom_headers": "custom_headers",
+                "client_certificate": "client_certificate"}
 
 
 def _names(enum: Any, prefix: str) -> dict[str, Any]:
@@ -119,6 +121,11 @@ def subscription_json(s: pb.Subscription) -> dict[str, Any]:
         "updated_at": _time(s.updated_at), "secret_created_at": _time(s.secret_created_at),
         "failing_since": _time(s.failing_since),
         "custom_headers": [{"name": h.name, "hint": h.hint} for h in s.custom_headers],
+        "client_certificate": {
+            "subject": s.client_certificate.subject, "issuer": s.client_certificate.issuer,
+            "not_before": _time(s.client_certificate.not_before), "not_after": _time(s.client_certificate.not_after),
+            "sha256_fingerprint": s.client_certificate.sha256_fingerprint,
+        } if s.HasField("client_certificate") else None,
     }
 
 
@@ -268,6 +275,16 @@ def _fields(document: dict[str, Any]) -> dict[str, Any]:
                         '{"X-Api-Key": "..."}')
     if "custom_headers" in fields:
         fields["custom_headers"] = [pb.CustomHeader(name=name, value=value) for name, value in headers.items()]
+    if "client_certificate" in fields:
+        upload = fields["client_certificate"]
+        if upload is None:
+            del fields["client_certificate"]  # an update naming it without one removes it
+        elif not isinstance(upload, dict) or set(upload) != {"certificate_pem", "private_key_pem"} or \
+                not all(isinstance(v, str) for v in upload.values()):
+            raise EdgeError("invalid_request", "client_certificate must be null or an object with the strings "
+                            "certificate_pem and private_key_pem")
+        else:
+            fields["client_certificate"] = pb.ClientCertificateUpload(**upload)
     return fields
 
 
@@ -374,7 +391,8 @@ class PartnerWebhooks:
         created = await self._call("CreateSubscription", pb.CreateSubscriptionRequest(
             url=fields["endpoint_url"], activity_types=fields["activity_types"], description=fields.get("description", ""),
             signature_scheme=fields.get("signature_scheme", pb.SIGNATURE_SCHEME_SPEC),
-            custom_headers=fields.get("custom_headers", []), **ask.ids), ask)
+            custom_headers=fields.get("custom_headers", []), client_certificate=fields.get("client_certificate"),
+            **ask.ids), ask)
         return {**subscription_json(created.subscription), "signing_secret": created.signing_secret}
 
     async def get(self, ask: Ask) -> dict[str, Any]:
@@ -382,12 +400,14 @@ class PartnerWebhooks:
         return subscription_json(found)
 
     async def update(self, ask: Ask) -> dict[str, Any]:
-        fields = _fields(await ask.body())
-        if not fields:
+        body = await ask.body()
+        fields = _fields(body)
+        if not fields and "client_certificate" not in body:
             raise EdgeError("invalid_request", f"name at least one field to change: {', '.join(WRITABLE_FIELDS)}")
         changes = {_PROTO_FIELD[name]: value for name, value in fields.items()}
+        mask = sorted({*changes, *(["client_certificate"] if "client_certificate" in body else [])})
         updated = await self._call("UpdateSubscription", pb.UpdateSubscriptionRequest(
-            subscription_id=ask.params["subscription_id"], update_mask=sorted(changes), **changes, **ask.ids), ask)
+            subscription_id=ask.params["subscription_id"], update_mask=mask, **changes, **ask.ids), ask)
         return subscription_json(updated)
 
     async def delete(self, ask: Ask) -> dict[str, Any]:
@@ -528,6 +548,10 @@ _SUBSCRIPTION = {
     "created_at": _TIME, "updated_at": _TIME, "secret_created_at": _TIME, "failing_since": _TIME,
     "custom_headers": {"type": "array", "items": _obj({"name": _STR, "hint": _STR}),
                        "description": "The custom headers every delivery sends: names and a hint, never the values."},
+    "client_certificate": {"type": ["object", "null"], "description": "Presented in every delivery's TLS handshake "
+                           "(mutual TLS); never its key.", "properties": {
+                               "subject": _STR, "issuer": _STR, "not_before": _TIME, "not_after": _TIME,
+                               "sha256_fingerprint": _STR}},
 }
 _SECRET = {"type": "string", "description": "The signing secret (`whsec_...`), shown in this answer only: store it now."}
 _WRITABLE = {"endpoint_url": {"type": "string", "format": "uri", "description": "https:// only."}, "activity_types": _TYPES,
@@ -536,7 +560,12 @@ _WRITABLE = {"endpoint_url": {"type": "string", "format": "uri", "description": 
                                 "description": "Header name -> value, sent with every delivery (say, your gateway's "
                                 "X-Api-Key); values are stored sealed and never shown back. On update, the whole new "
                                 "set ({} for none). Not Host, Content-Length, Content-Type, Transfer-Encoding, "
-                                "hop-by-hop headers or the signature and timestamp headers."}}
+                                "hop-by-hop headers or the signature and timestamp headers."},
+             "client_certificate": {"type": ["object", "null"], "required": ["certificate_pem", "private_key_pem"],
+                                    "properties": {"certificate_pem": _STR, "private_key_pem": _STR},
+                                    "description": "Mutual TLS: a PEM certificate (leaf first) and its unencrypted PEM "
+                                    "key, sealed at rest; refused if either does not parse, they do not match or the "
+                                    "certificate is not valid now. null on update removes it."}}
 _DELIVERY = {
     "id": _STR, "subscription_id": _STR, "event_id": _STR, "event_type": _STR, "status": {"enum": list(DELIVERY_STATUSES)},
     "attempts": _INT, "round": _INT, "next_attempt_at": _TIME, "created_at": _TIME, "updated_at": _TIME,

@@ -299,6 +299,7 @@ class Dispatcher:
                 self._client, url=job.url, scheme=job.scheme, secret=secret, event_id=job.event_id,
                 event_type=job.event_type, body=job.body, user_agent=self._user_agent, trace_headers=job.trace_headers,
                 spans=self._spans, custom_headers=self._secrets.headers(job.subscription_id, job.sealed_headers),
+                client_tls=self._secrets.client_tls(job.subscription_id, job.sealed_client_tls),
             )
             outcome = outcome_of(result, job.attempt, started, self._policy, test=job.test)
             if self._metrics is not None:

@@ -40,6 +40,7 @@ class Job:
     test: bool = False
     occurred_at: dt.datetime | None = None  # the activity's time: delivery latency counts from it
     sealed_headers: bytes = b""  # the subscription's custom headers, sealed (b"": none)
+    sealed_client_tls: bytes = b""  # its client certificate and key, sealed (b"": none)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class WorkQueue:
         oldest = (select(func.min(d.c.next_attempt_at))
                   .where(d.c.subscription_id == s.c.id, d.c.status == DeliveryStatus.PENDING.value).scalar_subquery())
         candidates = (
-            select(s.c.id, s.c.version, s.c.integration_id, s.c.url, s.c.scheme, s.c.secret, s.c.custom_headers_sealed)
+            select(s.c.id, s.c.version, s.c.integration_id, s.c.url, s.c.scheme, s.c.secret, s.c.custom_headers_sealed,
+                   s.c.client_tls_sealed)
             .where(s.c.status == SubscriptionStatus.ACTIVE.value, s.c.integration_suspended.is_(False),
                    s.c.deleted_at.is_(None), select(d.c.id).where(d.c.subscription_id == s.c.id, due).exists())
             .order_by(oldest)
@@ -120,7 +122,7 @@ class WorkQueue:
                     integration_id=sub.integration_id, event_id=r.event_id, event_type=r.event_type, round=r.round,
                     attempt=r.attempts + 1, url=sub.url, scheme=scheme, sealed_secret=sub.secret, body=r.body,
                     trace_headers=r.trace_headers, test=r.test, occurred_at=r.occurred_at,
-                    sealed_headers=sub.custom_headers_sealed or b"")
+                    sealed_headers=sub.custom_headers_sealed or b"", sealed_client_tls=sub.client_tls_sealed or b"")
                 for r in rows
             ]
         if taken:

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import ipaddress
 import json
+import os
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -46,6 +49,8 @@ Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 
 # Read at most this much of an answer; a longer one is cut and its connection dropped.
 MAX_READ = 64 * 1024
+# Client-certificate TLS contexts kept (one per certificate in use); the oldest goes first.
+MAX_CLIENT_CONTEXTS = 1024
 
 
 class RefusedAddress(OSError):
@@ -128,7 +133,10 @@ class DeliveryClient:
         self.record_exchange = record_exchange
         self._policy = policy
         self._timeout = timeout_seconds
+        self._ca_bundle = ca_bundle
         self._ssl = tls_context(ca_bundle)
+        # Contexts that also present a subscription's client certificate, by a digest of the pair.
+        self._client_contexts: dict[bytes, ssl.SSLContext] = {}
         self._max_connections = max_connections
         self._lookup = lookup
         self._session: aiohttp.ClientSession | None = None
@@ -164,8 +172,24 @@ class DeliveryClient:
         reason = self._policy.refusal(address)
         return f"{host} is refused ({reason})" if reason else None
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResult:
-        """POST `body` with `headers`; redirects are answers (3xx), never followed."""
+    def _context_for(self, client_tls: tuple[str, str] | None) -> ssl.SSLContext:
+        """The server-verifying context, presenting the client certificate when one is given."""
+        if client_tls is None:
+            return self._ssl
+        digest = hashlib.sha256("\0".join(client_tls).encode()).digest()
+        context = self._client_contexts.get(digest)
+        if context is None:
+            context = tls_context(self._ca_bundle)
+            load_client_certificate(context, *client_tls)
+            if len(self._client_contexts) >= MAX_CLIENT_CONTEXTS:
+                self._client_contexts.pop(next(iter(self._client_contexts)))
+            self._client_contexts[digest] = context
+        return context
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   client_tls: tuple[str, str] | None = None) -> HttpResult:
+        """POST `body` with `headers`, presenting `client_tls` (certificate and key PEM) when
+        given; redirects are answers (3xx), never followed."""
         assert self._session is not None, "DeliveryClient.start() first"
         started = time.perf_counter()
 
@@ -176,8 +200,14 @@ class DeliveryClient:
         if refused:
             return HttpResult(error=AttemptError.SSRF_REFUSED, error_detail=refused, duration_ms=took())
         try:
+            context = self._context_for(client_tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            return HttpResult(error=AttemptError.TLS, error_detail=f"TLS: the client certificate cannot be used ({_reason(exc)})",
+                              duration_ms=took())
+        try:
             async with asyncio.timeout(self._timeout):
-                async with self._session.post(url, data=body, headers=dict(headers), allow_redirects=False) as response:
+                async with self._session.post(url, data=body, headers=dict(headers), allow_redirects=False,
+                                              ssl=context) as response:
                     raw = await _read_limited(response)
                     result = classify_status(response.status, truncate_body(raw), took())
                     return replace(result, raw_body=raw, response_headers=tuple(response.headers.items()),
@@ -196,6 +226,20 @@ class DeliveryClient:
             return HttpResult(error=AttemptError.CONNECTION, error_detail=f"connection failed: {exc.os_error}", duration_ms=took())
         except (aiohttp.ClientError, OSError) as exc:
             return HttpResult(error=AttemptError.CONNECTION, error_detail=f"connection failed: {_reason(exc)}", duration_ms=took())
+
+
+def load_client_certificate(context: ssl.SSLContext, certificate_pem: str, private_key_pem: str) -> None:
+    """Makes `context` present this certificate and key. The ssl module loads them only from
+    files: they exist for the call only, in a private directory (0700, the files 0600), in
+    memory-backed /dev/shm where there is one, and are removed before it returns."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="trellis-mtls-", dir=shm) as directory:
+        certfile, keyfile = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        for path, text in ((certfile, certificate_pem), (keyfile, private_key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(text)
+        context.load_cert_chain(certfile, keyfile)
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
@@ -221,7 +265,8 @@ def _reason(exc: BaseException) -> str:
 async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureScheme, secret: str, event_id: str,
                        event_type: str, body: bytes, user_agent: str, trace_headers: str = "",
                        spans: trace.Tracer | None = None,
-                       custom_headers: Mapping[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                       custom_headers: Mapping[str, str] | None = None,
+                       client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
     """Signs `body` for this moment and POSTs it with the subscription's custom headers (checked
     when saved never to name one of ours); returns the result and when the attempt began."""
     started = utcnow()
@@ -240,7 +285,7 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
         propagate.inject(carrier)
         if "traceparent" in carrier:
             headers = {**headers, "traceparent": carrier["traceparent"]}
-        result = await client.post(url, body, headers)
+        result = await client.post(url, body, headers, client_tls)
         span.set_attribute("http.response.status_code", result.status_code)
         if not result.succeeded:
             span.set_attribute("webhook.error", result.error.value)
@@ -267,7 +312,9 @@ class SignedSender:
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
                    body: bytes, user_agent: str, trace_headers: str = "",
-                   custom_headers: Mapping[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                   custom_headers: Mapping[str, str] | None = None,
+                   client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
         return await send_attempt(self._client, url=url, scheme=scheme, secret=secret, event_id=event_id,
                                   event_type=event_type, body=body, user_agent=user_agent,
-                                  trace_headers=trace_headers, spans=self._spans, custom_headers=custom_headers)
+                                  trace_headers=trace_headers, spans=self._spans, custom_headers=custom_headers,
+                                  client_tls=client_tls)

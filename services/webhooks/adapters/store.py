@@ -37,6 +37,7 @@ from services.kit.outbox import add_event, outbox_table
 from services.kit.sqluow import SqlUnitOfWork
 from services.kit.uow import Flush, no_flush
 from services.webhooks.adapters import events
+from services.webhooks.domain.client_tls import ClientCertificate
 from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
@@ -98,6 +99,10 @@ subscriptions = Table(
     # bound to subscriptions.custom_headers:<id> (NULL: none).
     Column("custom_headers", Text, nullable=False, server_default="[]"),
     Column("custom_headers_sealed", LargeBinary, nullable=True),
+    # Mutual TLS: what is shown of the client certificate (JSON; NULL: none), and the certificate
+    # and its key sealed, bound to subscriptions.client_tls:<id>.
+    Column("client_certificate", Text, nullable=True),
+    Column("client_tls_sealed", LargeBinary, nullable=True),
 )
 
 activities = Table(
@@ -242,6 +247,7 @@ def _subscription(row: Row[Any]) -> Subscription:
         created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
         secret_created_at=row.secret_created_at, version=row.version,
         custom_headers=tuple(CustomHeaderHint(str(n), str(h)) for n, h in json.loads(row.custom_headers or "[]")),
+        client_certificate=ClientCertificate.from_json(row.client_certificate) if row.client_certificate else None,
     )
 
 
@@ -253,6 +259,7 @@ def _subscription_values(s: Subscription) -> dict[str, object]:
         "failing_since": s.failing_since, "created_by": s.created_by, "created_at": s.created_at,
         "updated_at": s.updated_at, "secret_created_at": s.secret_created_at, "version": s.version,
         "custom_headers": json.dumps([[h.name, h.hint] for h in s.custom_headers]),
+        "client_certificate": s.client_certificate.as_json() if s.client_certificate else None,
     }
 
 
@@ -343,9 +350,11 @@ class SubscriptionRepository:
             condition = and_(condition, t.c.integration_id == scope.integration_id)
         return condition
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"") -> None:
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
+                  sealed_client_tls: bytes = b"") -> None:
         await self._session.execute(subscriptions.insert().values(id=subscription.id, secret=sealed_secret,
                                                             custom_headers_sealed=sealed_headers or None,
+                                                            client_tls_sealed=sealed_client_tls or None,
                                                             **_subscription_values(subscription)))
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
@@ -367,13 +376,20 @@ class SubscriptionRepository:
             select(subscriptions.c.custom_headers_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
         return sealed or b""
 
+    async def sealed_client_tls(self, subscription_id: str) -> bytes:
+        sealed: bytes | None = (await self._session.execute(
+            select(subscriptions.c.client_tls_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed or b""
+
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
-                   sealed_headers: bytes | None = None) -> None:
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None) -> None:
         values = _subscription_values(subscription)
         if sealed_secret is not None:
             values["secret"] = sealed_secret
         if sealed_headers is not None:  # b"": the subscription has none any more
             values["custom_headers_sealed"] = sealed_headers or None
+        if sealed_client_tls is not None:  # b"": no client certificate any more
+            values["client_tls_sealed"] = sealed_client_tls or None
         await self._session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id).values(**values))
 
     async def delete(self, subscription: Subscription, now: dt.datetime) -> int:

@@ -30,6 +30,16 @@ class CreateSubscription:
     scheme: SignatureScheme = SignatureScheme.SPEC
     view: View = field(default_factory=View)
     custom_headers: Mapping[str, str] = field(default_factory=dict)
+    client_tls: ClientTls | None = None
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client certificate (PEM, leaf first) and its unencrypted private key (PEM) for mutual
+    TLS; in UpdateSubscription.changes["client_certificate"], None removes it."""
+
+    certificate_pem: str
+    private_key_pem: str
 
 
 @dataclass(frozen=True)

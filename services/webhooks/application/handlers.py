@@ -21,6 +21,8 @@ from services.kit.crypto import Envelope
 from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.kit.ids import new_id
 from services.webhooks.application import commands
+from services.webhooks.domain import client_tls
+from services.webhooks.domain.client_tls import ClientCertificate
 from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryPort, DeliveryRecord, DestinationsPort, DispatcherPort,
     IntegrationsPort, Scope, TraceContext, UnitsOfWork, WebhooksUnitOfWork, attempt_row,
@@ -113,6 +115,7 @@ class SecretCache:
         self._envelope = envelope
         self._open: dict[str, tuple[bytes, str]] = {}
         self._headers: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._tls: dict[str, tuple[bytes, tuple[str, str]]] = {}
 
     def secret(self, subscription_id: str, sealed: bytes) -> str:
         cached = self._open.get(subscription_id)
@@ -133,9 +136,21 @@ class SecretCache:
         self._headers[subscription_id] = (sealed, plain)
         return dict(plain)
 
+    def client_tls(self, subscription_id: str, sealed: bytes) -> tuple[str, str] | None:
+        """The subscription's client certificate and key (PEM), opened; None when it has none."""
+        if not sealed:
+            return None
+        cached = self._tls.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return cached[1]
+        pair = client_tls.opened_form(self._envelope.open(sealed, client_tls.client_tls_aad(subscription_id)))
+        self._tls[subscription_id] = (sealed, pair)
+        return pair
+
     def forget(self, subscription_id: str) -> None:
         self._open.pop(subscription_id, None)
         self._headers.pop(subscription_id, None)
+        self._tls.pop(subscription_id, None)
 
 
 class ActivityIngest:
@@ -198,6 +213,18 @@ class WebhookHandlers:
     def _seal(self, subscription_id: str, secret: str) -> bytes:
         return self._envelope.seal(secret.encode(), secret_aad(subscription_id))
 
+    def _checked_tls(self, pems: commands.ClientTls | None, now: dt.datetime) -> ClientCertificate | None:
+        if pems is None:
+            return None
+        return client_tls.check_client_certificate(pems.certificate_pem, pems.private_key_pem, now)
+
+    def _seal_tls(self, subscription_id: str, pems: commands.ClientTls | None) -> bytes:
+        """The client certificate and key sealed at rest; b"" for none."""
+        if pems is None:
+            return b""
+        return self._envelope.seal(client_tls.seal_form(pems.certificate_pem, pems.private_key_pem),
+                                   client_tls.client_tls_aad(subscription_id))
+
     def _seal_headers(self, subscription_id: str, headers: Mapping[str, str]) -> bytes:
         """The custom headers sealed at rest; b"" for none."""
         return self._envelope.seal(seal_form(headers), custom_headers_aad(subscription_id)) if headers else b""
@@ -216,6 +243,7 @@ class WebhookHandlers:
         )
         headers = check_custom_headers(cmd.custom_headers)
         subscription.custom_headers = header_hints(headers)
+        subscription.client_certificate = self._checked_tls(cmd.client_tls, now)
         await self._check_destination(caller, subscription.url)
         secret = new_signing_secret()
         if subscription.integration_id and not caller.partner:
@@ -233,7 +261,8 @@ class WebhookHandlers:
                 if caller.partner:
                     subscription.integration_suspended = heard == "suspended"
             await uow.subscriptions.add(subscription, self._seal(subscription.id, secret),
-                                        sealed_headers=self._seal_headers(subscription.id, headers))
+                                        sealed_headers=self._seal_headers(subscription.id, headers),
+                                        sealed_client_tls=self._seal_tls(subscription.id, cmd.client_tls))
             await uow.changed_and_audited("created", before=None, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=cmd.view.request_id)
             await uow.commit()
@@ -269,7 +298,8 @@ class WebhookHandlers:
 
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
                       mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None,
-                      new_headers: Mapping[str, str] | None = None) -> Subscription:
+                      new_headers: Mapping[str, str] | None = None,
+                      new_tls: tuple[commands.ClientTls | None] | None = None) -> Subscription:
         caller = caller_for(actor, view)
         now = self._clock()
         async with self._units() as uow:
@@ -280,7 +310,8 @@ class WebhookHandlers:
                 return subscription  # nothing changed (pause of a paused one, say)
             sealed = self._seal(subscription.id, new_secret) if new_secret is not None else None
             headers = self._seal_headers(subscription.id, new_headers) if new_headers is not None else None
-            await uow.subscriptions.save(subscription, sealed_secret=sealed, sealed_headers=headers)
+            tls = self._seal_tls(subscription.id, new_tls[0]) if new_tls is not None else None
+            await uow.subscriptions.save(subscription, sealed_secret=sealed, sealed_headers=headers, sealed_client_tls=tls)
             await uow.changed_and_audited(kind, before=before, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=view.request_id)
             await uow.commit()
@@ -297,8 +328,14 @@ class WebhookHandlers:
         headers = None
         if "custom_headers" in cmd.changes:  # the whole set is replaced; checked before anything is written
             headers = check_custom_headers(cast("Mapping[str, str]", cmd.changes["custom_headers"]))
-        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now),
-                                  new_headers=headers)
+        changes = dict(cmd.changes)
+        tls: tuple[commands.ClientTls | None] | None = None
+        if "client_certificate" in changes:  # checked here, sealed with the change; None removes it
+            pems = cast("commands.ClientTls | None", changes["client_certificate"])
+            changes["client_certificate"] = self._checked_tls(pems, self._clock())
+            tls = (pems,)
+        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(changes, now),
+                                  new_headers=headers, new_tls=tls)
 
     async def pause(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
         return await self._change(actor, ref.view, ref.subscription_id, "paused", lambda s, now: s.pause(now))
@@ -342,6 +379,7 @@ class WebhookHandlers:
             subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id)
             sealed = await uow.subscriptions.sealed_secret(subscription.id)
             sealed_headers = await uow.subscriptions.sealed_headers(subscription.id)
+            sealed_tls = await uow.subscriptions.sealed_client_tls(subscription.id)
         if subscription.status is SubscriptionStatus.DISABLED:
             raise FailedPrecondition("this subscription is disabled", subscription_id=subscription.id)
         sender = ("integration", caller.integration_id) if caller.partner else ("user", actor.user_id)
@@ -357,7 +395,8 @@ class WebhookHandlers:
         result, started = await self._delivery.send(url=subscription.url, scheme=subscription.scheme, secret=secret,
                                                     event_id=activity.event_id, event_type=TEST_TYPE, body=body,
                                                     user_agent=self._user_agent,
-                                                    custom_headers=self._secrets.headers(subscription.id, sealed_headers))
+                                                    custom_headers=self._secrets.headers(subscription.id, sealed_headers),
+                                                    client_tls=self._secrets.client_tls(subscription.id, sealed_tls))
         outcome = outcome_of(result, 1, started, self._policy, test=True)
         row = attempt_row(new_id("att"), org_id=subscription.org_id, delivery_id=delivery_id, subscription_id=subscription.id,
                           event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,

@@ -127,7 +127,12 @@ class Subscriptions(Protocol):
     """Subscriptions and what changes with them, in the unit of work's transaction, always
     within one organisation; and the owning integrations' status as last heard on the bus."""
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"") -> None: ...
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
+                  sealed_client_tls: bytes = b"") -> None: ...
+
+    async def sealed_client_tls(self, subscription_id: str) -> bytes:
+        """The sealed client certificate and key, b"" when it has none."""
+        ...
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         """The subscription, or NotFound when the scope does not see it (deleted ones neither)."""
@@ -140,7 +145,7 @@ class Subscriptions(Protocol):
         ...
 
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
-                   sealed_headers: bytes | None = None) -> None:
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None) -> None:
         """Writes the subscription; a sealed secret or sealed headers (b"": none) when they changed."""
         ...
 
@@ -255,7 +260,8 @@ class DeliveryPort(Protocol):
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
                    body: bytes, user_agent: str, trace_headers: str = "",
-                   custom_headers: Mapping[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                   custom_headers: Mapping[str, str] | None = None,
+                   client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
         """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
         ...
 

@@ -22,6 +22,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.webhooks.domain.client_tls import ClientCertificate
 
 # --- the catalogue -------------------------------------------------------------------------------
 
@@ -165,6 +166,8 @@ class Subscription:
     version: int = 1
     # Names and masked hints of the custom headers every delivery sends; the values live sealed.
     custom_headers: tuple[CustomHeaderHint, ...] = ()
+    # Presented in each delivery's TLS handshake (mutual TLS); its key lives sealed in the store.
+    client_certificate: ClientCertificate | None = None
 
     def matches(self, activity_type: str) -> bool:
         return ALL_TYPES in self.activity_types or activity_type in self.activity_types
@@ -196,6 +199,9 @@ class Subscription:
             elif name == "signature_scheme":
                 assert isinstance(value, SignatureScheme)
                 self.scheme = value
+            elif name == "client_certificate":  # checked by client_tls.check_client_certificate, or None
+                assert value is None or isinstance(value, ClientCertificate)
+                self.client_certificate = value
             elif name == "custom_headers":
                 self.custom_headers = header_hints(check_custom_headers(cast("Mapping[str, str]", value)))
             else:  # pragma: no cover - the transport checks the mask
@@ -264,6 +270,7 @@ class Subscription:
             "url": self.url, "activity_types": list(self.activity_types), "description": self.description,
             "status": self.status.value, "signature_scheme": self.scheme.value, "integration_id": self.integration_id,
             **({"custom_headers": [h.name for h in self.custom_headers]} if self.custom_headers else {}),
+            **({"client_certificate": self.client_certificate.sha256_fingerprint} if self.client_certificate else {}),
         }
 
 

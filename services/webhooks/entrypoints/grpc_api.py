@@ -14,13 +14,14 @@ from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
 from services.webhooks.application import commands
+from services.webhooks.domain.client_tls import ClientCertificate
 from services.webhooks.domain.model import AttemptError, AttemptExchange, DeliveryStatus, SignatureScheme, Subscription, SubscriptionStatus
 from services.webhooks.adapters.events import STATUS_TO_PROTO
 from services.webhooks.application.handlers import WebhookHandlers
 from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
-UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme", "custom_headers")
+UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme", "custom_headers", "client_certificate")
 
 _STATUS_FROM_PROTO: dict[int, SubscriptionStatus] = {value: status for status, value in STATUS_TO_PROTO.items()}
 _SCHEME_TO_PROTO = {SignatureScheme.SPEC: pb.SIGNATURE_SCHEME_SPEC,
@@ -39,7 +40,22 @@ def subscription_to_proto(s: Subscription) -> pb.Subscription:
         updated_at=timestamp_or_none(s.updated_at), secret_created_at=timestamp_or_none(s.secret_created_at),
         failing_since=timestamp_or_none(s.failing_since), version=s.version,
         custom_headers=[pb.CustomHeaderHint(name=h.name, hint=h.hint) for h in s.custom_headers],
+        client_certificate=client_certificate_to_proto(s.client_certificate),
     )
+
+
+def client_certificate_to_proto(c: ClientCertificate | None) -> pb.ClientCertificateInfo | None:
+    if c is None:
+        return None
+    return pb.ClientCertificateInfo(subject=c.subject, issuer=c.issuer, not_before=timestamp_or_none(c.not_before),
+                                    not_after=timestamp_or_none(c.not_after), sha256_fingerprint=c.sha256_fingerprint)
+
+
+def client_tls(request: pb.CreateSubscriptionRequest | pb.UpdateSubscriptionRequest) -> commands.ClientTls | None:
+    if not request.HasField("client_certificate"):
+        return None
+    upload = request.client_certificate
+    return commands.ClientTls(upload.certificate_pem, upload.private_key_pem)
 
 
 def delivery_to_proto(d: DeliveryRecord) -> pb.Delivery:
@@ -148,6 +164,8 @@ def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
             changes[name] = _scheme(request.signature_scheme)
         elif name == "custom_headers":
             changes[name] = custom_headers(request.custom_headers)
+        elif name == "client_certificate":
+            changes[name] = client_tls(request)
         else:
             changes[name] = getattr(request, name)
     return changes
@@ -167,7 +185,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         subscription, secret = await self._h.create(current_actor(), commands.CreateSubscription(
             url=request.url, activity_types=list(request.activity_types), description=request.description,
             scheme=_scheme(request.signature_scheme), view=_view(request, context),
-            custom_headers=custom_headers(request.custom_headers),
+            custom_headers=custom_headers(request.custom_headers), client_tls=client_tls(request),
         ))
         return pb.CreateSubscriptionResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
 

@@ -231,3 +231,33 @@ async def test_a_partner_sets_custom_headers_that_deliveries_send_and_never_sees
     status, _, body = await client("POST", "/v1/webhooks", json={
         "endpoint_url": receiver.url(), "activity_types": ["lot.created"], "custom_headers": {"webhook-signature": "v1,x"}})
     assert status == 400 and "webhook-signature cannot be set" in body["message"]
+
+
+async def test_a_partner_gives_a_client_certificate_and_its_receiver_requiring_one_gets_deliveries(
+        stack: Stack, tls) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    from tests.integration.webhooks.receiver import CERT_NAMES, Receiver as HttpsReceiver
+    ca = tls.ca
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*CERT_NAMES).configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    receiver = await HttpsReceiver(context).start()
+    try:
+        client = await stack.partner()
+        leaf = ca.issue_cert("partner-hooks", common_name="partner-hooks")
+        upload = {"certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
+                  "private_key_pem": leaf.private_key_pem.bytes().decode()}
+        bad = {**upload, "private_key_pem": ca.issue_cert("x").private_key_pem.bytes().decode()}
+        status, _, body = await client("POST", "/v1/webhooks", json={
+            "endpoint_url": receiver.url(), "activity_types": ["lot.created"], "client_certificate": bad})
+        assert status == 400 and "does not match" in body["message"]
+        created = await _create(client, receiver, client_certificate=upload)
+        assert created["client_certificate"]["subject"].startswith("CN=partner-hooks,") and "private_key_pem" not in json.dumps(created)
+        status, _, tested = await client("POST", f"/v1/webhooks/{created['id']}/test")
+        assert status == 200 and tested["attempt"]["succeeded"], tested
+        status, _, updated = await client("PATCH", f"/v1/webhooks/{created['id']}", json={"client_certificate": None})
+        assert status == 200 and updated["client_certificate"] is None
+    finally:
+        await receiver.stop()

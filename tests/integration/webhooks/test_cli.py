@@ -284,3 +284,36 @@ async def test_custom_headers_from_the_command_line_and_stdin_are_sent_and_shown
     assert "X-Api-Key: …3456" in out  # the refused updates changed nothing
     code, out, _ = await trellis("webhooks", "update", sid, "--clear-headers")
     assert code == 0 and "X-Api-Key" not in out and "X-Tenant" not in out
+
+
+async def test_a_client_certificate_from_files_is_presented_and_a_bad_one_refused(trellis, tls, tmp_path: Path) -> None:
+    import ssl
+
+    from tests.integration.webhooks.receiver import CERT_NAMES
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.ca.issue_cert(*CERT_NAMES).configure_cert(context)
+    tls.ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    receiver = await Receiver(context).start()
+    try:
+        client = tls.ca.issue_cert("cli-hooks", common_name="cli-hooks")
+        cert, key, other = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "o.pem"
+        client.cert_chain_pems[0].write_to_path(str(cert))
+        client.private_key_pem.write_to_path(str(key))
+        tls.ca.issue_cert("other").private_key_pem.write_to_path(str(other))
+        code, _, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                     "--client-cert", str(cert), "--client-key", str(other))
+        assert code != 0 and "does not match the certificate" in err
+        code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                       "--client-cert", str(cert), "--client-key", str(key))
+        assert code == 0, err
+        assert "CN=cli-hooks," in out and "(SHA-256 " in out and "PRIVATE KEY" not in out
+        sid = next(line.split()[-1] for line in out.splitlines() if line.startswith("ID"))
+        code, out, _ = await trellis("webhooks", "test", sid)
+        assert code == 0 and len(receiver.received) == 1
+        code, out, _ = await trellis("webhooks", "update", sid, "--remove-client-cert")
+        assert code == 0 and "CN=cli-hooks" not in out
+        code, _, err = await trellis("webhooks", "update", sid, "--client-cert", str(cert))
+        assert code != 0 and "together" in err
+    finally:
+        await receiver.stop()

@@ -25,6 +25,7 @@ class SubscriptionRow:
     subscription: Subscription
     secret: bytes
     headers: bytes = b""
+    client_tls: bytes = b""
     deleted: bool = False
 
 
@@ -43,8 +44,13 @@ class MemorySubscriptions:
             raise NotFound(f"no webhook subscription {subscription_id}", subscription_id=subscription_id)
         return row
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"") -> None:
-        self._rows[subscription.id] = SubscriptionRow(copy.deepcopy(subscription), sealed_secret, sealed_headers)
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
+                  sealed_client_tls: bytes = b"") -> None:
+        self._rows[subscription.id] = SubscriptionRow(copy.deepcopy(subscription), sealed_secret, sealed_headers,
+                                                      sealed_client_tls)
+
+    async def sealed_client_tls(self, subscription_id: str) -> bytes:
+        return self._rows[subscription_id].client_tls
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         return copy.deepcopy(self._row(scope, subscription_id).subscription)
@@ -56,8 +62,10 @@ class MemorySubscriptions:
         return self._rows[subscription_id].headers
 
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
-                   sealed_headers: bytes | None = None) -> None:
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None) -> None:
         row = self._rows[subscription.id]
+        if sealed_client_tls is not None:
+            row.client_tls = sealed_client_tls
         row.subscription = copy.deepcopy(subscription)
         if sealed_secret is not None:
             row.secret = sealed_secret
@@ -240,7 +248,8 @@ class FakeDelivery:
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
                    body: bytes, user_agent: str, trace_headers: str = "",
-                   custom_headers: Mapping[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                   custom_headers: Mapping[str, str] | None = None,
+                   client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
         self.sent.append({"url": url, "scheme": scheme, "secret": secret, "event_id": event_id,
                           "event_type": event_type, "body": body, "user_agent": user_agent,
                           "custom_headers": dict(custom_headers or {})})

@@ -5,6 +5,9 @@ NULL for the attempts made before, and when TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETA
 Custom headers per subscription: `subscriptions.custom_headers` (names and value hints, JSON)
 and `custom_headers_sealed` (the values, sealed like the signing secret; NULL: none).
 
+Mutual TLS: `subscriptions.client_certificate` (what is shown of it, JSON) and
+`client_tls_sealed` (the certificate and its key, sealed; NULL: none).
+
 Revision ID: 0004
 Revises: 0002
 Create Date: 2026-12-03
@@ -27,10 +30,14 @@ def upgrade() -> None:
     op.add_column("attempts", sa.Column("exchange", sa.Text(), nullable=True))
     op.add_column("subscriptions", sa.Column("custom_headers", sa.Text(), nullable=False, server_default="[]"))
     op.add_column("subscriptions", sa.Column("custom_headers_sealed", sa.LargeBinary(), nullable=True))
+    op.add_column("subscriptions", sa.Column("client_certificate", sa.Text(), nullable=True))
+    op.add_column("subscriptions", sa.Column("client_tls_sealed", sa.LargeBinary(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("subscriptions") as batch:
+        batch.drop_column("client_tls_sealed")
+        batch.drop_column("client_certificate")
         batch.drop_column("custom_headers_sealed")
         batch.drop_column("custom_headers")
     with op.batch_alter_table("attempts") as batch:

@@ -99,7 +99,7 @@ class ListActivityTypesResponse(_message.Message):
     def __init__(self, types: _Optional[_Iterable[_Union[ActivityType, _Mapping]]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "custom_headers")
+    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "custom_headers", "client_certificate")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class Subscription(_message.Message):
     FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     integration_id: str
@@ -132,10 +133,11 @@ class Subscription(_message.Message):
     failing_since: _timestamp_pb2.Timestamp
     version: int
     custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeaderHint]
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeaderHint, _Mapping]]] = ...) -> None: ...
+    client_certificate: ClientCertificateInfo
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeaderHint, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateInfo, _Mapping]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers")
+    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers", "client_certificate")
     URL_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +145,7 @@ class CreateSubscriptionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     url: str
     activity_types: _containers.RepeatedScalarFieldContainer[str]
     description: str
@@ -150,7 +153,8 @@ class CreateSubscriptionRequest(_message.Message):
     integration_id: str
     org_id: str
     custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeader]
-    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ...) -> None: ...
+    client_certificate: ClientCertificateUpload
+    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateUpload, _Mapping]] = ...) -> None: ...
 
 class CreateSubscriptionResponse(_message.Message):
     __slots__ = ("subscription", "signing_secret")
@@ -197,7 +201,7 @@ class ListSubscriptionsResponse(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class UpdateSubscriptionRequest(_message.Message):
-    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers")
+    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers", "client_certificate")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +211,7 @@ class UpdateSubscriptionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     update_mask: _containers.RepeatedScalarFieldContainer[str]
     url: str
@@ -216,7 +221,8 @@ class UpdateSubscriptionRequest(_message.Message):
     integration_id: str
     org_id: str
     custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeader]
-    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ...) -> None: ...
+    client_certificate: ClientCertificateUpload
+    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateUpload, _Mapping]] = ...) -> None: ...
 
 class PauseSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id", "integration_id", "org_id")
@@ -617,3 +623,25 @@ class CustomHeaderHint(_message.Message):
     name: str
     hint: str
     def __init__(self, name: _Optional[str] = ..., hint: _Optional[str] = ...) -> None: ...
+
+class ClientCertificateUpload(_message.Message):
+    __slots__ = ("certificate_pem", "private_key_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    private_key_pem: str
+    def __init__(self, certificate_pem: _Optional[str] = ..., private_key_pem: _Optional[str] = ...) -> None: ...
+
+class ClientCertificateInfo(_message.Message):
+    __slots__ = ("subject", "issuer", "not_before", "not_after", "sha256_fingerprint")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    issuer: str
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    sha256_fingerprint: str
+    def __init__(self, subject: _Optional[str] = ..., issuer: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sha256_fingerprint: _Optional[str] = ...) -> None: ...
