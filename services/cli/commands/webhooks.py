@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import getpass
 import json
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -157,10 +158,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
         ("pause", pause, "stop deliveries (events meanwhile are not delivered later)"),
         ("resume", resume, "deliver again"),
         ("test", send_test, "send a webhook.test delivery now; success returns a Failing subscription to Active"),
-        ("regenerate-secret", regenerate_secret, "new signing secret; the old one stops working at once"),
+        ("regenerate-secret", regenerate_secret, "new signing secret; the old one stops working at once, "
+                                                 "or after --overlap"),
     ):
         p = commands.add_parser(name, parents=parents, help=text)
         p.add_argument("id")
+        if name == "regenerate-secret":
+            p.add_argument("--overlap", type=overlap_seconds, default=0, metavar="DURATION",
+                           help="keep signing with the old secret too for this long (like 30m, 24h, 7d; at most 7 days): "
+                                "standard_webhooks subscriptions only, whose webhook-signature carries both signatures")
         p.set_defaults(handler=handler)
 
     p = commands.add_parser("delete", parents=parents, help="delete for good; pending deliveries are cancelled")
@@ -245,6 +251,8 @@ def subscription_details(s: pb.Subscription) -> str:
         ("Integration", s.integration_id or "- (organisation)"), ("Created by", s.created_by),
         ("Created", timestamp(s.created_at)), ("Updated", timestamp(s.updated_at)),
         ("Secret created", timestamp(s.secret_created_at)), ("Failing since", timestamp(s.failing_since) or "-"),
+        *([("Previous secret signs until", timestamp(s.previous_secret_expires_at))]
+          if s.HasField("previous_secret_expires_at") else []),
         ("Custom headers", "; ".join(f"{h.name}: {h.hint}" for h in s.custom_headers) or "-"),
         ("Client certificate", f"{s.client_certificate.subject} (SHA-256 {s.client_certificate.sha256_fingerprint[:16]}…, "
                                f"valid until {timestamp(s.client_certificate.not_after)})"
@@ -455,11 +463,25 @@ def send_test(args: argparse.Namespace, session: Session) -> int:
     return 0 if a.succeeded else 1
 
 
+def overlap_seconds(text: str) -> int:
+    """--overlap: seconds, or a number with s, m, h or d."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give it like 90s, 30m, 24h or 7d")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
 def regenerate_secret(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
-        response = hooks.RegenerateSecret(pb.RegenerateSecretRequest(subscription_id=args.id))
-    _print_secret(args, response.subscription, response.signing_secret,
-                  f"New signing secret for {response.subscription.id}; the previous secret no longer signs anything.")
+        response = hooks.RegenerateSecret(pb.RegenerateSecretRequest(subscription_id=args.id,
+                                                                     overlap_seconds=args.overlap))
+    s = response.subscription
+    if s.HasField("previous_secret_expires_at"):
+        headline = (f"New signing secret for {s.id}; the previous secret signs too until "
+                    f"{timestamp(s.previous_secret_expires_at)} (both signatures in webhook-signature).")
+    else:
+        headline = f"New signing secret for {s.id}; the previous secret no longer signs anything."
+    _print_secret(args, s, response.signing_secret, headline)
     return 0
 
 

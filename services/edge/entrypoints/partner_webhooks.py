@@ -120,6 +120,7 @@ def subscription_json(s: pb.Subscription) -> dict[str, Any]:
         "integration_suspended": s.integration_suspended, "created_at": _time(s.created_at),
         "updated_at": _time(s.updated_at), "secret_created_at": _time(s.secret_created_at),
         "failing_since": _time(s.failing_since),
+        "previous_secret_expires_at": _time(s.previous_secret_expires_at),
         "custom_headers": [{"name": h.name, "hint": h.hint} for h in s.custom_headers],
         "client_certificate": {
             "subject": s.client_certificate.subject, "issuer": s.client_certificate.issuer,
@@ -424,7 +425,11 @@ class PartnerWebhooks:
         return subscription_json(resumed)
 
     async def regenerate_secret(self, ask: Ask) -> dict[str, Any]:
-        answer = await self._call("RegenerateSecret", pb.RegenerateSecretRequest(subscription_id=ask.params["subscription_id"], **ask.ids), ask)
+        overlap = ask.one("overlap_seconds")
+        if overlap and not (overlap.isascii() and overlap.isdigit() and len(overlap) <= 9):
+            raise EdgeError("invalid_request", "overlap_seconds must be a whole number of seconds, at most 604800 (7 days)")
+        answer = await self._call("RegenerateSecret", pb.RegenerateSecretRequest(
+            subscription_id=ask.params["subscription_id"], overlap_seconds=int(overlap or 0), **ask.ids), ask)
         return {**subscription_json(answer.subscription), "signing_secret": answer.signing_secret}
 
     async def send_test(self, ask: Ask) -> dict[str, Any]:
@@ -497,7 +502,8 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
         Operation("POST", _S + "/pause", W.pause, "Pause: no deliveries until resumed", response="Subscription"),
         Operation("POST", _S + "/resume", W.resume, "Resume a paused subscription", response="Subscription"),
         Operation("POST", _S + "/regenerate-secret", W.regenerate_secret, "A new signing secret, shown this once; "
-                  "the old one stops signing at once", response="SubscriptionWithSecret", secret=True),
+                  "the old one stops signing at once, or with overlap_seconds (standard_webhooks only) signs too "
+                  "until the overlap ends", response="SubscriptionWithSecret", secret=True, query=("overlap_seconds",)),
         Operation("POST", _S + "/test", W.send_test, "Send a webhook.test delivery now and answer with its attempt; "
                   "success returns a Failing subscription to Active", response="TestResult"),
         Operation("GET", _S + "/deliveries", W.list_deliveries, "The delivery log: one delivery per event, newest first",
@@ -546,6 +552,8 @@ _SUBSCRIPTION = {
     "status": {"enum": list(STATUSES)}, "signature_scheme": {"enum": list(SCHEMES)},
     "integration_suspended": {**_BOOL, "description": "Deliveries wait while the owning integration is suspended."},
     "created_at": _TIME, "updated_at": _TIME, "secret_created_at": _TIME, "failing_since": _TIME,
+    "previous_secret_expires_at": {**_TIME, "description": "After a rotation with an overlap: until then the previous "
+                                   "secret signs too."},
     "custom_headers": {"type": "array", "items": _obj({"name": _STR, "hint": _STR}),
                        "description": "The custom headers every delivery sends: names and a hint, never the values."},
     "client_certificate": {"type": ["object", "null"], "description": "Presented in every delivery's TLS handshake "
@@ -614,4 +622,7 @@ QUERY: dict[str, tuple[dict[str, Any], str]] = {
     "event_id": (_STR, "Only this event's."),
     "delivery_id": (_STR, "Only this delivery's."),
     "type": ({"type": "string"}, "Only these activity types (comma separated or repeated)."),
+    "overlap_seconds": ({"type": "integer", "minimum": 0, "maximum": 604800, "default": 0},
+                        "Keep signing with the previous secret too for this long (standard_webhooks only: both "
+                        "signatures in webhook-signature); refused on the spec scheme, which has room for one."),
 }

@@ -300,6 +300,8 @@ class Dispatcher:
                 event_type=job.event_type, body=job.body, user_agent=self._user_agent, trace_headers=job.trace_headers,
                 spans=self._spans, custom_headers=self._secrets.headers(job.subscription_id, job.sealed_headers),
                 client_tls=self._secrets.client_tls(job.subscription_id, job.sealed_client_tls),
+                previous_secret=self._secrets.previous(job.subscription_id, job.sealed_previous_secret)
+                if job.previous_secret_expires_at is not None and utcnow() < job.previous_secret_expires_at else None,
             )
             outcome = outcome_of(result, job.attempt, started, self._policy, test=job.test)
             if self._metrics is not None:

@@ -266,14 +266,16 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
                        event_type: str, body: bytes, user_agent: str, trace_headers: str = "",
                        spans: trace.Tracer | None = None,
                        custom_headers: Mapping[str, str] | None = None,
-                       client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                       client_tls: tuple[str, str] | None = None,
+                       previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
     """Signs `body` for this moment and POSTs it with the subscription's custom headers (checked
     when saved never to name one of ours); returns the result and when the attempt began."""
     started = utcnow()
     timestamp = int(time.time())
     custom = dict(custom_headers or {})
     headers = {**custom, **delivery_headers(scheme, secret, event_id=event_id, event_type=event_type,
-                                            timestamp=timestamp, body=body, user_agent=user_agent)}
+                                            timestamp=timestamp, body=body, user_agent=user_agent,
+                                            previous_secret=previous_secret)}
     parent = context_from_headers(json.loads(trace_headers)) if trace_headers else None
     spans = spans or tracer(__name__)
     with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
@@ -289,7 +291,8 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
         span.set_attribute("http.response.status_code", result.status_code)
         if not result.succeeded:
             span.set_attribute("webhook.error", result.error.value)
-    return _recorded(client, result, headers, Masker.for_signing([secret], custom)), started
+    signing = [secret] if previous_secret is None else [secret, previous_secret]
+    return _recorded(client, result, headers, Masker.for_signing(signing, custom)), started
 
 
 def _recorded(client: DeliveryClient, result: HttpResult, sent: Mapping[str, str], masker: Masker) -> HttpResult:
@@ -313,8 +316,9 @@ class SignedSender:
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
                    body: bytes, user_agent: str, trace_headers: str = "",
                    custom_headers: Mapping[str, str] | None = None,
-                   client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                   client_tls: tuple[str, str] | None = None,
+                   previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
         return await send_attempt(self._client, url=url, scheme=scheme, secret=secret, event_id=event_id,
                                   event_type=event_type, body=body, user_agent=user_agent,
                                   trace_headers=trace_headers, spans=self._spans, custom_headers=custom_headers,
-                                  client_tls=client_tls)
+                                  client_tls=client_tls, previous_secret=previous_secret)

@@ -103,6 +103,10 @@ subscriptions = Table(
     # and its key sealed, bound to subscriptions.client_tls:<id>.
     Column("client_certificate", Text, nullable=True),
     Column("client_tls_sealed", LargeBinary, nullable=True),
+    # A rotation with an overlap: the previous secret, sealed (bound to
+    # subscriptions.previous_secret:<id>), signs too until previous_secret_expires_at.
+    Column("previous_secret", LargeBinary, nullable=True),
+    Column("previous_secret_expires_at", UTCDateTime(), nullable=True),
 )
 
 activities = Table(
@@ -248,6 +252,7 @@ def _subscription(row: Row[Any]) -> Subscription:
         secret_created_at=row.secret_created_at, version=row.version,
         custom_headers=tuple(CustomHeaderHint(str(n), str(h)) for n, h in json.loads(row.custom_headers or "[]")),
         client_certificate=ClientCertificate.from_json(row.client_certificate) if row.client_certificate else None,
+        previous_secret_expires_at=row.previous_secret_expires_at,
     )
 
 
@@ -260,6 +265,7 @@ def _subscription_values(s: Subscription) -> dict[str, object]:
         "updated_at": s.updated_at, "secret_created_at": s.secret_created_at, "version": s.version,
         "custom_headers": json.dumps([[h.name, h.hint] for h in s.custom_headers]),
         "client_certificate": s.client_certificate.as_json() if s.client_certificate else None,
+        "previous_secret_expires_at": s.previous_secret_expires_at,
     }
 
 
@@ -376,14 +382,22 @@ class SubscriptionRepository:
             select(subscriptions.c.custom_headers_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
         return sealed or b""
 
+    async def sealed_previous_secret(self, subscription_id: str) -> bytes:
+        sealed: bytes | None = (await self._session.execute(
+            select(subscriptions.c.previous_secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed or b""
+
     async def sealed_client_tls(self, subscription_id: str) -> bytes:
         sealed: bytes | None = (await self._session.execute(
             select(subscriptions.c.client_tls_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
         return sealed or b""
 
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
-                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None) -> None:
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None,
+                   sealed_previous_secret: bytes | None = None) -> None:
         values = _subscription_values(subscription)
+        if sealed_previous_secret is not None:  # b"": none (a rotation without an overlap)
+            values["previous_secret"] = sealed_previous_secret or None
         if sealed_secret is not None:
             values["secret"] = sealed_secret
         if sealed_headers is not None:  # b"": the subscription has none any more

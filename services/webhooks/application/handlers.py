@@ -31,7 +31,7 @@ from services.webhooks.domain.model import (
     ACTIVITY_TYPES, SENT_BODY_LIMIT, SYSTEM_ACTOR, TEST_TYPE, ActivityType, DeliveryStatus, HeaderSent, IncomingActivity,
     RetryPolicy, Subscription, SubscriptionStatus, check_activity_types, check_description, check_published_type,
     check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
-    pending_delivery_text, sample_data, secret_aad, check_custom_headers, custom_headers_aad, header_hints, opened_form,
+    pending_delivery_text, previous_secret_aad, sample_data, secret_aad, check_custom_headers, custom_headers_aad, header_hints, opened_form,
     seal_form,
 )
 
@@ -116,6 +116,7 @@ class SecretCache:
         self._open: dict[str, tuple[bytes, str]] = {}
         self._headers: dict[str, tuple[bytes, dict[str, str]]] = {}
         self._tls: dict[str, tuple[bytes, tuple[str, str]]] = {}
+        self._previous: dict[str, tuple[bytes, str]] = {}
 
     def secret(self, subscription_id: str, sealed: bytes) -> str:
         cached = self._open.get(subscription_id)
@@ -136,6 +137,17 @@ class SecretCache:
         self._headers[subscription_id] = (sealed, plain)
         return dict(plain)
 
+    def previous(self, subscription_id: str, sealed: bytes) -> str | None:
+        """The previous signing secret during an overlap, opened; None when there is none."""
+        if not sealed:
+            return None
+        cached = self._previous.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return cached[1]
+        plain = self._envelope.open(sealed, previous_secret_aad(subscription_id)).decode()
+        self._previous[subscription_id] = (sealed, plain)
+        return plain
+
     def client_tls(self, subscription_id: str, sealed: bytes) -> tuple[str, str] | None:
         """The subscription's client certificate and key (PEM), opened; None when it has none."""
         if not sealed:
@@ -151,6 +163,7 @@ class SecretCache:
         self._open.pop(subscription_id, None)
         self._headers.pop(subscription_id, None)
         self._tls.pop(subscription_id, None)
+        self._previous.pop(subscription_id, None)
 
 
 class ActivityIngest:
@@ -299,7 +312,8 @@ class WebhookHandlers:
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
                       mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None,
                       new_headers: Mapping[str, str] | None = None,
-                      new_tls: tuple[commands.ClientTls | None] | None = None) -> Subscription:
+                      new_tls: tuple[commands.ClientTls | None] | None = None,
+                      previous: bytes | None = None) -> Subscription:
         caller = caller_for(actor, view)
         now = self._clock()
         async with self._units() as uow:
@@ -311,7 +325,8 @@ class WebhookHandlers:
             sealed = self._seal(subscription.id, new_secret) if new_secret is not None else None
             headers = self._seal_headers(subscription.id, new_headers) if new_headers is not None else None
             tls = self._seal_tls(subscription.id, new_tls[0]) if new_tls is not None else None
-            await uow.subscriptions.save(subscription, sealed_secret=sealed, sealed_headers=headers, sealed_client_tls=tls)
+            await uow.subscriptions.save(subscription, sealed_secret=sealed, sealed_headers=headers, sealed_client_tls=tls,
+                                         sealed_previous_secret=previous)
             await uow.changed_and_audited(kind, before=before, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=view.request_id)
             await uow.commit()
@@ -346,11 +361,31 @@ class WebhookHandlers:
         self._dispatcher.wake()
         return subscription
 
-    async def regenerate_secret(self, actor: Actor, ref: commands.SubscriptionRef) -> tuple[Subscription, str]:
-        """A new secret, sealed in place of the old one: nothing is signed with the old one after."""
+    async def regenerate_secret(self, actor: Actor, ref: commands.SubscriptionRef,
+                                overlap: dt.timedelta = dt.timedelta(0)) -> tuple[Subscription, str]:
+        """A new secret, sealed in place of the old one. Without an overlap nothing is signed with
+        the old one after; with one (Standard Webhooks, at most 7 days) the old one signs too until
+        it ends, kept sealed in its own column. The refusals come before anything is written."""
         secret = new_signing_secret()
-        subscription = await self._change(actor, ref.view, ref.subscription_id, "secret_regenerated",
-                                          lambda s, now: s.secret_regenerated(now), new_secret=secret)
+        if not overlap:
+            subscription = await self._change(actor, ref.view, ref.subscription_id, "secret_regenerated",
+                                              lambda s, now: s.secret_regenerated(now), new_secret=secret,
+                                              previous=b"")
+            return subscription, secret
+        caller = caller_for(actor, ref.view)
+        now = self._clock()
+        async with self._units() as uow:
+            subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id, for_update=True)
+            before = replace(subscription)
+            subscription.secret_regenerated(now, overlap)
+            old = self._envelope.open(await uow.subscriptions.sealed_secret(subscription.id), secret_aad(subscription.id))
+            await uow.subscriptions.save(subscription, sealed_secret=self._seal(subscription.id, secret),
+                                         sealed_previous_secret=self._envelope.seal(old, previous_secret_aad(subscription.id)))
+            await uow.changed_and_audited("secret_regenerated", before=before, after=subscription,
+                                          actor_id=caller.actor_id, now=now, request_id=ref.view.request_id)
+            await uow.commit()
+        self._notify()
+        self._dispatcher.subscription_changed(subscription.id, subscription.version)
         return subscription, secret
 
     async def delete(self, actor: Actor, ref: commands.SubscriptionRef) -> int:
@@ -380,6 +415,7 @@ class WebhookHandlers:
             sealed = await uow.subscriptions.sealed_secret(subscription.id)
             sealed_headers = await uow.subscriptions.sealed_headers(subscription.id)
             sealed_tls = await uow.subscriptions.sealed_client_tls(subscription.id)
+            sealed_previous = await uow.subscriptions.sealed_previous_secret(subscription.id)
         if subscription.status is SubscriptionStatus.DISABLED:
             raise FailedPrecondition("this subscription is disabled", subscription_id=subscription.id)
         sender = ("integration", caller.integration_id) if caller.partner else ("user", actor.user_id)
@@ -396,7 +432,9 @@ class WebhookHandlers:
                                                     event_id=activity.event_id, event_type=TEST_TYPE, body=body,
                                                     user_agent=self._user_agent,
                                                     custom_headers=self._secrets.headers(subscription.id, sealed_headers),
-                                                    client_tls=self._secrets.client_tls(subscription.id, sealed_tls))
+                                                    client_tls=self._secrets.client_tls(subscription.id, sealed_tls),
+                                                    previous_secret=self._secrets.previous(subscription.id, sealed_previous)
+                                                    if subscription.signs_with_previous(now) else None)
         outcome = outcome_of(result, 1, started, self._policy, test=True)
         row = attempt_row(new_id("att"), org_id=subscription.org_id, delivery_id=delivery_id, subscription_id=subscription.id,
                           event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,

@@ -130,6 +130,10 @@ class Subscriptions(Protocol):
     async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
                   sealed_client_tls: bytes = b"") -> None: ...
 
+    async def sealed_previous_secret(self, subscription_id: str) -> bytes:
+        """The previous signing secret, sealed, while an overlap keeps it (b"": none)."""
+        ...
+
     async def sealed_client_tls(self, subscription_id: str) -> bytes:
         """The sealed client certificate and key, b"" when it has none."""
         ...
@@ -145,7 +149,8 @@ class Subscriptions(Protocol):
         ...
 
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
-                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None) -> None:
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None,
+                   sealed_previous_secret: bytes | None = None) -> None:
         """Writes the subscription; a sealed secret or sealed headers (b"": none) when they changed."""
         ...
 
@@ -261,7 +266,8 @@ class DeliveryPort(Protocol):
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
                    body: bytes, user_agent: str, trace_headers: str = "",
                    custom_headers: Mapping[str, str] | None = None,
-                   client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                   client_tls: tuple[str, str] | None = None,
+                   previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
         """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
         ...
 

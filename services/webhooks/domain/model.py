@@ -168,6 +168,9 @@ class Subscription:
     custom_headers: tuple[CustomHeaderHint, ...] = ()
     # Presented in each delivery's TLS handshake (mutual TLS); its key lives sealed in the store.
     client_certificate: ClientCertificate | None = None
+    # After a rotation with an overlap (Standard Webhooks only): until then the previous secret
+    # signs too, its signature beside the new one's in `webhook-signature`.
+    previous_secret_expires_at: dt.datetime | None = None
 
     def matches(self, activity_type: str) -> bool:
         return ALL_TYPES in self.activity_types or activity_type in self.activity_types
@@ -225,10 +228,18 @@ class Subscription:
         self.status = SubscriptionStatus.ACTIVE
         self._changed(now)
 
-    def secret_regenerated(self, now: dt.datetime) -> None:
+    def secret_regenerated(self, now: dt.datetime, overlap: dt.timedelta = dt.timedelta(0)) -> None:
+        """A new secret from now; with an overlap the one before signs too until `now + overlap`."""
         self._require_not_disabled()
+        check_overlap(overlap, self.scheme)
         self.secret_created_at = now
+        self.previous_secret_expires_at = now + overlap if overlap else None
         self._changed(now)
+
+    def signs_with_previous(self, now: dt.datetime) -> bool:
+        """Whether a delivery at `now` carries the previous secret's signature too."""
+        return (self.scheme is SignatureScheme.STANDARD_WEBHOOKS and self.previous_secret_expires_at is not None
+                and now < self.previous_secret_expires_at)
 
     def mark_failing(self, now: dt.datetime) -> bool:
         """All attempts of an event failed: Active -> Failing. False when it was not Active."""
@@ -285,6 +296,11 @@ def secret_aad(subscription_id: str) -> bytes:
     return f"subscriptions.secret:{subscription_id}".encode()
 
 
+def previous_secret_aad(subscription_id: str) -> bytes:
+    """The previous signing secret during an overlap: its own column of this subscription."""
+    return f"subscriptions.previous_secret:{subscription_id}".encode()
+
+
 def new_signing_secret() -> str:
     """`whsec_` + base64 of 32 random bytes.
 
@@ -307,10 +323,31 @@ def standard_webhooks_signature(secret: str, message_id: str, timestamp: int, bo
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+MAX_SECRET_OVERLAP = dt.timedelta(days=7)
+
+
+def check_overlap(overlap: dt.timedelta, scheme: SignatureScheme) -> None:
+    """A rotation's overlap: none, or up to 7 days on the Standard Webhooks scheme only."""
+    if overlap < dt.timedelta(0):
+        raise InvalidArgument("the overlap must not be negative", field="overlap")
+    if overlap > MAX_SECRET_OVERLAP:
+        raise InvalidArgument(f"the overlap is at most 7 days ({int(MAX_SECRET_OVERLAP.total_seconds())} seconds); "
+                              f"got {overlap}", field="overlap")
+    if overlap and scheme is SignatureScheme.SPEC:
+        raise FailedPrecondition(
+            "a rotation with an overlap needs the standard_webhooks scheme: the spec's scheme has room for one "
+            "signature (X-Webhook-Signature: sha256=<hex>), so there the previous secret stops signing at once. "
+            "Regenerate without an overlap, or switch the subscription to standard_webhooks first, whose "
+            "webhook-signature header carries both signatures during the overlap",
+            field="overlap", signature_scheme=scheme.value)
+
+
 def delivery_headers(
     scheme: SignatureScheme, secret: str, *, event_id: str, event_type: str, timestamp: int, body: bytes, user_agent: str,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
-    """Every header of one attempt; signed at `timestamp` (Unix seconds of this attempt)."""
+    """Every header of one attempt; signed at `timestamp` (Unix seconds of this attempt). With
+    `previous_secret` (Standard Webhooks, during an overlap) both signatures go, space-separated."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": user_agent,
@@ -320,6 +357,8 @@ def delivery_headers(
         headers["webhook-id"] = event_id
         headers["webhook-timestamp"] = str(timestamp)
         headers["webhook-signature"] = standard_webhooks_signature(secret, event_id, timestamp, body)
+        if previous_secret is not None:
+            headers["webhook-signature"] += " " + standard_webhooks_signature(previous_secret, event_id, timestamp, body)
     else:
         headers["X-Webhook-Id"] = event_id
         headers["X-Webhook-Timestamp"] = str(timestamp)

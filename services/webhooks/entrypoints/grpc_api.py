@@ -3,6 +3,7 @@ result -> response message. No rule lives here; errors are services.kit.errors c
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -41,6 +42,7 @@ def subscription_to_proto(s: Subscription) -> pb.Subscription:
         failing_since=timestamp_or_none(s.failing_since), version=s.version,
         custom_headers=[pb.CustomHeaderHint(name=h.name, hint=h.hint) for h in s.custom_headers],
         client_certificate=client_certificate_to_proto(s.client_certificate),
+        previous_secret_expires_at=timestamp_or_none(s.previous_secret_expires_at),
     )
 
 
@@ -221,7 +223,11 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
 
     async def RegenerateSecret(self, request: pb.RegenerateSecretRequest, context: grpc.aio.ServicerContext) -> pb.RegenerateSecretResponse:
         ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
-        subscription, secret = await self._h.regenerate_secret(current_actor(), ref)
+        if not 0 <= request.overlap_seconds <= 7 * 86400:
+            raise InvalidArgument(f"overlap_seconds must be between 0 and 604800 (7 days), got {request.overlap_seconds}",
+                                  field="overlap_seconds")
+        subscription, secret = await self._h.regenerate_secret(current_actor(), ref,
+                                                               dt.timedelta(seconds=request.overlap_seconds))
         return pb.RegenerateSecretResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
 
     async def SendTestDelivery(self, request: pb.SendTestDeliveryRequest, context: grpc.aio.ServicerContext) -> pb.SendTestDeliveryResponse:

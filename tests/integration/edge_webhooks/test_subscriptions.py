@@ -261,3 +261,21 @@ async def test_a_partner_gives_a_client_certificate_and_its_receiver_requiring_o
         assert status == 200 and updated["client_certificate"] is None
     finally:
         await receiver.stop()
+
+
+async def test_a_partner_rotates_its_secret_with_an_overlap_on_standard_webhooks_only(stack: Stack, receiver: Receiver) -> None:
+    from standardwebhooks import Webhook
+    client = await stack.partner()
+    created = await _create(client, receiver, signature_scheme="standard_webhooks")
+    path = f"/v1/webhooks/{created['id']}"
+    status, _, rotated = await client("POST", f"{path}/regenerate-secret?overlap_seconds=3600")
+    assert status == 200 and rotated["previous_secret_expires_at"], rotated
+    await stack.webhooks.publish("lot.created", LOT)
+    [got] = await receiver.wait_for(1)
+    for secret in (created["signing_secret"], rotated["signing_secret"]):
+        Webhook(secret).verify(got.body, dict(got.headers))
+    status, _, body = await client("POST", f"{path}/regenerate-secret?overlap_seconds=999999")
+    assert (status, body["error"]) == (400, "invalid_request") and "604800" in body["message"]
+    spec = await _create(client, receiver)
+    status, _, body = await client("POST", f"/v1/webhooks/{spec['id']}/regenerate-secret?overlap_seconds=60")
+    assert (status, body["error"]) == (409, "conflict") and "room for one signature" in body["message"]

@@ -317,3 +317,29 @@ async def test_a_client_certificate_from_files_is_presented_and_a_bad_one_refuse
         assert code != 0 and "together" in err
     finally:
         await receiver.stop()
+
+
+async def test_regenerate_secret_with_an_overlap_and_its_refusals(trellis, receiver: Receiver) -> None:
+    from standardwebhooks import Webhook
+    code, out, _ = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                 "--scheme", "standard", "--json")
+    created = json.loads(out)
+    sid, old = created["subscription"]["id"], created["signing_secret"]
+    code, out, err = await trellis("webhooks", "regenerate-secret", sid, "--overlap", "24h")
+    assert code == 0, err
+    assert "the previous secret signs too until" in out and "Previous secret signs until" in out
+    new = next(line.strip() for line in out.splitlines() if line.strip().startswith("whsec_"))
+    assert (await trellis("activities", "publish", "--type", "lot.created"))[0] == 0
+    [got] = await receiver.wait_for(1)
+    for secret in (old, new):
+        Webhook(secret).verify(got.body, dict(got.headers))
+
+    code, _, err = await trellis("webhooks", "regenerate-secret", sid, "--overlap", "8d")
+    assert code != 0 and "604800 (7 days)" in err
+    with pytest.raises(SystemExit) as usage:  # argparse refuses it before anything is sent
+        await trellis("webhooks", "regenerate-secret", sid, "--overlap", "soon")
+    assert usage.value.code == 2
+    code, out, _ = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created", "--json")
+    spec_id = json.loads(out)["subscription"]["id"]
+    code, _, err = await trellis("webhooks", "regenerate-secret", spec_id, "--overlap", "1h")
+    assert code != 0 and "room for one signature" in err

@@ -26,6 +26,7 @@ class SubscriptionRow:
     secret: bytes
     headers: bytes = b""
     client_tls: bytes = b""
+    previous_secret: bytes = b""
     deleted: bool = False
 
 
@@ -52,6 +53,9 @@ class MemorySubscriptions:
     async def sealed_client_tls(self, subscription_id: str) -> bytes:
         return self._rows[subscription_id].client_tls
 
+    async def sealed_previous_secret(self, subscription_id: str) -> bytes:
+        return self._rows[subscription_id].previous_secret
+
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         return copy.deepcopy(self._row(scope, subscription_id).subscription)
 
@@ -62,8 +66,11 @@ class MemorySubscriptions:
         return self._rows[subscription_id].headers
 
     async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
-                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None) -> None:
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None,
+                   sealed_previous_secret: bytes | None = None) -> None:
         row = self._rows[subscription.id]
+        if sealed_previous_secret is not None:
+            row.previous_secret = sealed_previous_secret
         if sealed_client_tls is not None:
             row.client_tls = sealed_client_tls
         row.subscription = copy.deepcopy(subscription)
@@ -249,7 +256,8 @@ class FakeDelivery:
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
                    body: bytes, user_agent: str, trace_headers: str = "",
                    custom_headers: Mapping[str, str] | None = None,
-                   client_tls: tuple[str, str] | None = None) -> tuple[HttpResult, dt.datetime]:
+                   client_tls: tuple[str, str] | None = None,
+                   previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
         self.sent.append({"url": url, "scheme": scheme, "secret": secret, "event_id": event_id,
                           "event_type": event_type, "body": body, "user_agent": user_agent,
                           "custom_headers": dict(custom_headers or {})})

@@ -231,3 +231,24 @@ def test_an_exchange_is_bounded_masked_before_the_cut_and_round_trips() -> None:
     assert exchange.response_body_truncated and len(exchange.response_body.encode()) <= EXCHANGE_BODY_LIMIT
     assert len(exchange.response_headers) == 50 and exchange.headers_omitted == 11
     assert AttemptExchange.from_json(exchange.as_json()) == exchange
+
+
+def test_a_rotation_overlap_is_bounded_and_only_for_standard_webhooks() -> None:
+    import datetime as dt_
+
+    import pytest as pytest_
+
+    from services.kit.errors import FailedPrecondition, InvalidArgument
+    from services.webhooks.domain.model import SignatureScheme, check_overlap, delivery_headers, new_signing_secret
+    check_overlap(dt_.timedelta(days=7), SignatureScheme.STANDARD_WEBHOOKS)
+    check_overlap(dt_.timedelta(0), SignatureScheme.SPEC)
+    with pytest_.raises(InvalidArgument):
+        check_overlap(dt_.timedelta(days=7, seconds=1), SignatureScheme.STANDARD_WEBHOOKS)
+    with pytest_.raises(FailedPrecondition, match="room for one signature"):
+        check_overlap(dt_.timedelta(hours=1), SignatureScheme.SPEC)
+    new, old = new_signing_secret(), new_signing_secret()
+    both = delivery_headers(SignatureScheme.STANDARD_WEBHOOKS, new, event_id="evt_1", event_type="lot.created",
+                            timestamp=1, body=b"{}", user_agent="t", previous_secret=old)["webhook-signature"]
+    alone = delivery_headers(SignatureScheme.STANDARD_WEBHOOKS, new, event_id="evt_1", event_type="lot.created",
+                             timestamp=1, body=b"{}", user_agent="t")["webhook-signature"]
+    assert both.startswith(alone + " v1,") and len(both.split(" ")) == 2

@@ -8,6 +8,9 @@ and `custom_headers_sealed` (the values, sealed like the signing secret; NULL: n
 Mutual TLS: `subscriptions.client_certificate` (what is shown of it, JSON) and
 `client_tls_sealed` (the certificate and its key, sealed; NULL: none).
 
+Secret rotation with an overlap: `subscriptions.previous_secret` (sealed) and
+`previous_secret_expires_at`.
+
 Revision ID: 0004
 Revises: 0002
 Create Date: 2026-12-03
@@ -19,6 +22,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from services.kit.db import UTCDateTime
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0002"
@@ -32,10 +37,14 @@ def upgrade() -> None:
     op.add_column("subscriptions", sa.Column("custom_headers_sealed", sa.LargeBinary(), nullable=True))
     op.add_column("subscriptions", sa.Column("client_certificate", sa.Text(), nullable=True))
     op.add_column("subscriptions", sa.Column("client_tls_sealed", sa.LargeBinary(), nullable=True))
+    op.add_column("subscriptions", sa.Column("previous_secret", sa.LargeBinary(), nullable=True))
+    op.add_column("subscriptions", sa.Column("previous_secret_expires_at", UTCDateTime(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("subscriptions") as batch:
+        batch.drop_column("previous_secret_expires_at")
+        batch.drop_column("previous_secret")
         batch.drop_column("client_tls_sealed")
         batch.drop_column("client_certificate")
         batch.drop_column("custom_headers_sealed")

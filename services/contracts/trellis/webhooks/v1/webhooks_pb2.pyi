@@ -99,7 +99,7 @@ class ListActivityTypesResponse(_message.Message):
     def __init__(self, types: _Optional[_Iterable[_Union[ActivityType, _Mapping]]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "custom_headers", "client_certificate")
+    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "custom_headers", "client_certificate", "previous_secret_expires_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class Subscription(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     integration_id: str
@@ -134,7 +135,8 @@ class Subscription(_message.Message):
     version: int
     custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeaderHint]
     client_certificate: ClientCertificateInfo
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeaderHint, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateInfo, _Mapping]] = ...) -> None: ...
+    previous_secret_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeaderHint, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateInfo, _Mapping]] = ..., previous_secret_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
     __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "custom_headers", "client_certificate")
@@ -263,14 +265,16 @@ class DeleteSubscriptionResponse(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., cancelled_deliveries: _Optional[int] = ...) -> None: ...
 
 class RegenerateSecretRequest(_message.Message):
-    __slots__ = ("subscription_id", "integration_id", "org_id")
+    __slots__ = ("subscription_id", "integration_id", "org_id", "overlap_seconds")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     integration_id: str
     org_id: str
-    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    overlap_seconds: int
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., overlap_seconds: _Optional[int] = ...) -> None: ...
 
 class RegenerateSecretResponse(_message.Message):
     __slots__ = ("subscription", "signing_secret")

@@ -177,7 +177,7 @@ class WebhooksServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegenerateSecret(self, request, context):
-        """A new secret; the old one stops signing at once.
+        """A new secret; the old one stops signing at once, or (Standard Webhooks) after an overlap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
