@@ -186,3 +186,38 @@ async def test_an_attempts_exchange_is_stored_read_alone_and_left_out_of_lists(d
                 await log.get_attempt(Scope("org_other"), f"att_x{sub[-8:]}0")
     finally:
         await engine.dispose()
+
+
+async def test_the_sealed_columns_of_a_subscription_round_trip_and_clear(database_url: str) -> None:
+    from services.webhooks.domain.client_tls import ClientCertificate
+    from services.webhooks.domain.model import CustomHeaderHint
+
+    await migrate_async("webhooks", database_url)
+    engine = create_engine(database_url)
+    now = utcnow()
+    cert = ClientCertificate("CN=a", "CN=ca", now - dt.timedelta(days=1), now + dt.timedelta(days=30), "ab" * 32)
+    subscription = Subscription(id=new_id("whk"), org_id="org_sealed", url="https://example.com/h", activity_types=("*",),
+                                created_by="t", created_at=now, updated_at=now, secret_created_at=now,
+                                custom_headers=(CustomHeaderHint("X-Api-Key", "…cdef (20 characters)"),),
+                                client_certificate=cert)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            repo = SubscriptionRepository(session)
+            await repo.add(subscription, b"secret", sealed_headers=b"headers", sealed_client_tls=b"tls")
+        async with session_factory(engine)() as session, session.begin():
+            repo = SubscriptionRepository(session)
+            got = await repo.get(Scope("org_sealed"), subscription.id)
+            assert got.custom_headers == subscription.custom_headers and got.client_certificate == cert
+            assert (await repo.sealed_headers(got.id), await repo.sealed_client_tls(got.id)) == (b"headers", b"tls")
+            assert await repo.sealed_previous_secret(got.id) == b""
+            got.previous_secret_expires_at = now + dt.timedelta(hours=1)
+            got.client_certificate, got.custom_headers = None, ()
+            await repo.save(got, sealed_previous_secret=b"old", sealed_headers=b"", sealed_client_tls=b"")
+        async with session_factory(engine)() as session:
+            repo = SubscriptionRepository(session)
+            again = await repo.get(Scope("org_sealed"), subscription.id)
+            assert again.previous_secret_expires_at == got.previous_secret_expires_at and again.client_certificate is None
+            assert (await repo.sealed_headers(again.id), await repo.sealed_client_tls(again.id),
+                    await repo.sealed_previous_secret(again.id)) == (b"", b"", b"old")
+    finally:
+        await engine.dispose()
