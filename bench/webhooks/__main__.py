@@ -14,6 +14,10 @@ process on CPU 0 too, so both clients get the same core.
 4. recovery: a second subscription's receiver refuses N events (410: each fails at once), comes
    back, and one StartRecovery sends all N again: time to queue (the call) and time until the
    receiver has them all, beside the plain throughput of step 2.
+5. stored attempt details: the service is restarted on the same database and JetStream durable
+   three times, with TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS on, off, on (N events each after a
+   warm-up of 500): deliveries/s without the details beside the mean of the two runs with them
+   (so that neither side has the smaller database), and the bytes an attempt's details take.
 
 Every loop is bounded by count and time; the run stops by itself (about a minute).
 
@@ -60,6 +64,7 @@ from tests.support.ports import free_port
 ISSUER, AUDIENCE = "bench-actors", "trellis"
 ORG = "org_bench"
 MAX_PHASE_SECONDS = 120.0
+WARM_UP = 500  # events before each timed run after a restart
 SERVICE_CPU, BENCH_CPU = 0, 1
 
 
@@ -139,6 +144,21 @@ async def wait_serving(address: str, timeout: float = 30.0) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError("webhooks did not start")
+
+
+def exchange_bytes(database: Path) -> float:
+    """The mean size of the stored attempt details (the `exchange` column) of attempts that have them."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+        return float(db.execute("select coalesce(avg(length(exchange)), 0) from attempts where exchange is not null").fetchone()[0])
+
+
+async def stop_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(child.wait, 15)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def logged_attempts(database: Path) -> int:
@@ -224,9 +244,14 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
             "TRELLIS_WEBHOOKS_CA_BUNDLE": str(ca_file), "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS": '["127.0.0.0/8"]',
             "TRELLIS_LOG_LEVEL": "WARNING",
         }
-        service = subprocess.Popen([sys.executable, "-m", "services.webhooks"], env=env)
-        children.append(service)
-        pin(service.pid, SERVICE_CPU)
+        def start_service(details: bool) -> subprocess.Popen[bytes]:
+            child = subprocess.Popen([sys.executable, "-m", "services.webhooks"],
+                                     env={**env, "TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS": str(details).lower()})
+            children.append(child)
+            pin(child.pid, SERVICE_CPU)
+            return child
+
+        service = start_service(True)
         await wait_serving(f"127.0.0.1:{port}")
         token = mint_actor_token(actor_private, issuer=ISSUER, audience=AUDIENCE, user_id="usr_bench", org_id=ORG,
                                  permissions=[ADMIN_PERMISSION], ttl_seconds=600)
@@ -296,6 +321,31 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
                 await asyncio.sleep(0.05)
                 shown = await recovery_done()
             recovery_logged = time.perf_counter()
+
+            # 6. The cost of stored attempt details: off, then on again, on the same database.
+            async def throughput_run(details: bool) -> float:
+                nonlocal service
+                await stop_child(service)
+                service = start_service(details)
+                await wait_serving(f"127.0.0.1:{port}")
+                # A warm-up batch first: the restarted consumer and connections are ready before the clock starts.
+                warm = receiver.delivered + WARM_UP
+                await asyncio.gather(*(js.publish("activity.lot.created", activity(n, stamp=False)) for n in range(WARM_UP)))
+                await until(lambda: receiver.delivered >= warm)
+                await until(lambda: logged_attempts(database) >= receiver.delivered, interval=0.05)
+                base_received, base_logged = receiver.delivered, logged_attempts(database)
+                batch = [activity(n, stamp=False) for n in range(args.events)]
+                began = time.perf_counter()
+                for chunk in range(0, len(batch), 1000):
+                    await asyncio.gather(*(js.publish("activity.lot.created", p) for p in batch[chunk:chunk + 1000]))
+                await until(lambda: receiver.delivered >= base_received + args.events)
+                await until(lambda: logged_attempts(database) >= base_logged + args.events, interval=0.05)
+                return args.events / (time.perf_counter() - began)
+
+            details_on_first = await throughput_run(True)
+            details_off = await throughput_run(False)
+            details_on_again = await throughput_run(True)
+            details_bytes = exchange_bytes(database)
         finally:
             await nc.close()
             await channel.close()
@@ -319,6 +369,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         "recover_queued": recovery.queued, "recover_queue_seconds": queued_at - recover_start,
         "recover_deliver_seconds": recovered_at - recover_start, "recover_done_seconds": recovery_logged - recover_start,
         "recover_succeeded": shown.succeeded, "recover_refused": receiver.refused,
+        "details_off": details_off, "details_on": (details_on_first + details_on_again) / 2,
+        "details_on_runs": (details_on_first, details_on_again),
+        "details_bytes": details_bytes,
     }
 
 
@@ -349,6 +402,10 @@ def main() -> None:
           f"{r['recover_queue_seconds']:.2f} s, all received in {r['recover_deliver_seconds']:.2f} s ({rate:,.0f} /s, "
           f"ratio {rate / r['throughput']:.2f} of the throughput above); recovery reads done after "
           f"{r['recover_done_seconds']:.2f} s, {r['recover_succeeded']:,} succeeded")
+    on_runs = ", ".join(f"{v:,.0f}" for v in r["details_on_runs"])
+    print(f"{'with stored attempt details (default)':<44}{r['details_on']:>10,.0f} /s   (mean of {on_runs})")
+    print(f"{'without (RECORD_ATTEMPT_DETAILS=false)':<44}{r['details_off']:>10,.0f} /s   "
+          f"details cost {(1 - r['details_on'] / r['details_off']) * 100:+.1f} %; {r['details_bytes']:,.0f} bytes an attempt")
     print(f"signatures verified: {r['delivered'] + r['recover_queued'] - r['bad_signatures']:,} of "
           f"{r['delivered'] + r['recover_queued']:,}; distinct events {r['distinct']:,}")
 

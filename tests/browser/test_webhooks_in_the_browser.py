@@ -127,6 +127,9 @@ async def test_what_a_receiver_answers_runs_no_script_in_the_test_result_or_the_
     await alice.page.get_by_role("link", name="Details").first.click()
     await alice.expect_text("Request body sent")
     await expect(alice.page.locator("pre.body").last).to_have_text(EVIL)
+    await alice.page.get_by_text("What this attempt sent and what came back").click()
+    await expect(alice.page.get_by_test_id("attempt-response-headers")).to_contain_text(EVIL)
+    await expect(alice.page.get_by_test_id("attempt-response-body")).to_have_text(EVIL)
     await expect(alice.page.locator("main img")).to_have_count(0)
     assert alice.dialogs == [] and not alice.console_errors, (alice.dialogs, alice.console_errors)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -65,6 +67,58 @@ FILTER_HELP = ("a JMESPath expression over the delivery body (https://jmespath.o
                "see docs/receivers.md")
 
 
+def add_header_options(p: argparse.ArgumentParser, *, replaces: bool = False) -> None:
+    then = "; replaces every custom header the subscription had" if replaces else ""
+    p.add_argument("--header", dest="headers", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"a custom header every delivery sends (its value stays in your shell history: prefer "
+                        f"--secret-header for a key), repeatable{then}")
+    p.add_argument("--secret-header", dest="secret_headers", action=ExtendList, metavar="NAME",
+                   help="a custom header whose value is read from a prompt (or one line of stdin per name)")
+
+
+def add_client_cert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--client-cert", metavar="FILE", help="mutual TLS: a PEM certificate (leaf first) deliveries present")
+    p.add_argument("--client-key", metavar="FILE", help="its unencrypted PEM private key (sealed at rest)")
+
+
+def client_certificate(args: argparse.Namespace) -> pb.ClientCertificateUpload | None:
+    """--client-cert and --client-key, read from their files; the service checks them."""
+    if not args.client_cert and not args.client_key:
+        return None
+    if not args.client_cert or not args.client_key:
+        raise CliError("give --client-cert and --client-key together")
+    texts = []
+    for option, path in (("--client-cert", args.client_cert), ("--client-key", args.client_key)):
+        try:
+            with open(path, encoding="utf-8") as file:
+                texts.append(file.read(64 * 1024 + 1))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"{option} {path}: cannot read it ({exc.__class__.__name__})") from None
+    return pb.ClientCertificateUpload(certificate_pem=texts[0], private_key_pem=texts[1])
+
+
+def _read_header_value(name: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value of header {name}: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise CliError(f"no value for --secret-header {name} on standard input (one line per header, in the order named)")
+    return line.rstrip("\r\n")
+
+
+def custom_headers(args: argparse.Namespace) -> list[pb.CustomHeader]:
+    """--header NAME=VALUE and --secret-header NAME (prompted), in the order given; the service checks them."""
+    found: list[pb.CustomHeader] = []
+    for text in args.headers:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise CliError(f"--header takes NAME=VALUE, got {text.split('=')[0][:64]!r}; "
+                           "use --secret-header NAME to be asked for the value")
+        found.append(pb.CustomHeader(name=name.strip(), value=value))
+    found += [pb.CustomHeader(name=name, value=_read_header_value(name)) for name in args.secret_headers]
+    return found
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--webhooks-addr", default=argparse.SUPPRESS, metavar="HOST:PORT", help="default: TRELLIS_WEBHOOKS_ADDR")
@@ -82,6 +136,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), default="spec", help=SCHEME_HELP)
     p.add_argument("--integration", default="", metavar="ID", help="the integration that owns it (default: none)")
     p.add_argument("--filter", default="", metavar="EXPR", help=FILTER_HELP)
+    add_header_options(p)
+    add_client_cert_options(p)
     p.set_defaults(handler=create)
 
     p = commands.add_parser("list", parents=parents, help="list subscriptions with their status")
@@ -102,16 +158,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("--description")
     p.add_argument("--scheme", type=scheme_name, choices=list(SCHEMES), help=SCHEME_HELP)
     p.add_argument("--filter", metavar="EXPR", help=FILTER_HELP + "; \"\" removes it")
+    add_header_options(p, replaces=True)
+    p.add_argument("--clear-headers", action="store_true", help="send no custom headers any more")
+    add_client_cert_options(p)
+    p.add_argument("--remove-client-cert", action="store_true", help="present no client certificate any more")
     p.set_defaults(handler=update)
 
     for name, handler, text in (
         ("pause", pause, "stop deliveries (events meanwhile are not delivered later)"),
         ("resume", resume, "deliver again"),
         ("test", send_test, "send a webhook.test delivery now; success returns a Failing subscription to Active"),
-        ("regenerate-secret", regenerate_secret, "new signing secret; the old one stops working at once"),
+        ("regenerate-secret", regenerate_secret, "new signing secret; the old one stops working at once, "
+                                                 "or after --overlap"),
     ):
         p = commands.add_parser(name, parents=parents, help=text)
         p.add_argument("id")
+        if name == "regenerate-secret":
+            p.add_argument("--overlap", type=overlap_seconds, default=0, metavar="DURATION",
+                           help="keep signing with the old secret too for this long (like 30m, 24h, 7d; at most 7 days): "
+                                "standard_webhooks subscriptions only, whose webhook-signature carries both signatures")
         p.set_defaults(handler=handler)
 
     p = commands.add_parser("delete", parents=parents, help="delete for good; pending deliveries are cancelled")
@@ -127,6 +192,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     outcome.add_argument("--filtered", action="store_true", help="the events its filter did not pass (never attempted)")
     p.add_argument("--event", default="", metavar="EVENT_ID", help="every attempt of one event")
     p.add_argument("--limit", type=non_negative_int, default=50, metavar="N")
+    p.add_argument("--attempt", default="", metavar="ATTEMPT_ID",
+                   help="one attempt: the headers it sent and the receiver's status, headers and first 4 KiB")
     p.set_defaults(handler=deliveries)
 
     p = commands.add_parser("redeliver", parents=parents, help="send a failed delivery again (same event id)")
@@ -218,6 +285,12 @@ def subscription_details(s: pb.Subscription) -> str:
         ("Integration", s.integration_id or "- (organisation)"), ("Created by", s.created_by),
         ("Created", timestamp(s.created_at)), ("Updated", timestamp(s.updated_at)),
         ("Secret created", timestamp(s.secret_created_at)), ("Failing since", timestamp(s.failing_since) or "-"),
+        *([("Previous secret signs until", timestamp(s.previous_secret_expires_at))]
+          if s.HasField("previous_secret_expires_at") else []),
+        ("Custom headers", "; ".join(f"{h.name}: {h.hint}" for h in s.custom_headers) or "-"),
+        ("Client certificate", f"{s.client_certificate.subject} (SHA-256 {s.client_certificate.sha256_fingerprint[:16]}…, "
+                               f"valid until {timestamp(s.client_certificate.not_after)})"
+         if s.HasField("client_certificate") else "-"),
     ])
 
 
@@ -271,7 +344,8 @@ def create(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
         response = hooks.CreateSubscription(pb.CreateSubscriptionRequest(
             url=args.url, activity_types=args.types, description=args.description, signature_scheme=SCHEMES[args.scheme],
-            integration_id=args.integration, filter=args.filter,
+            integration_id=args.integration, filter=args.filter, custom_headers=custom_headers(args),
+            client_certificate=client_certificate(args),
         ))
     _print_secret(args, response.subscription, response.signing_secret, f"Created webhook subscription {response.subscription.id}.")
     return 0
@@ -339,9 +413,23 @@ def update(args: argparse.Namespace, session: Session) -> int:
         if args.scheme is not None:
             request.signature_scheme = SCHEMES[args.scheme]
             request.update_mask.append("signature_scheme")
+        headers = custom_headers(args)
+        if headers and args.clear_headers:
+            raise CliError("--clear-headers removes every custom header: give it alone, or --header/--secret-header "
+                           "for the new set")
+        if headers or args.clear_headers:
+            request.custom_headers.extend(headers)
+            request.update_mask.append("custom_headers")
+        upload = client_certificate(args)
+        if upload is not None and args.remove_client_cert:
+            raise CliError("--remove-client-cert cannot go with --client-cert/--client-key")
+        if upload is not None or args.remove_client_cert:
+            if upload is not None:
+                request.client_certificate.CopyFrom(upload)
+            request.update_mask.append("client_certificate")
         if not request.update_mask:
-            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description, --scheme "
-                           "or --filter")
+            raise CliError("nothing to update: give --url, --types, --add-type, --remove-type, --description, --scheme, "
+                           "--filter, --header, --secret-header, --clear-headers, --client-cert/--client-key or --remove-client-cert")
         s = hooks.UpdateSubscription(request)
     _print_subscription(args, s, f"Updated webhook subscription {s.id} ({', '.join(request.update_mask)}); "
                                  "it applies from the next event.")
@@ -409,17 +497,33 @@ def send_test(args: argparse.Namespace, session: Session) -> int:
     return 0 if a.succeeded else 1
 
 
+def overlap_seconds(text: str) -> int:
+    """--overlap: seconds, or a number with s, m, h or d."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give it like 90s, 30m, 24h or 7d")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
 def regenerate_secret(args: argparse.Namespace, session: Session) -> int:
     with connect(args, session) as hooks:
-        response = hooks.RegenerateSecret(pb.RegenerateSecretRequest(subscription_id=args.id))
-    _print_secret(args, response.subscription, response.signing_secret,
-                  f"New signing secret for {response.subscription.id}; the previous secret no longer signs anything.")
+        response = hooks.RegenerateSecret(pb.RegenerateSecretRequest(subscription_id=args.id,
+                                                                     overlap_seconds=args.overlap))
+    s = response.subscription
+    if s.HasField("previous_secret_expires_at"):
+        headline = (f"New signing secret for {s.id}; the previous secret signs too until "
+                    f"{timestamp(s.previous_secret_expires_at)} (both signatures in webhook-signature).")
+    else:
+        headline = f"New signing secret for {s.id}; the previous secret no longer signs anything."
+    _print_secret(args, s, response.signing_secret, headline)
     return 0
 
 
 def deliveries(args: argparse.Namespace, session: Session) -> int:
     if args.filtered:
         return filtered_deliveries(args, session)
+    if args.attempt:
+        return show_attempt(args, session)
     outcome = pb.OUTCOME_SUCCEEDED if args.succeeded else pb.OUTCOME_FAILED if args.failed else pb.OUTCOME_UNSPECIFIED
     with connect(args, session) as hooks:
         found = hooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=args.id, outcome=outcome, event_id=args.event,
@@ -450,6 +554,50 @@ def filtered_deliveries(args: argparse.Namespace, session: Session) -> int:
             (timestamp(d.created_at), d.event_id, d.event_type, "Filtered", d.last_error_detail, d.id) for d in found)))
     else:
         print("No filtered events.")
+    return 0
+
+
+def _printable(text: str) -> str:
+    """A receiver's text for a terminal: control characters (escape sequences) shown as \\xNN."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
+
+
+def attempt_exchange_text(a: pb.Attempt) -> str:
+    """What one attempt sent and what came back, for a terminal."""
+    lines = [fields([("Attempt", a.id), ("Delivery", a.delivery_id), ("Event", f"{a.event_id} ({a.event_type})"),
+                     ("When", timestamp(a.attempted_at)), ("URL", a.url), ("Attempt number", attempt_row(a)[3]),
+                     ("Status", str(a.status_code) if a.status_code else "- (no HTTP answer)"),
+                     ("Error", attempt_row(a)[6] or "-"), ("Duration", f"{a.duration_ms:.0f} ms")])]
+    if not a.HasField("exchange"):
+        lines.append("\nThe headers sent and the answer were not recorded for this attempt "
+                     "(TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS is off, or it was made before they were).")
+        if a.response_body:
+            lines.append(f"\nResponse body (first 2 KB)\n{_printable(a.response_body)}")
+        return "\n".join(lines)
+    e = a.exchange
+    lines.append("\nRequest headers sent")
+    lines.append(fields(((h.name + ":", _printable(h.value)) for h in e.request_headers), indent="  "))
+    lines.append("\nResponse headers")
+    lines.append(fields(((h.name + ":", _printable(h.value)) for h in e.response_headers), indent="  ")
+                 if e.response_headers else "  none (no HTTP answer)")
+    if e.headers_omitted:
+        lines.append(f"  ({plural(e.headers_omitted, 'header')} left out: over the count or size bound)")
+    cut = ", cut at 4 KiB" if e.response_body_truncated else ""
+    lines.append(f"\nResponse body{cut}")
+    lines.append(_printable(e.response_body) if e.response_body else "  (empty)")
+    lines.append("\nSecrets (the signing secret, custom header values) are shown as [masked].")
+    return "\n".join(lines)
+
+
+def show_attempt(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        a = hooks.GetAttempt(pb.GetAttemptRequest(attempt_id=args.attempt))
+    if a.subscription_id != args.id:
+        raise CliError(f"attempt {args.attempt} is not one of subscription {args.id}'s (it is {a.subscription_id}'s)")
+    if args.json:
+        print_json({"attempt": as_json(a)})
+    else:
+        print(attempt_exchange_text(a))
     return 0
 
 

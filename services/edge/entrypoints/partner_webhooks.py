@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 1024
-WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme", "filter")
+WRITABLE_FIELDS = ("endpoint_url", "activity_types", "description", "signature_scheme", "filter", "custom_headers",
+                   "client_certificate")
 # Partner field name -> UpdateSubscriptionRequest field name.
 _PROTO_FIELD = {"endpoint_url": "url", "activity_types": "activity_types", "description": "description",
-                "signature_scheme": "signature_scheme", "filter": "filter"}
+                "signature_scheme": "signature_scheme", "filter": "filter", "custom_headers": "custom_headers",
+                "client_certificate": "client_certificate"}
 
 
 def _names(enum: Any, prefix: str) -> dict[str, Any]:
@@ -119,6 +121,13 @@ def subscription_json(s: pb.Subscription) -> dict[str, Any]:
         "integration_suspended": s.integration_suspended, "created_at": _time(s.created_at),
         "updated_at": _time(s.updated_at), "secret_created_at": _time(s.secret_created_at),
         "failing_since": _time(s.failing_since), "filter": s.filter or None,
+        "previous_secret_expires_at": _time(s.previous_secret_expires_at),
+        "custom_headers": [{"name": h.name, "hint": h.hint} for h in s.custom_headers],
+        "client_certificate": {
+            "subject": s.client_certificate.subject, "issuer": s.client_certificate.issuer,
+            "not_before": _time(s.client_certificate.not_before), "not_after": _time(s.client_certificate.not_after),
+            "sha256_fingerprint": s.client_certificate.sha256_fingerprint,
+        } if s.HasField("client_certificate") else None,
     }
 
 
@@ -140,6 +149,17 @@ def attempt_json(a: pb.Attempt) -> dict[str, Any]:
         "error": _partner_error(a.error), "error_detail": _partner_detail(a.error, a.error_detail),
         "response_body": a.response_body,
         "endpoint_url": a.url, "test": a.test,
+        **({"exchange": exchange_json(a.exchange)} if a.HasField("exchange") else {}),
+    }
+
+
+def exchange_json(e: pb.AttemptExchange) -> dict[str, Any]:
+    """What the attempt sent and what the partner's receiver answered (secrets masked)."""
+    return {
+        "request_headers": [{"name": h.name, "value": h.value} for h in e.request_headers],
+        "response_headers": [{"name": h.name, "value": h.value} for h in e.response_headers],
+        "response_body": e.response_body, "response_body_truncated": e.response_body_truncated,
+        "headers_omitted": e.headers_omitted,
     }
 
 
@@ -282,6 +302,22 @@ def _fields(document: dict[str, Any]) -> dict[str, Any]:
     fields = dict(document)
     if "signature_scheme" in fields:
         fields["signature_scheme"] = SCHEMES[scheme]
+    headers = document.get("custom_headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise EdgeError("invalid_request", 'custom_headers must be an object of header names to string values, like '
+                        '{"X-Api-Key": "..."}')
+    if "custom_headers" in fields:
+        fields["custom_headers"] = [pb.CustomHeader(name=name, value=value) for name, value in headers.items()]
+    if "client_certificate" in fields:
+        upload = fields["client_certificate"]
+        if upload is None:
+            del fields["client_certificate"]  # an update naming it without one removes it
+        elif not isinstance(upload, dict) or set(upload) != {"certificate_pem", "private_key_pem"} or \
+                not all(isinstance(v, str) for v in upload.values()):
+            raise EdgeError("invalid_request", "client_certificate must be null or an object with the strings "
+                            "certificate_pem and private_key_pem")
+        else:
+            fields["client_certificate"] = pb.ClientCertificateUpload(**upload)
     return fields
 
 
@@ -388,6 +424,7 @@ class PartnerWebhooks:
         created = await self._call("CreateSubscription", pb.CreateSubscriptionRequest(
             url=fields["endpoint_url"], activity_types=fields["activity_types"], description=fields.get("description", ""),
             signature_scheme=fields.get("signature_scheme", pb.SIGNATURE_SCHEME_SPEC), filter=fields.get("filter", ""),
+            custom_headers=fields.get("custom_headers", []), client_certificate=fields.get("client_certificate"),
             **ask.ids), ask)
         return {**subscription_json(created.subscription), "signing_secret": created.signing_secret}
 
@@ -396,12 +433,14 @@ class PartnerWebhooks:
         return subscription_json(found)
 
     async def update(self, ask: Ask) -> dict[str, Any]:
-        fields = _fields(await ask.body())
-        if not fields:
+        body = await ask.body()
+        fields = _fields(body)
+        if not fields and "client_certificate" not in body:
             raise EdgeError("invalid_request", f"name at least one field to change: {', '.join(WRITABLE_FIELDS)}")
         changes = {_PROTO_FIELD[name]: value for name, value in fields.items()}
+        mask = sorted({*changes, *(["client_certificate"] if "client_certificate" in body else [])})
         updated = await self._call("UpdateSubscription", pb.UpdateSubscriptionRequest(
-            subscription_id=ask.params["subscription_id"], update_mask=sorted(changes), **changes, **ask.ids), ask)
+            subscription_id=ask.params["subscription_id"], update_mask=mask, **changes, **ask.ids), ask)
         return subscription_json(updated)
 
     async def delete(self, ask: Ask) -> dict[str, Any]:
@@ -418,7 +457,11 @@ class PartnerWebhooks:
         return subscription_json(resumed)
 
     async def regenerate_secret(self, ask: Ask) -> dict[str, Any]:
-        answer = await self._call("RegenerateSecret", pb.RegenerateSecretRequest(subscription_id=ask.params["subscription_id"], **ask.ids), ask)
+        overlap = ask.one("overlap_seconds")
+        if overlap and not (overlap.isascii() and overlap.isdigit() and len(overlap) <= 9):
+            raise EdgeError("invalid_request", "overlap_seconds must be a whole number of seconds, at most 604800 (7 days)")
+        answer = await self._call("RegenerateSecret", pb.RegenerateSecretRequest(
+            subscription_id=ask.params["subscription_id"], overlap_seconds=int(overlap or 0), **ask.ids), ask)
         return {**subscription_json(answer.subscription), "signing_secret": answer.signing_secret}
 
     async def send_test(self, ask: Ask) -> dict[str, Any]:
@@ -478,6 +521,12 @@ class PartnerWebhooks:
             raise EdgeError("not_found", f"no recovery {ask.params['recovery_id']} of subscription {ask.params['subscription_id']}")
         return recovery_json(found)
 
+    async def get_attempt(self, ask: Ask) -> dict[str, Any]:
+        found: pb.Attempt = await self._call("GetAttempt", pb.GetAttemptRequest(attempt_id=ask.params["attempt_id"], **ask.ids), ask)
+        if found.subscription_id != ask.params["subscription_id"]:
+            raise EdgeError("not_found", f"no attempt {ask.params['attempt_id']} of subscription {ask.params['subscription_id']}")
+        return attempt_json(found)
+
     # --- activities --------------------------------------------------------------------------------
 
     async def list_activities(self, ask: Ask) -> dict[str, Any]:
@@ -515,7 +564,8 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
         Operation("POST", _S + "/pause", W.pause, "Pause: no deliveries until resumed", response="Subscription"),
         Operation("POST", _S + "/resume", W.resume, "Resume a paused subscription", response="Subscription"),
         Operation("POST", _S + "/regenerate-secret", W.regenerate_secret, "A new signing secret, shown this once; "
-                  "the old one stops signing at once", response="SubscriptionWithSecret", secret=True),
+                  "the old one stops signing at once, or with overlap_seconds (standard_webhooks only) signs too "
+                  "until the overlap ends", response="SubscriptionWithSecret", secret=True, query=("overlap_seconds",)),
         Operation("POST", _S + "/test", W.send_test, "Send a webhook.test delivery now and answer with its attempt; "
                   "success returns a Failing subscription to Active", response="TestResult"),
         Operation("GET", _S + "/deliveries", W.list_deliveries, "The delivery log: one delivery per event, newest first",
@@ -530,6 +580,8 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
                   "schedule; answers once all are queued", status=202, response="Recovery", body="RecoveryStart"),
         Operation("GET", _S + "/recoveries/{recovery_id}", W.get_recovery, "A recovery's progress: how many were "
                   "queued and how many are done", response="Recovery"),
+        Operation("GET", _S + "/attempts/{attempt_id}", W.get_attempt, "One attempt with what it sent and what your "
+                  "receiver answered (headers, status, the first 4 KiB of the body; secrets masked)", response="Attempt"),
     ),
     "activities": (
         Operation("GET", "", W.list_activities, "The organisation's activities, newest first",
@@ -568,13 +620,31 @@ _SUBSCRIPTION = {
     "integration_suspended": {**_BOOL, "description": "Deliveries wait while the owning integration is suspended."},
     "created_at": _TIME, "updated_at": _TIME, "secret_created_at": _TIME, "failing_since": _TIME,
     "filter": {"type": ["string", "null"], "description": "The JMESPath filter over the delivery body; null: none."},
+    "previous_secret_expires_at": {**_TIME, "description": "After a rotation with an overlap: until then the previous "
+                                   "secret signs too."},
+    "custom_headers": {"type": "array", "items": _obj({"name": _STR, "hint": _STR}),
+                       "description": "The custom headers every delivery sends: names and a hint, never the values."},
+    "client_certificate": {"type": ["object", "null"], "description": "Presented in every delivery's TLS handshake "
+                           "(mutual TLS); never its key.", "properties": {
+                               "subject": _STR, "issuer": _STR, "not_before": _TIME, "not_after": _TIME,
+                               "sha256_fingerprint": _STR}},
 }
 _SECRET = {"type": "string", "description": "The signing secret (`whsec_...`), shown in this answer only: store it now."}
 _WRITABLE = {"endpoint_url": {"type": "string", "format": "uri", "description": "https:// only."}, "activity_types": _TYPES,
              "description": _STR, "signature_scheme": {"enum": list(SCHEMES), "default": "spec"},
              "filter": {"type": ["string", "null"], "maxLength": 1024, "description": (
                  "A JMESPath expression over the delivery body, e.g. `data.facility_id == 'fac_1'`: events it does "
-                 "not pass are recorded as `filtered` deliveries, not sent. \"\" or null: every event.")}}
+                 "not pass are recorded as `filtered` deliveries, not sent. \"\" or null: every event.")},
+             "custom_headers": {"type": "object", "additionalProperties": _STR, "maxProperties": 20,
+                                "description": "Header name -> value, sent with every delivery (say, your gateway's "
+                                "X-Api-Key); values are stored sealed and never shown back. On update, the whole new "
+                                "set ({} for none). Not Host, Content-Length, Content-Type, Transfer-Encoding, "
+                                "hop-by-hop headers or the signature and timestamp headers."},
+             "client_certificate": {"type": ["object", "null"], "required": ["certificate_pem", "private_key_pem"],
+                                    "properties": {"certificate_pem": _STR, "private_key_pem": _STR},
+                                    "description": "Mutual TLS: a PEM certificate (leaf first) and its unencrypted PEM "
+                                    "key, sealed at rest; refused if either does not parse, they do not match or the "
+                                    "certificate is not valid now. null on update removes it."}}
 _DELIVERY = {
     "id": _STR, "subscription_id": _STR, "event_id": _STR, "event_type": _STR, "status": {"enum": list(DELIVERY_STATUSES)},
     "attempts": _INT, "round": _INT, "next_attempt_at": _TIME, "created_at": _TIME, "updated_at": _TIME,
@@ -587,6 +657,14 @@ _ATTEMPT = {
     "succeeded": _BOOL, "error": {"enum": [*PARTNER_ATTEMPT_ERRORS, None]}, "error_detail": _STR,
     "response_body": {"type": "string", "description": "The first 2 KB the receiver answered."},
     "endpoint_url": _STR, "test": _BOOL,
+    "exchange": {**_obj({
+        "request_headers": {"type": "array", "items": _obj({"name": _STR, "value": _STR})},
+        "response_headers": {"type": "array", "items": _obj({"name": _STR, "value": _STR})},
+        "response_body": _STR, "response_body_truncated": _BOOL, "headers_omitted": _INT}),
+        "description": "What the attempt sent (every header, the signature as your receiver saw it) and what your "
+                       "receiver answered (its headers, the first 4 KiB of the body), bounded; the signing secret and "
+                       "custom header values are \"[masked]\". On one delivery or one attempt, not in lists; absent "
+                       "when not recorded."},
 }
 SCHEMAS: dict[str, Any] = {
     "Subscription": _obj(_SUBSCRIPTION, ("id", "endpoint_url", "activity_types", "status")),
@@ -627,4 +705,7 @@ QUERY: dict[str, tuple[dict[str, Any], str]] = {
     "event_id": (_STR, "Only this event's."),
     "delivery_id": (_STR, "Only this delivery's."),
     "type": ({"type": "string"}, "Only these activity types (comma separated or repeated)."),
+    "overlap_seconds": ({"type": "integer", "minimum": 0, "maximum": 604800, "default": 0},
+                        "Keep signing with the previous secret too for this long (standard_webhooks only: both "
+                        "signatures in webhook-signature); refused on the spec scheme, which has room for one."),
 }

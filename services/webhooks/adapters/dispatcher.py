@@ -300,7 +300,10 @@ class Dispatcher:
             result, started = await send_attempt(
                 self._client, url=job.url, scheme=job.scheme, secret=secret, event_id=job.event_id,
                 event_type=job.event_type, body=job.body, user_agent=self._user_agent, trace_headers=job.trace_headers,
-                spans=self._spans,
+                spans=self._spans, custom_headers=self._secrets.headers(job.subscription_id, job.sealed_headers),
+                client_tls=self._secrets.client_tls(job.subscription_id, job.sealed_client_tls),
+                previous_secret=self._secrets.previous(job.subscription_id, job.sealed_previous_secret)
+                if job.previous_secret_expires_at is not None and utcnow() < job.previous_secret_expires_at else None,
             )
             outcome = outcome_of(result, job.attempt, started, self._policy, test=job.test)
             if self._metrics is not None:
@@ -313,6 +316,7 @@ class Dispatcher:
                     attempted_at=started, url=job.url, test=job.test, status_code=result.status_code,
                     succeeded=result.succeeded, error=result.error, error_detail=result.error_detail,
                     response_body=result.response_body, duration_ms=result.duration_ms, sent_by=self._queue.owner,
+                    exchange=result.exchange,
                 ),
                 status=outcome.status, next_attempt_at=outcome.next_attempt_at, exhausted=outcome.exhausted,
             ))

@@ -39,6 +39,11 @@ class Job:
     trace_headers: str
     test: bool = False
     occurred_at: dt.datetime | None = None  # the activity's time: delivery latency counts from it
+    sealed_headers: bytes = b""  # the subscription's custom headers, sealed (b"": none)
+    sealed_client_tls: bytes = b""  # its client certificate and key, sealed (b"": none)
+    # During a rotation's overlap (Standard Webhooks): the previous secret, sealed, and until when it signs.
+    sealed_previous_secret: bytes = b""
+    previous_secret_expires_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ class WorkQueue:
         oldest = (select(func.min(d.c.next_attempt_at))
                   .where(d.c.subscription_id == s.c.id, d.c.status == DeliveryStatus.PENDING.value).scalar_subquery())
         candidates = (
-            select(s.c.id, s.c.version, s.c.integration_id, s.c.url, s.c.scheme, s.c.secret)
+            select(s.c.id, s.c.version, s.c.integration_id, s.c.url, s.c.scheme, s.c.secret, s.c.custom_headers_sealed,
+                   s.c.client_tls_sealed, s.c.previous_secret, s.c.previous_secret_expires_at)
             .where(s.c.status == SubscriptionStatus.ACTIVE.value, s.c.integration_suspended.is_(False),
                    s.c.deleted_at.is_(None), select(d.c.id).where(d.c.subscription_id == s.c.id, due).exists())
             .order_by(oldest)
@@ -118,7 +124,10 @@ class WorkQueue:
                 Job(delivery_id=r.id, org_id=r.org_id, subscription_id=sub.id, subscription_version=sub.version,
                     integration_id=sub.integration_id, event_id=r.event_id, event_type=r.event_type, round=r.round,
                     attempt=r.attempts + 1, url=sub.url, scheme=scheme, sealed_secret=sub.secret, body=r.body,
-                    trace_headers=r.trace_headers, test=r.test, occurred_at=r.occurred_at)
+                    trace_headers=r.trace_headers, test=r.test, occurred_at=r.occurred_at,
+                    sealed_headers=sub.custom_headers_sealed or b"", sealed_client_tls=sub.client_tls_sealed or b"",
+                    sealed_previous_secret=(sub.previous_secret or b"") if scheme is SignatureScheme.STANDARD_WEBHOOKS else b"",
+                    previous_secret_expires_at=sub.previous_secret_expires_at)
                 for r in rows
             ]
         if taken:

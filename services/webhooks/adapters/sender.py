@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import ipaddress
 import json
+import os
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,7 +39,8 @@ from services.kit.clock import utcnow
 from services.kit.settingcheck import SettingError
 from services.kit.telemetry import tracer
 from services.webhooks.domain.model import (
-    AttemptError, HttpResult, SignatureScheme, classify_status, delivery_headers, truncate_body,
+    RESPONSE_BODY_LIMIT, AttemptError, AttemptExchange, HttpResult, Masker, SignatureScheme, classify_status,
+    delivery_headers, masked_body, truncate_body,
 )
 from services.webhooks.adapters.ssrf import AddressPolicy
 
@@ -44,6 +49,8 @@ Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 
 # Read at most this much of an answer; a longer one is cut and its connection dropped.
 MAX_READ = 64 * 1024
+# Client-certificate TLS contexts kept (one per certificate in use); the oldest goes first.
+MAX_CLIENT_CONTEXTS = 1024
 
 
 class RefusedAddress(OSError):
@@ -120,10 +127,16 @@ class DeliveryClient:
         ca_bundle: str = "",
         max_connections: int = 256,
         lookup: Lookup = system_lookup,
+        record_exchange: bool = True,
     ) -> None:
+        # Whether attempts keep what they sent and what came back (send_attempt reads it).
+        self.record_exchange = record_exchange
         self._policy = policy
         self._timeout = timeout_seconds
+        self._ca_bundle = ca_bundle
         self._ssl = tls_context(ca_bundle)
+        # Contexts that also present a subscription's client certificate, by a digest of the pair.
+        self._client_contexts: dict[bytes, ssl.SSLContext] = {}
         self._max_connections = max_connections
         self._lookup = lookup
         self._session: aiohttp.ClientSession | None = None
@@ -159,8 +172,24 @@ class DeliveryClient:
         reason = self._policy.refusal(address)
         return f"{host} is refused ({reason})" if reason else None
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResult:
-        """POST `body` with `headers`; redirects are answers (3xx), never followed."""
+    def _context_for(self, client_tls: tuple[str, str] | None) -> ssl.SSLContext:
+        """The server-verifying context, presenting the client certificate when one is given."""
+        if client_tls is None:
+            return self._ssl
+        digest = hashlib.sha256("\0".join(client_tls).encode()).digest()
+        context = self._client_contexts.get(digest)
+        if context is None:
+            context = tls_context(self._ca_bundle)
+            load_client_certificate(context, *client_tls)
+            if len(self._client_contexts) >= MAX_CLIENT_CONTEXTS:
+                self._client_contexts.pop(next(iter(self._client_contexts)))
+            self._client_contexts[digest] = context
+        return context
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   client_tls: tuple[str, str] | None = None) -> HttpResult:
+        """POST `body` with `headers`, presenting `client_tls` (certificate and key PEM) when
+        given; redirects are answers (3xx), never followed."""
         assert self._session is not None, "DeliveryClient.start() first"
         started = time.perf_counter()
 
@@ -171,10 +200,18 @@ class DeliveryClient:
         if refused:
             return HttpResult(error=AttemptError.SSRF_REFUSED, error_detail=refused, duration_ms=took())
         try:
+            context = self._context_for(client_tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            return HttpResult(error=AttemptError.TLS, error_detail=f"TLS: the client certificate cannot be used ({_reason(exc)})",
+                              duration_ms=took())
+        try:
             async with asyncio.timeout(self._timeout):
-                async with self._session.post(url, data=body, headers=dict(headers), allow_redirects=False) as response:
+                async with self._session.post(url, data=body, headers=dict(headers), allow_redirects=False,
+                                              ssl=context) as response:
                     raw = await _read_limited(response)
-                    return classify_status(response.status, truncate_body(raw), took())
+                    result = classify_status(response.status, truncate_body(raw), took())
+                    return replace(result, raw_body=raw, response_headers=tuple(response.headers.items()),
+                                   sent_headers=tuple(response.request_info.headers.items()))
         except TimeoutError:
             return HttpResult(error=AttemptError.TIMEOUT, error_detail=f"timed out after {self._timeout:g}s", duration_ms=took())
         except aiohttp.ClientConnectorDNSError as exc:
@@ -189,6 +226,20 @@ class DeliveryClient:
             return HttpResult(error=AttemptError.CONNECTION, error_detail=f"connection failed: {exc.os_error}", duration_ms=took())
         except (aiohttp.ClientError, OSError) as exc:
             return HttpResult(error=AttemptError.CONNECTION, error_detail=f"connection failed: {_reason(exc)}", duration_ms=took())
+
+
+def load_client_certificate(context: ssl.SSLContext, certificate_pem: str, private_key_pem: str) -> None:
+    """Makes `context` present this certificate and key. The ssl module loads them only from
+    files: they exist for the call only, in a private directory (0700, the files 0600), in
+    memory-backed /dev/shm where there is one, and are removed before it returns."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="trellis-mtls-", dir=shm) as directory:
+        certfile, keyfile = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        for path, text in ((certfile, certificate_pem), (keyfile, private_key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(text)
+        context.load_cert_chain(certfile, keyfile)
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
@@ -213,12 +264,18 @@ def _reason(exc: BaseException) -> str:
 
 async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureScheme, secret: str, event_id: str,
                        event_type: str, body: bytes, user_agent: str, trace_headers: str = "",
-                       spans: trace.Tracer | None = None) -> tuple[HttpResult, dt.datetime]:
-    """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
+                       spans: trace.Tracer | None = None,
+                       custom_headers: Mapping[str, str] | None = None,
+                       client_tls: tuple[str, str] | None = None,
+                       previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
+    """Signs `body` for this moment and POSTs it with the subscription's custom headers (checked
+    when saved never to name one of ours); returns the result and when the attempt began."""
     started = utcnow()
     timestamp = int(time.time())
-    headers = delivery_headers(scheme, secret, event_id=event_id, event_type=event_type, timestamp=timestamp,
-                               body=body, user_agent=user_agent)
+    custom = dict(custom_headers or {})
+    headers = {**custom, **delivery_headers(scheme, secret, event_id=event_id, event_type=event_type,
+                                            timestamp=timestamp, body=body, user_agent=user_agent,
+                                            previous_secret=previous_secret)}
     parent = context_from_headers(json.loads(trace_headers)) if trace_headers else None
     spans = spans or tracer(__name__)
     with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
@@ -230,11 +287,23 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
         propagate.inject(carrier)
         if "traceparent" in carrier:
             headers = {**headers, "traceparent": carrier["traceparent"]}
-        result = await client.post(url, body, headers)
+        result = await client.post(url, body, headers, client_tls)
         span.set_attribute("http.response.status_code", result.status_code)
         if not result.succeeded:
             span.set_attribute("webhook.error", result.error.value)
-    return result, started
+    signing = [secret] if previous_secret is None else [secret, previous_secret]
+    return _recorded(client, result, headers, Masker.for_signing(signing, custom)), started
+
+
+def _recorded(client: DeliveryClient, result: HttpResult, sent: Mapping[str, str], masker: Masker) -> HttpResult:
+    """The result as the log keeps it: the answer's first 2 KB with secrets a receiver echoed
+    masked, and (when the client records them) what was sent and what came back."""
+    exchange = None
+    if client.record_exchange:
+        exchange = AttemptExchange.record(result.sent_headers or tuple(sent.items()), result.response_headers,
+                                          result.raw_body, masker)
+    body = masked_body(result.raw_body, masker, RESPONSE_BODY_LIMIT)[0] if result.raw_body else result.response_body
+    return replace(result, response_body=body, raw_body=b"", response_headers=(), sent_headers=(), exchange=exchange)
 
 
 class SignedSender:
@@ -245,7 +314,11 @@ class SignedSender:
         self._spans = spans
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
-                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+                   body: bytes, user_agent: str, trace_headers: str = "",
+                   custom_headers: Mapping[str, str] | None = None,
+                   client_tls: tuple[str, str] | None = None,
+                   previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
         return await send_attempt(self._client, url=url, scheme=scheme, secret=secret, event_id=event_id,
                                   event_type=event_type, body=body, user_agent=user_agent,
-                                  trace_headers=trace_headers, spans=self._spans)
+                                  trace_headers=trace_headers, spans=self._spans, custom_headers=custom_headers,
+                                  client_tls=client_tls, previous_secret=previous_secret)

@@ -40,13 +40,14 @@ from services.kit.outbox import add_event, outbox_table
 from services.kit.sqluow import SqlUnitOfWork
 from services.kit.uow import Flush, no_flush
 from services.webhooks.adapters import events
+from services.webhooks.domain.client_tls import ClientCertificate
 from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryRecord, Scope, SentBody,
 )
 from services.webhooks.domain.filters import verdict
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, IncomingActivity, Recovery, SignatureScheme, Subscription,
-    SubscriptionStatus, delivery_body, delivery_document,
+    AttemptError, AttemptExchange, CustomHeaderHint, DeliveryStatus, IncomingActivity, Recovery, SignatureScheme,
+    Subscription, SubscriptionStatus, delivery_body, delivery_document,
 )
 
 metadata = new_metadata()
@@ -100,6 +101,18 @@ subscriptions = Table(
     Column("deleted_at", UTCDateTime(), nullable=True),
     # A JMESPath expression over the delivery document ("": none); domain/filters.py (migration 0004).
     Column("filter", Text, nullable=False, server_default=""),
+    # Custom headers: names and value hints as JSON (shown), the values sealed like the secret,
+    # bound to subscriptions.custom_headers:<id> (NULL: none).
+    Column("custom_headers", Text, nullable=False, server_default="[]"),
+    Column("custom_headers_sealed", LargeBinary, nullable=True),
+    # Mutual TLS: what is shown of the client certificate (JSON; NULL: none), and the certificate
+    # and its key sealed, bound to subscriptions.client_tls:<id>.
+    Column("client_certificate", Text, nullable=True),
+    Column("client_tls_sealed", LargeBinary, nullable=True),
+    # A rotation with an overlap: the previous secret, sealed (bound to
+    # subscriptions.previous_secret:<id>), signs too until previous_secret_expires_at.
+    Column("previous_secret", LargeBinary, nullable=True),
+    Column("previous_secret_expires_at", UTCDateTime(), nullable=True),
 )
 
 activities = Table(
@@ -169,11 +182,17 @@ attempts = Table(
     Column("url", Text, nullable=False),
     Column("test", Boolean, nullable=False),
     Column("sent_by", String(64), nullable=False),  # the replica that made the attempt
+    # JSON of domain.model.AttemptExchange (headers sent, the answer's headers and first 4 KiB,
+    # secrets masked); NULL when attempt details are not stored (and before migration 0005).
+    Column("exchange", Text, nullable=True),
     # The delivery log (list_attempts): one subscription's attempts newest first, walked from
     # the index's end, all of them or one outcome's (the Succeeded and Failed tabs).
     Index("ix_attempts_subscription_log", "subscription_id", "attempted_at", "id"),
     Index("ix_attempts_subscription_outcome_log", "subscription_id", "succeeded", "attempted_at", "id"),
 )
+
+# What a page of the log reads: every column but the recorded exchange (up to ~20 KB a row).
+_LOG_COLUMNS = [c for c in attempts.c if c.name != "exchange"]
 
 integrations = Table(
     "integrations",
@@ -271,6 +290,9 @@ def _subscription(row: Row[Any]) -> Subscription:
         integration_suspended=row.integration_suspended, failing_since=row.failing_since,
         created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
         secret_created_at=row.secret_created_at, version=row.version, filter=row.filter,
+        custom_headers=tuple(CustomHeaderHint(str(n), str(h)) for n, h in json.loads(row.custom_headers or "[]")),
+        client_certificate=ClientCertificate.from_json(row.client_certificate) if row.client_certificate else None,
+        previous_secret_expires_at=row.previous_secret_expires_at,
     )
 
 
@@ -282,6 +304,9 @@ def _subscription_values(s: Subscription) -> dict[str, object]:
         "failing_since": s.failing_since, "created_by": s.created_by, "created_at": s.created_at,
         "updated_at": s.updated_at, "secret_created_at": s.secret_created_at, "version": s.version,
         "filter": s.filter,
+        "custom_headers": json.dumps([[h.name, h.hint] for h in s.custom_headers]),
+        "client_certificate": s.client_certificate.as_json() if s.client_certificate else None,
+        "previous_secret_expires_at": s.previous_secret_expires_at,
     }
 
 
@@ -303,6 +328,7 @@ def _attempt(row: Row[Any]) -> AttemptRecord:
         succeeded=row.succeeded, error=AttemptError(row.error), error_detail=row.error_detail,
         response_body=row.response_body, url=row.url, test=row.test,
         next_attempt_at=getattr(row, "next_attempt_at", None),
+        exchange=AttemptExchange.from_json(exchange) if (exchange := getattr(row, "exchange", None)) else None,
     )
 
 
@@ -371,8 +397,11 @@ class SubscriptionRepository:
             condition = and_(condition, t.c.integration_id == scope.integration_id)
         return condition
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None:
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
+                  sealed_client_tls: bytes = b"") -> None:
         await self._session.execute(subscriptions.insert().values(id=subscription.id, secret=sealed_secret,
+                                                            custom_headers_sealed=sealed_headers or None,
+                                                            client_tls_sealed=sealed_client_tls or None,
                                                             **_subscription_values(subscription)))
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
@@ -389,10 +418,33 @@ class SubscriptionRepository:
             select(subscriptions.c.secret).where(subscriptions.c.id == subscription_id))).scalar_one()
         return sealed
 
-    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
+    async def sealed_headers(self, subscription_id: str) -> bytes:
+        sealed: bytes | None = (await self._session.execute(
+            select(subscriptions.c.custom_headers_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed or b""
+
+    async def sealed_previous_secret(self, subscription_id: str) -> bytes:
+        sealed: bytes | None = (await self._session.execute(
+            select(subscriptions.c.previous_secret).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed or b""
+
+    async def sealed_client_tls(self, subscription_id: str) -> bytes:
+        sealed: bytes | None = (await self._session.execute(
+            select(subscriptions.c.client_tls_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()
+        return sealed or b""
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None,
+                   sealed_previous_secret: bytes | None = None) -> None:
         values = _subscription_values(subscription)
+        if sealed_previous_secret is not None:  # b"": none (a rotation without an overlap)
+            values["previous_secret"] = sealed_previous_secret or None
         if sealed_secret is not None:
             values["secret"] = sealed_secret
+        if sealed_headers is not None:  # b"": the subscription has none any more
+            values["custom_headers_sealed"] = sealed_headers or None
+        if sealed_client_tls is not None:  # b"": no client certificate any more
+            values["client_tls_sealed"] = sealed_client_tls or None
         await self._session.execute(update(subscriptions).where(subscriptions.c.id == subscription.id).values(**values))
 
     async def delete(self, subscription: Subscription, now: dt.datetime) -> int:
@@ -599,13 +651,20 @@ class ActivityLog:
         query = select(t).where(self._visible(t, scope), t.c.delivery_id == delivery_id)
         return [_attempt(r) for r in (await self._session.execute(query.order_by(t.c.attempted_at, t.c.id))).all()]
 
+    async def get_attempt(self, scope: Scope, attempt_id: str) -> AttemptRecord:
+        row = (await self._session.execute(select(attempts).where(self._visible(attempts, scope),
+                                                                  attempts.c.id == attempt_id))).first()
+        if row is None:
+            raise NotFound(f"no attempt {attempt_id}", attempt_id=attempt_id)
+        return _attempt(row)
+
     async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
         t, latest = attempts, attempts.alias("latest")
         # Per subscription, one probe of ix_attempts_subscription_log from its end; all in one query.
         newest = (select(latest.c.id).where(latest.c.subscription_id == subscriptions.c.id)
                   .order_by(latest.c.attempted_at.desc(), latest.c.id.desc()).limit(1).scalar_subquery())
         ids = select(newest).where(subscriptions.c.id.in_(list(subscription_ids)), subscriptions.c.org_id == scope.org_id)
-        query = select(t).where(self._visible(t, scope), t.c.id.in_(ids))
+        query = select(*_LOG_COLUMNS).where(self._visible(t, scope), t.c.id.in_(ids))
         return [_attempt(r) for r in (await self._session.execute(query)).all()]
 
     async def sent_body(self, delivery: DeliveryRecord, limit: int) -> SentBody:
@@ -630,7 +689,7 @@ class ActivityLog:
         # attempt row is the one with that round and number.
         latest_of_pending = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.round == t.c.round, d.c.attempts == t.c.attempt)
         next_attempt_at = case((latest_of_pending, d.c.next_attempt_at), else_=None).label("next_attempt_at")
-        query = (select(t, next_attempt_at).select_from(t.outerjoin(d, d.c.id == t.c.delivery_id))
+        query = (select(*_LOG_COLUMNS, next_attempt_at).select_from(t.outerjoin(d, d.c.id == t.c.delivery_id))
                  .where(self._visible(t, scope)))
         for column, value in ((t.c.subscription_id, subscription_id), (t.c.event_id, event_id), (t.c.delivery_id, delivery_id)):
             if value:
@@ -643,7 +702,7 @@ class ActivityLog:
             when = _parse_time_key(key)
             # A row value, so that both databases start the walk of the index at the token.
             query = query.where(tuple_(t.c.attempted_at, t.c.id) < tuple_(literal(when, UTCDateTime()), literal(last_id)))
-        rows = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
+        rows: Sequence[Any] = (await self._session.execute(query.order_by(t.c.attempted_at.desc(), t.c.id.desc()).limit(size + 1))).all()
         found = [_attempt(r) for r in rows[:size]]
         next_token = encode_token(_time_key(found[-1].attempted_at), found[-1].id) if len(rows) > size else ""
         return found, next_token

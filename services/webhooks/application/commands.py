@@ -30,6 +30,17 @@ class CreateSubscription:
     scheme: SignatureScheme = SignatureScheme.SPEC
     view: View = field(default_factory=View)
     filter: str = ""  # JMESPath over the delivery document; domain/filters.py
+    custom_headers: Mapping[str, str] = field(default_factory=dict)
+    client_tls: ClientTls | None = None
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client certificate (PEM, leaf first) and its unencrypted private key (PEM) for mutual
+    TLS; in UpdateSubscription.changes["client_certificate"], None removes it."""
+
+    certificate_pem: str
+    private_key_pem: str
 
 
 @dataclass(frozen=True)
@@ -134,4 +145,12 @@ class SetRetention:
     """The organisation's retention in days; 0 returns it to the service's default."""
 
     days: int
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
+class AttemptRef:
+    """One attempt of the delivery log, with what it sent and what came back."""
+
+    attempt_id: str
     view: View = field(default_factory=View)

@@ -12,8 +12,9 @@ import asyncio
 import builtins
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.clock import utcnow
@@ -21,6 +22,8 @@ from services.kit.crypto import Envelope
 from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.kit.ids import new_id
 from services.webhooks.application import commands
+from services.webhooks.domain import client_tls
+from services.webhooks.domain.client_tls import ClientCertificate
 from services.webhooks.application.ports import (
     Accepted, ActivityRecord, AttemptRecord, DeliveryPort, DeliveryRecord, DestinationsPort, DispatcherPort,
     IntegrationsPort, Scope, TraceContext, UnitsOfWork, WebhooksUnitOfWork, attempt_row,
@@ -32,7 +35,8 @@ from services.webhooks.domain.model import (
     ActivityType, DeliveryStatus, HeaderSent, IncomingActivity, Recovery, RetryPolicy, Subscription, SubscriptionStatus,
     check_activity_types, check_description, check_published_type, check_recovery_range, check_retention_days,
     check_sender, check_url, delivery_body, headers_sent, new_signing_secret, outcome_of, page_size, parse_data,
-    iso_utc, pending_delivery_text, sample_data, secret_aad, subscription_alert, waits_for,
+    iso_utc, pending_delivery_text, previous_secret_aad, sample_data, secret_aad, subscription_alert, waits_for,
+    check_custom_headers, custom_headers_aad, header_hints, opened_form, seal_form,
 )
 
 log = logging.getLogger(__name__)
@@ -123,6 +127,9 @@ class SecretCache:
     def __init__(self, envelope: Envelope) -> None:
         self._envelope = envelope
         self._open: dict[str, tuple[bytes, str]] = {}
+        self._headers: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._tls: dict[str, tuple[bytes, tuple[str, str]]] = {}
+        self._previous: dict[str, tuple[bytes, str]] = {}
 
     def secret(self, subscription_id: str, sealed: bytes) -> str:
         cached = self._open.get(subscription_id)
@@ -132,8 +139,44 @@ class SecretCache:
         self._open[subscription_id] = (sealed, plain)
         return plain
 
+    def headers(self, subscription_id: str, sealed: bytes) -> dict[str, str]:
+        """The subscription's custom headers, opened (none when `sealed` is empty)."""
+        if not sealed:
+            return {}
+        cached = self._headers.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return dict(cached[1])
+        plain = opened_form(self._envelope.open(sealed, custom_headers_aad(subscription_id)))
+        self._headers[subscription_id] = (sealed, plain)
+        return dict(plain)
+
+    def previous(self, subscription_id: str, sealed: bytes) -> str | None:
+        """The previous signing secret during an overlap, opened; None when there is none."""
+        if not sealed:
+            return None
+        cached = self._previous.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return cached[1]
+        plain = self._envelope.open(sealed, previous_secret_aad(subscription_id)).decode()
+        self._previous[subscription_id] = (sealed, plain)
+        return plain
+
+    def client_tls(self, subscription_id: str, sealed: bytes) -> tuple[str, str] | None:
+        """The subscription's client certificate and key (PEM), opened; None when it has none."""
+        if not sealed:
+            return None
+        cached = self._tls.get(subscription_id)
+        if cached is not None and cached[0] == sealed:
+            return cached[1]
+        pair = client_tls.opened_form(self._envelope.open(sealed, client_tls.client_tls_aad(subscription_id)))
+        self._tls[subscription_id] = (sealed, pair)
+        return pair
+
     def forget(self, subscription_id: str) -> None:
         self._open.pop(subscription_id, None)
+        self._headers.pop(subscription_id, None)
+        self._tls.pop(subscription_id, None)
+        self._previous.pop(subscription_id, None)
 
 
 class ActivityIngest:
@@ -231,6 +274,22 @@ class WebhookHandlers:
     def _seal(self, subscription_id: str, secret: str) -> bytes:
         return self._envelope.seal(secret.encode(), secret_aad(subscription_id))
 
+    def _checked_tls(self, pems: commands.ClientTls | None, now: dt.datetime) -> ClientCertificate | None:
+        if pems is None:
+            return None
+        return client_tls.check_client_certificate(pems.certificate_pem, pems.private_key_pem, now)
+
+    def _seal_tls(self, subscription_id: str, pems: commands.ClientTls | None) -> bytes:
+        """The client certificate and key sealed at rest; b"" for none."""
+        if pems is None:
+            return b""
+        return self._envelope.seal(client_tls.seal_form(pems.certificate_pem, pems.private_key_pem),
+                                   client_tls.client_tls_aad(subscription_id))
+
+    def _seal_headers(self, subscription_id: str, headers: Mapping[str, str]) -> bytes:
+        """The custom headers sealed at rest; b"" for none."""
+        return self._envelope.seal(seal_form(headers), custom_headers_aad(subscription_id)) if headers else b""
+
     # --- subscriptions ---------------------------------------------------------------------
 
     async def create(self, actor: Actor, cmd: commands.CreateSubscription) -> tuple[Subscription, str]:
@@ -243,6 +302,9 @@ class WebhookHandlers:
             description=check_description(cmd.description), scheme=cmd.scheme, created_by=caller.actor_id,
             created_at=now, updated_at=now, secret_created_at=now, filter=check_filter(cmd.filter),
         )
+        headers = check_custom_headers(cmd.custom_headers)
+        subscription.custom_headers = header_hints(headers)
+        subscription.client_certificate = self._checked_tls(cmd.client_tls, now)
         await self._check_destination(caller, subscription.url)
         secret = new_signing_secret()
         if subscription.integration_id and not caller.partner:
@@ -259,7 +321,9 @@ class WebhookHandlers:
                 _check_owner(subscription.integration_id, heard)
                 if caller.partner:
                     subscription.integration_suspended = heard == "suspended"
-            await uow.subscriptions.add(subscription, self._seal(subscription.id, secret))
+            await uow.subscriptions.add(subscription, self._seal(subscription.id, secret),
+                                        sealed_headers=self._seal_headers(subscription.id, headers),
+                                        sealed_client_tls=self._seal_tls(subscription.id, cmd.client_tls))
             await uow.changed_and_audited("created", before=None, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=cmd.view.request_id)
             await uow.commit()
@@ -294,7 +358,10 @@ class WebhookHandlers:
         return SubscriptionPage(found, token, last)
 
     async def _change(self, actor: Actor, view: commands.View, subscription_id: str, kind: str,
-                      mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None) -> Subscription:
+                      mutate: Callable[[Subscription, dt.datetime], object], *, new_secret: str | None = None,
+                      new_headers: Mapping[str, str] | None = None,
+                      new_tls: tuple[commands.ClientTls | None] | None = None,
+                      previous: bytes | None = None) -> Subscription:
         caller = caller_for(actor, view)
         now = self._clock()
         async with self._units() as uow:
@@ -304,7 +371,10 @@ class WebhookHandlers:
             if subscription.version == before.version:
                 return subscription  # nothing changed (pause of a paused one, say)
             sealed = self._seal(subscription.id, new_secret) if new_secret is not None else None
-            await uow.subscriptions.save(subscription, sealed_secret=sealed)
+            headers = self._seal_headers(subscription.id, new_headers) if new_headers is not None else None
+            tls = self._seal_tls(subscription.id, new_tls[0]) if new_tls is not None else None
+            await uow.subscriptions.save(subscription, sealed_secret=sealed, sealed_headers=headers, sealed_client_tls=tls,
+                                         sealed_previous_secret=previous)
             await uow.changed_and_audited(kind, before=before, after=subscription, actor_id=caller.actor_id,
                                           now=now, request_id=view.request_id)
             await uow.commit()
@@ -319,7 +389,17 @@ class WebhookHandlers:
             raise InvalidArgument("update_mask names nothing to change")
         if "url" in cmd.changes:
             await self._check_destination(caller_for(actor, cmd.view), check_url(str(cmd.changes["url"])))
-        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(cmd.changes, now))
+        headers = None
+        if "custom_headers" in cmd.changes:  # the whole set is replaced; checked before anything is written
+            headers = check_custom_headers(cast("Mapping[str, str]", cmd.changes["custom_headers"]))
+        changes = dict(cmd.changes)
+        tls: tuple[commands.ClientTls | None] | None = None
+        if "client_certificate" in changes:  # checked here, sealed with the change; None removes it
+            pems = cast("commands.ClientTls | None", changes["client_certificate"])
+            changes["client_certificate"] = self._checked_tls(pems, self._clock())
+            tls = (pems,)
+        return await self._change(actor, cmd.view, cmd.subscription_id, "updated", lambda s, now: s.update(changes, now),
+                                  new_headers=headers, new_tls=tls)
 
     async def pause(self, actor: Actor, ref: commands.SubscriptionRef) -> Subscription:
         return await self._change(actor, ref.view, ref.subscription_id, "paused", lambda s, now: s.pause(now))
@@ -330,11 +410,31 @@ class WebhookHandlers:
         self._dispatcher.wake()
         return subscription
 
-    async def regenerate_secret(self, actor: Actor, ref: commands.SubscriptionRef) -> tuple[Subscription, str]:
-        """A new secret, sealed in place of the old one: nothing is signed with the old one after."""
+    async def regenerate_secret(self, actor: Actor, ref: commands.SubscriptionRef,
+                                overlap: dt.timedelta = dt.timedelta(0)) -> tuple[Subscription, str]:
+        """A new secret, sealed in place of the old one. Without an overlap nothing is signed with
+        the old one after; with one (Standard Webhooks, at most 7 days) the old one signs too until
+        it ends, kept sealed in its own column. The refusals come before anything is written."""
         secret = new_signing_secret()
-        subscription = await self._change(actor, ref.view, ref.subscription_id, "secret_regenerated",
-                                          lambda s, now: s.secret_regenerated(now), new_secret=secret)
+        if not overlap:
+            subscription = await self._change(actor, ref.view, ref.subscription_id, "secret_regenerated",
+                                              lambda s, now: s.secret_regenerated(now), new_secret=secret,
+                                              previous=b"")
+            return subscription, secret
+        caller = caller_for(actor, ref.view)
+        now = self._clock()
+        async with self._units() as uow:
+            subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id, for_update=True)
+            before = replace(subscription)
+            subscription.secret_regenerated(now, overlap)
+            old = self._envelope.open(await uow.subscriptions.sealed_secret(subscription.id), secret_aad(subscription.id))
+            await uow.subscriptions.save(subscription, sealed_secret=self._seal(subscription.id, secret),
+                                         sealed_previous_secret=self._envelope.seal(old, previous_secret_aad(subscription.id)))
+            await uow.changed_and_audited("secret_regenerated", before=before, after=subscription,
+                                          actor_id=caller.actor_id, now=now, request_id=ref.view.request_id)
+            await uow.commit()
+        self._notify()
+        self._dispatcher.subscription_changed(subscription.id, subscription.version)
         return subscription, secret
 
     async def delete(self, actor: Actor, ref: commands.SubscriptionRef) -> int:
@@ -362,6 +462,9 @@ class WebhookHandlers:
         async with self._units(read_only=True) as uow:
             subscription = await uow.subscriptions.get(caller.scope, ref.subscription_id)
             sealed = await uow.subscriptions.sealed_secret(subscription.id)
+            sealed_headers = await uow.subscriptions.sealed_headers(subscription.id)
+            sealed_tls = await uow.subscriptions.sealed_client_tls(subscription.id)
+            sealed_previous = await uow.subscriptions.sealed_previous_secret(subscription.id)
         if subscription.status is SubscriptionStatus.DISABLED:
             raise FailedPrecondition("this subscription is disabled", subscription_id=subscription.id)
         sender = ("integration", caller.integration_id) if caller.partner else ("user", actor.user_id)
@@ -376,13 +479,17 @@ class WebhookHandlers:
         secret = self._secrets.secret(subscription.id, sealed)
         result, started = await self._delivery.send(url=subscription.url, scheme=subscription.scheme, secret=secret,
                                                     event_id=activity.event_id, event_type=TEST_TYPE, body=body,
-                                                    user_agent=self._user_agent)
+                                                    user_agent=self._user_agent,
+                                                    custom_headers=self._secrets.headers(subscription.id, sealed_headers),
+                                                    client_tls=self._secrets.client_tls(subscription.id, sealed_tls),
+                                                    previous_secret=self._secrets.previous(subscription.id, sealed_previous)
+                                                    if subscription.signs_with_previous(now) else None)
         outcome = outcome_of(result, 1, started, self._policy, test=True)
         row = attempt_row(new_id("att"), org_id=subscription.org_id, delivery_id=delivery_id, subscription_id=subscription.id,
                           event_id=activity.event_id, event_type=TEST_TYPE, round_=1, attempt=1, attempted_at=started,
                           url=subscription.url, test=True, status_code=result.status_code, succeeded=result.succeeded,
                           error=result.error, error_detail=result.error_detail, response_body=result.response_body,
-                          duration_ms=result.duration_ms, sent_by=self._owner)
+                          duration_ms=result.duration_ms, sent_by=self._owner, exchange=result.exchange)
         recovered = False
         async with self._units() as uow:
             await uow.activities.finish_test(delivery_id, row, outcome.status, self._clock())
@@ -448,6 +555,12 @@ class WebhookHandlers:
                 event_id=query.event_id, delivery_id=query.delivery_id, size=page_size(query.page_size),
                 token=query.page_token,
             )
+
+    async def get_attempt(self, actor: Actor, ref: commands.AttemptRef) -> AttemptRecord:
+        """One attempt with the headers it sent and the answer it got (when they were recorded)."""
+        caller = caller_for(actor, ref.view)
+        async with self._units(read_only=True) as uow:
+            return await uow.activities.get_attempt(caller.scope, ref.attempt_id)
 
     async def redeliver(self, actor: Actor, ref: commands.DeliveryRef) -> DeliveryRecord:
         """A failed delivery gets a new round of the schedule, starting now, same event id."""

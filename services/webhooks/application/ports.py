@@ -19,7 +19,7 @@ from typing import Protocol
 from services.kit.auth import Actor
 from services.kit.uow import UnitOfWork
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, Recovery, SignatureScheme, Subscription,
+    AttemptError, AttemptExchange, DeliveryStatus, HttpResult, IncomingActivity, Recovery, SignatureScheme, Subscription,
     SubscriptionStatus,
 )
 
@@ -74,6 +74,8 @@ class AttemptRecord:
     test: bool
     # The delivery's next attempt, on its latest attempt while it is pending; else None.
     next_attempt_at: dt.datetime | None = None
+    # What it sent and what came back; None in lists, and when attempt details are not stored.
+    exchange: AttemptExchange | None = None
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,14 @@ class Accepted:
 def attempt_row(id_: str, *, org_id: str, delivery_id: str, subscription_id: str, event_id: str, event_type: str,
                 round_: int, attempt: int, attempted_at: dt.datetime, url: str, test: bool, status_code: int,
                 succeeded: bool, error: AttemptError, error_detail: str, response_body: str,
-                duration_ms: float, sent_by: str) -> dict[str, object]:
+                duration_ms: float, sent_by: str, exchange: AttemptExchange | None = None) -> dict[str, object]:
     """One attempt of the delivery log, as the store writes it."""
     return {
         "id": id_, "org_id": org_id, "delivery_id": delivery_id, "subscription_id": subscription_id,
         "event_id": event_id, "event_type": event_type, "round": round_, "attempt": attempt,
         "attempted_at": attempted_at, "duration_ms": duration_ms, "status_code": status_code, "succeeded": succeeded,
         "error": error.value, "error_detail": error_detail, "response_body": response_body, "url": url, "test": test,
-        "sent_by": sent_by,
+        "sent_by": sent_by, "exchange": exchange.as_json() if exchange is not None else None,
     }
 
 
@@ -128,7 +130,16 @@ class Subscriptions(Protocol):
     """Subscriptions and what changes with them, in the unit of work's transaction, always
     within one organisation; and the owning integrations' status as last heard on the bus."""
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None: ...
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
+                  sealed_client_tls: bytes = b"") -> None: ...
+
+    async def sealed_previous_secret(self, subscription_id: str) -> bytes:
+        """The previous signing secret, sealed, while an overlap keeps it (b"": none)."""
+        ...
+
+    async def sealed_client_tls(self, subscription_id: str) -> bytes:
+        """The sealed client certificate and key, b"" when it has none."""
+        ...
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         """The subscription, or NotFound when the scope does not see it (deleted ones neither)."""
@@ -136,7 +147,15 @@ class Subscriptions(Protocol):
 
     async def sealed_secret(self, subscription_id: str) -> bytes: ...
 
-    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None: ...
+    async def sealed_headers(self, subscription_id: str) -> bytes:
+        """The sealed custom headers, b"" when it has none."""
+        ...
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None,
+                   sealed_previous_secret: bytes | None = None) -> None:
+        """Writes the subscription; a sealed secret or sealed headers (b"": none) when they changed."""
+        ...
 
     async def delete(self, subscription: Subscription, now: dt.datetime) -> int:
         """Soft-deletes it and cancels its pending deliveries; returns how many were cancelled."""
@@ -192,6 +211,10 @@ class Activities(Protocol):
                               event_id: str, size: int, token: str) -> tuple[list[DeliveryRecord], str]: ...
 
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]: ...
+
+    async def get_attempt(self, scope: Scope, attempt_id: str) -> AttemptRecord:
+        """One attempt with what it sent and what came back, or NotFound when the scope does not see it."""
+        ...
 
     async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
         """The latest attempt of each of these subscriptions that has one."""
@@ -297,7 +320,10 @@ class DeliveryPort(Protocol):
     """One signed POST to a receiver (adapters/sender.py: aiohttp, the SSRF check, tracing)."""
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
-                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+                   body: bytes, user_agent: str, trace_headers: str = "",
+                   custom_headers: Mapping[str, str] | None = None,
+                   client_tls: tuple[str, str] | None = None,
+                   previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
         """Signs `body` for this moment and POSTs it; returns the result and when the attempt began."""
         ...
 

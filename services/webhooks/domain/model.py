@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from services.kit.errors import FailedPrecondition, InvalidArgument
 from services.webhooks.domain.filters import check_filter
+from services.webhooks.domain.client_tls import ClientCertificate
 
 # --- the catalogue -------------------------------------------------------------------------------
 
@@ -179,6 +180,13 @@ class Subscription:
     version: int = 1
     # A JMESPath expression over the delivery document ("": every event); domain/filters.py.
     filter: str = ""
+    # Names and masked hints of the custom headers every delivery sends; the values live sealed.
+    custom_headers: tuple[CustomHeaderHint, ...] = ()
+    # Presented in each delivery's TLS handshake (mutual TLS); its key lives sealed in the store.
+    client_certificate: ClientCertificate | None = None
+    # After a rotation with an overlap (Standard Webhooks only): until then the previous secret
+    # signs too, its signature beside the new one's in `webhook-signature`.
+    previous_secret_expires_at: dt.datetime | None = None
 
     def matches(self, activity_type: str) -> bool:
         return ALL_TYPES in self.activity_types or activity_type in self.activity_types
@@ -212,6 +220,11 @@ class Subscription:
                 self.scheme = value
             elif name == "filter":
                 self.filter = check_filter(str(value))
+            elif name == "client_certificate":  # checked by client_tls.check_client_certificate, or None
+                assert value is None or isinstance(value, ClientCertificate)
+                self.client_certificate = value
+            elif name == "custom_headers":
+                self.custom_headers = header_hints(check_custom_headers(cast("Mapping[str, str]", value)))
             else:  # pragma: no cover - the transport checks the mask
                 raise InvalidArgument(f"{name} cannot be updated")
         self._changed(now)
@@ -233,10 +246,18 @@ class Subscription:
         self.status = SubscriptionStatus.ACTIVE
         self._changed(now)
 
-    def secret_regenerated(self, now: dt.datetime) -> None:
+    def secret_regenerated(self, now: dt.datetime, overlap: dt.timedelta = dt.timedelta(0)) -> None:
+        """A new secret from now; with an overlap the one before signs too until `now + overlap`."""
         self._require_not_disabled()
+        check_overlap(overlap, self.scheme)
         self.secret_created_at = now
+        self.previous_secret_expires_at = now + overlap if overlap else None
         self._changed(now)
+
+    def signs_with_previous(self, now: dt.datetime) -> bool:
+        """Whether a delivery at `now` carries the previous secret's signature too."""
+        return (self.scheme is SignatureScheme.STANDARD_WEBHOOKS and self.previous_secret_expires_at is not None
+                and now < self.previous_secret_expires_at)
 
     def mark_failing(self, now: dt.datetime) -> bool:
         """All attempts of an event failed: Active -> Failing. False when it was not Active."""
@@ -278,6 +299,8 @@ class Subscription:
             "url": self.url, "activity_types": list(self.activity_types), "description": self.description,
             "status": self.status.value, "signature_scheme": self.scheme.value, "integration_id": self.integration_id,
             "filter": self.filter,
+            **({"custom_headers": [h.name for h in self.custom_headers]} if self.custom_headers else {}),
+            **({"client_certificate": self.client_certificate.sha256_fingerprint} if self.client_certificate else {}),
         }
 
 
@@ -290,6 +313,11 @@ SECRET_BYTES = 32
 def secret_aad(subscription_id: str) -> bytes:
     """What a sealed signing secret is bound to: it opens only as this subscription's."""
     return f"subscriptions.secret:{subscription_id}".encode()
+
+
+def previous_secret_aad(subscription_id: str) -> bytes:
+    """The previous signing secret during an overlap: its own column of this subscription."""
+    return f"subscriptions.previous_secret:{subscription_id}".encode()
 
 
 def new_signing_secret() -> str:
@@ -314,10 +342,31 @@ def standard_webhooks_signature(secret: str, message_id: str, timestamp: int, bo
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+MAX_SECRET_OVERLAP = dt.timedelta(days=7)
+
+
+def check_overlap(overlap: dt.timedelta, scheme: SignatureScheme) -> None:
+    """A rotation's overlap: none, or up to 7 days on the Standard Webhooks scheme only."""
+    if overlap < dt.timedelta(0):
+        raise InvalidArgument("the overlap must not be negative", field="overlap")
+    if overlap > MAX_SECRET_OVERLAP:
+        raise InvalidArgument(f"the overlap is at most 7 days ({int(MAX_SECRET_OVERLAP.total_seconds())} seconds); "
+                              f"got {overlap}", field="overlap")
+    if overlap and scheme is SignatureScheme.SPEC:
+        raise FailedPrecondition(
+            "a rotation with an overlap needs the standard_webhooks scheme: the spec's scheme has room for one "
+            "signature (X-Webhook-Signature: sha256=<hex>), so there the previous secret stops signing at once. "
+            "Regenerate without an overlap, or switch the subscription to standard_webhooks first, whose "
+            "webhook-signature header carries both signatures during the overlap",
+            field="overlap", signature_scheme=scheme.value)
+
+
 def delivery_headers(
     scheme: SignatureScheme, secret: str, *, event_id: str, event_type: str, timestamp: int, body: bytes, user_agent: str,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
-    """Every header of one attempt; signed at `timestamp` (Unix seconds of this attempt)."""
+    """Every header of one attempt; signed at `timestamp` (Unix seconds of this attempt). With
+    `previous_secret` (Standard Webhooks, during an overlap) both signatures go, space-separated."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": user_agent,
@@ -327,6 +376,8 @@ def delivery_headers(
         headers["webhook-id"] = event_id
         headers["webhook-timestamp"] = str(timestamp)
         headers["webhook-signature"] = standard_webhooks_signature(secret, event_id, timestamp, body)
+        if previous_secret is not None:
+            headers["webhook-signature"] += " " + standard_webhooks_signature(previous_secret, event_id, timestamp, body)
     else:
         headers["X-Webhook-Id"] = event_id
         headers["X-Webhook-Timestamp"] = str(timestamp)
@@ -475,6 +526,12 @@ class HttpResult:
     error_detail: str = ""
     response_body: str = ""
     duration_ms: float = 0.0
+    # What the sender read, before the attempt bounds and masks it (AttemptExchange.record).
+    response_headers: tuple[tuple[str, str], ...] = ()
+    raw_body: bytes = b""
+    # Every header the request went with (the client's own, Host and Content-Length, included).
+    sent_headers: tuple[tuple[str, str], ...] = ()
+    exchange: "AttemptExchange | None" = None
 
     @property
     def succeeded(self) -> bool:
@@ -684,3 +741,200 @@ def subscription_alert(type_: str, *, event_id: str, org_id: str, subscription_i
     return IncomingActivity(event_id=event_id, type=type_, org_id=org_id, occurred_at=now, sender_type="system",
                             sender_id=ALERT_SENDER, data=data, about_subscription_id=subscription_id,
                             about_integration_id=integration_id)
+
+
+# --- what an attempt sent and what came back ----------------------------------------------------
+
+EXCHANGE_BODY_LIMIT = 4096          # bytes of the answer's body an attempt keeps
+MAX_EXCHANGE_HEADERS = 50           # headers kept of each direction; the rest are counted as omitted
+MAX_EXCHANGE_HEADER_NAME = 128      # characters of a name kept; a longer header is omitted
+MAX_EXCHANGE_HEADER_VALUE = 1024    # characters of a value kept (cut, marked with …)
+MAX_EXCHANGE_HEADER_BYTES = 8192    # names and values of one direction, together
+MASK = "[masked]"
+# A secret shorter than this is masked where it is a header's whole value we sent, not searched
+# for in what a receiver answered: a short value ("1", "yes") would blank out unrelated text.
+MIN_ECHO_MASK = 6
+
+
+class Masker:
+    """Replaces secrets in what an attempt records: the values of the named headers wherever we
+    sent them, and every occurrence of a secret (signing secret, custom header value) in an answer."""
+
+    def __init__(self, secrets: Iterable[str], masked_names: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= MIN_ECHO_MASK}, key=len, reverse=True)
+        self._names = frozenset(n.lower() for n in masked_names)
+
+    @classmethod
+    def for_signing(cls, signing_secrets: Iterable[str], headers: Mapping[str, str] | None = None) -> "Masker":
+        """The signing secrets (whole, and their base64 key after `whsec_`) and custom headers' values."""
+        custom = dict(headers or {})
+        secrets = [part for s in signing_secrets for part in (s, s.removeprefix(SECRET_PREFIX))]
+        return cls([*secrets, *custom.values()], custom)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+
+    def header(self, name: str, value: str) -> str:
+        return MASK if name.lower() in self._names else self.text(value)
+
+
+def _kept_headers(headers: Iterable[tuple[str, str]], masker: Masker) -> tuple[tuple[tuple[str, str], ...], int]:
+    """The headers within the bounds, masked; and how many were left out."""
+    kept: list[tuple[str, str]] = []
+    omitted = 0
+    size = 0
+    for name, value in headers:
+        if len(kept) >= MAX_EXCHANGE_HEADERS or len(name) > MAX_EXCHANGE_HEADER_NAME:
+            omitted += 1
+            continue
+        shown = masker.header(name, value)
+        if len(shown) > MAX_EXCHANGE_HEADER_VALUE:
+            shown = shown[:MAX_EXCHANGE_HEADER_VALUE - 1] + "…"
+        cost = len(name.encode()) + len(shown.encode())
+        if size + cost > MAX_EXCHANGE_HEADER_BYTES:
+            omitted += 1
+            continue
+        size += cost
+        kept.append((name, shown))
+    return tuple(kept), omitted
+
+
+def masked_body(raw: bytes, masker: Masker, limit: int) -> tuple[str, bool]:
+    """The first `limit` bytes of an answer as text, secrets masked before the cut (so no
+    secret survives in part at the cut); and whether anything was cut."""
+    text = masker.text(raw.decode("utf-8", errors="replace")).encode()
+    return text[:limit].decode("utf-8", errors="ignore"), len(text) > limit
+
+
+@dataclass(frozen=True)
+class AttemptExchange:
+    """What one attempt sent (its headers, signature included, as the receiver saw them) and
+    what came back (headers, the first 4 KiB of the body), bounded, with secrets masked."""
+
+    request_headers: tuple[tuple[str, str], ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: str = ""
+    response_body_truncated: bool = False
+    headers_omitted: int = 0    # headers of either direction left out by the bounds
+
+    @classmethod
+    def record(cls, request_headers: Iterable[tuple[str, str]], response_headers: Iterable[tuple[str, str]], raw_body: bytes,
+               masker: Masker) -> "AttemptExchange":
+        sent, sent_omitted = _kept_headers(request_headers, masker)
+        answered, answered_omitted = _kept_headers(response_headers, masker)
+        body, truncated = masked_body(raw_body, masker, EXCHANGE_BODY_LIMIT)
+        return cls(sent, answered, body, truncated, sent_omitted + answered_omitted)
+
+    def as_json(self) -> str:
+        return json.dumps({"request_headers": self.request_headers, "response_headers": self.response_headers,
+                           "response_body": self.response_body, "response_body_truncated": self.response_body_truncated,
+                           "headers_omitted": self.headers_omitted}, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "AttemptExchange":
+        doc = json.loads(text)
+        return cls(tuple((str(n), str(v)) for n, v in doc["request_headers"]),
+                   tuple((str(n), str(v)) for n, v in doc["response_headers"]),
+                   str(doc["response_body"]), bool(doc["response_body_truncated"]), int(doc["headers_omitted"]))
+
+
+# --- custom headers --------------------------------------------------------------------------------
+
+MAX_CUSTOM_HEADERS = 20
+MAX_CUSTOM_HEADER_NAME = 64
+MAX_CUSTOM_HEADER_VALUE = 1024
+MAX_CUSTOM_HEADERS_BYTES = 8192
+# What a delivery, its framing or its signature depends on, and hop-by-hop headers: a custom
+# header may not set them (compared in lower case).
+RESERVED_HEADERS = frozenset({
+    "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "expect", "user-agent",
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "upgrade", "traceparent", "tracestate",
+    "x-webhook-id", "x-webhook-event", "x-webhook-timestamp", "x-webhook-signature",
+    "webhook-id", "webhook-timestamp", "webhook-signature",
+})
+# RFC 9110's token: the characters a field name may have.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# A field value: visible ASCII, spaces and tabs inside; no CR, LF, NUL or other control, and no
+# non-ASCII (clients and servers disagree on how to encode it).
+_FIELD_VALUE = re.compile(r"^[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?$")
+
+
+@dataclass(frozen=True)
+class CustomHeaderHint:
+    """A custom header as it is shown back: its name and a hint of its value, never the value."""
+
+    name: str
+    hint: str
+
+
+def check_custom_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Custom headers a subscription's deliveries may send, within their bounds; refuses the names
+    that would break a delivery or its signature, and anything that is not a header."""
+    if len(headers) > MAX_CUSTOM_HEADERS:
+        raise InvalidArgument(f"at most {MAX_CUSTOM_HEADERS} custom headers, got {len(headers)}", field="custom_headers")
+    checked: dict[str, str] = {}
+    seen: set[str] = set()
+    size = 0
+    for raw_name, value in headers.items():
+        name = raw_name.strip()
+        shown = name[:MAX_CUSTOM_HEADER_NAME]
+        if not name:
+            raise InvalidArgument("a custom header needs a name", field="custom_headers")
+        if len(name) > MAX_CUSTOM_HEADER_NAME:
+            raise InvalidArgument(f"custom header name {shown!r}… is longer than {MAX_CUSTOM_HEADER_NAME} characters",
+                                  field="custom_headers")
+        if not _TOKEN.match(name):
+            raise InvalidArgument(f"custom header name {shown!r} is not a header name: letters, digits and !#$%&'*+-.^_`|~ only",
+                                  field="custom_headers", header=shown)
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidArgument(
+                f"custom header {name} cannot be set: Trellis sets it for every delivery (its framing, its signature "
+                f"or its timestamp), or it is a hop-by-hop header; reserved: {', '.join(sorted(RESERVED_HEADERS))}",
+                field="custom_headers", header=name)
+        if name.lower() in seen:
+            raise InvalidArgument(f"custom header {name} is given twice (names are case-insensitive)",
+                                  field="custom_headers", header=name)
+        if len(value) > MAX_CUSTOM_HEADER_VALUE:
+            raise InvalidArgument(f"the value of custom header {name} is longer than {MAX_CUSTOM_HEADER_VALUE} characters",
+                                  field="custom_headers", header=name)
+        if not _FIELD_VALUE.match(value):
+            raise InvalidArgument(f"the value of custom header {name} is empty, has spaces at its ends, or holds a "
+                                  "line break, a control or a non-Latin-1 character", field="custom_headers", header=name)
+        size += len(name) + len(value)
+        if size > MAX_CUSTOM_HEADERS_BYTES:
+            raise InvalidArgument(f"the custom headers' names and values together exceed {MAX_CUSTOM_HEADERS_BYTES} bytes",
+                                  field="custom_headers")
+        seen.add(name.lower())
+        checked[name] = value
+    return checked
+
+
+def value_hint(value: str) -> str:
+    """What is shown of a custom header's value: its last 4 characters when it is long enough
+    (12 or more) that they give nothing away, else nothing but its length."""
+    if len(value) >= 12:
+        return f"…{value[-4:]} ({len(value)} characters)"
+    return f"({len(value)} characters)"
+
+
+def header_hints(headers: Mapping[str, str]) -> tuple[CustomHeaderHint, ...]:
+    return tuple(CustomHeaderHint(name, value_hint(value)) for name, value in headers.items())
+
+
+def custom_headers_aad(subscription_id: str) -> bytes:
+    """What a sealed set of custom headers is bound to: this subscription's column only."""
+    return f"subscriptions.custom_headers:{subscription_id}".encode()
+
+
+def seal_form(headers: Mapping[str, str]) -> bytes:
+    """The custom headers as the bytes sealed at rest."""
+    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def opened_form(plain: bytes) -> dict[str, str]:
+    return {str(k): str(v) for k, v in json.loads(plain).items()}

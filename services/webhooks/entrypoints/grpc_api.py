@@ -3,6 +3,8 @@ result -> response message. No rule lives here; errors are services.kit.errors c
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable
 from typing import Protocol
 
 import grpc
@@ -13,16 +15,18 @@ from services.kit.auth import current_actor
 from services.kit.errors import InvalidArgument
 from services.kit.prototime import field_datetime, now_timestamp, timestamp_or_none
 from services.webhooks.application import commands
+from services.webhooks.domain.client_tls import ClientCertificate
 from services.webhooks.domain.schemas import schema_json
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, Recovery, SignatureScheme, Subscription, SubscriptionStatus,
+    AttemptError, AttemptExchange, DeliveryStatus, Recovery, SignatureScheme, Subscription, SubscriptionStatus,
 )
 from services.webhooks.adapters.events import STATUS_TO_PROTO
 from services.webhooks.application.handlers import RetentionView, WebhookHandlers
 from services.webhooks.application.ports import ActivityRecord, AttemptRecord, DeliveryRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Webhooks"].full_name
-UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme", "filter")
+UPDATABLE_FIELDS = ("url", "activity_types", "description", "signature_scheme", "filter", "custom_headers",
+                    "client_certificate")
 
 _STATUS_FROM_PROTO: dict[int, SubscriptionStatus] = {value: status for status, value in STATUS_TO_PROTO.items()}
 _SCHEME_TO_PROTO = {SignatureScheme.SPEC: pb.SIGNATURE_SCHEME_SPEC,
@@ -40,7 +44,24 @@ def subscription_to_proto(s: Subscription) -> pb.Subscription:
         integration_suspended=s.integration_suspended, created_by=s.created_by, created_at=timestamp_or_none(s.created_at),
         updated_at=timestamp_or_none(s.updated_at), secret_created_at=timestamp_or_none(s.secret_created_at),
         failing_since=timestamp_or_none(s.failing_since), version=s.version, filter=s.filter,
+        custom_headers=[pb.CustomHeaderHint(name=h.name, hint=h.hint) for h in s.custom_headers],
+        client_certificate=client_certificate_to_proto(s.client_certificate),
+        previous_secret_expires_at=timestamp_or_none(s.previous_secret_expires_at),
     )
+
+
+def client_certificate_to_proto(c: ClientCertificate | None) -> pb.ClientCertificateInfo | None:
+    if c is None:
+        return None
+    return pb.ClientCertificateInfo(subject=c.subject, issuer=c.issuer, not_before=timestamp_or_none(c.not_before),
+                                    not_after=timestamp_or_none(c.not_after), sha256_fingerprint=c.sha256_fingerprint)
+
+
+def client_tls(request: pb.CreateSubscriptionRequest | pb.UpdateSubscriptionRequest) -> commands.ClientTls | None:
+    if not request.HasField("client_certificate"):
+        return None
+    upload = request.client_certificate
+    return commands.ClientTls(upload.certificate_pem, upload.private_key_pem)
 
 
 def delivery_to_proto(d: DeliveryRecord) -> pb.Delivery:
@@ -60,7 +81,18 @@ def attempt_to_proto(a: AttemptRecord) -> pb.Attempt:
         event_type=a.event_type, attempt=a.attempt, round=a.round, attempted_at=timestamp_or_none(a.attempted_at),
         duration_ms=a.duration_ms, status_code=a.status_code, succeeded=a.succeeded, error=_ERRORS[a.error],
         error_detail=a.error_detail, response_body=a.response_body, url=a.url, test=a.test,
-        next_attempt_at=timestamp_or_none(a.next_attempt_at),
+        next_attempt_at=timestamp_or_none(a.next_attempt_at), exchange=exchange_to_proto(a.exchange),
+    )
+
+
+def exchange_to_proto(e: AttemptExchange | None) -> pb.AttemptExchange | None:
+    if e is None:
+        return None
+    return pb.AttemptExchange(
+        request_headers=[pb.HttpHeader(name=n, value=v) for n, v in e.request_headers],
+        response_headers=[pb.HttpHeader(name=n, value=v) for n, v in e.response_headers],
+        response_body=e.response_body, response_body_truncated=e.response_body_truncated,
+        headers_omitted=e.headers_omitted,
     )
 
 
@@ -90,6 +122,17 @@ def _scheme(value: int) -> SignatureScheme:
     if value not in _SCHEME_FROM_PROTO:
         raise InvalidArgument(f"unknown signature scheme {value}")
     return _SCHEME_FROM_PROTO[value]
+
+
+def custom_headers(entries: Iterable[pb.CustomHeader]) -> dict[str, str]:
+    """The request's custom headers by name; a name given twice is refused, not dropped."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        if entry.name.strip().lower() in {n.lower() for n in found}:
+            raise InvalidArgument(f"custom header {entry.name.strip()[:64]} is given twice (names are case-insensitive)",
+                                  field="custom_headers")
+        found[entry.name.strip()] = entry.value
+    return found
 
 
 def _statuses(values: list[int]) -> list[SubscriptionStatus]:
@@ -126,6 +169,10 @@ def _changes(request: pb.UpdateSubscriptionRequest) -> dict[str, object]:
                 raise InvalidArgument("update_mask names signature_scheme: set it to SIGNATURE_SCHEME_SPEC or "
                                       "SIGNATURE_SCHEME_STANDARD_WEBHOOKS", field="signature_scheme")
             changes[name] = _scheme(request.signature_scheme)
+        elif name == "custom_headers":
+            changes[name] = custom_headers(request.custom_headers)
+        elif name == "client_certificate":
+            changes[name] = client_tls(request)
         else:
             changes[name] = getattr(request, name)
     return changes
@@ -146,6 +193,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         subscription, secret = await self._h.create(current_actor(), commands.CreateSubscription(
             url=request.url, activity_types=list(request.activity_types), description=request.description,
             scheme=_scheme(request.signature_scheme), view=_view(request, context), filter=request.filter,
+            custom_headers=custom_headers(request.custom_headers), client_tls=client_tls(request),
         ))
         return pb.CreateSubscriptionResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
 
@@ -181,7 +229,11 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
 
     async def RegenerateSecret(self, request: pb.RegenerateSecretRequest, context: grpc.aio.ServicerContext) -> pb.RegenerateSecretResponse:
         ref = commands.SubscriptionRef(request.subscription_id, _view(request, context))
-        subscription, secret = await self._h.regenerate_secret(current_actor(), ref)
+        if not 0 <= request.overlap_seconds <= 7 * 86400:
+            raise InvalidArgument(f"overlap_seconds must be between 0 and 604800 (7 days), got {request.overlap_seconds}",
+                                  field="overlap_seconds")
+        subscription, secret = await self._h.regenerate_secret(current_actor(), ref,
+                                                               dt.timedelta(seconds=request.overlap_seconds))
         return pb.RegenerateSecretResponse(subscription=subscription_to_proto(subscription), signing_secret=secret)
 
     async def SendTestDelivery(self, request: pb.SendTestDeliveryRequest, context: grpc.aio.ServicerContext) -> pb.SendTestDeliveryResponse:
@@ -238,6 +290,10 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
             view=_view(request, context),
         ))
         return pb.ListActivitiesResponse(activities=[activity_to_proto(a) for a in found], next_page_token=token)
+
+    async def GetAttempt(self, request: pb.GetAttemptRequest, context: grpc.aio.ServicerContext) -> pb.Attempt:
+        found = await self._h.get_attempt(current_actor(), commands.AttemptRef(request.attempt_id, _view(request, context)))
+        return attempt_to_proto(found)
 
     async def StartRecovery(self, request: pb.StartRecoveryRequest, context: grpc.aio.ServicerContext) -> pb.Recovery:
         recovery = await self._h.start_recovery(current_actor(), commands.StartRecovery(

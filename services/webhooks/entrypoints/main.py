@@ -57,6 +57,7 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
             address_policy,
             timeout_seconds=settings.webhooks_timeout_seconds, ca_bundle=settings.webhooks_ca_bundle,
             max_connections=settings.webhooks_concurrency_total, lookup=lookup,
+            record_exchange=settings.webhooks_record_attempt_details,
         )
         await client.start()
         build.on_close(client.close, "delivery client")

@@ -39,6 +39,9 @@ class WebhooksSettings(SettingsGroup):
     webhooks_retention_days: int = Field(default=30, ge=1, le=3650)
     # How often a retention pass runs (each deletes in bounded batches).
     webhooks_retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    # Each attempt keeps the headers it sent and the answer's headers and first 4 KiB (secrets
+    # masked; docs/receivers.md); off: only the status, error and first 2 KB, as before.
+    webhooks_record_attempt_details: bool = True
 
     SETTING_FORMS: ClassVar[dict[str, str]] = {
         "webhooks_allowed_private_networks": check.NETWORKS_FORM,

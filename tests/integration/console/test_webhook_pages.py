@@ -247,7 +247,33 @@ async def test_the_delivery_page_shows_the_request_body_sent_and_its_headers(bro
     for name in ("Content-Type", "X-Webhook-Timestamp", "X-Webhook-Signature", "X-Webhook-Id"):
         assert f'<td class="mono">{name}</td>' in headers.group(1), name
     assert "application/json" in headers.group(1)
-    assert secret not in page and got.headers["X-Webhook-Signature"] not in page
+    assert secret not in page and got.headers["X-Webhook-Signature"] not in headers.group(1)
+    # What the attempt itself sent: the signature as the receiver saw it.
+    recorded = re.search(r'data-testid="attempt-request-headers">(.*?)</table>', page, flags=re.S)
+    assert recorded and got.headers["X-Webhook-Signature"] in recorded.group(1)
+
+
+async def test_the_delivery_page_shows_each_attempts_recorded_answer_escaped(browser, webhooks_service, start_receiver,
+                                                                            mint) -> None:
+    receiver = await start_receiver()
+    receiver.answer_headers = {"X-Evil": "<script>alert(1)</script>"}
+    receiver.behaviour = lambda _: (500, "<img src=x onerror=alert(2)> down")
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    subscription_id, secret = await create_webhook(alice, receiver.url())
+    detail = f"/webhooks/{subscription_id}"
+    await publish_activity(webhooks_service.port, mint("alice", org), data_json='{"lot_id": "L-2"}')
+    await receiver.wait_for(1)
+    log = await eventually(lambda: _page_with(alice, detail, f"{detail}/deliveries/dlv_"), what="the delivery in the log")
+    row = re.search(rf'href="({detail}/deliveries/dlv_[a-z0-9]+)"', log)
+    assert row
+    page = await alice.page(row.group(1))
+    answered = re.search(r'data-testid="attempt-response-headers">(.*?)</table>', page, flags=re.S)
+    assert answered and "&lt;script&gt;alert(1)&lt;/script&gt;" in answered.group(1) and "<script>" not in answered.group(1)
+    body = re.search(r'data-testid="attempt-response-body">(.*?)</pre>', page, flags=re.S)
+    assert body and body.group(1) == "&lt;img src=x onerror=alert(2)&gt; down"
+    assert secret not in page
 
 
 async def test_the_list_of_50_cards_asks_the_webhooks_service_once_for_their_last_deliveries(

@@ -169,3 +169,113 @@ async def test_a_partner_sees_and_manages_only_its_own_subscriptions(stack: Stac
     everything = await stack.webhooks.stub.ListSubscriptions(pb.ListSubscriptionsRequest(), metadata=stack.webhooks.admin)
     assert {s.id: s.integration_id for s in everything.subscriptions} == {
         mine["id"]: a.partner.integration_id, theirs["id"]: b.partner.integration_id}
+
+
+async def test_a_partner_reads_what_each_attempt_sent_and_what_its_receiver_answered(stack: Stack, receiver: Receiver) -> None:
+    client = await stack.partner()
+    created = await _create(client, receiver)
+    receiver.answer_headers = {"X-Partner-Receiver": "v2", "X-Echo": f"secret={created['signing_secret']}"}
+    receiver.statuses = [422]
+    await stack.webhooks.publish("lot.created", LOT)
+    [got] = await receiver.wait_for(1)
+    path = f"/v1/webhooks/{created['id']}"
+
+    async def failed() -> list | None:
+        _, _, page = await client("GET", f"{path}/deliveries?outcome=failed")
+        return page["deliveries"] or None
+
+    (delivery,) = await eventually(failed, what="the failed delivery")
+    status, _, one = await client("GET", f"{path}/deliveries/{delivery['id']}")
+    assert status == 200
+    [attempt] = one["attempts"]
+    exchange = attempt["exchange"]
+    sent = {h["name"]: h["value"] for h in exchange["request_headers"]}
+    assert sent["X-Webhook-Signature"] == got.headers["X-Webhook-Signature"]
+    answered = {h["name"]: h["value"] for h in exchange["response_headers"]}
+    assert answered["X-Partner-Receiver"] == "v2" and answered["X-Echo"] == "secret=[masked]"
+    assert exchange["response_body"] == "scripted" and created["signing_secret"] not in json.dumps(one)
+
+    status, _, alone = await client("GET", f"{path}/attempts/{attempt['id']}")
+    assert status == 200 and alone["exchange"] == exchange
+    _, _, listed = await client("GET", f"{path}/attempts")
+    assert "exchange" not in listed["attempts"][0]
+
+    other = await _create(client, receiver)
+    status, _, body = await client("GET", f"/v1/webhooks/{other['id']}/attempts/{attempt['id']}")
+    assert (status, body["error"]) == (404, "not_found")
+    stranger = await stack.partner()
+    status, _, body = await stranger("GET", f"{path}/attempts/{attempt['id']}")
+    assert status == 404
+
+
+async def test_a_partner_sets_custom_headers_that_deliveries_send_and_never_sees_their_values(
+        stack: Stack, receiver: Receiver) -> None:
+    client = await stack.partner()
+    key = "partner-gw-key-9876543210"
+    created = await _create(client, receiver, custom_headers={"X-Api-Key": key})
+    assert created["custom_headers"] == [{"name": "X-Api-Key", "hint": f"…3210 ({len(key)} characters)"}]
+    assert key not in json.dumps(created)
+    await stack.webhooks.publish("lot.created", LOT)
+    [got] = await receiver.wait_for(1)
+    assert got.headers["X-Api-Key"] == key
+
+    path = f"/v1/webhooks/{created['id']}"
+    status, _, body = await client("PATCH", path, json={"custom_headers": {"Content-Length": "0"}})
+    assert (status, body["error"]) == (400, "invalid_request") and "Content-Length cannot be set" in body["message"]
+    status, _, body = await client("PATCH", path, json={"custom_headers": ["X-Api-Key"]})
+    assert (status, body["error"]) == (400, "invalid_request") and "custom_headers must be an object" in body["message"]
+    status, _, shown = await client("GET", path)
+    assert shown["custom_headers"] == created["custom_headers"]
+    status, _, updated = await client("PATCH", path, json={"custom_headers": {}})
+    assert status == 200 and updated["custom_headers"] == []
+    status, _, body = await client("POST", "/v1/webhooks", json={
+        "endpoint_url": receiver.url(), "activity_types": ["lot.created"], "custom_headers": {"webhook-signature": "v1,x"}})
+    assert status == 400 and "webhook-signature cannot be set" in body["message"]
+
+
+async def test_a_partner_gives_a_client_certificate_and_its_receiver_requiring_one_gets_deliveries(
+        stack: Stack, tls) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    from tests.integration.webhooks.receiver import CERT_NAMES, Receiver as HttpsReceiver
+    ca = tls.ca
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*CERT_NAMES).configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    receiver = await HttpsReceiver(context).start()
+    try:
+        client = await stack.partner()
+        leaf = ca.issue_cert("partner-hooks", common_name="partner-hooks")
+        upload = {"certificate_pem": leaf.cert_chain_pems[0].bytes().decode(),
+                  "private_key_pem": leaf.private_key_pem.bytes().decode()}
+        bad = {**upload, "private_key_pem": ca.issue_cert("x").private_key_pem.bytes().decode()}
+        status, _, body = await client("POST", "/v1/webhooks", json={
+            "endpoint_url": receiver.url(), "activity_types": ["lot.created"], "client_certificate": bad})
+        assert status == 400 and "does not match" in body["message"]
+        created = await _create(client, receiver, client_certificate=upload)
+        assert created["client_certificate"]["subject"].startswith("CN=partner-hooks,") and "private_key_pem" not in json.dumps(created)
+        status, _, tested = await client("POST", f"/v1/webhooks/{created['id']}/test")
+        assert status == 200 and tested["attempt"]["succeeded"], tested
+        status, _, updated = await client("PATCH", f"/v1/webhooks/{created['id']}", json={"client_certificate": None})
+        assert status == 200 and updated["client_certificate"] is None
+    finally:
+        await receiver.stop()
+
+
+async def test_a_partner_rotates_its_secret_with_an_overlap_on_standard_webhooks_only(stack: Stack, receiver: Receiver) -> None:
+    from standardwebhooks import Webhook
+    client = await stack.partner()
+    created = await _create(client, receiver, signature_scheme="standard_webhooks")
+    path = f"/v1/webhooks/{created['id']}"
+    status, _, rotated = await client("POST", f"{path}/regenerate-secret?overlap_seconds=3600")
+    assert status == 200 and rotated["previous_secret_expires_at"], rotated
+    await stack.webhooks.publish("lot.created", LOT)
+    [got] = await receiver.wait_for(1)
+    for secret in (created["signing_secret"], rotated["signing_secret"]):
+        Webhook(secret).verify(got.body, dict(got.headers))
+    status, _, body = await client("POST", f"{path}/regenerate-secret?overlap_seconds=999999")
+    assert (status, body["error"]) == (400, "invalid_request") and "604800" in body["message"]
+    spec = await _create(client, receiver)
+    status, _, body = await client("POST", f"/v1/webhooks/{spec['id']}/regenerate-secret?overlap_seconds=60")
+    assert (status, body["error"]) == (409, "conflict") and "room for one signature" in body["message"]

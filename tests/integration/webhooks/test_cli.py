@@ -231,3 +231,115 @@ async def test_resume_says_what_happens_when_the_integration_is_suspended(slow_r
     code, out, _ = await trellis("webhooks", "resume", sub_id, "--json")
     assert json.loads(out)["resumed"] is False and json.loads(out)["subscription"]["integration_suspended"] is True
 
+
+
+async def test_deliveries_attempt_shows_what_was_sent_and_what_came_back(trellis, receiver: Receiver) -> None:
+    receiver.answer_headers = {"X-Receiver-Says": "queued"}
+    receiver.behaviour = lambda _: (503, "busy \x1b[31mred\x1b[0m, try later")
+    code, out, _ = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created", "--json")
+    created = json.loads(out)
+    sid, secret = created["subscription"]["id"], created["signing_secret"]
+    assert (await trellis("activities", "publish", "--type", "lot.created"))[0] == 0
+    [got] = await receiver.wait_for(1)
+
+    async def logged() -> list[dict] | None:
+        code, out, _ = await trellis("webhooks", "deliveries", sid, "--json")
+        return json.loads(out)["attempts"] or None
+    [attempt] = await eventually(logged)
+
+    code, out, err = await trellis("webhooks", "deliveries", sid, "--attempt", attempt["id"])
+    assert code == 0, err
+    assert "Request headers sent" in out and f"X-Webhook-Signature:  {got.headers['X-Webhook-Signature']}" in out
+    assert "X-Receiver-Says:" in out and "queued" in out and "503" in out
+    assert "busy \\x1b[31mred\\x1b[0m, try later" in out and "\x1b" not in out  # no escape reaches the terminal
+    assert secret not in out
+
+    code, out, _ = await trellis("webhooks", "deliveries", sid, "--attempt", attempt["id"], "--json")
+    shown = json.loads(out)["attempt"]
+    assert {h["name"] for h in shown["exchange"]["request_headers"]} >= {"X-Webhook-Signature", "Host"}
+
+    code, _, err = await trellis("webhooks", "deliveries", sid, "--attempt", "att_nope")
+    assert code != 0 and "att_nope" in err
+
+
+async def test_custom_headers_from_the_command_line_and_stdin_are_sent_and_shown_as_hints(
+        trellis, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("stdin-key-abcdef123456\n"))
+    code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                   "--header", "X-Tenant=north", "--secret-header", "X-Api-Key")
+    assert code == 0, err
+    assert "X-Tenant: (5 characters)" in out and "X-Api-Key: …3456 (22 characters)" in out
+    assert "stdin-key-abcdef123456" not in out
+    sid = next(line.split()[-1] for line in out.splitlines() if line.startswith("ID"))
+    assert (await trellis("activities", "publish", "--type", "lot.created"))[0] == 0
+    [got] = await receiver.wait_for(1)
+    assert got.headers["X-Api-Key"] == "stdin-key-abcdef123456" and got.headers["X-Tenant"] == "north"
+
+    code, _, err = await trellis("webhooks", "update", sid, "--header", "Host=evil.test")
+    assert code != 0 and "Host cannot be set" in err
+    code, _, err = await trellis("webhooks", "update", sid, "--header", "novalue")
+    assert code != 0 and "NAME=VALUE" in err
+    code, out, _ = await trellis("webhooks", "show", sid)
+    assert "X-Api-Key: …3456" in out  # the refused updates changed nothing
+    code, out, _ = await trellis("webhooks", "update", sid, "--clear-headers")
+    assert code == 0 and "X-Api-Key" not in out and "X-Tenant" not in out
+
+
+async def test_a_client_certificate_from_files_is_presented_and_a_bad_one_refused(trellis, tls, tmp_path: Path) -> None:
+    import ssl
+
+    from tests.integration.webhooks.receiver import CERT_NAMES
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.ca.issue_cert(*CERT_NAMES).configure_cert(context)
+    tls.ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    receiver = await Receiver(context).start()
+    try:
+        client = tls.ca.issue_cert("cli-hooks", common_name="cli-hooks")
+        cert, key, other = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "o.pem"
+        client.cert_chain_pems[0].write_to_path(str(cert))
+        client.private_key_pem.write_to_path(str(key))
+        tls.ca.issue_cert("other").private_key_pem.write_to_path(str(other))
+        code, _, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                     "--client-cert", str(cert), "--client-key", str(other))
+        assert code != 0 and "does not match the certificate" in err
+        code, out, err = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                       "--client-cert", str(cert), "--client-key", str(key))
+        assert code == 0, err
+        assert "CN=cli-hooks," in out and "(SHA-256 " in out and "PRIVATE KEY" not in out
+        sid = next(line.split()[-1] for line in out.splitlines() if line.startswith("ID"))
+        code, out, _ = await trellis("webhooks", "test", sid)
+        assert code == 0 and len(receiver.received) == 1
+        code, out, _ = await trellis("webhooks", "update", sid, "--remove-client-cert")
+        assert code == 0 and "CN=cli-hooks" not in out
+        code, _, err = await trellis("webhooks", "update", sid, "--client-cert", str(cert))
+        assert code != 0 and "together" in err
+    finally:
+        await receiver.stop()
+
+
+async def test_regenerate_secret_with_an_overlap_and_its_refusals(trellis, receiver: Receiver) -> None:
+    from standardwebhooks import Webhook
+    code, out, _ = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created",
+                                 "--scheme", "standard", "--json")
+    created = json.loads(out)
+    sid, old = created["subscription"]["id"], created["signing_secret"]
+    code, out, err = await trellis("webhooks", "regenerate-secret", sid, "--overlap", "24h")
+    assert code == 0, err
+    assert "the previous secret signs too until" in out and "Previous secret signs until" in out
+    new = next(line.strip() for line in out.splitlines() if line.strip().startswith("whsec_"))
+    assert (await trellis("activities", "publish", "--type", "lot.created"))[0] == 0
+    [got] = await receiver.wait_for(1)
+    for secret in (old, new):
+        Webhook(secret).verify(got.body, dict(got.headers))
+
+    code, _, err = await trellis("webhooks", "regenerate-secret", sid, "--overlap", "8d")
+    assert code != 0 and "604800 (7 days)" in err
+    with pytest.raises(SystemExit) as usage:  # argparse refuses it before anything is sent
+        await trellis("webhooks", "regenerate-secret", sid, "--overlap", "soon")
+    assert usage.value.code == 2
+    code, out, _ = await trellis("webhooks", "create", "--url", receiver.url(), "--type", "lot.created", "--json")
+    spec_id = json.loads(out)["subscription"]["id"]
+    code, _, err = await trellis("webhooks", "regenerate-secret", spec_id, "--overlap", "1h")
+    assert code != 0 and "room for one signature" in err

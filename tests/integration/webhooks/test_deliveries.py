@@ -482,7 +482,10 @@ async def test_get_delivery_returns_the_body_the_receiver_got_and_the_headers_wi
         assert headers[name].value == got.headers[name] and not headers[name].per_attempt, name
     for name in ("X-Webhook-Timestamp", "X-Webhook-Signature"):
         assert headers[name].per_attempt and headers[name].value != got.headers[name], name
-    assert created.signing_secret not in str(shown) and got.headers["X-Webhook-Signature"] not in str(shown)
+    assert created.signing_secret not in str(shown), "the secret is never shown"
+    assert got.headers["X-Webhook-Signature"] not in str(sent), "the re-derived request names the signature, not a value"
+    [attempt] = shown.attempts  # what the attempt actually sent, as the receiver saw it
+    assert {h.name: h.value for h in attempt.exchange.request_headers}["X-Webhook-Signature"] == got.headers["X-Webhook-Signature"]
 
 
 async def test_a_large_body_is_returned_bounded_with_its_size(webhooks: Webhooks, receiver: Receiver) -> None:

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+import pytest
 from sqlalchemy import event, text
 
+from services.kit.errors import NotFound
 from services.kit.db import create_engine, is_sqlite, migrate_async, session_factory, utcnow
 from services.kit.ids import new_id
 from services.webhooks.application.ports import Scope, attempt_row
-from services.webhooks.domain.model import AttemptError, IncomingActivity, Subscription, delivery_body
+from services.webhooks.domain.model import AttemptError, AttemptExchange, IncomingActivity, Subscription, delivery_body
 from services.webhooks.adapters.queue import WorkQueue
 from services.webhooks.adapters.store import ActivityLog, SubscriptionRepository, attempts, metadata
 
@@ -154,3 +156,68 @@ async def test_last_attempts_are_the_newest_of_each_subscription_in_one_query(da
     assert sorted((a.subscription_id, a.id) for a in found) == sorted(
         [(ids[0], f"att_{ids[0][-6:]}00000039"), (ids[1], f"att_{ids[1][-6:]}00000039")])
     assert len([s for s in statements if "FROM attempts" in s]) == 2  # one per call
+
+
+async def test_an_attempts_exchange_is_stored_read_alone_and_left_out_of_lists(database_url: str) -> None:
+    await migrate_async("webhooks", database_url)
+    engine = create_engine(database_url)
+    exchange = AttemptExchange((("X-Webhook-Signature", "sha256=ab"), ("X-Api-Key", "[masked]")),
+                               (("Content-Type", "text/plain; charset=utf-8"),), "caf\u00e9 \u2603", True, 2)
+    sub = new_id("whk")
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for n, recorded in enumerate((exchange, None)):
+                row = attempt_row(f"att_x{sub[-8:]}{n}", org_id="org_x", delivery_id="dlv_x", subscription_id=sub,
+                                  event_id="evt_x", event_type="lot.created", round_=1, attempt=n + 1,
+                                  attempted_at=utcnow(), url="https://x.test/h", test=False, status_code=200,
+                                  succeeded=True, error=AttemptError.NONE, error_detail="", response_body="ok",
+                                  duration_ms=1.0, sent_by="t", exchange=recorded)
+                await session.execute(attempts.insert().values(**row))
+        async with session_factory(engine)() as session:
+            log = ActivityLog(session)
+            with_details = await log.get_attempt(Scope("org_x"), f"att_x{sub[-8:]}0")
+            assert with_details.exchange == exchange
+            assert (await log.get_attempt(Scope("org_x"), f"att_x{sub[-8:]}1")).exchange is None
+            assert [a.exchange for a in await log.attempts_of(Scope("org_x"), "dlv_x")] == [exchange, None]
+            listed, _ = await log.list_attempts(Scope("org_x"), subscription_id=sub, succeeded=None, event_id="",
+                                                delivery_id="", size=10, token="")
+            assert len(listed) == 2 and all(a.exchange is None for a in listed)
+            with pytest.raises(NotFound):
+                await log.get_attempt(Scope("org_other"), f"att_x{sub[-8:]}0")
+    finally:
+        await engine.dispose()
+
+
+async def test_the_sealed_columns_of_a_subscription_round_trip_and_clear(database_url: str) -> None:
+    from services.webhooks.domain.client_tls import ClientCertificate
+    from services.webhooks.domain.model import CustomHeaderHint
+
+    await migrate_async("webhooks", database_url)
+    engine = create_engine(database_url)
+    now = utcnow()
+    cert = ClientCertificate("CN=a", "CN=ca", now - dt.timedelta(days=1), now + dt.timedelta(days=30), "ab" * 32)
+    subscription = Subscription(id=new_id("whk"), org_id="org_sealed", url="https://example.com/h", activity_types=("*",),
+                                created_by="t", created_at=now, updated_at=now, secret_created_at=now,
+                                custom_headers=(CustomHeaderHint("X-Api-Key", "…cdef (20 characters)"),),
+                                client_certificate=cert)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            repo = SubscriptionRepository(session)
+            await repo.add(subscription, b"secret", sealed_headers=b"headers", sealed_client_tls=b"tls")
+        async with session_factory(engine)() as session, session.begin():
+            repo = SubscriptionRepository(session)
+            got = await repo.get(Scope("org_sealed"), subscription.id)
+            assert got.custom_headers == subscription.custom_headers and got.client_certificate == cert
+            assert (await repo.sealed_headers(got.id), await repo.sealed_client_tls(got.id)) == (b"headers", b"tls")
+            assert await repo.sealed_previous_secret(got.id) == b""
+            got.previous_secret_expires_at = now + dt.timedelta(hours=1)
+            got.client_certificate, got.custom_headers = None, ()
+            await repo.save(got, sealed_previous_secret=b"old", sealed_headers=b"", sealed_client_tls=b"")
+        async with session_factory(engine)() as session:
+            repo = SubscriptionRepository(session)
+            again = await repo.get(Scope("org_sealed"), subscription.id)
+            assert again.previous_secret_expires_at == got.previous_secret_expires_at and again.client_certificate is None
+            assert (await repo.sealed_headers(again.id), await repo.sealed_client_tls(again.id),
+                    await repo.sealed_previous_secret(again.id)) == (b"", b"", b"old")
+    finally:
+        await engine.dispose()

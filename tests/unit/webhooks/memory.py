@@ -16,7 +16,7 @@ from services.kit.errors import NotFound
 from services.kit.uow import InMemoryUnitOfWork, MemoryStore
 from services.webhooks.application.ports import Accepted, AttemptRecord, DeliveryRecord, Scope, SentBody
 from services.webhooks.domain.model import (
-    AttemptError, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, delivery_body,
+    AttemptError, AttemptExchange, DeliveryStatus, HttpResult, IncomingActivity, SignatureScheme, Subscription, delivery_body,
 )
 
 
@@ -24,6 +24,9 @@ from services.webhooks.domain.model import (
 class SubscriptionRow:
     subscription: Subscription
     secret: bytes
+    headers: bytes = b""
+    client_tls: bytes = b""
+    previous_secret: bytes = b""
     deleted: bool = False
 
 
@@ -42,8 +45,16 @@ class MemorySubscriptions:
             raise NotFound(f"no webhook subscription {subscription_id}", subscription_id=subscription_id)
         return row
 
-    async def add(self, subscription: Subscription, sealed_secret: bytes) -> None:
-        self._rows[subscription.id] = SubscriptionRow(copy.deepcopy(subscription), sealed_secret)
+    async def add(self, subscription: Subscription, sealed_secret: bytes, *, sealed_headers: bytes = b"",
+                  sealed_client_tls: bytes = b"") -> None:
+        self._rows[subscription.id] = SubscriptionRow(copy.deepcopy(subscription), sealed_secret, sealed_headers,
+                                                      sealed_client_tls)
+
+    async def sealed_client_tls(self, subscription_id: str) -> bytes:
+        return self._rows[subscription_id].client_tls
+
+    async def sealed_previous_secret(self, subscription_id: str) -> bytes:
+        return self._rows[subscription_id].previous_secret
 
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         return copy.deepcopy(self._row(scope, subscription_id).subscription)
@@ -51,11 +62,22 @@ class MemorySubscriptions:
     async def sealed_secret(self, subscription_id: str) -> bytes:
         return self._rows[subscription_id].secret
 
-    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None) -> None:
+    async def sealed_headers(self, subscription_id: str) -> bytes:
+        return self._rows[subscription_id].headers
+
+    async def save(self, subscription: Subscription, *, sealed_secret: bytes | None = None,
+                   sealed_headers: bytes | None = None, sealed_client_tls: bytes | None = None,
+                   sealed_previous_secret: bytes | None = None) -> None:
         row = self._rows[subscription.id]
+        if sealed_previous_secret is not None:
+            row.previous_secret = sealed_previous_secret
+        if sealed_client_tls is not None:
+            row.client_tls = sealed_client_tls
         row.subscription = copy.deepcopy(subscription)
         if sealed_secret is not None:
             row.secret = sealed_secret
+        if sealed_headers is not None:
+            row.headers = sealed_headers
 
     async def cancel_pending(self, subscription_ids: Sequence[str], now: dt.datetime) -> int:
         pending = [d for d in self._deliveries.values()
@@ -127,6 +149,8 @@ class MemoryActivities:
                           now: dt.datetime) -> None:
         values: dict[str, Any] = {k: v for k, v in row.items() if k != "sent_by"}
         values["error"] = AttemptError(values["error"])
+        exchange = values.pop("exchange", None)
+        values["exchange"] = AttemptExchange.from_json(str(exchange)) if exchange else None
         self._attempts[str(row["id"])] = AttemptRecord(**values)
         d = self._deliveries[delivery_id]
         self._deliveries[delivery_id] = replace(d, status=status, attempts=1, updated_at=now,
@@ -143,6 +167,12 @@ class MemoryActivities:
     async def attempts_of(self, scope: Scope, delivery_id: str) -> list[AttemptRecord]:
         return sorted((a for a in self._attempts.values() if a.delivery_id == delivery_id
                        and self._visible(scope, a.org_id, a.subscription_id)), key=lambda a: (a.attempted_at, a.id))
+
+    async def get_attempt(self, scope: Scope, attempt_id: str) -> AttemptRecord:
+        a = self._attempts.get(attempt_id)
+        if a is None or not self._visible(scope, a.org_id, a.subscription_id):
+            raise NotFound(f"no attempt {attempt_id}", attempt_id=attempt_id)
+        return a
 
     async def last_attempts(self, scope: Scope, subscription_ids: Sequence[str]) -> list[AttemptRecord]:
         latest: dict[str, AttemptRecord] = {}
@@ -236,9 +266,13 @@ class FakeDelivery:
     at: dt.datetime = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
 
     async def send(self, *, url: str, scheme: SignatureScheme, secret: str, event_id: str, event_type: str,
-                   body: bytes, user_agent: str, trace_headers: str = "") -> tuple[HttpResult, dt.datetime]:
+                   body: bytes, user_agent: str, trace_headers: str = "",
+                   custom_headers: Mapping[str, str] | None = None,
+                   client_tls: tuple[str, str] | None = None,
+                   previous_secret: str | None = None) -> tuple[HttpResult, dt.datetime]:
         self.sent.append({"url": url, "scheme": scheme, "secret": secret, "event_id": event_id,
-                          "event_type": event_type, "body": body, "user_agent": user_agent})
+                          "event_type": event_type, "body": body, "user_agent": user_agent,
+                          "custom_headers": dict(custom_headers or {})})
         return self.result, self.at
 
 

@@ -207,3 +207,48 @@ def test_a_pending_delivery_says_when_it_goes_and_what_it_waits_for() -> None:
     suspended = subscription(integration_id="int_1", integration_suspended=True)
     assert pending_delivery_text(attempts=1, round_=1, next_attempt_at=later, subscription=suspended, now=NOW).endswith(
         "but its integration is suspended: it goes when the integration is reactivated")
+
+
+# --- what an attempt sent and what came back ------------------------------------------------------
+
+def test_a_masker_hides_secrets_longest_first_and_custom_header_values_where_sent() -> None:
+    from services.webhooks.domain.model import MASK, Masker
+    secret = "whsec_" + "A" * 44
+    masker = Masker.for_signing([secret], {"X-Api-Key": "key-123456"})
+    assert masker.text(f"a {secret} b {'A' * 44} c key-123456") == f"a {MASK} b {MASK} c {MASK}"
+    assert masker.header("x-api-key", "anything") == MASK
+    assert masker.header("X-Other", "plain") == "plain"
+    assert Masker(["abc"]).text("abc abc") == "abc abc"  # too short to search for in an answer
+
+
+def test_an_exchange_is_bounded_masked_before_the_cut_and_round_trips() -> None:
+    from services.webhooks.domain.model import EXCHANGE_BODY_LIMIT, MASK, AttemptExchange, Masker
+    secret = "s3cret-value"
+    body = ("x" * (EXCHANGE_BODY_LIMIT - 4) + secret).encode()  # the secret straddles the cut
+    exchange = AttemptExchange.record([("A", "1")], [(f"H{i}", "v") for i in range(60)] + [("Big", "b" * 2000)],
+                                      body, Masker([secret]))
+    assert exchange.response_body == "x" * (EXCHANGE_BODY_LIMIT - 4) + MASK[:4]  # no part of the secret survives
+    assert exchange.response_body_truncated and len(exchange.response_body.encode()) <= EXCHANGE_BODY_LIMIT
+    assert len(exchange.response_headers) == 50 and exchange.headers_omitted == 11
+    assert AttemptExchange.from_json(exchange.as_json()) == exchange
+
+
+def test_a_rotation_overlap_is_bounded_and_only_for_standard_webhooks() -> None:
+    import datetime as dt_
+
+    import pytest as pytest_
+
+    from services.kit.errors import FailedPrecondition, InvalidArgument
+    from services.webhooks.domain.model import SignatureScheme, check_overlap, delivery_headers, new_signing_secret
+    check_overlap(dt_.timedelta(days=7), SignatureScheme.STANDARD_WEBHOOKS)
+    check_overlap(dt_.timedelta(0), SignatureScheme.SPEC)
+    with pytest_.raises(InvalidArgument):
+        check_overlap(dt_.timedelta(days=7, seconds=1), SignatureScheme.STANDARD_WEBHOOKS)
+    with pytest_.raises(FailedPrecondition, match="room for one signature"):
+        check_overlap(dt_.timedelta(hours=1), SignatureScheme.SPEC)
+    new, old = new_signing_secret(), new_signing_secret()
+    both = delivery_headers(SignatureScheme.STANDARD_WEBHOOKS, new, event_id="evt_1", event_type="lot.created",
+                            timestamp=1, body=b"{}", user_agent="t", previous_secret=old)["webhook-signature"]
+    alone = delivery_headers(SignatureScheme.STANDARD_WEBHOOKS, new, event_id="evt_1", event_type="lot.created",
+                             timestamp=1, body=b"{}", user_agent="t")["webhook-signature"]
+    assert both.startswith(alone + " v1,") and len(both.split(" ")) == 2

@@ -105,7 +105,7 @@ class ListActivityTypesResponse(_message.Message):
     def __init__(self, types: _Optional[_Iterable[_Union[ActivityType, _Mapping]]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "filter")
+    __slots__ = ("id", "org_id", "integration_id", "url", "activity_types", "description", "status", "signature_scheme", "integration_suspended", "created_by", "created_at", "updated_at", "secret_created_at", "failing_since", "version", "filter", "custom_headers", "client_certificate", "previous_secret_expires_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,9 @@ class Subscription(_message.Message):
     FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     org_id: str
     integration_id: str
@@ -138,10 +141,13 @@ class Subscription(_message.Message):
     failing_since: _timestamp_pb2.Timestamp
     version: int
     filter: str
-    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
+    custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeaderHint]
+    client_certificate: ClientCertificateInfo
+    previous_secret_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., org_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_suspended: _Optional[bool] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., filter: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeaderHint, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateInfo, _Mapping]] = ..., previous_secret_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "filter")
+    __slots__ = ("url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "filter", "custom_headers", "client_certificate")
     URL_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_TYPES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +155,8 @@ class CreateSubscriptionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     url: str
     activity_types: _containers.RepeatedScalarFieldContainer[str]
     description: str
@@ -156,7 +164,9 @@ class CreateSubscriptionRequest(_message.Message):
     integration_id: str
     org_id: str
     filter: str
-    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+    custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeader]
+    client_certificate: ClientCertificateUpload
+    def __init__(self, url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., filter: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateUpload, _Mapping]] = ...) -> None: ...
 
 class CreateSubscriptionResponse(_message.Message):
     __slots__ = ("subscription", "signing_secret")
@@ -203,7 +213,7 @@ class ListSubscriptionsResponse(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class UpdateSubscriptionRequest(_message.Message):
-    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "filter")
+    __slots__ = ("subscription_id", "update_mask", "url", "activity_types", "description", "signature_scheme", "integration_id", "org_id", "filter", "custom_headers", "client_certificate")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +223,8 @@ class UpdateSubscriptionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     update_mask: _containers.RepeatedScalarFieldContainer[str]
     url: str
@@ -222,7 +234,9 @@ class UpdateSubscriptionRequest(_message.Message):
     integration_id: str
     org_id: str
     filter: str
-    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+    custom_headers: _containers.RepeatedCompositeFieldContainer[CustomHeader]
+    client_certificate: ClientCertificateUpload
+    def __init__(self, subscription_id: _Optional[str] = ..., update_mask: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ..., activity_types: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., filter: _Optional[str] = ..., custom_headers: _Optional[_Iterable[_Union[CustomHeader, _Mapping]]] = ..., client_certificate: _Optional[_Union[ClientCertificateUpload, _Mapping]] = ...) -> None: ...
 
 class PauseSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id", "integration_id", "org_id")
@@ -263,14 +277,16 @@ class DeleteSubscriptionResponse(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., cancelled_deliveries: _Optional[int] = ...) -> None: ...
 
 class RegenerateSecretRequest(_message.Message):
-    __slots__ = ("subscription_id", "integration_id", "org_id")
+    __slots__ = ("subscription_id", "integration_id", "org_id", "overlap_seconds")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     integration_id: str
     org_id: str
-    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+    overlap_seconds: int
+    def __init__(self, subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ..., overlap_seconds: _Optional[int] = ...) -> None: ...
 
 class RegenerateSecretResponse(_message.Message):
     __slots__ = ("subscription", "signing_secret")
@@ -335,7 +351,7 @@ class Delivery(_message.Message):
     def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., attempts: _Optional[int] = ..., round: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[_Union[AttemptError, str]] = ..., last_error_detail: _Optional[str] = ..., test: _Optional[bool] = ..., org_id: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test", "next_attempt_at")
+    __slots__ = ("id", "delivery_id", "subscription_id", "event_id", "event_type", "attempt", "round", "attempted_at", "duration_ms", "status_code", "succeeded", "error", "error_detail", "response_body", "url", "test", "next_attempt_at", "exchange")
     ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +369,7 @@ class Attempt(_message.Message):
     URL_FIELD_NUMBER: _ClassVar[int]
     TEST_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     delivery_id: str
     subscription_id: str
@@ -370,7 +387,8 @@ class Attempt(_message.Message):
     url: str
     test: bool
     next_attempt_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    exchange: AttemptExchange
+    def __init__(self, id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., attempt: _Optional[int] = ..., round: _Optional[int] = ..., attempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[float] = ..., status_code: _Optional[int] = ..., succeeded: _Optional[bool] = ..., error: _Optional[_Union[AttemptError, str]] = ..., error_detail: _Optional[str] = ..., response_body: _Optional[str] = ..., url: _Optional[str] = ..., test: _Optional[bool] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exchange: _Optional[_Union[AttemptExchange, _Mapping]] = ...) -> None: ...
 
 class ListDeliveriesRequest(_message.Message):
     __slots__ = ("subscription_id", "outcome", "event_id", "page_size", "page_token", "integration_id", "org_id")
@@ -667,3 +685,73 @@ class SubscriptionAlert(_message.Message):
     failing_since: _timestamp_pb2.Timestamp
     data_json: str
     def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., org_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., url: _Optional[str] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class AttemptExchange(_message.Message):
+    __slots__ = ("request_headers", "response_headers", "response_body", "response_body_truncated", "headers_omitted")
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BODY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BODY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    request_headers: _containers.RepeatedCompositeFieldContainer[HttpHeader]
+    response_headers: _containers.RepeatedCompositeFieldContainer[HttpHeader]
+    response_body: str
+    response_body_truncated: bool
+    headers_omitted: int
+    def __init__(self, request_headers: _Optional[_Iterable[_Union[HttpHeader, _Mapping]]] = ..., response_headers: _Optional[_Iterable[_Union[HttpHeader, _Mapping]]] = ..., response_body: _Optional[str] = ..., response_body_truncated: _Optional[bool] = ..., headers_omitted: _Optional[int] = ...) -> None: ...
+
+class HttpHeader(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class GetAttemptRequest(_message.Message):
+    __slots__ = ("attempt_id", "integration_id", "org_id")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    integration_id: str
+    org_id: str
+    def __init__(self, attempt_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class CustomHeader(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class CustomHeaderHint(_message.Message):
+    __slots__ = ("name", "hint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hint: str
+    def __init__(self, name: _Optional[str] = ..., hint: _Optional[str] = ...) -> None: ...
+
+class ClientCertificateUpload(_message.Message):
+    __slots__ = ("certificate_pem", "private_key_pem")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    private_key_pem: str
+    def __init__(self, certificate_pem: _Optional[str] = ..., private_key_pem: _Optional[str] = ...) -> None: ...
+
+class ClientCertificateInfo(_message.Message):
+    __slots__ = ("subject", "issuer", "not_before", "not_after", "sha256_fingerprint")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    issuer: str
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    sha256_fingerprint: str
+    def __init__(self, subject: _Optional[str] = ..., issuer: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sha256_fingerprint: _Optional[str] = ...) -> None: ...

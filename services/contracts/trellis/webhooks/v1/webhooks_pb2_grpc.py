@@ -135,6 +135,11 @@ class WebhooksStub:
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SetRetentionRequest.SerializeToString,
                 response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.FromString,
                 _registered_method=True)
+        self.GetAttempt = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/GetAttempt',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetAttemptRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Attempt.FromString,
+                _registered_method=True)
 
 
 class WebhooksServicer:
@@ -193,7 +198,7 @@ class WebhooksServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegenerateSecret(self, request, context):
-        """A new secret; the old one stops signing at once.
+        """A new secret; the old one stops signing at once, or (Standard Webhooks) after an overlap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +276,13 @@ class WebhooksServicer:
 
     def SetRetention(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttempt(self, request, context):
+        """One attempt with what it sent and what came back (`exchange`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -377,6 +389,11 @@ def add_WebhooksServicer_to_server(servicer, server):
                     servicer.SetRetention,
                     request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SetRetentionRequest.FromString,
                     response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.SerializeToString,
+            ),
+            'GetAttempt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttempt,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetAttemptRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Attempt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -919,6 +936,33 @@ class Webhooks:
             '/trellis.webhooks.v1.Webhooks/SetRetention',
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.SetRetentionRequest.SerializeToString,
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Retention.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttempt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/GetAttempt',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetAttemptRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Attempt.FromString,
             options,
             channel_credentials,
             insecure,
