@@ -63,14 +63,14 @@ def database_file(settings: Settings, service: str) -> Path:
 def tamper_audit_entry(database: Path, org: str, seq: int, *, reason: str) -> None:
     """Change one audit entry in the logs database behind the service's back, as an intruder with
     write access to it would."""
-    with sqlite3.connect(database) as db:
+    with sqlite3.connect(database, timeout=30) as db:  # the service may be writing: wait for its lock
         changed = db.execute("UPDATE audit_entries SET reason = ? WHERE org_id = ? AND seq = ?", (reason, org, seq))
         assert changed.rowcount == 1, (org, seq)
 
 
 def delete_audit_entry(database: Path, org: str, seq: int) -> None:
     """Delete one audit entry behind the service's back."""
-    with sqlite3.connect(database) as db:
+    with sqlite3.connect(database, timeout=30) as db:  # the service may be writing: wait for its lock
         deleted = db.execute("DELETE FROM audit_entries WHERE org_id = ? AND seq = ?", (org, seq))
         assert deleted.rowcount == 1, (org, seq)
 
@@ -80,7 +80,7 @@ def insert_audit_entry(database: Path, org: str, seq: int, *, event_id: str, act
     event id, action and a MAC the intruder made up. A position inside the chain moves the
     entries from there one place on first (their MACs untouched), as a careful intruder would;
     one past the end is simply added."""
-    with sqlite3.connect(database) as db:
+    with sqlite3.connect(database, timeout=30) as db:  # the service may be writing: wait for its lock
         later = [n for (n,) in db.execute("SELECT seq FROM audit_entries WHERE org_id = ? AND seq >= ? "
                                           "ORDER BY seq DESC", (org, seq))]
         for n in later:
@@ -126,7 +126,7 @@ def generate_requests(database: Path, org: str, rows: int) -> None:
     endpoints. One INSERT … SELECT over a recursive CTE, the secondary indexes dropped first and
     built again after: seconds instead of minutes."""
     end = int(time.time())
-    with sqlite3.connect(database) as db:
+    with sqlite3.connect(database, timeout=30) as db:  # the service may be writing: wait for its lock
         db.execute("PRAGMA synchronous=OFF")
         db.execute("PRAGMA cache_size=-200000")
         indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_requests' "
@@ -154,7 +154,7 @@ def generate_attempts(database: Path, org: str, subscription_id: str, rows: int)
     """`rows` delivery attempts of one subscription straight into the webhooks store, one a second
     ending now: every tenth failed with a 503, attempts 1 to 5 in turn."""
     end = int(time.time())
-    with sqlite3.connect(database) as db:
+    with sqlite3.connect(database, timeout=30) as db:  # the service may be writing: wait for its lock
         db.execute("PRAGMA synchronous=OFF")
         db.execute("""
             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :last)
