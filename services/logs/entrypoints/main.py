@@ -5,7 +5,6 @@ server, through the kit's ServiceBuilder. Nothing here runs at import time;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.builder import ServiceBuilder
+from services.kit.periodic import Periodic
 from services.kit.service import RunningService, run_main
 from services.kit.settingcheck import SettingError
 from services.kit.settings import Mode
@@ -67,39 +67,6 @@ class ConsumerGroup:
         await asyncio.gather(*(c.stop() for c in self._consumers))
 
 
-class RetentionTask:
-    """Deletes expired request records (and the platform log's beyond its bound) every
-    `interval` seconds, in bounded batches."""
-
-    def __init__(self, handlers: LogsHandlers, *, days: int, interval: float, platform_max_rows: int) -> None:
-        self._handlers, self._days, self._interval = handlers, days, interval
-        self._platform_max_rows = platform_max_rows
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="logs-retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                deleted = await self._handlers.enforce_retention(self._days, platform_max_rows=self._platform_max_rows)
-                if deleted:
-                    log.info("retention: deleted %d request records older than %d days or beyond the platform "
-                             "log's %d rows", deleted, self._days, self._platform_max_rows)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - try again next round
-                log.warning("retention pass failed", exc_info=True)
-            await asyncio.sleep(self._interval)
-
-
 async def bootstrap(settings: LogsProcessSettings, *, address: str | None = None, durables: Durables | None = None,
                     batch: int = 2000) -> RunningService:
     """A ready-to-start logs service; the database must already be migrated.
@@ -132,9 +99,16 @@ async def bootstrap(settings: LogsProcessSettings, *, address: str | None = None
         await build.start(ConsumerGroup(consumers), "consumers")
         for consumer in consumers:
             build.metrics.watch_consumer(bus.js, consumer.stream, consumer.durable)
-        await build.start(RetentionTask(handlers, days=settings.logs_retention_days,
-                                        interval=settings.logs_retention_interval_seconds,
-                                        platform_max_rows=settings.logs_platform_max_rows), "retention task")
+        days, platform_max_rows = settings.logs_retention_days, settings.logs_platform_max_rows
+
+        async def retention_pass() -> None:
+            deleted = await handlers.enforce_retention(days, platform_max_rows=platform_max_rows)
+            if deleted:
+                log.info("retention: deleted %d request records older than %d days or beyond the platform log's %d "
+                         "rows", deleted, days, platform_max_rows)
+
+        await build.start(Periodic("logs-retention", retention_pass, interval=settings.logs_retention_interval_seconds),
+                          "retention task")
         servicer = LogsServicer(handlers)
         return build.serve(
             lambda server: logs_pb2_grpc.add_LogsServicer_to_server(servicer, server),

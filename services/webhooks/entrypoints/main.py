@@ -6,8 +6,6 @@ integration consumers, then the gRPC server. Nothing is wired at import time;
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -18,6 +16,7 @@ from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.builder import ServiceBuilder
 from services.kit.bus import trace_headers
 from services.kit.crypto import Envelope
+from services.kit.periodic import Periodic
 from services.kit.service import RunningService, run_main
 from services.kit.telemetry import tracer
 from services.webhooks.adapters.consumer import ActivityConsumer, IntegrationEventsConsumer, SubscriptionEventsListener
@@ -100,8 +99,14 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
                                    trace_context=trace_headers, owner=queue.owner, notify=relay.notify,
                                    retention_days=settings.webhooks_retention_days)
         retention = Retention(unit_of_work, default_days=settings.webhooks_retention_days)
-        await build.start(RetentionTask(retention, interval=settings.webhooks_retention_interval_seconds),
-                          "retention task")
+
+        async def retention_pass() -> None:
+            deleted = await retention.enforce()
+            if deleted:
+                log.info("retention: deleted %d expired delivery log rows", deleted)
+
+        await build.start(Periodic("webhooks-retention", retention_pass,
+                                   interval=settings.webhooks_retention_interval_seconds), "retention task")
 
         await build.start(SubscriptionEventsListener(bus.nc, dispatcher.subscription_changed), "subscription listener")
         ack_wait = settings.webhooks_consumer_ack_wait_seconds
@@ -115,37 +120,6 @@ async def bootstrap(settings: WebhooksProcessSettings, *, address: str | None = 
         servicer = WebhooksServicer(handlers)
         return build.serve(lambda server: webhooks_pb2_grpc.add_WebhooksServicer_to_server(servicer, server),
                            [SERVICE_NAME])
-
-
-class RetentionTask:
-    """Deletes expired deliveries, attempts and activities every `interval` seconds, in bounded
-    batches (as the logs service's RetentionTask does for the API log)."""
-
-    def __init__(self, retention: Retention, *, interval: float) -> None:
-        self._retention, self._interval = retention, interval
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="webhooks-retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                deleted = await self._retention.enforce()
-                if deleted:
-                    log.info("retention: deleted %d expired delivery log rows", deleted)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - try again next round
-                log.warning("webhooks retention pass failed", exc_info=True)
-            await asyncio.sleep(self._interval)
 
 
 def replica_name(address: str) -> str:
