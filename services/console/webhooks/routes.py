@@ -297,8 +297,8 @@ class WebhookPages(Area):
                 "conflict", "Already done", "This secret was already regenerated from this page and shown then. It is "
                 "never shown again: if it was not saved, regenerate it again.", 409))
         try:
-            answer = await self._webhooks(session).RegenerateSecret(
-                pb.RegenerateSecretRequest(subscription_id=subscription_id))
+            answer = await self._webhooks(session).RegenerateSecret(pb.RegenerateSecretRequest(
+                subscription_id=subscription_id, overlap_seconds=views.overlap_seconds(form.get("overlap"))))
         except Refused as exc:
             return await self._detail(request, session, subscription_id, refusal=exc.refusal, status=exc.refusal.status,
                                       fragment=False)

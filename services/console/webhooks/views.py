@@ -69,6 +69,24 @@ def actions(status: int) -> tuple[str, ...]:
     return ACTIONS.get(status, ())
 
 
+# Regenerate Secret's overlap choices (Standard Webhooks only): form value (seconds), label.
+OVERLAPS: tuple[tuple[str, str], ...] = (
+    ("0", "no overlap: the old secret stops at once"), ("3600", "1 hour"), ("86400", "24 hours"),
+    ("259200", "3 days"), ("604800", "7 days (the most)"),
+)
+_OVERLAP_SECONDS = frozenset(int(value) for value, _ in OVERLAPS)
+
+
+def overlap_seconds(value: object) -> int:
+    """The overlap the Regenerate Secret form asks for: one of OVERLAPS, else none (the
+    service bounds it again)."""
+    try:
+        seconds = int(str(value or "0"))
+    except ValueError:
+        return 0
+    return seconds if seconds in _OVERLAP_SECONDS else 0
+
+
 def scheme_label(scheme: pb.SignatureScheme) -> str:
     return SCHEMES[SCHEME_SLUG.get(scheme, "spec")][1]
 

@@ -167,6 +167,25 @@ async def test_pause_enable_edit_regenerate_and_delete(browser, webhooks_service
     assert again.status_code == 409 and not SECRET.search(again.text)
     assert html.unescape(second.group(1)) not in await alice.page(detail)
 
+    # Standard Webhooks offers an overlap: the old secret signs too until it ends, as the page says.
+    page = await alice.page(detail)
+    assert 'name="overlap"' in page and "7 days (the most)" in page
+    overlapped = await alice.submit(detail, f"{detail}/regenerate-secret", {"overlap": "86400"}, page=page)
+    assert overlapped.status_code == 200 and 'data-testid="overlap"' in overlapped.text
+    assert "the previous secret signs too until" in await alice.page(detail)
+
+    # What the console shows of custom headers and a client certificate: names and hints, never values.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{webhooks_service.port}") as channel:
+        await webhooks_pb2_grpc.WebhooksStub(channel).UpdateSubscription(wpb.UpdateSubscriptionRequest(
+            subscription_id=subscription_id, update_mask=["custom_headers"],
+            custom_headers=[wpb.CustomHeader(name="X-Api-Key", value="gateway-key-0123456789")]),
+            metadata=(("authorization", f"Bearer {mint('alice', org)}"),))
+    page = await alice.page(detail)
+    shown = page.split('data-testid="custom-headers"')[1].split("</dd>")[0]
+    assert "X-Api-Key" in shown and "…6789 (22 characters)" in html.unescape(shown)
+    assert "gateway-key-0123456789" not in page
+    assert "(no mutual TLS)" in page
+
     # Delete asks for the confirmation; a pending delivery is cancelled.
     unconfirmed = await alice.submit(detail, f"{detail}/delete")
     assert unconfirmed.status_code == 422 and "nothing was deleted" in unconfirmed.text

@@ -71,3 +71,11 @@ def test_an_attempt_says_what_went_wrong() -> None:
     assert views.attempt_error(pb.Attempt(error=pb.ATTEMPT_ERROR_CONNECTION_REFUSED,
                                           error_detail="connection refused")) == "connection refused"
     assert views.next_attempt(pb.Attempt()) is None
+
+
+def test_the_overlap_form_value_is_one_of_the_offered_choices_or_none() -> None:
+    from services.console.webhooks.views import OVERLAPS, overlap_seconds
+
+    assert [overlap_seconds(value) for value, _ in OVERLAPS] == [0, 3600, 86400, 259200, 604800]
+    for sent in ("", None, "abc", "-3600", "604801", "99999999999999999999", "3600.5"):
+        assert overlap_seconds(sent) == 0, sent
