@@ -428,6 +428,12 @@ class SubscriptionRepository:
             select(subscriptions.c.previous_secret).where(subscriptions.c.id == subscription_id))).scalar_one()
         return sealed or b""
 
+    async def erase_ended_overlaps(self, now: dt.datetime) -> int:
+        t = subscriptions
+        ended = await self._session.execute(update(t).where(t.c.previous_secret_expires_at < now).values(
+            previous_secret=None, previous_secret_expires_at=None))
+        return rowcount(ended)
+
     async def sealed_client_tls(self, subscription_id: str) -> bytes:
         sealed: bytes | None = (await self._session.execute(
             select(subscriptions.c.client_tls_sealed).where(subscriptions.c.id == subscription_id))).scalar_one()

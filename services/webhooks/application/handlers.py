@@ -226,6 +226,12 @@ class Retention:
                 await asyncio.sleep(0)  # let deliveries in between batches
                 if deleted == 0:
                     break
+        # A secret overlap that ended leaves the previous key behind in its column: erase it.
+        async with self._units() as uow:
+            erased = await uow.subscriptions.erase_ended_overlaps(now)
+            await uow.commit()
+        if erased:
+            log.info("retention: erased the previous signing secret of %d subscriptions whose overlap ended", erased)
         return total
 
 

@@ -141,6 +141,11 @@ class Subscriptions(Protocol):
         """The sealed client certificate and key, b"" when it has none."""
         ...
 
+    async def erase_ended_overlaps(self, now: dt.datetime) -> int:
+        """Every organisation's previous signing secrets whose overlap ended before `now`, erased
+        with their end; returns how many. (They no longer sign; the pass only removes the key.)"""
+        ...
+
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         """The subscription, or NotFound when the scope does not see it (deleted ones neither)."""
         ...

@@ -205,3 +205,31 @@ async def test_an_organisations_retention_is_set_audited_and_seen_by_it_alone(we
 
 async def _audits(audited: list) -> list | None:  # type: ignore[type-arg]
     return audited or None
+
+
+async def test_retention_erases_the_previous_secret_of_an_overlap_that_ended(database_url: str) -> None:
+    await migrate_async("webhooks", database_url)
+    engine = create_engine(database_url)
+    db = Database(session_factory(engine), serialize_writes=is_sqlite(database_url))
+
+    def units(*, read_only: bool = False) -> SqlWebhooksUnitOfWork:
+        return SqlWebhooksUnitOfWork(db, read_only=read_only)
+
+    try:
+        now = utcnow()
+        org = f"org_overlap_{uuid.uuid4().hex[:6]}"
+        ended, running = await _subscription(db, org), await _subscription(db, org)
+        for subscription_id, ends in ((ended, now - dt.timedelta(minutes=1)), (running, now + dt.timedelta(hours=1))):
+            async with units() as uow:
+                subscription = await uow.subscriptions.get(Scope(org), subscription_id)
+                subscription.previous_secret_expires_at = ends
+                await uow.subscriptions.save(subscription, sealed_previous_secret=b"sealed-old")
+                await uow.commit()
+        await Retention(units, default_days=30).enforce()
+        async with units(read_only=True) as uow:
+            assert await uow.subscriptions.sealed_previous_secret(ended) == b""
+            assert (await uow.subscriptions.get(Scope(org), ended)).previous_secret_expires_at is None
+            assert await uow.subscriptions.sealed_previous_secret(running) == b"sealed-old"  # still signing
+            assert (await uow.subscriptions.get(Scope(org), running)).previous_secret_expires_at is not None
+    finally:
+        await engine.dispose()

@@ -56,6 +56,14 @@ class MemorySubscriptions:
     async def sealed_previous_secret(self, subscription_id: str) -> bytes:
         return self._rows[subscription_id].previous_secret
 
+    async def erase_ended_overlaps(self, now: dt.datetime) -> int:
+        ended = [row for row in self._rows.values() if row.subscription.previous_secret_expires_at is not None
+                 and row.subscription.previous_secret_expires_at < now]
+        for row in ended:
+            row.previous_secret = b""
+            row.subscription.previous_secret_expires_at = None
+        return len(ended)
+
     async def get(self, scope: Scope, subscription_id: str, *, for_update: bool = False) -> Subscription:
         return copy.deepcopy(self._row(scope, subscription_id).subscription)
 
