@@ -401,8 +401,9 @@ class SqlIdentityUnitOfWork(SqlUnitOfWork):
     credentials: IdentityStore
     signing_keys: IdentityStore
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, flush: Flush = no_flush) -> None:
-        super().__init__(sessions, outbox_table=outbox, flush=flush)
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, flush: Flush = no_flush,
+                 read_only: bool = False) -> None:
+        super().__init__(sessions, outbox_table=outbox, flush=flush, read_only=read_only)
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
