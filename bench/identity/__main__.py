@@ -1,11 +1,13 @@
 """Tokens issued per second and API keys verified per second through real gRPC, each beside the
 bare cryptographic operation measured in the same run, and their ratio.
 
-Identity runs as its own process (`python -m services.identity`) on loopback with SQLite and a
-nats-server of its own; a few concurrent callers in this process drive it for a few seconds.
+Identity runs as its own process (`python -m services.identity`) on loopback with SQLite (or,
+with `--backend postgresql`, a throwaway PostgreSQL server started as tests/support/postgres.py
+does: Debian's `postgresql` package, run as the postgres user in a temporary directory, fsync
+off) and a nats-server of its own; a few concurrent callers in this process drive it for a few seconds.
 Every loop is bounded by time and by count, so the run stops by itself (well under a minute).
 
-    .venv/bin/python -m bench.identity [--seconds 4] [--callers 4] [--checkout DIR]
+    .venv/bin/python -m bench.identity [--seconds 4] [--callers 4] [--backend sqlite|postgresql] [--checkout DIR]
 
 Beside each rate it prints the identity process's own CPU time per call (user + system, from
 /proc): on a shared, noisy machine that figure moves far less than a rate does, so it is the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -45,6 +48,7 @@ from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, generate_actor_
 from services.kit.db import migrate
 from services.kit.natsproc import NatsServer
 from tests.support.ports import free_port
+from tests.support.postgres import PostgresServer
 
 MAX_CALLS_PER_CALLER = 50_000
 INTEGRATIONS = 20
@@ -153,10 +157,52 @@ async def measure(address: str, actor_private: bytes, *, callers: int, seconds: 
             "keys_cpu": keys_cpu, "calls": token_calls + key_calls + INTEGRATIONS}
 
 
+def run_identity(args: argparse.Namespace, root: Path, nats_url: str, pg: PostgresServer | None,
+                 seconds: float) -> dict[str, float]:
+    """Migrate identity's database, run identity as its own process and measure it."""
+    actor_private, actor_public = generate_actor_key()
+    (root / "actor.pem").write_bytes(actor_public)
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRELLIS_DATA_DIR": str(root / "data"),
+        "TRELLIS_NATS_URL": nats_url,
+        "TRELLIS_IDENTITY_ADDR": f"127.0.0.1:{port}",
+        "TRELLIS_ACTOR_ISSUER": ISSUER,
+        "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
+        "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor.pem"),
+        "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
+        "TRELLIS_LOG_LEVEL": "WARNING",
+    }
+    url = pg.create_database("identity") if pg is not None else f"sqlite+aiosqlite:///{root / 'data' / 'identity.db'}"
+    if pg is not None:
+        env["TRELLIS_IDENTITY_DATABASE_URL"] = url
+    if args.checkout:
+        env["PYTHONPATH"] = str(args.checkout.resolve())
+        subprocess.run([sys.executable, "-c", f"from services.kit.db import migrate; migrate('identity', {url!r})"],
+                       env=env, cwd=args.checkout, check=True)
+    else:
+        migrate("identity", url)
+    profiler = ["-m", "cProfile", "-o", str(args.cprofile.resolve())] if args.cprofile else []
+    server = subprocess.Popen([sys.executable, *profiler, "-m", "services.identity"], env=env, cwd=args.checkout)
+    try:
+        result = asyncio.run(measure(f"127.0.0.1:{port}", actor_private, callers=args.callers, seconds=seconds,
+                                     server_cpu=lambda: cpu_seconds(server.pid)))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per gRPC workload (max 20)")
     parser.add_argument("--callers", type=int, default=4, help="concurrent gRPC callers")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="identity's database: SQLite (the embedded default) or a throwaway PostgreSQL")
     parser.add_argument("--checkout", type=Path, help="run identity from this checkout (before/after comparisons)")
     parser.add_argument("--cprofile", type=Path, help="run identity under cProfile, its stats written here")
     args = parser.parse_args()
@@ -164,43 +210,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
         root = Path(tmp)
-        nats = NatsServer(root / "nats").start()
-        actor_private, actor_public = generate_actor_key()
-        (root / "actor.pem").write_bytes(actor_public)
-        port = free_port()
-        env = {
-            **os.environ,
-            "TRELLIS_DATA_DIR": str(root / "data"),
-            "TRELLIS_NATS_URL": nats.url,
-            "TRELLIS_IDENTITY_ADDR": f"127.0.0.1:{port}",
-            "TRELLIS_ACTOR_ISSUER": ISSUER,
-            "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
-            "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor.pem"),
-            "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
-            "TRELLIS_LOG_LEVEL": "WARNING",
-        }
-        url = f"sqlite+aiosqlite:///{root / 'data' / 'identity.db'}"
-        if args.checkout:
-            env["PYTHONPATH"] = str(args.checkout.resolve())
-            subprocess.run([sys.executable, "-c", f"from services.kit.db import migrate; migrate('identity', {url!r})"],
-                           env=env, cwd=args.checkout, check=True)
-        else:
-            migrate("identity", url)
-        profiler = ["-m", "cProfile", "-o", str(args.cprofile.resolve())] if args.cprofile else []
-        server = subprocess.Popen([sys.executable, *profiler, "-m", "services.identity"], env=env, cwd=args.checkout)
-        try:
-            result = asyncio.run(measure(f"127.0.0.1:{port}", actor_private, callers=args.callers, seconds=seconds,
-                                         server_cpu=lambda: cpu_seconds(server.pid)))
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            nats.stop()
+        with contextlib.ExitStack() as stack:
+            nats = NatsServer(root / "nats").start()
+            stack.callback(nats.stop)
+            pg = PostgresServer().start() if args.backend == "postgresql" else None
+            if pg is not None:
+                stack.callback(pg.stop)
+            result = run_identity(args, root, nats.url, pg, seconds)
 
     where = f", identity from {args.checkout}" if args.checkout else ""
-    print(f"identity over gRPC on loopback, SQLite, {args.callers} concurrent callers, {seconds:g} s per workload, "
+    backend = "PostgreSQL (fsync off)" if args.backend == "postgresql" else "SQLite"
+    print(f"identity over gRPC on loopback, {backend}, {args.callers} concurrent callers, {seconds:g} s per workload, "
           f"{os.cpu_count()} CPUs{where}")
     print(f"{'workload':<28}{'through gRPC /s':>18}{'bare operation /s':>20}{'ratio':>9}{'server CPU µs/call':>21}")
     rows = [

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,17 +83,45 @@ def _with_algorithms(key: object) -> tuple[ec.EllipticCurvePublicKey | rsa.RSAPu
     raise ValueError(f"unsupported actor key type {type(key).__name__}")
 
 
-class ActorVerifier:
-    """Verifies actor tokens against a PEM public key or a JWKS URL."""
+# Verified actor tokens remembered per process (ActorVerifier.verify): how many, and for how long
+# at most. A service is called with the same few tokens over and over (the edge's and the
+# registry's service tokens, a console user's session), and a signature check is most of what an
+# actor costs.
+VERIFIED_CACHE_SIZE = 1024
+VERIFIED_CACHE_SECONDS = 60.0
+# PyJWKClient's key cache (JWKS mode): a key dropped from the JWKS is still honoured this long.
+JWKS_LIFESPAN_SECONDS = 300
 
-    def __init__(self, *, issuer: str, audience: str, public_key_pem: bytes | None = None, jwks_url: str = "") -> None:
+
+class ActorVerifier:
+    """Verifies actor tokens against a PEM public key or a JWKS URL.
+
+    A token that verified is remembered, keyed by the SHA-256 of the whole token (its
+    signature included), until the earlier of its `exp` and VERIFIED_CACHE_SECONDS after it was
+    checked, for at most VERIFIED_CACHE_SIZE tokens (least recently used goes first). That
+    grants nothing a fresh check would refuse: actor tokens are bearer tokens with no
+    revocation list, good until `exp` by their signature alone, so re-checking the same bytes
+    with the same key can only give the same answer until then; the remembered entry ends at
+    `exp` exactly (without the 30 s leeway a fresh check allows, which then applies as before);
+    the PEM key is read once per process; and in JWKS mode a key removed from the JWKS is
+    honoured for JWKS_LIFESPAN_SECONDS by PyJWKClient's own cache already, longer than an entry
+    lives. Refusals are never remembered: each one is checked again in full.
+    """
+
+    def __init__(self, *, issuer: str, audience: str, public_key_pem: bytes | None = None, jwks_url: str = "",
+                 clock: Callable[[], float] = time.time, cache_size: int = VERIFIED_CACHE_SIZE,
+                 cache_seconds: float = VERIFIED_CACHE_SECONDS) -> None:
         if not public_key_pem and not jwks_url:
             raise ValueError("an actor verifier needs a public key or a JWKS URL")
         import jwt
 
         self._issuer, self._audience = issuer, audience
         self._key = serialization.load_pem_public_key(public_key_pem) if public_key_pem else None
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=JWKS_LIFESPAN_SECONDS) if jwks_url else None
+        self._clock = clock
+        self._cache_size, self._cache_seconds = cache_size, cache_seconds
+        # sha256(token) -> (the actor, the clock reading until which it may be handed out again)
+        self._verified: OrderedDict[bytes, tuple[Actor, float]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: KitSettings) -> "ActorVerifier":
@@ -108,6 +138,25 @@ class ActorVerifier:
                                given=key_file or None) from exc
 
     def verify(self, token: str) -> Actor:
+        """The actor of a good token (remembered or checked now); Unauthenticated otherwise."""
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        remembered = self._verified.get(digest)
+        if remembered is not None:
+            if now < remembered[1]:
+                self._verified.move_to_end(digest)
+                return remembered[0]
+            del self._verified[digest]
+        actor, exp = self._check(token)
+        until = min(float(exp), now + self._cache_seconds)
+        if self._cache_size > 0 and until > now:
+            self._verified[digest] = (actor, until)
+            while len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return actor
+
+    def _check(self, token: str) -> tuple[Actor, int]:
+        """The actor of `token` and its `exp`, verified in full."""
         # PyJWT loads where tokens are verified or minted, not in every CLI command (bench/cli).
         import jwt
 
@@ -146,7 +195,8 @@ class ActorVerifier:
             raise Unauthenticated("actor token has no organisation (org claim)")
         if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
             raise Unauthenticated("actor token permissions must be a list of strings")
-        return Actor(user_id=str(claims["sub"]), org_id=org, permissions=frozenset(permissions), token=token)
+        actor = Actor(user_id=str(claims["sub"]), org_id=org, permissions=frozenset(permissions), token=token)
+        return actor, claims["exp"]
 
 
 def generate_actor_key() -> tuple[bytes, bytes]:

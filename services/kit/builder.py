@@ -29,6 +29,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import cached_property
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
@@ -40,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.kit.auth import ActorVerifier
 from services.kit.bus import connect, ensure_streams
-from services.kit.db import create_engine, is_sqlite, session_factory
+from services.kit.db import create_engine, is_sqlite, read_session_factory, session_factory
 from services.kit.grpc_server import create_server
 from services.kit.metrics import ServiceMetrics
 from services.kit.outbox import OutboxRelay, jetstream_publisher
@@ -65,6 +66,11 @@ class Database:
     def sqlite(self) -> bool:
         """SQLite: one writer, no SKIP LOCKED, no advisory locks."""
         return is_sqlite(self.url)
+
+    @cached_property
+    def read_sessions(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions for units that only read (services.kit.db.read_session_factory)."""
+        return read_session_factory(self.engine)
 
 
 @dataclass(frozen=True)

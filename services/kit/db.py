@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, exc
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -54,8 +55,40 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An engine for one service's database; SQLite gets WAL and a busy timeout."""
+# A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+PING_IDLE_SECONDS = 10.0
+
+
+def ping_when_idle(engine: AsyncEngine, idle_seconds: float = PING_IDLE_SECONDS) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for `idle_seconds`; one
+    that does not answer is replaced (DisconnectionError: the pool takes another).
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout, and with asyncpg a ping is three round
+    trips (BEGIN, `;`, ROLLBACK): more than the one read on identity's hot paths. A connection in
+    steady use has just answered; the one left is a server that went away within the last
+    `idle_seconds` while a connection was in use, where the first statement fails as a
+    disconnect, as any statement in flight at that moment does, and SQLAlchemy then drops every
+    connection the pool held before it.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _stamp(_dbapi_conn: Any, record: Any) -> None:
+        record.info["trellis_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("trellis_idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # new (it just connected) or in steady use
+        try:
+            engine.sync_engine.dialect.do_ping(dbapi_conn)
+        except Exception as error:  # noqa: BLE001 - any failure: take another connection
+            raise exc.DisconnectionError(f"pooled connection did not answer a ping: {error}") from error
+
+
+def create_engine(url: str, *, echo: bool = False, ping_idle_seconds: float = PING_IDLE_SECONDS) -> AsyncEngine:
+    """An engine for one service's database; SQLite gets WAL and a busy timeout, PostgreSQL
+    a pool whose idle connections are pinged before use (ping_when_idle)."""
     if is_sqlite(url):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -72,11 +105,24 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
+    ping_when_idle(engine, ping_idle_seconds)
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for units that only read. On PostgreSQL their connections are in autocommit:
+    no BEGIN and no ROLLBACK round trip around a read (under READ COMMITTED, the default, each
+    statement of a transaction takes its own snapshot anyway, so a unit's reads see what they
+    would have seen). SQLite gets the ordinary sessions: there a read opens no transaction, and
+    switching a connection's isolation level costs two trips to the driver's thread."""
+    if engine.dialect.name == "sqlite":
+        return session_factory(engine)
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 def alembic_config(service: str, url: str) -> Config:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Self, Unpack
 
-from sqlalchemy import Column, Index, LargeBinary, String, Table, Text, and_, exists, select, text, update
+from sqlalchemy import Column, Index, LargeBinary, String, Table, Text, and_, bindparam, exists, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -117,6 +117,23 @@ processed_events = Table(
 outbox = outbox_table(metadata)
 
 
+# The statements on every partner request's path, built once: building one is as much Python as
+# running it (SQLAlchemy still caches each one's compiled form either way).
+_LIVE_KEYS_BY_PREFIX = (
+    select(api_keys, oauth_clients.c.client_id)
+    .select_from(api_keys.outerjoin(oauth_clients, and_(
+        oauth_clients.c.integration_id == api_keys.c.integration_id,
+        oauth_clients.c.org_id == api_keys.c.org_id,
+        oauth_clients.c.status == CredentialStatus.ACTIVE.value,
+    )))
+    .where(api_keys.c.prefix == bindparam("prefix"), api_keys.c.status == CredentialStatus.ACTIVE.value)
+)
+_CLIENT_BY_ID = select(oauth_clients).where(oauth_clients.c.client_id == bindparam("client_id"))
+_SIGNING_KEY = (
+    select(signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.status, signing_keys.c.created_at)
+    .where(signing_keys.c.kid == bindparam("kid"))
+)
+
 # A result row of any columns (Row is generic over its columns' types).
 AnyRow = Row[Unpack[tuple[Any, ...]]]
 
@@ -189,16 +206,7 @@ class IdentityStore:
     async def live_api_keys_by_prefix(self, prefix: str) -> list[tuple[ApiKey, str | None]]:
         """Live keys sharing a presented key's 16-character prefix (usually one), each with its
         integration's live client id: one query, as this is on every partner request's path."""
-        live_client = and_(
-            oauth_clients.c.integration_id == api_keys.c.integration_id,
-            oauth_clients.c.org_id == api_keys.c.org_id,
-            oauth_clients.c.status == CredentialStatus.ACTIVE.value,
-        )
-        rows = await self.session.execute(
-            select(api_keys, oauth_clients.c.client_id)
-            .select_from(api_keys.outerjoin(oauth_clients, live_client))
-            .where(api_keys.c.prefix == prefix, api_keys.c.status == CredentialStatus.ACTIVE.value)
-        )
+        rows = await self.session.execute(_LIVE_KEYS_BY_PREFIX, {"prefix": prefix})
         return [(_api_key(r), r.client_id) for r in rows]
 
     async def revoke_live_api_keys(self, org_id: str, integration_id: str, now: dt.datetime, *, created_before: dt.datetime | None = None) -> list[ApiKey]:
@@ -224,7 +232,7 @@ class IdentityStore:
 
     async def client_by_id(self, client_id: str) -> OAuthClient | None:
         """A client by its id, live or not (the caller checks its status and secret)."""
-        row = (await self.session.execute(select(oauth_clients).where(oauth_clients.c.client_id == client_id))).first()
+        row = (await self.session.execute(_CLIENT_BY_ID, {"client_id": client_id})).first()
         return _client(row) if row else None
 
     async def live_client(self, org_id: str, integration_id: str) -> OAuthClient | None:
@@ -352,12 +360,7 @@ class IdentityStore:
         return [_signing_key(r) for r in rows]
 
     async def signing_key(self, kid: str) -> SigningKey | None:
-        row = (
-            await self.session.execute(
-                select(signing_keys.c.kid, signing_keys.c.alg, signing_keys.c.public_jwk, signing_keys.c.status, signing_keys.c.created_at)
-                .where(signing_keys.c.kid == kid)
-            )
-        ).first()
+        row = (await self.session.execute(_SIGNING_KEY, {"kid": kid})).first()
         return _signing_key(row) if row else None
 
     async def current_kid(self) -> str | None:
@@ -401,8 +404,9 @@ class SqlIdentityUnitOfWork(SqlUnitOfWork):
     credentials: IdentityStore
     signing_keys: IdentityStore
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, flush: Flush = no_flush) -> None:
-        super().__init__(sessions, outbox_table=outbox, flush=flush)
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, flush: Flush = no_flush,
+                 read_only: bool = False) -> None:
+        super().__init__(sessions, outbox_table=outbox, flush=flush, read_only=read_only)
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()

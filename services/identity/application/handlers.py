@@ -222,7 +222,7 @@ class CredentialHandlers:
         """What may be shown about an integration's credentials: prefix, client id, status."""
         actor.require(ADMIN_PERMISSION)
         integration_id = _require_integration_id(integration_id)
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             store = uow.credentials
             if not await self._owned(store, actor, integration_id):
                 raise NotFound(f"integration {integration_id} has no credentials", integration_id=integration_id)
@@ -245,7 +245,7 @@ class CredentialHandlers:
         actor.require(EDGE_PERMISSION)
         if not looks_like_api_key(api_key, self._endpoints.api_key_prefix):
             raise invalid_api_key()
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             store = uow.credentials
             candidates = dict(await store.live_api_keys_by_prefix(api_key_prefix_of(api_key)))
             key = match_api_key(api_key, candidates)

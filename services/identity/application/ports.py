@@ -144,7 +144,11 @@ class IdentityUnitOfWork(UnitOfWork, Protocol):
         ...
 
 
-UnitsOfWork = Callable[[], IdentityUnitOfWork]
+class UnitsOfWork(Protocol):
+    """A new unit of work; a `read_only` one cannot write events or commit, and may read on a
+    connection that opens no transaction (services.kit.db.read_session_factory)."""
+
+    def __call__(self, *, read_only: bool = False) -> IdentityUnitOfWork: ...
 
 
 # --- signing keys' cryptography ------------------------------------------------------------------

@@ -177,7 +177,7 @@ class TokenHandlers:
         """The client-credentials grant: a signed access token for a live client's secret."""
         actor.require(EDGE_PERMISSION)
         client_id = cmd.client_id
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             client = await uow.credentials.client_by_id(client_id) if 0 < len(client_id) <= 64 else None
             if not client_secret_matches(client, cmd.client_secret):
                 raise invalid_client(client)
@@ -196,7 +196,7 @@ class TokenHandlers:
         unexpired, for our audience, and its client is still live."""
         actor.require(EDGE_PERMISSION)
         kid = jwtverify.read_header(token)["kid"]
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             key = await self._ring.verification_key(uow.signing_keys, kid)
         if key is not None:
             claims = jwtverify.verify(token, key, issuer=self._settings.issuer, audience=self._settings.audience,
@@ -212,7 +212,7 @@ class TokenHandlers:
         client_id = claims.get("client_id")
         if client_id != claims["sub"] or not isinstance(client_id, str):
             raise jwtverify.invalid_token("client_id does not match sub")
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             client = await uow.credentials.client_by_id(client_id)
         if (
             client is None
@@ -235,7 +235,7 @@ class TokenHandlers:
         client_id = claims.get(self._external.client_id_claim)
         if not isinstance(client_id, str) or not client_id:
             raise jwtverify.invalid_token(f"missing claim {self._external.client_id_claim}")
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             store = uow.credentials
             binding = await store.external_client(self._external.issuer, client_id)
             live = await store.live_client(binding.org_id, binding.integration_id) if binding else None
@@ -252,7 +252,7 @@ class TokenHandlers:
 
     async def jwks(self) -> str:
         """The JWKS document: current key first, then previous."""
-        async with self._uow() as uow:
+        async with self._uow(read_only=True) as uow:
             keys = await uow.signing_keys.signing_keys(VERIFYING)
         return jwks_json(published_keys(keys))
 

@@ -34,7 +34,9 @@ async def bootstrap(settings: IdentityProcessSettings, *, address: str | None = 
         bus = await build.nats()
         relay = build.outbox_relay(db, outbox, bus)
 
-        def unit_of_work() -> SqlIdentityUnitOfWork:
+        def unit_of_work(*, read_only: bool = False) -> SqlIdentityUnitOfWork:
+            if read_only:
+                return SqlIdentityUnitOfWork(db.read_sessions, read_only=True)
             return SqlIdentityUnitOfWork(db.sessions, flush=relay.flush)
 
         signing = JwtSigning(Envelope(settings.kek_keys(), settings.kek_version), settings.token_algorithm)

@@ -95,7 +95,7 @@ async def test_an_event_is_marked_processed_once(sessions) -> None:
 
 
 def ring_of(sessions, kek: Envelope, algorithm: str) -> SigningKeyRing:
-    return SigningKeyRing(lambda: SqlIdentityUnitOfWork(sessions), JwtSigning(kek, algorithm))
+    return SigningKeyRing(lambda read_only=False: SqlIdentityUnitOfWork(sessions, read_only=read_only), JwtSigning(kek, algorithm))
 
 
 async def test_a_sealed_private_key_moved_to_another_row_does_not_open(sessions) -> None:

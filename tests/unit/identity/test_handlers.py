@@ -43,7 +43,7 @@ class World:
         self.credentials = CredentialHandlers(self.unit, ENDPOINTS)
         self.tokens = TokenHandlers(self.unit, self.ring, TOKENS)
 
-    def unit(self) -> MemoryIdentityUnitOfWork:
+    def unit(self, *, read_only: bool = False) -> MemoryIdentityUnitOfWork:
         return MemoryIdentityUnitOfWork(self.store)
 
     def subjects(self) -> list[str]:

@@ -107,3 +107,80 @@ def test_times_that_are_not_integers_are_refused(keys, verifier, changes):
     forged = jwt.encode(claims, key, algorithm="ES256")
     with pytest.raises(Unauthenticated, match="must be an integer"):
         verifier.verify(forged)
+
+
+class CountingVerifier(ActorVerifier):
+    """Counts the full checks (signature, claims) it makes."""
+
+    checks = 0
+
+    def _check(self, token):
+        self.checks += 1
+        return super()._check(token)
+
+
+class Clock:
+    def __init__(self):
+        self.now = dt.datetime.now(dt.timezone.utc).timestamp()
+
+    def __call__(self):
+        return self.now
+
+
+def counting(keys, clock, **kw):
+    return CountingVerifier(issuer=ISS, audience=AUD, public_key_pem=keys[1], clock=clock, **kw)
+
+
+def test_a_verified_token_is_remembered_and_checked_again_after_the_cache_time(keys):
+    clock = Clock()
+    verifier = counting(keys, clock, cache_seconds=60)
+    good = token(keys, ttl_seconds=900)
+    first = verifier.verify(good)
+    assert verifier.verify(good) == first and verifier.checks == 1
+    clock.now += 61
+    assert verifier.verify(good) == first and verifier.checks == 2
+
+
+def test_a_remembered_token_is_not_handed_out_at_or_after_its_exp(keys):
+    clock = Clock()
+    verifier = counting(keys, clock, cache_seconds=3600)
+    good = token(keys, ttl_seconds=120)
+    verifier.verify(good)
+    exp = jwt.decode(good, options={"verify_signature": False})["exp"]
+    clock.now = exp  # the fresh check that follows still allows its 30 s leeway, as before
+    verifier.verify(good)
+    assert verifier.checks == 2
+
+
+def test_refusals_are_never_remembered(keys):
+    verifier = counting(keys, Clock())
+    bad = token(generate_actor_key())
+    for expected in (1, 2):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(bad)
+        assert verifier.checks == expected
+
+
+def test_a_token_with_another_signature_is_not_the_remembered_one(keys):
+    verifier = counting(keys, Clock())
+    good = token(keys)
+    verifier.verify(good)
+    head, body, signature = good.split(".")
+    forged = f"{head}.{body}.{signature[:-4]}AAAA"
+    with pytest.raises(Unauthenticated):
+        verifier.verify(forged)
+    assert verifier.checks == 2
+
+
+def test_the_cache_is_bounded_and_drops_the_least_recently_used(keys):
+    verifier = counting(keys, Clock(), cache_size=2)
+    a, b, c = (token(keys, user_id=u) for u in ("a", "b", "c"))
+    verifier.verify(a)
+    verifier.verify(b)
+    verifier.verify(a)  # a is now the most recently used
+    verifier.verify(c)  # b goes
+    assert verifier.checks == 3
+    verifier.verify(a)
+    assert verifier.checks == 3
+    verifier.verify(b)
+    assert verifier.checks == 4
