@@ -1,7 +1,9 @@
 """Edge benchmark: an authenticated (API key + JWT), scope-checked, rate-limited, logged GET through
 the real edge to an upstream on loopback, beside the same GET sent straight to that upstream, a
 bare ASGI hello-world on the edge's server (uvicorn) and a plain proxy, with one load generator
-(wrk) in one run.
+(wrk) in one run. Beside the untraced edge, two more with their traces exported over OTLP (the
+SDK's exporter) to a sink the bench runs: one at the default sample ratio
+(TRELLIS_OTEL_SAMPLE_RATIO unset), one at 1.0 (every request traced).
 
 Setup (bench/edge/stack.py): a nats-server, identity and registry as processes, 60 Active
 integrations (10,000 requests/minute each, the registry's cap) with a token each from the edge's
@@ -47,6 +49,7 @@ from bench.edge.load import (LOAD_CPU, SERVER_CPU, Process, Result, Watch, missi
 from bench.edge.profile import profile
 from bench.edge.stack import PATH, check_all, edge_process, edge_stack, wrk_script
 from services.kit.natsproc import NatsServer
+from services.kit.settings import DEFAULT_SAMPLE_RATIO
 from tests.support.ports import free_port
 
 SERVER, CLIENT = "uvicorn", "trellis"  # chosen with `--choose`; see docs/benchmarks.md "## Edge"
@@ -87,11 +90,26 @@ def asgi(server: str, factory: str, env: dict[str, str] | None = None) -> Iterat
         yield url + "/lots", proc.proc.pid
 
 
+@dataclass(frozen=True)
+class Sink:
+    url: str
+    count_file: Path
+
+    def spans(self) -> int:
+        """Spans received so far (the sink rewrites the count after each export)."""
+        try:
+            return int(self.count_file.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+
 @contextlib.contextmanager
-def otlp_sink() -> Iterator[str]:
-    """An OTLP/gRPC collector that discards spans (bench/edge/otlp_sink.py), on the load core."""
+def otlp_sink(workdir: Path) -> Iterator[Sink]:
+    """An OTLP/gRPC collector that counts and discards spans (bench/edge/otlp_sink.py), on the load core."""
     port = free_port()
-    with Process([sys.executable, "-m", "bench.edge.otlp_sink", "--port", str(port)], cpu=LOAD_CPU):
+    count_file = workdir / "otlp-sink.count"
+    with Process([sys.executable, "-m", "bench.edge.otlp_sink", "--port", str(port), "--count-file", str(count_file)],
+                 cpu=LOAD_CPU):
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -101,7 +119,7 @@ def otlp_sink() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the OTLP sink did not start") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield Sink(f"http://127.0.0.1:{port}", count_file)
 
 
 @contextlib.contextmanager
@@ -117,18 +135,17 @@ def nats_server(workdir: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def edge_target(upstream_url: str, nats_url: str, workdir: Path,
-                second: dict[str, str]) -> Iterator[tuple[list[Target], list[dict[str, str]], Path]]:
-    """The real edge (bench/edge/stack.py) in front of `upstream_url`, and a second one beside
-    it with `second` added to its environment (by default its traces exported over OTLP to a
-    sink, to price tracing; the first edge has no exporter, so no tracer, as deployed without
-    one): yields both targets, the credential pairs the load
-    rotates over, and the first edge's log file."""
-    with edge_stack(upstream_url, nats_url, workdir / "edge") as stack, \
-            edge_process(stack.env, workdir / "edge" / "edge-second.log", **second) as (base, pid):
-        label = ("traces exported (OTLP)" if "OTEL_EXPORTER_OTLP_ENDPOINT" in second
-                 else " ".join(f"{k}={v}" for k, v in second.items()))
-        targets = [Target("edge: key+JWT, scope, limit, log, proxy", stack.url, pid=stack.pid),
-                   Target(f"edge, {label}"[:41], base + PATH, pid=pid)]
+                others: dict[str, dict[str, str]]) -> Iterator[tuple[list[Target], list[dict[str, str]], Path]]:
+    """The real edge (bench/edge/stack.py) in front of `upstream_url`, and beside it one more
+    edge per entry of `others` (label: what it adds to the environment; by default its traces
+    exported over OTLP to a sink at the default sample ratio and at 1.0, to price tracing; the
+    first edge has no exporter, so no tracer, as deployed without one): yields the targets, the
+    credential pairs the load rotates over, and the first edge's log file."""
+    with edge_stack(upstream_url, nats_url, workdir / "edge") as stack, contextlib.ExitStack() as more:
+        targets = [Target("edge: key+JWT, scope, limit, log, proxy", stack.url, pid=stack.pid)]
+        for n, (label, env) in enumerate(others.items()):
+            base, pid = more.enter_context(edge_process(stack.env, workdir / "edge" / f"edge-{n + 2}.log", **env))
+            targets.append(Target(f"edge, {label}"[:41], base + PATH, pid=pid))
         yield targets, stack.credentials, stack.log
 
 
@@ -240,7 +257,7 @@ class Findings:
     """Everything one standard run measured, for the report."""
 
     edge: Target
-    second: Target
+    others: list[Target]  # the edge again, with what --second-edge adds (by default: traced)
     baselines: list[Target]  # upstream direct, hello world, proxy only
     integrations: int
     runs: dict[str, list[Measured]]
@@ -250,6 +267,7 @@ class Findings:
     half_direct: list[Measured] = field(default_factory=list)
     half_behind: list[Measured] = field(default_factory=list)  # the edge's own upstream (CPU 1), direct
     half_edge_own_p99: list[float] = field(default_factory=list)  # ms, the edge's own histogram bound
+    spans: dict[str, list[float]] = field(default_factory=dict)  # spans the sink received per request, by target
     limiter: dict[str, float] = field(default_factory=dict)
     per_lease_us: float = 0.0
     profile: list[str] = field(default_factory=list)
@@ -257,7 +275,7 @@ class Findings:
 
     @property
     def targets(self) -> list[Target]:
-        return [self.edge, self.second, *self.baselines]
+        return [self.edge, *self.others, *self.baselines]
 
     def result(self, target: Target) -> Result:
         return median([m.result for m in self.runs[target.name]])
@@ -294,16 +312,20 @@ def run_standard(args: argparse.Namespace) -> None:
         proxy_url, proxy_pid = stack.enter_context(asgi(SERVER, f"proxy_{args.client}", env))
         baselines = [direct, Target(f"ASGI hello world ({SERVER}, as the edge)", hello_url, pid=hello_pid),
                      Target(f"proxy only ({SERVER} + {args.client})", proxy_url, pid=proxy_pid)]
-        second_env = args.second_edge
-        if not second_env:  # the default: the same edge with its traces exported over OTLP
-            second_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": stack.enter_context(otlp_sink()),
-                          "OTEL_EXPORTER_OTLP_INSECURE": "true"}
-        edges, credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, second_env))
-        edge, second = edges
+        sink: Sink | None = None
+        if args.second_edge:
+            others = {" ".join(f"{k}={v}" for k, v in args.second_edge.items()): args.second_edge}
+        else:  # the default: the same edge with its traces exported over OTLP, at the default ratio and at 1.0
+            sink = stack.enter_context(otlp_sink(root))
+            otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+            others = {f"OTLP, ratio {DEFAULT_SAMPLE_RATIO:g} (default)": otlp,
+                      "OTLP, ratio 1.0": {**otlp, "TRELLIS_OTEL_SAMPLE_RATIO": "1.0"}}
+        edges, credentials, edge_log = stack.enter_context(edge_target(behind, nats_url, root, others))
+        edge, *rest = edges
         script = wrk_script(root / "rotate.lua", credentials)
         rotate = root / "rotate.json"
         rotate.write_text(json.dumps(credentials))
-        for target in (edge, second):
+        for target in edges:
             statuses = check_all(target.url, credentials)
             print(f"before measuring, one GET per integration through {target.name}: {dict(sorted(statuses.items()))}",
                   flush=True)
@@ -311,13 +333,16 @@ def run_standard(args: argparse.Namespace) -> None:
                 sys.exit(f"{target.name} does not answer 200 to every integration; "
                          f"edge log:\n{edge_log.read_text()[-3000:]}")
 
-        found = Findings(edge, second, baselines, len(credentials),
-                         {t.name: [] for t in [edge, second, *baselines]}, [])
+        found = Findings(edge, rest, baselines, len(credentials), {t.name: [] for t in [*edges, *baselines]}, [])
         for n in range(args.rounds):
             for target in found.targets:
-                if target in (edge, second):
+                if target in edges:
+                    spans_before = sink.spans() if sink else 0
                     run = measure_edge(target, nats_url, seconds=seconds, connections=conns, script=script)
                     found.runs[target.name].append(run.measured)
+                    if sink and target is not edge:  # after the API log drained: a second or more for the last batch
+                        found.spans.setdefault(target.name, []).append(
+                            (sink.spans() - spans_before) / max(1, run.measured.result.requests))
                     if target is edge:
                         found.edge_runs.append(run)
                 else:
@@ -368,7 +393,7 @@ def report_load(found: Findings, args: argparse.Namespace) -> None:
     for target in found.targets:
         print(row(target.name, found.result(target), found.cpu_us(target), found.noise(target))
               + "   [" + ", ".join(f"{m.result.rps:,.0f}" for m in found.runs[target.name]) + "]")
-    for target in (found.edge, found.second):
+    for target in (found.edge, *found.others):
         r = found.result(target)
         if r.errors > INVALID_SHARE * r.requests:
             print(f"INVALID: {target.name} answered {r.non2xx} non-2xx and had {r.errors - r.non2xx} socket errors in "
@@ -376,7 +401,13 @@ def report_load(found: Findings, args: argparse.Namespace) -> None:
     e = found.result(found.edge).rps
     direct, hello, proxy = (found.result(t).rps for t in found.baselines)
     print(f"ratios (req/s): edge/upstream direct {e / direct:.3f}   edge/hello world {e / hello:.3f}   "
-          f"edge/proxy only {e / proxy:.3f}   edge/second edge {e / found.result(found.second).rps:.3f}")
+          f"edge/proxy only {e / proxy:.3f}")
+    for other in found.others:
+        spans = found.spans.get(other.name)
+        print(f"  {other.name} / untraced edge: {found.result(other).rps / e:.3f} by req/s, "
+              f"{found.cpu_us(found.edge) / found.cpu_us(other):.3f} by CPU µs per request"
+              + (f"   (spans the sink received per request, by round: {', '.join(f'{x:.3f}' for x in spans)}; "
+                 f"the warm-up's and the drain's spans count too)" if spans else ""))
     cpu = found.cpu_us(found.edge)
     print(f"edge per request: 1/throughput {1e6 / e:.0f} µs; CPU time {cpu:.0f} µs (until its API log was drained), "
           f"i.e. {1e6 / cpu:,.0f} req/s if it had the core to itself; NATS publishes per request: rate-limit leases "
@@ -486,7 +517,8 @@ def main() -> None:
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the edge under load (0: none)")
     parser.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks in this file")
     parser.add_argument("--second-edge", metavar="NAME=VALUE", action="append", default=[],
-                        help="environment of the second edge measured (default: traces exported over OTLP to a sink)")
+                        help="environment of the second edge measured (default: two, traces exported over OTLP "
+                             "to a sink at the default sample ratio and at 1.0)")
     args = parser.parse_args()
     args.seconds = min(max(args.seconds, 1.0), 30.0)
     args.rounds = min(max(args.rounds, 1), 7)

@@ -97,7 +97,7 @@ def run_main(name: str, bootstrap: Callable[[S], Awaitable[RunningService]], set
     configure_logging(settings, name)
 
     async def main() -> None:
-        setup_tracing(name, namespace=settings.otel_service_namespace)
+        setup_tracing(name, namespace=settings.otel_service_namespace, sample_ratio=settings.otel_sample_ratio)
         service = await (await bootstrap(settings)).start()
         log.info("%s serving on port %d", name, service.port)
         await serve_until_signalled(service.server, grace=settings.grpc_grace_seconds, on_stop=lambda: service.stop(0))

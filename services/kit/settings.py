@@ -34,6 +34,8 @@ from services.kit.settingcheck import SettingError
 SERVICES = ("identity", "registry", "webhooks", "logs")
 DEFAULT_PORTS = {"identity": 50051, "registry": 50052, "webhooks": 50053, "logs": 50054, "edge": 8080}
 PLACEHOLDER = "change-me"
+# TRELLIS_OTEL_SAMPLE_RATIO's default, chosen from bench.edge's traced rows (docs/operators.md "Traces").
+DEFAULT_SAMPLE_RATIO = 0.1
 # A gRPC service's /metrics port is its gRPC port plus this, unless configured.
 METRICS_PORT_OFFSET = 1000
 
@@ -148,6 +150,9 @@ class KitSettings(SettingsGroup):
     service_token_file: str = ""
 
     otel_service_namespace: str = "trellis"
+    # The share of new traces recorded and exported (services.kit.telemetry.sampler): a
+    # request arriving with a sampled `traceparent` is always traced, an unsampled one never.
+    otel_sample_ratio: float = Field(default=DEFAULT_SAMPLE_RATIO, ge=0.0, le=1.0)
     # Log lines: `json` (one object per line, services.kit.logcontext) or `text`; empty: text in
     # the embedded mode (a terminal), json otherwise.
     log_format: Literal["", "json", "text"] = ""

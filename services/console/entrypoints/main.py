@@ -103,7 +103,7 @@ def main() -> None:
     configure_logging(settings, NAME)
 
     async def run() -> None:
-        setup_tracing(NAME, namespace=settings.otel_service_namespace)
+        setup_tracing(NAME, namespace=settings.otel_service_namespace, sample_ratio=settings.otel_sample_ratio)
         console = await (await bootstrap(settings)).start()
         log.info("console serving on %s (port %d)", settings.console_public_url, console.port)
         await console.serve_until_signalled()

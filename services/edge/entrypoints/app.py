@@ -3,8 +3,8 @@ API reference) answered here, everything else through the partner pipeline.
 
 For every request: an X-Request-ID (the caller's when sane, else new) on whatever answer goes
 back; request headers over the size bound refused with 431; a server span (when a tracer is
-installed; otherwise only the caller's trace context is passed on) around the whole
-request; metrics; and, for partner requests (the API and the token endpoint, refused or not),
+installed, sampled parent-based: services.kit.telemetry; otherwise only the caller's trace
+context is passed on) around the whole request; metrics; and, for partner requests (the API and the token endpoint, refused or not),
 one API log record, queued without waiting: in the organisation's log when a credential says
 whose the request is, else in the platform log (services/edge/adapters/apilog.py).
 """
@@ -201,7 +201,7 @@ class EdgeApp:
             self._metrics.rate_limited.labels(trail.error_code).inc()
         elif trail.error_code == "upstream_unavailable":
             self._metrics.upstream_errors.labels(str(status)).inc()
-        if span is not None:
+        if span is not None and span.is_recording():  # a span sampled out records nothing: skip its attributes
             span.update_name(f"{method} {trail.route}")
             span.set_attributes({"http.request.method": method, "http.route": trail.route,
                                  "http.response.status_code": status, "trellis.request_id": request.request_id,

@@ -154,7 +154,7 @@ def main() -> None:
     import uvloop
 
     async def run() -> None:
-        setup_tracing(NAME, namespace=settings.otel_service_namespace)
+        setup_tracing(NAME, namespace=settings.otel_service_namespace, sample_ratio=settings.otel_sample_ratio)
         if settings.mode is not Mode.EMBEDDED and settings.issuer_is_derived():
             log.warning("the token issuer %s is derived from TRELLIS_EDGE_ADDR; identity derives its own from the "
                         "address it is given: set TRELLIS_EDGE_PUBLIC_URL (or TRELLIS_TOKEN_ISSUER) alike for every "

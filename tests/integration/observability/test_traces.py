@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2,
     trace_service_pb2_grpc,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -41,6 +42,7 @@ from tests.integration.edge.conftest import (
     fetch_token,
     partner_headers,
 )
+from tests.integration.edge.test_freshness import SERVING, edge_environment
 from tests.integration.observability.conftest import in_trace
 from tests.integration.webhooks.conftest import Webhooks, webhook_settings
 from tests.integration.webhooks.processes import ROOT, WebhooksProcess
@@ -57,6 +59,10 @@ def _traceparent(headers: object) -> tuple[int, int]:
     [value] = [v for k, v in pairs if k.lower() == "traceparent"]  # type: ignore[union-attr]
     _, trace_id, parent_id, _ = value.split("-")
     return int(trace_id, 16), int(parent_id, 16)
+
+
+async def _at(spans: list[Span], name: str) -> list[Span]:
+    return [s for s in spans if s.name == name]
 
 
 def _only(spans: list[ReadableSpan], **where: object) -> ReadableSpan:
@@ -133,6 +139,89 @@ async def test_without_a_tracer_the_edge_passes_the_partners_trace_context_on_un
     assert status == 200 and "traceparent" not in {k.lower() for k, _ in upstream.last().headers}  # none made up
 
 
+# --- sampling ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def unsampled_edge(edge_settings: Callable[..., Settings], collector: tuple[Collector, int],
+                         tmp_path: Path) -> AsyncIterator[str]:
+    """`python -m services.edge` with TRELLIS_OTEL_SAMPLE_RATIO=0, exporting over OTLP to this
+    test's collector; identity and registry (in this process) sample at 1.0, parent-based."""
+    env = edge_environment(edge_settings(), tmp_path / "edge-data") | {
+        "TRELLIS_OTEL_SAMPLE_RATIO": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector[1]}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    log = tmp_path / "edge.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    async def serving() -> str:
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        found = SERVING.search(log.read_text(errors="replace"))
+        return f"http://127.0.0.1:{found.group(1)}" if found else ""
+
+    try:
+        yield await eventually(serving, timeout=30, what="the edge process to serve")
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 15)
+
+
+def _sampled(headers: object) -> bool:
+    """The sampled flag of the one `traceparent` among `headers` (W3C trace-flags bit 0)."""
+    pairs = headers.items() if hasattr(headers, "items") else headers  # type: ignore[union-attr]
+    [value] = [v for k, v in pairs if k.lower() == "traceparent"]  # type: ignore[union-attr]
+    return bool(int(value.rsplit("-", 1)[1], 16) & 1)
+
+
+async def test_at_ratio_0_a_sampled_traceparent_is_still_followed_through_the_edge_and_its_peers(
+    unsampled_edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream,
+    spans: InMemorySpanExporter, collector: tuple[Collector, int],
+) -> None:
+    servicer, _ = collector
+    _, _, (incoming_trace, incoming_parent) = await _call_with_a_trace(unsampled_edge, http, provision)
+
+    trace_id, upstream_parent = _traceparent(upstream.last().headers)
+    assert trace_id == incoming_trace and _sampled(upstream.last().headers)
+
+    async def exported() -> list[Span]:
+        return [s for s in servicer.spans("edge", incoming_trace) if s.kind == Span.SPAN_KIND_SERVER]
+
+    [root] = await eventually(exported, timeout=15, what="the edge's span of the sampled request at the collector")
+    assert root.name == "GET /api" and int.from_bytes(root.parent_span_id, "big") == incoming_parent
+    assert upstream_parent == int.from_bytes(root.span_id, "big")  # the upstream's parent is the edge's span
+    method = "/trellis.identity.v1.Identity/VerifyApiKey"  # a new partner's key: a cache miss
+    [client] = await eventually(lambda: _at(servicer.spans("edge", incoming_trace), method), timeout=15,
+                                what="the edge's VerifyApiKey span at the collector")
+    assert client.parent_span_id == root.span_id
+    server = _only(in_trace(spans, incoming_trace), name=method, kind=trace.SpanKind.SERVER)  # identity's, here
+    assert server.parent.span_id == int.from_bytes(client.span_id, "big")
+
+
+@pytest.mark.parametrize("incoming", ["none", "unsampled"])
+async def test_at_ratio_0_a_request_is_not_recorded_anywhere_yet_its_unsampled_context_reaches_the_upstream(
+    incoming: str, unsampled_edge: str, http: aiohttp.ClientSession, provision: ProvisionPartner, upstream: Upstream,
+    spans: InMemorySpanExporter, collector: tuple[Collector, int],
+) -> None:
+    servicer, _ = collector
+    partner = await provision()
+    token = await fetch_token(http, unsampled_edge, partner)
+    sent = {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"} if incoming == "unsampled" else {}
+    status, _, _ = await call(http, "GET", f"{unsampled_edge}/api/lots", headers=partner_headers(token, partner, **sent))
+    assert status == 200
+    # The edge's context goes on, flagged unsampled, so identity, registry and the upstream decide alike.
+    trace_id, upstream_parent = _traceparent(upstream.last().headers)
+    assert not _sampled(upstream.last().headers)
+    if sent:
+        assert trace_id == _traceparent(sent)[0] and upstream_parent != _traceparent(sent)[1]  # the edge's span
+    # A sampled request after it: once its edge span is exported, any span of the first would have been.
+    _, _, (later, _) = await _call_with_a_trace(unsampled_edge, http, provision)
+    await eventually(lambda: _at(servicer.spans("edge", later), "GET /api"), timeout=15,
+                     what="the later sampled request's edge span at the collector")
+    assert servicer.spans("edge", trace_id) == []  # the edge recorded nothing of it
+    assert in_trace(spans, trace_id) == []  # nor did identity, at ratio 1.0, for its VerifyApiKey (a cache miss)
+
+
 # --- activity to webhook ----------------------------------------------------------------------
 
 
@@ -203,6 +292,13 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self.requests.append(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
+    def spans(self, service: str, trace_id: int) -> list[Span]:
+        """The spans of `service` in one trace, as exported so far."""
+        return [s for request in self.requests for resource_spans in request.resource_spans
+                if any(a.key == "service.name" and a.value.string_value == service for a in resource_spans.resource.attributes)
+                for scope in resource_spans.scope_spans for s in scope.spans
+                if int.from_bytes(s.trace_id, "big") == trace_id]
+
     def span_names(self, service: str) -> set[str]:
         names = set()
         for request in self.requests:
@@ -238,7 +334,7 @@ async def test_a_service_process_exports_its_spans_over_otlp_to_the_configured_c
         "TRELLIS_ACTOR_PUBLIC_KEY_FILE": settings.actor_public_key_file, "TRELLIS_REGISTRY_ADDR": f"127.0.0.1:{port}",
         "TRELLIS_REGISTRY_METRICS_ADDR": "", "TRELLIS_LOG_LEVEL": "WARNING",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BSP_SCHEDULE_DELAY": "100", "TRELLIS_OTEL_SAMPLE_RATIO": "1",  # every new trace (the default samples some)
     }
     log_file = tmp_path / "registry.log"
     with open(log_file, "wb") as log:

@@ -60,6 +60,9 @@ BAD = [
     ("TRELLIS_BIND_HOST", "0.0.0.0:50051", "a host name or IP address"),
     ("TRELLIS_WEBHOOKS_CONSUMER_NAME", "webhooks.prod", "a JetStream consumer name"),
     ("TRELLIS_WEBHOOKS_USER_AGENT", "Trellis-Webhook/1.0 (été)", "no line breaks (it is sent as an HTTP header)"),
+    # a share
+    ("TRELLIS_OTEL_SAMPLE_RATIO", "1.5", "a number from 0 to 1"),
+    ("TRELLIS_OTEL_SAMPLE_RATIO", "10%", "a number from 0 to 1"),
 ]
 
 KEY = base64.b64encode(secrets.token_bytes(32)).decode()
