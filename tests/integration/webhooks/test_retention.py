@@ -6,11 +6,12 @@ retention run never stalls the deliveries of a real service working on the same 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import nats
@@ -64,6 +65,21 @@ async def _seed(db: Database, org: str, subscription_id: str, count: int, create
     return ids
 
 
+@contextlib.asynccontextmanager
+async def _store(database_url: str) -> AsyncIterator[tuple[Database, Callable[..., SqlWebhooksUnitOfWork]]]:
+    """The webhooks store on `database_url` (already migrated) and units of work over it."""
+    engine = create_engine(database_url)
+    db = Database(session_factory(engine), serialize_writes=is_sqlite(database_url))
+
+    def units(*, read_only: bool = False) -> SqlWebhooksUnitOfWork:
+        return SqlWebhooksUnitOfWork(db, read_only=read_only)
+
+    try:
+        yield db, units
+    finally:
+        await engine.dispose()
+
+
 async def _subscription(db: Database, org: str) -> str:
     now = utcnow()
     subscription = Subscription(id=new_id("whk"), org_id=org, url="https://x.test/h", activity_types=("lot.created",),
@@ -80,13 +96,7 @@ async def _count(db: Database, table, org: str) -> int:  # type: ignore[no-untyp
 
 async def test_retention_deletes_what_expired_keeps_what_is_pending_and_honours_an_override(database_url: str) -> None:
     await migrate_async("webhooks", database_url)
-    engine = create_engine(database_url)
-    db = Database(session_factory(engine), serialize_writes=is_sqlite(database_url))
-
-    def units(*, read_only: bool = False) -> SqlWebhooksUnitOfWork:
-        return SqlWebhooksUnitOfWork(db, read_only=read_only)
-
-    try:
+    async with _store(database_url) as (db, units):
         now = utcnow()
         old, kept = now - dt.timedelta(days=40), f"org_kept_{uuid.uuid4().hex[:6]}"
         org = f"org_old_{uuid.uuid4().hex[:6]}"
@@ -118,8 +128,6 @@ async def test_retention_deletes_what_expired_keeps_what_is_pending_and_honours_
         async with units(read_only=True) as uow:
             assert (await uow.activities.sent_body(delivery, 1024)).size == 0
         assert await Retention(units, default_days=30).enforce() == 0  # nothing more to do
-    finally:
-        await engine.dispose()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -128,13 +136,7 @@ async def test_a_long_retention_run_never_stalls_deliveries_on_postgresql(
     """Retention deletes 60,000 expired rows from the tables the dispatcher claims from and
     records into, while a real service delivers: every delivery arrives within a bound."""
     webhooks = await start_webhooks(webhooks_database_url=database_url)
-    engine = create_engine(database_url)
-    db = Database(session_factory(engine), serialize_writes=False)
-
-    def units(*, read_only: bool = False) -> SqlWebhooksUnitOfWork:
-        return SqlWebhooksUnitOfWork(db, read_only=read_only)
-
-    try:
+    async with _store(database_url) as (db, units):
         expired = f"org_expired_{uuid.uuid4().hex[:6]}"
         await _seed(db, expired, "whk_gone", 20_000, utcnow() - dt.timedelta(days=45))
         await _seed(db, webhooks.org, "whk_gone", 2_000, utcnow() - dt.timedelta(days=45))
@@ -163,8 +165,6 @@ async def test_a_long_retention_run_never_stalls_deliveries_on_postgresql(
         assert latencies[-1] < 3.0, f"a delivery waited {latencies[-1]:.2f} s during retention"
         assert [await _count(db, t, expired) for t in (deliveries, attempts, activities)] == [0, 0, 0]
         assert len(await webhooks.deliveries(created.subscription.id)) == len(published)
-    finally:
-        await engine.dispose()
 
 
 async def _all_arrived(arrived: dict[str, float], published: dict[str, float]) -> bool:
@@ -209,13 +209,7 @@ async def _audits(audited: list) -> list | None:  # type: ignore[type-arg]
 
 async def test_retention_erases_the_previous_secret_of_an_overlap_that_ended(database_url: str) -> None:
     await migrate_async("webhooks", database_url)
-    engine = create_engine(database_url)
-    db = Database(session_factory(engine), serialize_writes=is_sqlite(database_url))
-
-    def units(*, read_only: bool = False) -> SqlWebhooksUnitOfWork:
-        return SqlWebhooksUnitOfWork(db, read_only=read_only)
-
-    try:
+    async with _store(database_url) as (db, units):
         now = utcnow()
         org = f"org_overlap_{uuid.uuid4().hex[:6]}"
         ended, running = await _subscription(db, org), await _subscription(db, org)
@@ -231,5 +225,3 @@ async def test_retention_erases_the_previous_secret_of_an_overlap_that_ended(dat
             assert (await uow.subscriptions.get(Scope(org), ended)).previous_secret_expires_at is None
             assert await uow.subscriptions.sealed_previous_secret(running) == b"sealed-old"  # still signing
             assert (await uow.subscriptions.get(Scope(org), running)).previous_secret_expires_at is not None
-    finally:
-        await engine.dispose()
