@@ -210,8 +210,9 @@ async def until(condition, timeout: float = MAX_PHASE_SECONDS, interval: float =
         await asyncio.sleep(interval)
 
 
-async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
-    pin(os.getpid(), BENCH_CPU)
+async def broker_and_receiver(root: Path) -> tuple[NatsServer, Path, Receiver, web.AppRunner, int]:
+    """A nats-server on the bench's core, a test CA (its file under `root`) and the HTTPS
+    receiver it certifies: what every webhooks benchmark delivers through."""
     nats_server = NatsServer(root / "nats").start()
     pin(nats_server.process.pid, BENCH_CPU)  # type: ignore[union-attr]
     ca = trustme.CA()
@@ -221,6 +222,24 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
     receiver = Receiver()
     runner, receiver_port = await start_receiver(receiver, server_context)
+    return nats_server, ca_file, receiver, runner, receiver_port
+
+
+def service_env(root: Path, nats_url: str, port: int, ca_file: Path) -> dict[str, str]:
+    """The environment of a `python -m services.webhooks` under the bench (its actor key is
+    `root/actor.pem`; the receiver's CA trusted; loopback allowed)."""
+    return {
+        **os.environ, "TRELLIS_DATA_DIR": str(root / "data"), "TRELLIS_NATS_URL": nats_url,
+        "TRELLIS_WEBHOOKS_ADDR": f"127.0.0.1:{port}", "TRELLIS_ACTOR_ISSUER": ISSUER, "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
+        "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor.pem"), "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
+        "TRELLIS_WEBHOOKS_CA_BUNDLE": str(ca_file), "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS": '["127.0.0.0/8"]',
+        "TRELLIS_LOG_LEVEL": "WARNING",
+    }
+
+
+async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    pin(os.getpid(), BENCH_CPU)
+    nats_server, ca_file, receiver, runner, receiver_port = await broker_and_receiver(root)
     children: list[subprocess.Popen[bytes]] = []
     try:
         # 1. The bare loop.
@@ -237,13 +256,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         database = root / "data" / "webhooks.db"
         await migrate_async("webhooks", f"sqlite+aiosqlite:///{database}")
         port = free_port()
-        env = {
-            **os.environ, "TRELLIS_DATA_DIR": str(root / "data"), "TRELLIS_NATS_URL": nats_server.url,
-            "TRELLIS_WEBHOOKS_ADDR": f"127.0.0.1:{port}", "TRELLIS_ACTOR_ISSUER": ISSUER, "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
-            "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor.pem"), "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
-            "TRELLIS_WEBHOOKS_CA_BUNDLE": str(ca_file), "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS": '["127.0.0.0/8"]',
-            "TRELLIS_LOG_LEVEL": "WARNING",
-        }
+        env = service_env(root, nats_server.url, port, ca_file)
         def start_service(details: bool) -> subprocess.Popen[bytes]:
             child = subprocess.Popen([sys.executable, "-m", "services.webhooks"],
                                      env={**env, "TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS": str(details).lower()})

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,17 +29,16 @@ from pathlib import Path
 
 import grpc
 import nats
-import trustme
 
 from bench.webhooks.__main__ import (
-    AUDIENCE, BENCH_CPU, ISSUER, ORG, SERVICE_CPU, Receiver, logged_attempts, pin, start_receiver, until, wait_serving,
+    AUDIENCE, BENCH_CPU, ISSUER, ORG, SERVICE_CPU, broker_and_receiver, logged_attempts, pin, service_env, until,
+    wait_serving,
 )
 from services.contracts.trellis.events.v1 import events_pb2
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
 from services.kit.auth import ADMIN_PERMISSION, generate_actor_key, mint_actor_token
 from services.kit.db import migrate_async
-from services.kit.natsproc import NatsServer
 from services.webhooks.domain.filters import verdict
 from tests.support.ports import free_port
 
@@ -67,15 +64,7 @@ def evaluation_us(expression: str) -> float:
 
 async def run(args: argparse.Namespace, root: Path) -> dict[str, object]:
     pin(os.getpid(), BENCH_CPU)
-    nats_server = NatsServer(root / "nats").start()
-    pin(nats_server.process.pid, BENCH_CPU)  # type: ignore[union-attr]
-    ca = trustme.CA()
-    ca_file = root / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
-    receiver = Receiver()
-    runner, receiver_port = await start_receiver(receiver, server_context)
+    nats_server, ca_file, receiver, runner, receiver_port = await broker_and_receiver(root)
     service: subprocess.Popen[bytes] | None = None
     rates: dict[str, list[float]] = {"none": [], "filter": [], "half": []}
     try:
@@ -84,13 +73,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, object]:
         database = root / "data" / "webhooks.db"
         await migrate_async("webhooks", f"sqlite+aiosqlite:///{database}")
         port = free_port()
-        env = {
-            **os.environ, "TRELLIS_DATA_DIR": str(root / "data"), "TRELLIS_NATS_URL": nats_server.url,
-            "TRELLIS_WEBHOOKS_ADDR": f"127.0.0.1:{port}", "TRELLIS_ACTOR_ISSUER": ISSUER, "TRELLIS_ACTOR_AUDIENCE": AUDIENCE,
-            "TRELLIS_ACTOR_PUBLIC_KEY_FILE": str(root / "actor.pem"), "TRELLIS_KEK": base64.b64encode(os.urandom(32)).decode(),
-            "TRELLIS_WEBHOOKS_CA_BUNDLE": str(ca_file), "TRELLIS_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS": '["127.0.0.0/8"]',
-            "TRELLIS_LOG_LEVEL": "WARNING",
-        }
+        env = service_env(root, nats_server.url, port, ca_file)
         service = subprocess.Popen([sys.executable, "-m", "services.webhooks"], env=env)
         pin(service.pid, SERVICE_CPU)
         await wait_serving(f"127.0.0.1:{port}")
