@@ -61,28 +61,17 @@ def _category(frames: list[str]) -> str:
     return "NATS client: reading acks and messages" if nats else "event loop and other (asyncio, stdlib)"
 
 
-def profile(url: str, pid: int, script: Path, *, seconds: float, connections: int, out: Path,
-            rate: float = 0.0, rotate: Path | None = None) -> list[str]:
-    """py-spy on the edge while wrk loads it (or, with `rate`, bench.edge.paced at that fixed rate
-    rotating over `rotate`): samples by cost centre, then the functions with the most samples on
-    top of the stack (self) and anywhere on it (inclusive, a lower bound: a coroutine resumed by
-    the event loop shows only its own chain of awaits)."""
-    spy = _script("py-spy")
-    if not Path(spy).exists():
-        return [f"py-spy not installed ({spy}); .venv/bin/pip install py-spy"]
-    if rate:
-        load = threading.Thread(target=lambda: paced(url, rate=rate, seconds=seconds + 3, rotate=rotate))
-    else:
-        load = threading.Thread(target=lambda: wrk(url, seconds=seconds + 3, connections=connections, script=script))
-    load.start()
-    time.sleep(1.5)
-    rate = 200
-    spied = subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(round(seconds)), "--rate", str(rate),
-                            "--format", "raw", "--nolineno", "--full-filenames", "--nonblocking", "--output", str(out)],
-                           preexec_fn=pinned(LOAD_CPU), capture_output=True, text=True, timeout=seconds + 60)
-    load.join()
-    if spied.returncode != 0:
-        return [f"py-spy failed ({spied.returncode}): {spied.stderr.strip()[-500:]}"]
+def spy(pid: int, *, seconds: float, out: Path, rate: int = 200) -> subprocess.CompletedProcess[str]:
+    """py-spy's raw stacks of `pid` for `seconds` at `rate` samples/s, from the load core."""
+    return subprocess.run([_script("py-spy"), "record", "--pid", str(pid), "--duration", str(round(seconds)),
+                           "--rate", str(rate), "--format", "raw", "--nolineno", "--full-filenames", "--nonblocking",
+                           "--output", str(out)],
+                          preexec_fn=pinned(LOAD_CPU), capture_output=True, text=True, timeout=seconds + 60)
+
+
+def tally(out: Path) -> tuple[int, Counter[str], Counter[str], Counter[str]]:
+    """py-spy's raw stacks summed: all samples, by cost centre, by function on top (self), and by
+    function anywhere on the stack (inclusive)."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     centres: Counter[str] = Counter()
@@ -98,6 +87,29 @@ def profile(url: str, pid: int, script: Path, *, seconds: float, connections: in
         own[_short(frames[-1])] += n
         for frame in {_short(f) for f in frames}:
             inclusive[frame] += n
+    return total, centres, own, inclusive
+
+
+def profile(url: str, pid: int, script: Path, *, seconds: float, connections: int, out: Path,
+            rate: float = 0.0, rotate: Path | None = None) -> list[str]:
+    """py-spy on the edge while wrk loads it (or, with `rate`, bench.edge.paced at that fixed rate
+    rotating over `rotate`): samples by cost centre, then the functions with the most samples on
+    top of the stack (self) and anywhere on it (inclusive, a lower bound: a coroutine resumed by
+    the event loop shows only its own chain of awaits)."""
+    if not Path(_script("py-spy")).exists():
+        return [f"py-spy not installed ({_script('py-spy')}); .venv/bin/pip install py-spy"]
+    if rate:
+        load = threading.Thread(target=lambda: paced(url, rate=rate, seconds=seconds + 3, rotate=rotate))
+    else:
+        load = threading.Thread(target=lambda: wrk(url, seconds=seconds + 3, connections=connections, script=script))
+    load.start()
+    time.sleep(1.5)
+    rate = 200
+    spied = spy(pid, seconds=seconds, out=out, rate=rate)
+    load.join()
+    if spied.returncode != 0:
+        return [f"py-spy failed ({spied.returncode}): {spied.stderr.strip()[-500:]}"]
+    total, centres, own, inclusive = tally(out)
     if not total:
         return ["py-spy recorded no samples"]
     busy = total / (rate * round(seconds))
