@@ -150,6 +150,26 @@ def _validator(activity_type: str) -> Draft202012Validator | None:
     return Draft202012Validator(schema) if schema is not None else None
 
 
+@functools.cache
+def _field_validators(activity_type: str) -> dict[str, Draft202012Validator]:
+    """A validator per field of the type's schema, each compiled from that field's own subschema."""
+    schema = data_schema(activity_type) or {}
+    return {name: Draft202012Validator({"$schema": DIALECT, **sub}) for name, sub in schema.get("properties", {}).items()}
+
+
+def _fits(activity_type: str, data: object) -> bool:
+    """Whether `data` fits, as the whole schema's validator says, in a fifth of its time (on
+    every activity's path): the schemas are an object whose `properties` each have a plain
+    subschema (no `$ref`, no `required`, more fields allowed), so `data` fits exactly when it is
+    an object and each field it has fits its own subschema; jsonschema checks every field. The
+    whole schema's validator walks the same keywords but evolves a validator per field it
+    descends into. tests/unit/webhooks/test_schemas_and_filters.py holds the two to agreeing."""
+    if not isinstance(data, dict):
+        return False
+    fields = _field_validators(activity_type)
+    return all(fields[name].is_valid(value) for name, value in data.items() if name in fields)
+
+
 def _where(path: Sequence[object]) -> str:
     text = "data"
     for part in path:
@@ -160,7 +180,7 @@ def _where(path: Sequence[object]) -> str:
 def data_problem(activity_type: str, data: object) -> tuple[str, str] | None:
     """(field, what is wrong) for the first place where `data` does not fit its type's schema; None if it fits."""
     validator = _validator(activity_type)
-    if validator is None:
+    if validator is None or _fits(activity_type, data):
         return None
     error: ValidationError | None = best_match(validator.iter_errors(data))
     if error is None:
