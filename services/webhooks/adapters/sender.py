@@ -51,6 +51,8 @@ Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 MAX_READ = 64 * 1024
 # Client-certificate TLS contexts kept (one per certificate in use); the oldest goes first.
 MAX_CLIENT_CONTEXTS = 1024
+# URLs whose refusal (for an IP-literal host) is kept; the cache is emptied when full.
+MAX_LITERAL_VERDICTS = 4096
 
 
 class RefusedAddress(OSError):
@@ -140,6 +142,7 @@ class DeliveryClient:
         self._max_connections = max_connections
         self._lookup = lookup
         self._session: aiohttp.ClientSession | None = None
+        self._literal_verdicts: dict[str, str | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -164,6 +167,19 @@ class DeliveryClient:
             self._session = None
 
     def _refused_literal(self, url: str) -> str | None:
+        """Why a URL whose host is an IP address is refused (None: allowed, or a name). The
+        answer depends on the URL alone, so it is kept (bounded): it is on every attempt's path."""
+        try:
+            return self._literal_verdicts[url]
+        except KeyError:
+            pass
+        verdict = self._literal_verdict(url)
+        if len(self._literal_verdicts) >= MAX_LITERAL_VERDICTS:
+            self._literal_verdicts.clear()
+        self._literal_verdicts[url] = verdict
+        return verdict
+
+    def _literal_verdict(self, url: str) -> str | None:
         host = urlsplit(url).hostname or ""
         try:
             address = ipaddress.ip_address(host)
