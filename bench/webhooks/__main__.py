@@ -247,18 +247,27 @@ def service_env(root: Path, nats_url: str, port: int, ca_file: Path) -> dict[str
     }
 
 
+async def run_bare(receiver_port: int, ca_file: Path, count: int) -> dict[str, float]:
+    """bench.webhooks.bare as its own process on the service's core: its rate and CPU per POST."""
+    bare = subprocess.Popen([sys.executable, "-m", "bench.webhooks.bare", "--url", f"https://127.0.0.1:{receiver_port}/bare",
+                             "--ca", str(ca_file), "--count", str(count)], stdout=subprocess.PIPE)
+    pin(bare.pid, SERVICE_CPU)
+    try:
+        out, _ = await asyncio.to_thread(bare.communicate, timeout=MAX_PHASE_SECONDS)
+    finally:
+        if bare.poll() is None:
+            bare.kill()
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
 async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     pin(os.getpid(), BENCH_CPU)
     nats_server, ca_file, receiver, runner, receiver_port = await broker_and_receiver(root)
     children: list[subprocess.Popen[bytes]] = []
     try:
         # 1. The bare loop.
-        bare = subprocess.Popen([sys.executable, "-m", "bench.webhooks.bare", "--url", f"https://127.0.0.1:{receiver_port}/bare",
-                                 "--ca", str(ca_file), "--count", str(args.events)], stdout=subprocess.PIPE)
-        children.append(bare)
-        pin(bare.pid, SERVICE_CPU)
-        out, _ = await asyncio.to_thread(bare.communicate, timeout=MAX_PHASE_SECONDS)
-        bare_result = json.loads(out)
+        bare_result = await run_bare(receiver_port, ca_file, args.events)
         bare_rate, bare_cpu = bare_result["rate"], bare_result["cpu_us"]
 
         # 2. Webhooks as its own process.
