@@ -48,7 +48,7 @@ def test_data_that_does_not_fit_is_refused_naming_the_field(activity_type: str, 
 
 # Values of every JSON kind, and the edges the catalogue's subschemas draw (negative counts,
 # the alerts' enum and nullable fields).
-_VALUES: list[object] = ["L-1", "", 0, 3, -3, 2.5, True, None, [], ["a"], ["a", None], [1], {}, {"x": 1},
+_VALUES: list[object] = ["L-1", "", 0, 3, -3, 2.5, 3.0, -1.0, float("nan"), True, False, None, [], ["a"], ["a", None], [1], {}, {"x": 1},
                          "failing", "active", "gone", "2026-12-03T10:00:00Z"]
 
 
