@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from services.kit.bus import context_from_headers
@@ -292,7 +293,10 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
     headers = {**custom, **delivery_headers(scheme, secret, event_id=event_id, event_type=event_type,
                                             timestamp=timestamp, body=body, user_agent=user_agent,
                                             previous_secret=previous_secret)}
-    parent = context_from_headers(json.loads(trace_headers)) if trace_headers else None
+    # An activity that came without trace context (stored as "{}") parents on an empty context,
+    # as extracting from no headers gives: without parsing and extracting on every attempt.
+    parent = context_from_headers(json.loads(trace_headers)) if trace_headers not in ("", "{}") else \
+        (otel_context.Context() if trace_headers else None)
     spans = spans or tracer(__name__)
     with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
         span.set_attribute("webhook.event_id", event_id)
