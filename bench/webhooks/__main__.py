@@ -22,6 +22,9 @@ process on CPU 0 too, so both clients get the same core.
 Every loop is bounded by count and time; the run stops by itself (about a minute).
 
     .venv/bin/python -m bench.webhooks [--events 10000] [--rate 500] [--latency-events 5000] [--recover-events 10000]
+                                       [--throughput-only] [--backend sqlite|postgresql] [--replicas 2]
+
+`--backend postgresql` runs the production shape instead (bench/webhooks/production.py).
 """
 
 from __future__ import annotations
@@ -66,6 +69,13 @@ ORG = "org_bench"
 MAX_PHASE_SECONDS = 120.0
 WARM_UP = 500  # events before each timed run after a restart
 SERVICE_CPU, BENCH_CPU = 0, 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -237,18 +247,28 @@ def service_env(root: Path, nats_url: str, port: int, ca_file: Path) -> dict[str
     }
 
 
+async def run_bare(receiver_port: int, ca_file: Path, count: int) -> dict[str, float]:
+    """bench.webhooks.bare as its own process on the service's core: its rate and CPU per POST."""
+    bare = subprocess.Popen([sys.executable, "-m", "bench.webhooks.bare", "--url", f"https://127.0.0.1:{receiver_port}/bare",
+                             "--ca", str(ca_file), "--count", str(count)], stdout=subprocess.PIPE)
+    pin(bare.pid, SERVICE_CPU)
+    try:
+        out, _ = await asyncio.to_thread(bare.communicate, timeout=MAX_PHASE_SECONDS)
+    finally:
+        if bare.poll() is None:
+            bare.kill()
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
 async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     pin(os.getpid(), BENCH_CPU)
     nats_server, ca_file, receiver, runner, receiver_port = await broker_and_receiver(root)
     children: list[subprocess.Popen[bytes]] = []
     try:
         # 1. The bare loop.
-        bare = subprocess.Popen([sys.executable, "-m", "bench.webhooks.bare", "--url", f"https://127.0.0.1:{receiver_port}/bare",
-                                 "--ca", str(ca_file), "--count", str(args.events)], stdout=subprocess.PIPE)
-        children.append(bare)
-        pin(bare.pid, SERVICE_CPU)
-        out, _ = await asyncio.to_thread(bare.communicate, timeout=MAX_PHASE_SECONDS)
-        bare_rate = json.loads(out)["rate"]
+        bare_result = await run_bare(receiver_port, ca_file, args.events)
+        bare_rate, bare_cpu = bare_result["rate"], bare_result["cpu_us"]
 
         # 2. Webhooks as its own process.
         actor_private, actor_public = generate_actor_key()
@@ -280,6 +300,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         try:
             # 3. Throughput: everything at once.
             payloads = [activity(n, stamp=False) for n in range(args.events)]
+            cpu_before = cpu_seconds(service.pid)
+            print(f"throughput step: webhooks pid {service.pid}", file=sys.stderr, flush=True)
             start = time.perf_counter()
             for chunk in range(0, len(payloads), 1000):
                 await asyncio.gather(*(js.publish("activity.lot.created", p) for p in payloads[chunk:chunk + 1000]))
@@ -288,8 +310,14 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
             received = receiver.last_arrival
             await until(lambda: logged_attempts(database) >= args.events, interval=0.05)
             logged = time.perf_counter()
+            cpu_per_delivery = (cpu_seconds(service.pid) - cpu_before) / args.events * 1e6
             throughput = args.events / (max(received, logged) - start)
             receive_rate = args.events / (received - start)
+            if args.throughput_only:
+                return {"bare": bare_rate, "bare_cpu_us": bare_cpu, "throughput": throughput, "receive_rate": receive_rate,
+                        "publish_seconds": published - start, "logged_lag_ms": max(0.0, logged - received) * 1000,
+                        "cpu_us": cpu_per_delivery, "bad_signatures": receiver.bad_signatures,
+                        "distinct": len(receiver.event_ids), "delivered": receiver.delivered}
 
             # 4. Latency at a steady offered rate.
             since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -384,7 +412,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         "recover_succeeded": shown.succeeded, "recover_refused": receiver.refused,
         "details_off": details_off, "details_on": (details_on_first + details_on_again) / 2,
         "details_on_runs": (details_on_first, details_on_again),
-        "details_bytes": details_bytes,
+        "details_bytes": details_bytes, "cpu_us": cpu_per_delivery, "bare_cpu_us": bare_cpu,
     }
 
 
@@ -394,7 +422,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="offered events per second in the latency run")
     parser.add_argument("--latency-events", type=int, default=5_000, help="events in the latency run (max 50000)")
     parser.add_argument("--recover-events", type=int, default=10_000, help="failed deliveries recovered at once (max 50000)")
+    parser.add_argument("--throughput-only", action="store_true", help="steps 1 and 2 only (bare loop and throughput)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="postgresql: the production shape instead (bench.webhooks.production: SQLite beside a "
+                             "throwaway PostgreSQL, then one and two replicas on it)")
+    parser.add_argument("--replicas", type=int, default=2, help="with --backend postgresql: replicas in the last step (1-2)")
     args = parser.parse_args()
+    if args.backend == "postgresql":
+        from bench.webhooks import production
+        production.main(args)
+        return
     args.recover_events = min(max(args.recover_events, 100), 50_000)
     args.events = min(max(args.events, 100), 50_000)
     args.latency_events = min(max(args.latency_events, 100), 50_000)
@@ -402,10 +439,14 @@ def main() -> None:
         r = asyncio.run(run(args, Path(tmp)))
     print(f"webhooks: {args.events:,} events to one HTTPS subscription on loopback, SQLite, {os.cpu_count()} CPUs "
           f"(service and bare loop on CPU {SERVICE_CPU}; receiver, publisher, nats-server on CPU {BENCH_CPU})")
-    print(f"{'bare aiohttp POST loop':<44}{r['bare']:>10,.0f} /s")
-    print(f"{'signed, logged deliveries (JetStream -> log)':<44}{r['throughput']:>10,.0f} /s   ratio {r['throughput'] / r['bare']:.2f}")
+    print(f"{'bare aiohttp POST loop':<44}{r['bare']:>10,.0f} /s                CPU {r['bare_cpu_us']:,.0f} µs/POST")
+    print(f"{'signed, logged deliveries (JetStream -> log)':<44}{r['throughput']:>10,.0f} /s   ratio {r['throughput'] / r['bare']:.2f}"
+          f"   CPU {r['cpu_us']:,.0f} µs/delivery (ratio {r['bare_cpu_us'] / r['cpu_us']:.2f})")
     print(f"{'  received by the receiver':<44}{r['receive_rate']:>10,.0f} /s   (publishing took {r['publish_seconds']:.2f} s; "
           f"log {r['logged_lag_ms']:.0f} ms behind)")
+    if args.throughput_only:
+        print(f"signatures verified: {r['delivered'] - r['bad_signatures']:,} of {r['delivered']:,}; distinct events {r['distinct']:,}")
+        return
     print(f"latency at {r['offered']:,.0f} events/s offered ({args.latency_events:,} events): "
           f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms")
     print(f"  of which: stream -> stored p50 {r['ingest_p50']:.1f} ms, p99 {r['ingest_p99']:.1f} ms; "

@@ -56,7 +56,6 @@ class MalformedActivity(ValueError):
 def activity_from_message(msg: Msg) -> IncomingActivity:
     """The activity a message carries (protobuf ActivityEvent, or the same fields in JSON)."""
     headers = msg.headers or {}
-    fallback_id = headers.get("Nats-Msg-Id") or f"{ACTIVITY_STREAM}-{msg.metadata.sequence.stream}"
     subject_type = msg.subject.removeprefix("activity.")
     try:
         if msg.data[:1] == b"{":
@@ -80,8 +79,11 @@ def activity_from_message(msg: Msg) -> IncomingActivity:
         activity_type = check_published_type(str(type_ or subject_type))
     except (DecodeError, ValueError, TypeError, AttributeError, TrellisError) as exc:
         raise MalformedActivity(str(exc)) from exc
+    # The message's metadata (parsed from its reply subject) only when the event lacks a field.
+    if not event_id:
+        event_id = headers.get("Nats-Msg-Id") or f"{ACTIVITY_STREAM}-{msg.metadata.sequence.stream}"
     return IncomingActivity(
-        event_id=str(event_id or fallback_id)[:128], type=activity_type, org_id=str(org_id),
+        event_id=str(event_id)[:128], type=activity_type, org_id=str(org_id),
         occurred_at=(occurred or msg.metadata.timestamp).astimezone(dt.timezone.utc), sender_type=sender[0],
         sender_id=sender[1], data=data, trace_headers={k: v for k, v in headers.items() if k in _TRACE_KEYS},
     )

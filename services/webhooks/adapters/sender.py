@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from services.kit.bus import context_from_headers
@@ -51,6 +52,8 @@ Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 MAX_READ = 64 * 1024
 # Client-certificate TLS contexts kept (one per certificate in use); the oldest goes first.
 MAX_CLIENT_CONTEXTS = 1024
+# URLs whose refusal (for an IP-literal host) is kept; the cache is emptied when full.
+MAX_LITERAL_VERDICTS = 4096
 
 
 class RefusedAddress(OSError):
@@ -140,6 +143,7 @@ class DeliveryClient:
         self._max_connections = max_connections
         self._lookup = lookup
         self._session: aiohttp.ClientSession | None = None
+        self._literal_verdicts: dict[str, str | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -164,6 +168,19 @@ class DeliveryClient:
             self._session = None
 
     def _refused_literal(self, url: str) -> str | None:
+        """Why a URL whose host is an IP address is refused (None: allowed, or a name). The
+        answer depends on the URL alone, so it is kept (bounded): it is on every attempt's path."""
+        try:
+            return self._literal_verdicts[url]
+        except KeyError:
+            pass
+        verdict = self._literal_verdict(url)
+        if len(self._literal_verdicts) >= MAX_LITERAL_VERDICTS:
+            self._literal_verdicts.clear()
+        self._literal_verdicts[url] = verdict
+        return verdict
+
+    def _literal_verdict(self, url: str) -> str | None:
         host = urlsplit(url).hostname or ""
         try:
             address = ipaddress.ip_address(host)
@@ -276,7 +293,10 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
     headers = {**custom, **delivery_headers(scheme, secret, event_id=event_id, event_type=event_type,
                                             timestamp=timestamp, body=body, user_agent=user_agent,
                                             previous_secret=previous_secret)}
-    parent = context_from_headers(json.loads(trace_headers)) if trace_headers else None
+    # An activity that came without trace context (stored as "{}") parents on an empty context,
+    # as extracting from no headers gives: without parsing and extracting on every attempt.
+    parent = context_from_headers(json.loads(trace_headers)) if trace_headers not in ("", "{}") else \
+        (otel_context.Context() if trace_headers else None)
     spans = spans or tracer(__name__)
     with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
         span.set_attribute("webhook.event_id", event_id)

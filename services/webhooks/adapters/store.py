@@ -257,6 +257,9 @@ def next_seq() -> int:
 
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # as services.kit.ids
+# Two digits for each 10 bits, and where each pair sits: 13 lookups instead of 26 divisions.
+_DIGIT_PAIRS = [a + b for a in _ID_ALPHABET for b in _ID_ALPHABET]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 _row_random = random.Random()
 
 
@@ -265,11 +268,7 @@ def row_id(prefix: str) -> str:
     delivery and attempt: their random part only avoids collisions, it guards nothing, so it
     comes from a seeded PRNG instead of a system call per id."""
     value = (int(time.time() * 1000) << 80) | _row_random.getrandbits(80)
-    chars = []
-    for _ in range(26):
-        value, rem = divmod(value, 32)
-        chars.append(_ID_ALPHABET[rem])
-    return f"{prefix}_{''.join(reversed(chars))}"
+    return prefix + "_" + "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def insert_for(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:

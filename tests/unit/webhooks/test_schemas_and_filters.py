@@ -17,7 +17,7 @@ from services.webhooks.domain.model import (
     ACTIVITY_TYPES, CATALOGUE, SUBSCRIPTION_FAILING_TYPE, SUBSCRIPTION_RECOVERED_TYPE, IncomingActivity, delivery_body,
     delivery_document, subscription_alert,
 )
-from services.webhooks.domain.schemas import DATA_FIELDS, check_data, data_problem, data_schema, schema_json
+from services.webhooks.domain.schemas import DATA_FIELDS, _fits, check_data, data_problem, data_schema, schema_json
 
 
 def test_every_catalogue_type_has_a_valid_schema_with_a_facility_and_nothing_else_has_one() -> None:
@@ -44,6 +44,29 @@ def test_data_that_does_not_fit_is_refused_naming_the_field(activity_type: str, 
     with pytest.raises(InvalidArgument) as refused:
         check_data(activity_type, data)
     assert refused.value.fields == {"field": field} and field in refused.value.message
+
+
+# Values of every JSON kind, and the edges the catalogue's subschemas draw (negative counts,
+# the alerts' enum and nullable fields).
+_VALUES: list[object] = ["L-1", "", 0, 3, -3, 2.5, 3.0, -1.0, float("nan"), True, False, None, [], ["a"], ["a", None], [1], {}, {"x": 1},
+                         "failing", "active", "gone", "2026-12-03T10:00:00Z"]
+
+
+def test_the_field_by_field_check_agrees_with_the_whole_schemas_validator() -> None:
+    # What _fits relies on: objects of plain per-field subschemas, nothing required, more allowed.
+    for t in CATALOGUE:
+        schema = data_schema(t.id)
+        assert schema is not None and schema["additionalProperties"] is True and "required" not in schema
+        assert "$ref" not in json.dumps(schema)
+        whole = Draft202012Validator(schema)
+        fields = list(schema["properties"])
+        for document in ([], "text", None, {}, {"future": [1]}):
+            assert _fits(t.id, document) == whole.is_valid(document), (t.id, document)
+        for name in fields:
+            for value in _VALUES:
+                for document in ({name: value}, {**{f: "x" for f in fields[:2] if f != name}, name: value, "extra": 1}):
+                    assert _fits(t.id, document) == whole.is_valid(document), (t.id, document)
+                    assert (data_problem(t.id, document) is None) == whole.is_valid(document), (t.id, document)
 
 
 def test_partial_data_and_fields_beyond_the_schema_fit() -> None:
