@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import re
@@ -32,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.edge.load import cpu_seconds
 from services.kit.auth import QA_PERMISSION, Actor
 from services.kit.db import create_engine, migrate_async, session_factory
 from services.logs.adapters.store import LogsRepository, units_of_work
@@ -74,8 +76,8 @@ async def generate(dsn: str, rows: int) -> dict[str, float]:
     conn = await asyncpg.connect(dsn)
     took: dict[str, float] = {}
     try:
-        await conn.execute("SET maintenance_work_mem = '512MB'")
-        await conn.execute("SET max_parallel_maintenance_workers = 1")
+        await conn.execute("SET maintenance_work_mem = '2GB'")
+        await conn.execute("SET max_parallel_maintenance_workers = 2")
         await conn.execute("TRUNCATE api_requests")
         indexes = await conn.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'api_requests' "
                                    "AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'api_requests'::regclass)")
@@ -156,8 +158,24 @@ QUERIES: dict[str, Query] = {
 }
 
 
-async def latencies(url: str, queries: int, budget: float) -> dict[str, tuple[float, float, int]]:
-    """Per query: p50 ms, p95 ms, runs."""
+async def backend_cpu(monitor: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL backend serving the bench's database (not `monitor`)."""
+    pids = await monitor.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND pid <> pg_backend_pid()")
+    out = {}
+    for row in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            out[row["pid"]] = cpu_seconds(row["pid"])
+    return out
+
+
+Timed = tuple[float, float, int, float, float]  # p50 ms, p95 ms, runs, server CPU ms/run, bench CPU ms/run
+
+
+async def latencies(url: str, dsn: str, queries: int, budget: float) -> dict[str, Timed]:
+    """Per query: p50 and p95 wall ms, the runs, and CPU ms per run of PostgreSQL's backends and
+    of this process (the handlers, SQLAlchemy, asyncpg): CPU depends less on the machine's load."""
+    monitor = await asyncpg.connect(dsn)
     engine = create_engine(url)
     handlers = LogsHandlers(units_of_work(session_factory(engine), LogsRepository(postgres=True)), b"b" * 32)
     actor = Actor("bench", ORG, frozenset({QA_PERMISSION}))
@@ -168,15 +186,21 @@ async def latencies(url: str, queries: int, budget: float) -> dict[str, tuple[fl
             await query(handlers, actor, rng)  # warm-up: the pool, the plan, the pages it reads
             times: list[float] = []
             deadline = time.perf_counter() + budget
+            server, own = await backend_cpu(monitor), time.process_time()
             while len(times) < queries and time.perf_counter() < deadline:
                 started = time.perf_counter()
                 await query(handlers, actor, rng)
                 times.append((time.perf_counter() - started) * 1000)
+            own = time.process_time() - own
+            after = await backend_cpu(monitor)
+            server_s = sum(cpu - server.get(pid, 0.0) for pid, cpu in after.items())
             times.sort()
-            out[name] = (statistics.median(times), times[max(0, int(len(times) * 0.95 + 0.5) - 1)], len(times))
+            out[name] = (statistics.median(times), times[max(0, int(len(times) * 0.95 + 0.5) - 1)], len(times),
+                         server_s / len(times) * 1000, own / len(times) * 1000)
             print(f"  {name}: p50 {out[name][0]:.1f} ms over {len(times)}", file=sys.stderr, flush=True)
     finally:
         await engine.dispose()
+        await monitor.close()
     return out
 
 
@@ -204,7 +228,7 @@ async def explain(pg: PostgresServer, url: str, dsn: str) -> dict[str, list[str]
                 text = f.read()
             # One block per statement; the integration-names lookup after each page is left out.
             blocks = [b for b in re.split(r"\n(?=\S.*duration: )", text)
-                      if "plan:" in b and "SELECT integrations." not in b]
+                      if "plan:" in b and "SELECT integrations." not in b and re.search(r"Scan|Aggregate", b)]
             plans[name] = [line[:200] for b in blocks for line in b.splitlines()
                            if re.search(r"Scan|Sort|Limit|Aggregate|Query Text|Filter|Index Cond|Rows Removed"
                                         r"|duration", line)]
@@ -226,7 +250,7 @@ async def run(args: argparse.Namespace) -> None:
         url = pg.create_database("curves_logs")
         dsn = url.replace("postgresql+asyncpg", "postgresql")
         await migrate_async("logs", url)
-        results: dict[int, dict[str, tuple[float, float, int]]] = {}
+        results: dict[int, dict[str, Timed]] = {}
         made: dict[int, dict[str, float]] = {}
         loads: dict[int, str] = {}
         plans: dict[str, list[str]] = {}
@@ -234,7 +258,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"generating {n:,} rows…", file=sys.stderr, flush=True)
             made[n] = await generate(dsn, n)
             print(f"  {made[n]}", file=sys.stderr, flush=True)
-            results[n] = await latencies(url, args.queries, args.budget)
+            results[n] = await latencies(url, dsn, args.queries, args.budget)
             loads[n] = loadavg()
             if args.explain and n == args.sizes[-1]:
                 plans = await explain(pg, url, dsn)
@@ -248,13 +272,16 @@ async def run(args: argparse.Namespace) -> None:
         m = made[n]
         print(f"{n:,} rows: insert {m['insert']:.0f} s, indexes {m['indexes']:.0f} s, VACUUM ANALYZE "
               f"{m['vacuum analyze']:.0f} s, table + indexes {m['MB']:,.0f} MB; load average after its queries {loads[n]}")
-    print("\n| query | " + " | ".join(f"{n / 1e6:g} M rows p50 / p95" for n in sizes)
-          + (f" | p50 {sizes[-1] / sizes[0]:g}x rows / {sizes[0] / 1e6:g} M |" if len(sizes) > 1 else " |"))
-    print("|---|" + "---:|" * (len(sizes) + (len(sizes) > 1)))
+    print("\n| query | " + " | ".join(f"{n / 1e6:g} M rows: p50 / p95 ms, CPU ms (PostgreSQL + bench)" for n in sizes)
+          + (f" | p50 {sizes[-1] // sizes[0]}x rows / {sizes[0] / 1e6:g} M | PostgreSQL CPU {sizes[-1] // sizes[0]}x / "
+             f"{sizes[0] / 1e6:g} M |" if len(sizes) > 1 else " |"))
+    print("|---|" + "---:|" * (len(sizes) + 2 * (len(sizes) > 1)))
     for name in QUERIES:
-        cells = [f"{results[n][name][0]:.1f} / {results[n][name][1]:.1f}"
-                 + ("" if results[n][name][2] >= args.queries else f" ({results[n][name][2]} runs)") for n in sizes]
-        ratio = f" | {results[sizes[-1]][name][0] / results[sizes[0]][name][0]:.1f}" if len(sizes) > 1 else ""
+        cells = [f"{r[0]:.1f} / {r[1]:.1f}, {r[3]:.1f} + {r[4]:.1f}" + ("" if r[2] >= args.queries else f" ({r[2]} runs)")
+                 for n in sizes for r in (results[n][name],)]
+        first, last = results[sizes[0]][name], results[sizes[-1]][name]
+        ratio = (f" | {last[0] / first[0]:.1f} | {last[3] / first[3]:.1f}" if first[3] else f" | {last[0] / first[0]:.1f} | -") \
+            if len(sizes) > 1 else ""
         print(f"| {name} | " + " | ".join(cells) + ratio + " |")
     for name, lines in plans.items():
         print(f"\nplan of '{name}' at {sizes[-1]:,} rows (auto_explain, ANALYZE):")

@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from sqlalchemy import text
+from sqlalchemy import event
 
 from bench.edge.load import cpu_seconds
 from bench.webhooks.__main__ import (
@@ -76,17 +76,18 @@ SELECT printf('dlv_curve%09d', i), :org, :sub, printf('evt_curve%09d', i), 'lot.
 FROM n"""
 PG_ACTIVITIES = """
 INSERT INTO activities (org_id, event_id, seq, type, occurred_at, received_at, sender_type, sender_id, body, trace_headers)
-SELECT $1, 'evt_curve' || lpad(i::text, 9, '0'), $2 + i, 'lot.created', to_timestamp($3 + i), to_timestamp($3 + i),
-       'integration', 'int_bench', convert_to(replace($4, '@ID@', 'evt_curve' || lpad(i::text, 9, '0')), 'UTF8'), '{}'
-FROM generate_series(0, $5 - 1) AS i"""
+SELECT $1::text, 'evt_curve' || lpad(i::text, 9, '0'), $2::bigint + i, 'lot.created', to_timestamp($3::bigint + i),
+       to_timestamp($3::bigint + i), 'integration', 'int_bench',
+       convert_to(replace($4::text, '@ID@', 'evt_curve' || lpad(i::text, 9, '0')), 'UTF8'), '{}'
+FROM generate_series(0, $5::bigint - 1) AS i"""
 PG_DELIVERIES = """
 INSERT INTO deliveries (id, org_id, subscription_id, event_id, event_type, seq, status, round, attempts, next_attempt_at,
                         lease_until, claimed_by, created_at, updated_at, last_status_code, last_error,
                         last_error_detail, test)
-SELECT 'dlv_curve' || lpad(i::text, 9, '0'), $1, $6, 'evt_curve' || lpad(i::text, 9, '0'), 'lot.created', $2 + i,
-       'pending', 1, 0, to_timestamp($3 + i), NULL, NULL, to_timestamp($3 + i), to_timestamp($3 + i), 0, 'none', '',
-       false
-FROM generate_series(0, $5 - 1) AS i"""
+SELECT 'dlv_curve' || lpad(i::text, 9, '0'), $1::text, $5::text, 'evt_curve' || lpad(i::text, 9, '0'), 'lot.created',
+       $2::bigint + i, 'pending', 1, 0, to_timestamp($3::bigint + i), NULL, NULL, to_timestamp($3::bigint + i),
+       to_timestamp($3::bigint + i), 0, 'none', '', false
+FROM generate_series(0, $4::bigint - 1) AS i"""
 
 
 def generate(url: str, subscription_id: str, n: int) -> float:
@@ -108,13 +109,53 @@ def generate(url: str, subscription_id: str, n: int) -> float:
             conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
             try:
                 await conn.execute(PG_ACTIVITIES, ORG, seq, start, body, n, timeout=1800)
-                await conn.execute(PG_DELIVERIES, ORG, seq, start, body, n, subscription_id, timeout=1800)
+                await conn.execute(PG_DELIVERIES, ORG, seq, start, n, subscription_id, timeout=1800)
                 await conn.execute("VACUUM ANALYZE activities", timeout=1800)
                 await conn.execute("VACUUM ANALYZE deliveries", timeout=1800)
             finally:
                 await conn.close()
         asyncio.run(pg())
     return time.perf_counter() - started
+
+
+async def plans(engine: Any, sessions: Any, queue: WorkQueue, postgres: bool) -> dict[str, list[str]]:
+    """The plan of each statement the claim and next_due run (captured as the driver gets
+    them, then explained with the same parameters: EXPLAIN ANALYZE on PostgreSQL, EXPLAIN
+    QUERY PLAN on SQLite), in a transaction rolled back."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
+            captured.append((statement, parameters))
+
+    out: dict[str, list[str]] = {}
+    for name in ("claim", "next_due"):
+        captured.clear()
+        event.listen(engine.sync_engine, "before_cursor_execute", capture)
+        async with sessions() as session:
+            await session.begin()
+            now = dt.datetime.now(dt.timezone.utc)
+            if name == "claim":
+                await queue.claim(session, now, limit=CLAIM_BATCH, lease_until=now + dt.timedelta(seconds=30),
+                                  exclude=(), room={}, default_room=BUFFER_ROUNDS * PER_SUBSCRIPTION)
+            else:
+                await queue.next_due(session)
+            event.remove(engine.sync_engine, "before_cursor_execute", capture)
+            lines: list[str] = []
+            for statement, parameters in list(captured):
+                how = "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) " if postgres else "EXPLAIN QUERY PLAN "
+                conn = await session.connection()
+                took = []
+                for _ in range(3):  # the statement alone, best of three
+                    started = time.perf_counter()
+                    await conn.exec_driver_sql(statement, parameters)
+                    took.append((time.perf_counter() - started) * 1000)
+                result = await conn.exec_driver_sql(how + statement, parameters)
+                lines.append(f"[{min(took):.2f} ms] " + " ".join(statement.split())[:160] + " ...")
+                lines += [("    " + " ".join(str(c) for c in (row[-1:] if not postgres else row)))[:220] for row in result]
+            await session.rollback()
+        out[name] = lines
+    return out
 
 
 async def queue_times(url: str, claims: int, postgres: bool) -> dict[str, Any]:
@@ -148,15 +189,7 @@ async def queue_times(url: str, claims: int, postgres: bool) -> dict[str, Any]:
             times.sort()
             out[name] = (statistics.median(times), times[max(0, int(len(times) * 0.95 + 0.5) - 1)])
             out[f"{name}_rows"] = got
-        if postgres:
-            async with engine.connect() as conn:
-                plan = await conn.execute(text(
-                    "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) SELECT deliveries.id FROM deliveries "
-                    "WHERE deliveries.subscription_id = (SELECT id FROM subscriptions LIMIT 1) "
-                    "AND deliveries.status = 'pending' AND deliveries.next_attempt_at <= now() "
-                    "AND (deliveries.lease_until IS NULL OR deliveries.lease_until < now()) "
-                    "ORDER BY deliveries.next_attempt_at, deliveries.seq LIMIT 129"))
-                out["plan"] = [r[0] for r in plan]
+        out["plans"] = await plans(engine, sessions, queue, postgres)
     finally:
         await engine.dispose()
     return out
@@ -266,10 +299,10 @@ def main() -> None:
     for r in rows:
         if r.get("bad"):
             print(f"{r['size']:,}: {r['bad']} deliveries with a bad signature")
-        if r.get("plan"):
-            print(f"\nplan of the claim's per-subscription read at {r['size']:,} pending:")
-            print("\n".join("    " + line for line in r["plan"]))
-
+    last = rows[-1]
+    for name, lines in last.get("plans", {}).items():
+        print(f"\nplans of {name}'s statements at {last['size']:,} pending ({args.backend}):")
+        print("\n".join("    " + line for line in lines))
 
 if __name__ == "__main__":
     main()
