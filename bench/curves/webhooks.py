@@ -287,7 +287,7 @@ def main() -> None:
           f"queries timed in the bench process with the service stopped ({args.claims} runs after a warm-up, "
           f"p50 / p95 ms); then the service (CPU {SERVICE_CPU}) drains {args.drain:,} after {args.warm} to the "
           f"HTTPS receiver (CPU {BENCH_CPU})\n")
-    print("| pending | generated in | claim (500) p50 / p95 ms | next_due p50 / p95 ms | depth p50 / p95 ms "
+    print("| pending | generated in | claim p50 / p95 ms (rows claimed) | next_due p50 / p95 ms | depth p50 / p95 ms "
           "| deliveries/s | CPU µs/delivery | load average |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
