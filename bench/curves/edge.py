@@ -3,6 +3,7 @@ checked, rate-limited, logged GET through the real edge with the load spread ove
 1,000 integrations, each with its own API key and token, in one run.
 
     .venv/bin/python -m bench.curves.edge [--steps 1,10,100,1000] [--seconds 5] [--rounds 3] [--connections 64]
+                                          [--profile 8]
 
 The stack is bench.edge's (bench/edge/stack.py: nats-server, identity, registry, the upstream,
 wrk and this driver on CPU 1; `python -m services.edge` alone on CPU 0), made once with the
@@ -15,7 +16,9 @@ wrk script rotates over the first N integrations' (Authorization, X-API-Key) pai
 per request; before a step's run every one of its integrations gets one GET (the caches hold
 them, as on a busy edge) and wrk a 1 s warm-up. Steps are interleaved over `--rounds` rounds,
 medians printed; CPU µs per request is the edge process's user + system time until its API log
-was drained (bench.edge's measure_edge), divided by the requests.
+was drained (bench.edge's measure_edge), divided by the requests. `--profile S`: then S
+seconds of py-spy (bench.edge.profile; `.venv/bin/pip install py-spy`, not a project
+dependency) on the edge under wrk at the smallest and the largest step, by cost centre.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from bench.edge.__main__ import INVALID_SHARE, EdgeRun, Target, measure_edge, nats_server, upstream
 from bench.edge.load import LOAD_CPU, SERVER_CPU, missing_tools, two_cores
+from bench.edge.profile import profile
 from bench.edge.stack import check_all, edge_stack, wrk_script
 
 UNLIMITED = 1_000_000_000  # requests a minute: the limiter counts, never refuses
@@ -48,6 +52,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run (1-30)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--profile", type=float, default=0.0,
+                        help="seconds of py-spy at the smallest and largest step (0: none)")
     args = parser.parse_args()
     steps = sorted({min(max(int(s), 1), 2000) for s in args.steps.split(",")})
     seconds, rounds = min(max(args.seconds, 1.0), 30.0), min(max(args.rounds, 1), 7)
@@ -57,6 +63,7 @@ def main() -> None:
         os.sched_setaffinity(0, {LOAD_CPU})
     runs: dict[int, list[EdgeRun]] = {n: [] for n in steps}
     loads: list[str] = []
+    profiles: dict[int, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="trellis-bench-curves-edge-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         nats_url = stack.enter_context(nats_server(root))
@@ -76,6 +83,10 @@ def main() -> None:
                 loads.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
             print(f"round {n + 1}/{rounds}: " + ", ".join(f"{s}: {runs[s][-1].measured.result.rps:,.0f}" for s in steps),
                   file=sys.stderr, flush=True)
+        for step in sorted({steps[0], steps[-1]}) if args.profile else []:
+            check_all(edge.url, edge.credentials[:step])
+            profiles[step] = profile(edge.url, edge.pid, scripts[step], seconds=min(args.profile, 30.0),
+                                     connections=args.connections, out=root / f"edge-{step}.spy.txt")
     print(f"\nedge throughput by active integrations: the edge alone on CPU {SERVER_CPU}; wrk -t1 -c{args.connections} "
           f"{seconds:g}s after a 1 s warm-up, rotating over the step's integrations; median of {rounds} interleaved "
           f"rounds (each round's req/s in brackets); limits lifted (the limiter counts, never refuses)\n")
@@ -99,6 +110,9 @@ def main() -> None:
               f"| {leases:.3f} | {logs:.4f} | {100 * statistics.median(r.measured.waited for r in rs):.1f} % "
               f"| {non2xx}{flag} |")
     print(f"\nload average after each run: {', '.join(loads)}")
+    for step, lines in profiles.items():
+        print(f"\npy-spy profile of the edge under wrk load with {step:,} active integrations ({args.profile:g} s):")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
