@@ -18,11 +18,12 @@ import json
 import os
 import re
 import sys
+import math
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from services.kit.auth import ADMIN_PERMISSION, generate_actor_key, mint_actor_t
 from services.kit.db import migrate
 from tests.support.ports import free_port
 
-INTEGRATIONS, ORGS = 60, 6  # 10 per organisation: under the default cap of 20 live integrations per org
+INTEGRATIONS = 60
+PER_ORG = 10  # integrations per organisation: under the default cap of 20 live integrations per org
 RATE_LIMIT = 10_000  # requests per minute, the registry's maximum
 PATH = "/lots"
 ISSUER, AUDIENCE = "bench-actors", "trellis"
@@ -105,8 +107,11 @@ async def _wait_serving(address: str, service: str, proc: Process, timeout: floa
     raise TimeoutError(f"{service} did not start")
 
 
-async def _provision(address: str, actor_private: bytes) -> list[rpb.IssuedCredentials]:
-    """INTEGRATIONS integrations, created by one user and approved and activated by another."""
+async def _provision(address: str, actor_private: bytes, count: int) -> list[rpb.IssuedCredentials]:
+    """`count` integrations, PER_ORG to an organisation, created by one user and approved and
+    activated by another (up to 8 at a time)."""
+    orgs = math.ceil(count / PER_ORG)
+    limit = asyncio.Semaphore(8)
 
     def actor(user: str, org: str) -> tuple[tuple[str, str], ...]:
         token = mint_actor_token(actor_private, issuer=ISSUER, audience=AUDIENCE, user_id=user, org_id=org,
@@ -117,7 +122,11 @@ async def _provision(address: str, actor_private: bytes) -> list[rpb.IssuedCrede
         registry = registry_pb2_grpc.RegistryStub(channel)
 
         async def one(n: int) -> rpb.IssuedCredentials:
-            org = f"org_bench{n % ORGS}"
+            async with limit:
+                return await make(n)
+
+        async def make(n: int) -> rpb.IssuedCredentials:
+            org = f"org_bench{n % orgs}"
             alice, bob = actor("usr_alice", org), actor("usr_bob", org)
             created = await registry.CreateIntegration(rpb.CreateIntegrationRequest(
                 vendor_id="sap", name=f"bench {n}", owner="usr_alice", description="bench.edge",
@@ -127,7 +136,7 @@ async def _provision(address: str, actor_private: bytes) -> list[rpb.IssuedCrede
                 rpb.ActivateIntegrationRequest(integration_id=created.id, request_id=uuid.uuid4().hex), metadata=bob)
             return activated.credentials
 
-        return [await one(n) for n in range(INTEGRATIONS)]
+        return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
 def _token(edge_url: str, client_id: str, client_secret: str) -> str:
@@ -153,7 +162,10 @@ def check_all(url: str, credentials: list[dict[str, str]]) -> dict[int, int]:
 
 
 @contextlib.contextmanager
-def edge_stack(upstream_url: str, nats_url: str, root: Path) -> Iterator[EdgeStack]:
+def edge_stack(upstream_url: str, nats_url: str, root: Path, *, integrations: int = INTEGRATIONS,
+               prepare: Callable[[Path], None] | None = None) -> Iterator[EdgeStack]:
+    """The stack with `integrations` Active integrations; `prepare` gets the registry's database
+    after they are made and before the edge starts (a bench's change to what the edge will read)."""
     root.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("identity", "registry")}
     env = _environment(root, nats_url, ports, _write_routes(root / "routes.toml", upstream_url))
@@ -168,7 +180,10 @@ def edge_stack(upstream_url: str, nats_url: str, root: Path) -> Iterator[EdgeSta
         for service in ("identity", "registry"):
             full_name = f"trellis.{service}.v1.{service.capitalize()}"
             asyncio.run(_wait_serving(f"127.0.0.1:{ports[service]}", full_name, services[service]))
-        issued = asyncio.run(_provision(f"127.0.0.1:{ports['registry']}", (root / "actor_private.pem").read_bytes()))
+        issued = asyncio.run(_provision(f"127.0.0.1:{ports['registry']}", (root / "actor_private.pem").read_bytes(),
+                                        integrations))
+        if prepare is not None:
+            prepare(root / "data" / "registry.db")
         base, pid = stack.enter_context(edge_process(env, root / "edge.log"))
         credentials = [{"Authorization": f"Bearer {_token(base, c.client_id, c.client_secret)}", "X-API-Key": c.api_key}
                        for c in issued]

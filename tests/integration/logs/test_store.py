@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.auth import (
@@ -28,7 +28,7 @@ from services.logs.adapters.store import (
     metadata,
     units_of_work,
 )
-from services.logs.application.commands import GetRequest, QueryRequests, RequestHistogram
+from services.logs.application.commands import ExportRequests, GetRequest, QueryRequests, RequestHistogram
 from services.logs.application.handlers import LogsHandlers
 from services.logs.domain.model import (
     ApiRequest,
@@ -225,6 +225,41 @@ async def test_the_histogram_is_counted_by_the_database_per_bucket_and_integrati
     assert platform.requests == 7 and platform.cells[0].errors == 7
     with pytest.raises(PermissionDenied):
         await handlers.request_histogram(qa, RequestHistogram(platform=True))
+
+
+async def test_an_integrations_histogram_and_count_read_only_its_index_on_postgresql(engine: AsyncEngine,
+                                                                                   repo: LogsRepository) -> None:
+    """Migration 0004: status and repeats are in the integration index, so PostgreSQL answers
+    an integration's histogram and count without a table page per row."""
+    if not repo.postgres:
+        pytest.skip("SQLite has no INCLUDE columns; its index is unchanged")
+    handlers = handlers_for(engine, repo)
+    await handlers.record_requests([request(i, integration=f"int_{i % 37}", status=429 if i % 9 == 0 else 200)
+                                    for i in range(20_000)])
+    async with engine.connect() as conn:  # the visibility map an index-only scan needs, and statistics
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.exec_driver_sql("VACUUM ANALYZE api_requests")
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "api_requests" in statement and ("GROUP BY" in statement or "count(" in statement):
+            statements.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    qa = Actor("quinn", "org_a", frozenset({QA_PERMISSION}))
+    histogram = await handlers.request_histogram(qa, RequestHistogram(RequestFilter(integration_id="int_5")))
+    total, pages = await handlers.export_requests(qa, ExportRequests(RequestFilter(integration_id="int_5")))
+    await pages.aclose()  # type: ignore[attr-defined]
+    event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert histogram.requests == total == len(range(5, 20_000, 37))
+    assert [s for s, _ in statements if "GROUP BY" in s] and [s for s, _ in statements if "count(" in s]
+    async with engine.connect() as conn:
+        # The plan for a big log, on a small one: an index, and then whether the index alone answers.
+        await conn.exec_driver_sql("SET enable_seqscan = off")
+        await conn.exec_driver_sql("SET enable_bitmapscan = off")
+        for statement, parameters in statements:
+            plan = "\n".join(r[0] for r in (await conn.exec_driver_sql("EXPLAIN " + statement, parameters)).all())
+            assert "Index Only Scan using ix_api_requests_org_integration_ts" in plan, plan
 
 
 async def test_each_filter_reads_its_first_page_from_an_index(engine: AsyncEngine, repo: LogsRepository) -> None:
