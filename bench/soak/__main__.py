@@ -32,6 +32,7 @@ from bench.memory.harness import harness
 from bench.memory.suite import SERVICES
 from bench.memory.load import Achieved, Rates, apply
 from bench.memory.tracing import difference, enable, snapshot
+from bench.memory.tracing import start as trace
 
 PRINT_EVERY_SECONDS = 30.0
 SAMPLE_EVERY_SECONDS = 5.0
@@ -69,9 +70,12 @@ async def report_every(sampler: Sampler, achieved: Achieved, start: float, until
 
 async def first_snapshot(args: argparse.Namespace, pids: dict[str, int], root: Path,
                          start: float) -> tracemalloc.Snapshot | None:
+    """Tracing starts when the warm-up ends; the first snapshot is a third of the rest later."""
     if not args.tracemalloc:
         return None
     await asyncio.sleep(max(0.0, start + args.warm_up - time.monotonic()))
+    await asyncio.to_thread(trace, pids[args.tracemalloc], root / "tracemalloc")
+    await asyncio.sleep(max(0.0, start + args.warm_up + (args.minutes * 60 - args.warm_up) / 3 - time.monotonic()))
     return await asyncio.to_thread(snapshot, pids[args.tracemalloc], root / "tracemalloc", 1)
 
 
@@ -109,7 +113,7 @@ async def run(args: argparse.Namespace, root: Path) -> int:
                 began = await traced
                 end = await asyncio.to_thread(snapshot, suite.pids[args.tracemalloc], root / "tracemalloc", 2)
                 assert began is not None
-                print(f"tracemalloc in {args.tracemalloc}, from the end of the warm-up to the end of the soak:\n"
+                print(f"tracemalloc in {args.tracemalloc}, from a third of the way after the warm-up to the end:\n"
                       + difference(began, end), flush=True)
         soaked = [s for s in sampler.of("soak") if s.t - start >= args.warm_up]
     print(f"soak reached: {achieved.describe()}")

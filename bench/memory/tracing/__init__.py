@@ -17,19 +17,27 @@ def enable(service: str, directory: Path) -> None:
     """Make the next suite started from this process trace `service` (os.environ, inherited)."""
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
-    os.environ["TRELLIS_BENCH_TRACEMALLOC"] = service
-    os.environ["TRELLIS_BENCH_TRACEMALLOC_DIR"] = str(directory)
+    os.environ["BENCH_TRACEMALLOC"] = service
+    os.environ["BENCH_TRACEMALLOC_DIR"] = str(directory)
 
 
-def snapshot(pid: int, directory: Path, n: int, timeout: float = 120.0) -> tracemalloc.Snapshot:
-    """Ask the traced process for its `n`-th snapshot (SIGUSR2) and load it."""
+def _signal(pid: int, done: Path, timeout: float) -> None:
     os.kill(pid, signal.SIGUSR2)
-    done = directory / f"{n}.done"
     deadline = time.monotonic() + timeout
     while not done.exists():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no tracemalloc snapshot {n} from pid {pid}")
+            raise TimeoutError(f"pid {pid} did not answer SIGUSR2 with {done.name}")
         time.sleep(0.2)
+
+
+def start(pid: int, directory: Path, timeout: float = 60.0) -> None:
+    """Start tracing in the process (its first SIGUSR2)."""
+    _signal(pid, directory / "0.done", timeout)
+
+
+def snapshot(pid: int, directory: Path, n: int, timeout: float = 120.0) -> tracemalloc.Snapshot:
+    """Ask the traced process for its `n`-th snapshot (a later SIGUSR2) and load it."""
+    _signal(pid, directory / f"{n}.done", timeout)
     return tracemalloc.Snapshot.load(str(directory / f"{n}.snapshot"))
 
 
