@@ -31,8 +31,7 @@ from bench.memory.footprint import MB, Sample, Sampler
 from bench.memory.harness import harness
 from bench.memory.suite import SERVICES
 from bench.memory.load import Achieved, Rates, apply
-from bench.memory.tracing import difference, enable, snapshot
-from bench.memory.tracing import start as trace
+from bench.memory.tracing import Inside, describe, difference, enable
 
 PRINT_EVERY_SECONDS = 30.0
 SAMPLE_EVERY_SECONDS = 5.0
@@ -60,23 +59,27 @@ def growth(samples: list[Sample], name: str) -> tuple[float, float, float]:
     return first, last, last - first
 
 
-async def report_every(sampler: Sampler, achieved: Achieved, start: float, until: float) -> None:
+async def report_every(sampler: Sampler, achieved: Achieved, start: float, until: float,
+                       inside: Inside | None) -> None:
+    """A line every PRINT_EVERY_SECONDS; with `inside`, that process's own figures (MB) after it."""
     next_at = start + PRINT_EVERY_SECONDS
     while next_at <= until + 1:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        print(line(time.monotonic() - start, sampler.take(), achieved), flush=True)
+        text = line(time.monotonic() - start, sampler.take(), achieved)
+        if inside is not None:
+            text += f"\n          inside: {describe(await asyncio.to_thread(inside.stats))}"
+        print(text, flush=True)
         next_at += PRINT_EVERY_SECONDS
 
 
-async def first_snapshot(args: argparse.Namespace, pids: dict[str, int], root: Path,
-                         start: float) -> tracemalloc.Snapshot | None:
+async def first_snapshot(args: argparse.Namespace, traced: Inside | None, start: float) -> tracemalloc.Snapshot | None:
     """Tracing starts when the warm-up ends; the first snapshot is a third of the rest later."""
-    if not args.tracemalloc:
+    if traced is None:
         return None
     await asyncio.sleep(max(0.0, start + args.warm_up - time.monotonic()))
-    await asyncio.to_thread(trace, pids[args.tracemalloc], root / "tracemalloc")
+    await asyncio.to_thread(traced.stats)
     await asyncio.sleep(max(0.0, start + args.warm_up + (args.minutes * 60 - args.warm_up) / 3 - time.monotonic()))
-    return await asyncio.to_thread(snapshot, pids[args.tracemalloc], root / "tracemalloc", 1)
+    return await asyncio.to_thread(traced.snapshot)
 
 
 async def run(args: argparse.Namespace, root: Path) -> int:
@@ -101,17 +104,21 @@ async def run(args: argparse.Namespace, root: Path) -> int:
             seconds = args.minutes * 60
             achieved = Achieved(seconds=seconds)
             start = time.monotonic()
-            reporter = asyncio.create_task(report_every(sampler, achieved, start, start + seconds))
-            traced = asyncio.create_task(first_snapshot(args, suite.pids, root, start))
+            looked = args.tracemalloc or args.inside
+            inside = Inside(suite.pids[looked], root / "inside") if looked else None
+            traced = inside if args.tracemalloc else None
+            reporter = asyncio.create_task(report_every(sampler, achieved, start, start + seconds,
+                                                        None if traced else inside))
+            first_traced = asyncio.create_task(first_snapshot(args, traced, start))
             try:
                 achieved = await apply(suite, loaded.provisioned, loaded.receiver, loaded.rotate, rates, seconds,
                                        achieved=achieved)
             finally:
                 reporter.cancel()
             sampler.phase = "stop"
-            if args.tracemalloc:
-                began = await traced
-                end = await asyncio.to_thread(snapshot, suite.pids[args.tracemalloc], root / "tracemalloc", 2)
+            if traced is not None:
+                began = await first_traced
+                end = await asyncio.to_thread(traced.snapshot)
                 assert began is not None
                 print(f"tracemalloc in {args.tracemalloc}, from a third of the way after the warm-up to the end:\n"
                       + difference(began, end), flush=True)
@@ -143,6 +150,8 @@ def main() -> None:
     parser.add_argument("--events-rate", type=float, help="activity events/s (default: half the deliveries/s reached)")
     parser.add_argument("--update-rate", type=float, help="audited registry updates/s (default: half the calibration's)")
     parser.add_argument("--page-rate", type=float, help="console pages/s (default: half the calibration's)")
+    parser.add_argument("--inside", metavar="SERVICE", choices=SERVICES,
+                        help="print SERVICE's own figures with each line (SQLite's and malloc's bytes, threads)")
     parser.add_argument("--tracemalloc", metavar="SERVICE", choices=SERVICES,
                         help="trace SERVICE's Python allocations and print what grew during the soak (slows it)")
     args = parser.parse_args()
@@ -150,8 +159,8 @@ def main() -> None:
     args.calibrate = min(max(args.calibrate, 5.0), 300.0)
     args.warm_up = min(max(args.warm_up, 0.0), args.minutes * 60 / 2)
     with tempfile.TemporaryDirectory(prefix="trellis-bench-soak-") as tmp:
-        if args.tracemalloc:
-            enable(args.tracemalloc, Path(tmp) / "tracemalloc")
+        if args.tracemalloc or args.inside:
+            enable(args.tracemalloc or args.inside, Path(tmp) / "inside", trace=bool(args.tracemalloc))
         raise SystemExit(asyncio.run(run(args, Path(tmp))))
 
 

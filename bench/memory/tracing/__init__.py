@@ -1,44 +1,70 @@
-"""tracemalloc in one service of the suite, for finding what grows (`--tracemalloc SERVICE` of
-bench.memory and bench.soak): the environment that turns it on (sitecustomize.py beside this
-file, on PYTHONPATH), a snapshot taken on demand, and the difference of two snapshots."""
+"""Looking inside one service of the suite, for finding what grows (bench.soak `--inside
+SERVICE`, `--tracemalloc SERVICE`): the environment that turns it on (sitecustomize.py beside
+this file, on PYTHONPATH), its figures and snapshots taken on demand, and the difference of two
+snapshots."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 
 
-def enable(service: str, directory: Path) -> None:
-    """Make the next suite started from this process trace `service` (os.environ, inherited)."""
+def enable(service: str, directory: Path, *, trace: bool) -> None:
+    """Make the next suite started from this process answer SIGUSR2 in `service`, tracing its
+    allocations too when `trace` (os.environ, inherited)."""
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
-    os.environ["BENCH_TRACEMALLOC"] = service
+    os.environ["BENCH_TRACEMALLOC"] = f"{service}:trace" if trace else service
     os.environ["BENCH_TRACEMALLOC_DIR"] = str(directory)
 
 
-def _signal(pid: int, done: Path, timeout: float) -> None:
-    os.kill(pid, signal.SIGUSR2)
-    deadline = time.monotonic() + timeout
-    while not done.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"pid {pid} did not answer SIGUSR2 with {done.name}")
-        time.sleep(0.2)
+@dataclass
+class Inside:
+    """The SIGUSR2 protocol of sitecustomize.py with one process: the n-th signal answers with
+    `<n>.json` (and, when tracing, `<n>.snapshot` from n = 1 on)."""
+
+    pid: int
+    directory: Path
+    taken: int = 0
+
+    def stats(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Its figures now (the first call also starts tracing, when asked for)."""
+        n, self.taken = self.taken, self.taken + 1
+        done = self.directory / f"{n}.json"
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not done.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pid {self.pid} did not answer SIGUSR2 with {done.name}")
+            time.sleep(0.2)
+        found: dict[str, Any] = json.loads(done.read_text())
+        return found
+
+    def snapshot(self) -> tracemalloc.Snapshot:
+        """A tracemalloc snapshot now (tracing must have started with an earlier call)."""
+        self.stats()
+        return tracemalloc.Snapshot.load(str(self.directory / f"{self.taken - 1}.snapshot"))
 
 
-def start(pid: int, directory: Path, timeout: float = 60.0) -> None:
-    """Start tracing in the process (its first SIGUSR2)."""
-    _signal(pid, directory / "0.done", timeout)
-
-
-def snapshot(pid: int, directory: Path, n: int, timeout: float = 120.0) -> tracemalloc.Snapshot:
-    """Ask the traced process for its `n`-th snapshot (a later SIGUSR2) and load it."""
-    _signal(pid, directory / f"{n}.done", timeout)
-    return tracemalloc.Snapshot.load(str(directory / f"{n}.snapshot"))
+def describe(stats: dict[str, Any]) -> str:
+    mb = 1024 * 1024
+    parts = [f"threads {stats.get('native_threads', '?')}"]
+    if "sqlite_used" in stats:
+        parts.append(f"sqlite {stats['sqlite_used'] / mb:.1f}")
+    if "malloc_uordblks" in stats:
+        parts.append(f"malloc used {stats['malloc_uordblks'] / mb:.1f} free {stats['malloc_fordblks'] / mb:.1f} "
+                     f"mmap {stats['malloc_hblkhd'] / mb:.1f}")
+    if "traced" in stats:
+        parts.append(f"traced {stats['traced'] / mb:.1f}")
+    return ", ".join(parts)
 
 
 def difference(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 12) -> str:
