@@ -62,6 +62,12 @@ def is_sqlite(url: str) -> bool:
 
 # A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
 PING_IDLE_SECONDS = 10.0
+# Prepared statements Python's sqlite3 keeps per connection (its default is 128). Every length
+# of an `IN (…)` list is a statement of its own, and one of a few hundred parameters holds tens
+# of kilobytes in SQLite: with 128 of them a connection held 8 MB more after 400 lengths, and the
+# webhooks service grew by 13 MB of SQLite memory in a 10-minute soak, past 150 MB of RSS
+# (docs/benchmarks.md, "Memory (issue 16)"). The hot statements are few; 32 keeps them.
+SQLITE_CACHED_STATEMENTS = 32
 
 
 def ping_when_idle(engine: AsyncEngine, idle_seconds: float = PING_IDLE_SECONDS) -> None:
@@ -98,7 +104,8 @@ def create_engine(url: str, *, echo: bool = False, ping_idle_seconds: float = PI
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(url, echo=echo,
+                                     connect_args={"timeout": 30, "cached_statements": SQLITE_CACHED_STATEMENTS})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

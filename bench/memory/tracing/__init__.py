@@ -58,7 +58,8 @@ def describe(stats: dict[str, Any]) -> str:
     mb = 1024 * 1024
     parts = [f"threads {stats.get('native_threads', '?')}"]
     if "sqlite_used" in stats:
-        parts.append(f"sqlite {stats['sqlite_used'] / mb:.1f}")
+        parts.append(f"sqlite {stats['sqlite_used'] / mb:.1f}"
+                     + (f" (page caches {stats['sqlite_pagecache'] / mb:.1f})" if "sqlite_pagecache" in stats else ""))
     if "malloc_uordblks" in stats:
         parts.append(f"malloc used {stats['malloc_uordblks'] / mb:.1f} free {stats['malloc_fordblks'] / mb:.1f} "
                      f"mmap {stats['malloc_hblkhd'] / mb:.1f}")

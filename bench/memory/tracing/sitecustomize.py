@@ -39,6 +39,11 @@ def _stats() -> dict[str, object]:
         sqlite.sqlite3_memory_highwater.restype = ctypes.c_int64
         found["sqlite_used"] = sqlite.sqlite3_memory_used()
         found["sqlite_highwater"] = sqlite.sqlite3_memory_highwater(0)
+        current, peak = ctypes.c_int64(), ctypes.c_int64()
+        # SQLITE_STATUS_PAGECACHE_OVERFLOW (2): the page caches' bytes, from malloc here (no
+        # SQLITE_CONFIG_PAGECACHE); the rest of sqlite_used is prepared statements, schemas, lookaside.
+        if sqlite.sqlite3_status64(2, ctypes.byref(current), ctypes.byref(peak), 0) == 0:
+            found["sqlite_pagecache"] = current.value
     except (OSError, AttributeError):
         pass
     try:
