@@ -19,6 +19,9 @@ states what its service has and nothing about the order of cleanup.
 The two HTTP processes (the edge and the console) are built the same way: `listen()` binds
 their socket, `on_close()` registers what they open themselves, and `handover()` gives the
 stack to their services.kit.httpserve.RunningHttp, which closes it after uvicorn stopped.
+They have no database, so SQLAlchemy (and the kit's database code and outbox) is imported by
+the steps that use it, not by this module: about 25 MB of RSS the edge and the console do not
+carry (tests/unit/kit/test_service_imports.py).
 """
 
 from __future__ import annotations
@@ -31,23 +34,25 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import cached_property
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.kit.auth import ActorVerifier
 from services.kit.bus import connect, ensure_streams
-from services.kit.db import create_engine, is_sqlite, read_session_factory, session_factory
 from services.kit.grpc_server import create_server
 from services.kit.metrics import ServiceMetrics
-from services.kit.outbox import OutboxRelay, jetstream_publisher
 from services.kit.service import Cleanup, RunningService
 from services.kit.settings import KitSettings
 from services.kit.telemetry import peer_channel
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from services.kit.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +70,15 @@ class Database:
     @property
     def sqlite(self) -> bool:
         """SQLite: one writer, no SKIP LOCKED, no advisory locks."""
+        from services.kit.db import is_sqlite
+
         return is_sqlite(self.url)
 
     @cached_property
     def read_sessions(self) -> async_sessionmaker[AsyncSession]:
         """Sessions for units that only read (services.kit.db.read_session_factory)."""
+        from services.kit.db import read_session_factory
+
         return read_session_factory(self.engine)
 
 
@@ -150,6 +159,8 @@ class ServiceBuilder:
 
     def database(self) -> Database:
         """The service's engine (`<name>_database_url`; migrations are not run here)."""
+        from services.kit.db import create_engine, session_factory
+
         url = self.settings.database_url(self.name)
         engine = create_engine(url, echo=self.settings.database_echo)
         self.on_close(engine.dispose, "database engine")
@@ -165,6 +176,8 @@ class ServiceBuilder:
 
     def outbox_relay(self, db: Database, table: Table, bus: Bus) -> OutboxRelay:
         """The relay publishing `table`'s rows to JetStream, running; its backlog in /metrics."""
+        from services.kit.outbox import OutboxRelay, jetstream_publisher
+
         relay = OutboxRelay(db.sessions, table, jetstream_publisher(bus.js),
                             poll_seconds=self.settings.outbox_poll_seconds, skip_locked=not db.sqlite)
         relay.start()

@@ -1,5 +1,9 @@
 """Async SQLAlchemy 2 engines for SQLite (aiosqlite) and PostgreSQL (asyncpg), and the
-Alembic runner every service's migrations go through."""
+Alembic runner every service's migrations go through.
+
+Alembic is imported only by the functions that migrate: it brings Mako and Pygments with it,
+about 11 MB of every process's RSS, and a running service never migrates (the launcher and
+`trellis migrate` do; tests/unit/kit/test_service_imports.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ import asyncio
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import DateTime, MetaData, event, exc
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from services.kit.clock import utcnow as utcnow  # here too, for the code that has always found it here
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -57,6 +62,12 @@ def is_sqlite(url: str) -> bool:
 
 # A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
 PING_IDLE_SECONDS = 10.0
+# Prepared statements Python's sqlite3 keeps per connection (its default is 128). Every length
+# of an `IN (…)` list is a statement of its own, and one of a few hundred parameters holds tens
+# of kilobytes in SQLite: with 128 of them a connection held 8 MB more after 400 lengths, and the
+# webhooks service grew by 13 MB of SQLite memory in a 10-minute soak, past 150 MB of RSS
+# (docs/benchmarks.md, "Memory (issue 16)"). The hot statements are few; 32 keeps them.
+SQLITE_CACHED_STATEMENTS = 32
 
 
 def ping_when_idle(engine: AsyncEngine, idle_seconds: float = PING_IDLE_SECONDS) -> None:
@@ -93,7 +104,8 @@ def create_engine(url: str, *, echo: bool = False, ping_idle_seconds: float = PI
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(url, echo=echo,
+                                     connect_args={"timeout": 30, "cached_statements": SQLITE_CACHED_STATEMENTS})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -127,6 +139,8 @@ def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
 
 def alembic_config(service: str, url: str) -> Config:
     """Alembic configuration for `services/<service>/migrations`, pointed at `url`."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", f"services.{service}:migrations")
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -135,6 +149,8 @@ def alembic_config(service: str, url: str) -> Config:
 
 def migrate(service: str, url: str, revision: str = "head") -> None:
     """Upgrade one service's database to `revision` (blocking; runs its own event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(service, url), revision)
 
 
