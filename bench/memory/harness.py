@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import trustme
 
 from bench.edge.load import LOAD_CPU, Process, wait_http
 from bench.memory.suite import Provisioned, Suite, provision, running_suite
-from bench.webhooks.__main__ import Receiver, start_receiver
+from bench.webhooks.__main__ import Receiver, tls_receiver
 from tests.support.ports import free_port
 
 
@@ -33,13 +31,7 @@ class Harness:
 @contextlib.asynccontextmanager
 async def harness(root: Path) -> AsyncIterator[tuple[Suite, "Ready"]]:
     """The suite running (yielded at once, to measure it idle) and `Ready`, which provisions it."""
-    ca = trustme.CA()
-    ca_file = root / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
-    receiver = Receiver()
-    runner, receiver_port = await start_receiver(receiver, server_context)
+    ca_file, receiver, runner, receiver_port = await tls_receiver(root)
     port = free_port()
     with contextlib.ExitStack() as stack:
         try:

@@ -220,11 +220,8 @@ async def until(condition, timeout: float = MAX_PHASE_SECONDS, interval: float =
         await asyncio.sleep(interval)
 
 
-async def broker_and_receiver(root: Path) -> tuple[NatsServer, Path, Receiver, web.AppRunner, int]:
-    """A nats-server on the bench's core, a test CA (its file under `root`) and the HTTPS
-    receiver it certifies: what every webhooks benchmark delivers through."""
-    nats_server = NatsServer(root / "nats").start()
-    pin(nats_server.process.pid, BENCH_CPU)  # type: ignore[union-attr]
+async def tls_receiver(root: Path) -> tuple[Path, Receiver, web.AppRunner, int]:
+    """A test CA (its file under `root`) and the HTTPS receiver it certifies, on loopback."""
     ca = trustme.CA()
     ca_file = root / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -232,7 +229,15 @@ async def broker_and_receiver(root: Path) -> tuple[NatsServer, Path, Receiver, w
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
     receiver = Receiver()
     runner, receiver_port = await start_receiver(receiver, server_context)
-    return nats_server, ca_file, receiver, runner, receiver_port
+    return ca_file, receiver, runner, receiver_port
+
+
+async def broker_and_receiver(root: Path) -> tuple[NatsServer, Path, Receiver, web.AppRunner, int]:
+    """A nats-server on the bench's core, a test CA and the HTTPS receiver it certifies: what
+    every webhooks benchmark delivers through."""
+    nats_server = NatsServer(root / "nats").start()
+    pin(nats_server.process.pid, BENCH_CPU)  # type: ignore[union-attr]
+    return nats_server, *await tls_receiver(root)
 
 
 def service_env(root: Path, nats_url: str, port: int, ca_file: Path) -> dict[str, str]:

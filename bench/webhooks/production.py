@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from nats.js import JetStreamContext
 
 from bench.webhooks.__main__ import (
     AUDIENCE, BENCH_CPU, ISSUER, MAX_PHASE_SECONDS, ORG, SERVICE_CPU, WARM_UP, Receiver, activity, broker_and_receiver,
-    cpu_seconds, pin, run_bare, service_env, until, wait_serving,
+    cpu_seconds, pin, run_bare, service_env, stop_child, until, wait_serving,
 )
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as pb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
@@ -135,20 +134,13 @@ class Replicas:
 
     async def stop_last(self) -> None:
         child, _ = self.children.pop()
-        await stop(child)
+        await stop_child(child)
 
     async def stop_all(self) -> None:
         while self.children:
             await self.stop_last()
 
 
-async def stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(child.wait, 15)
-        except subprocess.TimeoutExpired:
-            child.kill()
 
 
 @dataclass
