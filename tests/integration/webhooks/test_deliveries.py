@@ -272,7 +272,11 @@ async def test_pausing_holds_retries_and_resuming_sends_them(start_webhooks: Cal
 
 async def test_delete_cancels_pending_deliveries_and_nothing_more_is_sent(
         start_webhooks: Callable[..., Awaitable[Webhooks]], receiver: Receiver) -> None:
-    webhooks = await start_webhooks(webhooks_retry_schedule_seconds=[0.6, 0.6, 0.6, 0.6])
+    # The retry falls due 2 s after the first attempt: long enough that the delete lands first
+    # even on a loaded machine (at 0.6 s the retry could be in flight, and counted, before it),
+    # and inside the 3 s that nothing may arrive after the delete, so a cancelled retry that
+    # still went out would be seen.
+    webhooks = await start_webhooks(webhooks_retry_schedule_seconds=[2.0, 2.0, 2.0, 2.0])
     receiver.behaviour = lambda _: (500, "broken")
     created = await webhooks.subscribe(receiver.url())
     sub_id = created.subscription.id
@@ -282,7 +286,7 @@ async def test_delete_cancels_pending_deliveries_and_nothing_more_is_sent(
     deleted = await webhooks.stub.DeleteSubscription(pb.DeleteSubscriptionRequest(subscription_id=sub_id), metadata=webhooks.admin)
     assert deleted.cancelled_deliveries == 1
     await webhooks.publish()
-    await holds(lambda: _count_is(receiver, 1), seconds=1.5, what="nothing sent after delete")
+    await holds(lambda: _count_is(receiver, 1), seconds=3.0, what="nothing sent after delete")
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await webhooks.subscription(sub_id)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
