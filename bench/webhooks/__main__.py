@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import os
+import pstats
 import signal
 import sqlite3
 import ssl
@@ -283,7 +284,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         port = free_port()
         env = service_env(root, nats_server.url, port, ca_file)
         def start_service(details: bool) -> subprocess.Popen[bytes]:
-            child = subprocess.Popen([sys.executable, "-m", "services.webhooks"],
+            profiler = ["-m", "cProfile", "-o", str(args.cprofile.resolve())] if args.cprofile else []
+            child = subprocess.Popen([sys.executable, *profiler, "-m", "services.webhooks"],
                                      env={**env, "TRELLIS_WEBHOOKS_RECORD_ATTEMPT_DETAILS": str(details).lower()})
             children.append(child)
             pin(child.pid, SERVICE_CPU)
@@ -428,6 +430,8 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=5_000, help="events in the latency run (max 50000)")
     parser.add_argument("--recover-events", type=int, default=10_000, help="failed deliveries recovered at once (max 50000)")
     parser.add_argument("--throughput-only", action="store_true", help="steps 1 and 2 only (bare loop and throughput)")
+    parser.add_argument("--cprofile", type=Path, help="with --throughput-only: run the service under cProfile, its stats "
+                        "written here, and print its Python function calls per delivery (a count, not a time)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
                         help="postgresql: the production shape instead (bench.webhooks.production: SQLite beside a "
                              "throwaway PostgreSQL, then one and two replicas on it)")
@@ -451,6 +455,10 @@ def main() -> None:
           f"log {r['logged_lag_ms']:.0f} ms behind)")
     if args.throughput_only:
         print(f"signatures verified: {r['delivered'] - r['bad_signatures']:,} of {r['delivered']:,}; distinct events {r['distinct']:,}")
+        if args.cprofile:
+            total = pstats.Stats(str(args.cprofile)).total_calls  # type: ignore[attr-defined]  # set by Stats, not in its stub
+            print(f"under cProfile (rates above are not comparable): {total:,} Python function calls in the service, "
+                  f"{total / args.events:,.0f} per delivery (start-up and shutdown included)")
         return
     print(f"latency at {r['offered']:,.0f} events/s offered ({args.latency_events:,} events): "
           f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms")

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, ColumnElement, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
-    and_, case, delete, exists, func, literal, or_, select, text, tuple_, union, update,
+    and_, bindparam, case, delete, exists, func, literal, or_, select, text, tuple_, union, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
@@ -276,6 +276,26 @@ def insert_for(session: AsyncSession, table: Table) -> postgresql.Insert | sqlit
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+class _IngestStatements:
+    """What ActivityLog.ingest executes for every batch, built once per dialect: the activities'
+    insert (returning the new ones), the deliveries' insert, and the subscriptions of the
+    batch's organisations (bind parameter `orgs`)."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.activities = insert(activities).on_conflict_do_nothing().returning(activities.c.org_id,
+                                                                               activities.c.event_id)
+        self.deliveries = insert(deliveries).on_conflict_do_nothing()
+        t = subscriptions
+        self.matching = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.integration_id, t.c.filter).where(
+            t.c.org_id.in_(bindparam("orgs", expanding=True)), t.c.deleted_at.is_(None),
+            t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
+        )
+
+
+_INGEST_STATEMENTS = {dialect: _IngestStatements(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 # --- reading rows ------------------------------------------------------------------------------------
@@ -551,11 +571,11 @@ class ActivityLog:
              "trace_headers": json.dumps(dict(a.trace_headers))}
             for a, body, seq in unique.values()
         ]
+        statements = _INGEST_STATEMENTS[self._session.get_bind().dialect.name]
         inserted = set()
         if rows:
-            stmt = insert_for(self._session, activities).returning(activities.c.org_id, activities.c.event_id)
-            inserted = {(r.org_id, r.event_id) for r in (await self._session.execute(stmt, rows)).all()}
-        matches = await self._matching({org for org, _ in inserted})
+            inserted = {(r.org_id, r.event_id) for r in (await self._session.execute(statements.activities, rows)).all()}
+        matches = await self._matching(statements, {org for org, _ in inserted})
         counts: dict[tuple[str, str], int] = {}
         filtered: dict[tuple[str, str], int] = {}
         delivery_rows = []
@@ -578,23 +598,19 @@ class ActivityLog:
                         continue
                 counts[key] = counts.get(key, 0) + 1
         if delivery_rows:
-            await self._session.execute(insert_for(self._session, deliveries), delivery_rows)
+            await self._session.execute(statements.deliveries, delivery_rows)
         return [
             Accepted(a.event_id, a.org_id, duplicate=(a.org_id, a.event_id) not in inserted,
                      deliveries=counts.get((a.org_id, a.event_id), 0), filtered=filtered.get((a.org_id, a.event_id), 0))
             for a in batch
         ]
 
-    async def _matching(self, orgs: set[str]) -> list[tuple[str, str, frozenset[str], str, str]]:
+    async def _matching(self, statements: _IngestStatements,
+                        orgs: set[str]) -> list[tuple[str, str, frozenset[str], str, str]]:
         if not orgs:
             return []
-        t = subscriptions
-        query = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.integration_id, t.c.filter).where(
-            t.c.org_id.in_(sorted(orgs)), t.c.deleted_at.is_(None),
-            t.c.status.in_([SubscriptionStatus.ACTIVE.value, SubscriptionStatus.FAILING.value]),
-        )
-        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types)), r.integration_id, r.filter)
-                for r in (await self._session.execute(query)).all()]
+        rows = (await self._session.execute(statements.matching, {"orgs": sorted(orgs)})).all()
+        return [(r.id, r.org_id, frozenset(json.loads(r.activity_types)), r.integration_id, r.filter) for r in rows]
 
     async def add_test(self, activity: IncomingActivity, body: bytes, subscription_id: str,
                        delivery_id: str, now: dt.datetime) -> None:
