@@ -145,6 +145,27 @@ async def measure(address: str, actor_private: bytes, *, callers: int, seconds: 
         verified, keys_cpu, key_calls = await measured(verify_key, callers=callers, seconds=seconds,
                                                        server_cpu=server_cpu)
 
+    # The ceiling of a unary call: the same callers against an empty gRPC server (bench.identity.empty).
+    empty = subprocess.Popen([sys.executable, "-m", "bench.identity.empty"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert empty.stdout is not None
+        empty_port = int(await asyncio.to_thread(empty.stdout.readline))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{empty_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest()
+
+            async def check(i: int) -> object:
+                return await health.Check(request)
+
+            empty_rate, empty_cpu, _ = await measured(check, callers=callers, seconds=seconds,
+                                                      server_cpu=lambda: cpu_seconds(empty.pid))
+    finally:
+        empty.send_signal(signal.SIGTERM)
+        try:
+            empty.wait(15)
+        except subprocess.TimeoutExpired:
+            empty.kill()
+
     # The bare operations, on the same machine in the same run.
     rsa_key = signing.generate_private_key("RS256")
     now = int(time.time())
@@ -154,7 +175,8 @@ async def measure(address: str, actor_private: bytes, *, callers: int, seconds: 
     stored = hashlib.sha256(api_key.encode()).hexdigest()
     digest = bare_rate(lambda: hmac.compare_digest(hashlib.sha256(api_key.encode()).hexdigest(), stored), seconds / 2)
     return {"tokens": tokens, "sign": sign, "keys": verified, "digest": digest, "tokens_cpu": tokens_cpu,
-            "keys_cpu": keys_cpu, "calls": token_calls + key_calls + INTEGRATIONS}
+            "keys_cpu": keys_cpu, "calls": token_calls + key_calls + INTEGRATIONS,
+            "empty": empty_rate, "empty_cpu": empty_cpu}
 
 
 def run_identity(args: argparse.Namespace, root: Path, nats_url: str, pg: PostgresServer | None,
@@ -229,7 +251,10 @@ def main() -> None:
     ]
     for name, through, bare, cpu in rows:
         print(f"{name:<28}{through:>18,.0f}{bare:>20,.0f}{through / bare:>9.4f}{cpu:>21,.0f}")
+    print(f"{'empty unary call':<28}{result['empty']:>18,.0f}{'':>20}{'':>9}{result['empty_cpu']:>21,.0f}")
     print("bare operations: RS256 sign of the token claims (2048-bit key); SHA-256 + hmac.compare_digest of an API key")
+    print(f"empty unary call: grpc.health Check on a server with nothing else, the same callers: the ceiling of any RPC "
+          f"here; VerifyApiKey / empty {result['keys'] / result['empty']:.2f}, IssueToken / empty {result['tokens'] / result['empty']:.2f}")
     if args.cprofile:
         stats = pstats.Stats(str(args.cprofile))
         total = stats.total_calls  # type: ignore[attr-defined]  # set by Stats, not declared in its stub
