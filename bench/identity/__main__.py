@@ -9,6 +9,10 @@ Every loop is bounded by time and by count, so the run stops by itself (well und
 
     .venv/bin/python -m bench.identity [--seconds 4] [--callers 4] [--backend sqlite|postgresql] [--checkout DIR]
 
+After identity it measures an empty unary call (bench/identity/empty.py: the standard health
+service on a grpcio aio server with nothing else) with the same callers: the ceiling any RPC
+reaches on the machine, printed beside identity's rates.
+
 Beside each rate it prints the identity process's own CPU time per call (user + system, from
 /proc): on a shared, noisy machine that figure moves far less than a rate does, so it is the
 one to compare two versions by. `--checkout DIR` runs identity (and its migration) from another
@@ -36,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import jwt
@@ -96,6 +101,15 @@ async def wait_serving(channel: grpc.aio.Channel, timeout: float = 30.0) -> None
             pass
         await asyncio.sleep(0.1)
     raise TimeoutError("identity did not start")
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 15 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,11 +174,7 @@ async def measure(address: str, actor_private: bytes, *, callers: int, seconds: 
             empty_rate, empty_cpu, _ = await measured(check, callers=callers, seconds=seconds,
                                                       server_cpu=lambda: cpu_seconds(empty.pid))
     finally:
-        empty.send_signal(signal.SIGTERM)
-        try:
-            empty.wait(15)
-        except subprocess.TimeoutExpired:
-            empty.kill()
+        stop(empty)
 
     # The bare operations, on the same machine in the same run.
     rsa_key = signing.generate_private_key("RS256")
@@ -211,11 +221,7 @@ def run_identity(args: argparse.Namespace, root: Path, nats_url: str, pg: Postgr
         result = asyncio.run(measure(f"127.0.0.1:{port}", actor_private, callers=args.callers, seconds=seconds,
                                      server_cpu=lambda: cpu_seconds(server.pid)))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     return result
 
 

@@ -183,8 +183,9 @@ def main() -> None:
         print(json.dumps(asyncio.run(floor_loop(nats_url, database, url, ca, int(count)))), flush=True)
         return
     parser = argparse.ArgumentParser(prog="python -m bench.webhooks.floor")
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=20_000, help="events published and delivered (100-50000)")
     args = parser.parse_args()
+    args.events = min(max(args.events, 100), 50_000)
     with tempfile.TemporaryDirectory(prefix="trellis-floor-") as tmp:
         result = asyncio.run(run(args, Path(tmp)))
     print(f"webhooks floor: {args.events:,} events, one subscription, SQLite, 2 CPUs (loops on CPU {SERVICE_CPU}; "
