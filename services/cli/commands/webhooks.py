@@ -213,6 +213,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], co
     p.add_argument("recovery_id")
     p.set_defaults(handler=show_recovery)
 
+    p = commands.add_parser("recoveries", parents=parents, help="the organisation's recoveries, newest first")
+    p.add_argument("id", nargs="?", default="", help="only this subscription's")
+    p.add_argument("--limit", type=non_negative_int, default=50, metavar="N")
+    p.set_defaults(handler=list_recoveries)
+
     p = commands.add_parser("retention", parents=parents, help="how long deliveries, attempts and activities are kept")
     retention = p.add_subparsers(title="commands", metavar="COMMAND")
     p.set_defaults(handler=help_handler(p))
@@ -713,6 +718,22 @@ def show_recovery(args: argparse.Namespace, session: Session) -> int:
                   ("Started", f"{timestamp(r.created_at)} by {r.created_by}")]))
     if r.waiting_for:
         print(f"\nThe rest wait: {r.waiting_for}.")
+    return 0
+
+
+def list_recoveries(args: argparse.Namespace, session: Session) -> int:
+    with connect(args, session) as hooks:
+        found = hooks.ListRecoveries(pb.ListRecoveriesRequest(subscription_id=args.id,
+                                                              page_size=min(args.limit or 50, 500))).recoveries
+    if args.json:
+        print_json({"recoveries": [as_json(r) for r in found]})
+    elif found:
+        print(table(("STARTED", "RECOVERY", "SUBSCRIPTION", "EVENTS THAT ARRIVED", "QUEUED", "DONE", "SUCCEEDED",
+                     "FAILED", "WAITING FOR"), (
+            (timestamp(r.created_at), r.id, r.subscription_id, f"{timestamp(r.since)} .. {timestamp(r.until)}",
+             f"{r.queued:,}", f"{r.done:,}", f"{r.succeeded:,}", f"{r.failed:,}", r.waiting_for or "-") for r in found)))
+    else:
+        print("No recoveries." if not args.id else f"No recoveries of {args.id}.")
     return 0
 
 

@@ -515,6 +515,11 @@ class PartnerWebhooks:
             request.until.CopyFrom(until)
         return recovery_json(await self._call("StartRecovery", request, ask))
 
+    async def list_recoveries(self, ask: Ask) -> dict[str, Any]:
+        found = await self._call("ListRecoveries", pb.ListRecoveriesRequest(
+            subscription_id=ask.params["subscription_id"], **ask.page(), **ask.ids), ask)
+        return {"recoveries": [recovery_json(r) for r in found.recoveries], "next_cursor": found.next_page_token or None}
+
     async def get_recovery(self, ask: Ask) -> dict[str, Any]:
         found = await self._call("GetRecovery", pb.GetRecoveryRequest(recovery_id=ask.params["recovery_id"], **ask.ids), ask)
         if found.subscription_id != ask.params["subscription_id"]:
@@ -578,6 +583,8 @@ OPERATIONS: dict[str, tuple[Operation, ...]] = {
         Operation("POST", _S + "/recover", W.recover, "After an outage: send again every failed delivery whose event "
                   "arrived since a time (and before `until`), each with its event id and a new round of the retry "
                   "schedule; answers once all are queued", status=202, response="Recovery", body="RecoveryStart"),
+        Operation("GET", _S + "/recoveries", W.list_recoveries, "The subscription's recoveries, newest first, each "
+                  "with its progress", response="RecoveryList", query=_PAGE),
         Operation("GET", _S + "/recoveries/{recovery_id}", W.get_recovery, "A recovery's progress: how many were "
                   "queued and how many are done", response="Recovery"),
         Operation("GET", _S + "/attempts/{attempt_id}", W.get_attempt, "One attempt with what it sent and what your "
@@ -695,6 +702,7 @@ SCHEMAS: dict[str, Any] = {
                       "waiting_for": {"type": ["string", "null"], "description": "What the queued deliveries wait "
                                       "for (a Failing or paused subscription holds them)."},
                       "created_at": _TIME}, ("id", "queued", "done")),
+    "RecoveryList": _list_of("recoveries", "Recovery"),
     "ActivityTypeList": _obj({"activity_types": {"type": "array", "items": _obj({"id": _STR, "name": _STR, "category": _STR})}}),
 }
 QUERY: dict[str, tuple[dict[str, Any], str]] = {

@@ -789,25 +789,42 @@ class ActivityLog:
         await self._session.execute(update(recoveries).where(recoveries.c.id == recovery_id).values(queued=queued))
 
     async def get_recovery(self, scope: Scope, recovery_id: str) -> Recovery:
-        r, rd, d = recoveries, recovery_deliveries, deliveries
+        r = recoveries
         row = (await self._session.execute(
             select(r).where(self._visible(r, scope), r.c.id == recovery_id))).first()
         if row is None:
             raise NotFound(f"no recovery {recovery_id}", recovery_id=recovery_id)
-        # Done: its round is over (or a later round began, or retention deleted it).
+        return _recovery(row, (await self._progress([recovery_id])).get(recovery_id))
+
+    async def list_recoveries(self, scope: Scope, *, subscription_id: str, size: int,
+                              token: str) -> tuple[list[Recovery], str]:
+        r = recoveries
+        query = select(r).where(self._visible(r, scope))
+        if subscription_id:
+            query = query.where(r.c.subscription_id == subscription_id)
+        if token:  # ids are time-ordered: newest first is id descending
+            query = query.where(r.c.id < decode_token(token)[1])
+        rows = (await self._session.execute(query.order_by(r.c.id.desc()).limit(size + 1))).all()
+        progress = await self._progress([row.id for row in rows[:size]])
+        found = [_recovery(row, progress.get(row.id)) for row in rows[:size]]
+        return found, (encode_token("rcv", found[-1].id) if len(rows) > size else "")
+
+    async def _progress(self, recovery_ids: Sequence[str]) -> dict[str, Row[Any]]:
+        """Per recovery: the deliveries it queued, how many are done (their round is over, a later
+        round began, or retention deleted them) and how many of those succeeded."""
+        if not recovery_ids:
+            return {}
+        rd, d = recovery_deliveries, deliveries
         in_round = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.round <= rd.c.round)
         succeeded = and_(d.c.status == DeliveryStatus.SUCCEEDED.value, d.c.round >= rd.c.round)
-        counts = (await self._session.execute(
-            select(func.count().label("queued"),
+        rows = (await self._session.execute(
+            select(rd.c.recovery_id, func.count().label("queued"),
                    func.coalesce(func.sum(case((in_round, 0), else_=1)), 0).label("done"),
                    func.coalesce(func.sum(case((succeeded, 1), else_=0)), 0).label("succeeded"))
-            .select_from(rd.outerjoin(d, d.c.id == rd.c.delivery_id)).where(rd.c.recovery_id == recovery_id)
-        )).one()
-        return Recovery(
-            id=row.id, org_id=row.org_id, subscription_id=row.subscription_id, since=row.since, until=row.until,
-            created_by=row.created_by, created_at=row.created_at, queued=int(counts.queued), done=int(counts.done),
-            succeeded=int(counts.succeeded),
-        )
+            .select_from(rd.outerjoin(d, d.c.id == rd.c.delivery_id))
+            .where(rd.c.recovery_id.in_(list(recovery_ids))).group_by(rd.c.recovery_id)
+        )).all()
+        return {row.recovery_id: row for row in rows}
 
     # --- retention -----------------------------------------------------------------------------
 
@@ -859,6 +876,17 @@ class ActivityLog:
             delete(r).where(r.c.id.in_(select(r.c.id).where(r.c.org_id == org_id, r.c.created_at < cutoff, emptied)
                                         .limit(room)))))
         return deleted
+
+
+def _recovery(row: Row[Any], progress: Row[Any] | None) -> Recovery:
+    """A recoveries row with its progress (none yet: nothing queued)."""
+    return Recovery(
+        id=row.id, org_id=row.org_id, subscription_id=row.subscription_id, since=row.since, until=row.until,
+        created_by=row.created_by, created_at=row.created_at,
+        queued=int(progress.queued) if progress is not None else 0,
+        done=int(progress.done) if progress is not None else 0,
+        succeeded=int(progress.succeeded) if progress is not None else 0,
+    )
 
 
 def _new_delivery(id_: str, org_id: str, subscription_id: str, event_id: str, event_type: str, seq: int,

@@ -141,6 +141,14 @@ class RecoveryRef:
 
 
 @dataclass(frozen=True)
+class ListRecoveries:
+    subscription_id: str = ""
+    page_size: int = 0
+    page_token: str = ""
+    view: View = field(default_factory=View)
+
+
+@dataclass(frozen=True)
 class SetRetention:
     """The organisation's retention in days; 0 returns it to the service's default."""
 

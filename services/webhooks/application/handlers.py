@@ -19,7 +19,7 @@ from typing import cast
 from services.kit.auth import ADMIN_PERMISSION, EDGE_PERMISSION, Actor
 from services.kit.clock import utcnow
 from services.kit.crypto import Envelope
-from services.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.kit.ids import new_id
 from services.webhooks.application import commands
 from services.webhooks.domain import client_tls
@@ -636,6 +636,24 @@ class WebhookHandlers:
                 return recovery
             subscription = await uow.subscriptions.get(Scope(caller.org_id), recovery.subscription_id)
         return replace(recovery, waiting_for=waits_for(subscription))
+
+    async def list_recoveries(self, actor: Actor, query: commands.ListRecoveries) -> tuple[builtins.list[Recovery], str]:
+        """The organisation's recoveries, newest first; an unfinished one says what its
+        deliveries wait for, as get_recovery does."""
+        caller = caller_for(actor, query.view)
+        async with self._units(read_only=True) as uow:
+            if query.subscription_id:
+                await uow.subscriptions.get(caller.scope, query.subscription_id)  # NotFound if not theirs
+            found, token = await uow.activities.list_recoveries(
+                caller.scope, subscription_id=query.subscription_id, size=page_size(query.page_size),
+                token=query.page_token)
+            waiting: dict[str, str] = {}
+            for subscription_id in {r.subscription_id for r in found if not r.finished}:
+                try:
+                    waiting[subscription_id] = waits_for(await uow.subscriptions.get(Scope(caller.org_id), subscription_id))
+                except NotFound:  # deleted since: nothing waits any more
+                    waiting[subscription_id] = ""
+        return [r if r.finished else replace(r, waiting_for=waiting[r.subscription_id]) for r in found], token
 
     # --- retention -----------------------------------------------------------------------------
 

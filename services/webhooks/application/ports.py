@@ -258,6 +258,12 @@ class Activities(Protocol):
         """The recovery and its progress, or NotFound when the scope does not see it."""
         ...
 
+    async def list_recoveries(self, scope: Scope, *, subscription_id: str, size: int,
+                              token: str) -> tuple[list[Recovery], str]:
+        """The recoveries the scope sees (of one subscription when `subscription_id` is set),
+        newest first, `size` a page, each with its progress; and the next page's token ("": none)."""
+        ...
+
     # retention
 
     async def retention_override(self, org_id: str) -> int | None: ...

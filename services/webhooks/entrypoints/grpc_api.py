@@ -306,6 +306,14 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         recovery = await self._h.get_recovery(current_actor(), commands.RecoveryRef(request.recovery_id, _view(request, context)))
         return recovery_to_proto(recovery)
 
+    async def ListRecoveries(self, request: pb.ListRecoveriesRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ListRecoveriesResponse:
+        found, token = await self._h.list_recoveries(current_actor(), commands.ListRecoveries(
+            subscription_id=request.subscription_id, page_size=request.page_size, page_token=request.page_token,
+            view=_view(request, context),
+        ))
+        return pb.ListRecoveriesResponse(recoveries=[recovery_to_proto(r) for r in found], next_page_token=token)
+
     async def GetRetention(self, request: pb.GetRetentionRequest, context: grpc.aio.ServicerContext) -> pb.Retention:
         return retention_to_proto(await self._h.get_retention(current_actor(), commands.View()))
 

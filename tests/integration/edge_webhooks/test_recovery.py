@@ -42,6 +42,9 @@ async def test_a_partner_recovers_its_failed_deliveries_and_follows_the_progress
     done = await eventually(finished, what="the recovery")
     assert (done["done"], done["succeeded"], done["failed"], done["waiting_for"]) == (3, 3, 0, None)
     assert sorted(r.headers["X-Webhook-Id"] for r in receiver.received[3:]) == sorted(events)
+    status, _, listed = await client("GET", f"{path}/recoveries")
+    assert status == 200 and [r["id"] for r in listed["recoveries"]] == [started["id"]] and listed["next_cursor"] is None
+    assert listed["recoveries"][0]["succeeded"] == 3
 
     for body, field in (({}, "since"), ({"since": "yesterday"}, "since"), ({"since": _iso(dt.timedelta(hours=1))}, "since"),
                         ({"since": _iso(dt.timedelta(hours=-1)), "until": _iso(dt.timedelta(hours=-2))}, "until"),
@@ -56,6 +59,8 @@ async def test_a_partner_recovers_its_failed_deliveries_and_follows_the_progress
         status, _, refused = await caller("POST", f"{path}/recover", json={"since": _iso(dt.timedelta(hours=-1))})
         assert (status, refused["error"]) == (404, "not_found")
         status, _, refused = await caller("GET", f"{path}/recoveries/{started['id']}")
+        assert (status, refused["error"]) == (404, "not_found")
+        status, _, refused = await caller("GET", f"{path}/recoveries")
         assert (status, refused["error"]) == (404, "not_found")
     status, _, mine = await other("POST", "/v1/webhooks", json={"endpoint_url": receiver.url(), "activity_types": ["lot.created"]})
     status, _, refused = await other("GET", f"/v1/webhooks/{mine['id']}/recoveries/{started['id']}")

@@ -137,3 +137,57 @@ async def test_another_organisations_subscription_and_recovery_are_not_found(
     with pytest.raises(grpc.aio.AioRpcError) as hidden:
         await webhooks.stub.GetRecovery(pb.GetRecoveryRequest(recovery_id=started.id), metadata=stranger)
     assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_recoveries_are_listed_newest_first_with_their_progress_a_page_at_a_time(
+        start_webhooks: Callable[..., Awaitable[Webhooks]], receiver: Receiver, database_url: str) -> None:
+    webhooks = await start_webhooks(webhooks_database_url=database_url)
+    first_sub, _ = await _outage(webhooks, receiver, 2)
+    second_sub, _ = await _outage(webhooks, receiver, 1)
+    receiver.behaviour = None
+    since = ts(now() - dt.timedelta(hours=1))
+    started = [await webhooks.stub.StartRecovery(pb.StartRecoveryRequest(subscription_id=sub, since=since),
+                                                 metadata=webhooks.admin)
+               for sub in (first_sub, second_sub, first_sub)]
+    # The first subscription failed the second outage's event too: both take every type.
+    assert [r.queued for r in started] == [3, 1, 0]
+    for recovery in started:
+        await eventually(lambda recovery_id=recovery.id: _done(webhooks, recovery_id), what="the recoveries to finish")
+
+    listed = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(), metadata=webhooks.admin)
+    assert [r.id for r in listed.recoveries] == [r.id for r in reversed(started)] and not listed.next_page_token
+    by_id = {r.id: r for r in listed.recoveries}
+    assert (by_id[started[0].id].subscription_id, by_id[started[0].id].queued, by_id[started[0].id].done,
+            by_id[started[0].id].succeeded) == (first_sub, 3, 3, 3)
+    assert by_id[started[0].id].since == since
+
+    # One subscription's, and a page at a time.
+    of_first = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(subscription_id=first_sub),
+                                                  metadata=webhooks.admin)
+    assert [r.id for r in of_first.recoveries] == [started[2].id, started[0].id]
+    page = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(page_size=2), metadata=webhooks.admin)
+    rest = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(page_size=2, page_token=page.next_page_token),
+                                              metadata=webhooks.admin)
+    assert [r.id for r in (*page.recoveries, *rest.recoveries)] == [r.id for r in reversed(started)]
+    assert page.next_page_token and not rest.next_page_token
+
+    # Another organisation sees none of them, and this organisation's subscription is NOT_FOUND to it.
+    stranger = webhooks.as_actor("admin", "org_someone_else")
+    assert not (await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(), metadata=stranger)).recoveries
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(subscription_id=first_sub), metadata=stranger)
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(page_size=-1), metadata=webhooks.admin)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_listed_recovery_of_a_paused_subscription_says_what_it_waits_for(
+        webhooks: Webhooks, receiver: Receiver) -> None:
+    sub_id, _ = await _outage(webhooks, receiver, 1)
+    await webhooks.stub.PauseSubscription(pb.PauseSubscriptionRequest(subscription_id=sub_id), metadata=webhooks.admin)
+    started = await webhooks.stub.StartRecovery(pb.StartRecoveryRequest(
+        subscription_id=sub_id, since=ts(now() - dt.timedelta(hours=1))), metadata=webhooks.admin)
+    listed = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(subscription_id=sub_id), metadata=webhooks.admin)
+    assert [r.id for r in listed.recoveries] == [started.id]
+    assert listed.recoveries[0].done == 0 and "paused" in listed.recoveries[0].waiting_for

@@ -48,6 +48,17 @@ async def test_recover_prints_a_progress_bar_until_every_failed_delivery_went_ag
     code, out, _ = await trellis("webhooks", "recovery", again["id"])
     assert code == 0 and "0 of 0 deliveries done" in out
 
+    code, out, err = await trellis("webhooks", "recoveries", sub_id)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "rcv_" in line]
+    assert len(rows) == 2 and again["id"] in rows[0]  # newest first
+    assert rows[1].split()[-5:] == ["3", "3", "3", "0", "-"]  # queued, done, succeeded, failed, waiting for
+    code, out, err = await trellis("webhooks", "recoveries", "--json")
+    assert code == 0, err
+    assert [r["id"] for r in json.loads(out)["recoveries"]][0] == again["id"]
+    code, _, err = await trellis("webhooks", "recoveries", "whk_nobody")
+    assert code == 1 and "NOT_FOUND" in err
+
     code, _, err = await trellis("webhooks", "recover", sub_id, "--since", "2099-01-01T00:00:00Z")
     assert code == 1 and "INVALID_ARGUMENT" in err and "since" in err
     code, _, err = await trellis("webhooks", "recover", "whk_nobody", "--since", "2h")

@@ -618,6 +618,28 @@ class GetRecoveryRequest(_message.Message):
     org_id: str
     def __init__(self, recovery_id: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
 
+class ListRecoveriesRequest(_message.Message):
+    __slots__ = ("subscription_id", "page_size", "page_token", "integration_id", "org_id")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    page_size: int
+    page_token: str
+    integration_id: str
+    org_id: str
+    def __init__(self, subscription_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., integration_id: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class ListRecoveriesResponse(_message.Message):
+    __slots__ = ("recoveries", "next_page_token")
+    RECOVERIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    recoveries: _containers.RepeatedCompositeFieldContainer[Recovery]
+    next_page_token: str
+    def __init__(self, recoveries: _Optional[_Iterable[_Union[Recovery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class Recovery(_message.Message):
     __slots__ = ("id", "subscription_id", "since", "until", "queued", "done", "succeeded", "failed", "created_by", "created_at", "waiting_for")
     ID_FIELD_NUMBER: _ClassVar[int]

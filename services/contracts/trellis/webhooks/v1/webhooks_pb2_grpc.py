@@ -125,6 +125,11 @@ class WebhooksStub:
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRecoveryRequest.SerializeToString,
                 response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.FromString,
                 _registered_method=True)
+        self.ListRecoveries = channel.unary_unary(
+                '/trellis.webhooks.v1.Webhooks/ListRecoveries',
+                request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListRecoveriesRequest.SerializeToString,
+                response_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListRecoveriesResponse.FromString,
+                _registered_method=True)
         self.GetRetention = channel.unary_unary(
                 '/trellis.webhooks.v1.Webhooks/GetRetention',
                 request_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRetentionRequest.SerializeToString,
@@ -267,6 +272,14 @@ class WebhooksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecoveries(self, request, context):
+        """The organisation's recoveries (of one subscription when subscription_id is set), newest
+        first, each with its progress; another organisation's subscription is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRetention(self, request, context):
         """Retention: how long the organisation's deliveries, attempts and activities are kept.
         """
@@ -379,6 +392,11 @@ def add_WebhooksServicer_to_server(servicer, server):
                     servicer.GetRecovery,
                     request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRecoveryRequest.FromString,
                     response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.SerializeToString,
+            ),
+            'ListRecoveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecoveries,
+                    request_deserializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListRecoveriesRequest.FromString,
+                    response_serializer=trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListRecoveriesResponse.SerializeToString,
             ),
             'GetRetention': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRetention,
@@ -882,6 +900,33 @@ class Webhooks:
             '/trellis.webhooks.v1.Webhooks/GetRecovery',
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.GetRecoveryRequest.SerializeToString,
             trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.Recovery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecoveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.webhooks.v1.Webhooks/ListRecoveries',
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListRecoveriesRequest.SerializeToString,
+            trellis_dot_webhooks_dot_v1_dot_webhooks__pb2.ListRecoveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
