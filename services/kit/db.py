@@ -104,11 +104,11 @@ def create_engine(url: str, *, echo: bool = False, ping_idle_seconds: float = PI
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # No reset on return: every use of a connection ends its own transaction (a Session's
-        # close and a Connection's close both roll back what is open), so the pool's second
-        # ROLLBACK was a no-op that cost a trip to aiosqlite's thread on every checkout, one of
-        # the six a read made (tests/integration/kit/test_sqlite_pool.py).
-        engine = create_async_engine(url, echo=echo, pool_reset_on_return=None,
+        # The pool's reset on return (a ROLLBACK) stays, though a read's session has just rolled
+        # back and it costs one of the read's six trips to aiosqlite's thread: a COMMIT that
+        # SQLite refuses (a deferred constraint) leaves the transaction open on the connection,
+        # and only that reset ends it (tests/integration/kit/test_uow.py).
+        engine = create_async_engine(url, echo=echo,
                                      connect_args={"timeout": 30, "cached_statements": SQLITE_CACHED_STATEMENTS})
 
         @event.listens_for(engine.sync_engine, "connect")
