@@ -120,7 +120,6 @@ class WorkQueue:
 
     def __init__(self, *, owner: str, skip_locked: bool) -> None:
         self.owner = owner
-        self._skip_locked = skip_locked
         self._candidates, self._candidates_excluding, self._due_rows, self._lease = _claim_statements(owner, skip_locked)
 
     async def claim(self, session: AsyncSession, now: dt.datetime, *, limit: int, lease_until: dt.datetime,

@@ -273,7 +273,11 @@ def row_id(prefix: str) -> str:
 
 def insert_for(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
     """INSERT … ON CONFLICT DO NOTHING for the session's dialect."""
-    if session.get_bind().dialect.name == "postgresql":
+    return _insert_ignoring_conflicts(session.get_bind().dialect.name, table)
+
+
+def _insert_ignoring_conflicts(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
 
@@ -284,10 +288,9 @@ class _IngestStatements:
     batch's organisations (bind parameter `orgs`)."""
 
     def __init__(self, dialect: str) -> None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self.activities = insert(activities).on_conflict_do_nothing().returning(activities.c.org_id,
-                                                                               activities.c.event_id)
-        self.deliveries = insert(deliveries).on_conflict_do_nothing()
+        self.activities = _insert_ignoring_conflicts(dialect, activities).returning(activities.c.org_id,
+                                                                                    activities.c.event_id)
+        self.deliveries = _insert_ignoring_conflicts(dialect, deliveries)
         t = subscriptions
         self.matching = select(t.c.id, t.c.org_id, t.c.activity_types, t.c.integration_id, t.c.filter).where(
             t.c.org_id.in_(bindparam("orgs", expanding=True)), t.c.deleted_at.is_(None),
@@ -880,12 +883,11 @@ class ActivityLog:
 
 def _recovery(row: Row[Any], progress: Row[Any] | None) -> Recovery:
     """A recoveries row with its progress (none yet: nothing queued)."""
+    queued, done, succeeded = (progress.queued, progress.done, progress.succeeded) if progress is not None else (0, 0, 0)
     return Recovery(
         id=row.id, org_id=row.org_id, subscription_id=row.subscription_id, since=row.since, until=row.until,
-        created_by=row.created_by, created_at=row.created_at,
-        queued=int(progress.queued) if progress is not None else 0,
-        done=int(progress.done) if progress is not None else 0,
-        succeeded=int(progress.succeeded) if progress is not None else 0,
+        created_by=row.created_by, created_at=row.created_at, queued=int(queued), done=int(done),
+        succeeded=int(succeeded),
     )
 
 
