@@ -24,6 +24,7 @@ from services.console.errors import BadForm
 from services.console.metrics import ConsoleMetrics
 from services.console.sessions import Session
 from services.kit.logcontext import request_id_var
+from services.kit.telemetry import current_span
 
 log = logging.getLogger("services.console.access")
 
@@ -98,8 +99,7 @@ class PageShell:
             await send(message)
 
         context = propagate.extract(headers)
-        with self._tracer.start_as_current_span(f"{scope['method']} console", context=context,
-                                                kind=trace.SpanKind.SERVER) as span:
+        with current_span(self._tracer, f"{scope['method']} console", context=context, kind=trace.SpanKind.SERVER) as span:
             try:
                 await self._app(scope, receive, send_with_headers)
             finally:

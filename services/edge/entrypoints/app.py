@@ -36,7 +36,7 @@ from services.edge.entrypoints.openapi import build_spec, render_html, spec_json
 from services.edge.entrypoints.settings import EdgeProcessSettings
 from services.edge.http.asgi import CLIENT_CLOSED, Receive, Request, Responder, Scope, Send, send_bytes, send_json
 from services.kit.logcontext import request_id_var
-from services.kit.telemetry import tracing_installed
+from services.kit.telemetry import current_span, tracing_installed
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ class EdgeApp:
         installed = tracing_installed()
         request.traced = installed or incoming is not None
         if installed:
-            with self._tracer.start_as_current_span(f"{request.method} edge", context=incoming,
-                                                    kind=trace.SpanKind.SERVER) as span:
+            with current_span(self._tracer, f"{request.method} edge", context=incoming, kind=trace.SpanKind.SERVER) as span:
                 await self._serve(request, receive, responder, endpoint, trail, started, wall, span)
         else:
             # No tracer of our own (no exporter configured): no span, but the partner's trace

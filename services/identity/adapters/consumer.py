@@ -21,7 +21,7 @@ from services.kit.bus import context_from_headers
 from services.kit.consumer import LoopConsumer, PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
-from services.kit.telemetry import tracer
+from services.kit.telemetry import current_span, tracer
 from services.kit.uow import WriteConflict
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class IntegrationEventsConsumer(LoopConsumer):
 
     async def handle(self, msg: Msg) -> None:
         """Apply one message and ack it; a transient failure is redelivered later."""
-        with tracer(__name__).start_as_current_span("identity.integration_event", context=context_from_headers(msg.headers)) as span:
+        with current_span(tracer(__name__), "identity.integration_event", context=context_from_headers(msg.headers)) as span:
             span.set_attribute("messaging.destination.name", msg.subject)
             try:
                 change = change_from_message(msg)

@@ -30,7 +30,7 @@ from services.kit.bus import context_from_headers
 from services.kit.consumer import LoopConsumer, PullLoop
 from services.kit.errors import TrellisError
 from services.kit.prototime import field_datetime
-from services.kit.telemetry import tracer
+from services.kit.telemetry import current_span, tracer
 from services.webhooks.application.commands import ApplyIntegrationChange
 from services.webhooks.domain.model import IncomingActivity, check_published_type, check_sender, parse_data
 from services.webhooks.domain.schemas import data_problem
@@ -121,7 +121,7 @@ class ActivityConsumer(LoopConsumer):
         if not good:
             return
         parent = context_from_headers(good[0][1].trace_headers)
-        with self._spans.start_as_current_span("webhooks.ingest", context=parent) as span:
+        with current_span(self._spans, "webhooks.ingest", context=parent) as span:
             span.set_attribute("messaging.batch.message_count", len(good))
             try:
                 await self._ingest.accept([activity for _, activity in good])

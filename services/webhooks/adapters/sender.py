@@ -38,7 +38,7 @@ from opentelemetry import propagate, trace
 from services.kit.bus import context_from_headers
 from services.kit.clock import utcnow
 from services.kit.settingcheck import SettingError
-from services.kit.telemetry import tracer
+from services.kit.telemetry import current_span, tracer
 from services.webhooks.domain.model import (
     RESPONSE_BODY_LIMIT, AttemptError, AttemptExchange, HttpResult, Masker, SignatureScheme, classify_status,
     delivery_headers, masked_body, truncate_body,
@@ -298,7 +298,7 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
     parent = context_from_headers(json.loads(trace_headers)) if trace_headers not in ("", "{}") else \
         (otel_context.Context() if trace_headers else None)
     spans = spans or tracer(__name__)
-    with spans.start_as_current_span("webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
+    with current_span(spans, "webhook.deliver", context=parent, kind=trace.SpanKind.CLIENT) as span:
         span.set_attribute("webhook.event_id", event_id)
         span.set_attribute("webhook.event_type", event_type)
         # The receiver gets `traceparent` (this span as its parent) so its tracing can join the

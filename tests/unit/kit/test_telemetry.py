@@ -1,16 +1,23 @@
-"""The kit's sampler and span batching: the SDK's parent-based ratio sampler, and the
-BatchSpanProcessor sizes the OTLP export gets unless OTEL_BSP_* says otherwise."""
+"""The kit's sampler and span batching: the SDK's parent-based ratio sampler, the
+BatchSpanProcessor sizes the OTLP export gets unless OTEL_BSP_* says otherwise, `current_span`
+(start_as_current_span's behaviour, cheaper) and the resource whose hash is computed once."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
-from services.kit.telemetry import BSP_DEFAULTS, batch_processor, sampler
+from services.kit.telemetry import BSP_DEFAULTS, _Resource, batch_processor, current_span, sampler
 
 
 def _decide(ratio: float, parent: TraceFlags | None) -> bool:
@@ -60,3 +67,72 @@ def test_the_export_batching_is_the_kits_unless_otel_bsp_variables_say_otherwise
     assert _sizes(monkeypatch) == {arg: default for arg, (_, default) in BSP_DEFAULTS.items()}
     assert _sizes(monkeypatch, OTEL_BSP_SCHEDULE_DELAY="250", OTEL_BSP_MAX_QUEUE_SIZE="4096") == {
         "max_queue_size": 4096, "max_export_batch_size": 512, "schedule_delay_millis": 250}
+
+
+def _recording(ratio: float = 1.0) -> tuple[trace.Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler(ratio))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("test"), exporter
+
+
+def _remote(flags: TraceFlags) -> trace.SpanContext:
+    return SpanContext(secrets.randbits(128) | 1, secrets.randbits(64) | 1, is_remote=True, trace_flags=flags)
+
+
+def test_current_span_is_current_inside_its_block_under_its_parent_and_ended_after() -> None:
+    spans, exporter = _recording()
+    parent = _remote(TraceFlags(TraceFlags.SAMPLED))
+    outside = trace.get_current_span()
+    with current_span(spans, "GET edge", context=trace.set_span_in_context(NonRecordingSpan(parent)),
+                      kind=trace.SpanKind.SERVER) as span:
+        assert trace.get_current_span() is span
+        assert span.get_span_context().trace_id == parent.trace_id
+        assert exporter.get_finished_spans() == ()
+    assert trace.get_current_span() is outside
+    (finished,) = exporter.get_finished_spans()
+    assert finished.parent == parent and finished.kind is trace.SpanKind.SERVER
+    assert finished.status.status_code is StatusCode.UNSET
+
+
+def test_current_span_records_an_exception_leaving_it_as_an_error_and_lets_it_go() -> None:
+    spans, exporter = _recording()
+    with pytest.raises(LookupError, match="no such lot"), current_span(spans, "lookup"):
+        raise LookupError("no such lot")
+    (finished,) = exporter.get_finished_spans()
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.status.description == "LookupError: no such lot"
+    assert [event.name for event in finished.events] == ["exception"]
+
+
+def test_current_span_ends_a_cancelled_block_without_calling_it_an_error() -> None:
+    spans, exporter = _recording()
+    with pytest.raises(asyncio.CancelledError), current_span(spans, "cancelled"):
+        raise asyncio.CancelledError
+    (finished,) = exporter.get_finished_spans()
+    assert finished.status.status_code is StatusCode.UNSET and not finished.events
+
+
+def test_an_unsampled_current_span_records_nothing_but_carries_its_parents_trace() -> None:
+    spans, exporter = _recording(ratio=1.0)
+    parent = _remote(TraceFlags(TraceFlags.DEFAULT))
+    with current_span(spans, "GET edge", context=trace.set_span_in_context(NonRecordingSpan(parent))) as span:
+        assert not span.is_recording() and trace.get_current_span() is span
+        assert span.get_span_context().trace_id == parent.trace_id
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_resource_hashes_and_compares_as_the_sdks_and_groups_every_span_under_it() -> None:
+    plain = Resource.create({"service.name": "edge", "service.namespace": "trellis"})
+    fixed = _Resource(plain)
+    assert fixed == plain and hash(fixed) == hash(plain) and fixed.attributes == plain.attributes
+    assert _Resource(Resource.create({"service.name": "webhooks"})) != fixed
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=fixed)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for n in range(3):
+        with current_span(provider.get_tracer("test"), f"span {n}"):
+            pass
+    (group,) = encode_spans(exporter.get_finished_spans()).resource_spans
+    assert len(group.scope_spans[0].spans) == 3
+    assert {kv.key: kv.value.string_value for kv in group.resource.attributes}["service.name"] == "edge"
