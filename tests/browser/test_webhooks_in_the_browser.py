@@ -5,6 +5,7 @@ the same core flow with JavaScript off."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 
@@ -89,6 +90,22 @@ async def test_a_subscription_from_creation_through_failing_and_recovery_to_dele
     await expect(alice.page.get_by_test_id("test-result")).to_contain_text("Test webhook succeeded")
     await alice.expect_status("Active")
     await alice.expect_no_text("Failing: deliveries are on hold")
+
+    # The failed event is recovered from the detail page, in place; it goes out again at once.
+    since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    await alice.page.evaluate("window.__samePage = 2")
+    await alice.fill("Events that arrived from (UTC)", since)
+    await alice.click("Recover failed deliveries")
+    await alice.expect_text("Recovery started")
+    await expect(alice.page.get_by_test_id("recovery-row")).to_have_count(1)
+    assert await alice.page.evaluate("window.__samePage") == 2  # no reload
+    await receiver.wait_for(1 + 5 + 1 + 1, timeout=20)
+
+    async def finished() -> bool:
+        await alice.page.reload()
+        return "Finished" in (await alice.page.get_by_test_id("recovery-row").first.text_content() or "")
+
+    await eventually(finished, timeout=20, what="the recovery finished")
 
     # Pause and enable.
     await alice.click("Pause")

@@ -8,6 +8,7 @@ the signed-in user, and renders a template; the service decides every rule.
     POST /webhooks/{id}/test                     Send Test Webhook (htmx: the result in place; else PRG to ?tested=)
     POST /webhooks/{id}/pause|enable|delete
     POST /webhooks/{id}/regenerate-secret        a new secret, shown once
+    POST /webhooks/{id}/recover                  send again the failed deliveries of a time range (a recovery)
     GET  /webhooks/{id}/deliveries/{delivery}    one delivery: every attempt, what the receiver answered
     POST /webhooks/{id}/deliveries/{delivery}/redeliver
 """
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from services.console.area import NO_STORE, Area
 from services.console.errors import Refusal, Refused
+from services.console.formats import BadTime, parse_time, timestamp
 from services.console.pages import Renderer
 from services.console.peers import AsUser, Peers
 from services.console.sessions import Session, SessionStore, new_secret
@@ -37,12 +39,15 @@ from services.kit.auth import ADMIN_PERMISSION
 
 PAGE_SIZE = 50
 LOG_PAGE_SIZE = 25
+RECOVERIES_SHOWN = 10
 CATALOGUE_SECONDS = 300.0
 DONE = {
     "paused": "Paused. It receives no deliveries until you enable it; new events are not queued for it.",
     "enabled": "Enabled. Deliveries it held go out again.",
     "updated": "Saved. Changes take effect immediately for all subsequent events.",
     "redelivered": "Scheduled again: a new round of the retry schedule, with the same event id.",
+    "recovered": "Recovery started: the failed deliveries of that range are queued again, oldest first, each with "
+                 "its event id and a new round of the retry schedule. Its progress is under Recoveries.",
 }
 
 
@@ -92,6 +97,7 @@ class WebhookPages(Area):
             Route(f"{one}/enable", self.enable, methods=["POST"]),
             Route(f"{one}/regenerate-secret", self.regenerate_secret, methods=["POST"]),
             Route(f"{one}/delete", self.delete, methods=["POST"]),
+            Route(f"{one}/recover", self.recover, methods=["POST"]),
             Route(delivery, self.delivery, methods=["GET"]),
             Route(f"{delivery}/redeliver", self.redeliver, methods=["POST"]),
         ]
@@ -210,8 +216,10 @@ class WebhookPages(Area):
                 webhooks.ListAttempts(pb.ListAttemptsRequest(subscription_id=subscription_id,
                                                              outcome=views.TABS[tab][1], page_size=LOG_PAGE_SIZE,
                                                              page_token=token)))
-            subscription, log, catalogue = await asyncio.gather(
-                self._get(session, subscription_id), log_call, self.catalogue.load(webhooks))
+            subscription, log, catalogue, recoveries = await asyncio.gather(
+                self._get(session, subscription_id), log_call, self.catalogue.load(webhooks),
+                webhooks.ListRecoveries(pb.ListRecoveriesRequest(subscription_id=subscription_id,
+                                                                 page_size=RECOVERIES_SHOWN)))
             failure = None
             if subscription.status == pb.SUBSCRIPTION_STATUS_FAILING:
                 failed = await webhooks.ListAttempts(pb.ListAttemptsRequest(
@@ -232,6 +240,7 @@ class WebhookPages(Area):
             "filtered": log.deliveries if tab == views.FILTERED_TAB else [], "filter_help": views.FILTER_HELP_URL,
             "tab": tab, "tabs": views.TABS, "names": catalogue.names, "failure": failure, "test_result": test_result,
             "done": DONE.get(done, ""), "refusal": refusal, "intent": new_secret(),
+            "recoveries": recoveries.recoveries, "more_recoveries": bool(recoveries.next_page_token),
             "actions": views.actions(subscription.status) if session.can(ADMIN_PERMISSION) else (),
         }
         target = request.headers.get("hx-target", "")
@@ -288,6 +297,25 @@ class WebhookPages(Area):
             return await self._detail(request, session, subscription_id, tested=answer)
         query = urlencode({"tested": answer.delivery.id})
         return RedirectResponse(f"/webhooks/{subscription_id}?{query}", status_code=303)
+
+    async def recover(self, request: Request) -> Response:
+        """Start a recovery: every failed delivery whose event arrived in [since, until) is sent
+        again. The times are UTC, as typed into datetime-local fields (or a date); the service
+        refuses a range in the future or an empty one."""
+        async def call(webhooks: AsUser, subscription_id: str, form: Any) -> None:
+            try:
+                since = parse_time(str(form.get("since") or ""))
+                until = parse_time(str(form.get("until") or ""), end_of_day=True)
+            except BadTime as exc:
+                raise Refused(Refusal("invalid", "Recovery not started", f"{exc} Nothing was sent again.", 422,
+                                      field="since")) from None
+            if since is None:
+                raise Refused(Refusal("invalid", "Recovery not started", "Give the time from which failed deliveries "
+                                      "are sent again (UTC). Nothing was sent again.", 422, field="since"))
+            await webhooks.StartRecovery(pb.StartRecoveryRequest(subscription_id=subscription_id,
+                                                                 since=timestamp(since), until=timestamp(until)))
+
+        return await self._act(request, "recovered", call)
 
     async def regenerate_secret(self, request: Request) -> Response:
         session, form = await self.posted(request)

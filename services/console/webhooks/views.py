@@ -54,9 +54,9 @@ MAX_ATTEMPTS = 5  # the spec's retry schedule: attempt 1 immediately, 2-5 later
 # Subscription): a Disabled subscription (its integration revoked) can only be deleted; Enable
 # is Resume, which changes only a Paused one; Pause from Active or Failing.
 ACTIONS: dict[int, tuple[str, ...]] = {
-    pb.SUBSCRIPTION_STATUS_ACTIVE: ("test", "pause", "edit", "regenerate-secret", "delete"),
-    pb.SUBSCRIPTION_STATUS_FAILING: ("test", "pause", "edit", "regenerate-secret", "delete"),
-    pb.SUBSCRIPTION_STATUS_PAUSED: ("test", "enable", "edit", "regenerate-secret", "delete"),
+    pb.SUBSCRIPTION_STATUS_ACTIVE: ("test", "pause", "edit", "regenerate-secret", "recover", "delete"),
+    pb.SUBSCRIPTION_STATUS_FAILING: ("test", "pause", "edit", "regenerate-secret", "recover", "delete"),
+    pb.SUBSCRIPTION_STATUS_PAUSED: ("test", "enable", "edit", "regenerate-secret", "recover", "delete"),
     pb.SUBSCRIPTION_STATUS_DISABLED: ("delete",),
 }
 

@@ -125,8 +125,10 @@ async def test_a_qa_user_sees_the_logs_but_no_administration(browser, webhooks_s
         assert answer.status_code == 403, path
         assert "Create Webhook" not in answer.text and "Send Test Webhook" not in answer.text
     token = hidden_fields(await quinn.page("/logs"), "/signout")["csrf"]
-    answer = await quinn.client.post(f"/webhooks/{subscription_id}/pause", data={"csrf": token})
-    assert answer.status_code == 403
+    for action in ("pause", "recover"):
+        answer = await quinn.client.post(f"/webhooks/{subscription_id}/{action}",
+                                         data={"csrf": token, "since": "2026-01-01T00:00"})
+        assert answer.status_code == 403, action
     assert ">Active<" in await alice.page(f"/webhooks/{subscription_id}")
 
 

@@ -1,13 +1,16 @@
 """Administration > Webhooks over HTTP, as a browser without JavaScript uses it, against the real
 webhooks service and real HTTPS receivers: create with the secret shown once, the test delivery
 and its result, the delivery log's tabs and pages, Failing and its recovery, pause and enable,
-edit, regenerate, redeliver, delete; errors beside their fields with the input kept."""
+edit, regenerate, redeliver, recover a range of failed deliveries, delete; errors beside their
+fields with the input kept."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import html
+import json
 import re
 
 import grpc
@@ -336,3 +339,66 @@ def _served(service, method: str) -> float:  # type: ignore[no-untyped-def]
             if sample.name == "trellis_grpc_server_requests_total" and sample.labels["method"].endswith(method):
                 total += sample.value
     return total
+
+
+async def test_failed_deliveries_of_a_range_are_recovered_and_the_recovery_shows_its_progress(
+        browser, webhooks_service, start_receiver, mint) -> None:
+    receiver = await start_receiver()
+    receiver.behaviour = lambda _: (503, "down for maintenance")
+    org = new_org()
+    alice = browser()
+    await alice.sign_in("alice", org)
+    subscription_id, _ = await create_webhook(alice, receiver.url(), activity_types=[], all_types="*")
+    detail = f"/webhooks/{subscription_id}"
+    assert 'data-testid="no-recoveries"' in await alice.page(detail)
+    await publish_activity(webhooks_service.port, mint("alice", org))
+    page = await eventually(lambda: _page_with(alice, detail, ">Failing<"), timeout=20, what="Failing")
+    [first, *_] = await receiver.wait_for(5)
+    event_id = json.loads(first.body)["id"]
+
+    # Bad input is refused beside the field, and nothing is sent again.
+    for since, why in (("yesterday", "is not a date"), ("", "Give the time from which")):
+        refused = await alice.submit(detail, f"{detail}/recover", {"since": since, "until": ""}, page=page)
+        assert refused.status_code == 422 and "Recovery not started" in refused.text and why in refused.text
+        assert 'aria-invalid="true"' in refused.text and 'data-testid="no-recoveries"' in refused.text
+
+    since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    started = await alice.submit(detail, f"{detail}/recover", {"since": since, "until": ""}, page=page)
+    assert started.status_code == 303 and started.headers["location"] == f"{detail}?done=recovered"
+    page = await alice.page(started.headers["location"])
+    assert "Recovery started" in page
+    [row] = re.findall(r'<tr data-testid="recovery-row">(.*?)</tr>', page, re.S)
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", row, re.S)]
+    assert cells[2:6] == ["1", "0", "0", "0"], cells  # queued, done, succeeded, failed again
+    assert "by alice" in cells[0] and "they wait, the subscription is failing" in cells[6]
+
+    # The receiver is fixed and a test brings the subscription back: the recovered delivery goes out.
+    receiver.behaviour = None
+    await alice.submit(detail, f"{detail}/test", page=page)
+    arrived = await receiver.wait_for(5 + 1 + 1)  # five failures, the test, the recovered delivery
+    assert [json.loads(a.body)["id"] for a in arrived].count(event_id) == 6  # the same event, sent again
+    page = await eventually(lambda: _page_with(alice, detail, "Finished"), timeout=20, what="the recovery finished")
+    [row] = re.findall(r'<tr data-testid="recovery-row">(.*?)</tr>', page, re.S)
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", row, re.S)]
+    assert cells[2:7] == ["1", "1", "1", "0", "Finished"], cells
+
+    # With htmx the form's answer is the detail fragment, the new recovery listed first.
+    fields = hidden_fields(page, f"{detail}/recover")
+    fragment = await alice.client.post(f"{detail}/recover", data={**fields, "since": since},
+                                       headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text and "Recovery started" in fragment.text
+    assert fragment.text.count('data-testid="recovery-row"') == 2
+
+
+async def test_another_organisations_subscription_cannot_be_recovered(browser, webhooks_service,
+                                                                     start_receiver) -> None:
+    receiver = await start_receiver()
+    alice, mallory = browser(), browser()
+    await alice.sign_in("alice", new_org())
+    await mallory.sign_in("mallory", new_org())
+    subscription_id, _ = await create_webhook(alice, receiver.url())
+    token = hidden_fields(await mallory.page("/webhooks"), "/signout")["csrf"]
+    answer = await mallory.client.post(f"/webhooks/{subscription_id}/recover",
+                                       data={"csrf": token, "since": "2026-01-01T00:00"})
+    assert answer.status_code == 404
+    assert 'data-testid="no-recoveries"' in await alice.page(f"/webhooks/{subscription_id}")
