@@ -34,7 +34,7 @@ _FIELD_OF = {
 # The field `field` names these directly.
 _NAMED_FIELDS = frozenset({"name", "owner", "description", "url", "integration_id", "since", "until", "status",
                            "endpoint", "request_id", "window_days", "checkpoint", "actor_id", "action", "object_id",
-                           "filter"})
+                           "filter", "custom_headers", "client_certificate"})
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 422,

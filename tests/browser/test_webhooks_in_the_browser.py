@@ -200,3 +200,31 @@ async def test_the_webhook_core_flow_works_with_javascript_off(people, start_rec
     await alice.page.get_by_label("Cancel its pending deliveries and delete it").check()
     await alice.click("Delete permanently")
     await alice.expect_text("Deleted.")
+
+
+async def test_custom_headers_are_typed_into_the_form_and_shown_back_by_name_only(people, start_receiver) -> None:
+    receiver = await start_receiver()
+    alice = await people.person("alice")
+    await alice.sign_in(new_org())
+    await alice.go("/webhooks/new")
+    await alice.fill("Endpoint URL", receiver.url())
+    await alice.tick("lot.created")
+    headers = alice.page.get_by_label("Headers sent with every delivery, one a line as Name: value")
+    await headers.fill("X-Tenant: north-facility-01\nContent-Type: text/plain")
+    await alice.click("Create")
+    await expect(alice.page.locator("#custom_headers-error")).to_contain_text("Content-Type")  # Trellis sets it
+    await expect(headers).to_have_value("X-Tenant: \nContent-Type: ")  # the names kept, never a value
+    await headers.fill(f"X-Tenant: {EVIL}")
+    await alice.click("Create")
+    await alice.click("I have saved it — close")
+    await expect(alice.page.get_by_test_id("custom-headers")).to_contain_text("X-Tenant")
+    await alice.expect_no_text(EVIL)
+    await alice.click("Send Test Webhook")
+    await expect(alice.page.get_by_test_id("test-result")).to_contain_text("Test webhook succeeded")
+    [got] = await receiver.wait_for(1)
+    assert got.headers["X-Tenant"] == EVIL
+    await alice.click("Edit")
+    await alice.page.get_by_label("Remove all custom headers").check()
+    await alice.click("Save")
+    await expect(alice.page.get_by_test_id("custom-headers")).to_have_text("—")
+    assert alice.dialogs == [] and not alice.console_errors, (alice.dialogs, alice.console_errors)

@@ -160,7 +160,7 @@ class WebhookPages(Area):
         try:
             created = await self._webhooks(session).CreateSubscription(form.create_request())
         except Refused as exc:
-            return await self._form(request, session, form, _beside(exc.refusal), refusal=exc.refusal,
+            return await self._form(request, session, form.shown_back(), _beside(exc.refusal), refusal=exc.refusal,
                                     status=exc.refusal.status)
         return self._secret(request, session, "Created", created.subscription, created.signing_secret)
 
@@ -184,7 +184,7 @@ class WebhookPages(Area):
         try:
             await webhooks.UpdateSubscription(form.update_request(subscription_id))
         except Refused as exc:
-            return await self._form(request, session, form, _beside(exc.refusal), subscription=subscription,
+            return await self._form(request, session, form.shown_back(), _beside(exc.refusal), subscription=subscription,
                                     refusal=exc.refusal, status=exc.refusal.status)
         return RedirectResponse(f"/webhooks/{subscription_id}?done=updated", status_code=303)
 
@@ -391,7 +391,7 @@ class WebhookPages(Area):
 
 def _beside(refusal: Refusal) -> dict[str, str]:
     """The refusal as a field error when it names a field of this form, else nothing."""
-    if refusal.field in ("url", "activity_types", "description", "filter"):
+    if refusal.field in ("url", "activity_types", "description", "filter", "custom_headers", "client_certificate"):
         return {refusal.field: refusal.message}
     if refusal.kind == "invalid" and "activity type" in refusal.message:
         return {"activity_types": refusal.message}

@@ -12,11 +12,14 @@ import hmac
 import html
 import json
 import re
+import ssl
 
 import grpc
+import trustme
 
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2 as wpb
 from services.contracts.trellis.webhooks.v1 import webhooks_pb2_grpc
+from tests.integration.webhooks.receiver import CERT_NAMES, Receiver, Tls
 from tests.support.console import ConsoleUser, hidden_fields, new_org
 from tests.support.console_services import publish_activity
 from tests.support.waiting import eventually
@@ -402,3 +405,82 @@ async def test_another_organisations_subscription_cannot_be_recovered(browser, w
                                        data={"csrf": token, "since": "2026-01-01T00:00"})
     assert answer.status_code == 404
     assert 'data-testid="no-recoveries"' in await alice.page(f"/webhooks/{subscription_id}")
+
+
+def _mtls_receiver(tls: Tls) -> Receiver:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.ca.issue_cert(*CERT_NAMES).configure_cert(context)
+    tls.ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
+    return Receiver(context)
+
+
+def _pems(cert: trustme.LeafCert) -> dict[str, str]:
+    return {"certificate_pem": b"".join(p.bytes() for p in cert.cert_chain_pems).decode(),
+            "private_key_pem": cert.private_key_pem.bytes().decode()}
+
+
+async def _tested(user: ConsoleUser, detail: str) -> str:
+    tested = await user.submit(detail, f"{detail}/test")
+    assert tested.status_code == 303, tested.text[:2000]
+    return await user.page(tested.headers["location"])
+
+
+async def test_custom_headers_and_a_client_certificate_are_set_replaced_and_removed_with_the_form(
+        browser, webhooks_service, tls) -> None:
+    receiver = await _mtls_receiver(tls).start()
+    try:
+        alice = browser()
+        await alice.sign_in("alice", new_org())
+        client = tls.ca.issue_cert("acme-hooks.example.test", common_name="acme-hooks")
+        token = "Bearer tok_" + "7" * 24
+        key = client.private_key_pem.bytes().decode().splitlines()[1]  # a line of the key itself
+        subscription_id, _ = await create_webhook(
+            alice, receiver.url(), custom_headers=f"X-Tenant: north\nAuthorization: {token}", **_pems(client))
+        detail, edit = f"/webhooks/{subscription_id}", f"/webhooks/{subscription_id}/edit"
+        page = await alice.page(detail)
+        assert "<code>Authorization</code>" in page and "<code>X-Tenant</code>" in page and token not in page
+        assert "CN=acme-hooks" in page and key not in page
+        # The receiver asks for a client certificate: the test succeeds only if it was presented.
+        assert "Test webhook succeeded" in await _tested(alice, detail)
+        [got] = await receiver.wait_for(1)
+        assert got.headers["X-Tenant"] == "north" and got.headers["Authorization"] == token
+
+        # The edit form says what is set, shows no value, and keeps both when left empty.
+        form = await alice.page(edit)
+        assert token not in form and key not in form and "CN=acme-hooks" in form
+        saved = await alice.submit(edit, edit, webhook_form(receiver.url(), description="Kept both"), page=form)
+        assert saved.status_code == 303, saved.text[:2000]
+        assert "Test webhook succeeded" in await _tested(alice, detail)
+        got = (await receiver.wait_for(2))[-1]
+        assert got.headers["X-Tenant"] == "north" and got.headers["Authorization"] == token
+
+        # Refused, beside the field; a refused form shows no header value or private key back.
+        for typed, extra, field_id, why in (
+                (f"Authorization: {token}\nno colon here", {}, "custom_headers", "line 2"),
+                ("Content-Type: text/plain", {}, "custom_headers", "Content-Type"),
+                ("X-Tenant: south", {"remove_headers": "yes"}, "custom_headers", "not both"),
+                ("", {"certificate_pem": "garbage", "private_key_pem": client.private_key_pem.bytes().decode()},
+                 "client_certificate", "PEM")):
+            refused = await alice.submit(edit, edit, {**webhook_form(receiver.url()), "custom_headers": typed, **extra},
+                                         page=form)
+            assert refused.status_code == 422, (typed, refused.text[:2000])
+            assert f'id="{field_id}-error"' in refused.text and why in html.unescape(refused.text), typed
+            assert token not in refused.text and key not in refused.text
+            if why == "line 2":  # the names are kept for typing the values again
+                assert re.search(r'name="custom_headers"[^>]*>Authorization: </textarea>', refused.text)
+
+        # Replaced: the new set only. Then both removed: the receiver refuses the handshake.
+        saved = await alice.submit(edit, edit, {**webhook_form(receiver.url()), "custom_headers": "X-Tenant: south"})
+        assert saved.status_code == 303, saved.text[:2000]
+        assert "Test webhook succeeded" in await _tested(alice, detail)
+        got = (await receiver.wait_for(3))[-1]
+        assert got.headers["X-Tenant"] == "south" and "Authorization" not in got.headers
+        saved = await alice.submit(edit, edit, {**webhook_form(receiver.url()), "remove_headers": "yes",
+                                                "remove_certificate": "yes"})
+        assert saved.status_code == 303, saved.text[:2000]
+        page = await _tested(alice, detail)
+        assert "(no mutual TLS)" in page and 'data-testid="custom-headers">—' in page
+        assert "Test webhook succeeded" not in page and len(receiver.received) == 3
+    finally:
+        await receiver.stop()
