@@ -275,21 +275,47 @@ class Dispatcher:
     # --- attempting --------------------------------------------------------------------------
 
     def _start_runnable(self) -> None:
+        """Start every waiting job that has a slot: after a claim, or when a slot of the total
+        freed (then the walk ends as soon as the total is full again)."""
         if self._stopping:
             return
-        for subscription_id in list(self._waiting):
-            queue = self._waiting[subscription_id]
-            while queue and self._running.get(subscription_id, 0) < self._limits.per_subscription \
-                    and self._running_total < self._limits.total:
-                job = queue.popleft()
-                if job.subscription_version < self._versions.get(subscription_id, 0):
-                    self._results.put_nowait(job)  # stale: give it back, claim it afresh
-                    continue
-                self._running[subscription_id] = self._running.get(subscription_id, 0) + 1
-                self._running_total += 1
-                task = asyncio.create_task(self._attempt(job))
-                self._attempts.add(task)
-                task.add_done_callback(self._attempts.discard)
+        emptied = []
+        for subscription_id, queue in self._waiting.items():
+            if self._running_total >= self._limits.total:
+                break
+            self._start_from(subscription_id, queue)
+            if not queue:
+                emptied.append(subscription_id)
+        for subscription_id in emptied:
+            del self._waiting[subscription_id]
+
+    def _start_from(self, subscription_id: str, queue: collections.deque[Job]) -> None:
+        """Start the subscription's waiting jobs while it and the total have slots."""
+        while queue and self._running.get(subscription_id, 0) < self._limits.per_subscription \
+                and self._running_total < self._limits.total:
+            job = queue.popleft()
+            if job.subscription_version < self._versions.get(subscription_id, 0):
+                self._results.put_nowait(job)  # stale: give it back, claim it afresh
+                continue
+            self._running[subscription_id] = self._running.get(subscription_id, 0) + 1
+            self._running_total += 1
+            task = asyncio.create_task(self._attempt(job))
+            self._attempts.add(task)
+            task.add_done_callback(self._attempts.discard)
+
+    def _slot_freed(self, subscription_id: str, *, total_was_full: bool) -> None:
+        """An attempt ended. Every other waiting subscription is at its own limit or waits for
+        the total (each claim and each freed slot of the total start all that can run), so
+        unless the total was full only this subscription can start another job: no walk over
+        every waiting subscription per attempt."""
+        if self._stopping:
+            return
+        if total_was_full:
+            self._start_runnable()
+            return
+        queue = self._waiting.get(subscription_id)
+        if queue is not None:
+            self._start_from(subscription_id, queue)
             if not queue:
                 del self._waiting[subscription_id]
 
@@ -332,8 +358,9 @@ class Dispatcher:
             self._running[job.subscription_id] -= 1
             if not self._running[job.subscription_id]:
                 del self._running[job.subscription_id]
+            total_was_full = self._running_total >= self._limits.total
             self._running_total -= 1
-            self._start_runnable()
+            self._slot_freed(job.subscription_id, total_was_full=total_was_full)
             if self._more_waiting and len(self._waiting.get(job.subscription_id, ())) < self._limits.per_subscription:
                 self._refill_soon()
 

@@ -40,6 +40,7 @@ def test_each_status_offers_exactly_what_the_domain_allows(status: SubscriptionS
         "edit": changes(status, lambda s: s.update({"description": "x"}, NOW)),
         "regenerate-secret": changes(status, lambda s: s.secret_regenerated(NOW)),
         "test": status is not SubscriptionStatus.DISABLED,  # WebhookHandlers.send_test refuses only that
+        "recover": status is not SubscriptionStatus.DISABLED,  # WebhookHandlers.start_recovery likewise
         "delete": True,
     }
     assert set(views.actions(STATUS_TO_PROTO[status])) == {name for name, ok in allowed.items() if ok}
