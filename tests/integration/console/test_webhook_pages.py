@@ -91,8 +91,9 @@ async def test_a_refused_form_shows_the_message_beside_its_field_and_keeps_what_
     assert answer.status_code == 422 and 'id="activity_types-error"' in answer.text
 
 
-async def test_eventually_failing_deliveries_take_it_to_failing_and_a_test_recovers_it(
-        browser, webhooks_service, start_receiver, mint) -> None:
+async def _failing(browser, webhooks_service, start_receiver, mint) -> tuple[ConsoleUser, Receiver, str, str]:
+    """A subscription to every type whose receiver answers 503, taken to Failing by one event:
+    its user, the receiver, the detail page's path and the page once it shows Failing."""
     receiver = await start_receiver()
     receiver.behaviour = lambda _: (503, "down for maintenance")
     org = new_org()
@@ -100,10 +101,15 @@ async def test_eventually_failing_deliveries_take_it_to_failing_and_a_test_recov
     await alice.sign_in("alice", org)
     subscription_id, _ = await create_webhook(alice, receiver.url(), activity_types=[], all_types="*")
     detail = f"/webhooks/{subscription_id}"
-    assert "All current and future types" in await alice.page(detail)
     await publish_activity(webhooks_service.port, mint("alice", org))
-
     page = await eventually(lambda: _page_with(alice, detail, ">Failing<"), timeout=20, what="Failing")
+    return alice, receiver, detail, page
+
+
+async def test_eventually_failing_deliveries_take_it_to_failing_and_a_test_recovers_it(
+        browser, webhooks_service, start_receiver, mint) -> None:
+    alice, receiver, detail, page = await _failing(browser, webhooks_service, start_receiver, mint)
+    assert "All current and future types" in page
     assert "All 5 delivery attempts of an event failed" in page
     # The list's status filter finds it among the Failing ones only.
     assert detail in await alice.page("/webhooks?status=failing")
@@ -346,16 +352,8 @@ def _served(service, method: str) -> float:  # type: ignore[no-untyped-def]
 
 async def test_failed_deliveries_of_a_range_are_recovered_and_the_recovery_shows_its_progress(
         browser, webhooks_service, start_receiver, mint) -> None:
-    receiver = await start_receiver()
-    receiver.behaviour = lambda _: (503, "down for maintenance")
-    org = new_org()
-    alice = browser()
-    await alice.sign_in("alice", org)
-    subscription_id, _ = await create_webhook(alice, receiver.url(), activity_types=[], all_types="*")
-    detail = f"/webhooks/{subscription_id}"
-    assert 'data-testid="no-recoveries"' in await alice.page(detail)
-    await publish_activity(webhooks_service.port, mint("alice", org))
-    page = await eventually(lambda: _page_with(alice, detail, ">Failing<"), timeout=20, what="Failing")
+    alice, receiver, detail, page = await _failing(browser, webhooks_service, start_receiver, mint)
+    assert 'data-testid="no-recoveries"' in page
     [first, *_] = await receiver.wait_for(5)
     event_id = json.loads(first.body)["id"]
 
