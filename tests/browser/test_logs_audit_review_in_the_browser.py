@@ -168,7 +168,7 @@ async def test_a_tampered_audit_chain_is_shown_broken_and_the_review_matches_the
     checkpoint = json.loads((await alice.download_file("Download signed checkpoint")).read_text())["checkpoint"]
     assert checkpoint["org_id"] == org and checkpoint["count"] >= 3
     await alice.snapshot("audit")
-    tamper_audit_entry(database_file(make_settings(), "logs"), org, 2, reason="nothing to see here")
+    await tamper_audit_entry(database_file(make_settings(), "logs"), org, 2, reason="nothing to see here")
     await alice.click("Verify the chain")
     await expect(alice.page.get_by_test_id("chain-result")).to_contain_text("Broken: entry 2 altered")
     await alice.snapshot("audit-broken")

@@ -84,27 +84,40 @@ def behind_the_service(database: Path, *, bulk: bool = False) -> Iterator[sqlite
         db.close()
 
 
-def tamper_audit_entry(database: Path, org: str, seq: int, *, reason: str) -> None:
+async def change_behind_the_service(database: Path, change: Callable[[sqlite3.Connection], object]) -> None:
+    """`change(db)` in a write transaction behind a running service's back, on a thread: the
+    service under test shares the test's event loop, and a write it has begun commits only when
+    that loop runs, so waiting for its lock on the loop's own thread would wait out the timeout
+    and fail ("database is locked")."""
+    def run() -> None:
+        with behind_the_service(database) as db:
+            change(db)
+    await asyncio.to_thread(run)
+
+
+async def tamper_audit_entry(database: Path, org: str, seq: int, *, reason: str) -> None:
     """Change one audit entry in the logs database behind the service's back, as an intruder with
     write access to it would."""
-    with behind_the_service(database) as db:
+    def tamper(db: sqlite3.Connection) -> None:
         changed = db.execute("UPDATE audit_entries SET reason = ? WHERE org_id = ? AND seq = ?", (reason, org, seq))
         assert changed.rowcount == 1, (org, seq)
+    await change_behind_the_service(database, tamper)
 
 
-def delete_audit_entry(database: Path, org: str, seq: int) -> None:
+async def delete_audit_entry(database: Path, org: str, seq: int) -> None:
     """Delete one audit entry behind the service's back."""
-    with behind_the_service(database) as db:
+    def delete(db: sqlite3.Connection) -> None:
         deleted = db.execute("DELETE FROM audit_entries WHERE org_id = ? AND seq = ?", (org, seq))
         assert deleted.rowcount == 1, (org, seq)
+    await change_behind_the_service(database, delete)
 
 
-def insert_audit_entry(database: Path, org: str, seq: int, *, event_id: str, action: str) -> None:
+async def insert_audit_entry(database: Path, org: str, seq: int, *, event_id: str, action: str) -> None:
     """Slip a forged entry in at position `seq`, as a copy of the entry before it with another
     event id, action and a MAC the intruder made up. A position inside the chain moves the
     entries from there one place on first (their MACs untouched), as a careful intruder would;
     one past the end is simply added."""
-    with behind_the_service(database) as db:
+    def insert(db: sqlite3.Connection) -> None:
         later = [n for (n,) in db.execute("SELECT seq FROM audit_entries WHERE org_id = ? AND seq >= ? "
                                           "ORDER BY seq DESC", (org, seq))]
         for n in later:
@@ -115,6 +128,7 @@ def insert_audit_entry(database: Path, org: str, seq: int, *, event_id: str, act
         row.update(seq=seq, event_id=event_id, action=action, mac="ab" * 32)
         db.execute(f"INSERT INTO audit_entries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                    [row[c] for c in columns])
+    await change_behind_the_service(database, insert)
 
 
 async def trellis_cli(*argv: str, data_dir: Path, private_pem: bytes, settings: Settings) -> tuple[int, str, str]:

@@ -95,7 +95,7 @@ async def test_audit_entries_are_filtered_and_the_chain_check_names_an_altered_e
     assert not_json.status_code == 422 and "not a checkpoint" in not_json.text
 
     # Someone with write access to the logs database changes entry 2: the page names it.
-    tamper_audit_entry(database_file(make_settings(), "logs"), org, 2, reason="nothing to see")
+    await tamper_audit_entry(database_file(make_settings(), "logs"), org, 2, reason="nothing to see")
     broken = await alice.page("/audit/verify")
     assert "Broken: entry 2 altered" in broken and "Verified" not in broken
     assert "1 entry before it verified" in broken
@@ -115,15 +115,15 @@ async def test_the_chain_check_names_an_entry_removed_or_inserted_in_the_databas
     database = database_file(make_settings(), "logs")
     forged = f"evt_forged_{org[4:]}"
     if variant == "removed":
-        delete_audit_entry(database, org, 2)
+        await delete_audit_entry(database, org, 2)
         expected = ("Broken: entry 2 removed", "entry 2 was removed: the chain goes from entry 1 straight to entry 3",
                     "1 entry before it verified")
     elif variant == "inserted inside the chain":
-        insert_audit_entry(database, org, 2, event_id=forged, action="integration.revoked")
+        await insert_audit_entry(database, org, 2, event_id=forged, action="integration.revoked")
         expected = ("Broken: entry 2 inserted", f"entry 2 ({forged}) was inserted: the entry after it continues "
                     "the chain without it", "1 entry before it verified")
     else:
-        insert_audit_entry(database, org, 4, event_id=forged, action="integration.revoked")
+        await insert_audit_entry(database, org, 4, event_id=forged, action="integration.revoked")
         expected = ("Broken: entry 4 inserted", f"entry 4 ({forged}) was inserted past the recorded chain head",
                     "3 entries before it verified")
     broken = await alice.page("/audit/verify")

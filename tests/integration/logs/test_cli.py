@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 
 from services.cli.embedded import ensure_secrets
 from services.cli.main import run
+from tests.support.console_services import change_behind_the_service
 from tests.support.settings import Settings
 from tests.integration.logs.conftest import (
     LogsRunner,
@@ -137,16 +138,17 @@ async def test_audit_query_checkpoint_and_verify(cli: Cli, tmp_path: Path) -> No
     assert "intact: 4 entries verified" in out
 
     # An administrator with database access edits one entry, then cuts the tail and its head.
-    with sqlite3.connect(cli.database) as db:
-        db.execute("UPDATE audit_entries SET actor_id = 'mallory' WHERE org_id = ? AND seq = 2", (cli.org,))
+    await change_behind_the_service(cli.database, lambda db: db.execute(
+        "UPDATE audit_entries SET actor_id = 'mallory' WHERE org_id = ? AND seq = 2", (cli.org,)))
     code, out, err = await cli("audit", "verify")
     assert code == 1 and "altered at entry 2" in err
 
-    with sqlite3.connect(cli.database) as db:
+    def cut_the_tail(db: sqlite3.Connection) -> None:
         db.execute("UPDATE audit_entries SET actor_id = 'alice' WHERE org_id = ? AND seq = 2", (cli.org,))
         db.execute("DELETE FROM audit_entries WHERE org_id = ? AND seq = 4", (cli.org,))
         db.execute("UPDATE audit_chains SET count = 3, last_seq = 3, head_mac = (SELECT mac FROM audit_entries "
                    "WHERE org_id = ? AND seq = 3) WHERE org_id = ?", (cli.org, cli.org))
+    await change_behind_the_service(cli.database, cut_the_tail)
     assert (await cli("audit", "verify"))[0] == 0
     code, out, err = await cli("audit", "verify", "--checkpoint", str(checkpoint))
     assert code == 1 and "truncated at entry 4" in err
