@@ -81,6 +81,15 @@ def _check_owner(integration_id: str, status: str | None) -> None:
         )
 
 
+async def _waiting_for(uow: WebhooksUnitOfWork, org_id: str, subscription_id: str) -> str:
+    """What an unfinished recovery's deliveries wait for: their subscription's state, or nothing
+    once it is deleted (its deliveries cancelled, the recovery finishes)."""
+    try:
+        return waits_for(await uow.subscriptions.get(Scope(org_id), subscription_id))
+    except NotFound:
+        return ""
+
+
 @dataclass(frozen=True)
 class RetentionView:
     """What retention applies to an organisation."""
@@ -634,8 +643,7 @@ class WebhookHandlers:
             recovery = await uow.activities.get_recovery(caller.scope, ref.recovery_id)
             if recovery.finished:
                 return recovery
-            subscription = await uow.subscriptions.get(Scope(caller.org_id), recovery.subscription_id)
-        return replace(recovery, waiting_for=waits_for(subscription))
+            return replace(recovery, waiting_for=await _waiting_for(uow, caller.org_id, recovery.subscription_id))
 
     async def list_recoveries(self, actor: Actor, query: commands.ListRecoveries) -> tuple[builtins.list[Recovery], str]:
         """The organisation's recoveries, newest first; an unfinished one says what its
@@ -647,12 +655,8 @@ class WebhookHandlers:
             found, token = await uow.activities.list_recoveries(
                 caller.scope, subscription_id=query.subscription_id, size=page_size(query.page_size),
                 token=query.page_token)
-            waiting: dict[str, str] = {}
-            for subscription_id in {r.subscription_id for r in found if not r.finished}:
-                try:
-                    waiting[subscription_id] = waits_for(await uow.subscriptions.get(Scope(caller.org_id), subscription_id))
-                except NotFound:  # deleted since: nothing waits any more
-                    waiting[subscription_id] = ""
+            waiting = {subscription_id: await _waiting_for(uow, caller.org_id, subscription_id)
+                       for subscription_id in {r.subscription_id for r in found if not r.finished}}
         return [r if r.finished else replace(r, waiting_for=waiting[r.subscription_id]) for r in found], token
 
     # --- retention -----------------------------------------------------------------------------

@@ -191,3 +191,20 @@ async def test_a_listed_recovery_of_a_paused_subscription_says_what_it_waits_for
     listed = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(subscription_id=sub_id), metadata=webhooks.admin)
     assert [r.id for r in listed.recoveries] == [started.id]
     assert listed.recoveries[0].done == 0 and "paused" in listed.recoveries[0].waiting_for
+
+
+async def test_a_deleted_subscriptions_recovery_stays_readable_and_finished(webhooks: Webhooks, receiver: Receiver) -> None:
+    sub_id, _ = await _outage(webhooks, receiver, 2)
+    refused = len(receiver.received)
+    await webhooks.stub.PauseSubscription(pb.PauseSubscriptionRequest(subscription_id=sub_id), metadata=webhooks.admin)
+    started = await webhooks.stub.StartRecovery(pb.StartRecoveryRequest(
+        subscription_id=sub_id, since=ts(now() - dt.timedelta(hours=1))), metadata=webhooks.admin)
+    assert (started.queued, started.done) == (2, 0) and "paused" in started.waiting_for
+
+    await webhooks.stub.DeleteSubscription(pb.DeleteSubscriptionRequest(subscription_id=sub_id), metadata=webhooks.admin)
+    # Its queued deliveries were cancelled with it: the recovery is over, none succeeded, nothing waits.
+    got = await webhooks.stub.GetRecovery(pb.GetRecoveryRequest(recovery_id=started.id), metadata=webhooks.admin)
+    assert (got.queued, got.done, got.succeeded, got.waiting_for) == (2, 2, 0, "")
+    listed = await webhooks.stub.ListRecoveries(pb.ListRecoveriesRequest(), metadata=webhooks.admin)
+    assert [(r.id, r.done, r.waiting_for) for r in listed.recoveries if r.id == started.id] == [(started.id, 2, "")]
+    assert len(receiver.received) == refused  # nothing of the recovery went out
