@@ -1,8 +1,10 @@
 """What one request's span costs in the SDK, in this process, each way the edge could make it:
-the tracer's start_as_current_span against the kit's current_span (services/kit/telemetry.py),
-for a span sampled out and a recorded one with the edge's attributes, the trace context
-injected into the upstream's headers, and the OTLP encoding of an exported span with the SDK's
-Resource against the kit's, whose hash is computed once. Each row is the best of `--repeat`
+the tracer's start_as_current_span with the SDK's ParentBased(TraceIdRatioBased) sampler against
+the kit's current_span with its ParentBasedRatio (services/kit/telemetry.py), for a span sampled
+out and a recorded one with the edge's attributes; the sampler's decision alone; the trace
+context for the upstream's headers by the global propagator against the kit's trace_headers;
+and the OTLP encoding of an exported span with the SDK's Resource against the kit's, whose hash
+is computed once. Each row is the best of `--repeat`
 timings (the least the machine's noise adds), printed beside its alternative as a ratio.
 
     .venv/bin/python -m bench.edge.spans [--number 5000] [--repeat 9]
@@ -23,8 +25,10 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
-from services.kit.telemetry import _Resource, current_span, sampler
+from services.kit.settings import DEFAULT_SAMPLE_RATIO
+from services.kit.telemetry import _Resource, current_span, sampler, trace_headers
 
 BATCH = 512  # the kit's export batch (BSP_DEFAULTS)
 SERVER = trace.SpanKind.SERVER
@@ -44,9 +48,10 @@ class _Last(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def _tracer(ratio: float, resource: Resource) -> tuple[trace.Tracer, _Last]:
+def _tracer(ratio: float, resource: Resource, *, sdk: bool = False) -> tuple[trace.Tracer, _Last]:
+    """A tracer sampling at `ratio` with the kit's sampler, or with the SDK's pair (`sdk`)."""
     kept = _Last()
-    provider = TracerProvider(resource=resource, sampler=sampler(ratio))
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(ratio)) if sdk else sampler(ratio))
     provider.add_span_processor(SimpleSpanProcessor(kept))
     return provider.get_tracer("services.edge"), kept
 
@@ -69,10 +74,25 @@ def _kit(spans: trace.Tracer, *, attributes: bool) -> Callable[[], None]:
     return request
 
 
-def _inject(spans: trace.Tracer) -> Callable[[], None]:
+def _sdk_headers() -> list[tuple[bytes, bytes]]:
+    """The edge's upstream trace headers as it made them before trace_headers: the global
+    propagator into a dict, then encoded."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k.encode(), v.encode()) for k, v in carrier.items()]
+
+
+def _headers(spans: trace.Tracer, make: Callable[[], list[tuple[bytes, bytes]]]) -> Callable[[], None]:
     def request() -> None:
         with current_span(spans, "GET edge", kind=SERVER):
-            propagate.inject({})
+            make()
+    return request
+
+
+def _decide(decide: Sampler) -> Callable[[], None]:
+    dropped = (1 << 64) - 1  # a new trace's id that every ratio under 1 samples out
+    def request() -> None:
+        decide.should_sample(None, dropped, "GET edge", SERVER)
     return request
 
 
@@ -90,12 +110,16 @@ def main() -> None:
     plain = Resource.create({"service.name": "edge", "service.namespace": "trellis"})
     rows: list[tuple[str, float, float]] = []
     for ratio, label, attributes in ((0.0, "a span sampled out", False), (1.0, "a recorded span, the edge's attributes", True)):
-        spans, _ = _tracer(ratio, plain)
-        rows.append((label, best(_sdk(spans, attributes=attributes), number=number, repeat=repeat),
-                     best(_kit(spans, attributes=attributes), number=number, repeat=repeat)))
+        rows.append((label, best(_sdk(_tracer(ratio, plain, sdk=True)[0], attributes=attributes), number=number, repeat=repeat),
+                     best(_kit(_tracer(ratio, plain)[0], attributes=attributes), number=number, repeat=repeat)))
+    rows.append(("the sampler's decision, a new trace sampled out",
+                 best(_decide(ParentBased(TraceIdRatioBased(DEFAULT_SAMPLE_RATIO))), number=number, repeat=repeat),
+                 best(_decide(sampler(DEFAULT_SAMPLE_RATIO)), number=number, repeat=repeat)))
     spans, _ = _tracer(0.0, plain)
     span_only = best(_kit(spans, attributes=False), number=number, repeat=repeat)
-    inject = best(_inject(spans), number=number, repeat=repeat) - span_only
+    rows.append(("the trace context for the upstream's headers",
+                 best(_headers(spans, _sdk_headers), number=number, repeat=repeat) - span_only,
+                 best(_headers(spans, trace_headers), number=number, repeat=repeat) - span_only))
     encoded = []
     for resource in (plain, _Resource(plain)):
         spans, kept = _tracer(1.0, resource)
@@ -110,8 +134,8 @@ def main() -> None:
     print(f"{'':48} {'SDK':>9} {'kit':>9} {'kit/SDK':>8}")
     for label, sdk, kit in rows:
         print(f"{label:48} {sdk:9.1f} {kit:9.1f} {kit / sdk:8.2f}")
-    print("SDK: start_as_current_span, and for the encoding the SDK's Resource; kit: current_span, and _Resource")
-    print(f"trace context injected into one request's headers (propagate.inject, sampled out): {inject:.1f} µs")
+    print("SDK: start_as_current_span with ParentBased(TraceIdRatioBased), propagate.inject, the SDK's Resource;\n"
+          "kit: current_span with ParentBasedRatio, trace_headers, _Resource (services/kit/telemetry.py)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from services.edge.application.builtins import Builtin, BuiltinCall
 from services.edge.application.ports import (
     ApiKeysPort,
-    InjectTrace,
+    TraceHeaders,
     IntegrationsPort,
     InvalidatorPort,
     RateLimiterPort,
@@ -91,7 +91,7 @@ class Pipeline:
 
     def __init__(self, *, keys: ApiKeysPort, tokens: TokensPort, integrations: IntegrationsPort,
                  invalidator: InvalidatorPort, limiter: RateLimiterPort, routes: RouteTable, upstreams: UpstreamsPort,
-                 builtins: Mapping[str, Builtin], inject_trace: InjectTrace) -> None:
+                 builtins: Mapping[str, Builtin], trace_headers: TraceHeaders) -> None:
         self._keys = keys
         self._tokens = tokens
         self._integrations = integrations
@@ -100,7 +100,7 @@ class Pipeline:
         self.routes = routes
         self._upstreams = upstreams
         self._builtins = builtins
-        self._inject_trace = inject_trace
+        self._trace_headers = trace_headers
 
     async def handle(self, request: Request, receive: Receive, send: Responder, trail: Trail) -> None:
         self._invalidator.check_connection()
@@ -225,7 +225,5 @@ class Pipeline:
         if host:
             headers.append((b"x-forwarded-host", host))
         if request.traced:
-            carrier: dict[str, str] = {}
-            self._inject_trace(carrier)
-            headers.extend((k.encode(), v.encode()) for k, v in carrier.items())
+            headers.extend(self._trace_headers())
         return headers

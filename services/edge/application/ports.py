@@ -65,5 +65,5 @@ class UpstreamsPort(Protocol):
                       add_request: Headers, add_response: Headers) -> int: ...
 
 
-# Writes the current trace context into a carrier of headers (OpenTelemetry's propagate.inject).
-InjectTrace = Callable[[dict[str, str]], None]
+# The current trace context as headers for the upstream (services.kit.telemetry.trace_headers).
+TraceHeaders = Callable[[], list[tuple[bytes, bytes]]]

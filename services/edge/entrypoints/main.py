@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
-from opentelemetry import propagate
 
 from services.edge.adapters.apilog import ApiLogPublisher, PlatformBudget
 from services.edge.adapters.credentials import ApiKeys, Issuer, KeySet, Tokens
@@ -41,7 +40,7 @@ from services.kit.metrics import MetricsServer
 from services.kit.service import configure_logging
 from services.kit.settingcheck import SettingError, exit_on_bad_settings
 from services.kit.settings import Mode, load_settings
-from services.kit.telemetry import setup_tracing
+from services.kit.telemetry import setup_tracing, trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
                 settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
                             limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins,
-                            inject_trace=propagate.inject)
+                            trace_headers=trace_headers)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
                       jwks=own_keys, apilog=apilog, metrics=metrics, nc=bus.nc)
         limits = HttpLimits(

@@ -92,14 +92,15 @@ def pipeline(*, keys: Keys | None = None, integrations: Integrations | None = No
              upstreams: Upstreams | None = None, traced: list[dict[str, str]] | None = None) -> Pipeline:
     routes = RouteTable([Route(prefix="/v1/inventory", category="inventory", upstream="http://upstream.test")])
 
-    def inject(carrier: dict[str, str]) -> None:
-        carrier["traceparent"] = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    def trace_headers() -> list[tuple[bytes, bytes]]:
+        headers = [(b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
         if traced is not None:
-            traced.append(carrier)
+            traced.append({k.decode(): v.decode() for k, v in headers})
+        return headers
 
     return Pipeline(keys=keys or Keys(), tokens=Tokens(), integrations=integrations or Integrations(),
                     invalidator=Invalidator(), limiter=limiter or Limiter(), routes=routes,
-                    upstreams=upstreams or Upstreams(), builtins={}, inject_trace=inject)
+                    upstreams=upstreams or Upstreams(), builtins={}, trace_headers=trace_headers)
 
 
 def request(path: str = "/v1/inventory/items", *, key: str | None = KEY, token: str | None = TOKEN,

@@ -8,16 +8,18 @@ import asyncio
 import secrets
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from services.kit.telemetry import BSP_DEFAULTS, _Resource, batch_processor, current_span, sampler
+from services.kit.telemetry import BSP_DEFAULTS, _Resource, batch_processor, current_span, sampler, trace_headers
 
 
 def _decide(ratio: float, parent: TraceFlags | None) -> bool:
@@ -40,6 +42,51 @@ def test_a_new_trace_is_sampled_at_the_ratio() -> None:
     assert not any(_decide(0.0, None) for _ in range(200))
     assert all(_decide(1.0, None) for _ in range(200))
     assert 300 < sum(_decide(0.1, None) for _ in range(5000)) < 700  # 500 expected; 7 standard deviations either side
+
+
+def _parents() -> list[otel_context.Context | None]:
+    """Every kind of parent the SDK's ParentBased tells apart, with and without a trace state,
+    and none."""
+    found: list[otel_context.Context | None] = [None, trace.set_span_in_context(trace.INVALID_SPAN)]
+    for remote in (True, False):
+        for flags in (TraceFlags.SAMPLED, TraceFlags.DEFAULT):
+            for state in (TraceState(), TraceState([("vendor", "v1")])):
+                span = NonRecordingSpan(SpanContext(secrets.randbits(128) | 1, secrets.randbits(64) | 1,
+                                                    is_remote=remote, trace_flags=TraceFlags(flags), trace_state=state))
+                found.append(trace.set_span_in_context(span))
+    return found
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.001, 0.1, 0.5, 1.0])
+def test_the_sampler_decides_as_the_sdks_parent_based_ratio_sampler(ratio: float) -> None:
+    ours, sdks = sampler(ratio), ParentBased(TraceIdRatioBased(ratio))
+    attributes = {"http.route": "/lots"}
+    edges = [0, 1, TraceIdRatioBased.get_bound_for_rate(ratio) - 1, TraceIdRatioBased.get_bound_for_rate(ratio),
+             (1 << 64) - 1, (1 << 128) - 1]
+    for parent in _parents():
+        for trace_id in edges + [secrets.randbits(128) for _ in range(300)]:
+            got = ours.should_sample(parent, trace_id, "GET /lots", trace.SpanKind.SERVER, attributes)
+            want = sdks.should_sample(parent, trace_id, "GET /lots", trace.SpanKind.SERVER, attributes)
+            assert (got.decision, dict(got.attributes), got.trace_state) == (
+                want.decision, dict(want.attributes), want.trace_state), (ratio, trace_id, parent)
+    assert ours.get_description() == sdks.get_description()
+
+
+def test_trace_headers_are_the_sdks_tracecontext_injection() -> None:
+    propagator = TraceContextTextMapPropagator()
+    for parent in _parents()[1:]:
+        for name in ("with the parent's context", "with a span of its own"):
+            token = otel_context.attach(parent) if name.startswith("with the") else otel_context.attach(
+                trace.set_span_in_context(NonRecordingSpan(SpanContext(
+                    secrets.randbits(128) | 1, secrets.randbits(64) | 1, is_remote=False,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED)))))
+            try:
+                carrier: dict[str, str] = {}
+                propagator.inject(carrier)
+                assert dict(trace_headers()) == {k.encode(): v.encode() for k, v in carrier.items()}
+            finally:
+                otel_context.detach(token)
+    assert trace_headers() == []  # no span: nothing to pass on
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])
