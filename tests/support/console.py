@@ -107,7 +107,7 @@ def assert_review_matches(page: str, report: dict[str, Any]) -> None:
         assert shown["credential_age_days"] == ("no credentials issued" if age < 0 else f"{age:,} day" + "s" * (age != 1))
         assert f'busiest minute {line["peak_requests_per_minute"]} of {line["rate_limit_per_minute"]}' in shown["headroom"]
         for flag in line["flags"]:
-            assert f"<code>{flag}</code>" in card.group(1)
+            assert f"<code>{flag}</code>" in card.group(1), (flag, line["flags"], re.findall(r"<code>(\w+)</code>", card.group(1)))
         changes = line.get("owner_changes", [])
         assert shown["owner_changes"].count(" → ") == len(changes) and (changes or shown["owner_changes"] == "none")
         for c in changes:

@@ -174,11 +174,14 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
     busy, idle = await review_traffic(js, org)
 
     async def ready() -> str:
+        # Everything published that the review shows: the integrations, their requests and the
+        # audit trail's owner change and credential issue (each arrives by its own stream; a
+        # page read before the last of them would differ from the CLI's report read after).
         page = await quinn.page("/review")
         return page if (page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page
-                        and "issued to ivan" in page) else ""
+                        and "issued to ivan" in page and "owner oscar → olivia" in page) else ""
 
-    page = await eventually(ready, timeout=20, what="both integrations and their requests in the review")
+    page = await eventually(ready, timeout=20, what="both integrations, their requests and audit trail in the review")
     settings = console_settings()
     code, out, err = await trellis_cli("review", "--json", "--logs-addr", settings.logs_addr, "--actor", "quinn",
                                        "--org", org, data_dir=tmp_path / "cli", private_pem=actor_keys[0],
@@ -186,6 +189,7 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
     assert code == 0, err
     report = json.loads(out)["review"]
     assert report["org_id"] == org and len(report["integrations"]) == 2
+    page = await quinn.page("/review")  # read after the report: it holds at least what the report does
     assert_review_matches(page, report)
 
     items = re.findall(r'data-testid="checklist-item">(.*?)</li>', page, re.S)
