@@ -2,7 +2,7 @@
 the tracer's start_as_current_span with the SDK's ParentBased(TraceIdRatioBased) sampler against
 the kit's current_span with its ParentBasedRatio (services/kit/telemetry.py), for a span sampled
 out and a recorded one with the edge's attributes; the sampler's decision alone; the trace
-context for the upstream's headers by the global propagator against the kit's trace_headers;
+context for the upstream's headers by the global propagator against the kit's http_trace_headers;
 and the OTLP encoding of an exported span with the SDK's Resource against the kit's, whose hash
 is computed once. Each row is the best of `--repeat`
 timings (the least the machine's noise adds), printed beside its alternative as a ratio.
@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
 from services.kit.settings import DEFAULT_SAMPLE_RATIO
-from services.kit.telemetry import _Resource, current_span, sampler, trace_headers
+from services.kit.telemetry import _Resource, current_span, http_trace_headers, sampler
 
 BATCH = 512  # the kit's export batch (BSP_DEFAULTS)
 SERVER = trace.SpanKind.SERVER
@@ -75,7 +75,7 @@ def _kit(spans: trace.Tracer, *, attributes: bool) -> Callable[[], None]:
 
 
 def _sdk_headers() -> list[tuple[bytes, bytes]]:
-    """The edge's upstream trace headers as it made them before trace_headers: the global
+    """The edge's upstream trace headers as it made them before http_trace_headers: the global
     propagator into a dict, then encoded."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -119,7 +119,7 @@ def main() -> None:
     span_only = best(_kit(spans, attributes=False), number=number, repeat=repeat)
     rows.append(("the trace context for the upstream's headers",
                  best(_headers(spans, _sdk_headers), number=number, repeat=repeat) - span_only,
-                 best(_headers(spans, trace_headers), number=number, repeat=repeat) - span_only))
+                 best(_headers(spans, http_trace_headers), number=number, repeat=repeat) - span_only))
     encoded = []
     for resource in (plain, _Resource(plain)):
         spans, kept = _tracer(1.0, resource)
@@ -135,7 +135,7 @@ def main() -> None:
     for label, sdk, kit in rows:
         print(f"{label:48} {sdk:9.1f} {kit:9.1f} {kit / sdk:8.2f}")
     print("SDK: start_as_current_span with ParentBased(TraceIdRatioBased), propagate.inject, the SDK's Resource;\n"
-          "kit: current_span with ParentBasedRatio, trace_headers, _Resource (services/kit/telemetry.py)")
+          "kit: current_span with ParentBasedRatio, http_trace_headers, _Resource (services/kit/telemetry.py)")
 
 
 if __name__ == "__main__":

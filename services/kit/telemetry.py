@@ -102,16 +102,26 @@ class ParentBasedRatio(Sampler):
 _NEW_TRACE_DROPPED = SamplingResult(Decision.DROP)  # read, never changed, by the SDK
 
 
-def trace_headers() -> list[tuple[bytes, bytes]]:
-    """The current span's W3C trace context as HTTP headers (`traceparent`, and `tracestate`
-    when there is one), exactly as the SDK's TraceContextTextMapPropagator writes them; none
-    without a valid span context. A few calls where the global propagator makes thirty (the
-    composite, tracecontext and baggage: a third of what tracing costs a request sampled out,
-    bench.edge.tracing_cost) for a caller that passes on W3C trace context and no baggage."""
+def traceparent(context: trace.SpanContext | None = None) -> str:
+    """The W3C `traceparent` of `context` (the current span's by default), exactly as the SDK's
+    TraceContextTextMapPropagator writes it; "" for an invalid span context. A few calls where
+    the global propagator makes thirty (the composite, tracecontext and baggage: a third of what
+    tracing costs an edge request sampled out, bench.edge.tracing_cost), for callers that pass on
+    W3C trace context and no baggage."""
+    if context is None:
+        context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def http_trace_headers() -> list[tuple[bytes, bytes]]:
+    """The current span's W3C trace context as HTTP header pairs: `traceparent`, and
+    `tracestate` when there is one (as traceparent(), none without a valid span context)."""
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return []
-    headers = [(b"traceparent", b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags))]
+    headers = [(b"traceparent", traceparent(context).encode())]
     if context.trace_state:
         headers.append((b"tracestate", context.trace_state.to_header().encode()))
     return headers

@@ -65,5 +65,5 @@ class UpstreamsPort(Protocol):
                       add_request: Headers, add_response: Headers) -> int: ...
 
 
-# The current trace context as headers for the upstream (services.kit.telemetry.trace_headers).
+# The current trace context as headers for the upstream (services.kit.telemetry.http_trace_headers).
 TraceHeaders = Callable[[], list[tuple[bytes, bytes]]]

@@ -40,7 +40,7 @@ from services.kit.metrics import MetricsServer
 from services.kit.service import configure_logging
 from services.kit.settingcheck import SettingError, exit_on_bad_settings
 from services.kit.settings import Mode, load_settings
-from services.kit.telemetry import setup_tracing, trace_headers
+from services.kit.telemetry import http_trace_headers, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ async def bootstrap(settings: EdgeProcessSettings, *, address: str | None = None
                 settings.edge_peer_timeout_seconds, settings.webhooks_timeout_seconds + 5)).builtins())
         pipeline = Pipeline(keys=keys, tokens=tokens, integrations=integrations, invalidator=invalidator,
                             limiter=limiter, routes=routes, upstreams=upstreams, builtins=builtins,
-                            trace_headers=trace_headers)
+                            trace_headers=http_trace_headers)
         app = EdgeApp(settings, pipeline=pipeline, peers=peers, token_endpoint=TokenEndpoint(peers, integrations),
                       jwks=own_keys, apilog=apilog, metrics=metrics, nc=bus.nc)
         limits = HttpLimits(

@@ -33,12 +33,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from services.kit.bus import context_from_headers
 from services.kit.clock import utcnow
 from services.kit.settingcheck import SettingError
-from services.kit.telemetry import current_span, tracer
+from services.kit.telemetry import current_span, traceparent, tracer
 from services.webhooks.domain.model import (
     RESPONSE_BODY_LIMIT, AttemptError, AttemptExchange, HttpResult, Masker, SignatureScheme, classify_status,
     delivery_headers, masked_body, truncate_body,
@@ -303,10 +303,8 @@ async def send_attempt(client: DeliveryClient, *, url: str, scheme: SignatureSch
         span.set_attribute("webhook.event_type", event_type)
         # The receiver gets `traceparent` (this span as its parent) so its tracing can join the
         # trace; not `tracestate`, which may carry vendors' internal data.
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        if "traceparent" in carrier:
-            headers = {**headers, "traceparent": carrier["traceparent"]}
+        if parent_id := traceparent():
+            headers = {**headers, "traceparent": parent_id}
         result = await client.post(url, body, headers, client_tls)
         span.set_attribute("http.response.status_code", result.status_code)
         if not result.succeeded:

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatio
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from services.kit.telemetry import BSP_DEFAULTS, _Resource, batch_processor, current_span, sampler, trace_headers
+from services.kit.telemetry import BSP_DEFAULTS, _Resource, batch_processor, current_span, http_trace_headers, sampler, traceparent
 
 
 def _decide(ratio: float, parent: TraceFlags | None) -> bool:
@@ -72,7 +72,7 @@ def test_the_sampler_decides_as_the_sdks_parent_based_ratio_sampler(ratio: float
     assert ours.get_description() == sdks.get_description()
 
 
-def test_trace_headers_are_the_sdks_tracecontext_injection() -> None:
+def test_the_trace_headers_are_the_sdks_tracecontext_injection() -> None:
     propagator = TraceContextTextMapPropagator()
     for parent in _parents()[1:]:
         for name in ("with the parent's context", "with a span of its own"):
@@ -83,10 +83,11 @@ def test_trace_headers_are_the_sdks_tracecontext_injection() -> None:
             try:
                 carrier: dict[str, str] = {}
                 propagator.inject(carrier)
-                assert dict(trace_headers()) == {k.encode(): v.encode() for k, v in carrier.items()}
+                assert dict(http_trace_headers()) == {k.encode(): v.encode() for k, v in carrier.items()}
+                assert traceparent() == carrier.get("traceparent", "")
             finally:
                 otel_context.detach(token)
-    assert trace_headers() == []  # no span: nothing to pass on
+    assert http_trace_headers() == [] and traceparent() == ""  # no span: nothing to pass on
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])
