@@ -76,7 +76,6 @@ class ParentBasedRatio(Sampler):
     holds it to the SDK's decisions."""
 
     def __init__(self, ratio: float) -> None:
-        self._ratio = ratio
         self._bound = TraceIdRatioBased.get_bound_for_rate(ratio)
         self._description = (f"ParentBased{{root:{TraceIdRatioBased(ratio).get_description()},"  # as the SDK's
                              "remoteParentSampled:AlwaysOnSampler,remoteParentNotSampled:AlwaysOffSampler,"

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from services.edge.application.builtins import Builtin, BuiltinCall
 from services.edge.application.ports import (
     ApiKeysPort,
-    TraceHeaders,
     IntegrationsPort,
     InvalidatorPort,
     RateLimiterPort,
     TokensPort,
+    TraceHeaders,
     UpstreamsPort,
 )
 from services.edge.domain.errors import BodyTooLarge, EdgeError, RevokedKey, too_large, unauthorized

@@ -181,7 +181,7 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
         return page if (page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page
                         and "issued to ivan" in page and "owner oscar → olivia" in page) else ""
 
-    page = await eventually(ready, timeout=20, what="both integrations, their requests and audit trail in the review")
+    await eventually(ready, timeout=20, what="both integrations, their requests and audit trail in the review")
     settings = console_settings()
     code, out, err = await trellis_cli("review", "--json", "--logs-addr", settings.logs_addr, "--actor", "quinn",
                                        "--org", org, data_dir=tmp_path / "cli", private_pem=actor_keys[0],

@@ -27,7 +27,7 @@ async def test_the_bucket_holds_neither_the_session_id_nor_its_tokens(nats_serve
             value = (await js.get_last_msg(stream, subject)).data or b""
             for secret in (session.id, token, "refresh-me", session.csrf_token, "alice"):
                 assert secret.encode() not in value
-        assert (await js.stream_info(f"KV_{SESSIONS_BUCKET}")).config.max_age == 3600
+        assert (await js.stream_info(stream)).config.max_age == 3600
         loaded = await store.load(session.id)
         assert loaded is not None and loaded.access_token == token and loaded.refresh_token == "refresh-me"
         assert await store.load(session.id[:-1] + ("A" if session.id[-1] != "A" else "B")) is None

@@ -74,19 +74,17 @@ def test_the_sampler_decides_as_the_sdks_parent_based_ratio_sampler(ratio: float
 
 def test_the_trace_headers_are_the_sdks_tracecontext_injection() -> None:
     propagator = TraceContextTextMapPropagator()
-    for parent in _parents()[1:]:
-        for name in ("with the parent's context", "with a span of its own"):
-            token = otel_context.attach(parent) if name.startswith("with the") else otel_context.attach(
-                trace.set_span_in_context(NonRecordingSpan(SpanContext(
-                    secrets.randbits(128) | 1, secrets.randbits(64) | 1, is_remote=False,
-                    trace_flags=TraceFlags(TraceFlags.SAMPLED)))))
-            try:
-                carrier: dict[str, str] = {}
-                propagator.inject(carrier)
-                assert dict(http_trace_headers()) == {k.encode(): v.encode() for k, v in carrier.items()}
-                assert traceparent() == carrier.get("traceparent", "")
-            finally:
-                otel_context.detach(token)
+    own = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        secrets.randbits(128) | 1, secrets.randbits(64) | 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
+    for current in [*_parents()[1:], own]:  # every kind of parent current, and a span of its own
+        token = otel_context.attach(current)
+        try:
+            carrier: dict[str, str] = {}
+            propagator.inject(carrier)
+            assert dict(http_trace_headers()) == {k.encode(): v.encode() for k, v in carrier.items()}
+            assert traceparent() == carrier.get("traceparent", "")
+        finally:
+            otel_context.detach(token)
     assert http_trace_headers() == [] and traceparent() == ""  # no span: nothing to pass on
 
 
