@@ -179,6 +179,7 @@ async def test_the_review_answers_the_checklist_and_matches_the_cli(browser, log
         # page read before the last of them would differ from the CLI's report read after).
         page = await quinn.page("/review")
         return page if (page.count('data-testid="review-row"') == 2 and 'data-field="requests">30<' in page
+                        and "NetSuite orders" in page and "Old &lt;export&gt;" in page
                         and "issued to ivan" in page and "owner oscar → olivia" in page) else ""
 
     await eventually(ready, timeout=20, what="both integrations, their requests and audit trail in the review")

@@ -315,9 +315,10 @@ async def test_quarterly_review_reports_usage_against_grants_with_flags(
 
     async def both() -> pb.QuarterlyReviewResponse | None:
         report = await logs_stub.QuarterlyReview(pb.QuarterlyReviewRequest(), metadata=md)
-        return report if len(report.integrations) == 2 else None
+        # Named: each integration's facts have arrived, not only its requests (another stream).
+        return report if len(report.integrations) == 2 and all(r.name for r in report.integrations) else None
 
-    report = await eventually(both, timeout=20, what="both integrations in the review")
+    report = await eventually(both, timeout=20, what="both integrations and their facts in the review")
     by_id = {r.integration_id: r for r in report.integrations}
     b = by_id[busy]
     assert b.name == "ERP sync" and b.status == "active" and b.owner == "olivia"
