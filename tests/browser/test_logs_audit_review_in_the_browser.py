@@ -86,8 +86,12 @@ async def test_the_api_log_after_real_traffic_is_filtered_searched_exported_and_
     rows = quinn.page.get_by_test_id("log-row")
 
     async def all_logged() -> bool:
+        # Named too: the names come with the integrations' facts, another stream and consumer
+        # than the records (the Integration filter, the export and the chart show them).
         await quinn.page.reload()
-        return await rows.count() == everything
+        return (await rows.count() == everything
+                and await rows.filter(has_text="SAP Procurement Sync").count() == len(sap_calls) + 1
+                and await rows.filter(has_text=EVIL).count() == len(xero_calls) + 1)
 
     await eventually(all_logged, timeout=30, what="every partner request in the API log")
     await expect(quinn.page.locator("thead th")).to_have_text(
@@ -177,10 +181,19 @@ async def test_a_tampered_audit_chain_is_shown_broken_and_the_review_matches_the
     await alice.click("Quarterly review")
 
     async def used() -> bool:
+        # Everything the review shows, each by its own stream and consumer: the requests (and its
+        # token request), the integration's facts as activated, and identity's credentials.issued
+        # audit entry; a page read before the last of them would differ from the report read after.
         await alice.page.reload()
-        return await alice.page.locator('[data-field="requests"]').first.text_content() == "4"  # and its token request
+        card = alice.page.locator(f'[data-integration="{sap_id}"]')
 
-    await eventually(used, timeout=30, what="the integration's requests in the review")
+        async def shown(name: str) -> str:
+            return " ".join((await card.locator(f'[data-field="{name}"]').first.text_content() or "").split())
+
+        return (await card.count() == 1 and await shown("requests") == "4" and await shown("name") == "SAP Procurement Sync"
+                and await shown("status") == "Active" and "issued to " in await shown("credentials_issued"))
+
+    await eventually(used, timeout=30, what="the integration's requests, facts and credential issue in the review")
     code, out, err = await trellis_cli("review", "--json", "--logs-addr", suite_settings.logs_addr, "--actor", "alice",
                                        "--org", org, data_dir=tmp_path / "cli", private_pem=actor_keys[0],
                                        settings=suite_settings)
