@@ -23,6 +23,7 @@ from tests.support.settings import Settings
 from services.logs.adapters.consumers import Durables
 from services.logs.entrypoints.main import bootstrap
 from tests.support.services import channel_to
+from tests.support.waiting import eventually
 
 
 def unique(prefix: str) -> str:
@@ -90,6 +91,17 @@ def ts(when: dt.datetime):  # type: ignore[no-untyped-def]
 
 
 Publish = Callable[..., Awaitable[None]]
+
+
+async def consumed(js: JetStreamContext, stream: str, durable: str) -> None:
+    """Wait until the logs service's durable consumer has acked every message it was sent: each one
+    published before the call is stored (a consumer acks only after its commit), or dropped. For a
+    copy that must change nothing: a count that is right before the copy arrives proves nothing."""
+    async def settled() -> bool:
+        info = await js.consumer_info(stream, durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled, timeout=20, what=f"{durable} to take every message of {stream}")
 
 
 def request_record(*, org: str, request_id: str, when: dt.datetime, integration: str = "int_x", method: str = "GET",

@@ -18,6 +18,7 @@ from services.contracts.trellis.logs.v1 import logs_pb2_grpc
 from services.kit.auth import ADMIN_PERMISSION, QA_PERMISSION
 from tests.integration.logs.conftest import (
     LogsRunner,
+    consumed,
     publish_audit,
     publish_integration,
     publish_request,
@@ -70,8 +71,9 @@ async def test_records_published_while_logs_is_down_arrive_once_when_it_is_back(
     await publish_request(js, org=org, request_id=f"{org}-a3", when=NOW - dt.timedelta(seconds=3), msg_id=unique("late-copy"))
 
     stub = await runner.start()
-    records = await arrived(stub, md, 310)
-    ids = [r.request_id for r in records]
+    await arrived(stub, md, 310)
+    await consumed(js, "APILOG", runner.durables.apilog)  # the late copy too, published last
+    ids = [r.request_id for r in await all_records(stub, md)]
     assert len(ids) == len(set(ids)) == 310
 
 
@@ -101,8 +103,10 @@ async def test_a_request_is_shown_with_its_integration_name_and_every_column(
 
 
 async def test_a_partner_reusing_its_request_id_cannot_keep_later_requests_out_of_the_log(
-    logs_stub: logs_pb2_grpc.LogsStub, js: JetStreamContext, as_actor: Metadata
+    logs_runner: Callable[..., LogsRunner], js: JetStreamContext, as_actor: Metadata
 ) -> None:
+    runner = logs_runner()
+    logs_stub = await runner.start()
     org = unique("org")
     # The partner sends X-Request-ID: same-id on every request; the edge logs each under it.
     for i in range(3):
@@ -112,7 +116,9 @@ async def test_a_partner_reusing_its_request_id_cannot_keep_later_requests_out_o
     await publish_request(js, org=org, request_id="same-id", when=NOW - dt.timedelta(seconds=8), endpoint="/orders/2",
                           msg_id=unique("again"))
     md = as_actor("quinn", org, QA)
-    records = await arrived(logs_stub, md, 3)
+    await arrived(logs_stub, md, 3)
+    await consumed(js, "APILOG", runner.durables.apilog)  # the copy too, published last
+    records = await all_records(logs_stub, md)
     assert sorted(r.endpoint for r in records) == ["/orders/0", "/orders/1", "/orders/2"]
     latest = await logs_stub.GetRequest(pb.GetRequestRequest(request_id="same-id"), metadata=md)
     assert latest.endpoint == "/orders/2"  # lookup by id shows the latest of them
@@ -259,8 +265,10 @@ async def test_export_streams_every_matching_row_as_csv_or_json_lines(
 
 
 async def test_audit_events_are_stored_once_and_the_chain_verifies(
-    logs_stub: logs_pb2_grpc.LogsStub, js: JetStreamContext, as_actor: Metadata
+    logs_runner: Callable[..., LogsRunner], js: JetStreamContext, as_actor: Metadata
 ) -> None:
+    runner = logs_runner()
+    logs_stub = await runner.start()
     org = unique("org")
     md = as_actor("ada", org, [ADMIN_PERMISSION])
     for i in range(5):
@@ -271,7 +279,9 @@ async def test_audit_events_are_stored_once_and_the_chain_verifies(
         found = await logs_stub.QueryAudit(pb.QueryAuditRequest(), metadata=md)
         return found if len(found.entries) == 5 else None
 
-    entries = (await eventually(five, timeout=20, what="five audit entries")).entries
+    await eventually(five, timeout=20, what="five audit entries")
+    await consumed(js, "TRELLIS", runner.durables.audit)  # the copy too, published last
+    entries = (await logs_stub.QueryAudit(pb.QueryAuditRequest(), metadata=md)).entries
     assert [e.event_id for e in entries] == [f"{org}-e{i}" for i in reversed(range(5))]
     suspended = await logs_stub.QueryAudit(pb.QueryAuditRequest(action="integration.suspended"), metadata=md)
     assert [e.event_id for e in suspended.entries] == [f"{org}-e4"]
