@@ -2,9 +2,9 @@
 it is read, and the console's memory stays bounded whatever the size of the set. The chart of
 the same rows counts every one of them (the logs service's histogram, counted in SQL).
 
-The rows are generated straight into the logs service's SQLite store (one INSERT … SELECT over a
-recursive CTE, its secondary indexes rebuilt after), not published through JetStream: that
-takes seconds instead of minutes. The console runs as its own process (`python -m
+The rows are generated straight into a logs SQLite store (one INSERT … SELECT over a recursive
+CTE, its secondary indexes rebuilt after), not published through JetStream: that takes seconds
+instead of minutes; once for the module, each test's logs service reading a copy. The console runs as its own process (`python -m
 services.console`), so its resident memory is its own; the real logs service streams the rows
 (about a minute on two busy cores: its own pace, not the console's)."""
 
@@ -15,16 +15,18 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from services.kit.db import migrate_async
+from services.kit.db import migrate
 from services.kit.service import RunningService
 from tests.support.settings import Settings
 from tests.support.console import ConsoleUser, new_org
@@ -37,20 +39,35 @@ ROWS = 1_000_000
 MEMORY_BOUND_BYTES = 40 * 1024 * 1024
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def org() -> str:
     return new_org()
 
 
+@pytest.fixture(scope="module")
+def million_rows(tmp_path_factory: pytest.TempPathFactory, org: str) -> Path:
+    """A migrated logs store holding ROWS requests of `org`, generated once for this module's
+    tests (each reads it only, from a copy of its own)."""
+    database = tmp_path_factory.mktemp("million") / "logs.db"
+    migrate("logs", f"sqlite+aiosqlite:///{database}")
+    generate_requests(database, org, ROWS)
+    return database
+
+
 @pytest.fixture
-async def logs_service(make_settings: Callable[..., Settings], org: str) -> AsyncIterator[RunningService]:
-    """The logs service over a store holding ROWS requests of `org`."""
-    settings = make_settings()
-    await migrate_async("logs", settings.database_url("logs"))
-    await asyncio.to_thread(generate_requests, database_file(settings, "logs"), org, ROWS)
+async def logs_service(make_settings: Callable[..., Settings], million_rows: Path) -> AsyncIterator[RunningService]:
+    """The logs service over its own copy of the store of ROWS requests."""
+    target = database_file(make_settings(), "logs")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(copy_database, million_rows, target)
     service = await start_logs(make_settings)
     yield service
     await service.stop(0)
+
+
+def copy_database(source: Path, target: Path) -> None:
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
 
 
 def resident_bytes(pid: int) -> int:
