@@ -350,7 +350,7 @@ class LogsRepository:
         search_end = await self._search_end(session, org_id, f, after) if scans and not self.postgres else None
         query = self.page_query(org_id, f, size=size, after=after, search_end=search_end)
         rows = (await session.execute(query)).all()
-        names = await self.integration_names(session, org_id, {r[3] for r in rows[:size]})
+        names = await self.integration_names(session, org_id, {r.integration_id for r in rows[:size]})
         records = [_request(r, names) for r in rows[:size]]
         if len(rows) > size:
             return RequestPage(records, Cursor(records[-1].timestamp, records[-1].request_id))

@@ -73,7 +73,13 @@ def _csv_safe(value: object) -> object:
     return value
 
 
-def render_csv(records: list[ApiRequest], *, header: bool, columns: tuple[str, ...] = EXPORT_COLUMNS) -> bytes:
+def export_columns(platform: bool) -> tuple[str, ...]:
+    """An export's columns: the platform log's also say how many requests a row stands for."""
+    return PLATFORM_EXPORT_COLUMNS if platform else EXPORT_COLUMNS
+
+
+def render_csv(records: list[ApiRequest], *, header: bool, platform: bool = False) -> bytes:
+    columns = export_columns(platform)
     width = len(columns)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -83,7 +89,8 @@ def render_csv(records: list[ApiRequest], *, header: bool, columns: tuple[str, .
     return out.getvalue().encode()
 
 
-def render_jsonl(records: list[ApiRequest], *, columns: tuple[str, ...] = EXPORT_COLUMNS) -> bytes:
+def render_jsonl(records: list[ApiRequest], *, platform: bool = False) -> bytes:
+    columns = export_columns(platform)
     width, encode = len(columns), _JSON_LINE.encode
     return "".join([encode(dict(zip(columns, export_values(r)[:width]))) + "\n" for r in records]).encode()
 
@@ -153,17 +160,16 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
     async def ExportRequests(self, request: pb.ExportRequestsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportChunk]:
         if request.format not in (pb.EXPORT_FORMAT_UNSPECIFIED, pb.EXPORT_FORMAT_CSV, pb.EXPORT_FORMAT_JSONL):
             raise InvalidArgument(f"unknown export format {request.format}: CSV or JSON Lines", field="format")
-        jsonl = request.format == pb.EXPORT_FORMAT_JSONL
-        columns = PLATFORM_EXPORT_COLUMNS if request.platform else EXPORT_COLUMNS
+        jsonl, platform = request.format == pb.EXPORT_FORMAT_JSONL, request.platform
         total, pages = await self._handlers.export_requests(
             current_actor(), commands.ExportRequests(request_filter(request), platform=request.platform))
         first = True
         async for records in pages:
-            data = render_jsonl(records, columns=columns) if jsonl else render_csv(records, header=first, columns=columns)
+            data = render_jsonl(records, platform=platform) if jsonl else render_csv(records, header=first, platform=platform)
             yield pb.ExportChunk(data=data, rows=len(records), total_rows=total)
             first = False
         if first:  # nothing matched: still a well-formed (empty) file
-            yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True, columns=columns), rows=0,
+            yield pb.ExportChunk(data=b"" if jsonl else render_csv([], header=True, platform=platform), rows=0,
                                  total_rows=total)
 
     async def RequestHistogram(self, request: pb.RequestHistogramRequest,

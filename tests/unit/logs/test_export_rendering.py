@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from services.logs.domain.model import ApiRequest
-from services.logs.entrypoints.grpc_api import PLATFORM_EXPORT_COLUMNS, render_csv, render_jsonl
+from services.logs.entrypoints.grpc_api import render_csv, render_jsonl
 
 WHEN = dt.datetime(2026, 12, 5, 9, 30, 1, 234567, tzinfo=dt.timezone.utc)
 RECORDS = [
@@ -26,7 +26,7 @@ def test_csv_has_its_header_quotes_what_needs_it_and_defuses_formulas() -> None:
         "2026-12-05T09:30:01.234Z,int_1,Größe 中,POST,'=HYPERLINK(x),429,1.0,2001:db8::1,req-2,rate_limit_exceeded,"
         "orders\n"
     )
-    assert render_csv(RECORDS[1:], header=False, columns=PLATFORM_EXPORT_COLUMNS).decode() == (
+    assert render_csv(RECORDS[1:], header=False, platform=True).decode() == (
         "2026-12-05T09:30:01.234Z,int_1,Größe 中,POST,'=HYPERLINK(x),429,1.0,2001:db8::1,req-2,rate_limit_exceeded,"
         "orders,3\n"
     )
@@ -38,6 +38,6 @@ def test_json_lines_keep_the_columns_order_and_the_text_unescaped() -> None:
         '"method": "POST", "endpoint": "=HYPERLINK(x)", "status": 429, "duration_ms": 1.0, "ip": "2001:db8::1", '
         '"request_id": "req-2", "error_code": "rate_limit_exceeded", "scope_category": "orders"}\n'
     )
-    platform = render_jsonl(RECORDS, columns=PLATFORM_EXPORT_COLUMNS).decode().splitlines()
+    platform = render_jsonl(RECORDS, platform=True).decode().splitlines()
     assert len(platform) == 2 and platform[0].endswith('"scope_category": "inventory", "repeats": 1}')
     assert platform[1].endswith('"repeats": 3}')
