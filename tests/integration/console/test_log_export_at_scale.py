@@ -4,9 +4,10 @@ the same rows counts every one of them (the logs service's histogram, counted in
 
 The rows are generated straight into a logs SQLite store (one INSERT … SELECT over a recursive
 CTE, its secondary indexes rebuilt after), not published through JetStream: that takes seconds
-instead of minutes; once for the module, each test's logs service reading a copy. The console runs as its own process (`python -m
-services.console`), so its resident memory is its own; the real logs service streams the rows
-(about a minute on two busy cores: its own pace, not the console's)."""
+instead of minutes; once for the module, each test's logs service reading a copy. The console
+runs as its own process (`python -m services.console`), so its resident memory is its own; the
+real logs service streams the rows (about half a minute on two busy cores: its own pace, not the
+console's)."""
 
 from __future__ import annotations
 
